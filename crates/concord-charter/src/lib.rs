@@ -1,0 +1,466 @@
+//! The federation's charter: who the members are (keys, TLS pins, endpoints), the shared schemas
+//! every member may publish data in, and the threshold that changes them.
+//!
+//! A charter version is a C2SP signed note whose text is the canonical form of [`Charter`]: every
+//! member computes the same bytes from the same content, so signatures made apart combine into one
+//! note. Version 1 (genesis) needs the signature of every founder; later versions (built from
+//! proposals and votes) need the threshold of the previous version's members, see
+//! [`SignedCharter::verify_successor`].
+//!
+//! Invariant: this crate does no IO; it turns bytes into verified values and back.
+
+mod text;
+
+use concord_log::{LogError, Note, NoteVerifier};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use text::CHARTER_TYPE_LINE;
+
+/// Errors of charters and member cards.
+#[derive(Debug, thiserror::Error)]
+pub enum CharterError {
+    #[error("charter text is malformed at line {line}: {reason}")]
+    Malformed { line: usize, reason: String },
+    #[error("charter text is not in canonical form; regenerate it with `concord charter genesis`")]
+    NotCanonical,
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error(
+        "charter version {version} lacks the signature of {missing:?}; each of them must run `concord charter sign`"
+    )]
+    MissingSignatures { version: u64, missing: Vec<String> },
+    #[error("charter signature check failed: {0}")]
+    Signature(#[from] LogError),
+    #[error("charter version {got} does not follow version {base}: {reason}")]
+    NotSuccessor { base: u64, got: u64, reason: String },
+}
+
+/// Checks a member id: `[a-z][a-z0-9-]{1,31}`.
+pub fn check_member_id(id: &str) -> Result<(), CharterError> {
+    let ok = id.len() >= 2
+        && id.len() <= 32
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CharterError::Invalid {
+            what: "member id",
+            reason: format!(
+                "{id:?} must match [a-z][a-z0-9-]{{1,31}}, for example `alpha` or `stat-office-2`"
+            ),
+        })
+    }
+}
+
+/// Checks a federation name: `[a-z0-9][a-z0-9.-]{0,62}` (it becomes part of key names and log origins).
+pub fn check_federation_name(name: &str) -> Result<(), CharterError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(CharterError::Invalid {
+            what: "federation name",
+            reason: format!("{name:?} must match [a-z0-9][a-z0-9.-]{{0,62}}, for example `health-2026`"),
+        })
+    }
+}
+
+/// Checks a shared schema, dataset or column name: `[a-z_][a-z0-9_]{0,62}`.
+pub fn check_identifier(what: &'static str, name: &str) -> Result<(), CharterError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CharterError::Invalid {
+            what,
+            reason: format!("{name:?} must be lower-case letters, digits and '_', starting with a letter"),
+        })
+    }
+}
+
+/// Checks free text that sits on one charter line (names, jurisdictions, endpoints).
+fn check_line_text(what: &'static str, s: &str) -> Result<(), CharterError> {
+    if s.is_empty() || s.trim() != s || s.chars().any(char::is_control) {
+        return Err(CharterError::Invalid {
+            what,
+            reason: format!("{s:?} must be non-empty, one line, without leading or trailing spaces"),
+        });
+    }
+    Ok(())
+}
+
+/// The public facts about a member that it hands to the founders: `member-card.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCard {
+    pub id: String,
+    pub name: String,
+    pub jurisdiction: String,
+    /// The member's Ed25519 verifier key in C2SP vkey form.
+    pub vkey: String,
+    /// `sha256/<base64>` of the DER SubjectPublicKeyInfo of the member's TLS key.
+    pub tls_pin: String,
+    /// `host:port` of the member's peer listener.
+    pub peer_endpoint: String,
+}
+
+impl MemberCard {
+    pub fn validate(&self) -> Result<(), CharterError> {
+        check_member_id(&self.id)?;
+        check_line_text("member name", &self.name)?;
+        check_line_text("jurisdiction", &self.jurisdiction)?;
+        check_line_text("peer endpoint", &self.peer_endpoint)?;
+        let v = NoteVerifier::from_vkey(&self.vkey)?;
+        let want_suffix = format!("/{}", self.id);
+        if !v.name().ends_with(&want_suffix) {
+            return Err(CharterError::Invalid {
+                what: "member card",
+                reason: format!("key name {} does not end in {want_suffix}", v.name()),
+            });
+        }
+        let pin = self.tls_pin.strip_prefix("sha256/").unwrap_or("");
+        if pin.len() != 44 {
+            return Err(CharterError::Invalid {
+                what: "TLS pin",
+                reason: format!("{:?} must be sha256/ followed by 44 base64 characters", self.tls_pin),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn verifier(&self) -> Result<NoteVerifier, CharterError> {
+        Ok(NoteVerifier::from_vkey(&self.vkey)?)
+    }
+}
+
+/// Arrow-compatible logical types a shared schema may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Int64,
+    Float64,
+    Utf8,
+    Boolean,
+    Date32,
+}
+
+impl ColumnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Int64 => "int64",
+            Self::Float64 => "float64",
+            Self::Utf8 => "utf8",
+            Self::Boolean => "boolean",
+            Self::Date32 => "date32",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, CharterError> {
+        Ok(match s {
+            "int64" => Self::Int64,
+            "float64" => Self::Float64,
+            "utf8" => Self::Utf8,
+            "boolean" => Self::Boolean,
+            "date32" => Self::Date32,
+            other => {
+                return Err(CharterError::Invalid {
+                    what: "column type",
+                    reason: format!("{other:?} is not one of int64, float64, utf8, boolean, date32"),
+                });
+            }
+        })
+    }
+}
+
+/// One column of a shared schema.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// Personal columns describe people; later release rules protect them.
+    #[serde(default)]
+    pub personal: bool,
+}
+
+/// A shared schema: the columns that every conforming dataset must offer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedSchema {
+    pub name: String,
+    #[serde(default = "one")]
+    pub version: u32,
+    pub columns: Vec<SchemaColumn>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl SharedSchema {
+    pub fn validate(&self) -> Result<(), CharterError> {
+        check_identifier("shared schema name", &self.name)?;
+        if self.columns.is_empty() {
+            return Err(CharterError::Invalid {
+                what: "shared schema",
+                reason: format!("{} has no columns", self.name),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.columns {
+            check_identifier("column name", &c.name)?;
+            if !seen.insert(&c.name) {
+                return Err(CharterError::Invalid {
+                    what: "shared schema",
+                    reason: format!("{} names column {} twice", self.name, c.name),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The content of one charter version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charter {
+    pub federation: String,
+    pub version: u64,
+    /// Hex SHA-256 of the previous version's text; `None` for genesis.
+    pub previous: Option<String>,
+    /// Yes signatures (of this version's members) needed to adopt the next version.
+    pub threshold: usize,
+    /// Sorted by id.
+    pub members: Vec<MemberCard>,
+    /// Sorted by name.
+    pub schemas: Vec<SharedSchema>,
+}
+
+impl Charter {
+    /// Genesis (version 1) with the default threshold of two thirds of members, rounded up.
+    pub fn genesis(
+        federation: &str,
+        members: Vec<MemberCard>,
+        schemas: Vec<SharedSchema>,
+    ) -> Result<Self, CharterError> {
+        let threshold = default_threshold(members.len());
+        let mut c = Self {
+            federation: federation.to_owned(),
+            version: 1,
+            previous: None,
+            threshold,
+            members,
+            schemas,
+        };
+        c.members.sort_by(|a, b| a.id.cmp(&b.id));
+        c.schemas.sort_by(|a, b| a.name.cmp(&b.name));
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), CharterError> {
+        check_federation_name(&self.federation)?;
+        if self.members.is_empty() {
+            return Err(CharterError::Invalid { what: "charter", reason: "it has no members".into() });
+        }
+        if self.version == 0 || (self.version == 1) != self.previous.is_none() {
+            return Err(CharterError::Invalid {
+                what: "charter",
+                reason: "version 1 has no previous digest and every later version has one".into(),
+            });
+        }
+        if self.threshold == 0 || self.threshold > self.members.len() {
+            return Err(CharterError::Invalid {
+                what: "threshold",
+                reason: format!("{} is not between 1 and the {} members", self.threshold, self.members.len()),
+            });
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut pins = std::collections::BTreeSet::new();
+        for m in &self.members {
+            m.validate()?;
+            let key_name = format!("{}/{}", self.federation, m.id);
+            if m.verifier()?.name() != key_name {
+                return Err(CharterError::Invalid {
+                    what: "member card",
+                    reason: format!("{}'s key is named {}, expected {key_name}", m.id, m.verifier()?.name()),
+                });
+            }
+            if !ids.insert(&m.id) {
+                return Err(CharterError::Invalid {
+                    what: "charter",
+                    reason: format!("member {} appears twice", m.id),
+                });
+            }
+            if !pins.insert(&m.tls_pin) {
+                return Err(CharterError::Invalid {
+                    what: "charter",
+                    reason: format!("member {} reuses another member's TLS key", m.id),
+                });
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.schemas {
+            s.validate()?;
+            if !names.insert(&s.name) {
+                return Err(CharterError::Invalid {
+                    what: "charter",
+                    reason: format!("shared schema {} appears twice", s.name),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn member(&self, id: &str) -> Option<&MemberCard> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    pub fn schema(&self, name: &str) -> Option<&SharedSchema> {
+        self.schemas.iter().find(|s| s.name == name)
+    }
+
+    /// The member whose TLS key has this pin.
+    pub fn member_by_pin(&self, pin: &str) -> Option<&MemberCard> {
+        self.members.iter().find(|m| m.tls_pin == pin)
+    }
+
+    /// The canonical note text of this version.
+    pub fn to_text(&self) -> String {
+        text::render(self)
+    }
+
+    /// Parses canonical note text.
+    pub fn from_text(s: &str) -> Result<Self, CharterError> {
+        let c = text::parse(s)?;
+        c.validate()?;
+        if c.to_text() != s {
+            return Err(CharterError::NotCanonical);
+        }
+        Ok(c)
+    }
+
+    /// Hex SHA-256 of the canonical text: what the next version names as `previous`.
+    pub fn digest(&self) -> String {
+        hex(&Sha256::digest(self.to_text().as_bytes()))
+    }
+
+    fn verifiers(&self) -> Result<Vec<(String, NoteVerifier)>, CharterError> {
+        self.members.iter().map(|m| Ok((m.id.clone(), m.verifier()?))).collect()
+    }
+}
+
+/// Two thirds of `n`, rounded up.
+pub fn default_threshold(n: usize) -> usize {
+    (2 * n).div_ceil(3).max(1)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A charter version with the signatures it carries.
+#[derive(Clone, Debug)]
+pub struct SignedCharter {
+    pub charter: Charter,
+    pub note: Note,
+}
+
+impl SignedCharter {
+    pub fn unsigned(charter: Charter) -> Result<Self, CharterError> {
+        let note = Note::new(charter.to_text())?;
+        Ok(Self { charter, note })
+    }
+
+    /// Parses a charter file: canonical text, optionally followed by signatures.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CharterError> {
+        let s = std::str::from_utf8(bytes)
+            .map_err(|_| CharterError::Malformed { line: 0, reason: "file is not UTF-8".into() })?;
+        let note = if s.contains("\n\n") { Note::parse(bytes)? } else { Note::new(s)? };
+        let charter = Charter::from_text(note.text())?;
+        Ok(Self { charter, note })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.note.signatures().is_empty() {
+            self.note.text().as_bytes().to_vec()
+        } else {
+            self.note.to_bytes()
+        }
+    }
+
+    /// Ids of the members (of this version) whose signatures verify; any bad signature by a
+    /// member key is an error.
+    pub fn signed_by(&self) -> Result<Vec<String>, CharterError> {
+        let mut ids = Vec::new();
+        for (id, v) in self.charter.verifiers()? {
+            match self.note.verify(std::slice::from_ref(&v)) {
+                Ok(_) => ids.push(id),
+                Err(LogError::NoKnownSignature) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Members of this version who have not signed it yet.
+    pub fn missing_signers(&self) -> Result<Vec<String>, CharterError> {
+        let signed = self.signed_by()?;
+        Ok(self.charter.members.iter().map(|m| m.id.clone()).filter(|id| !signed.contains(id)).collect())
+    }
+
+    /// Genesis is adopted only with a valid signature from every founder.
+    pub fn verify_genesis(&self) -> Result<(), CharterError> {
+        if self.charter.version != 1 {
+            return Err(CharterError::Invalid {
+                what: "genesis",
+                reason: format!("version is {}, genesis is version 1", self.charter.version),
+            });
+        }
+        let missing = self.missing_signers()?;
+        if !missing.is_empty() {
+            return Err(CharterError::MissingSignatures { version: 1, missing });
+        }
+        Ok(())
+    }
+
+    /// Version N+1 is adopted with yes signatures from at least the threshold of version N's
+    /// members, over a body that names version N's digest.
+    pub fn verify_successor(&self, base: &Charter) -> Result<(), CharterError> {
+        let got = self.charter.version;
+        let not = |reason: String| CharterError::NotSuccessor { base: base.version, got, reason };
+        if got != base.version + 1 {
+            return Err(not("versions must increase by one".into()));
+        }
+        if self.charter.federation != base.federation {
+            return Err(not("it names another federation".into()));
+        }
+        if self.charter.previous.as_deref() != Some(base.digest().as_str()) {
+            return Err(not("its previous digest is not the base version's digest".into()));
+        }
+        let mut yes = 0;
+        for (_, v) in base.verifiers()? {
+            match self.note.verify(std::slice::from_ref(&v)) {
+                Ok(_) => yes += 1,
+                Err(LogError::NoKnownSignature) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if yes < base.threshold {
+            return Err(not(format!("{yes} yes signatures, the threshold is {}", base.threshold)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,611 @@
+//! The requester's side of a federated query: split, fetch partials, merge.
+//!
+//! A federated table ([`FederatedTable`]) is registered in the requester's DataFusion context with
+//! the schema its owners publish, but it cannot be scanned. [`run_federated`] plans the analyst's
+//! SQL, then rewrites every `Aggregate` whose input is a chain of filters, projections and aliases
+//! over one federated table:
+//!
+//! ```text
+//! Aggregate(keys; aggs)             Projection(original names and types)
+//!   Filter(w)                 =>      Aggregate(g*; merge(p*))
+//!     TableScan(federated)              TableScan(partials: g*, p* from every owner)
+//! ```
+//!
+//! Each owner receives `SELECT keys AS g0.., partials AS p0.. FROM <dataset> WHERE w GROUP BY keys`
+//! as SQL text made by DataFusion's unparser. COUNT merges as SUM, SUM as SUM, MIN as MIN, MAX as
+//! MAX, AVG as SUM(sum)/SUM(count). Everything above the rewritten aggregate (HAVING, ORDER BY,
+//! LIMIT, CTEs, joins with local tables) runs here on the merged result.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, TableReference};
+use datafusion::datasource::{TableType, provider_as_source};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::SQLOptions;
+use datafusion::functions::expr_fn::{coalesce, nullif};
+use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast as cast_expr, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::unparser::plan_to_sql;
+use serde::{Deserialize, Serialize};
+
+use crate::QueryError;
+
+/// One owner's dataset that is part of a federated table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub owner: String,
+    pub dataset: String,
+}
+
+/// A table whose rows stay with their owners: a shared schema (the union of conforming datasets
+/// of every member that admits the requester) or one member's dataset.
+#[derive(Debug)]
+pub struct FederatedTable {
+    /// How the analyst names it: `health_cases` or `bravo.cases`.
+    pub display: String,
+    pub schema: SchemaRef,
+    pub parts: Vec<Part>,
+    /// True for a shared schema, false for one member's dataset.
+    pub shared: bool,
+    /// Members whose catalogs could not be read, so whose parts are unknown.
+    pub unreachable: Vec<String>,
+}
+
+#[async_trait]
+impl TableProvider for FederatedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // Invariant: a federated table is never read row by row.
+        Err(QueryError::Refused(raw_rows_message(&self.display)).into_df())
+    }
+}
+
+/// What one owner contributed to a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contribution {
+    pub member: String,
+    pub dataset: String,
+    pub rows_scanned: u64,
+    pub groups_released: u64,
+    /// SHA-256 of the released Arrow IPC bytes, as the owner's signed receipt states it; `None`
+    /// when the requester is the owner and nothing crossed a border.
+    pub receipt_digest: Option<String>,
+}
+
+/// An owner's answer to one sub-query.
+#[derive(Debug)]
+pub struct PartialAnswer {
+    pub batches: Vec<RecordBatch>,
+    pub contribution: Contribution,
+}
+
+/// How the requester reaches owners: over the peer protocol, or in-process for its own data.
+#[async_trait]
+pub trait OwnerClient: Send + Sync {
+    async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError>;
+}
+
+/// A finished query: its result and who contributed what.
+#[derive(Debug)]
+pub struct QueryOutcome {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub provenance: Vec<Contribution>,
+}
+
+/// Plans, splits, fetches and merges `sql` in `ctx`, where federated tables are registered as
+/// [`FederatedTable`]s and the requester's own tables as ordinary tables.
+pub async fn run_federated(
+    ctx: &SessionContext,
+    sql: &str,
+    client: &dyn OwnerClient,
+) -> Result<QueryOutcome, QueryError> {
+    let plan = ctx.state().create_logical_plan(sql).await.map_err(QueryError::plan)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| QueryError::Refused("only queries (SELECT, WITH ... SELECT) are accepted".into()))?;
+
+    let mut jobs: Vec<Job> = Vec::new();
+    let rewritten = plan
+        .transform_up_with_subqueries(|node| {
+            let LogicalPlan::Aggregate(agg) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(flat) = flatten(&agg.input)? else {
+                return Ok(Transformed::no(node));
+            };
+            let (replacement, job) = split_aggregate(agg, flat, jobs.len()).map_err(QueryError::into_df)?;
+            jobs.push(job);
+            Ok(Transformed::yes(replacement))
+        })
+        .map_err(QueryError::plan)?
+        .data;
+    if let Some(reason) = explain_raw_use(&rewritten) {
+        return Err(QueryError::Refused(reason));
+    }
+
+    let mut requests = Vec::new();
+    for job in &jobs {
+        for part in &job.table.parts {
+            let sql = job.sql_for(&part.dataset)?;
+            requests.push(async move { (job, client.partial(part, &sql).await) });
+        }
+    }
+    let answers = futures::future::join_all(requests).await;
+    let mut provenance = Vec::new();
+    let mut per_job: Vec<Vec<RecordBatch>> = vec![Vec::new(); jobs.len()];
+    for (job, answer) in answers {
+        let answer = answer?;
+        for b in answer.batches {
+            per_job[job.index].push(conform(&job.partial_schema, b, &answer.contribution.member)?);
+        }
+        provenance.push(answer.contribution);
+    }
+    for (job, batches) in jobs.iter().zip(per_job) {
+        // Set once per job; a job is never fetched twice.
+        let _ = job.partials.batches.set(batches);
+    }
+
+    let df = ctx.execute_logical_plan(rewritten).await.map_err(QueryError::exec)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(QueryError::exec)?;
+    provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
+    Ok(QueryOutcome { schema, batches, provenance })
+}
+
+fn raw_rows_message(table: &str) -> String {
+    format!(
+        "the query reads raw rows of {table}, and raw rows never leave their owner's node. \
+         What works: aggregates (COUNT, COUNT(*), SUM, AVG, MIN, MAX) with WHERE and GROUP BY, \
+         and any SQL over their results (HAVING, ORDER BY, LIMIT, CTEs, joins with local tables)"
+    )
+}
+
+/// Casts an owner's batch to the partial schema the requester expects; a batch of another shape
+/// is the owner's error, named as such.
+fn conform(schema: &SchemaRef, batch: RecordBatch, member: &str) -> Result<RecordBatch, QueryError> {
+    let bad = |why: String| QueryError::Owner {
+        member: member.to_owned(),
+        reason: format!("malformed partial result: {why}"),
+    };
+    if batch.num_columns() != schema.fields().len() {
+        return Err(bad(format!("{} columns, expected {}", batch.num_columns(), schema.fields().len())));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()).map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))
+}
+
+/// The merged partials of one split aggregate, filled after the owners answered.
+#[derive(Debug)]
+struct PartialsTable {
+    schema: SchemaRef,
+    batches: OnceLock<Vec<RecordBatch>>,
+}
+
+#[async_trait]
+impl TableProvider for PartialsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batches = self
+            .batches
+            .get()
+            .ok_or_else(|| DataFusionError::Internal("partials scanned before they were fetched".into()))?;
+        MemTable::try_new(self.schema.clone(), vec![batches.clone()])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// One aggregate split into per-owner sub-queries.
+struct Job {
+    index: usize,
+    table: Arc<FederatedTable>,
+    filters: Vec<Expr>,
+    groups: Vec<Expr>,
+    partial_aggs: Vec<Expr>,
+    partial_schema: SchemaRef,
+    partials: Arc<PartialsTable>,
+}
+
+impl Job {
+    /// The sub-query for one owner's dataset, as SQL text.
+    fn sql_for(&self, dataset: &str) -> Result<String, QueryError> {
+        let plan = partial_plan(&self.table, dataset, &self.filters, &self.groups, &self.partial_aggs)
+            .map_err(QueryError::plan)?;
+        let sql = plan_to_sql(&plan).map_err(QueryError::plan)?.to_string();
+        if sql.contains(['\n', '\r']) {
+            return Err(QueryError::Refused(
+                "line breaks inside string literals cannot be sent to owners; remove them".into(),
+            ));
+        }
+        Ok(sql)
+    }
+}
+
+fn partial_plan(
+    table: &Arc<FederatedTable>,
+    dataset: &str,
+    filters: &[Expr],
+    groups: &[Expr],
+    partial_aggs: &[Expr],
+) -> DfResult<LogicalPlan> {
+    let source = provider_as_source(table.clone() as Arc<dyn TableProvider>);
+    let mut b = LogicalPlanBuilder::scan(TableReference::bare(dataset), source, None)?;
+    if let Some(pred) = conjunction(filters.iter().cloned()) {
+        b = b.filter(pred)?;
+    }
+    let b = b.aggregate(groups.to_vec(), partial_aggs.to_vec())?;
+    let ng = groups.len();
+    let names = b.schema().columns();
+    let proj = names.into_iter().enumerate().map(|(i, c)| {
+        let alias = if i < ng { format!("g{i}") } else { format!("p{}", i - ng) };
+        Expr::Column(c).alias(alias)
+    });
+    b.project(proj)?.build()
+}
+
+/// A chain of filters, projections and aliases over one federated table, flattened: the filters
+/// and the chain's output expressions, both over the table's own (unqualified) columns.
+struct Flat {
+    table: Arc<FederatedTable>,
+    filters: Vec<Expr>,
+    outputs: Vec<Expr>,
+}
+
+fn federated_of(plan: &LogicalPlan) -> Option<Arc<FederatedTable>> {
+    let LogicalPlan::TableScan(scan) = plan else { return None };
+    let provider = datafusion::catalog::default_table_source::source_as_provider(&scan.source).ok()?;
+    provider.downcast_ref::<FederatedTable>()?;
+    // Re-take the Arc as the concrete type: the provider is exactly a FederatedTable.
+    let any: Arc<dyn std::any::Any + Send + Sync> = provider;
+    any.downcast::<FederatedTable>().ok()
+}
+
+fn flatten(plan: &LogicalPlan) -> DfResult<Option<Flat>> {
+    Ok(match plan {
+        LogicalPlan::TableScan(scan) => {
+            let Some(table) = federated_of(plan) else { return Ok(None) };
+            if scan.fetch.is_some() {
+                return Ok(None);
+            }
+            let outputs = scan
+                .projected_schema
+                .fields()
+                .iter()
+                .map(|f| Expr::Column(Column::new_unqualified(f.name())))
+                .collect();
+            let filters = scan.filters.iter().map(unqualify).collect::<DfResult<Vec<_>>>()?;
+            Some(Flat { table, filters, outputs })
+        }
+        LogicalPlan::Filter(f) => {
+            let Some(mut flat) = flatten(&f.input)? else { return Ok(None) };
+            if !pushable(&f.predicate) {
+                return Ok(None);
+            }
+            flat.filters.push(substitute(&f.predicate, f.input.schema(), &flat.outputs)?);
+            Some(flat)
+        }
+        LogicalPlan::Projection(p) => {
+            let Some(mut flat) = flatten(&p.input)? else { return Ok(None) };
+            if !p.expr.iter().all(pushable) {
+                return Ok(None);
+            }
+            flat.outputs = p
+                .expr
+                .iter()
+                .map(|e| substitute(&e.clone().unalias(), p.input.schema(), &flat.outputs))
+                .collect::<DfResult<Vec<_>>>()?;
+            Some(flat)
+        }
+        LogicalPlan::SubqueryAlias(s) => flatten(&s.input)?,
+        _ => None,
+    })
+}
+
+/// Whether an expression can run on the owner's side as part of a sub-query.
+fn pushable(e: &Expr) -> bool {
+    !e.exists(|x| {
+        Ok(matches!(
+            x,
+            Expr::ScalarSubquery(_)
+                | Expr::Exists(_)
+                | Expr::InSubquery(_)
+                | Expr::OuterReferenceColumn(..)
+                | Expr::AggregateFunction(_)
+                | Expr::WindowFunction(_)
+                | Expr::Placeholder(_)
+        ))
+    })
+    .unwrap_or(true)
+}
+
+fn unqualify(e: &Expr) -> DfResult<Expr> {
+    e.clone()
+        .transform_up(|x| match x {
+            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+}
+
+/// Replaces every column of `schema` in `e` by the expression that computes it.
+fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> DfResult<Expr> {
+    e.clone()
+        .transform_up(|x| match x {
+            Expr::Column(c) => {
+                let i = schema.index_of_column(&c)?;
+                let out = outputs
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| DataFusionError::Internal(format!("column {c} has no expression")))?;
+                Ok(Transformed::yes(out))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+}
+
+/// How a final aggregate is computed from partial columns.
+enum Merge {
+    /// COUNT: SUM of the partial counts, 0 when there are none.
+    Count(usize),
+    Sum(usize),
+    Min(usize),
+    Max(usize),
+    /// AVG: SUM of partial sums over SUM of partial counts.
+    Avg {
+        sum: usize,
+        count: usize,
+    },
+}
+
+/// Splits one aggregate over a flattened federated table.
+fn split_aggregate(agg: &Aggregate, flat: Flat, index: usize) -> Result<(LogicalPlan, Job), QueryError> {
+    let table = flat.table.clone();
+    if !table.unreachable.is_empty() {
+        return Err(QueryError::Owner {
+            member: table.unreachable.join(", "),
+            reason: format!(
+                "its catalog could not be read, so {} cannot be computed in full; check that the member's node is up and reachable",
+                table.display
+            ),
+        });
+    }
+    if table.parts.is_empty() {
+        return Err(QueryError::Refused(format!(
+            "no member publishes a dataset in {} that admits you; ask the owners' stewards for access",
+            table.display
+        )));
+    }
+    let input_schema = agg.input.schema();
+    let mut groups = Vec::new();
+    for g in &agg.group_expr {
+        if matches!(g, Expr::GroupingSet(_)) {
+            return Err(QueryError::Refused(
+                "GROUPING SETS, ROLLUP and CUBE over federated tables are not supported; run one GROUP BY per grouping and combine them with UNION ALL".into(),
+            ));
+        }
+        groups.push(substitute(g, input_schema, &flat.outputs).map_err(QueryError::plan)?);
+    }
+    let mut partial_aggs: Vec<Expr> = Vec::new();
+    let mut slot = |e: Expr| -> usize {
+        if let Some(i) = partial_aggs.iter().position(|x| x == &e) {
+            i
+        } else {
+            partial_aggs.push(e);
+            partial_aggs.len() - 1
+        }
+    };
+    let mut merges = Vec::new();
+    for a in &agg.aggr_expr {
+        let Expr::AggregateFunction(f) = a.clone().unalias() else {
+            return Err(QueryError::Refused(format!("{a} is not an aggregate function")));
+        };
+        let name = f.func.name().to_ascii_lowercase();
+        if !f.params.order_by.is_empty() {
+            return Err(QueryError::Refused(format!(
+                "ORDER BY inside {name}() over {} is not supported",
+                table.display
+            )));
+        }
+        let args = f
+            .params
+            .args
+            .iter()
+            .map(|x| substitute(x, input_schema, &flat.outputs))
+            .collect::<DfResult<Vec<_>>>()
+            .map_err(QueryError::plan)?;
+        let filter = match &f.params.filter {
+            Some(x) => Some(Box::new(substitute(x, input_schema, &flat.outputs).map_err(QueryError::plan)?)),
+            None => None,
+        };
+        let with_filter = |e: Expr| match (&filter, e) {
+            (Some(fl), Expr::AggregateFunction(mut af)) => {
+                af.params.filter = Some(fl.clone());
+                Expr::AggregateFunction(af)
+            }
+            (_, e) => e,
+        };
+        let same = |distinct: bool| {
+            Expr::AggregateFunction(AggregateFunction::new_udf(
+                f.func.clone(),
+                args.clone(),
+                distinct,
+                filter.clone(),
+                vec![],
+                f.params.null_treatment,
+            ))
+        };
+        if f.params.distinct && !matches!(name.as_str(), "min" | "max") {
+            if name != "count" || table.shared || table.parts.len() != 1 {
+                return Err(QueryError::Refused(format!(
+                    "{}(DISTINCT ...) over {} cannot be computed without moving rows across members: distinct values \
+                     would have to be compared across borders. What works: COUNT(...) or COUNT(*), or COUNT(DISTINCT ...) \
+                     on one member's dataset (member.dataset), which its owner computes whole",
+                    name.to_uppercase(),
+                    table.display
+                )));
+            }
+            merges.push(Merge::Count(slot(same(true))));
+            continue;
+        }
+        let arg = args.first().cloned().unwrap_or_else(|| lit(1i64));
+        merges.push(match name.as_str() {
+            "count" => Merge::Count(slot(same(false))),
+            "sum" => Merge::Sum(slot(same(false))),
+            "min" => Merge::Min(slot(same(false))),
+            "max" => Merge::Max(slot(same(false))),
+            "avg" => {
+                Merge::Avg { sum: slot(with_filter(sum(arg.clone()))), count: slot(with_filter(count(arg))) }
+            }
+            other => {
+                return Err(QueryError::Refused(format!(
+                    "{other}() over {} cannot be merged from each member's partial results; \
+                     supported aggregates: COUNT, COUNT(*), SUM, AVG, MIN, MAX",
+                    table.display
+                )));
+            }
+        });
+    }
+    let sample = table.parts.first().map(|p| p.dataset.as_str()).unwrap_or("t");
+    let partial =
+        partial_plan(&table, sample, &flat.filters, &groups, &partial_aggs).map_err(QueryError::plan)?;
+    let partial_schema: SchemaRef = Arc::new(partial.schema().as_arrow().clone());
+    let partials = Arc::new(PartialsTable { schema: partial_schema.clone(), batches: OnceLock::new() });
+
+    // The merge: group by g*, merge p*, then restore the original output names and types.
+    let ng = groups.len();
+    let p = |i: usize| Expr::Column(Column::new_unqualified(format!("p{i}")));
+    let finals: Vec<Expr> = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let e = match m {
+                Merge::Count(k) => coalesce(vec![sum(p(*k)), lit(0i64)]),
+                Merge::Sum(k) => sum(p(*k)),
+                Merge::Min(k) => min(p(*k)),
+                Merge::Max(k) => max(p(*k)),
+                Merge::Avg { sum: s, count: c } => {
+                    cast_expr(sum(p(*s)), DataType::Float64)
+                        / cast_expr(nullif(sum(p(*c)), lit(0i64)), DataType::Float64)
+                }
+            };
+            e.alias(format!("f{i}"))
+        })
+        .collect();
+    let merged = LogicalPlanBuilder::scan(
+        TableReference::bare(format!("__concord_partials_{index}")),
+        provider_as_source(partials.clone() as Arc<dyn TableProvider>),
+        None,
+    )
+    .and_then(|b| {
+        b.aggregate((0..ng).map(|j| Expr::Column(Column::new_unqualified(format!("g{j}")))), finals)
+    })
+    .and_then(|b| {
+        let restore = agg.schema.iter().enumerate().map(|(i, (q, f))| {
+            let src = if i < ng { format!("g{i}") } else { format!("f{}", i - ng) };
+            cast_expr(Expr::Column(Column::new_unqualified(src)), f.data_type().clone())
+                .alias_qualified(q.cloned(), f.name())
+        });
+        b.project(restore)
+    })
+    .and_then(LogicalPlanBuilder::build)
+    .map_err(QueryError::plan)?;
+    let job = Job { index, table, filters: flat.filters, groups, partial_aggs, partial_schema, partials };
+    Ok((merged, job))
+}
+
+/// If the plan still reads a federated table row by row, says where and what would work.
+fn explain_raw_use(plan: &LogicalPlan) -> Option<String> {
+    let mut reason = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        let found = match node {
+            LogicalPlan::Join(j) => {
+                let (l, r) = (federated_tables(&j.left), federated_tables(&j.right));
+                match (l.first(), r.first()) {
+                    (Some(a), Some(b)) => Some(format!(
+                        "joining {a} with {b} row by row would move one member's rows to another, and no raw row crosses \
+                         a border. What works: aggregate each side in its own subquery or CTE (GROUP BY the join key), \
+                         then join the aggregated results"
+                    )),
+                    (Some(a), None) | (None, Some(a)) => Some(format!(
+                        "joining {a} row by row with another table would bring {a}'s rows here, and raw rows never leave \
+                         their owner's node. What works: aggregate {a} first (GROUP BY the join key) in a subquery or CTE, \
+                         then join the result"
+                    )),
+                    (None, None) => None,
+                }
+            }
+            LogicalPlan::Window(w) => federated_tables(&w.input).first().map(|a| {
+                format!(
+                    "window functions over {a}'s rows would need its raw rows, which never leave their owner's node. \
+                     What works: aggregate first in a subquery or CTE, then apply the window function to the aggregated result"
+                )
+            }),
+            LogicalPlan::TableScan(_) => federated_of(node).map(|t| raw_rows_message(&t.display)),
+            _ => None,
+        };
+        if found.is_some() {
+            reason = found;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    reason
+}
+
+fn federated_tables(plan: &LogicalPlan) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|n| {
+        if let Some(t) = federated_of(n) {
+            names.insert(t.display.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names.into_iter().collect()
+}

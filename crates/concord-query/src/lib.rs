@@ -1,0 +1,94 @@
+//! Federated SQL with DataFusion.
+//!
+//! On the requester's side, [`federate`] plans an analyst's SQL, finds every aggregate over a
+//! federated table and splits it into one partial-aggregate sub-query per owner (SQL text made by
+//! DataFusion's unparser), asks an [`OwnerClient`] for each owner's partials, and merges them with
+//! DataFusion into exactly what the same SQL would give over the pooled data. On the owner's side,
+//! [`owner::run_subquery`] re-plans the SQL it received against the one dataset it names, checks
+//! that it is a partial aggregate and nothing else, and runs it.
+//!
+//! Invariant: nothing here reads a federated table row by row; its scan is an error, and a plan
+//! that still scans one after the split is refused with an explanation.
+//!
+//! This crate does no network IO and keeps no state: the node crate supplies the transport.
+
+pub mod dataset;
+pub mod federate;
+pub mod ipc;
+pub mod owner;
+
+pub use federate::{
+    Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryOutcome, run_federated,
+};
+
+use datafusion::error::DataFusionError;
+
+/// Errors of federated planning and execution, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Malformed SQL, unknown table or column, type errors.
+    #[error("{0}")]
+    Plan(String),
+    /// Valid SQL that would move raw rows across a border, or that cannot be merged.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The owner's check of a sub-query failed.
+    #[error("sub-query refused by the owner's check: {0}")]
+    SubqueryRefused(String),
+    /// A dataset file is missing, unreadable or does not match its schema.
+    #[error("dataset {name}: {reason}")]
+    Dataset { name: String, reason: String },
+    /// An owner could not answer.
+    #[error("member {member} did not answer: {reason}")]
+    Owner { member: String, reason: String },
+    #[error("query execution failed: {0}")]
+    Execution(String),
+}
+
+impl QueryError {
+    /// A stable code for the wire, the same in every API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Plan(_) => "invalid_query",
+            Self::Refused(_) => "query_refused",
+            Self::SubqueryRefused(_) => "subquery_refused",
+            Self::Dataset { .. } => "dataset_unavailable",
+            Self::Owner { .. } => "owner_failed",
+            Self::Execution(_) => "execution_failed",
+        }
+    }
+
+    pub(crate) fn plan(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
+                Ok(q) => *q,
+                Err(other) => Self::Plan(other.to_string()),
+            },
+            DataFusionError::Context(_, inner) => Self::plan(*inner),
+            other => Self::Plan(strip_df_prefix(&other)),
+        }
+    }
+
+    pub(crate) fn exec(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
+                Ok(q) => *q,
+                Err(other) => Self::Execution(other.to_string()),
+            },
+            DataFusionError::Context(_, inner) => Self::exec(*inner),
+            other => Self::Execution(strip_df_prefix(&other)),
+        }
+    }
+
+    /// Wraps this error so that it can travel through DataFusion callbacks.
+    pub(crate) fn into_df(self) -> DataFusionError {
+        DataFusionError::External(Box::new(self))
+    }
+}
+
+/// DataFusion's messages carry a prefix such as "Error during planning: "; keep the message and
+/// drop the backtrace hint.
+fn strip_df_prefix(e: &DataFusionError) -> String {
+    let s = e.strip_backtrace();
+    s.trim().to_owned()
+}

@@ -1,0 +1,168 @@
+//! The owner's side of a federated query: re-plan the sub-query a peer sent against the one
+//! dataset it names, check that it is a partial aggregate and nothing more, run it.
+//!
+//! Invariant: the owner checks every sub-query itself; nothing the requester planned is trusted.
+//! The only plans that run here have the shape
+//! `Projection(columns) -> Aggregate(COUNT|SUM|MIN|MAX) -> [Filter | Projection | SubqueryAlias]* -> TableScan(dataset)`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::SessionContext;
+
+use crate::QueryError;
+
+/// What the owner computed for one sub-query.
+#[derive(Debug)]
+pub struct OwnerAnswer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// Rows read from the dataset.
+    pub rows_scanned: u64,
+    /// Rows (groups) of the result.
+    pub groups_released: u64,
+}
+
+/// Aggregate functions whose partials can be merged across members.
+pub const PARTIAL_FUNCTIONS: [&str; 4] = ["count", "sum", "min", "max"];
+
+fn refuse(reason: impl Into<String>) -> QueryError {
+    QueryError::SubqueryRefused(reason.into())
+}
+
+/// Plans, checks and runs `sql` against `dataset` alone.
+pub async fn run_subquery(
+    dataset: &str,
+    table: Arc<dyn TableProvider>,
+    sql: &str,
+) -> Result<OwnerAnswer, QueryError> {
+    let ctx = SessionContext::new();
+    ctx.register_table(dataset, table.clone()).map_err(QueryError::plan)?;
+    let plan =
+        ctx.state().create_logical_plan(sql).await.map_err(|e| refuse(QueryError::plan(e).to_string()))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| refuse(e.strip_backtrace()))?;
+    check_subquery_plan(&plan, dataset, &table)?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
+    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
+    let schema = physical.schema();
+    let batches = collect(physical.clone(), ctx.task_ctx()).await.map_err(QueryError::exec)?;
+    let groups_released = batches.iter().map(|b| b.num_rows() as u64).sum();
+    Ok(OwnerAnswer { schema, batches, rows_scanned: leaf_rows(&physical), groups_released })
+}
+
+/// Rows produced by the leaves of an executed plan: what was read from the dataset.
+fn leaf_rows(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let children = plan.children();
+    if children.is_empty() {
+        return plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64;
+    }
+    children.into_iter().map(leaf_rows).sum()
+}
+
+/// Checks the shape of a sub-query plan, see the module docs.
+pub fn check_subquery_plan(
+    plan: &LogicalPlan,
+    dataset: &str,
+    table: &Arc<dyn TableProvider>,
+) -> Result<(), QueryError> {
+    let LogicalPlan::Projection(proj) = plan else {
+        return Err(refuse(
+            "a sub-query must be SELECT <group keys and partial aggregates> FROM <dataset> [WHERE ...] [GROUP BY ...]",
+        ));
+    };
+    for e in &proj.expr {
+        if !matches!(e.clone().unalias(), Expr::Column(_)) {
+            return Err(refuse(format!("select item {e} is neither a group key nor a partial aggregate")));
+        }
+    }
+    let LogicalPlan::Aggregate(agg) = proj.input.as_ref() else {
+        return Err(refuse("a sub-query must aggregate (COUNT, SUM, MIN, MAX); raw rows are never released"));
+    };
+    for g in &agg.group_expr {
+        if matches!(g, Expr::GroupingSet(_)) {
+            return Err(refuse("GROUPING SETS, ROLLUP and CUBE are not accepted in sub-queries"));
+        }
+        check_scalar(g)?;
+    }
+    for a in &agg.aggr_expr {
+        let Expr::AggregateFunction(f) = a.clone().unalias() else {
+            return Err(refuse(format!("{a} is not an aggregate function")));
+        };
+        let name = f.func.name().to_ascii_lowercase();
+        if !PARTIAL_FUNCTIONS.contains(&name.as_str()) {
+            return Err(refuse(format!(
+                "{name}() is not a partial aggregate; accepted: COUNT, SUM, MIN, MAX"
+            )));
+        }
+        if !f.params.order_by.is_empty() {
+            return Err(refuse("ORDER BY inside an aggregate is not accepted"));
+        }
+        for arg in f.params.args.iter().chain(f.params.filter.as_deref()) {
+            check_scalar(arg)?;
+        }
+    }
+    let mut input = agg.input.as_ref();
+    loop {
+        match input {
+            LogicalPlan::Filter(f) => {
+                check_scalar(&f.predicate)?;
+                input = f.input.as_ref();
+            }
+            LogicalPlan::Projection(p) => {
+                for e in &p.expr {
+                    check_scalar(e)?;
+                }
+                input = p.input.as_ref();
+            }
+            LogicalPlan::SubqueryAlias(s) => input = s.input.as_ref(),
+            LogicalPlan::TableScan(scan) => {
+                let source = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
+                    .map_err(|e| refuse(e.strip_backtrace()))?;
+                if scan.table_name.table() != dataset || !Arc::ptr_eq(&source, table) || scan.fetch.is_some()
+                {
+                    return Err(refuse(format!("a sub-query may read only dataset {dataset}")));
+                }
+                return Ok(());
+            }
+            other => {
+                return Err(refuse(format!(
+                    "{} is not accepted below the aggregate of a sub-query",
+                    other.display().to_string().split(':').next().unwrap_or("this operator")
+                )));
+            }
+        }
+    }
+}
+
+/// A scalar expression: no subquery, aggregate or window function inside.
+fn check_scalar(e: &Expr) -> Result<(), QueryError> {
+    let mut bad = None;
+    let _ = e.apply(|x| {
+        let what = match x {
+            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::SetComparison(_) => {
+                "a subquery"
+            }
+            Expr::OuterReferenceColumn(..) => "an outer reference",
+            Expr::AggregateFunction(_) => "a nested aggregate",
+            Expr::WindowFunction(_) => "a window function",
+            _ => return Ok(TreeNodeRecursion::Continue),
+        };
+        bad = Some(what);
+        Ok(TreeNodeRecursion::Stop)
+    });
+    match bad {
+        Some(what) => Err(refuse(format!("{e} holds {what}, which a sub-query may not"))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,150 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use concord_query::owner::run_subquery;
+use concord_query::{Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryError};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::prelude::SessionContext;
+
+pub type Row = (Option<String>, Option<i64>, Option<i64>, Option<f64>);
+
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("g2", DataType::Int64, true),
+        Field::new("x", DataType::Int64, true),
+        Field::new("y", DataType::Float64, true),
+    ]))
+}
+
+pub fn batch(rows: &[Row]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(rows.iter().map(|r| r.0.clone()).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.2).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.3).collect::<Float64Array>()),
+        ],
+    )
+    .expect("valid batch")
+}
+
+pub fn mem(rows: &[Row]) -> Arc<dyn TableProvider> {
+    Arc::new(MemTable::try_new(schema(), vec![vec![batch(rows)]]).expect("mem table"))
+}
+
+/// Owners in this process, each answering with the real owner-side check and execution.
+pub struct LocalOwners {
+    pub tables: BTreeMap<String, Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl OwnerClient for LocalOwners {
+    async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError> {
+        let table = self
+            .tables
+            .get(&part.owner)
+            .cloned()
+            .ok_or_else(|| QueryError::Owner { member: part.owner.clone(), reason: "unknown".into() })?;
+        let answer = run_subquery(&part.dataset, table, sql).await?;
+        Ok(PartialAnswer {
+            batches: answer.batches,
+            contribution: Contribution {
+                member: part.owner.clone(),
+                dataset: part.dataset.clone(),
+                rows_scanned: answer.rows_scanned,
+                groups_released: answer.groups_released,
+                receipt_digest: None,
+            },
+        })
+    }
+}
+
+/// A federation of members `m0..mN` holding the given row splits, plus the pooled context.
+pub fn federation(splits: &[Vec<Row>]) -> (SessionContext, LocalOwners, SessionContext) {
+    let fed = SessionContext::new();
+    let members: Vec<String> = (0..splits.len()).map(|i| format!("m{i}")).collect();
+    let table = FederatedTable {
+        display: "t".into(),
+        schema: schema(),
+        parts: members.iter().map(|m| Part { owner: m.clone(), dataset: "data".into() }).collect(),
+        shared: true,
+        unreachable: vec![],
+    };
+    fed.register_table("t", Arc::new(table)).expect("register");
+    let single = FederatedTable {
+        display: "m0.data".into(),
+        schema: schema(),
+        parts: vec![Part { owner: "m0".into(), dataset: "data".into() }],
+        shared: false,
+        unreachable: vec![],
+    };
+    fed.register_table("m0_data", Arc::new(single)).expect("register");
+    let owners =
+        LocalOwners { tables: members.iter().zip(splits).map(|(m, rows)| (m.clone(), mem(rows))).collect() };
+    let pooled = SessionContext::new();
+    let all: Vec<Row> = splits.iter().flatten().cloned().collect();
+    pooled.register_table("t", mem(&all)).expect("register");
+    pooled.register_table("m0_data", mem(&splits[0])).expect("register");
+    (fed, owners, pooled)
+}
+
+/// Cells as text, floats as numbers, for comparison with a tolerance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Text(String),
+    Float(f64),
+    Null,
+}
+
+pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
+    let mut out = Vec::new();
+    let opts = FormatOptions::default();
+    for b in batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("formatter"))
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                b.columns()
+                    .iter()
+                    .zip(&fmts)
+                    .map(|(c, f)| {
+                        if c.is_null(r) {
+                            Cell::Null
+                        } else if let Some(fa) = c.as_any().downcast_ref::<Float64Array>() {
+                            Cell::Float(fa.value(r))
+                        } else {
+                            Cell::Text(f.value(r).to_string())
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Equal up to a relative tolerance of 1e-9 on floats (sums are added in another order).
+pub fn assert_same(sql: &str, fed: &[Vec<Cell>], pooled: &[Vec<Cell>]) {
+    assert_eq!(fed.len(), pooled.len(), "{sql}: row counts differ\nfederated {fed:?}\npooled {pooled:?}");
+    for (a, b) in fed.iter().zip(pooled) {
+        assert_eq!(a.len(), b.len(), "{sql}");
+        for (x, y) in a.iter().zip(b) {
+            match (x, y) {
+                (Cell::Float(x), Cell::Float(y)) => {
+                    let tol = 1e-9 * x.abs().max(y.abs()).max(1.0);
+                    assert!((x - y).abs() <= tol, "{sql}: {x} vs {y}\nfederated {fed:?}\npooled {pooled:?}");
+                }
+                _ => assert_eq!(x, y, "{sql}\nfederated {fed:?}\npooled {pooled:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of federated planning: federated = pooled, refusals, the owner's check.
+
+mod common;
+mod federated_equals_pooled;
+mod owner_check;
+mod refusals;
