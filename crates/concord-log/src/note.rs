@@ -76,8 +76,9 @@ impl NoteSigner {
         let bad = |why: &str| LogError::BadKey(format!("private key file is not a note signing key: {why}"));
         let rest =
             skey.trim().strip_prefix("PRIVATE+KEY+").ok_or_else(|| bad("missing PRIVATE+KEY+ prefix"))?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(material), Some(id_hex), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // Key names hold no '+', base64 may: split from the left.
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected name+id+key"));
         };
         let bytes = B64.decode(material).map_err(|_| bad("key material is not base64"))?;
@@ -144,8 +145,9 @@ impl NoteVerifier {
     /// Parses a C2SP vkey `<name>+<hex id>+base64(0x01 || key)`; the id must match the key.
     pub fn from_vkey(vkey: &str) -> Result<Self, LogError> {
         let bad = |why: &str| LogError::BadKey(format!("verifier key {vkey:?} is malformed: {why}"));
-        let mut parts = vkey.trim().rsplitn(3, '+');
-        let (Some(material), Some(id_hex), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // Key names hold no '+', base64 may: split from the left.
+        let mut parts = vkey.trim().splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected <name>+<hex key id>+<base64 key>"));
         };
         check_key_name(name)?;
@@ -388,6 +390,15 @@ mod tests {
             matches!(two.verify(&[a.verifier(), b.verifier()]), Err(LogError::BadSignature(n)) if n == "fed/b")
         );
         assert!(two.verify(&[a.verifier()]).is_ok(), "unknown (to this verifier) b is ignored");
+    }
+
+    #[test]
+    fn keys_whose_base64_holds_a_plus_round_trip() {
+        for i in 0..200u8 {
+            let k = NoteSigner::from_seed("fed/a", [i; 32]).expect("key");
+            assert_eq!(NoteVerifier::from_vkey(&k.vkey()).expect("vkey parses").to_vkey(), k.vkey());
+            assert_eq!(NoteSigner::from_skey(&k.to_skey()).expect("skey parses").vkey(), k.vkey());
+        }
     }
 
     #[test]

@@ -1,1 +1,120 @@
-//! placeholder
+//! A member's node: the only crate that listens on the network and touches disk.
+//!
+//! It holds the member's keys (`config`), its state database (`state`), its datasets on disk, the
+//! peer listener (mutual TLS with charter pins, `peer`) that answers other members' sub-queries,
+//! the local listener (HTTP JSON API with bearer tokens, `local`) for the member's own users, the
+//! requester's side of federated queries (`node`), and the demo federation (`demo`).
+//!
+//! Invariant: no byte of a dataset leaves the node except through `peer::serve_query`, after
+//! the request's signature, freshness, replay, the owner's policy and the owner's sub-query check.
+
+pub mod admin;
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod local;
+pub mod node;
+pub mod peer;
+pub mod protocol;
+pub mod smoke;
+pub mod state;
+pub mod tls;
+
+use concord_charter::CharterError;
+use concord_log::LogError;
+use concord_policy::PolicyError;
+use concord_query::QueryError;
+
+/// Errors of the node, each with a stable code for the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("state database: {0}")]
+    State(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Charter(#[from] CharterError),
+    #[error(transparent)]
+    Note(#[from] LogError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("unknown member: {0}")]
+    UnknownMember(String),
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("stale request: {0}")]
+    Stale(String),
+    #[error("replayed request: {0}")]
+    Replayed(String),
+    #[error("charter mismatch: {0}")]
+    WrongCharter(String),
+    #[error("refused by policy: {0}")]
+    PolicyRefused(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("request body too large: {0}")]
+    TooLarge(String),
+    #[error("member {member} answered {code}: {message}")]
+    Peer { member: String, code: String, message: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+impl NodeError {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Self::Io { path: path.as_ref().display().to_string(), source }
+    }
+
+    /// A stable code, the same in every API.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Io { .. } => "io",
+            Self::State(_) => "state",
+            Self::Tls(_) => "tls",
+            Self::Charter(_) => "charter",
+            Self::Note(_) => "malformed_note",
+            Self::Query(q) => q.code(),
+            Self::Policy(_) => "policy",
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::UnknownMember(_) => "unknown_member",
+            Self::BadSignature(_) => "bad_signature",
+            Self::Stale(_) => "stale_request",
+            Self::Replayed(_) => "replayed_request",
+            Self::WrongCharter(_) => "charter_mismatch",
+            Self::PolicyRefused(_) => "policy_refused",
+            Self::NotFound(_) => "not_found",
+            Self::TooLarge(_) => "too_large",
+            Self::Peer { .. } => "peer_error",
+            Self::Listen { .. } => "listen",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) | Self::Note(_) | Self::Policy(_) => 400,
+            Self::Query(QueryError::Plan(_) | QueryError::Refused(_) | QueryError::SubqueryRefused(_)) => 400,
+            Self::Unauthorized(_) | Self::UnknownMember(_) | Self::BadSignature(_) => 401,
+            Self::PolicyRefused(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Replayed(_) | Self::WrongCharter(_) => 409,
+            Self::Stale(_) => 408,
+            Self::TooLarge(_) => 413,
+            Self::Peer { .. } | Self::Query(QueryError::Owner { .. }) => 502,
+            _ => 500,
+        }
+    }
+}

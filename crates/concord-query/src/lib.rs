@@ -58,7 +58,7 @@ impl QueryError {
         }
     }
 
-    pub(crate) fn plan(e: DataFusionError) -> Self {
+    pub fn plan(e: DataFusionError) -> Self {
         match e {
             DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
                 Ok(q) => *q,

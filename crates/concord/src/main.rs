@@ -1,1 +1,386 @@
-fn main() {}
+//! `concord`: parses arguments and calls the libraries.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use concord_node::config::{InitOptions, NodeDir};
+use concord_node::{admin, bench, demo, node, smoke};
+
+mod output;
+
+#[derive(Parser)]
+#[command(name = "concord", version, about = "A sovereign data federation under joint governance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a node folder: config, member key, TLS key and certificate, state, member card.
+    Init {
+        dir: PathBuf,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        federation: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:7101")]
+        peer_listen: String,
+        #[arg(long, default_value = "127.0.0.1:7100")]
+        local_listen: String,
+    },
+    /// Charter versions: genesis, signatures, acceptance.
+    Charter {
+        #[command(subcommand)]
+        command: CharterCommand,
+    },
+    /// Datasets of this node.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// Bearer tokens for the node's local users.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Run a node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Run federated SQL through a node.
+    Query {
+        /// The node's local listener, for example http://127.0.0.1:7100.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Show what each member contributed.
+        #[arg(long)]
+        provenance: bool,
+        /// Purpose stated in every request to owners.
+        #[arg(long, default_value = "analysis")]
+        purpose: String,
+        sql: String,
+    },
+    /// A whole three-member federation on 127.0.0.1 with sample data.
+    Demo {
+        #[arg(long, default_value = "concord-demo")]
+        dir: PathBuf,
+        /// One sub-folder per member, each with CSV or Parquet files.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 7100)]
+        port_base: u16,
+        /// Run a scripted tour and exit instead of waiting.
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CharterCommand {
+    /// Write charter version 1 from member cards and shared schemas.
+    Genesis {
+        #[arg(long)]
+        federation: String,
+        #[arg(long = "card", required = true)]
+        cards: Vec<PathBuf>,
+        /// A shared schema as JSON: {"name", "columns": [{"name", "type", "personal"}]}.
+        #[arg(long = "schema")]
+        schemas: Vec<PathBuf>,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
+    /// Add this node's member signature to a charter file.
+    Sign { dir: PathBuf, file: PathBuf },
+    /// Verify a charter file and make it this node's charter.
+    Accept { dir: PathBuf, file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Register a CSV or Parquet file by reference.
+    Add {
+        dir: PathBuf,
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// The charter's shared schema this dataset conforms to.
+        #[arg(long)]
+        schema: Option<String>,
+        /// Members that may run aggregates on it: ids separated by commas, or '*'.
+        #[arg(long)]
+        allow: Option<String>,
+    },
+    /// List the datasets.
+    List {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it.
+    Create {
+        dir: PathBuf,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Start both listeners; stop with SIGINT or SIGTERM.
+    Run { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Federated GROUP BY against the same SQL over the pooled data.
+    Federated {
+        #[arg(long, default_value_t = 6_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        #[arg(long, default_value = "concord-bench")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7300)]
+        port_base: u16,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Library errors already hold their causes' messages; print a cause only if new.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { dir, member, federation, name, jurisdiction, peer_listen, local_listen } => {
+            let card = concord_node::config::init(
+                &dir,
+                &InitOptions { member, federation, name, jurisdiction, peer_listen, local_listen },
+            )?;
+            println!("created node {} in {}", card.id, dir.display());
+            println!("member card: {}", NodeDir::new(&dir).card().display());
+            println!("verifier key: {}", card.vkey);
+            println!("TLS pin: {}", card.tls_pin);
+        }
+        Command::Charter { command } => charter(command)?,
+        Command::Dataset { command } => dataset(command).await?,
+        Command::Token { command: TokenCommand::Create { dir, role } } => {
+            println!("{}", admin::token_create(&NodeDir::new(dir), &role)?);
+        }
+        Command::Node { command: NodeCommand::Run { dir } } => {
+            let running = node::start(&NodeDir::new(&dir)).await?;
+            eprintln!(
+                "node {} of {} running: local http://{}  peer {}",
+                running.node.cfg.member,
+                running.node.federation(),
+                running.local_addr,
+                running.peer_addr
+            );
+            node::shutdown_signal().await;
+            eprintln!("stopping");
+            running.stop().await;
+        }
+        Command::Query { node, token, format, provenance, purpose, sql } => {
+            output::query(&node, &token, &sql, &purpose, format_name(format), provenance).await?;
+        }
+        Command::Demo { dir, data, port_base, smoke } => run_demo(dir, data, port_base, smoke).await?,
+        Command::Bench { command: BenchCommand::Federated { rows, iterations, dir, port_base } } => {
+            if rows < 3 || iterations == 0 {
+                bail!("--rows must be at least 3 and --iterations at least 1");
+            }
+            let opts = bench::BenchOptions { dir, rows, iterations, port_base };
+            let report = bench::federated(&opts, &|s| eprintln!("{s}")).await?;
+            println!("query: {}", bench::BENCH_SQL);
+            println!(
+                "rows: {} across 3 members, {} groups, {} runs after one warm-up",
+                report.rows,
+                report.groups,
+                report.pooled.len()
+            );
+            println!("pooled    median {:>9.1} ms", bench::ms(report.pooled_median()));
+            println!("federated median {:>9.1} ms", bench::ms(report.federated_median()));
+            println!("ratio federated/pooled: {:.2}", report.ratio());
+        }
+    }
+    Ok(())
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Table => "table",
+        Format::Csv => "csv",
+        Format::Json => "json",
+    }
+}
+
+fn charter(command: CharterCommand) -> Result<()> {
+    match command {
+        CharterCommand::Genesis { federation, cards, schemas, out } => {
+            let c = admin::charter_genesis(&federation, &cards, &schemas, &out)?;
+            println!(
+                "wrote charter version 1 of {} with {} members and {} shared schemas to {}; threshold {}",
+                c.federation,
+                c.members.len(),
+                c.schemas.len(),
+                out.display(),
+                c.threshold
+            );
+            println!("each founder now runs: concord charter sign DIR {}", out.display());
+        }
+        CharterCommand::Sign { dir, file } => {
+            let signed = admin::charter_sign(&NodeDir::new(dir), &file)?;
+            println!("signed; signatures so far: {}", signed.join(", "));
+        }
+        CharterCommand::Accept { dir, file } => {
+            let sc = admin::charter_accept(&NodeDir::new(dir), &file)?;
+            println!("accepted charter version {} of {}", sc.charter.version, sc.charter.federation);
+        }
+    }
+    Ok(())
+}
+
+async fn dataset(command: DatasetCommand) -> Result<()> {
+    match command {
+        DatasetCommand::Add { dir, name, file, schema, allow } => {
+            let r = admin::dataset_add(&NodeDir::new(dir), &name, &file, schema.as_deref(), allow.as_deref())
+                .await?;
+            println!(
+                "registered dataset {} ({}, {} rows{}) at {}",
+                r.name,
+                r.format,
+                r.rows,
+                r.shared_schema.map(|s| format!(", conforms to {s}")).unwrap_or_default(),
+                r.path.display()
+            );
+        }
+        DatasetCommand::List { dir, format } => {
+            let nd = NodeDir::new(dir);
+            nd.load_config()?;
+            let list = nd.open_state()?.datasets()?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                ListFormat::Table => {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(
+                        out,
+                        "{:<24} {:<8} {:>10}  {:<20} {:<16} path",
+                        "name", "format", "rows", "shared schema", "allow"
+                    )?;
+                    for d in list {
+                        let allow: concord_policy::DatasetPolicy = serde_json::from_str(&d.policy)
+                            .with_context(|| format!("policy of {}", d.name))?;
+                        writeln!(
+                            out,
+                            "{:<24} {:<8} {:>10}  {:<20} {:<16} {}",
+                            d.name,
+                            d.format,
+                            d.rows,
+                            d.shared_schema.as_deref().unwrap_or("-"),
+                            allow.allow.describe(),
+                            d.path.display()
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_demo(dir: PathBuf, data: Option<PathBuf>, port_base: u16, smoke_only: bool) -> Result<()> {
+    let sample = data.is_none();
+    eprintln!("building the demo federation in {}", dir.display());
+    let d = demo::launch(&demo::DemoOptions { dir: dir.clone(), data, port_base, smoke: smoke_only }).await?;
+    eprintln!("wrote {}", dir.join("demo.json").display());
+    if smoke_only {
+        let steps = smoke::tour(&d, sample).await;
+        d.stop().await;
+        let mut failed = 0;
+        for s in &steps {
+            match &s.outcome {
+                Ok(detail) => println!("ok      {}\n        {detail}", s.name),
+                Err(why) => {
+                    failed += 1;
+                    println!("FAILED  {}\n        {why}", s.name);
+                }
+            }
+        }
+        println!("{} passed, {failed} failed", steps.len() - failed);
+        if failed > 0 {
+            bail!("{failed} smoke step(s) failed");
+        }
+        return Ok(());
+    }
+    let queries: Vec<String> = if sample {
+        demo::sample_queries().into_iter().map(String::from).collect()
+    } else {
+        demo::data_queries(&d.schemas)
+    };
+    println!("{}", demo::guide(&d.file, &queries));
+    node::shutdown_signal().await;
+    eprintln!("stopping the demo federation");
+    d.stop().await;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Offline operations on a node folder: charter genesis, signing and acceptance, dataset
+//! registration, tokens. None of them needs the node to be running.
+
+use std::path::{Path, PathBuf};
+
+use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
+use concord_policy::{AllowList, DatasetPolicy};
+use concord_query::dataset::{self, DatasetFormat};
+
+use crate::NodeError;
+use crate::config::{NodeDir, replace_file};
+use crate::state::{DatasetRecord, now_rfc3339};
+
+fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
+    std::fs::read(path).map_err(|e| NodeError::io(path, e))
+}
+
+/// Builds genesis (version 1) from member cards and shared-schema files and writes it unsigned.
+pub fn charter_genesis(
+    federation: &str,
+    cards: &[PathBuf],
+    schemas: &[PathBuf],
+    out: &Path,
+) -> Result<Charter, NodeError> {
+    let cards = cards
+        .iter()
+        .map(|p| {
+            serde_json::from_slice::<MemberCard>(&read(p)?)
+                .map_err(|e| NodeError::Config(format!("{} is not a member card: {e}", p.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let schemas = schemas
+        .iter()
+        .map(|p| {
+            serde_json::from_slice::<SharedSchema>(&read(p)?).map_err(|e| {
+                NodeError::Config(format!(
+                    "{} is not a shared schema ({{\"name\", \"columns\": [{{\"name\", \"type\", \"personal\"}}]}}): {e}",
+                    p.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    write_genesis(federation, cards, schemas, out)
+}
+
+/// Writes genesis (version 1), unsigned, to `out`.
+pub fn write_genesis(
+    federation: &str,
+    cards: Vec<MemberCard>,
+    schemas: Vec<SharedSchema>,
+    out: &Path,
+) -> Result<Charter, NodeError> {
+    let charter = Charter::genesis(federation, cards, schemas)?;
+    replace_file(out, charter.to_text().as_bytes())?;
+    Ok(charter)
+}
+
+/// Adds this member's signature to a charter file. Returns who has signed it so far.
+pub fn charter_sign(dir: &NodeDir, file: &Path) -> Result<Vec<String>, NodeError> {
+    let cfg = dir.load_config()?;
+    let signer = dir.load_signer(&cfg)?;
+    let mut sc = SignedCharter::parse(&read(file)?)?;
+    let me = sc.charter.member(&cfg.member).ok_or_else(|| {
+        NodeError::Config(format!(
+            "{} does not name member {}; only its members sign it",
+            file.display(),
+            cfg.member
+        ))
+    })?;
+    if me.vkey != signer.vkey() {
+        return Err(NodeError::Config(format!(
+            "{} lists another key for {} than this node holds",
+            file.display(),
+            cfg.member
+        )));
+    }
+    sc.note.sign(&signer);
+    let signed = sc.signed_by()?;
+    replace_file(file, &sc.to_bytes())?;
+    Ok(signed)
+}
+
+/// Verifies a charter file and makes it this node's charter.
+pub fn charter_accept(dir: &NodeDir, file: &Path) -> Result<SignedCharter, NodeError> {
+    let cfg = dir.load_config()?;
+    let signer = dir.load_signer(&cfg)?;
+    let tls = crate::tls::TlsKeys::load(&dir.tls_cert(), &dir.tls_key())?;
+    let sc = SignedCharter::parse(&read(file)?)?;
+    let state = dir.open_state()?;
+    match state.latest_charter()? {
+        None => sc.verify_genesis()?,
+        Some(bytes) => {
+            let current = SignedCharter::parse(&bytes)?;
+            if current.charter.version >= sc.charter.version {
+                return Err(NodeError::Config(format!(
+                    "this node already has charter version {}; nothing older or equal is accepted",
+                    current.charter.version
+                )));
+            }
+            sc.verify_successor(&current.charter)?;
+        }
+    }
+    if sc.charter.federation != cfg.federation {
+        return Err(NodeError::Config(format!(
+            "the charter is for federation {}, this node belongs to {}",
+            sc.charter.federation, cfg.federation
+        )));
+    }
+    let me = sc
+        .charter
+        .member(&cfg.member)
+        .ok_or_else(|| NodeError::Config(format!("the charter does not name member {}", cfg.member)))?;
+    if me.vkey != signer.vkey() || me.tls_pin != tls.pin {
+        return Err(NodeError::Config(format!(
+            "the charter lists other keys for {} than this node holds",
+            cfg.member
+        )));
+    }
+    state.store_charter(sc.charter.version, &sc.to_bytes())?;
+    Ok(sc)
+}
+
+fn current_charter(dir: &NodeDir) -> Result<Option<SignedCharter>, NodeError> {
+    match dir.open_state()?.latest_charter()? {
+        Some(b) => Ok(Some(SignedCharter::parse(&b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Registers a dataset by reference: its file stays where it is.
+pub async fn dataset_add(
+    dir: &NodeDir,
+    name: &str,
+    file: &Path,
+    shared_schema: Option<&str>,
+    allow: Option<&str>,
+) -> Result<DatasetRecord, NodeError> {
+    dir.load_config()?;
+    check_identifier("dataset name", name)?;
+    let format = DatasetFormat::of_path(file)?;
+    let path = std::fs::canonicalize(file).map_err(|e| {
+        NodeError::Query(concord_query::QueryError::Dataset {
+            name: name.to_owned(),
+            reason: format!("cannot open {}: {e}", file.display()),
+        })
+    })?;
+    let charter = current_charter(dir)?;
+    let shared = match shared_schema {
+        None => None,
+        Some(s) => {
+            let c = charter.as_ref().ok_or_else(|| {
+                NodeError::Config(
+                    "no charter accepted yet; accept the genesis charter before naming a shared schema"
+                        .into(),
+                )
+            })?;
+            Some(c.charter.schema(s).cloned().ok_or_else(|| {
+                let known: Vec<_> = c.charter.schemas.iter().map(|s| s.name.as_str()).collect();
+                NodeError::Config(format!(
+                    "the charter has no shared schema {s}; it has: {}",
+                    known.join(", ")
+                ))
+            })?)
+        }
+    };
+    let policy = DatasetPolicy { allow: AllowList::parse(allow.unwrap_or(""))? };
+    let table = dataset::open(name, &path, format, shared.as_ref()).await?;
+    let rows = dataset::scan_all(name, &path, table.clone()).await?;
+    let record = DatasetRecord {
+        name: name.to_owned(),
+        path,
+        format: format.as_str().to_owned(),
+        shared_schema: shared.map(|s| s.name),
+        schema_ipc: concord_query::ipc::encode_schema(&table.schema())?,
+        policy: serde_json::to_string(&policy).map_err(|e| NodeError::State(e.to_string()))?,
+        rows,
+        added_at: now_rfc3339(),
+    };
+    dir.open_state()?.put_dataset(&record)?;
+    Ok(record)
+}
+
+/// Creates a bearer token for a local user.
+pub fn token_create(dir: &NodeDir, role: &str) -> Result<String, NodeError> {
+    dir.load_config()?;
+    if !crate::local::ROLES.contains(&role) {
+        return Err(NodeError::Config(format!(
+            "unknown role {role:?}; roles: {}",
+            crate::local::ROLES.join(", ")
+        )));
+    }
+    dir.open_state()?.create_token(role)
+}

@@ -1,0 +1,154 @@
+//! HTTP/1.1 clients: to peers over pinned mutual TLS, and to a node's local listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::Request;
+use hyper::header::HeaderMap;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::NodeError;
+use crate::tls::TlsKeys;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest response body read, Arrow IPC results included.
+pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+
+/// A response: status, headers, body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The `{"error": {"code", "message"}}` body of an error answer, or the text as it is.
+    pub fn error_parts(&self) -> (String, String) {
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            code: String,
+            message: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Outer {
+            error: Inner,
+        }
+        match serde_json::from_slice::<Outer>(&self.body) {
+            Ok(o) => (o.error.code, o.error.message),
+            Err(_) => {
+                (format!("http_{}", self.status), String::from_utf8_lossy(&self.body).trim().to_owned())
+            }
+        }
+    }
+}
+
+async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<Response, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?
+        .to_bytes();
+    driver.abort();
+    Ok(Response { status, headers, body })
+}
+
+fn request(
+    method: &str,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut b =
+        Request::builder().method(method).uri(path).header("host", host).header("content-type", content_type);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())
+}
+
+/// Calls a peer's listener at `endpoint`, accepting only the server whose key has `pin`.
+pub async fn peer_call(
+    keys: &TlsKeys,
+    member: &str,
+    endpoint: &str,
+    pin: &str,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Response, NodeError> {
+    let fail = |reason: String| NodeError::Peer {
+        member: member.to_owned(),
+        code: "unreachable".into(),
+        message: format!("{reason} (peer endpoint {endpoint}); check that its node is running and reachable"),
+    };
+    let config = crate::tls::client_config(keys, pin)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let work = async {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| "connection timed out".to_string())?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = connector
+            .connect(crate::tls::server_name(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?).await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, work)
+        .await
+        .map_err(|_| fail("request timed out".into()))?
+        .map_err(fail)
+}
+
+/// Calls a node's local listener at `base` (`http://host:port`).
+pub async fn local_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json_body: Option<&serde_json::Value>,
+) -> Result<Response, NodeError> {
+    let host = base
+        .strip_prefix("http://")
+        .ok_or_else(|| {
+            NodeError::Config(format!(
+                "node URL {base:?} must start with http://, for example http://127.0.0.1:7100"
+            ))
+        })?
+        .trim_end_matches('/');
+    let fail = |reason: String| {
+        NodeError::Config(format!(
+            "cannot reach the node at {base}: {reason}; is `concord node run` running there?"
+        ))
+    };
+    let body = json_body.map(|v| v.to_string().into_bytes()).unwrap_or_default();
+    let work = async {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
+            .await
+            .map_err(|_| "connection timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        send(tcp, request(method, host, path, token, body, "application/json")?).await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, work)
+        .await
+        .map_err(|_| fail("request timed out".into()))?
+        .map_err(fail)
+}

@@ -1,0 +1,545 @@
+//! The demo federation: members on 127.0.0.1, each in its own folder with its own keys and
+//! database, genesis signed by all, sample or given data, and a scripted smoke tour.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use concord_charter::{ColumnType, SchemaColumn, SharedSchema, check_identifier, check_member_id};
+use concord_query::dataset::{self, DatasetFormat, column_type_of};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::{DataFrame, SessionContext, col};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+use crate::admin;
+use crate::config::{InitOptions, NodeDir, replace_file};
+use crate::node::{RunningNode, start};
+
+pub const DEMO_FEDERATION: &str = "demo";
+
+/// One member to set up.
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    pub id: String,
+    pub name: String,
+    pub jurisdiction: String,
+    /// Dataset files; each becomes a dataset named after the file's stem.
+    pub files: Vec<PathBuf>,
+}
+
+/// A member as set up: where it lives and how to reach it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoMember {
+    pub id: String,
+    pub local_url: String,
+    pub peer_url: String,
+    pub analyst_token: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// `DIR/demo.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoFile {
+    pub federation: String,
+    pub members: Vec<DemoMember>,
+}
+
+/// Creates every member's node folder, the genesis charter signed by all, the datasets (every
+/// member may aggregate every dataset) and an analyst token each.
+pub async fn setup(
+    dir: &Path,
+    federation: &str,
+    specs: &[MemberSpec],
+    schemas: Vec<SharedSchema>,
+    port_base: u16,
+) -> Result<Vec<DemoMember>, NodeError> {
+    let mut cards = Vec::new();
+    let mut members = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let local = port_base as u32 + 2 * i as u32;
+        let peer = local + 1;
+        if peer > u16::MAX as u32 {
+            return Err(NodeError::Config(format!(
+                "--port-base {port_base} leaves no room for {} members",
+                specs.len()
+            )));
+        }
+        let node_dir = dir.join(&spec.id).join("node");
+        admin_init(&node_dir, spec, federation, local as u16, peer as u16)?;
+        cards.push(NodeDir::new(&node_dir).load_card()?);
+        members.push(DemoMember {
+            id: spec.id.clone(),
+            local_url: format!("http://127.0.0.1:{local}"),
+            peer_url: format!("https://127.0.0.1:{peer}"),
+            analyst_token: String::new(),
+            dir: node_dir,
+        });
+    }
+    let charter_file = dir.join("charter-v1.note");
+    let charter = admin::write_genesis(federation, cards, schemas, &charter_file)?;
+    for m in &members {
+        admin::charter_sign(&NodeDir::new(&m.dir), &charter_file)?;
+    }
+    for (m, spec) in members.iter_mut().zip(specs) {
+        let nd = NodeDir::new(&m.dir);
+        admin::charter_accept(&nd, &charter_file)?;
+        for file in &spec.files {
+            let stem = stem_of(file)?;
+            let shared = charter.schema(&stem).map(|s| s.name.as_str());
+            admin::dataset_add(&nd, &stem, file, shared, Some("*")).await?;
+        }
+        m.analyst_token = admin::token_create(&nd, "analyst")?;
+    }
+    Ok(members)
+}
+
+fn admin_init(
+    node_dir: &Path,
+    spec: &MemberSpec,
+    federation: &str,
+    local: u16,
+    peer: u16,
+) -> Result<(), NodeError> {
+    crate::config::init(
+        node_dir,
+        &InitOptions {
+            member: spec.id.clone(),
+            federation: federation.to_owned(),
+            name: Some(spec.name.clone()),
+            jurisdiction: Some(spec.jurisdiction.clone()),
+            peer_listen: format!("127.0.0.1:{peer}"),
+            local_listen: format!("127.0.0.1:{local}"),
+        },
+    )?;
+    Ok(())
+}
+
+fn stem_of(file: &Path) -> Result<String, NodeError> {
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_owned();
+    check_identifier("dataset name (the file's stem)", &stem)
+        .map_err(|e| NodeError::Config(format!("{}: {e}", file.display())))?;
+    Ok(stem)
+}
+
+/// Starts every member's node and waits until each answers on its local listener.
+pub async fn start_all(members: &[DemoMember]) -> Result<Vec<RunningNode>, NodeError> {
+    let mut running = Vec::new();
+    for m in members {
+        match start(&NodeDir::new(&m.dir)).await {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                for r in running {
+                    r.stop().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    for m in members {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok =
+                crate::client::local_call(&m.local_url, "GET", "/v1/status", Some(&m.analyst_token), None)
+                    .await
+                    .is_ok_and(|r| r.status == 200);
+            if ok {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(NodeError::Config(format!("member {} did not answer at {}", m.id, m.local_url)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(running)
+}
+
+/// The sample members without `--data`.
+pub fn sample_members(data_dir: &Path) -> Result<Vec<MemberSpec>, NodeError> {
+    let people = [
+        ("alpha", "Alpha Statistics Office", "AL", &["AL-North", "AL-South", "AL-Capital"][..], 30_000),
+        ("bravo", "Bravo Health Agency", "BR", &["BR-East", "BR-West"][..], 24_000),
+        ("charlie", "Charlie Research Consortium", "CH", &["CH-1", "CH-2", "CH-3", "CH-4"][..], 36_000),
+    ];
+    let mut specs = Vec::new();
+    for (i, (id, name, jurisdiction, regions, rows)) in people.into_iter().enumerate() {
+        let folder = data_dir.join(id);
+        std::fs::create_dir_all(&folder).map_err(|e| NodeError::io(&folder, e))?;
+        let cases = folder.join("health_cases.csv");
+        write_health_cases(&cases, i as u64, regions, rows)?;
+        let econ = folder.join("digital_economy.csv");
+        write_digital_economy(&econ, i as u64)?;
+        specs.push(MemberSpec {
+            id: id.into(),
+            name: name.into(),
+            jurisdiction: jurisdiction.into(),
+            files: vec![cases, econ],
+        });
+    }
+    Ok(specs)
+}
+
+/// The shared schemas of the sample data.
+pub fn sample_schemas() -> Vec<SharedSchema> {
+    let c = |name: &str, ty, personal| SchemaColumn { name: name.into(), ty, personal };
+    vec![
+        SharedSchema {
+            name: "health_cases".into(),
+            version: 1,
+            columns: vec![
+                c("case_id", ColumnType::Int64, true),
+                c("region", ColumnType::Utf8, false),
+                c("age_band", ColumnType::Utf8, true),
+                c("sex", ColumnType::Utf8, true),
+                c("onset_date", ColumnType::Date32, true),
+                c("hospital_days", ColumnType::Int64, true),
+                c("outcome", ColumnType::Utf8, true),
+            ],
+        },
+        SharedSchema {
+            name: "digital_economy".into(),
+            version: 1,
+            columns: vec![
+                c("year", ColumnType::Int64, false),
+                c("sector", ColumnType::Utf8, false),
+                c("value_added", ColumnType::Float64, false),
+                c("share_of_gdp", ColumnType::Float64, false),
+            ],
+        },
+    ]
+}
+
+/// A small deterministic generator (SplitMix64), so that the sample data is the same everywhere.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const AGE_BANDS: [&str; 9] = ["0-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70-79", "80+"];
+
+fn write_health_cases(path: &Path, member: u64, regions: &[&str], rows: usize) -> Result<(), NodeError> {
+    let mut rng = SplitMix::new(0xC0FFEE + member);
+    let f = std::fs::File::create(path).map_err(|e| NodeError::io(path, e))?;
+    let mut w = std::io::BufWriter::new(f);
+    let io = |e| NodeError::io(path, e);
+    writeln!(w, "case_id,region,age_band,sex,onset_date,hospital_days,outcome").map_err(io)?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default();
+    for i in 0..rows {
+        let region = regions[rng.below(regions.len() as u64) as usize];
+        let band = rng.below(AGE_BANDS.len() as u64) as usize;
+        let sex = if rng.below(2) == 0 { "F" } else { "M" };
+        let date = epoch + chrono::Days::new(rng.below(365));
+        let severe = rng.unit() < 0.05 + 0.03 * band as f64;
+        let (outcome, days) = if severe {
+            if rng.unit() < 0.1 + 0.02 * band as f64 {
+                ("deceased", 3 + rng.below(20))
+            } else {
+                ("hospitalised", 1 + rng.below(15))
+            }
+        } else {
+            ("recovered", 0)
+        };
+        let days = if rng.below(10) == 0 { String::new() } else { days.to_string() };
+        writeln!(
+            w,
+            "{},{region},{},{sex},{date},{days},{outcome}",
+            member * 1_000_000 + i as u64,
+            AGE_BANDS[band]
+        )
+        .map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+const SECTORS: [&str; 5] = ["ict", "e-commerce", "fintech", "digital-media", "cloud"];
+
+fn write_digital_economy(path: &Path, member: u64) -> Result<(), NodeError> {
+    let mut rng = SplitMix::new(0xEC0 + member);
+    let io = |e| NodeError::io(path, e);
+    let f = std::fs::File::create(path).map_err(|e| NodeError::io(path, e))?;
+    let mut w = std::io::BufWriter::new(f);
+    writeln!(w, "year,sector,value_added,share_of_gdp").map_err(io)?;
+    for year in 2015..=2025 {
+        for (s, sector) in SECTORS.iter().enumerate() {
+            let base = 1_000.0 * (member + 1) as f64 * (1.0 + s as f64 / 2.0);
+            let growth = 1.0 + 0.04 * (year - 2015) as f64;
+            let va = base * growth * (0.9 + 0.2 * rng.unit());
+            let share = 0.5 + 3.0 * rng.unit();
+            writeln!(w, "{year},{sector},{va:.2},{share:.3}").map_err(io)?;
+        }
+    }
+    w.flush().map_err(io)
+}
+
+/// Members from `--data FOLDER`: each sub-folder a member, each CSV or Parquet file a dataset;
+/// files with the same stem in several members form a shared schema of that name (the columns
+/// they all have, in a type they all fit).
+pub async fn data_members(folder: &Path) -> Result<(Vec<MemberSpec>, Vec<SharedSchema>), NodeError> {
+    let mut specs = Vec::new();
+    let entries = std::fs::read_dir(folder).map_err(|e| NodeError::io(folder, e))?;
+    let mut dirs: Vec<PathBuf> =
+        entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    for d in dirs {
+        let id = d.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+        check_member_id(&id).map_err(|e| {
+            NodeError::Config(format!("{}: the folder name is the member id: {e}", d.display()))
+        })?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| NodeError::io(&d, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && DatasetFormat::of_path(p).is_ok())
+            .collect();
+        files.sort();
+        specs.push(MemberSpec { name: id.clone(), jurisdiction: id.to_uppercase(), id, files });
+    }
+    if specs.is_empty() {
+        return Err(NodeError::Config(format!(
+            "{} has no member folders; put one folder per member, each with CSV or Parquet files",
+            folder.display()
+        )));
+    }
+    // Columns per stem per member.
+    let mut by_stem: BTreeMap<String, Vec<Vec<(String, ColumnType)>>> = BTreeMap::new();
+    for s in &specs {
+        for f in &s.files {
+            let stem = stem_of(f)?;
+            let table = dataset::open(&stem, f, DatasetFormat::of_path(f)?, None).await?;
+            let cols = table
+                .schema()
+                .fields()
+                .iter()
+                .filter_map(|fl| column_type_of(fl.data_type()).map(|t| (fl.name().clone(), t)))
+                .collect();
+            by_stem.entry(stem).or_default().push(cols);
+        }
+    }
+    let mut schemas = Vec::new();
+    for (stem, lists) in by_stem {
+        if lists.len() < 2 {
+            continue;
+        }
+        let mut columns = Vec::new();
+        for (name, ty) in &lists[0] {
+            let mut t = *ty;
+            let all = lists[1..].iter().all(|l| {
+                l.iter().any(|(n, u)| {
+                    n == name && {
+                        let fits = *u == t
+                            || matches!(
+                                (t, *u),
+                                (ColumnType::Int64, ColumnType::Float64)
+                                    | (ColumnType::Float64, ColumnType::Int64)
+                            );
+                        if fits && *u == ColumnType::Float64 {
+                            t = ColumnType::Float64;
+                        }
+                        fits
+                    }
+                })
+            });
+            if all && check_identifier("column", name).is_ok() {
+                columns.push(SchemaColumn { name: name.clone(), ty: t, personal: false });
+            }
+        }
+        if !columns.is_empty() {
+            schemas.push(SharedSchema { name: stem, version: 1, columns });
+        }
+    }
+    Ok((specs, schemas))
+}
+
+/// The pooled data of every member in one DataFusion context: what a central database would
+/// hold. Only the demo and tests can build it, because only they hold every member's files.
+pub async fn pooled_context(
+    specs: &[MemberSpec],
+    schemas: &[SharedSchema],
+) -> Result<SessionContext, NodeError> {
+    let ctx = SessionContext::new();
+    for s in schemas {
+        let mut union: Option<DataFrame> = None;
+        for spec in specs {
+            for f in &spec.files {
+                if stem_of(f)? != s.name {
+                    continue;
+                }
+                let table = dataset::open(&s.name, f, DatasetFormat::of_path(f)?, Some(s)).await?;
+                let df = ctx
+                    .read_table(table)
+                    .and_then(|d| {
+                        d.select(s.columns.iter().map(|c| col(dataset::quoted(&c.name))).collect::<Vec<_>>())
+                    })
+                    .map_err(concord_query::QueryError::plan)?;
+                union = Some(match union {
+                    None => df,
+                    Some(u) => u.union(df).map_err(concord_query::QueryError::plan)?,
+                });
+            }
+        }
+        if let Some(u) = union {
+            ctx.register_table(s.name.as_str(), u.into_view()).map_err(concord_query::QueryError::plan)?;
+        }
+    }
+    Ok(ctx)
+}
+
+/// What `concord demo` is given.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub dir: PathBuf,
+    pub data: Option<PathBuf>,
+    pub port_base: u16,
+    pub smoke: bool,
+}
+
+/// A demo federation that is up.
+pub struct Demo {
+    pub file: DemoFile,
+    pub specs: Vec<MemberSpec>,
+    pub schemas: Vec<SharedSchema>,
+    pub nodes: Vec<RunningNode>,
+}
+
+impl Demo {
+    pub async fn stop(self) {
+        for n in self.nodes {
+            n.stop().await;
+        }
+    }
+}
+
+/// Builds and starts the demo federation and writes `DIR/demo.json`.
+pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
+    prepare_dir(&opts.dir)?;
+    let (specs, schemas) = match &opts.data {
+        Some(folder) => data_members(folder).await?,
+        None => (sample_members(&opts.dir.join("data"))?, sample_schemas()),
+    };
+    let members = setup(&opts.dir, DEMO_FEDERATION, &specs, schemas.clone(), opts.port_base).await?;
+    let nodes = start_all(&members).await?;
+    let file = DemoFile { federation: DEMO_FEDERATION.into(), members };
+    let json = serde_json::to_string_pretty(&file).map_err(|e| NodeError::Config(e.to_string()))?;
+    replace_file(&opts.dir.join("demo.json"), format!("{json}\n").as_bytes())?;
+    Ok(Demo { file, specs, schemas, nodes })
+}
+
+/// A demo folder is made anew each run; refuse to wipe anything that is not one.
+fn prepare_dir(dir: &Path) -> Result<(), NodeError> {
+    if dir.exists() {
+        let is_demo = dir.join("demo.json").exists() || dir.join("charter-v1.note").exists();
+        let empty = std::fs::read_dir(dir).map_err(|e| NodeError::io(dir, e))?.next().is_none();
+        if !is_demo && !empty {
+            return Err(NodeError::Config(format!(
+                "{} exists and is not a demo folder; choose another --dir",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))
+}
+
+/// Example queries for the guide and the smoke tour.
+pub fn sample_queries() -> Vec<&'static str> {
+    vec![
+        "SELECT region, count(*) AS cases, avg(hospital_days) AS mean_days FROM health_cases GROUP BY region ORDER BY region",
+        "SELECT age_band, sex, count(*) AS n, sum(hospital_days) AS days, min(onset_date) AS first, max(onset_date) AS last FROM health_cases WHERE outcome = 'hospitalised' GROUP BY age_band, sex ORDER BY age_band, sex",
+        "SELECT outcome, count(*) AS n FROM health_cases GROUP BY outcome HAVING count(*) > 100 ORDER BY n DESC LIMIT 2",
+        "WITH y AS (SELECT year, sum(value_added) AS va FROM digital_economy GROUP BY year) SELECT year, va, va - lag(va) OVER (ORDER BY year) AS growth FROM y ORDER BY year",
+        "SELECT sector, avg(share_of_gdp) AS share, max(value_added) AS top FROM digital_economy WHERE year >= 2020 GROUP BY sector ORDER BY sector",
+        "SELECT count(*) AS cases FROM bravo.health_cases WHERE age_band = '80+'",
+    ]
+}
+
+/// Queries over whatever `--data` holds: a count and the aggregates of a numeric column of
+/// each shared schema.
+pub fn data_queries(schemas: &[SharedSchema]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in schemas {
+        out.push(format!("SELECT count(*) AS n FROM {}", s.name));
+        if let Some(c) = s.columns.iter().find(|c| matches!(c.ty, ColumnType::Int64 | ColumnType::Float64)) {
+            let n = dataset::quoted(&c.name);
+            out.push(format!(
+                "SELECT sum({n}) AS s, avg({n}) AS a, min({n}) AS lo, max({n}) AS hi FROM {}",
+                s.name
+            ));
+        }
+    }
+    out
+}
+
+/// Prints the guide for a running demo.
+pub fn guide(file: &DemoFile, queries: &[String]) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("Federation {:?} is up with {} members:\n", file.federation, file.members.len()));
+    for m in &file.members {
+        s.push_str(&format!("  {:<10} local {}  peer {}\n", m.id, m.local_url, m.peer_url));
+    }
+    if let Some(m) = file.members.first() {
+        s.push_str(&format!("\nAsk as an analyst of {}:\n", m.id));
+        for q in queries.iter().take(4) {
+            s.push_str(&format!(
+                "  concord query --node {} --token {} --provenance \"{}\"\n",
+                m.local_url, m.analyst_token, q
+            ));
+        }
+        s.push_str("\nRaw rows are refused, for example: SELECT * FROM health_cases\n");
+    }
+    s.push_str("\nPress Ctrl-C to stop every node.\n");
+    s
+}
+
+/// Result of a federated query through a node's local API.
+pub struct ApiResult {
+    pub batches: Vec<RecordBatch>,
+    pub provenance: Vec<concord_query::Contribution>,
+}
+
+/// Runs SQL through a node's local API, as an analyst would.
+pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiResult, NodeError> {
+    let resp = crate::client::local_call(
+        local_url,
+        "POST",
+        "/v1/query",
+        Some(token),
+        Some(&serde_json::json!({ "sql": sql })),
+    )
+    .await?;
+    if resp.status != 200 {
+        let (code, message) = resp.error_parts();
+        return Err(NodeError::Peer { member: "local node".into(), code, message });
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        arrow_ipc: String,
+        provenance: Vec<concord_query::Contribution>,
+    }
+    let body: Body = serde_json::from_slice(&resp.body)
+        .map_err(|e| NodeError::BadRequest(format!("malformed answer: {e}")))?;
+    use base64::Engine as _;
+    let ipc = base64::engine::general_purpose::STANDARD
+        .decode(body.arrow_ipc)
+        .map_err(|_| NodeError::BadRequest("arrow_ipc is not base64".into()))?;
+    let (_, batches) = concord_query::ipc::decode(&ipc)?;
+    Ok(ApiResult { batches, provenance: body.provenance })
+}

@@ -1,0 +1,152 @@
+//! The local listener: the member's own users, HTTP JSON with bearer tokens.
+//!
+//! Routes (every one needs `Authorization: Bearer <token>` from `concord token create`):
+//! - `GET /v1/status`: federation, member, charter version, members.
+//! - `GET /v1/datasets`: this node's datasets.
+//! - `POST /v1/query` `{"sql": "...", "purpose": "..."}` (role analyst): the result as a base64
+//!   Arrow IPC stream with its column names and provenance.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::NodeError;
+use crate::node::{Node, error_body};
+
+/// Largest request body a local user may send.
+pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
+
+/// Roles of local users.
+pub const ROLES: [&str; 4] = ["analyst", "steward", "auditor", "delegate"];
+
+struct ApiError(NodeError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(error_body(&self.0))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        Self(e)
+    }
+}
+
+fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String, NodeError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            NodeError::Unauthorized(
+                "send `Authorization: Bearer <token>`; create a token with `concord token create`".into(),
+            )
+        })?;
+    let role = node.state.token_role(token.trim())?.ok_or_else(|| {
+        NodeError::Unauthorized("unknown token; create one with `concord token create`".into())
+    })?;
+    if !roles.is_empty() && !roles.contains(&role.as_str()) {
+        return Err(NodeError::Unauthorized(format!(
+            "role {role} may not do this; it needs one of {}",
+            roles.join(", ")
+        )));
+    }
+    Ok(role)
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/datasets", get(datasets))
+        .route("/v1/query", post(query))
+        .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
+        .with_state(node)
+}
+
+async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    let members: Vec<_> = node.charter.charter.members.iter().map(|m| m.id.clone()).collect();
+    Ok(axum::Json(serde_json::json!({
+        "federation": node.federation(),
+        "member": node.cfg.member,
+        "charter_version": node.charter_version(),
+        "members": members,
+        "schemas": node.charter.charter.schemas.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    let list: Vec<_> = node
+        .datasets
+        .values()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.record.name,
+                "format": d.record.format,
+                "shared_schema": d.record.shared_schema,
+                "rows": d.record.rows,
+                "allow": d.policy.allow.describe(),
+                "available": d.table.is_ok(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+async fn query(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["analyst"])?;
+    let q: QueryBody = serde_json::from_slice(&body)
+        .map_err(|e| NodeError::BadRequest(format!("body must be JSON {{\"sql\": \"...\"}}: {e}")))?;
+    let purpose = q.purpose.unwrap_or_else(|| "analysis".into());
+    if purpose.contains(['\n', '\r']) || purpose.trim().is_empty() {
+        return Err(NodeError::BadRequest("purpose must be one line of text".into()).into());
+    }
+    let out = node.query(&q.sql, purpose.trim()).await?;
+    let ipc = concord_query::ipc::encode(&out.schema, &out.batches).map_err(NodeError::from)?;
+    let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+    Ok(axum::Json(serde_json::json!({
+        "columns": out.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
+        "row_count": rows,
+        "arrow_ipc": B64.encode(ipc),
+        "provenance": out.provenance,
+    }))
+    .into_response())
+}
+
+/// Serves the local API until `shutdown` turns true.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let app = router(node);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("local listener stopped: {e}");
+    }
+}

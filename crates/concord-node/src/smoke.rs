@@ -1,0 +1,191 @@
+//! The demo's scripted tour (`concord demo --smoke`): federated answers compared with the same
+//! SQL over the pooled data, a refused query, a forged and a replayed peer request refused.
+
+use concord_log::NoteSigner;
+use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use crate::NodeError;
+use crate::config::NodeDir;
+use crate::demo::{Demo, api_query, data_queries, pooled_context, sample_queries};
+use crate::protocol::{QueryRequest, new_request_id};
+use crate::tls::TlsKeys;
+
+/// One step of the tour and how it went.
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub outcome: Result<String, String>,
+}
+
+/// Cells as text, floats as numbers.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Text(String),
+    Float(f64),
+    Null,
+}
+
+fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<Cell>>, String> {
+    let opts = FormatOptions::default();
+    let mut out = Vec::new();
+    for b in batches {
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in 0..b.num_rows() {
+            out.push(
+                b.columns()
+                    .iter()
+                    .zip(&fmts)
+                    .map(|(c, f)| {
+                        if c.is_null(r) {
+                            Cell::Null
+                        } else if let Some(fa) = c.as_any().downcast_ref::<Float64Array>() {
+                            Cell::Float(fa.value(r))
+                        } else {
+                            Cell::Text(f.value(r).to_string())
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Compares two results row by row; floats within a relative 1e-9 (sums add in another order).
+pub fn compare(federated: &[RecordBatch], pooled: &[RecordBatch]) -> Result<usize, String> {
+    let (a, b) = (cells(federated)?, cells(pooled)?);
+    if a.len() != b.len() {
+        return Err(format!("{} rows federated, {} pooled", a.len(), b.len()));
+    }
+    for (i, (ra, rb)) in a.iter().zip(&b).enumerate() {
+        let same = ra.len() == rb.len()
+            && ra.iter().zip(rb).all(|(x, y)| match (x, y) {
+                (Cell::Float(x), Cell::Float(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                _ => x == y,
+            });
+        if !same {
+            return Err(format!("row {i} differs: federated {ra:?}, pooled {rb:?}"));
+        }
+    }
+    Ok(a.len())
+}
+
+/// Runs the tour against a launched demo.
+pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let Some(first) = demo.file.members.first() else {
+        return vec![Step { name: "members".into(), outcome: Err("the demo has no members".into()) }];
+    };
+    let queries: Vec<String> = if sample {
+        sample_queries().into_iter().map(String::from).collect()
+    } else {
+        data_queries(&demo.schemas)
+    };
+    let pooled = pooled_context(&demo.specs, &demo.schemas).await;
+    for sql in &queries {
+        let outcome = async {
+            let pooled = pooled.as_ref().map_err(|e| e.to_string())?;
+            let fed =
+                api_query(&first.local_url, &first.analyst_token, sql).await.map_err(|e| e.to_string())?;
+            // `bravo.health_cases` is one member's dataset; the pooled context answers it from
+            // the union, so that query is compared against a filter on case ids instead.
+            let pooled_sql = sql.replace(
+                "FROM bravo.health_cases WHERE",
+                "FROM health_cases WHERE case_id >= 1000000 AND case_id < 2000000 AND",
+            );
+            let p = pooled
+                .sql(&pooled_sql)
+                .await
+                .map_err(|e| e.to_string())?
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = compare(&fed.batches, &p)?;
+            let members = fed.provenance.iter().map(|c| c.member.as_str()).collect::<Vec<_>>().join(",");
+            Ok::<_, String>(format!("{rows} rows, same as pooled; contributed by {members}"))
+        }
+        .await;
+        steps.push(Step { name: format!("federated = pooled: {sql}"), outcome });
+    }
+    let table = demo.schemas.first().map(|s| s.name.clone()).unwrap_or_else(|| "health_cases".into());
+    let raw = format!("SELECT * FROM {table}");
+    let outcome = match api_query(&first.local_url, &first.analyst_token, &raw).await {
+        Err(NodeError::Peer { code, message, .. }) if code == "query_refused" => Ok(message),
+        Err(e) => Err(format!("refused for the wrong reason: {e}")),
+        Ok(_) => Err("raw rows were returned".into()),
+    };
+    steps.push(Step { name: format!("refused: {raw}"), outcome });
+    if demo.file.members.len() > 1 {
+        steps.push(Step { name: "forged peer request refused".into(), outcome: forged(demo, &table).await });
+        steps.push(Step {
+            name: "replayed peer request refused".into(),
+            outcome: replayed(demo, &table).await,
+        });
+    }
+    steps
+}
+
+/// Sends `note` to member 1 over mutual TLS as member 0.
+async fn send_as_first(demo: &Demo, body: Vec<u8>) -> Result<crate::client::Response, String> {
+    let (a, b) = (&demo.file.members[0], &demo.file.members[1]);
+    let nd = NodeDir::new(&a.dir);
+    let keys = TlsKeys::load(&nd.tls_cert(), &nd.tls_key()).map_err(|e| e.to_string())?;
+    let card = NodeDir::new(&b.dir).load_card().map_err(|e| e.to_string())?;
+    crate::client::peer_call(&keys, &b.id, &card.peer_endpoint, &card.tls_pin, "POST", "/v1/query", body)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn request(demo: &Demo, table: &str) -> Result<QueryRequest, String> {
+    let (a, b) = (&demo.file.members[0], &demo.file.members[1]);
+    Ok(QueryRequest {
+        federation: demo.file.federation.clone(),
+        request_id: new_request_id(),
+        requester: a.id.clone(),
+        owner: b.id.clone(),
+        charter_version: 1,
+        time: chrono::Utc::now().timestamp(),
+        dataset: table.to_owned(),
+        purpose: "smoke test".into(),
+        sql: format!("SELECT count(1) AS p0 FROM {table}"),
+    })
+}
+
+async fn forged(demo: &Demo, table: &str) -> Result<String, String> {
+    let a = &demo.file.members[0];
+    let impostor =
+        NoteSigner::generate(&format!("{}/{}", demo.file.federation, a.id)).map_err(|e| e.to_string())?;
+    let note = request(demo, table)?.sign(&impostor).map_err(|e| e.to_string())?;
+    let resp = send_as_first(demo, note.to_bytes()).await?;
+    let (code, message) = resp.error_parts();
+    if resp.status == 401 && code == "bad_signature" {
+        Ok(message)
+    } else {
+        Err(format!("expected 401 bad_signature, got {} {code}: {message}", resp.status))
+    }
+}
+
+async fn replayed(demo: &Demo, table: &str) -> Result<String, String> {
+    let a = &demo.file.members[0];
+    let nd = NodeDir::new(&a.dir);
+    let cfg = nd.load_config().map_err(|e| e.to_string())?;
+    let signer = nd.load_signer(&cfg).map_err(|e| e.to_string())?;
+    let note = request(demo, table)?.sign(&signer).map_err(|e| e.to_string())?;
+    let first = send_as_first(demo, note.to_bytes()).await?;
+    if first.status != 200 {
+        let (code, message) = first.error_parts();
+        return Err(format!("the genuine request failed: {code}: {message}"));
+    }
+    let again = send_as_first(demo, note.to_bytes()).await?;
+    let (code, message) = again.error_parts();
+    if again.status == 409 && code == "replayed_request" {
+        Ok(message)
+    } else {
+        Err(format!("expected 409 replayed_request, got {} {code}: {message}", again.status))
+    }
+}

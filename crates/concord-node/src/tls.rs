@@ -1,0 +1,209 @@
+//! Mutual TLS between nodes with keys pinned in the charter: no CA, no unpinned peer, TLS 1.3 only.
+//!
+//! Each node has a self-signed certificate; what identifies it is the SHA-256 pin of its
+//! SubjectPublicKeyInfo, which the charter lists per member. The server side accepts a client
+//! certificate only if its pin belongs to a member; the client side accepts a server certificate
+//! only if its pin is the one of the member it dialled. The handshake signatures are still
+//! checked with the certificate's key, so holding a certificate without its key gets nowhere.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::NodeError;
+
+/// A freshly generated TLS identity, PEM encoded.
+pub struct TlsIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub pin: String,
+}
+
+/// Generates a self-signed certificate for `member` with a new key.
+pub fn generate(member: &str) -> Result<TlsIdentity, NodeError> {
+    let ck = rcgen::generate_simple_self_signed(vec![format!("{member}.concord.invalid")])
+        .map_err(|e| NodeError::Tls(format!("cannot generate a TLS certificate: {e}")))?;
+    let pin = pin_of_cert(ck.cert.der())?;
+    Ok(TlsIdentity { cert_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem(), pin })
+}
+
+/// `sha256/<base64>` of a certificate's DER SubjectPublicKeyInfo.
+pub fn pin_of_cert(der: &[u8]) -> Result<String, NodeError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| NodeError::Tls("peer certificate is not valid X.509".into()))?;
+    Ok(format!("sha256/{}", B64.encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw))))
+}
+
+/// The node's own certificate chain and key, loaded from PEM files.
+pub struct TlsKeys {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    pub pin: String,
+}
+
+impl TlsKeys {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NodeError> {
+        let cert = CertificateDer::from_pem_file(cert_path)
+            .map_err(|e| NodeError::Tls(format!("cannot read certificate {}: {e}", cert_path.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| NodeError::Tls(format!("cannot read TLS key {}: {e}", key_path.display())))?;
+        let pin = pin_of_cert(&cert)?;
+        Ok(Self { cert, key, pin })
+    }
+
+    fn clone_key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+fn tls_error(e: rustls::Error) -> NodeError {
+    NodeError::Tls(e.to_string())
+}
+
+/// Server side: the peer listener's configuration. `pins` maps each member's pin to its id.
+pub fn server_config(keys: &TlsKeys, pins: Vec<(String, String)>) -> Result<rustls::ServerConfig, NodeError> {
+    let verifier = Arc::new(MemberPins { pins, algs: algorithms() });
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![keys.cert.clone()], keys.clone_key())
+        .map_err(tls_error)
+}
+
+/// Client side: a configuration that accepts only the server whose pin is `expected_pin`.
+pub fn client_config(keys: &TlsKeys, expected_pin: &str) -> Result<rustls::ClientConfig, NodeError> {
+    let verifier = Arc::new(ExpectedPin { pin: expected_pin.to_owned(), algs: algorithms() });
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![keys.cert.clone()], keys.clone_key())
+        .map_err(tls_error)
+}
+
+/// Any name will do: the pin, not the name, identifies the server.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::DnsName(
+        rustls::pki_types::DnsName::try_from("peer.concord.invalid").expect("static name is valid"),
+    )
+}
+
+#[derive(Debug)]
+struct MemberPins {
+    pins: Vec<(String, String)>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for MemberPins {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let pin = pin_of_cert(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if self.pins.iter().any(|(p, _)| *p == pin) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct ExpectedPin {
+    pin: String,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ExpectedPin {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pin = pin_of_cert(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if pin == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The member id of the client at the other end of an accepted connection.
+pub fn peer_member(conn: &rustls::ServerConnection, pins: &[(String, String)]) -> Option<String> {
+    let cert = conn.peer_certificates()?.first()?;
+    let pin = pin_of_cert(cert).ok()?;
+    pins.iter().find(|(p, _)| *p == pin).map(|(_, m)| m.clone())
+}

@@ -1,0 +1,144 @@
+//! `concord query`: send SQL to a node's local API and print the result.
+
+use std::io::Write as _;
+
+use anyhow::{Context as _, Result, bail};
+use arrow::array::{Array, RecordBatch};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use concord_query::Contribution;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Answer {
+    arrow_ipc: String,
+    provenance: Vec<Contribution>,
+}
+
+pub async fn query(
+    node: &str,
+    token: &str,
+    sql: &str,
+    purpose: &str,
+    format: &str,
+    provenance: bool,
+) -> Result<()> {
+    let body = serde_json::json!({ "sql": sql, "purpose": purpose });
+    let resp = concord_node::client::local_call(node, "POST", "/v1/query", Some(token), Some(&body)).await?;
+    if resp.status != 200 {
+        let (code, message) = resp.error_parts();
+        bail!("{message} [{code}]");
+    }
+    let answer: Answer = serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
+    let ipc = B64.decode(answer.arrow_ipc).context("the node's answer holds no valid Arrow data")?;
+    let (schema, batches) = concord_query::ipc::decode(&ipc)?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        "csv" => {
+            write_csv(&mut out, &schema, &batches)?;
+            if provenance {
+                let mut err = std::io::stderr().lock();
+                writeln!(err, "member,dataset,rows_scanned,groups_released,receipt_digest")?;
+                for c in &answer.provenance {
+                    writeln!(
+                        err,
+                        "{},{},{},{},{}",
+                        c.member,
+                        c.dataset,
+                        c.rows_scanned,
+                        c.groups_released,
+                        c.receipt_digest.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        "json" => {
+            let rows = json_rows(&batches)?;
+            let value = if provenance {
+                serde_json::json!({ "rows": rows, "provenance": answer.provenance })
+            } else {
+                rows
+            };
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        }
+        _ => {
+            if batches.is_empty() {
+                let empty = RecordBatch::new_empty(schema.clone());
+                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&[empty])?)?;
+            } else {
+                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
+            }
+            if provenance {
+                writeln!(out, "\nprovenance:")?;
+                writeln!(
+                    out,
+                    "  {:<12} {:<20} {:>12} {:>8}  receipt",
+                    "member", "dataset", "rows scanned", "groups"
+                )?;
+                for c in &answer.provenance {
+                    writeln!(
+                        out,
+                        "  {:<12} {:<20} {:>12} {:>8}  {}",
+                        c.member,
+                        c.dataset,
+                        c.rows_scanned,
+                        c.groups_released,
+                        c.receipt_digest.as_deref().unwrap_or("(own data, nothing crossed a border)")
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 4180: header row, CRLF line ends, fields quoted when they hold a comma, quote or line
+/// break, quotes doubled, NULL as an empty field.
+fn write_csv(
+    out: &mut impl std::io::Write,
+    schema: &arrow::datatypes::Schema,
+    batches: &[RecordBatch],
+) -> Result<()> {
+    let header: Vec<String> = schema.fields().iter().map(|f| csv_field(f.name())).collect();
+    write!(out, "{}\r\n", header.join(","))?;
+    let opts = FormatOptions::default();
+    for b in batches {
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in 0..b.num_rows() {
+            let row: Vec<String> = b
+                .columns()
+                .iter()
+                .zip(&fmts)
+                .map(|(c, f)| if c.is_null(r) { String::new() } else { csv_field(&f.value(r).to_string()) })
+                .collect();
+            write!(out, "{}\r\n", row.join(","))?;
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\r', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
+
+fn json_rows(batches: &[RecordBatch]) -> Result<serde_json::Value> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        return Ok(serde_json::Value::Array(vec![]));
+    }
+    Ok(serde_json::from_slice(&buf)?)
+}
