@@ -510,6 +510,7 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
 }
 
 /// Result of a federated query through a node's local API.
+#[derive(Debug)]
 pub struct ApiResult {
     pub batches: Vec<RecordBatch>,
     pub provenance: Vec<concord_query::Contribution>,

@@ -184,12 +184,8 @@ impl Node {
     /// ordinary tables under `local`.
     pub async fn query_context(&self) -> Result<SessionContext, NodeError> {
         let ctx = SessionContext::new();
-        let mut entries: Vec<(String, CatalogEntry)> = self
-            .catalog_for(&self.cfg.member)
-            .into_iter()
-            .filter(|e| self.datasets.get(&e.name).is_some_and(|d| d.table.is_ok()))
-            .map(|e| (self.cfg.member.clone(), e))
-            .collect();
+        let mut entries: Vec<(String, CatalogEntry)> =
+            self.catalog_for(&self.cfg.member).into_iter().map(|e| (self.cfg.member.clone(), e)).collect();
         let mut unreachable = Vec::new();
         for (member, result) in self.catalogs().await {
             match result {

@@ -1,0 +1,192 @@
+use concord_node::NodeError;
+use concord_node::admin::{dataset_add, token_create};
+use concord_node::client::local_call;
+use concord_node::config::{InitOptions, NodeDir, init};
+use concord_node::demo::api_query;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+
+use crate::support::{free_ports, three_members, write_cases};
+
+fn refusal(e: NodeError) -> (String, String) {
+    match e {
+        NodeError::Peer { code, message, .. } => (code, message),
+        other => panic!("expected an error answer, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysts_get_clear_errors_and_the_node_stays_up() {
+    let fed = three_members().await;
+    let a = fed.member("alpha").clone();
+    let q = |sql: &'static str| api_query(&a.local_url, &a.analyst_token, sql);
+
+    let (code, msg) = refusal(q("SELEC count(*) FROM cases").await.expect_err("malformed"));
+    assert_eq!(code, "invalid_query", "{msg}");
+    let (code, msg) = refusal(q("SELECT count(*) FROM nowhere").await.expect_err("unknown table"));
+    assert!(code == "invalid_query" && msg.contains("nowhere"), "{msg}");
+    let (code, msg) = refusal(q("SELECT count(nope) FROM cases").await.expect_err("unknown column"));
+    assert!(code == "invalid_query" && msg.contains("nope"), "{msg}");
+    let (code, msg) = refusal(q("SELECT region FROM cases").await.expect_err("raw rows"));
+    assert!(code == "query_refused" && msg.contains("raw rows"), "{msg}");
+    let (code, msg) = refusal(q("SELECT count(DISTINCT region) FROM cases").await.expect_err("distinct"));
+    assert!(code == "query_refused" && msg.contains("DISTINCT"), "{msg}");
+
+    // Tokens: none, unknown, and a role that may not query.
+    let resp =
+        local_call(&a.local_url, "POST", "/v1/query", None, Some(&serde_json::json!({"sql": "SELECT 1"})))
+            .await
+            .expect("sent");
+    assert_eq!(resp.status, 401);
+    let resp = local_call(&a.local_url, "GET", "/v1/status", Some("concord_nope"), None).await.expect("sent");
+    assert_eq!((resp.status, resp.error_parts().0.as_str()), (401, "unauthorized"));
+    let steward = token_create(&NodeDir::new(&a.dir), "steward").expect("token");
+    let resp = local_call(
+        &a.local_url,
+        "POST",
+        "/v1/query",
+        Some(&steward),
+        Some(&serde_json::json!({"sql": "SELECT 1"})),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(resp.status, 401, "{:?}", resp.error_parts());
+    let resp = local_call(
+        &a.local_url,
+        "POST",
+        "/v1/query",
+        Some(&a.analyst_token),
+        Some(&serde_json::json!({"query": 1})),
+    )
+    .await
+    .expect("sent");
+    assert_eq!((resp.status, resp.error_parts().0.as_str()), (400, "bad_request"));
+    let big = "x".repeat(2 * 1024 * 1024);
+    let resp = local_call(
+        &a.local_url,
+        "POST",
+        "/v1/query",
+        Some(&a.analyst_token),
+        Some(&serde_json::json!({"sql": big})),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(resp.status, 413);
+
+    // Local tables join with federated aggregates.
+    let out = q("WITH f AS (SELECT region, count(*) AS n FROM cases GROUP BY region) \
+                 SELECT f.region, f.n, l.c FROM f JOIN (SELECT region, count(*) AS c FROM local.cases GROUP BY region) l ON f.region = l.region ORDER BY f.region")
+        .await
+        .expect("join of federated and local aggregates");
+    let text = pretty_format_batches(&out.batches).expect("fmt").to_string().replace(' ', "");
+    assert!(text.contains("|north|3|2|") && text.contains("|south|3|1|"), "{text}");
+
+    // An owner that is down fails the query with its name.
+    let mut nodes = fed.nodes;
+    let charlie = nodes.pop().expect("charlie");
+    charlie.stop().await;
+    let (code, msg) = refusal(
+        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")
+            .await
+            .expect_err("charlie is down"),
+    );
+    assert!(code == "owner_failed" && msg.contains("charlie"), "{code}: {msg}");
+    // Bravo's dataset alone still answers.
+    let out = api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM bravo.cases")
+        .await
+        .expect("bravo answers");
+    assert_eq!(crate::peer_refusals::first_int(&out.batches), Some(2));
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_missing_unreadable_or_not_conforming_are_refused_whole() {
+    let fed = three_members().await;
+    let a = fed.member("alpha");
+    let nd = NodeDir::new(&a.dir);
+    let before = nd.open_state().expect("state").datasets().expect("list").len();
+
+    let err =
+        dataset_add(&nd, "ghost", &fed.dir.path().join("nope.csv"), None, None).await.expect_err("missing");
+    assert!(err.to_string().contains("nope.csv"), "{err}");
+    let bad = fed.dir.path().join("bad.csv");
+    std::fs::write(&bad, "region,days\nnorth,3\nsouth,4,5,6\n").expect("write");
+    let err = dataset_add(&nd, "bad", &bad, None, None).await.expect_err("unreadable");
+    assert!(err.to_string().contains("bad.csv"), "{err}");
+    let other = fed.dir.path().join("other.csv");
+    std::fs::write(&other, "place,days\nnorth,abc\n").expect("write");
+    let err = dataset_add(&nd, "other", &other, Some("cases"), None).await.expect_err("not conforming");
+    let msg = err.to_string();
+    assert!(msg.contains("column region is missing") && msg.contains("column days"), "{msg}");
+    let err = dataset_add(&nd, "x", &other, Some("no_schema"), None).await.expect_err("unknown schema");
+    assert!(err.to_string().contains("no_schema"), "{err}");
+    let err = dataset_add(&nd, "Bad Name", &other, None, None).await.expect_err("bad name");
+    assert!(err.to_string().contains("dataset name"), "{err}");
+    let err = dataset_add(&nd, "y", &other, None, Some("bravo;charlie")).await.expect_err("bad allow");
+    assert!(err.to_string().contains("allow"), "{err}");
+    assert_eq!(
+        nd.open_state().expect("state").datasets().expect("list").len(),
+        before,
+        "nothing was registered"
+    );
+
+    // A registered file that disappears: the node answers with the dataset's name, and stays up.
+    let b = fed.member("bravo").clone();
+    let moved = write_cases(fed.dir.path(), "bravo-extra", &[("north", Some(1))]);
+    dataset_add(&NodeDir::new(&b.dir), "extra", &moved, Some("cases"), Some("*")).await.expect("registered");
+    let _dir = fed.stop().await;
+    std::fs::remove_file(&moved).expect("remove");
+    let bravo =
+        concord_node::node::start(&NodeDir::new(&b.dir)).await.expect("bravo starts without the file");
+    let (code, msg) = refusal(
+        api_query(&b.local_url, &b.analyst_token, "SELECT count(*) FROM bravo.extra")
+            .await
+            .expect_err("file gone"),
+    );
+    assert!(
+        code == "dataset_unavailable" && msg.contains("extra") && msg.contains("does not exist"),
+        "{code}: {msg}"
+    );
+    let resp = local_call(&b.local_url, "GET", "/v1/datasets", Some(&b.analyst_token), None)
+        .await
+        .expect("still up");
+    assert_eq!(resp.status, 200);
+    bravo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_and_a_used_folder_are_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = free_ports(2);
+    let opts = |m: &str| InitOptions {
+        member: m.into(),
+        federation: "test".into(),
+        name: None,
+        jurisdiction: None,
+        peer_listen: format!("127.0.0.1:{}", base + 1),
+        local_listen: format!("127.0.0.1:{base}"),
+    };
+    init(&dir.path().join("n"), &opts("alpha")).expect("init");
+    let err = init(&dir.path().join("n"), &opts("alpha")).expect_err("folder in use");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let err = init(&dir.path().join("m"), &opts("Alpha")).expect_err("bad id");
+    assert!(err.to_string().contains("member id"), "{err}");
+    assert!(!dir.path().join("m").exists(), "nothing half-written");
+
+    let _blocker = std::net::TcpListener::bind(("127.0.0.1", base + 1)).expect("bind");
+    let err = concord_node::node::bind(&format!("127.0.0.1:{}", base + 1)).await.expect_err("in use");
+    assert!(err.to_string().contains("already in use"), "{err}");
+
+    // Private keys are written for their owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let nd = NodeDir::new(dir.path().join("n"));
+    for p in [nd.member_key(), nd.tls_key()] {
+        assert_eq!(
+            std::fs::metadata(&p).expect("key").permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            p.display()
+        );
+    }
+}
