@@ -47,6 +47,8 @@ pub fn write_cases(dir: &Path, member: &str, rows: &[(&str, Option<i64>)]) -> Pa
     path
 }
 
+type CaseRow = (&'static str, Option<i64>);
+
 /// Three members with small `cases` datasets, started.
 pub struct Fed {
     pub dir: tempfile::TempDir,
@@ -70,7 +72,7 @@ impl Fed {
 
 pub async fn three_members() -> Fed {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data: [(&str, Vec<(&str, Option<i64>)>); 3] = [
+    let data: [(&str, Vec<CaseRow>); 3] = [
         ("alpha", vec![("north", Some(3)), ("south", Some(5)), ("north", None)]),
         ("bravo", vec![("north", Some(10)), ("east", Some(1))]),
         ("charlie", vec![("south", Some(2)), ("south", Some(4)), ("east", Some(7)), ("west", None)]),

@@ -1,0 +1,178 @@
+//! The `concord` command as a member's operators and analysts use it: two members set up from
+//! scratch with init, genesis, signatures, datasets and tokens, nodes run, queried, stopped.
+
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn concord(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concord")).args(args).current_dir(cwd).output().expect("concord runs")
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let out = concord(args, cwd);
+    assert!(
+        out.status.success(),
+        "concord {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let out = concord(args, cwd);
+    assert!(!out.status.success(), "concord {args:?} should fail");
+    String::from_utf8(out.stderr).expect("utf8")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Node(Child);
+
+impl Node {
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success());
+        self.0.wait().expect("node exits")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[test]
+fn two_members_from_init_to_query_and_shutdown() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    for (i, m) in ["alpha", "bravo"].iter().enumerate() {
+        let out = ok(
+            &[
+                "init",
+                m,
+                "--member",
+                m,
+                "--federation",
+                "test",
+                "--name",
+                &format!("Member {m}"),
+                "--jurisdiction",
+                "XX",
+                "--local-listen",
+                &format!("127.0.0.1:{}", ports[2 * i]),
+                "--peer-listen",
+                &format!("127.0.0.1:{}", ports[2 * i + 1]),
+            ],
+            d,
+        );
+        assert!(out.contains("verifier key: test/") && !out.contains("PRIVATE"), "{out}");
+    }
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("alpha/member-card.json")).expect("card"))
+            .expect("json");
+    for key in ["id", "name", "jurisdiction", "vkey", "tls_pin", "peer_endpoint"] {
+        assert!(card.get(key).is_some(), "member card lacks {key}: {card}");
+    }
+    std::fs::write(
+        d.join("cases.json"),
+        r#"{"name": "cases", "columns": [{"name": "region", "type": "utf8"}, {"name": "days", "type": "int64", "personal": true}]}"#,
+    )
+    .expect("schema");
+    ok(
+        &[
+            "charter",
+            "genesis",
+            "--federation",
+            "test",
+            "--card",
+            "alpha/member-card.json",
+            "--card",
+            "bravo/member-card.json",
+            "--schema",
+            "cases.json",
+            "-o",
+            "charter.note",
+        ],
+        d,
+    );
+    let err = fails(&["charter", "accept", "alpha", "charter.note"], d);
+    assert!(err.contains("alpha") && err.contains("bravo") && err.contains("charter sign"), "{err}");
+    ok(&["charter", "sign", "alpha", "charter.note"], d);
+    let err = fails(&["charter", "accept", "alpha", "charter.note"], d);
+    assert!(err.contains("[\"bravo\"]"), "{err}");
+    ok(&["charter", "sign", "bravo", "charter.note"], d);
+    for m in ["alpha", "bravo"] {
+        ok(&["charter", "accept", m, "charter.note"], d);
+    }
+    std::fs::write(d.join("a.csv"), "region,days\nnorth,3\nsouth,5\nnorth,\n").expect("csv");
+    std::fs::write(d.join("b.csv"), "region,days,extra\nnorth,10,x\neast,,y\n").expect("csv");
+    ok(&["dataset", "add", "alpha", "cases", "--file", "a.csv", "--schema", "cases", "--allow", "*"], d);
+    ok(&["dataset", "add", "bravo", "cases", "--file", "b.csv", "--schema", "cases", "--allow", "alpha"], d);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["dataset", "list", "bravo", "--format", "json"], d)).expect("json");
+    assert_eq!(list[0]["name"], "cases");
+    assert_eq!(list[0]["shared_schema"], "cases");
+    assert_eq!(list[0]["rows"], 2);
+    let err = fails(&["dataset", "add", "bravo", "gone", "--file", "missing.csv"], d);
+    assert!(err.contains("missing.csv"), "{err}");
+    let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
+
+    let nodes: Vec<Node> = ["alpha", "bravo"]
+        .iter()
+        .map(|m| {
+            Node(
+                Command::new(env!("CARGO_BIN_EXE_concord"))
+                    .args(["node", "run", m])
+                    .current_dir(d)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("node starts"),
+            )
+        })
+        .collect();
+    let url = format!("http://127.0.0.1:{}", ports[0]);
+    let sql = "SELECT region, count(*) AS n, sum(days) AS d FROM cases GROUP BY region ORDER BY region";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let csv = loop {
+        let out = concord(&["query", "--node", &url, "--token", &token, "--format", "csv", sql], d);
+        if out.status.success() {
+            break String::from_utf8(out.stdout).expect("utf8");
+        }
+        assert!(Instant::now() < deadline, "nodes never answered: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(csv, "region,n,d\r\neast,1,\r\nnorth,3,13\r\nsouth,1,5\r\n");
+
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        &["query", "--node", &url, "--token", &token, "--format", "json", "--provenance", sql],
+        d,
+    ))
+    .expect("json");
+    assert_eq!(json["rows"][1], serde_json::json!({"region": "north", "n": 3, "d": 13}));
+    let prov = json["provenance"].as_array().expect("provenance");
+    assert_eq!(prov.len(), 2);
+    assert_eq!(prov[1]["member"], "bravo");
+    assert_eq!(prov[1]["rows_scanned"], 2);
+    assert!(prov[1]["receipt_digest"].as_str().is_some_and(|s| s.starts_with("sha256:")));
+
+    let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", sql], d);
+    assert!(table.contains("| north  | 3 | 13 |") && table.contains("provenance:"), "{table}");
+
+    let err = fails(&["query", "--node", &url, "--token", &token, "SELECT * FROM cases"], d);
+    assert!(err.starts_with("error: ") && err.contains("raw rows"), "{err}");
+    let err = fails(&["query", "--node", &url, "--token", "concord_wrong", sql], d);
+    assert!(err.contains("unknown token"), "{err}");
+
+    for n in nodes {
+        let status = n.stop();
+        assert!(status.success(), "a node stops cleanly on SIGTERM: {status}");
+    }
+}
