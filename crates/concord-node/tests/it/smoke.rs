@@ -1,7 +1,32 @@
 use concord_node::demo::{DemoFile, DemoOptions, launch};
 use concord_node::smoke::tour;
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Float32Array, Int32Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+
 use crate::support::free_ports;
+
+fn write_parquet(path: &std::path::Path) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("units", DataType::Int32, true),
+        Field::new("price", DataType::Float32, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![Some(3), None])),
+            Arc::new(Float32Array::from(vec![Some(1.0), Some(4.0)])),
+        ],
+    )
+    .expect("batch");
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).expect("create"), schema, None).expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_smoke_tour_passes_every_step() {
@@ -32,16 +57,29 @@ async fn demo_smoke_tour_passes_every_step() {
 async fn demo_with_a_data_folder_forms_shared_schemas_from_stems() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    for (m, rows) in [("north-office", "1,2.5\n2,3.5\n"), ("south-office", "3,1.0\n")] {
-        std::fs::create_dir_all(data.join(m)).expect("mkdir");
-        std::fs::write(data.join(m).join("sales.csv"), format!("units,price\n{rows}")).expect("write");
-    }
+    std::fs::create_dir_all(data.join("north-office")).expect("mkdir");
+    std::fs::write(data.join("north-office").join("sales.csv"), "units,price\n1,2.5\n2,3.5\n")
+        .expect("write");
+    // The other member keeps the same table as Parquet, with narrower types.
+    std::fs::create_dir_all(data.join("south-office")).expect("mkdir");
+    write_parquet(&data.join("south-office").join("sales.parquet"));
     std::fs::write(data.join("north-office").join("stock.csv"), "item,count\nbolts,4\n").expect("write");
     let opts =
         DemoOptions { dir: dir.path().join("demo"), data: Some(data), port_base: free_ports(4), smoke: true };
     let demo = launch(&opts).await.expect("demo launches");
     let names: Vec<_> = demo.schemas.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["sales"], "only stems held by several members are shared");
+    let cols: Vec<_> = demo.schemas[0].columns.iter().map(|c| (c.name.as_str(), c.ty)).collect();
+    use concord_charter::ColumnType;
+    assert_eq!(cols, [("units", ColumnType::Int64), ("price", ColumnType::Float64)]);
+    let total = concord_node::demo::api_query(
+        &demo.file.members[0].local_url,
+        &demo.file.members[0].analyst_token,
+        "SELECT count(*) AS rows, count(units) AS units_known FROM sales",
+    )
+    .await
+    .expect("CSV and Parquet members together");
+    assert_eq!(crate::peer_refusals::first_int(&total.batches), Some(4));
     let steps = tour(&demo, false).await;
     let north = &demo.file.members[0];
     let own = concord_node::demo::api_query(
