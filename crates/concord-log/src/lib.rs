@@ -3,6 +3,7 @@
 //!
 //! Invariant: this crate does no IO, starts no runtime and knows nothing of SQL.
 
+pub mod merkle;
 pub mod note;
 
 pub use note::{Note, NoteSignature, NoteSigner, NoteVerifier};
@@ -18,4 +19,6 @@ pub enum LogError {
     BadSignature(String),
     #[error("the note carries no signature from a key we know; check the signer's verifier key")]
     NoKnownSignature,
+    #[error("proof failed: {0}")]
+    Proof(String),
 }
