@@ -1,10 +1,14 @@
-//! Concord's log primitives: C2SP signed notes with Ed25519 keys, the one signature format of
-//! every signed object in the federation (requests, receipts, charter versions, checkpoints).
+//! Concord's transparency-log primitives: C2SP signed notes with Ed25519 keys (the one signature
+//! format of every signed object in the federation), RFC 6962 Merkle trees with inclusion and
+//! consistency proofs, C2SP checkpoints and cosignatures, tlog-tiles paths, tiles and entry
+//! bundles, and tlog-proof receipts.
 //!
 //! Invariant: this crate does no IO, starts no runtime and knows nothing of SQL.
 
+pub mod checkpoint;
 pub mod merkle;
 pub mod note;
+pub mod tiles;
 
 pub use note::{Note, NoteSignature, NoteSigner, NoteVerifier};
 
@@ -21,4 +25,14 @@ pub enum LogError {
     NoKnownSignature,
     #[error("proof failed: {0}")]
     Proof(String),
+    #[error("malformed checkpoint: {0}")]
+    MalformedCheckpoint(String),
+    #[error("{0:?} is not a tile path (tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>])")]
+    BadTilePath(String),
+    #[error("a log entry of {0} bytes is over the 65535-byte limit")]
+    EntryTooLarge(usize),
+    #[error("malformed entry bundle: {0}")]
+    MalformedBundle(String),
+    #[error("malformed tlog-proof: {0}")]
+    MalformedProof(String),
 }
