@@ -11,6 +11,7 @@
 
 mod text;
 
+use concord_log::checkpoint::CosignatureVerifier;
 use concord_log::{LogError, Note, NoteVerifier};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -105,6 +106,8 @@ pub struct MemberCard {
     pub jurisdiction: String,
     /// The member's Ed25519 verifier key in C2SP vkey form.
     pub vkey: String,
+    /// The member's witness (cosigning) key in C2SP vkey form, signature type 0x04.
+    pub witness_vkey: String,
     /// `sha256/<base64>` of the DER SubjectPublicKeyInfo of the member's TLS key.
     pub tls_pin: String,
     /// `host:port` of the member's peer listener.
@@ -125,6 +128,13 @@ impl MemberCard {
                 reason: format!("key name {} does not end in {want_suffix}", v.name()),
             });
         }
+        let w = self.witness_verifier()?;
+        if w.name() != format!("{}/witness", v.name()) {
+            return Err(CharterError::Invalid {
+                what: "member card",
+                reason: format!("witness key name {} is not {}/witness", w.name(), v.name()),
+            });
+        }
         let pin = self.tls_pin.strip_prefix("sha256/").unwrap_or("");
         if pin.len() != 44 {
             return Err(CharterError::Invalid {
@@ -137,6 +147,15 @@ impl MemberCard {
 
     pub fn verifier(&self) -> Result<NoteVerifier, CharterError> {
         Ok(NoteVerifier::from_vkey(&self.vkey)?)
+    }
+
+    pub fn witness_verifier(&self) -> Result<CosignatureVerifier, CharterError> {
+        Ok(CosignatureVerifier::from_vkey(&self.witness_vkey)?)
+    }
+
+    /// The origin of the member's transparency log: its key name, `<federation>/<member>`.
+    pub fn log_origin(&self) -> Result<String, CharterError> {
+        Ok(self.verifier()?.name().to_owned())
     }
 }
 
@@ -235,6 +254,9 @@ pub struct Charter {
     pub previous: Option<String>,
     /// Yes signatures (of this version's members) needed to adopt the next version.
     pub threshold: usize,
+    /// Witness policy: every member witnesses every other member's log, and a checkpoint is
+    /// published once this many of its witnesses cosigned it.
+    pub witness_quorum: usize,
     /// Sorted by id.
     pub members: Vec<MemberCard>,
     /// Sorted by name.
@@ -249,11 +271,13 @@ impl Charter {
         schemas: Vec<SharedSchema>,
     ) -> Result<Self, CharterError> {
         let threshold = default_threshold(members.len());
+        let witness_quorum = default_witness_quorum(members.len());
         let mut c = Self {
             federation: federation.to_owned(),
             version: 1,
             previous: None,
             threshold,
+            witness_quorum,
             members,
             schemas,
         };
@@ -278,6 +302,16 @@ impl Charter {
             return Err(CharterError::Invalid {
                 what: "threshold",
                 reason: format!("{} is not between 1 and the {} members", self.threshold, self.members.len()),
+            });
+        }
+        if self.witness_quorum >= self.members.len() {
+            return Err(CharterError::Invalid {
+                what: "witness quorum",
+                reason: format!(
+                    "{} is more than the {} other members who can witness a log",
+                    self.witness_quorum,
+                    self.members.len() - 1
+                ),
             });
         }
         let mut ids = std::collections::BTreeSet::new();
@@ -358,6 +392,12 @@ impl Charter {
 /// Two thirds of `n`, rounded up.
 pub fn default_threshold(n: usize) -> usize {
     (2 * n).div_ceil(3).max(1)
+}
+
+/// A majority of the `n - 1` witnesses of each log (0 for a federation of one).
+pub fn default_witness_quorum(n: usize) -> usize {
+    let witnesses = n.saturating_sub(1);
+    if witnesses == 0 { 0 } else { witnesses / 2 + 1 }
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -1,14 +1,17 @@
 use concord_log::NoteSigner;
+use concord_log::checkpoint::CosignatureSigner;
 
 use super::*;
 
 fn card(fed: &str, id: &str, pin_byte: char) -> (MemberCard, NoteSigner) {
     let signer = NoteSigner::generate(&format!("{fed}/{id}")).expect("key");
+    let witness = CosignatureSigner::generate(&format!("{fed}/{id}/witness")).expect("key");
     let card = MemberCard {
         id: id.into(),
         name: format!("Member {id}"),
         jurisdiction: "XX".into(),
         vkey: signer.vkey(),
+        witness_vkey: witness.verifier().to_vkey(),
         tls_pin: format!("sha256/{}=", pin_byte.to_string().repeat(43)),
         peer_endpoint: "127.0.0.1:7000".into(),
     };
@@ -36,6 +39,7 @@ fn genesis_needs_every_founder_and_round_trips() {
     let two = Charter::genesis("fed", vec![a, b, c], vec![schema()]).expect("valid");
     assert_eq!(one.to_text(), two.to_text());
     assert_eq!(one.threshold, 2);
+    assert_eq!(one.witness_quorum, 2, "a majority of each log's two witnesses");
     assert_eq!(Charter::from_text(&one.to_text()).expect("parses"), one);
 
     let mut sc = SignedCharter::unsigned(one).expect("note");

@@ -7,10 +7,12 @@
 //! version 1
 //! previous none
 //! threshold 2
+//! witness-quorum 1
 //! member alpha
 //!   name Alpha Statistics Office
 //!   jurisdiction AL
 //!   vkey demo/alpha+1a2b3c4d+AZ...
+//!   witness demo/alpha/witness+5e6f7a8b+BA...
 //!   tls-pin sha256/...
 //!   endpoint 127.0.0.1:7101
 //! schema health_cases 1
@@ -32,11 +34,13 @@ pub(crate) fn render(c: &Charter) -> String {
     let _ = writeln!(s, "version {}", c.version);
     let _ = writeln!(s, "previous {}", c.previous.as_deref().unwrap_or("none"));
     let _ = writeln!(s, "threshold {}", c.threshold);
+    let _ = writeln!(s, "witness-quorum {}", c.witness_quorum);
     for m in &c.members {
         let _ = writeln!(s, "member {}", m.id);
         let _ = writeln!(s, "  name {}", m.name);
         let _ = writeln!(s, "  jurisdiction {}", m.jurisdiction);
         let _ = writeln!(s, "  vkey {}", m.vkey);
+        let _ = writeln!(s, "  witness {}", m.witness_vkey);
         let _ = writeln!(s, "  tls-pin {}", m.tls_pin);
         let _ = writeln!(s, "  endpoint {}", m.peer_endpoint);
     }
@@ -93,6 +97,8 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     let previous = (previous != "none").then(|| previous.to_owned());
     let (n, threshold) = lines.field("threshold", "")?;
     let threshold = number(n, "threshold", threshold)?;
+    let (n, quorum) = lines.field("witness-quorum", "")?;
+    let witness_quorum = number(n, "witness quorum", quorum)?;
     let mut members = Vec::new();
     while lines.next_is("member ") {
         let (_, id) = lines.field("member", "")?;
@@ -101,6 +107,7 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
             name: lines.field("name", "  ")?.1.to_owned(),
             jurisdiction: lines.field("jurisdiction", "  ")?.1.to_owned(),
             vkey: lines.field("vkey", "  ")?.1.to_owned(),
+            witness_vkey: lines.field("witness", "  ")?.1.to_owned(),
             tls_pin: lines.field("tls-pin", "  ")?.1.to_owned(),
             peer_endpoint: lines.field("endpoint", "  ")?.1.to_owned(),
         });
@@ -134,5 +141,13 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     if let Some((n, l)) = lines.inner.next() {
         return Err(Lines::err(n, format!("unexpected line {l:?}")));
     }
-    Ok(Charter { federation: federation.to_owned(), version, previous, threshold, members, schemas })
+    Ok(Charter {
+        federation: federation.to_owned(),
+        version,
+        previous,
+        threshold,
+        witness_quorum,
+        members,
+        schemas,
+    })
 }

@@ -7,8 +7,11 @@ use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_id
 use concord_policy::{AllowList, DatasetPolicy};
 use concord_query::dataset::{self, DatasetFormat};
 
+use sha2::{Digest, Sha256};
+
 use crate::NodeError;
 use crate::config::{NodeDir, replace_file};
+use crate::entry::{LogEntry, now};
 use crate::state::{DatasetRecord, now_rfc3339};
 
 fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
@@ -117,6 +120,13 @@ pub fn charter_accept(dir: &NodeDir, file: &Path) -> Result<SignedCharter, NodeE
         )));
     }
     state.store_charter(sc.charter.version, &sc.to_bytes())?;
+    let entry = LogEntry::CharterAccepted {
+        time: now(),
+        version: sc.charter.version,
+        digest: sc.charter.digest(),
+        signers: sc.signed_by()?,
+    };
+    dir.open_log()?.append_blocking(entry.to_bytes()?)?;
     Ok(sc)
 }
 
@@ -177,6 +187,14 @@ pub async fn dataset_add(
         added_at: now_rfc3339(),
     };
     dir.open_state()?.put_dataset(&record)?;
+    let entry = LogEntry::DatasetRegistered {
+        time: now(),
+        name: record.name.clone(),
+        shared_schema: record.shared_schema.clone(),
+        schema_sha256: concord_charter::hex(&Sha256::digest(&record.schema_ipc)),
+        policy: record.policy.clone(),
+    };
+    dir.open_log()?.append_blocking(entry.to_bytes()?)?;
     Ok(record)
 }
 

@@ -3,9 +3,10 @@
 //! ```text
 //! DIR/concord.toml        member id, federation, names, listen addresses
 //! DIR/keys/member.key     Ed25519 note signing key (mode 0600)
+//! DIR/keys/witness.key    Ed25519 cosigning key for witnessing other logs (mode 0600)
 //! DIR/keys/tls.key        TLS private key (mode 0600)
 //! DIR/keys/tls.crt        self-signed TLS certificate
-//! DIR/state.db            SQLite state (WAL)
+//! DIR/state.db            SQLite state (WAL), the transparency log included
 //! DIR/member-card.json    the public facts the founders put into the charter
 //! ```
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use concord_charter::{MemberCard, check_federation_name, check_member_id};
 use concord_log::NoteSigner;
+use concord_log::checkpoint::CosignatureSigner;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
@@ -51,6 +53,9 @@ impl NodeDir {
     }
     pub fn member_key(&self) -> PathBuf {
         self.root.join("keys").join("member.key")
+    }
+    pub fn witness_key(&self) -> PathBuf {
+        self.root.join("keys").join("witness.key")
     }
     pub fn tls_key(&self) -> PathBuf {
         self.root.join("keys").join("tls.key")
@@ -90,6 +95,26 @@ impl NodeDir {
             )));
         }
         Ok(signer)
+    }
+
+    pub fn load_witness(&self, cfg: &NodeConfig) -> Result<CosignatureSigner, NodeError> {
+        let path = self.witness_key();
+        let text = std::fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
+        let signer = CosignatureSigner::from_skey(&text)?;
+        let want = format!("{}/{}/witness", cfg.federation, cfg.member);
+        if signer.name() != want {
+            return Err(NodeError::Config(format!(
+                "{} holds the key of {}, not {want}",
+                path.display(),
+                signer.name()
+            )));
+        }
+        Ok(signer)
+    }
+
+    /// The node's transparency log (in the state database).
+    pub fn open_log(&self) -> Result<crate::tlog::Log, NodeError> {
+        crate::tlog::Log::open(&self.state_db())
     }
 
     pub fn open_state(&self) -> Result<State, NodeError> {
@@ -169,6 +194,8 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
     };
     let signer = NoteSigner::generate(&format!("{}/{}", cfg.federation, cfg.member))?;
     write_private(&nd.member_key(), signer.to_skey().as_bytes())?;
+    let witness = CosignatureSigner::generate(&format!("{}/{}/witness", cfg.federation, cfg.member))?;
+    write_private(&nd.witness_key(), witness.to_skey().as_bytes())?;
     let tls = crate::tls::generate(&cfg.member)?;
     write_private(&nd.tls_key(), tls.key_pem.as_bytes())?;
     write_file(&nd.tls_cert(), tls.cert_pem.as_bytes())?;
@@ -180,10 +207,19 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         name: cfg.name.clone(),
         jurisdiction: cfg.jurisdiction.clone(),
         vkey: signer.vkey(),
+        witness_vkey: witness.verifier().to_vkey(),
         tls_pin: tls.pin,
         peer_endpoint: cfg.peer_endpoint.clone(),
     };
     card.validate()?;
+    let entry = crate::entry::LogEntry::KeysSet {
+        time: crate::entry::now(),
+        member: card.id.clone(),
+        vkey: card.vkey.clone(),
+        witness_vkey: card.witness_vkey.clone(),
+        tls_pin: card.tls_pin.clone(),
+    };
+    nd.open_log()?.append_blocking(entry.to_bytes()?)?;
     let json = serde_json::to_string_pretty(&card).map_err(|e| NodeError::Config(e.to_string()))?;
     write_file(&nd.card(), format!("{json}\n").as_bytes())?;
     Ok(card)

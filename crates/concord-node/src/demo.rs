@@ -36,6 +36,10 @@ pub struct DemoMember {
     pub local_url: String,
     pub peer_url: String,
     pub analyst_token: String,
+    /// The log prefix on the local listener: `log_url + "/checkpoint"` is the signed checkpoint.
+    pub log_url: String,
+    /// The log's verifier key (C2SP vkey).
+    pub vkey: String,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -69,14 +73,17 @@ pub async fn setup(
         }
         let node_dir = dir.join(&spec.id).join("node");
         admin_init(&node_dir, spec, federation, local as u16, peer as u16)?;
-        cards.push(NodeDir::new(&node_dir).load_card()?);
+        let card = NodeDir::new(&node_dir).load_card()?;
         members.push(DemoMember {
             id: spec.id.clone(),
             local_url: format!("http://127.0.0.1:{local}"),
             peer_url: format!("https://127.0.0.1:{peer}"),
             analyst_token: String::new(),
+            log_url: format!("http://127.0.0.1:{local}/v1/log"),
+            vkey: card.vkey.clone(),
             dir: node_dir,
         });
+        cards.push(card);
     }
     let charter_file = dir.join("charter-v1.note");
     let charter = admin::write_genesis(federation, cards, schemas, &charter_file)?;

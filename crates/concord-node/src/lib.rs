@@ -13,13 +13,16 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod entry;
 pub mod local;
 pub mod node;
 pub mod peer;
 pub mod protocol;
 pub mod smoke;
 pub mod state;
+pub mod tlog;
 pub mod tls;
+pub mod witness;
 
 use concord_charter::CharterError;
 use concord_log::LogError;

@@ -5,6 +5,8 @@
 //! - `GET /v1/datasets`: this node's datasets.
 //! - `POST /v1/query` `{"sql": "...", "purpose": "..."}` (role analyst): the result as a base64
 //!   Arrow IPC stream with its column names and provenance.
+//! - `GET /v1/log/checkpoint`, `GET /v1/log/tile/<L>/<N>[.p/<W>]`, `GET /v1/log/tile/entries/...`:
+//!   this node's transparency log per C2SP tlog-tiles (any valid token).
 
 use std::sync::Arc;
 
@@ -70,6 +72,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/datasets", get(datasets))
         .route("/v1/query", post(query))
+        .route("/v1/log/checkpoint", get(log_checkpoint))
+        .route("/v1/log/tile/{*path}", get(log_tile))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
 }
@@ -85,6 +89,20 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Res
         "schemas": node.charter.charter.schemas.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
     }))
     .into_response())
+}
+
+async fn log_checkpoint(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    Ok(crate::peer::serve_checkpoint(&node))
+}
+
+async fn log_tile(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    axum::extract::Path(path): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    Ok(crate::peer::serve_tile(&node, &path))
 }
 
 async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {

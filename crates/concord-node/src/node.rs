@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use concord_charter::SignedCharter;
 use concord_log::NoteSigner;
+use concord_log::checkpoint::CosignatureSigner;
 use concord_policy::{Action, DatasetPolicy, Decision};
 use concord_query::dataset::{self, DatasetFormat, shared_arrow_schema};
 use concord_query::owner::{OwnerAnswer, run_subquery};
@@ -24,8 +25,10 @@ use tokio::sync::watch;
 
 use crate::NodeError;
 use crate::config::{NodeConfig, NodeDir};
+use crate::entry::LogEntry;
 use crate::protocol::{QueryRequest, ReleaseReceipt, new_request_id};
 use crate::state::{DatasetRecord, State};
+use crate::tlog::Log;
 use crate::tls::TlsKeys;
 
 /// A dataset ready to serve.
@@ -50,6 +53,10 @@ pub struct Node {
     pub cfg: NodeConfig,
     pub dir: NodeDir,
     pub signer: NoteSigner,
+    /// Cosigns other members' checkpoints.
+    pub witness: CosignatureSigner,
+    /// This member's transparency log.
+    pub log: Log,
     pub state: State,
     pub charter: SignedCharter,
     pub tls: TlsKeys,
@@ -64,7 +71,9 @@ impl Node {
     pub async fn open(dir: &NodeDir) -> Result<Self, NodeError> {
         let cfg = dir.load_config()?;
         let signer = dir.load_signer(&cfg)?;
+        let witness = dir.load_witness(&cfg)?;
         let state = dir.open_state()?;
+        let log = dir.open_log()?;
         let tls = TlsKeys::load(&dir.tls_cert(), &dir.tls_key())?;
         let bytes = state.latest_charter()?.ok_or_else(|| {
             NodeError::Config(format!(
@@ -80,7 +89,10 @@ impl Node {
                 cfg.member
             ))
         })?;
-        if me.vkey != signer.vkey() || me.tls_pin != tls.pin {
+        if me.vkey != signer.vkey()
+            || me.tls_pin != tls.pin
+            || me.witness_vkey != witness.verifier().to_vkey()
+        {
             return Err(NodeError::Config(format!(
                 "the charter lists other keys for {} than this node holds; a key change needs a new charter version",
                 cfg.member
@@ -103,7 +115,7 @@ impl Node {
             }
             datasets.insert(record.name.clone(), LoadedDataset { record, policy, table });
         }
-        Ok(Self { cfg, dir: dir.clone(), signer, state, charter, tls, pins, datasets })
+        Ok(Self { cfg, dir: dir.clone(), signer, witness, log, state, charter, tls, pins, datasets })
     }
 
     pub fn federation(&self) -> &str {
@@ -322,6 +334,17 @@ impl Node {
             return Err(bad("result does not match the digest in the receipt".into()));
         }
         let (_, batches) = concord_query::ipc::decode(&resp.body)?;
+        // Invariant: a partial is used only once its "access made" entry is on disk.
+        let entry = LogEntry::AccessMade {
+            time: crate::entry::now(),
+            request_id: receipt.request_id.clone(),
+            owner: owner.id.clone(),
+            dataset: part.dataset.clone(),
+            result_sha256: receipt.result_sha256.clone(),
+            owner_log_index: receipt.log_index,
+            receipt: crate::entry::b64(&receipt_bytes),
+        };
+        self.log.append(entry.to_bytes()?).await?;
         Ok(PartialAnswer {
             batches,
             contribution: Contribution {
@@ -429,9 +452,16 @@ pub async fn start(dir: &NodeDir) -> Result<RunningNode, NodeError> {
     let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::io(&dir.root, e))?;
     let (shutdown, rx) = watch::channel(false);
     let peer_task = tokio::spawn(crate::peer::serve(node.clone(), peer_listener, rx.clone()));
-    let local_task = tokio::spawn(crate::local::serve(node.clone(), local_listener, rx));
+    let local_task = tokio::spawn(crate::local::serve(node.clone(), local_listener, rx.clone()));
+    let publish_task = tokio::spawn(crate::witness::publish_loop(node.clone(), rx));
     tracing::info!(member = %node.cfg.member, %local_addr, %peer_addr, "node started");
-    Ok(RunningNode { node, local_addr, peer_addr, shutdown, tasks: vec![peer_task, local_task] })
+    Ok(RunningNode {
+        node,
+        local_addr,
+        peer_addr,
+        shutdown,
+        tasks: vec![peer_task, local_task, publish_task],
+    })
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -38,6 +38,8 @@ pub struct ReleaseReceipt {
     pub result_sha256: String,
     pub rows_scanned: u64,
     pub groups_released: u64,
+    /// Index of the owner's "access served" entry in its transparency log.
+    pub log_index: u64,
 }
 
 fn one_line(what: &str, v: &str) -> Result<(), NodeError> {
@@ -131,7 +133,7 @@ impl QueryRequest {
 impl ReleaseReceipt {
     pub fn to_text(&self) -> String {
         format!(
-            "{RECEIPT_TYPE}\nfederation {}\nrequest {}\nowner {}\nrequester {}\ndataset {}\nresult sha256:{}\nrows-scanned {}\ngroups-released {}\n",
+            "{RECEIPT_TYPE}\nfederation {}\nrequest {}\nowner {}\nrequester {}\ndataset {}\nresult sha256:{}\nrows-scanned {}\ngroups-released {}\nlog-index {}\n",
             self.federation,
             self.request_id,
             self.owner,
@@ -139,7 +141,8 @@ impl ReleaseReceipt {
             self.dataset,
             self.result_sha256,
             self.rows_scanned,
-            self.groups_released
+            self.groups_released,
+            self.log_index
         )
     }
 
@@ -167,6 +170,7 @@ impl ReleaseReceipt {
                 .to_owned(),
             rows_scanned: f.number("rows-scanned")?,
             groups_released: f.number("groups-released")?,
+            log_index: f.number("log-index")?,
         };
         f.end()?;
         Ok(r)

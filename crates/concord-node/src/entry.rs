@@ -1,0 +1,82 @@
+//! What a node writes to its transparency log: one JSON object per entry, tagged by `kind`.
+//!
+//! Invariant: entries hold ids, digests, decisions and signed request notes; never dataset rows.
+//! Every entry stays under 64 KiB (the tile format's limit), which the log enforces.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogEntry {
+    /// Owner side: a peer's authenticated request and what was decided and released.
+    AccessServed {
+        time: i64,
+        request_id: String,
+        requester: String,
+        dataset: String,
+        /// `released` or `refused:<code>`.
+        decision: String,
+        /// Hex SHA-256 of the released Arrow IPC bytes.
+        result_sha256: Option<String>,
+        groups_released: u64,
+        /// The signed request note, base64.
+        request_note: String,
+    },
+    /// Requester side: an access made, with the owner's signed receipt.
+    AccessMade {
+        time: i64,
+        request_id: String,
+        owner: String,
+        dataset: String,
+        result_sha256: String,
+        owner_log_index: u64,
+        /// The owner's signed receipt note, base64.
+        receipt: String,
+    },
+    /// A charter version this node accepted.
+    CharterAccepted { time: i64, version: u64, digest: String, signers: Vec<String> },
+    /// A dataset registered (or registered again) and its policy.
+    DatasetRegistered {
+        time: i64,
+        name: String,
+        shared_schema: Option<String>,
+        schema_sha256: String,
+        policy: String,
+    },
+    /// The node's keys and TLS pin, at creation and at every change.
+    KeysSet { time: i64, member: String, vkey: String, witness_vkey: String, tls_pin: String },
+    /// Evidence of a fork or a failed consistency proof in another member's log.
+    ForkEvidence { time: i64, origin: String, detail: String, checkpoints: Vec<String> },
+}
+
+impl LogEntry {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, NodeError> {
+        serde_json::to_vec(self).map_err(|e| NodeError::State(format!("log entry: {e}")))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, NodeError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| NodeError::BadRequest(format!("not a Concord log entry: {e}")))
+    }
+
+    /// The request id of an access entry.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::AccessServed { request_id, .. } | Self::AccessMade { request_id, .. } => Some(request_id),
+            _ => None,
+        }
+    }
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}

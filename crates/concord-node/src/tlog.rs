@@ -1,0 +1,483 @@
+//! The node's transparency log, durable in its SQLite database.
+//!
+//! Appends go through one writer thread that batches every request waiting at the time into a
+//! single transaction (group commit): entries, then every complete Merkle node they complete.
+//! An append's index is returned only after that transaction committed with
+//! `synchronous=FULL`, so an acknowledged entry survives kill -9 and power loss.
+//!
+//! Invariant: an append is acknowledged only after its transaction is durable.
+//! Invariant: the tree on disk is always whole: entries and their nodes commit together, and the
+//! writer re-reads the size inside its write transaction, so other processes may append too.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use concord_log::merkle::{CompactRange, Hash, HashReader, leaf_hash};
+use concord_log::tiles::MAX_ENTRY_BYTES;
+use concord_log::{LogError, Note};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::NodeError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log_entries (
+    idx INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_checkpoints (
+    size INTEGER PRIMARY KEY,
+    note BLOB NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS witnessed (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    checkpoint BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS witness_progress (
+    witness TEXT PRIMARY KEY,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audited (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence (
+    id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    first BLOB NOT NULL,
+    second BLOB NOT NULL,
+    time INTEGER NOT NULL
+);
+";
+
+/// What a witness decided about a submitted checkpoint.
+#[derive(Debug)]
+pub enum WitnessDecision {
+    /// Consistent: the stored state moved to the new checkpoint.
+    Cosign,
+    /// The old size is not what was last cosigned (409), with that size.
+    Conflict(u64),
+    /// Inconsistent (422): a fork or a failed proof, kept as evidence.
+    Inconsistent(String),
+}
+
+/// Kept evidence of a fork or failed consistency proof.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Evidence {
+    pub origin: String,
+    pub detail: String,
+    pub first: String,
+    pub second: String,
+    pub time: i64,
+}
+
+/// Most appends written in one transaction.
+const MAX_BATCH: usize = 4096;
+
+fn db(e: rusqlite::Error) -> NodeError {
+    NodeError::State(format!("log storage: {e}"))
+}
+
+fn open(path: &Path) -> Result<Connection, NodeError> {
+    let conn = Connection::open(path)
+        .map_err(|e| NodeError::State(format!("cannot open {}: {e}", path.display())))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+    conn.execute_batch(SCHEMA).map_err(db)?;
+    Ok(conn)
+}
+
+/// Complete subtree hashes read from the database.
+pub struct DbReader<'a>(pub &'a Connection);
+
+impl HashReader for DbReader<'_> {
+    fn hash(&self, level: u8, index: u64) -> Result<Hash, LogError> {
+        let h: Option<Vec<u8>> = self
+            .0
+            .query_row(
+                "SELECT hash FROM log_nodes WHERE level = ?1 AND idx = ?2",
+                params![level, index as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| LogError::Proof(format!("log storage: {e}")))?;
+        h.and_then(|h| Hash::try_from(h).ok())
+            .ok_or_else(|| LogError::Proof(format!("no stored node at level {level}, index {index}")))
+    }
+}
+
+fn stored_size(conn: &Connection) -> Result<u64, NodeError> {
+    let n: Option<i64> = conn.query_row("SELECT max(idx) FROM log_entries", [], |r| r.get(0)).map_err(db)?;
+    Ok(n.map(|n| n as u64 + 1).unwrap_or(0))
+}
+
+/// Where an append's outcome goes: an async waiter or a blocked thread.
+type Reply = Box<dyn FnOnce(Result<u64, String>) + Send>;
+
+struct Request {
+    entry: Vec<u8>,
+    reply: Reply,
+}
+
+/// A handle to append to the log and read it. Cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    path: PathBuf,
+    sender: mpsc::Sender<Request>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl Log {
+    /// Opens the log in the database at `path` and starts its writer thread. The thread ends
+    /// when the last handle is dropped.
+    pub fn open(path: &Path) -> Result<Self, NodeError> {
+        let writer = open(path)?;
+        let reader = open(path)?;
+        let (sender, receiver) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("concord-log-writer".into())
+            .spawn(move || write_loop(writer, receiver))
+            .map_err(|e| NodeError::State(format!("cannot start the log writer: {e}")))?;
+        Ok(Self { path: path.to_owned(), sender, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends an entry; resolves to its index once it is on disk.
+    pub async fn append(&self, entry: Vec<u8>) -> Result<u64, NodeError> {
+        if entry.len() > MAX_ENTRY_BYTES {
+            return Err(NodeError::Note(LogError::EntryTooLarge(entry.len())));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply: Reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.sender
+            .send(Request { entry, reply })
+            .map_err(|_| NodeError::State("the log writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| NodeError::State("the log writer has stopped".into()))?
+            .map_err(|e| NodeError::State(format!("log append failed: {e}")))
+    }
+
+    /// Appends from synchronous code (offline commands).
+    pub fn append_blocking(&self, entry: Vec<u8>) -> Result<u64, NodeError> {
+        if entry.len() > MAX_ENTRY_BYTES {
+            return Err(NodeError::Note(LogError::EntryTooLarge(entry.len())));
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let reply: Reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.sender
+            .send(Request { entry, reply })
+            .map_err(|_| NodeError::State("the log writer has stopped".into()))?;
+        rx.recv()
+            .map_err(|_| NodeError::State("the log writer has stopped".into()))?
+            .map_err(|e| NodeError::State(format!("log append failed: {e}")))
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, NodeError>) -> Result<T, NodeError> {
+        let conn = self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&conn)
+    }
+
+    /// Entries on disk.
+    pub fn size(&self) -> Result<u64, NodeError> {
+        self.with_reader(stored_size)
+    }
+
+    /// The root of the tree of `size` leaves.
+    pub fn root(&self, size: u64) -> Result<Hash, NodeError> {
+        self.with_reader(|c| Ok(concord_log::merkle::root(&DbReader(c), size)?))
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, NodeError> {
+        self.with_reader(|c| Ok(concord_log::merkle::inclusion_proof(&DbReader(c), index, size)?))
+    }
+
+    pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, NodeError> {
+        self.with_reader(|c| Ok(concord_log::merkle::consistency_proof(&DbReader(c), size1, size2)?))
+    }
+
+    /// Entries `[start, end)`.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, NodeError> {
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare("SELECT data FROM log_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .map_err(db)?;
+            let rows =
+                stmt.query_map(params![start as i64, end as i64], |r| r.get::<_, Vec<u8>>(0)).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    /// A tile's bytes (hashes or entry bundle), if it exists at `size`.
+    pub fn tile(&self, tile: &concord_log::tiles::Tile, size: u64) -> Result<Option<Vec<u8>>, NodeError> {
+        use concord_log::tiles::{TILE_WIDTH, TileKind, encode_bundle};
+        if !tile.exists_in(size) {
+            return Ok(None);
+        }
+        match tile.kind {
+            TileKind::Hashes(_) => self.with_reader(|c| Ok(Some(tile.hashes(&DbReader(c))?))),
+            TileKind::Entries => {
+                let start = tile.index * TILE_WIDTH;
+                let entries = self.entries(start, start + tile.width)?;
+                Ok(Some(encode_bundle(entries.iter().map(Vec::as_slice))?))
+            }
+        }
+    }
+
+    /// Stores a signed checkpoint; `published` once its witness quorum cosigned it.
+    pub fn store_checkpoint(&self, size: u64, note: &Note, published: bool) -> Result<(), NodeError> {
+        self.with_reader(|c| {
+            c.execute(
+                "INSERT INTO log_checkpoints (size, note, published) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(size) DO UPDATE SET note = excluded.note, published = max(published, excluded.published)",
+                params![size as i64, note.to_bytes(), published as i64],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    /// The latest signed checkpoint, published or not.
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, Note)>, NodeError> {
+        self.checkpoint_where("1")
+    }
+
+    /// The latest checkpoint whose witness quorum cosigned it: what `/checkpoint` serves.
+    pub fn published_checkpoint(&self) -> Result<Option<(u64, Note)>, NodeError> {
+        self.checkpoint_where("published = 1")
+    }
+
+    fn checkpoint_where(&self, cond: &str) -> Result<Option<(u64, Note)>, NodeError> {
+        self.with_reader(|c| {
+            let row: Option<(i64, Vec<u8>)> = c
+                .query_row(
+                    &format!(
+                        "SELECT size, note FROM log_checkpoints WHERE {cond} ORDER BY size DESC LIMIT 1"
+                    ),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(|(s, n)| Ok((s as u64, Note::parse(&n)?))).transpose()
+        })
+    }
+}
+
+impl Log {
+    /// The witness's atomic check-and-update for `origin` (C2SP tlog-witness add-checkpoint):
+    /// the old size must be the last cosigned size, and the new checkpoint must be consistent
+    /// with the last cosigned one.
+    pub fn witness_update(
+        &self,
+        origin: &str,
+        old: u64,
+        proof: &[Vec<u8>],
+        checkpoint: &concord_log::checkpoint::Checkpoint,
+        checkpoint_note: &[u8],
+    ) -> Result<WitnessDecision, NodeError> {
+        let mut conn = self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let stored: Option<(i64, Vec<u8>, Vec<u8>)> = tx
+            .query_row(
+                "SELECT size, root, checkpoint FROM witnessed WHERE origin = ?1",
+                params![origin],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let (size, root, prev) = match stored {
+            Some((s, r, c)) => (s as u64, r, c),
+            None => (0, concord_log::merkle::empty_root().to_vec(), Vec::new()),
+        };
+        if old != size {
+            return Ok(WitnessDecision::Conflict(size));
+        }
+        let check = if old == 0 {
+            if proof.is_empty() { Ok(()) } else { Err("a proof from size 0 must be empty".to_owned()) }
+        } else {
+            concord_log::merkle::verify_consistency(old, checkpoint.size, proof, &root, &checkpoint.root)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(detail) = check {
+            tx.execute(
+                "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![origin, detail, prev, checkpoint_note, chrono::Utc::now().timestamp()],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            return Ok(WitnessDecision::Inconsistent(detail));
+        }
+        tx.execute(
+            "INSERT INTO witnessed (origin, size, root, checkpoint) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(origin) DO UPDATE SET size = excluded.size, root = excluded.root, checkpoint = excluded.checkpoint",
+            params![origin, checkpoint.size as i64, checkpoint.root.as_slice(), checkpoint_note],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(WitnessDecision::Cosign)
+    }
+
+    /// Evidence of misbehaviour this node has kept.
+    pub fn evidence(&self) -> Result<Vec<Evidence>, NodeError> {
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare("SELECT origin, detail, first, second, time FROM evidence ORDER BY id")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Evidence {
+                        origin: r.get(0)?,
+                        detail: r.get(1)?,
+                        first: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(2)?).into_owned(),
+                        second: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(3)?).into_owned(),
+                        time: r.get(4)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    /// Keeps evidence found by an audit.
+    pub fn keep_evidence(
+        &self,
+        origin: &str,
+        detail: &str,
+        first: &[u8],
+        second: &[u8],
+    ) -> Result<(), NodeError> {
+        self.with_reader(|c| {
+            c.execute(
+                "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![origin, detail, first, second, chrono::Utc::now().timestamp()],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    /// The last size a witness cosigned of this log.
+    pub fn witness_progress(&self, witness: &str) -> Result<u64, NodeError> {
+        self.with_reader(|c| {
+            let n: Option<i64> = c
+                .query_row("SELECT size FROM witness_progress WHERE witness = ?1", params![witness], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            Ok(n.unwrap_or(0) as u64)
+        })
+    }
+
+    pub fn set_witness_progress(&self, witness: &str, size: u64) -> Result<(), NodeError> {
+        self.with_reader(|c| {
+            c.execute(
+                "INSERT INTO witness_progress (witness, size) VALUES (?1, ?2)
+                 ON CONFLICT(witness) DO UPDATE SET size = excluded.size",
+                params![witness, size as i64],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    /// The last verified (size, root) this node's audits saw of `origin`.
+    pub fn audited(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, NodeError> {
+        self.with_reader(|c| {
+            let row: Option<(i64, Vec<u8>)> = c
+                .query_row("SELECT size, root FROM audited WHERE origin = ?1", params![origin], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(db)?;
+            Ok(row.map(|(s, r)| (s as u64, r)))
+        })
+    }
+
+    pub fn set_audited(&self, origin: &str, size: u64, root: &[u8]) -> Result<(), NodeError> {
+        self.with_reader(|c| {
+            c.execute(
+                "INSERT INTO audited (origin, size, root) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(origin) DO UPDATE SET size = excluded.size, root = excluded.root",
+                params![origin, size as i64, root],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+}
+
+fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>) {
+    let mut range: Option<CompactRange> = None;
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match write_batch(&mut conn, &mut range, &batch) {
+            Ok(first_index) => {
+                for (i, r) in batch.into_iter().enumerate() {
+                    (r.reply)(Ok(first_index + i as u64));
+                }
+            }
+            Err(e) => {
+                // The transaction rolled back: forget the in-memory edge and re-read it.
+                range = None;
+                let msg = e.to_string();
+                for r in batch {
+                    (r.reply)(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    range: &mut Option<CompactRange>,
+    batch: &[Request],
+) -> Result<u64, NodeError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+    let size = stored_size(&tx)?;
+    let mut edge = match range.take() {
+        Some(r) if r.size() == size => r,
+        _ => CompactRange::from_reader(&DbReader(&tx), size)?,
+    };
+    {
+        let mut put_entry =
+            tx.prepare_cached("INSERT INTO log_entries (idx, data) VALUES (?1, ?2)").map_err(db)?;
+        let mut put_node =
+            tx.prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?1, ?2, ?3)").map_err(db)?;
+        for (i, r) in batch.iter().enumerate() {
+            put_entry.execute(params![(size + i as u64) as i64, r.entry]).map_err(db)?;
+            for (level, index, hash) in edge.append(leaf_hash(&r.entry)) {
+                put_node.execute(params![level, index as i64, hash.as_slice()]).map_err(db)?;
+            }
+        }
+    }
+    tx.commit().map_err(db)?;
+    *range = Some(edge);
+    Ok(size)
+}

@@ -1,0 +1,254 @@
+//! Witnessing per C2SP tlog-witness: the `add-checkpoint` endpoint each node serves for the
+//! other members' logs, and the loop that checkpoints this node's own log and has it cosigned.
+//!
+//! Invariant: a witness cosigns a checkpoint only after checking it against the last one it
+//! cosigned for that origin, in one transaction with updating that record.
+//! Invariant: a witness that is down delays publication of a checkpoint, never an append.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use concord_log::checkpoint::Checkpoint;
+use concord_log::{LogError, Note};
+use tokio::sync::watch;
+
+use crate::NodeError;
+use crate::entry::LogEntry;
+use crate::node::Node;
+use crate::tlog::WitnessDecision;
+
+/// How often the node looks for new entries to checkpoint.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// An add-checkpoint answer: status, content type, body.
+pub struct WitnessAnswer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+fn answer(status: u16, body: impl Into<String>) -> WitnessAnswer {
+    WitnessAnswer { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+}
+
+/// Parses `old N\n<proof lines>\n\n<checkpoint>`.
+fn parse_request(body: &[u8]) -> Result<(u64, Vec<Vec<u8>>, &[u8]), String> {
+    let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_owned())?;
+    let (head, checkpoint) = text.split_once("\n\n").ok_or("no empty line before the checkpoint")?;
+    let mut lines = head.split('\n');
+    let old = lines
+        .next()
+        .and_then(|l| l.strip_prefix("old "))
+        .filter(|n| {
+            !n.is_empty() && (n == &"0" || !n.starts_with('0')) && n.bytes().all(|b| b.is_ascii_digit())
+        })
+        .and_then(|n| n.parse().ok())
+        .ok_or("the first line must be `old <size>`")?;
+    let proof = lines
+        .map(|l| B64.decode(l).ok().filter(|h| h.len() == 32).ok_or("a proof line is not a base64 hash"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if proof.len() > 63 {
+        return Err("more than 63 proof lines".into());
+    }
+    Ok((old, proof, checkpoint[..].as_bytes()))
+}
+
+/// The witness's side of `POST add-checkpoint`.
+pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, NodeError> {
+    let (old, proof, cp_bytes) = match parse_request(body) {
+        Ok(p) => p,
+        Err(why) => return Ok(answer(400, format!("malformed add-checkpoint request: {why}\n"))),
+    };
+    let note = match Note::parse(cp_bytes) {
+        Ok(n) => n,
+        Err(e) => return Ok(answer(400, format!("{e}\n"))),
+    };
+    let cp = match Checkpoint::from_text(note.text()) {
+        Ok(c) => c,
+        Err(e) if note.text().lines().nth(1) == Some("0") => return Ok(answer(422, format!("{e}\n"))),
+        Err(e) => return Ok(answer(400, format!("{e}\n"))),
+    };
+    let Some(owner) = node
+        .charter
+        .charter
+        .members
+        .iter()
+        .filter(|m| m.id != node.cfg.member)
+        .find(|m| m.log_origin().is_ok_and(|o| o == cp.origin))
+    else {
+        return Ok(answer(404, format!("this node does not witness origin {}\n", cp.origin)));
+    };
+    match note.verify(std::slice::from_ref(&owner.verifier()?)) {
+        Ok(_) => {}
+        Err(LogError::NoKnownSignature | LogError::BadSignature(_)) => {
+            return Ok(answer(403, format!("the checkpoint is not validly signed by {}\n", cp.origin)));
+        }
+        Err(e) => return Ok(answer(400, format!("{e}\n"))),
+    }
+    if old > cp.size {
+        return Ok(answer(400, format!("old size {old} is larger than the checkpoint size {}\n", cp.size)));
+    }
+    match node.log.witness_update(&cp.origin, old, &proof, &cp, &note.to_bytes())? {
+        WitnessDecision::Conflict(size) => {
+            Ok(WitnessAnswer { status: 409, content_type: "text/x.tlog.size", body: format!("{size}\n") })
+        }
+        WitnessDecision::Inconsistent(detail) => {
+            tracing::warn!(origin = %cp.origin, "inconsistent checkpoint kept as evidence: {detail}");
+            let entry = LogEntry::ForkEvidence {
+                time: crate::entry::now(),
+                origin: cp.origin.clone(),
+                detail: detail.clone(),
+                checkpoints: vec![note.to_string()],
+            };
+            node.log.append(entry.to_bytes()?).await?;
+            Ok(answer(422, format!("inconsistent with the last cosigned checkpoint: {detail}\n")))
+        }
+        WitnessDecision::Cosign => {
+            let sig = node.witness.cosign(note.text(), chrono::Utc::now().timestamp().max(1) as u64);
+            let mut n = Note::new(note.text())?;
+            n.add_signature(sig);
+            let text = n.to_string();
+            let line = text.rsplit_once("\n\n").map(|(_, l)| l.to_owned()).unwrap_or_default();
+            Ok(WitnessAnswer { status: 200, content_type: "text/plain; charset=utf-8", body: line })
+        }
+    }
+}
+
+/// Checkpoints new entries within a second and gets them cosigned, until shutdown.
+pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = publish_once(&node).await {
+            tracing::warn!("checkpointing: {e}");
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+        }
+    }
+}
+
+/// One round: sign a checkpoint of new entries; ask witnesses to cosign the latest unpublished
+/// checkpoint; publish it once the quorum cosigned.
+pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
+    let size = node.log.size()?;
+    let latest = node.log.latest_checkpoint()?;
+    let (cp_size, mut note) = match latest {
+        Some((s, n)) if s >= size => (s, n),
+        _ => {
+            let cp = Checkpoint {
+                origin: format!("{}/{}", node.federation(), node.cfg.member),
+                size,
+                root: node.log.root(size)?,
+                extensions: vec![],
+            };
+            let mut n = Note::new(cp.to_text())?;
+            n.sign(&node.signer);
+            node.log.store_checkpoint(size, &n, false)?;
+            (size, n)
+        }
+    };
+    if node.log.published_checkpoint()?.is_some_and(|(s, _)| s >= cp_size) {
+        return Ok(());
+    }
+    let quorum = node.charter.charter.witness_quorum;
+    let mut cosigned = 0;
+    for w in node.charter.charter.members.iter().filter(|m| m.id != node.cfg.member) {
+        let verifier = w.witness_verifier()?;
+        if verifier.verify(&note).ok().flatten().is_some() {
+            cosigned += 1;
+            continue;
+        }
+        match ask_witness(node, w, &mut note, cp_size).await {
+            Ok(()) => {
+                if verifier.verify(&note).ok().flatten().is_some() {
+                    cosigned += 1;
+                }
+            }
+            Err(e) => tracing::info!(witness = %w.id, "no cosignature yet: {e}"),
+        }
+    }
+    let published = cosigned >= quorum;
+    node.log.store_checkpoint(cp_size, &note, published)?;
+    if published {
+        tracing::debug!(size = cp_size, cosigned, "checkpoint published");
+    }
+    Ok(())
+}
+
+/// Submits `note` (our checkpoint of `size`) to witness `w`, adding its cosignature to `note`.
+async fn ask_witness(
+    node: &Node,
+    w: &concord_charter::MemberCard,
+    note: &mut Note,
+    size: u64,
+) -> Result<(), NodeError> {
+    let mut old = node.log.witness_progress(&w.id)?;
+    for _ in 0..2 {
+        if old > size {
+            return Err(NodeError::Peer {
+                member: w.id.clone(),
+                code: "rollback".into(),
+                message: format!("the witness has seen size {old}, beyond our {size}"),
+            });
+        }
+        let proof = if old == 0 { vec![] } else { node.log.consistency_proof(old, size)? };
+        let mut body = format!("old {old}\n");
+        for h in &proof {
+            body.push_str(&B64.encode(h));
+            body.push('\n');
+        }
+        body.push('\n');
+        body.push_str(&note.to_string());
+        let resp = crate::client::peer_call(
+            &node.tls,
+            &w.id,
+            &w.peer_endpoint,
+            &w.tls_pin,
+            "POST",
+            "/v1/witness/add-checkpoint",
+            body.into_bytes(),
+        )
+        .await?;
+        match resp.status {
+            200 => {
+                let text = format!("{}\n{}", note.text(), String::from_utf8_lossy(&resp.body));
+                let cosigned = Note::parse(text.as_bytes())?;
+                let verifier = w.witness_verifier()?;
+                if verifier.verify(&cosigned)?.is_none() {
+                    return Err(NodeError::Peer {
+                        member: w.id.clone(),
+                        code: "no_cosignature".into(),
+                        message: "the witness answered without its cosignature".into(),
+                    });
+                }
+                for s in cosigned.signatures().iter().filter(|s| s.name == verifier.name()) {
+                    note.add_signature(s.clone());
+                }
+                node.log.set_witness_progress(&w.id, size)?;
+                return Ok(());
+            }
+            409 => {
+                old = String::from_utf8_lossy(&resp.body).trim().parse().map_err(|_| NodeError::Peer {
+                    member: w.id.clone(),
+                    code: "bad_conflict".into(),
+                    message: "a 409 answer without a size".into(),
+                })?;
+                node.log.set_witness_progress(&w.id, old)?;
+            }
+            status => {
+                return Err(NodeError::Peer {
+                    member: w.id.clone(),
+                    code: format!("http_{status}"),
+                    message: String::from_utf8_lossy(&resp.body).trim().to_owned(),
+                });
+            }
+        }
+    }
+    Err(NodeError::Peer {
+        member: w.id.clone(),
+        code: "conflict".into(),
+        message: "the witness's size kept moving".into(),
+    })
+}
