@@ -9,6 +9,7 @@
 //! the request's signature, freshness, replay, the owner's policy and the owner's sub-query check.
 
 pub mod admin;
+pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod config;

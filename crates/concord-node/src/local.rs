@@ -74,6 +74,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/query", post(query))
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/tile/{*path}", get(log_tile))
+        .route("/v1/log/receipt/{index}", get(log_receipt))
+        .route("/v1/audit", post(audit))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
 }
@@ -103,6 +105,65 @@ async fn log_tile(
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, &[])?;
     Ok(crate::peer::serve_tile(&node, &path))
+}
+
+/// A C2SP tlog-proof for entry `index` against the published checkpoint, with the entry as its
+/// extra data: an offline receipt.
+async fn log_receipt(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    axum::extract::Path(index): axum::extract::Path<u64>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    let (size, note) = node
+        .log
+        .published_checkpoint()?
+        .ok_or_else(|| NodeError::NotFound("no checkpoint is published yet".into()))?;
+    if index >= size {
+        return Err(NodeError::NotFound(format!(
+            "entry {index} is not in the published checkpoint of {size} entries yet; retry in a second"
+        ))
+        .into());
+    }
+    let entry = node
+        .log
+        .entries(index, index + 1)?
+        .pop()
+        .ok_or_else(|| NodeError::NotFound(format!("entry {index}")))?;
+    let proof = concord_log::tiles::TlogProof {
+        extra: Some(entry),
+        index,
+        proof: node.log.inclusion_proof(index, size)?,
+        checkpoint: note,
+    };
+    Ok(([("content-type", "text/plain; charset=utf-8")], proof.to_text()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditBody {
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn audit(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    let q: AuditBody = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::BadRequest(format!("body must be JSON {{\"members\": [...]}} or {{\"all\": true}}: {e}"))
+    })?;
+    let targets: Vec<String> =
+        if q.all { node.charter.charter.members.iter().map(|m| m.id.clone()).collect() } else { q.members };
+    if targets.is_empty() {
+        return Err(NodeError::BadRequest("name a member to audit, or all".into()).into());
+    }
+    let report = crate::audit::audit(&node, &targets).await?;
+    Ok(axum::Json(serde_json::json!({ "ok": report.ok(), "report": report })).into_response())
 }
 
 async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {

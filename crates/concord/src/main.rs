@@ -73,6 +73,26 @@ enum Command {
         purpose: String,
         sql: String,
     },
+    /// Audit members' transparency logs and reconcile accesses between them.
+    Audit {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        /// The member to audit (with this node's own log).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        member: Option<String>,
+        /// Audit every member.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// This node's transparency log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// A whole three-member federation on 127.0.0.1 with sample data.
     Demo {
         #[arg(long, default_value = "concord-demo")]
@@ -111,6 +131,30 @@ enum CharterCommand {
     Sign { dir: PathBuf, file: PathBuf },
     /// Verify a charter file and make it this node's charter.
     Accept { dir: PathBuf, file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Print the entries of a node's log, decoded.
+    Show {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Fetch an offline receipt (C2SP tlog-proof) for one entry from a node.
+    Receipt {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        index: u64,
+    },
+    /// Check an offline receipt against the log's verifier key.
+    VerifyReceipt {
+        file: PathBuf,
+        #[arg(long)]
+        vkey: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +290,10 @@ async fn run(cli: Cli) -> Result<()> {
             output::query(&node, &token, &sql, &purpose, format_name(format), provenance).await?;
         }
         Command::Demo { dir, data, port_base, smoke } => run_demo(dir, data, port_base, smoke).await?,
+        Command::Audit { node, token, member, all, format } => {
+            output::audit(&node, &token, member, all, matches!(format, ListFormat::Json)).await?;
+        }
+        Command::Log { command } => log(command).await?,
         Command::Bench { command: BenchCommand::Federated { rows, iterations, dir, port_base } } => {
             if rows < 3 || iterations == 0 {
                 bail!("--rows must be at least 3 and --iterations at least 1");
@@ -262,6 +310,67 @@ async fn run(cli: Cli) -> Result<()> {
             println!("pooled    median {:>9.1} ms", bench::ms(report.pooled_median()));
             println!("federated median {:>9.1} ms", bench::ms(report.federated_median()));
             println!("ratio federated/pooled: {:.2}", report.ratio());
+        }
+    }
+    Ok(())
+}
+
+async fn log(command: LogCommand) -> Result<()> {
+    match command {
+        LogCommand::Show { dir, from } => {
+            let nd = NodeDir::new(dir);
+            nd.load_config()?;
+            let log = nd.open_log()?;
+            let size = log.size()?;
+            let mut out = std::io::stdout().lock();
+            let mut start = from;
+            while start < size {
+                let end = (start + 1024).min(size);
+                for (i, e) in log.entries(start, end)?.iter().enumerate() {
+                    let shown = match concord_node::entry::LogEntry::from_bytes(e) {
+                        Ok(entry) => serde_json::to_string(&entry)?,
+                        Err(_) => format!("(not a Concord entry: {} bytes)", e.len()),
+                    };
+                    writeln!(out, "{:>8}  {shown}", start + i as u64)?;
+                }
+                start = end;
+            }
+        }
+        LogCommand::Receipt { node, token, index } => {
+            let resp = concord_node::client::local_call(
+                &node,
+                "GET",
+                &format!("/v1/log/receipt/{index}"),
+                Some(&token),
+                None,
+            )
+            .await?;
+            if resp.status != 200 {
+                let (code, message) = resp.error_parts();
+                bail!("{message} [{code}]");
+            }
+            print!("{}", String::from_utf8_lossy(&resp.body));
+        }
+        LogCommand::VerifyReceipt { file, vkey } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let proof = concord_log::tiles::TlogProof::parse(&text)?;
+            let key = concord_log::NoteVerifier::from_vkey(&vkey)?;
+            let Some(entry) = &proof.extra else {
+                bail!("the receipt carries no entry (extra line); it cannot be checked alone");
+            };
+            let cp = proof.verify(entry, &key)?;
+            println!(
+                "valid: entry {} is in {}'s log of {} entries, signed by {}",
+                proof.index,
+                cp.origin,
+                cp.size,
+                key.name()
+            );
+            match concord_node::entry::LogEntry::from_bytes(entry) {
+                Ok(e) => println!("{}", serde_json::to_string_pretty(&e)?),
+                Err(_) => println!("(entry of {} bytes)", entry.len()),
+            }
         }
     }
     Ok(())

@@ -142,3 +142,66 @@ fn json_rows(batches: &[RecordBatch]) -> Result<serde_json::Value> {
     }
     Ok(serde_json::from_slice(&buf)?)
 }
+
+/// `concord audit`: ask the node to audit and print its report; an error if anything failed.
+pub async fn audit(node: &str, token: &str, member: Option<String>, all: bool, json: bool) -> Result<()> {
+    let body = match member {
+        Some(m) if !all => serde_json::json!({ "members": [m] }),
+        _ => serde_json::json!({ "all": true }),
+    };
+    let resp = concord_node::client::local_call(node, "POST", "/v1/audit", Some(token), Some(&body)).await?;
+    if resp.status != 200 {
+        let (code, message) = resp.error_parts();
+        bail!("{message} [{code}]");
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
+    let ok = v["ok"].as_bool().unwrap_or(false);
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v["report"])?)?;
+    } else {
+        let r = &v["report"];
+        for m in r["members"].as_array().into_iter().flatten() {
+            let problems: Vec<&str> =
+                m["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+            let cosigners: Vec<&str> =
+                m["cosigners"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+            writeln!(
+                out,
+                "{:<12} {} entries, root {}, cosigned by [{}] (quorum {}){}",
+                m["member"].as_str().unwrap_or("?"),
+                m["size"],
+                m["root"].as_str().map(|s| &s[..s.len().min(16)]).unwrap_or(""),
+                cosigners.join(", "),
+                m["witness_quorum"],
+                if problems.is_empty() {
+                    "  ok".to_owned()
+                } else {
+                    format!("\n  FAILED: {}", problems.join("\n  FAILED: "))
+                }
+            )?;
+        }
+        for x in r["mismatches"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "MISSING TWIN request {}: {}",
+                x["request_id"].as_str().unwrap_or("?"),
+                x["problem"].as_str().unwrap_or("")
+            )?;
+        }
+        for x in r["evidence"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "EVIDENCE {}: {}",
+                x["origin"].as_str().unwrap_or("?"),
+                x["detail"].as_str().unwrap_or("")
+            )?;
+        }
+        writeln!(out, "{}", if ok { "audit passed" } else { "audit FAILED" })?;
+    }
+    if !ok {
+        bail!("the audit found problems");
+    }
+    Ok(())
+}

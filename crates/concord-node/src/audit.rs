@@ -1,0 +1,307 @@
+//! Audit: fetch a member's checkpoint and entry bundles, verify the log's signature and its
+//! witnesses' cosignatures, check consistency with the last state this node saw, recompute the
+//! tree from the entries, and reconcile accesses bilaterally between logs.
+//!
+//! Invariant: an audit trusts nothing it fetched until the entries hash to the signed root.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use concord_charter::MemberCard;
+use concord_log::checkpoint::Checkpoint;
+use concord_log::merkle::MemoryTree;
+use concord_log::tiles::{TILE_WIDTH, Tile, TileKind, decode_bundle};
+use concord_log::{LogError, Note};
+use serde::Serialize;
+
+use crate::NodeError;
+use crate::entry::LogEntry;
+use crate::node::Node;
+
+/// A member's log, fetched and verified.
+#[derive(Debug)]
+pub struct VerifiedLog {
+    pub member: String,
+    pub checkpoint: Checkpoint,
+    pub note: Note,
+    pub cosigners: Vec<String>,
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// Verifies a fetched log: the checkpoint's signature by `card`'s key, the cosignatures of the
+/// other members' witness keys, and that `bundles` (entry bundles in order) hash to its root.
+pub fn verify_log(
+    card: &MemberCard,
+    witnesses: &[MemberCard],
+    checkpoint: &[u8],
+    bundles: &[Vec<u8>],
+) -> Result<VerifiedLog, NodeError> {
+    let (cp, note) = Checkpoint::open(checkpoint, &card.verifier()?)?;
+    let mut cosigners = Vec::new();
+    for w in witnesses.iter().filter(|w| w.id != card.id) {
+        match w.witness_verifier()?.verify(&note) {
+            Ok(Some(_)) => cosigners.push(w.id.clone()),
+            Ok(None) => {}
+            Err(e) => return Err(NodeError::Note(e)),
+        }
+    }
+    let mut entries = Vec::new();
+    for (i, b) in bundles.iter().enumerate() {
+        let decoded = decode_bundle(b)
+            .map_err(|e| NodeError::Note(LogError::MalformedBundle(format!("bundle {i}: {e}"))))?;
+        let want = (cp.size - i as u64 * TILE_WIDTH).min(TILE_WIDTH) as usize;
+        if decoded.len() != want {
+            return Err(NodeError::Note(LogError::MalformedBundle(format!(
+                "bundle {i} holds {} entries, the checkpoint needs {want}",
+                decoded.len()
+            ))));
+        }
+        entries.extend(decoded);
+    }
+    if entries.len() as u64 != cp.size {
+        return Err(NodeError::Note(LogError::MalformedBundle(format!(
+            "{} entries fetched for a tree of {}",
+            entries.len(),
+            cp.size
+        ))));
+    }
+    let mut tree = MemoryTree::new();
+    for e in &entries {
+        tree.append(e);
+    }
+    if tree.root() != cp.root {
+        return Err(NodeError::Note(LogError::Proof(format!(
+            "the entries of {} do not hash to its signed root: a tile or entry was altered",
+            card.id
+        ))));
+    }
+    Ok(VerifiedLog { member: card.id.clone(), checkpoint: cp, note, cosigners, entries })
+}
+
+/// The bundles a tree of `size` entries is served as.
+pub fn bundle_tiles(size: u64) -> Vec<Tile> {
+    let full = size / TILE_WIDTH;
+    let mut tiles: Vec<Tile> =
+        (0..full).map(|i| Tile { kind: TileKind::Entries, index: i, width: TILE_WIDTH }).collect();
+    if size % TILE_WIDTH > 0 {
+        tiles.push(Tile { kind: TileKind::Entries, index: full, width: size % TILE_WIDTH });
+    }
+    tiles
+}
+
+/// One member's part of an audit report.
+#[derive(Debug, Serialize)]
+pub struct MemberAudit {
+    pub member: String,
+    pub size: u64,
+    pub root: String,
+    pub cosigners: Vec<String>,
+    pub witness_quorum: usize,
+    /// The size this node had seen before, if any.
+    pub previous_size: Option<u64>,
+    pub problems: Vec<String>,
+}
+
+/// A reconciliation finding between two logs.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Mismatch {
+    pub request_id: String,
+    pub requester: String,
+    pub owner: String,
+    pub problem: String,
+}
+
+/// The whole audit report.
+#[derive(Debug, Serialize)]
+pub struct AuditReport {
+    pub members: Vec<MemberAudit>,
+    pub mismatches: Vec<Mismatch>,
+    pub evidence: Vec<crate::tlog::Evidence>,
+}
+
+impl AuditReport {
+    pub fn ok(&self) -> bool {
+        self.members.iter().all(|m| m.problems.is_empty())
+            && self.mismatches.is_empty()
+            && self.evidence.is_empty()
+    }
+}
+
+/// Bilateral reconciliation: every "access made" names an owner whose log holds an "access
+/// served" twin (released, same digest), and every released "access served" names a requester
+/// whose log holds the "access made" twin. Only pairs of logs both present are reconciled.
+pub fn reconcile(logs: &BTreeMap<String, Vec<LogEntry>>) -> Vec<Mismatch> {
+    let mut served: BTreeMap<(&str, &str), (&str, Option<&str>, &str)> = BTreeMap::new();
+    let mut made: BTreeMap<(&str, &str), (&str, &str)> = BTreeMap::new();
+    for (member, entries) in logs {
+        for e in entries {
+            match e {
+                LogEntry::AccessServed { request_id, requester, decision, result_sha256, .. } => {
+                    served.insert(
+                        (member.as_str(), request_id.as_str()),
+                        (requester.as_str(), result_sha256.as_deref(), decision.as_str()),
+                    );
+                }
+                LogEntry::AccessMade { request_id, owner, result_sha256, .. } => {
+                    made.insert(
+                        (owner.as_str(), request_id.as_str()),
+                        (member.as_str(), result_sha256.as_str()),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((owner, id), (requester, digest)) in &made {
+        if !logs.contains_key(*owner) {
+            continue;
+        }
+        let problem = match served.get(&(*owner, *id)) {
+            None => format!("{requester} logged an access to {owner} that {owner}'s log does not hold"),
+            Some((r, _, _)) if r != requester => {
+                format!("{owner} logged this request as {r}'s, not {requester}'s")
+            }
+            Some((_, d, decision)) if *decision != "released" || *d != Some(*digest) => {
+                format!("{owner} logged another release ({decision}) than {requester} received")
+            }
+            Some(_) => continue,
+        };
+        out.push(Mismatch {
+            request_id: (*id).to_owned(),
+            requester: (*requester).to_owned(),
+            owner: (*owner).to_owned(),
+            problem,
+        });
+    }
+    for ((owner, id), (requester, _, decision)) in &served {
+        if *decision != "released" || !logs.contains_key(*requester) || made.contains_key(&(*owner, *id)) {
+            continue;
+        }
+        out.push(Mismatch {
+            request_id: (*id).to_owned(),
+            requester: (*requester).to_owned(),
+            owner: (*owner).to_owned(),
+            problem: format!("{owner} released data to {requester}, whose log does not hold the access"),
+        });
+    }
+    out
+}
+
+async fn fetch(node: &Node, m: &MemberCard, path: &str) -> Result<Vec<u8>, NodeError> {
+    let resp =
+        crate::client::peer_call(&node.tls, &m.id, &m.peer_endpoint, &m.tls_pin, "GET", path, vec![]).await?;
+    if resp.status != 200 {
+        let (code, message) = resp.error_parts();
+        return Err(NodeError::Peer { member: m.id.clone(), code, message });
+    }
+    Ok(resp.body.to_vec())
+}
+
+/// Fetches (or, for this node, reads) a member's published checkpoint and entries.
+async fn fetch_log(node: &Node, m: &MemberCard) -> Result<(Vec<u8>, Vec<Vec<u8>>), NodeError> {
+    if m.id == node.cfg.member {
+        let (size, note) = node
+            .log
+            .published_checkpoint()?
+            .ok_or_else(|| NodeError::NotFound("this node has published no checkpoint yet".into()))?;
+        let mut bundles = Vec::new();
+        for t in bundle_tiles(size) {
+            bundles.push(node.log.tile(&t, size)?.ok_or_else(|| NodeError::NotFound(t.path()))?);
+        }
+        return Ok((note.to_bytes(), bundles));
+    }
+    let cp = fetch(node, m, "/v1/log/checkpoint").await?;
+    let (parsed, _) = Checkpoint::open(&cp, &m.verifier()?)?;
+    let mut bundles = Vec::new();
+    for t in bundle_tiles(parsed.size) {
+        bundles.push(fetch(node, m, &format!("/v1/log/{}", t.path())).await?);
+    }
+    Ok((cp, bundles))
+}
+
+/// Audits `targets` (member ids) and reconciles them with each other and with this node's log.
+pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeError> {
+    let charter = &node.charter.charter;
+    let mut wanted: BTreeSet<String> = targets.iter().cloned().collect();
+    wanted.insert(node.cfg.member.clone());
+    let mut members = Vec::new();
+    let mut logs: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
+    for id in &wanted {
+        let card = charter
+            .member(id)
+            .ok_or_else(|| NodeError::UnknownMember(format!("{id} is not in the charter")))?;
+        let origin = card.log_origin()?;
+        let previous = node.log.audited(&origin)?;
+        let mut report = MemberAudit {
+            member: id.clone(),
+            size: 0,
+            root: String::new(),
+            cosigners: vec![],
+            witness_quorum: charter.witness_quorum,
+            previous_size: previous.as_ref().map(|(s, _)| *s),
+            problems: vec![],
+        };
+        let verified = match fetch_log(node, card).await {
+            Ok((cp, bundles)) => verify_log(card, &charter.members, &cp, &bundles),
+            Err(e) => Err(e),
+        };
+        match verified {
+            Err(e) => report.problems.push(e.to_string()),
+            Ok(v) => {
+                report.size = v.checkpoint.size;
+                report.root = concord_charter::hex(&v.checkpoint.root);
+                report.cosigners = v.cosigners.clone();
+                if v.cosigners.len() < charter.witness_quorum {
+                    report.problems.push(format!(
+                        "{} witness cosignatures, the charter's quorum is {}",
+                        v.cosigners.len(),
+                        charter.witness_quorum
+                    ));
+                }
+                let mut consistent = true;
+                if let Some((old_size, old_root)) = &previous {
+                    if *old_size > v.checkpoint.size {
+                        consistent = false;
+                        report.problems.push(format!(
+                            "rollback: the log shrank from {old_size} entries (seen before) to {}",
+                            v.checkpoint.size
+                        ));
+                    } else {
+                        let mut t = MemoryTree::new();
+                        for e in &v.entries[..*old_size as usize] {
+                            t.append(e);
+                        }
+                        if t.root().as_slice() != old_root.as_slice() {
+                            consistent = false;
+                            report.problems.push(format!(
+                                "fork: the first {old_size} entries no longer hash to the root seen before"
+                            ));
+                        }
+                    }
+                    if !consistent {
+                        node.log.keep_evidence(
+                            &origin,
+                            &report.problems.join("; "),
+                            old_root,
+                            &v.note.to_bytes(),
+                        )?;
+                    }
+                }
+                if consistent {
+                    node.log.set_audited(&origin, v.checkpoint.size, &v.checkpoint.root)?;
+                }
+                let mut decoded = Vec::new();
+                for (i, e) in v.entries.iter().enumerate() {
+                    match LogEntry::from_bytes(e) {
+                        Ok(d) => decoded.push(d),
+                        Err(_) => report.problems.push(format!("entry {i} is not a Concord log entry")),
+                    }
+                }
+                logs.insert(id.clone(), decoded);
+            }
+        }
+        members.push(report);
+    }
+    let mismatches = reconcile(&logs);
+    Ok(AuditReport { members, mismatches, evidence: node.log.evidence()? })
+}
