@@ -51,7 +51,7 @@ pub fn subtree_hash(reader: &dyn HashReader, start: u64, end: u64) -> Result<Has
     if n == 0 {
         return Ok(empty_root());
     }
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return reader.hash(n.trailing_zeros() as u8, start / n);
     }
     let k = split_point(n);

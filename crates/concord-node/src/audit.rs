@@ -82,7 +82,7 @@ pub fn bundle_tiles(size: u64) -> Vec<Tile> {
     let full = size / TILE_WIDTH;
     let mut tiles: Vec<Tile> =
         (0..full).map(|i| Tile { kind: TileKind::Entries, index: i, width: TILE_WIDTH }).collect();
-    if size % TILE_WIDTH > 0 {
+    if !size.is_multiple_of(TILE_WIDTH) {
         tiles.push(Tile { kind: TileKind::Entries, index: full, width: size % TILE_WIDTH });
     }
     tiles
@@ -304,4 +304,137 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
     }
     let mismatches = reconcile(&logs);
     Ok(AuditReport { members, mismatches, evidence: node.log.evidence()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use concord_log::NoteSigner;
+    use concord_log::checkpoint::CosignatureSigner;
+    use concord_log::tiles::encode_bundle;
+
+    use super::*;
+
+    struct Member {
+        card: MemberCard,
+        signer: NoteSigner,
+        witness: CosignatureSigner,
+    }
+
+    fn member(id: &str, pin: char) -> Member {
+        let signer = NoteSigner::generate(&format!("fed/{id}")).expect("key");
+        let witness = CosignatureSigner::generate(&format!("fed/{id}/witness")).expect("key");
+        let card = MemberCard {
+            id: id.into(),
+            name: id.into(),
+            jurisdiction: "XX".into(),
+            vkey: signer.vkey(),
+            witness_vkey: witness.verifier().to_vkey(),
+            tls_pin: format!("sha256/{}=", pin.to_string().repeat(43)),
+            peer_endpoint: "127.0.0.1:1".into(),
+        };
+        Member { card, signer, witness }
+    }
+
+    /// A log of `n` entries by `a`, cosigned by `b`: (checkpoint bytes, bundles).
+    fn log(a: &Member, b: &Member, n: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let entries: Vec<Vec<u8>> = (0..n).map(|i| format!("entry {i}").into_bytes()).collect();
+        let mut t = MemoryTree::new();
+        for e in &entries {
+            t.append(e);
+        }
+        let cp =
+            Checkpoint { origin: "fed/alpha".into(), size: n as u64, root: t.root(), extensions: vec![] };
+        let mut note = Note::new(cp.to_text()).expect("note");
+        note.sign(&a.signer);
+        note.add_signature(b.witness.cosign(note.text(), 1_800_000_000));
+        let bundles = entries
+            .chunks(256)
+            .map(|c| encode_bundle(c.iter().map(Vec::as_slice)).expect("bundle"))
+            .collect();
+        (note.to_bytes(), bundles)
+    }
+
+    #[test]
+    fn verified_logs_and_every_kind_of_tampering() {
+        let (a, b) = (member("alpha", 'A'), member("bravo", 'B'));
+        let cards = [a.card.clone(), b.card.clone()];
+        let (cp, bundles) = log(&a, &b, 600);
+        let v = verify_log(&a.card, &cards, &cp, &bundles).expect("verifies");
+        assert_eq!((v.checkpoint.size, v.cosigners.as_slice()), (600, ["bravo".to_owned()].as_slice()));
+
+        // A flipped byte in an entry.
+        let mut t = bundles.clone();
+        t[1][10] ^= 1;
+        let e = verify_log(&a.card, &cards, &cp, &t).expect_err("tampered entry");
+        assert!(e.to_string().contains("do not hash to its signed root"), "{e}");
+        // A truncated bundle, and a missing one.
+        let mut t = bundles.clone();
+        let cut = t[2].len() - 3;
+        t[2].truncate(cut);
+        assert!(
+            verify_log(&a.card, &cards, &cp, &t).expect_err("truncated").to_string().contains("cut short")
+        );
+        assert!(verify_log(&a.card, &cards, &cp, &bundles[..2]).is_err());
+        // A checkpoint checked with the wrong key, or altered.
+        assert!(verify_log(&b.card, &cards, &cp, &bundles).is_err());
+        let altered = String::from_utf8(cp.clone()).expect("utf8").replacen("\n600\n", "\n599\n", 1);
+        assert!(verify_log(&a.card, &cards, altered.as_bytes(), &bundles).is_err());
+        // A malformed checkpoint.
+        assert!(verify_log(&a.card, &cards, b"fed/alpha\nnot a number\n", &bundles).is_err());
+    }
+
+    fn served(id: &str, requester: &str, digest: &str, decision: &str) -> LogEntry {
+        LogEntry::AccessServed {
+            time: 0,
+            request_id: id.into(),
+            requester: requester.into(),
+            dataset: "d".into(),
+            decision: decision.into(),
+            result_sha256: Some(digest.into()),
+            groups_released: 1,
+            request_note: String::new(),
+        }
+    }
+
+    fn made(id: &str, owner: &str, digest: &str) -> LogEntry {
+        LogEntry::AccessMade {
+            time: 0,
+            request_id: id.into(),
+            owner: owner.into(),
+            dataset: "d".into(),
+            result_sha256: digest.into(),
+            owner_log_index: 0,
+            receipt: String::new(),
+        }
+    }
+
+    #[test]
+    fn reconciliation_finds_each_missing_or_different_twin() {
+        let mut logs = BTreeMap::new();
+        logs.insert(
+            "alpha".to_owned(),
+            vec![
+                made("r1", "bravo", "d1"),
+                made("r2", "bravo", "d2"),
+                made("r3", "bravo", "d3"),
+                made("r9", "zulu", "d9"),
+            ],
+        );
+        logs.insert(
+            "bravo".to_owned(),
+            vec![
+                served("r1", "alpha", "d1", "released"),
+                served("r2", "alpha", "other", "released"),
+                served("r4", "alpha", "d4", "released"),
+                served("r5", "alpha", "", "refused:replayed_request"),
+            ],
+        );
+        let found: Vec<(String, String)> =
+            reconcile(&logs).into_iter().map(|m| (m.request_id, m.problem)).collect();
+        let ids: Vec<&str> = found.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(ids, ["r2", "r3", "r4"], "{found:#?}");
+        assert!(found[0].1.contains("another release"));
+        assert!(found[1].1.contains("does not hold"));
+        assert!(found[2].1.contains("released data to alpha"));
+    }
 }

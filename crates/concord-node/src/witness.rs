@@ -33,8 +33,15 @@ fn answer(status: u16, body: impl Into<String>) -> WitnessAnswer {
     WitnessAnswer { status, content_type: "text/plain; charset=utf-8", body: body.into() }
 }
 
+/// An add-checkpoint request: old size, consistency proof, checkpoint note bytes.
+struct AddCheckpoint<'a> {
+    old: u64,
+    proof: Vec<Vec<u8>>,
+    checkpoint: &'a [u8],
+}
+
 /// Parses `old N\n<proof lines>\n\n<checkpoint>`.
-fn parse_request(body: &[u8]) -> Result<(u64, Vec<Vec<u8>>, &[u8]), String> {
+fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_owned())?;
     let (head, checkpoint) = text.split_once("\n\n").ok_or("no empty line before the checkpoint")?;
     let mut lines = head.split('\n');
@@ -52,12 +59,12 @@ fn parse_request(body: &[u8]) -> Result<(u64, Vec<Vec<u8>>, &[u8]), String> {
     if proof.len() > 63 {
         return Err("more than 63 proof lines".into());
     }
-    Ok((old, proof, checkpoint[..].as_bytes()))
+    Ok(AddCheckpoint { old, proof, checkpoint: checkpoint.as_bytes() })
 }
 
 /// The witness's side of `POST add-checkpoint`.
 pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, NodeError> {
-    let (old, proof, cp_bytes) = match parse_request(body) {
+    let AddCheckpoint { old, proof, checkpoint: cp_bytes } = match parse_request(body) {
         Ok(p) => p,
         Err(why) => return Ok(answer(400, format!("malformed add-checkpoint request: {why}\n"))),
     };

@@ -4,3 +4,5 @@ mod bad_input;
 mod peer_refusals;
 mod smoke;
 mod support;
+mod tlog;
+mod witness_audit;
