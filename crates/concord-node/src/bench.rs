@@ -163,3 +163,190 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Figures of `concord bench log`.
+#[derive(Clone, Debug)]
+pub struct LogBenchReport {
+    /// (writers, appends, appends per second, p50, p99)
+    pub appends: Vec<(usize, usize, f64, Duration, Duration)>,
+    /// Checkpoint-to-cosigned latencies with two witnesses.
+    pub cosigned: Vec<Duration>,
+    /// (leaves, samples, p50, p99)
+    pub proofs: Vec<(u64, usize, Duration, Duration)>,
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Durable appends with `writers` concurrent writers, `total` appends in all.
+async fn appends(
+    dir: &Path,
+    writers: usize,
+    total: usize,
+) -> Result<(usize, usize, f64, Duration, Duration), NodeError> {
+    let log = crate::tlog::Log::open(&dir.join(format!("appends-{writers}.db")))?;
+    let per = total / writers;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let entry = format!(
+                        "{{\"kind\":\"bench\",\"writer\":{w},\"n\":{i},\"pad\":\"{}\"}}",
+                        "x".repeat(200)
+                    );
+                    let t = Instant::now();
+                    log.append(entry.into_bytes()).await?;
+                    lat.push(t.elapsed());
+                }
+                Ok::<_, NodeError>(lat)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(|e| NodeError::State(e.to_string()))??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = lat.len();
+    Ok((writers, n, n as f64 / secs, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)))
+}
+
+/// Builds a log of `leaves` entries directly (a fixture, not a measurement) and times
+/// inclusion proofs read from it.
+fn proofs(dir: &Path, leaves: u64, samples: usize) -> Result<(u64, usize, Duration, Duration), NodeError> {
+    use concord_log::merkle::{CompactRange, leaf_hash, verify_inclusion};
+    let path = dir.join(format!("proofs-{leaves}.db"));
+    let log = crate::tlog::Log::open(&path)?;
+    {
+        let mut conn = rusqlite::Connection::open(&path).map_err(|e| NodeError::State(e.to_string()))?;
+        let db = |e: rusqlite::Error| NodeError::State(e.to_string());
+        conn.pragma_update(None, "synchronous", "OFF").map_err(db)?;
+        let mut range = CompactRange::default();
+        let mut i = 0u64;
+        while i < leaves {
+            let tx = conn.transaction().map_err(db)?;
+            {
+                let mut e =
+                    tx.prepare_cached("INSERT INTO log_entries (idx, data) VALUES (?1, ?2)").map_err(db)?;
+                let mut n = tx
+                    .prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
+                    .map_err(db)?;
+                let end = (i + 200_000).min(leaves);
+                while i < end {
+                    let data = i.to_be_bytes();
+                    e.execute(rusqlite::params![i as i64, data.as_slice()]).map_err(db)?;
+                    for (level, index, hash) in range.append(leaf_hash(&data)) {
+                        n.execute(rusqlite::params![level, index as i64, hash.as_slice()]).map_err(db)?;
+                    }
+                    i += 1;
+                }
+            }
+            tx.commit().map_err(db)?;
+        }
+    }
+    let root = log.root(leaves)?;
+    let mut rng = SplitMix::new(leaves);
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let index = rng.below(leaves);
+        let t = Instant::now();
+        let proof = log.inclusion_proof(index, leaves)?;
+        lat.push(t.elapsed());
+        let proof: Vec<Vec<u8>> = proof.iter().map(|h| h.to_vec()).collect();
+        verify_inclusion(index, leaves, &leaf_hash(&index.to_be_bytes()), &proof, &root)?;
+    }
+    Ok((leaves, samples, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)))
+}
+
+/// Time from an append to a published checkpoint cosigned by both witnesses.
+async fn cosigning(dir: &Path, port_base: u16, rounds: usize) -> Result<Vec<Duration>, NodeError> {
+    let ids = ["alpha", "bravo", "charlie"];
+    let mut specs = Vec::new();
+    for id in ids {
+        let folder = dir.join("cosign-data").join(id);
+        std::fs::create_dir_all(&folder).map_err(|e| NodeError::io(&folder, e))?;
+        let file = folder.join("tiny.csv");
+        std::fs::write(&file, "x\n1\n").map_err(|e| NodeError::io(&file, e))?;
+        specs.push(MemberSpec {
+            id: id.into(),
+            name: id.into(),
+            jurisdiction: id.to_uppercase(),
+            files: vec![file],
+        });
+    }
+    let members = setup(&dir.join("cosign"), "bench", &specs, vec![], port_base).await?;
+    let nodes = start_all(&members).await?;
+    let log = nodes[0].node.log.clone();
+    let mut lat = Vec::new();
+    let result = async {
+        for i in 0..rounds {
+            let t = Instant::now();
+            let index = log.append(format!("{{\"kind\":\"bench\",\"n\":{i}}}").into_bytes()).await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if log.published_checkpoint()?.is_some_and(|(s, _)| s > index) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(NodeError::Config("a checkpoint was not cosigned within 30 s".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lat.push(t.elapsed());
+        }
+        Ok(())
+    }
+    .await;
+    for n in nodes {
+        n.stop().await;
+    }
+    result?;
+    Ok(lat)
+}
+
+/// `concord bench log`.
+pub async fn log(
+    dir: &Path,
+    proof_sizes: &[u64],
+    port_base: u16,
+    progress: &dyn Fn(&str),
+) -> Result<LogBenchReport, NodeError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+    let mut report = LogBenchReport { appends: vec![], cosigned: vec![], proofs: vec![] };
+    for (writers, total) in [(1, 2_000), (8, 16_000), (64, 64_000)] {
+        progress(&format!("durable appends with {writers} writers"));
+        report.appends.push(appends(dir, writers, total).await?);
+    }
+    progress("checkpoint-to-cosigned latency with two witnesses");
+    report.cosigned = cosigning(dir, port_base, 30).await?;
+    for &leaves in proof_sizes {
+        progress(&format!("building a log of {leaves} leaves for proof timings"));
+        let d = dir.to_owned();
+        report.proofs.push(
+            tokio::task::spawn_blocking(move || proofs(&d, leaves, 2_000))
+                .await
+                .map_err(|e| NodeError::State(e.to_string()))??,
+        );
+    }
+    Ok(report)
+}
+
+impl LogBenchReport {
+    pub fn cosigned_p50(&self) -> Duration {
+        percentile(&mut self.cosigned.clone(), 0.5)
+    }
+    pub fn cosigned_p99(&self) -> Duration {
+        percentile(&mut self.cosigned.clone(), 0.99)
+    }
+}

@@ -137,6 +137,7 @@ pub struct Log {
     path: PathBuf,
     sender: mpsc::Sender<Request>,
     reader: Arc<Mutex<Connection>>,
+    appended: Arc<tokio::sync::Notify>,
 }
 
 impl Log {
@@ -146,11 +147,18 @@ impl Log {
         let writer = open(path)?;
         let reader = open(path)?;
         let (sender, receiver) = mpsc::channel::<Request>();
+        let appended = Arc::new(tokio::sync::Notify::new());
+        let notify = appended.clone();
         std::thread::Builder::new()
             .name("concord-log-writer".into())
-            .spawn(move || write_loop(writer, receiver))
+            .spawn(move || write_loop(writer, receiver, &notify))
             .map_err(|e| NodeError::State(format!("cannot start the log writer: {e}")))?;
-        Ok(Self { path: path.to_owned(), sender, reader: Arc::new(Mutex::new(reader)) })
+        Ok(Self { path: path.to_owned(), sender, reader: Arc::new(Mutex::new(reader)), appended })
+    }
+
+    /// Resolves after the next committed append (or at once if one happened since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
     }
 
     pub fn path(&self) -> &Path {
@@ -426,7 +434,7 @@ impl Log {
     }
 }
 
-fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>) {
+fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>, appended: &tokio::sync::Notify) {
     let mut range: Option<CompactRange> = None;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -441,6 +449,7 @@ fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>) {
                 for (i, r) in batch.into_iter().enumerate() {
                     (r.reply)(Ok(first_index + i as u64));
                 }
+                appended.notify_one();
             }
             Err(e) => {
                 // The transaction rolled back: forget the in-memory edge and re-read it.

@@ -19,8 +19,11 @@ use crate::entry::LogEntry;
 use crate::node::Node;
 use crate::tlog::WitnessDecision;
 
-/// How often the node looks for new entries to checkpoint.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the node waits after an append for more to come, before checkpointing.
+pub const COALESCE: Duration = Duration::from_millis(20);
+/// How often the node looks again when no append woke it: entries appended by other processes
+/// (offline commands) and witnesses that were down.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// An add-checkpoint answer: status, content type, body.
 pub struct WitnessAnswer {
@@ -131,7 +134,8 @@ pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = node.log.appended() => tokio::time::sleep(COALESCE).await,
+            _ = tokio::time::sleep(RETRY_INTERVAL) => {}
         }
     }
 }

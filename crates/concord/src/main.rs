@@ -209,6 +209,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7300)]
         port_base: u16,
     },
+    /// Durable appends, checkpoint cosigning and inclusion proofs of the transparency log.
+    Log {
+        #[arg(long, default_value = "concord-bench-log")]
+        dir: PathBuf,
+        /// Tree sizes at which inclusion proofs are timed.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        proof_sizes: Vec<u64>,
+        #[arg(long, default_value_t = 7400)]
+        port_base: u16,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -310,6 +320,30 @@ async fn run(cli: Cli) -> Result<()> {
             println!("pooled    median {:>9.1} ms", bench::ms(report.pooled_median()));
             println!("federated median {:>9.1} ms", bench::ms(report.federated_median()));
             println!("ratio federated/pooled: {:.2}", report.ratio());
+        }
+        Command::Bench { command: BenchCommand::Log { dir, proof_sizes, port_base } } => {
+            let r = bench::log(&dir, &proof_sizes, port_base, &|s| eprintln!("{s}")).await?;
+            println!("durable appends (SQLite WAL, synchronous=FULL, group commit):");
+            for (w, n, rate, p50, p99) in &r.appends {
+                println!(
+                    "  {w:>3} writers: {n:>6} appends, {rate:>9.0} appends/s, p50 {:>7.2} ms, p99 {:>7.2} ms",
+                    bench::ms(*p50),
+                    bench::ms(*p99)
+                );
+            }
+            println!(
+                "checkpoint to cosigned by 2 witnesses: p50 {:.1} ms, p99 {:.1} ms over {} appends",
+                bench::ms(r.cosigned_p50()),
+                bench::ms(r.cosigned_p99()),
+                r.cosigned.len()
+            );
+            for (leaves, n, p50, p99) in &r.proofs {
+                println!(
+                    "inclusion proof at {leaves} leaves: p50 {:.3} ms, p99 {:.3} ms over {n} proofs",
+                    bench::ms(*p50),
+                    bench::ms(*p99)
+                );
+            }
         }
     }
     Ok(())
