@@ -171,6 +171,29 @@ fn two_members_from_init_to_query_and_shutdown() {
     let err = fails(&["query", "--node", &url, "--token", "concord_wrong", sql], d);
     assert!(err.contains("unknown token"), "{err}");
 
+    // The transparency logs: audited, shown, and an offline receipt checked.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = concord(&["audit", "--node", &url, "--token", &token, "--all"], d);
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(text.contains("audit passed") && text.contains("bravo"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit never passed: {}", String::from_utf8_lossy(&out.stdout));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = ok(&["log", "show", "alpha"], d);
+    assert!(shown.contains("\"kind\":\"keys_set\"") && shown.contains("\"kind\":\"access_made\""), "{shown}");
+    let receipt = ok(&["log", "receipt", "--node", &url, "--token", &token, "0"], d);
+    std::fs::write(d.join("r.tlog-proof"), &receipt).expect("write");
+    let vkey = card["vkey"].as_str().expect("vkey").to_owned();
+    let verified = ok(&["log", "verify-receipt", "r.tlog-proof", "--vkey", &vkey], d);
+    assert!(verified.contains("valid: entry 0"), "{verified}");
+    std::fs::write(d.join("bad.tlog-proof"), receipt.replacen("index 0", "index 1", 1)).expect("write");
+    let err = fails(&["log", "verify-receipt", "bad.tlog-proof", "--vkey", &vkey], d);
+    assert!(err.contains("proof failed"), "{err}");
+
     for n in nodes {
         let status = n.stop();
         assert!(status.success(), "a node stops cleanly on SIGTERM: {status}");
