@@ -136,6 +136,9 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
             let t = Instant::now();
             let f = api_query(&first.local_url, &first.analyst_token, BENCH_SQL).await?;
             let tf = t.elapsed();
+            // Let the nodes publish and cosign the checkpoints of this query's log entries
+            // before the next timing, so that neither side is timed against that work.
+            settle(&nodes).await?;
             let groups: usize = f.batches.iter().map(|b| b.num_rows()).sum();
             let pooled_groups: usize = p.iter().map(|b| b.num_rows()).sum();
             if groups != pooled_groups {
@@ -158,6 +161,25 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
     }
     result?;
     Ok(report)
+}
+
+/// Waits until every node published a checkpoint of all its entries.
+async fn settle(nodes: &[crate::node::RunningNode]) -> Result<(), NodeError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut done = true;
+        for n in nodes {
+            let size = n.node.log.size()?;
+            done &= n.node.log.published_checkpoint()?.is_some_and(|(s, _)| s >= size);
+        }
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(NodeError::Config("checkpoints were not cosigned within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 pub fn ms(d: Duration) -> f64 {

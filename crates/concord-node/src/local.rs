@@ -220,6 +220,11 @@ async fn query(
 /// Serves the local API until `shutdown` turns true.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let app = router(node);
+    use axum::serve::ListenerExt as _;
+    // Answers are written in pieces; without this, delayed ACKs add ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

@@ -158,8 +158,15 @@ pub async fn open(
         .fields()
         .iter()
         .map(|f| match shared.columns.iter().find(|c| &c.name == f.name()) {
-            Some(c) => cast(col(quoted(f.name())), arrow_type(c.ty)).alias(f.name()),
-            None => col(quoted(f.name())),
+            // Cast where the value domain changes (narrower integers, floats, dates); string
+            // encodings (Utf8View, LargeUtf8) are kept, as a cast would copy every value.
+            Some(c)
+                if column_type_of(f.data_type()) != Some(ColumnType::Utf8)
+                    && f.data_type() != &arrow_type(c.ty) =>
+            {
+                cast(col(quoted(f.name())), arrow_type(c.ty)).alias(f.name())
+            }
+            _ => col(quoted(f.name())),
         })
         .collect();
     let df = df.select(exprs).map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
