@@ -189,6 +189,9 @@ pub fn ms(d: Duration) -> f64 {
 /// Figures of `concord bench log`.
 #[derive(Clone, Debug)]
 pub struct LogBenchReport {
+    /// Baseline in the same run: plain SQLite inserts of the same entries, one durable
+    /// transaction each, no Merkle tree (appends per second).
+    pub baseline: f64,
     /// (writers, appends, appends per second, p50, p99)
     pub appends: Vec<(usize, usize, f64, Duration, Duration)>,
     /// Checkpoint-to-cosigned latencies with two witnesses.
@@ -239,6 +242,26 @@ async fn appends(
     let secs = start.elapsed().as_secs_f64();
     let n = lat.len();
     Ok((writers, n, n as f64 / secs, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)))
+}
+
+/// One fsync'd SQLite transaction per entry, same settings as the log: the floor a durable log
+/// without group commit starts from.
+fn baseline_appends(dir: &Path, n: usize) -> Result<f64, NodeError> {
+    let db = |e: rusqlite::Error| NodeError::State(e.to_string());
+    let conn = rusqlite::Connection::open(dir.join("baseline.db")).map_err(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.execute_batch("CREATE TABLE e (idx INTEGER PRIMARY KEY, data BLOB NOT NULL)").map_err(db)?;
+    let start = Instant::now();
+    for i in 0..n {
+        let entry = format!("{{\"kind\":\"bench\",\"writer\":0,\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200));
+        conn.execute(
+            "INSERT INTO e (idx, data) VALUES (?1, ?2)",
+            rusqlite::params![i as i64, entry.as_bytes()],
+        )
+        .map_err(db)?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Builds a log of `leaves` entries directly (a fixture, not a measurement) and times
@@ -345,7 +368,9 @@ pub async fn log(
         std::fs::remove_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
-    let mut report = LogBenchReport { appends: vec![], cosigned: vec![], proofs: vec![] };
+    progress("baseline: one durable SQLite transaction per insert");
+    let baseline = baseline_appends(dir, 2_000)?;
+    let mut report = LogBenchReport { baseline, appends: vec![], cosigned: vec![], proofs: vec![] };
     for (writers, total) in [(1, 2_000), (8, 16_000), (64, 64_000)] {
         progress(&format!("durable appends with {writers} writers"));
         report.appends.push(appends(dir, writers, total).await?);
