@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::NodeError;
-use crate::node::{Node, error_body};
+use crate::node::Node;
+use crate::peer::ErrorResponse;
 
 /// Largest request body a local user may send.
 pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
@@ -30,20 +31,8 @@ pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
 /// Roles of local users.
 pub const ROLES: [&str; 4] = ["analyst", "steward", "auditor", "delegate"];
 
-struct ApiError(NodeError);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(error_body(&self.0))).into_response()
-    }
-}
-
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        Self(e)
-    }
-}
+/// Errors answer as `{"error": {"code", "message"}}`, the same as on the peer listener.
+type ApiError = ErrorResponse;
 
 fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String, NodeError> {
     let token = headers

@@ -12,6 +12,7 @@
 //!
 //! This crate does no network IO and keeps no state: the node crate supplies the transport.
 
+pub mod compare;
 pub mod dataset;
 pub mod federate;
 pub mod ipc;

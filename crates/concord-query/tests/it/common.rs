@@ -4,9 +4,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use concord_query::owner::run_subquery;
 use concord_query::{Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryError};
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::prelude::SessionContext;
 
@@ -94,57 +93,15 @@ pub fn federation(splits: &[Vec<Row>]) -> (SessionContext, LocalOwners, SessionC
     (fed, owners, pooled)
 }
 
-/// Cells as text, floats as numbers, for comparison with a tolerance.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Text(String),
-    Float(f64),
-    Null,
-}
+pub use concord_query::compare::{Cell, cells as try_cells};
 
 pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
-    let mut out = Vec::new();
-    let opts = FormatOptions::default();
-    for b in batches {
-        let fmts: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("formatter"))
-            .collect();
-        for r in 0..b.num_rows() {
-            out.push(
-                b.columns()
-                    .iter()
-                    .zip(&fmts)
-                    .map(|(c, f)| {
-                        if c.is_null(r) {
-                            Cell::Null
-                        } else if let Some(fa) = c.as_any().downcast_ref::<Float64Array>() {
-                            Cell::Float(fa.value(r))
-                        } else {
-                            Cell::Text(f.value(r).to_string())
-                        }
-                    })
-                    .collect(),
-            );
-        }
-    }
-    out
+    try_cells(batches).expect("formattable")
 }
 
-/// Equal up to a relative tolerance of 1e-9 on floats (sums are added in another order).
-pub fn assert_same(sql: &str, fed: &[Vec<Cell>], pooled: &[Vec<Cell>]) {
-    assert_eq!(fed.len(), pooled.len(), "{sql}: row counts differ\nfederated {fed:?}\npooled {pooled:?}");
-    for (a, b) in fed.iter().zip(pooled) {
-        assert_eq!(a.len(), b.len(), "{sql}");
-        for (x, y) in a.iter().zip(b) {
-            match (x, y) {
-                (Cell::Float(x), Cell::Float(y)) => {
-                    let tol = 1e-9 * x.abs().max(y.abs()).max(1.0);
-                    assert!((x - y).abs() <= tol, "{sql}: {x} vs {y}\nfederated {fed:?}\npooled {pooled:?}");
-                }
-                _ => assert_eq!(x, y, "{sql}\nfederated {fed:?}\npooled {pooled:?}"),
-            }
-        }
+/// Equal up to the relative float tolerance of `concord_query::compare`.
+pub fn assert_same(sql: &str, fed: &[RecordBatch], pooled: &[RecordBatch]) {
+    if let Err(diff) = concord_query::compare::compare(fed, pooled) {
+        panic!("{sql}: {diff}\nfederated {:?}\npooled {:?}", cells(fed), cells(pooled));
     }
 }
