@@ -1,6 +1,7 @@
-//! Audit: fetch a member's checkpoint and entry bundles, verify the log's signature and its
-//! witnesses' cosignatures, check consistency with the last state this node saw, recompute the
-//! tree from the entries, and reconcile accesses bilaterally between logs.
+//! Audit: fetch a member's checkpoint, entry bundles and hash tiles, verify the log's signature
+//! and its witnesses' cosignatures, check consistency with the last state this node saw,
+//! recompute the tree from the entries (every served tile must match it), and reconcile accesses
+//! bilaterally between logs.
 //!
 //! Invariant: an audit trusts nothing it fetched until the entries hash to the signed root.
 
@@ -27,15 +28,25 @@ pub struct VerifiedLog {
     pub entries: Vec<Vec<u8>>,
 }
 
+/// What an audit fetches of a log: the signed checkpoint, every entry bundle in order, and every
+/// hash tile of the checkpointed tree.
+#[derive(Clone, Debug)]
+pub struct FetchedLog {
+    pub checkpoint: Vec<u8>,
+    pub bundles: Vec<Vec<u8>>,
+    pub tiles: Vec<(Tile, Vec<u8>)>,
+}
+
 /// Verifies a fetched log: the checkpoint's signature by `card`'s key, the cosignatures of the
-/// other members' witness keys, and that `bundles` (entry bundles in order) hash to its root.
+/// other members' witness keys, that the entry bundles hash to its root, and that every hash
+/// tile holds what the entries give.
 pub fn verify_log(
     card: &MemberCard,
     witnesses: &[MemberCard],
-    checkpoint: &[u8],
-    bundles: &[Vec<u8>],
+    fetched: &FetchedLog,
 ) -> Result<VerifiedLog, NodeError> {
-    let (cp, note) = Checkpoint::open(checkpoint, &card.verifier()?)?;
+    let bundles = &fetched.bundles;
+    let (cp, note) = Checkpoint::open(&fetched.checkpoint, &card.verifier()?)?;
     let mut cosigners = Vec::new();
     for w in witnesses.iter().filter(|w| w.id != card.id) {
         match w.witness_verifier()?.verify(&note) {
@@ -74,7 +85,38 @@ pub fn verify_log(
             card.id
         ))));
     }
+    for (tile, bytes) in &fetched.tiles {
+        if !tile.exists_in(cp.size) || *bytes != tile.hashes(&tree)? {
+            return Err(NodeError::Note(LogError::Proof(format!(
+                "{} of {} does not match its entries: the tile was altered",
+                tile.path(),
+                card.id
+            ))));
+        }
+    }
     Ok(VerifiedLog { member: card.id.clone(), checkpoint: cp, note, cosigners, entries })
+}
+
+/// The hash tiles of a tree of `size` entries, at every level.
+pub fn hash_tiles(size: u64) -> Vec<Tile> {
+    let mut tiles = Vec::new();
+    for level in 0..8u8 {
+        let nodes = if 8 * level as u32 >= 64 { 0 } else { size >> (8 * level as u32) };
+        if nodes == 0 {
+            break;
+        }
+        for i in 0..nodes / TILE_WIDTH {
+            tiles.push(Tile { kind: TileKind::Hashes(level), index: i, width: TILE_WIDTH });
+        }
+        if !nodes.is_multiple_of(TILE_WIDTH) {
+            tiles.push(Tile {
+                kind: TileKind::Hashes(level),
+                index: nodes / TILE_WIDTH,
+                width: nodes % TILE_WIDTH,
+            });
+        }
+    }
+    tiles
 }
 
 /// The bundles a tree of `size` entries is served as.
@@ -197,26 +239,33 @@ async fn fetch(node: &Node, m: &MemberCard, path: &str) -> Result<Vec<u8>, NodeE
     Ok(resp.body.to_vec())
 }
 
-/// Fetches (or, for this node, reads) a member's published checkpoint and entries.
-async fn fetch_log(node: &Node, m: &MemberCard) -> Result<(Vec<u8>, Vec<Vec<u8>>), NodeError> {
+/// Fetches (or, for this node, reads) a member's published checkpoint, bundles and tiles.
+async fn fetch_log(node: &Node, m: &MemberCard) -> Result<FetchedLog, NodeError> {
     if m.id == node.cfg.member {
         let (size, note) = node
             .log
             .published_checkpoint()?
             .ok_or_else(|| NodeError::NotFound("this node has published no checkpoint yet".into()))?;
-        let mut bundles = Vec::new();
-        for t in bundle_tiles(size) {
-            bundles.push(node.log.tile(&t, size)?.ok_or_else(|| NodeError::NotFound(t.path()))?);
-        }
-        return Ok((note.to_bytes(), bundles));
+        let read = |t: &Tile| node.log.tile(t, size)?.ok_or_else(|| NodeError::NotFound(t.path()));
+        let bundles = bundle_tiles(size).iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        let tiles = hash_tiles(size)
+            .into_iter()
+            .map(|t| Ok((t, read(&t)?)))
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        return Ok(FetchedLog { checkpoint: note.to_bytes(), bundles, tiles });
     }
-    let cp = fetch(node, m, "/v1/log/checkpoint").await?;
-    let (parsed, _) = Checkpoint::open(&cp, &m.verifier()?)?;
+    let checkpoint = fetch(node, m, "/v1/log/checkpoint").await?;
+    let (parsed, _) = Checkpoint::open(&checkpoint, &m.verifier()?)?;
     let mut bundles = Vec::new();
     for t in bundle_tiles(parsed.size) {
         bundles.push(fetch(node, m, &format!("/v1/log/{}", t.path())).await?);
     }
-    Ok((cp, bundles))
+    let mut tiles = Vec::new();
+    for t in hash_tiles(parsed.size) {
+        let bytes = fetch(node, m, &format!("/v1/log/{}", t.path())).await?;
+        tiles.push((t, bytes));
+    }
+    Ok(FetchedLog { checkpoint, bundles, tiles })
 }
 
 /// Audits `targets` (member ids) and reconciles them with each other and with this node's log.
@@ -242,7 +291,7 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
             problems: vec![],
         };
         let verified = match fetch_log(node, card).await {
-            Ok((cp, bundles)) => verify_log(card, &charter.members, &cp, &bundles),
+            Ok(fetched) => verify_log(card, &charter.members, &fetched),
             Err(e) => Err(e),
         };
         match verified {
@@ -335,15 +384,15 @@ mod tests {
         Member { card, signer, witness }
     }
 
-    /// A log of `n` entries by `a`, cosigned by `b`: (checkpoint bytes, bundles).
-    fn log(a: &Member, b: &Member, n: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    /// A log of `n` entries by `a`, cosigned by `b`, as an audit fetches it.
+    fn log(a: &Member, b: &Member, n: usize) -> FetchedLog {
         let entries: Vec<Vec<u8>> = (0..n).map(|i| format!("entry {i}").into_bytes()).collect();
-        let mut t = MemoryTree::new();
+        let mut tree = MemoryTree::new();
         for e in &entries {
-            t.append(e);
+            tree.append(e);
         }
         let cp =
-            Checkpoint { origin: "fed/alpha".into(), size: n as u64, root: t.root(), extensions: vec![] };
+            Checkpoint { origin: "fed/alpha".into(), size: n as u64, root: tree.root(), extensions: vec![] };
         let mut note = Note::new(cp.to_text()).expect("note");
         note.sign(&a.signer);
         note.add_signature(b.witness.cosign(note.text(), 1_800_000_000));
@@ -351,36 +400,52 @@ mod tests {
             .chunks(256)
             .map(|c| encode_bundle(c.iter().map(Vec::as_slice)).expect("bundle"))
             .collect();
-        (note.to_bytes(), bundles)
+        let tiles = hash_tiles(n as u64).into_iter().map(|t| (t, t.hashes(&tree).expect("hashes"))).collect();
+        FetchedLog { checkpoint: note.to_bytes(), bundles, tiles }
     }
 
     #[test]
     fn verified_logs_and_every_kind_of_tampering() {
         let (a, b) = (member("alpha", 'A'), member("bravo", 'B'));
         let cards = [a.card.clone(), b.card.clone()];
-        let (cp, bundles) = log(&a, &b, 600);
-        let v = verify_log(&a.card, &cards, &cp, &bundles).expect("verifies");
-        assert_eq!((v.checkpoint.size, v.cosigners.as_slice()), (600, ["bravo".to_owned()].as_slice()));
+        let good = log(&a, &b, 70_000);
+        let v = verify_log(&a.card, &cards, &good).expect("verifies");
+        assert_eq!((v.checkpoint.size, v.cosigners.as_slice()), (70_000, ["bravo".to_owned()].as_slice()));
+        assert_eq!(good.tiles.len(), 273 + 1 + 1 + 1 + 1, "the spec's 70,000-leaf example");
+        let fails = |f: &FetchedLog, card: &MemberCard| {
+            verify_log(card, &cards, f).expect_err("must fail").to_string()
+        };
 
         // A flipped byte in an entry.
-        let mut t = bundles.clone();
-        t[1][10] ^= 1;
-        let e = verify_log(&a.card, &cards, &cp, &t).expect_err("tampered entry");
-        assert!(e.to_string().contains("do not hash to its signed root"), "{e}");
+        let mut t = good.clone();
+        t.bundles[1][10] ^= 1;
+        assert!(fails(&t, &a.card).contains("do not hash to its signed root"));
+        // A flipped bit in a hash tile, at level 0 and at level 1.
+        for k in [5, 274] {
+            let mut t = good.clone();
+            t.tiles[k].1[40] ^= 1;
+            let msg = fails(&t, &a.card);
+            assert!(msg.contains(&t.tiles[k].0.path()) && msg.contains("altered"), "{msg}");
+        }
         // A truncated bundle, and a missing one.
-        let mut t = bundles.clone();
-        let cut = t[2].len() - 3;
-        t[2].truncate(cut);
-        assert!(
-            verify_log(&a.card, &cards, &cp, &t).expect_err("truncated").to_string().contains("cut short")
-        );
-        assert!(verify_log(&a.card, &cards, &cp, &bundles[..2]).is_err());
-        // A checkpoint checked with the wrong key, or altered.
-        assert!(verify_log(&b.card, &cards, &cp, &bundles).is_err());
-        let altered = String::from_utf8(cp.clone()).expect("utf8").replacen("\n600\n", "\n599\n", 1);
-        assert!(verify_log(&a.card, &cards, altered.as_bytes(), &bundles).is_err());
-        // A malformed checkpoint.
-        assert!(verify_log(&a.card, &cards, b"fed/alpha\nnot a number\n", &bundles).is_err());
+        let mut t = good.clone();
+        let cut = t.bundles[2].len() - 3;
+        t.bundles[2].truncate(cut);
+        assert!(fails(&t, &a.card).contains("cut short"));
+        let mut t = good.clone();
+        t.bundles.pop();
+        assert!(fails(&t, &a.card).contains("entries fetched"));
+        // A checkpoint checked with the wrong key, altered, or malformed.
+        assert!(!fails(&good, &b.card).is_empty());
+        let mut t = good.clone();
+        t.checkpoint = String::from_utf8(good.checkpoint.clone())
+            .expect("utf8")
+            .replacen("\n70000\n", "\n69999\n", 1)
+            .into_bytes();
+        assert!(fails(&t, &a.card).contains("signature"));
+        let mut t = good.clone();
+        t.checkpoint = b"fed/alpha\nnot a number\n".to_vec();
+        assert!(!fails(&t, &a.card).is_empty());
     }
 
     fn served(id: &str, requester: &str, digest: &str, decision: &str) -> LogEntry {
