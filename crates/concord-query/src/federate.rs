@@ -33,7 +33,9 @@ use datafusion::functions::expr_fn::{coalesce, nullif};
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast as cast_expr, lit};
+use datafusion::logical_expr::{
+    Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, cast as cast_expr, lit,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::unparser::plan_to_sql;
@@ -131,6 +133,21 @@ pub async fn run_federated(
         .with_allow_statements(false)
         .verify_plan(&plan)
         .map_err(|_| QueryError::Refused("only queries (SELECT, WITH ... SELECT) are accepted".into()))?;
+
+    // SELECT DISTINCT over a federated table is a GROUP BY of every selected column.
+    let plan = plan
+        .transform_up_with_subqueries(|node| match &node {
+            LogicalPlan::Distinct(Distinct::All(input)) if flatten(input)?.is_some() => {
+                let columns = input.schema().columns().into_iter().map(Expr::Column);
+                let agg = LogicalPlanBuilder::from(input.as_ref().clone())
+                    .aggregate(columns, Vec::<Expr>::new())?
+                    .build()?;
+                Ok(Transformed::yes(agg))
+            }
+            _ => Ok(Transformed::no(node)),
+        })
+        .map_err(QueryError::plan)?
+        .data;
 
     let mut jobs: Vec<Job> = Vec::new();
     let rewritten = plan

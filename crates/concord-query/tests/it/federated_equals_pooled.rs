@@ -17,6 +17,8 @@ const QUERIES: &[&str] = &[
     "SELECT s.k, s.n FROM (SELECT k, count(*) AS n FROM t sub WHERE sub.g2 IS NOT NULL GROUP BY k) s WHERE s.n > 1 ORDER BY s.k NULLS FIRST",
     "SELECT count(*) AS n, max(y) FROM t WHERE k IN ('a', 'c') OR x BETWEEN 1 AND 4",
     "SELECT count(DISTINCT x), count(*) FROM m0_data",
+    "SELECT DISTINCT k FROM t ORDER BY k NULLS FIRST",
+    "SELECT count(*) AS combinations FROM (SELECT DISTINCT k, g2 FROM t WHERE x IS NOT NULL)",
 ];
 
 fn row() -> impl Strategy<Value = Row> {
