@@ -117,7 +117,7 @@ impl NodeError {
             Self::Replayed(_) | Self::WrongCharter(_) => 409,
             Self::Stale(_) => 408,
             Self::TooLarge(_) => 413,
-            Self::Peer { .. } | Self::Query(QueryError::Owner { .. }) => 502,
+            Self::Peer { .. } | Self::Query(QueryError::Owner { .. } | QueryError::Unreachable { .. }) => 502,
             _ => 500,
         }
     }

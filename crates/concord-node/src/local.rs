@@ -3,8 +3,9 @@
 //! Routes (every one needs `Authorization: Bearer <token>` from `concord token create`):
 //! - `GET /v1/status`: federation, member, charter version, members.
 //! - `GET /v1/datasets`: this node's datasets.
-//! - `POST /v1/query` `{"sql": "...", "purpose": "..."}` (role analyst): the result as a base64
-//!   Arrow IPC stream with its column names and provenance.
+//! - `POST /v1/query` `{"sql": "...", "purpose": "...", "partial": false}` (role analyst): the
+//!   result as a base64 Arrow IPC stream with its column names, provenance, and the members a
+//!   partial result left out (`missing`).
 //! - `GET /v1/log/checkpoint`, `GET /v1/log/tile/<L>/<N>[.p/<W>]`, `GET /v1/log/tile/entries/...`:
 //!   this node's transparency log per C2SP tlog-tiles (any valid token).
 
@@ -180,6 +181,9 @@ struct QueryBody {
     sql: String,
     #[serde(default)]
     purpose: Option<String>,
+    /// Leave out owners that cannot be reached, and name them, instead of failing.
+    #[serde(default)]
+    partial: bool,
 }
 
 async fn query(
@@ -194,7 +198,7 @@ async fn query(
     if purpose.contains(['\n', '\r']) || purpose.trim().is_empty() {
         return Err(NodeError::BadRequest("purpose must be one line of text".into()).into());
     }
-    let out = node.query(&q.sql, purpose.trim()).await?;
+    let out = node.query(&q.sql, purpose.trim(), q.partial).await?;
     let ipc = concord_query::ipc::encode(&out.schema, &out.batches).map_err(NodeError::from)?;
     let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
     Ok(axum::Json(serde_json::json!({
@@ -202,6 +206,7 @@ async fn query(
         "row_count": rows,
         "arrow_ipc": B64.encode(ipc),
         "provenance": out.provenance,
+        "missing": out.missing,
     }))
     .into_response())
 }

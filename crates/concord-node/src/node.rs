@@ -263,11 +263,17 @@ impl Node {
         Ok(ctx)
     }
 
-    /// Runs an analyst's federated SQL.
-    pub async fn query(self: &Arc<Self>, sql: &str, purpose: &str) -> Result<QueryOutcome, NodeError> {
+    /// Runs an analyst's federated SQL; with `allow_partial`, unreachable owners are left out
+    /// and named instead of failing the query.
+    pub async fn query(
+        self: &Arc<Self>,
+        sql: &str,
+        purpose: &str,
+        allow_partial: bool,
+    ) -> Result<QueryOutcome, NodeError> {
         let ctx = self.query_context().await?;
         let owners = PeerOwners { node: self.clone(), purpose: purpose.to_owned() };
-        Ok(concord_query::run_federated(&ctx, sql, &owners).await?)
+        Ok(concord_query::run_federated_with(&ctx, sql, &owners, allow_partial).await?)
     }
 
     /// Sends one signed sub-query to an owner and verifies its receipt.
@@ -386,6 +392,9 @@ impl OwnerClient for PeerOwners {
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError> {
         let as_query_error = |e: NodeError| match e {
             NodeError::Query(q) => q,
+            NodeError::Peer { member, code, message } if code == "unreachable" => {
+                QueryError::Unreachable { member, reason: message }
+            }
             NodeError::Peer { member, code, message } => {
                 QueryError::Owner { member, reason: format!("{code}: {message}") }
             }

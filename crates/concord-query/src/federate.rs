@@ -117,14 +117,28 @@ pub struct QueryOutcome {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub provenance: Vec<Contribution>,
+    /// Members left out of a partial result because they could not be reached.
+    pub missing: Vec<String>,
 }
 
 /// Plans, splits, fetches and merges `sql` in `ctx`, where federated tables are registered as
-/// [`FederatedTable`]s and the requester's own tables as ordinary tables.
+/// [`FederatedTable`]s and the requester's own tables as ordinary tables. An owner that cannot
+/// answer fails the query, naming it.
 pub async fn run_federated(
     ctx: &SessionContext,
     sql: &str,
     client: &dyn OwnerClient,
+) -> Result<QueryOutcome, QueryError> {
+    run_federated_with(ctx, sql, client, false).await
+}
+
+/// As [`run_federated`]; with `allow_partial`, owners that cannot be reached are left out and
+/// named in [`QueryOutcome::missing`] instead of failing the query.
+pub async fn run_federated_with(
+    ctx: &SessionContext,
+    sql: &str,
+    client: &dyn OwnerClient,
+    allow_partial: bool,
 ) -> Result<QueryOutcome, QueryError> {
     let plan = ctx.state().create_logical_plan(sql).await.map_err(QueryError::plan)?;
     SQLOptions::new()
@@ -158,7 +172,8 @@ pub async fn run_federated(
             let Some(flat) = flatten(&agg.input)? else {
                 return Ok(Transformed::no(node));
             };
-            let (replacement, job) = split_aggregate(agg, flat, jobs.len()).map_err(QueryError::into_df)?;
+            let (replacement, job) =
+                split_aggregate(agg, flat, jobs.len(), allow_partial).map_err(QueryError::into_df)?;
             jobs.push(job);
             Ok(Transformed::yes(replacement))
         })
@@ -177,9 +192,19 @@ pub async fn run_federated(
     }
     let answers = futures::future::join_all(requests).await;
     let mut provenance = Vec::new();
+    let mut missing: BTreeSet<String> =
+        jobs.iter().flat_map(|j| j.table.unreachable.iter().cloned()).collect();
     let mut per_job: Vec<Vec<RecordBatch>> = vec![Vec::new(); jobs.len()];
     for (job, answer) in answers {
-        let answer = answer?;
+        let answer = match answer {
+            Ok(a) => a,
+            // Only an owner that cannot be reached is left out; a refusal still fails.
+            Err(QueryError::Unreachable { member, .. }) if allow_partial => {
+                missing.insert(member);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for b in answer.batches {
             per_job[job.index].push(conform(&job.partial_schema, b, &answer.contribution.member)?);
         }
@@ -194,7 +219,7 @@ pub async fn run_federated(
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(QueryError::exec)?;
     provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
-    Ok(QueryOutcome { schema, batches, provenance })
+    Ok(QueryOutcome { schema, batches, provenance, missing: missing.into_iter().collect() })
 }
 
 fn raw_rows_message(table: &str) -> String {
@@ -422,18 +447,23 @@ enum Merge {
 }
 
 /// Splits one aggregate over a flattened federated table.
-fn split_aggregate(agg: &Aggregate, flat: Flat, index: usize) -> Result<(LogicalPlan, Job), QueryError> {
+fn split_aggregate(
+    agg: &Aggregate,
+    flat: Flat,
+    index: usize,
+    allow_partial: bool,
+) -> Result<(LogicalPlan, Job), QueryError> {
     let table = flat.table.clone();
-    if !table.unreachable.is_empty() {
-        return Err(QueryError::Owner {
+    if !table.unreachable.is_empty() && !allow_partial {
+        return Err(QueryError::Unreachable {
             member: table.unreachable.join(", "),
             reason: format!(
-                "its catalog could not be read, so {} cannot be computed in full; check that the member's node is up and reachable",
+                "its catalog could not be read, so {} cannot be computed in full; check that the member's node is up",
                 table.display
             ),
         });
     }
-    if table.parts.is_empty() {
+    if table.parts.is_empty() && table.unreachable.is_empty() {
         return Err(QueryError::Refused(format!(
             "no member publishes a dataset in {} that admits you; ask the owners' stewards for access",
             table.display

@@ -20,6 +20,7 @@ pub mod owner;
 
 pub use federate::{
     Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryOutcome, run_federated,
+    run_federated_with,
 };
 
 use datafusion::error::DataFusionError;
@@ -39,9 +40,12 @@ pub enum QueryError {
     /// A dataset file is missing, unreadable or does not match its schema.
     #[error("dataset {name}: {reason}")]
     Dataset { name: String, reason: String },
-    /// An owner could not answer.
+    /// An owner answered with an error.
     #[error("member {member} did not answer: {reason}")]
     Owner { member: String, reason: String },
+    /// An owner could not be reached at all.
+    #[error("member {member} cannot be reached: {reason}; ask for a partial result to go on without it")]
+    Unreachable { member: String, reason: String },
     #[error("query execution failed: {0}")]
     Execution(String),
 }
@@ -55,6 +59,7 @@ impl QueryError {
             Self::SubqueryRefused(_) => "subquery_refused",
             Self::Dataset { .. } => "dataset_unavailable",
             Self::Owner { .. } => "owner_failed",
+            Self::Unreachable { .. } => "owner_unreachable",
             Self::Execution(_) => "execution_failed",
         }
     }

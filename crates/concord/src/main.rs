@@ -71,6 +71,9 @@ enum Command {
         /// Purpose stated in every request to owners.
         #[arg(long, default_value = "analysis")]
         purpose: String,
+        /// Go on without owners that cannot be reached, and name them.
+        #[arg(long)]
+        partial: bool,
         sql: String,
     },
     /// Audit members' transparency logs and reconcile accesses between them.
@@ -296,8 +299,8 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("stopping");
             running.stop().await;
         }
-        Command::Query { node, token, format, provenance, purpose, sql } => {
-            output::query(&node, &token, &sql, &purpose, format_name(format), provenance).await?;
+        Command::Query { node, token, format, provenance, purpose, partial, sql } => {
+            output::query(&node, &token, &sql, &purpose, format_name(format), provenance, partial).await?;
         }
         Command::Demo { dir, data, port_base, smoke } => run_demo(dir, data, port_base, smoke).await?,
         Command::Audit { node, token, member, all, format } => {

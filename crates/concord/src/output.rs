@@ -14,6 +14,8 @@ use serde::Deserialize;
 struct Answer {
     arrow_ipc: String,
     provenance: Vec<Contribution>,
+    #[serde(default)]
+    missing: Vec<String>,
 }
 
 pub async fn query(
@@ -23,8 +25,9 @@ pub async fn query(
     purpose: &str,
     format: &str,
     provenance: bool,
+    partial: bool,
 ) -> Result<()> {
-    let body = serde_json::json!({ "sql": sql, "purpose": purpose });
+    let body = serde_json::json!({ "sql": sql, "purpose": purpose, "partial": partial });
     let resp = concord_node::client::local_call(node, "POST", "/v1/query", Some(token), Some(&body)).await?;
     if resp.status != 200 {
         let (code, message) = resp.error_parts();
@@ -33,6 +36,9 @@ pub async fn query(
     let answer: Answer = serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
     let ipc = B64.decode(answer.arrow_ipc).context("the node's answer holds no valid Arrow data")?;
     let (schema, batches) = concord_query::ipc::decode(&ipc)?;
+    if !answer.missing.is_empty() {
+        eprintln!("partial result: {} could not be reached and are left out", answer.missing.join(", "));
+    }
     let mut out = std::io::stdout().lock();
     match format {
         "csv" => {
@@ -56,7 +62,7 @@ pub async fn query(
         "json" => {
             let rows = json_rows(&batches)?;
             let value = if provenance {
-                serde_json::json!({ "rows": rows, "provenance": answer.provenance })
+                serde_json::json!({ "rows": rows, "provenance": answer.provenance, "missing": answer.missing })
             } else {
                 rows
             };

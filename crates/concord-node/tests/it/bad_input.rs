@@ -89,7 +89,30 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
             .await
             .expect_err("charlie is down"),
     );
-    assert!(code == "owner_failed" && msg.contains("charlie"), "{code}: {msg}");
+    assert!(
+        code == "owner_unreachable" && msg.contains("charlie") && msg.contains("partial"),
+        "{code}: {msg}"
+    );
+    // Asked for a partial result, the query goes on without charlie and says so.
+    let resp = local_call(
+        &a.local_url,
+        "POST",
+        "/v1/query",
+        Some(&a.analyst_token),
+        Some(&serde_json::json!({"sql": "SELECT count(*) AS n FROM cases", "partial": true})),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
+    assert_eq!(body["missing"], serde_json::json!(["charlie"]));
+    let members: Vec<&str> = body["provenance"]
+        .as_array()
+        .expect("provenance")
+        .iter()
+        .filter_map(|c| c["member"].as_str())
+        .collect();
+    assert_eq!(members, ["alpha", "bravo"]);
     // Bravo's dataset alone still answers.
     let out = api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM bravo.cases")
         .await

@@ -45,11 +45,10 @@ pub struct LocalOwners {
 #[async_trait]
 impl OwnerClient for LocalOwners {
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError> {
-        let table = self
-            .tables
-            .get(&part.owner)
-            .cloned()
-            .ok_or_else(|| QueryError::Owner { member: part.owner.clone(), reason: "unknown".into() })?;
+        let table = self.tables.get(&part.owner).cloned().ok_or_else(|| QueryError::Unreachable {
+            member: part.owner.clone(),
+            reason: "not running".into(),
+        })?;
         let answer = run_subquery(&part.dataset, table, sql).await?;
         Ok(PartialAnswer {
             batches: answer.batches,

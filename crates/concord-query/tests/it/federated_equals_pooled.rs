@@ -74,3 +74,22 @@ fn empty_members_and_provenance() {
         assert_eq!(members, vec![("m0", 1), ("m1", 1), ("m2", 1)]);
     });
 }
+
+#[test]
+fn an_unreachable_owner_fails_the_query_unless_a_partial_result_is_asked_for() {
+    runtime().block_on(async {
+        let rows: Vec<Row> = vec![(Some("a".into()), Some(1), Some(2), Some(0.5)); 4];
+        let (fed, mut owners, _) = federation(&[rows.clone(), rows, vec![(None, None, None, None)]]);
+        owners.tables.remove("m2");
+        let err = run_federated(&fed, "SELECT count(*) FROM t", &owners).await.expect_err("m2 is down");
+        assert!(
+            matches!(&err, concord_query::QueryError::Unreachable { member, .. } if member == "m2"),
+            "{err}"
+        );
+        let out = concord_query::run_federated_with(&fed, "SELECT count(*) FROM t", &owners, true)
+            .await
+            .expect("partial");
+        assert_eq!(cells(&out.batches), vec![vec![crate::common::Cell::Text("8".into())]]);
+        assert_eq!(out.missing, ["m2"]);
+    });
+}
