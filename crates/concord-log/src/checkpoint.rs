@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
 use crate::merkle::{Hash, empty_root};
-use crate::note::{NoteSignature, check_key_name, key_id};
+use crate::note::{NoteSignature, check_key_name, key_id, key_string, split_key_string};
 use crate::{LogError, Note, NoteVerifier};
 
 /// Signature type byte of timestamped Ed25519 cosignatures.
@@ -105,28 +105,19 @@ impl CosignatureSigner {
         let bad = |why: &str| LogError::BadKey(format!("not a cosigning key: {why}"));
         let rest =
             skey.trim().strip_prefix("PRIVATE+KEY+").ok_or_else(|| bad("missing PRIVATE+KEY+ prefix"))?;
-        let mut parts = rest.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected name+id+key"));
-        };
-        check_key_name(name)?;
-        let bytes = B64.decode(material).map_err(|_| bad("key material is not base64"))?;
-        let (&t, seed) = bytes.split_first().ok_or_else(|| bad("empty key material"))?;
-        let seed: [u8; 32] = seed.try_into().map_err(|_| bad("seed must be 32 bytes"))?;
-        if t != COSIGNATURE_TYPE {
-            return Err(bad("not a cosignature (0x04) key"));
-        }
+        let (name, id, seed) = split_key_string(rest, COSIGNATURE_TYPE, &bad)?;
         let s = Self { name: name.to_owned(), key: SigningKey::from_bytes(&seed) };
-        if format!("{:08x}", s.key_id()) != id_hex {
+        if s.key_id() != id {
             return Err(bad("key id does not match the key"));
         }
         Ok(s)
     }
 
     pub fn to_skey(&self) -> String {
-        let mut m = vec![COSIGNATURE_TYPE];
-        m.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.key_id(), B64.encode(m))
+        format!(
+            "PRIVATE+KEY+{}",
+            key_string(&self.name, COSIGNATURE_TYPE, self.key_id(), self.key.as_bytes())
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -161,29 +152,16 @@ pub struct CosignatureVerifier {
 impl CosignatureVerifier {
     pub fn from_vkey(vkey: &str) -> Result<Self, LogError> {
         let bad = |why: &str| LogError::BadKey(format!("cosigner key {vkey:?} is malformed: {why}"));
-        let mut parts = vkey.trim().splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected <name>+<hex key id>+<base64 key>"));
-        };
-        check_key_name(name)?;
-        let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("key id is not hex"))?;
-        let bytes = B64.decode(material).map_err(|_| bad("key is not base64"))?;
-        let (&t, pk) = bytes.split_first().ok_or_else(|| bad("empty key"))?;
-        if t != COSIGNATURE_TYPE {
-            return Err(bad("not a cosignature/v1 (type 0x04) key"));
-        }
-        let pk: [u8; 32] = pk.try_into().map_err(|_| bad("Ed25519 key must be 32 bytes"))?;
+        let (name, id, pk) = split_key_string(vkey, COSIGNATURE_TYPE, &bad)?;
         let key = VerifyingKey::from_bytes(&pk).map_err(|_| bad("not a valid Ed25519 point"))?;
-        if key_id(name, COSIGNATURE_TYPE, &pk) != id || id_hex.len() != 8 {
+        if key_id(name, COSIGNATURE_TYPE, &pk) != id {
             return Err(bad("key id does not match name and key"));
         }
         Ok(Self { name: name.to_owned(), id, key })
     }
 
     pub fn to_vkey(&self) -> String {
-        let mut m = vec![COSIGNATURE_TYPE];
-        m.extend_from_slice(self.key.as_bytes());
-        format!("{}+{:08x}+{}", self.name, self.id, B64.encode(m))
+        key_string(&self.name, COSIGNATURE_TYPE, self.id, self.key.as_bytes())
     }
 
     pub fn name(&self) -> &str {

@@ -42,6 +42,40 @@ pub fn key_id(name: &str, sig_type: u8, public_key: &[u8]) -> u32 {
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
+/// Splits a C2SP key string `<name>+<hex key id>+base64(type || 32 bytes)` (a vkey, or a
+/// private key after its `PRIVATE+KEY+` prefix) and checks its name, id syntax and type. The
+/// caller checks that the id belongs to the key.
+pub(crate) fn split_key_string<'a>(
+    s: &'a str,
+    sig_type: u8,
+    bad: &dyn Fn(&str) -> LogError,
+) -> Result<(&'a str, u32, [u8; 32]), LogError> {
+    // Key names hold no '+', base64 may: split from the left.
+    let mut parts = s.trim().splitn(3, '+');
+    let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("expected <name>+<hex key id>+<base64 key>"));
+    };
+    check_key_name(name)?;
+    if id_hex.len() != 8 {
+        return Err(bad("key id must be 8 hex digits"));
+    }
+    let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("key id is not hex"))?;
+    let bytes = B64.decode(material).map_err(|_| bad("key is not base64"))?;
+    let (&t, key) = bytes.split_first().ok_or_else(|| bad("empty key"))?;
+    if t != sig_type {
+        return Err(bad(&format!("key type is 0x{t:02x}, expected 0x{sig_type:02x}")));
+    }
+    let key: [u8; 32] = key.try_into().map_err(|_| bad("key must be 32 bytes"))?;
+    Ok((name, id, key))
+}
+
+/// `<name>+<hex key id>+base64(type || material)`.
+pub(crate) fn key_string(name: &str, sig_type: u8, id: u32, material: &[u8]) -> String {
+    let mut m = vec![sig_type];
+    m.extend_from_slice(material);
+    format!("{name}+{id:08x}+{}", B64.encode(m))
+}
+
 /// An Ed25519 signing key with its note key name.
 #[derive(Clone)]
 pub struct NoteSigner {
@@ -76,19 +110,9 @@ impl NoteSigner {
         let bad = |why: &str| LogError::BadKey(format!("private key file is not a note signing key: {why}"));
         let rest =
             skey.trim().strip_prefix("PRIVATE+KEY+").ok_or_else(|| bad("missing PRIVATE+KEY+ prefix"))?;
-        // Key names hold no '+', base64 may: split from the left.
-        let mut parts = rest.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected name+id+key"));
-        };
-        let bytes = B64.decode(material).map_err(|_| bad("key material is not base64"))?;
-        let (&t, seed) = bytes.split_first().ok_or_else(|| bad("empty key material"))?;
-        if t != ED25519_TYPE {
-            return Err(bad("not an Ed25519 key"));
-        }
-        let seed: [u8; 32] = seed.try_into().map_err(|_| bad("Ed25519 seed must be 32 bytes"))?;
+        let (name, id, seed) = split_key_string(rest, ED25519_TYPE, &bad)?;
         let signer = Self::from_seed(name, seed)?;
-        if format!("{:08x}", signer.key_id()) != id_hex {
+        if signer.key_id() != id {
             return Err(bad("key id does not match the key"));
         }
         Ok(signer)
@@ -96,9 +120,7 @@ impl NoteSigner {
 
     /// The private-key string; write it only to a file with mode 0600.
     pub fn to_skey(&self) -> String {
-        let mut material = vec![ED25519_TYPE];
-        material.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.key_id(), B64.encode(material))
+        format!("PRIVATE+KEY+{}", key_string(&self.name, ED25519_TYPE, self.key_id(), self.key.as_bytes()))
     }
 
     pub fn name(&self) -> &str {
@@ -145,22 +167,7 @@ impl NoteVerifier {
     /// Parses a C2SP vkey `<name>+<hex id>+base64(0x01 || key)`; the id must match the key.
     pub fn from_vkey(vkey: &str) -> Result<Self, LogError> {
         let bad = |why: &str| LogError::BadKey(format!("verifier key {vkey:?} is malformed: {why}"));
-        // Key names hold no '+', base64 may: split from the left.
-        let mut parts = vkey.trim().splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected <name>+<hex key id>+<base64 key>"));
-        };
-        check_key_name(name)?;
-        if id_hex.len() != 8 {
-            return Err(bad("key id must be 8 hex digits"));
-        }
-        let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("key id is not hex"))?;
-        let bytes = B64.decode(material).map_err(|_| bad("key is not base64"))?;
-        let (&t, pk) = bytes.split_first().ok_or_else(|| bad("empty key"))?;
-        if t != ED25519_TYPE {
-            return Err(bad("only Ed25519 (type 0x01) keys are supported"));
-        }
-        let pk: [u8; 32] = pk.try_into().map_err(|_| bad("Ed25519 key must be 32 bytes"))?;
+        let (name, id, pk) = split_key_string(vkey, ED25519_TYPE, &bad)?;
         let key = VerifyingKey::from_bytes(&pk).map_err(|_| bad("not a valid Ed25519 point"))?;
         if key_id(name, ED25519_TYPE, &pk) != id {
             return Err(bad("key id does not match name and key"));
@@ -169,9 +176,7 @@ impl NoteVerifier {
     }
 
     pub fn to_vkey(&self) -> String {
-        let mut material = vec![ED25519_TYPE];
-        material.extend_from_slice(self.key.as_bytes());
-        format!("{}+{:08x}+{}", self.name, self.id, B64.encode(material))
+        key_string(&self.name, ED25519_TYPE, self.id, self.key.as_bytes())
     }
 
     pub fn name(&self) -> &str {
