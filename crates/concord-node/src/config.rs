@@ -83,33 +83,13 @@ impl NodeDir {
     }
 
     pub fn load_signer(&self, cfg: &NodeConfig) -> Result<NoteSigner, NodeError> {
-        let path = self.member_key();
-        let text = std::fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
-        let signer = NoteSigner::from_skey(&text)?;
         let want = format!("{}/{}", cfg.federation, cfg.member);
-        if signer.name() != want {
-            return Err(NodeError::Config(format!(
-                "{} holds the key of {}, not {want}",
-                path.display(),
-                signer.name()
-            )));
-        }
-        Ok(signer)
+        read_key(&self.member_key(), &want, NoteSigner::from_skey, |k| k.name())
     }
 
     pub fn load_witness(&self, cfg: &NodeConfig) -> Result<CosignatureSigner, NodeError> {
-        let path = self.witness_key();
-        let text = std::fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
-        let signer = CosignatureSigner::from_skey(&text)?;
         let want = format!("{}/{}/witness", cfg.federation, cfg.member);
-        if signer.name() != want {
-            return Err(NodeError::Config(format!(
-                "{} holds the key of {}, not {want}",
-                path.display(),
-                signer.name()
-            )));
-        }
-        Ok(signer)
+        read_key(&self.witness_key(), &want, CosignatureSigner::from_skey, |k| k.name())
     }
 
     /// The node's transparency log (in the state database).
@@ -126,6 +106,25 @@ impl NodeDir {
         let text = std::fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
         serde_json::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
     }
+}
+
+/// Reads a private-key file and checks that the key is named `want`.
+fn read_key<K>(
+    path: &Path,
+    want: &str,
+    parse: fn(&str) -> Result<K, concord_log::LogError>,
+    name: fn(&K) -> &str,
+) -> Result<K, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+    let key = parse(&text)?;
+    if name(&key) != want {
+        return Err(NodeError::Config(format!(
+            "{} holds the key of {}, not {want}",
+            path.display(),
+            name(&key)
+        )));
+    }
+    Ok(key)
 }
 
 /// What `concord init` is given.
