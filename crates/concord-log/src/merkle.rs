@@ -275,6 +275,25 @@ impl CompactRange {
         Ok(Self { size, peaks })
     }
 
+    /// A compact range from its size and the hashes of its peaks, largest subtree first (what
+    /// [`CompactRange::peaks`] gives): how an audit resumes where it stopped.
+    pub fn from_peaks(size: u64, hashes: &[Hash]) -> Result<Self, LogError> {
+        if hashes.len() != size.count_ones() as usize {
+            return Err(LogError::Proof(format!(
+                "a tree of {size} leaves has {} peaks, not {}",
+                size.count_ones(),
+                hashes.len()
+            )));
+        }
+        let levels = (0..64u8).rev().filter(|l| size & (1u64 << l) != 0);
+        Ok(Self { size, peaks: levels.zip(hashes.iter().copied()).collect() })
+    }
+
+    /// The hashes of the complete subtrees on the right edge, largest first.
+    pub fn peaks(&self) -> Vec<Hash> {
+        self.peaks.iter().map(|(_, h)| *h).collect()
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -355,5 +374,27 @@ impl HashReader for MemoryTree {
             .and_then(|l| l.get(index as usize))
             .copied()
             .ok_or_else(|| LogError::Proof(format!("no complete subtree at level {level}, index {index}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compact_range_resumes_from_its_peaks() {
+        let mut whole = MemoryTree::new();
+        let mut range = CompactRange::default();
+        for i in 0..1000u32 {
+            let leaf = leaf_hash(&i.to_be_bytes());
+            whole.append_hash(leaf);
+            range.append(leaf);
+            // Stopped and resumed at every size, the range still gives the whole tree's root.
+            let resumed = CompactRange::from_peaks(range.size(), &range.peaks()).expect("resumes");
+            assert_eq!(resumed, range);
+            assert_eq!(resumed.root(), whole.root(), "size {}", range.size());
+        }
+        assert!(CompactRange::from_peaks(3, &[empty_root()]).is_err(), "3 leaves have 2 peaks");
+        assert!(CompactRange::from_peaks(u64::MAX, &[]).is_err());
     }
 }

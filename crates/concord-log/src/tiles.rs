@@ -111,10 +111,11 @@ impl Tile {
         Ok(tile)
     }
 
-    /// First leaf index the tile covers and the tree level of its hashes.
-    fn level(&self) -> u8 {
+    /// The tree level of the tile's hashes: 8 per tile level, so tile levels 8 to 63, which the
+    /// path syntax allows, hold no node of any 64-bit tree.
+    fn tree_level(&self) -> u32 {
         match self.kind {
-            TileKind::Hashes(l) => l * 8,
+            TileKind::Hashes(l) => u32::from(l) * 8,
             TileKind::Entries => 0,
         }
     }
@@ -123,17 +124,21 @@ impl Tile {
     /// subtree. Hashes never change once complete, so partial tiles of earlier sizes stay
     /// servable.
     pub fn exists_in(&self, size: u64) -> bool {
-        let nodes = if self.level() >= 64 { 0 } else { size >> self.level() };
+        let nodes = size.checked_shr(self.tree_level()).unwrap_or(0);
         let end = self.index.checked_mul(TILE_WIDTH).and_then(|s| s.checked_add(self.width));
         end.is_some_and(|end| end <= nodes)
     }
 
     /// The tile's hashes, read from complete subtrees.
     pub fn hashes(&self, reader: &dyn HashReader) -> Result<Vec<u8>, LogError> {
-        let level = self.level();
+        let level = u8::try_from(self.tree_level())
+            .ok()
+            .filter(|l| *l < 64)
+            .ok_or_else(|| LogError::BadTilePath(self.path()))?;
+        let first = self.index.checked_mul(TILE_WIDTH).ok_or_else(|| LogError::BadTilePath(self.path()))?;
         let mut out = Vec::with_capacity(self.width as usize * 32);
         for i in 0..self.width {
-            out.extend_from_slice(&reader.hash(level, self.index * TILE_WIDTH + i)?);
+            out.extend_from_slice(&reader.hash(level, first + i)?);
         }
         Ok(out)
     }
@@ -285,6 +290,24 @@ mod tests {
         assert!(Tile { kind: TileKind::Hashes(1), index: 1, width: 17 }.exists_in(s));
         assert!(Tile { kind: TileKind::Hashes(2), index: 0, width: 1 }.exists_in(s));
         assert!(!Tile { kind: TileKind::Hashes(3), index: 0, width: 1 }.exists_in(s));
+    }
+
+    #[test]
+    fn high_tile_levels_hold_nothing_in_any_tree() {
+        // Levels 8 to 63 parse (the path syntax allows them) but no 64-bit tree has such nodes;
+        // 32 to 63 once wrapped around to level 0's leaves.
+        let tree = MemoryTree::new();
+        for level in [7u8, 8, 31, 32, 33, 40, 63] {
+            let t = Tile::parse(&format!("tile/{level}/000.p/1")).expect("valid path");
+            if level >= 8 {
+                assert!(!t.exists_in(u64::MAX), "level {level} exists in no tree");
+                assert!(t.hashes(&tree).is_err(), "level {level} has no hashes");
+            }
+            assert!(!t.exists_in(1), "level {level} of a one-leaf tree");
+        }
+        let big = Tile { kind: TileKind::Hashes(0), index: u64::MAX, width: 255 };
+        assert!(!big.exists_in(u64::MAX));
+        assert!(big.hashes(&tree).is_err(), "an index past 2^64 leaves is an error, not a wrap");
     }
 
     #[test]
