@@ -12,8 +12,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::NodeError;
 use crate::demo::{MemberSpec, SplitMix, api_query, setup, start_all};
+use concord_node::NodeError;
 
 /// What `concord bench federated` is given.
 #[derive(Clone, Debug)]
@@ -164,7 +164,7 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
 }
 
 /// Waits until every node published a checkpoint of all its entries.
-async fn settle(nodes: &[crate::node::RunningNode]) -> Result<(), NodeError> {
+async fn settle(nodes: &[concord_node::run::RunningNode]) -> Result<(), NodeError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut done = true;
@@ -214,7 +214,7 @@ async fn appends(
     writers: usize,
     total: usize,
 ) -> Result<(usize, usize, f64, Duration, Duration), NodeError> {
-    let log = crate::tlog::Log::open(&dir.join(format!("appends-{writers}.db")))?;
+    let log = concord_node::store::tlog::Log::open(&dir.join(format!("appends-{writers}.db")))?;
     let per = total / writers;
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers)
@@ -269,7 +269,7 @@ fn baseline_appends(dir: &Path, n: usize) -> Result<f64, NodeError> {
 fn proofs(dir: &Path, leaves: u64, samples: usize) -> Result<(u64, usize, Duration, Duration), NodeError> {
     use concord_log::merkle::{CompactRange, leaf_hash, verify_inclusion};
     let path = dir.join(format!("proofs-{leaves}.db"));
-    let log = crate::tlog::Log::open(&path)?;
+    let log = concord_node::store::tlog::Log::open(&path)?;
     {
         let mut conn = rusqlite::Connection::open(&path).map_err(|e| NodeError::State(e.to_string()))?;
         let db = |e: rusqlite::Error| NodeError::State(e.to_string());

@@ -12,10 +12,10 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{DataFrame, SessionContext, col};
 use serde::{Deserialize, Serialize};
 
-use crate::NodeError;
-use crate::admin;
-use crate::config::{InitOptions, NodeDir, replace_file};
-use crate::node::{RunningNode, start};
+use concord_node::NodeError;
+use concord_node::node::admin;
+use concord_node::run::{RunningNode, start};
+use concord_node::store::config::{InitOptions, NodeDir, replace_file};
 
 pub const DEMO_FEDERATION: &str = "demo";
 
@@ -110,7 +110,7 @@ fn admin_init(
     local: u16,
     peer: u16,
 ) -> Result<(), NodeError> {
-    crate::config::init(
+    concord_node::store::config::init(
         node_dir,
         &InitOptions {
             member: spec.id.clone(),
@@ -148,10 +148,15 @@ pub async fn start_all(members: &[DemoMember]) -> Result<Vec<RunningNode>, NodeE
     for m in members {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let ok =
-                crate::client::local_call(&m.local_url, "GET", "/v1/status", Some(&m.analyst_token), None)
-                    .await
-                    .is_ok_and(|r| r.status == 200);
+            let ok = concord_node::net::client::local_call(
+                &m.local_url,
+                "GET",
+                "/v1/status",
+                Some(&m.analyst_token),
+                None,
+            )
+            .await
+            .is_ok_and(|r| r.status == 200);
             if ok {
                 break;
             }
@@ -525,7 +530,7 @@ pub struct ApiResult {
 
 /// Runs SQL through a node's local API, as an analyst would.
 pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiResult, NodeError> {
-    let resp = crate::client::local_call(
+    let resp = concord_node::net::client::local_call(
         local_url,
         "POST",
         "/v1/query",

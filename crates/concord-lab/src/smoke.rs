@@ -3,11 +3,11 @@
 
 use concord_log::NoteSigner;
 
-use crate::NodeError;
-use crate::config::NodeDir;
 use crate::demo::{Demo, api_query, data_queries, pooled_context, sample_queries};
-use crate::protocol::{QueryRequest, new_request_id};
-use crate::tls::TlsKeys;
+use concord_node::NodeError;
+use concord_node::net::protocol::{QueryRequest, new_request_id};
+use concord_node::net::tls::TlsKeys;
+use concord_node::store::config::NodeDir;
 
 /// One step of the tour and how it went.
 #[derive(Debug)]
@@ -74,14 +74,22 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
 }
 
 /// Sends `note` to member 1 over mutual TLS as member 0.
-async fn send_as_first(demo: &Demo, body: Vec<u8>) -> Result<crate::client::Response, String> {
+async fn send_as_first(demo: &Demo, body: Vec<u8>) -> Result<concord_node::net::client::Response, String> {
     let (a, b) = (&demo.file.members[0], &demo.file.members[1]);
     let nd = NodeDir::new(&a.dir);
     let keys = TlsKeys::load(&nd.tls_cert(), &nd.tls_key()).map_err(|e| e.to_string())?;
     let card = NodeDir::new(&b.dir).load_card().map_err(|e| e.to_string())?;
-    crate::client::peer_call(&keys, &b.id, &card.peer_endpoint, &card.tls_pin, "POST", "/v1/query", body)
-        .await
-        .map_err(|e| e.to_string())
+    concord_node::net::client::peer_call(
+        &keys,
+        &b.id,
+        &card.peer_endpoint,
+        &card.tls_pin,
+        "POST",
+        "/v1/query",
+        body,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 fn request(demo: &Demo, table: &str) -> Result<QueryRequest, String> {

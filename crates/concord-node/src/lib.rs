@@ -1,29 +1,24 @@
 //! A member's node: the only crate that listens on the network and touches disk.
 //!
-//! It holds the member's keys (`config`), its state database (`state`), its datasets on disk, the
-//! peer listener (mutual TLS with charter pins, `peer`) that answers other members' sub-queries,
-//! the local listener (HTTP JSON API with bearer tokens, `local`) for the member's own users, the
-//! requester's side of federated queries (`node`), and the demo federation (`demo`).
+//! Layers, each using only those below it:
+//! - `run`: starting and stopping a node (both listeners, the checkpoint loop).
+//! - `api`: the surfaces. `api::peer` is the peer listener (mutual TLS with charter pins) that
+//!   answers other members' sub-queries, serves the log and witnesses checkpoints; `api::local`
+//!   is the local listener (HTTP JSON API with bearer tokens and roles) for the member's users.
+//! - `node`: the core. The loaded node (`Node`), the requester's and the owner's logic, witness
+//!   and checkpointing, audits, offline commands.
+//! - `store` (node folder and keys, SQLite state, the transparency log, log entries) and `net`
+//!   (pinned TLS, HTTP clients, the peer protocol's signed notes).
 //!
-//! Invariant: no byte of a dataset leaves the node except through `peer::serve_query`, after
-//! the request's signature, freshness, replay, the owner's policy and the owner's sub-query check.
+//! Invariant: no byte of a dataset leaves the node except through `node::owner::serve_query`,
+//! after the request's signature, freshness, replay, the owner's policy and the owner's
+//! sub-query check.
 
-pub mod admin;
-pub mod audit;
-pub mod bench;
-pub mod client;
-pub mod config;
-pub mod demo;
-pub mod entry;
-pub mod local;
+pub mod api;
+pub mod net;
 pub mod node;
-pub mod peer;
-pub mod protocol;
-pub mod smoke;
-pub mod state;
-pub mod tlog;
-pub mod tls;
-pub mod witness;
+pub mod run;
+pub mod store;
 
 use concord_charter::CharterError;
 use concord_log::LogError;

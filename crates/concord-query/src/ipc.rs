@@ -1,16 +1,56 @@
 //! Arrow IPC stream encoding of results and schemas, as they cross the wire.
+//!
+//! Bytes from another member are read only after a walk over the stream's framing that bounds
+//! everything a message declares: its metadata and body lengths against the bytes actually
+//! there, its buffers against its body, its rows and columns against [`IpcLimits`], and no
+//! compression at all (a compressed buffer declares the size it inflates to, and Concord never
+//! compresses). Only then does arrow's reader, with its own validation, build arrays.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 
 use crate::QueryError;
 
 /// Largest IPC stream accepted from a peer.
 pub const MAX_IPC_BYTES: usize = 256 * 1024 * 1024;
+
+/// What a stream from outside may declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpcLimits {
+    /// Bytes of the whole stream.
+    pub max_bytes: usize,
+    /// Messages (schema, dictionaries, batches).
+    pub max_messages: usize,
+    /// Rows over all record batches, and values of any one array.
+    pub max_rows: u64,
+    /// Fields of the schema, nested ones included.
+    pub max_fields: usize,
+    /// Whether record batches may follow the schema.
+    pub batches: bool,
+}
+
+impl IpcLimits {
+    /// A partial aggregate from an owner, or a result.
+    pub const RESULT: Self = Self {
+        max_bytes: MAX_IPC_BYTES,
+        max_messages: 65_536,
+        max_rows: 16 * 1024 * 1024,
+        max_fields: 4096,
+        batches: true,
+    };
+    /// A dataset's schema in a catalog: one schema message, no batches.
+    pub const SCHEMA: Self =
+        Self { max_bytes: 1024 * 1024, max_messages: 1, max_rows: 0, max_fields: 4096, batches: false };
+}
+
+fn malformed(why: impl std::fmt::Display) -> QueryError {
+    QueryError::Execution(format!("malformed Arrow IPC stream: {why}"))
+}
 
 /// Encodes batches (possibly none) as one Arrow IPC stream.
 pub fn encode(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, QueryError> {
@@ -24,18 +64,152 @@ pub fn encode(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, Query
     Ok(out)
 }
 
-/// Decodes an Arrow IPC stream; a truncated or malformed stream is an error, never a panic.
-pub fn decode(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-    if bytes.len() > MAX_IPC_BYTES {
-        return Err(QueryError::Execution(format!("result of {} bytes is over the limit", bytes.len())));
+fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
+    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(i32::from_le_bytes(b))
+}
+
+/// Walks the stream's messages and checks what each declares against `limits` and against the
+/// bytes present. Nothing is allocated from a declared size.
+pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(malformed(format!("{} bytes, over the limit of {}", bytes.len(), limits.max_bytes)));
     }
-    let bad = |e: datafusion::arrow::error::ArrowError| {
-        QueryError::Execution(format!("malformed Arrow IPC stream: {e}"))
-    };
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
+    let mut at = 0usize;
+    let mut messages = 0usize;
+    let mut rows = 0u64;
+    loop {
+        let mut len = read_i32(bytes, at).ok_or_else(|| malformed("cut short before a message"))?;
+        at += 4;
+        if len == -1 {
+            len = read_i32(bytes, at).ok_or_else(|| malformed("cut short after a continuation marker"))?;
+            at += 4;
+        }
+        if len == 0 {
+            // End of stream: nothing may follow.
+            if at != bytes.len() {
+                return Err(malformed("bytes after the end-of-stream marker"));
+            }
+            if messages == 0 {
+                return Err(malformed("no schema"));
+            }
+            return Ok(());
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("a negative message length"))?;
+        let meta_end = at.checked_add(len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
+            malformed(format!("a message declares {len} bytes of metadata beyond the stream's end"))
+        })?;
+        let message = root_as_message(&bytes[at..meta_end]).map_err(malformed)?;
+        at = meta_end;
+        messages += 1;
+        if messages > limits.max_messages.saturating_add(1) {
+            return Err(malformed(format!("more than {} messages", limits.max_messages)));
+        }
+        let body = usize::try_from(message.bodyLength())
+            .ok()
+            .filter(|b| at.checked_add(*b).is_some_and(|e| e <= bytes.len()))
+            .ok_or_else(|| {
+                malformed(format!(
+                    "a message declares a body of {} bytes beyond the stream's end",
+                    message.bodyLength()
+                ))
+            })?;
+        at += body;
+        match message.header_type() {
+            MessageHeader::Schema if messages == 1 => {}
+            MessageHeader::Schema => return Err(malformed("a second schema")),
+            _ if messages == 1 => return Err(malformed("the first message is not a schema")),
+            MessageHeader::RecordBatch | MessageHeader::DictionaryBatch if !limits.batches => {
+                return Err(malformed("record batches where only a schema was expected"));
+            }
+            MessageHeader::RecordBatch => {
+                let batch =
+                    message.header_as_record_batch().ok_or_else(|| malformed("an empty batch header"))?;
+                rows = rows
+                    .saturating_add(u64::try_from(batch.length()).map_err(|_| malformed("negative rows"))?);
+                check_batch(&batch, body, limits)?;
+            }
+            MessageHeader::DictionaryBatch => {
+                let dict =
+                    message.header_as_dictionary_batch().ok_or_else(|| malformed("an empty dictionary"))?;
+                let batch = dict.data().ok_or_else(|| malformed("a dictionary without data"))?;
+                check_batch(&batch, body, limits)?;
+            }
+            other => return Err(malformed(format!("unexpected message type {other:?}"))),
+        }
+        if rows > limits.max_rows {
+            return Err(malformed(format!("more than {} rows", limits.max_rows)));
+        }
+    }
+}
+
+fn check_batch(
+    batch: &datafusion::arrow::ipc::RecordBatch<'_>,
+    body: usize,
+    limits: &IpcLimits,
+) -> Result<(), QueryError> {
+    if batch.compression().is_some() {
+        return Err(malformed("compressed buffers, which Concord never sends"));
+    }
+    let max = i64::try_from(limits.max_rows).unwrap_or(i64::MAX);
+    if !(0..=max).contains(&batch.length()) {
+        return Err(malformed(format!("a batch of {} rows", batch.length())));
+    }
+    for node in batch.nodes().iter().flatten() {
+        if !(0..=max).contains(&node.length()) || !(0..=node.length()).contains(&node.null_count()) {
+            return Err(malformed(format!(
+                "an array of {} values ({} null)",
+                node.length(),
+                node.null_count()
+            )));
+        }
+    }
+    for buf in batch.buffers().iter().flatten() {
+        let end = buf.offset().checked_add(buf.length());
+        if buf.offset() < 0 || buf.length() < 0 || end.is_none_or(|e| e as u64 > body as u64) {
+            return Err(malformed("a buffer outside its message body"));
+        }
+    }
+    Ok(())
+}
+
+fn field_count(t: &DataType) -> usize {
+    match t {
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::Map(f, _) => 1usize.saturating_add(field_count(f.data_type())),
+        DataType::Struct(fs) => fs.iter().fold(1usize, |n, f| n.saturating_add(field_count(f.data_type()))),
+        DataType::Union(fs, _) => {
+            fs.iter().fold(1usize, |n, (_, f)| n.saturating_add(field_count(f.data_type())))
+        }
+        DataType::Dictionary(_, v) => 1usize.saturating_add(field_count(v)),
+        DataType::RunEndEncoded(r, v) => {
+            1usize.saturating_add(field_count(r.data_type())).saturating_add(field_count(v.data_type()))
+        }
+        _ => 1,
+    }
+}
+
+/// Decodes an Arrow IPC stream from outside within `limits`; a truncated, malformed or
+/// oversized stream is an error, never a panic or an allocation of what it declares.
+pub fn decode_limited(bytes: &[u8], limits: &IpcLimits) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    check_stream(bytes, limits)?;
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(malformed)?;
     let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let fields = schema.fields().iter().fold(0usize, |n, f| n.saturating_add(field_count(f.data_type())));
+    if fields > limits.max_fields {
+        return Err(malformed(format!("{fields} fields, over the limit of {}", limits.max_fields)));
+    }
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(malformed)?;
     Ok((schema, batches))
+}
+
+/// Decodes a result stream (see [`IpcLimits::RESULT`]).
+pub fn decode(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    decode_limited(bytes, &IpcLimits::RESULT)
 }
 
 /// Encodes a schema alone (an IPC stream with no batches).
@@ -43,8 +217,9 @@ pub fn encode_schema(schema: &Schema) -> Result<Vec<u8>, QueryError> {
     encode(schema, &[])
 }
 
+/// Decodes a schema alone: one schema message and nothing else (see [`IpcLimits::SCHEMA`]).
 pub fn decode_schema(bytes: &[u8]) -> Result<SchemaRef, QueryError> {
-    decode(bytes).map(|(s, _)| s)
+    decode_limited(bytes, &IpcLimits::SCHEMA).map(|(s, _)| s)
 }
 
 /// An empty schema, for results of nothing.

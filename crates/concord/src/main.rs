@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use concord_node::config::{InitOptions, NodeDir};
-use concord_node::{admin, bench, demo, node, smoke};
+use concord_lab::{bench, demo, smoke};
+use concord_node::node::admin;
+use concord_node::run as node;
+use concord_node::store::config::{InitOptions, NodeDir};
 
 mod output;
 
@@ -272,7 +274,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { dir, member, federation, name, jurisdiction, peer_listen, local_listen } => {
-            let card = concord_node::config::init(
+            let card = concord_node::store::config::init(
                 &dir,
                 &InitOptions { member, federation, name, jurisdiction, peer_listen, local_listen },
             )?;
@@ -366,7 +368,7 @@ async fn log(command: LogCommand) -> Result<()> {
             while start < size {
                 let end = (start + 1024).min(size);
                 for (i, e) in log.entries(start, end)?.iter().enumerate() {
-                    let shown = match concord_node::entry::LogEntry::from_bytes(e) {
+                    let shown = match concord_node::store::entry::LogEntry::from_bytes(e) {
                         Ok(entry) => serde_json::to_string(&entry)?,
                         Err(_) => format!("(not a Concord entry: {} bytes)", e.len()),
                     };
@@ -376,7 +378,7 @@ async fn log(command: LogCommand) -> Result<()> {
             }
         }
         LogCommand::Receipt { node, token, index } => {
-            let resp = concord_node::client::local_call(
+            let resp = concord_node::net::client::local_call(
                 &node,
                 "GET",
                 &format!("/v1/log/receipt/{index}"),
@@ -406,7 +408,7 @@ async fn log(command: LogCommand) -> Result<()> {
                 cp.size,
                 key.name()
             );
-            match concord_node::entry::LogEntry::from_bytes(entry) {
+            match concord_node::store::entry::LogEntry::from_bytes(entry) {
                 Ok(e) => println!("{}", serde_json::to_string_pretty(&e)?),
                 Err(_) => println!("(entry of {} bytes)", entry.len()),
             }

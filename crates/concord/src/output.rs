@@ -28,7 +28,8 @@ pub async fn query(
     partial: bool,
 ) -> Result<()> {
     let body = serde_json::json!({ "sql": sql, "purpose": purpose, "partial": partial });
-    let resp = concord_node::client::local_call(node, "POST", "/v1/query", Some(token), Some(&body)).await?;
+    let resp =
+        concord_node::net::client::local_call(node, "POST", "/v1/query", Some(token), Some(&body)).await?;
     if resp.status != 200 {
         let (code, message) = resp.error_parts();
         bail!("{message} [{code}]");
@@ -155,7 +156,8 @@ pub async fn audit(node: &str, token: &str, member: Option<String>, all: bool, j
         Some(m) if !all => serde_json::json!({ "members": [m] }),
         _ => serde_json::json!({ "all": true }),
     };
-    let resp = concord_node::client::local_call(node, "POST", "/v1/audit", Some(token), Some(&body)).await?;
+    let resp =
+        concord_node::net::client::local_call(node, "POST", "/v1/audit", Some(token), Some(&body)).await?;
     if resp.status != 200 {
         let (code, message) = resp.error_parts();
         bail!("{message} [{code}]");

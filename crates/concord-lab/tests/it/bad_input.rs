@@ -1,8 +1,8 @@
+use concord_lab::demo::api_query;
 use concord_node::NodeError;
-use concord_node::admin::{dataset_add, token_create};
-use concord_node::client::local_call;
-use concord_node::config::{InitOptions, NodeDir, init};
-use concord_node::demo::api_query;
+use concord_node::net::client::local_call;
+use concord_node::node::admin::{dataset_add, token_create};
+use concord_node::store::config::{InitOptions, NodeDir, init};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use crate::support::{free_ports, three_members, write_cases};
@@ -160,8 +160,7 @@ async fn datasets_missing_unreadable_or_not_conforming_are_refused_whole() {
     dataset_add(&NodeDir::new(&b.dir), "extra", &moved, Some("cases"), Some("*")).await.expect("registered");
     let _dir = fed.stop().await;
     std::fs::remove_file(&moved).expect("remove");
-    let bravo =
-        concord_node::node::start(&NodeDir::new(&b.dir)).await.expect("bravo starts without the file");
+    let bravo = concord_node::run::start(&NodeDir::new(&b.dir)).await.expect("bravo starts without the file");
     let (code, msg) = refusal(
         api_query(&b.local_url, &b.analyst_token, "SELECT count(*) FROM bravo.extra")
             .await
@@ -198,7 +197,7 @@ async fn a_port_in_use_and_a_used_folder_are_named() {
     assert!(!dir.path().join("m").exists(), "nothing half-written");
 
     let _blocker = std::net::TcpListener::bind(("127.0.0.1", base + 1)).expect("bind");
-    let err = concord_node::node::bind(&format!("127.0.0.1:{}", base + 1)).await.expect_err("in use");
+    let err = concord_node::run::bind(&format!("127.0.0.1:{}", base + 1)).await.expect_err("in use");
     assert!(err.to_string().contains("already in use"), "{err}");
 
     // Private keys are written for their owner only.

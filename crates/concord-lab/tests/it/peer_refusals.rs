@@ -1,9 +1,9 @@
+use concord_lab::demo::api_query;
 use concord_log::{Note, NoteSignature, NoteSigner};
-use concord_node::client::{Response, peer_call};
-use concord_node::config::NodeDir;
-use concord_node::demo::api_query;
-use concord_node::protocol::{QueryRequest, new_request_id};
-use concord_node::tls::{TlsKeys, generate};
+use concord_node::net::client::{Response, peer_call};
+use concord_node::net::protocol::{QueryRequest, new_request_id};
+use concord_node::net::tls::{TlsKeys, generate};
+use concord_node::store::config::NodeDir;
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 

@@ -1,5 +1,5 @@
-use concord_node::demo::{DemoFile, DemoOptions, launch};
-use concord_node::smoke::tour;
+use concord_lab::demo::{DemoFile, DemoOptions, launch};
+use concord_lab::smoke::tour;
 
 use std::sync::Arc;
 
@@ -72,7 +72,7 @@ async fn demo_with_a_data_folder_forms_shared_schemas_from_stems() {
     let cols: Vec<_> = demo.schemas[0].columns.iter().map(|c| (c.name.as_str(), c.ty)).collect();
     use concord_charter::ColumnType;
     assert_eq!(cols, [("units", ColumnType::Int64), ("price", ColumnType::Float64)]);
-    let total = concord_node::demo::api_query(
+    let total = concord_lab::demo::api_query(
         &demo.file.members[0].local_url,
         &demo.file.members[0].analyst_token,
         "SELECT count(*) AS rows, count(units) AS units_known FROM sales",
@@ -82,7 +82,7 @@ async fn demo_with_a_data_folder_forms_shared_schemas_from_stems() {
     assert_eq!(crate::peer_refusals::first_int(&total.batches), Some(4));
     let steps = tour(&demo, false).await;
     let north = &demo.file.members[0];
-    let own = concord_node::demo::api_query(
+    let own = concord_lab::demo::api_query(
         &north.local_url,
         &north.analyst_token,
         "SELECT sum(count) AS n FROM \"north-office\".stock",

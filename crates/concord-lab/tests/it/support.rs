@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use concord_charter::{ColumnType, SchemaColumn, SharedSchema};
-use concord_node::demo::{DemoMember, MemberSpec, setup, start_all};
-use concord_node::node::RunningNode;
+use concord_lab::demo::{DemoMember, MemberSpec, setup, start_all};
+use concord_node::run::RunningNode;
 
 static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 

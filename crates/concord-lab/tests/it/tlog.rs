@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use concord_log::checkpoint::Checkpoint;
 use concord_log::merkle::{MemoryTree, leaf_hash, verify_inclusion};
 use concord_log::tiles::{Tile, TileKind, decode_bundle};
-use concord_node::client::local_call;
-use concord_node::config::NodeDir;
-use concord_node::tlog::Log;
+use concord_node::net::client::local_call;
+use concord_node::store::config::NodeDir;
+use concord_node::store::tlog::Log;
 
 const CHILD_ENV: &str = "CONCORD_TEST_LOG_APPENDER";
 
@@ -148,7 +148,7 @@ async fn checkpoints_follow_entries_and_tiles_verify() {
         async move { local_call(&a.local_url, "GET", &path, Some(&a.analyst_token), None).await.expect("sent") }
     };
     // New entries appear in a published, cosigned checkpoint within a short time.
-    concord_node::demo::api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")
+    concord_lab::demo::api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")
         .await
         .expect("query");
     let size = fed.nodes[0].node.log.size().expect("size");

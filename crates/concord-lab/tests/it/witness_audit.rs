@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use concord_log::checkpoint::Checkpoint;
 use concord_log::{Note, NoteSigner};
-use concord_node::client::{Response, local_call, peer_call};
-use concord_node::config::NodeDir;
-use concord_node::protocol::{QueryRequest, new_request_id};
-use concord_node::tls::TlsKeys;
+use concord_node::net::client::{Response, local_call, peer_call};
+use concord_node::net::protocol::{QueryRequest, new_request_id};
+use concord_node::net::tls::TlsKeys;
+use concord_node::store::config::NodeDir;
 
 use crate::support::{Fed, three_members};
 
@@ -154,7 +154,7 @@ async fn witnesses_answer_per_the_spec_and_keep_fork_evidence() {
 async fn audits_verify_logs_and_find_missing_twins() {
     let fed = three_members().await;
     let a = fed.member("alpha").clone();
-    concord_node::demo::api_query(
+    concord_lab::demo::api_query(
         &a.local_url,
         &a.analyst_token,
         "SELECT region, count(*) FROM cases GROUP BY region",

@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::NodeError;
+use crate::api::ErrorResponse;
 use crate::node::Node;
-use crate::peer::ErrorResponse;
 
 /// Largest request body a local user may send.
 pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
@@ -85,7 +85,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Res
 
 async fn log_checkpoint(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&node, &headers, &[])?;
-    Ok(crate::peer::serve_checkpoint(&node))
+    Ok(crate::api::serve_checkpoint(&node))
 }
 
 async fn log_tile(
@@ -94,7 +94,7 @@ async fn log_tile(
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, &[])?;
-    Ok(crate::peer::serve_tile(&node, &path))
+    Ok(crate::api::serve_tile(&node, &path))
 }
 
 /// A C2SP tlog-proof for entry `index` against the published checkpoint, with the entry as its
@@ -152,7 +152,7 @@ async fn audit(
     if targets.is_empty() {
         return Err(NodeError::BadRequest("name a member to audit, or all".into()).into());
     }
-    let report = crate::audit::audit(&node, &targets).await?;
+    let report = crate::node::audit::audit(&node, &targets).await?;
     Ok(axum::Json(serde_json::json!({ "ok": report.ok(), "report": report })).into_response())
 }
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::NodeError;
-use crate::tls::TlsKeys;
+use crate::net::tls::TlsKeys;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -98,7 +98,7 @@ pub async fn peer_call(
         code: "unreachable".into(),
         message: format!("{reason} (peer endpoint {endpoint}); check that its node is running and reachable"),
     };
-    let config = crate::tls::client_config(keys, pin)?;
+    let config = crate::net::tls::client_config(keys, pin)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let work = async {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
@@ -107,7 +107,7 @@ pub async fn peer_call(
             .map_err(|e| format!("cannot connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let tls = connector
-            .connect(crate::tls::server_name(), tcp)
+            .connect(crate::net::tls::server_name(), tcp)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
         send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?).await

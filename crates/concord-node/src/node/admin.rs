@@ -10,9 +10,9 @@ use concord_query::dataset::{self, DatasetFormat};
 use sha2::{Digest, Sha256};
 
 use crate::NodeError;
-use crate::config::{NodeDir, replace_file};
-use crate::entry::{LogEntry, now};
-use crate::state::{DatasetRecord, now_rfc3339};
+use crate::store::config::{NodeDir, replace_file};
+use crate::store::entry::{LogEntry, now};
+use crate::store::state::{DatasetRecord, now_rfc3339};
 
 fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
     std::fs::read(path).map_err(|e| NodeError::io(path, e))
@@ -87,7 +87,7 @@ pub fn charter_sign(dir: &NodeDir, file: &Path) -> Result<Vec<String>, NodeError
 pub fn charter_accept(dir: &NodeDir, file: &Path) -> Result<SignedCharter, NodeError> {
     let cfg = dir.load_config()?;
     let signer = dir.load_signer(&cfg)?;
-    let tls = crate::tls::TlsKeys::load(&dir.tls_cert(), &dir.tls_key())?;
+    let tls = crate::net::tls::TlsKeys::load(&dir.tls_cert(), &dir.tls_key())?;
     let sc = SignedCharter::parse(&read(file)?)?;
     let state = dir.open_state()?;
     match state.latest_charter()? {
@@ -201,10 +201,10 @@ pub async fn dataset_add(
 /// Creates a bearer token for a local user.
 pub fn token_create(dir: &NodeDir, role: &str) -> Result<String, NodeError> {
     dir.load_config()?;
-    if !crate::local::ROLES.contains(&role) {
+    if !crate::api::local::ROLES.contains(&role) {
         return Err(NodeError::Config(format!(
             "unknown role {role:?}; roles: {}",
-            crate::local::ROLES.join(", ")
+            crate::api::local::ROLES.join(", ")
         )));
     }
     dir.open_state()?.create_token(role)

@@ -15,8 +15,8 @@ use concord_log::{LogError, Note};
 use serde::Serialize;
 
 use crate::NodeError;
-use crate::entry::LogEntry;
 use crate::node::Node;
+use crate::store::entry::LogEntry;
 
 /// A member's log, fetched and verified.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ pub struct Mismatch {
 pub struct AuditReport {
     pub members: Vec<MemberAudit>,
     pub mismatches: Vec<Mismatch>,
-    pub evidence: Vec<crate::tlog::Evidence>,
+    pub evidence: Vec<crate::store::tlog::Evidence>,
 }
 
 impl AuditReport {
@@ -231,7 +231,8 @@ pub fn reconcile(logs: &BTreeMap<String, Vec<LogEntry>>) -> Vec<Mismatch> {
 
 async fn fetch(node: &Node, m: &MemberCard, path: &str) -> Result<Vec<u8>, NodeError> {
     let resp =
-        crate::client::peer_call(&node.tls, &m.id, &m.peer_endpoint, &m.tls_pin, "GET", path, vec![]).await?;
+        crate::net::client::peer_call(&node.tls, &m.id, &m.peer_endpoint, &m.tls_pin, "GET", path, vec![])
+            .await?;
     if resp.status != 200 {
         let (code, message) = resp.error_parts();
         return Err(NodeError::Peer { member: m.id.clone(), code, message });

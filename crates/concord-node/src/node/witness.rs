@@ -15,9 +15,9 @@ use concord_log::{LogError, Note};
 use tokio::sync::watch;
 
 use crate::NodeError;
-use crate::entry::LogEntry;
 use crate::node::Node;
-use crate::tlog::WitnessDecision;
+use crate::store::entry::LogEntry;
+use crate::store::tlog::WitnessDecision;
 
 /// How long the node waits after an append for more to come, before checkpointing.
 pub const COALESCE: Duration = Duration::from_millis(20);
@@ -107,7 +107,7 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
         WitnessDecision::Inconsistent(detail) => {
             tracing::warn!(origin = %cp.origin, "inconsistent checkpoint kept as evidence: {detail}");
             let entry = LogEntry::ForkEvidence {
-                time: crate::entry::now(),
+                time: crate::store::entry::now(),
                 origin: cp.origin.clone(),
                 detail: detail.clone(),
                 checkpoints: vec![note.to_string()],
@@ -212,7 +212,7 @@ async fn ask_witness(
         }
         body.push('\n');
         body.push_str(&note.to_string());
-        let resp = crate::client::peer_call(
+        let resp = crate::net::client::peer_call(
             &node.tls,
             &w.id,
             &w.peer_endpoint,

@@ -20,7 +20,7 @@ use concord_log::checkpoint::CosignatureSigner;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
-use crate::state::State;
+use crate::store::state::State;
 
 /// `DIR/concord.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,8 +93,8 @@ impl NodeDir {
     }
 
     /// The node's transparency log (in the state database).
-    pub fn open_log(&self) -> Result<crate::tlog::Log, NodeError> {
-        crate::tlog::Log::open(&self.state_db())
+    pub fn open_log(&self) -> Result<crate::store::tlog::Log, NodeError> {
+        crate::store::tlog::Log::open(&self.state_db())
     }
 
     pub fn open_state(&self) -> Result<State, NodeError> {
@@ -195,7 +195,7 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
     write_private(&nd.member_key(), signer.to_skey().as_bytes())?;
     let witness = CosignatureSigner::generate(&format!("{}/{}/witness", cfg.federation, cfg.member))?;
     write_private(&nd.witness_key(), witness.to_skey().as_bytes())?;
-    let tls = crate::tls::generate(&cfg.member)?;
+    let tls = crate::net::tls::generate(&cfg.member)?;
     write_private(&nd.tls_key(), tls.key_pem.as_bytes())?;
     write_file(&nd.tls_cert(), tls.cert_pem.as_bytes())?;
     let toml = toml::to_string(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
@@ -211,8 +211,8 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         peer_endpoint: cfg.peer_endpoint.clone(),
     };
     card.validate()?;
-    let entry = crate::entry::LogEntry::KeysSet {
-        time: crate::entry::now(),
+    let entry = crate::store::entry::LogEntry::KeysSet {
+        time: crate::store::entry::now(),
         member: card.id.clone(),
         vkey: card.vkey.clone(),
         witness_vkey: card.witness_vkey.clone(),

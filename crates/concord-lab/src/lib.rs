@@ -1,0 +1,8 @@
+//! Tools that drive whole nodes, kept out of the node library: the demo federation (`demo`),
+//! its scripted smoke tour (`smoke`) and the benchmarks (`bench`). The scenario tests in
+//! `tests/it` use the same federation set-up: they start nodes on 127.0.0.1 and talk to them as
+//! members and analysts would.
+
+pub mod bench;
+pub mod demo;
+pub mod smoke;

@@ -1,0 +1,77 @@
+//! The node's surfaces: the peer listener (`peer`, mutual TLS for other members' nodes) and the
+//! local listener (`local`, the member's own users). They parse, authenticate and answer; the
+//! work is done by `crate::node`.
+
+pub mod local;
+pub mod peer;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::NodeError;
+use crate::node::Node;
+
+/// Serialises an error as the wire's JSON error body.
+pub fn error_body(e: &NodeError) -> serde_json::Value {
+    serde_json::json!({ "error": { "code": e.code(), "message": e.to_string() } })
+}
+
+pub struct ErrorResponse(pub NodeError);
+
+impl IntoResponse for ErrorResponse {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(error_body(&self.0))).into_response()
+    }
+}
+
+impl From<NodeError> for ErrorResponse {
+    fn from(e: NodeError) -> Self {
+        Self(e)
+    }
+}
+
+/// `<prefix>/checkpoint`: the latest published (witness-quorum cosigned) checkpoint.
+pub fn serve_checkpoint(node: &Node) -> Response {
+    match node.log.published_checkpoint() {
+        Ok(Some((_, note))) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")],
+            note.to_string(),
+        )
+            .into_response(),
+        Ok(None) => ErrorResponse(NodeError::NotFound(
+            "no checkpoint is published yet; its witnesses have not cosigned one".into(),
+        ))
+        .into_response(),
+        Err(e) => ErrorResponse(e).into_response(),
+    }
+}
+
+/// `<prefix>/tile/...`: a tile or entry bundle of the latest signed checkpoint's tree.
+pub fn serve_tile(node: &Node, path: &str) -> Response {
+    let tile = match concord_log::tiles::Tile::parse(&format!("tile/{path}")) {
+        Ok(t) => t,
+        Err(e) => return ErrorResponse(NodeError::BadRequest(e.to_string())).into_response(),
+    };
+    let size = match node.log.latest_checkpoint() {
+        Ok(c) => c.map(|(s, _)| s).unwrap_or(0),
+        Err(e) => return ErrorResponse(e).into_response(),
+    };
+    match node.log.tile(&tile, size) {
+        Ok(Some(bytes)) => (
+            StatusCode::OK,
+            [
+                ("content-type", "application/octet-stream"),
+                ("cache-control", "public, max-age=31536000, immutable"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => ErrorResponse(NodeError::NotFound(format!(
+            "tile/{path} is not in the checkpointed tree of {size}"
+        )))
+        .into_response(),
+        Err(e) => ErrorResponse(e).into_response(),
+    }
+}

@@ -1,0 +1,6 @@
+//! Talking to other nodes: mutual TLS pinned by the charter (`tls`), HTTP/1.1 clients (`client`)
+//! and the peer protocol's signed notes (`protocol`).
+
+pub mod client;
+pub mod protocol;
+pub mod tls;

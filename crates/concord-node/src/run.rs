@@ -1,0 +1,89 @@
+//! Starting and stopping a node: both listeners and the checkpoint loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::NodeError;
+use crate::node::Node;
+use crate::store::config::NodeDir;
+
+/// Binds a listener, with an error that names the address and what to do.
+pub async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| NodeError::Listen { addr: addr.to_owned(), reason: "not HOST:PORT".into() })?;
+    TcpListener::bind(sa).await.map_err(|e| NodeError::Listen {
+        addr: addr.to_owned(),
+        reason: if e.kind() == std::io::ErrorKind::AddrInUse {
+            "the port is already in use; stop the other process or choose another port in concord.toml".into()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+/// Handles of a running node.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub local_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops both listeners and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens a node folder and starts both listeners.
+pub async fn start(dir: &NodeDir) -> Result<RunningNode, NodeError> {
+    let node = Arc::new(Node::open(dir).await?);
+    let peer_listener = bind(&node.cfg.peer_listen).await?;
+    let local_listener = bind(&node.cfg.local_listen).await?;
+    let local_addr = local_listener.local_addr().map_err(|e| NodeError::io(&dir.root, e))?;
+    let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::io(&dir.root, e))?;
+    let (shutdown, rx) = watch::channel(false);
+    let peer_task = tokio::spawn(crate::api::peer::serve(node.clone(), peer_listener, rx.clone()));
+    let local_task = tokio::spawn(crate::api::local::serve(node.clone(), local_listener, rx.clone()));
+    let publish_task = tokio::spawn(crate::node::witness::publish_loop(node.clone(), rx));
+    tracing::info!(member = %node.cfg.member, %local_addr, %peer_addr, "node started");
+    Ok(RunningNode {
+        node,
+        local_addr,
+        peer_addr,
+        shutdown,
+        tasks: vec![peer_task, local_task, publish_task],
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
