@@ -68,6 +68,11 @@ pub enum NodeError {
     Peer { member: String, code: String, message: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// An error on this node whose detail stays here.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("rate limited: {0}")]
+    RateLimited(String),
 }
 
 impl NodeError {
@@ -98,6 +103,8 @@ impl NodeError {
             Self::TooLarge(_) => "too_large",
             Self::Peer { .. } => "peer_error",
             Self::Listen { .. } => "listen",
+            Self::Internal(_) => "internal",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -112,6 +119,8 @@ impl NodeError {
             Self::Replayed(_) | Self::WrongCharter(_) => 409,
             Self::Stale(_) => 408,
             Self::TooLarge(_) => 413,
+            Self::RateLimited(_) => 429,
+            Self::Query(QueryError::Limit(_)) => 422,
             Self::Peer { .. } | Self::Query(QueryError::Owner { .. } | QueryError::Unreachable { .. }) => 502,
             _ => 500,
         }

@@ -147,6 +147,7 @@ pub async fn run_federated_with(
         .with_allow_statements(false)
         .verify_plan(&plan)
         .map_err(|_| QueryError::Refused("only queries (SELECT, WITH ... SELECT) are accepted".into()))?;
+    crate::limits::check_plan(&plan)?;
 
     // SELECT DISTINCT over a federated table is a GROUP BY of every selected column.
     let plan = plan

@@ -16,6 +16,7 @@ pub mod compare;
 pub mod dataset;
 pub mod federate;
 pub mod ipc;
+pub mod limits;
 pub mod owner;
 
 pub use federate::{
@@ -48,6 +49,9 @@ pub enum QueryError {
     Unreachable { member: String, reason: String },
     #[error("query execution failed: {0}")]
     Execution(String),
+    /// A limit of bounded execution was reached: memory, time, groups, sizes.
+    #[error("refused: {0}")]
+    Limit(String),
 }
 
 impl QueryError {
@@ -61,6 +65,7 @@ impl QueryError {
             Self::Owner { .. } => "owner_failed",
             Self::Unreachable { .. } => "owner_unreachable",
             Self::Execution(_) => "execution_failed",
+            Self::Limit(_) => "limit_exceeded",
         }
     }
 
@@ -76,6 +81,13 @@ impl QueryError {
     }
 
     pub(crate) fn exec(e: DataFusionError) -> Self {
+        if let DataFusionError::ResourcesExhausted(_) = e.find_root() {
+            return Self::Limit(
+                "the query needs more memory than this node allows one query; aggregate over fewer \
+                 groups or join smaller results"
+                    .into(),
+            );
+        }
         match e {
             DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
                 Ok(q) => *q,

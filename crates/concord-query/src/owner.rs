@@ -13,10 +13,10 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::{ExecutionPlan, collect};
-use datafusion::prelude::SessionContext;
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::QueryError;
+use crate::limits::ExecLimits;
 
 /// What the owner computed for one sub-query.
 #[derive(Debug)]
@@ -36,13 +36,14 @@ fn refuse(reason: impl Into<String>) -> QueryError {
     QueryError::SubqueryRefused(reason.into())
 }
 
-/// Plans, checks and runs `sql` against `dataset` alone.
+/// Plans, checks and runs `sql` against `dataset` alone, within `limits`.
 pub async fn run_subquery(
     dataset: &str,
     table: Arc<dyn TableProvider>,
     sql: &str,
+    limits: &ExecLimits,
 ) -> Result<OwnerAnswer, QueryError> {
-    let ctx = SessionContext::new();
+    let ctx = crate::limits::session(limits)?;
     ctx.register_table(dataset, table.clone()).map_err(QueryError::plan)?;
     let plan =
         ctx.state().create_logical_plan(sql).await.map_err(|e| refuse(QueryError::plan(e).to_string()))?;
@@ -53,10 +54,14 @@ pub async fn run_subquery(
         .verify_plan(&plan)
         .map_err(|e| refuse(e.strip_backtrace()))?;
     check_subquery_plan(&plan, dataset, &table)?;
+    crate::limits::check_plan(&plan).map_err(|e| match e {
+        QueryError::Refused(why) => refuse(why),
+        other => other,
+    })?;
     let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
     let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
     let schema = physical.schema();
-    let batches = collect(physical.clone(), ctx.task_ctx()).await.map_err(QueryError::exec)?;
+    let batches = crate::limits::collect_limited(&ctx, physical.clone(), limits.max_groups).await?;
     let groups_released = batches.iter().map(|b| b.num_rows() as u64).sum();
     Ok(OwnerAnswer { schema, batches, rows_scanned: leaf_rows(&physical), groups_released })
 }

@@ -15,7 +15,7 @@ use crate::NodeError;
 use crate::net::tls::TlsKeys;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest response body read, Arrow IPC results included.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
@@ -48,7 +48,20 @@ impl Response {
     }
 }
 
-async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<Response, String>
+/// How long a call may take and how many bytes of answer it reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub timeout: Duration,
+    pub max_bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self { timeout: REQUEST_TIMEOUT, max_bytes: MAX_RESPONSE_BYTES }
+    }
+}
+
+async fn send<S>(io: S, req: Request<Full<Bytes>>, max_bytes: usize) -> Result<Response, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -58,7 +71,7 @@ where
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+    let body = Limited::new(resp.into_body(), max_bytes)
         .collect()
         .await
         .map_err(|e| format!("reading the response: {e}"))?
@@ -83,6 +96,18 @@ fn request(
     b.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())
 }
 
+/// Calls a member's peer listener as its card says, within `budget`.
+pub async fn peer_call_with(
+    keys: &TlsKeys,
+    card: &concord_charter::MemberCard,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    budget: Budget,
+) -> Result<Response, NodeError> {
+    call(keys, &card.id, &card.peer_endpoint, &card.tls_pin, method, path, body, budget).await
+}
+
 /// Calls a peer's listener at `endpoint`, accepting only the server whose key has `pin`.
 pub async fn peer_call(
     keys: &TlsKeys,
@@ -92,6 +117,20 @@ pub async fn peer_call(
     method: &str,
     path: &str,
     body: Vec<u8>,
+) -> Result<Response, NodeError> {
+    call(keys, member, endpoint, pin, method, path, body, Budget::default()).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    keys: &TlsKeys,
+    member: &str,
+    endpoint: &str,
+    pin: &str,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    budget: Budget,
 ) -> Result<Response, NodeError> {
     let fail = |reason: String| NodeError::Peer {
         member: member.to_owned(),
@@ -110,11 +149,11 @@ pub async fn peer_call(
             .connect(crate::net::tls::server_name(), tcp)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?).await
+        send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?, budget.max_bytes).await
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, work)
+    tokio::time::timeout(budget.timeout, work)
         .await
-        .map_err(|_| fail("request timed out".into()))?
+        .map_err(|_| fail(format!("no answer within {} s", budget.timeout.as_secs())))?
         .map_err(fail)
 }
 
@@ -145,7 +184,7 @@ pub async fn local_call(
             .await
             .map_err(|_| "connection timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        send(tcp, request(method, host, path, token, body, "application/json")?).await
+        send(tcp, request(method, host, path, token, body, "application/json")?, MAX_RESPONSE_BYTES).await
     };
     tokio::time::timeout(REQUEST_TIMEOUT, work)
         .await

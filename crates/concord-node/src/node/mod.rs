@@ -66,6 +66,12 @@ pub struct Node {
     /// (pin, member id) of every member but this node.
     pub pins: Vec<(String, String)>,
     pub datasets: BTreeMap<String, LoadedDataset>,
+    /// Owner sub-queries running at once (peers' and this member's own parts).
+    pub subquery_slots: tokio::sync::Semaphore,
+    /// Analysts' queries running at once.
+    pub query_slots: tokio::sync::Semaphore,
+    /// Catalogs of other members, per member and charter version, with when they were read.
+    pub catalogs: requester::CatalogCache,
 }
 
 impl Node {
@@ -77,7 +83,7 @@ impl Node {
         let witness = dir.load_witness(&cfg)?;
         let state = dir.open_state()?;
         let log = dir.open_log()?;
-        let tls = TlsKeys::load(&dir.tls_cert(), &dir.tls_key())?;
+        let tls = dir.load_tls()?;
         let bytes = state.latest_charter()?.ok_or_else(|| {
             NodeError::Config(format!(
                 "{} has no charter yet; sign the genesis charter with every founder, then run `concord charter accept {} FILE`",
@@ -118,7 +124,22 @@ impl Node {
             }
             datasets.insert(record.name.clone(), LoadedDataset { record, policy, table });
         }
-        Ok(Self { cfg, dir: dir.clone(), signer, witness, log, state, charter, tls, pins, datasets })
+        let slots = cfg.limits.max_concurrent_queries;
+        Ok(Self {
+            cfg,
+            dir: dir.clone(),
+            signer,
+            witness,
+            log,
+            state,
+            charter,
+            tls,
+            pins,
+            datasets,
+            subquery_slots: tokio::sync::Semaphore::new(slots),
+            query_slots: tokio::sync::Semaphore::new(slots),
+            catalogs: requester::CatalogCache::default(),
+        })
     }
 
     pub fn federation(&self) -> &str {

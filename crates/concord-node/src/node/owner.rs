@@ -19,8 +19,8 @@ use crate::store::entry::LogEntry;
 pub const MAX_REQUEST_NOTE: usize = 40 * 1024;
 
 impl Node {
-    /// The owner's side: policy, sub-query check, execution. Used for peers' requests and for
-    /// this member's own parts of a federated query.
+    /// The owner's side: policy, sub-query check, execution within the node's limits. Used for
+    /// peers' requests and for this member's own parts of a federated query.
     pub async fn answer_subquery(
         &self,
         requester: &str,
@@ -38,13 +38,26 @@ impl Node {
             .table
             .clone()
             .map_err(|why| NodeError::Query(QueryError::Dataset { name: dataset.to_owned(), reason: why }))?;
-        Ok(run_subquery(dataset, table, sql).await?)
+        let limits = &self.cfg.limits;
+        let _slot = self
+            .subquery_slots
+            .acquire()
+            .await
+            .map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let exec = limits.exec();
+        let run = run_subquery(dataset, table, sql, &exec);
+        match tokio::time::timeout(std::time::Duration::from_secs(limits.subquery_timeout_secs), run).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(NodeError::Query(QueryError::Limit(format!(
+                "the sub-query ran longer than the {} s {} allows one sub-query",
+                limits.subquery_timeout_secs, self.cfg.member
+            )))),
+        }
     }
 }
 
-/// The owner's whole check of a peer's request, then the release. Returns the signed receipt
-/// and the Arrow IPC bytes it covers.
-pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, Vec<u8>), NodeError> {
+/// Checks before authentication: size, syntax, the TLS identity, the member's signature.
+fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, QueryRequest), NodeError> {
     if body.len() > MAX_REQUEST_NOTE {
         return Err(NodeError::TooLarge(format!(
             "a request note of {} bytes is over {MAX_REQUEST_NOTE}; it must fit a log entry, so shorten the SQL",
@@ -68,7 +81,44 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
             request.request_id, requester.id
         ))
     })?;
-    // From here on the requester is authenticated: every outcome is logged.
+    Ok((note, request))
+}
+
+/// Freshness and replay: a request from another time, or seen before, is no new access.
+fn fresh_and_new(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
+    let now = chrono::Utc::now().timestamp();
+    // abs_diff cannot overflow, whatever time the request claims.
+    if now.abs_diff(request.time) > FRESHNESS_SECS.unsigned_abs() {
+        return Err(NodeError::Stale(format!(
+            "request time {} is more than {FRESHNESS_SECS} s from this node's clock ({now}); check both clocks",
+            request.time
+        )));
+    }
+    if !node.state.record_request(&request.request_id, &request.requester, now, now - 2 * FRESHNESS_SECS - 60)? {
+        return Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)));
+    }
+    Ok(())
+}
+
+/// The owner's whole check of a peer's request, then the release. Returns the signed receipt
+/// and the Arrow IPC bytes it covers.
+///
+/// What is not an access (a malformed, unsigned, stale or replayed request) is counted per
+/// member and logged as a count, so that no member can grow this log without bound. Every
+/// authenticated, fresh request is logged with its decision (`released`, `refused:<code>` or
+/// `failed:<code>`) before anything is answered; errors carry codes and data-free reasons only.
+pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, Vec<u8>), NodeError> {
+    let (note, request) = match authenticate(node, tls_member, body) {
+        Ok(x) => x,
+        Err(e) => {
+            node.state.count_refusal(tls_member, e.code())?;
+            return Err(e);
+        }
+    };
+    if let Err(e) = fresh_and_new(node, &request) {
+        node.state.count_refusal(&request.requester, e.code())?;
+        return Err(e);
+    }
     let request_note = crate::store::entry::b64(&note.to_bytes());
     match decide_and_run(node, &request).await {
         Ok((answer, ipc)) => {
@@ -82,6 +132,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 result_sha256: Some(result_sha256.clone()),
                 groups_released: answer.groups_released,
                 request_note,
+                reason: None,
             };
             // Invariant: nothing is released before its "access served" entry is on disk.
             let log_index = node.log.append(entry.to_bytes()?).await?;
@@ -107,18 +158,20 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
             Ok((receipt.sign(&node.signer)?, ipc))
         }
         Err(e) => {
+            let (decision, wire) = for_the_wire(&node.cfg.member, &request.request_id, e);
             let entry = LogEntry::AccessServed {
                 time: crate::store::entry::now(),
                 request_id: request.request_id.clone(),
                 requester: request.requester.clone(),
                 dataset: request.dataset.clone(),
-                decision: format!("refused:{}", e.code()),
+                decision,
                 result_sha256: None,
                 groups_released: 0,
                 request_note,
+                reason: Some(wire.to_string()),
             };
             node.log.append(entry.to_bytes()?).await?;
-            Err(e)
+            Err(wire)
         }
     }
 }
@@ -141,22 +194,56 @@ async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAns
             node.charter_version()
         )));
     }
-    let now = chrono::Utc::now().timestamp();
-    if (now - request.time).abs() > FRESHNESS_SECS {
-        return Err(NodeError::Stale(format!(
-            "request time is {} s from this node's clock, more than {FRESHNESS_SECS} s; check both clocks",
-            now - request.time
-        )));
-    }
-    if !node.state.record_request(
-        &request.request_id,
-        &request.requester,
-        now,
-        now - 2 * FRESHNESS_SECS - 60,
-    )? {
-        return Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)));
-    }
     let answer = node.answer_subquery(&request.requester, &request.dataset, &request.sql).await?;
     let ipc = concord_query::ipc::encode(&answer.schema, &answer.batches)?;
     Ok((answer, ipc))
+}
+
+/// The leading words of an error message that hold no value from the data: `Arrow error: Cast
+/// error` of `Arrow error: Cast error: Cannot cast string 'BR-West|…' to value of Int64 type`.
+pub fn error_class(detail: &str) -> String {
+    let words: Vec<&str> = detail
+        .split(": ")
+        .take_while(|s| !s.is_empty() && s.len() <= 40 && s.chars().all(|c| c.is_ascii_alphabetic() || c == ' '))
+        .take(2)
+        .collect();
+    if words.is_empty() { "error".into() } else { words.join(": ") }
+}
+
+/// What may cross the border of an error: a code and a reason without values from the data, and
+/// the decision to log. The detail stays on this node, in its own log output, as a class only.
+fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeError) {
+    let code = e.code().to_owned();
+    match e {
+        NodeError::Query(QueryError::Execution(detail)) => {
+            let class = error_class(&detail);
+            tracing::warn!(request = %request_id, %class, "sub-query failed while running");
+            (
+                format!("failed:{code}"),
+                NodeError::Query(QueryError::Execution(format!(
+                    "the sub-query failed while {owner} ran it ({class}); the detail stays with {owner}"
+                ))),
+            )
+        }
+        NodeError::Query(QueryError::Dataset { name, .. }) => {
+            tracing::warn!(request = %request_id, dataset = %name, "dataset unavailable for a sub-query");
+            (
+                format!("failed:{code}"),
+                NodeError::Query(QueryError::Dataset {
+                    name,
+                    reason: format!("is unavailable on {owner} now; its stewards are told"),
+                }),
+            )
+        }
+        NodeError::Config(_)
+        | NodeError::Io { .. }
+        | NodeError::State(_)
+        | NodeError::Tls(_)
+        | NodeError::Listen { .. }
+        | NodeError::Peer { .. } => {
+            tracing::warn!(request = %request_id, %code, "sub-query failed on this node: {e}");
+            ("failed:internal".into(), NodeError::Internal(format!("{owner} could not answer; its operators are told")))
+        }
+        other => (format!("refused:{code}"), other),
+    }
 }

@@ -1,7 +1,9 @@
 //! The requester's side of a federated query: other members' catalogs, the analyst's DataFusion
 //! context, signed requests to owners, and their receipts checked and logged.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -10,57 +12,137 @@ use concord_query::dataset::shared_arrow_schema;
 use concord_query::{
     Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryError, QueryOutcome,
 };
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 
 use crate::NodeError;
+use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{QueryRequest, ReleaseReceipt, new_request_id};
 use crate::node::{CatalogEntry, Node};
 use crate::store::entry::LogEntry;
 
-impl Node {
-    /// Fetches every other member's catalog; a member that does not answer is reported as such.
-    async fn catalogs(&self) -> Vec<(String, Result<Vec<CatalogEntry>, NodeError>)> {
-        let calls =
-            self.charter.charter.members.iter().filter(|m| m.id != self.cfg.member).map(|m| async move {
-                let r = crate::net::client::peer_call(
-                    &self.tls,
-                    &m.id,
-                    &m.peer_endpoint,
-                    &m.tls_pin,
-                    "GET",
-                    "/v1/catalog",
-                    vec![],
-                )
-                .await
-                .and_then(|resp| {
-                    if resp.status != 200 {
-                        let (code, message) = resp.error_parts();
-                        return Err(NodeError::Peer { member: m.id.clone(), code, message });
-                    }
-                    serde_json::from_slice::<Vec<CatalogEntry>>(&resp.body).map_err(|e| NodeError::Peer {
-                        member: m.id.clone(),
-                        code: "malformed_catalog".into(),
-                        message: e.to_string(),
-                    })
-                });
-                (m.id.clone(), r)
-            });
-        futures::future::join_all(calls).await
+/// How long a member's catalog is used before it is read again.
+pub const CATALOG_TTL: Duration = Duration::from_secs(10);
+/// Largest catalog answer read from a member.
+pub const MAX_CATALOG_BYTES: usize = 4 * 1024 * 1024;
+/// Most datasets one member's catalog may list.
+pub const MAX_CATALOG_ENTRIES: usize = 4096;
+
+/// One dataset of another member, as its catalog shows it, its schema decoded.
+#[derive(Clone, Debug)]
+pub struct PeerDataset {
+    pub name: String,
+    pub shared_schema: Option<String>,
+    pub schema: SchemaRef,
+}
+
+/// Members' catalogs as last read, per member and charter version.
+#[derive(Default)]
+pub struct CatalogCache {
+    inner: Mutex<HashMap<String, (u64, Instant, Arc<Vec<PeerDataset>>)>>,
+}
+
+impl CatalogCache {
+    fn get(&self, member: &str, version: u64) -> Option<Arc<Vec<PeerDataset>>> {
+        let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(member).filter(|(v, at, _)| *v == version && at.elapsed() < CATALOG_TTL).map(|(_, _, c)| c.clone())
     }
 
-    /// Builds the analyst's DataFusion context: shared schemas as federated tables, every
-    /// member's admitted datasets as `member.dataset`, and this member's own datasets as
-    /// ordinary tables under `local`.
-    pub async fn query_context(&self) -> Result<SessionContext, NodeError> {
-        let ctx = SessionContext::new();
-        let mut entries: Vec<(String, CatalogEntry)> =
-            self.catalog_for(&self.cfg.member).into_iter().map(|e| (self.cfg.member.clone(), e)).collect();
+    fn put(&self, member: &str, version: u64, catalog: Arc<Vec<PeerDataset>>) {
+        let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(member.to_owned(), (version, Instant::now(), catalog));
+    }
+}
+
+/// Which members' catalogs a query needs: the tables it names, where a shared schema needs every
+/// member, `member.dataset` that member, and `local.*` none.
+fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<String> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let Ok(statement) = state.sql_to_statement(sql, &dialect) else { return BTreeSet::new() };
+    let Ok(tables) = state.resolve_table_references(&statement) else { return BTreeSet::new() };
+    let others = || node.charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != node.cfg.member);
+    let mut wanted = BTreeSet::new();
+    for t in tables {
+        match t.schema() {
+            Some(s) if s != node.cfg.member && node.charter.charter.member(s).is_some() => {
+                wanted.insert(s.to_owned());
+            }
+            Some(_) => {}
+            None if node.charter.charter.schema(t.table()).is_some() => wanted.extend(others()),
+            None => {}
+        }
+    }
+    wanted
+}
+
+impl Node {
+    /// Reads one member's catalog (or takes it from the cache): bounded in time and size, every
+    /// schema decoded as a schema alone. A bad answer is an error that names the member.
+    async fn catalog_of(&self, m: &concord_charter::MemberCard) -> Result<Arc<Vec<PeerDataset>>, NodeError> {
+        if let Some(c) = self.catalogs.get(&m.id, self.charter_version()) {
+            return Ok(c);
+        }
+        let bad = |message: String| NodeError::Peer {
+            member: m.id.clone(),
+            code: "malformed_catalog".into(),
+            message,
+        };
+        let budget = Budget {
+            timeout: Duration::from_secs(self.cfg.limits.catalog_timeout_secs),
+            max_bytes: MAX_CATALOG_BYTES,
+        };
+        let resp = peer_call_with(&self.tls, m, "GET", "/v1/catalog", vec![], budget).await?;
+        if resp.status != 200 {
+            let (code, message) = resp.error_parts();
+            return Err(NodeError::Peer { member: m.id.clone(), code, message });
+        }
+        let list: Vec<CatalogEntry> = serde_json::from_slice(&resp.body).map_err(|e| bad(e.to_string()))?;
+        if list.len() > MAX_CATALOG_ENTRIES {
+            return Err(bad(format!("{} datasets, more than {MAX_CATALOG_ENTRIES}", list.len())));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for e in list {
+            concord_charter::check_identifier("dataset name", &e.name)
+                .map_err(|err| bad(format!("dataset name {:?}: {err}", e.name)))?;
+            let bytes = B64.decode(&e.schema_ipc).map_err(|_| bad(format!("schema of {} is not base64", e.name)))?;
+            let schema = concord_query::ipc::decode_schema(&bytes)
+                .map_err(|err| bad(format!("schema of {}: {err}", e.name)))?;
+            out.push(PeerDataset { name: e.name, shared_schema: e.shared_schema, schema });
+        }
+        let out = Arc::new(out);
+        self.catalogs.put(&m.id, self.charter_version(), out.clone());
+        Ok(out)
+    }
+
+    /// Builds the analyst's DataFusion context for `sql`: shared schemas as federated tables,
+    /// the admitted datasets of every member the query names as `member.dataset`, and this
+    /// member's own datasets as ordinary tables under `local`. Only the catalogs of members the
+    /// query names are read, in parallel, each within its timeout; one that cannot be read
+    /// leaves its member unreachable.
+    pub async fn query_context(&self, sql: &str) -> Result<SessionContext, NodeError> {
+        let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
+        let wanted = members_named(self, &ctx, sql);
+        let mut entries: Vec<(String, PeerDataset)> = self
+            .catalog_for(&self.cfg.member)
+            .into_iter()
+            .filter_map(|e| {
+                let schema = B64.decode(&e.schema_ipc).ok()?;
+                let schema = concord_query::ipc::decode_schema(&schema).ok()?;
+                Some((self.cfg.member.clone(), PeerDataset { name: e.name, shared_schema: e.shared_schema, schema }))
+            })
+            .collect();
+        let members: Vec<&concord_charter::MemberCard> =
+            self.charter.charter.members.iter().filter(|m| wanted.contains(&m.id)).collect();
+        let fetched =
+            futures::future::join_all(members.iter().map(|m| async move { (m.id.clone(), self.catalog_of(m).await) }))
+                .await;
         let mut unreachable = Vec::new();
-        for (member, result) in self.catalogs().await {
+        for (member, result) in fetched {
             match result {
-                Ok(list) => entries.extend(list.into_iter().map(|e| (member.clone(), e))),
+                Ok(list) => entries.extend(list.iter().map(|e| (member.clone(), e.clone()))),
                 Err(e) => {
                     tracing::warn!(%member, "catalog unavailable: {e}");
                     unreachable.push(member);
@@ -96,22 +178,19 @@ impl Node {
                 }
             }
         };
-        for (member, e) in &entries {
-            let schema = concord_query::ipc::decode_schema(&B64.decode(&e.schema_ipc).map_err(|_| {
-                NodeError::Peer {
-                    member: member.clone(),
-                    code: "malformed_catalog".into(),
-                    message: format!("schema of {} is not base64", e.name),
-                }
-            })?)?;
+        for (member, e) in entries {
             let table = FederatedTable {
                 display: format!("{member}.{}", e.name),
-                schema,
+                schema: e.schema,
                 parts: vec![Part { owner: member.clone(), dataset: e.name.clone() }],
                 shared: false,
                 unreachable: vec![],
             };
-            schema_of(member)?.register_table(e.name.clone(), Arc::new(table)).map_err(QueryError::plan)?;
+            schema_of(&member)?.register_table(e.name, Arc::new(table)).map_err(QueryError::plan)?;
+        }
+        for member in &unreachable {
+            // The member's schema exists, so that `member.x` says who cannot be reached.
+            schema_of(member)?;
         }
         let local = schema_of("local")?;
         for d in self.datasets.values() {
@@ -122,17 +201,29 @@ impl Node {
         Ok(ctx)
     }
 
-    /// Runs an analyst's federated SQL; with `allow_partial`, unreachable owners are left out
-    /// and named instead of failing the query.
+    /// Runs an analyst's federated SQL within the node's limits (a query slot, a memory pool,
+    /// the query timeout); with `allow_partial`, unreachable owners are left out and named
+    /// instead of failing the query.
     pub async fn query(
         self: &Arc<Self>,
         sql: &str,
         purpose: &str,
         allow_partial: bool,
     ) -> Result<QueryOutcome, NodeError> {
-        let ctx = self.query_context().await?;
-        let owners = PeerOwners { node: self.clone(), purpose: purpose.to_owned() };
-        Ok(concord_query::run_federated_with(&ctx, sql, &owners, allow_partial).await?)
+        let _slot = self.query_slots.acquire().await.map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let limits = &self.cfg.limits;
+        let work = async {
+            let ctx = self.query_context(sql).await?;
+            let owners = PeerOwners { node: self.clone(), purpose: purpose.to_owned() };
+            Ok::<_, NodeError>(concord_query::run_federated_with(&ctx, sql, &owners, allow_partial).await?)
+        };
+        match tokio::time::timeout(limits.query_timeout(), work).await {
+            Ok(r) => r,
+            Err(_) => Err(NodeError::Query(QueryError::Limit(format!(
+                "the query ran longer than this node's limit of {} s ([limits] query_timeout_secs)",
+                limits.query_timeout_secs
+            )))),
+        }
     }
 
     /// Sends one signed sub-query to an owner and verifies its receipt.
@@ -159,16 +250,21 @@ impl Node {
             sql: sql.to_owned(),
         };
         let note = request.sign(&self.signer)?;
-        let resp = crate::net::client::peer_call(
-            &self.tls,
-            &owner.id,
-            &owner.peer_endpoint,
-            &owner.tls_pin,
-            "POST",
-            "/v1/query",
-            note.to_bytes(),
-        )
-        .await?;
+        // Invariant: a request is on disk in this log before it is sent, so that whatever
+        // crashes, the owner's "access served" has its twin here.
+        let asked = LogEntry::AccessRequested {
+            time: crate::store::entry::now(),
+            request_id: request.request_id.clone(),
+            owner: owner.id.clone(),
+            dataset: part.dataset.clone(),
+            request_note: crate::store::entry::b64(&note.to_bytes()),
+        };
+        self.log.append(asked.to_bytes()?).await?;
+        let budget = Budget {
+            timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs),
+            max_bytes: crate::net::client::MAX_RESPONSE_BYTES,
+        };
+        let resp = peer_call_with(&self.tls, owner, "POST", "/v1/query", note.to_bytes(), budget).await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
@@ -198,7 +294,11 @@ impl Node {
         if receipt.result_sha256 != digest {
             return Err(bad("result does not match the digest in the receipt".into()));
         }
-        let (_, batches) = concord_query::ipc::decode(&resp.body)?;
+        let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
+            member: owner.id.clone(),
+            code: "bad_answer".into(),
+            message: e.to_string(),
+        })?;
         // Invariant: a partial is used only once its "access made" entry is on disk.
         let entry = LogEntry::AccessMade {
             time: crate::store::entry::now(),

@@ -36,6 +36,99 @@ pub struct NodeConfig {
     pub local_listen: String,
     /// What other members dial; the charter lists it.
     pub peer_endpoint: String,
+    /// Bounds on what the node spends for others; every one has a default.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]` of `concord.toml`: what one query, one peer and one connection may cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Memory the operators of one query may reserve (owner sub-queries and analysts' queries).
+    pub query_memory_mb: u64,
+    /// Wall time of one analyst's query, owners' answers included.
+    pub query_timeout_secs: u64,
+    /// Wall time of one sub-query this node runs as an owner.
+    pub subquery_timeout_secs: u64,
+    /// Groups an owner releases for one sub-query.
+    pub max_groups: u64,
+    /// Queries and sub-queries that run at once; more wait for a slot.
+    pub max_concurrent_queries: usize,
+    /// How long the requester waits for one owner's answer.
+    pub peer_timeout_secs: u64,
+    /// How long the requester waits for one member's catalog.
+    pub catalog_timeout_secs: u64,
+    /// How long the node waits for one witness's cosignature.
+    pub witness_timeout_secs: u64,
+    /// Open connections per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time for a client to finish the TLS handshake and send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Time a connection may stay open without a request.
+    pub idle_timeout_secs: u64,
+    /// Sustained requests per second each member may send to the peer listener.
+    pub peer_requests_per_sec: u32,
+    /// Requests a member may send at once above that rate.
+    pub peer_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            query_memory_mb: 1024,
+            query_timeout_secs: 60,
+            subquery_timeout_secs: 20,
+            max_groups: 1_000_000,
+            max_concurrent_queries: 8,
+            peer_timeout_secs: 30,
+            catalog_timeout_secs: 5,
+            witness_timeout_secs: 5,
+            max_connections: 256,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            peer_requests_per_sec: 50,
+            peer_burst: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits of one query's execution.
+    pub fn exec(&self) -> concord_query::limits::ExecLimits {
+        concord_query::limits::ExecLimits {
+            memory_bytes: usize::try_from(self.query_memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+            max_groups: self.max_groups,
+        }
+    }
+
+    pub fn query_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.query_timeout_secs)
+    }
+
+    /// Refuses limits that would stop the node from working at all.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let zero = [
+            ("query_memory_mb", self.query_memory_mb == 0),
+            ("query_timeout_secs", self.query_timeout_secs == 0),
+            ("subquery_timeout_secs", self.subquery_timeout_secs == 0),
+            ("max_concurrent_queries", self.max_concurrent_queries == 0),
+            ("peer_timeout_secs", self.peer_timeout_secs == 0),
+            ("catalog_timeout_secs", self.catalog_timeout_secs == 0),
+            ("witness_timeout_secs", self.witness_timeout_secs == 0),
+            ("max_connections", self.max_connections == 0),
+            ("header_timeout_secs", self.header_timeout_secs == 0),
+            ("idle_timeout_secs", self.idle_timeout_secs == 0),
+            ("peer_requests_per_sec", self.peer_requests_per_sec == 0),
+            ("peer_burst", self.peer_burst == 0),
+        ];
+        match zero.iter().find(|(_, z)| *z) {
+            Some((name, _)) => Err(NodeError::Config(format!(
+                "[limits] {name} is 0 in concord.toml; it must be at least 1 (remove the line for the default)"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Paths inside a node folder.
@@ -79,7 +172,10 @@ impl NodeDir {
                 path.display()
             ))
         })?;
-        toml::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+        cfg.limits.validate()?;
+        Ok(cfg)
     }
 
     pub fn load_signer(&self, cfg: &NodeConfig) -> Result<NoteSigner, NodeError> {
@@ -90,6 +186,12 @@ impl NodeDir {
     pub fn load_witness(&self, cfg: &NodeConfig) -> Result<CosignatureSigner, NodeError> {
         let want = format!("{}/{}/witness", cfg.federation, cfg.member);
         read_key(&self.witness_key(), &want, CosignatureSigner::from_skey, |k| k.name())
+    }
+
+    /// The node's TLS certificate and key; the key file must be private.
+    pub fn load_tls(&self) -> Result<crate::net::tls::TlsKeys, NodeError> {
+        check_private(&self.tls_key())?;
+        crate::net::tls::TlsKeys::load(&self.tls_cert(), &self.tls_key())
     }
 
     /// The node's transparency log (in the state database).
@@ -108,6 +210,21 @@ impl NodeDir {
     }
 }
 
+/// Refuses a private file that others than its owner may read or write, as ssh does.
+pub fn check_private(path: &Path) -> Result<(), NodeError> {
+    let meta = std::fs::metadata(path).map_err(|e| NodeError::io(path, e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(NodeError::Config(format!(
+            "permissions {mode:04o} for {} are too open: a private key must not be accessible by others; \
+             run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a private-key file and checks that the key is named `want`.
 fn read_key<K>(
     path: &Path,
@@ -115,6 +232,7 @@ fn read_key<K>(
     parse: fn(&str) -> Result<K, concord_log::LogError>,
     name: fn(&K) -> &str,
 ) -> Result<K, NodeError> {
+    check_private(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
     let key = parse(&text)?;
     if name(&key) != want {
@@ -190,6 +308,7 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         peer_listen: opts.peer_listen.clone(),
         local_listen: opts.local_listen.clone(),
         peer_endpoint: opts.peer_listen.clone(),
+        limits: Limits::default(),
     };
     let signer = NoteSigner::generate(&format!("{}/{}", cfg.federation, cfg.member))?;
     write_private(&nd.member_key(), signer.to_skey().as_bytes())?;
@@ -233,6 +352,42 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
         .open(path)
         .map_err(|e| NodeError::io(path, e))?;
     f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| NodeError::io(path, e))
+}
+
+/// Opens (creating it with mode 0600) an SQLite database file, and makes it and its WAL and
+/// shared-memory files private: they hold the whole log and the token hashes. SQLite creates the
+/// `-wal` and `-shm` files with the database file's mode.
+pub fn private_database(path: &Path) -> Result<(), NodeError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| NodeError::io(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| NodeError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces a file atomically with one readable by its owner only (tokens, keys).
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(NodeError::io(path, e));
+    }
+    Ok(())
 }
 
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {

@@ -26,7 +26,23 @@ pub enum LogEntry {
         groups_released: u64,
         /// The signed request note, base64.
         request_note: String,
+        /// For a refusal or failure: the code and data-free reason the requester was sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
+    /// Requester side: a signed request, written before it is sent, so that after any crash
+    /// the owner's "access served" has its twin here whether or not the answer came back.
+    AccessRequested {
+        time: i64,
+        request_id: String,
+        owner: String,
+        dataset: String,
+        /// The signed request note, base64.
+        request_note: String,
+    },
+    /// Owner side: requests that were no access (malformed, unsigned, stale, replayed, over the
+    /// rate limit), counted per member and code since the previous such entry.
+    RefusalsCounted { time: i64, since: i64, counts: Vec<RefusalCount> },
     /// Requester side: an access made, with the owner's signed receipt.
     AccessMade {
         time: i64,
@@ -54,6 +70,14 @@ pub enum LogEntry {
     ForkEvidence { time: i64, origin: String, detail: String, checkpoints: Vec<String> },
 }
 
+/// How many requests of one member were refused with one code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalCount {
+    pub member: String,
+    pub code: String,
+    pub count: u64,
+}
+
 impl LogEntry {
     pub fn to_bytes(&self) -> Result<Vec<u8>, NodeError> {
         serde_json::to_vec(self).map_err(|e| NodeError::State(format!("log entry: {e}")))
@@ -67,7 +91,9 @@ impl LogEntry {
     /// The request id of an access entry.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            Self::AccessServed { request_id, .. } | Self::AccessMade { request_id, .. } => Some(request_id),
+            Self::AccessServed { request_id, .. }
+            | Self::AccessMade { request_id, .. }
+            | Self::AccessRequested { request_id, .. } => Some(request_id),
             _ => None,
         }
     }

@@ -35,6 +35,14 @@ CREATE TABLE IF NOT EXISTS seen_requests (
     requester TEXT NOT NULL,
     seen_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS seen_requests_by_time ON seen_requests (seen_at);
+CREATE TABLE IF NOT EXISTS refusal_counts (
+    member TEXT NOT NULL,
+    code TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (member, code)
+) WITHOUT ROWID;
 ";
 
 /// A registered dataset, as the registry keeps it.
@@ -67,6 +75,7 @@ pub fn now_rfc3339() -> String {
 
 impl State {
     pub fn open(path: &Path) -> Result<Self, NodeError> {
+        crate::store::config::private_database(path)?;
         let conn = Connection::open(path)
             .map_err(|e| NodeError::State(format!("cannot open state database {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
@@ -174,6 +183,65 @@ impl State {
             )
             .map_err(db)?;
         Ok(n == 1)
+    }
+}
+
+impl State {
+    /// Counts a request that was no access (see `RefusalsCounted`).
+    pub fn count_refusal(&self, member: &str, code: &str) -> Result<(), NodeError> {
+        self.lock()
+            .execute(
+                "INSERT INTO refusal_counts (member, code, count, since) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(member, code) DO UPDATE SET count = count + 1",
+                params![member, code, chrono::Utc::now().timestamp()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The counts so far and since when, oldest first; they are kept until `forget_refusals`.
+    pub fn refusal_counts(&self) -> Result<(i64, Vec<crate::store::entry::RefusalCount>), NodeError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT member, code, count, since FROM refusal_counts ORDER BY member, code").map_err(db)?;
+        let mut since = i64::MAX;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    crate::store::entry::RefusalCount {
+                        member: r.get(0)?,
+                        code: r.get(1)?,
+                        count: r.get::<_, i64>(2)? as u64,
+                    },
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        let counts = rows
+            .into_iter()
+            .map(|(c, s)| {
+                since = since.min(s);
+                c
+            })
+            .collect::<Vec<_>>();
+        Ok((if counts.is_empty() { 0 } else { since }, counts))
+    }
+
+    /// Subtracts counts that were logged; what arrived meanwhile stays.
+    pub fn forget_refusals(&self, logged: &[crate::store::entry::RefusalCount]) -> Result<(), NodeError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        for c in logged {
+            tx.execute(
+                "UPDATE refusal_counts SET count = count - ?3 WHERE member = ?1 AND code = ?2",
+                params![c.member, c.code, c.count as i64],
+            )
+            .map_err(db)?;
+        }
+        tx.execute("DELETE FROM refusal_counts WHERE count <= 0", []).map_err(db)?;
+        tx.commit().map_err(db)
     }
 }
 

@@ -90,6 +90,7 @@ fn db(e: rusqlite::Error) -> NodeError {
 }
 
 fn open(path: &Path) -> Result<Connection, NodeError> {
+    crate::store::config::private_database(path)?;
     let conn = Connection::open(path)
         .map_err(|e| NodeError::State(format!("cannot open {}: {e}", path.display())))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;

@@ -1,0 +1,429 @@
+//! Bounded execution: every query runs in a session with a memory pool of a set size, reads at
+//! most a set number of groups, and uses only allow-listed scalar functions whose output size is
+//! bounded by the SQL itself.
+//!
+//! A memory pool only sees what operators reserve (hash tables, sorts); values computed by
+//! scalar functions are allocated outside it, batch by batch. So before a plan runs, every
+//! expression in it gets an upper bound of the size of one value it computes, as `a·L + b`
+//! bytes where `L` is the largest value read from any table: a column is `1·L`, a literal of
+//! `n` bytes is `n`, `concat(x, y)` adds, `repeat(x, 3)` triples. A function not on the
+//! allow-list, or one whose size the caller picks at run time (`repeat(x, n)` with `n` read from
+//! the data), is refused; so is any expression whose bound passes [`MAX_GROWTH`] or
+//! [`MAX_VALUE_BYTES`]. The bound follows values through projections, joins and unions, so
+//! layers of views cannot multiply it past the limit either.
+//!
+//! Invariant: no plan runs here, on the owner's side or the requester's, before
+//! [`check_plan`] accepted it.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlan, Operator};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::{Deserialize, Serialize};
+
+use crate::QueryError;
+
+/// Largest factor by which a value may exceed the largest value read.
+pub const MAX_GROWTH: u64 = 16;
+/// Largest number of bytes a value may hold beyond that (literals, padding, formatting).
+pub const MAX_VALUE_BYTES: u64 = 16 * 1024;
+/// Longest `lpad`/`rpad` result, in characters.
+pub const MAX_PAD: i64 = 4096;
+
+/// Limits of one query's execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecLimits {
+    /// Bytes that operators of one query may reserve (hash tables, sorts, joins).
+    pub memory_bytes: usize,
+    /// Groups (rows) an owner releases for one sub-query.
+    pub max_groups: u64,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        Self { memory_bytes: 1024 * 1024 * 1024, max_groups: 1_000_000 }
+    }
+}
+
+/// A DataFusion session whose operators share a memory pool of `limits.memory_bytes`.
+pub fn session(limits: &ExecLimits) -> Result<SessionContext, QueryError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .build_arc()
+        .map_err(QueryError::plan)?;
+    Ok(SessionContext::new_with_config_rt(SessionConfig::new(), runtime))
+}
+
+/// An upper bound of one value's size: `a·L + b` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bound {
+    a: u64,
+    b: u64,
+}
+
+impl Bound {
+    const INPUT: Self = Self { a: 1, b: 0 };
+    /// Numbers, booleans, dates and other fixed-width values.
+    const FIXED: Self = Self { a: 0, b: 64 };
+
+    fn bytes(n: u64) -> Self {
+        Self { a: 0, b: n }
+    }
+
+    fn max(self, o: Self) -> Self {
+        Self { a: self.a.max(o.a), b: self.b.max(o.b) }
+    }
+
+    fn plus(self, o: Self) -> Self {
+        Self { a: self.a.saturating_add(o.a), b: self.b.saturating_add(o.b) }
+    }
+
+    fn times(self, k: u64) -> Self {
+        Self { a: self.a.saturating_mul(k), b: self.b.saturating_mul(k) }
+    }
+}
+
+/// How an allow-listed scalar function's output size follows from its arguments'.
+enum Size {
+    /// Fixed width, whatever the arguments.
+    Fixed,
+    /// At most the largest argument (case changes, trims, substrings, casts, choices).
+    Largest,
+    /// At most the sum of the arguments (concatenations, structs).
+    Sum,
+    /// At most twice the largest argument (hex and base64 encodings).
+    Double,
+    /// Bounded by a literal argument: handled one by one.
+    Literal,
+}
+
+fn size_of_function(name: &str) -> Option<Size> {
+    Some(match name {
+        "abs" | "acos" | "acosh" | "asin" | "asinh" | "atan" | "atan2" | "atanh" | "cbrt" | "ceil" | "cos"
+        | "cosh" | "cot" | "degrees" | "exp" | "factorial" | "floor" | "gcd" | "lcm" | "isnan" | "iszero"
+        | "ln" | "log" | "log10" | "log2" | "nanvl" | "pi" | "pow" | "power" | "radians" | "round"
+        | "signum" | "sin" | "sinh" | "sqrt" | "tan" | "tanh" | "trunc" | "ascii" | "bit_length"
+        | "char_length" | "character_length" | "length" | "octet_length" | "instr" | "position"
+        | "strpos" | "find_in_set" | "levenshtein" | "contains" | "starts_with" | "ends_with"
+        | "regexp_like" | "regexp_count" | "regexp_instr" | "date_part" | "datepart" | "date_trunc"
+        | "datetrunc" | "date_bin" | "make_date" | "make_time" | "to_date" | "to_time" | "to_timestamp"
+        | "to_timestamp_seconds" | "to_timestamp_millis" | "to_timestamp_micros" | "to_timestamp_nanos"
+        | "to_unixtime" | "from_unixtime" | "now" | "current_date" | "current_time"
+        | "current_timestamp" | "today" | "to_local_time" | "arrow_typeof" | "chr" | "to_hex" => {
+            Size::Fixed
+        }
+        "lower" | "upper" | "initcap" | "trim" | "btrim" | "ltrim" | "rtrim" | "substr" | "substring"
+        | "left" | "right" | "reverse" | "translate" | "split_part" | "substr_index"
+        | "substring_index" | "regexp_match" | "coalesce" | "ifnull" | "nvl" | "nvl2" | "nullif"
+        | "greatest" | "least" | "arrow_cast" | "arrow_try_cast" | "cast_to_type" | "try_cast_to_type"
+        | "get_field" | "decode" | "to_char" | "date_format" => Size::Largest,
+        "concat" | "concat_ws" | "overlay" | "struct" | "named_struct" | "row" => Size::Sum,
+        "encode" => Size::Double,
+        "repeat" | "lpad" | "rpad" | "replace" | "regexp_replace" => Size::Literal,
+        _ => return None,
+    })
+}
+
+fn literal_i64(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Alias(a) => literal_i64(&a.expr),
+        Expr::Cast(c) => literal_i64(&c.expr),
+        Expr::TryCast(c) => literal_i64(&c.expr),
+        Expr::Literal(v, _) => match v.cast_to(&datafusion::arrow::datatypes::DataType::Int64).ok()? {
+            ScalarValue::Int64(n) => n,
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn literal_str(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Alias(a) => literal_str(&a.expr),
+        Expr::Cast(c) => literal_str(&c.expr),
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Some(s),
+        _ => None,
+    }
+}
+
+fn literal_size(v: &ScalarValue) -> u64 {
+    match v {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            s.len() as u64
+        }
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b))
+        | ScalarValue::FixedSizeBinary(_, Some(b)) => b.len() as u64,
+        _ => 64,
+    }
+}
+
+fn refuse(why: String) -> QueryError {
+    QueryError::Refused(why)
+}
+
+/// The bounds of the columns an expression may read: one schema per input of its plan node.
+struct Inputs<'a> {
+    schemas: Vec<(&'a DFSchema, &'a [Bound])>,
+}
+
+impl Inputs<'_> {
+    fn column(&self, c: &Column) -> Bound {
+        for (schema, bounds) in &self.schemas {
+            if let Ok(i) = schema.index_of_column(c) {
+                return bounds.get(i).copied().unwrap_or(Bound::INPUT);
+            }
+        }
+        // An outer reference or a column of a subquery's own input: a value read as it is.
+        Bound::INPUT
+    }
+}
+
+/// The bound of `e`'s values; refuses a function off the allow-list, or a bound over the limits.
+fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    let args = |xs: &[Expr]| xs.iter().map(|x| bound(x, inputs)).collect::<Result<Vec<_>, _>>();
+    let largest = |bs: &[Bound]| bs.iter().fold(Bound::bytes(0), |m, b| m.max(*b));
+    let b = match e {
+        Expr::Alias(a) => return bound(&a.expr, inputs),
+        Expr::Column(c) => return Ok(inputs.column(c)),
+        Expr::OuterReferenceColumn(..) => return Ok(Bound::INPUT),
+        // A literal is one value, not one per row: only what is computed from it counts.
+        Expr::Literal(v, _) => return Ok(Bound::bytes(literal_size(v))),
+        Expr::BinaryExpr(x) => {
+            let (l, r) = (bound(&x.left, inputs)?, bound(&x.right, inputs)?);
+            if x.op == Operator::StringConcat { l.plus(r) } else { Bound::FIXED.max(l.max(r)) }
+        }
+        Expr::Case(c) => {
+            if let Some(x) = &c.expr {
+                bound(x, inputs)?;
+            }
+            let mut m = Bound::bytes(0);
+            for (w, t) in &c.when_then_expr {
+                bound(w, inputs)?;
+                m = m.max(bound(t, inputs)?);
+            }
+            if let Some(x) = &c.else_expr {
+                m = m.max(bound(x, inputs)?);
+            }
+            m
+        }
+        Expr::Cast(c) => bound(&c.expr, inputs)?.max(Bound::FIXED),
+        Expr::TryCast(c) => bound(&c.expr, inputs)?.max(Bound::FIXED),
+        Expr::ScalarFunction(f) => {
+            let name = f.func.name().to_ascii_lowercase();
+            let Some(size) = size_of_function(&name) else {
+                return Err(refuse(format!(
+                    "function {name}() is not on this node's allow-list of scalar functions; \
+                     see the README for the functions queries may use"
+                )));
+            };
+            let bs = args(&f.args)?;
+            match size {
+                Size::Fixed => Bound::FIXED.max(Bound::bytes(bs.iter().map(|b| b.b).max().unwrap_or(0))),
+                Size::Largest => largest(&bs).max(Bound::FIXED),
+                Size::Sum => bs.iter().fold(Bound::bytes(0), |s, b| s.plus(*b)),
+                Size::Double => largest(&bs).times(2),
+                Size::Literal => literal_bound(&name, &f.args, &bs)?,
+            }
+        }
+        Expr::AggregateFunction(f) => {
+            let bs = args(&f.params.args)?;
+            if let Some(x) = &f.params.filter {
+                bound(x, inputs)?;
+            }
+            for s in &f.params.order_by {
+                bound(&s.expr, inputs)?;
+            }
+            largest(&bs).max(Bound::FIXED)
+        }
+        Expr::WindowFunction(w) => {
+            let bs = args(&w.params.args)?;
+            for x in w.params.partition_by.iter().chain(w.params.order_by.iter().map(|s| &s.expr)) {
+                bound(x, inputs)?;
+            }
+            largest(&bs).max(Bound::FIXED)
+        }
+        Expr::Placeholder(_) => {
+            return Err(refuse("placeholders ($1) are not accepted; write the values into the SQL".into()));
+        }
+        Expr::Unnest(_) | Expr::HigherOrderFunction(_) | Expr::Lambda(_) | Expr::LambdaVariable(_) => {
+            return Err(refuse(format!("{e} is not accepted in Concord queries")));
+        }
+        // Everything else yields booleans or fixed-width values from its operands, each of
+        // which is checked on its own.
+        other => {
+            let mut failed = None;
+            let _ = other.apply_children(|child| match bound(child, inputs) {
+                Ok(_) => Ok(TreeNodeRecursion::Continue),
+                Err(err) => {
+                    failed = Some(err);
+                    Ok(TreeNodeRecursion::Stop)
+                }
+            });
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            Bound::FIXED
+        }
+    };
+    if b.a > MAX_GROWTH || b.b > MAX_VALUE_BYTES {
+        return Err(refuse(format!(
+            "{e} could compute values of up to {}×(largest value read) + {} bytes; this node allows \
+             at most {MAX_GROWTH}× + {MAX_VALUE_BYTES} bytes per value",
+            b.a, b.b
+        )));
+    }
+    Ok(b)
+}
+
+/// Functions whose output size a literal argument sets.
+fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, QueryError> {
+    let first = bs.first().copied().unwrap_or(Bound::bytes(0));
+    match name {
+        "repeat" => {
+            let n = args.get(1).and_then(literal_i64).ok_or_else(|| {
+                refuse("repeat(text, n) needs n written as a number in the SQL, so that its size is known".into())
+            })?;
+            Ok(first.times(u64::try_from(n).unwrap_or(0)))
+        }
+        "lpad" | "rpad" => {
+            let n = args.get(1).and_then(literal_i64).filter(|n| (0..=MAX_PAD).contains(n)).ok_or_else(|| {
+                refuse(format!(
+                    "{name}(text, n) needs n written as a number from 0 to {MAX_PAD} in the SQL"
+                ))
+            })?;
+            // n characters of at most 4 bytes each.
+            Ok(Bound::bytes(n as u64 * 4))
+        }
+        "replace" => {
+            let (from, to) = match (args.get(1).and_then(literal_str), args.get(2).and_then(literal_str)) {
+                (Some(f), Some(t)) if !f.is_empty() => (f.len() as u64, t.len() as u64),
+                _ => {
+                    return Err(refuse(
+                        "replace(text, from, to) needs from (not empty) and to written as strings in the SQL".into(),
+                    ));
+                }
+            };
+            Ok(first.times(to.div_ceil(from).max(1)))
+        }
+        "regexp_replace" => {
+            let to = args.get(2).and_then(literal_str).filter(|t| !t.contains(['$', '\\'])).ok_or_else(|| {
+                refuse(
+                    "regexp_replace(text, pattern, replacement) needs the replacement written as a string \
+                     without references ($1, \\1) in the SQL"
+                        .into(),
+                )
+            })?;
+            // A pattern may match at every position, empty matches included.
+            Ok(first.times((to.len() as u64).saturating_add(1)))
+        }
+        _ => Err(refuse(format!("function {name}() is not on this node's allow-list"))),
+    }
+}
+
+/// Checks every expression of a plan, its subqueries included: allow-listed functions only, and
+/// every value within [`MAX_GROWTH`] and [`MAX_VALUE_BYTES`]. Recursive queries are refused.
+pub fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
+    output_bounds(plan).map(|_| ())
+}
+
+/// The bounds of a plan's output columns, checking everything below.
+fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
+    let children = plan.inputs();
+    let child_bounds = children.iter().map(|c| output_bounds(c)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = Inputs {
+        schemas: children.iter().zip(&child_bounds).map(|(c, b)| (c.schema().as_ref(), b.as_slice())).collect(),
+    };
+    // Subqueries inside expressions are plans of their own.
+    let mut failed = None;
+    let _ = plan.apply_subqueries(|sub| {
+        if let Err(e) = output_bounds(sub) {
+            failed = Some(e);
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Jump)
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let exprs = plan.expressions();
+    let mut own = Vec::with_capacity(exprs.len());
+    for e in &exprs {
+        own.push(bound(e, &inputs)?);
+    }
+    let width = plan.schema().fields().len();
+    let all_inputs = child_bounds.iter().flatten().fold(Bound::INPUT, |m, b| m.max(*b));
+    Ok(match plan {
+        LogicalPlan::RecursiveQuery(_) => {
+            return Err(refuse("recursive queries are not accepted: their values could grow without bound".into()));
+        }
+        LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) => vec![Bound::INPUT; width],
+        LogicalPlan::Projection(_) => own,
+        LogicalPlan::Aggregate(_) => own,
+        LogicalPlan::Values(v) => {
+            let mut cols = vec![Bound::bytes(0); width];
+            for row in &v.values {
+                for (i, e) in row.iter().enumerate() {
+                    if let Some(c) = cols.get_mut(i) {
+                        *c = c.max(bound(e, &inputs)?);
+                    }
+                }
+            }
+            cols
+        }
+        LogicalPlan::Window(_) => {
+            let mut cols = child_bounds.first().cloned().unwrap_or_default();
+            cols.extend(own);
+            cols
+        }
+        LogicalPlan::Union(_) => {
+            let mut cols = vec![Bound::bytes(0); width];
+            for b in &child_bounds {
+                for (c, x) in cols.iter_mut().zip(b) {
+                    *c = c.max(*x);
+                }
+            }
+            cols
+        }
+        LogicalPlan::Join(_) => {
+            let cols: Vec<Bound> = child_bounds.iter().flatten().copied().collect();
+            if cols.len() == width { cols } else { vec![all_inputs; width] }
+        }
+        _ => match child_bounds.as_slice() {
+            [one] if one.len() == width => one.clone(),
+            _ => vec![all_inputs; width],
+        },
+    })
+}
+
+/// Reads a plan's batches, stopping with a refusal as soon as more than `max_rows` arrived.
+pub async fn collect_limited(
+    ctx: &SessionContext,
+    physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    max_rows: u64,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>, QueryError> {
+    use futures::StreamExt as _;
+    let mut stream =
+        datafusion::physical_plan::execute_stream(physical, ctx.task_ctx()).map_err(QueryError::exec)?;
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(QueryError::exec)?;
+        rows = rows.saturating_add(batch.num_rows() as u64);
+        if rows > max_rows {
+            return Err(QueryError::Limit(format!(
+                "the sub-query would release more than {max_rows} groups, the most this owner releases \
+                 for one request; group by fewer or coarser columns"
+            )));
+        }
+        batches.push(batch);
+    }
+    Ok(batches)
+}
