@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use concord_node::NodeError;
 use concord_node::node::admin;
 use concord_node::run::{RunningNode, start};
-use concord_node::store::config::{InitOptions, NodeDir, replace_file};
+use concord_node::store::config::{InitOptions, NodeDir, replace_private};
 
 pub const DEMO_FEDERATION: &str = "demo";
 
@@ -36,6 +36,8 @@ pub struct DemoMember {
     pub local_url: String,
     pub peer_url: String,
     pub analyst_token: String,
+    /// A token of role `auditor`: audits and the log.
+    pub auditor_token: String,
     /// The log prefix on the local listener: `log_url + "/checkpoint"` is the signed checkpoint.
     pub log_url: String,
     /// The log's verifier key (C2SP vkey).
@@ -79,6 +81,7 @@ pub async fn setup(
             local_url: format!("http://127.0.0.1:{local}"),
             peer_url: format!("https://127.0.0.1:{peer}"),
             analyst_token: String::new(),
+            auditor_token: String::new(),
             log_url: format!("http://127.0.0.1:{local}/v1/log"),
             vkey: card.vkey.clone(),
             dir: node_dir,
@@ -99,6 +102,7 @@ pub async fn setup(
             admin::dataset_add(&nd, &stem, file, shared, Some("*")).await?;
         }
         m.analyst_token = admin::token_create(&nd, "analyst")?;
+        m.auditor_token = admin::token_create(&nd, "auditor")?;
     }
     Ok(members)
 }
@@ -451,7 +455,8 @@ pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
     let nodes = start_all(&members).await?;
     let file = DemoFile { federation: DEMO_FEDERATION.into(), members };
     let json = serde_json::to_string_pretty(&file).map_err(|e| NodeError::Config(e.to_string()))?;
-    replace_file(&opts.dir.join("demo.json"), format!("{json}\n").as_bytes())?;
+    // It holds every member's tokens: readable by its owner only.
+    replace_private(&opts.dir.join("demo.json"), format!("{json}\n").as_bytes())?;
     Ok(Demo { file, specs, schemas, nodes })
 }
 

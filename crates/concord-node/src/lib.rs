@@ -48,6 +48,8 @@ pub enum NodeError {
     BadRequest(String),
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("unknown member: {0}")]
     UnknownMember(String),
     #[error("bad signature: {0}")]
@@ -93,6 +95,7 @@ impl NodeError {
             Self::Policy(_) => "policy",
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::UnknownMember(_) => "unknown_member",
             Self::BadSignature(_) => "bad_signature",
             Self::Stale(_) => "stale_request",
@@ -114,7 +117,7 @@ impl NodeError {
             Self::BadRequest(_) | Self::Note(_) | Self::Policy(_) => 400,
             Self::Query(QueryError::Plan(_) | QueryError::Refused(_) | QueryError::SubqueryRefused(_)) => 400,
             Self::Unauthorized(_) | Self::UnknownMember(_) | Self::BadSignature(_) => 401,
-            Self::PolicyRefused(_) => 403,
+            Self::PolicyRefused(_) | Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Replayed(_) | Self::WrongCharter(_) => 409,
             Self::Stale(_) => 408,

@@ -102,24 +102,91 @@ enum Size {
 
 fn size_of_function(name: &str) -> Option<Size> {
     Some(match name {
-        "abs" | "acos" | "acosh" | "asin" | "asinh" | "atan" | "atan2" | "atanh" | "cbrt" | "ceil" | "cos"
-        | "cosh" | "cot" | "degrees" | "exp" | "factorial" | "floor" | "gcd" | "lcm" | "isnan" | "iszero"
-        | "ln" | "log" | "log10" | "log2" | "nanvl" | "pi" | "pow" | "power" | "radians" | "round"
-        | "signum" | "sin" | "sinh" | "sqrt" | "tan" | "tanh" | "trunc" | "ascii" | "bit_length"
-        | "char_length" | "character_length" | "length" | "octet_length" | "instr" | "position"
-        | "strpos" | "find_in_set" | "levenshtein" | "contains" | "starts_with" | "ends_with"
-        | "regexp_like" | "regexp_count" | "regexp_instr" | "date_part" | "datepart" | "date_trunc"
-        | "datetrunc" | "date_bin" | "make_date" | "make_time" | "to_date" | "to_time" | "to_timestamp"
-        | "to_timestamp_seconds" | "to_timestamp_millis" | "to_timestamp_micros" | "to_timestamp_nanos"
-        | "to_unixtime" | "from_unixtime" | "now" | "current_date" | "current_time"
-        | "current_timestamp" | "today" | "to_local_time" | "arrow_typeof" | "chr" | "to_hex" => {
-            Size::Fixed
-        }
+        "abs"
+        | "acos"
+        | "acosh"
+        | "asin"
+        | "asinh"
+        | "atan"
+        | "atan2"
+        | "atanh"
+        | "cbrt"
+        | "ceil"
+        | "cos"
+        | "cosh"
+        | "cot"
+        | "degrees"
+        | "exp"
+        | "factorial"
+        | "floor"
+        | "gcd"
+        | "lcm"
+        | "isnan"
+        | "iszero"
+        | "ln"
+        | "log"
+        | "log10"
+        | "log2"
+        | "nanvl"
+        | "pi"
+        | "pow"
+        | "power"
+        | "radians"
+        | "round"
+        | "signum"
+        | "sin"
+        | "sinh"
+        | "sqrt"
+        | "tan"
+        | "tanh"
+        | "trunc"
+        | "ascii"
+        | "bit_length"
+        | "char_length"
+        | "character_length"
+        | "length"
+        | "octet_length"
+        | "instr"
+        | "position"
+        | "strpos"
+        | "find_in_set"
+        | "levenshtein"
+        | "contains"
+        | "starts_with"
+        | "ends_with"
+        | "regexp_like"
+        | "regexp_count"
+        | "regexp_instr"
+        | "date_part"
+        | "datepart"
+        | "date_trunc"
+        | "datetrunc"
+        | "date_bin"
+        | "make_date"
+        | "make_time"
+        | "to_date"
+        | "to_time"
+        | "to_timestamp"
+        | "to_timestamp_seconds"
+        | "to_timestamp_millis"
+        | "to_timestamp_micros"
+        | "to_timestamp_nanos"
+        | "to_unixtime"
+        | "from_unixtime"
+        | "now"
+        | "current_date"
+        | "current_time"
+        | "current_timestamp"
+        | "today"
+        | "to_local_time"
+        | "arrow_typeof"
+        | "chr"
+        | "to_hex" => Size::Fixed,
         "lower" | "upper" | "initcap" | "trim" | "btrim" | "ltrim" | "rtrim" | "substr" | "substring"
-        | "left" | "right" | "reverse" | "translate" | "split_part" | "substr_index"
-        | "substring_index" | "regexp_match" | "coalesce" | "ifnull" | "nvl" | "nvl2" | "nullif"
-        | "greatest" | "least" | "arrow_cast" | "arrow_try_cast" | "cast_to_type" | "try_cast_to_type"
-        | "get_field" | "decode" | "to_char" | "date_format" => Size::Largest,
+        | "left" | "right" | "reverse" | "translate" | "split_part" | "substr_index" | "substring_index"
+        | "regexp_match" | "coalesce" | "ifnull" | "nvl" | "nvl2" | "nullif" | "greatest" | "least"
+        | "arrow_cast" | "arrow_try_cast" | "cast_to_type" | "try_cast_to_type" | "get_field" | "decode"
+        | "to_char" | "date_format" => Size::Largest,
         "concat" | "concat_ws" | "overlay" | "struct" | "named_struct" | "row" => Size::Sum,
         "encode" => Size::Double,
         "repeat" | "lpad" | "rpad" | "replace" | "regexp_replace" => Size::Literal,
@@ -289,16 +356,20 @@ fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, Query
     match name {
         "repeat" => {
             let n = args.get(1).and_then(literal_i64).ok_or_else(|| {
-                refuse("repeat(text, n) needs n written as a number in the SQL, so that its size is known".into())
+                refuse(
+                    "repeat(text, n) needs n written as a number in the SQL, so that its size is known"
+                        .into(),
+                )
             })?;
             Ok(first.times(u64::try_from(n).unwrap_or(0)))
         }
         "lpad" | "rpad" => {
-            let n = args.get(1).and_then(literal_i64).filter(|n| (0..=MAX_PAD).contains(n)).ok_or_else(|| {
-                refuse(format!(
-                    "{name}(text, n) needs n written as a number from 0 to {MAX_PAD} in the SQL"
-                ))
-            })?;
+            let n =
+                args.get(1).and_then(literal_i64).filter(|n| (0..=MAX_PAD).contains(n)).ok_or_else(|| {
+                    refuse(format!(
+                        "{name}(text, n) needs n written as a number from 0 to {MAX_PAD} in the SQL"
+                    ))
+                })?;
             // n characters of at most 4 bytes each.
             Ok(Bound::bytes(n as u64 * 4))
         }
@@ -307,20 +378,22 @@ fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, Query
                 (Some(f), Some(t)) if !f.is_empty() => (f.len() as u64, t.len() as u64),
                 _ => {
                     return Err(refuse(
-                        "replace(text, from, to) needs from (not empty) and to written as strings in the SQL".into(),
+                        "replace(text, from, to) needs from (not empty) and to written as strings in the SQL"
+                            .into(),
                     ));
                 }
             };
             Ok(first.times(to.div_ceil(from).max(1)))
         }
         "regexp_replace" => {
-            let to = args.get(2).and_then(literal_str).filter(|t| !t.contains(['$', '\\'])).ok_or_else(|| {
-                refuse(
+            let to =
+                args.get(2).and_then(literal_str).filter(|t| !t.contains(['$', '\\'])).ok_or_else(|| {
+                    refuse(
                     "regexp_replace(text, pattern, replacement) needs the replacement written as a string \
                      without references ($1, \\1) in the SQL"
                         .into(),
                 )
-            })?;
+                })?;
             // A pattern may match at every position, empty matches included.
             Ok(first.times((to.len() as u64).saturating_add(1)))
         }
@@ -339,7 +412,11 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
     let children = plan.inputs();
     let child_bounds = children.iter().map(|c| output_bounds(c)).collect::<Result<Vec<_>, _>>()?;
     let inputs = Inputs {
-        schemas: children.iter().zip(&child_bounds).map(|(c, b)| (c.schema().as_ref(), b.as_slice())).collect(),
+        schemas: children
+            .iter()
+            .zip(&child_bounds)
+            .map(|(c, b)| (c.schema().as_ref(), b.as_slice()))
+            .collect(),
     };
     // Subqueries inside expressions are plans of their own.
     let mut failed = None;
@@ -362,7 +439,9 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
     let all_inputs = child_bounds.iter().flatten().fold(Bound::INPUT, |m, b| m.max(*b));
     Ok(match plan {
         LogicalPlan::RecursiveQuery(_) => {
-            return Err(refuse("recursive queries are not accepted: their values could grow without bound".into()));
+            return Err(refuse(
+                "recursive queries are not accepted: their values could grow without bound".into(),
+            ));
         }
         LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) => vec![Bound::INPUT; width],
         LogicalPlan::Projection(_) => own,

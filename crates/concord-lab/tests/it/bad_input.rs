@@ -49,7 +49,22 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
     )
     .await
     .expect("sent");
-    assert_eq!(resp.status, 401, "{:?}", resp.error_parts());
+    assert_eq!((resp.status, resp.error_parts().0.as_str()), (403, "forbidden"), "a steward may not query");
+    // Nor may an analyst audit or read the log: that is the auditor's role.
+    for (method, path) in [("POST", "/v1/audit"), ("GET", "/v1/log/checkpoint"), ("GET", "/v1/log/receipt/0")]
+    {
+        let body = serde_json::json!({"all": true});
+        let resp = local_call(
+            &a.local_url,
+            method,
+            path,
+            Some(&a.analyst_token),
+            (method == "POST").then_some(&body),
+        )
+        .await
+        .expect("sent");
+        assert_eq!(resp.status, 403, "{path}: {:?}", resp.error_parts());
+    }
     let resp = local_call(
         &a.local_url,
         "POST",

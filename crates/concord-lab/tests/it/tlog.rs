@@ -145,7 +145,7 @@ async fn checkpoints_follow_entries_and_tiles_verify() {
     let card = nd.load_card().expect("card");
     let get = |path: String| {
         let a = a.clone();
-        async move { local_call(&a.local_url, "GET", &path, Some(&a.analyst_token), None).await.expect("sent") }
+        async move { local_call(&a.local_url, "GET", &path, Some(&a.auditor_token), None).await.expect("sent") }
     };
     // New entries appear in a published, cosigned checkpoint within a short time.
     concord_lab::demo::api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")

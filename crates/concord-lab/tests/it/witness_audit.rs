@@ -60,7 +60,7 @@ async fn settle(fed: &Fed) {
 
 async fn audit(fed: &Fed, from: &str, body: serde_json::Value) -> serde_json::Value {
     let m = fed.member(from);
-    let resp = local_call(&m.local_url, "POST", "/v1/audit", Some(&m.analyst_token), Some(&body))
+    let resp = local_call(&m.local_url, "POST", "/v1/audit", Some(&m.auditor_token), Some(&body))
         .await
         .expect("sent");
     assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
@@ -131,16 +131,20 @@ async fn witnesses_answer_per_the_spec_and_keep_fork_evidence() {
     let fork = checkpoint("test/alpha", size, [9; 32], &alpha);
     let resp = to_peer(&fed, "alpha", "bravo", path, add_checkpoint_body(size, &[], &fork)).await;
     assert_eq!(resp.status, 422, "{}", String::from_utf8_lossy(&resp.body));
-    // And a bad consistency proof to a larger size.
+    // A bad consistency proof to a larger size, even with alpha's genuine signature, sent by
+    // anyone: 422, and evidence of nothing.
     let bigger = checkpoint("test/alpha", size + 3, [8; 32], &alpha);
-    let resp = to_peer(&fed, "alpha", "bravo", path, add_checkpoint_body(size, &[[3; 32]], &bigger)).await;
+    let resp = to_peer(&fed, "charlie", "bravo", path, add_checkpoint_body(size, &[[3; 32]], &bigger)).await;
     assert_eq!(resp.status, 422);
 
     let report = audit(&fed, "bravo", serde_json::json!({"members": ["alpha"]})).await;
     assert_eq!(report["ok"], false, "evidence fails the audit: {report}");
     let evidence = report["report"]["evidence"].as_array().expect("evidence");
-    assert_eq!(evidence.len(), 2, "{report}");
+    assert_eq!(evidence.len(), 1, "only the fork, signed twice by alpha, is evidence: {report}");
     assert_eq!(evidence[0]["origin"], "test/alpha");
+    // An audit of another member does not show evidence about alpha.
+    let report = audit(&fed, "bravo", serde_json::json!({"members": ["charlie"]})).await;
+    assert_eq!(report["report"]["evidence"].as_array().map(Vec::len), Some(0), "{report}");
     let bravo_log = &fed.nodes[1].node.log;
     let entries = bravo_log.entries(0, bravo_log.size().expect("size")).expect("entries");
     assert!(
@@ -195,7 +199,13 @@ async fn audits_verify_logs_and_find_missing_twins() {
 
     // A rollback: this node saw charlie's log larger than it is now.
     let charlie_origin = "test/charlie";
-    fed.nodes[0].node.log.set_audited(charlie_origin, 10_000, &[0; 32]).expect("set");
+    let state = concord_node::store::tlog::AuditState {
+        size: 10_000,
+        root: vec![0; 32],
+        peaks: vec![[0; 32]; 10_000u64.count_ones() as usize],
+        checkpoint: vec![],
+    };
+    fed.nodes[0].node.log.store_audit_step(charlie_origin, "charlie", &state, &[]).expect("set");
     let report = audit(&fed, "alpha", serde_json::json!({"members": ["charlie"]})).await;
     let charlie = report["report"]["members"]
         .as_array()

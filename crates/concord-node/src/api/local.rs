@@ -6,8 +6,13 @@
 //! - `POST /v1/query` `{"sql": "...", "purpose": "...", "partial": false}` (role analyst): the
 //!   result as a base64 Arrow IPC stream with its column names, provenance, and the members a
 //!   partial result left out (`missing`).
-//! - `GET /v1/log/checkpoint`, `GET /v1/log/tile/<L>/<N>[.p/<W>]`, `GET /v1/log/tile/entries/...`:
-//!   this node's transparency log per C2SP tlog-tiles (any valid token).
+//! - `GET /v1/log/checkpoint`, `GET /v1/log/tile/<L>/<N>[.p/<W>]`, `GET /v1/log/tile/entries/...`,
+//!   `GET /v1/log/receipt/<index>`: this node's transparency log per C2SP tlog-tiles, and offline
+//!   receipts (role auditor).
+//! - `POST /v1/audit` `{"members": [...]}` or `{"all": true}` (role auditor).
+//!
+//! Roles: `analyst` (queries), `auditor` (audits and the log), `steward` (datasets and
+//! policies), `delegate` (governance). Status and the dataset list answer any role.
 
 use std::sync::Arc;
 
@@ -49,8 +54,8 @@ fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String,
         NodeError::Unauthorized("unknown token; create one with `concord token create`".into())
     })?;
     if !roles.is_empty() && !roles.contains(&role.as_str()) {
-        return Err(NodeError::Unauthorized(format!(
-            "role {role} may not do this; it needs one of {}",
+        return Err(NodeError::Forbidden(format!(
+            "role {role} may not do this; it needs a token of role {}",
             roles.join(", ")
         )));
     }
@@ -84,7 +89,7 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Res
 }
 
 async fn log_checkpoint(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &[])?;
+    authorize(&node, &headers, &["auditor"])?;
     Ok(crate::api::serve_checkpoint(&node))
 }
 
@@ -93,7 +98,7 @@ async fn log_tile(
     headers: HeaderMap,
     axum::extract::Path(path): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &[])?;
+    authorize(&node, &headers, &["auditor"])?;
     Ok(crate::api::serve_tile(&node, &path))
 }
 
@@ -104,7 +109,7 @@ async fn log_receipt(
     headers: HeaderMap,
     axum::extract::Path(index): axum::extract::Path<u64>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &[])?;
+    authorize(&node, &headers, &["auditor"])?;
     let (size, note) = node
         .log
         .published_checkpoint()?
@@ -143,7 +148,7 @@ async fn audit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &[])?;
+    authorize(&node, &headers, &["auditor"])?;
     let q: AuditBody = serde_json::from_slice(&body).map_err(|e| {
         NodeError::BadRequest(format!("body must be JSON {{\"members\": [...]}} or {{\"all\": true}}: {e}"))
     })?;
@@ -212,19 +217,14 @@ async fn query(
 }
 
 /// Serves the local API until `shutdown` turns true.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let app = router(node);
-    use axum::serve::ListenerExt as _;
-    // Answers are written in pieces; without this, delayed ACKs add ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("local listener stopped: {e}");
-    }
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let deadlines = crate::api::listen::Deadlines::of(&node.cfg.limits);
+    crate::api::listen::serve(
+        router(node),
+        listener,
+        crate::api::listen::Transport::Plain,
+        deadlines,
+        shutdown,
+    )
+    .await;
 }

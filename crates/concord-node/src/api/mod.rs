@@ -2,6 +2,7 @@
 //! local listener (`local`, the member's own users). They parse, authenticate and answer; the
 //! work is done by `crate::node`.
 
+pub mod listen;
 pub mod local;
 pub mod peer;
 

@@ -14,12 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::ServiceExt as _;
 
 use crate::NodeError;
+use crate::api::listen::{Deadlines, Transport};
 use crate::api::{ErrorResponse, serve_checkpoint, serve_tile};
 use crate::node::Node;
 use crate::node::requester::RECEIPT_HEADER;
@@ -27,18 +26,21 @@ use crate::node::requester::RECEIPT_HEADER;
 /// Largest request body a peer may send.
 pub const MAX_PEER_BODY: usize = 512 * 1024;
 
-/// The member at the other end of the TLS connection, from its certificate pin.
-#[derive(Clone, Debug)]
-pub struct PeerId(pub String);
+pub use crate::api::listen::PeerId;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
+    // What costs the owner work or log space is rate-limited per member; reading the log is not
+    // (an audit reads many tiles), and is bounded by the connection limits.
+    let limited = Router::new()
         .route("/v1/catalog", get(catalog))
         .route("/v1/query", post(query))
+        .route("/v1/witness/add-checkpoint", post(add_checkpoint))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), rate_limit));
+    Router::new()
+        .route("/v1/status", get(status))
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/tile/{*path}", get(log_tile))
-        .route("/v1/witness/add-checkpoint", post(add_checkpoint))
+        .merge(limited)
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(node)
 }
@@ -94,8 +96,8 @@ async fn query(
     Ok(resp)
 }
 
-/// Accepts TLS connections until `shutdown` turns true.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// Accepts mutual-TLS connections from members until `shutdown` turns true.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let server_config = match crate::net::tls::server_config(&node.tls, node.pins.clone()) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -103,39 +105,28 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::
             return;
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-    let app = router(node.clone());
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let Ok((tcp, remote)) = accepted else { continue };
-                // Answers are written in pieces; without this, delayed ACKs add ~40 ms.
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let app = app.clone();
-                let pins = node.pins.clone();
-                connections.spawn(async move {
-                    let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::info!(%remote, "TLS handshake refused: {e}");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let Some(member) = crate::net::tls::peer_member(tls.get_ref().1, &pins) else { return };
-                    let peer = PeerId(member);
-                    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(peer.clone());
-                        app.clone().oneshot(req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+    let transport =
+        Transport::Tls { acceptor: tokio_rustls::TlsAcceptor::from(server_config), pins: node.pins.clone() };
+    let deadlines = Deadlines::of(&node.cfg.limits);
+    crate::api::listen::serve(router(node), listener, transport, deadlines, shutdown).await;
+}
+
+/// Refuses a member's request over its rate (429), counted, not logged one by one.
+async fn rate_limit(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if node.peer_rate.admit(&peer.0) {
+        return next.run(req).await;
     }
-    connections.shutdown().await;
+    if let Err(e) = node.state.count_refusal(&peer.0, "rate_limited") {
+        tracing::warn!("counting a refusal: {e}");
+    }
+    ErrorResponse(NodeError::RateLimited(format!(
+        "{} sends more than {} requests a second; slow down and retry",
+        peer.0, node.cfg.limits.peer_requests_per_sec
+    )))
+    .into_response()
 }

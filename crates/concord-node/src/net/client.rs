@@ -149,7 +149,8 @@ async fn call(
             .connect(crate::net::tls::server_name(), tcp)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?, budget.max_bytes).await
+        send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?, budget.max_bytes)
+            .await
     };
     tokio::time::timeout(budget.timeout, work)
         .await

@@ -1,136 +1,266 @@
-//! Audit: fetch a member's checkpoint, entry bundles and hash tiles, verify the log's signature
-//! and its witnesses' cosignatures, check consistency with the last state this node saw,
-//! recompute the tree from the entries (every served tile must match it), and reconcile accesses
-//! bilaterally between logs.
+//! Audit: fetch a member's checkpoint, verify the log's signature and its witnesses'
+//! cosignatures, then take in only what is new since the last verified size, step by step:
+//! entry bundles one at a time, each entry hashed into the tree's right edge (a compact range
+//! resumed from the last audit), every hash tile checked against the nodes the entries complete,
+//! and the new root compared with the signed one. Only then are the new entries' access facts
+//! kept, and the state moves on. Reconciliation runs over the kept facts of every audited log.
+//!
+//! Memory stays bounded whatever a log claims: one bundle at a time, one hash per 256 new
+//! entries, and at most `[limits] audit_max_entries` new entries per audit.
 //!
 //! Invariant: an audit trusts nothing it fetched until the entries hash to the signed root.
+//! Invariant: evidence is kept only of what the log's owner signed and cannot all be true.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 
+use async_trait::async_trait;
 use concord_charter::MemberCard;
 use concord_log::checkpoint::Checkpoint;
-use concord_log::merkle::MemoryTree;
-use concord_log::tiles::{TILE_WIDTH, Tile, TileKind, decode_bundle};
+use concord_log::merkle::{CompactRange, Hash, leaf_hash};
+use concord_log::tiles::{MAX_ENTRY_BYTES, TILE_WIDTH, Tile, TileKind, decode_bundle};
 use concord_log::{LogError, Note};
 use serde::Serialize;
 
 use crate::NodeError;
+use crate::net::client::{Budget, peer_call_with};
 use crate::node::Node;
 use crate::store::entry::LogEntry;
+use crate::store::tlog::{AccessFact, AuditState};
 
-/// A member's log, fetched and verified.
+/// Largest checkpoint read.
+const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
+/// Largest entry bundle: 256 entries of at most 64 KiB, each with its length.
+const MAX_BUNDLE_BYTES: usize = TILE_WIDTH as usize * (MAX_ENTRY_BYTES + 2);
+/// Largest hash tile.
+const MAX_TILE_BYTES: usize = TILE_WIDTH as usize * 32;
+/// Most reconciliation findings listed per kind; more are counted.
+const MAX_LISTED: usize = 1000;
+
+/// Where an audit reads a log: a member's peer listener, or this node's own database.
+#[async_trait]
+pub trait LogSource: Send + Sync {
+    /// `checkpoint` or `tile/...`, at most `max` bytes.
+    async fn read(&self, path: &str, max: usize) -> Result<Vec<u8>, NodeError>;
+}
+
+struct Remote<'a> {
+    node: &'a Node,
+    card: &'a MemberCard,
+}
+
+#[async_trait]
+impl LogSource for Remote<'_> {
+    async fn read(&self, path: &str, max: usize) -> Result<Vec<u8>, NodeError> {
+        let budget = Budget { timeout: std::time::Duration::from_secs(30), max_bytes: max };
+        let resp =
+            peer_call_with(&self.node.tls, self.card, "GET", &format!("/v1/log/{path}"), vec![], budget)
+                .await?;
+        if resp.status != 200 {
+            let (code, message) = resp.error_parts();
+            return Err(NodeError::Peer { member: self.card.id.clone(), code, message });
+        }
+        Ok(resp.body.to_vec())
+    }
+}
+
+struct Local<'a>(&'a Node);
+
+#[async_trait]
+impl LogSource for Local<'_> {
+    async fn read(&self, path: &str, _max: usize) -> Result<Vec<u8>, NodeError> {
+        let (size, note) = self
+            .0
+            .log
+            .published_checkpoint()?
+            .ok_or_else(|| NodeError::NotFound("this node has published no checkpoint yet".into()))?;
+        if path == "checkpoint" {
+            return Ok(note.to_bytes());
+        }
+        let tile = Tile::parse(path)?;
+        self.0.log.tile(&tile, size)?.ok_or_else(|| NodeError::NotFound(path.to_owned()))
+    }
+}
+
+/// What one audit step verified of a log.
 #[derive(Debug)]
-pub struct VerifiedLog {
-    pub member: String,
+pub struct Growth {
     pub checkpoint: Checkpoint,
     pub note: Note,
     pub cosigners: Vec<String>,
-    pub entries: Vec<Vec<u8>>,
+    /// The new state, to be kept once everything verified.
+    pub state: AuditState,
+    /// Access facts of the new entries.
+    pub facts: Vec<AccessFact>,
+    /// Entries that are no Concord entry: reported, not fatal.
+    pub strange: Vec<u64>,
 }
 
-/// What an audit fetches of a log: the signed checkpoint, every entry bundle in order, and every
-/// hash tile of the checkpointed tree.
-#[derive(Clone, Debug)]
-pub struct FetchedLog {
-    pub checkpoint: Vec<u8>,
-    pub bundles: Vec<Vec<u8>>,
-    pub tiles: Vec<(Tile, Vec<u8>)>,
+/// Why a step failed, and whether it is evidence (two signed checkpoints that cannot both be
+/// true) or a problem of what was served.
+#[derive(Debug)]
+pub enum StepFailure {
+    Problem(String),
+    Fork { detail: String, earlier: Vec<u8>, later: Vec<u8> },
 }
 
-/// Verifies a fetched log: the checkpoint's signature by `card`'s key, the cosignatures of the
-/// other members' witness keys, that the entry bundles hash to its root, and that every hash
-/// tile holds what the entries give.
-pub fn verify_log(
+impl From<NodeError> for StepFailure {
+    fn from(e: NodeError) -> Self {
+        Self::Problem(e.to_string())
+    }
+}
+
+impl From<concord_charter::CharterError> for StepFailure {
+    fn from(e: concord_charter::CharterError) -> Self {
+        Self::Problem(e.to_string())
+    }
+}
+
+impl From<LogError> for StepFailure {
+    fn from(e: LogError) -> Self {
+        Self::Problem(e.to_string())
+    }
+}
+
+fn problem(s: String) -> StepFailure {
+    StepFailure::Problem(s)
+}
+
+/// Verifies what `source` serves of `card`'s log, from `previous` (the last verified state) on.
+pub async fn verify_growth(
     card: &MemberCard,
     witnesses: &[MemberCard],
-    fetched: &FetchedLog,
-) -> Result<VerifiedLog, NodeError> {
-    let bundles = &fetched.bundles;
-    let (cp, note) = Checkpoint::open(&fetched.checkpoint, &card.verifier()?)?;
+    source: &dyn LogSource,
+    previous: Option<&AuditState>,
+    max_entries: u64,
+) -> Result<Growth, StepFailure> {
+    let cp_bytes = source.read("checkpoint", MAX_CHECKPOINT_BYTES).await?;
+    let (cp, note) = Checkpoint::open(&cp_bytes, &card.verifier()?)?;
     let mut cosigners = Vec::new();
     for w in witnesses.iter().filter(|w| w.id != card.id) {
-        match w.witness_verifier()?.verify(&note) {
-            Ok(Some(_)) => cosigners.push(w.id.clone()),
-            Ok(None) => {}
-            Err(e) => return Err(NodeError::Note(e)),
+        if w.witness_verifier()?.verify(&note)?.is_some() {
+            cosigners.push(w.id.clone());
         }
     }
-    let mut entries = Vec::new();
-    for (i, b) in bundles.iter().enumerate() {
-        let decoded = decode_bundle(b)
-            .map_err(|e| NodeError::Note(LogError::MalformedBundle(format!("bundle {i}: {e}"))))?;
-        let want = (cp.size - i as u64 * TILE_WIDTH).min(TILE_WIDTH) as usize;
-        if decoded.len() != want {
-            return Err(NodeError::Note(LogError::MalformedBundle(format!(
-                "bundle {i} holds {} entries, the checkpoint needs {want}",
-                decoded.len()
-            ))));
+    let (start, mut range) = match previous {
+        None => (0, CompactRange::default()),
+        Some(p) => (p.size, CompactRange::from_peaks(p.size, &p.peaks)?),
+    };
+    if let Some(p) = previous {
+        if cp.size < p.size {
+            return Err(problem(format!(
+                "rollback: the log shrank from {} entries (verified before) to {}",
+                p.size, cp.size
+            )));
         }
-        entries.extend(decoded);
-    }
-    if entries.len() as u64 != cp.size {
-        return Err(NodeError::Note(LogError::MalformedBundle(format!(
-            "{} entries fetched for a tree of {}",
-            entries.len(),
-            cp.size
-        ))));
-    }
-    let mut tree = MemoryTree::new();
-    for e in &entries {
-        tree.append(e);
-    }
-    if tree.root() != cp.root {
-        return Err(NodeError::Note(LogError::Proof(format!(
-            "the entries of {} do not hash to its signed root: a tile or entry was altered",
-            card.id
-        ))));
-    }
-    for (tile, bytes) in &fetched.tiles {
-        if !tile.exists_in(cp.size) || *bytes != tile.hashes(&tree)? {
-            return Err(NodeError::Note(LogError::Proof(format!(
-                "{} of {} does not match its entries: the tile was altered",
-                tile.path(),
-                card.id
-            ))));
-        }
-    }
-    Ok(VerifiedLog { member: card.id.clone(), checkpoint: cp, note, cosigners, entries })
-}
-
-/// The hash tiles of a tree of `size` entries, at every level.
-pub fn hash_tiles(size: u64) -> Vec<Tile> {
-    let mut tiles = Vec::new();
-    for level in 0..8u8 {
-        let nodes = if 8 * level as u32 >= 64 { 0 } else { size >> (8 * level as u32) };
-        if nodes == 0 {
-            break;
-        }
-        for i in 0..nodes / TILE_WIDTH {
-            tiles.push(Tile { kind: TileKind::Hashes(level), index: i, width: TILE_WIDTH });
-        }
-        if !nodes.is_multiple_of(TILE_WIDTH) {
-            tiles.push(Tile {
-                kind: TileKind::Hashes(level),
-                index: nodes / TILE_WIDTH,
-                width: nodes % TILE_WIDTH,
+        if cp.size == p.size && cp.root.as_slice() != p.root.as_slice() {
+            return Err(StepFailure::Fork {
+                detail: format!("two signed checkpoints of {} entries with different roots", cp.size),
+                earlier: p.checkpoint.clone(),
+                later: note.to_bytes(),
             });
         }
     }
-    tiles
-}
-
-/// The bundles a tree of `size` entries is served as.
-pub fn bundle_tiles(size: u64) -> Vec<Tile> {
-    let full = size / TILE_WIDTH;
-    let mut tiles: Vec<Tile> =
-        (0..full).map(|i| Tile { kind: TileKind::Entries, index: i, width: TILE_WIDTH }).collect();
-    if !size.is_multiple_of(TILE_WIDTH) {
-        tiles.push(Tile { kind: TileKind::Entries, index: full, width: size % TILE_WIDTH });
+    let new = cp.size - start;
+    if new > max_entries {
+        return Err(problem(format!(
+            "the checkpoint claims {new} new entries since the last verified size {start}; one audit takes at most \
+             {max_entries} ([limits] audit_max_entries), so nothing of it was trusted"
+        )));
     }
-    tiles
+    let mut facts = Vec::new();
+    let mut strange = Vec::new();
+    // Nodes at tree levels 8, 16, ... that the new entries complete: what upper tiles must hold.
+    let mut upper: HashMap<(u8, u64), Hash> = HashMap::new();
+    if new > 0 {
+        for b in start / TILE_WIDTH..=(cp.size - 1) / TILE_WIDTH {
+            let width = (cp.size - b * TILE_WIDTH).min(TILE_WIDTH);
+            let bundle_tile = Tile { kind: TileKind::Entries, index: b, width };
+            let bundle = source.read(&bundle_tile.path(), MAX_BUNDLE_BYTES).await?;
+            let entries =
+                decode_bundle(&bundle).map_err(|e| problem(format!("{}: {e}", bundle_tile.path())))?;
+            if entries.len() as u64 != width {
+                return Err(problem(format!(
+                    "{} holds {} entries, the checkpoint needs {width}",
+                    bundle_tile.path(),
+                    entries.len()
+                )));
+            }
+            let hash_tile = Tile { kind: TileKind::Hashes(0), index: b, width };
+            let hashes = source.read(&hash_tile.path(), MAX_TILE_BYTES).await?;
+            if hashes.len() as u64 != width * 32 {
+                return Err(problem(format!(
+                    "{} is not {width} hashes: the tile was altered",
+                    hash_tile.path()
+                )));
+            }
+            for (k, e) in entries.iter().enumerate() {
+                let i = b * TILE_WIDTH + k as u64;
+                let leaf = leaf_hash(e);
+                if hashes[k * 32..(k + 1) * 32] != leaf {
+                    return Err(problem(format!(
+                        "{} does not match entry {i}: the tile or the entry was altered",
+                        hash_tile.path()
+                    )));
+                }
+                if i < start {
+                    continue;
+                }
+                for (level, index, hash) in range.append(leaf) {
+                    if level > 0 && level % 8 == 0 {
+                        upper.insert((level / 8, index), hash);
+                    }
+                }
+                match LogEntry::from_bytes(e) {
+                    Ok(entry) => facts.extend(AccessFact::of(&card.id, i, &entry)),
+                    Err(_) => strange.push(i),
+                }
+            }
+        }
+    }
+    if range.root() != cp.root {
+        return Err(problem(format!(
+            "the entries served do not hash to the signed root of {} entries (from the {start} verified before): \
+             an entry or tile was altered, or the log forked",
+            cp.size
+        )));
+    }
+    // Every upper hash tile that holds a node the new entries completed must hold that node.
+    for level in 1..8u8 {
+        let nodes = cp.size.checked_shr(8 * u32::from(level)).unwrap_or(0);
+        let first_new = start.checked_shr(8 * u32::from(level)).unwrap_or(0);
+        if nodes <= first_new {
+            continue;
+        }
+        for t in first_new / TILE_WIDTH..=(nodes - 1) / TILE_WIDTH {
+            let width = (nodes - t * TILE_WIDTH).min(TILE_WIDTH);
+            let tile = Tile { kind: TileKind::Hashes(level), index: t, width };
+            let bytes = source.read(&tile.path(), MAX_TILE_BYTES).await?;
+            if bytes.len() as u64 != width * 32 {
+                return Err(problem(format!("{} is not {width} hashes: the tile was altered", tile.path())));
+            }
+            for k in 0..width {
+                let index = t * TILE_WIDTH + k;
+                let Some(want) = upper.get(&(level, index)) else { continue };
+                if bytes[k as usize * 32..(k as usize + 1) * 32] != *want {
+                    return Err(problem(format!(
+                        "{} of {} does not match its entries: the tile was altered",
+                        tile.path(),
+                        card.id
+                    )));
+                }
+            }
+        }
+    }
+    let state = AuditState {
+        size: cp.size,
+        root: cp.root.to_vec(),
+        peaks: range.peaks(),
+        checkpoint: note.to_bytes(),
+    };
+    Ok(Growth { checkpoint: cp, note, cosigners, state, facts, strange })
 }
 
-/// One member's part of an audit report.
+/// One member's part of an audit.
 #[derive(Debug, Serialize)]
 pub struct MemberAudit {
     pub member: String,
@@ -138,8 +268,10 @@ pub struct MemberAudit {
     pub root: String,
     pub cosigners: Vec<String>,
     pub witness_quorum: usize,
-    /// The size this node had seen before, if any.
+    /// The size verified before this audit, if any.
     pub previous_size: Option<u64>,
+    /// New entries verified by this audit.
+    pub new_entries: u64,
     pub problems: Vec<String>,
 }
 
@@ -156,7 +288,12 @@ pub struct Mismatch {
 #[derive(Debug, Serialize)]
 pub struct AuditReport {
     pub members: Vec<MemberAudit>,
+    /// Accesses the two logs do not tell alike: each fails the audit.
     pub mismatches: Vec<Mismatch>,
+    /// Releases whose requester logged the request but not the answer: the requester (or the
+    /// connection) went down between the two. Named; they do not fail the audit.
+    pub unreceived: Vec<Mismatch>,
+    /// Evidence about the audited members' logs.
     pub evidence: Vec<crate::store::tlog::Evidence>,
 }
 
@@ -168,198 +305,101 @@ impl AuditReport {
     }
 }
 
-/// Bilateral reconciliation: every "access made" names an owner whose log holds an "access
-/// served" twin (released, same digest), and every released "access served" names a requester
-/// whose log holds the "access made" twin. Only pairs of logs both present are reconciled.
-pub fn reconcile(logs: &BTreeMap<String, Vec<LogEntry>>) -> Vec<Mismatch> {
-    let mut served: BTreeMap<(&str, &str), (&str, Option<&str>, &str)> = BTreeMap::new();
-    let mut made: BTreeMap<(&str, &str), (&str, &str)> = BTreeMap::new();
-    for (member, entries) in logs {
-        for e in entries {
-            match e {
-                LogEntry::AccessServed { request_id, requester, decision, result_sha256, .. } => {
-                    served.insert(
-                        (member.as_str(), request_id.as_str()),
-                        (requester.as_str(), result_sha256.as_deref(), decision.as_str()),
-                    );
-                }
-                LogEntry::AccessMade { request_id, owner, result_sha256, .. } => {
-                    made.insert(
-                        (owner.as_str(), request_id.as_str()),
-                        (member.as_str(), result_sha256.as_str()),
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for ((owner, id), (requester, digest)) in &made {
-        if !logs.contains_key(*owner) {
-            continue;
-        }
-        let problem = match served.get(&(*owner, *id)) {
-            None => format!("{requester} logged an access to {owner} that {owner}'s log does not hold"),
-            Some((r, _, _)) if r != requester => {
-                format!("{owner} logged this request as {r}'s, not {requester}'s")
-            }
-            Some((_, d, decision)) if *decision != "released" || *d != Some(*digest) => {
-                format!("{owner} logged another release ({decision}) than {requester} received")
-            }
-            Some(_) => continue,
-        };
-        out.push(Mismatch {
-            request_id: (*id).to_owned(),
-            requester: (*requester).to_owned(),
-            owner: (*owner).to_owned(),
-            problem,
-        });
-    }
-    for ((owner, id), (requester, _, decision)) in &served {
-        if *decision != "released" || !logs.contains_key(*requester) || made.contains_key(&(*owner, *id)) {
-            continue;
-        }
-        out.push(Mismatch {
-            request_id: (*id).to_owned(),
-            requester: (*requester).to_owned(),
-            owner: (*owner).to_owned(),
-            problem: format!("{owner} released data to {requester}, whose log does not hold the access"),
-        });
-    }
-    out
-}
-
-async fn fetch(node: &Node, m: &MemberCard, path: &str) -> Result<Vec<u8>, NodeError> {
-    let resp =
-        crate::net::client::peer_call(&node.tls, &m.id, &m.peer_endpoint, &m.tls_pin, "GET", path, vec![])
-            .await?;
-    if resp.status != 200 {
-        let (code, message) = resp.error_parts();
-        return Err(NodeError::Peer { member: m.id.clone(), code, message });
-    }
-    Ok(resp.body.to_vec())
-}
-
-/// Fetches (or, for this node, reads) a member's published checkpoint, bundles and tiles.
-async fn fetch_log(node: &Node, m: &MemberCard) -> Result<FetchedLog, NodeError> {
-    if m.id == node.cfg.member {
-        let (size, note) = node
-            .log
-            .published_checkpoint()?
-            .ok_or_else(|| NodeError::NotFound("this node has published no checkpoint yet".into()))?;
-        let read = |t: &Tile| node.log.tile(t, size)?.ok_or_else(|| NodeError::NotFound(t.path()));
-        let bundles = bundle_tiles(size).iter().map(read).collect::<Result<Vec<_>, _>>()?;
-        let tiles = hash_tiles(size)
-            .into_iter()
-            .map(|t| Ok((t, read(&t)?)))
-            .collect::<Result<Vec<_>, NodeError>>()?;
-        return Ok(FetchedLog { checkpoint: note.to_bytes(), bundles, tiles });
-    }
-    let checkpoint = fetch(node, m, "/v1/log/checkpoint").await?;
-    let (parsed, _) = Checkpoint::open(&checkpoint, &m.verifier()?)?;
-    let mut bundles = Vec::new();
-    for t in bundle_tiles(parsed.size) {
-        bundles.push(fetch(node, m, &format!("/v1/log/{}", t.path())).await?);
-    }
-    let mut tiles = Vec::new();
-    for t in hash_tiles(parsed.size) {
-        let bytes = fetch(node, m, &format!("/v1/log/{}", t.path())).await?;
-        tiles.push((t, bytes));
-    }
-    Ok(FetchedLog { checkpoint, bundles, tiles })
-}
-
 /// Audits `targets` (member ids) and reconciles them with each other and with this node's log.
 pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeError> {
     let charter = &node.charter.charter;
     let mut wanted: BTreeSet<String> = targets.iter().cloned().collect();
     wanted.insert(node.cfg.member.clone());
     let mut members = Vec::new();
-    let mut logs: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
+    let mut origins = Vec::new();
+    let mut verified = Vec::new();
     for id in &wanted {
         let card = charter
             .member(id)
             .ok_or_else(|| NodeError::UnknownMember(format!("{id} is not in the charter")))?;
         let origin = card.log_origin()?;
-        let previous = node.log.audited(&origin)?;
+        origins.push(origin.clone());
+        let previous = node.log.audit_state(&origin)?;
         let mut report = MemberAudit {
             member: id.clone(),
-            size: 0,
-            root: String::new(),
+            size: previous.as_ref().map(|p| p.size).unwrap_or(0),
+            root: previous.as_ref().map(|p| concord_charter::hex(&p.root)).unwrap_or_default(),
             cosigners: vec![],
             witness_quorum: charter.witness_quorum,
-            previous_size: previous.as_ref().map(|(s, _)| *s),
+            previous_size: previous.as_ref().map(|p| p.size),
+            new_entries: 0,
             problems: vec![],
         };
-        let verified = match fetch_log(node, card).await {
-            Ok(fetched) => verify_log(card, &charter.members, &fetched),
-            Err(e) => Err(e),
+        let step = if id == &node.cfg.member {
+            verify_growth(
+                card,
+                &charter.members,
+                &Local(node),
+                previous.as_ref(),
+                node.cfg.limits.audit_max_entries,
+            )
+            .await
+        } else {
+            let source = Remote { node, card };
+            verify_growth(
+                card,
+                &charter.members,
+                &source,
+                previous.as_ref(),
+                node.cfg.limits.audit_max_entries,
+            )
+            .await
         };
-        match verified {
-            Err(e) => report.problems.push(e.to_string()),
-            Ok(v) => {
-                report.size = v.checkpoint.size;
-                report.root = concord_charter::hex(&v.checkpoint.root);
-                report.cosigners = v.cosigners.clone();
-                if v.cosigners.len() < charter.witness_quorum {
+        match step {
+            Err(StepFailure::Problem(p)) => report.problems.push(p),
+            Err(StepFailure::Fork { detail, earlier, later }) => {
+                report.problems.push(format!("fork: {detail}"));
+                node.log.keep_evidence(&origin, &detail, &earlier, &later)?;
+                let entry = LogEntry::ForkEvidence {
+                    time: crate::store::entry::now(),
+                    origin: origin.clone(),
+                    detail,
+                    checkpoints: vec![
+                        String::from_utf8_lossy(&earlier).into_owned(),
+                        String::from_utf8_lossy(&later).into_owned(),
+                    ],
+                };
+                node.log.append(entry.to_bytes()?).await?;
+            }
+            Ok(g) => {
+                report.size = g.checkpoint.size;
+                report.root = concord_charter::hex(&g.checkpoint.root);
+                report.cosigners = g.cosigners.clone();
+                report.new_entries = g.checkpoint.size - report.previous_size.unwrap_or(0);
+                if g.cosigners.len() < charter.witness_quorum {
                     report.problems.push(format!(
                         "{} witness cosignatures, the charter's quorum is {}",
-                        v.cosigners.len(),
+                        g.cosigners.len(),
                         charter.witness_quorum
                     ));
                 }
-                let mut consistent = true;
-                if let Some((old_size, old_root)) = &previous {
-                    if *old_size > v.checkpoint.size {
-                        consistent = false;
-                        report.problems.push(format!(
-                            "rollback: the log shrank from {old_size} entries (seen before) to {}",
-                            v.checkpoint.size
-                        ));
-                    } else {
-                        let mut t = MemoryTree::new();
-                        for e in &v.entries[..*old_size as usize] {
-                            t.append(e);
-                        }
-                        if t.root().as_slice() != old_root.as_slice() {
-                            consistent = false;
-                            report.problems.push(format!(
-                                "fork: the first {old_size} entries no longer hash to the root seen before"
-                            ));
-                        }
-                    }
-                    if !consistent {
-                        node.log.keep_evidence(
-                            &origin,
-                            &report.problems.join("; "),
-                            old_root,
-                            &v.note.to_bytes(),
-                        )?;
-                    }
+                for i in &g.strange {
+                    report.problems.push(format!("entry {i} is not a Concord log entry"));
                 }
-                if consistent {
-                    node.log.set_audited(&origin, v.checkpoint.size, &v.checkpoint.root)?;
-                }
-                let mut decoded = Vec::new();
-                for (i, e) in v.entries.iter().enumerate() {
-                    match LogEntry::from_bytes(e) {
-                        Ok(d) => decoded.push(d),
-                        Err(_) => report.problems.push(format!("entry {i} is not a Concord log entry")),
-                    }
-                }
-                logs.insert(id.clone(), decoded);
+                node.log.store_audit_step(&origin, id, &g.state, &g.facts)?;
+                verified.push(id.clone());
             }
         }
         members.push(report);
     }
-    let mismatches = reconcile(&logs);
-    Ok(AuditReport { members, mismatches, evidence: node.log.evidence()? })
+    // Reconcile every pair of logs verified up to now, this audit's and earlier ones'.
+    let (mismatches, unreceived) = node.log.reconcile(&wanted, MAX_LISTED)?;
+    let evidence = node.log.evidence()?.into_iter().filter(|e| origins.contains(&e.origin)).collect();
+    Ok(AuditReport { members, mismatches, unreceived, evidence })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use concord_log::NoteSigner;
     use concord_log::checkpoint::CosignatureSigner;
+    use concord_log::merkle::MemoryTree;
     use concord_log::tiles::encode_bundle;
 
     use super::*;
@@ -385,11 +425,25 @@ mod tests {
         Member { card, signer, witness }
     }
 
-    /// A log of `n` entries by `a`, cosigned by `b`, as an audit fetches it.
-    fn log(a: &Member, b: &Member, n: usize) -> FetchedLog {
-        let entries: Vec<Vec<u8>> = (0..n).map(|i| format!("entry {i}").into_bytes()).collect();
+    /// A log served from memory: path -> bytes.
+    #[derive(Clone, Default)]
+    struct Served(BTreeMap<String, Vec<u8>>);
+
+    #[async_trait]
+    impl LogSource for Served {
+        async fn read(&self, path: &str, max: usize) -> Result<Vec<u8>, NodeError> {
+            let b = self.0.get(path).cloned().ok_or_else(|| NodeError::NotFound(path.into()))?;
+            if b.len() > max {
+                return Err(NodeError::TooLarge(path.into()));
+            }
+            Ok(b)
+        }
+    }
+
+    /// The first `n` of `entries` served as alpha's log, cosigned by bravo.
+    fn serve(a: &Member, b: &Member, entries: &[Vec<u8>], n: usize) -> Served {
         let mut tree = MemoryTree::new();
-        for e in &entries {
+        for e in &entries[..n] {
             tree.append(e);
         }
         let cp =
@@ -397,110 +451,123 @@ mod tests {
         let mut note = Note::new(cp.to_text()).expect("note");
         note.sign(&a.signer);
         note.add_signature(b.witness.cosign(note.text(), 1_800_000_000));
-        let bundles = entries
-            .chunks(256)
-            .map(|c| encode_bundle(c.iter().map(Vec::as_slice)).expect("bundle"))
-            .collect();
-        let tiles = hash_tiles(n as u64).into_iter().map(|t| (t, t.hashes(&tree).expect("hashes"))).collect();
-        FetchedLog { checkpoint: note.to_bytes(), bundles, tiles }
+        let mut s = Served::default();
+        s.0.insert("checkpoint".into(), note.to_bytes());
+        for (i, chunk) in entries[..n].chunks(TILE_WIDTH as usize).enumerate() {
+            let t = Tile { kind: TileKind::Entries, index: i as u64, width: chunk.len() as u64 };
+            s.0.insert(t.path(), encode_bundle(chunk.iter().map(Vec::as_slice)).expect("bundle"));
+        }
+        for level in 0..8u8 {
+            let nodes = (n as u64) >> (8 * u32::from(level));
+            for t in 0..nodes.div_ceil(TILE_WIDTH) {
+                let width = (nodes - t * TILE_WIDTH).min(TILE_WIDTH);
+                let tile = Tile { kind: TileKind::Hashes(level), index: t, width };
+                s.0.insert(tile.path(), tile.hashes(&tree).expect("hashes"));
+            }
+        }
+        s
     }
 
-    #[test]
-    fn verified_logs_and_every_kind_of_tampering() {
+    #[tokio::test]
+    async fn growth_is_verified_step_by_step_and_every_kind_of_tampering_is_named() {
         let (a, b) = (member("alpha", 'A'), member("bravo", 'B'));
         let cards = [a.card.clone(), b.card.clone()];
-        let good = log(&a, &b, 70_000);
-        let v = verify_log(&a.card, &cards, &good).expect("verifies");
-        assert_eq!((v.checkpoint.size, v.cosigners.as_slice()), (70_000, ["bravo".to_owned()].as_slice()));
-        assert_eq!(good.tiles.len(), 273 + 1 + 1 + 1 + 1, "the spec's 70,000-leaf example");
-        let fails = |f: &FetchedLog, card: &MemberCard| {
-            verify_log(card, &cards, f).expect_err("must fail").to_string()
-        };
-
-        // A flipped byte in an entry.
-        let mut t = good.clone();
-        t.bundles[1][10] ^= 1;
-        assert!(fails(&t, &a.card).contains("do not hash to its signed root"));
-        // A flipped bit in a hash tile, at level 0 and at level 1.
-        for k in [5, 274] {
-            let mut t = good.clone();
-            t.tiles[k].1[40] ^= 1;
-            let msg = fails(&t, &a.card);
-            assert!(msg.contains(&t.tiles[k].0.path()) && msg.contains("altered"), "{msg}");
+        let entries: Vec<Vec<u8>> = (0..70_000).map(|i| format!("entry {i}").into_bytes()).collect();
+        macro_rules! fails {
+            ($e:expr $(,)?) => {
+                match $e {
+                    Err(StepFailure::Problem(p)) => p,
+                    Err(StepFailure::Fork { detail, .. }) => panic!("line {}: a fork: {detail}", line!()),
+                    Ok(g) => panic!("line {}: verified up to {}", line!(), g.state.size),
+                }
+            };
         }
-        // A truncated bundle, and a missing one.
-        let mut t = good.clone();
-        let cut = t.bundles[2].len() - 3;
-        t.bundles[2].truncate(cut);
-        assert!(fails(&t, &a.card).contains("cut short"));
-        let mut t = good.clone();
-        t.bundles.pop();
-        assert!(fails(&t, &a.card).contains("entries fetched"));
-        // A checkpoint checked with the wrong key, altered, or malformed.
-        assert!(!fails(&good, &b.card).is_empty());
-        let mut t = good.clone();
-        t.checkpoint = String::from_utf8(good.checkpoint.clone())
-            .expect("utf8")
-            .replacen("\n70000\n", "\n69999\n", 1)
-            .into_bytes();
-        assert!(fails(&t, &a.card).contains("signature"));
-        let mut t = good.clone();
-        t.checkpoint = b"fed/alpha\nnot a number\n".to_vec();
-        assert!(!fails(&t, &a.card).is_empty());
-    }
 
-    fn served(id: &str, requester: &str, digest: &str, decision: &str) -> LogEntry {
-        LogEntry::AccessServed {
-            time: 0,
-            request_id: id.into(),
-            requester: requester.into(),
-            dataset: "d".into(),
-            decision: decision.into(),
-            result_sha256: Some(digest.into()),
-            groups_released: 1,
-            request_note: String::new(),
-        }
-    }
+        // From nothing to 40,000, then on to 70,000: the state resumes, the roots agree.
+        let first = verify_growth(&a.card, &cards, &serve(&a, &b, &entries, 40_000), None, 1 << 20)
+            .await
+            .expect("verifies");
+        assert_eq!(first.cosigners, ["bravo"]);
+        let full = serve(&a, &b, &entries, 70_000);
+        let second = verify_growth(&a.card, &cards, &full, Some(&first.state), 1 << 20).await.expect("grows");
+        assert_eq!(second.state.size, 70_000);
+        let whole = verify_growth(&a.card, &cards, &full, None, 1 << 20).await.expect("from zero");
+        assert_eq!(whole.state, second.state, "resuming gives what a whole audit gives");
 
-    fn made(id: &str, owner: &str, digest: &str) -> LogEntry {
-        LogEntry::AccessMade {
-            time: 0,
-            request_id: id.into(),
-            owner: owner.into(),
-            dataset: "d".into(),
-            result_sha256: digest.into(),
-            owner_log_index: 0,
-            receipt: String::new(),
-        }
-    }
+        // One audit takes a bounded number of new entries, whatever the checkpoint claims.
+        let p = fails!(verify_growth(&a.card, &cards, &full, Some(&first.state), 1000).await);
+        assert!(p.contains("30000 new entries") && p.contains("at most 1000"), "{p}");
 
-    #[test]
-    fn reconciliation_finds_each_missing_or_different_twin() {
-        let mut logs = BTreeMap::new();
-        logs.insert(
-            "alpha".to_owned(),
-            vec![
-                made("r1", "bravo", "d1"),
-                made("r2", "bravo", "d2"),
-                made("r3", "bravo", "d3"),
-                made("r9", "zulu", "d9"),
-            ],
+        // A flipped byte in an entry, in a level-0 tile, in a level-1 tile.
+        let mut t = full.clone();
+        t.0.get_mut("tile/entries/200").expect("bundle")[10] ^= 1;
+        assert!(
+            fails!(verify_growth(&a.card, &cards, &t, Some(&first.state), 1 << 20).await).contains("altered")
         );
-        logs.insert(
-            "bravo".to_owned(),
-            vec![
-                served("r1", "alpha", "d1", "released"),
-                served("r2", "alpha", "other", "released"),
-                served("r4", "alpha", "d4", "released"),
-                served("r5", "alpha", "", "refused:replayed_request"),
-            ],
+        // (Level-1 node 200 covers leaves from 51,200: new since 40,000, so it is checked.)
+        for (path, byte) in [("tile/0/200", 40), ("tile/1/000", 200 * 32 + 5)] {
+            let mut t = full.clone();
+            t.0.get_mut(path).expect("tile")[byte] ^= 1;
+            let p = fails!(verify_growth(&a.card, &cards, &t, Some(&first.state), 1 << 20).await);
+            assert!(p.contains(path) && p.contains("altered"), "{path}: {p}");
+        }
+        // A truncated bundle, a missing one.
+        let mut t = full.clone();
+        t.0.get_mut("tile/entries/250").expect("bundle").truncate(100);
+        assert!(!fails!(verify_growth(&a.card, &cards, &t, Some(&first.state), 1 << 20).await).is_empty());
+        let mut t = full.clone();
+        t.0.remove("tile/entries/260");
+        assert!(
+            fails!(verify_growth(&a.card, &cards, &t, Some(&first.state), 1 << 20).await)
+                .contains("not found")
         );
-        let found: Vec<(String, String)> =
-            reconcile(&logs).into_iter().map(|m| (m.request_id, m.problem)).collect();
-        let ids: Vec<&str> = found.iter().map(|(i, _)| i.as_str()).collect();
-        assert_eq!(ids, ["r2", "r3", "r4"], "{found:#?}");
-        assert!(found[0].1.contains("another release"));
-        assert!(found[1].1.contains("does not hold"));
-        assert!(found[2].1.contains("released data to alpha"));
+        // The wrong key, an altered checkpoint.
+        assert!(matches!(
+            verify_growth(&b.card, &cards, &full, None, 1 << 20).await,
+            Err(StepFailure::Problem(_))
+        ));
+        let mut t = full.clone();
+        let cp =
+            String::from_utf8(t.0["checkpoint"].clone()).expect("utf8").replacen("\n70000\n", "\n69999\n", 1);
+        t.0.insert("checkpoint".into(), cp.into_bytes());
+        assert!(fails!(verify_growth(&a.card, &cards, &t, None, 1 << 20).await).contains("signature"));
+
+        // A rollback is a problem; a second root for a verified size is a fork with both notes.
+        let p = fails!(
+            verify_growth(&a.card, &cards, &serve(&a, &b, &entries, 30_000), Some(&first.state), 1 << 20)
+                .await,
+        );
+        assert!(p.contains("rollback"), "{p}");
+        let mut other = entries.clone();
+        other[5] = b"rewritten".to_vec();
+        match verify_growth(&a.card, &cards, &serve(&a, &b, &other, 40_000), Some(&first.state), 1 << 20)
+            .await
+        {
+            Err(StepFailure::Fork { earlier, later, .. }) => {
+                assert_eq!(earlier, first.state.checkpoint);
+                assert_ne!(earlier, later);
+            }
+            other => panic!("expected a fork, got {other:?}"),
+        }
+        // A rewritten past under a larger size is named, never trusted.
+        let p = fails!(
+            verify_growth(&a.card, &cards, &serve(&a, &b, &other, 50_000), Some(&first.state), 1 << 20).await,
+        );
+        assert!(p.contains("do not hash to the signed root"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_claiming_2_pow_56_entries_costs_nothing() {
+        let (a, b) = (member("alpha", 'A'), member("bravo", 'B'));
+        let cards = [a.card.clone(), b.card.clone()];
+        let cp = Checkpoint { origin: "fed/alpha".into(), size: 1 << 56, root: [7; 32], extensions: vec![] };
+        let mut note = Note::new(cp.to_text()).expect("note");
+        note.sign(&a.signer);
+        let mut s = Served::default();
+        s.0.insert("checkpoint".into(), note.to_bytes());
+        match verify_growth(&a.card, &cards, &s, None, 1 << 20).await {
+            Err(StepFailure::Problem(p)) => assert!(p.contains("72057594037927936 new entries"), "{p}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

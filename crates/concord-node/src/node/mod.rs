@@ -15,8 +15,9 @@ pub mod owner;
 pub mod requester;
 pub mod witness;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -72,6 +73,8 @@ pub struct Node {
     pub query_slots: tokio::sync::Semaphore,
     /// Catalogs of other members, per member and charter version, with when they were read.
     pub catalogs: requester::CatalogCache,
+    /// Requests each member may send to the peer listener.
+    pub peer_rate: RateLimiter,
 }
 
 impl Node {
@@ -125,6 +128,7 @@ impl Node {
             datasets.insert(record.name.clone(), LoadedDataset { record, policy, table });
         }
         let slots = cfg.limits.max_concurrent_queries;
+        let limits = cfg.limits.clone();
         Ok(Self {
             cfg,
             dir: dir.clone(),
@@ -139,6 +143,7 @@ impl Node {
             subquery_slots: tokio::sync::Semaphore::new(slots),
             query_slots: tokio::sync::Semaphore::new(slots),
             catalogs: requester::CatalogCache::default(),
+            peer_rate: RateLimiter::new(limits.peer_requests_per_sec, limits.peer_burst),
         })
     }
 
@@ -173,4 +178,32 @@ async fn load_table(charter: &SignedCharter, r: &DatasetRecord) -> Result<Arc<dy
         None => None,
     };
     Ok(dataset::open(&r.name, &r.path, format, shared).await?)
+}
+
+/// Per-member token buckets: `rate` requests a second sustained, `burst` at once.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self { rate: f64::from(rate), burst: f64::from(burst), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one token of `member`'s bucket; false when it is empty.
+    pub fn admit(&self, member: &str) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let (tokens, at) = b.entry(member.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }

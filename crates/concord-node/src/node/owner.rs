@@ -94,7 +94,12 @@ fn fresh_and_new(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
             request.time
         )));
     }
-    if !node.state.record_request(&request.request_id, &request.requester, now, now - 2 * FRESHNESS_SECS - 60)? {
+    if !node.state.record_request(
+        &request.request_id,
+        &request.requester,
+        now,
+        now - 2 * FRESHNESS_SECS - 60,
+    )? {
         return Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)));
     }
     Ok(())
@@ -204,7 +209,9 @@ async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAns
 pub fn error_class(detail: &str) -> String {
     let words: Vec<&str> = detail
         .split(": ")
-        .take_while(|s| !s.is_empty() && s.len() <= 40 && s.chars().all(|c| c.is_ascii_alphabetic() || c == ' '))
+        .take_while(|s| {
+            !s.is_empty() && s.len() <= 40 && s.chars().all(|c| c.is_ascii_alphabetic() || c == ' ')
+        })
         .take(2)
         .collect();
     if words.is_empty() { "error".into() } else { words.join(": ") }
@@ -242,7 +249,10 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeErr
         | NodeError::Listen { .. }
         | NodeError::Peer { .. } => {
             tracing::warn!(request = %request_id, %code, "sub-query failed on this node: {e}");
-            ("failed:internal".into(), NodeError::Internal(format!("{owner} could not answer; its operators are told")))
+            (
+                "failed:internal".into(),
+                NodeError::Internal(format!("{owner} could not answer; its operators are told")),
+            )
         }
         other => (format!("refused:{code}"), other),
     }

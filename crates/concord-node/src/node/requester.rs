@@ -38,16 +38,21 @@ pub struct PeerDataset {
     pub schema: SchemaRef,
 }
 
+/// One member's catalog: the charter version and time it was read at, and what it listed.
+type CachedCatalog = (u64, Instant, Arc<Vec<PeerDataset>>);
+
 /// Members' catalogs as last read, per member and charter version.
 #[derive(Default)]
 pub struct CatalogCache {
-    inner: Mutex<HashMap<String, (u64, Instant, Arc<Vec<PeerDataset>>)>>,
+    inner: Mutex<HashMap<String, CachedCatalog>>,
 }
 
 impl CatalogCache {
     fn get(&self, member: &str, version: u64) -> Option<Arc<Vec<PeerDataset>>> {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(member).filter(|(v, at, _)| *v == version && at.elapsed() < CATALOG_TTL).map(|(_, _, c)| c.clone())
+        map.get(member)
+            .filter(|(v, at, _)| *v == version && at.elapsed() < CATALOG_TTL)
+            .map(|(_, _, c)| c.clone())
     }
 
     fn put(&self, member: &str, version: u64, catalog: Arc<Vec<PeerDataset>>) {
@@ -63,7 +68,8 @@ fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<Strin
     let dialect = state.config().options().sql_parser.dialect;
     let Ok(statement) = state.sql_to_statement(sql, &dialect) else { return BTreeSet::new() };
     let Ok(tables) = state.resolve_table_references(&statement) else { return BTreeSet::new() };
-    let others = || node.charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != node.cfg.member);
+    let others =
+        || node.charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != node.cfg.member);
     let mut wanted = BTreeSet::new();
     for t in tables {
         match t.schema() {
@@ -107,7 +113,8 @@ impl Node {
         for e in list {
             concord_charter::check_identifier("dataset name", &e.name)
                 .map_err(|err| bad(format!("dataset name {:?}: {err}", e.name)))?;
-            let bytes = B64.decode(&e.schema_ipc).map_err(|_| bad(format!("schema of {} is not base64", e.name)))?;
+            let bytes =
+                B64.decode(&e.schema_ipc).map_err(|_| bad(format!("schema of {} is not base64", e.name)))?;
             let schema = concord_query::ipc::decode_schema(&bytes)
                 .map_err(|err| bad(format!("schema of {}: {err}", e.name)))?;
             out.push(PeerDataset { name: e.name, shared_schema: e.shared_schema, schema });
@@ -131,14 +138,18 @@ impl Node {
             .filter_map(|e| {
                 let schema = B64.decode(&e.schema_ipc).ok()?;
                 let schema = concord_query::ipc::decode_schema(&schema).ok()?;
-                Some((self.cfg.member.clone(), PeerDataset { name: e.name, shared_schema: e.shared_schema, schema }))
+                Some((
+                    self.cfg.member.clone(),
+                    PeerDataset { name: e.name, shared_schema: e.shared_schema, schema },
+                ))
             })
             .collect();
         let members: Vec<&concord_charter::MemberCard> =
             self.charter.charter.members.iter().filter(|m| wanted.contains(&m.id)).collect();
-        let fetched =
-            futures::future::join_all(members.iter().map(|m| async move { (m.id.clone(), self.catalog_of(m).await) }))
-                .await;
+        let fetched = futures::future::join_all(
+            members.iter().map(|m| async move { (m.id.clone(), self.catalog_of(m).await) }),
+        )
+        .await;
         let mut unreachable = Vec::new();
         for (member, result) in fetched {
             match result {
@@ -210,7 +221,8 @@ impl Node {
         purpose: &str,
         allow_partial: bool,
     ) -> Result<QueryOutcome, NodeError> {
-        let _slot = self.query_slots.acquire().await.map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let _slot =
+            self.query_slots.acquire().await.map_err(|_| NodeError::State("the node is stopping".into()))?;
         let limits = &self.cfg.limits;
         let work = async {
             let ctx = self.query_context(sql).await?;

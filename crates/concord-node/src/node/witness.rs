@@ -104,8 +104,8 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
         WitnessDecision::Conflict(size) => {
             Ok(WitnessAnswer { status: 409, content_type: "text/x.tlog.size", body: format!("{size}\n") })
         }
-        WitnessDecision::Inconsistent(detail) => {
-            tracing::warn!(origin = %cp.origin, "inconsistent checkpoint kept as evidence: {detail}");
+        WitnessDecision::Fork(detail) => {
+            tracing::warn!(origin = %cp.origin, "fork kept as evidence: {detail}");
             let entry = LogEntry::ForkEvidence {
                 time: crate::store::entry::now(),
                 origin: cp.origin.clone(),
@@ -114,6 +114,9 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
             };
             node.log.append(entry.to_bytes()?).await?;
             Ok(answer(422, format!("inconsistent with the last cosigned checkpoint: {detail}\n")))
+        }
+        WitnessDecision::BadProof(detail) => {
+            Ok(answer(422, format!("the consistency proof does not verify: {detail}\n")))
         }
         WitnessDecision::Cosign => {
             let sig = node.witness.cosign(note.text(), chrono::Utc::now().timestamp().max(1) as u64);
@@ -126,9 +129,20 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
     }
 }
 
-/// Checkpoints new entries within a second and gets them cosigned, until shutdown.
+/// How often counted refusals are written to the log as one entry.
+pub const REFUSALS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Checkpoints new entries within a second and gets them cosigned, until shutdown; writes the
+/// counted refusals to the log once a minute.
 pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut refusals_logged = tokio::time::Instant::now();
     loop {
+        if refusals_logged.elapsed() >= REFUSALS_INTERVAL {
+            refusals_logged = tokio::time::Instant::now();
+            if let Err(e) = log_refusals(&node).await {
+                tracing::warn!("logging counted refusals: {e}");
+            }
+        }
         if let Err(e) = publish_once(&node).await {
             tracing::warn!("checkpointing: {e}");
         }
@@ -138,6 +152,17 @@ pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) 
             _ = tokio::time::sleep(RETRY_INTERVAL) => {}
         }
     }
+}
+
+/// Appends one entry with the refusals counted since the last one, if any.
+pub async fn log_refusals(node: &Node) -> Result<(), NodeError> {
+    let (since, counts) = node.state.refusal_counts()?;
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let entry = LogEntry::RefusalsCounted { time: crate::store::entry::now(), since, counts: counts.clone() };
+    node.log.append(entry.to_bytes()?).await?;
+    node.state.forget_refusals(&counts)
 }
 
 /// One round: sign a checkpoint of new entries; ask witnesses to cosign the latest unpublished
@@ -164,37 +189,66 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
         return Ok(());
     }
     let quorum = node.charter.charter.witness_quorum;
+    let witnesses: Vec<&concord_charter::MemberCard> =
+        node.charter.charter.members.iter().filter(|m| m.id != node.cfg.member).collect();
     let mut cosigned = 0;
-    for w in node.charter.charter.members.iter().filter(|m| m.id != node.cfg.member) {
+    let mut asked = futures::stream::FuturesUnordered::new();
+    for w in witnesses {
         let verifier = w.witness_verifier()?;
         if verifier.verify(&note).ok().flatten().is_some() {
             cosigned += 1;
             continue;
         }
-        match ask_witness(node, w, &mut note, cp_size).await {
-            Ok(()) => {
+        // Every witness is asked at once, each within its own timeout: one that hangs delays
+        // nobody, and the checkpoint is published as soon as the quorum has cosigned.
+        let text = note.clone();
+        let timeout = Duration::from_secs(node.cfg.limits.witness_timeout_secs);
+        asked.push(async move {
+            let r = match tokio::time::timeout(timeout, ask_witness(node, w, text, cp_size)).await {
+                Ok(r) => r,
+                Err(_) => Err(NodeError::Peer {
+                    member: w.id.clone(),
+                    code: "unreachable".into(),
+                    message: format!("no cosignature within {} s", timeout.as_secs()),
+                }),
+            };
+            (w, verifier, r)
+        });
+    }
+    let mut published = cosigned >= quorum;
+    if published {
+        node.log.store_checkpoint(cp_size, &note, true)?;
+    }
+    while let Some((w, verifier, r)) = futures::StreamExt::next(&mut asked).await {
+        match r {
+            Ok(sigs) => {
+                for s in sigs {
+                    note.add_signature(s);
+                }
                 if verifier.verify(&note).ok().flatten().is_some() {
                     cosigned += 1;
                 }
             }
             Err(e) => tracing::info!(witness = %w.id, "no cosignature yet: {e}"),
         }
+        if !published && cosigned >= quorum {
+            published = true;
+            node.log.store_checkpoint(cp_size, &note, true)?;
+            tracing::debug!(size = cp_size, cosigned, "checkpoint published");
+        }
     }
-    let published = cosigned >= quorum;
+    // Cosignatures that came after the quorum are kept too.
     node.log.store_checkpoint(cp_size, &note, published)?;
-    if published {
-        tracing::debug!(size = cp_size, cosigned, "checkpoint published");
-    }
     Ok(())
 }
 
-/// Submits `note` (our checkpoint of `size`) to witness `w`, adding its cosignature to `note`.
+/// Submits `note` (our checkpoint of `size`) to witness `w`; returns its cosignatures.
 async fn ask_witness(
     node: &Node,
     w: &concord_charter::MemberCard,
-    note: &mut Note,
+    note: Note,
     size: u64,
-) -> Result<(), NodeError> {
+) -> Result<Vec<concord_log::NoteSignature>, NodeError> {
     let mut old = node.log.witness_progress(&w.id)?;
     for _ in 0..2 {
         if old > size {
@@ -234,11 +288,10 @@ async fn ask_witness(
                         message: "the witness answered without its cosignature".into(),
                     });
                 }
-                for s in cosigned.signatures().iter().filter(|s| s.name == verifier.name()) {
-                    note.add_signature(s.clone());
-                }
+                let sigs =
+                    cosigned.signatures().iter().filter(|s| s.name == verifier.name()).cloned().collect();
                 node.log.set_witness_progress(&w.id, size)?;
-                return Ok(());
+                return Ok(sigs);
             }
             409 => {
                 old = String::from_utf8_lossy(&resp.body).trim().parse().map_err(|_| NodeError::Peer {

@@ -71,6 +71,8 @@ pub struct Limits {
     pub peer_requests_per_sec: u32,
     /// Requests a member may send at once above that rate.
     pub peer_burst: u32,
+    /// New entries one audit verifies of one log; a log that grew more is reported, not read.
+    pub audit_max_entries: u64,
 }
 
 impl Default for Limits {
@@ -89,6 +91,7 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             peer_requests_per_sec: 50,
             peer_burst: 100,
+            audit_max_entries: 4 * 1024 * 1024,
         }
     }
 }
@@ -97,7 +100,8 @@ impl Limits {
     /// The limits of one query's execution.
     pub fn exec(&self) -> concord_query::limits::ExecLimits {
         concord_query::limits::ExecLimits {
-            memory_bytes: usize::try_from(self.query_memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+            memory_bytes: usize::try_from(self.query_memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
             max_groups: self.max_groups,
         }
     }
@@ -121,6 +125,7 @@ impl Limits {
             ("idle_timeout_secs", self.idle_timeout_secs == 0),
             ("peer_requests_per_sec", self.peer_requests_per_sec == 0),
             ("peer_burst", self.peer_burst == 0),
+            ("audit_max_entries", self.audit_max_entries == 0),
         ];
         match zero.iter().find(|(_, z)| *z) {
             Some((name, _)) => Err(NodeError::Config(format!(
@@ -367,7 +372,8 @@ pub fn private_database(path: &Path) -> Result<(), NodeError> {
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
         if p.exists() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| NodeError::io(&p, e))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| NodeError::io(&p, e))?;
         }
     }
     Ok(())

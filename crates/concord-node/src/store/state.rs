@@ -202,8 +202,9 @@ impl State {
     /// The counts so far and since when, oldest first; they are kept until `forget_refusals`.
     pub fn refusal_counts(&self) -> Result<(i64, Vec<crate::store::entry::RefusalCount>), NodeError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare("SELECT member, code, count, since FROM refusal_counts ORDER BY member, code").map_err(db)?;
+        let mut stmt = conn
+            .prepare("SELECT member, code, count, since FROM refusal_counts ORDER BY member, code")
+            .map_err(db)?;
         let mut since = i64::MAX;
         let rows = stmt
             .query_map([], |r| {

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use concord_log::merkle::{CompactRange, Hash, HashReader, leaf_hash};
+
 use concord_log::tiles::MAX_ENTRY_BYTES;
 use concord_log::{LogError, Note};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -46,11 +47,24 @@ CREATE TABLE IF NOT EXISTS witness_progress (
     witness TEXT PRIMARY KEY,
     size INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS audited (
+CREATE TABLE IF NOT EXISTS audit_state (
     origin TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    root BLOB NOT NULL
+    root BLOB NOT NULL,
+    peaks BLOB NOT NULL,
+    checkpoint BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_facts (
+    member TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    digest TEXT,
+    PRIMARY KEY (member, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_facts_by_request ON audit_facts (member, kind, request_id);
 CREATE TABLE IF NOT EXISTS evidence (
     id INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
@@ -68,8 +82,10 @@ pub enum WitnessDecision {
     Cosign,
     /// The old size is not what was last cosigned (409), with that size.
     Conflict(u64),
-    /// Inconsistent (422): a fork or a failed proof, kept as evidence.
-    Inconsistent(String),
+    /// Two signed checkpoints of one size with different roots (422), kept as evidence.
+    Fork(String),
+    /// A consistency proof that does not verify (422): evidence of nothing, kept nowhere.
+    BadProof(String),
 }
 
 /// Kept evidence of a fork or failed consistency proof.
@@ -320,6 +336,24 @@ impl Log {
         if old != size {
             return Ok(WitnessDecision::Conflict(size));
         }
+        if old == checkpoint.size {
+            if checkpoint.root.as_slice() == root.as_slice() {
+                return Ok(WitnessDecision::Cosign);
+            }
+            if prev.is_empty() {
+                return Ok(WitnessDecision::BadProof("a tree of 0 entries has the empty root".into()));
+            }
+            // Two checkpoints of one size with different roots, both signed by the log's owner
+            // (the stored one was verified when it was cosigned): they cannot both be true.
+            let detail = format!("two signed checkpoints of {old} entries with different roots");
+            tx.execute(
+                "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![origin, detail, prev, checkpoint_note, chrono::Utc::now().timestamp()],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            return Ok(WitnessDecision::Fork(detail));
+        }
         let check = if old == 0 {
             if proof.is_empty() { Ok(()) } else { Err("a proof from size 0 must be empty".to_owned()) }
         } else {
@@ -327,13 +361,9 @@ impl Log {
                 .map_err(|e| e.to_string())
         };
         if let Err(detail) = check {
-            tx.execute(
-                "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![origin, detail, prev, checkpoint_note, chrono::Utc::now().timestamp()],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)?;
-            return Ok(WitnessDecision::Inconsistent(detail));
+            // Whoever sent it, a proof that does not verify shows nothing about the log: it is
+            // refused and kept against no one.
+            return Ok(WitnessDecision::BadProof(detail));
         }
         tx.execute(
             "INSERT INTO witnessed (origin, size, root, checkpoint) VALUES (?1, ?2, ?3, ?4)
@@ -409,31 +439,220 @@ impl Log {
         })
     }
 
-    /// The last verified (size, root) this node's audits saw of `origin`.
-    pub fn audited(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, NodeError> {
+    /// The state this node's audits last verified of `origin`.
+    pub fn audit_state(&self, origin: &str) -> Result<Option<AuditState>, NodeError> {
         self.with_reader(|c| {
-            let row: Option<(i64, Vec<u8>)> = c
-                .query_row("SELECT size, root FROM audited WHERE origin = ?1", params![origin], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+            let row = c
+                .query_row(
+                    "SELECT size, root, peaks, checkpoint FROM audit_state WHERE origin = ?1",
+                    params![origin],
+                    |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get(3)?))
+                    },
+                )
                 .optional()
                 .map_err(db)?;
-            Ok(row.map(|(s, r)| (s as u64, r)))
+            let Some((size, root, peaks, checkpoint)) = row else { return Ok(None) };
+            let peaks = peaks
+                .chunks(32)
+                .map(|h| {
+                    Hash::try_from(h)
+                        .map_err(|_| NodeError::State("a stored audit peak is not 32 bytes".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(AuditState { size: size as u64, root, peaks, checkpoint }))
         })
     }
 
-    pub fn set_audited(&self, origin: &str, size: u64, root: &[u8]) -> Result<(), NodeError> {
+    /// Keeps one audit step of `member`'s log (whose origin is `origin`): its new state and the
+    /// access facts of its new entries, together.
+    pub fn store_audit_step(
+        &self,
+        origin: &str,
+        member: &str,
+        state: &AuditState,
+        facts: &[AccessFact],
+    ) -> Result<(), NodeError> {
+        let mut conn = self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let peaks: Vec<u8> = state.peaks.iter().flatten().copied().collect();
+        tx.execute(
+            "INSERT INTO audit_state (origin, size, root, peaks, checkpoint) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(origin) DO UPDATE SET size = excluded.size, root = excluded.root,
+                 peaks = excluded.peaks, checkpoint = excluded.checkpoint",
+            params![origin, state.size as i64, state.root, peaks, state.checkpoint],
+        )
+        .map_err(db)?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO audit_facts (member, idx, kind, request_id, peer, decision, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(db)?;
+            for f in facts {
+                put.execute(params![
+                    member,
+                    f.index as i64,
+                    f.kind,
+                    f.request_id,
+                    f.peer,
+                    f.decision,
+                    f.digest
+                ])
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Reconciles the verified access facts of `members`' logs with each other, listing at most
+    /// `max` findings of each kind: (mismatches, releases not received).
+    ///
+    /// Every access made must have a released "access served" twin in the owner's log with the
+    /// same requester and digest; every release must have the requester's record of asking
+    /// (made or requested). A release whose requester asked but never recorded the answer is
+    /// listed apart: a crash between the two, not a hidden access. Any number of entries with
+    /// one request id, in any order, cannot mask a finding.
+    pub fn reconcile(
+        &self,
+        members: &std::collections::BTreeSet<String>,
+        max: usize,
+    ) -> Result<(Vec<Mismatch>, Vec<Mismatch>), NodeError> {
+        let set = serde_json::to_string(members).map_err(|e| NodeError::State(e.to_string()))?;
         self.with_reader(|c| {
-            c.execute(
-                "INSERT INTO audited (origin, size, root) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(origin) DO UPDATE SET size = excluded.size, root = excluded.root",
-                params![origin, size as i64, root],
-            )
-            .map_err(db)?;
-            Ok(())
+            let rows = |sql: &str, problem: &dyn Fn(&str, &str, &str) -> String, requester_first: bool| {
+                let mut stmt = c.prepare(sql).map_err(db)?;
+                let found = stmt
+                    .query_map(params![set, max as i64], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+                    })
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                Ok::<_, NodeError>(
+                    found
+                        .into_iter()
+                        .map(|(id, a, b, extra)| {
+                            let (requester, owner) = if requester_first { (a, b) } else { (b, a) };
+                            let problem = problem(&requester, &owner, extra.as_deref().unwrap_or(""));
+                            Mismatch { request_id: id, requester, owner, problem }
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let mut mismatches = rows(
+                "SELECT m.request_id, m.member, m.peer,
+                        (SELECT group_concat(s.decision || ' for ' || s.peer, ', ') FROM audit_facts s
+                          WHERE s.member = m.peer AND s.kind = 'served' AND s.request_id = m.request_id)
+                 FROM audit_facts m
+                 WHERE m.kind = 'made'
+                   AND m.member IN (SELECT value FROM json_each(?1)) AND m.peer IN (SELECT value FROM json_each(?1))
+                   AND NOT EXISTS (SELECT 1 FROM audit_facts s WHERE s.member = m.peer AND s.kind = 'served'
+                        AND s.request_id = m.request_id AND s.peer = m.member AND s.decision = 'released'
+                        AND s.digest = m.digest)
+                 ORDER BY m.request_id LIMIT ?2",
+                &|requester, owner, seen| {
+                    if seen.is_empty() {
+                        format!("{requester} logged an access to {owner} that {owner}'s log does not hold")
+                    } else {
+                        format!("{owner} logged another release ({seen}) than {requester} received")
+                    }
+                },
+                true,
+            )?;
+            mismatches.extend(rows(
+                "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
+                 WHERE s.kind = 'served' AND s.decision = 'released'
+                   AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
+                   AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind IN ('made', 'requested')
+                        AND r.request_id = s.request_id AND r.peer = s.member)
+                 ORDER BY s.request_id LIMIT ?2",
+                &|requester, owner, _| {
+                    format!("{owner} released data to {requester}, whose log does not hold the request at all: a hidden access")
+                },
+                false,
+            )?);
+            let unreceived = rows(
+                "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
+                 WHERE s.kind = 'served' AND s.decision = 'released'
+                   AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
+                   AND EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'requested'
+                        AND r.request_id = s.request_id AND r.peer = s.member)
+                   AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'made'
+                        AND r.request_id = s.request_id AND r.peer = s.member)
+                 ORDER BY s.request_id LIMIT ?2",
+                &|requester, owner, _| {
+                    format!("{requester} asked and {owner} served, but {requester} did not record receiving it (it went down or the answer was lost)")
+                },
+                false,
+            )?;
+            Ok((mismatches, unreceived))
         })
     }
 }
+
+/// What an audit keeps of a log between audits: the verified size, root and right edge, and
+/// the signed checkpoint that was verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditState {
+    pub size: u64,
+    pub root: Vec<u8>,
+    pub peaks: Vec<Hash>,
+    pub checkpoint: Vec<u8>,
+}
+
+/// One access entry of an audited log, as reconciliation needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessFact {
+    pub index: u64,
+    /// `requested`, `made` or `served`.
+    pub kind: &'static str,
+    pub request_id: String,
+    /// The owner (requested, made) or the requester (served).
+    pub peer: String,
+    /// The decision of a served entry; the kind otherwise.
+    pub decision: String,
+    pub digest: Option<String>,
+}
+
+impl AccessFact {
+    /// The fact of entry `index` of `member`'s log, if it is an access entry.
+    pub fn of(member: &str, index: u64, e: &crate::store::entry::LogEntry) -> Option<Self> {
+        use crate::store::entry::LogEntry;
+        let _ = member;
+        Some(match e {
+            LogEntry::AccessRequested { request_id, owner, .. } => Self {
+                index,
+                kind: "requested",
+                request_id: request_id.clone(),
+                peer: owner.clone(),
+                decision: "requested".into(),
+                digest: None,
+            },
+            LogEntry::AccessMade { request_id, owner, result_sha256, .. } => Self {
+                index,
+                kind: "made",
+                request_id: request_id.clone(),
+                peer: owner.clone(),
+                decision: "made".into(),
+                digest: Some(result_sha256.clone()),
+            },
+            LogEntry::AccessServed { request_id, requester, decision, result_sha256, .. } => Self {
+                index,
+                kind: "served",
+                request_id: request_id.clone(),
+                peer: requester.clone(),
+                decision: decision.clone(),
+                digest: result_sha256.clone(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// A reconciliation finding between two logs.
+pub use crate::node::audit::Mismatch;
 
 fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>, appended: &tokio::sync::Notify) {
     let mut range: Option<CompactRange> = None;
@@ -490,4 +709,76 @@ fn write_batch(
     tx.commit().map_err(db)?;
     *range = Some(edge);
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fact(
+        index: u64,
+        kind: &'static str,
+        id: &str,
+        peer: &str,
+        decision: &str,
+        digest: Option<&str>,
+    ) -> AccessFact {
+        AccessFact {
+            index,
+            kind,
+            request_id: id.into(),
+            peer: peer.into(),
+            decision: decision.into(),
+            digest: digest.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn reconciliation_finds_each_missing_or_different_twin_whatever_the_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = Log::open(&dir.path().join("state.db")).expect("log");
+        let state = |size| AuditState { size, root: vec![0; 32], peaks: vec![], checkpoint: vec![] };
+        let alpha = [
+            fact(0, "requested", "r1", "bravo", "requested", None),
+            fact(1, "made", "r1", "bravo", "made", Some("d1")),
+            fact(2, "made", "r2", "bravo", "made", Some("d2")),
+            fact(3, "made", "r3", "bravo", "made", Some("d3")),
+            fact(4, "requested", "r5", "bravo", "requested", None),
+            fact(5, "made", "r6", "bravo", "made", Some("d6")),
+            fact(6, "made", "r7", "bravo", "made", Some("d7")),
+            fact(7, "made", "r9", "zulu", "made", Some("d9")),
+        ];
+        let bravo = [
+            fact(0, "served", "r1", "alpha", "released", Some("d1")),
+            fact(1, "served", "r2", "alpha", "released", Some("other")),
+            fact(2, "served", "r4", "alpha", "released", Some("d4")),
+            fact(3, "served", "r5", "alpha", "released", Some("d5")),
+            // A refusal under the same id before and after the release masks nothing.
+            fact(4, "served", "r6", "alpha", "refused:replayed_request", None),
+            fact(5, "served", "r6", "alpha", "released", Some("d6")),
+            fact(6, "served", "r6", "alpha", "refused:replayed_request", None),
+            // Released, but to another requester than the one that logged it.
+            fact(7, "served", "r7", "charlie", "released", Some("d7")),
+        ];
+        log.store_audit_step("f/alpha", "alpha", &state(0), &alpha).expect("alpha");
+        log.store_audit_step("f/bravo", "bravo", &state(0), &bravo).expect("bravo");
+        let members = ["alpha".to_owned(), "bravo".to_owned()].into_iter().collect();
+        let (mismatches, unreceived) = log.reconcile(&members, 100).expect("reconciles");
+        let found: Vec<(&str, &str)> =
+            mismatches.iter().map(|m| (m.request_id.as_str(), m.problem.as_str())).collect();
+        let ids: Vec<&str> = found.iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, ["r2", "r3", "r7", "r4"], "{found:#?}");
+        assert!(found[0].1.contains("another release"), "{found:?}");
+        assert!(found[1].1.contains("does not hold"), "{found:?}");
+        assert!(found[2].1.contains("released for charlie"), "{found:?}");
+        assert!(found[3].1.contains("hidden access"), "{found:?}");
+        assert_eq!(unreceived.len(), 1);
+        assert_eq!((unreceived[0].request_id.as_str(), unreceived[0].requester.as_str()), ("r5", "alpha"));
+        // Charlie's log is not audited: nothing about charlie is concluded.
+        let (m, _) = log.reconcile(&["alpha".to_owned()].into_iter().collect(), 100).expect("reconciles");
+        assert!(m.is_empty(), "{m:?}");
+        // The listing is capped.
+        let (m, _) = log.reconcile(&members, 1).expect("reconciles");
+        assert_eq!(m.len(), 2, "at most one of each kind");
+    }
 }

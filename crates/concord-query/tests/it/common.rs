@@ -49,7 +49,7 @@ impl OwnerClient for LocalOwners {
             member: part.owner.clone(),
             reason: "not running".into(),
         })?;
-        let answer = run_subquery(&part.dataset, table, sql).await?;
+        let answer = run_subquery(&part.dataset, table, sql, &Default::default()).await?;
         Ok(PartialAnswer {
             batches: answer.batches,
             contribution: Contribution {

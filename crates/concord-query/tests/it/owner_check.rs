@@ -7,7 +7,7 @@ fn check(sql: &str) -> Result<u64, QueryError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let rows: Vec<Row> = vec![(Some("a".into()), Some(1), Some(2), Some(0.5)); 4];
-        run_subquery("data", mem(&rows), sql).await.map(|a| a.groups_released)
+        run_subquery("data", mem(&rows), sql, &Default::default()).await.map(|a| a.groups_released)
     })
 }
 

@@ -123,6 +123,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     let err = fails(&["dataset", "add", "bravo", "gone", "--file", "missing.csv"], d);
     assert!(err.contains("missing.csv"), "{err}");
     let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
+    let auditor = ok(&["token", "create", "alpha", "--role", "auditor"], d).trim().to_owned();
 
     let nodes: Vec<Node> = ["alpha", "bravo"]
         .iter()
@@ -171,10 +172,12 @@ fn two_members_from_init_to_query_and_shutdown() {
     let err = fails(&["query", "--node", &url, "--token", "concord_wrong", sql], d);
     assert!(err.contains("unknown token"), "{err}");
 
-    // The transparency logs: audited, shown, and an offline receipt checked.
+    // The transparency logs: audited, shown, and an offline receipt checked; only by an auditor.
+    let err = fails(&["audit", "--node", &url, "--token", &token, "--all"], d);
+    assert!(err.contains("role analyst may not") && err.contains("auditor"), "{err}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = concord(&["audit", "--node", &url, "--token", &token, "--all"], d);
+        let out = concord(&["audit", "--node", &url, "--token", &auditor, "--all"], d);
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             assert!(text.contains("audit passed") && text.contains("bravo"), "{text}");
@@ -185,7 +188,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     }
     let shown = ok(&["log", "show", "alpha"], d);
     assert!(shown.contains("\"kind\":\"keys_set\"") && shown.contains("\"kind\":\"access_made\""), "{shown}");
-    let receipt = ok(&["log", "receipt", "--node", &url, "--token", &token, "0"], d);
+    let receipt = ok(&["log", "receipt", "--node", &url, "--token", &auditor, "0"], d);
     std::fs::write(d.join("r.tlog-proof"), &receipt).expect("write");
     let vkey = card["vkey"].as_str().expect("vkey").to_owned();
     let verified = ok(&["log", "verify-receipt", "r.tlog-proof", "--vkey", &vkey], d);

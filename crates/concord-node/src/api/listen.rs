@@ -1,0 +1,156 @@
+//! The accept loop both listeners share, with the limits that keep a node answering under load
+//! and abuse: a cap on open connections (beyond it, clients wait in the kernel's backlog), a
+//! deadline for the TLS handshake and for each request's headers, a lifetime for each
+//! connection and for each request, and back-off when accepting fails (for example when the
+//! process is out of file handles), instead of a loop that spins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
+
+use crate::store::config::Limits;
+
+/// The member at the other end of a peer connection, from its certificate pin.
+#[derive(Clone, Debug)]
+pub struct PeerId(pub String);
+
+/// How connections are opened: plain TCP (local listener) or mutual TLS with pins (peers).
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls { acceptor: tokio_rustls::TlsAcceptor, pins: Vec<(String, String)> },
+}
+
+/// The deadlines of one listener, from the node's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub max_connections: usize,
+    pub header: Duration,
+    pub connection: Duration,
+    pub request: Duration,
+}
+
+impl Deadlines {
+    pub fn of(limits: &Limits) -> Self {
+        let query = Duration::from_secs(limits.query_timeout_secs.max(limits.subquery_timeout_secs));
+        Self {
+            max_connections: limits.max_connections,
+            header: Duration::from_secs(limits.header_timeout_secs),
+            request: query + Duration::from_secs(limits.header_timeout_secs),
+            connection: query + Duration::from_secs(limits.idle_timeout_secs),
+        }
+    }
+}
+
+/// Adds a deadline to every request of `app`: a client that sends its body too slowly, or a
+/// handler that overruns, gets 408 and the connection's slot back.
+pub fn with_request_deadline(app: Router, deadline: Duration) -> Router {
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(deadline, next.run(req)).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    let e = crate::NodeError::BadRequest(format!(
+                        "the request took longer than {} s; send it again",
+                        deadline.as_secs()
+                    ));
+                    let mut resp = axum::response::IntoResponse::into_response(crate::api::ErrorResponse(e));
+                    *resp.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+                    resp
+                }
+            }
+        },
+    ))
+}
+
+/// Accepts connections until `shutdown` turns true, each served by `app` within `deadlines`.
+pub async fn serve(
+    app: Router,
+    listener: TcpListener,
+    transport: Transport,
+    deadlines: Deadlines,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = with_request_deadline(app, deadlines.request);
+    let slots = Arc::new(Semaphore::new(deadlines.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // Out of file handles, or the like: wait, then try again, doubling up to 1 s.
+                tracing::warn!("accepting a connection failed: {e}; retrying in {} ms", backoff.as_millis());
+                drop(permit);
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Answers are written in pieces; without this, delayed ACKs add ~40 ms.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let transport = transport.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            match transport {
+                Transport::Plain => http(TokioIo::new(tcp), app, None, deadlines).await,
+                Transport::Tls { acceptor, pins } => {
+                    let tls = match tokio::time::timeout(deadlines.header, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, "TLS handshake refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "TLS handshake not finished in time");
+                            return;
+                        }
+                    };
+                    let Some(member) = crate::net::tls::peer_member(tls.get_ref().1, &pins) else { return };
+                    http(TokioIo::new(tls), app, Some(PeerId(member)), deadlines).await;
+                }
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+async fn http<I>(io: TokioIo<I>, app: Router, peer: Option<PeerId>, deadlines: Deadlines)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if let Some(p) = &peer {
+            req.extensions_mut().insert(p.clone());
+        }
+        app.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadlines.header)
+        .serve_connection(io, service);
+    // A connection lives at most this long, however it is used.
+    let _ = tokio::time::timeout(deadlines.connection, conn).await;
+}
