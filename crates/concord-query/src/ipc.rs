@@ -4,7 +4,8 @@
 //! everything a message declares: its metadata and body lengths against the bytes actually
 //! there, its buffers against its body, its rows and columns against [`IpcLimits`], and no
 //! compression at all (a compressed buffer declares the size it inflates to, and Concord never
-//! compresses). Only then does arrow's reader, with its own validation, build arrays.
+//! compresses). Only then does arrow's reader, with its own validation, build arrays; a panic
+//! of that reader on a malformed schema is caught and refused like any malformed stream.
 
 use std::sync::Arc;
 
@@ -197,14 +198,19 @@ fn field_count(t: &DataType) -> usize {
 /// oversized stream is an error, never a panic or an allocation of what it declares.
 pub fn decode_limited(bytes: &[u8], limits: &IpcLimits) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     check_stream(bytes, limits)?;
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(malformed)?;
-    let schema = reader.schema();
-    let fields = schema.fields().iter().fold(0usize, |n, f| n.saturating_add(field_count(f.data_type())));
-    if fields > limits.max_fields {
-        return Err(malformed(format!("{fields} fields, over the limit of {}", limits.max_fields)));
-    }
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(malformed)?;
-    Ok((schema, batches))
+    // arrow's reader panics on some malformed schemas (an unknown type id, a list without its
+    // child); such a panic is caught here and the stream refused like any malformed one.
+    let read = std::panic::catch_unwind(|| {
+        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(malformed)?;
+        let schema = reader.schema();
+        let fields = schema.fields().iter().fold(0usize, |n, f| n.saturating_add(field_count(f.data_type())));
+        if fields > limits.max_fields {
+            return Err(malformed(format!("{fields} fields, over the limit of {}", limits.max_fields)));
+        }
+        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+        Ok((schema, batches))
+    });
+    read.unwrap_or_else(|_| Err(malformed("arrow cannot read its schema or batches")))
 }
 
 /// Decodes a result stream (see [`IpcLimits::RESULT`]).

@@ -49,7 +49,28 @@ async fn demo_smoke_tour_passes_every_step() {
     assert_eq!(ids, ["alpha", "bravo", "charlie"]);
     for m in &file.members {
         assert!(m.local_url.starts_with("http://127.0.0.1:") && m.peer_url.starts_with("https://127.0.0.1:"));
-        assert!(m.analyst_token.starts_with("concord_"));
+        assert!(m.analyst_token.starts_with("concord_") && m.auditor_token.starts_with("concord_"));
+    }
+
+    // Files that hold tokens, keys or the log are readable by their owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&opts.dir.join("demo.json")), 0o600, "demo.json holds every token");
+    for m in &file.members {
+        let node = opts.dir.join(&m.id).join("node");
+        for f in [
+            "state.db",
+            "state.db-wal",
+            "state.db-shm",
+            "keys/member.key",
+            "keys/witness.key",
+            "keys/tls.key",
+        ] {
+            let p = node.join(f);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+        }
     }
 }
 

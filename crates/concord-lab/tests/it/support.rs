@@ -3,9 +3,17 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use concord_charter::{ColumnType, SchemaColumn, SharedSchema};
+use std::sync::Arc;
+
+use concord_charter::{ColumnType, MemberCard, SchemaColumn, SharedSchema};
 use concord_lab::demo::{DemoMember, MemberSpec, setup, start_all};
+use concord_log::NoteSigner;
+use concord_node::api::listen::{Deadlines, Transport};
+use concord_node::net::client::{Response, peer_call};
+use concord_node::net::protocol::{QueryRequest, new_request_id};
+use concord_node::net::tls::TlsKeys;
 use concord_node::run::RunningNode;
+use concord_node::store::config::{Limits, NodeDir};
 
 static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
@@ -71,23 +79,130 @@ impl Fed {
 }
 
 pub async fn three_members() -> Fed {
+    members_with(&["alpha", "bravo", "charlie"], |_, _| {}).await
+}
+
+/// Rows of each member's `cases` dataset.
+fn rows_of(id: &str) -> Vec<CaseRow> {
+    match id {
+        "alpha" => vec![("north", Some(3)), ("south", Some(5)), ("north", None)],
+        "bravo" => vec![("north", Some(10)), ("east", Some(1))],
+        "charlie" => vec![("south", Some(2)), ("south", Some(4)), ("east", Some(7)), ("west", None)],
+        _ => vec![("west", Some(6)), ("north", Some(8))],
+    }
+}
+
+/// Members with small `cases` datasets, each node's `[limits]` set by `limits`, started.
+pub async fn members_with(ids: &[&str], limits: impl Fn(&str, &mut Limits)) -> Fed {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data: [(&str, Vec<CaseRow>); 3] = [
-        ("alpha", vec![("north", Some(3)), ("south", Some(5)), ("north", None)]),
-        ("bravo", vec![("north", Some(10)), ("east", Some(1))]),
-        ("charlie", vec![("south", Some(2)), ("south", Some(4)), ("east", Some(7)), ("west", None)]),
-    ];
-    let specs: Vec<MemberSpec> = data
+    let specs: Vec<MemberSpec> = ids
         .iter()
-        .map(|(id, rows)| MemberSpec {
+        .map(|id| MemberSpec {
             id: (*id).into(),
             name: format!("Member {id}"),
             jurisdiction: id.to_uppercase(),
-            files: vec![write_cases(dir.path(), id, rows)],
+            files: vec![write_cases(dir.path(), id, &rows_of(id))],
         })
         .collect();
+    let n = u16::try_from(2 * ids.len()).expect("few members");
     let members =
-        setup(dir.path(), "test", &specs, vec![cases_schema()], free_ports(6)).await.expect("setup");
+        setup(dir.path(), "test", &specs, vec![cases_schema()], free_ports(n)).await.expect("setup");
+    for m in &members {
+        set_limits(&m.dir, |l| limits(&m.id, l));
+    }
     let nodes = start_all(&members).await.expect("nodes start");
     Fed { dir, members, nodes }
+}
+
+/// Rewrites a node folder's `[limits]`.
+pub fn set_limits(dir: &Path, change: impl FnOnce(&mut Limits)) {
+    let nd = NodeDir::new(dir);
+    let mut cfg = nd.load_config().expect("config");
+    change(&mut cfg.limits);
+    std::fs::write(nd.config(), toml::to_string(&cfg).expect("toml")).expect("write config");
+}
+
+/// Waits until `f` holds, polling, or fails after 60 s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Acts as a member with that member's own keys: signs notes, calls peers, or stands in for
+/// the member's node on its peer address with crafted answers, or hangs there.
+pub struct Impostor {
+    pub id: String,
+    pub keys: TlsKeys,
+    pub signer: NoteSigner,
+    pub card: MemberCard,
+}
+
+impl Impostor {
+    pub fn of(fed: &Fed, id: &str) -> Self {
+        let nd = NodeDir::new(&fed.member(id).dir);
+        let cfg = nd.load_config().expect("config");
+        Self {
+            id: id.to_owned(),
+            keys: nd.load_tls().expect("tls keys"),
+            signer: nd.load_signer(&cfg).expect("signer"),
+            card: nd.load_card().expect("card"),
+        }
+    }
+
+    /// A genuine request of this member to `owner`, with `sql`.
+    pub fn request(&self, owner: &str, sql: &str) -> QueryRequest {
+        QueryRequest {
+            federation: "test".into(),
+            request_id: new_request_id(),
+            requester: self.id.clone(),
+            owner: owner.into(),
+            charter_version: 1,
+            time: chrono::Utc::now().timestamp(),
+            dataset: "cases".into(),
+            purpose: "testing".into(),
+            sql: sql.into(),
+        }
+    }
+
+    /// Sends `body` to `to`'s peer listener.
+    pub async fn send(&self, fed: &Fed, to: &str, method: &str, path: &str, body: Vec<u8>) -> Response {
+        let card = NodeDir::new(&fed.member(to).dir).load_card().expect("card");
+        peer_call(&self.keys, to, &card.peer_endpoint, &card.tls_pin, method, path, body).await.expect("sent")
+    }
+
+    /// Serves `app` on this member's peer address, over mutual TLS with this member's key, to
+    /// every other member. The member's real node must be stopped first.
+    pub async fn stand_in(&self, fed: &Fed, app: axum::Router) -> tokio::sync::watch::Sender<bool> {
+        let pins: Vec<(String, String)> = fed
+            .members
+            .iter()
+            .filter(|m| m.id != self.id)
+            .map(|m| (NodeDir::new(&m.dir).load_card().expect("card").tls_pin, m.id.clone()))
+            .collect();
+        let config = concord_node::net::tls::server_config(&self.keys, pins.clone()).expect("tls config");
+        let transport = Transport::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), pins };
+        let listener = tokio::net::TcpListener::bind(&self.card.peer_endpoint).await.expect("bind");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let deadlines = Deadlines::of(&Limits::default());
+        tokio::spawn(concord_node::api::listen::serve(app, listener, transport, deadlines, rx));
+        tx
+    }
+
+    /// Accepts connections on this member's peer address and never answers: a node that hangs.
+    pub async fn hang(&self) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::TcpListener::bind(&self.card.peer_endpoint).await.expect("bind");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        })
+    }
 }

@@ -2,5 +2,7 @@
 
 mod common;
 mod federated_equals_pooled;
+mod ipc;
+mod limits;
 mod owner_check;
 mod refusals;

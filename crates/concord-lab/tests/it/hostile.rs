@@ -1,0 +1,514 @@
+//! Hostile members and careless analysts, one test per way they were seen to crash, stall,
+//! mislead or read through a node. Each acts as the attacker would (an impostor with a member's
+//! own keys, crafted notes and answers, a member that hangs, an analyst sending bombs) and then
+//! checks that every node still answers, that nothing leaked, and that audits stay true.
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use concord_lab::demo::api_query;
+use concord_log::Note;
+use concord_log::checkpoint::Checkpoint;
+use concord_node::net::client::local_call;
+use concord_node::net::protocol::{QueryRequest, ReleaseReceipt};
+use concord_node::store::entry::LogEntry;
+use concord_query::dataset::shared_arrow_schema;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::ipc as fb;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::{Fed, Impostor, cases_schema, eventually, members_with, three_members};
+
+fn rows(r: &concord_lab::demo::ApiResult) -> usize {
+    r.batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Every running member still answers its analysts.
+async fn all_answer(fed: &Fed) {
+    for n in &fed.nodes {
+        let m = fed.member(&n.node.cfg.member);
+        let r = api_query(&m.local_url, &m.analyst_token, "SELECT count(*) AS n FROM local.cases")
+            .await
+            .unwrap_or_else(|e| panic!("{} does not answer: {e}", m.id));
+        assert_eq!(rows(&r), 1, "{}", m.id);
+    }
+}
+
+/// The entries of a member's log.
+fn entries(fed: &Fed, id: &str) -> Vec<LogEntry> {
+    let i = fed.members.iter().position(|m| m.id == id).expect("member");
+    let log = &fed.nodes[i].node.log;
+    let raw = log.entries(0, log.size().expect("size")).expect("entries");
+    raw.iter().map(|e| LogEntry::from_bytes(e).expect("a Concord entry")).collect()
+}
+
+fn served(fed: &Fed, owner: &str, request_id: &str) -> Vec<(String, Option<String>)> {
+    entries(fed, owner)
+        .into_iter()
+        .filter_map(|e| match e {
+            LogEntry::AccessServed { request_id: id, decision, reason, .. } if id == request_id => {
+                Some((decision, reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn audit(fed: &Fed, from: &str, body: serde_json::Value) -> serde_json::Value {
+    let m = fed.member(from);
+    let resp = local_call(&m.local_url, "POST", "/v1/audit", Some(&m.auditor_token), Some(&body))
+        .await
+        .expect("sent");
+    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
+    serde_json::from_slice(&resp.body).expect("json")
+}
+
+/// Waits until every node published a checkpoint of all its entries.
+async fn settle(fed: &Fed) {
+    for n in &fed.nodes {
+        let log = n.node.log.clone();
+        eventually("checkpoints published", || {
+            let log = log.clone();
+            async move {
+                let size = log.size().unwrap_or(0);
+                log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysts_bombs_are_refused_naming_the_limit_and_every_node_answers() {
+    let fed = three_members().await;
+    let a = fed.member("alpha").clone();
+    for (sql, says) in [
+        // Finding 1, as it was sent.
+        (
+            "SELECT max(length(repeat(arrow_cast(region,'LargeUtf8'),1000000000000))) AS m FROM cases",
+            "at most 16",
+        ),
+        ("SELECT max(length(lpad(region, 100000000))) FROM cases", "lpad"),
+        ("SELECT count(*) FROM local.cases WHERE length(repeat(region, days)) > 0", "repeat(text, n)"),
+        ("SELECT max(length(replace(region, region, 'x'))) FROM local.cases", "replace"),
+        // Doubling through views: each layer is small, together they are not.
+        (
+            "WITH a AS (SELECT concat(region, region) r FROM local.cases), b AS (SELECT concat(r, r) r FROM a), \
+             c AS (SELECT concat(r, r) r FROM b), d AS (SELECT concat(r, r) r FROM c), \
+             e AS (SELECT concat(r, r) r FROM d) SELECT max(length(r)) FROM e",
+            "at most 16",
+        ),
+        (
+            "WITH RECURSIVE t(x) AS (SELECT 'a' UNION ALL SELECT concat(x, x) FROM t) SELECT count(*) FROM t",
+            "recursive",
+        ),
+        ("SELECT count(input_file_name()) FROM cases", "allow-list"),
+    ] {
+        let err = api_query(&a.local_url, &a.analyst_token, sql).await.expect_err(sql).to_string();
+        assert!(err.contains(says), "{sql}: {err}");
+    }
+    // Bounded functions within their bounds work.
+    let ok = api_query(
+        &a.local_url,
+        &a.analyst_token,
+        "SELECT lpad(region, 8, '.') AS r, count(*) AS n FROM cases GROUP BY lpad(region, 8, '.') ORDER BY r",
+    )
+    .await
+    .expect("a bounded pad");
+    assert_eq!(rows(&ok), 4);
+
+    // The same bomb sent straight to an owner by a member: refused by the owner's own check,
+    // and logged with its decision.
+    let alpha = Impostor::of(&fed, "alpha");
+    let request =
+        alpha.request("bravo", "SELECT max(length(repeat(region, 1000000000000))) AS p0 FROM cases");
+    let resp = alpha
+        .send(&fed, "bravo", "POST", "/v1/query", request.sign(&alpha.signer).expect("sign").to_bytes())
+        .await;
+    assert_eq!(
+        (resp.status, resp.error_parts().0.as_str()),
+        (400, "subquery_refused"),
+        "{:?}",
+        resp.error_parts()
+    );
+    let decisions = served(&fed, "bravo", &request.request_id);
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].0, "refused:subquery_refused");
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_errors_carry_no_value_across_the_border() {
+    let fed = three_members().await;
+    let alpha = Impostor::of(&fed, "alpha");
+    // Finding 6: a cast that fails on a row's value.
+    let sql = "SELECT sum(CAST(concat(region, '|', region) AS BIGINT)) AS p0 FROM cases";
+    let request = alpha.request("bravo", sql);
+    let resp = alpha
+        .send(&fed, "bravo", "POST", "/v1/query", request.sign(&alpha.signer).expect("sign").to_bytes())
+        .await;
+    let (code, message) = resp.error_parts();
+    assert_eq!(code, "execution_failed", "{message}");
+    for value in ["north", "east"] {
+        assert!(!message.contains(value), "a value of bravo's data crossed the border: {message}");
+    }
+    assert!(message.contains("Cast error"), "the class of the error is told: {message}");
+    // The owner logged the failure, with exactly what the requester was told.
+    let decisions = served(&fed, "bravo", &request.request_id);
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].0, "failed:execution_failed");
+    assert!(
+        decisions[0].1.as_deref().is_some_and(|r| r.contains("detail stays with bravo")),
+        "{decisions:?}"
+    );
+    // An analyst asking through their node gets the same data-free answer.
+    let a = fed.member("alpha");
+    let err = api_query(
+        &a.local_url,
+        &a.analyst_token,
+        "SELECT sum(CAST(concat(region, '|') AS BIGINT)) FROM bravo.cases",
+    )
+    .await
+    .expect_err("fails")
+    .to_string();
+    assert!(err.contains("bravo") && !err.contains("north") && !err.contains("east"), "{err}");
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+/// An Arrow IPC stream whose one batch claims LZ4 compression with a 2^62-byte uncompressed
+/// buffer: what a hostile member answers to make a requester allocate without bound.
+fn compressed_bomb(schema: &Schema) -> Vec<u8> {
+    let mut out = concord_query::ipc::encode_schema(schema).expect("schema");
+    out.truncate(out.len() - 8);
+    let mut b = flatbuffers::FlatBufferBuilder::new();
+    let nodes = b.create_vector(&[fb::FieldNode::new(1, 0)]);
+    let buffers = b.create_vector(&[fb::Buffer::new(0, 0), fb::Buffer::new(0, 16)]);
+    let compression = {
+        let mut c = fb::BodyCompressionBuilder::new(&mut b);
+        c.add_codec(fb::CompressionType::LZ4_FRAME);
+        c.add_method(fb::BodyCompressionMethod::BUFFER);
+        c.finish()
+    };
+    let batch = {
+        let mut r = fb::RecordBatchBuilder::new(&mut b);
+        r.add_length(1);
+        r.add_nodes(nodes);
+        r.add_buffers(buffers);
+        r.add_compression(compression);
+        r.finish()
+    };
+    let message = {
+        let mut m = fb::MessageBuilder::new(&mut b);
+        m.add_version(fb::MetadataVersion::V5);
+        m.add_header_type(fb::MessageHeader::RecordBatch);
+        m.add_header(batch.as_union_value());
+        m.add_bodyLength(16);
+        m.finish()
+    };
+    b.finish(message, None);
+    let meta = b.finished_data();
+    let pad = (8 - meta.len() % 8) % 8;
+    out.extend(0xFFFF_FFFFu32.to_le_bytes());
+    out.extend(i32::try_from(meta.len() + pad).expect("small").to_le_bytes());
+    out.extend(meta);
+    out.extend(vec![0u8; pad]);
+    out.extend((1i64 << 62).to_le_bytes());
+    out.extend([0u8; 8]);
+    out.extend(0xFFFF_FFFFu32.to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
+    let mut fed = three_members().await;
+    let charlie = Arc::new(Impostor::of(&fed, "charlie"));
+    fed.nodes.remove(2).stop().await;
+    let shared = shared_arrow_schema(&cases_schema());
+    // Findings 2 and 3: a catalog whose schema is followed by a compressed batch bomb, answers
+    // that are bombs under a valid receipt, a log that claims 2^56 entries.
+    let bomb = compressed_bomb(&Schema::new(vec![Field::new("p0", DataType::Int64, true)]));
+    let catalog_bomb = compressed_bomb(&shared);
+    let c = charlie.clone();
+    let answer = bomb.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/catalog",
+            get(move || {
+                let body = serde_json::json!([{
+                    "name": "cases", "shared_schema": "cases", "schema_ipc": B64.encode(&catalog_bomb)
+                }]);
+                async move { axum::Json(body) }
+            }),
+        )
+        .route(
+            "/v1/query",
+            post(move |body: axum::body::Bytes| {
+                let (c, answer) = (c.clone(), answer.clone());
+                async move {
+                    let note = Note::parse(&body).expect("note");
+                    let r = QueryRequest::from_text(note.text()).expect("request");
+                    let receipt = ReleaseReceipt {
+                        federation: r.federation,
+                        request_id: r.request_id,
+                        owner: "charlie".into(),
+                        requester: r.requester,
+                        dataset: r.dataset,
+                        result_sha256: concord_charter::hex(&Sha256::digest(&answer)),
+                        rows_scanned: 1,
+                        groups_released: 1,
+                        log_index: 0,
+                    };
+                    let signed = receipt.sign(&c.signer).expect("sign");
+                    ([("concord-receipt", B64.encode(signed.to_bytes()))], answer)
+                }
+            }),
+        )
+        .route(
+            "/v1/log/checkpoint",
+            get({
+                let c = charlie.clone();
+                move || {
+                    let cp = Checkpoint {
+                        origin: "test/charlie".into(),
+                        size: 1 << 56,
+                        root: [7; 32],
+                        extensions: vec![],
+                    };
+                    let mut note = Note::new(cp.to_text()).expect("note");
+                    note.sign(&c.signer);
+                    async move { note.to_string() }
+                }
+            }),
+        );
+    let _stop = charlie.stand_in(&fed, app).await;
+    let a = fed.member("alpha").clone();
+
+    // A query that does not touch charlie is not affected at all.
+    api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM bravo.cases").await.expect("bravo only");
+    // One over the shared schema names charlie; a partial one goes on without it, naming it.
+    let err =
+        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases").await.expect_err("bomb");
+    assert!(err.to_string().contains("charlie"), "{err}");
+    let body = serde_json::json!({"sql": "SELECT count(*) AS n FROM cases", "partial": true});
+    let resp = local_call(&a.local_url, "POST", "/v1/query", Some(&a.analyst_token), Some(&body))
+        .await
+        .expect("sent");
+    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
+    assert_eq!(v["missing"], serde_json::json!(["charlie"]));
+    // An answer that is a bomb, under a receipt that verifies, is refused naming charlie.
+    let alpha_node = &fed.nodes[0].node;
+    let part = concord_query::Part { owner: "charlie".into(), dataset: "cases".into() };
+    let err = alpha_node
+        .request_partial(&part, "SELECT count(1) AS p0 FROM cases", "testing")
+        .await
+        .expect_err("bomb refused");
+    assert_eq!(err.code(), "peer_error");
+    assert!(err.to_string().contains("charlie") && err.to_string().contains("bad_answer"), "{err}");
+    assert!(err.to_string().contains("compressed"), "{err}");
+    // An audit of a log claiming 2^56 entries costs nothing and says so.
+    let report = audit(&fed, "alpha", serde_json::json!({"members": ["charlie"]})).await;
+    assert_eq!(report["ok"], false);
+    let problems = report["report"]["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["member"] == "charlie"))
+        .map(|m| m["problems"].to_string())
+        .unwrap_or_default();
+    assert!(problems.contains("72057594037927936 new entries"), "{report}");
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_neither_grow_the_log_nor_mask_a_hidden_access() {
+    let fed = members_with(&["alpha", "bravo", "charlie"], |id, l| {
+        if id == "bravo" {
+            l.peer_requests_per_sec = 1;
+            l.peer_burst = 8;
+        }
+    })
+    .await;
+    let alpha = Impostor::of(&fed, "alpha");
+    // Finding 4: a request sent by hand (alpha's node never logs it), then replayed.
+    let request = alpha.request("bravo", "SELECT count(1) AS p0 FROM cases");
+    let note = request.sign(&alpha.signer).expect("sign").to_bytes();
+    let size_before = entries(&fed, "bravo").len();
+    assert_eq!(alpha.send(&fed, "bravo", "POST", "/v1/query", note.clone()).await.status, 200);
+    // Finding 8: replays are counted, not logged; past the burst the member is rate-limited.
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        codes.push(alpha.send(&fed, "bravo", "POST", "/v1/query", note.clone()).await.error_parts().0);
+    }
+    assert!(codes.iter().any(|c| c == "replayed_request"), "{codes:?}");
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    assert_eq!(served(&fed, "bravo", &request.request_id).len(), 1, "one access, one entry");
+    concord_node::node::witness::log_refusals(&fed.nodes[1].node).await.expect("logged");
+    let all = entries(&fed, "bravo");
+    assert!(
+        all.len() <= size_before + 2,
+        "the log grew by the access and one count: {}",
+        all.len() - size_before
+    );
+    let counted: u64 = all
+        .iter()
+        .filter_map(|e| match e {
+            LogEntry::RefusalsCounted { counts, .. } => {
+                Some(counts.iter().filter(|c| c.member == "alpha").map(|c| c.count).sum::<u64>())
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(counted, 20, "every refused replay is counted");
+
+    // The access stays visible to the audit, whatever came after it under the same id.
+    settle(&fed).await;
+    let report = audit(&fed, "alpha", serde_json::json!({"members": ["bravo"]})).await;
+    assert_eq!(report["ok"], false, "{report}");
+    let mismatches = report["report"]["mismatches"].as_array().expect("mismatches");
+    assert!(
+        mismatches.iter().any(|m| m["request_id"] == request.request_id.as_str()
+            && m["problem"].as_str().is_some_and(|p| p.contains("hidden access"))),
+        "{report}"
+    );
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_at_the_edges_of_i64_and_high_tile_levels_are_refused() {
+    let fed = three_members().await;
+    let alpha = Impostor::of(&fed, "alpha");
+    // Finding 10: a request time near the smallest 64-bit integer is stale, not an overflow.
+    for time in [i64::MIN, i64::MIN + 1, i64::MAX] {
+        let mut r = alpha.request("bravo", "SELECT count(1) AS p0 FROM cases");
+        r.time = time;
+        let resp = alpha
+            .send(&fed, "bravo", "POST", "/v1/query", r.sign(&alpha.signer).expect("sign").to_bytes())
+            .await;
+        assert_eq!((resp.status, resp.error_parts().0.as_str()), (408, "stale_request"), "{time}");
+    }
+    // Tile levels 32 to 63 once served level 0's tiles, marked immutable.
+    settle(&fed).await;
+    let a = fed.member("alpha");
+    for level in [8, 32, 40, 63] {
+        let path = format!("/v1/log/tile/{level}/000.p/1");
+        let resp = local_call(&a.local_url, "GET", &path, Some(&a.auditor_token), None).await.expect("sent");
+        assert_eq!(resp.status, 404, "{path}");
+        let resp = alpha.send(&fed, "bravo", "GET", &path, vec![]).await;
+        assert_eq!(resp.status, 404, "{path} on the peer listener");
+    }
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_dropped_and_the_listeners_keep_serving() {
+    let fed = members_with(&["alpha", "bravo", "charlie"], |_, l| {
+        l.max_connections = 4;
+        l.header_timeout_secs = 1;
+    })
+    .await;
+    let a = fed.member("alpha").clone();
+    let local = a.local_url.trim_start_matches("http://").to_owned();
+    let peer = Impostor::of(&fed, "alpha").card.peer_endpoint;
+    // Finding 7: more clients than the listener takes, each stalled mid-header (local) or
+    // before its TLS handshake (peer).
+    let mut stalled = Vec::new();
+    for addr in [&local, &peer] {
+        for _ in 0..6 {
+            let mut s = tokio::net::TcpStream::connect(addr.as_str()).await.expect("connects");
+            if addr == &local {
+                s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow:").await.expect("writes");
+            }
+            stalled.push(s);
+        }
+    }
+    // The listeners still answer: the stalled ones are dropped after the header deadline.
+    let status =
+        local_call(&a.local_url, "GET", "/v1/status", Some(&a.analyst_token), None).await.expect("answers");
+    assert_eq!(status.status, 200);
+    let r = api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")
+        .await
+        .expect("federated query");
+    assert_eq!(rows(&r), 1);
+    for mut s in stalled {
+        let mut buf = [0u8; 256];
+        // Closed by the node: end of stream (or a 408), never a connection held forever.
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("the node closed the stalled connection");
+        assert!(n.map(|n| n == 0 || buf.starts_with(b"HTTP/1.1 408")).unwrap_or(true));
+    }
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_hangs_slows_nobody_else() {
+    let ids = ["alpha", "bravo", "charlie", "delta"];
+    let mut fed = members_with(&ids, |_, l| {
+        l.catalog_timeout_secs = 1;
+        l.peer_timeout_secs = 2;
+        l.witness_timeout_secs = 2;
+    })
+    .await;
+    let delta = Impostor::of(&fed, "delta");
+    fed.nodes.remove(3).stop().await;
+    let _hung = delta.hang().await;
+    let a = fed.member("alpha").clone();
+    // Finding 9: queries that do not touch delta are not affected.
+    api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM local.cases").await.expect("local");
+    api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM bravo.cases").await.expect("bravo only");
+    // Those that do fail naming it, or go on without it.
+    let err = api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")
+        .await
+        .expect_err("delta hangs");
+    assert!(err.to_string().contains("delta"), "{err}");
+    let body = serde_json::json!({"sql": "SELECT count(*) AS n FROM cases", "partial": true});
+    let resp = local_call(&a.local_url, "POST", "/v1/query", Some(&a.analyst_token), Some(&body))
+        .await
+        .expect("sent");
+    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
+    assert_eq!(v["missing"], serde_json::json!(["delta"]));
+    // Checkpoints go on: two of the three witnesses are the quorum, and they answer.
+    let log = fed.nodes[0].node.log.clone();
+    let size = log.size().expect("size");
+    eventually("alpha publishes without delta's cosignature", || {
+        let log = log.clone();
+        async move { log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size) }
+    })
+    .await;
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_files_others_can_read_stop_the_node_and_the_database_is_private() {
+    let fed = three_members().await;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    let dir = fed.member("bravo").dir.clone();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f} of a running node");
+    }
+    let fed_dir = fed.stop().await;
+    // Finding 11: a key file others may read stops the node, saying how to fix it.
+    for key in ["member.key", "witness.key", "tls.key"] {
+        let path = dir.join("keys").join(key);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = match concord_node::run::start(&concord_node::store::config::NodeDir::new(&dir)).await {
+            Ok(_) => panic!("started with {key} readable by others"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("too open") && err.contains("chmod 600"), "{key}: {err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    drop(fed_dir);
+}
