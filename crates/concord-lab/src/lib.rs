@@ -5,4 +5,5 @@
 
 pub mod bench;
 pub mod demo;
+pub mod fuzz;
 pub mod smoke;

@@ -14,6 +14,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
 
 use crate::QueryError;
 use crate::limits::ExecLimits;
@@ -44,6 +45,23 @@ pub async fn run_subquery(
     limits: &ExecLimits,
 ) -> Result<OwnerAnswer, QueryError> {
     let ctx = crate::limits::session(limits)?;
+    let plan = plan_subquery(&ctx, dataset, table, sql).await?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
+    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
+    let schema = physical.schema();
+    let batches = crate::limits::collect_limited(&ctx, physical.clone(), limits.max_groups).await?;
+    let groups_released = batches.iter().map(|b| b.num_rows() as u64).sum();
+    Ok(OwnerAnswer { schema, batches, rows_scanned: leaf_rows(&physical), groups_released })
+}
+
+/// Plans `sql` against `dataset` alone in `ctx` and checks it: the shape of a partial
+/// aggregate, and bounded values. What passes is what [`run_subquery`] runs.
+pub async fn plan_subquery(
+    ctx: &SessionContext,
+    dataset: &str,
+    table: Arc<dyn TableProvider>,
+    sql: &str,
+) -> Result<LogicalPlan, QueryError> {
     ctx.register_table(dataset, table.clone()).map_err(QueryError::plan)?;
     let plan =
         ctx.state().create_logical_plan(sql).await.map_err(|e| refuse(QueryError::plan(e).to_string()))?;
@@ -58,12 +76,7 @@ pub async fn run_subquery(
         QueryError::Refused(why) => refuse(why),
         other => other,
     })?;
-    let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
-    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
-    let schema = physical.schema();
-    let batches = crate::limits::collect_limited(&ctx, physical.clone(), limits.max_groups).await?;
-    let groups_released = batches.iter().map(|b| b.num_rows() as u64).sum();
-    Ok(OwnerAnswer { schema, batches, rows_scanned: leaf_rows(&physical), groups_released })
+    Ok(plan)
 }
 
 /// Rows produced by the leaves of an executed plan: what was read from the dataset.

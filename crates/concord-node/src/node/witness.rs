@@ -37,14 +37,15 @@ fn answer(status: u16, body: impl Into<String>) -> WitnessAnswer {
 }
 
 /// An add-checkpoint request: old size, consistency proof, checkpoint note bytes.
-struct AddCheckpoint<'a> {
-    old: u64,
-    proof: Vec<Vec<u8>>,
-    checkpoint: &'a [u8],
+#[derive(Debug)]
+pub struct AddCheckpoint<'a> {
+    pub old: u64,
+    pub proof: Vec<Vec<u8>>,
+    pub checkpoint: &'a [u8],
 }
 
 /// Parses `old N\n<proof lines>\n\n<checkpoint>`.
-fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, String> {
+pub fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_owned())?;
     let (head, checkpoint) = text.split_once("\n\n").ok_or("no empty line before the checkpoint")?;
     let mut lines = head.split('\n');
@@ -57,6 +58,7 @@ fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, String> {
         .and_then(|n| n.parse().ok())
         .ok_or("the first line must be `old <size>`")?;
     let proof = lines
+        .take(64)
         .map(|l| B64.decode(l).ok().filter(|h| h.len() == 32).ok_or("a proof line is not a base64 hash"))
         .collect::<Result<Vec<_>, _>>()?;
     if proof.len() > 63 {

@@ -1,6 +1,8 @@
 //! The `concord` command as a member's operators and analysts use it: two members set up from
 //! scratch with init, genesis, signatures, datasets and tokens, nodes run, queried, stopped.
 
+mod crashes;
+
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
