@@ -521,6 +521,10 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
             ));
         }
         s.push_str("\nRaw rows are refused, for example: SELECT * FROM health_cases\n");
+        s.push_str(&format!(
+            "\nAudit every member's log as an auditor of {}:\n  concord audit --node {} --token {} --all\n",
+            m.id, m.local_url, m.auditor_token
+        ));
     }
     s.push_str("\nPress Ctrl-C to stop every node.\n");
     s

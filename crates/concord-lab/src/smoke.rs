@@ -63,6 +63,16 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
         Ok(_) => Err("raw rows were returned".into()),
     };
     steps.push(Step { name: format!("refused: {raw}"), outcome });
+    let bomb =
+        format!("SELECT max(length(repeat(arrow_cast('x', 'LargeUtf8'), 1000000000000))) FROM {table}");
+    let outcome = match api_query(&first.local_url, &first.analyst_token, &bomb).await {
+        Err(NodeError::Peer { code, message, .. }) if code == "query_refused" => Ok(message),
+        Err(e) => Err(format!("refused for the wrong reason: {e}")),
+        Ok(_) => Err("the bomb ran".into()),
+    };
+    steps.push(Step { name: "a query bomb is refused naming the limit".into(), outcome });
+    // Before the hand-made requests below, which no requester's log holds.
+    steps.push(Step { name: "audit of every member passes".into(), outcome: audit_all(first).await });
     if demo.file.members.len() > 1 {
         steps.push(Step { name: "forged peer request refused".into(), outcome: forged(demo, &table).await });
         steps.push(Step {
@@ -71,6 +81,33 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
         });
     }
     steps
+}
+
+/// Audits every member from `m`'s node until it passes (an access of the last second may not be
+/// in both published checkpoints yet), for at most 30 seconds.
+async fn audit_all(m: &crate::demo::DemoMember) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let body = serde_json::json!({"all": true});
+    loop {
+        let resp = concord_node::net::client::local_call(
+            &m.local_url,
+            "POST",
+            "/v1/audit",
+            Some(&m.auditor_token),
+            Some(&body),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
+        if v["ok"] == true {
+            let n = v["report"]["members"].as_array().map(Vec::len).unwrap_or(0);
+            return Ok(format!("{n} logs verified and reconciled"));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the audit did not pass: {v}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// Sends `note` to member 1 over mutual TLS as member 0.

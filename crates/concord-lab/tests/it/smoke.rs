@@ -38,7 +38,7 @@ async fn demo_smoke_tour_passes_every_step() {
     demo.stop().await;
     let failed: Vec<_> = steps.iter().filter(|s| s.outcome.is_err()).collect();
     assert!(failed.is_empty(), "failed steps: {failed:#?}");
-    assert!(steps.len() >= 9, "the tour has all its steps: {steps:#?}");
+    assert!(steps.len() >= 11, "the tour has all its steps: {steps:#?}");
 
     // demo.json is what scripts drive the demo with.
     let file: DemoFile =

@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS witness_progress (
     witness TEXT PRIMARY KEY,
     size INTEGER NOT NULL
 );
+-- Audits before incremental verification kept only (size, root); they start over from 0.
+DROP TABLE IF EXISTS audited;
 CREATE TABLE IF NOT EXISTS audit_state (
     origin TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
