@@ -129,16 +129,18 @@ pub async fn run_federated(
     sql: &str,
     client: &dyn OwnerClient,
 ) -> Result<QueryOutcome, QueryError> {
-    run_federated_with(ctx, sql, client, false).await
+    run_federated_with(ctx, sql, client, false, crate::limits::ExecLimits::default().max_groups).await
 }
 
 /// As [`run_federated`]; with `allow_partial`, owners that cannot be reached are left out and
-/// named in [`QueryOutcome::missing`] instead of failing the query.
+/// named in [`QueryOutcome::missing`] instead of failing the query. A result of more than
+/// `max_rows` rows is refused, naming the limit.
 pub async fn run_federated_with(
     ctx: &SessionContext,
     sql: &str,
     client: &dyn OwnerClient,
     allow_partial: bool,
+    max_rows: u64,
 ) -> Result<QueryOutcome, QueryError> {
     let plan = ctx.state().create_logical_plan(sql).await.map_err(QueryError::plan)?;
     SQLOptions::new()
@@ -218,7 +220,13 @@ pub async fn run_federated_with(
 
     let df = ctx.execute_logical_plan(rewritten).await.map_err(QueryError::exec)?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(QueryError::exec)?;
+    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
+    let batches = crate::limits::collect_limited(ctx, physical, max_rows).await.map_err(|e| match e {
+        QueryError::Limit(_) => QueryError::Limit(format!(
+            "the result has more than {max_rows} rows, the most this node returns; aggregate further or add LIMIT"
+        )),
+        other => other,
+    })?;
     provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
     Ok(QueryOutcome { schema, batches, provenance, missing: missing.into_iter().collect() })
 }

@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -30,6 +31,10 @@ use crate::QueryError;
 pub const MAX_GROWTH: u64 = 16;
 /// Largest number of bytes a value may hold beyond that (literals, padding, formatting).
 pub const MAX_VALUE_BYTES: u64 = 16 * 1024;
+/// Largest factor, summed over the values of one row.
+pub const MAX_ROW_GROWTH: u64 = 4 * MAX_GROWTH;
+/// Largest number of bytes beyond that, summed over the values of one row.
+pub const MAX_ROW_BYTES: u64 = 4 * MAX_VALUE_BYTES;
 /// Longest `lpad`/`rpad` result, in characters.
 pub const MAX_PAD: i64 = 4096;
 
@@ -68,6 +73,8 @@ impl Bound {
     const INPUT: Self = Self { a: 1, b: 0 };
     /// Numbers, booleans, dates and other fixed-width values.
     const FIXED: Self = Self { a: 0, b: 64 };
+    /// The largest bound a value may have.
+    const LIMIT: Self = Self { a: MAX_GROWTH, b: MAX_VALUE_BYTES };
 
     fn bytes(n: u64) -> Self {
         Self { a: 0, b: n }
@@ -90,108 +97,160 @@ impl Bound {
 enum Size {
     /// Fixed width, whatever the arguments.
     Fixed,
-    /// At most the largest argument (case changes, trims, substrings, casts, choices).
+    /// At most the largest argument (trims, substrings, choices).
     Largest,
+    /// At most `k` times the largest argument (case changes can turn one character into three;
+    /// `translate` one byte into four; hex and base64 encodings).
+    Times(u64),
     /// At most the sum of the arguments (concatenations, structs).
     Sum,
-    /// At most twice the largest argument (hex and base64 encodings).
-    Double,
-    /// Bounded by a literal argument: handled one by one.
+    /// Bounded by literal arguments: handled one by one.
     Literal,
 }
 
+/// Functions of fixed-width output.
+const FIXED: &[&str] = &[
+    "abs",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "cbrt",
+    "ceil",
+    "cos",
+    "cosh",
+    "cot",
+    "degrees",
+    "exp",
+    "factorial",
+    "floor",
+    "gcd",
+    "lcm",
+    "isnan",
+    "iszero",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "nanvl",
+    "pi",
+    "pow",
+    "power",
+    "radians",
+    "round",
+    "signum",
+    "sin",
+    "sinh",
+    "sqrt",
+    "tan",
+    "tanh",
+    "trunc",
+    "ascii",
+    "bit_length",
+    "char_length",
+    "character_length",
+    "length",
+    "octet_length",
+    "instr",
+    "position",
+    "strpos",
+    "find_in_set",
+    "levenshtein",
+    "contains",
+    "starts_with",
+    "ends_with",
+    "date_part",
+    "datepart",
+    "date_trunc",
+    "datetrunc",
+    "date_bin",
+    "make_date",
+    "make_time",
+    "to_date",
+    "to_time",
+    "to_timestamp",
+    "to_timestamp_seconds",
+    "to_timestamp_millis",
+    "to_timestamp_micros",
+    "to_timestamp_nanos",
+    "to_unixtime",
+    "from_unixtime",
+    "now",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "today",
+    "to_local_time",
+    "arrow_typeof",
+    "chr",
+    "to_hex",
+];
+
+/// Functions whose output is at most their largest argument.
+const LARGEST: &[&str] = &[
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "substr",
+    "substring",
+    "left",
+    "right",
+    "reverse",
+    "split_part",
+    "substr_index",
+    "substring_index",
+    "coalesce",
+    "ifnull",
+    "nvl",
+    "nvl2",
+    "nullif",
+    "greatest",
+    "least",
+    "get_field",
+    "decode",
+];
+
 fn size_of_function(name: &str) -> Option<Size> {
     Some(match name {
-        "abs"
-        | "acos"
-        | "acosh"
-        | "asin"
-        | "asinh"
-        | "atan"
-        | "atan2"
-        | "atanh"
-        | "cbrt"
-        | "ceil"
-        | "cos"
-        | "cosh"
-        | "cot"
-        | "degrees"
-        | "exp"
-        | "factorial"
-        | "floor"
-        | "gcd"
-        | "lcm"
-        | "isnan"
-        | "iszero"
-        | "ln"
-        | "log"
-        | "log10"
-        | "log2"
-        | "nanvl"
-        | "pi"
-        | "pow"
-        | "power"
-        | "radians"
-        | "round"
-        | "signum"
-        | "sin"
-        | "sinh"
-        | "sqrt"
-        | "tan"
-        | "tanh"
-        | "trunc"
-        | "ascii"
-        | "bit_length"
-        | "char_length"
-        | "character_length"
-        | "length"
-        | "octet_length"
-        | "instr"
-        | "position"
-        | "strpos"
-        | "find_in_set"
-        | "levenshtein"
-        | "contains"
-        | "starts_with"
-        | "ends_with"
-        | "regexp_like"
-        | "regexp_count"
-        | "regexp_instr"
-        | "date_part"
-        | "datepart"
-        | "date_trunc"
-        | "datetrunc"
-        | "date_bin"
-        | "make_date"
-        | "make_time"
-        | "to_date"
-        | "to_time"
-        | "to_timestamp"
-        | "to_timestamp_seconds"
-        | "to_timestamp_millis"
-        | "to_timestamp_micros"
-        | "to_timestamp_nanos"
-        | "to_unixtime"
-        | "from_unixtime"
-        | "now"
-        | "current_date"
-        | "current_time"
-        | "current_timestamp"
-        | "today"
-        | "to_local_time"
-        | "arrow_typeof"
-        | "chr"
-        | "to_hex" => Size::Fixed,
-        "lower" | "upper" | "initcap" | "trim" | "btrim" | "ltrim" | "rtrim" | "substr" | "substring"
-        | "left" | "right" | "reverse" | "translate" | "split_part" | "substr_index" | "substring_index"
-        | "regexp_match" | "coalesce" | "ifnull" | "nvl" | "nvl2" | "nullif" | "greatest" | "least"
-        | "arrow_cast" | "arrow_try_cast" | "cast_to_type" | "try_cast_to_type" | "get_field" | "decode"
-        | "to_char" | "date_format" => Size::Largest,
-        "concat" | "concat_ws" | "overlay" | "struct" | "named_struct" | "row" => Size::Sum,
-        "encode" => Size::Double,
-        "repeat" | "lpad" | "rpad" | "replace" | "regexp_replace" => Size::Literal,
+        n if FIXED.contains(&n) => Size::Fixed,
+        n if LARGEST.contains(&n) => Size::Largest,
+        "lower" | "upper" | "initcap" => Size::Times(3),
+        "translate" => Size::Times(4),
+        "encode" => Size::Times(2),
+        "concat" | "overlay" | "struct" | "named_struct" | "row" => Size::Sum,
+        "concat_ws" | "repeat" | "lpad" | "rpad" | "replace" | "regexp_replace" | "regexp_like"
+        | "regexp_count" | "regexp_instr" | "to_char" | "date_format" | "arrow_cast" | "arrow_try_cast"
+        | "cast_to_type" | "try_cast_to_type" => Size::Literal,
         _ => return None,
     })
+}
+
+/// Target types whose width the caller picks (`FixedSizeBinary(2147483647)`), anywhere inside.
+fn caller_sized(t: &DataType) -> bool {
+    match t {
+        DataType::FixedSizeBinary(_) | DataType::FixedSizeList(..) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::Map(f, _) => caller_sized(f.data_type()),
+        DataType::Struct(fs) => fs.iter().any(|f| caller_sized(f.data_type())),
+        DataType::Dictionary(_, v) => caller_sized(v),
+        _ => false,
+    }
+}
+
+fn check_cast_target(t: &DataType) -> Result<(), QueryError> {
+    if caller_sized(t) {
+        return Err(refuse(format!(
+            "a cast to {t} makes values of a width the query picks; cast to variable-width types instead"
+        )));
+    }
+    Ok(())
 }
 
 fn literal_i64(e: &Expr) -> Option<i64> {
@@ -199,7 +258,7 @@ fn literal_i64(e: &Expr) -> Option<i64> {
         Expr::Alias(a) => literal_i64(&a.expr),
         Expr::Cast(c) => literal_i64(&c.expr),
         Expr::TryCast(c) => literal_i64(&c.expr),
-        Expr::Literal(v, _) => match v.cast_to(&datafusion::arrow::datatypes::DataType::Int64).ok()? {
+        Expr::Literal(v, _) => match v.cast_to(&DataType::Int64).ok()? {
             ScalarValue::Int64(n) => n,
             _ => None,
         },
@@ -260,7 +319,9 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
     let b = match e {
         Expr::Alias(a) => return bound(&a.expr, inputs),
         Expr::Column(c) => return Ok(inputs.column(c)),
-        Expr::OuterReferenceColumn(..) => return Ok(Bound::INPUT),
+        // A column of the enclosing query, whose bound is not known here: taken as the largest
+        // allowed, so that nothing may grow it further.
+        Expr::OuterReferenceColumn(..) => return Ok(Bound::LIMIT),
         // A literal is one value, not one per row: only what is computed from it counts.
         Expr::Literal(v, _) => return Ok(Bound::bytes(literal_size(v))),
         Expr::BinaryExpr(x) => {
@@ -281,8 +342,16 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
             }
             m
         }
-        Expr::Cast(c) => bound(&c.expr, inputs)?.max(Bound::FIXED),
-        Expr::TryCast(c) => bound(&c.expr, inputs)?.max(Bound::FIXED),
+        Expr::Cast(c) => {
+            check_cast_target(c.field.data_type())?;
+            bound(&c.expr, inputs)?.max(Bound::FIXED)
+        }
+        Expr::TryCast(c) => {
+            check_cast_target(c.field.data_type())?;
+            bound(&c.expr, inputs)?.max(Bound::FIXED)
+        }
+        // One value computed by its own plan, whose bound is that plan's.
+        Expr::ScalarSubquery(s) => output_bounds(&s.subquery)?.first().copied().unwrap_or(Bound::INPUT),
         Expr::ScalarFunction(f) => {
             let name = f.func.name().to_ascii_lowercase();
             let Some(size) = size_of_function(&name) else {
@@ -295,8 +364,8 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
             match size {
                 Size::Fixed => Bound::FIXED.max(Bound::bytes(bs.iter().map(|b| b.b).max().unwrap_or(0))),
                 Size::Largest => largest(&bs).max(Bound::FIXED),
+                Size::Times(k) => largest(&bs).times(k).max(Bound::FIXED),
                 Size::Sum => bs.iter().fold(Bound::bytes(0), |s, b| s.plus(*b)),
-                Size::Double => largest(&bs).times(2),
                 Size::Literal => literal_bound(&name, &f.args, &bs)?,
             }
         }
@@ -308,7 +377,12 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
             for s in &f.params.order_by {
                 bound(&s.expr, inputs)?;
             }
-            largest(&bs).max(Bound::FIXED)
+            // One value made of every row's (within the memory pool while it accumulates): taken
+            // as the largest allowed, so that nothing may grow it further.
+            match f.func.name().to_ascii_lowercase().as_str() {
+                "string_agg" | "array_agg" => Bound::LIMIT,
+                _ => largest(&bs).max(Bound::FIXED),
+            }
         }
         Expr::WindowFunction(w) => {
             let bs = args(&w.params.args)?;
@@ -353,7 +427,17 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
 /// Functions whose output size a literal argument sets.
 fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, QueryError> {
     let first = bs.first().copied().unwrap_or(Bound::bytes(0));
+    let pattern_literal = || {
+        args.get(1).and_then(literal_str).ok_or_else(|| {
+            refuse(format!("{name}(text, pattern, ...) needs the pattern written as a string in the SQL"))
+        })
+    };
     match name {
+        "concat_ws" => {
+            // The separator is written between every two of the other arguments.
+            let rest = bs.iter().skip(1).fold(Bound::bytes(0), |s, b| s.plus(*b));
+            Ok(rest.plus(first.times(bs.len().saturating_sub(2) as u64)))
+        }
         "repeat" => {
             let n = args.get(1).and_then(literal_i64).ok_or_else(|| {
                 refuse(
@@ -386,6 +470,7 @@ fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, Query
             Ok(first.times(to.div_ceil(from).max(1)))
         }
         "regexp_replace" => {
+            pattern_literal()?;
             let to =
                 args.get(2).and_then(literal_str).filter(|t| !t.contains(['$', '\\'])).ok_or_else(|| {
                     refuse(
@@ -395,7 +480,28 @@ fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, Query
                 )
                 })?;
             // A pattern may match at every position, empty matches included.
-            Ok(first.times((to.len() as u64).saturating_add(1)))
+            Ok(first.times((to.len() as u64).saturating_add(1)).plus(Bound::bytes(to.len() as u64)))
+        }
+        "regexp_like" | "regexp_count" | "regexp_instr" => {
+            // A pattern from the data would be compiled anew for every value.
+            pattern_literal()?;
+            Ok(Bound::FIXED)
+        }
+        "to_char" | "date_format" => {
+            // A directive such as %c writes up to 24 bytes for 2.
+            let format = args.get(1).and_then(literal_str).ok_or_else(|| {
+                refuse(format!("{name}(value, format) needs the format written as a string in the SQL"))
+            })?;
+            Ok(Bound::bytes(64 + 16 * format.len() as u64))
+        }
+        "arrow_cast" | "arrow_try_cast" | "cast_to_type" | "try_cast_to_type" => {
+            let target = args.get(1).and_then(literal_str).ok_or_else(|| {
+                refuse(format!("{name}(value, type) needs the type written as a string in the SQL"))
+            })?;
+            if let Ok(t) = target.parse::<DataType>() {
+                check_cast_target(&t)?;
+            }
+            Ok(first.max(Bound::FIXED))
         }
         _ => Err(refuse(format!("function {name}() is not on this node's allow-list"))),
     }
@@ -432,8 +538,26 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
     }
     let exprs = plan.expressions();
     let mut own = Vec::with_capacity(exprs.len());
+    let mut row = Bound::bytes(0);
     for e in &exprs {
-        own.push(bound(e, &inputs)?);
+        let b = bound(e, &inputs)?;
+        // A literal in a select list is copied to every row: it counts like any value.
+        if b.a > MAX_GROWTH || b.b > MAX_VALUE_BYTES {
+            return Err(refuse(format!(
+                "{e} is a value of up to {} bytes; this node allows at most {MAX_VALUE_BYTES} bytes per value",
+                b.b
+            )));
+        }
+        row = row.plus(b);
+        own.push(b);
+    }
+    // Every row of a batch holds all of them at once.
+    if row.a > MAX_ROW_GROWTH || row.b > MAX_ROW_BYTES {
+        return Err(refuse(format!(
+            "one row of this query could hold {}×(largest value read) + {} bytes; this node allows at most \
+             {MAX_ROW_GROWTH}× + {MAX_ROW_BYTES} bytes per row",
+            row.a, row.b
+        )));
     }
     let width = plan.schema().fields().len();
     let all_inputs = child_bounds.iter().flatten().fold(Bound::INPUT, |m, b| m.max(*b));

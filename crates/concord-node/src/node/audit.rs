@@ -21,8 +21,13 @@ use concord_log::tiles::{MAX_ENTRY_BYTES, TILE_WIDTH, Tile, TileKind, decode_bun
 use concord_log::{LogError, Note};
 use serde::Serialize;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest as _, Sha256};
+
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
+use crate::net::protocol::{QueryRequest, ReleaseReceipt};
 use crate::node::Node;
 use crate::store::entry::LogEntry;
 use crate::store::tlog::{AccessFact, AuditState};
@@ -33,6 +38,8 @@ const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
 const MAX_BUNDLE_BYTES: usize = TILE_WIDTH as usize * (MAX_ENTRY_BYTES + 2);
 /// Largest hash tile.
 const MAX_TILE_BYTES: usize = TILE_WIDTH as usize * 32;
+/// Time one audit step of one log may take (all logs are read at once).
+const AUDIT_STEP_TIME: std::time::Duration = std::time::Duration::from_secs(45);
 /// Most reconciliation findings listed per kind; more are counted.
 const MAX_LISTED: usize = 1000;
 
@@ -91,8 +98,9 @@ pub struct Growth {
     pub state: AuditState,
     /// Access facts of the new entries.
     pub facts: Vec<AccessFact>,
-    /// Entries that are no Concord entry: reported, not fatal.
-    pub strange: Vec<u64>,
+    /// Entries that are no Concord entry, or access entries whose signed notes say otherwise:
+    /// reported against this log, and not reconciled.
+    pub strange: Vec<(u64, String)>,
 }
 
 /// Why a step failed, and whether it is evidence (two signed checkpoints that cannot both be
@@ -211,8 +219,11 @@ pub async fn verify_growth(
                     }
                 }
                 match LogEntry::from_bytes(e) {
-                    Ok(entry) => facts.extend(AccessFact::of(&card.id, i, &entry)),
-                    Err(_) => strange.push(i),
+                    Ok(entry) => match fact_of(&card.id, i, &entry, witnesses) {
+                        Ok(f) => facts.extend(f),
+                        Err(why) => strange.push((i, why)),
+                    },
+                    Err(_) => strange.push((i, "is not a Concord log entry".into())),
                 }
             }
         }
@@ -258,6 +269,113 @@ pub async fn verify_growth(
         checkpoint: note.to_bytes(),
     };
     Ok(Growth { checkpoint: cp, note, cosigners, state, facts, strange })
+}
+
+/// The access fact of entry `index` of `member`'s log, checked against the signatures it
+/// carries: a request note must be signed by its requester and a receipt by its owner, and they
+/// must say what the entry says. A log cannot so blame another member with invented entries.
+fn fact_of(
+    member: &str,
+    index: u64,
+    e: &LogEntry,
+    cards: &[MemberCard],
+) -> Result<Option<AccessFact>, String> {
+    let card = |id: &str| {
+        cards.iter().find(|c| c.id == id).ok_or_else(|| format!("names {id}, who is not a member"))
+    };
+    let note_of = |b64: &str, signer: &MemberCard| -> Result<(QueryRequest, String), String> {
+        let bytes = B64.decode(b64).map_err(|_| "holds a request note that is not base64".to_owned())?;
+        let note = Note::parse(&bytes).map_err(|e| format!("holds a malformed request note: {e}"))?;
+        let key = signer.verifier().map_err(|e| e.to_string())?;
+        note.verify(std::slice::from_ref(&key))
+            .map_err(|_| format!("holds a request note not signed by {}", signer.id))?;
+        let r = QueryRequest::from_text(note.text())
+            .map_err(|e| format!("holds a malformed request note: {e}"))?;
+        Ok((r, concord_charter::hex(&Sha256::digest(&bytes))))
+    };
+    let differs = || "holds a signed note that says otherwise than the entry".to_owned();
+    Ok(Some(match e {
+        LogEntry::AccessRequested { request_id, owner, dataset, request_note, .. } => {
+            let (r, note) = note_of(request_note, card(member)?)?;
+            if r.request_id != *request_id
+                || r.requester != member
+                || r.owner != *owner
+                || r.dataset != *dataset
+            {
+                return Err(differs());
+            }
+            AccessFact {
+                index,
+                kind: "requested",
+                request_id: request_id.clone(),
+                peer: owner.clone(),
+                decision: "requested".into(),
+                digest: None,
+                note: Some(note),
+            }
+        }
+        LogEntry::AccessServed {
+            request_id,
+            requester,
+            dataset,
+            decision,
+            result_sha256,
+            request_note,
+            ..
+        } => {
+            if requester == member {
+                return Err("holds an access served to its own member".into());
+            }
+            // Only a release can be reconciled against the requester; it must carry the
+            // requester's own signed request for it.
+            let note = if decision == "released" {
+                let (r, note) = note_of(request_note, card(requester)?)?;
+                if r.request_id != *request_id
+                    || r.requester != *requester
+                    || r.owner != member
+                    || r.dataset != *dataset
+                {
+                    return Err(differs());
+                }
+                Some(note)
+            } else {
+                None
+            };
+            AccessFact {
+                index,
+                kind: "served",
+                request_id: request_id.clone(),
+                peer: requester.clone(),
+                decision: decision.clone(),
+                digest: result_sha256.clone(),
+                note,
+            }
+        }
+        LogEntry::AccessMade { request_id, owner, dataset, result_sha256, receipt, .. } => {
+            let bytes = B64.decode(receipt).map_err(|_| "holds a receipt that is not base64".to_owned())?;
+            let key = card(owner)?.verifier().map_err(|e| e.to_string())?;
+            let r = ReleaseReceipt::verify(&bytes, &key)
+                .map_err(|_| format!("holds a receipt not signed by {owner}"))?;
+            if r.request_id != *request_id
+                || r.owner != *owner
+                || r.requester != member
+                || r.dataset != *dataset
+                || r.result_sha256 != *result_sha256
+            {
+                return Err(differs());
+            }
+            AccessFact {
+                index,
+                kind: "made",
+                request_id: request_id.clone(),
+                peer: owner.clone(),
+                decision: "made".into(),
+                digest: Some(result_sha256.clone()),
+                note: None,
+            }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 /// One member's part of an audit.
@@ -310,16 +428,43 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
     let charter = &node.charter.charter;
     let mut wanted: BTreeSet<String> = targets.iter().cloned().collect();
     wanted.insert(node.cfg.member.clone());
-    let mut members = Vec::new();
-    let mut origins = Vec::new();
-    let mut verified = Vec::new();
+    let mut cards = Vec::new();
     for id in &wanted {
         let card = charter
             .member(id)
             .ok_or_else(|| NodeError::UnknownMember(format!("{id} is not in the charter")))?;
         let origin = card.log_origin()?;
-        origins.push(origin.clone());
         let previous = node.log.audit_state(&origin)?;
+        cards.push((card, origin, previous));
+    }
+    // Every log is read at once, each within its own time: a member that answers slowly is
+    // named, and delays no other member's audit.
+    let max = node.cfg.limits.audit_max_entries;
+    let steps = futures::future::join_all(cards.iter().map(|(card, _, previous)| async move {
+        let work = async {
+            if card.id == node.cfg.member {
+                verify_growth(card, &charter.members, &Local(node), previous.as_ref(), max).await
+            } else {
+                verify_growth(card, &charter.members, &Remote { node, card }, previous.as_ref(), max).await
+            }
+        };
+        match tokio::time::timeout(AUDIT_STEP_TIME, work).await {
+            Ok(step) => step,
+            Err(_) => Err(problem(format!(
+                "{} did not serve its log within {} s; nothing new of it was trusted",
+                card.id,
+                AUDIT_STEP_TIME.as_secs()
+            ))),
+        }
+    }))
+    .await;
+    let mut members = Vec::new();
+    let mut origins = Vec::new();
+    let mut verified = Vec::new();
+    for ((card, origin, previous), step) in cards.iter().zip(steps) {
+        let id = &card.id;
+        origins.push(origin.clone());
+        let origin = origin.clone();
         let mut report = MemberAudit {
             member: id.clone(),
             size: previous.as_ref().map(|p| p.size).unwrap_or(0),
@@ -329,26 +474,6 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
             previous_size: previous.as_ref().map(|p| p.size),
             new_entries: 0,
             problems: vec![],
-        };
-        let step = if id == &node.cfg.member {
-            verify_growth(
-                card,
-                &charter.members,
-                &Local(node),
-                previous.as_ref(),
-                node.cfg.limits.audit_max_entries,
-            )
-            .await
-        } else {
-            let source = Remote { node, card };
-            verify_growth(
-                card,
-                &charter.members,
-                &source,
-                previous.as_ref(),
-                node.cfg.limits.audit_max_entries,
-            )
-            .await
         };
         match step {
             Err(StepFailure::Problem(p)) => report.problems.push(p),
@@ -360,8 +485,8 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
                     origin: origin.clone(),
                     detail,
                     checkpoints: vec![
-                        String::from_utf8_lossy(&earlier).into_owned(),
-                        String::from_utf8_lossy(&later).into_owned(),
+                        crate::store::entry::sha256(&earlier),
+                        crate::store::entry::sha256(&later),
                     ],
                 };
                 node.log.append(entry.to_bytes()?).await?;
@@ -378,8 +503,8 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
                         charter.witness_quorum
                     ));
                 }
-                for i in &g.strange {
-                    report.problems.push(format!("entry {i} is not a Concord log entry"));
+                for (i, why) in &g.strange {
+                    report.problems.push(format!("entry {i} of {id}'s log {why}"));
                 }
                 node.log.store_audit_step(&origin, id, &g.state, &g.facts)?;
                 verified.push(id.clone());
@@ -554,6 +679,42 @@ mod tests {
             verify_growth(&a.card, &cards, &serve(&a, &b, &other, 50_000), Some(&first.state), 1 << 20).await,
         );
         assert!(p.contains("do not hash to the signed root"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn invented_access_entries_count_against_the_log_that_holds_them() {
+        let (a, b) = (member("alpha", 'A'), member("bravo", 'B'));
+        let cards = [a.card.clone(), b.card.clone()];
+        // Alpha's log "shows" a release to bravo and an access made from bravo, neither signed by
+        // bravo: they would blame bravo for hiding them.
+        let served = LogEntry::AccessServed {
+            time: 0,
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            requester: "bravo".into(),
+            dataset: "cases".into(),
+            decision: "released".into(),
+            result_sha256: Some("00".into()),
+            groups_released: 1,
+            request_note: B64.encode(b"not a note"),
+            reason: None,
+        };
+        let made = LogEntry::AccessMade {
+            time: 0,
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            owner: "bravo".into(),
+            dataset: "cases".into(),
+            result_sha256: "00".into(),
+            owner_log_index: 0,
+            receipt: B64.encode(b"junk"),
+        };
+        let entries = vec![served.to_bytes().expect("json"), made.to_bytes().expect("json")];
+        let g = verify_growth(&a.card, &cards, &serve(&a, &b, &entries, 2), None, 1 << 20)
+            .await
+            .expect("verifies");
+        assert!(g.facts.is_empty(), "{:?}", g.facts);
+        assert_eq!(g.strange.len(), 2);
+        assert!(g.strange[0].1.contains("malformed request note"), "{:?}", g.strange);
+        assert!(g.strange[1].1.contains("not signed by bravo"), "{:?}", g.strange);
     }
 
     #[tokio::test]

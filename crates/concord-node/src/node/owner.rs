@@ -124,7 +124,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
     }
-    let request_note = crate::store::entry::b64(&note.to_bytes());
+    let note_bytes = note.to_bytes();
     match decide_and_run(node, &request).await {
         Ok((answer, ipc)) => {
             let result_sha256 = concord_charter::hex(&Sha256::digest(&ipc));
@@ -136,7 +136,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 decision: "released".into(),
                 result_sha256: Some(result_sha256.clone()),
                 groups_released: answer.groups_released,
-                request_note,
+                request_note: crate::store::entry::b64(&note_bytes),
                 reason: None,
             };
             // Invariant: nothing is released before its "access served" entry is on disk.
@@ -172,7 +172,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 decision,
                 result_sha256: None,
                 groups_released: 0,
-                request_note,
+                request_note: crate::store::entry::sha256(&note_bytes),
                 reason: Some(wire.to_string()),
             };
             node.log.append(entry.to_bytes()?).await?;

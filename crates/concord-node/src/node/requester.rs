@@ -227,7 +227,10 @@ impl Node {
         let work = async {
             let ctx = self.query_context(sql).await?;
             let owners = PeerOwners { node: self.clone(), purpose: purpose.to_owned() };
-            Ok::<_, NodeError>(concord_query::run_federated_with(&ctx, sql, &owners, allow_partial).await?)
+            let max_rows = limits.max_result_rows;
+            Ok::<_, NodeError>(
+                concord_query::run_federated_with(&ctx, sql, &owners, allow_partial, max_rows).await?,
+            )
         };
         match tokio::time::timeout(limits.query_timeout(), work).await {
             Ok(r) => r,

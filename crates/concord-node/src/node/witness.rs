@@ -112,7 +112,7 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
                 time: crate::store::entry::now(),
                 origin: cp.origin.clone(),
                 detail: detail.clone(),
-                checkpoints: vec![note.to_string()],
+                checkpoints: vec![crate::store::entry::sha256(&note.to_bytes())],
             };
             node.log.append(entry.to_bytes()?).await?;
             Ok(answer(422, format!("inconsistent with the last cosigned checkpoint: {detail}\n")))

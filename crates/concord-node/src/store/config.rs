@@ -53,6 +53,8 @@ pub struct Limits {
     pub subquery_timeout_secs: u64,
     /// Groups an owner releases for one sub-query.
     pub max_groups: u64,
+    /// Rows of one analyst's result.
+    pub max_result_rows: u64,
     /// Queries and sub-queries that run at once; more wait for a slot.
     pub max_concurrent_queries: usize,
     /// How long the requester waits for one owner's answer.
@@ -82,6 +84,7 @@ impl Default for Limits {
             query_timeout_secs: 60,
             subquery_timeout_secs: 20,
             max_groups: 1_000_000,
+            max_result_rows: 1_000_000,
             max_concurrent_queries: 8,
             peer_timeout_secs: 30,
             catalog_timeout_secs: 5,
@@ -89,8 +92,8 @@ impl Default for Limits {
             max_connections: 256,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
-            peer_requests_per_sec: 50,
-            peer_burst: 100,
+            peer_requests_per_sec: 10,
+            peer_burst: 50,
             audit_max_entries: 4 * 1024 * 1024,
         }
     }
@@ -117,6 +120,7 @@ impl Limits {
             ("query_timeout_secs", self.query_timeout_secs == 0),
             ("subquery_timeout_secs", self.subquery_timeout_secs == 0),
             ("max_concurrent_queries", self.max_concurrent_queries == 0),
+            ("max_result_rows", self.max_result_rows == 0),
             ("peer_timeout_secs", self.peer_timeout_secs == 0),
             ("catalog_timeout_secs", self.catalog_timeout_secs == 0),
             ("witness_timeout_secs", self.witness_timeout_secs == 0),

@@ -24,7 +24,9 @@ pub enum LogEntry {
         /// Hex SHA-256 of the released Arrow IPC bytes.
         result_sha256: Option<String>,
         groups_released: u64,
-        /// The signed request note, base64.
+        /// The signed request note, base64, for a release; for a refusal or failure, `sha256:<hex>`
+        /// of it (a refusal releases nothing, and a member could otherwise fill this log with
+        /// large refused requests).
         request_note: String,
         /// For a refusal or failure: the code and data-free reason the requester was sent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,7 +68,9 @@ pub enum LogEntry {
     },
     /// The node's keys and TLS pin, at creation and at every change.
     KeysSet { time: i64, member: String, vkey: String, witness_vkey: String, tls_pin: String },
-    /// Evidence of a fork or a failed consistency proof in another member's log.
+    /// Evidence of a fork in another member's log: `sha256:<hex>` of each signed checkpoint
+    /// (the notes themselves are kept in the node's evidence store; a checkpoint may be as large
+    /// as an entry may be).
     ForkEvidence { time: i64, origin: String, detail: String, checkpoints: Vec<String> },
 }
 
@@ -101,6 +105,12 @@ impl LogEntry {
 
 pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", concord_charter::hex(&sha2::Sha256::digest(bytes)))
 }
 
 pub fn now() -> i64 {

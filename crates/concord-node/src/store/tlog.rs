@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS audit_facts (
     peer TEXT NOT NULL,
     decision TEXT NOT NULL,
     digest TEXT,
+    note TEXT,
     PRIMARY KEY (member, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS audit_facts_by_request ON audit_facts (member, kind, request_id);
@@ -488,8 +489,8 @@ impl Log {
         {
             let mut put = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO audit_facts (member, idx, kind, request_id, peer, decision, digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO audit_facts (member, idx, kind, request_id, peer, decision, digest, note)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(db)?;
             for f in facts {
@@ -500,7 +501,8 @@ impl Log {
                     f.request_id,
                     f.peer,
                     f.decision,
-                    f.digest
+                    f.digest,
+                    f.note
                 ])
                 .map_err(db)?;
             }
@@ -567,11 +569,25 @@ impl Log {
                 "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
                  WHERE s.kind = 'served' AND s.decision = 'released'
                    AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-                   AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind IN ('made', 'requested')
-                        AND r.request_id = s.request_id AND r.peer = s.member)
+                   AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.request_id = s.request_id
+                        AND r.peer = s.member AND (r.kind = 'made' OR (r.kind = 'requested' AND r.note = s.note)))
                  ORDER BY s.request_id LIMIT ?2",
                 &|requester, owner, _| {
-                    format!("{owner} released data to {requester}, whose log does not hold the request at all: a hidden access")
+                    format!(
+                        "{owner} released data to {requester}, whose log does not hold that request (signed as {owner} \
+                         served it) at all: a hidden access"
+                    )
+                },
+                false,
+            )?);
+            mismatches.extend(rows(
+                "SELECT s.request_id, s.member, s.peer, CAST(count(*) AS TEXT) FROM audit_facts s
+                 WHERE s.kind = 'served' AND s.decision = 'released'
+                   AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
+                 GROUP BY s.member, s.peer, s.request_id HAVING count(*) > 1
+                 ORDER BY s.request_id LIMIT ?2",
+                &|requester, owner, n| {
+                    format!("{owner} released data to {requester} {n} times under one request id: one record cannot stand for them all")
                 },
                 false,
             )?);
@@ -580,7 +596,7 @@ impl Log {
                  WHERE s.kind = 'served' AND s.decision = 'released'
                    AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
                    AND EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'requested'
-                        AND r.request_id = s.request_id AND r.peer = s.member)
+                        AND r.request_id = s.request_id AND r.peer = s.member AND r.note = s.note)
                    AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'made'
                         AND r.request_id = s.request_id AND r.peer = s.member)
                  ORDER BY s.request_id LIMIT ?2",
@@ -616,41 +632,8 @@ pub struct AccessFact {
     /// The decision of a served entry; the kind otherwise.
     pub decision: String,
     pub digest: Option<String>,
-}
-
-impl AccessFact {
-    /// The fact of entry `index` of `member`'s log, if it is an access entry.
-    pub fn of(member: &str, index: u64, e: &crate::store::entry::LogEntry) -> Option<Self> {
-        use crate::store::entry::LogEntry;
-        let _ = member;
-        Some(match e {
-            LogEntry::AccessRequested { request_id, owner, .. } => Self {
-                index,
-                kind: "requested",
-                request_id: request_id.clone(),
-                peer: owner.clone(),
-                decision: "requested".into(),
-                digest: None,
-            },
-            LogEntry::AccessMade { request_id, owner, result_sha256, .. } => Self {
-                index,
-                kind: "made",
-                request_id: request_id.clone(),
-                peer: owner.clone(),
-                decision: "made".into(),
-                digest: Some(result_sha256.clone()),
-            },
-            LogEntry::AccessServed { request_id, requester, decision, result_sha256, .. } => Self {
-                index,
-                kind: "served",
-                request_id: request_id.clone(),
-                peer: requester.clone(),
-                decision: decision.clone(),
-                digest: result_sha256.clone(),
-            },
-            _ => return None,
-        })
-    }
+    /// SHA-256 of the signed request note (requested and served entries).
+    pub note: Option<String>,
 }
 
 /// A reconciliation finding between two logs.
@@ -725,6 +708,8 @@ mod tests {
         decision: &str,
         digest: Option<&str>,
     ) -> AccessFact {
+        // Requested and served entries carry the digest of their request note: here, its id's.
+        let note = matches!(kind, "requested" | "served").then(|| format!("note-{id}"));
         AccessFact {
             index,
             kind,
@@ -732,6 +717,7 @@ mod tests {
             peer: peer.into(),
             decision: decision.into(),
             digest: digest.map(str::to_owned),
+            note,
         }
     }
 
@@ -761,6 +747,8 @@ mod tests {
             fact(6, "served", "r6", "alpha", "refused:replayed_request", None),
             // Released, but to another requester than the one that logged it.
             fact(7, "served", "r7", "charlie", "released", Some("d7")),
+            // Released twice under one id (a requester reusing an id after the owner forgot it).
+            fact(8, "served", "r1", "alpha", "released", Some("d1")),
         ];
         log.store_audit_step("f/alpha", "alpha", &state(0), &alpha).expect("alpha");
         log.store_audit_step("f/bravo", "bravo", &state(0), &bravo).expect("bravo");
@@ -769,11 +757,12 @@ mod tests {
         let found: Vec<(&str, &str)> =
             mismatches.iter().map(|m| (m.request_id.as_str(), m.problem.as_str())).collect();
         let ids: Vec<&str> = found.iter().map(|(i, _)| *i).collect();
-        assert_eq!(ids, ["r2", "r3", "r7", "r4"], "{found:#?}");
+        assert_eq!(ids, ["r2", "r3", "r7", "r4", "r1"], "{found:#?}");
         assert!(found[0].1.contains("another release"), "{found:?}");
         assert!(found[1].1.contains("does not hold"), "{found:?}");
         assert!(found[2].1.contains("released for charlie"), "{found:?}");
         assert!(found[3].1.contains("hidden access"), "{found:?}");
+        assert!(found[4].1.contains("2 times under one request id"), "{found:?}");
         assert_eq!(unreceived.len(), 1);
         assert_eq!((unreceived[0].request_id.as_str(), unreceived[0].requester.as_str()), ("r5", "alpha"));
         // Charlie's log is not audited: nothing about charlie is concluded.
@@ -781,6 +770,19 @@ mod tests {
         assert!(m.is_empty(), "{m:?}");
         // The listing is capped.
         let (m, _) = log.reconcile(&members, 1).expect("reconciles");
-        assert_eq!(m.len(), 2, "at most one of each kind");
+        assert_eq!(m.len(), 3, "at most one of each kind");
+        // A record of asking for another request (another note under the same id) is no twin.
+        let mut other = fact(9, "requested", "r8", "bravo", "requested", None);
+        other.note = Some("note-something-else".into());
+        log.store_audit_step("f/alpha", "alpha", &state(0), &[other]).expect("alpha");
+        log.store_audit_step(
+            "f/bravo",
+            "bravo",
+            &state(0),
+            &[fact(9, "served", "r8", "alpha", "released", Some("d8"))],
+        )
+        .expect("bravo");
+        let (m, _) = log.reconcile(&members, 100).expect("reconciles");
+        assert!(m.iter().any(|m| m.request_id == "r8" && m.problem.contains("hidden access")), "{m:?}");
     }
 }

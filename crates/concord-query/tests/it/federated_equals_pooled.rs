@@ -86,7 +86,7 @@ fn an_unreachable_owner_fails_the_query_unless_a_partial_result_is_asked_for() {
             matches!(&err, concord_query::QueryError::Unreachable { member, .. } if member == "m2"),
             "{err}"
         );
-        let out = concord_query::run_federated_with(&fed, "SELECT count(*) FROM t", &owners, true)
+        let out = concord_query::run_federated_with(&fed, "SELECT count(*) FROM t", &owners, true, 1000)
             .await
             .expect("partial");
         assert_eq!(cells(&out.batches), vec![vec![crate::common::Cell::Text("8".into())]]);

@@ -62,6 +62,27 @@ fn functions_whose_size_the_caller_picks_are_refused_naming_why() {
         ("SELECT uuid() FROM data", "allow-list"),
         ("SELECT version()", "allow-list"),
         ("SELECT count(*) FROM data WHERE x IN (SELECT length(repeat(k, 100)) FROM data)", "at most 16"),
+        // What a hostile review found.
+        (
+            "SELECT max(concat_ws(concat_ws(rpad(k, 4096, 'x'), '', '', '', '', ''), '', '', '', '', '')) FROM data",
+            "16384 bytes",
+        ),
+        (
+            "SELECT count(arrow_cast(arrow_cast(k, 'Binary'), 'FixedSizeBinary(2147483647)')) FROM data",
+            "width",
+        ),
+        (
+            "SELECT count(CAST(k AS INT)) FROM data WHERE arrow_cast(k, 'FixedSizeList(1000000, Int64)') IS NULL",
+            "width",
+        ),
+        (
+            "SELECT max(upper(translate(upper(translate(upper(k), 'FI', 'xy')), 'FI', 'xy'))) FROM data",
+            "at most 16",
+        ),
+        ("SELECT to_char(now(), k) FROM data", "format written"),
+        ("SELECT count(*) FROM data WHERE regexp_like(k, concat('a', k))", "pattern written"),
+        ("SELECT repeat(string_agg(k, ','), 2) FROM data", "at most 16"),
+        ("SELECT repeat((SELECT repeat((SELECT repeat(max(k), 8) FROM data), 8)), 8)", "at most 16"),
     ] {
         match check(sql) {
             Err(QueryError::Refused(why)) => assert!(why.contains(says), "{sql}: {why}"),
@@ -72,6 +93,30 @@ fn functions_whose_size_the_caller_picks_are_refused_naming_why() {
     let long = "x".repeat(20_000);
     let err = check(&format!("SELECT concat(k, '{long}') FROM data")).expect_err("too long");
     assert!(err.to_string().contains("16384 bytes"), "{err}");
+    let err = check(&format!("SELECT '{long}' AS a, k FROM data")).expect_err("a projected literal");
+    assert!(err.to_string().contains("16384 bytes per value"), "{err}");
+    // Many values of one row, each within the bound, are counted together.
+    let many: Vec<String> = (0..20).map(|i| format!("max(rpad(k, {}, 'x')) AS m{i}", 4000 - i)).collect();
+    let err = check(&format!("SELECT {} FROM data", many.join(", "))).expect_err("a wide row");
+    assert!(err.to_string().contains("per row"), "{err}");
+}
+
+#[test]
+fn a_result_over_its_row_limit_is_refused_naming_it() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("data", mem(&rows(50))).expect("register");
+        let owners = crate::common::LocalOwners { tables: Default::default() };
+        let err = concord_query::run_federated_with(&ctx, "SELECT k FROM data", &owners, false, 10)
+            .await
+            .expect_err("50 rows");
+        assert!(matches!(&err, QueryError::Limit(why) if why.contains("more than 10 rows")), "{err}");
+        let out = concord_query::run_federated_with(&ctx, "SELECT k FROM data LIMIT 10", &owners, false, 10)
+            .await
+            .expect("10 rows");
+        assert_eq!(out.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+    });
 }
 
 #[test]
