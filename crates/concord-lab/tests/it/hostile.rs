@@ -20,7 +20,7 @@ use datafusion::arrow::ipc as fb;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{Fed, Impostor, cases_schema, eventually, members_with, three_members};
+use crate::support::{Fed, Impostor, audit, cases_schema, eventually, members_with, settle, three_members};
 
 fn rows(r: &concord_lab::demo::ApiResult) -> usize {
     r.batches.iter().map(|b| b.num_rows()).sum()
@@ -55,30 +55,6 @@ fn served(fed: &Fed, owner: &str, request_id: &str) -> Vec<(String, Option<Strin
             _ => None,
         })
         .collect()
-}
-
-async fn audit(fed: &Fed, from: &str, body: serde_json::Value) -> serde_json::Value {
-    let m = fed.member(from);
-    let resp = local_call(&m.local_url, "POST", "/v1/audit", Some(&m.auditor_token), Some(&body))
-        .await
-        .expect("sent");
-    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
-    serde_json::from_slice(&resp.body).expect("json")
-}
-
-/// Waits until every node published a checkpoint of all its entries.
-async fn settle(fed: &Fed) {
-    for n in &fed.nodes {
-        let log = n.node.log.clone();
-        eventually("checkpoints published", || {
-            let log = log.clone();
-            async move {
-                let size = log.size().unwrap_or(0);
-                log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
-            }
-        })
-        .await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,3 +206,34 @@ impl Impostor {
         })
     }
 }
+
+/// Waits until every node published a checkpoint of all its entries.
+pub async fn settle(fed: &Fed) {
+    for n in &fed.nodes {
+        let log = n.node.log.clone();
+        eventually("checkpoints published", || {
+            let log = log.clone();
+            async move {
+                let size = log.size().unwrap_or(0);
+                log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
+            }
+        })
+        .await;
+    }
+}
+
+/// Audits `body`'s members from `from`'s node, as its auditor.
+pub async fn audit(fed: &Fed, from: &str, body: serde_json::Value) -> serde_json::Value {
+    let m = fed.member(from);
+    let resp = concord_node::net::client::local_call(
+        &m.local_url,
+        "POST",
+        "/v1/audit",
+        Some(&m.auditor_token),
+        Some(&body),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
+    serde_json::from_slice(&resp.body).expect("json")
+}

@@ -1,16 +1,14 @@
 //! Witnessing (C2SP tlog-witness answers) and audits with bilateral reconciliation.
 
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
 use concord_log::checkpoint::Checkpoint;
 use concord_log::{Note, NoteSigner};
-use concord_node::net::client::{Response, local_call, peer_call};
+use concord_node::net::client::{Response, peer_call};
 use concord_node::net::protocol::{QueryRequest, new_request_id};
 use concord_node::net::tls::TlsKeys;
 use concord_node::store::config::NodeDir;
 
-use crate::support::{Fed, three_members};
+use crate::support::{Fed, audit, settle, three_members};
 
 fn signer(fed: &Fed, id: &str) -> NoteSigner {
     let nd = NodeDir::new(&fed.member(id).dir);
@@ -43,30 +41,6 @@ fn checkpoint(origin: &str, size: u64, root: [u8; 32], key: &NoteSigner) -> Note
 }
 
 /// Waits until every node has published a checkpoint of all its entries.
-async fn settle(fed: &Fed) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let done = fed.nodes.iter().all(|n| {
-            let size = n.node.log.size().unwrap_or(u64::MAX);
-            n.node.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s == size)
-        });
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "checkpoints did not settle");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn audit(fed: &Fed, from: &str, body: serde_json::Value) -> serde_json::Value {
-    let m = fed.member(from);
-    let resp = local_call(&m.local_url, "POST", "/v1/audit", Some(&m.auditor_token), Some(&body))
-        .await
-        .expect("sent");
-    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
-    serde_json::from_slice(&resp.body).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn witnesses_answer_per_the_spec_and_keep_fork_evidence() {
     let fed = three_members().await;

@@ -383,31 +383,27 @@ pub fn private_database(path: &Path) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Replaces a file atomically with one readable by its owner only (tokens, keys).
-pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let r = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(NodeError::io(path, e));
-    }
-    Ok(())
-}
-
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     std::fs::write(path, bytes).map_err(|e| NodeError::io(path, e))
 }
 
 /// Replaces a file atomically: write a temporary sibling, then rename over.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    replace_with_mode(path, bytes, 0o644)
+}
+
+/// Replaces a file atomically with one readable by its owner only (tokens, keys).
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    replace_with_mode(path, bytes, 0o600)
+}
+
+fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NodeError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let r = std::fs::File::create(&tmp)
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = r {
