@@ -82,6 +82,8 @@ pub async fn serve(
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(5);
     loop {
+        // Finished connections are reaped first, so that the set holds only live ones.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = shutdown.changed() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
