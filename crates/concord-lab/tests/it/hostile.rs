@@ -385,11 +385,29 @@ async fn times_at_the_edges_of_i64_and_high_tile_levels_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_dropped_and_the_listeners_keep_serving() {
-    let fed = members_with(&["alpha", "bravo", "charlie"], |_, l| {
-        l.max_connections = 4;
-        l.header_timeout_secs = 1;
+    let fed = members_with(&["alpha", "bravo", "charlie"], |id, l| {
+        if id == "bravo" {
+            l.max_connections_per_address = 2;
+        } else {
+            l.max_connections = 4;
+            l.header_timeout_secs = 1;
+        }
     })
     .await;
+    // No single address takes every slot: bravo closes a third connection from one address at
+    // once, while the first two still wait for their headers.
+    let b = fed.member("bravo").local_url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(b.as_str()).await.expect("connects"));
+    }
+    let mut third = tokio::net::TcpStream::connect(b.as_str()).await.expect("connects");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed at once");
+    assert_eq!(n.unwrap_or(0), 0);
+    drop(held);
     let a = fed.member("alpha").clone();
     let local = a.local_url.trim_start_matches("http://").to_owned();
     let peer = Impostor::of(&fed, "alpha").card.peer_endpoint;
@@ -405,6 +423,18 @@ async fn stalled_clients_are_dropped_and_the_listeners_keep_serving() {
             stalled.push(s);
         }
     }
+    // A client without a token is answered before it sends the body it announced.
+    let mut s = tokio::net::TcpStream::connect(local.as_str()).await.expect("connects");
+    s.write_all(b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{")
+        .await
+        .expect("writes");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&buf[..n]));
+    drop(s);
     // The listeners still answer: the stalled ones are dropped after the header deadline.
     let status =
         local_call(&a.local_url, "GET", "/v1/status", Some(&a.analyst_token), None).await.expect("answers");

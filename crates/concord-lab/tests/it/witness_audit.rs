@@ -105,6 +105,16 @@ async fn witnesses_answer_per_the_spec_and_keep_fork_evidence() {
     let fork = checkpoint("test/alpha", size, [9; 32], &alpha);
     let resp = to_peer(&fed, "alpha", "bravo", path, add_checkpoint_body(size, &[], &fork)).await;
     assert_eq!(resp.status, 422, "{}", String::from_utf8_lossy(&resp.body));
+    // More second roots add nothing: the evidence is kept once.
+    for root in [[10; 32], [11; 32]] {
+        let again = checkpoint("test/alpha", size, root, &alpha);
+        let resp = to_peer(&fed, "alpha", "bravo", path, add_checkpoint_body(size, &[], &again)).await;
+        assert_eq!(resp.status, 422);
+    }
+    // A checkpoint padded to grow the witness's database is refused before anything else.
+    let mut padded = format!("old {size}\n\ntest/alpha\n{size}\n");
+    padded.push_str(&"x".repeat(9000));
+    assert_eq!(to_peer(&fed, "alpha", "bravo", path, padded.into_bytes()).await.status, 400);
     // A bad consistency proof to a larger size, even with alpha's genuine signature, sent by
     // anyone: 422, and evidence of nothing.
     let bigger = checkpoint("test/alpha", size + 3, [8; 32], &alpha);

@@ -31,6 +31,10 @@ pub enum Transport {
 #[derive(Clone, Copy, Debug)]
 pub struct Deadlines {
     pub max_connections: usize,
+    /// Open connections from one address: no single client takes every slot.
+    pub max_per_address: usize,
+    /// Time for a TLS handshake.
+    pub handshake: Duration,
     pub header: Duration,
     pub connection: Duration,
     pub request: Duration,
@@ -41,6 +45,8 @@ impl Deadlines {
         let query = Duration::from_secs(limits.query_timeout_secs.max(limits.subquery_timeout_secs));
         Self {
             max_connections: limits.max_connections,
+            max_per_address: limits.max_connections_per_address,
+            handshake: Duration::from_secs(limits.header_timeout_secs.min(3)),
             header: Duration::from_secs(limits.header_timeout_secs),
             request: query + Duration::from_secs(limits.header_timeout_secs),
             connection: query + Duration::from_secs(limits.idle_timeout_secs),
@@ -81,6 +87,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(deadlines.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(5);
+    let addresses: Addresses = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     loop {
         // Finished connections are reaped first, so that the set holds only live ones.
         while connections.try_join_next().is_some() {}
@@ -110,16 +117,21 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(per_address) = PerAddress::take(&addresses, remote.ip(), deadlines.max_per_address) else {
+            tracing::info!(%remote, "too many connections from one address; closed");
+            continue;
+        };
         // Answers are written in pieces; without this, delayed ACKs add ~40 ms.
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let transport = transport.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _per_address = per_address;
             match transport {
                 Transport::Plain => http(TokioIo::new(tcp), app, None, deadlines).await,
                 Transport::Tls { acceptor, pins } => {
-                    let tls = match tokio::time::timeout(deadlines.header, acceptor.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(deadlines.handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             tracing::info!(%remote, "TLS handshake refused: {e}");
@@ -137,6 +149,38 @@ pub async fn serve(
         });
     }
     connections.shutdown().await;
+}
+
+type Addresses = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One open connection from an address, counted while it lives.
+struct PerAddress {
+    addresses: Addresses,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    fn take(addresses: &Addresses, ip: std::net::IpAddr, max: usize) -> Option<Self> {
+        let mut map = addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self { addresses: addresses.clone(), ip })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut map = self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn http<I>(io: TokioIo<I>, app: Router, peer: Option<PeerId>, deadlines: Deadlines)

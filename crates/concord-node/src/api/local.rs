@@ -62,6 +62,19 @@ fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String,
     Ok(role)
 }
 
+/// Refuses a request without a valid token before its body is read: a client without one
+/// holds no connection slot for longer than its headers take.
+async fn require_token(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&node, req.headers(), &[]) {
+        Ok(_) => next.run(req).await,
+        Err(e) => ErrorResponse(e).into_response(),
+    }
+}
+
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
@@ -71,6 +84,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/log/tile/{*path}", get(log_tile))
         .route("/v1/log/receipt/{index}", get(log_receipt))
         .route("/v1/audit", post(audit))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
 }

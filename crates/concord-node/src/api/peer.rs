@@ -36,10 +36,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/query", post(query))
         .route("/v1/witness/add-checkpoint", post(add_checkpoint))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), rate_limit));
-    Router::new()
-        .route("/v1/status", get(status))
+    // Reading the log has a bucket of its own, larger: an audit reads many tiles at once.
+    let reads = Router::new()
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/tile/{*path}", get(log_tile))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), read_limit));
+    Router::new()
+        .route("/v1/status", get(status))
+        .merge(reads)
         .merge(limited)
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(node)
@@ -121,12 +125,26 @@ async fn rate_limit(
     if node.peer_rate.admit(&peer.0) {
         return next.run(req).await;
     }
-    if let Err(e) = node.state.count_refusal(&peer.0, "rate_limited") {
-        tracing::warn!("counting a refusal: {e}");
-    }
     ErrorResponse(NodeError::RateLimited(format!(
         "{} sends more than {} requests a second; slow down and retry",
         peer.0, node.cfg.limits.peer_requests_per_sec
+    )))
+    .into_response()
+}
+
+/// Refuses a member's log reads over their rate (429), counted in memory like the others.
+async fn read_limit(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if node.read_rate.admit(&peer.0) {
+        return next.run(req).await;
+    }
+    ErrorResponse(NodeError::RateLimited(format!(
+        "{} reads this log faster than this node serves; retry",
+        peer.0
     )))
     .into_response()
 }

@@ -75,6 +75,8 @@ pub struct Node {
     pub catalogs: requester::CatalogCache,
     /// Requests each member may send to the peer listener.
     pub peer_rate: RateLimiter,
+    /// Log reads (tiles, checkpoints) each member may make, at ten times the request rate.
+    pub read_rate: RateLimiter,
 }
 
 impl Node {
@@ -144,6 +146,10 @@ impl Node {
             query_slots: tokio::sync::Semaphore::new(slots),
             catalogs: requester::CatalogCache::default(),
             peer_rate: RateLimiter::new(limits.peer_requests_per_sec, limits.peer_burst),
+            read_rate: RateLimiter::new(
+                limits.peer_requests_per_sec.saturating_mul(10),
+                limits.peer_burst.saturating_mul(10),
+            ),
         })
     }
 
@@ -180,19 +186,27 @@ async fn load_table(charter: &SignedCharter, r: &DatasetRecord) -> Result<Arc<dy
     Ok(dataset::open(&r.name, &r.path, format, shared).await?)
 }
 
-/// Per-member token buckets: `rate` requests a second sustained, `burst` at once.
+/// Per-member token buckets: `rate` requests a second sustained, `burst` at once. What they
+/// refuse is counted here, in memory, and logged with the other counted refusals: a refusal
+/// costs no disk write.
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    refused: Mutex<HashMap<String, u64>>,
 }
 
 impl RateLimiter {
     pub fn new(rate: u32, burst: u32) -> Self {
-        Self { rate: f64::from(rate), burst: f64::from(burst), buckets: Mutex::new(HashMap::new()) }
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            buckets: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Takes one token of `member`'s bucket; false when it is empty.
+    /// Takes one token of `member`'s bucket; false (and counted) when it is empty.
     pub fn admit(&self, member: &str) -> bool {
         let mut b = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
@@ -201,9 +215,16 @@ impl RateLimiter {
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
-        } else {
-            false
+            return true;
         }
+        let mut r = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *r.entry(member.to_owned()).or_insert(0) += 1;
+        false
+    }
+
+    /// The refusals counted since the last call, per member.
+    pub fn take_refused(&self) -> Vec<(String, u64)> {
+        let mut r = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.drain().collect()
     }
 }

@@ -38,8 +38,9 @@ pub struct PeerDataset {
     pub schema: SchemaRef,
 }
 
-/// One member's catalog: the charter version and time it was read at, and what it listed.
-type CachedCatalog = (u64, Instant, Arc<Vec<PeerDataset>>);
+/// One member's catalog: the charter version and time it was read at, and what it listed (or
+/// why it could not be read: a member that is down is not asked again by every query).
+type CachedCatalog = (u64, Instant, Result<Arc<Vec<PeerDataset>>, String>);
 
 /// Members' catalogs as last read, per member and charter version.
 #[derive(Default)]
@@ -48,14 +49,14 @@ pub struct CatalogCache {
 }
 
 impl CatalogCache {
-    fn get(&self, member: &str, version: u64) -> Option<Arc<Vec<PeerDataset>>> {
+    fn get(&self, member: &str, version: u64) -> Option<Result<Arc<Vec<PeerDataset>>, String>> {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(member)
             .filter(|(v, at, _)| *v == version && at.elapsed() < CATALOG_TTL)
             .map(|(_, _, c)| c.clone())
     }
 
-    fn put(&self, member: &str, version: u64, catalog: Arc<Vec<PeerDataset>>) {
+    fn put(&self, member: &str, version: u64, catalog: Result<Arc<Vec<PeerDataset>>, String>) {
         let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(member.to_owned(), (version, Instant::now(), catalog));
     }
@@ -88,9 +89,26 @@ impl Node {
     /// Reads one member's catalog (or takes it from the cache): bounded in time and size, every
     /// schema decoded as a schema alone. A bad answer is an error that names the member.
     async fn catalog_of(&self, m: &concord_charter::MemberCard) -> Result<Arc<Vec<PeerDataset>>, NodeError> {
-        if let Some(c) = self.catalogs.get(&m.id, self.charter_version()) {
-            return Ok(c);
-        }
+        let version = self.charter_version();
+        let cached = match self.catalogs.get(&m.id, version) {
+            Some(c) => c,
+            None => {
+                let read = self.read_catalog(m).await.map_err(|e| e.to_string());
+                self.catalogs.put(&m.id, version, read.clone());
+                read
+            }
+        };
+        cached.map_err(|message| NodeError::Peer {
+            member: m.id.clone(),
+            code: "unreachable".into(),
+            message,
+        })
+    }
+
+    async fn read_catalog(
+        &self,
+        m: &concord_charter::MemberCard,
+    ) -> Result<Arc<Vec<PeerDataset>>, NodeError> {
         let bad = |message: String| NodeError::Peer {
             member: m.id.clone(),
             code: "malformed_catalog".into(),
@@ -119,9 +137,7 @@ impl Node {
                 .map_err(|err| bad(format!("schema of {}: {err}", e.name)))?;
             out.push(PeerDataset { name: e.name, shared_schema: e.shared_schema, schema });
         }
-        let out = Arc::new(out);
-        self.catalogs.put(&m.id, self.charter_version(), out.clone());
-        Ok(out)
+        Ok(Arc::new(out))
     }
 
     /// Builds the analyst's DataFusion context for `sql`: shared schemas as federated tables,
@@ -277,7 +293,7 @@ impl Node {
         self.log.append(asked.to_bytes()?).await?;
         let budget = Budget {
             timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs),
-            max_bytes: crate::net::client::MAX_RESPONSE_BYTES,
+            max_bytes: concord_query::ipc::MAX_IPC_BYTES,
         };
         let resp = peer_call_with(&self.tls, owner, "POST", "/v1/query", note.to_bytes(), budget).await?;
         if resp.status != 200 {

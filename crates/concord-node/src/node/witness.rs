@@ -19,6 +19,10 @@ use crate::node::Node;
 use crate::store::entry::LogEntry;
 use crate::store::tlog::WitnessDecision;
 
+/// Largest checkpoint note a witness takes (a checkpoint is three lines, a few extensions and
+/// signatures).
+pub const MAX_CHECKPOINT_BYTES: usize = 8 * 1024;
+
 /// How long the node waits after an append for more to come, before checkpointing.
 pub const COALESCE: Duration = Duration::from_millis(20);
 /// How often the node looks again when no append woke it: entries appended by other processes
@@ -73,6 +77,12 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
         Ok(p) => p,
         Err(why) => return Ok(answer(400, format!("malformed add-checkpoint request: {why}\n"))),
     };
+    if cp_bytes.len() > MAX_CHECKPOINT_BYTES {
+        return Ok(answer(
+            400,
+            format!("a checkpoint of more than {MAX_CHECKPOINT_BYTES} bytes is not accepted\n"),
+        ));
+    }
     let note = match Note::parse(cp_bytes) {
         Ok(n) => n,
         Err(e) => return Ok(answer(400, format!("{e}\n"))),
@@ -102,7 +112,12 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
     if old > cp.size {
         return Ok(answer(400, format!("old size {old} is larger than the checkpoint size {}\n", cp.size)));
     }
-    match node.log.witness_update(&cp.origin, old, &proof, &cp, &note.to_bytes())? {
+    let (log, origin, bytes, checked) = (node.log.clone(), cp.origin.clone(), note.to_bytes(), cp.clone());
+    let decision =
+        tokio::task::spawn_blocking(move || log.witness_update(&origin, old, &proof, &checked, &bytes))
+            .await
+            .map_err(|e| NodeError::State(format!("witness update: {e}")))??;
+    match decision {
         WitnessDecision::Conflict(size) => {
             Ok(WitnessAnswer { status: 409, content_type: "text/x.tlog.size", body: format!("{size}\n") })
         }
@@ -158,13 +173,21 @@ pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) 
 
 /// Appends one entry with the refusals counted since the last one, if any.
 pub async fn log_refusals(node: &Node) -> Result<(), NodeError> {
-    let (since, counts) = node.state.refusal_counts()?;
+    let (since, stored) = node.state.refusal_counts()?;
+    let mut counts = stored.clone();
+    for (limiter, code) in [(&node.peer_rate, "rate_limited"), (&node.read_rate, "read_rate_limited")] {
+        for (member, count) in limiter.take_refused() {
+            counts.push(crate::store::entry::RefusalCount { member, code: code.into(), count });
+        }
+    }
     if counts.is_empty() {
         return Ok(());
     }
-    let entry = LogEntry::RefusalsCounted { time: crate::store::entry::now(), since, counts: counts.clone() };
+    let now = crate::store::entry::now();
+    let since = if stored.is_empty() { now } else { since };
+    let entry = LogEntry::RefusalsCounted { time: now, since, counts };
     node.log.append(entry.to_bytes()?).await?;
-    node.state.forget_refusals(&counts)
+    node.state.forget_refusals(&stored)
 }
 
 /// One round: sign a checkpoint of new entries; ask witnesses to cosign the latest unpublished
@@ -268,14 +291,17 @@ async fn ask_witness(
         }
         body.push('\n');
         body.push_str(&note.to_string());
-        let resp = crate::net::client::peer_call(
+        let budget = crate::net::client::Budget {
+            timeout: Duration::from_secs(node.cfg.limits.witness_timeout_secs),
+            max_bytes: MAX_CHECKPOINT_BYTES,
+        };
+        let resp = crate::net::client::peer_call_with(
             &node.tls,
-            &w.id,
-            &w.peer_endpoint,
-            &w.tls_pin,
+            w,
             "POST",
             "/v1/witness/add-checkpoint",
             body.into_bytes(),
+            budget,
         )
         .await?;
         match resp.status {

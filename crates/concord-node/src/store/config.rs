@@ -65,6 +65,8 @@ pub struct Limits {
     pub witness_timeout_secs: u64,
     /// Open connections per listener; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Open connections from one address per listener; more are closed at once.
+    pub max_connections_per_address: usize,
     /// Time for a client to finish the TLS handshake and send a request's headers.
     pub header_timeout_secs: u64,
     /// Time a connection may stay open without a request.
@@ -86,10 +88,11 @@ impl Default for Limits {
             max_groups: 1_000_000,
             max_result_rows: 1_000_000,
             max_concurrent_queries: 8,
-            peer_timeout_secs: 30,
+            peer_timeout_secs: 25,
             catalog_timeout_secs: 5,
             witness_timeout_secs: 5,
             max_connections: 256,
+            max_connections_per_address: 64,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
             peer_requests_per_sec: 10,
@@ -125,6 +128,7 @@ impl Limits {
             ("catalog_timeout_secs", self.catalog_timeout_secs == 0),
             ("witness_timeout_secs", self.witness_timeout_secs == 0),
             ("max_connections", self.max_connections == 0),
+            ("max_connections_per_address", self.max_connections_per_address == 0),
             ("header_timeout_secs", self.header_timeout_secs == 0),
             ("idle_timeout_secs", self.idle_timeout_secs == 0),
             ("peer_requests_per_sec", self.peer_requests_per_sec == 0),

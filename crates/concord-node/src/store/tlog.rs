@@ -157,6 +157,9 @@ pub struct Log {
     path: PathBuf,
     sender: mpsc::Sender<Request>,
     reader: Arc<Mutex<Connection>>,
+    /// For the witness's and the audit's own writes: they wait for the log writer's lock here,
+    /// never while holding the reader.
+    side: Arc<Mutex<Connection>>,
     appended: Arc<tokio::sync::Notify>,
 }
 
@@ -166,6 +169,7 @@ impl Log {
     pub fn open(path: &Path) -> Result<Self, NodeError> {
         let writer = open(path)?;
         let reader = open(path)?;
+        let side = open(path)?;
         let (sender, receiver) = mpsc::channel::<Request>();
         let appended = Arc::new(tokio::sync::Notify::new());
         let notify = appended.clone();
@@ -173,7 +177,13 @@ impl Log {
             .name("concord-log-writer".into())
             .spawn(move || write_loop(writer, receiver, &notify))
             .map_err(|e| NodeError::State(format!("cannot start the log writer: {e}")))?;
-        Ok(Self { path: path.to_owned(), sender, reader: Arc::new(Mutex::new(reader)), appended })
+        Ok(Self {
+            path: path.to_owned(),
+            sender,
+            reader: Arc::new(Mutex::new(reader)),
+            side: Arc::new(Mutex::new(side)),
+            appended,
+        })
     }
 
     /// Resolves after the next committed append (or at once if one happened since the last wait).
@@ -322,7 +332,7 @@ impl Log {
         checkpoint: &concord_log::checkpoint::Checkpoint,
         checkpoint_note: &[u8],
     ) -> Result<WitnessDecision, NodeError> {
-        let mut conn = self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = self.side.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         let stored: Option<(i64, Vec<u8>, Vec<u8>)> = tx
             .query_row(
@@ -349,6 +359,19 @@ impl Log {
             // Two checkpoints of one size with different roots, both signed by the log's owner
             // (the stored one was verified when it was cosigned): they cannot both be true.
             let detail = format!("two signed checkpoints of {old} entries with different roots");
+            // One piece of evidence per cosigned checkpoint is proof enough; more second roots
+            // would only let the log's owner grow this database.
+            let known: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM evidence WHERE origin = ?1 AND first = ?2",
+                    params![origin, prev],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            if known.is_some() {
+                return Ok(WitnessDecision::BadProof(format!("{detail} (evidence already kept)")));
+            }
             tx.execute(
                 "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![origin, detail, prev, checkpoint_note, chrono::Utc::now().timestamp()],
@@ -476,7 +499,7 @@ impl Log {
         state: &AuditState,
         facts: &[AccessFact],
     ) -> Result<(), NodeError> {
-        let mut conn = self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = self.side.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         let peaks: Vec<u8> = state.peaks.iter().flatten().copied().collect();
         tx.execute(
