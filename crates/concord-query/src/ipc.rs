@@ -117,7 +117,10 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
             })?;
         at += body;
         match message.header_type() {
-            MessageHeader::Schema if messages == 1 => {}
+            MessageHeader::Schema if messages == 1 => {
+                let schema = message.header_as_schema().ok_or_else(|| malformed("an empty schema header"))?;
+                check_schema(&schema)?;
+            }
             MessageHeader::Schema => return Err(malformed("a second schema")),
             _ if messages == 1 => return Err(malformed("the first message is not a schema")),
             MessageHeader::RecordBatch | MessageHeader::DictionaryBatch if !limits.batches => {
@@ -131,10 +134,7 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
                 check_batch(&batch, body, limits)?;
             }
             MessageHeader::DictionaryBatch => {
-                let dict =
-                    message.header_as_dictionary_batch().ok_or_else(|| malformed("an empty dictionary"))?;
-                let batch = dict.data().ok_or_else(|| malformed("a dictionary without data"))?;
-                check_batch(&batch, body, limits)?;
+                return Err(malformed("a dictionary batch, and dictionary-encoded columns are not accepted"));
             }
             other => return Err(malformed(format!("unexpected message type {other:?}"))),
         }
@@ -142,6 +142,65 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
             return Err(malformed(format!("more than {} rows", limits.max_rows)));
         }
     }
+}
+
+/// Checks every field of a schema message for what arrow's reader would panic on (a type id it
+/// does not know, a type table missing, a bit width or unit out of range) and for what Concord
+/// does not exchange (nested and dictionary-encoded columns, big-endian data).
+fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<(), QueryError> {
+    use datafusion::arrow::ipc::{DateUnit, Endianness, IntervalUnit, Precision, TimeUnit, Type};
+    if schema.endianness() != Endianness::Little {
+        return Err(malformed("big-endian data"));
+    }
+    let fields = schema.fields().ok_or_else(|| malformed("a schema without fields"))?;
+    let time_unit = |u: TimeUnit| {
+        matches!(u, TimeUnit::SECOND | TimeUnit::MILLISECOND | TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
+    };
+    for f in fields.iter() {
+        let bad = |why: &str| malformed(format!("field {:?}: {why}", f.name().unwrap_or_default()));
+        if f.dictionary().is_some() {
+            return Err(bad("dictionary-encoded columns are not accepted"));
+        }
+        if f.children().is_some_and(|c| !c.is_empty()) {
+            return Err(bad("nested columns are not accepted"));
+        }
+        let ok = match f.type_type() {
+            Type::Null
+            | Type::Bool
+            | Type::Binary
+            | Type::BinaryView
+            | Type::LargeBinary
+            | Type::Utf8
+            | Type::Utf8View
+            | Type::LargeUtf8 => true,
+            Type::Int => f.type_as_int().is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
+            Type::FloatingPoint => f
+                .type_as_floating_point()
+                .is_some_and(|p| matches!(p.precision(), Precision::HALF | Precision::SINGLE | Precision::DOUBLE)),
+            Type::Date => f.type_as_date().is_some_and(|d| matches!(d.unit(), DateUnit::DAY | DateUnit::MILLISECOND)),
+            Type::Time => f.type_as_time().is_some_and(|t| {
+                matches!(
+                    (t.bitWidth(), t.unit()),
+                    (32, TimeUnit::SECOND | TimeUnit::MILLISECOND) | (64, TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
+                )
+            }),
+            Type::Timestamp => f.type_as_timestamp().is_some_and(|t| time_unit(t.unit())),
+            Type::Duration => f.type_as_duration().is_some_and(|d| time_unit(d.unit())),
+            Type::Interval => f.type_as_interval().is_some_and(|i| {
+                matches!(i.unit(), IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO)
+            }),
+            Type::Decimal => f.type_as_decimal().is_some_and(|d| {
+                matches!(d.bitWidth(), 32 | 64 | 128 | 256)
+                    && u8::try_from(d.precision()).is_ok()
+                    && i8::try_from(d.scale()).is_ok()
+            }),
+            _ => false,
+        };
+        if !ok {
+            return Err(bad(&format!("type {:?} is not accepted, or its parameters are out of range", f.type_type())));
+        }
+    }
+    Ok(())
 }
 
 fn check_batch(
