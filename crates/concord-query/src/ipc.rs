@@ -79,6 +79,7 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
     let mut at = 0usize;
     let mut messages = 0usize;
     let mut rows = 0u64;
+    let mut types = Vec::new();
     loop {
         let mut len = read_i32(bytes, at).ok_or_else(|| malformed("cut short before a message"))?;
         at += 4;
@@ -119,7 +120,7 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
         match message.header_type() {
             MessageHeader::Schema if messages == 1 => {
                 let schema = message.header_as_schema().ok_or_else(|| malformed("an empty schema header"))?;
-                check_schema(&schema)?;
+                types = check_schema(&schema)?;
             }
             MessageHeader::Schema => return Err(malformed("a second schema")),
             _ if messages == 1 => return Err(malformed("the first message is not a schema")),
@@ -131,7 +132,7 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
                     message.header_as_record_batch().ok_or_else(|| malformed("an empty batch header"))?;
                 rows = rows
                     .saturating_add(u64::try_from(batch.length()).map_err(|_| malformed("negative rows"))?);
-                check_batch(&batch, body, limits)?;
+                check_batch(&batch, body, limits, &types)?;
             }
             MessageHeader::DictionaryBatch => {
                 return Err(malformed("a dictionary batch, and dictionary-encoded columns are not accepted"));
@@ -147,7 +148,7 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
 /// Checks every field of a schema message for what arrow's reader would panic on (a type id it
 /// does not know, a type table missing, a bit width or unit out of range) and for what Concord
 /// does not exchange (nested and dictionary-encoded columns, big-endian data).
-fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<(), QueryError> {
+fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<Vec<datafusion::arrow::ipc::Type>, QueryError> {
     use datafusion::arrow::ipc::{DateUnit, Endianness, IntervalUnit, Precision, TimeUnit, Type};
     if schema.endianness() != Endianness::Little {
         return Err(malformed("big-endian data"));
@@ -200,14 +201,16 @@ fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<(), Query
             return Err(bad(&format!("type {:?} is not accepted, or its parameters are out of range", f.type_type())));
         }
     }
-    Ok(())
+    Ok(fields.iter().map(|f| f.type_type()).collect())
 }
 
 fn check_batch(
     batch: &datafusion::arrow::ipc::RecordBatch<'_>,
     body: usize,
     limits: &IpcLimits,
+    types: &[datafusion::arrow::ipc::Type],
 ) -> Result<(), QueryError> {
+    use datafusion::arrow::ipc::Type;
     if batch.compression().is_some() {
         return Err(malformed("compressed buffers, which Concord never sends"));
     }
@@ -223,6 +226,29 @@ fn check_batch(
                 node.null_count()
             )));
         }
+    }
+    // Each column's validity bitmap must hold a bit per value where it has nulls: arrow's reader
+    // builds the bitmap before it validates the array, and panics on a short one.
+    let nodes: Vec<_> = batch.nodes().iter().flatten().collect();
+    let buffers: Vec<_> = batch.buffers().iter().flatten().collect();
+    let mut variadic = batch.variadicBufferCounts().into_iter().flatten();
+    let mut next = 0usize;
+    for (node, ty) in nodes.iter().zip(types) {
+        let count = match *ty {
+            Type::Null => continue,
+            Type::Utf8 | Type::Binary | Type::LargeUtf8 | Type::LargeBinary => 3,
+            Type::Utf8View | Type::BinaryView => {
+                let extra = variadic.next().ok_or_else(|| malformed("a view column without its buffer count"))?;
+                usize::try_from(extra).ok().and_then(|e| e.checked_add(2)).ok_or_else(|| malformed("a negative buffer count"))?
+            }
+            _ => 2,
+        };
+        let validity = buffers.get(next).ok_or_else(|| malformed("fewer buffers than columns need"))?;
+        let bits = u64::try_from(validity.length()).unwrap_or(0).saturating_mul(8);
+        if node.null_count() > 0 && bits < u64::try_from(node.length()).unwrap_or(u64::MAX) {
+            return Err(malformed(format!("a validity bitmap of {} bytes for {} values", validity.length(), node.length())));
+        }
+        next = next.checked_add(count).ok_or_else(|| malformed("too many buffers"))?;
     }
     for buf in batch.buffers().iter().flatten() {
         let end = buf.offset().checked_add(buf.length());
