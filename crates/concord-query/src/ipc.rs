@@ -148,7 +148,9 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
 /// Checks every field of a schema message for what arrow's reader would panic on (a type id it
 /// does not know, a type table missing, a bit width or unit out of range) and for what Concord
 /// does not exchange (nested and dictionary-encoded columns, big-endian data).
-fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<Vec<datafusion::arrow::ipc::Type>, QueryError> {
+fn check_schema(
+    schema: &datafusion::arrow::ipc::Schema<'_>,
+) -> Result<Vec<datafusion::arrow::ipc::Type>, QueryError> {
     use datafusion::arrow::ipc::{DateUnit, Endianness, IntervalUnit, Precision, TimeUnit, Type};
     if schema.endianness() != Endianness::Little {
         return Err(malformed("big-endian data"));
@@ -175,20 +177,26 @@ fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<Vec<dataf
             | Type::Utf8View
             | Type::LargeUtf8 => true,
             Type::Int => f.type_as_int().is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
-            Type::FloatingPoint => f
-                .type_as_floating_point()
-                .is_some_and(|p| matches!(p.precision(), Precision::HALF | Precision::SINGLE | Precision::DOUBLE)),
-            Type::Date => f.type_as_date().is_some_and(|d| matches!(d.unit(), DateUnit::DAY | DateUnit::MILLISECOND)),
+            Type::FloatingPoint => f.type_as_floating_point().is_some_and(|p| {
+                matches!(p.precision(), Precision::HALF | Precision::SINGLE | Precision::DOUBLE)
+            }),
+            Type::Date => {
+                f.type_as_date().is_some_and(|d| matches!(d.unit(), DateUnit::DAY | DateUnit::MILLISECOND))
+            }
             Type::Time => f.type_as_time().is_some_and(|t| {
                 matches!(
                     (t.bitWidth(), t.unit()),
-                    (32, TimeUnit::SECOND | TimeUnit::MILLISECOND) | (64, TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
+                    (32, TimeUnit::SECOND | TimeUnit::MILLISECOND)
+                        | (64, TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
                 )
             }),
             Type::Timestamp => f.type_as_timestamp().is_some_and(|t| time_unit(t.unit())),
             Type::Duration => f.type_as_duration().is_some_and(|d| time_unit(d.unit())),
             Type::Interval => f.type_as_interval().is_some_and(|i| {
-                matches!(i.unit(), IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO)
+                matches!(
+                    i.unit(),
+                    IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO
+                )
             }),
             Type::Decimal => f.type_as_decimal().is_some_and(|d| {
                 matches!(d.bitWidth(), 32 | 64 | 128 | 256)
@@ -198,7 +206,10 @@ fn check_schema(schema: &datafusion::arrow::ipc::Schema<'_>) -> Result<Vec<dataf
             _ => false,
         };
         if !ok {
-            return Err(bad(&format!("type {:?} is not accepted, or its parameters are out of range", f.type_type())));
+            return Err(bad(&format!(
+                "type {:?} is not accepted, or its parameters are out of range",
+                f.type_type()
+            )));
         }
     }
     Ok(fields.iter().map(|f| f.type_type()).collect())
@@ -238,15 +249,23 @@ fn check_batch(
             Type::Null => continue,
             Type::Utf8 | Type::Binary | Type::LargeUtf8 | Type::LargeBinary => 3,
             Type::Utf8View | Type::BinaryView => {
-                let extra = variadic.next().ok_or_else(|| malformed("a view column without its buffer count"))?;
-                usize::try_from(extra).ok().and_then(|e| e.checked_add(2)).ok_or_else(|| malformed("a negative buffer count"))?
+                let extra =
+                    variadic.next().ok_or_else(|| malformed("a view column without its buffer count"))?;
+                usize::try_from(extra)
+                    .ok()
+                    .and_then(|e| e.checked_add(2))
+                    .ok_or_else(|| malformed("a negative buffer count"))?
             }
             _ => 2,
         };
         let validity = buffers.get(next).ok_or_else(|| malformed("fewer buffers than columns need"))?;
         let bits = u64::try_from(validity.length()).unwrap_or(0).saturating_mul(8);
         if node.null_count() > 0 && bits < u64::try_from(node.length()).unwrap_or(u64::MAX) {
-            return Err(malformed(format!("a validity bitmap of {} bytes for {} values", validity.length(), node.length())));
+            return Err(malformed(format!(
+                "a validity bitmap of {} bytes for {} values",
+                validity.length(),
+                node.length()
+            )));
         }
         next = next.checked_add(count).ok_or_else(|| malformed("too many buffers"))?;
     }
