@@ -3,6 +3,17 @@
 
 #[test]
 fn every_fuzz_corpus_replays_without_a_panic() {
+    // The fuzzers ran optimised, on an 8 MiB main thread; unoptimised frames are several times
+    // larger, so the replay gets a stack to match (the node's runtime threads have 16 MiB).
+    std::thread::Builder::new()
+        .stack_size(64 * 1024 * 1024)
+        .spawn(replay)
+        .expect("thread")
+        .join()
+        .expect("replay");
+}
+
+fn replay() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     for (target, run) in concord_lab::fuzz::TARGETS {
         let dir = root.join(target);
