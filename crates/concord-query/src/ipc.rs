@@ -150,7 +150,7 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
 /// does not exchange (nested and dictionary-encoded columns, big-endian data).
 fn check_schema(
     schema: &datafusion::arrow::ipc::Schema<'_>,
-) -> Result<Vec<datafusion::arrow::ipc::Type>, QueryError> {
+) -> Result<Vec<(datafusion::arrow::ipc::Type, i64)>, QueryError> {
     use datafusion::arrow::ipc::{DateUnit, Endianness, IntervalUnit, Precision, TimeUnit, Type};
     if schema.endianness() != Endianness::Little {
         return Err(malformed("big-endian data"));
@@ -212,14 +212,45 @@ fn check_schema(
             )));
         }
     }
-    Ok(fields.iter().map(|f| f.type_type()).collect())
+    // With each type, the width of the elements of its second buffer (values, offsets or views),
+    // which that buffer's length must be a multiple of.
+    Ok(fields
+        .iter()
+        .map(|f| {
+            let width = match f.type_type() {
+                Type::Int => f.type_as_int().map(|i| i64::from(i.bitWidth()) / 8).unwrap_or(1),
+                Type::FloatingPoint => match f.type_as_floating_point().map(|p| p.precision()) {
+                    Some(Precision::HALF) => 2,
+                    Some(Precision::SINGLE) => 4,
+                    _ => 8,
+                },
+                Type::Date => match f.type_as_date().map(|d| d.unit()) {
+                    Some(DateUnit::DAY) => 4,
+                    _ => 8,
+                },
+                Type::Time => f.type_as_time().map(|t| i64::from(t.bitWidth()) / 8).unwrap_or(8),
+                Type::Timestamp | Type::Duration => 8,
+                Type::Interval => match f.type_as_interval().map(|i| i.unit()) {
+                    Some(IntervalUnit::YEAR_MONTH) => 4,
+                    Some(IntervalUnit::DAY_TIME) => 8,
+                    _ => 16,
+                },
+                Type::Decimal => f.type_as_decimal().map(|d| i64::from(d.bitWidth()) / 8).unwrap_or(16),
+                Type::Utf8 | Type::Binary => 4,
+                Type::LargeUtf8 | Type::LargeBinary => 8,
+                Type::Utf8View | Type::BinaryView => 16,
+                _ => 1,
+            };
+            (f.type_type(), width)
+        })
+        .collect())
 }
 
 fn check_batch(
     batch: &datafusion::arrow::ipc::RecordBatch<'_>,
     body: usize,
     limits: &IpcLimits,
-    types: &[datafusion::arrow::ipc::Type],
+    types: &[(datafusion::arrow::ipc::Type, i64)],
 ) -> Result<(), QueryError> {
     use datafusion::arrow::ipc::Type;
     if batch.compression().is_some() {
@@ -244,7 +275,7 @@ fn check_batch(
     let buffers: Vec<_> = batch.buffers().iter().flatten().collect();
     let mut variadic = batch.variadicBufferCounts().into_iter().flatten();
     let mut next = 0usize;
-    for (node, ty) in nodes.iter().zip(types) {
+    for (node, (ty, width)) in nodes.iter().zip(types) {
         let count = match *ty {
             Type::Null => continue,
             Type::Utf8 | Type::Binary | Type::LargeUtf8 | Type::LargeBinary => 3,
@@ -266,6 +297,11 @@ fn check_batch(
                 validity.length(),
                 node.length()
             )));
+        }
+        if let Some(values) = buffers.get(next + 1)
+            && values.length() % width.max(&1) != 0
+        {
+            return Err(malformed(format!("a buffer of {} bytes for elements of {width}", values.length())));
         }
         next = next.checked_add(count).ok_or_else(|| malformed("too many buffers"))?;
     }

@@ -73,3 +73,23 @@ fn declared_sizes_beyond_the_stream_or_the_limits_are_refused() {
     let small = IpcLimits { max_bytes: 100, ..IpcLimits::RESULT };
     assert!(decode_limited(&bytes, &small).expect_err("too big").to_string().contains("over the limit"));
 }
+
+#[test]
+fn streams_that_made_arrow_panic_are_refused_before_arrow_reads_them() {
+    // What fuzzing found: arrow's reader panics on them (caught, but a panic all the same).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ipc_answer");
+    let mut found = 0;
+    for e in std::fs::read_dir(&dir).expect("corpus") {
+        let path = e.expect("entry").path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("crash-")) {
+            let bytes = std::fs::read(&path).expect("read");
+            assert!(
+                concord_query::ipc::check_stream(&bytes, &IpcLimits::RESULT).is_err(),
+                "{} passes the check",
+                path.display()
+            );
+            found += 1;
+        }
+    }
+    assert!(found >= 3, "the crash inputs are in the corpus");
+}
