@@ -35,12 +35,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/catalog", get(catalog))
         .route("/v1/query", post(query))
         .route("/v1/witness/add-checkpoint", post(add_checkpoint))
-        .route_layer(axum::middleware::from_fn_with_state(node.clone(), rate_limit));
+        .route_layer(axum::middleware::from_fn_with_state((node.clone(), Bucket::Requests), rate_limit));
     // Reading the log has a bucket of its own, larger: an audit reads many tiles at once.
     let reads = Router::new()
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/tile/{*path}", get(log_tile))
-        .route_layer(axum::middleware::from_fn_with_state(node.clone(), read_limit));
+        .route_layer(axum::middleware::from_fn_with_state((node.clone(), Bucket::Reads), rate_limit));
     Router::new()
         .route("/v1/status", get(status))
         .merge(reads)
@@ -115,36 +115,33 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
     crate::api::listen::serve(router(node), listener, transport, deadlines, shutdown).await;
 }
 
-/// Refuses a member's request over its rate (429), counted, not logged one by one.
-async fn rate_limit(
-    State(node): State<Arc<Node>>,
-    Extension(peer): Extension<PeerId>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if node.peer_rate.admit(&peer.0) {
-        return next.run(req).await;
-    }
-    ErrorResponse(NodeError::RateLimited(format!(
-        "{} sends more than {} requests a second; slow down and retry",
-        peer.0, node.cfg.limits.peer_requests_per_sec
-    )))
-    .into_response()
+/// Which of a member's buckets a route draws from.
+#[derive(Clone, Copy)]
+enum Bucket {
+    /// Catalog, query and add-checkpoint calls.
+    Requests,
+    /// Log reads, at ten times the rate.
+    Reads,
 }
 
-/// Refuses a member's log reads over their rate (429), counted in memory like the others.
-async fn read_limit(
-    State(node): State<Arc<Node>>,
+/// Refuses a member's call over its bucket's rate (429); the limiter counts the refusal in
+/// memory, and it is logged with the other counted refusals.
+async fn rate_limit(
+    State((node, bucket)): State<(Arc<Node>, Bucket)>,
     Extension(peer): Extension<PeerId>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if node.read_rate.admit(&peer.0) {
+    let (limiter, what) = match bucket {
+        Bucket::Requests => (&node.peer_rate, "sends requests"),
+        Bucket::Reads => (&node.read_rate, "reads this log"),
+    };
+    if limiter.admit(&peer.0) {
         return next.run(req).await;
     }
     ErrorResponse(NodeError::RateLimited(format!(
-        "{} reads this log faster than this node serves; retry",
-        peer.0
+        "{} {what} faster than {} allows; slow down and retry",
+        peer.0, node.cfg.member
     )))
     .into_response()
 }
