@@ -245,6 +245,9 @@ impl SharedSchema {
     }
 }
 
+/// The baseline minimum group size of a new federation.
+pub const DEFAULT_MIN_GROUP_SIZE: u64 = 10;
+
 /// The content of one charter version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Charter {
@@ -257,6 +260,9 @@ pub struct Charter {
     /// Witness policy: every member witnesses every other member's log, and a checkpoint is
     /// published once this many of its witnesses cosigned it.
     pub witness_quorum: usize,
+    /// Baseline rule: personal data is released only in groups of at least this many distinct
+    /// people (privacy units), whatever a dataset's own policy says.
+    pub min_group_size: u64,
     /// Sorted by id.
     pub members: Vec<MemberCard>,
     /// Sorted by name.
@@ -278,6 +284,7 @@ impl Charter {
             previous: None,
             threshold,
             witness_quorum,
+            min_group_size: DEFAULT_MIN_GROUP_SIZE,
             members,
             schemas,
         };
@@ -302,6 +309,12 @@ impl Charter {
             return Err(CharterError::Invalid {
                 what: "threshold",
                 reason: format!("{} is not between 1 and the {} members", self.threshold, self.members.len()),
+            });
+        }
+        if self.min_group_size == 0 {
+            return Err(CharterError::Invalid {
+                what: "minimum group size",
+                reason: "it must be at least 1".into(),
             });
         }
         if self.witness_quorum >= self.members.len() {

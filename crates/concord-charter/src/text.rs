@@ -8,6 +8,7 @@
 //! previous none
 //! threshold 2
 //! witness-quorum 1
+//! min-group-size 10
 //! member alpha
 //!   name Alpha Statistics Office
 //!   jurisdiction AL
@@ -35,6 +36,7 @@ pub(crate) fn render(c: &Charter) -> String {
     let _ = writeln!(s, "previous {}", c.previous.as_deref().unwrap_or("none"));
     let _ = writeln!(s, "threshold {}", c.threshold);
     let _ = writeln!(s, "witness-quorum {}", c.witness_quorum);
+    let _ = writeln!(s, "min-group-size {}", c.min_group_size);
     for m in &c.members {
         let _ = writeln!(s, "member {}", m.id);
         let _ = writeln!(s, "  name {}", m.name);
@@ -99,6 +101,8 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     let threshold = number(n, "threshold", threshold)?;
     let (n, quorum) = lines.field("witness-quorum", "")?;
     let witness_quorum = number(n, "witness quorum", quorum)?;
+    let (n, min_group) = lines.field("min-group-size", "")?;
+    let min_group_size = number(n, "minimum group size", min_group)?;
     let mut members = Vec::new();
     while lines.next_is("member ") {
         let (_, id) = lines.field("member", "")?;
@@ -147,6 +151,7 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
         previous,
         threshold,
         witness_quorum,
+        min_group_size,
         members,
         schemas,
     })

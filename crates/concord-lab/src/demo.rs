@@ -38,6 +38,8 @@ pub struct DemoMember {
     pub analyst_token: String,
     /// A token of role `auditor`: audits and the log.
     pub auditor_token: String,
+    /// A token of role `steward`: policies and access requests.
+    pub steward_token: String,
     /// The log prefix on the local listener: `log_url + "/checkpoint"` is the signed checkpoint.
     pub log_url: String,
     /// The log's verifier key (C2SP vkey).
@@ -53,8 +55,9 @@ pub struct DemoFile {
     pub members: Vec<DemoMember>,
 }
 
-/// Creates every member's node folder, the genesis charter signed by all, the datasets (every
-/// member may aggregate every dataset) and an analyst token each.
+/// Creates every member's node folder, the genesis charter signed by all, the datasets (with
+/// `STEM.policy.toml` beside a data file as its policy; without one every member may aggregate
+/// it) and an analyst, auditor and steward token each.
 pub async fn setup(
     dir: &Path,
     federation: &str,
@@ -82,6 +85,7 @@ pub async fn setup(
             peer_url: format!("https://127.0.0.1:{peer}"),
             analyst_token: String::new(),
             auditor_token: String::new(),
+            steward_token: String::new(),
             log_url: format!("http://127.0.0.1:{local}/v1/log"),
             vkey: card.vkey.clone(),
             dir: node_dir,
@@ -100,9 +104,14 @@ pub async fn setup(
             let stem = stem_of(file)?;
             let shared = charter.schema(&stem).map(|s| s.name.as_str());
             admin::dataset_add(&nd, &stem, file, shared, Some("*")).await?;
+            let policy = file.with_file_name(format!("{stem}.policy.toml"));
+            if policy.is_file() {
+                admin::policy_set(&nd, &stem, &policy)?;
+            }
         }
         m.analyst_token = admin::token_create(&nd, "analyst")?;
         m.auditor_token = admin::token_create(&nd, "auditor")?;
+        m.steward_token = admin::token_create(&nd, "steward")?;
     }
     Ok(members)
 }
@@ -186,8 +195,10 @@ pub fn sample_members(data_dir: &Path) -> Result<Vec<MemberSpec>, NodeError> {
         std::fs::create_dir_all(&folder).map_err(|e| NodeError::io(&folder, e))?;
         let cases = folder.join("health_cases.csv");
         write_health_cases(&cases, i as u64, regions, rows)?;
+        write_file(&folder.join("health_cases.policy.toml"), HEALTH_POLICY)?;
         let econ = folder.join("digital_economy.csv");
         write_digital_economy(&econ, i as u64)?;
+        write_file(&folder.join("digital_economy.policy.toml"), ECONOMY_POLICY)?;
         specs.push(MemberSpec {
             id: id.into(),
             name: name.into(),
@@ -197,6 +208,16 @@ pub fn sample_members(data_dir: &Path) -> Result<Vec<MemberSpec>, NodeError> {
     }
     Ok(specs)
 }
+
+fn write_file(path: &Path, text: &str) -> Result<(), NodeError> {
+    std::fs::write(path, text).map_err(|e| NodeError::io(path, e))
+}
+
+/// The sample demo's policy of `health_cases`, at every member.
+pub const HEALTH_POLICY: &str = include_str!("sample/health_cases.policy.toml");
+
+/// The sample demo's policy of `digital_economy`, at every member.
+pub const ECONOMY_POLICY: &str = include_str!("sample/digital_economy.policy.toml");
 
 /// The shared schemas of the sample data.
 pub fn sample_schemas() -> Vec<SharedSchema> {
@@ -416,6 +437,21 @@ pub async fn pooled_context(
             ctx.register_table(s.name.as_str(), u.into_view()).map_err(concord_query::QueryError::plan)?;
         }
     }
+    // `member.dataset`: one member's file alone.
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| NodeError::Internal("the pooled context has no default catalog".into()))?;
+    for spec in specs {
+        let schema = std::sync::Arc::new(datafusion::catalog::MemorySchemaProvider::new());
+        catalog.register_schema(&spec.id, schema.clone()).map_err(concord_query::QueryError::plan)?;
+        for f in &spec.files {
+            let stem = stem_of(f)?;
+            let shared = schemas.iter().find(|s| s.name == stem);
+            let table = dataset::open(&stem, f, DatasetFormat::of_path(f)?, shared).await?;
+            datafusion::catalog::SchemaProvider::register_table(schema.as_ref(), stem, table)
+                .map_err(concord_query::QueryError::plan)?;
+        }
+    }
     Ok(ctx)
 }
 
@@ -479,12 +515,13 @@ fn prepare_dir(dir: &Path) -> Result<(), NodeError> {
 /// Example queries for the guide and the smoke tour.
 pub fn sample_queries() -> Vec<&'static str> {
     vec![
-        "SELECT region, count(*) AS cases, avg(hospital_days) AS mean_days FROM health_cases GROUP BY region ORDER BY region",
-        "SELECT age_band, sex, count(*) AS n, sum(hospital_days) AS days, min(onset_date) AS first, max(onset_date) AS last FROM health_cases WHERE outcome = 'hospitalised' GROUP BY age_band, sex ORDER BY age_band, sex",
+        "SELECT region, count(*) AS cases, sum(hospital_days) AS days FROM health_cases GROUP BY region ORDER BY region",
+        "SELECT age_band, sex, count(*) AS n, sum(hospital_days) AS days FROM health_cases WHERE outcome = 'hospitalised' AND onset_date >= DATE '2025-04-01' GROUP BY age_band, sex ORDER BY age_band, sex",
         "SELECT outcome, count(*) AS n FROM health_cases GROUP BY outcome HAVING count(*) > 100 ORDER BY n DESC LIMIT 2",
         "WITH y AS (SELECT year, sum(value_added) AS va FROM digital_economy GROUP BY year) SELECT year, va, va - lag(va) OVER (ORDER BY year) AS growth FROM y ORDER BY year",
         "SELECT sector, avg(share_of_gdp) AS share, max(value_added) AS top FROM digital_economy WHERE year >= 2020 GROUP BY sector ORDER BY sector",
         "SELECT count(*) AS cases FROM bravo.health_cases WHERE age_band = '80+'",
+        "SELECT year, sector, value_added FROM bravo.digital_economy WHERE year = 2025 ORDER BY sector",
     ]
 }
 

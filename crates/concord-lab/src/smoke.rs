@@ -1,5 +1,6 @@
 //! The demo's scripted tour (`concord demo --smoke`): federated answers compared with the same
-//! SQL over the pooled data, a refused query, a forged and a replayed peer request refused.
+//! SQL over the pooled data (within the reported noise where owners add it), a refused query, a
+//! forged peer request refused, a replayed one answered with the same release.
 
 use concord_log::NoteSigner;
 
@@ -35,22 +36,32 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
             let pooled = pooled.as_ref().map_err(|e| e.to_string())?;
             let fed =
                 api_query(&first.local_url, &first.analyst_token, sql).await.map_err(|e| e.to_string())?;
-            // `bravo.health_cases` is one member's dataset; the pooled context answers it from
-            // the union, so that query is compared against a filter on case ids instead.
-            let pooled_sql = sql.replace(
-                "FROM bravo.health_cases WHERE",
-                "FROM health_cases WHERE case_id >= 1000000 AND case_id < 2000000 AND",
-            );
             let p = pooled
-                .sql(&pooled_sql)
+                .sql(sql)
                 .await
                 .map_err(|e| e.to_string())?
                 .collect()
                 .await
                 .map_err(|e| e.to_string())?;
-            let rows = compare(&fed.batches, &p)?;
             let members = fed.provenance.iter().map(|c| c.member.as_str()).collect::<Vec<_>>().join(",");
-            Ok::<_, String>(format!("{rows} rows, same as pooled; contributed by {members}"))
+            let noisy = fed.provenance.iter().any(|c| c.release.mechanism.is_some() || c.release.groups_suppressed > 0);
+            if !noisy {
+                let rows = compare(&fed.batches, &p)?;
+                return Ok::<_, String>(format!("{rows} rows, same as pooled; contributed by {members}"));
+            }
+            // Six standard deviations of the members' largest noise, added up: a false alarm
+            // has a chance under 1e-8 per value.
+            let variance: f64 = fed
+                .provenance
+                .iter()
+                .map(|c| c.release.noise_scale.iter().map(|(_, s)| *s).fold(0.0, f64::max).powi(2))
+                .sum();
+            let tolerance = 6.0 * variance.sqrt();
+            let suppressed = fed.provenance.iter().map(|c| c.release.groups_suppressed).sum();
+            let rows = concord_query::compare::compare_noisy(&fed.batches, &p, tolerance, suppressed)?;
+            Ok(format!(
+                "{rows} rows within the noise (±{tolerance:.1}) of pooled, {suppressed} groups suppressed; contributed by {members}"
+            ))
         }
         .await;
         steps.push(Step { name: format!("federated = pooled: {sql}"), outcome });
@@ -58,7 +69,7 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
     let table = demo.schemas.first().map(|s| s.name.clone()).unwrap_or_else(|| "health_cases".into());
     let raw = format!("SELECT * FROM {table}");
     let outcome = match api_query(&first.local_url, &first.analyst_token, &raw).await {
-        Err(NodeError::Peer { code, message, .. }) if code == "query_refused" => Ok(message),
+        Err(NodeError::Peer { code, message, .. }) if code == "policy_refused" => Ok(message),
         Err(e) => Err(format!("refused for the wrong reason: {e}")),
         Ok(_) => Err("raw rows were returned".into()),
     };
@@ -76,7 +87,7 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
     if demo.file.members.len() > 1 {
         steps.push(Step { name: "forged peer request refused".into(), outcome: forged(demo, &table).await });
         steps.push(Step {
-            name: "replayed peer request refused".into(),
+            name: "replayed peer request gets the same release, not a new one".into(),
             outcome: replayed(demo, &table).await,
         });
     }
@@ -170,10 +181,13 @@ async fn replayed(demo: &Demo, table: &str) -> Result<String, String> {
         return Err(format!("the genuine request failed: {code}: {message}"));
     }
     let again = send_as_first(demo, note.to_bytes()).await?;
-    let (code, message) = again.error_parts();
-    if again.status == 409 && code == "replayed_request" {
-        Ok(message)
+    let receipt = |r: &concord_node::net::client::Response| {
+        r.headers.get(concord_node::node::requester::RECEIPT_HEADER).map(|v| v.as_bytes().to_vec())
+    };
+    if again.status == 200 && again.body == first.body && receipt(&again) == receipt(&first) {
+        Ok("the replay got the first release's bytes and receipt again".into())
     } else {
-        Err(format!("expected 409 replayed_request, got {} {code}: {message}", again.status))
+        let (code, message) = again.error_parts();
+        Err(format!("expected the same release, got {} {code}: {message}", again.status))
     }
 }

@@ -75,6 +75,9 @@ pub enum NodeError {
     Internal(String),
     #[error("rate limited: {0}")]
     RateLimited(String),
+    /// The request conflicts with the state it acts on (a decision on a decided request).
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl NodeError {
@@ -108,6 +111,7 @@ impl NodeError {
             Self::Listen { .. } => "listen",
             Self::Internal(_) => "internal",
             Self::RateLimited(_) => "rate_limited",
+            Self::Conflict(_) => "conflict",
         }
     }
 
@@ -119,7 +123,8 @@ impl NodeError {
             Self::Unauthorized(_) | Self::UnknownMember(_) | Self::BadSignature(_) => 401,
             Self::PolicyRefused(_) | Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
-            Self::Replayed(_) | Self::WrongCharter(_) => 409,
+            Self::Replayed(_) | Self::WrongCharter(_) | Self::Conflict(_) => 409,
+            Self::Query(QueryError::Policy(_)) => 403,
             Self::Stale(_) => 408,
             Self::TooLarge(_) => 413,
             Self::RateLimited(_) => 429,

@@ -1,16 +1,510 @@
 //! Usage policies: what an owner's node lets each requester do with each of its datasets.
 //!
-//! This is the enforcement point on the owner's node: every sub-query a peer sends is decided
-//! here before it runs. The rule today is an allow-list of member ids; the Cedar policy language,
-//! column modes and release rules plug in behind the same [`DatasetPolicy::decide`] call.
+//! A dataset's policy is a TOML file ([`Policy::parse`], format in `docs/policy.md`): its
+//! classification, whether it holds personal data and its privacy unit, a mode per column, release
+//! rules (minimum group size, differential privacy) and access rules in the Cedar language. The
+//! charter's [`Baseline`] applies on top of every policy; a policy can be stricter, never looser.
 //!
-//! Invariant: deny by default. A dataset with no rule admits nobody but its owner.
+//! - [`Policy::decide`]: may this requester do this action on this dataset at all (baseline, then
+//!   Cedar).
+//! - [`Policy::mode`]: how a column may be used; the owner's SQL check (in `concord-query`) asks it
+//!   for every column a sub-query touches.
+//! - [`dp`]: exact samplers for differential privacy and the arithmetic of budgets.
+//!
+//! Invariant: deny by default. No Cedar rule, no access; a column the policy does not name is
+//! `hidden`; the owner's own analysts are the only requester no rule binds.
+//! Invariant: this crate does no IO and knows nothing of SQL engines.
 
-use serde::{Deserialize, Serialize};
+mod cedar;
+pub mod dp;
+mod file;
 
-/// Who may run aggregates on a dataset.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+pub use cedar::CEDAR_SCHEMA;
+pub use dp::Units;
+
+/// How sensitive a dataset is; the charter's baseline says what each class may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+pub enum Classification {
+    /// Anyone may see it.
+    Public,
+    /// Released under the policy's rules.
+    General,
+    /// Released only under an approved access request.
+    Important,
+    /// Never leaves its owner.
+    Core,
+}
+
+impl Classification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::General => "general",
+            Self::Important => "important",
+            Self::Core => "core",
+        }
+    }
+}
+
+/// How a column may be used, after SCQL's column control lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnMode {
+    /// Output as is, row by row; also a group key, a filter, an aggregate argument.
+    Plain,
+    /// A group key (output as such), a filter, an aggregate argument.
+    Group,
+    /// Only inside COUNT, SUM, AVG (and MIN, MAX where the release rules allow them).
+    Aggregate,
+    /// Only in WHERE comparisons.
+    Filter,
+    /// Never referenced.
+    Hidden,
+}
+
+impl ColumnMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Group => "group",
+            Self::Aggregate => "aggregate",
+            Self::Filter => "filter",
+            Self::Hidden => "hidden",
+        }
+    }
+}
+
+/// Where in a query a column is used; [`ColumnMode::permits`] says which modes allow which use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Output row by row (a `read_rows` select item).
+    Output,
+    /// A group key, or output as one.
+    GroupKey,
+    /// WHERE, or an aggregate's FILTER clause.
+    Filter,
+    /// Inside the argument of COUNT, SUM or AVG.
+    Aggregated,
+    /// Inside the argument of MIN or MAX.
+    Extreme,
+}
+
+impl Use {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Output => "output as a row value",
+            Self::GroupKey => "used as a group key",
+            Self::Filter => "used in a filter",
+            Self::Aggregated => "aggregated",
+            Self::Extreme => "inside MIN or MAX",
+        }
+    }
+}
+
+impl ColumnMode {
+    /// Whether a column of this mode may be used so.
+    pub fn permits(self, use_: Use) -> bool {
+        match self {
+            Self::Plain => true,
+            Self::Group => !matches!(use_, Use::Output),
+            Self::Aggregate => matches!(use_, Use::Aggregated | Use::Extreme),
+            Self::Filter => matches!(use_, Use::Filter),
+            Self::Hidden => false,
+        }
+    }
+}
+
+/// What a requester asks to do with a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Aggregates over the dataset.
+    Aggregate,
+    /// Rows of the dataset, as they are.
+    ReadRows,
+    /// The dataset's name and schema.
+    Describe,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aggregate => "aggregate",
+            Self::ReadRows => "read_rows",
+            Self::Describe => "describe",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, PolicyError> {
+        match s {
+            "aggregate" => Ok(Self::Aggregate),
+            "read_rows" => Ok(Self::ReadRows),
+            "describe" => Ok(Self::Describe),
+            other => Err(PolicyError::Invalid(format!(
+                "unknown action {other:?}; actions are aggregate, read_rows and describe"
+            ))),
+        }
+    }
+}
+
+/// The rules of the charter that bind every dataset of every member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baseline {
+    /// Personal data is released only in groups of at least this many distinct privacy units.
+    pub min_group_size: u64,
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Self { min_group_size: 10 }
+    }
+}
+
+/// The personal data a dataset holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Personal {
+    /// The column that identifies a data subject (a person, a household).
+    pub privacy_unit: String,
+}
+
+/// Differential-privacy mechanisms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mechanism {
+    /// Discrete Gaussian noise; cost and budgets are rho of zero-concentrated DP.
+    Zcdp,
+    /// Discrete Laplace noise; cost and budgets are epsilon of pure DP.
+    Pure,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zcdp => "zcdp",
+            Self::Pure => "pure",
+        }
+    }
+
+    /// The name of the privacy parameter budgets are counted in.
+    pub fn parameter(self) -> &'static str {
+        match self {
+            Self::Zcdp => "rho",
+            Self::Pure => "epsilon",
+        }
+    }
+}
+
+/// Differential privacy as a dataset's release rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Privacy {
+    pub mechanism: Mechanism,
+    /// Privacy spent by one query (rho or epsilon), split evenly over its noisy aggregates.
+    pub cost: Units,
+    /// Total one requester may spend on this dataset.
+    pub budget_per_requester: Units,
+    /// Total all requesters together may spend on this dataset.
+    pub budget_per_dataset: Units,
+    /// Groups one privacy unit may contribute to in one query (L0 bound).
+    pub max_groups_per_unit: u32,
+    /// Rows one privacy unit may contribute to one group (Linf bound).
+    pub max_rows_per_group: u32,
+    /// Clamping bounds of every column that may be summed: `[low, high]`.
+    pub bounds: BTreeMap<String, (f64, f64)>,
+    /// Decimal places kept when summing float columns as fixed-point integers.
+    pub decimals: u32,
+    /// Public key sets of group columns: the groups released whatever the data holds.
+    pub keys: BTreeMap<String, Vec<String>>,
+    /// Groups not covered by public keys are released only if their noisy count passes a
+    /// threshold chosen so that a group of one unit appears with probability at most `delta`.
+    pub delta: Option<f64>,
+}
+
+/// Release rules of a dataset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Release {
+    /// Distinct privacy units every released group stands for, at least; the charter's baseline
+    /// raises it for personal data.
+    pub min_group_size: Option<u64>,
+    /// Columns whose MIN and MAX may be released from personal data (never under DP).
+    pub min_max: Vec<String>,
+    pub privacy: Option<Privacy>,
+}
+
+/// The usage policy of one dataset.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub classification: Classification,
+    pub personal: Option<Personal>,
+    /// Modes of the columns the policy names; every other column is hidden.
+    pub columns: BTreeMap<String, ColumnMode>,
+    pub release: Release,
+    /// Member groups the Cedar rules may name: `Group::"<name>"`.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// The access rules, Cedar source.
+    pub rules: String,
+    rules_parsed: cedar_policy::PolicySet,
+    /// The policy file as it was written.
+    pub source: String,
+}
+
+/// What a requester brings to a decision besides its name.
+#[derive(Clone, Debug, Default)]
+pub struct AccessContext {
+    pub requester: String,
+    pub purpose: String,
+    /// Ids of the live grants the requester holds on this dataset, and the actions they cover.
+    pub grants: Vec<(String, Vec<Action>)>,
+    pub charter_version: u64,
+}
+
+impl AccessContext {
+    /// The grant that covers `action`, if any.
+    pub fn grant_for(&self, action: Action) -> Option<&str> {
+        self.grants.iter().find(|(_, acts)| acts.contains(&action)).map(|(id, _)| id.as_str())
+    }
+}
+
+/// Why a request was allowed or refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; `by` names the rule (a Cedar policy id, or why no rule binds).
+    Allow {
+        by: String,
+    },
+    Deny {
+        reason: String,
+    },
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
+/// Errors of policy definitions.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file is malformed: where, and what.
+    #[error("{file} line {line}: {reason}")]
+    Malformed { file: String, line: usize, reason: String },
+    /// The policy does not fit its dataset.
+    #[error("{0}")]
+    Invalid(String),
+    /// The policy would loosen a rule of the charter's baseline.
+    #[error("the policy loosens the charter's baseline rule \"{rule}\": {reason}")]
+    LoosensBaseline { rule: String, reason: String },
+    #[error("bad allow-list: {0}")]
+    BadAllowList(String),
+}
+
+impl Policy {
+    /// Parses and validates a policy file; `file` names it in errors.
+    pub fn parse(source: &str, file: &str) -> Result<Self, PolicyError> {
+        file::parse(source, file)
+    }
+
+    /// The policy a dataset gets without a file: aggregates and descriptions for `members` (or
+    /// every member), every column a group key, no rows, no personal data declared.
+    pub fn default_for(columns: &[String], members: &AllowList) -> Result<Self, PolicyError> {
+        let mut s = String::from(
+            "# Default policy: aggregates for the members allowed, every column a group key, no rows.\n\
+             classification = \"general\"\n\n[columns]\n",
+        );
+        for c in columns {
+            s.push_str(&format!("{} = \"group\"\n", file::toml_key(c)));
+        }
+        let who = match members {
+            AllowList::Nobody => None,
+            AllowList::Everyone => Some(String::new()),
+            AllowList::Members(ids) => Some(format!(
+                " when {{ [{}].contains(principal) }}",
+                ids.iter().map(|m| format!("Member::\"{m}\"")).collect::<Vec<_>>().join(", ")
+            )),
+        };
+        s.push_str("\n[access]\nrules = '''\n");
+        if let Some(cond) = who {
+            s.push_str(&format!(
+                "permit (principal, action in [Action::\"aggregate\", Action::\"describe\"], resource){cond};\n"
+            ));
+        }
+        s.push_str("'''\n");
+        file::parse(&s, "default policy")
+    }
+
+    /// SHA-256 of the policy file, hex: what the log records when a policy is set.
+    pub fn digest(&self) -> String {
+        hex(&Sha256::digest(self.source.as_bytes()))
+    }
+
+    /// How `column` may be used; a column the policy does not name is hidden.
+    pub fn mode(&self, column: &str) -> ColumnMode {
+        self.columns.get(column).copied().unwrap_or(ColumnMode::Hidden)
+    }
+
+    pub fn holds_personal_data(&self) -> bool {
+        self.personal.is_some()
+    }
+
+    /// The minimum group size in force: the policy's, raised to the baseline's for personal
+    /// data; `None` when no minimum applies.
+    pub fn min_group_size(&self, baseline: &Baseline) -> Option<u64> {
+        let own = self.release.min_group_size;
+        if self.personal.is_some() {
+            Some(own.unwrap_or(0).max(baseline.min_group_size).max(1))
+        } else {
+            own.filter(|&n| n > 1)
+        }
+    }
+
+    /// Whether MIN and MAX of `column` may be released.
+    pub fn allows_extremes(&self, column: &str) -> bool {
+        if self.release.privacy.is_some() {
+            return false;
+        }
+        self.personal.is_none() || self.release.min_max.iter().any(|c| c == column)
+    }
+
+    /// Checks the policy against the columns of its dataset: every column it names exists, and
+    /// its privacy unit, bounds and key sets name columns of fitting modes.
+    pub fn check_columns(&self, dataset: &str, columns: &[String]) -> Result<(), PolicyError> {
+        let known = |c: &str| columns.iter().any(|x| x == c);
+        let unknown = |what: &str, c: &str| {
+            PolicyError::Invalid(format!(
+                "{what} {c:?} is not a column of dataset {dataset}; its columns are {}",
+                columns.join(", ")
+            ))
+        };
+        for c in self.columns.keys() {
+            if !known(c) {
+                return Err(unknown("the policy names column", c));
+            }
+        }
+        if let Some(p) = &self.personal
+            && !known(&p.privacy_unit)
+        {
+            return Err(unknown("the privacy unit", &p.privacy_unit));
+        }
+        for c in &self.release.min_max {
+            if !known(c) {
+                return Err(unknown("release.min_max names", c));
+            }
+        }
+        if let Some(dp) = &self.release.privacy {
+            for c in dp.bounds.keys() {
+                if !known(c) {
+                    return Err(unknown("release.privacy.bounds names", c));
+                }
+            }
+            for c in dp.keys.keys() {
+                if !known(c) {
+                    return Err(unknown("release.privacy.keys names", c));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the policy is no looser than the charter's baseline; the error names the rule.
+    pub fn check_baseline(&self, baseline: &Baseline) -> Result<(), PolicyError> {
+        if self.personal.is_some()
+            && let Some(n) = self.release.min_group_size
+            && n < baseline.min_group_size
+        {
+            return Err(PolicyError::LoosensBaseline {
+                rule: format!(
+                    "personal data is released only in groups of at least {}",
+                    baseline.min_group_size
+                ),
+                reason: format!(
+                    "release.min_group_size is {n}; set it to {} or more, or leave it out",
+                    baseline.min_group_size
+                ),
+            });
+        }
+        let crossing: Vec<String> = self
+            .rules_parsed
+            .policies()
+            .filter(|p| p.effect() == cedar_policy::Effect::Permit)
+            .filter(|p| cedar::may_permit_other_than_describe(p))
+            .map(|p| p.id().to_string())
+            .collect();
+        if self.classification == Classification::Core && !crossing.is_empty() {
+            return Err(PolicyError::LoosensBaseline {
+                rule: "core data never leaves its owner".into(),
+                reason: format!(
+                    "the dataset is classified core, yet rule {} permits aggregate or read_rows; \
+                     permit only describe, or classify it lower",
+                    crossing.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `ctx.requester` may do `action` on `dataset` of `owner`: the baseline first, then
+    /// the Cedar rules. Column modes and release rules are checked on the query itself.
+    pub fn decide(
+        &self,
+        owner: &str,
+        dataset: &str,
+        action: Action,
+        ctx: &AccessContext,
+        baseline: &Baseline,
+    ) -> Decision {
+        if ctx.requester == owner {
+            return Decision::Allow {
+                by: format!("{owner}'s own analysts read its data without crossing a border"),
+            };
+        }
+        let crosses = action != Action::Describe;
+        if crosses && self.classification == Classification::Core {
+            return Decision::Deny {
+                reason: format!(
+                    "{dataset} is classified core, and core data never leaves its owner (charter baseline)"
+                ),
+            };
+        }
+        if crosses && self.classification == Classification::Important && ctx.grant_for(action).is_none() {
+            return Decision::Deny {
+                reason: format!(
+                    "{dataset} is classified important: {} needs an approved access request (charter baseline); \
+                     file one with `concord access request --dataset {owner}.{dataset} --action {} ...`",
+                    action.as_str(),
+                    action.as_str()
+                ),
+            };
+        }
+        if action == Action::ReadRows && self.personal.is_some() {
+            return Decision::Deny {
+                reason: format!(
+                    "{dataset} holds personal data, which is released only in groups of at least {} people \
+                     (charter baseline), never as rows; aggregate it instead",
+                    self.min_group_size(baseline).unwrap_or(baseline.min_group_size)
+                ),
+            };
+        }
+        cedar::authorize(self, owner, dataset, action, ctx)
+    }
+
+    /// Number of Cedar rules (permit and forbid).
+    pub fn rule_count(&self) -> usize {
+        self.rules_parsed.policies().count()
+    }
+
+    /// Member ids the policy's groups name.
+    pub fn named_members(&self) -> impl Iterator<Item = &str> {
+        self.groups.values().flatten().map(String::as_str)
+    }
+}
+
+/// Who may run aggregates on a dataset registered without a policy file (`--allow`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AllowList {
     /// Only the owner itself.
     #[default]
@@ -33,11 +527,7 @@ impl AllowList {
         }
         let mut ids: Vec<String> = Vec::new();
         for id in spec.split(',').map(str::trim) {
-            let ok = id.len() >= 2
-                && id.len() <= 32
-                && id.starts_with(|c: char| c.is_ascii_lowercase())
-                && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if !ok {
+            if !is_member_id(id) {
                 return Err(PolicyError::BadAllowList(format!(
                     "{id:?} is not a member id; give ids separated by commas, or '*' for every member"
                 )));
@@ -49,79 +539,19 @@ impl AllowList {
         ids.sort();
         Ok(Self::Members(ids))
     }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Nobody => "owner only".into(),
-            Self::Everyone => "*".into(),
-            Self::Members(ids) => ids.join(","),
-        }
-    }
 }
 
-/// The actions a requester may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Partial aggregates over the dataset.
-    Aggregate,
-    /// The dataset's name and schema.
-    Describe,
+/// `[a-z][a-z0-9-]{1,31}`.
+pub fn is_member_id(id: &str) -> bool {
+    id.len() >= 2
+        && id.len() <= 32
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// The usage policy of one dataset.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatasetPolicy {
-    pub allow: AllowList,
-}
-
-/// Why a request was allowed or refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    Deny { reason: String },
-}
-
-impl DatasetPolicy {
-    /// Decides whether `requester` may do `action` on a dataset owned by `owner`.
-    pub fn decide(&self, owner: &str, requester: &str, _action: Action) -> Decision {
-        if requester == owner {
-            return Decision::Allow;
-        }
-        match &self.allow {
-            AllowList::Everyone => Decision::Allow,
-            AllowList::Members(ids) if ids.iter().any(|id| id == requester) => Decision::Allow,
-            _ => Decision::Deny {
-                reason: format!(
-                    "{owner}'s policy does not admit {requester}; ask {owner}'s stewards to add {requester} to the allow-list"
-                ),
-            },
-        }
-    }
-}
-
-/// Errors of policy definitions.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("bad allow-list: {0}")]
-    BadAllowList(String),
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deny_by_default_and_allow_lists() {
-        let none = DatasetPolicy::default();
-        assert!(matches!(none.decide("alpha", "bravo", Action::Aggregate), Decision::Deny { .. }));
-        assert_eq!(none.decide("alpha", "alpha", Action::Aggregate), Decision::Allow);
-        let some = DatasetPolicy { allow: AllowList::parse("charlie, bravo").expect("valid") };
-        assert_eq!(some.allow, AllowList::Members(vec!["bravo".into(), "charlie".into()]));
-        assert_eq!(some.decide("alpha", "bravo", Action::Aggregate), Decision::Allow);
-        assert!(matches!(some.decide("alpha", "delta", Action::Aggregate), Decision::Deny { .. }));
-        let all = DatasetPolicy { allow: AllowList::parse("*").expect("valid") };
-        assert_eq!(all.decide("alpha", "zulu", Action::Describe), Decision::Allow);
-        assert!(AllowList::parse("bravo;charlie").is_err());
-        assert!(AllowList::parse("Bravo").is_err());
-    }
-}
+mod tests;

@@ -66,3 +66,59 @@ pub fn compare(federated: &[RecordBatch], pooled: &[RecordBatch]) -> Result<usiz
     }
     Ok(a.len())
 }
+
+fn number(c: &Cell) -> Option<f64> {
+    match c {
+        Cell::Float(f) => Some(*f),
+        Cell::Text(t) => t.parse::<f64>().ok(),
+        Cell::Null => None,
+    }
+}
+
+/// Compares a noisy federated result with the exact pooled one: rows are matched by their text
+/// cells (the group keys); every number of a released row is within `tolerance` of the pooled
+/// one; at most `suppressed` pooled rows are missing. Returns the rows compared.
+pub fn compare_noisy(
+    federated: &[RecordBatch],
+    pooled: &[RecordBatch],
+    tolerance: f64,
+    suppressed: u64,
+) -> Result<usize, String> {
+    let key = |row: &[Cell]| -> Vec<String> {
+        row.iter()
+            .filter(|c| number(c).is_none())
+            .map(|c| match c {
+                Cell::Text(t) => t.clone(),
+                _ => "NULL".into(),
+            })
+            .collect()
+    };
+    let (a, b) = (cells(federated)?, cells(pooled)?);
+    let mut missing = 0u64;
+    for rb in &b {
+        let Some(ra) = a.iter().find(|ra| key(ra) == key(rb)) else {
+            missing += 1;
+            continue;
+        };
+        for (x, y) in ra.iter().zip(rb) {
+            if let (Some(x), Some(y)) = (number(x), number(y))
+                && (x - y).abs() > tolerance
+            {
+                return Err(format!(
+                    "row {:?}: federated {x}, pooled {y}, beyond the noise tolerance {tolerance}",
+                    key(rb)
+                ));
+            }
+        }
+    }
+    if a.len() as u64 + missing != b.len() as u64 {
+        return Err(format!(
+            "{} rows federated that pooled data does not have",
+            a.len() as u64 + missing - b.len() as u64
+        ));
+    }
+    if missing > suppressed {
+        return Err(format!("{missing} groups missing, but owners report {suppressed} suppressed"));
+    }
+    Ok(a.len())
+}

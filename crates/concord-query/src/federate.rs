@@ -87,7 +87,7 @@ impl TableProvider for FederatedTable {
 }
 
 /// What one owner contributed to a result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Contribution {
     pub member: String,
     pub dataset: String,
@@ -96,6 +96,9 @@ pub struct Contribution {
     /// SHA-256 of the released Arrow IPC bytes, as the owner's signed receipt states it; `None`
     /// when the requester is the owner and nothing crossed a border.
     pub receipt_digest: Option<String>,
+    /// What the owner's release rules held back, the noise they added, the budget they charged.
+    #[serde(default)]
+    pub release: crate::release::ReleaseReport,
 }
 
 /// An owner's answer to one sub-query.
@@ -142,49 +145,14 @@ pub async fn run_federated_with(
     allow_partial: bool,
     max_rows: u64,
 ) -> Result<QueryOutcome, QueryError> {
-    let plan = ctx.state().create_logical_plan(sql).await.map_err(QueryError::plan)?;
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(&plan)
-        .map_err(|_| QueryError::Refused("only queries (SELECT, WITH ... SELECT) are accepted".into()))?;
-    crate::limits::check_plan(&plan)?;
-
-    // SELECT DISTINCT over a federated table is a GROUP BY of every selected column.
-    let plan = plan
-        .transform_up_with_subqueries(|node| match &node {
-            LogicalPlan::Distinct(Distinct::All(input)) if flatten(input)?.is_some() => {
-                let columns = input.schema().columns().into_iter().map(Expr::Column);
-                let agg = LogicalPlanBuilder::from(input.as_ref().clone())
-                    .aggregate(columns, Vec::<Expr>::new())?
-                    .build()?;
-                Ok(Transformed::yes(agg))
-            }
-            _ => Ok(Transformed::no(node)),
-        })
-        .map_err(QueryError::plan)?
-        .data;
-
-    let mut jobs: Vec<Job> = Vec::new();
-    let rewritten = plan
-        .transform_up_with_subqueries(|node| {
-            let LogicalPlan::Aggregate(agg) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(flat) = flatten(&agg.input)? else {
-                return Ok(Transformed::no(node));
-            };
-            let (replacement, job) =
-                split_aggregate(agg, flat, jobs.len(), allow_partial).map_err(QueryError::into_df)?;
-            jobs.push(job);
-            Ok(Transformed::yes(replacement))
-        })
-        .map_err(QueryError::plan)?
-        .data;
-    if let Some(reason) = explain_raw_use(&rewritten) {
-        return Err(QueryError::Refused(reason));
+    let plan = plan_checked(ctx, sql).await?;
+    if let LogicalPlan::Explain(ex) = &plan {
+        return explain(ex.plan.as_ref().clone(), allow_partial);
     }
+    if let LogicalPlan::Analyze(an) = &plan {
+        return explain(an.input.as_ref().clone(), allow_partial);
+    }
+    let (rewritten, jobs) = split(plan, allow_partial)?;
 
     let mut requests = Vec::new();
     for job in &jobs {
@@ -229,6 +197,120 @@ pub async fn run_federated_with(
     })?;
     provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
     Ok(QueryOutcome { schema, batches, provenance, missing: missing.into_iter().collect() })
+}
+
+/// Plans the analyst's SQL and checks it: queries only, bounded values.
+async fn plan_checked(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let plan = ctx.state().create_logical_plan(sql).await.map_err(QueryError::plan)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| QueryError::Refused("only queries (SELECT, WITH ... SELECT) are accepted".into()))?;
+    crate::limits::check_plan(&plan)?;
+    Ok(plan)
+}
+
+/// Splits a plan: every aggregate and every row read over a federated table becomes a job of
+/// per-owner sub-queries; returns the plan that merges their answers.
+fn split(plan: LogicalPlan, allow_partial: bool) -> Result<(LogicalPlan, Vec<Job>), QueryError> {
+    // SELECT DISTINCT over a federated table is a GROUP BY of every selected column.
+    let plan = plan
+        .transform_up_with_subqueries(|node| match &node {
+            LogicalPlan::Distinct(Distinct::All(input)) if flatten(input)?.is_some() => {
+                let columns = input.schema().columns().into_iter().map(Expr::Column);
+                let agg = LogicalPlanBuilder::from(input.as_ref().clone())
+                    .aggregate(columns, Vec::<Expr>::new())?
+                    .build()?;
+                Ok(Transformed::yes(agg))
+            }
+            _ => Ok(Transformed::no(node)),
+        })
+        .map_err(QueryError::plan)?
+        .data;
+
+    let mut jobs: Vec<Job> = Vec::new();
+    let rewritten = plan
+        .transform_up_with_subqueries(|node| {
+            let LogicalPlan::Aggregate(agg) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(flat) = flatten(&agg.input)? else {
+                return Ok(Transformed::no(node));
+            };
+            let (replacement, job) =
+                split_aggregate(agg, flat, jobs.len(), allow_partial).map_err(QueryError::into_df)?;
+            jobs.push(job);
+            Ok(Transformed::yes(replacement))
+        })
+        .map_err(QueryError::plan)?
+        .data;
+    // What still reads a federated table reads its rows: each maximal chain of filters and
+    // projections over one becomes a row read that its owners' policies decide (`read_rows`).
+    let rewritten = rewrite_row_reads(rewritten, &mut jobs, allow_partial)?;
+    if let Some(reason) = explain_raw_use(&rewritten) {
+        return Err(QueryError::Refused(reason));
+    }
+    Ok((rewritten, jobs))
+}
+
+/// One owner's part of a query, as it would be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedSubquery {
+    pub part: Part,
+    pub sql: String,
+}
+
+/// Plans and splits `sql` without sending anything: the merge plan, and each owner's sub-query.
+pub async fn plan_subqueries(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<(LogicalPlan, Vec<PlannedSubquery>), QueryError> {
+    let plan = plan_checked(ctx, sql).await?;
+    let plan = match &plan {
+        LogicalPlan::Explain(ex) => ex.plan.as_ref().clone(),
+        LogicalPlan::Analyze(an) => an.input.as_ref().clone(),
+        _ => plan,
+    };
+    let (rewritten, jobs) = split(plan, true)?;
+    let mut out = Vec::new();
+    for job in &jobs {
+        for part in &job.table.parts {
+            out.push(PlannedSubquery { part: part.clone(), sql: job.sql_for(&part.dataset)? });
+        }
+    }
+    Ok((rewritten, out))
+}
+
+/// EXPLAIN: the merge plan and each owner's sub-query, as rows; nothing is sent to any owner.
+fn explain(plan: LogicalPlan, allow_partial: bool) -> Result<QueryOutcome, QueryError> {
+    let (rewritten, jobs) = split(plan, allow_partial)?;
+    let mut kinds = vec!["merge plan (runs here)".to_owned()];
+    let mut texts = vec![rewritten.display_indent().to_string()];
+    for job in &jobs {
+        for part in &job.table.parts {
+            kinds.push(format!("sub-query for {}.{} (not sent)", part.owner, part.dataset));
+            texts.push(job.sql_for(&part.dataset)?);
+        }
+        for m in &job.table.unreachable {
+            kinds.push(format!("sub-query for {m} (catalog unreachable)"));
+            texts.push(String::new());
+        }
+    }
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("plan_type", DataType::Utf8, false),
+        datafusion::arrow::datatypes::Field::new("plan", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(datafusion::arrow::array::StringArray::from(kinds)),
+            Arc::new(datafusion::arrow::array::StringArray::from(texts)),
+        ],
+    )
+    .map_err(|e| QueryError::Execution(e.to_string()))?;
+    Ok(QueryOutcome { schema, batches: vec![batch], provenance: vec![], missing: vec![] })
 }
 
 fn raw_rows_message(table: &str) -> String {
@@ -292,13 +374,20 @@ impl TableProvider for PartialsTable {
     }
 }
 
-/// One aggregate split into per-owner sub-queries.
+/// What each owner computes for a job.
+enum JobKind {
+    /// Partial aggregates: `SELECT g*, p* FROM dataset WHERE filters GROUP BY g*`.
+    Aggregate { groups: Vec<Expr>, partial_aggs: Vec<Expr> },
+    /// Rows: `SELECT columns FROM dataset WHERE filters`.
+    Rows { columns: Vec<String> },
+}
+
+/// One aggregate or row read split into per-owner sub-queries.
 struct Job {
     index: usize,
     table: Arc<FederatedTable>,
     filters: Vec<Expr>,
-    groups: Vec<Expr>,
-    partial_aggs: Vec<Expr>,
+    kind: JobKind,
     partial_schema: SchemaRef,
     partials: Arc<PartialsTable>,
 }
@@ -306,8 +395,13 @@ struct Job {
 impl Job {
     /// The sub-query for one owner's dataset, as SQL text.
     fn sql_for(&self, dataset: &str) -> Result<String, QueryError> {
-        let plan = partial_plan(&self.table, dataset, &self.filters, &self.groups, &self.partial_aggs)
-            .map_err(QueryError::plan)?;
+        let plan = match &self.kind {
+            JobKind::Aggregate { groups, partial_aggs } => {
+                partial_plan(&self.table, dataset, &self.filters, groups, partial_aggs)
+            }
+            JobKind::Rows { columns } => rows_plan(&self.table, dataset, &self.filters, columns),
+        }
+        .map_err(QueryError::plan)?;
         let sql = plan_to_sql(&plan).map_err(QueryError::plan)?.to_string();
         if sql.contains(['\n', '\r']) {
             return Err(QueryError::Refused(
@@ -338,6 +432,96 @@ fn partial_plan(
         Expr::Column(c).alias(alias)
     });
     b.project(proj)?.build()
+}
+
+fn rows_plan(
+    table: &Arc<FederatedTable>,
+    dataset: &str,
+    filters: &[Expr],
+    columns: &[String],
+) -> DfResult<LogicalPlan> {
+    let source = provider_as_source(table.clone() as Arc<dyn TableProvider>);
+    let mut b = LogicalPlanBuilder::scan(TableReference::bare(dataset), source, None)?;
+    if let Some(pred) = conjunction(filters.iter().cloned()) {
+        b = b.filter(pred)?;
+    }
+    b.project(columns.iter().map(|c| Expr::Column(Column::new_unqualified(c))))?.build()
+}
+
+/// Replaces every maximal chain of filters, projections and aliases over a federated table by
+/// the rows its owners release: a scan of the fetched rows under the chain's own projection.
+fn rewrite_row_reads(
+    plan: LogicalPlan,
+    jobs: &mut Vec<Job>,
+    allow_partial: bool,
+) -> Result<LogicalPlan, QueryError> {
+    plan.transform_down_with_subqueries(|node| {
+        let Some(flat) = flatten(&node)? else {
+            return Ok(Transformed::no(node));
+        };
+        let table = flat.table.clone();
+        check_parts(&table, allow_partial).map_err(QueryError::into_df)?;
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        for e in &flat.outputs {
+            for c in e.column_refs() {
+                used.insert(c.name.clone());
+            }
+        }
+        // Keep the table's column order; a chain that uses no column still needs a row count.
+        let mut columns: Vec<String> =
+            table.schema.fields().iter().map(|f| f.name().clone()).filter(|n| used.contains(n)).collect();
+        if columns.is_empty()
+            && let Some(f) = table.schema.fields().first()
+        {
+            columns.push(f.name().clone());
+        }
+        let index = jobs.len();
+        let sample = table.parts.first().map(|p| p.dataset.as_str()).unwrap_or("t");
+        let fetched = rows_plan(&table, sample, &flat.filters, &columns)?;
+        let partial_schema: SchemaRef = Arc::new(fetched.schema().as_arrow().clone());
+        let partials = Arc::new(PartialsTable { schema: partial_schema.clone(), batches: OnceLock::new() });
+        let restore = node.schema().iter().zip(&flat.outputs).map(|((q, f), e)| {
+            cast_expr(e.clone(), f.data_type().clone()).alias_qualified(q.cloned(), f.name())
+        });
+        let replacement = LogicalPlanBuilder::scan(
+            TableReference::bare(format!("__concord_rows_{index}")),
+            provider_as_source(partials.clone() as Arc<dyn TableProvider>),
+            None,
+        )?
+        .project(restore)?
+        .build()?;
+        jobs.push(Job {
+            index,
+            table,
+            filters: flat.filters,
+            kind: JobKind::Rows { columns },
+            partial_schema,
+            partials,
+        });
+        Ok(Transformed::new(replacement, true, TreeNodeRecursion::Jump))
+    })
+    .map(|t| t.data)
+    .map_err(QueryError::plan)
+}
+
+/// Refuses a federated table that no member (reachable or not) can answer for.
+fn check_parts(table: &FederatedTable, allow_partial: bool) -> Result<(), QueryError> {
+    if !table.unreachable.is_empty() && !allow_partial {
+        return Err(QueryError::Unreachable {
+            member: table.unreachable.join(", "),
+            reason: format!(
+                "its catalog could not be read, so {} cannot be computed in full; check that the member's node is up",
+                table.display
+            ),
+        });
+    }
+    if table.parts.is_empty() && table.unreachable.is_empty() {
+        return Err(QueryError::Refused(format!(
+            "no member publishes a dataset in {} that admits you; ask the owners' stewards for access",
+            table.display
+        )));
+    }
+    Ok(())
 }
 
 /// A chain of filters, projections and aliases over one federated table, flattened: the filters
@@ -463,21 +647,7 @@ fn split_aggregate(
     allow_partial: bool,
 ) -> Result<(LogicalPlan, Job), QueryError> {
     let table = flat.table.clone();
-    if !table.unreachable.is_empty() && !allow_partial {
-        return Err(QueryError::Unreachable {
-            member: table.unreachable.join(", "),
-            reason: format!(
-                "its catalog could not be read, so {} cannot be computed in full; check that the member's node is up",
-                table.display
-            ),
-        });
-    }
-    if table.parts.is_empty() && table.unreachable.is_empty() {
-        return Err(QueryError::Refused(format!(
-            "no member publishes a dataset in {} that admits you; ask the owners' stewards for access",
-            table.display
-        )));
-    }
+    check_parts(&table, allow_partial)?;
     let input_schema = agg.input.schema();
     let mut groups = Vec::new();
     for g in &agg.group_expr {
@@ -612,7 +782,14 @@ fn split_aggregate(
     })
     .and_then(LogicalPlanBuilder::build)
     .map_err(QueryError::plan)?;
-    let job = Job { index, table, filters: flat.filters, groups, partial_aggs, partial_schema, partials };
+    let job = Job {
+        index,
+        table,
+        filters: flat.filters,
+        kind: JobKind::Aggregate { groups, partial_aggs },
+        partial_schema,
+        partials,
+    };
     Ok((merged, job))
 }
 

@@ -18,6 +18,7 @@ pub mod federate;
 pub mod ipc;
 pub mod limits;
 pub mod owner;
+pub mod release;
 
 pub use federate::{
     Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryOutcome, run_federated,
@@ -52,6 +53,9 @@ pub enum QueryError {
     /// A limit of bounded execution was reached: memory, time, groups, sizes.
     #[error("refused: {0}")]
     Limit(String),
+    /// The dataset's usage policy does not release this: column modes, release rules.
+    #[error("refused by policy: {0}")]
+    Policy(String),
 }
 
 impl QueryError {
@@ -66,6 +70,7 @@ impl QueryError {
             Self::Unreachable { .. } => "owner_unreachable",
             Self::Execution(_) => "execution_failed",
             Self::Limit(_) => "limit_exceeded",
+            Self::Policy(_) => "policy_refused",
         }
     }
 

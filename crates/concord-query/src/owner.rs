@@ -1,9 +1,13 @@
 //! The owner's side of a federated query: re-plan the sub-query a peer sent against the one
-//! dataset it names, check that it is a partial aggregate and nothing more, run it.
+//! dataset it names, check its shape, reduce it to parts over the dataset's own columns, check
+//! those against the dataset's policy ([`crate::release`]), and run the owner's own plan.
 //!
-//! Invariant: the owner checks every sub-query itself; nothing the requester planned is trusted.
-//! The only plans that run here have the shape
-//! `Projection(columns) -> Aggregate(COUNT|SUM|MIN|MAX) -> [Filter | Projection | SubqueryAlias]* -> TableScan(dataset)`.
+//! Invariant: the owner checks every sub-query itself; nothing the requester planned is trusted
+//! or run. The only plans accepted have one of two shapes, and what runs is rebuilt from their
+//! parts:
+//! `Projection(columns) -> Aggregate(COUNT|SUM|MIN|MAX) -> [Filter | Projection | SubqueryAlias]* -> TableScan(dataset)`
+//! (an aggregate), or `Projection -> [Filter | Projection | SubqueryAlias]* -> TableScan(dataset)`
+//! (rows, for `read_rows`).
 
 use std::sync::Arc;
 
@@ -18,6 +22,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::QueryError;
 use crate::limits::ExecLimits;
+use crate::release::{ReleasePlan, ReleaseReport, Rules, Subquery};
 
 /// What the owner computed for one sub-query.
 #[derive(Debug)]
@@ -28,6 +33,8 @@ pub struct OwnerAnswer {
     pub rows_scanned: u64,
     /// Rows (groups) of the result.
     pub groups_released: u64,
+    /// What the release rules held back and how they noised the rest.
+    pub report: ReleaseReport,
 }
 
 /// Aggregate functions whose partials can be merged across members.
@@ -37,25 +44,49 @@ fn refuse(reason: impl Into<String>) -> QueryError {
     QueryError::SubqueryRefused(reason.into())
 }
 
-/// Plans, checks and runs `sql` against `dataset` alone, within `limits`.
+/// Plans and checks `sql` against `dataset` alone, and reduces it to its parts.
+pub async fn parse_subquery(
+    dataset: &str,
+    table: Arc<dyn TableProvider>,
+    sql: &str,
+) -> Result<Subquery, QueryError> {
+    let ctx = SessionContext::new();
+    let plan = plan_subquery(&ctx, dataset, table, sql).await?;
+    Subquery::parse(&plan)
+}
+
+/// Runs a release that [`crate::release::check`] made, within `limits`.
+pub async fn run_release(
+    plan: &ReleasePlan,
+    dataset: &str,
+    table: Arc<dyn TableProvider>,
+    limits: &ExecLimits,
+) -> Result<OwnerAnswer, QueryError> {
+    let (batches, report, rows_scanned) = crate::release::run(plan, dataset, table, limits).await?;
+    Ok(OwnerAnswer {
+        schema: plan.subquery.schema.clone(),
+        groups_released: report.groups_released,
+        batches,
+        rows_scanned,
+        report,
+    })
+}
+
+/// Plans, checks and runs `sql` against `dataset` alone under `rules`, within `limits`.
 pub async fn run_subquery(
     dataset: &str,
     table: Arc<dyn TableProvider>,
     sql: &str,
+    rules: &Rules,
     limits: &ExecLimits,
 ) -> Result<OwnerAnswer, QueryError> {
-    let ctx = crate::limits::session(limits)?;
-    let plan = plan_subquery(&ctx, dataset, table, sql).await?;
-    let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
-    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
-    let schema = physical.schema();
-    let batches = crate::limits::collect_limited(&ctx, physical.clone(), limits.max_groups).await?;
-    let groups_released = batches.iter().map(|b| b.num_rows() as u64).sum();
-    Ok(OwnerAnswer { schema, batches, rows_scanned: leaf_rows(&physical), groups_released })
+    let sub = parse_subquery(dataset, table.clone(), sql).await?;
+    let plan = crate::release::check(sub, rules.clone())?;
+    run_release(&plan, dataset, table, limits).await
 }
 
 /// Plans `sql` against `dataset` alone in `ctx` and checks it: the shape of a partial
-/// aggregate, and bounded values. What passes is what [`run_subquery`] runs.
+/// aggregate or of a row read, and bounded values.
 pub async fn plan_subquery(
     ctx: &SessionContext,
     dataset: &str,
@@ -80,7 +111,7 @@ pub async fn plan_subquery(
 }
 
 /// Rows produced by the leaves of an executed plan: what was read from the dataset.
-fn leaf_rows(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+pub(crate) fn leaf_rows(plan: &Arc<dyn ExecutionPlan>) -> u64 {
     let children = plan.children();
     if children.is_empty() {
         return plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64;
@@ -105,7 +136,8 @@ pub fn check_subquery_plan(
         }
     }
     let LogicalPlan::Aggregate(agg) = proj.input.as_ref() else {
-        return Err(refuse("a sub-query must aggregate (COUNT, SUM, MIN, MAX); raw rows are never released"));
+        // A row read: what the policy's modes and rules say of it is decided later.
+        return check_chain(proj.input.as_ref(), dataset, table);
     };
     for g in &agg.group_expr {
         if matches!(g, Expr::GroupingSet(_)) {
@@ -130,7 +162,13 @@ pub fn check_subquery_plan(
             check_scalar(arg)?;
         }
     }
-    let mut input = agg.input.as_ref();
+    check_chain(agg.input.as_ref(), dataset, table)
+}
+
+/// Checks the chain below the aggregate (or the select list of a row read): filters,
+/// projections and aliases over a plain scan of `dataset`.
+fn check_chain(plan: &LogicalPlan, dataset: &str, table: &Arc<dyn TableProvider>) -> Result<(), QueryError> {
+    let mut input = plan;
     loop {
         match input {
             LogicalPlan::Filter(f) => {
@@ -155,7 +193,7 @@ pub fn check_subquery_plan(
             }
             other => {
                 return Err(refuse(format!(
-                    "{} is not accepted below the aggregate of a sub-query",
+                    "{} is not accepted in a sub-query",
                     other.display().to_string().split(':').next().unwrap_or("this operator")
                 )));
             }

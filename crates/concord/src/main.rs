@@ -48,6 +48,16 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// Usage policies of datasets: set, show, check.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Access requests: file, list, approve, refuse, revoke (through a node's local API).
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
     /// Bearer tokens for the node's local users.
     Token {
         #[command(subcommand)]
@@ -186,6 +196,99 @@ enum DatasetCommand {
 }
 
 #[derive(Subcommand)]
+enum AccessCommand {
+    /// File an access request with a dataset's owner (role analyst).
+    Request {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        /// `member.dataset`.
+        #[arg(long)]
+        dataset: String,
+        /// aggregate, read_rows or describe; repeat or separate with commas.
+        #[arg(long = "action", value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        legal_basis: String,
+        /// The period asked for, in days from now.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// List access requests filed here and with this node (roles analyst, steward).
+    List {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Approve a request filed with this node: a grant for its period, or at most --days (role steward).
+    Approve {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        id: String,
+        #[arg(long)]
+        days: Option<u64>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Refuse a pending request, with a reason (role steward).
+    Refuse {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke an approved grant, with a reason (role steward).
+    Revoke {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Set a dataset's usage policy from a policy file (see docs/policy.md); a running node
+    /// applies it at once.
+    Set { dir: PathBuf, dataset: String, file: PathBuf },
+    /// Print the policy in force for a dataset.
+    Show { dir: PathBuf, dataset: String },
+    /// Check a policy file offline: syntax, Cedar rules, and the default baseline.
+    Check { file: PathBuf },
+    /// Explain what a node's policy would release for a member's SQL over one of its datasets,
+    /// rule by rule, without running it or spending budget (role steward).
+    Test {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        /// The requesting member.
+        #[arg(long = "as")]
+        as_member: String,
+        #[arg(long, default_value = "analysis")]
+        purpose: String,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        dataset: String,
+        sql: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token and print it.
     Create {
@@ -290,6 +393,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Charter { command } => charter(command)?,
         Command::Dataset { command } => dataset(command).await?,
+        Command::Policy { command } => policy(command).await?,
+        Command::Access { command } => access(command).await?,
         Command::Token { command: TokenCommand::Create { dir, role } } => {
             println!("{}", admin::token_create(&NodeDir::new(dir), &role)?);
         }
@@ -480,25 +585,155 @@ async fn dataset(command: DatasetCommand) -> Result<()> {
                     let mut out = std::io::stdout().lock();
                     writeln!(
                         out,
-                        "{:<24} {:<8} {:>10}  {:<20} {:<16} path",
-                        "name", "format", "rows", "shared schema", "allow"
+                        "{:<24} {:<8} {:>10}  {:<20} {:<10} {:<8} path",
+                        "name", "format", "rows", "shared schema", "class", "personal"
                     )?;
                     for d in list {
-                        let allow: concord_policy::DatasetPolicy = serde_json::from_str(&d.policy)
+                        let policy = concord_node::node::stored_policy(&d)
                             .with_context(|| format!("policy of {}", d.name))?;
                         writeln!(
                             out,
-                            "{:<24} {:<8} {:>10}  {:<20} {:<16} {}",
+                            "{:<24} {:<8} {:>10}  {:<20} {:<10} {:<8} {}",
                             d.name,
                             d.format,
                             d.rows,
                             d.shared_schema.as_deref().unwrap_or("-"),
-                            allow.allow.describe(),
+                            policy.classification.as_str(),
+                            if policy.holds_personal_data() { "yes" } else { "no" },
                             d.path.display()
                         )?;
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+async fn local_json(
+    node: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let resp = concord_node::net::client::local_call(node, method, path, Some(token), body.as_ref()).await?;
+    if resp.status != 200 {
+        let (code, message) = resp.error_parts();
+        anyhow::bail!("{message} [{code}]");
+    }
+    serde_json::from_slice(&resp.body).context("the node's answer is malformed")
+}
+
+async fn access(command: AccessCommand) -> Result<()> {
+    let show = |r: &serde_json::Value| {
+        format!(
+            "{} {} {} -> {} {} [{}] {} ({})",
+            r["id"].as_str().unwrap_or("?"),
+            r["direction"].as_str().unwrap_or("?"),
+            r["requester"].as_str().unwrap_or("?"),
+            r["owner"].as_str().unwrap_or("?"),
+            r["dataset"].as_str().unwrap_or("?"),
+            r["actions"].as_str().unwrap_or("?"),
+            r["status"].as_str().unwrap_or("?"),
+            r["purpose"].as_str().unwrap_or("")
+        )
+    };
+    match command {
+        AccessCommand::Request { node, token, dataset, actions, purpose, legal_basis, days } => {
+            let body = serde_json::json!({
+                "dataset": dataset, "actions": actions, "purpose": purpose, "legal_basis": legal_basis, "days": days
+            });
+            let r = local_json(&node, &token, "POST", "/v1/access/requests", Some(body)).await?;
+            println!("filed: {}", show(&r));
+            println!("access request {}", r["id"].as_str().unwrap_or("?"));
+        }
+        AccessCommand::List { node, token, format } => {
+            let list = local_json(&node, &token, "GET", "/v1/access/requests", None).await?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                ListFormat::Table => {
+                    for r in list.as_array().into_iter().flatten() {
+                        println!("{}", show(r));
+                    }
+                }
+            }
+        }
+        AccessCommand::Approve { node, token, id, days, reason } => {
+            let body = serde_json::json!({ "reason": reason, "days": days });
+            let r =
+                local_json(&node, &token, "POST", &format!("/v1/access/requests/{id}/approve"), Some(body))
+                    .await?;
+            println!("approved: {}", show(&r));
+        }
+        AccessCommand::Refuse { node, token, id, reason } => {
+            let body = serde_json::json!({ "reason": reason });
+            let r =
+                local_json(&node, &token, "POST", &format!("/v1/access/requests/{id}/refuse"), Some(body))
+                    .await?;
+            println!("refused: {}", show(&r));
+        }
+        AccessCommand::Revoke { node, token, id, reason } => {
+            let body = serde_json::json!({ "reason": reason });
+            let r =
+                local_json(&node, &token, "POST", &format!("/v1/access/requests/{id}/revoke"), Some(body))
+                    .await?;
+            println!("revoked: {}", show(&r));
+        }
+    }
+    Ok(())
+}
+
+async fn policy(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Test { node, token, as_member, purpose, format, dataset, sql } => {
+            let body =
+                serde_json::json!({ "as": as_member, "purpose": purpose, "dataset": dataset, "sql": sql });
+            let resp = concord_node::net::client::local_call(
+                &node,
+                "POST",
+                "/v1/policy/test",
+                Some(&token),
+                Some(&body),
+            )
+            .await?;
+            if resp.status != 200 {
+                let (code, message) = resp.error_parts();
+                anyhow::bail!("{message} [{code}]");
+            }
+            let report: serde_json::Value =
+                serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ListFormat::Table => print!("{}", output::explain_policy_test(&report)),
+            }
+        }
+        PolicyCommand::Set { dir, dataset, file } => {
+            let p = admin::policy_set(&NodeDir::new(dir), &dataset, &file)?;
+            println!(
+                "policy of {dataset} set: {}, {}, sha256:{}",
+                p.classification.as_str(),
+                if p.holds_personal_data() { "personal data" } else { "no personal data" },
+                p.digest()
+            );
+        }
+        PolicyCommand::Show { dir, dataset } => {
+            let p = admin::policy_show(&NodeDir::new(dir), &dataset)?;
+            println!("# policy of {dataset}, sha256:{}", p.digest());
+            print!("{}", p.source);
+        }
+        PolicyCommand::Check { file } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let p = concord_policy::Policy::parse(&text, &file.display().to_string())?;
+            p.check_baseline(&concord_policy::Baseline::default())?;
+            println!(
+                "{}: valid ({}, {} columns named, {} access rules)",
+                file.display(),
+                p.classification.as_str(),
+                p.columns.len(),
+                p.rule_count()
+            );
         }
     }
     Ok(())

@@ -93,6 +93,32 @@ pub async fn query(
                         c.groups_released,
                         c.receipt_digest.as_deref().unwrap_or("(own data, nothing crossed a border)")
                     )?;
+                    let r = &c.release;
+                    let mut notes = Vec::new();
+                    if r.groups_suppressed > 0 || r.min_group_size.is_some() {
+                        notes.push(format!(
+                            "{} groups suppressed (minimum group size {})",
+                            r.groups_suppressed,
+                            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
+                        ));
+                    }
+                    if let Some(m) = &r.mechanism {
+                        let scales: Vec<String> =
+                            r.noise_scale.iter().map(|(col, s)| format!("{col} ±{s:.2}")).collect();
+                        notes.push(format!("{m} noise, scale {}", scales.join(", ")));
+                    }
+                    if let Some(b) = &r.budget {
+                        notes.push(format!(
+                            "budget {} {} spent, {} left for you, {} for all",
+                            b.parameter, b.charged, b.requester_remaining, b.dataset_remaining
+                        ));
+                    }
+                    if let Some(g) = &r.grant {
+                        notes.push(format!("under grant {g}"));
+                    }
+                    for n in notes {
+                        writeln!(out, "  {:<12} {n}", "")?;
+                    }
                 }
             }
         }
@@ -212,4 +238,30 @@ pub async fn audit(node: &str, token: &str, member: Option<String>, all: bool, j
         bail!("the audit found problems");
     }
     Ok(())
+}
+
+/// `policy test` as text: one block per sub-query, one line per rule.
+pub fn explain_policy_test(report: &serde_json::Value) -> String {
+    let mut s = format!(
+        "policy test: {} asks {} for purpose {:?}\n",
+        report["requester"].as_str().unwrap_or("?"),
+        report["dataset"].as_str().unwrap_or("?"),
+        report["purpose"].as_str().unwrap_or("")
+    );
+    for q in report["subqueries"].as_array().into_iter().flatten() {
+        s.push_str(&format!("\nsub-query: {}\n", q["sql"].as_str().unwrap_or("")));
+        s.push_str(&format!(
+            "  action {}: {}\n",
+            q["action"].as_str().unwrap_or("-"),
+            q["access"].as_str().unwrap_or("-")
+        ));
+        for l in q["lines"].as_array().into_iter().flatten() {
+            s.push_str(&format!("  {}\n", l.as_str().unwrap_or("")));
+        }
+        if let Some(b) = q["budget_left"].as_str() {
+            s.push_str(&format!("  budget left: {b}\n"));
+        }
+        s.push_str(&format!("  => {}\n", q["verdict"].as_str().unwrap_or("")));
+    }
+    s
 }

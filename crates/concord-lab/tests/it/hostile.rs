@@ -239,6 +239,7 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
                         rows_scanned: 1,
                         groups_released: 1,
                         log_index: 0,
+                        release: Default::default(),
                     };
                     let signed = receipt.sign(&c.signer).expect("sign");
                     ([("concord-receipt", B64.encode(signed.to_bytes()))], answer)

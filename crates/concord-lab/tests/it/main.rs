@@ -4,6 +4,7 @@ mod bad_input;
 mod fuzz_corpora;
 mod hostile;
 mod peer_refusals;
+mod policy;
 mod smoke;
 mod support;
 mod tlog;

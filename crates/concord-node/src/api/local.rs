@@ -10,6 +10,13 @@
 //!   `GET /v1/log/receipt/<index>`: this node's transparency log per C2SP tlog-tiles, and offline
 //!   receipts (role auditor).
 //! - `POST /v1/audit` `{"members": [...]}` or `{"all": true}` (role auditor).
+//! - `POST /v1/policy/test` `{"as": "...", "purpose": "...", "dataset": "...", "sql": "..."}`
+//!   (role steward): what this node's policy would release, rule by rule; nothing runs.
+//! - `POST /v1/access/requests` `{"dataset": "member.dataset", "actions": [...], "purpose",
+//!   "legal_basis", "days"}` (role analyst): file an access request with the owner.
+//! - `GET /v1/access/requests` (roles analyst, steward): requests filed here and with this node.
+//! - `POST /v1/access/requests/<id>/approve|refuse|revoke` `{"reason": "...", "days": N}` (role
+//!   steward): decide a request filed with this node.
 //!
 //! Roles: `analyst` (queries), `auditor` (audits and the log), `steward` (datasets and
 //! policies), `delegate` (governance). Status and the dataset list answer any role.
@@ -84,6 +91,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/log/tile/{*path}", get(log_tile))
         .route("/v1/log/receipt/{index}", get(log_receipt))
         .route("/v1/audit", post(audit))
+        .route("/v1/policy/test", post(policy_test))
+        .route("/v1/access/requests", get(access_list).post(access_file))
+        .route("/v1/access/requests/{id}/{decision}", post(access_decide))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
@@ -178,7 +188,9 @@ async fn audit(
 async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&node, &headers, &[])?;
     let list: Vec<_> = node
-        .datasets
+        .datasets()
+        .await?
+        .map
         .values()
         .map(|d| {
             serde_json::json!({
@@ -186,12 +198,96 @@ async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<R
                 "format": d.record.format,
                 "shared_schema": d.record.shared_schema,
                 "rows": d.record.rows,
-                "allow": d.policy.allow.describe(),
+                "classification": d.policy.classification.as_str(),
+                "personal": d.policy.holds_personal_data(),
+                "policy_sha256": d.policy.digest(),
                 "available": d.table.is_ok(),
             })
         })
         .collect();
     Ok(axum::Json(list).into_response())
+}
+
+async fn access_file(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["analyst"])?;
+    let ask: crate::node::access::AccessAsk = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::BadRequest(format!(
+            "access request body: {e}; send {{\"dataset\": \"member.dataset\", \"actions\": [\"aggregate\"], \"purpose\", \"legal_basis\", \"days\"}}"
+        ))
+    })?;
+    let record = node.file_access_request(&ask).await?;
+    Ok(axum::Json(record).into_response())
+}
+
+async fn access_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["analyst", "steward"])?;
+    Ok(axum::Json(node.access_requests().await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    #[serde(default)]
+    reason: String,
+    days: Option<u64>,
+}
+
+async fn access_decide(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    axum::extract::Path((id, decision)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["steward"])?;
+    let decision = match decision.as_str() {
+        "approve" => "approved",
+        "refuse" => "refused",
+        "revoke" => "revoked",
+        other => {
+            return Err(
+                NodeError::NotFound(format!("no action {other:?}; use approve, refuse or revoke")).into()
+            );
+        }
+    };
+    let b: DecideBody = if body.is_empty() {
+        DecideBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            NodeError::BadRequest(format!("decision body: {e}; send {{\"reason\": \"...\", \"days\": N}}"))
+        })?
+    };
+    let record = node.decide_access_request(&id, decision, &b.reason, b.days).await?;
+    Ok(axum::Json(record).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTestBody {
+    #[serde(rename = "as")]
+    as_member: String,
+    #[serde(default)]
+    purpose: String,
+    dataset: String,
+    sql: String,
+}
+
+async fn policy_test(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["steward"])?;
+    let q: PolicyTestBody = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::BadRequest(format!(
+            "policy test body: {e}; send {{\"as\", \"purpose\", \"dataset\", \"sql\"}}"
+        ))
+    })?;
+    let report = node.policy_test(&q.as_member, &q.purpose, &q.dataset, &q.sql).await?;
+    Ok(axum::Json(report).into_response())
 }
 
 #[derive(Deserialize)]

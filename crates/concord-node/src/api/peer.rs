@@ -2,7 +2,9 @@
 //!
 //! Routes: `GET /v1/status`, `GET /v1/catalog` (the datasets that admit the caller),
 //! `POST /v1/query` (a signed query-request note; answered with Arrow IPC and a signed receipt
-//! in the `concord-receipt` header).
+//! in the `concord-receipt` header), `POST /v1/access/request` (a signed access request),
+//! `POST /v1/access/decision` (an owner's signed decision on one of this node's requests),
+//! `GET /v1/access/decision/<id>` (the decision on the caller's request, empty while pending).
 
 use std::sync::Arc;
 
@@ -35,6 +37,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/catalog", get(catalog))
         .route("/v1/query", post(query))
         .route("/v1/witness/add-checkpoint", post(add_checkpoint))
+        .route("/v1/access/request", post(access_request))
+        .route("/v1/access/decision", post(access_decision))
+        .route("/v1/access/decision/{id}", get(access_decision_note))
         .route_layer(axum::middleware::from_fn_with_state((node.clone(), Bucket::Requests), rate_limit));
     // Reading the log has a bucket of its own, larger: an audit reads many tiles at once.
     let reads = Router::new()
@@ -78,8 +83,38 @@ async fn add_checkpoint(State(node): State<Arc<Node>>, body: Bytes) -> Response 
     }
 }
 
-async fn catalog(State(node): State<Arc<Node>>, Extension(peer): Extension<PeerId>) -> impl IntoResponse {
-    axum::Json(node.catalog_for(&peer.0))
+async fn access_request(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    body: Bytes,
+) -> Result<Response, ErrorResponse> {
+    let id = node.receive_access_request(&peer.0, &body).await.map_err(ErrorResponse)?;
+    Ok(axum::Json(serde_json::json!({ "request": id, "status": "pending" })).into_response())
+}
+
+async fn access_decision(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    body: Bytes,
+) -> Result<Response, ErrorResponse> {
+    node.receive_access_decision(&peer.0, &body).await.map_err(ErrorResponse)?;
+    Ok(axum::Json(serde_json::json!({ "ok": true })).into_response())
+}
+
+async fn access_decision_note(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ErrorResponse> {
+    let note = node.access_decision_note(&peer.0, &id).map_err(ErrorResponse)?;
+    Ok(note.unwrap_or_default().into_response())
+}
+
+async fn catalog(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+) -> Result<Response, ErrorResponse> {
+    Ok(axum::Json(node.catalog_for(&peer.0).await.map_err(ErrorResponse)?).into_response())
 }
 
 async fn query(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
-use concord_policy::{AllowList, DatasetPolicy};
+use concord_policy::{AllowList, Baseline, Policy};
 use concord_query::dataset::{self, DatasetFormat};
 
 use sha2::{Digest, Sha256};
@@ -173,8 +173,10 @@ pub async fn dataset_add(
             })?)
         }
     };
-    let policy = DatasetPolicy { allow: AllowList::parse(allow.unwrap_or(""))? };
+    let allow = AllowList::parse(allow.unwrap_or(""))?;
     let table = dataset::open(name, &path, format, shared.as_ref()).await?;
+    let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let policy = Policy::default_for(&columns, &allow)?;
     let rows = dataset::scan_all(name, &path, table.clone()).await?;
     let record = DatasetRecord {
         name: name.to_owned(),
@@ -182,7 +184,7 @@ pub async fn dataset_add(
         format: format.as_str().to_owned(),
         shared_schema: shared.map(|s| s.name),
         schema_ipc: concord_query::ipc::encode_schema(&table.schema())?,
-        policy: serde_json::to_string(&policy).map_err(|e| NodeError::State(e.to_string()))?,
+        policy: policy.source.clone(),
         rows,
         added_at: now_rfc3339(),
     };
@@ -192,10 +194,76 @@ pub async fn dataset_add(
         name: record.name.clone(),
         shared_schema: record.shared_schema.clone(),
         schema_sha256: concord_charter::hex(&Sha256::digest(&record.schema_ipc)),
-        policy: record.policy.clone(),
+        policy: format!("sha256:{}", policy.digest()),
     };
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;
     Ok(record)
+}
+
+/// Reads and checks a policy file for a dataset of this node: syntax, Cedar, columns, the
+/// charter's baseline, member ids.
+pub fn policy_check_for(
+    dir: &NodeDir,
+    dataset: &str,
+    file: &Path,
+) -> Result<(Policy, DatasetRecord), NodeError> {
+    dir.load_config()?;
+    let text = std::fs::read_to_string(file).map_err(|e| NodeError::io(file, e))?;
+    let policy = Policy::parse(&text, &file.display().to_string())?;
+    let state = dir.open_state()?;
+    let record = state.datasets()?.into_iter().find(|d| d.name == dataset).ok_or_else(|| {
+        NodeError::NotFound(format!(
+            "{} has no dataset {dataset}; register it first with `concord dataset add`",
+            dir.root.display()
+        ))
+    })?;
+    policy.check_columns(dataset, &crate::node::dataset_columns(&record)?)?;
+    let charter = current_charter(dir)?;
+    let baseline =
+        charter.as_ref().map(|c| Baseline { min_group_size: c.charter.min_group_size }).unwrap_or_default();
+    policy.check_baseline(&baseline)?;
+    if let Some(c) = &charter {
+        for m in policy.named_members() {
+            if c.charter.member(m).is_none() {
+                return Err(NodeError::Config(format!(
+                    "{}: groups name {m}, who is not a member of {}",
+                    file.display(),
+                    c.charter.federation
+                )));
+            }
+        }
+    }
+    Ok((policy, record))
+}
+
+/// Sets the usage policy of a dataset; a running node applies it at its next request. Logged
+/// with the policy's digest. Nothing is changed if any check fails.
+pub fn policy_set(dir: &NodeDir, dataset: &str, file: &Path) -> Result<Policy, NodeError> {
+    let (policy, _) = policy_check_for(dir, dataset, file)?;
+    let entry = LogEntry::PolicySet {
+        time: now(),
+        dataset: dataset.to_owned(),
+        policy_sha256: format!("sha256:{}", policy.digest()),
+        classification: policy.classification.as_str().to_owned(),
+    };
+    // Logged first: a policy in force always has its entry, even if the write below fails.
+    dir.open_log()?.append_blocking(entry.to_bytes()?)?;
+    if !dir.open_state()?.set_policy(dataset, &policy.source)? {
+        return Err(NodeError::NotFound(format!("dataset {dataset} was removed meanwhile")));
+    }
+    Ok(policy)
+}
+
+/// The policy in force for a dataset of this node.
+pub fn policy_show(dir: &NodeDir, dataset: &str) -> Result<Policy, NodeError> {
+    dir.load_config()?;
+    let record = dir
+        .open_state()?
+        .datasets()?
+        .into_iter()
+        .find(|d| d.name == dataset)
+        .ok_or_else(|| NodeError::NotFound(format!("{} has no dataset {dataset}", dir.root.display())))?;
+    crate::node::stored_policy(&record)
 }
 
 /// Creates a bearer token for a local user.

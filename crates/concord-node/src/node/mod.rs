@@ -5,10 +5,12 @@
 //! - [`owner`]: the owner's side (a peer's request checked, decided, run, logged, released).
 //! - [`witness`]: cosigning other members' checkpoints, and checkpointing this member's log.
 //! - [`audit`]: fetching, verifying and reconciling members' logs.
+//! - [`access`]: access requests, decisions and grants, on both sides.
 //! - [`admin`]: offline commands on a node folder.
 //!
 //! Nothing here listens: the surfaces in `crate::api` call into this module, never the reverse.
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod owner;
@@ -24,7 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use concord_charter::SignedCharter;
 use concord_log::NoteSigner;
 use concord_log::checkpoint::CosignatureSigner;
-use concord_policy::{Action, DatasetPolicy, Decision};
+use concord_policy::{AccessContext, Action, AllowList, Baseline, Policy};
 use concord_query::dataset::{self, DatasetFormat};
 use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
@@ -38,9 +40,45 @@ use crate::store::tlog::Log;
 /// A dataset ready to serve.
 pub struct LoadedDataset {
     pub record: DatasetRecord,
-    pub policy: DatasetPolicy,
+    pub policy: Arc<Policy>,
     /// `Err` holds why the file cannot be read now; the node stays up and says so when asked.
     pub table: Result<Arc<dyn TableProvider>, String>,
+}
+
+/// The datasets of a node as of one generation of its registry.
+#[derive(Default)]
+pub struct Datasets {
+    pub generation: i64,
+    pub map: BTreeMap<String, Arc<LoadedDataset>>,
+}
+
+/// A stored policy: a policy file, or (from nodes of before policies) the JSON of an allow-list,
+/// which becomes the default policy for those members.
+pub fn stored_policy(record: &DatasetRecord) -> Result<Policy, NodeError> {
+    let text = record.policy.trim_start();
+    if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| NodeError::State(format!("policy of dataset {}: {e}", record.name)))?;
+        let allow = match &v["allow"] {
+            serde_json::Value::String(s) if s == "everyone" => AllowList::Everyone,
+            serde_json::Value::Object(m) => AllowList::Members(
+                m.get("members")
+                    .and_then(|x| x.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+            ),
+            _ => AllowList::Nobody,
+        };
+        let columns = dataset_columns(record)?;
+        return Ok(Policy::default_for(&columns, &allow)?);
+    }
+    Ok(Policy::parse(&record.policy, &format!("policy of dataset {}", record.name))?)
+}
+
+/// The column names of a registered dataset.
+pub fn dataset_columns(record: &DatasetRecord) -> Result<Vec<String>, NodeError> {
+    let schema = concord_query::ipc::decode_schema(&record.schema_ipc)?;
+    Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
 }
 
 /// One entry of a node's catalog as a peer sees it.
@@ -66,7 +104,9 @@ pub struct Node {
     pub tls: TlsKeys,
     /// (pin, member id) of every member but this node.
     pub pins: Vec<(String, String)>,
-    pub datasets: BTreeMap<String, LoadedDataset>,
+    /// Reloaded when the registry's generation changes: a dataset added or a policy set by
+    /// another process takes effect at the next request.
+    datasets: tokio::sync::RwLock<Arc<Datasets>>,
     /// Owner sub-queries running at once (peers' and this member's own parts).
     pub subquery_slots: tokio::sync::Semaphore,
     /// Analysts' queries running at once.
@@ -119,16 +159,7 @@ impl Node {
             .filter(|m| m.id != cfg.member)
             .map(|m| (m.tls_pin.clone(), m.id.clone()))
             .collect();
-        let mut datasets = BTreeMap::new();
-        for record in state.datasets()? {
-            let policy: DatasetPolicy = serde_json::from_str(&record.policy)
-                .map_err(|e| NodeError::State(format!("policy of dataset {}: {e}", record.name)))?;
-            let table = load_table(&charter, &record).await.map_err(|e| e.to_string());
-            if let Err(why) = &table {
-                tracing::warn!(dataset = %record.name, "dataset unavailable: {why}");
-            }
-            datasets.insert(record.name.clone(), LoadedDataset { record, policy, table });
-        }
+        let datasets = load_datasets(&charter, &state, &Datasets::default()).await?;
         let slots = cfg.limits.max_concurrent_queries;
         let limits = cfg.limits.clone();
         Ok(Self {
@@ -141,7 +172,7 @@ impl Node {
             charter,
             tls,
             pins,
-            datasets,
+            datasets: tokio::sync::RwLock::new(Arc::new(datasets)),
             subquery_slots: tokio::sync::Semaphore::new(slots),
             query_slots: tokio::sync::Semaphore::new(slots),
             catalogs: requester::CatalogCache::default(),
@@ -161,18 +192,93 @@ impl Node {
         self.charter.charter.version
     }
 
-    /// Datasets whose policy lets `requester` run aggregates, as its catalog shows them.
-    pub fn catalog_for(&self, requester: &str) -> Vec<CatalogEntry> {
-        self.datasets
-            .values()
-            .filter(|d| d.policy.decide(&self.cfg.member, requester, Action::Describe) == Decision::Allow)
-            .map(|d| CatalogEntry {
-                name: d.record.name.clone(),
-                shared_schema: d.record.shared_schema.clone(),
-                schema_ipc: B64.encode(&d.record.schema_ipc),
-            })
-            .collect()
+    /// The charter's baseline rules.
+    pub fn baseline(&self) -> Baseline {
+        Baseline { min_group_size: self.charter.charter.min_group_size }
     }
+
+    /// The datasets as the registry holds them now.
+    pub async fn datasets(&self) -> Result<Arc<Datasets>, NodeError> {
+        let generation = self.state.datasets_generation()?;
+        {
+            let d = self.datasets.read().await;
+            if d.generation == generation {
+                return Ok(d.clone());
+            }
+        }
+        let mut w = self.datasets.write().await;
+        if w.generation != generation {
+            *w = Arc::new(load_datasets(&self.charter, &self.state, &w).await?);
+            tracing::info!(generation = w.generation, datasets = w.map.len(), "dataset registry reloaded");
+        }
+        Ok(w.clone())
+    }
+
+    /// Datasets whose policy lets `requester` see them, as its catalog shows them.
+    pub async fn catalog_for(&self, requester: &str) -> Result<Vec<CatalogEntry>, NodeError> {
+        let baseline = self.baseline();
+        let mut out = Vec::new();
+        for d in self.datasets().await?.map.values() {
+            let ctx = AccessContext {
+                requester: requester.to_owned(),
+                purpose: String::new(),
+                grants: self.state.live_grants(
+                    requester,
+                    &d.record.name,
+                    chrono::Utc::now().timestamp(),
+                    None,
+                )?,
+                charter_version: self.charter_version(),
+            };
+            if d.policy
+                .decide(&self.cfg.member, &d.record.name, Action::Describe, &ctx, &baseline)
+                .is_allowed()
+            {
+                out.push(CatalogEntry {
+                    name: d.record.name.clone(),
+                    shared_schema: d.record.shared_schema.clone(),
+                    schema_ipc: B64.encode(&d.record.schema_ipc),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Loads the registry; datasets whose record did not change since `previous` are kept as they
+/// were loaded.
+async fn load_datasets(
+    charter: &SignedCharter,
+    state: &State,
+    previous: &Datasets,
+) -> Result<Datasets, NodeError> {
+    let generation = state.datasets_generation()?;
+    let mut map = BTreeMap::new();
+    for record in state.datasets()? {
+        if let Some(old) = previous.map.get(&record.name)
+            && old.record.policy == record.policy
+            && old.record.path == record.path
+            && old.record.schema_ipc == record.schema_ipc
+            && old.record.added_at == record.added_at
+        {
+            map.insert(record.name.clone(), old.clone());
+            continue;
+        }
+        let policy = match stored_policy(&record) {
+            Ok(p) => p,
+            Err(e) => {
+                // A policy that no longer parses admits nobody; the owner's stewards are told.
+                tracing::warn!(dataset = %record.name, "policy unreadable, dataset closed to peers: {e}");
+                Policy::default_for(&[], &AllowList::Nobody)?
+            }
+        };
+        let table = load_table(charter, &record).await.map_err(|e| e.to_string());
+        if let Err(why) = &table {
+            tracing::warn!(dataset = %record.name, "dataset unavailable: {why}");
+        }
+        map.insert(record.name.clone(), Arc::new(LoadedDataset { record, policy: Arc::new(policy), table }));
+    }
+    Ok(Datasets { generation, map })
 }
 
 async fn load_table(charter: &SignedCharter, r: &DatasetRecord) -> Result<Arc<dyn TableProvider>, NodeError> {

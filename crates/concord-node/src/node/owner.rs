@@ -5,9 +5,10 @@
 //! Invariant: nothing is released before its "access served" entry is on disk.
 
 use concord_log::Note;
-use concord_policy::{Action, Decision};
+use concord_policy::{AccessContext, Decision};
 use concord_query::QueryError;
-use concord_query::owner::{OwnerAnswer, run_subquery};
+use concord_query::owner::{OwnerAnswer, parse_subquery, run_release};
+use concord_query::release::{BudgetReport, Rules};
 use sha2::{Digest, Sha256};
 
 use crate::NodeError;
@@ -18,26 +19,53 @@ use crate::store::entry::LogEntry;
 /// Largest query request note: it is kept, base64, in a log entry of at most 64 KiB.
 pub const MAX_REQUEST_NOTE: usize = 40 * 1024;
 
+/// One sub-query to answer as an owner.
+pub struct Ask<'a> {
+    pub requester: &'a str,
+    pub dataset: &'a str,
+    pub sql: &'a str,
+    pub purpose: &'a str,
+    /// The peer's request id: what a privacy budget is charged under.
+    pub request_id: Option<&'a str>,
+}
+
 impl Node {
-    /// The owner's side: policy, sub-query check, execution within the node's limits. Used for
+    /// The owner's side: the sub-query's shape, the policy's decision (baseline, Cedar), column
+    /// modes and release rules, the privacy budget, execution within the node's limits. Used for
     /// peers' requests and for this member's own parts of a federated query.
-    pub async fn answer_subquery(
-        &self,
-        requester: &str,
-        dataset: &str,
-        sql: &str,
-    ) -> Result<OwnerAnswer, NodeError> {
-        let d = self
-            .datasets
-            .get(dataset)
-            .ok_or_else(|| NodeError::NotFound(format!("{} has no dataset {dataset}", self.cfg.member)))?;
-        if let Decision::Deny { reason } = d.policy.decide(&self.cfg.member, requester, Action::Aggregate) {
-            return Err(NodeError::PolicyRefused(reason));
-        }
-        let table = d
-            .table
-            .clone()
-            .map_err(|why| NodeError::Query(QueryError::Dataset { name: dataset.to_owned(), reason: why }))?;
+    pub async fn answer_subquery(&self, ask: &Ask<'_>) -> Result<OwnerAnswer, NodeError> {
+        let datasets = self.datasets().await?;
+        let d = datasets.map.get(ask.dataset).ok_or_else(|| {
+            NodeError::NotFound(format!("{} has no dataset {}", self.cfg.member, ask.dataset))
+        })?;
+        let table = d.table.clone().map_err(|why| {
+            NodeError::Query(QueryError::Dataset { name: ask.dataset.to_owned(), reason: why })
+        })?;
+        let sub = parse_subquery(ask.dataset, table.clone(), ask.sql).await?;
+        let action = sub.action();
+        let baseline = self.baseline();
+        let ctx = AccessContext {
+            requester: ask.requester.to_owned(),
+            purpose: ask.purpose.to_owned(),
+            grants: self.state.live_grants(
+                ask.requester,
+                ask.dataset,
+                chrono::Utc::now().timestamp(),
+                Some(ask.purpose),
+            )?,
+            charter_version: self.charter_version(),
+        };
+        let rule = match d.policy.decide(&self.cfg.member, ask.dataset, action, &ctx, &baseline) {
+            Decision::Allow { by } => by,
+            Decision::Deny { reason } => return Err(NodeError::PolicyRefused(reason)),
+        };
+        let own = ask.requester == self.cfg.member;
+        let rules = Rules { policy: d.policy.clone(), baseline, own, unit_is_row: false };
+        let plan = concord_query::release::check(sub, rules)?;
+        let budget = match (&plan.privacy, d.policy.release.privacy.as_ref()) {
+            (Some(p), Some(dp)) => Some(self.charge(ask, p.cost, dp)?),
+            _ => None,
+        };
         let limits = &self.cfg.limits;
         let _slot = self
             .subquery_slots
@@ -45,13 +73,73 @@ impl Node {
             .await
             .map_err(|_| NodeError::State("the node is stopping".into()))?;
         let exec = limits.exec();
-        let run = run_subquery(dataset, table, sql, &exec);
-        match tokio::time::timeout(std::time::Duration::from_secs(limits.subquery_timeout_secs), run).await {
-            Ok(answer) => Ok(answer?),
-            Err(_) => Err(NodeError::Query(QueryError::Limit(format!(
-                "the sub-query ran longer than the {} s {} allows one sub-query",
-                limits.subquery_timeout_secs, self.cfg.member
-            )))),
+        let run = run_release(&plan, ask.dataset, table, &exec);
+        let mut answer =
+            match tokio::time::timeout(std::time::Duration::from_secs(limits.subquery_timeout_secs), run)
+                .await
+            {
+                Ok(answer) => answer?,
+                Err(_) => {
+                    return Err(NodeError::Query(QueryError::Limit(format!(
+                        "the sub-query ran longer than the {} s {} allows one sub-query",
+                        limits.subquery_timeout_secs, self.cfg.member
+                    ))));
+                }
+            };
+        answer.report.budget = budget;
+        answer.report.grant = ctx.grant_for(action).map(str::to_owned);
+        answer.report.rule = Some(rule);
+        Ok(answer)
+    }
+
+    /// Reserves a query's privacy cost before any noise is drawn; an exhausted budget is a
+    /// refusal that names the budget and what remains.
+    fn charge(
+        &self,
+        ask: &Ask<'_>,
+        cost: concord_policy::Units,
+        dp: &concord_policy::Privacy,
+    ) -> Result<BudgetReport, NodeError> {
+        let request_id = ask.request_id.ok_or_else(|| {
+            NodeError::Internal("a release under differential privacy needs a request id to charge".into())
+        })?;
+        let param = dp.mechanism.parameter();
+        let units = concord_policy::Units;
+        match self.state.charge(
+            request_id,
+            ask.dataset,
+            ask.requester,
+            cost.0,
+            dp.budget_per_requester.0,
+            dp.budget_per_dataset.0,
+        )? {
+            Ok(spent) => Ok(BudgetReport {
+                parameter: param.to_owned(),
+                charged: cost.to_string(),
+                requester_remaining: units(dp.budget_per_requester.0.saturating_sub(spent.by_requester))
+                    .to_string(),
+                dataset_remaining: units(dp.budget_per_dataset.0.saturating_sub(spent.on_dataset))
+                    .to_string(),
+            }),
+            Err(before) => {
+                let left_requester = units(dp.budget_per_requester.0.saturating_sub(before.by_requester));
+                let left_dataset = units(dp.budget_per_dataset.0.saturating_sub(before.on_dataset));
+                let which = if left_requester < cost {
+                    format!(
+                        "{}'s privacy budget on {} ({param} {}) has {left_requester} left",
+                        ask.requester, ask.dataset, dp.budget_per_requester
+                    )
+                } else {
+                    format!(
+                        "the privacy budget of {} for all requesters ({param} {}) has {left_dataset} left",
+                        ask.dataset, dp.budget_per_dataset
+                    )
+                };
+                Err(NodeError::PolicyRefused(format!(
+                    "budget exhausted: {which}, and this query costs {cost}; ask {}'s stewards for more, or query less",
+                    self.cfg.member
+                )))
+            }
         }
     }
 }
@@ -121,6 +209,16 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         }
     };
     if let Err(e) = fresh_and_new(node, &request) {
+        // A replay of a request that was released gets that release again, byte for byte: a
+        // retry after a lost answer, never a fresh noise draw. It is no new access.
+        if matches!(e, NodeError::Replayed(_)) {
+            let forget = chrono::Utc::now().timestamp() - 2 * FRESHNESS_SECS - 60;
+            if let Some((receipt, ipc)) =
+                node.state.kept_release(&request.request_id, &request.requester, forget)?
+            {
+                return Ok((Note::parse(&receipt)?, ipc));
+            }
+        }
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
     }
@@ -151,6 +249,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 rows_scanned: answer.rows_scanned,
                 groups_released: answer.groups_released,
                 log_index,
+                release: answer.report.clone(),
             };
             tracing::info!(
                 request = %request.request_id,
@@ -160,7 +259,9 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 log_index,
                 "released partial aggregate"
             );
-            Ok((receipt.sign(&node.signer)?, ipc))
+            let receipt = receipt.sign(&node.signer)?;
+            node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
+            Ok((receipt, ipc))
         }
         Err(e) => {
             let (decision, wire) = for_the_wire(&node.cfg.member, &request.request_id, e);
@@ -199,7 +300,15 @@ async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAns
             node.charter_version()
         )));
     }
-    let answer = node.answer_subquery(&request.requester, &request.dataset, &request.sql).await?;
+    let answer = node
+        .answer_subquery(&Ask {
+            requester: &request.requester,
+            dataset: &request.dataset,
+            sql: &request.sql,
+            purpose: &request.purpose,
+            request_id: Some(&request.request_id),
+        })
+        .await?;
     let ipc = concord_query::ipc::encode(&answer.schema, &answer.batches)?;
     Ok((answer, ipc))
 }
@@ -255,5 +364,135 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeErr
             )
         }
         other => (format!("refused:{code}"), other),
+    }
+}
+
+/// What `policy test` reports: for a member, a purpose and SQL over one of this node's
+/// datasets, what would be released and which rule allowed or refused each part.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PolicyTest {
+    pub dataset: String,
+    pub requester: String,
+    pub purpose: String,
+    pub subqueries: Vec<SubqueryTest>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SubqueryTest {
+    pub sql: String,
+    pub action: String,
+    /// The access decision: `allowed by ...` or `refused: ...`.
+    pub access: String,
+    /// `released` or `refused: ...`, after column modes and release rules.
+    pub verdict: String,
+    pub lines: Vec<String>,
+    /// The requester's budget left before this query, where differential privacy applies.
+    pub budget_left: Option<String>,
+}
+
+impl Node {
+    /// Explains how this node's policy for `dataset` treats `sql` from `requester`, without
+    /// running it, spending budget, or logging an access.
+    pub async fn policy_test(
+        &self,
+        requester: &str,
+        purpose: &str,
+        dataset: &str,
+        sql: &str,
+    ) -> Result<PolicyTest, NodeError> {
+        if requester != self.cfg.member && self.charter.charter.member(requester).is_none() {
+            return Err(NodeError::UnknownMember(format!(
+                "{requester} is not a member of {}",
+                self.federation()
+            )));
+        }
+        let datasets = self.datasets().await?;
+        let d = datasets
+            .map
+            .get(dataset)
+            .ok_or_else(|| NodeError::NotFound(format!("{} has no dataset {dataset}", self.cfg.member)))?;
+        let table = d
+            .table
+            .clone()
+            .map_err(|why| NodeError::Query(QueryError::Dataset { name: dataset.to_owned(), reason: why }))?;
+        let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
+        let fed = concord_query::FederatedTable {
+            display: dataset.to_owned(),
+            schema: table.schema(),
+            parts: vec![concord_query::Part { owner: self.cfg.member.clone(), dataset: dataset.to_owned() }],
+            shared: false,
+            unreachable: vec![],
+        };
+        ctx.register_table(dataset, std::sync::Arc::new(fed)).map_err(QueryError::plan)?;
+        let (_, planned) = concord_query::federate::plan_subqueries(&ctx, sql).await?;
+        let baseline = self.baseline();
+        let access_ctx = AccessContext {
+            requester: requester.to_owned(),
+            purpose: purpose.to_owned(),
+            grants: self.state.live_grants(
+                requester,
+                dataset,
+                chrono::Utc::now().timestamp(),
+                Some(purpose),
+            )?,
+            charter_version: self.charter_version(),
+        };
+        let mut subqueries = Vec::new();
+        for p in planned {
+            let sub = match parse_subquery(dataset, table.clone(), &p.sql).await {
+                Ok(s) => s,
+                Err(e) => {
+                    subqueries.push(SubqueryTest {
+                        sql: p.sql,
+                        action: "-".into(),
+                        access: "-".into(),
+                        verdict: format!("refused: {e}"),
+                        lines: vec![],
+                        budget_left: None,
+                    });
+                    continue;
+                }
+            };
+            let action = sub.action();
+            let decision = d.policy.decide(&self.cfg.member, dataset, action, &access_ctx, &baseline);
+            let rules = Rules {
+                policy: d.policy.clone(),
+                baseline,
+                own: requester == self.cfg.member,
+                unit_is_row: false,
+            };
+            let explained = concord_query::release::explain(&sub, &rules);
+            let (access, verdict) = match &decision {
+                Decision::Allow { by } => (format!("allowed by {by}"), explained.verdict),
+                Decision::Deny { reason } => (format!("refused: {reason}"), format!("refused: {reason}")),
+            };
+            let budget_left = match (&d.policy.release.privacy, requester == self.cfg.member) {
+                (Some(dp), false) => {
+                    let spent = self.state.spent(dataset, requester)?;
+                    let left = dp.budget_per_requester.0.saturating_sub(spent.by_requester);
+                    Some(format!(
+                        "{} {} of {}",
+                        dp.mechanism.parameter(),
+                        concord_policy::Units(left),
+                        dp.budget_per_requester
+                    ))
+                }
+                _ => None,
+            };
+            subqueries.push(SubqueryTest {
+                sql: p.sql,
+                action: action.as_str().to_owned(),
+                access,
+                verdict,
+                lines: explained.lines,
+                budget_left,
+            });
+        }
+        Ok(PolicyTest {
+            dataset: dataset.to_owned(),
+            requester: requester.to_owned(),
+            purpose: purpose.to_owned(),
+            subqueries,
+        })
     }
 }

@@ -150,6 +150,7 @@ impl Node {
         let wanted = members_named(self, &ctx, sql);
         let mut entries: Vec<(String, PeerDataset)> = self
             .catalog_for(&self.cfg.member)
+            .await?
             .into_iter()
             .filter_map(|e| {
                 let schema = B64.decode(&e.schema_ipc).ok()?;
@@ -220,7 +221,7 @@ impl Node {
             schema_of(member)?;
         }
         let local = schema_of("local")?;
-        for d in self.datasets.values() {
+        for d in self.datasets().await?.map.values() {
             if let Ok(t) = &d.table {
                 local.register_table(d.record.name.clone(), t.clone()).map_err(QueryError::plan)?;
             }
@@ -352,6 +353,7 @@ impl Node {
                     "sha256:{}",
                     concord_charter::hex(&Sha256::digest(&receipt_bytes))
                 )),
+                release: receipt.release,
             },
         })
     }
@@ -374,14 +376,24 @@ impl OwnerClient for PeerOwners {
             NodeError::Peer { member, code, message } if code == "unreachable" => {
                 QueryError::Unreachable { member, reason: message }
             }
+            NodeError::Peer { member, code, message } if code == "policy_refused" => {
+                QueryError::Policy(format!("{member}: {message}"))
+            }
+            NodeError::PolicyRefused(reason) => QueryError::Policy(format!("{}: {reason}", part.owner)),
             NodeError::Peer { member, code, message } => {
                 QueryError::Owner { member, reason: format!("{code}: {message}") }
             }
             other => QueryError::Owner { member: part.owner.clone(), reason: other.to_string() },
         };
         if part.owner == self.node.cfg.member {
-            let a =
-                self.node.answer_subquery(&part.owner, &part.dataset, sql).await.map_err(as_query_error)?;
+            let ask = crate::node::owner::Ask {
+                requester: &part.owner,
+                dataset: &part.dataset,
+                sql,
+                purpose: &self.purpose,
+                request_id: None,
+            };
+            let a = self.node.answer_subquery(&ask).await.map_err(as_query_error)?;
             return Ok(PartialAnswer {
                 batches: a.batches,
                 contribution: Contribution {
@@ -390,6 +402,7 @@ impl OwnerClient for PeerOwners {
                     rows_scanned: a.rows_scanned,
                     groups_released: a.groups_released,
                     receipt_digest: None,
+                    release: a.report,
                 },
             });
         }

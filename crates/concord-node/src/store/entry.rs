@@ -58,7 +58,7 @@ pub enum LogEntry {
     },
     /// A charter version this node accepted.
     CharterAccepted { time: i64, version: u64, digest: String, signers: Vec<String> },
-    /// A dataset registered (or registered again) and its policy.
+    /// A dataset registered (or registered again) and its policy: `sha256:<hex>` of the file.
     DatasetRegistered {
         time: i64,
         name: String,
@@ -66,6 +66,30 @@ pub enum LogEntry {
         schema_sha256: String,
         policy: String,
     },
+    /// An access request filed (requester side) or received (owner side), with its signed note.
+    AccessRequestFiled {
+        time: i64,
+        request_id: String,
+        requester: String,
+        owner: String,
+        dataset: String,
+        /// The signed access-request note, base64.
+        request_note: String,
+    },
+    /// An owner's decision on an access request (approved, refused, revoked), with its signed note.
+    AccessRequestDecided {
+        time: i64,
+        request_id: String,
+        requester: String,
+        owner: String,
+        dataset: String,
+        decision: String,
+        valid_until: i64,
+        /// The owner's signed decision note, base64.
+        decision_note: String,
+    },
+    /// A dataset's usage policy set: `sha256:<hex>` of the policy file, and its classification.
+    PolicySet { time: i64, dataset: String, policy_sha256: String, classification: String },
     /// The node's keys and TLS pin, at creation and at every change.
     KeysSet { time: i64, member: String, vkey: String, witness_vkey: String, tls_pin: String },
     /// Evidence of a fork in another member's log: `sha256:<hex>` of each signed checkpoint

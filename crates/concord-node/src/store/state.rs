@@ -36,6 +36,62 @@ CREATE TABLE IF NOT EXISTS seen_requests (
     seen_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS seen_requests_by_time ON seen_requests (seen_at);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('datasets_generation', 0);
+CREATE TRIGGER IF NOT EXISTS datasets_inserted AFTER INSERT ON datasets
+BEGIN UPDATE meta SET value = value + 1 WHERE key = 'datasets_generation'; END;
+CREATE TRIGGER IF NOT EXISTS datasets_updated AFTER UPDATE ON datasets
+BEGIN UPDATE meta SET value = value + 1 WHERE key = 'datasets_generation'; END;
+CREATE TRIGGER IF NOT EXISTS datasets_deleted AFTER DELETE ON datasets
+BEGIN UPDATE meta SET value = value + 1 WHERE key = 'datasets_generation'; END;
+CREATE TABLE IF NOT EXISTS budget_charges (
+    request_id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    cost INTEGER NOT NULL,
+    charged_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_charges_by_dataset ON budget_charges (dataset, requester);
+CREATE TABLE IF NOT EXISTS releases (
+    request_id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    receipt BLOB NOT NULL,
+    ipc BLOB NOT NULL,
+    released_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_by_time ON releases (released_at);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    valid_from INTEGER NOT NULL,
+    valid_until INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS grants_by_requester ON grants (requester, dataset);
+CREATE TABLE IF NOT EXISTS access_requests (
+    id TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    legal_basis TEXT NOT NULL,
+    valid_from INTEGER NOT NULL,
+    valid_until INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    request_note BLOB NOT NULL,
+    decision_note BLOB,
+    filed_at INTEGER NOT NULL,
+    decided_at INTEGER
+);
 CREATE TABLE IF NOT EXISTS refusal_counts (
     member TEXT NOT NULL,
     code TEXT NOT NULL,
@@ -54,7 +110,7 @@ pub struct DatasetRecord {
     pub shared_schema: Option<String>,
     #[serde(skip)]
     pub schema_ipc: Vec<u8>,
-    /// JSON of the dataset's usage policy.
+    /// The dataset's usage policy file (TOML).
     pub policy: String,
     pub rows: u64,
     pub added_at: String,
@@ -244,6 +300,305 @@ impl State {
         tx.execute("DELETE FROM refusal_counts WHERE count <= 0", []).map_err(db)?;
         tx.commit().map_err(db)
     }
+}
+
+/// A kept release: the signed receipt's note bytes and the Arrow IPC bytes.
+pub type KeptRelease = (Vec<u8>, Vec<u8>);
+
+/// A decision on an access request, as [`State::decide_access`] records it.
+pub struct DecisionRecord<'a> {
+    pub id: &'a str,
+    /// `approved`, `refused` or `revoked`.
+    pub status: &'a str,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    pub reason: &'a str,
+    /// The owner's signed decision note.
+    pub note: &'a [u8],
+    /// True where this node enforces the grant (the owner's side).
+    pub grant: bool,
+}
+
+/// Budget already spent on a dataset: by one requester and by all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spent {
+    pub by_requester: u64,
+    pub on_dataset: u64,
+}
+
+impl State {
+    /// Generation of the dataset registry: it changes whenever any process adds, replaces or
+    /// removes a dataset or sets a policy.
+    pub fn datasets_generation(&self) -> Result<i64, NodeError> {
+        self.lock()
+            .query_row("SELECT value FROM meta WHERE key = 'datasets_generation'", [], |r| r.get(0))
+            .map_err(db)
+    }
+
+    /// Sets the policy of a registered dataset; false if there is no such dataset.
+    pub fn set_policy(&self, dataset: &str, policy: &str) -> Result<bool, NodeError> {
+        let n = self
+            .lock()
+            .execute("UPDATE datasets SET policy = ?2 WHERE name = ?1", params![dataset, policy])
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// What was spent so far on `dataset`.
+    pub fn spent(&self, dataset: &str, requester: &str) -> Result<Spent, NodeError> {
+        let conn = self.lock();
+        spent_in(&conn, dataset, requester)
+    }
+
+    /// Reserves `cost` of `dataset`'s budgets for `request_id`, in one transaction, if both
+    /// the requester's and the dataset's budget still hold it. Returns what is spent after the
+    /// charge, or (as `Err`) what was spent before a refused one. A charge is never refunded.
+    pub fn charge(
+        &self,
+        request_id: &str,
+        dataset: &str,
+        requester: &str,
+        cost: u64,
+        per_requester: u64,
+        per_dataset: u64,
+    ) -> Result<Result<Spent, Spent>, NodeError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let before = spent_in(&tx, dataset, requester)?;
+        let fits = before.by_requester.checked_add(cost).is_some_and(|v| v <= per_requester)
+            && before.on_dataset.checked_add(cost).is_some_and(|v| v <= per_dataset);
+        if !fits {
+            return Ok(Err(before));
+        }
+        tx.execute(
+            "INSERT INTO budget_charges (request_id, dataset, requester, cost, charged_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![request_id, dataset, requester, cost as i64, chrono::Utc::now().timestamp()],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Ok(Spent { by_requester: before.by_requester + cost, on_dataset: before.on_dataset + cost }))
+    }
+
+    /// Keeps a release so that a replay of its request gets the same bytes, not a new draw.
+    pub fn keep_release(
+        &self,
+        request_id: &str,
+        requester: &str,
+        receipt: &[u8],
+        ipc: &[u8],
+    ) -> Result<(), NodeError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO releases (request_id, requester, receipt, ipc, released_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![request_id, requester, receipt, ipc, chrono::Utc::now().timestamp()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The kept release of `request_id`, if `requester` made it; releases older than
+    /// `forget_before` are forgotten (their requests fail the freshness check anyway).
+    pub fn kept_release(
+        &self,
+        request_id: &str,
+        requester: &str,
+        forget_before: i64,
+    ) -> Result<Option<KeptRelease>, NodeError> {
+        let conn = self.lock();
+        conn.execute("DELETE FROM releases WHERE released_at < ?1", params![forget_before]).map_err(db)?;
+        conn.query_row(
+            "SELECT receipt, ipc FROM releases WHERE request_id = ?1 AND requester = ?2",
+            params![request_id, requester],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db)
+    }
+}
+
+impl State {
+    /// Grants `requester` holds on `dataset` at `now`: their ids and the actions they cover.
+    /// A grant serves only the purpose it was approved for; `purpose` `None` (a catalog read)
+    /// takes any.
+    pub fn live_grants(
+        &self,
+        requester: &str,
+        dataset: &str,
+        now: i64,
+        purpose: Option<&str>,
+    ) -> Result<Vec<(String, Vec<concord_policy::Action>)>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, actions FROM grants WHERE requester = ?1 AND dataset = ?2 AND revoked_at IS NULL
+                 AND valid_from <= ?3 AND valid_until > ?3 AND (?4 IS NULL OR purpose = ?4) ORDER BY id",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![requester, dataset, now, purpose], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, actions)| {
+                let acts =
+                    actions.split(',').filter_map(|a| concord_policy::Action::parse(a.trim()).ok()).collect();
+                (id, acts)
+            })
+            .collect())
+    }
+}
+
+/// An access request as a node keeps it: `in` (this node owns the dataset) or `out` (this
+/// node's analyst asked).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AccessRecord {
+    pub id: String,
+    pub direction: String,
+    pub requester: String,
+    pub owner: String,
+    pub dataset: String,
+    pub actions: String,
+    pub purpose: String,
+    pub legal_basis: String,
+    pub valid_from: i64,
+    pub valid_until: i64,
+    /// `pending`, `approved`, `refused`, `revoked`; an approved grant past its period is
+    /// `expired` when listed.
+    pub status: String,
+    pub reason: Option<String>,
+    pub filed_at: i64,
+    pub decided_at: Option<i64>,
+}
+
+impl State {
+    /// Keeps a filed access request.
+    pub fn put_access_request(&self, r: &AccessRecord, note: &[u8]) -> Result<(), NodeError> {
+        self.lock()
+            .execute(
+                "INSERT INTO access_requests (id, direction, requester, owner, dataset, actions, purpose, legal_basis,
+                 valid_from, valid_until, status, reason, request_note, filed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    r.id, r.direction, r.requester, r.owner, r.dataset, r.actions, r.purpose, r.legal_basis,
+                    r.valid_from, r.valid_until, r.status, r.reason, note, r.filed_at
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    NodeError::Replayed(format!("access request {} was filed before", r.id))
+                }
+                other => db(other),
+            })?;
+        Ok(())
+    }
+
+    /// The access requests this node keeps, newest first.
+    pub fn access_requests(&self, now: i64) -> Result<Vec<AccessRecord>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, direction, requester, owner, dataset, actions, purpose, legal_basis, valid_from, valid_until,
+                 status, reason, filed_at, decided_at FROM access_requests ORDER BY filed_at DESC, id",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AccessRecord {
+                    id: r.get(0)?,
+                    direction: r.get(1)?,
+                    requester: r.get(2)?,
+                    owner: r.get(3)?,
+                    dataset: r.get(4)?,
+                    actions: r.get(5)?,
+                    purpose: r.get(6)?,
+                    legal_basis: r.get(7)?,
+                    valid_from: r.get(8)?,
+                    valid_until: r.get(9)?,
+                    status: r.get(10)?,
+                    reason: r.get(11)?,
+                    filed_at: r.get(12)?,
+                    decided_at: r.get(13)?,
+                })
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                if r.status == "approved" && r.valid_until <= now {
+                    r.status = "expired".into();
+                }
+                r
+            })
+            .collect())
+    }
+
+    /// The signed decision note of an access request, if it was decided.
+    pub fn decision_note(&self, id: &str) -> Result<Option<Vec<u8>>, NodeError> {
+        self.lock()
+            .query_row("SELECT decision_note FROM access_requests WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
+    }
+
+    pub fn access_request(&self, id: &str) -> Result<Option<AccessRecord>, NodeError> {
+        Ok(self.access_requests(chrono::Utc::now().timestamp())?.into_iter().find(|r| r.id == id))
+    }
+
+    /// Records a decision on an access request, and the grant it makes or ends, in one
+    /// transaction.
+    pub fn decide_access(&self, d: &DecisionRecord<'_>) -> Result<(), NodeError> {
+        let DecisionRecord { id, status, valid_from, valid_until, reason, note, grant } = *d;
+        let now = chrono::Utc::now().timestamp();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "UPDATE access_requests SET status = ?2, reason = ?3, decision_note = ?4, decided_at = ?5,
+                 valid_from = ?6, valid_until = ?7 WHERE id = ?1",
+                params![id, status, reason, note, now, valid_from, valid_until],
+            )
+            .map_err(db)?;
+        if n != 1 {
+            return Err(NodeError::NotFound(format!("no access request {id}")));
+        }
+        if grant {
+            match status {
+                "approved" => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO grants (id, requester, dataset, actions, purpose, valid_from, valid_until, revoked_at)
+                         SELECT id, requester, dataset, actions, purpose, ?2, ?3, NULL FROM access_requests WHERE id = ?1",
+                        params![id, valid_from, valid_until],
+                    )
+                    .map_err(db)?;
+                }
+                "revoked" => {
+                    tx.execute("UPDATE grants SET revoked_at = ?2 WHERE id = ?1", params![id, now])
+                        .map_err(db)?;
+                }
+                _ => {}
+            }
+        }
+        tx.commit().map_err(db)
+    }
+}
+
+fn spent_in(conn: &Connection, dataset: &str, requester: &str) -> Result<Spent, NodeError> {
+    let (by_requester, on_dataset): (i64, i64) = conn
+        .query_row(
+            "SELECT coalesce(sum(CASE WHEN requester = ?2 THEN cost ELSE 0 END), 0), coalesce(sum(cost), 0)
+             FROM budget_charges WHERE dataset = ?1",
+            params![dataset, requester],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(db)?;
+    Ok(Spent { by_requester: by_requester.max(0) as u64, on_dataset: on_dataset.max(0) as u64 })
 }
 
 fn token_hash(token: &str) -> String {

@@ -33,6 +33,42 @@ pub fn batch(rows: &[Row]) -> RecordBatch {
     .expect("valid batch")
 }
 
+/// The default policy: aggregates for every member, every column a group key, no rows.
+pub fn permissive() -> concord_query::release::Rules {
+    let columns: Vec<String> = schema().fields().iter().map(|f| f.name().clone()).collect();
+    concord_query::release::Rules {
+        policy: Arc::new(
+            concord_policy::Policy::default_for(&columns, &concord_policy::AllowList::Everyone)
+                .expect("default policy"),
+        ),
+        baseline: concord_policy::Baseline::default(),
+        own: false,
+        unit_is_row: false,
+    }
+}
+
+/// Open data: every column plain, rows for every member.
+pub fn open_data() -> concord_query::release::Rules {
+    let policy = r#"
+classification = "public"
+[columns]
+k = "plain"
+g2 = "plain"
+x = "plain"
+y = "plain"
+[access]
+rules = '''
+permit (principal, action, resource);
+'''
+"#;
+    concord_query::release::Rules {
+        policy: Arc::new(concord_policy::Policy::parse(policy, "open.policy.toml").expect("open policy")),
+        baseline: concord_policy::Baseline::default(),
+        own: false,
+        unit_is_row: false,
+    }
+}
+
 pub fn mem(rows: &[Row]) -> Arc<dyn TableProvider> {
     Arc::new(MemTable::try_new(schema(), vec![vec![batch(rows)]]).expect("mem table"))
 }
@@ -40,6 +76,8 @@ pub fn mem(rows: &[Row]) -> Arc<dyn TableProvider> {
 /// Owners in this process, each answering with the real owner-side check and execution.
 pub struct LocalOwners {
     pub tables: BTreeMap<String, Arc<dyn TableProvider>>,
+    /// The rules every owner applies: the permissive default unless a test sets others.
+    pub rules: concord_query::release::Rules,
 }
 
 #[async_trait]
@@ -49,7 +87,7 @@ impl OwnerClient for LocalOwners {
             member: part.owner.clone(),
             reason: "not running".into(),
         })?;
-        let answer = run_subquery(&part.dataset, table, sql, &Default::default()).await?;
+        let answer = run_subquery(&part.dataset, table, sql, &self.rules, &Default::default()).await?;
         Ok(PartialAnswer {
             batches: answer.batches,
             contribution: Contribution {
@@ -58,6 +96,7 @@ impl OwnerClient for LocalOwners {
                 rows_scanned: answer.rows_scanned,
                 groups_released: answer.groups_released,
                 receipt_digest: None,
+                release: answer.report,
             },
         })
     }
@@ -83,8 +122,10 @@ pub fn federation(splits: &[Vec<Row>]) -> (SessionContext, LocalOwners, SessionC
         unreachable: vec![],
     };
     fed.register_table("m0_data", Arc::new(single)).expect("register");
-    let owners =
-        LocalOwners { tables: members.iter().zip(splits).map(|(m, rows)| (m.clone(), mem(rows))).collect() };
+    let owners = LocalOwners {
+        tables: members.iter().zip(splits).map(|(m, rows)| (m.clone(), mem(rows))).collect(),
+        rules: permissive(),
+    };
     let pooled = SessionContext::new();
     let all: Vec<Row> = splits.iter().flatten().cloned().collect();
     pooled.register_table("t", mem(&all)).expect("register");

@@ -12,7 +12,11 @@ fn rows(n: usize) -> Vec<Row> {
 
 fn run(sql: &str, n: usize, limits: ExecLimits) -> Result<u64, QueryError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async { run_subquery("data", mem(&rows(n)), sql, &limits).await.map(|a| a.groups_released) })
+    rt.block_on(async {
+        run_subquery("data", mem(&rows(n)), sql, &crate::common::permissive(), &limits)
+            .await
+            .map(|a| a.groups_released)
+    })
 }
 
 /// Plans `sql` over `data` in a plain context and checks it, as the requester does.
@@ -107,7 +111,8 @@ fn a_result_over_its_row_limit_is_refused_naming_it() {
     rt.block_on(async {
         let ctx = datafusion::prelude::SessionContext::new();
         ctx.register_table("data", mem(&rows(50))).expect("register");
-        let owners = crate::common::LocalOwners { tables: Default::default() };
+        let owners =
+            crate::common::LocalOwners { tables: Default::default(), rules: crate::common::permissive() };
         let err = concord_query::run_federated_with(&ctx, "SELECT k FROM data", &owners, false, 10)
             .await
             .expect_err("50 rows");

@@ -5,4 +5,5 @@ mod federated_equals_pooled;
 mod ipc;
 mod limits;
 mod owner_check;
+mod policy;
 mod refusals;

@@ -1,0 +1,383 @@
+//! Access requests: the proper channel for what a policy does not release by itself.
+//!
+//! The requester's analyst files a request (dataset, actions, purpose, legal basis, period) with
+//! its own node, which signs it and sends it to the owner. The owner keeps it and logs it; its
+//! stewards approve it (a grant for a period, which Cedar sees in its context and the baseline
+//! accepts for `important` data), refuse it with a reason, or later revoke the grant. Every
+//! decision is a note signed by the owner, logged on its side, pushed to the requester (which
+//! verifies and logs it too) and fetched again by the requester when it lists its requests.
+//!
+//! Invariant: a grant exists only on the owner's node, and only from a decision the owner
+//! signed and logged; a requester's copy of a decision grants nothing.
+
+use std::time::Duration;
+
+use concord_log::Note;
+use concord_policy::Action;
+
+use crate::NodeError;
+use crate::net::client::{Budget, peer_call_with};
+use crate::net::protocol::{AccessDecision, AccessRequest, new_request_id};
+use crate::node::Node;
+use crate::store::entry::{LogEntry, b64};
+use crate::store::state::{AccessRecord, DecisionRecord};
+
+/// Largest access-request or decision note.
+pub const MAX_ACCESS_NOTE: usize = 8 * 1024;
+/// Longest period one request may ask for, in days.
+pub const MAX_DAYS: u64 = 366;
+
+/// What an analyst asks for.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessAsk {
+    /// `member.dataset`.
+    pub dataset: String,
+    pub actions: Vec<String>,
+    pub purpose: String,
+    pub legal_basis: String,
+    /// The period asked for, from now.
+    #[serde(default = "thirty")]
+    pub days: u64,
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+fn record_of(r: &AccessRequest, direction: &str) -> AccessRecord {
+    AccessRecord {
+        id: r.request_id.clone(),
+        direction: direction.to_owned(),
+        requester: r.requester.clone(),
+        owner: r.owner.clone(),
+        dataset: r.dataset.clone(),
+        actions: r.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+        purpose: r.purpose.clone(),
+        legal_basis: r.legal_basis.clone(),
+        valid_from: r.valid_from,
+        valid_until: r.valid_until,
+        status: "pending".into(),
+        reason: None,
+        filed_at: r.time,
+        decided_at: None,
+    }
+}
+
+fn budget() -> Budget {
+    Budget { timeout: Duration::from_secs(10), max_bytes: 64 * 1024 }
+}
+
+impl Node {
+    /// Requester side: signs the request, sends it to the owner, and keeps and logs it once
+    /// the owner has. A request the owner refuses to file (no such dataset, a member it does
+    /// not know) leaves nothing behind.
+    pub async fn file_access_request(&self, ask: &AccessAsk) -> Result<AccessRecord, NodeError> {
+        let (owner, dataset) = ask.dataset.split_once('.').ok_or_else(|| {
+            NodeError::BadRequest(format!("dataset {:?} must be named as member.dataset", ask.dataset))
+        })?;
+        let card = self.charter.charter.member(owner).ok_or_else(|| {
+            NodeError::UnknownMember(format!("{owner} is not a member of {}", self.federation()))
+        })?;
+        if owner == self.cfg.member {
+            return Err(NodeError::BadRequest(format!(
+                "{} is this member's own dataset; its analysts need no access request",
+                ask.dataset
+            )));
+        }
+        if ask.days == 0 || ask.days > MAX_DAYS {
+            return Err(NodeError::BadRequest(format!("the period must be from 1 to {MAX_DAYS} days")));
+        }
+        let actions = ask
+            .actions
+            .iter()
+            .map(|a| Action::parse(a).map_err(|e| NodeError::BadRequest(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if actions.is_empty() {
+            return Err(NodeError::BadRequest(
+                "name at least one action: aggregate, read_rows, describe".into(),
+            ));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let request = AccessRequest {
+            federation: self.federation().to_owned(),
+            request_id: new_request_id(),
+            requester: self.cfg.member.clone(),
+            owner: owner.to_owned(),
+            dataset: dataset.to_owned(),
+            actions,
+            purpose: ask.purpose.trim().to_owned(),
+            legal_basis: ask.legal_basis.trim().to_owned(),
+            valid_from: now,
+            valid_until: now.saturating_add((ask.days as i64).saturating_mul(86_400)),
+            time: now,
+        };
+        let note = request.sign(&self.signer)?;
+        let resp =
+            peer_call_with(&self.tls, card, "POST", "/v1/access/request", note.to_bytes(), budget()).await?;
+        if resp.status != 200 {
+            let (code, message) = resp.error_parts();
+            return Err(NodeError::Peer { member: owner.to_owned(), code, message });
+        }
+        let record = record_of(&request, "out");
+        self.state.put_access_request(&record, &note.to_bytes())?;
+        self.log_filed(&request, &note).await?;
+        Ok(record)
+    }
+
+    async fn log_filed(&self, r: &AccessRequest, note: &Note) -> Result<(), NodeError> {
+        let entry = LogEntry::AccessRequestFiled {
+            time: crate::store::entry::now(),
+            request_id: r.request_id.clone(),
+            requester: r.requester.clone(),
+            owner: r.owner.clone(),
+            dataset: r.dataset.clone(),
+            request_note: b64(&note.to_bytes()),
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        Ok(())
+    }
+
+    /// Owner side: a peer's signed access request, checked, logged and kept as pending.
+    pub async fn receive_access_request(&self, tls_member: &str, body: &[u8]) -> Result<String, NodeError> {
+        if body.len() > MAX_ACCESS_NOTE {
+            return Err(NodeError::TooLarge(format!(
+                "an access request note of {} bytes is over {MAX_ACCESS_NOTE}",
+                body.len()
+            )));
+        }
+        let note = Note::parse(body)?;
+        let request = AccessRequest::from_text(note.text())?;
+        if request.requester != tls_member {
+            return Err(NodeError::UnknownMember(format!(
+                "the request names requester {} but the TLS connection is {tls_member}'s",
+                request.requester
+            )));
+        }
+        let card = self.charter.charter.member(&request.requester).ok_or_else(|| {
+            NodeError::UnknownMember(format!(
+                "{} is not a member of {}",
+                request.requester,
+                self.federation()
+            ))
+        })?;
+        note.verify(std::slice::from_ref(&card.verifier()?)).map_err(|e| {
+            NodeError::BadSignature(format!("access request is not signed by {}'s key: {e}", card.id))
+        })?;
+        if request.federation != self.federation() || request.owner != self.cfg.member {
+            return Err(NodeError::BadRequest(format!(
+                "the access request is addressed to {}/{}, this node is {}/{}",
+                request.federation,
+                request.owner,
+                self.federation(),
+                self.cfg.member
+            )));
+        }
+        let now = chrono::Utc::now().timestamp();
+        if now.abs_diff(request.time) > crate::net::protocol::FRESHNESS_SECS.unsigned_abs() {
+            return Err(NodeError::Stale(format!(
+                "access request time {} is far from this node's clock ({now}); check both clocks",
+                request.time
+            )));
+        }
+        if request.valid_until.saturating_sub(request.valid_from) > (MAX_DAYS as i64) * 86_400 {
+            return Err(NodeError::BadRequest(format!("a request may ask for at most {MAX_DAYS} days")));
+        }
+        if !self.datasets().await?.map.contains_key(&request.dataset) {
+            return Err(NodeError::NotFound(format!(
+                "{} has no dataset {}; nothing was filed",
+                self.cfg.member, request.dataset
+            )));
+        }
+        self.log_filed(&request, &note).await?;
+        self.state.put_access_request(&record_of(&request, "in"), &note.to_bytes())?;
+        tracing::info!(request = %request.request_id, requester = %request.requester, dataset = %request.dataset, "access request filed");
+        Ok(request.request_id)
+    }
+
+    /// Owner side: a steward approves (for at most `days`, within the period asked), refuses or
+    /// revokes. The decision is signed, logged, recorded with its grant, then pushed to the
+    /// requester.
+    pub async fn decide_access_request(
+        &self,
+        id: &str,
+        decision: &str,
+        reason: &str,
+        days: Option<u64>,
+    ) -> Result<AccessRecord, NodeError> {
+        let record = self.state.access_request(id)?.filter(|r| r.direction == "in").ok_or_else(|| {
+            NodeError::NotFound(format!("no access request {id} was filed with {}", self.cfg.member))
+        })?;
+        let allowed_from = match decision {
+            "approved" | "refused" => "pending",
+            "revoked" => "approved",
+            other => return Err(NodeError::BadRequest(format!("unknown decision {other:?}"))),
+        };
+        if record.status != allowed_from {
+            return Err(NodeError::Conflict(format!(
+                "access request {id} is {}; only a {allowed_from} request can be {decision}",
+                record.status
+            )));
+        }
+        let reason = reason.trim();
+        if decision != "approved" && reason.is_empty() {
+            return Err(NodeError::BadRequest(format!("a {decision} decision needs a reason")));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let (from, until) = match (decision, days) {
+            ("approved", Some(d)) => {
+                let d = d.clamp(1, MAX_DAYS) as i64;
+                (record.valid_from.max(now), record.valid_until.min(now.saturating_add(d * 86_400)))
+            }
+            ("approved", None) => (record.valid_from.max(now), record.valid_until),
+            ("revoked", _) => (record.valid_from, now),
+            _ => (record.valid_from, record.valid_from),
+        };
+        if decision == "approved" && until <= now {
+            return Err(NodeError::Conflict(format!("the period access request {id} asked for is over")));
+        }
+        let actions = record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect::<Vec<_>>();
+        let d = AccessDecision {
+            federation: self.federation().to_owned(),
+            request_id: id.to_owned(),
+            owner: self.cfg.member.clone(),
+            requester: record.requester.clone(),
+            dataset: record.dataset.clone(),
+            decision: decision.to_owned(),
+            actions,
+            valid_from: from,
+            valid_until: until,
+            reason: if reason.is_empty() { "approved".to_owned() } else { reason.to_owned() },
+            time: now,
+        };
+        let note = d.sign(&self.signer)?;
+        let entry = LogEntry::AccessRequestDecided {
+            time: crate::store::entry::now(),
+            request_id: id.to_owned(),
+            requester: d.requester.clone(),
+            owner: d.owner.clone(),
+            dataset: d.dataset.clone(),
+            decision: decision.to_owned(),
+            valid_until: until,
+            decision_note: b64(&note.to_bytes()),
+        };
+        // Logged before the grant takes effect.
+        self.log.append(entry.to_bytes()?).await?;
+        let note_bytes = note.to_bytes();
+        self.state.decide_access(&DecisionRecord {
+            id,
+            status: decision,
+            valid_from: from,
+            valid_until: until,
+            reason: &d.reason,
+            note: &note_bytes,
+            grant: true,
+        })?;
+        tracing::info!(request = %id, requester = %d.requester, %decision, "access request decided");
+        if let Some(card) = self.charter.charter.member(&d.requester) {
+            match peer_call_with(&self.tls, card, "POST", "/v1/access/decision", note.to_bytes(), budget())
+                .await
+            {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => {
+                    tracing::warn!(request = %id, status = r.status, "requester did not take the decision; it fetches it when it lists its requests")
+                }
+                Err(e) => {
+                    tracing::warn!(request = %id, "requester unreachable for the decision ({e}); it fetches it when it lists its requests")
+                }
+            }
+        }
+        self.state
+            .access_request(id)?
+            .ok_or_else(|| NodeError::State(format!("access request {id} vanished")))
+    }
+
+    /// Requester side: an owner's signed decision on one of this node's requests, verified,
+    /// logged and recorded. The same decision twice is taken once.
+    pub async fn receive_access_decision(&self, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
+        if body.len() > MAX_ACCESS_NOTE {
+            return Err(NodeError::TooLarge(format!(
+                "a decision note of {} bytes is over {MAX_ACCESS_NOTE}",
+                body.len()
+            )));
+        }
+        let card = self.charter.charter.member(tls_member).ok_or_else(|| {
+            NodeError::UnknownMember(format!("{tls_member} is not a member of {}", self.federation()))
+        })?;
+        let d = AccessDecision::verify(body, &card.verifier()?)
+            .map_err(|e| NodeError::BadSignature(format!("the decision is not {tls_member}'s: {e}")))?;
+        let record = self
+            .state
+            .access_request(&d.request_id)?
+            .filter(|r| r.direction == "out" && r.owner == tls_member && r.requester == self.cfg.member)
+            .ok_or_else(|| {
+                NodeError::NotFound(format!(
+                    "this node filed no access request {} with {tls_member}",
+                    d.request_id
+                ))
+            })?;
+        let already = match d.decision.as_str() {
+            "revoked" => record.status == "revoked",
+            _ => record.status != "pending",
+        };
+        if already {
+            return Ok(());
+        }
+        let entry = LogEntry::AccessRequestDecided {
+            time: crate::store::entry::now(),
+            request_id: d.request_id.clone(),
+            requester: d.requester.clone(),
+            owner: d.owner.clone(),
+            dataset: d.dataset.clone(),
+            decision: d.decision.clone(),
+            valid_until: d.valid_until,
+            decision_note: b64(body),
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        self.state.decide_access(&DecisionRecord {
+            id: &d.request_id,
+            status: &d.decision,
+            valid_from: d.valid_from,
+            valid_until: d.valid_until,
+            reason: &d.reason,
+            note: body,
+            grant: false,
+        })
+    }
+
+    /// Owner side: the decision note of a request, for the requester that filed it.
+    pub fn access_decision_note(&self, tls_member: &str, id: &str) -> Result<Option<Vec<u8>>, NodeError> {
+        let Some(r) =
+            self.state.access_request(id)?.filter(|r| r.direction == "in" && r.requester == tls_member)
+        else {
+            return Err(NodeError::NotFound(format!("no access request {id} from {tls_member}")));
+        };
+        if r.status == "pending" {
+            return Ok(None);
+        }
+        self.state.decision_note(id)
+    }
+
+    /// The access requests this node keeps; pending ones this node filed are first checked with
+    /// their owners, each within a short time.
+    pub async fn access_requests(&self) -> Result<Vec<AccessRecord>, NodeError> {
+        let now = chrono::Utc::now().timestamp();
+        for r in self.state.access_requests(now)? {
+            if r.direction != "out" || !matches!(r.status.as_str(), "pending" | "approved") {
+                continue;
+            }
+            let Some(card) = self.charter.charter.member(&r.owner) else { continue };
+            let path = format!("/v1/access/decision/{}", r.id);
+            match peer_call_with(&self.tls, card, "GET", &path, Vec::new(), budget()).await {
+                Ok(resp) if resp.status == 200 && !resp.body.is_empty() => {
+                    if let Err(e) = self.receive_access_decision(&r.owner, &resp.body).await {
+                        tracing::warn!(request = %r.id, owner = %r.owner, "decision not taken: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(request = %r.id, owner = %r.owner, "owner unreachable: {e}"),
+            }
+        }
+        self.state.access_requests(now)
+    }
+}

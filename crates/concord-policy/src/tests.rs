@@ -1,0 +1,208 @@
+use super::*;
+
+/// The sample demo's policy of `health_cases`.
+pub const HEALTH: &str = r#"
+classification = "general"
+
+[personal]
+privacy_unit = "case_id"
+
+[columns]
+case_id = "hidden"
+region = "group"
+age_band = "group"
+sex = "group"
+outcome = "group"
+onset_date = "filter"
+hospital_days = "aggregate"
+
+[release]
+min_group_size = 10
+
+[release.privacy]
+mechanism = "zcdp"
+cost = 0.005
+budget_per_requester = 1.0
+budget_per_dataset = 3.0
+bounds = { hospital_days = [0, 60] }
+delta = 1e-6
+
+[groups]
+nordic = ["alpha", "bravo"]
+
+[access]
+rules = '''
+@id("members aggregate")
+permit (principal, action in [Action::"aggregate", Action::"describe"], resource);
+@id("rows for the nordic group with a grant")
+permit (principal in Group::"nordic", action == Action::"read_rows", resource)
+when { context.granted_actions.contains("read_rows") };
+'''
+"#;
+
+fn ctx(requester: &str) -> AccessContext {
+    AccessContext {
+        requester: requester.into(),
+        purpose: "surveillance".into(),
+        grants: vec![],
+        charter_version: 1,
+    }
+}
+
+#[test]
+fn a_full_policy_parses_and_decides() {
+    let p = Policy::parse(HEALTH, "health.policy.toml").expect("valid");
+    let base = Baseline::default();
+    assert_eq!(p.classification, Classification::General);
+    assert_eq!(p.mode("case_id"), ColumnMode::Hidden);
+    assert_eq!(p.mode("not_named"), ColumnMode::Hidden);
+    assert_eq!(p.mode("onset_date"), ColumnMode::Filter);
+    assert_eq!(p.min_group_size(&base), Some(10));
+    assert!(!p.allows_extremes("hospital_days"), "never MIN/MAX under DP");
+    let dp = p.release.privacy.as_ref().expect("dp");
+    assert_eq!(dp.budget_per_requester.0 / dp.cost.0, 200);
+    assert!(p.decide("bravo", "health_cases", Action::Aggregate, &ctx("alpha"), &base).is_allowed());
+    match p.decide("bravo", "health_cases", Action::Aggregate, &ctx("alpha"), &base) {
+        Decision::Allow { by } => assert!(by.contains("members aggregate"), "{by}"),
+        other => panic!("{other:?}"),
+    }
+    // Personal data is never released as rows, grant or not.
+    let mut granted = ctx("alpha");
+    granted.grants.push(("g1".into(), vec![Action::ReadRows]));
+    assert!(!p.decide("bravo", "health_cases", Action::ReadRows, &granted, &base).is_allowed());
+    // The owner's own analysts are bound by no rule.
+    assert!(p.decide("bravo", "health_cases", Action::ReadRows, &ctx("bravo"), &base).is_allowed());
+    p.check_columns(
+        "health_cases",
+        &["case_id", "region", "age_band", "sex", "onset_date", "outcome", "hospital_days"].map(String::from),
+    )
+    .expect("columns fit");
+    p.check_baseline(&base).expect("no looser than the baseline");
+}
+
+#[test]
+fn deny_by_default_and_groups() {
+    let src = r#"
+classification = "public"
+[columns]
+year = "plain"
+[groups]
+nordic = ["alpha"]
+[access]
+rules = '''
+permit (principal in Group::"nordic", action == Action::"read_rows", resource);
+'''
+"#;
+    let p = Policy::parse(src, "p.toml").expect("valid");
+    let base = Baseline::default();
+    assert!(p.decide("bravo", "d", Action::ReadRows, &ctx("alpha"), &base).is_allowed());
+    match p.decide("bravo", "d", Action::ReadRows, &ctx("charlie"), &base) {
+        Decision::Deny { reason } => assert!(reason.contains("no rule"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!p.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &base).is_allowed());
+    let none = Policy::default_for(&["a".into()], &AllowList::Nobody).expect("valid");
+    assert!(!none.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &base).is_allowed());
+    let some =
+        Policy::default_for(&["a".into()], &AllowList::parse("alpha, charlie").expect("ok")).expect("valid");
+    assert!(some.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &base).is_allowed());
+    assert!(some.decide("bravo", "d", Action::Describe, &ctx("charlie"), &base).is_allowed());
+    assert!(!some.decide("bravo", "d", Action::Aggregate, &ctx("delta"), &base).is_allowed());
+    assert!(!some.decide("bravo", "d", Action::ReadRows, &ctx("alpha"), &base).is_allowed());
+    let all = Policy::default_for(&["a".into()], &AllowList::Everyone).expect("valid");
+    assert!(all.decide("bravo", "d", Action::Aggregate, &ctx("zulu"), &base).is_allowed());
+    assert_eq!(all.mode("a"), ColumnMode::Group);
+}
+
+#[test]
+fn forbid_rules_and_context() {
+    let src = r#"
+classification = "general"
+[columns]
+x = "group"
+[access]
+rules = '''
+permit (principal, action == Action::"aggregate", resource);
+@id("no marketing")
+forbid (principal, action, resource) when { context.purpose == "marketing" };
+'''
+"#;
+    let p = Policy::parse(src, "p.toml").expect("valid");
+    let base = Baseline::default();
+    assert!(p.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &base).is_allowed());
+    let mut m = ctx("alpha");
+    m.purpose = "marketing".into();
+    match p.decide("bravo", "d", Action::Aggregate, &m, &base) {
+        Decision::Deny { reason } => assert!(reason.contains("no marketing"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_baseline_binds_every_class() {
+    let base = Baseline { min_group_size: 10 };
+    let core = r#"
+classification = "core"
+[columns]
+x = "group"
+[access]
+rules = '''
+permit (principal, action == Action::"describe", resource);
+'''
+"#;
+    let p = Policy::parse(core, "p.toml").expect("valid");
+    p.check_baseline(&base).expect("describe only is fine");
+    assert!(!p.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &base).is_allowed());
+    let loose = core.replace("action == Action::\"describe\"", "action");
+    let p = Policy::parse(&loose, "p.toml").expect("parses");
+    let e = p.check_baseline(&base).expect_err("core permits aggregates");
+    assert!(e.to_string().contains("core data never leaves its owner"), "{e}");
+    let important = loose.replace("\"core\"", "\"important\"");
+    let p = Policy::parse(&important, "p.toml").expect("valid");
+    p.check_baseline(&base).expect("important may permit, with a grant");
+    match p.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &base) {
+        Decision::Deny { reason } => assert!(reason.contains("approved access request"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let mut granted = ctx("alpha");
+    granted.grants.push(("g7".into(), vec![Action::Aggregate]));
+    assert!(p.decide("bravo", "d", Action::Aggregate, &granted, &base).is_allowed());
+    let small = HEALTH.replace("min_group_size = 10", "min_group_size = 5");
+    let p = Policy::parse(&small, "p.toml").expect("parses");
+    let e = p.check_baseline(&base).expect_err("5 < 10");
+    assert!(e.to_string().contains("groups of at least 10"), "{e}");
+    // Without its own minimum, personal data takes the baseline's.
+    let none = HEALTH.replace("min_group_size = 10\n", "");
+    let p = Policy::parse(&none, "p.toml").expect("parses");
+    assert_eq!(p.min_group_size(&Baseline { min_group_size: 25 }), Some(25));
+}
+
+#[test]
+fn bad_files_name_file_line_and_key() {
+    let cases: &[(&str, &str, usize, &str)] = &[
+        ("unknown mode", &HEALTH.replace("sex = \"group\"", "sex = \"public\""), 11, "unknown variant"),
+        ("unknown key", &HEALTH.replace("[release]", "[release]\nminimum = 3"), 17, "minimum"),
+        ("bad class", &HEALTH.replace("\"general\"", "\"secret\""), 2, "secret"),
+        ("missing access", &HEALTH.replace("[access]", "[other]"), 30, "access"),
+        (
+            "cedar syntax",
+            &HEALTH.replace("permit (principal, action in", "permit (principal action in"),
+            33,
+            "Cedar",
+        ),
+        ("cedar validation", &HEALTH.replace("context.granted_actions", "context.grantz"), 36, "grantz"),
+        ("unit as group", &HEALTH.replace("case_id = \"hidden\"", "case_id = \"group\""), 4, "privacy_unit"),
+        ("zero group", &HEALTH.replace("min_group_size = 10", "min_group_size = 0"), 17, "at least 1"),
+        ("bad bounds", &HEALTH.replace("[0, 60]", "[60, 0]"), 24, "bounds"),
+        ("bad member", &HEALTH.replace("\"bravo\"]", "\"Bravo\"]"), 28, "member id"),
+    ];
+    for (what, src, line, needle) in cases {
+        let e = Policy::parse(src, "health.policy.toml").expect_err(what);
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("health.policy.toml line {line}:")), "{what}: {msg}");
+        assert!(msg.contains(needle), "{what}: {msg}");
+    }
+    let p = Policy::parse(HEALTH, "p.toml").expect("valid");
+    let e = p.check_columns("health_cases", &["region".into()]).expect_err("unknown column");
+    assert!(e.to_string().contains("is not a column of dataset health_cases"), "{e}");
+}

@@ -1,0 +1,951 @@
+//! The owner's release rules applied to a checked sub-query: column modes wherever a column
+//! appears, the minimum group size in distinct privacy units, and differential privacy with
+//! contribution bounding and exact noise.
+//!
+//! The owner never runs the plan the requester's SQL gives. [`Subquery::parse`] reduces that plan
+//! to parts over the dataset's own columns (filters, group keys, aggregates, or row outputs), the
+//! parts are checked against the [`Policy`], and [`run`] builds and runs the owner's own plan from
+//! them:
+//!
+//! ```text
+//! exact:  Scan -> Filter(w) -> Aggregate(keys; aggs, COUNT(DISTINCT unit)) -> suppress groups under k
+//! DP:     Scan -> Filter(w) -> Project(keys, unit, clamped fixed-point values)
+//!              -> Aggregate(keys, unit; per-unit sums)            contributions of one unit to one group
+//!              -> Project(capped at max_rows_per_group)  -> Window(row_number per unit, random order)
+//!              -> Filter(rank <= max_groups_per_unit)             at most L0 groups per unit
+//!              -> Aggregate(keys; sums, units) -> suppress under k, keep public or thresholded keys, add noise
+//! ```
+//!
+//! Invariant: every value released from personal data stands for at least the minimum group
+//! size of distinct privacy units, counted exactly before any noise.
+//! Invariant: a column is used only as its mode allows, wherever it appears (select list, WHERE,
+//! GROUP BY, aggregate arguments and their FILTER clauses, inside CASE, casts and functions).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use concord_policy::dp::Noise;
+use concord_policy::{Action, Baseline, ColumnMode, Mechanism, Policy, Use};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
+use datafusion::datasource::provider_as_source;
+use datafusion::functions::expr_fn::{greatest, least, random, round};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{
+    Expr, ExprFunctionExt as _, LogicalPlan, LogicalPlanBuilder, SortExpr, cast as cast_expr, col, lit, when,
+};
+use datafusion::prelude::SessionContext;
+use num_traits::ToPrimitive as _;
+
+use crate::QueryError;
+use crate::limits::ExecLimits;
+
+/// Aggregate functions an owner computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AggFunc {
+    Count,
+    Sum,
+    Min,
+    Max,
+}
+
+impl AggFunc {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Count => "COUNT",
+            Self::Sum => "SUM",
+            Self::Min => "MIN",
+            Self::Max => "MAX",
+        }
+    }
+}
+
+/// One aggregate of a sub-query, over the dataset's own columns.
+#[derive(Clone, Debug)]
+pub struct AggSpec {
+    pub func: AggFunc,
+    /// `None` for `COUNT(*)`.
+    pub arg: Option<Expr>,
+    pub distinct: bool,
+    pub filter: Option<Expr>,
+    /// The expression as the requester's plan had it (after substitution), for exact runs.
+    pub expr: Expr,
+    /// The type the requester expects.
+    pub data_type: DataType,
+}
+
+/// Where an output column of a sub-query comes from.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Group(usize),
+    Agg(usize),
+}
+
+/// A sub-query reduced to parts over the dataset's own columns.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    Aggregate { groups: Vec<Expr>, aggs: Vec<AggSpec>, outputs: Vec<(String, Output)> },
+    Rows { outputs: Vec<(String, Expr)> },
+}
+
+/// A sub-query as the owner understands it.
+#[derive(Clone, Debug)]
+pub struct Subquery {
+    pub filters: Vec<Expr>,
+    pub shape: Shape,
+    /// The schema the requester expects.
+    pub schema: SchemaRef,
+}
+
+fn refuse(reason: impl Into<String>) -> QueryError {
+    QueryError::SubqueryRefused(reason.into())
+}
+
+fn policy_refusal(reason: impl Into<String>) -> QueryError {
+    QueryError::Policy(reason.into())
+}
+
+impl Subquery {
+    /// The action the sub-query asks for.
+    pub fn action(&self) -> Action {
+        match self.shape {
+            Shape::Aggregate { .. } => Action::Aggregate,
+            Shape::Rows { .. } => Action::ReadRows,
+        }
+    }
+
+    /// Reduces a checked plan (see `owner::check_subquery_plan`) to its parts.
+    pub fn parse(plan: &LogicalPlan) -> Result<Self, QueryError> {
+        let LogicalPlan::Projection(proj) = plan else {
+            return Err(refuse("a sub-query must be a SELECT"));
+        };
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let names: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+        if let LogicalPlan::Aggregate(agg) = proj.input.as_ref() {
+            let (filters, base) = flatten(&agg.input)?;
+            let in_schema = agg.input.schema();
+            let groups = agg
+                .group_expr
+                .iter()
+                .map(|g| substitute(g, in_schema, &base))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut aggs = Vec::new();
+            for (i, a) in agg.aggr_expr.iter().enumerate() {
+                let Expr::AggregateFunction(f) = a.clone().unalias() else {
+                    return Err(refuse(format!("{a} is not an aggregate function")));
+                };
+                let func = match f.func.name().to_ascii_lowercase().as_str() {
+                    "count" => AggFunc::Count,
+                    "sum" => AggFunc::Sum,
+                    "min" => AggFunc::Min,
+                    "max" => AggFunc::Max,
+                    other => return Err(refuse(format!("{other}() is not a partial aggregate"))),
+                };
+                let arg = match f.params.args.as_slice() {
+                    [] => None,
+                    [one] => {
+                        let e = substitute(one, in_schema, &base)?;
+                        // COUNT(*) is planned as COUNT(1).
+                        if func == AggFunc::Count && matches!(e, Expr::Literal(..)) { None } else { Some(e) }
+                    }
+                    _ => return Err(refuse(format!("{a} takes more than one argument"))),
+                };
+                let filter = match &f.params.filter {
+                    Some(x) => Some(substitute(x, in_schema, &base)?),
+                    None => None,
+                };
+                let expr = substitute(&a.clone().unalias(), in_schema, &base)?;
+                let data_type = agg.schema.field(agg.group_expr.len() + i).data_type().clone();
+                aggs.push(AggSpec { func, arg, distinct: f.params.distinct, filter, expr, data_type });
+            }
+            let ng = agg.group_expr.len();
+            let mut outputs = Vec::new();
+            for (e, name) in proj.expr.iter().zip(names) {
+                let Expr::Column(c) = e.clone().unalias() else {
+                    return Err(refuse(format!(
+                        "select item {e} is neither a group key nor a partial aggregate"
+                    )));
+                };
+                let i = agg.schema.index_of_column(&c).map_err(|e| refuse(e.strip_backtrace()))?;
+                outputs.push((name, if i < ng { Output::Group(i) } else { Output::Agg(i - ng) }));
+            }
+            return Ok(Self { filters, shape: Shape::Aggregate { groups, aggs, outputs }, schema });
+        }
+        let (filters, base) = flatten(&proj.input)?;
+        let outputs = proj
+            .expr
+            .iter()
+            .zip(names)
+            .map(|(e, name)| Ok((name, substitute(&e.clone().unalias(), proj.input.schema(), &base)?)))
+            .collect::<Result<Vec<_>, QueryError>>()?;
+        Ok(Self { filters, shape: Shape::Rows { outputs }, schema })
+    }
+
+    /// Every column the sub-query touches, with how.
+    fn uses(&self) -> Vec<(String, Use, String)> {
+        let mut out = Vec::new();
+        let mut add = |e: &Expr, u: Use, place: &str| {
+            for c in e.column_refs() {
+                out.push((c.name.clone(), u, place.to_owned()));
+            }
+        };
+        for f in &self.filters {
+            add(f, Use::Filter, "WHERE");
+        }
+        match &self.shape {
+            Shape::Aggregate { groups, aggs, .. } => {
+                for g in groups {
+                    add(g, Use::GroupKey, "GROUP BY");
+                }
+                for a in aggs {
+                    let u = match a.func {
+                        AggFunc::Count | AggFunc::Sum => Use::Aggregated,
+                        AggFunc::Min | AggFunc::Max => Use::Extreme,
+                    };
+                    if let Some(arg) = &a.arg {
+                        add(arg, u, &format!("{}()", a.func.name()));
+                    }
+                    if let Some(f) = &a.filter {
+                        add(f, Use::Filter, &format!("the FILTER clause of {}()", a.func.name()));
+                    }
+                }
+            }
+            Shape::Rows { outputs } => {
+                for (_, e) in outputs {
+                    add(e, Use::Output, "the select list");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A chain of filters, projections and aliases over the scan, flattened: the filters and the
+/// chain's output expressions, both over the dataset's own columns.
+fn flatten(plan: &LogicalPlan) -> Result<(Vec<Expr>, Vec<Expr>), QueryError> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if !scan.filters.is_empty() || scan.fetch.is_some() {
+                return Err(refuse("a sub-query's scan must be plain"));
+            }
+            let outputs = scan
+                .projected_schema
+                .fields()
+                .iter()
+                .map(|f| Expr::Column(Column::new_unqualified(f.name())))
+                .collect();
+            Ok((Vec::new(), outputs))
+        }
+        LogicalPlan::Filter(f) => {
+            let (mut filters, outputs) = flatten(&f.input)?;
+            filters.push(substitute(&f.predicate, f.input.schema(), &outputs)?);
+            Ok((filters, outputs))
+        }
+        LogicalPlan::Projection(p) => {
+            let (filters, outputs) = flatten(&p.input)?;
+            let outputs = p
+                .expr
+                .iter()
+                .map(|e| substitute(&e.clone().unalias(), p.input.schema(), &outputs))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((filters, outputs))
+        }
+        LogicalPlan::SubqueryAlias(s) => flatten(&s.input),
+        other => Err(refuse(format!("{} is not accepted in a sub-query", other.display()))),
+    }
+}
+
+/// Replaces every column of `schema` in `e` by the expression that computes it.
+fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> Result<Expr, QueryError> {
+    e.clone()
+        .transform_up(|x| match x {
+            Expr::Column(c) => {
+                let i = schema.index_of_column(&c)?;
+                let out = outputs.get(i).cloned().ok_or_else(|| {
+                    datafusion::error::DataFusionError::Plan(format!("column {c} has no expression"))
+                })?;
+                Ok(Transformed::yes(out))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+        .map_err(|e| refuse(e.strip_backtrace()))
+}
+
+/// The rules one release follows.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub policy: Arc<Policy>,
+    pub baseline: Baseline,
+    /// The requester is the owner itself: no rule binds, nothing crosses a border.
+    pub own: bool,
+    /// Each privacy unit has one row at most (known by the owner from its data): contributions
+    /// are bounded without a per-unit pass.
+    pub unit_is_row: bool,
+}
+
+/// What the rules make of a sub-query before it runs.
+#[derive(Clone, Debug)]
+pub struct ReleasePlan {
+    pub subquery: Subquery,
+    pub rules: Rules,
+    /// Distinct privacy units (or rows, for non-personal data) a released group needs.
+    pub min_group_size: Option<u64>,
+    /// The noise of each aggregate, and the cost to charge, under differential privacy.
+    pub privacy: Option<PrivacyPlan>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PrivacyPlan {
+    pub mechanism: Mechanism,
+    pub cost: concord_policy::Units,
+    /// Noise of each aggregate, by index; and of the count that selects groups, if needed.
+    pub noise: Vec<Noise>,
+    pub selection: Option<(Noise, u64)>,
+    pub fixed_point: i64,
+}
+
+/// What a release held back and how it was noised: the owner's provenance.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReleaseReport {
+    pub groups_released: u64,
+    /// Groups held back (under the minimum group size, or not selected under DP); never named.
+    pub groups_suppressed: u64,
+    pub min_group_size: Option<u64>,
+    /// `zcdp` or `pure`, when noise was added.
+    pub mechanism: Option<String>,
+    /// Noise scale of each released aggregate column, in its own units (σ or β).
+    pub noise_scale: Vec<(String, f64)>,
+    /// Privacy budget charged for this release, and what remains.
+    #[serde(default)]
+    pub budget: Option<BudgetReport>,
+    /// The access grant this release used.
+    #[serde(default)]
+    pub grant: Option<String>,
+    /// The rule that allowed it.
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// A budget charge as provenance shows it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BudgetReport {
+    /// `rho` (zCDP) or `epsilon` (pure DP).
+    pub parameter: String,
+    pub charged: String,
+    pub requester_remaining: String,
+    pub dataset_remaining: String,
+}
+
+/// Checks a sub-query against the rules: column modes, what personal data allows, what
+/// differential privacy allows. Nothing runs and no budget is spent.
+pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError> {
+    if rules.own {
+        return Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None });
+    }
+    let policy = rules.policy.clone();
+    let mut problems = BTreeSet::new();
+    for (column, use_, place) in subquery.uses() {
+        let mode = policy.mode(&column);
+        if !mode.permits(use_) {
+            let hint = if use_ == Use::Output {
+                ". Rows are released only from plain columns, where the owner permits read_rows. What works: \
+                 aggregates (COUNT, SUM, AVG, MIN, MAX) with WHERE and GROUP BY, and any SQL over their results \
+                 (HAVING, ORDER BY, LIMIT, CTEs, joins with local tables)"
+            } else {
+                ""
+            };
+            problems.insert(format!(
+                "column {column} is {} and cannot be {} (in {place}){hint}",
+                mode.as_str(),
+                use_.as_str()
+            ));
+        } else if use_ == Use::Extreme && !policy.allows_extremes(&column) {
+            problems.insert(if policy.release.privacy.is_some() {
+                format!("MIN and MAX of {column} reveal one person's value and are never released under differential privacy")
+            } else {
+                format!("MIN and MAX of {column} reveal one person's value; the policy does not allow them for this column")
+            });
+        }
+    }
+    if let Some(first) = problems.into_iter().next() {
+        return Err(policy_refusal(first));
+    }
+    let personal = policy.personal.is_some();
+    if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
+        if personal {
+            for a in aggs {
+                if let Some(arg) = &a.arg
+                    && !bare_column(arg)
+                {
+                    return Err(policy_refusal(format!(
+                        "on personal data an aggregate takes one column as it is; {} would let a condition pick \
+                         single people out of a group. Filter with WHERE, or group by the condition's column",
+                        a.expr
+                    )));
+                }
+            }
+        }
+        let privacy = match &policy.release.privacy {
+            Some(dp) => Some(privacy_plan(dp, groups, aggs)?),
+            None => None,
+        };
+        let min_group_size = policy.min_group_size(&rules.baseline);
+        return Ok(ReleasePlan { subquery, rules, min_group_size, privacy });
+    }
+    Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None })
+}
+
+/// A column, possibly cast.
+fn bare_column(e: &Expr) -> bool {
+    match e {
+        Expr::Column(_) => true,
+        Expr::Cast(c) => bare_column(&c.expr),
+        Expr::TryCast(c) => bare_column(&c.expr),
+        Expr::Alias(a) => bare_column(&a.expr),
+        _ => false,
+    }
+}
+
+fn column_of(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Column(c) => Some(c.name.clone()),
+        Expr::Cast(c) => column_of(&c.expr),
+        Expr::TryCast(c) => column_of(&c.expr),
+        Expr::Alias(a) => column_of(&a.expr),
+        _ => None,
+    }
+}
+
+/// The index of a `COUNT(*)` without FILTER.
+fn plain_count(aggs: &[AggSpec]) -> Option<usize> {
+    aggs.iter().position(|a| a.func == AggFunc::Count && a.filter.is_none() && a.arg.is_none() && !a.distinct)
+}
+
+fn privacy_plan(
+    dp: &concord_policy::Privacy,
+    groups: &[Expr],
+    aggs: &[AggSpec],
+) -> Result<PrivacyPlan, QueryError> {
+    let l0 = u64::from(dp.max_groups_per_unit);
+    let linf = u64::from(dp.max_rows_per_group);
+    let mut magnitudes = Vec::new();
+    for a in aggs {
+        if a.distinct {
+            return Err(policy_refusal(format!(
+                "{}(DISTINCT ...) is not released under differential privacy; one person can change it by more than the noise covers",
+                a.func.name()
+            )));
+        }
+        magnitudes.push(match a.func {
+            AggFunc::Count => 1,
+            AggFunc::Sum => {
+                let column = a.arg.as_ref().and_then(column_of).unwrap_or_default();
+                dp.magnitude(&column).ok_or_else(|| {
+                    policy_refusal(format!(
+                        "SUM of {column} under differential privacy needs clamping bounds for it; the policy has bounds for: {}",
+                        dp.bounds.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })?
+            }
+            AggFunc::Min | AggFunc::Max => {
+                return Err(policy_refusal(
+                    "MIN and MAX reveal one person's value and are never released under differential privacy",
+                ));
+            }
+        });
+    }
+    let keyed = !groups.is_empty()
+        && groups.iter().all(|g| column_of(g).is_some_and(|c| dp.keys.contains_key(&c)) && bare_column(g));
+    let needs_selection = !groups.is_empty() && !keyed;
+    if needs_selection && dp.delta.is_none() {
+        return Err(policy_refusal(format!(
+            "grouping under differential privacy needs public key sets for the group columns ({}) or a delta for noisy selection; \
+             the policy has neither",
+            groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    // Groups are selected on the noisy COUNT(*) when the query has one; otherwise on a count of
+    // its own, which takes a share of the cost.
+    let has_count = plain_count(aggs).is_some();
+    let shares = (magnitudes.len() + usize::from(needs_selection && !has_count)) as u64;
+    let noise: Vec<Noise> = magnitudes
+        .iter()
+        .map(|&m| Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, linf.saturating_mul(m)))
+        .collect();
+    let selection = if needs_selection {
+        let n = Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, linf);
+        let t = dp.threshold(&n).unwrap_or(u64::MAX);
+        Some((n, t))
+    } else {
+        None
+    };
+    Ok(PrivacyPlan {
+        mechanism: dp.mechanism,
+        cost: dp.cost,
+        noise,
+        selection,
+        fixed_point: dp.fixed_point(),
+    })
+}
+
+/// Runs a checked release on `table` (registered as `dataset`) and applies its rules.
+pub async fn run(
+    plan: &ReleasePlan,
+    dataset: &str,
+    table: Arc<dyn TableProvider>,
+    limits: &ExecLimits,
+) -> Result<(Vec<RecordBatch>, ReleaseReport, u64), QueryError> {
+    let ctx = crate::limits::session(limits)?;
+    let source = provider_as_source(table.clone());
+    let mut b =
+        LogicalPlanBuilder::scan(TableReference::bare(dataset), source, None).map_err(QueryError::plan)?;
+    for f in &plan.subquery.filters {
+        b = b.filter(f.clone()).map_err(QueryError::plan)?;
+    }
+    match (&plan.subquery.shape, &plan.privacy) {
+        (Shape::Rows { outputs }, _) => {
+            let exprs = outputs.iter().map(|(name, e)| e.clone().alias(name));
+            let built = b.project(exprs).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?;
+            let (batches, scanned) = execute(&ctx, built, limits.max_groups).await?;
+            let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let report = ReleaseReport { groups_released: rows, ..Default::default() };
+            Ok((rename(batches, &plan.subquery.schema)?, report, scanned))
+        }
+        (Shape::Aggregate { groups, aggs, outputs }, None) => {
+            exact_aggregate(plan, &ctx, b, groups, aggs, outputs, limits).await
+        }
+        (Shape::Aggregate { groups, aggs, outputs }, Some(dp)) => {
+            private_aggregate(plan, dp, &ctx, b, groups, aggs, outputs, limits).await
+        }
+    }
+}
+
+async fn execute(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+    max_rows: u64,
+) -> Result<(Vec<RecordBatch>, u64), QueryError> {
+    let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
+    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
+    let batches = crate::limits::collect_limited(ctx, physical.clone(), max_rows).await?;
+    Ok((batches, crate::owner::leaf_rows(&physical)))
+}
+
+/// Gives batches the names and types the requester expects.
+fn rename(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, QueryError> {
+    batches
+        .into_iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| QueryError::Execution(e.to_string()))
+        })
+        .collect()
+}
+
+fn units_expr(plan: &ReleasePlan, filter: Option<&Expr>) -> Expr {
+    let base = match &plan.rules.policy.personal {
+        Some(p) => count_distinct(col(Column::new_unqualified(&p.privacy_unit))),
+        None => count(lit(1i64)),
+    };
+    match filter {
+        Some(f) => base.filter(f.clone()).build().unwrap_or_else(|_| lit(0i64)),
+        None => base,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exact_aggregate(
+    plan: &ReleasePlan,
+    ctx: &SessionContext,
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    aggs: &[AggSpec],
+    outputs: &[(String, Output)],
+    limits: &ExecLimits,
+) -> Result<(Vec<RecordBatch>, ReleaseReport, u64), QueryError> {
+    let mut agg_exprs: Vec<Expr> =
+        aggs.iter().enumerate().map(|(i, a)| a.expr.clone().alias(format!("__a{i}"))).collect();
+    // Units per group, and per distinct FILTER clause: a FILTER narrows its aggregate's set.
+    let mut unit_filters: Vec<Option<Expr>> = Vec::new();
+    if plan.min_group_size.is_some() {
+        unit_filters.push(None);
+        for a in aggs {
+            if let Some(f) = &a.filter
+                && !unit_filters.contains(&Some(f.clone()))
+            {
+                unit_filters.push(Some(f.clone()));
+            }
+        }
+    }
+    for (j, f) in unit_filters.iter().enumerate() {
+        agg_exprs.push(units_expr(plan, f.as_ref()).alias(format!("__units{j}")));
+    }
+    let group_exprs: Vec<Expr> =
+        groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__g{i}"))).collect();
+    let built =
+        b.aggregate(group_exprs, agg_exprs).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?;
+    let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
+    let ng = groups.len();
+    let na = aggs.len();
+    let mut report = ReleaseReport { min_group_size: plan.min_group_size, ..Default::default() };
+    let mut out = Vec::new();
+    for batch in batches {
+        let batch = match plan.min_group_size {
+            Some(k) => {
+                let mut keep = vec![true; batch.num_rows()];
+                for j in 0..unit_filters.len() {
+                    let units = batch.column(ng + na + j);
+                    let units =
+                        cast(units, &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
+                    let units = units
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .ok_or_else(|| QueryError::Execution("unit counts are not integers".into()))?;
+                    for (r, k_ok) in keep.iter_mut().enumerate() {
+                        if units.is_null(r) || (units.value(r) as u64) < k {
+                            *k_ok = false;
+                        }
+                    }
+                }
+                let suppressed = keep.iter().filter(|k| !**k).count() as u64;
+                report.groups_suppressed += suppressed;
+                filter_record_batch(&batch, &BooleanArray::from(keep))
+                    .map_err(|e| QueryError::Execution(e.to_string()))?
+            }
+            None => batch,
+        };
+        out.push(project_outputs(&batch, outputs, ng, &plan.subquery.schema, |i| {
+            batch.column(ng + i).clone()
+        })?);
+    }
+    report.groups_released = out.iter().map(|b| b.num_rows() as u64).sum();
+    Ok((out, report, scanned))
+}
+
+/// Builds the output batch: group columns from the batch, aggregate columns from `agg`.
+fn project_outputs(
+    batch: &RecordBatch,
+    outputs: &[(String, Output)],
+    _ng: usize,
+    schema: &SchemaRef,
+    agg: impl Fn(usize) -> ArrayRef,
+) -> Result<RecordBatch, QueryError> {
+    let columns = outputs
+        .iter()
+        .zip(schema.fields())
+        .map(|((_, o), f)| {
+            let c = match o {
+                Output::Group(i) => batch.column(*i).clone(),
+                Output::Agg(i) => agg(*i),
+            };
+            cast(&c, f.data_type()).map_err(|e| QueryError::Execution(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| QueryError::Execution(e.to_string()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn private_aggregate(
+    plan: &ReleasePlan,
+    dp: &PrivacyPlan,
+    ctx: &SessionContext,
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    aggs: &[AggSpec],
+    outputs: &[(String, Output)],
+    limits: &ExecLimits,
+) -> Result<(Vec<RecordBatch>, ReleaseReport, u64), QueryError> {
+    let policy = &plan.rules.policy;
+    let privacy =
+        policy.release.privacy.as_ref().ok_or_else(|| QueryError::Execution("no privacy rules".into()))?;
+    let unit = policy
+        .personal
+        .as_ref()
+        .map(|p| p.privacy_unit.clone())
+        .ok_or_else(|| QueryError::Execution("differential privacy without a privacy unit".into()))?;
+    let fp = dp.fixed_point;
+    let linf = i64::from(privacy.max_rows_per_group);
+    // One value per row and aggregate: 1 for a counted row, the clamped fixed-point value for a sum.
+    let mut values = Vec::new();
+    let mut caps = Vec::new();
+    for a in aggs {
+        let counted = match (&a.arg, a.func) {
+            (Some(arg), AggFunc::Count) => Some(arg.clone().is_not_null()),
+            _ => None,
+        };
+        let cond = match (counted, &a.filter) {
+            (Some(c), Some(f)) => Some(c.and(f.clone())),
+            (Some(c), None) => Some(c),
+            (None, Some(f)) => Some(f.clone()),
+            (None, None) => None,
+        };
+        let (value, lo, hi) = match a.func {
+            AggFunc::Count => (lit(1i64), 0i64, linf),
+            _ => {
+                let column = a.arg.as_ref().and_then(column_of).unwrap_or_default();
+                let (lo, hi) = privacy.bounds.get(&column).copied().unwrap_or((0.0, 0.0));
+                let arg = cast_expr(a.arg.clone().unwrap_or(lit(0.0)), DataType::Float64);
+                let clamped = least(vec![greatest(vec![arg, lit(lo)]), lit(hi)]);
+                let fixed = cast_expr(round(vec![clamped * lit(fp as f64)]), DataType::Int64);
+                let lo_fp = (lo * fp as f64).round() as i64;
+                let hi_fp = (hi * fp as f64).round() as i64;
+                (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
+            }
+        };
+        let v = match cond {
+            Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
+            None => value,
+        };
+        values.push(v);
+        caps.push((lo, hi));
+    }
+    let ng = groups.len();
+    let g = |i: usize| col(Column::new_unqualified(format!("__g{i}")));
+    let v = |j: usize| col(Column::new_unqualified(format!("__v{j}")));
+    let mut project: Vec<Expr> =
+        groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+    project.push(col(Column::new_unqualified(&unit)).alias("__unit"));
+    project.extend(values.into_iter().enumerate().map(|(j, e)| e.alias(format!("__v{j}"))));
+    let mut b = b.project(project).map_err(QueryError::plan)?;
+    if !plan.rules.unit_is_row {
+        // Contributions of one unit to one group, each capped.
+        let keys: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
+        let sums: Vec<Expr> = (0..aggs.len()).map(|j| sum(v(j)).alias(format!("__v{j}"))).collect();
+        b = b.aggregate(keys, sums).map_err(QueryError::plan)?;
+        let mut capped: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
+        for (j, (lo, hi)) in caps.iter().enumerate() {
+            capped.push(least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]).alias(format!("__v{j}")));
+        }
+        b = b.project(capped).map_err(QueryError::plan)?;
+        // At most max_groups_per_unit groups per unit, chosen at random.
+        let rank = row_number()
+            .partition_by(vec![col("__unit")])
+            .order_by(vec![SortExpr::new(random(), true, false)])
+            .build()
+            .map_err(QueryError::plan)?
+            .alias("__rank");
+        b = b.window(vec![rank]).map_err(QueryError::plan)?;
+        b = b
+            .filter(col("__rank").lt_eq(lit(i64::from(privacy.max_groups_per_unit))))
+            .map_err(QueryError::plan)?;
+    }
+    let mut totals: Vec<Expr> = (0..aggs.len()).map(|j| sum(v(j)).alias(format!("__t{j}"))).collect();
+    totals.push(
+        if plan.rules.unit_is_row { count(lit(1i64)) } else { count_distinct(col("__unit")) }
+            .alias("__units"),
+    );
+    let built = b
+        .aggregate((0..ng).map(g).collect::<Vec<_>>(), totals)
+        .and_then(LogicalPlanBuilder::build)
+        .map_err(QueryError::plan)?;
+    let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+    let mut all = if batches.is_empty() {
+        None
+    } else {
+        Some(concat_batches(&schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))?)
+    };
+    // A global aggregate over nothing still has its one group.
+    if ng == 0 && all.as_ref().is_none_or(|b| b.num_rows() == 0) {
+        let mut cols: Vec<ArrayRef> =
+            (0..aggs.len()).map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef).collect();
+        cols.push(Arc::new(Int64Array::from(vec![0i64])));
+        let fields: Vec<Field> = (0..aggs.len())
+            .map(|j| Field::new(format!("__t{j}"), DataType::Int64, true))
+            .chain([Field::new("__units", DataType::Int64, false)])
+            .collect();
+        all = Some(
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+                .map_err(|e| QueryError::Execution(e.to_string()))?,
+        );
+    }
+    let Some(all) = all else {
+        return Ok((
+            Vec::new(),
+            ReleaseReport { min_group_size: plan.min_group_size, ..Default::default() },
+            scanned,
+        ));
+    };
+    let int = |i: usize| -> Result<Int64Array, QueryError> {
+        let c = cast(all.column(i), &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
+        c.as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+            .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
+    };
+    let units = int(ng + aggs.len())?;
+    let totals: Vec<Int64Array> = (0..aggs.len()).map(|j| int(ng + j)).collect::<Result<_, _>>()?;
+    let count_index = plain_count(aggs);
+    let mut keep = vec![true; all.num_rows()];
+    let mut noisy: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(all.num_rows()); aggs.len()];
+    let mut suppressed = 0u64;
+    let key_sets = &privacy.keys;
+    for (r, keep_r) in keep.iter_mut().enumerate() {
+        let mut ok = plan.min_group_size.is_none_or(|k| (units.value(r).max(0) as u64) >= k);
+        // Keys outside the public sets are never released.
+        if ok && ng > 0 && dp.selection.is_none() {
+            for (i, ge) in groups.iter().enumerate() {
+                let set = column_of(ge).and_then(|c| key_sets.get(&c));
+                let value = datafusion::arrow::util::display::array_value_to_string(all.column(i), r)
+                    .unwrap_or_default();
+                if set.is_none_or(|s| !s.contains(&value)) {
+                    ok = false;
+                }
+            }
+        }
+        let draws: Vec<i128> = dp
+            .noise
+            .iter()
+            .zip(&totals)
+            .map(|(n, t)| {
+                i128::from(if t.is_null(r) { 0 } else { t.value(r) }) + n.sample().to_i128().unwrap_or(0)
+            })
+            .collect();
+        if ok && let Some((sel, threshold)) = &dp.selection {
+            let noisy_count = match count_index {
+                Some(c) => draws[c],
+                None => i128::from(units.value(r)) + sel.sample().to_i128().unwrap_or(0),
+            };
+            ok = noisy_count >= i128::from(*threshold);
+        }
+        *keep_r = ok;
+        if !ok {
+            suppressed += 1;
+        }
+        for (j, a) in aggs.iter().enumerate() {
+            let v = draws[j];
+            noisy[j].push(Some(match a.func {
+                AggFunc::Count => v.max(0) as f64,
+                _ => v as f64 / fp as f64,
+            }));
+        }
+    }
+    let mask = BooleanArray::from(keep);
+    let all = filter_record_batch(&all, &mask).map_err(|e| QueryError::Execution(e.to_string()))?;
+    let noisy: Vec<ArrayRef> = noisy
+        .into_iter()
+        .map(|vals| {
+            let a: ArrayRef = Arc::new(Float64Array::from(vals));
+            datafusion::arrow::compute::filter(&a, &mask)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+    let batch = project_outputs(&all, outputs, ng, &plan.subquery.schema, |i| {
+        let c = &noisy[i];
+        if aggs[i].data_type.is_integer() {
+            // Round noisy sums to the integer type the requester expects.
+            let f = c.as_any().downcast_ref::<Float64Array>();
+            match f {
+                Some(f) => {
+                    Arc::new(Int64Array::from_iter(f.iter().map(|x| x.map(|x| x.round() as i64)))) as ArrayRef
+                }
+                None => c.clone(),
+            }
+        } else {
+            c.clone()
+        }
+    })?;
+    let report = ReleaseReport {
+        groups_released: batch.num_rows() as u64,
+        groups_suppressed: suppressed,
+        min_group_size: plan.min_group_size,
+        mechanism: Some(dp.mechanism.as_str().to_owned()),
+        noise_scale: outputs
+            .iter()
+            .filter_map(|(name, o)| match o {
+                Output::Agg(i) => Some((
+                    name.clone(),
+                    dp.noise[*i].scale() / if aggs[*i].func == AggFunc::Count { 1.0 } else { fp as f64 },
+                )),
+                Output::Group(_) => None,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Ok((vec![batch], report, scanned))
+}
+
+/// Modes of a policy listed for explanations: `column: mode`.
+pub fn describe_modes(policy: &Policy, columns: &[String]) -> Vec<(String, ColumnMode)> {
+    columns.iter().map(|c| (c.clone(), policy.mode(c))).collect()
+}
+
+/// What the rules would do with a sub-query, line by line, without running it or spending
+/// budget: `policy test`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Explanation {
+    /// `released`, or `refused: <reason>`.
+    pub verdict: String,
+    /// One line per column use and per release rule, in a stable order.
+    pub lines: Vec<String>,
+}
+
+/// Explains how `rules` treat `subquery`.
+pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
+    let mut lines = Vec::new();
+    if rules.own {
+        lines.push("the owner's own analysts: no rule binds".to_owned());
+    } else {
+        let mut seen = BTreeSet::new();
+        for (column, use_, place) in subquery.uses() {
+            if !seen.insert((column.clone(), use_.as_str(), place.clone())) {
+                continue;
+            }
+            let mode = rules.policy.mode(&column);
+            let verdict = if !mode.permits(use_) {
+                "refused"
+            } else if use_ == Use::Extreme && !rules.policy.allows_extremes(&column) {
+                "refused (MIN/MAX not allowed)"
+            } else {
+                "allowed"
+            };
+            lines.push(format!(
+                "column {column} ({}) {} in {place}: {verdict}",
+                mode.as_str(),
+                use_.as_str()
+            ));
+        }
+    }
+    match check(subquery.clone(), rules.clone()) {
+        Ok(plan) => {
+            match plan.min_group_size {
+                Some(k) => lines.push(format!(
+                    "minimum group size {k}: groups of fewer distinct {} are suppressed and counted",
+                    rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows")
+                )),
+                None => lines.push("no minimum group size".to_owned()),
+            }
+            match &plan.privacy {
+                Some(p) => {
+                    let scales: Vec<String> = p.noise.iter().map(|n| format!("{:.2}", n.scale())).collect();
+                    lines.push(format!(
+                        "differential privacy ({}): costs {} {}, noise scale per aggregate (fixed-point units) {}{}",
+                        p.mechanism.as_str(),
+                        p.mechanism.parameter(),
+                        p.cost,
+                        scales.join(", "),
+                        match &p.selection {
+                            Some((_, t)) => format!("; groups without public keys need a noisy count of at least {t}"),
+                            None => String::new(),
+                        }
+                    ));
+                }
+                None => lines.push("exact values, no noise".to_owned()),
+            }
+            Explanation { verdict: "released".into(), lines }
+        }
+        Err(e) => Explanation { verdict: format!("refused: {e}"), lines },
+    }
+}

@@ -1,0 +1,473 @@
+//! The owner's release rules against sub-queries written by someone who wants the rows: each
+//! hostile query is refused for the right reason, or released only in groups of at least the
+//! minimum size, checked against the raw data.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use concord_policy::{Baseline, Policy};
+use concord_query::QueryError;
+use concord_query::owner::run_subquery;
+use concord_query::release::Rules;
+use datafusion::arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::prelude::SessionContext;
+
+/// The sample demo's policy of health_cases, without noise: releases are exact, so they can be
+/// compared with the raw data.
+const EXACT: &str = r#"
+classification = "general"
+[personal]
+privacy_unit = "case_id"
+[columns]
+case_id = "hidden"
+region = "group"
+age_band = "group"
+sex = "group"
+outcome = "group"
+onset_date = "filter"
+hospital_days = "aggregate"
+[release]
+min_group_size = 10
+[access]
+rules = '''
+permit (principal, action in [Action::"aggregate", Action::"describe"], resource);
+'''
+"#;
+
+/// The same with differential privacy.
+const NOISY: &str = r#"
+classification = "general"
+[personal]
+privacy_unit = "case_id"
+[columns]
+case_id = "hidden"
+region = "group"
+age_band = "group"
+sex = "group"
+outcome = "group"
+onset_date = "filter"
+hospital_days = "aggregate"
+[release]
+min_group_size = 10
+[release.privacy]
+mechanism = "zcdp"
+cost = 0.005
+budget_per_requester = 1.0
+budget_per_dataset = 3.0
+bounds = { hospital_days = [0, 60] }
+delta = 1e-6
+[release.privacy.keys]
+sex = ["F", "M"]
+[access]
+rules = '''
+permit (principal, action in [Action::"aggregate", Action::"describe"], resource);
+'''
+"#;
+
+/// 600 cases over four regions; region `XS` holds only three people, and one person in `NO` is
+/// 90+ (a group of one).
+fn cases() -> RecordBatch {
+    let regions = ["NO", "SO", "EA", "WE"];
+    let bands = ["0-19", "20-39", "40-59", "60-79"];
+    let outcomes = ["recovered", "hospitalised", "deceased"];
+    let mut id = Vec::new();
+    let mut region = Vec::new();
+    let mut band = Vec::new();
+    let mut sex = Vec::new();
+    let mut onset = Vec::new();
+    let mut outcome = Vec::new();
+    let mut days = Vec::new();
+    for i in 0..600i64 {
+        id.push(1000 + i);
+        region.push(regions[(i % 4) as usize].to_owned());
+        band.push(bands[((i / 4) % 4) as usize].to_owned());
+        sex.push(if i % 3 == 0 { "F" } else { "M" }.to_owned());
+        onset.push(19_000 + (i % 60) as i32);
+        outcome.push(outcomes[(i % 7 % 3) as usize].to_owned());
+        days.push(i % 45);
+    }
+    for (i, r) in ["XS", "XS", "XS"].iter().enumerate() {
+        id.push(5000 + i as i64);
+        region.push((*r).to_owned());
+        band.push("20-39".into());
+        sex.push("F".into());
+        onset.push(19_500);
+        outcome.push("deceased".into());
+        days.push(30);
+    }
+    id.push(6000);
+    region.push("NO".into());
+    band.push("90+".into());
+    sex.push("M".into());
+    onset.push(19_001);
+    outcome.push("deceased".into());
+    days.push(59);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("case_id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("age_band", DataType::Utf8, false),
+        Field::new("sex", DataType::Utf8, false),
+        Field::new("onset_date", DataType::Date32, false),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("hospital_days", DataType::Int64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(id)),
+            Arc::new(StringArray::from(region)),
+            Arc::new(StringArray::from(band)),
+            Arc::new(StringArray::from(sex)),
+            Arc::new(Date32Array::from(onset)),
+            Arc::new(StringArray::from(outcome)),
+            Arc::new(Int64Array::from(days)),
+        ],
+    )
+    .expect("batch")
+}
+
+fn table() -> Arc<dyn TableProvider> {
+    let b = cases();
+    Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).expect("table"))
+}
+
+fn rules(policy: &str) -> Rules {
+    Rules {
+        policy: Arc::new(Policy::parse(policy, "test.policy.toml").expect("valid policy")),
+        baseline: Baseline::default(),
+        own: false,
+        unit_is_row: false,
+    }
+}
+
+fn run(policy: &str, sql: &str) -> Result<concord_query::owner::OwnerAnswer, QueryError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(run_subquery("cases", table(), sql, &rules(policy), &Default::default()))
+}
+
+/// Distinct people behind each group of `keys` under `filter` in the raw data.
+fn raw_units(keys: &str, filter: &str) -> BTreeMap<String, i64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        ctx.register_table("cases", table()).expect("register");
+        let select = if keys.is_empty() { "'all'".to_owned() } else { format!("concat_ws('|', {keys})") };
+        let group = if keys.is_empty() { String::new() } else { format!("GROUP BY {keys}") };
+        let sql =
+            format!("SELECT {select} AS k, count(DISTINCT case_id) AS n FROM cases WHERE {filter} {group}");
+        let batches = ctx.sql(&sql).await.expect("raw sql").collect().await.expect("raw run");
+        let mut out = BTreeMap::new();
+        for b in batches {
+            let k = b.column(0).as_any().downcast_ref::<StringArray>().expect("keys").clone();
+            let n = b.column(1).as_any().downcast_ref::<Int64Array>().expect("counts").clone();
+            for i in 0..b.num_rows() {
+                out.insert(k.value(i).to_owned(), n.value(i));
+            }
+        }
+        out
+    })
+}
+
+/// The released group keys, joined as `raw_units` joins them.
+fn released_keys(answer: &concord_query::owner::OwnerAnswer, nkeys: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in &answer.batches {
+        for r in 0..b.num_rows() {
+            if nkeys == 0 {
+                out.push("all".to_owned());
+                continue;
+            }
+            let parts: Vec<String> = (0..nkeys)
+                .map(|c| {
+                    datafusion::arrow::util::display::array_value_to_string(b.column(c), r).expect("value")
+                })
+                .collect();
+            out.push(parts.join("|"));
+        }
+    }
+    out
+}
+
+/// Hostile sub-queries that must be refused, with a word of the reason each must give.
+const REFUSED: &[(&str, &str)] = &[
+    // The privacy unit, anywhere.
+    ("SELECT case_id AS g0, count(1) AS p0 FROM cases GROUP BY case_id", "case_id is hidden"),
+    ("SELECT count(case_id) AS p0 FROM cases", "case_id is hidden"),
+    ("SELECT count(DISTINCT case_id) AS p0 FROM cases", "case_id is hidden"),
+    ("SELECT count(1) AS p0 FROM cases WHERE case_id = 1007", "case_id is hidden"),
+    ("SELECT count(1) AS p0 FROM cases WHERE case_id > 0", "case_id is hidden"),
+    ("SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY region, case_id % 2", "case_id is hidden"),
+    ("SELECT sum(case_id) AS p0 FROM cases", "case_id is hidden"),
+    ("SELECT count(1) FILTER (WHERE case_id = 1003) AS p0 FROM cases", "case_id is hidden"),
+    (
+        "SELECT region AS g0, count(1) AS p0 FROM (SELECT region, case_id AS c FROM cases) WHERE c = 1 GROUP BY region",
+        "case_id is hidden",
+    ),
+    (
+        "SELECT x AS g0, count(1) AS p0 FROM (SELECT case_id + 0 AS x FROM cases) GROUP BY x",
+        "case_id is hidden",
+    ),
+    ("SELECT count(1) AS p0 FROM cases WHERE CAST(case_id AS VARCHAR) LIKE '10%'", "case_id is hidden"),
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE CASE WHEN case_id = 1 THEN true ELSE false END",
+        "case_id is hidden",
+    ),
+    // Rows of personal data.
+    ("SELECT region, age_band FROM cases", "cannot be output as a row value"),
+    ("SELECT * FROM cases", "cannot be output"),
+    ("SELECT hospital_days FROM cases WHERE region = 'NO'", "cannot be output"),
+    // An aggregate column as a key or a filter.
+    (
+        "SELECT hospital_days AS g0, count(1) AS p0 FROM cases GROUP BY hospital_days",
+        "hospital_days is aggregate",
+    ),
+    ("SELECT count(1) AS p0 FROM cases WHERE hospital_days = 59", "hospital_days is aggregate"),
+    ("SELECT count(1) AS p0 FROM cases WHERE hospital_days > 50", "hospital_days is aggregate"),
+    (
+        "SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY region, hospital_days > 30",
+        "hospital_days is aggregate",
+    ),
+    ("SELECT count(1) FILTER (WHERE hospital_days > 50) AS p0 FROM cases", "hospital_days is aggregate"),
+    (
+        "SELECT b AS g0, count(1) AS p0 FROM (SELECT hospital_days / 10 AS b FROM cases) GROUP BY b",
+        "hospital_days is aggregate",
+    ),
+    (
+        "SELECT d AS g0, count(1) AS p0 FROM (SELECT CAST(hospital_days AS VARCHAR) AS d FROM cases) GROUP BY d",
+        "hospital_days is aggregate",
+    ),
+    // A filter column as a key or inside an aggregate.
+    ("SELECT onset_date AS g0, count(1) AS p0 FROM cases GROUP BY onset_date", "onset_date is filter"),
+    ("SELECT max(onset_date) AS p0 FROM cases", "onset_date is filter"),
+    ("SELECT min(onset_date) AS p0 FROM cases WHERE region = 'NO'", "onset_date is filter"),
+    ("SELECT count(onset_date) AS p0 FROM cases", "onset_date is filter"),
+    (
+        "SELECT m AS g0, count(1) AS p0 FROM (SELECT date_part('month', onset_date) AS m FROM cases) GROUP BY m",
+        "onset_date is filter",
+    ),
+    (
+        "SELECT sum(CASE WHEN onset_date = DATE '2022-01-08' THEN hospital_days END) AS p0 FROM cases",
+        "onset_date is filter",
+    ),
+    // MIN and MAX of personal data, which this policy does not allow.
+    ("SELECT max(hospital_days) AS p0 FROM cases", "MIN and MAX of hospital_days"),
+    (
+        "SELECT region AS g0, min(hospital_days) AS p0 FROM cases GROUP BY region",
+        "MIN and MAX of hospital_days",
+    ),
+    ("SELECT max(region) AS p0 FROM cases", "MIN and MAX of region"),
+    // Conditions inside an aggregate that pick people out of a group.
+    (
+        "SELECT region AS g0, sum(CASE WHEN sex = 'F' THEN hospital_days ELSE 0 END) AS p0 FROM cases GROUP BY region",
+        "takes one column as it is",
+    ),
+    (
+        "SELECT sum(CASE WHEN hospital_days > 50 THEN 1 ELSE 0 END) AS p0 FROM cases",
+        "takes one column as it is",
+    ),
+    (
+        "SELECT sum(hospital_days * (CASE WHEN age_band = '90+' THEN 1 ELSE 0 END)) AS p0 FROM cases",
+        "takes one column as it is",
+    ),
+    ("SELECT count(nullif(region, 'NO')) AS p0 FROM cases", "takes one column as it is"),
+    ("SELECT sum(coalesce(hospital_days, 0) + length(sex)) AS p0 FROM cases", "takes one column as it is"),
+    // Columns the policy does not name, aliases of hidden columns, and row reads through CTEs.
+    (
+        "WITH t AS (SELECT case_id AS region FROM cases) SELECT region AS g0, count(1) AS p0 FROM t GROUP BY region",
+        "case_id is hidden",
+    ),
+    (
+        "WITH t AS (SELECT region, hospital_days FROM cases WHERE region = 'XS') SELECT region, hospital_days FROM t",
+        "cannot be output",
+    ),
+];
+
+#[test]
+fn hostile_subqueries_are_refused_for_the_right_reason() {
+    for (sql, needle) in REFUSED {
+        match run(EXACT, sql) {
+            Err(QueryError::Policy(why)) => {
+                assert!(why.contains(needle), "{sql}\n  refused for {why:?}, expected {needle:?}")
+            }
+            Err(QueryError::SubqueryRefused(why)) => {
+                assert!(
+                    why.contains(needle),
+                    "{sql}\n  refused by the shape check: {why:?}, expected {needle:?}"
+                )
+            }
+            other => panic!("{sql}\n  must be refused ({needle}), got {other:?}"),
+        }
+    }
+}
+
+/// Hostile or careless sub-queries that may run, but only release groups of at least ten
+/// people: (sql, group keys as in the raw data, WHERE as in the raw data).
+const NARROWED: &[(&str, &str, &str)] = &[
+    ("SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY region", "region", "true"),
+    (
+        "SELECT region AS g0, age_band AS g1, count(1) AS p0 FROM cases GROUP BY region, age_band",
+        "region, age_band",
+        "true",
+    ),
+    (
+        "SELECT region AS g0, age_band AS g1, sex AS g2, outcome AS g3, count(1) AS p0 FROM cases GROUP BY region, age_band, sex, outcome",
+        "region, age_band, sex, outcome",
+        "true",
+    ),
+    ("SELECT count(1) AS p0, sum(hospital_days) AS p1 FROM cases WHERE region = 'XS'", "", "region = 'XS'"),
+    ("SELECT sum(hospital_days) AS p0 FROM cases WHERE age_band = '90+'", "", "age_band = '90+'"),
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE onset_date = DATE '2022-01-08'",
+        "",
+        "onset_date = DATE '2022-01-08'",
+    ),
+    (
+        "SELECT sum(hospital_days) AS p0 FROM cases WHERE region = 'NO' AND age_band = '90+' AND sex = 'M'",
+        "",
+        "region = 'NO' AND age_band = '90+' AND sex = 'M'",
+    ),
+    (
+        "SELECT region AS g0, sum(hospital_days) AS p0 FROM cases WHERE onset_date > DATE '2022-02-25' GROUP BY region",
+        "region",
+        "onset_date > DATE '2022-02-25'",
+    ),
+    (
+        "SELECT outcome AS g0, count(hospital_days) AS p0 FROM cases WHERE sex = 'F' AND region = 'XS' GROUP BY outcome",
+        "outcome",
+        "sex = 'F' AND region = 'XS'",
+    ),
+    (
+        "SELECT age_band AS g0, count(1) AS p0 FROM cases WHERE region IN ('NO', 'XS') GROUP BY age_band",
+        "age_band",
+        "region IN ('NO', 'XS')",
+    ),
+    (
+        "SELECT region AS g0, count(1) AS p0 FROM cases WHERE region <> 'NO' OR age_band = '90+' GROUP BY region",
+        "region",
+        "region <> 'NO' OR age_band = '90+'",
+    ),
+    ("SELECT upper(region) AS g0, count(1) AS p0 FROM cases GROUP BY upper(region)", "upper(region)", "true"),
+    (
+        "SELECT s AS g0, count(1) AS p0 FROM (SELECT substr(age_band, 1, 1) AS s FROM cases) GROUP BY s",
+        "substr(age_band, 1, 1)",
+        "true",
+    ),
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE onset_date BETWEEN DATE '2022-01-01' AND DATE '2022-01-02'",
+        "",
+        "onset_date BETWEEN DATE '2022-01-01' AND DATE '2022-01-02'",
+    ),
+    ("SELECT sex AS g0, count(1) AS p0 FROM cases WHERE region = 'XS' GROUP BY sex", "sex", "region = 'XS'"),
+];
+
+#[test]
+fn releases_stand_for_at_least_ten_people() {
+    for (sql, keys, filter) in NARROWED {
+        let answer = run(EXACT, sql).unwrap_or_else(|e| panic!("{sql}\n  must run: {e}"));
+        let raw = raw_units(keys, filter);
+        let nkeys = if keys.is_empty() { 0 } else { keys.split(", ").count() };
+        let released = released_keys(&answer, nkeys);
+        for k in &released {
+            let n = raw.get(k).copied().unwrap_or(0);
+            assert!(n >= 10, "{sql}\n  released group {k:?} of {n} people");
+        }
+        let small = raw.values().filter(|n| **n < 10).count() as u64;
+        let large = raw.values().filter(|n| **n >= 10).count() as u64;
+        assert_eq!(answer.report.groups_suppressed, small, "{sql}: suppressed groups are counted");
+        assert_eq!(released.len() as u64, large, "{sql}: every large enough group is released");
+    }
+}
+
+#[test]
+fn an_aggregate_filter_clause_cannot_narrow_a_group() {
+    // Every region has many people, but only the three in XS are F and 20-39 and deceased.
+    let sql = "SELECT region AS g0, count(1) AS p0, count(1) FILTER (WHERE age_band = '90+') AS p1 FROM cases GROUP BY region";
+    let answer = run(EXACT, sql).expect("runs");
+    let keys = released_keys(&answer, 1);
+    assert!(!keys.contains(&"NO".to_owned()), "NO's 90+ group holds one person: {keys:?}");
+    assert!(answer.report.groups_suppressed >= 1);
+}
+
+#[test]
+fn exact_answers_are_exact_where_they_are_released() {
+    let answer = run(
+        EXACT,
+        "SELECT region AS g0, count(1) AS p0, sum(hospital_days) AS p1 FROM cases GROUP BY region",
+    )
+    .expect("runs");
+    let mut got: BTreeMap<String, i64> = BTreeMap::new();
+    for b in &answer.batches {
+        let keys = b.column(0).as_any().downcast_ref::<StringArray>().expect("keys");
+        let counts = b.column(1).as_any().downcast_ref::<Int64Array>().expect("counts");
+        for i in 0..b.num_rows() {
+            got.insert(keys.value(i).to_owned(), counts.value(i));
+        }
+    }
+    assert_eq!(got.get("NO"), Some(&151));
+    assert_eq!(got.get("SO"), Some(&150));
+    assert!(!got.contains_key("XS"));
+}
+
+#[test]
+fn noisy_releases_follow_their_noise_scale() {
+    let answer =
+        run(NOISY, "SELECT sex AS g0, count(1) AS p0, sum(hospital_days) AS p1 FROM cases GROUP BY sex")
+            .expect("runs");
+    assert_eq!(answer.report.mechanism.as_deref(), Some("zcdp"));
+    let scales: BTreeMap<String, f64> = answer.report.noise_scale.iter().cloned().collect();
+    // Two noisy aggregates share rho = 0.005: sigma = sqrt(1 / (2 * 0.0025)) ~ 14.1 for a count.
+    let count_sigma = scales["p0"];
+    assert!((count_sigma - (1.0f64 / 0.005).sqrt()).abs() < 1e-6, "{count_sigma}");
+    assert!((scales["p1"] - 60.0 * count_sigma).abs() < 1e-6);
+    let b = &answer.batches[0];
+    let keys = b.column(0).as_any().downcast_ref::<StringArray>().expect("keys");
+    let counts = b.column(1).as_any().downcast_ref::<Int64Array>().expect("counts");
+    for i in 0..b.num_rows() {
+        let exact = if keys.value(i) == "F" { 203 } else { 401 };
+        // Six sigma: fails by chance with probability under 2e-9 per value.
+        assert!(
+            (counts.value(i) - exact).abs() as f64 <= 6.0 * count_sigma,
+            "{} {}",
+            keys.value(i),
+            counts.value(i)
+        );
+    }
+}
+
+#[test]
+fn differential_privacy_refuses_what_its_noise_cannot_cover() {
+    for (sql, needle) in [
+        ("SELECT max(hospital_days) AS p0 FROM cases", "never released under differential privacy"),
+        ("SELECT count(DISTINCT region) AS p0 FROM cases", "DISTINCT"),
+        ("SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY region", "count"),
+    ] {
+        match run(NOISY, sql) {
+            Ok(a) if needle == "count" => {
+                // Region has no public key set: groups pass only a noisy threshold.
+                assert!(released_keys(&a, 1).iter().all(|k| k != "XS"), "{sql}");
+            }
+            Err(QueryError::Policy(why)) => assert!(why.contains(needle), "{sql}: {why}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_owner_itself_is_bound_by_no_rule() {
+    let mut r = rules(EXACT);
+    r.own = true;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let a = rt
+        .block_on(run_subquery(
+            "cases",
+            table(),
+            "SELECT case_id, region FROM cases",
+            &r,
+            &Default::default(),
+        ))
+        .expect("own rows");
+    assert_eq!(a.groups_released, 604);
+    assert!(a.batches[0].column(0).null_count() == 0);
+}
