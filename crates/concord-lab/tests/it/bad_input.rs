@@ -27,7 +27,7 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
     let (code, msg) = refusal(q("SELECT count(nope) FROM cases").await.expect_err("unknown column"));
     assert!(code == "invalid_query" && msg.contains("nope"), "{msg}");
     let (code, msg) = refusal(q("SELECT region FROM cases").await.expect_err("raw rows"));
-    assert!(code == "query_refused" && msg.contains("raw rows"), "{msg}");
+    assert!(code == "policy_refused" && msg.contains("read_rows") && msg.contains("What works"), "{msg}");
     let (code, msg) = refusal(q("SELECT count(DISTINCT region) FROM cases").await.expect_err("distinct"));
     assert!(code == "query_refused" && msg.contains("DISTINCT"), "{msg}");
 

@@ -131,9 +131,22 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     let resp = to_bravo(&fed, &alpha_keys, tampered.into_bytes()).await.expect("sent");
     expect_refusal(resp, 401, "bad_signature");
 
-    // Replay.
+    // Replay of a release: the same bytes and receipt again, not a new access.
     let note = request("alpha", "bravo").sign(&alpha).expect("sign").to_bytes();
-    assert_eq!(to_bravo(&fed, &alpha_keys, note.clone()).await.expect("sent").status, 200);
+    let first = to_bravo(&fed, &alpha_keys, note.clone()).await.expect("sent");
+    assert_eq!(first.status, 200);
+    let again = to_bravo(&fed, &alpha_keys, note).await.expect("sent");
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        (again.body, again.headers.get("concord-receipt")),
+        (first.body, first.headers.get("concord-receipt"))
+    );
+    // Replay of a refusal: refused as a replay.
+    let mut r = request("alpha", "bravo");
+    r.sql = "SELECT region AS g0 FROM cases".into();
+    let note = r.sign(&alpha).expect("sign").to_bytes();
+    let resp = to_bravo(&fed, &alpha_keys, note.clone()).await.expect("sent");
+    expect_refusal(resp, 403, "policy_refused");
     let resp = to_bravo(&fed, &alpha_keys, note).await.expect("sent");
     expect_refusal(resp, 409, "replayed_request");
 
@@ -157,9 +170,10 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     let resp = to_bravo(&fed, &alpha_keys, vec![b'x'; 600 * 1024]).await.expect("sent");
     assert_eq!(resp.status, 413);
 
-    // A sub-query that is not a partial aggregate, correctly signed: the owner's check refuses it.
+    // A sub-query that is neither a partial aggregate nor a row read, correctly signed: the
+    // owner's check refuses it.
     let mut r = request("alpha", "bravo");
-    r.sql = "SELECT region AS g0 FROM cases".into();
+    r.sql = "SELECT count(1) + 1 AS p0 FROM cases".into();
     let resp = to_bravo(&fed, &alpha_keys, r.sign(&alpha).expect("sign").to_bytes()).await.expect("sent");
     expect_refusal(resp, 400, "subquery_refused");
 

@@ -57,6 +57,13 @@ impl Node {
         };
         let rule = match d.policy.decide(&self.cfg.member, ask.dataset, action, &ctx, &baseline) {
             Decision::Allow { by } => by,
+            Decision::Deny { reason } if action == concord_policy::Action::ReadRows => {
+                return Err(NodeError::PolicyRefused(format!(
+                    "{reason}. The query reads rows of {}. What works: aggregates (COUNT, SUM, AVG, MIN, MAX) \
+                     with WHERE and GROUP BY, and any SQL over their results",
+                    ask.dataset
+                )));
+            }
             Decision::Deny { reason } => return Err(NodeError::PolicyRefused(reason)),
         };
         let own = ask.requester == self.cfg.member;

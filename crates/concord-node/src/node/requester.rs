@@ -377,7 +377,8 @@ impl OwnerClient for PeerOwners {
                 QueryError::Unreachable { member, reason: message }
             }
             NodeError::Peer { member, code, message } if code == "policy_refused" => {
-                QueryError::Policy(format!("{member}: {message}"))
+                let why = message.strip_prefix("refused by policy: ").unwrap_or(&message);
+                QueryError::Policy(format!("{member}: {why}"))
             }
             NodeError::PolicyRefused(reason) => QueryError::Policy(format!("{}: {reason}", part.owner)),
             NodeError::Peer { member, code, message } => {

@@ -170,7 +170,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert!(table.contains("| north  | 3 | 13 |") && table.contains("provenance:"), "{table}");
 
     let err = fails(&["query", "--node", &url, "--token", &token, "SELECT * FROM cases"], d);
-    assert!(err.starts_with("error: ") && err.contains("raw rows"), "{err}");
+    assert!(err.starts_with("error: ") && err.contains("read_rows") && err.contains("What works"), "{err}");
     let err = fails(&["query", "--node", &url, "--token", "concord_wrong", sql], d);
     assert!(err.contains("unknown token"), "{err}");
 
