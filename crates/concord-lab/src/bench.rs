@@ -1,6 +1,8 @@
 //! `concord bench federated`: a GROUP BY aggregate over rows split across three members,
 //! federated through the real protocol (local API, signed requests, mutual TLS, receipts) and
-//! the same SQL over the pooled data in one DataFusion context, in the same run.
+//! the same SQL over the pooled data in one DataFusion context, in the same run; then the same
+//! federated query over the same files with and without the sample kind of usage policy
+//! (column modes, minimum group size, differential privacy), and the owner's policy check alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +33,27 @@ pub struct BenchReport {
     pub groups: usize,
     pub pooled: Vec<Duration>,
     pub federated: Vec<Duration>,
+    /// [`POLICY_SQL`] federated over datasets under the default policy.
+    pub without_policy: Vec<Duration>,
+    /// [`POLICY_SQL`] federated over the same files under the benchmark's usage policy.
+    pub with_policy: Vec<Duration>,
+    /// The owner's policy check of one sub-query (re-plan, decide, modes and release rules).
+    pub policy_check: Vec<Duration>,
+}
+
+/// The query timed with and without a usage policy (MIN and MAX are never released under
+/// differential privacy, so it has neither).
+pub const POLICY_SQL: &str =
+    "SELECT region, count(*) AS n, sum(amount) AS total, avg(amount) AS mean FROM TABLE GROUP BY region";
+
+/// The benchmark's usage policy of `events_dp`.
+pub const EVENTS_POLICY: &str = include_str!("sample/events_dp.policy.toml");
+
+pub fn percentile(v: &[Duration], p: f64) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s.get(i).copied().unwrap_or_default()
 }
 
 pub const BENCH_SQL: &str = "SELECT region, count(*) AS n, sum(amount) AS total, avg(amount) AS mean, min(qty) AS lo, max(qty) AS hi FROM events GROUP BY region";
@@ -51,6 +74,10 @@ impl BenchReport {
     pub fn ratio(&self) -> f64 {
         self.federated_median().as_secs_f64() / self.pooled_median().as_secs_f64().max(1e-9)
     }
+    /// Time with the policy over time without: the overhead of modes, groups and noise.
+    pub fn policy_ratio(&self) -> f64 {
+        median(&self.with_policy).as_secs_f64() / median(&self.without_policy).as_secs_f64().max(1e-9)
+    }
 }
 
 fn write_events(path: &Path, rows: usize, seed: u64) -> Result<(), NodeError> {
@@ -58,6 +85,7 @@ fn write_events(path: &Path, rows: usize, seed: u64) -> Result<(), NodeError> {
         Field::new("region", DataType::Utf8, false),
         Field::new("amount", DataType::Float64, true),
         Field::new("qty", DataType::Int64, true),
+        Field::new("person", DataType::Int64, false),
     ]));
     let regions: Vec<String> = (0..60).map(|i| format!("region-{i:02}")).collect();
     let file = std::fs::File::create(path).map_err(|e| NodeError::io(path, e))?;
@@ -66,6 +94,7 @@ fn write_events(path: &Path, rows: usize, seed: u64) -> Result<(), NodeError> {
     let mut w = ArrowWriter::try_new(file, schema.clone(), None).map_err(pq)?;
     let mut rng = SplitMix::new(seed);
     let mut left = rows;
+    let mut person = (seed as i64) * 1_000_000_000;
     while left > 0 {
         let n = left.min(65_536);
         left -= n;
@@ -73,9 +102,13 @@ fn write_events(path: &Path, rows: usize, seed: u64) -> Result<(), NodeError> {
         let amount: Float64Array =
             (0..n).map(|_| Some((rng.unit() * 1000.0 * 100.0).round() / 100.0)).collect();
         let qty: Int64Array = (0..n).map(|_| Some(rng.below(500) as i64)).collect();
-        let batch =
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(region), Arc::new(amount), Arc::new(qty)])
-                .map_err(|e| NodeError::Config(e.to_string()))?;
+        let people: Int64Array = (0..n as i64).map(|k| Some(person + k)).collect();
+        person += n as i64;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(region), Arc::new(amount), Arc::new(qty), Arc::new(people)],
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
         w.write(&batch).map_err(pq)?;
     }
     w.close().map_err(pq)?;
@@ -111,10 +144,20 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
             SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false },
             SchemaColumn { name: "amount".into(), ty: ColumnType::Float64, personal: false },
             SchemaColumn { name: "qty".into(), ty: ColumnType::Int64, personal: false },
+            SchemaColumn { name: "person".into(), ty: ColumnType::Int64, personal: true },
         ],
     };
+    let private = SharedSchema { name: "events_dp".into(), ..schema.clone() };
     progress("setting up the federation");
-    let members = setup(&opts.dir, "bench", &specs, vec![schema], opts.port_base).await?;
+    let members = setup(&opts.dir, "bench", &specs, vec![schema, private], opts.port_base).await?;
+    // The same files once more, as events_dp under the benchmark's usage policy.
+    let policy_file = opts.dir.join("events_dp.policy.toml");
+    std::fs::write(&policy_file, EVENTS_POLICY).map_err(|e| NodeError::io(&policy_file, e))?;
+    for (m, file) in members.iter().zip(&files) {
+        let nd = concord_node::store::config::NodeDir::new(&m.dir);
+        concord_node::node::admin::dataset_add(&nd, "events_dp", file, Some("events_dp"), Some("*")).await?;
+        concord_node::node::admin::policy_set(&nd, "events_dp", &policy_file)?;
+    }
     let nodes = start_all(&members).await?;
     let pooled = SessionContext::new();
     let paths: Vec<String> = files.iter().filter_map(|p| p.to_str().map(String::from)).collect();
@@ -124,8 +167,15 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
         .map_err(concord_query::QueryError::plan)?;
     pooled.register_table("events", df.into_view()).map_err(concord_query::QueryError::plan)?;
     let first = &members[0];
-    let mut report =
-        BenchReport { rows: opts.rows / 3 * 3, groups: 0, pooled: Vec::new(), federated: Vec::new() };
+    let mut report = BenchReport {
+        rows: opts.rows / 3 * 3,
+        groups: 0,
+        pooled: Vec::new(),
+        federated: Vec::new(),
+        without_policy: Vec::new(),
+        with_policy: Vec::new(),
+        policy_check: Vec::new(),
+    };
     let result = async {
         // One warm-up of each, then alternate so that both see the same machine state.
         for i in 0..=opts.iterations {
@@ -147,12 +197,33 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
                 )));
             }
             report.groups = groups;
+            // The same federated query with and without the usage policy, over the same files.
+            let t = Instant::now();
+            api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", "events")).await?;
+            let t_plain = t.elapsed();
+            settle(&nodes).await?;
+            let t = Instant::now();
+            let noisy = api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", "events_dp")).await?;
+            let t_policy = t.elapsed();
+            settle(&nodes).await?;
+            if !noisy.provenance.iter().any(|c| c.release.mechanism.is_some()) {
+                return Err(NodeError::Config("the run with the policy added no noise".into()));
+            }
             if i > 0 {
-                progress(&format!("run {i}: pooled {:.1} ms, federated {:.1} ms", ms(tp), ms(tf)));
+                progress(&format!(
+                    "run {i}: pooled {:.1} ms, federated {:.1} ms; without policy {:.1} ms, with policy {:.1} ms",
+                    ms(tp),
+                    ms(tf),
+                    ms(t_plain),
+                    ms(t_policy)
+                ));
                 report.pooled.push(tp);
                 report.federated.push(tf);
+                report.without_policy.push(t_plain);
+                report.with_policy.push(t_policy);
             }
         }
+        report.policy_check = policy_check(&files[1], &opts.dir).await?;
         Ok::<_, NodeError>(())
     }
     .await;
@@ -161,6 +232,58 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
     }
     result?;
     Ok(report)
+}
+
+/// The owner's check of one sub-query as bravo gets it from alpha, timed 1000 times: re-plan
+/// against the dataset, the shape check, the policy's decision (baseline and Cedar), column
+/// modes and release rules. Nothing runs.
+async fn policy_check(file: &Path, dir: &Path) -> Result<Vec<Duration>, NodeError> {
+    use concord_query::release::{Rules, check};
+    let policy = Arc::new(concord_policy_of(EVENTS_POLICY, dir)?);
+    let table =
+        concord_query::dataset::open("events_dp", file, concord_query::dataset::DatasetFormat::Parquet, None)
+            .await?;
+    let ctx = SessionContext::new();
+    let fed = concord_query::FederatedTable {
+        display: "events_dp".into(),
+        schema: table.schema(),
+        parts: vec![concord_query::Part { owner: "bravo".into(), dataset: "events_dp".into() }],
+        shared: false,
+        unreachable: vec![],
+    };
+    ctx.register_table("events_dp", Arc::new(fed)).map_err(concord_query::QueryError::plan)?;
+    let (_, planned) =
+        concord_query::federate::plan_subqueries(&ctx, &POLICY_SQL.replace("TABLE", "events_dp")).await?;
+    let sql = planned.first().map(|p| p.sql.clone()).unwrap_or_default();
+    let access = concord_policy::AccessContext {
+        requester: "alpha".into(),
+        purpose: "analysis".into(),
+        grants: vec![],
+        charter_version: 1,
+    };
+    let mut times = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        let sub = concord_query::owner::parse_subquery("events_dp", table.clone(), &sql).await?;
+        let d =
+            policy.decide("bravo", "events_dp", sub.action(), &access, &concord_policy::Baseline::default());
+        if !d.is_allowed() {
+            return Err(NodeError::Config(format!("the benchmark's sub-query is refused: {d:?}")));
+        }
+        let rules = Rules {
+            policy: policy.clone(),
+            baseline: concord_policy::Baseline::default(),
+            own: false,
+            unit_is_row: true,
+        };
+        check(sub, rules)?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}
+
+fn concord_policy_of(text: &str, dir: &Path) -> Result<concord_policy::Policy, NodeError> {
+    Ok(concord_policy::Policy::parse(text, &dir.join("events_dp.policy.toml").display().to_string())?)
 }
 
 /// Waits until every node published a checkpoint of all its entries.
@@ -200,14 +323,6 @@ pub struct LogBenchReport {
     pub proofs: Vec<(u64, usize, Duration, Duration)>,
 }
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Durable appends with `writers` concurrent writers, `total` appends in all.
 async fn appends(
     dir: &Path,
@@ -241,7 +356,7 @@ async fn appends(
     }
     let secs = start.elapsed().as_secs_f64();
     let n = lat.len();
-    Ok((writers, n, n as f64 / secs, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)))
+    Ok((writers, n, n as f64 / secs, percentile(&lat, 0.5), percentile(&lat, 0.99)))
 }
 
 /// One fsync'd SQLite transaction per entry, same settings as the log: the floor a durable log
@@ -308,7 +423,7 @@ fn proofs(dir: &Path, leaves: u64, samples: usize) -> Result<(u64, usize, Durati
         let proof: Vec<Vec<u8>> = proof.iter().map(|h| h.to_vec()).collect();
         verify_inclusion(index, leaves, &leaf_hash(&index.to_be_bytes()), &proof, &root)?;
     }
-    Ok((leaves, samples, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99)))
+    Ok((leaves, samples, percentile(&lat, 0.5), percentile(&lat, 0.99)))
 }
 
 /// Time from an append to a published checkpoint cosigned by both witnesses.
@@ -391,9 +506,9 @@ pub async fn log(
 
 impl LogBenchReport {
     pub fn cosigned_p50(&self) -> Duration {
-        percentile(&mut self.cosigned.clone(), 0.5)
+        percentile(&self.cosigned, 0.5)
     }
     pub fn cosigned_p99(&self) -> Duration {
-        percentile(&mut self.cosigned.clone(), 0.99)
+        percentile(&self.cosigned, 0.99)
     }
 }

@@ -557,13 +557,134 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
                 m.local_url, m.analyst_token, q
             ));
         }
-        s.push_str("\nRaw rows are refused, for example: SELECT * FROM health_cases\n");
+        s.push_str(&format!(
+            "\nSee what a policy would release, rule by rule, as {}'s steward (nothing runs):\n  \
+             concord policy test --node {} --token {} --as {} health_cases \"SELECT region, count(*) FROM health_cases GROUP BY region\"\n",
+            file.members.get(1).map(|b| b.id.as_str()).unwrap_or("a member"),
+            file.members.get(1).map(|b| b.local_url.as_str()).unwrap_or(""),
+            file.members.get(1).map(|b| b.steward_token.as_str()).unwrap_or(""),
+            m.id
+        ));
         s.push_str(&format!(
             "\nAudit every member's log as an auditor of {}:\n  concord audit --node {} --token {} --all\n",
             m.id, m.local_url, m.auditor_token
         ));
     }
     s.push_str("\nPress Ctrl-C to stop every node.\n");
+    s
+}
+
+/// The sample demo's policies at work, run live as alpha's analyst and bravo's steward: a noisy
+/// answer with its provenance, a suppressed group, a refusal with its reason, and an access
+/// request approved by a steward. Each step says what it ran.
+pub async fn showcase(file: &DemoFile) -> String {
+    let (Some(alpha), Some(bravo)) = (file.members.first(), file.members.get(1)) else {
+        return String::new();
+    };
+    let mut s = String::from("\nThe sample policies at work (run just now):\n");
+    let show = |title: &str, sql: &str, r: Result<ApiResult, NodeError>| {
+        let mut out = format!("\n{title}\n  {sql}\n");
+        match r {
+            Ok(a) => {
+                let rows = concord_query::compare::cells(&a.batches).unwrap_or_default();
+                for row in rows.iter().take(4) {
+                    out.push_str(&format!("  {row:?}\n"));
+                }
+                if rows.len() > 4 {
+                    out.push_str(&format!("  ... {} rows\n", rows.len()));
+                }
+                for c in &a.provenance {
+                    let r = &c.release;
+                    let noise = r
+                        .noise_scale
+                        .iter()
+                        .map(|(col, sc)| format!("{col} ±{sc:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    out.push_str(&format!(
+                        "  from {}: {} groups, {} suppressed{}{}\n",
+                        c.member,
+                        c.groups_released,
+                        r.groups_suppressed,
+                        r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),
+                        r.budget
+                            .as_ref()
+                            .map(|b| format!(
+                                ", {} {} spent, {} left",
+                                b.parameter, b.charged, b.requester_remaining
+                            ))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            Err(e) => out.push_str(&format!("  refused: {e}\n")),
+        }
+        out
+    };
+    let noisy = "SELECT age_band, count(*) AS n, sum(hospital_days) AS days FROM health_cases GROUP BY age_band ORDER BY age_band";
+    s.push_str(&show(
+        "A noisy answer with its provenance:",
+        noisy,
+        api_query(&alpha.local_url, &alpha.analyst_token, noisy).await,
+    ));
+    let small = "SELECT region, age_band, outcome, count(*) AS n FROM bravo.health_cases WHERE outcome = 'deceased' GROUP BY region, age_band, outcome";
+    s.push_str(&show(
+        "Groups of fewer than ten people are suppressed and counted, never named:",
+        small,
+        api_query(&alpha.local_url, &alpha.analyst_token, small).await,
+    ));
+    let refused =
+        "SELECT case_id, region, max(hospital_days) FROM bravo.health_cases GROUP BY case_id, region";
+    s.push_str(&show(
+        "A refusal with its reason:",
+        refused,
+        api_query(&alpha.local_url, &alpha.analyst_token, refused).await,
+    ));
+    let ask = serde_json::json!({
+        "dataset": format!("{}.health_cases", bravo.id), "actions": ["aggregate"],
+        "purpose": "influenza study", "legal_basis": "public health act, art. 12", "days": 30
+    });
+    let filed = concord_node::net::client::local_call(
+        &alpha.local_url,
+        "POST",
+        "/v1/access/requests",
+        Some(&alpha.analyst_token),
+        Some(&ask),
+    )
+    .await;
+    let id = filed
+        .ok()
+        .filter(|r| r.status == 200)
+        .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .and_then(|v| v["id"].as_str().map(str::to_owned));
+    match id {
+        Some(id) => {
+            let approved = concord_node::net::client::local_call(
+                &bravo.local_url,
+                "POST",
+                &format!("/v1/access/requests/{id}/approve"),
+                Some(&bravo.steward_token),
+                Some(&serde_json::json!({"days": 30})),
+            )
+            .await
+            .is_ok_and(|r| r.status == 200);
+            s.push_str(&format!(
+                "\nAn access request, filed by {a}'s analyst and {verdict} by {b}'s steward:\n  \
+                 concord access request --node {al} --token {at} --dataset {b}.health_cases --action aggregate \\\n    \
+                 --purpose \"influenza study\" --legal-basis \"public health act, art. 12\"\n  \
+                 concord access approve --node {bl} --token {bt} {id}\n  \
+                 (queries with --purpose \"influenza study\" now show grant {id} in their provenance)\n",
+                a = alpha.id,
+                b = bravo.id,
+                al = alpha.local_url,
+                at = alpha.analyst_token,
+                bl = bravo.local_url,
+                bt = bravo.steward_token,
+                verdict = if approved { "approved" } else { "NOT approved" },
+            ));
+        }
+        None => s.push_str("\nThe access request could not be filed; see the nodes' output.\n"),
+    }
     s
 }
 

@@ -88,6 +88,8 @@ pub enum Use {
     GroupKey,
     /// WHERE, or an aggregate's FILTER clause.
     Filter,
+    /// WHERE of a row read: it picks which rows are released.
+    RowFilter,
     /// Inside the argument of COUNT, SUM or AVG.
     Aggregated,
     /// Inside the argument of MIN or MAX.
@@ -100,6 +102,7 @@ impl Use {
             Self::Output => "output as a row value",
             Self::GroupKey => "used as a group key",
             Self::Filter => "used in a filter",
+            Self::RowFilter => "used to pick released rows",
             Self::Aggregated => "aggregated",
             Self::Extreme => "inside MIN or MAX",
         }
@@ -111,7 +114,7 @@ impl ColumnMode {
     pub fn permits(self, use_: Use) -> bool {
         match self {
             Self::Plain => true,
-            Self::Group => !matches!(use_, Use::Output),
+            Self::Group => !matches!(use_, Use::Output | Use::RowFilter),
             Self::Aggregate => matches!(use_, Use::Aggregated | Use::Extreme),
             Self::Filter => matches!(use_, Use::Filter),
             Self::Hidden => false,

@@ -34,7 +34,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::{greatest, least, random, round};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt as _, LogicalPlan, LogicalPlanBuilder, SortExpr, cast as cast_expr, col, lit, when,
@@ -194,8 +194,14 @@ impl Subquery {
                 out.push((c.name.clone(), u, place.to_owned()));
             }
         };
+        // A filter of released rows says something of every row it keeps or drops: only
+        // plain columns may pick rows.
+        let where_use = match self.shape {
+            Shape::Aggregate { .. } => Use::Filter,
+            Shape::Rows { .. } => Use::RowFilter,
+        };
         for f in &self.filters {
-            add(f, Use::Filter, "WHERE");
+            add(f, where_use, "WHERE");
         }
         match &self.shape {
             Shape::Aggregate { groups, aggs, .. } => {
@@ -494,6 +500,38 @@ fn privacy_plan(
     })
 }
 
+/// Whether every privacy unit of `table` has exactly one row (no unit null, none repeated):
+/// then contributions are bounded by the data itself and groups count units as rows. One pass
+/// over the data; the owner keeps the answer while the file does not change.
+pub async fn unit_is_row(
+    dataset: &str,
+    table: Arc<dyn TableProvider>,
+    unit: &str,
+    limits: &ExecLimits,
+) -> Result<bool, QueryError> {
+    let ctx = crate::limits::session(limits)?;
+    let b = LogicalPlanBuilder::scan(TableReference::bare(dataset), provider_as_source(table), None)
+        .and_then(|b| {
+            b.aggregate(
+                Vec::<Expr>::new(),
+                vec![
+                    count(lit(1i64)).alias("n"),
+                    count_distinct(col(Column::new_unqualified(unit))).alias("u"),
+                ],
+            )
+        })
+        .and_then(LogicalPlanBuilder::build)
+        .map_err(QueryError::plan)?;
+    let (batches, _) = execute(&ctx, b, 1).await?;
+    let Some(batch) = batches.first() else { return Ok(false) };
+    let get = |i: usize| {
+        cast(batch.column(i), &DataType::Int64)
+            .ok()
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+    };
+    Ok(matches!((get(0), get(1)), (Some(n), Some(u)) if n == u))
+}
+
 /// Runs a checked release on `table` (registered as `dataset`) and applies its rules.
 pub async fn run(
     plan: &ReleasePlan,
@@ -554,14 +592,16 @@ fn rename(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBat
         .collect()
 }
 
-fn units_expr(plan: &ReleasePlan, filter: Option<&Expr>) -> Expr {
+/// Distinct privacy units of a group (rows, where each unit has one row or the data is not
+/// personal), under an aggregate's FILTER clause if it has one.
+fn units_expr(plan: &ReleasePlan, filter: Option<&Expr>) -> Result<Expr, QueryError> {
     let base = match &plan.rules.policy.personal {
-        Some(p) => count_distinct(col(Column::new_unqualified(&p.privacy_unit))),
-        None => count(lit(1i64)),
+        Some(p) if !plan.rules.unit_is_row => count_distinct(col(Column::new_unqualified(&p.privacy_unit))),
+        _ => count(lit(1i64)),
     };
     match filter {
-        Some(f) => base.filter(f.clone()).build().unwrap_or_else(|_| lit(0i64)),
-        None => base,
+        Some(f) => base.filter(f.clone()).build().map_err(QueryError::plan),
+        None => Ok(base),
     }
 }
 
@@ -590,7 +630,7 @@ async fn exact_aggregate(
         }
     }
     for (j, f) in unit_filters.iter().enumerate() {
-        agg_exprs.push(units_expr(plan, f.as_ref()).alias(format!("__units{j}")));
+        agg_exprs.push(units_expr(plan, f.as_ref())?.alias(format!("__units{j}")));
     }
     let group_exprs: Vec<Expr> =
         groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__g{i}"))).collect();
@@ -679,6 +719,8 @@ async fn private_aggregate(
     let linf = i64::from(privacy.max_rows_per_group);
     // One value per row and aggregate: 1 for a counted row, the clamped fixed-point value for a sum.
     let mut values = Vec::new();
+    // The same aggregates over rows directly, where each unit has one row.
+    let mut direct = Vec::new();
     let mut caps = Vec::new();
     for a in aggs {
         let counted = match (&a.arg, a.func) {
@@ -704,6 +746,10 @@ async fn private_aggregate(
                 (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
             }
         };
+        direct.push(match a.func {
+            AggFunc::Count => count(a.arg.clone().unwrap_or(lit(1i64))),
+            _ => sum(value.clone()),
+        });
         let v = match cond {
             Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
             None => value,
@@ -711,45 +757,37 @@ async fn private_aggregate(
         values.push(v);
         caps.push((lo, hi));
     }
-    let ng = groups.len();
-    let g = |i: usize| col(Column::new_unqualified(format!("__g{i}")));
-    let v = |j: usize| col(Column::new_unqualified(format!("__v{j}")));
-    let mut project: Vec<Expr> =
-        groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
-    project.push(col(Column::new_unqualified(&unit)).alias("__unit"));
-    project.extend(values.into_iter().enumerate().map(|(j, e)| e.alias(format!("__v{j}"))));
-    let mut b = b.project(project).map_err(QueryError::plan)?;
-    if !plan.rules.unit_is_row {
-        // Contributions of one unit to one group, each capped.
-        let keys: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
-        let sums: Vec<Expr> = (0..aggs.len()).map(|j| sum(v(j)).alias(format!("__v{j}"))).collect();
-        b = b.aggregate(keys, sums).map_err(QueryError::plan)?;
-        let mut capped: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
-        for (j, (lo, hi)) in caps.iter().enumerate() {
-            capped.push(least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]).alias(format!("__v{j}")));
+    // Every distinct FILTER clause narrows its aggregates' set: its units are counted too.
+    let mut clauses: Vec<Expr> = Vec::new();
+    for a in aggs {
+        if let Some(f) = &a.filter
+            && !clauses.contains(f)
+        {
+            clauses.push(f.clone());
         }
-        b = b.project(capped).map_err(QueryError::plan)?;
-        // At most max_groups_per_unit groups per unit, chosen at random.
-        let rank = row_number()
-            .partition_by(vec![col("__unit")])
-            .order_by(vec![SortExpr::new(random(), true, false)])
-            .build()
-            .map_err(QueryError::plan)?
-            .alias("__rank");
-        b = b.window(vec![rank]).map_err(QueryError::plan)?;
-        b = b
-            .filter(col("__rank").lt_eq(lit(i64::from(privacy.max_groups_per_unit))))
-            .map_err(QueryError::plan)?;
     }
-    let mut totals: Vec<Expr> = (0..aggs.len()).map(|j| sum(v(j)).alias(format!("__t{j}"))).collect();
-    totals.push(
-        if plan.rules.unit_is_row { count(lit(1i64)) } else { count_distinct(col("__unit")) }
-            .alias("__units"),
-    );
-    let built = b
-        .aggregate((0..ng).map(g).collect::<Vec<_>>(), totals)
-        .and_then(LogicalPlanBuilder::build)
-        .map_err(QueryError::plan)?;
+    let ng = groups.len();
+    let built = if plan.rules.unit_is_row {
+        // Each unit has one row, so it contributes once to one group: aggregate the rows as they
+        // are, the sums over clamped fixed-point values.
+        let filtered = |e: Expr, f: Option<&Expr>| match f {
+            Some(f) => e.filter(f.clone()).build().map_err(QueryError::plan),
+            None => Ok(e),
+        };
+        let mut totals = Vec::new();
+        for (j, (e, a)) in direct.into_iter().zip(aggs).enumerate() {
+            totals.push(filtered(e, a.filter.as_ref())?.alias(format!("__t{j}")));
+        }
+        totals.push(count(lit(1i64)).alias("__units"));
+        for (j, f) in clauses.iter().enumerate() {
+            totals.push(filtered(count(lit(1i64)), Some(f))?.alias(format!("__fu{j}")));
+        }
+        let keys: Vec<Expr> =
+            groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+        b.aggregate(keys, totals).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?
+    } else {
+        per_unit_plan(b, groups, values, &caps, &clauses, &unit, privacy.max_groups_per_unit)?
+    };
     let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
     let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
     let mut all = if batches.is_empty() {
@@ -759,13 +797,11 @@ async fn private_aggregate(
     };
     // A global aggregate over nothing still has its one group.
     if ng == 0 && all.as_ref().is_none_or(|b| b.num_rows() == 0) {
-        let mut cols: Vec<ArrayRef> =
-            (0..aggs.len()).map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef).collect();
-        cols.push(Arc::new(Int64Array::from(vec![0i64])));
-        let fields: Vec<Field> = (0..aggs.len())
-            .map(|j| Field::new(format!("__t{j}"), DataType::Int64, true))
-            .chain([Field::new("__units", DataType::Int64, false)])
-            .collect();
+        let width = aggs.len() + 1 + clauses.len();
+        let cols: Vec<ArrayRef> =
+            (0..width).map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef).collect();
+        let fields: Vec<Field> =
+            (0..width).map(|j| Field::new(format!("__c{j}"), DataType::Int64, true)).collect();
         all = Some(
             RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
                 .map_err(|e| QueryError::Execution(e.to_string()))?,
@@ -786,6 +822,8 @@ async fn private_aggregate(
             .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
     };
     let units = int(ng + aggs.len())?;
+    let clause_units: Vec<Int64Array> =
+        (0..clauses.len()).map(|j| int(ng + aggs.len() + 1 + j)).collect::<Result<_, _>>()?;
     let totals: Vec<Int64Array> = (0..aggs.len()).map(|j| int(ng + j)).collect::<Result<_, _>>()?;
     let count_index = plain_count(aggs);
     let mut keep = vec![true; all.num_rows()];
@@ -793,7 +831,11 @@ async fn private_aggregate(
     let mut suppressed = 0u64;
     let key_sets = &privacy.keys;
     for (r, keep_r) in keep.iter_mut().enumerate() {
-        let mut ok = plan.min_group_size.is_none_or(|k| (units.value(r).max(0) as u64) >= k);
+        let mut ok = plan.min_group_size.is_none_or(|k| {
+            std::iter::once(&units)
+                .chain(&clause_units)
+                .all(|u| !u.is_null(r) && (u.value(r).max(0) as u64) >= k)
+        });
         // Keys outside the public sets are never released.
         if ok && ng > 0 && dp.selection.is_none() {
             for (i, ge) in groups.iter().enumerate() {
@@ -875,6 +917,67 @@ async fn private_aggregate(
         ..Default::default()
     };
     Ok((vec![batch], report, scanned))
+}
+
+/// The plan that bounds contributions per privacy unit: per (group, unit) sums capped, at most
+/// `max_groups` groups per unit chosen at random, then totals per group.
+fn per_unit_plan(
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    values: Vec<Expr>,
+    caps: &[(i64, i64)],
+    clauses: &[Expr],
+    unit: &str,
+    max_groups: u32,
+) -> Result<LogicalPlan, QueryError> {
+    let ng = groups.len();
+    let naggs = values.len();
+    let g = |i: usize| col(Column::new_unqualified(format!("__g{i}")));
+    let v = |j: usize| col(Column::new_unqualified(format!("__v{j}")));
+    let fc = |j: usize| col(Column::new_unqualified(format!("__f{j}")));
+    let mut project: Vec<Expr> =
+        groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+    project.push(col(Column::new_unqualified(unit)).alias("__unit"));
+    project.extend(values.into_iter().enumerate().map(|(j, e)| e.alias(format!("__v{j}"))));
+    for (j, f) in clauses.iter().enumerate() {
+        project.push(
+            when(f.clone(), lit(1i64))
+                .otherwise(lit(0i64))
+                .map_err(QueryError::plan)?
+                .alias(format!("__f{j}")),
+        );
+    }
+    let mut b = b.project(project).map_err(QueryError::plan)?;
+    {
+        // Contributions of one unit to one group, each capped.
+        let keys: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
+        let sums: Vec<Expr> = (0..naggs)
+            .map(|j| sum(v(j)).alias(format!("__v{j}")))
+            .chain((0..clauses.len()).map(|j| max(fc(j)).alias(format!("__f{j}"))))
+            .collect();
+        b = b.aggregate(keys, sums).map_err(QueryError::plan)?;
+        let mut capped: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
+        for (j, (lo, hi)) in caps.iter().enumerate() {
+            capped.push(least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]).alias(format!("__v{j}")));
+        }
+        capped.extend((0..clauses.len()).map(fc));
+        b = b.project(capped).map_err(QueryError::plan)?;
+        // At most max_groups_per_unit groups per unit, chosen at random.
+        let rank = row_number()
+            .partition_by(vec![col("__unit")])
+            .order_by(vec![SortExpr::new(random(), true, false)])
+            .build()
+            .map_err(QueryError::plan)?
+            .alias("__rank");
+        b = b.window(vec![rank]).map_err(QueryError::plan)?;
+        b = b.filter(col("__rank").lt_eq(lit(i64::from(max_groups)))).map_err(QueryError::plan)?;
+    }
+    let mut totals: Vec<Expr> = (0..naggs).map(|j| sum(v(j)).alias(format!("__t{j}"))).collect();
+    totals.push(count_distinct(col("__unit")).alias("__units"));
+    totals.extend((0..clauses.len()).map(|j| sum(fc(j)).alias(format!("__fu{j}"))));
+    b.aggregate((0..ng).map(g).collect::<Vec<_>>(), totals)
+        .and_then(LogicalPlanBuilder::build)
+        .map_err(QueryError::plan)
 }
 
 /// Modes of a policy listed for explanations: `column: mode`.

@@ -435,6 +435,22 @@ async fn run(cli: Cli) -> Result<()> {
             println!("pooled    median {:>9.1} ms", bench::ms(report.pooled_median()));
             println!("federated median {:>9.1} ms", bench::ms(report.federated_median()));
             println!("ratio federated/pooled: {:.2}", report.ratio());
+            println!("with the usage policy: {}", bench::POLICY_SQL.replace("TABLE", "events_dp"));
+            println!(
+                "without policy median {:>9.1} ms",
+                bench::ms(bench::percentile(&report.without_policy, 0.5))
+            );
+            println!(
+                "with policy    median {:>9.1} ms",
+                bench::ms(bench::percentile(&report.with_policy, 0.5))
+            );
+            println!("ratio with/without policy (modes, minimum group, DP): {:.2}", report.policy_ratio());
+            println!(
+                "owner's policy check per sub-query: p50 {:.3} ms, p99 {:.3} ms over {}",
+                bench::ms(bench::percentile(&report.policy_check, 0.5)),
+                bench::ms(bench::percentile(&report.policy_check, 0.99)),
+                report.policy_check.len()
+            );
         }
         Command::Bench { command: BenchCommand::Log { dir, proof_sizes, port_base } } => {
             let r = bench::log(&dir, &proof_sizes, port_base, &|s| eprintln!("{s}")).await?;
@@ -769,6 +785,9 @@ async fn run_demo(dir: PathBuf, data: Option<PathBuf>, port_base: u16, smoke_onl
         demo::data_queries(&d.schemas)
     };
     println!("{}", demo::guide(&d.file, &queries));
+    if sample {
+        println!("{}", demo::showcase(&d.file).await);
+    }
     node::shutdown_signal().await;
     eprintln!("stopping the demo federation");
     d.stop().await;

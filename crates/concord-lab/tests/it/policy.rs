@@ -276,6 +276,40 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     .expect("age the grant");
     let (code, _) = refusal(&fed, "alpha", sql).await;
     assert_eq!(code, "policy_refused", "an expired grant serves nothing");
+
+    // Refused: a reason is needed, and a refused request cannot be approved afterwards.
+    let r = local_call(
+        &alpha.local_url,
+        "POST",
+        "/v1/access/requests",
+        Some(&alpha.analyst_token),
+        Some(&ask("bravo.cases")),
+    )
+    .await
+    .expect("sent");
+    let id3 = serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, _) =
+        steward(&fed, "bravo", "POST", &format!("/v1/access/requests/{id3}/refuse"), serde_json::json!({}))
+            .await;
+    assert_eq!(status, 400, "a refusal needs a reason");
+    let (status, refused) = steward(
+        &fed,
+        "bravo",
+        "POST",
+        &format!("/v1/access/requests/{id3}/refuse"),
+        serde_json::json!({"reason": "no legal basis for this purpose"}),
+    )
+    .await;
+    assert_eq!((status, refused["status"].as_str()), (200, Some("refused")), "{refused}");
+    let (status, _) =
+        steward(&fed, "bravo", "POST", &format!("/v1/access/requests/{id3}/approve"), serde_json::json!({}))
+            .await;
+    assert_eq!(status, 409);
+    let (code, _) = refusal(&fed, "alpha", sql).await;
+    assert_eq!(code, "policy_refused");
     fed.stop().await;
 }
 

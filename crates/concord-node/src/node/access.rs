@@ -24,6 +24,9 @@ use crate::store::state::{AccessRecord, DecisionRecord};
 
 /// Largest access-request or decision note.
 pub const MAX_ACCESS_NOTE: usize = 8 * 1024;
+/// Access requests one member may have pending with one owner: filing costs the owner a log
+/// entry, so it is bounded.
+pub const MAX_PENDING: usize = 100;
 /// Longest period one request may ask for, in days.
 pub const MAX_DAYS: u64 = 366;
 
@@ -182,6 +185,18 @@ impl Node {
         }
         if request.valid_until.saturating_sub(request.valid_from) > (MAX_DAYS as i64) * 86_400 {
             return Err(NodeError::BadRequest(format!("a request may ask for at most {MAX_DAYS} days")));
+        }
+        let pending = self
+            .state
+            .access_requests(now)?
+            .iter()
+            .filter(|r| r.direction == "in" && r.requester == request.requester && r.status == "pending")
+            .count();
+        if pending >= MAX_PENDING {
+            return Err(NodeError::Conflict(format!(
+                "{} already has {pending} access requests pending with {}; wait for decisions before filing more",
+                request.requester, self.cfg.member
+            )));
         }
         if !self.datasets().await?.map.contains_key(&request.dataset) {
             return Err(NodeError::NotFound(format!(

@@ -43,6 +43,42 @@ pub struct LoadedDataset {
     pub policy: Arc<Policy>,
     /// `Err` holds why the file cannot be read now; the node stays up and says so when asked.
     pub table: Result<Arc<dyn TableProvider>, String>,
+    /// Whether each privacy unit has one row, for the file as it was (length, modification
+    /// time) when that was found.
+    pub unit_rows: Mutex<Option<(FileStamp, bool)>>,
+}
+
+/// What identifies one version of a data file.
+pub type FileStamp = (u64, Option<std::time::SystemTime>);
+
+impl LoadedDataset {
+    fn stamp(&self) -> Option<FileStamp> {
+        let m = std::fs::metadata(&self.record.path).ok()?;
+        Some((m.len(), m.modified().ok()))
+    }
+
+    /// Whether each privacy unit has exactly one row in the file as it is now; found with one
+    /// pass over the data, kept until the file changes.
+    pub async fn unit_is_row(&self, limits: &concord_query::limits::ExecLimits) -> Result<bool, NodeError> {
+        let (Some(personal), Ok(table)) = (&self.policy.personal, &self.table) else {
+            return Ok(false);
+        };
+        let Some(stamp) = self.stamp() else { return Ok(false) };
+        if let Some((s, known)) = *self.unit_rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            && s == stamp
+        {
+            return Ok(known);
+        }
+        let known = concord_query::release::unit_is_row(
+            &self.record.name,
+            table.clone(),
+            &personal.privacy_unit,
+            limits,
+        )
+        .await?;
+        *self.unit_rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((stamp, known));
+        Ok(known)
+    }
 }
 
 /// The datasets of a node as of one generation of its registry.
@@ -276,7 +312,10 @@ async fn load_datasets(
         if let Err(why) = &table {
             tracing::warn!(dataset = %record.name, "dataset unavailable: {why}");
         }
-        map.insert(record.name.clone(), Arc::new(LoadedDataset { record, policy: Arc::new(policy), table }));
+        map.insert(
+            record.name.clone(),
+            Arc::new(LoadedDataset { record, policy: Arc::new(policy), table, unit_rows: Mutex::new(None) }),
+        );
     }
     Ok(Datasets { generation, map })
 }

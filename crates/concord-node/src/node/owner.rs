@@ -67,7 +67,8 @@ impl Node {
             Decision::Deny { reason } => return Err(NodeError::PolicyRefused(reason)),
         };
         let own = ask.requester == self.cfg.member;
-        let rules = Rules { policy: d.policy.clone(), baseline, own, unit_is_row: false };
+        let unit_is_row = !own && d.unit_is_row(&self.cfg.limits.exec()).await?;
+        let rules = Rules { policy: d.policy.clone(), baseline, own, unit_is_row };
         let plan = concord_query::release::check(sub, rules)?;
         let budget = match (&plan.privacy, d.policy.release.privacy.as_ref()) {
             (Some(p), Some(dp)) => Some(self.charge(ask, p.cost, dp)?),

@@ -360,7 +360,67 @@ const NARROWED: &[(&str, &str, &str)] = &[
         "onset_date BETWEEN DATE '2022-01-01' AND DATE '2022-01-02'",
     ),
     ("SELECT sex AS g0, count(1) AS p0 FROM cases WHERE region = 'XS' GROUP BY sex", "sex", "region = 'XS'"),
+    // Differencing: complements and near-duplicates of the queries above.
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE NOT (region = 'NO' AND age_band = '90+')",
+        "",
+        "NOT (region = 'NO' AND age_band = '90+')",
+    ),
+    (
+        "SELECT region AS g0, count(1) AS p0 FROM cases WHERE age_band <> '90+' GROUP BY region",
+        "region",
+        "age_band <> '90+'",
+    ),
+    (
+        "SELECT sex AS g0, outcome AS g1, count(1) AS p0 FROM cases WHERE region = 'XS' GROUP BY sex, outcome",
+        "sex, outcome",
+        "region = 'XS'",
+    ),
 ];
+
+#[test]
+fn the_table_holds_at_least_sixty_hostile_queries() {
+    assert!(REFUSED.len() + NARROWED.len() >= 60, "{} + {}", REFUSED.len(), NARROWED.len());
+}
+
+#[test]
+fn one_row_per_unit_releases_what_the_general_path_releases() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    assert!(
+        rt.block_on(concord_query::release::unit_is_row("cases", table(), "case_id", &Default::default()))
+            .expect("runs")
+    );
+    assert!(
+        !rt.block_on(concord_query::release::unit_is_row("cases", table(), "region", &Default::default()))
+            .expect("runs")
+    );
+    let mut fast = rules(EXACT);
+    fast.unit_is_row = true;
+    for (sql, _, _) in NARROWED {
+        let slow = run(EXACT, sql).expect("runs");
+        let quick =
+            rt.block_on(run_subquery("cases", table(), sql, &fast, &Default::default())).expect("runs");
+        let (mut a, mut b) = (crate::common::cells(&slow.batches), crate::common::cells(&quick.batches));
+        a.sort_by_key(|r| format!("{r:?}"));
+        b.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(a, b, "{sql}");
+        assert_eq!(slow.report.groups_suppressed, quick.report.groups_suppressed, "{sql}");
+    }
+}
+
+#[test]
+fn differencing_under_differential_privacy_meets_noise() {
+    // The two counts differ by the one 90+ person in NO; each release carries noise of its
+    // reported scale, so their difference does not reveal that person.
+    for sql in [
+        "SELECT count(1) AS p0 FROM cases WHERE region = 'NO'",
+        "SELECT count(1) AS p0 FROM cases WHERE region = 'NO' AND age_band <> '90+'",
+    ] {
+        let a = run(NOISY, sql).expect("runs");
+        assert_eq!(a.report.mechanism.as_deref(), Some("zcdp"), "{sql}");
+        assert!(a.report.noise_scale.iter().all(|(_, s)| *s >= 10.0), "{sql}: {:?}", a.report.noise_scale);
+    }
+}
 
 #[test]
 fn releases_stand_for_at_least_ten_people() {

@@ -126,6 +126,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert!(err.contains("missing.csv"), "{err}");
     let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
     let auditor = ok(&["token", "create", "alpha", "--role", "auditor"], d).trim().to_owned();
+    let steward = ok(&["token", "create", "bravo", "--role", "steward"], d).trim().to_owned();
 
     let nodes: Vec<Node> = ["alpha", "bravo"]
         .iter()
@@ -168,6 +169,83 @@ fn two_members_from_init_to_query_and_shutdown() {
 
     let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", sql], d);
     assert!(table.contains("| north  | 3 | 13 |") && table.contains("provenance:"), "{table}");
+
+    // Policies, while the nodes run: checked offline, set, shown; a bad one names its line and
+    // changes nothing.
+    let policy = r#"classification = "important"
+[columns]
+region = "group"
+days = "aggregate"
+[access]
+rules = '''
+permit (principal, action == Action::"aggregate", resource) when { context.granted_actions.contains("aggregate") };
+permit (principal, action == Action::"describe", resource);
+'''
+"#;
+    std::fs::write(d.join("cases.policy.toml"), policy).expect("policy");
+    std::fs::write(d.join("bad.policy.toml"), policy.replace("\"group\"", "\"groop\"")).expect("policy");
+    let checked = ok(&["policy", "check", "cases.policy.toml"], d);
+    assert!(checked.contains("valid (important"), "{checked}");
+    let err = fails(&["policy", "check", "bad.policy.toml"], d);
+    assert!(err.contains("bad.policy.toml line 3") && err.contains("groop"), "{err}");
+    let before = ok(&["policy", "show", "bravo", "cases"], d);
+    let err = fails(&["policy", "set", "bravo", "cases", "bad.policy.toml"], d);
+    assert!(err.contains("line 3"), "{err}");
+    assert_eq!(ok(&["policy", "show", "bravo", "cases"], d), before, "nothing half-applied");
+    let set = ok(&["policy", "set", "bravo", "cases", "cases.policy.toml"], d);
+    assert!(set.contains("policy of cases set: important"), "{set}");
+    assert!(ok(&["policy", "show", "bravo", "cases"], d).contains("classification = \"important\""));
+    // Bravo's cases is important: alpha's analyst files an access request, bravo's steward
+    // approves it, and the query that needed it works.
+    let bravo_url = format!("http://127.0.0.1:{}", ports[2]);
+    let bravo_sql = "SELECT region, count(*) AS n FROM bravo.cases GROUP BY region ORDER BY region";
+    let err = fails(&["query", "--node", &url, "--token", &token, bravo_sql], d);
+    assert!(err.contains("approved access request"), "{err}");
+    let tested = ok(
+        &[
+            "policy",
+            "test",
+            "--node",
+            &bravo_url,
+            "--token",
+            &steward,
+            "--as",
+            "alpha",
+            "cases",
+            "SELECT count(*) FROM cases",
+        ],
+        d,
+    );
+    assert!(tested.contains("action aggregate: refused") && tested.contains("access request"), "{tested}");
+    let filed = ok(
+        &[
+            "access",
+            "request",
+            "--node",
+            &url,
+            "--token",
+            &token,
+            "--dataset",
+            "bravo.cases",
+            "--action",
+            "aggregate",
+            "--purpose",
+            "analysis",
+            "--legal-basis",
+            "the federation's charter",
+        ],
+        d,
+    );
+    let id = filed.lines().last().and_then(|l| l.split_whitespace().last()).expect("id").to_owned();
+    let listed = ok(&["access", "list", "--node", &bravo_url, "--token", &steward], d);
+    assert!(listed.contains(&id) && listed.contains("pending"), "{listed}");
+    let err = fails(&["access", "approve", "--node", &bravo_url, "--token", &steward, "nope"], d);
+    assert!(err.contains("no access request nope"), "{err}");
+    let approved =
+        ok(&["access", "approve", "--node", &bravo_url, "--token", &steward, &id, "--days", "1"], d);
+    assert!(approved.contains("[approved]"), "{approved}");
+    let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", bravo_sql], d);
+    assert!(table.contains(&format!("under grant {id}")), "{table}");
 
     let err = fails(&["query", "--node", &url, "--token", &token, "SELECT * FROM cases"], d);
     assert!(err.starts_with("error: ") && err.contains("read_rows") && err.contains("What works"), "{err}");
