@@ -282,6 +282,28 @@ const REFUSED: &[(&str, &str)] = &[
         "WITH t AS (SELECT region, hospital_days FROM cases WHERE region = 'XS') SELECT region, hospital_days FROM t",
         "cannot be output",
     ),
+    // Isolation through the values of an aggregate or filter column.
+    (
+        "SELECT region AS g0, count(1) AS p0 FROM cases WHERE hospital_days BETWEEN 58 AND 60 GROUP BY region",
+        "hospital_days is aggregate",
+    ),
+    ("SELECT count(1) AS p0 FROM cases WHERE coalesce(hospital_days, 0) = 59", "hospital_days is aggregate"),
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE length(CAST(hospital_days AS VARCHAR)) = 2",
+        "hospital_days is aggregate",
+    ),
+    ("SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY region, onset_date", "onset_date is filter"),
+    ("SELECT count(1) AS p0 FROM cases GROUP BY case_id", "case_id is hidden"),
+    ("SELECT sum(hospital_days + case_id) AS p0 FROM cases", "case_id is hidden"),
+    (
+        "SELECT region AS g0, count(1) AS p0 FROM cases WHERE region = 'NO' AND case_id IN (1000, 1004) GROUP BY region",
+        "case_id is hidden",
+    ),
+    ("SELECT region AS g0, max(sex) AS p0 FROM cases GROUP BY region", "MIN and MAX of sex"),
+    // Shapes no owner runs.
+    ("SELECT count(1) AS p0 FROM cases WHERE onset_date = (SELECT max(onset_date) FROM cases)", "subquery"),
+    ("SELECT count(1) AS p0 FROM cases c1 JOIN cases c2 ON c1.case_id = c2.case_id", "not accepted"),
+    ("SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY ROLLUP(region)", "GROUPING SETS"),
 ];
 
 #[test]

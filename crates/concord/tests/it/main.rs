@@ -243,7 +243,7 @@ permit (principal, action == Action::"describe", resource);
     assert!(err.contains("no access request nope"), "{err}");
     let approved =
         ok(&["access", "approve", "--node", &bravo_url, "--token", &steward, &id, "--days", "1"], d);
-    assert!(approved.contains("[approved]"), "{approved}");
+    assert!(approved.contains("[aggregate] approved"), "{approved}");
     let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", bravo_sql], d);
     assert!(table.contains(&format!("under grant {id}")), "{table}");
 
