@@ -617,6 +617,9 @@ pub async fn showcase(file: &DemoFile) -> String {
                     ));
                 }
             }
+            Err(NodeError::Peer { code, message, .. }) => {
+                out.push_str(&format!("  refused [{code}]: {message}\n"))
+            }
             Err(e) => out.push_str(&format!("  refused: {e}\n")),
         }
         out

@@ -79,6 +79,19 @@ pub struct AggSpec {
     pub data_type: DataType,
 }
 
+impl AggSpec {
+    /// How provenance names the aggregate: `COUNT(*)`, `SUM(hospital_days)`.
+    pub fn label(&self) -> String {
+        let arg = self
+            .arg
+            .as_ref()
+            .map(|a| column_of(a).unwrap_or_else(|| a.to_string()))
+            .unwrap_or_else(|| "*".into());
+        let filter = if self.filter.is_some() { " FILTER (...)" } else { "" };
+        format!("{}({arg}){filter}", self.func.name())
+    }
+}
+
 /// Where an output column of a sub-query comes from.
 #[derive(Clone, Debug)]
 pub enum Output {
@@ -200,9 +213,6 @@ impl Subquery {
             Shape::Aggregate { .. } => Use::Filter,
             Shape::Rows { .. } => Use::RowFilter,
         };
-        for f in &self.filters {
-            add(f, where_use, "WHERE");
-        }
         match &self.shape {
             Shape::Aggregate { groups, aggs, .. } => {
                 for g in groups {
@@ -226,6 +236,9 @@ impl Subquery {
                     add(e, Use::Output, "the select list");
                 }
             }
+        }
+        for f in &self.filters {
+            add(f, where_use, "WHERE");
         }
         out
     }
@@ -355,7 +368,10 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
         return Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None });
     }
     let policy = rules.policy.clone();
-    let mut problems = BTreeSet::new();
+    // The first column used against its mode is named; MIN/MAX come after, since a column
+    // that may not appear at all is the more basic refusal.
+    let mut problems = Vec::new();
+    let mut extremes = Vec::new();
     for (column, use_, place) in subquery.uses() {
         let mode = policy.mode(&column);
         if !mode.permits(use_) {
@@ -366,20 +382,20 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
             } else {
                 ""
             };
-            problems.insert(format!(
+            problems.push(format!(
                 "column {column} is {} and cannot be {} (in {place}){hint}",
                 mode.as_str(),
                 use_.as_str()
             ));
         } else if use_ == Use::Extreme && !policy.allows_extremes(&column) {
-            problems.insert(if policy.release.privacy.is_some() {
+            extremes.push(if policy.release.privacy.is_some() {
                 format!("MIN and MAX of {column} reveal one person's value and are never released under differential privacy")
             } else {
                 format!("MIN and MAX of {column} reveal one person's value; the policy does not allow them for this column")
             });
         }
     }
-    if let Some(first) = problems.into_iter().next() {
+    if let Some(first) = problems.into_iter().chain(extremes).next() {
         return Err(policy_refusal(first));
     }
     let personal = policy.personal.is_some();
@@ -906,9 +922,9 @@ async fn private_aggregate(
         mechanism: Some(dp.mechanism.as_str().to_owned()),
         noise_scale: outputs
             .iter()
-            .filter_map(|(name, o)| match o {
+            .filter_map(|(_, o)| match o {
                 Output::Agg(i) => Some((
-                    name.clone(),
+                    aggs[*i].label(),
                     dp.noise[*i].scale() / if aggs[*i].func == AggFunc::Count { 1.0 } else { fp as f64 },
                 )),
                 Output::Group(_) => None,

@@ -500,9 +500,9 @@ fn noisy_releases_follow_their_noise_scale() {
     assert_eq!(answer.report.mechanism.as_deref(), Some("zcdp"));
     let scales: BTreeMap<String, f64> = answer.report.noise_scale.iter().cloned().collect();
     // Two noisy aggregates share rho = 0.005: sigma = sqrt(1 / (2 * 0.0025)) ~ 14.1 for a count.
-    let count_sigma = scales["p0"];
+    let count_sigma = scales["COUNT(*)"];
     assert!((count_sigma - (1.0f64 / 0.005).sqrt()).abs() < 1e-6, "{count_sigma}");
-    assert!((scales["p1"] - 60.0 * count_sigma).abs() < 1e-6);
+    assert!((scales["SUM(hospital_days)"] - 60.0 * count_sigma).abs() < 1e-6);
     let b = &answer.batches[0];
     let keys = b.column(0).as_any().downcast_ref::<StringArray>().expect("keys");
     let counts = b.column(1).as_any().downcast_ref::<Int64Array>().expect("counts");
