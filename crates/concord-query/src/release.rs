@@ -406,8 +406,9 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
                     && !bare_column(arg)
                 {
                     return Err(policy_refusal(format!(
-                        "on personal data an aggregate takes one column as it is; {} would let a condition pick \
-                         single people out of a group. Filter with WHERE, or group by the condition's column",
+                        "on personal data an aggregate takes one column as it is, without casts or functions; {} \
+                         could pick single people out of a group (by a condition, or by failing for some values). \
+                         Filter with WHERE, or group by the condition's column",
                         a.expr
                     )));
                 }
@@ -424,11 +425,11 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
 }
 
 /// A column, possibly cast.
+/// A column as it is. No cast: a narrowing cast fails (or, as TRY_CAST, turns NULL) for some
+/// values only, which would let a query learn of one person's value from whether it fails.
 fn bare_column(e: &Expr) -> bool {
     match e {
         Expr::Column(_) => true,
-        Expr::Cast(c) => bare_column(&c.expr),
-        Expr::TryCast(c) => bare_column(&c.expr),
         Expr::Alias(a) => bare_column(&a.expr),
         _ => false,
     }
@@ -863,18 +864,19 @@ async fn private_aggregate(
                 }
             }
         }
+        let draw = |n: &Noise| {
+            n.sample().to_i128().ok_or_else(|| QueryError::Execution("a noise draw is out of range".into()))
+        };
         let draws: Vec<i128> = dp
             .noise
             .iter()
             .zip(&totals)
-            .map(|(n, t)| {
-                i128::from(if t.is_null(r) { 0 } else { t.value(r) }) + n.sample().to_i128().unwrap_or(0)
-            })
-            .collect();
+            .map(|(n, t)| Ok(i128::from(if t.is_null(r) { 0 } else { t.value(r) }) + draw(n)?))
+            .collect::<Result<_, QueryError>>()?;
         if ok && let Some((sel, threshold)) = &dp.selection {
             let noisy_count = match count_index {
                 Some(c) => draws[c],
-                None => i128::from(units.value(r)) + sel.sample().to_i128().unwrap_or(0),
+                None => i128::from(units.value(r)) + draw(sel)?,
             };
             ok = noisy_count >= i128::from(*threshold);
         }
