@@ -226,7 +226,10 @@ impl Privacy {
     pub fn threshold(&self, count_noise: &Noise) -> Option<u64> {
         let delta = self.delta?;
         let per_group = delta / f64::from(self.max_groups_per_unit.max(1));
-        Some(u64::from(self.max_rows_per_group).saturating_add(count_noise.tail_bound(per_group).ceil() as u64))
+        Some(
+            u64::from(self.max_rows_per_group)
+                .saturating_add(count_noise.tail_bound(per_group).ceil() as u64),
+        )
     }
 }
 
