@@ -740,10 +740,8 @@ async fn private_aggregate(
     let mut direct = Vec::new();
     let mut caps = Vec::new();
     for a in aggs {
-        let counted = match (&a.arg, a.func) {
-            (Some(arg), AggFunc::Count) => Some(arg.clone().is_not_null()),
-            _ => None,
-        };
+        // A NULL counts for nothing and adds nothing (a clamp would turn it into the low bound).
+        let counted = a.arg.as_ref().map(|arg| arg.clone().is_not_null());
         let cond = match (counted, &a.filter) {
             (Some(c), Some(f)) => Some(c.and(f.clone())),
             (Some(c), None) => Some(c),
@@ -764,8 +762,8 @@ async fn private_aggregate(
             }
         };
         direct.push(match a.func {
-            AggFunc::Count => count(a.arg.clone().unwrap_or(lit(1i64))),
-            _ => sum(value.clone()),
+            AggFunc::Count => (count(a.arg.clone().unwrap_or(lit(1i64))), a.filter.clone()),
+            _ => (sum(value.clone()), cond.clone()),
         });
         let v = match cond {
             Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
@@ -792,8 +790,8 @@ async fn private_aggregate(
             None => Ok(e),
         };
         let mut totals = Vec::new();
-        for (j, (e, a)) in direct.into_iter().zip(aggs).enumerate() {
-            totals.push(filtered(e, a.filter.as_ref())?.alias(format!("__t{j}")));
+        for (j, (e, f)) in direct.into_iter().enumerate() {
+            totals.push(filtered(e, f.as_ref())?.alias(format!("__t{j}")));
         }
         totals.push(count(lit(1i64)).alias("__units"));
         for (j, f) in clauses.iter().enumerate() {
@@ -976,7 +974,12 @@ fn per_unit_plan(
         b = b.aggregate(keys, sums).map_err(QueryError::plan)?;
         let mut capped: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
         for (j, (lo, hi)) in caps.iter().enumerate() {
-            capped.push(least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]).alias(format!("__v{j}")));
+            // A unit with nothing in this group (a NULL sum) contributes nothing.
+            let cap = least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]);
+            let kept = when(v(j).is_null(), lit(ScalarValue::Int64(None)))
+                .otherwise(cap)
+                .map_err(QueryError::plan)?;
+            capped.push(kept.alias(format!("__v{j}")));
         }
         capped.extend((0..clauses.len()).map(fc));
         b = b.project(capped).map_err(QueryError::plan)?;

@@ -431,6 +431,29 @@ fn one_row_per_unit_releases_what_the_general_path_releases() {
 }
 
 #[test]
+fn nulls_add_nothing_to_noisy_sums_even_with_a_low_bound_above_zero() {
+    // Clamped to [100, 200], nothing must not become 100: a person outside an aggregate's FILTER
+    // clause has no value in it (on the per-unit path, a NULL sum), and adds nothing.
+    let policy = NOISY.replace("[0, 60]", "[100, 200]").replace("cost = 0.005", "cost = 1.0");
+    for unit_is_row in [false, true] {
+        let mut r = rules(&policy);
+        r.unit_is_row = unit_is_row;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let sql = "SELECT count(1) AS p0, sum(hospital_days) FILTER (WHERE sex = 'F') AS p1 FROM cases WHERE region = 'SO'";
+        let a = rt.block_on(run_subquery("cases", table(), sql, &r, &Default::default())).expect("runs");
+        let b = &a.batches[0];
+        let sum = datafusion::arrow::util::display::array_value_to_string(b.column(1), 0).expect("value");
+        let sum: f64 = sum.parse().expect("a number");
+        // SO's 50 women all have fewer than 100 days, so each adds exactly the low bound: 5000.
+        // The 100 men must add nothing (10000 more if their empty sums were clamped). Six
+        // standard deviations: a false failure has a chance under 2e-9.
+        let scale = a.report.noise_scale.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        assert!((sum - 5000.0).abs() < 6.0 * scale, "{unit_is_row}: {sum} with scale {scale}");
+        assert!(scale < 1000.0, "the noise is small enough to tell 5000 from 15000: {scale}");
+    }
+}
+
+#[test]
 fn differencing_under_differential_privacy_meets_noise() {
     // The two counts differ by the one 90+ person in NO; each release carries noise of its
     // reported scale, so their difference does not reveal that person.
