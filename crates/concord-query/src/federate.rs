@@ -609,7 +609,7 @@ fn unqualify(e: &Expr) -> DfResult<Expr> {
 }
 
 /// Replaces every column of `schema` in `e` by the expression that computes it.
-fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> DfResult<Expr> {
+pub(crate) fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> DfResult<Expr> {
     e.clone()
         .transform_up(|x| match x {
             Expr::Column(c) => {

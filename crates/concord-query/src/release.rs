@@ -30,7 +30,6 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int6
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::{greatest, least, random, round};
@@ -279,21 +278,9 @@ fn flatten(plan: &LogicalPlan) -> Result<(Vec<Expr>, Vec<Expr>), QueryError> {
     }
 }
 
-/// Replaces every column of `schema` in `e` by the expression that computes it.
+/// [`crate::federate::substitute`], its error a refusal.
 fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> Result<Expr, QueryError> {
-    e.clone()
-        .transform_up(|x| match x {
-            Expr::Column(c) => {
-                let i = schema.index_of_column(&c)?;
-                let out = outputs.get(i).cloned().ok_or_else(|| {
-                    datafusion::error::DataFusionError::Plan(format!("column {c} has no expression"))
-                })?;
-                Ok(Transformed::yes(out))
-            }
-            other => Ok(Transformed::no(other)),
-        })
-        .map(|t| t.data)
-        .map_err(|e| refuse(e.strip_backtrace()))
+    crate::federate::substitute(e, schema, outputs).map_err(|e| refuse(e.strip_backtrace()))
 }
 
 /// The rules one release follows.
