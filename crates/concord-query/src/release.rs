@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use concord_policy::dp::Noise;
-use concord_policy::{Action, Baseline, ColumnMode, Mechanism, Policy, Use};
+use concord_policy::{Action, Baseline, Mechanism, Policy, Use};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -609,6 +609,17 @@ fn units_expr(plan: &ReleasePlan, filter: Option<&Expr>) -> Result<Expr, QueryEr
     }
 }
 
+/// The distinct FILTER clauses of a sub-query's aggregates, in order.
+fn filter_clauses(aggs: &[AggSpec]) -> Vec<Expr> {
+    let mut out: Vec<Expr> = Vec::new();
+    for f in aggs.iter().filter_map(|a| a.filter.as_ref()) {
+        if !out.contains(f) {
+            out.push(f.clone());
+        }
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn exact_aggregate(
     plan: &ReleasePlan,
@@ -625,13 +636,7 @@ async fn exact_aggregate(
     let mut unit_filters: Vec<Option<Expr>> = Vec::new();
     if plan.min_group_size.is_some() {
         unit_filters.push(None);
-        for a in aggs {
-            if let Some(f) = &a.filter
-                && !unit_filters.contains(&Some(f.clone()))
-            {
-                unit_filters.push(Some(f.clone()));
-            }
-        }
+        unit_filters.extend(filter_clauses(aggs).into_iter().map(Some));
     }
     for (j, f) in unit_filters.iter().enumerate() {
         agg_exprs.push(units_expr(plan, f.as_ref())?.alias(format!("__units{j}")));
@@ -670,9 +675,7 @@ async fn exact_aggregate(
             }
             None => batch,
         };
-        out.push(project_outputs(&batch, outputs, ng, &plan.subquery.schema, |i| {
-            batch.column(ng + i).clone()
-        })?);
+        out.push(project_outputs(&batch, outputs, &plan.subquery.schema, |i| batch.column(ng + i).clone())?);
     }
     report.groups_released = out.iter().map(|b| b.num_rows() as u64).sum();
     Ok((out, report, scanned))
@@ -682,7 +685,6 @@ async fn exact_aggregate(
 fn project_outputs(
     batch: &RecordBatch,
     outputs: &[(String, Output)],
-    _ng: usize,
     schema: &SchemaRef,
     agg: impl Fn(usize) -> ArrayRef,
 ) -> Result<RecordBatch, QueryError> {
@@ -760,14 +762,7 @@ async fn private_aggregate(
         caps.push((lo, hi));
     }
     // Every distinct FILTER clause narrows its aggregates' set: its units are counted too.
-    let mut clauses: Vec<Expr> = Vec::new();
-    for a in aggs {
-        if let Some(f) = &a.filter
-            && !clauses.contains(f)
-        {
-            clauses.push(f.clone());
-        }
-    }
+    let clauses = filter_clauses(aggs);
     let ng = groups.len();
     let built = if plan.rules.unit_is_row {
         // Each unit has one row, so it contributes once to one group: aggregate the rows as they
@@ -887,7 +882,7 @@ async fn private_aggregate(
         })
         .collect::<Result<_, _>>()
         .map_err(|e| QueryError::Execution(e.to_string()))?;
-    let batch = project_outputs(&all, outputs, ng, &plan.subquery.schema, |i| {
+    let batch = project_outputs(&all, outputs, &plan.subquery.schema, |i| {
         let c = &noisy[i];
         if aggs[i].data_type.is_integer() {
             // Round noisy sums to the integer type the requester expects.
@@ -986,11 +981,6 @@ fn per_unit_plan(
     b.aggregate((0..ng).map(g).collect::<Vec<_>>(), totals)
         .and_then(LogicalPlanBuilder::build)
         .map_err(QueryError::plan)
-}
-
-/// Modes of a policy listed for explanations: `column: mode`.
-pub fn describe_modes(policy: &Policy, columns: &[String]) -> Vec<(String, ColumnMode)> {
-    columns.iter().map(|c| (c.clone(), policy.mode(c))).collect()
 }
 
 /// What the rules would do with a sub-query, line by line, without running it or spending

@@ -186,12 +186,7 @@ impl Node {
         if request.valid_until.saturating_sub(request.valid_from) > (MAX_DAYS as i64) * 86_400 {
             return Err(NodeError::BadRequest(format!("a request may ask for at most {MAX_DAYS} days")));
         }
-        let pending = self
-            .state
-            .access_requests(now)?
-            .iter()
-            .filter(|r| r.direction == "in" && r.requester == request.requester && r.status == "pending")
-            .count();
+        let pending = self.state.pending_from(&request.requester)?;
         if pending >= MAX_PENDING {
             return Err(NodeError::Conflict(format!(
                 "{} already has {pending} access requests pending with {}; wait for decisions before filing more",

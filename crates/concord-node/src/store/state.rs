@@ -498,15 +498,37 @@ impl State {
 
     /// The access requests this node keeps, newest first.
     pub fn access_requests(&self, now: i64) -> Result<Vec<AccessRecord>, NodeError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, direction, requester, owner, dataset, actions, purpose, legal_basis, valid_from, valid_until,
-                 status, reason, filed_at, decided_at FROM access_requests ORDER BY filed_at DESC, id",
+        self.access_requests_where("", [], now)
+    }
+
+    /// Pending requests `requester` has filed with this node.
+    pub fn pending_from(&self, requester: &str) -> Result<usize, NodeError> {
+        let n: i64 = self
+            .lock()
+            .query_row(
+                "SELECT count(*) FROM access_requests WHERE direction = 'in' AND requester = ?1 AND status = 'pending'",
+                params![requester],
+                |r| r.get(0),
             )
             .map_err(db)?;
+        Ok(n.max(0) as usize)
+    }
+
+    fn access_requests_where(
+        &self,
+        clause: &str,
+        args: impl rusqlite::Params,
+        now: i64,
+    ) -> Result<Vec<AccessRecord>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, direction, requester, owner, dataset, actions, purpose, legal_basis, valid_from, valid_until,
+                 status, reason, filed_at, decided_at FROM access_requests {clause} ORDER BY filed_at DESC, id"
+            ))
+            .map_err(db)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(args, |r| {
                 Ok(AccessRecord {
                     id: r.get(0)?,
                     direction: r.get(1)?,
@@ -548,7 +570,7 @@ impl State {
     }
 
     pub fn access_request(&self, id: &str) -> Result<Option<AccessRecord>, NodeError> {
-        Ok(self.access_requests(chrono::Utc::now().timestamp())?.into_iter().find(|r| r.id == id))
+        Ok(self.access_requests_where("WHERE id = ?1", params![id], chrono::Utc::now().timestamp())?.pop())
     }
 
     /// Records a decision on an access request, and the grant it makes or ends, in one
