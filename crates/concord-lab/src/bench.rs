@@ -39,6 +39,10 @@ pub struct BenchReport {
     pub with_policy: Vec<Duration>,
     /// The owner's policy check of one sub-query (re-plan, decide, modes and release rules).
     pub policy_check: Vec<Duration>,
+    /// One owner's release of its part alone (no network, no log) under the default policy.
+    pub owner_without_policy: Vec<Duration>,
+    /// The same under the benchmark's usage policy.
+    pub owner_with_policy: Vec<Duration>,
 }
 
 /// The query timed with and without a usage policy (MIN and MAX are never released under
@@ -155,6 +159,12 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
     std::fs::write(&policy_file, EVENTS_POLICY).map_err(|e| NodeError::io(&policy_file, e))?;
     for (m, file) in members.iter().zip(&files) {
         let nd = concord_node::store::config::NodeDir::new(&m.dir);
+        // One requester sends four queries and their witness traffic per run: more than the
+        // default rate a member may send to a peer, which is not what is measured here.
+        let mut cfg = nd.load_config()?;
+        cfg.limits.peer_requests_per_sec = 1000;
+        cfg.limits.peer_burst = 1000;
+        nd.save_config(&cfg)?;
         concord_node::node::admin::dataset_add(&nd, "events_dp", file, Some("events_dp"), Some("*")).await?;
         concord_node::node::admin::policy_set(&nd, "events_dp", &policy_file)?;
     }
@@ -175,6 +185,8 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
         without_policy: Vec::new(),
         with_policy: Vec::new(),
         policy_check: Vec::new(),
+        owner_without_policy: Vec::new(),
+        owner_with_policy: Vec::new(),
     };
     let result = async {
         // One warm-up of each, then alternate so that both see the same machine state.
@@ -224,6 +236,8 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
             }
         }
         report.policy_check = policy_check(&files[1], &opts.dir).await?;
+        (report.owner_without_policy, report.owner_with_policy) =
+            owner_release(&files[1], &opts.dir, opts.iterations.max(5) * 2).await?;
         Ok::<_, NodeError>(())
     }
     .await;
@@ -280,6 +294,50 @@ async fn policy_check(file: &Path, dir: &Path) -> Result<Vec<Duration>, NodeErro
         times.push(t.elapsed());
     }
     Ok(times)
+}
+
+/// One owner's release of the sub-query alone, over its own file, without network or log:
+/// the exact answer (default policy) and the answer under the benchmark's policy, alternated.
+async fn owner_release(
+    file: &Path,
+    dir: &Path,
+    runs: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>), NodeError> {
+    use concord_query::release::Rules;
+    let policy = Arc::new(concord_policy_of(EVENTS_POLICY, dir)?);
+    let columns: Vec<String> = ["region", "amount", "qty", "person"].map(String::from).to_vec();
+    let open = Arc::new(concord_policy::Policy::default_for(&columns, &concord_policy::AllowList::Everyone)?);
+    let table =
+        concord_query::dataset::open("events_dp", file, concord_query::dataset::DatasetFormat::Parquet, None)
+            .await?;
+    let sql =
+        "SELECT region, count(1) AS n, sum(amount) AS s, count(amount) AS c FROM events_dp GROUP BY region";
+    let rules = |policy: &Arc<concord_policy::Policy>| Rules {
+        policy: policy.clone(),
+        baseline: concord_policy::Baseline::default(),
+        own: false,
+        unit_is_row: true,
+    };
+    let (exact, private) = (rules(&open), rules(&policy));
+    let limits = concord_query::limits::ExecLimits::default();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let t = Instant::now();
+        concord_query::owner::run_subquery("events_dp", table.clone(), sql, &exact, &limits).await?;
+        let ta = t.elapsed();
+        let t = Instant::now();
+        let answer =
+            concord_query::owner::run_subquery("events_dp", table.clone(), sql, &private, &limits).await?;
+        let tb = t.elapsed();
+        if answer.report.mechanism.is_none() {
+            return Err(NodeError::Config("the owner's release under the policy added no noise".into()));
+        }
+        if i > 0 {
+            a.push(ta);
+            b.push(tb);
+        }
+    }
+    Ok((a, b))
 }
 
 fn concord_policy_of(text: &str, dir: &Path) -> Result<concord_policy::Policy, NodeError> {

@@ -24,8 +24,9 @@ fn main() -> Result<(), String> {
         other => return Err(format!("unknown sampler {other}")),
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut rng = concord_policy::dp::OsBlocks::new();
     for _ in 0..n {
-        writeln!(out, "{}", noise.sample()).map_err(|e| e.to_string())?;
+        writeln!(out, "{}", noise.sample_with(&mut rng)).map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())
 }

@@ -4,7 +4,7 @@
 //! The samplers are Canonne, Kamath and Steinke's ("The Discrete Gaussian for Differential
 //! Privacy", 2020, algorithms 1 to 3), in exact rational arithmetic on big integers: no floating
 //! point touches a draw, so no rounding leaks which value was noised. Randomness comes from the
-//! operating system's CSPRNG.
+//! operating system's CSPRNG, read in blocks ([`OsBlocks`]).
 //!
 //! Invariant: every noise scale is an exact rational computed from the policy's integers (the
 //! sensitivity in fixed-point units, the cost in nano-units).
@@ -57,6 +57,66 @@ impl std::fmt::Display for Units {
         }
     }
 }
+
+/// The operating system's CSPRNG read a block at a time: the same bytes [`OsRng`] gives, with
+/// one system call per 4 KiB instead of one per word (a draw takes a few dozen words). Bytes
+/// are wiped from the block as they are handed out. For the draws of one release.
+pub struct OsBlocks {
+    block: Box<[u8; 4096]>,
+    used: usize,
+}
+
+impl OsBlocks {
+    pub fn new() -> Self {
+        Self { block: Box::new([0; 4096]), used: 4096 }
+    }
+}
+
+impl Default for OsBlocks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RngCore for OsBlocks {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // As OsRng::fill_bytes: a CSPRNG that fails is not something to draw noise from.
+        if let Err(e) = self.try_fill_bytes(dest) {
+            panic!("the operating system's random number generator failed: {e}");
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        let mut done = 0;
+        while done < dest.len() {
+            if self.used == self.block.len() {
+                OsRng.try_fill_bytes(&mut self.block[..])?;
+                self.used = 0;
+            }
+            let n = (dest.len() - done).min(self.block.len() - self.used);
+            let from = &mut self.block[self.used..self.used + n];
+            dest[done..done + n].copy_from_slice(from);
+            from.fill(0);
+            self.used += n;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl CryptoRng for OsBlocks {}
 
 fn big(v: u64) -> BigUint {
     BigUint::from(v)
@@ -329,14 +389,30 @@ mod statistics {
         move |x| (-(x * x) as f64 / (2.0 * sigma2)).exp() / norm
     }
 
-    fn draw(f: impl Fn() -> BigInt) -> Vec<i64> {
+    fn draw(mut f: impl FnMut() -> BigInt) -> Vec<i64> {
         (0..DRAWS).map(|_| f().to_i64().unwrap_or(i64::MAX)).collect()
+    }
+
+    #[test]
+    fn os_blocks_hand_out_each_byte_once_across_blocks() {
+        // Reads of odd sizes straddle the 4 KiB blocks; 32-byte windows of a CSPRNG's output
+        // repeat, or are zero, with probability about 2^-240.
+        let mut rng = OsBlocks::new();
+        let mut out = vec![0u8; 3 * 4096 + 123];
+        for chunk in out.chunks_mut(7) {
+            rng.fill_bytes(chunk);
+        }
+        let windows: std::collections::BTreeSet<&[u8]> = out.chunks(32).filter(|w| w.len() == 32).collect();
+        assert_eq!(windows.len(), out.len() / 32, "a 32-byte window repeats");
+        assert!(!windows.contains(&[0u8; 32][..]), "a zero window");
+        assert_ne!(rng.next_u64(), rng.next_u64());
     }
 
     #[test]
     fn discrete_laplace_follows_its_distribution() {
         for (s, t) in [(1u64, 1u64), (7, 2), (25, 1)] {
-            let draws = draw(|| discrete_laplace(&mut OsRng, &big(s), &big(t)));
+            let mut rng = OsBlocks::new();
+            let draws = draw(|| discrete_laplace(&mut rng, &big(s), &big(t)));
             let (chi, crit) = chi_square(&draws, laplace_pmf(s as f64 / t as f64));
             assert!(chi < crit, "scale {s}/{t}: chi-square {chi} over {crit}");
         }
@@ -345,7 +421,8 @@ mod statistics {
     #[test]
     fn discrete_gaussian_follows_its_distribution() {
         for (a, b) in [(1u64, 1u64), (9, 4), (400, 1)] {
-            let draws = draw(|| discrete_gaussian(&mut OsRng, &big(a), &big(b)));
+            let mut rng = OsBlocks::new();
+            let draws = draw(|| discrete_gaussian(&mut rng, &big(a), &big(b)));
             let (chi, crit) = chi_square(&draws, gaussian_pmf(a as f64 / b as f64));
             assert!(chi < crit, "sigma^2 {a}/{b}: chi-square {chi} over {crit}");
             // The mean is 0: |mean| over 4.9 standard errors fails by chance with p < 1e-6.
@@ -358,7 +435,8 @@ mod statistics {
     #[test]
     fn bernoulli_of_exp_has_its_probability() {
         // exp(-3/2): binomial standard error over 200 000 draws, 4.9 of them (p < 1e-6).
-        let hits = (0..DRAWS).filter(|_| bernoulli_exp(&mut OsRng, &big(3), &big(2))).count() as f64;
+        let mut rng = OsBlocks::new();
+        let hits = (0..DRAWS).filter(|_| bernoulli_exp(&mut rng, &big(3), &big(2))).count() as f64;
         let p = (-1.5f64).exp();
         let se = (p * (1.0 - p) / DRAWS as f64).sqrt();
         assert!((hits / DRAWS as f64 - p).abs() < 4.9 * se, "{}", hits / DRAWS as f64);

@@ -15,6 +15,7 @@
 pub mod compare;
 pub mod dataset;
 pub mod federate;
+mod fixed;
 pub mod ipc;
 pub mod limits;
 pub mod owner;

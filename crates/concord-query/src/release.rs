@@ -32,11 +32,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
-use datafusion::functions::expr_fn::{greatest, least, random, round};
+use datafusion::functions::expr_fn::{greatest, least, random};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
-    Expr, ExprFunctionExt as _, LogicalPlan, LogicalPlanBuilder, SortExpr, cast as cast_expr, col, lit, when,
+    Expr, ExprFunctionExt as _, ExprSchemable as _, LogicalPlan, LogicalPlanBuilder, SortExpr, col, lit, when,
 };
 use datafusion::prelude::SessionContext;
 use num_traits::ToPrimitive as _;
@@ -729,8 +729,12 @@ async fn private_aggregate(
     let mut direct = Vec::new();
     let mut caps = Vec::new();
     for a in aggs {
-        // A NULL counts for nothing and adds nothing (a clamp would turn it into the low bound).
-        let counted = a.arg.as_ref().map(|arg| arg.clone().is_not_null());
+        // A NULL counts for nothing and adds nothing: a counted row needs a value, a clamped
+        // value stays NULL.
+        let counted = match a.func {
+            AggFunc::Count => a.arg.as_ref().map(|arg| arg.clone().is_not_null()),
+            _ => None,
+        };
         let cond = match (counted, &a.filter) {
             (Some(c), Some(f)) => Some(c.and(f.clone())),
             (Some(c), None) => Some(c),
@@ -740,13 +744,13 @@ async fn private_aggregate(
         let (value, lo, hi) = match a.func {
             AggFunc::Count => (lit(1i64), 0i64, linf),
             _ => {
-                let column = a.arg.as_ref().and_then(column_of).unwrap_or_default();
+                let arg = a.arg.clone().unwrap_or(lit(0i64));
+                let column = column_of(&arg).unwrap_or_default();
+                let arg_type = arg.get_type(b.schema()).map_err(QueryError::plan)?;
                 let (lo, hi) = privacy.bounds.get(&column).copied().unwrap_or((0.0, 0.0));
-                let arg = cast_expr(a.arg.clone().unwrap_or(lit(0.0)), DataType::Float64);
-                let clamped = least(vec![greatest(vec![arg, lit(lo)]), lit(hi)]);
-                let fixed = cast_expr(round(vec![clamped * lit(fp as f64)]), DataType::Int64);
                 let lo_fp = (lo * fp as f64).round() as i64;
                 let hi_fp = (hi * fp as f64).round() as i64;
+                let fixed = crate::fixed::clamp_fixed(arg, &arg_type, lo_fp, hi_fp, fp);
                 (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
             }
         };
@@ -775,7 +779,10 @@ async fn private_aggregate(
         for (j, (e, f)) in direct.into_iter().enumerate() {
             totals.push(filtered(e, f.as_ref())?.alias(format!("__t{j}")));
         }
-        totals.push(count(lit(1i64)).alias("__units"));
+        // COUNT(*), where the query has it, already counts the units.
+        if plain_count(aggs).is_none() {
+            totals.push(count(lit(1i64)).alias("__units"));
+        }
         for (j, f) in clauses.iter().enumerate() {
             totals.push(filtered(count(lit(1i64)), Some(f))?.alias(format!("__fu{j}")));
         }
@@ -785,6 +792,7 @@ async fn private_aggregate(
     } else {
         per_unit_plan(b, groups, values, &caps, &clauses, &unit, privacy.max_groups_per_unit)?
     };
+    let width = built.schema().fields().len();
     let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
     let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
     let mut all = if batches.is_empty() {
@@ -794,7 +802,6 @@ async fn private_aggregate(
     };
     // A global aggregate over nothing still has its one group.
     if ng == 0 && all.as_ref().is_none_or(|b| b.num_rows() == 0) {
-        let width = aggs.len() + 1 + clauses.len();
         let cols: Vec<ArrayRef> =
             (0..width).map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef).collect();
         let fields: Vec<Field> =
@@ -818,15 +825,20 @@ async fn private_aggregate(
             .cloned()
             .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
     };
-    let units = int(ng + aggs.len())?;
-    let clause_units: Vec<Int64Array> =
-        (0..clauses.len()).map(|j| int(ng + aggs.len() + 1 + j)).collect::<Result<_, _>>()?;
-    let totals: Vec<Int64Array> = (0..aggs.len()).map(|j| int(ng + j)).collect::<Result<_, _>>()?;
     let count_index = plain_count(aggs);
+    let (units_at, clauses_at) = match count_index {
+        Some(c) if plan.rules.unit_is_row => (ng + c, ng + aggs.len()),
+        _ => (ng + aggs.len(), ng + aggs.len() + 1),
+    };
+    let units = int(units_at)?;
+    let clause_units: Vec<Int64Array> =
+        (0..clauses.len()).map(|j| int(clauses_at + j)).collect::<Result<_, _>>()?;
+    let totals: Vec<Int64Array> = (0..aggs.len()).map(|j| int(ng + j)).collect::<Result<_, _>>()?;
     let mut keep = vec![true; all.num_rows()];
     let mut noisy: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(all.num_rows()); aggs.len()];
     let mut suppressed = 0u64;
     let key_sets = &privacy.keys;
+    let mut rng = concord_policy::dp::OsBlocks::new();
     for (r, keep_r) in keep.iter_mut().enumerate() {
         let mut ok = plan.min_group_size.is_none_or(|k| {
             std::iter::once(&units)
@@ -844,8 +856,10 @@ async fn private_aggregate(
                 }
             }
         }
-        let draw = |n: &Noise| {
-            n.sample().to_i128().ok_or_else(|| QueryError::Execution("a noise draw is out of range".into()))
+        let mut draw = |n: &Noise| {
+            n.sample_with(&mut rng)
+                .to_i128()
+                .ok_or_else(|| QueryError::Execution("a noise draw is out of range".into()))
         };
         let draws: Vec<i128> = dp
             .noise

@@ -451,6 +451,14 @@ async fn run(cli: Cli) -> Result<()> {
                 bench::ms(bench::percentile(&report.policy_check, 0.99)),
                 report.policy_check.len()
             );
+            println!(
+                "one owner's release alone ({} rows, no network): without policy median {:.1} ms, with policy {:.1} ms, ratio {:.2}",
+                report.rows / 3,
+                bench::ms(bench::percentile(&report.owner_without_policy, 0.5)),
+                bench::ms(bench::percentile(&report.owner_with_policy, 0.5)),
+                bench::percentile(&report.owner_with_policy, 0.5).as_secs_f64()
+                    / bench::percentile(&report.owner_without_policy, 0.5).as_secs_f64().max(1e-9)
+            );
         }
         Command::Bench { command: BenchCommand::Log { dir, proof_sizes, port_base } } => {
             let r = bench::log(&dir, &proof_sizes, port_base, &|s| eprintln!("{s}")).await?;

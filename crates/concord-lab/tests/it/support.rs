@@ -119,7 +119,7 @@ pub fn set_limits(dir: &Path, change: impl FnOnce(&mut Limits)) {
     let nd = NodeDir::new(dir);
     let mut cfg = nd.load_config().expect("config");
     change(&mut cfg.limits);
-    std::fs::write(nd.config(), toml::to_string(&cfg).expect("toml")).expect("write config");
+    nd.save_config(&cfg).expect("write config");
 }
 
 /// Waits until `f` holds, polling, or fails after 60 s.

@@ -191,6 +191,13 @@ impl NodeDir {
         Ok(cfg)
     }
 
+    /// Writes `cfg` as the node's configuration, after checking its limits.
+    pub fn save_config(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
+        cfg.limits.validate()?;
+        let toml = toml::to_string(cfg).map_err(|e| NodeError::Config(e.to_string()))?;
+        replace_file(&self.config(), toml.as_bytes())
+    }
+
     pub fn load_signer(&self, cfg: &NodeConfig) -> Result<NoteSigner, NodeError> {
         let want = format!("{}/{}", cfg.federation, cfg.member);
         read_key(&self.member_key(), &want, NoteSigner::from_skey, |k| k.name())
@@ -330,8 +337,7 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
     let tls = crate::net::tls::generate(&cfg.member)?;
     write_private(&nd.tls_key(), tls.key_pem.as_bytes())?;
     write_file(&nd.tls_cert(), tls.cert_pem.as_bytes())?;
-    let toml = toml::to_string(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
-    write_file(&nd.config(), toml.as_bytes())?;
+    nd.save_config(&cfg)?;
     nd.open_state()?;
     let card = MemberCard {
         id: cfg.member.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use concord_policy::{Baseline, Policy};
 use concord_query::QueryError;
+use concord_query::compare::Cell;
 use concord_query::owner::run_subquery;
 use concord_query::release::Rules;
 use datafusion::arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
@@ -427,6 +428,52 @@ fn one_row_per_unit_releases_what_the_general_path_releases() {
         b.sort_by_key(|r| format!("{r:?}"));
         assert_eq!(a, b, "{sql}");
         assert_eq!(slow.report.groups_suppressed, quick.report.groups_suppressed, "{sql}");
+    }
+}
+
+#[test]
+fn both_contribution_paths_release_the_same_groups_under_differential_privacy() {
+    // Public keys (sex), so which groups are released does not depend on noise: exactly those
+    // with at least 10 people. The path for one row per person (no per-person pass) must agree
+    // with the general path, and both with the raw data.
+    let policy = NOISY.replace("cost = 0.005", "cost = 1.0");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    for filter in ["true", "region = 'XS'", "region = 'NO' AND age_band = '90+'", "region = 'NO'"] {
+        let sql = format!(
+            "SELECT sex AS g0, count(1) AS p0, sum(hospital_days) AS p1 FROM cases WHERE {filter} GROUP BY sex"
+        );
+        let raw = raw_units("sex", filter);
+        let mut want: Vec<String> = raw.iter().filter(|(_, n)| **n >= 10).map(|(k, _)| k.clone()).collect();
+        want.sort();
+        for unit_is_row in [false, true] {
+            let mut r = rules(&policy);
+            r.unit_is_row = unit_is_row;
+            let a = rt.block_on(run_subquery("cases", table(), &sql, &r, &Default::default())).expect("runs");
+            let rows = crate::common::cells(&a.batches);
+            let text = |c: &Cell| match c {
+                Cell::Text(t) => t.clone(),
+                other => panic!("not text: {other:?}"),
+            };
+            let mut got: Vec<String> = rows.iter().map(|row| text(&row[0])).collect();
+            got.sort();
+            assert_eq!(got, want, "{unit_is_row}: {sql}");
+            assert_eq!(a.report.groups_suppressed as usize, raw.len() - want.len(), "{unit_is_row}: {sql}");
+            let scale = a.report.noise_scale.first().map(|(_, s)| *s).expect("a count's noise scale");
+            for row in &rows {
+                let key = text(&row[0]);
+                let n = match &row[1] {
+                    Cell::Float(n) => *n,
+                    Cell::Text(t) => t.parse().expect("a count"),
+                    Cell::Null => panic!("a NULL count"),
+                };
+                // Six standard deviations: a false failure has a chance under 2e-9 per group.
+                assert!(
+                    (n - raw[&key] as f64).abs() < 6.0 * scale,
+                    "{unit_is_row}: {sql}: {key} {n} vs {}",
+                    raw[&key]
+                );
+            }
+        }
     }
 }
 
