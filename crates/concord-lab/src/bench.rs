@@ -53,6 +53,17 @@ pub const POLICY_SQL: &str =
 /// The benchmark's usage policy of `events_dp`.
 pub const EVENTS_POLICY: &str = include_str!("sample/events_dp.policy.toml");
 
+/// The median of `a[i] / b[i]`.
+pub fn paired_median(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64().max(1e-9)).collect();
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => r[n / 2],
+        n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    }
+}
+
 pub fn percentile(v: &[Duration], p: f64) -> Duration {
     let mut s = v.to_vec();
     s.sort();
@@ -78,9 +89,16 @@ impl BenchReport {
     pub fn ratio(&self) -> f64 {
         self.federated_median().as_secs_f64() / self.pooled_median().as_secs_f64().max(1e-9)
     }
-    /// Time with the policy over time without: the overhead of modes, groups and noise.
+    /// Time with the policy over time without, run by run (the two run back to back, so that
+    /// a drift of the machine's speed between runs cancels out), the median of those ratios:
+    /// the overhead of modes, groups and noise.
     pub fn policy_ratio(&self) -> f64 {
-        median(&self.with_policy).as_secs_f64() / median(&self.without_policy).as_secs_f64().max(1e-9)
+        paired_median(&self.with_policy, &self.without_policy)
+    }
+
+    /// The same for one owner's release alone.
+    pub fn owner_policy_ratio(&self) -> f64 {
+        paired_median(&self.owner_with_policy, &self.owner_without_policy)
     }
 }
 
@@ -209,15 +227,24 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
                 )));
             }
             report.groups = groups;
-            // The same federated query with and without the usage policy, over the same files.
-            let t = Instant::now();
-            api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", "events")).await?;
-            let t_plain = t.elapsed();
-            settle(&nodes).await?;
-            let t = Instant::now();
-            let noisy = api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", "events_dp")).await?;
-            let t_policy = t.elapsed();
-            settle(&nodes).await?;
+            // The same federated query with and without the usage policy, over the same files,
+            // in turn first and second.
+            let mut t_plain = Duration::ZERO;
+            let mut t_policy = Duration::ZERO;
+            let mut noisy = None;
+            for policy_on in if i % 2 == 0 { [false, true] } else { [true, false] } {
+                let table = if policy_on { "events_dp" } else { "events" };
+                let t = Instant::now();
+                let answer = api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", table)).await?;
+                if policy_on {
+                    t_policy = t.elapsed();
+                    noisy = Some(answer);
+                } else {
+                    t_plain = t.elapsed();
+                }
+                settle(&nodes).await?;
+            }
+            let noisy = noisy.ok_or_else(|| NodeError::Config("the run with the policy did not run".into()))?;
             if !noisy.provenance.iter().any(|c| c.release.mechanism.is_some()) {
                 return Err(NodeError::Config("the run with the policy added no noise".into()));
             }

@@ -3,7 +3,7 @@
 //!
 //! `clamp_fixed(x)` is `round(x * scale)` clamped to `[lo, hi]` (bounds already in fixed-point
 //! units), as an `Int64`. NULL and NaN stay NULL: they add nothing to a sum. The argument is
-//! `Int64` (exact, in 128-bit arithmetic) or `Float64` (rounded to the nearest unit, infinities
+//! `Int64` (exact) or `Float64` (rounded to the nearest unit, ties to even, infinities
 //! clamped); [`clamp_fixed`] casts other types to one of these losslessly or infallibly, so no
 //! value of a person can make the owner's plan fail.
 //!
@@ -52,31 +52,38 @@ pub fn clamp_fixed(arg: Expr, arg_type: &DataType, lo: i64, hi: i64, scale: i64)
 }
 
 impl ClampFixed {
+    /// Exact: a product past the i64 range saturates, and the bounds lie well inside it.
     fn int(&self, x: i64) -> i64 {
-        let v = i128::from(x).saturating_mul(i128::from(self.scale));
-        v.clamp(i128::from(self.lo), i128::from(self.hi)) as i64
+        x.saturating_mul(self.scale).clamp(self.lo, self.hi)
     }
 
     fn float(&self, x: f64) -> Option<i64> {
-        (!x.is_nan()).then(|| self.float_unchecked(x))
+        (!x.is_nan()).then(|| if self.near() { self.float_near(x) } else { self.float_far(x) })
     }
 
-    /// Rounds half away from zero with native instructions only (`f64::round` is a library
-    /// call per value): the truncation is exact below 2^52, and above it every float is an
-    /// integer. `as` saturates, infinities included; the clamp is then exact in integers. NaN
-    /// gives 0 here: callers make it NULL.
-    fn float_unchecked(&self, x: f64) -> i64 {
-        let y = x * self.scale as f64;
-        let t = y as i64;
-        let frac = y - t as f64;
-        let r = if frac >= 0.5 {
-            t.saturating_add(1)
-        } else if frac <= -0.5 {
-            t.saturating_sub(1)
-        } else {
-            t
-        };
-        r.clamp(self.lo, self.hi)
+    /// Whether both bounds lie below 2^50 in magnitude (the policy keeps them within 1e9).
+    fn near(&self) -> bool {
+        self.lo.unsigned_abs() < 1 << 50 && self.hi.unsigned_abs() < 1 << 50
+    }
+
+    /// Clamped in floating point to the bounds (integers, exact as f64), then rounded to the
+    /// nearest integer, ties to even, by the float's own addition: past 1.5·2^52 a float has no
+    /// fraction bits, so adding it leaves the rounded value in the low bits of the mantissa.
+    /// Native vector instructions only (no library call, no saturating conversion), for
+    /// |y| < 2^51, which the clamp to bounds under 2^50 ensures. `max` and `min` take the
+    /// number over NaN: NaN gives the low bound here, and callers make it NULL.
+    ///
+    /// Invariant: the result lies in `[lo, hi]`.
+    fn float_near(&self, x: f64) -> i64 {
+        const SHIFT: f64 = 6_755_399_441_055_744.0;
+        let y = (x * self.scale as f64).max(self.lo as f64).min(self.hi as f64);
+        (y + SHIFT).to_bits() as i64 - SHIFT.to_bits() as i64
+    }
+
+    /// The same for bounds of any size: `as` saturates, and the clamp is then exact in integers.
+    fn float_far(&self, x: f64) -> i64 {
+        let y = (x * self.scale as f64).max(self.lo as f64).min(self.hi as f64);
+        (y.round_ties_even() as i64).clamp(self.lo, self.hi)
     }
 
     fn array(&self, a: &ArrayRef) -> Result<ArrayRef, DataFusionError> {
@@ -84,15 +91,19 @@ impl ClampFixed {
             DataType::Int64 => a.as_primitive::<Int64Type>().unary(|x| self.int(x)),
             DataType::Float64 => {
                 let a = a.as_primitive::<Float64Type>();
-                let out: Int64Array = a.unary(|x| self.float_unchecked(x));
-                if a.values().iter().any(|x| x.is_nan()) {
+                let (values, nan) = if self.near() {
+                    convert(a.values(), |x| self.float_near(x))
+                } else {
+                    convert(a.values(), |x| self.float_far(x))
+                };
+                let nulls = if nan {
                     // NaN adds nothing: NULL, like a missing value.
                     let numbers = BooleanBuffer::collect_bool(a.len(), |i| !a.value(i).is_nan());
-                    let nulls = NullBuffer::union(a.nulls(), Some(&NullBuffer::new(numbers)));
-                    Int64Array::new(out.values().clone(), nulls)
+                    NullBuffer::union(a.nulls(), Some(&NullBuffer::new(numbers)))
                 } else {
-                    out
-                }
+                    a.nulls().cloned()
+                };
+                Int64Array::new(values.into(), nulls)
             }
             other => {
                 return Err(DataFusionError::Internal(format!(
@@ -102,6 +113,19 @@ impl ClampFixed {
         };
         Ok(Arc::new(out))
     }
+}
+
+/// `f` of every value, and whether any is NaN: one loop the compiler can vectorise.
+fn convert(values: &[f64], f: impl Fn(f64) -> i64) -> (Vec<i64>, bool) {
+    let mut nan = false;
+    let out = values
+        .iter()
+        .map(|&x| {
+            nan |= x.is_nan();
+            f(x)
+        })
+        .collect();
+    (out, nan)
 }
 
 impl ScalarUDFImpl for ClampFixed {
@@ -144,7 +168,7 @@ impl ScalarUDFImpl for ClampFixed {
 mod tests {
     use super::*;
 
-    fn f() -> ClampFixed {
+    fn bounded() -> ClampFixed {
         ClampFixed {
             lo: -500,
             hi: 1000,
@@ -155,7 +179,7 @@ mod tests {
 
     #[test]
     fn integers_are_scaled_exactly_and_clamped() {
-        let f = f();
+        let f = bounded();
         assert_eq!(f.int(3), 300);
         assert_eq!(f.int(-3), -300);
         assert_eq!(f.int(-6), -500);
@@ -166,7 +190,7 @@ mod tests {
 
     #[test]
     fn floats_are_rounded_clamped_and_nan_adds_nothing() {
-        let f = f();
+        let f = bounded();
         assert_eq!(f.float(1.234), Some(123));
         assert_eq!(f.float(1.235_1), Some(124));
         assert_eq!(f.float(-2.0), Some(-200));
@@ -174,18 +198,68 @@ mod tests {
         assert_eq!(f.float(f64::INFINITY), Some(1000));
         assert_eq!(f.float(f64::NEG_INFINITY), Some(-500));
         assert_eq!(f.float(f64::NAN), None);
-        // Half away from zero, exactly, also where adding 0.5 would round up by itself.
-        assert_eq!(f.float(0.004_999_999_999_999_999), Some(0));
-        assert_eq!(f.float(0.499_999_999_999_999_94 / 100.0), Some(0));
-        assert_eq!(f.float(-0.005), Some(-1));
-        for x in [0.1234, -4.9951, 3.335, 9.999_999, -0.0049, 0.005, 2.675] {
-            assert_eq!(f.float(x), Some(((x * 100.0_f64).round() as i64).clamp(-500, 1000)), "{x}");
+        // To the nearest unit, ties to even, with bounds near and far.
+        let far = ClampFixed { lo: -(1 << 60), hi: 1 << 60, ..bounded() };
+        assert!(f.near() && !far.near());
+        for x in [
+            0.1234,
+            -4.9951,
+            3.335,
+            9.999_999,
+            -0.0049,
+            0.005,
+            -0.005,
+            0.015,
+            2.675,
+            0.004_999_999,
+            0.5,
+            -2.5,
+        ] {
+            let want = (x * 100.0_f64).round_ties_even() as i64;
+            assert_eq!(f.float(x), Some(want.clamp(-500, 1000)), "{x}");
+            assert_eq!(far.float(x), Some(want), "{x}");
+        }
+        let f1 = ClampFixed { scale: 1, ..bounded() };
+        assert_eq!(
+            (f1.float(0.5), f1.float(1.5), f1.float(-0.5), f1.float(-1.5)),
+            (Some(0), Some(2), Some(0), Some(-2))
+        );
+        assert_eq!(far.float(1e300), Some(1 << 60));
+    }
+
+    #[test]
+    fn every_float_lands_within_the_bounds() {
+        let f = bounded();
+        let edges = [
+            f64::MIN,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            -0.0,
+            4.999_999_999_999_999,
+            10.000_000_000_000_002,
+            -5.000_000_000_000_001,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let random = std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            f64::from_bits(state)
+        });
+        let far = ClampFixed { lo: -(1 << 60), hi: 1 << 61, ..bounded() };
+        for x in edges.into_iter().chain(random.take(100_000)) {
+            for g in [&f, &far] {
+                match g.float(x) {
+                    Some(v) => assert!((g.lo..=g.hi).contains(&v), "{x} gave {v}"),
+                    None => assert!(x.is_nan(), "{x} gave NULL"),
+                }
+            }
         }
     }
 
     #[test]
     fn nulls_stay_null() {
-        let f = f();
+        let f = bounded();
         let a: ArrayRef =
             Arc::new(datafusion::arrow::array::Float64Array::from(vec![Some(1.0), None, Some(f64::NAN)]));
         let out = f.array(&a).expect("float array");
