@@ -605,7 +605,11 @@ pub async fn showcase(file: &DemoFile) -> String {
                         "  from {}: {} groups, {} suppressed{}{}\n",
                         c.member,
                         c.groups_released,
-                        r.groups_suppressed,
+                        if r.suppressed_not_counted {
+                            "some".to_owned()
+                        } else {
+                            r.groups_suppressed.to_string()
+                        },
                         r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),
                         r.budget
                             .as_ref()
@@ -630,9 +634,9 @@ pub async fn showcase(file: &DemoFile) -> String {
         noisy,
         api_query(&alpha.local_url, &alpha.analyst_token, noisy).await,
     ));
-    let small = "SELECT region, age_band, outcome, count(*) AS n FROM bravo.health_cases WHERE outcome = 'deceased' GROUP BY region, age_band, outcome";
+    let small = "SELECT age_band, sex, count(*) AS n FROM bravo.health_cases WHERE outcome = 'deceased' GROUP BY age_band, sex";
     s.push_str(&show(
-        "Groups of fewer than ten people are suppressed and counted, never named:",
+        "Groups of fewer than ten people are suppressed and counted, never named (age bands and sexes are public keys, so the count tells nothing the release does not):",
         small,
         api_query(&alpha.local_url, &alpha.analyst_token, small).await,
     ));

@@ -57,10 +57,16 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
                 .map(|c| c.release.noise_scale.iter().map(|(_, s)| *s).fold(0.0, f64::max).powi(2))
                 .sum();
             let tolerance = 6.0 * variance.sqrt();
-            let suppressed = fed.provenance.iter().map(|c| c.release.groups_suppressed).sum();
+            // Groups held back under noisy selection are not counted: any number may be missing.
+            let suppressed = if fed.provenance.iter().any(|c| c.release.suppressed_not_counted) {
+                u64::MAX
+            } else {
+                fed.provenance.iter().map(|c| c.release.groups_suppressed).sum()
+            };
             let rows = concord_query::compare::compare_noisy(&fed.batches, &p, tolerance, suppressed)?;
             Ok(format!(
-                "{rows} rows within the noise (±{tolerance:.1}) of pooled, {suppressed} groups suppressed; contributed by {members}"
+                "{rows} rows within the noise (±{tolerance:.1}) of pooled, {} groups suppressed; contributed by {members}",
+                if suppressed == u64::MAX { "uncounted".to_owned() } else { suppressed.to_string() }
             ))
         }
         .await;

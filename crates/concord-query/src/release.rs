@@ -322,6 +322,10 @@ pub struct ReleaseReport {
     pub groups_released: u64,
     /// Groups held back (under the minimum group size, or not selected under DP); never named.
     pub groups_suppressed: u64,
+    /// Under differential privacy without public keys, groups held back are not counted: the
+    /// count would tell whether a group of one person exists, which the noisy threshold hides.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppressed_not_counted: bool,
     pub min_group_size: Option<u64>,
     /// `zcdp` or `pure`, when noise was added.
     pub mechanism: Option<String>,
@@ -405,13 +409,23 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
             Some(dp) => Some(privacy_plan(dp, groups, aggs)?),
             None => None,
         };
+        // Exact releases count units for every pair of FILTER sets: keep that bounded.
+        let clauses = filter_clauses(aggs).len();
+        if personal && privacy.is_none() && clauses > MAX_FILTER_CLAUSES {
+            return Err(policy_refusal(format!(
+                "{clauses} different FILTER clauses on personal data; at most {MAX_FILTER_CLAUSES} in one query. Split the query"
+            )));
+        }
         let min_group_size = policy.min_group_size(&rules.baseline);
         return Ok(ReleasePlan { subquery, rules, min_group_size, privacy });
     }
     Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None })
 }
 
-/// A column, possibly cast.
+/// Distinct FILTER clauses of one exact release of personal data: each pair of sets is
+/// counted, so their cost grows with the square.
+pub const MAX_FILTER_CLAUSES: usize = 8;
+
 /// A column as it is. No cast: a narrowing cast fails (or, as TRY_CAST, turns NULL) for some
 /// values only, which would let a query learn of one person's value from whether it fails.
 fn bare_column(e: &Expr) -> bool {
@@ -633,12 +647,31 @@ async fn exact_aggregate(
     let mut agg_exprs: Vec<Expr> =
         aggs.iter().enumerate().map(|(i, a)| a.expr.clone().alias(format!("__a{i}"))).collect();
     // Units per group, and per distinct FILTER clause: a FILTER narrows its aggregate's set.
-    let mut unit_filters: Vec<Option<Expr>> = Vec::new();
+    // Two sets of one group differ by none or by at least k units, or the group is held back:
+    // otherwise `count(*)` beside `count(*) FILTER (WHERE age_band <> '90+')` tells the 90+
+    // by difference. The bool: whether no unit at all is also fine.
+    let mut unit_filters: Vec<(Option<Expr>, bool)> = Vec::new();
     if plan.min_group_size.is_some() {
-        unit_filters.push(None);
-        unit_filters.extend(filter_clauses(aggs).into_iter().map(Some));
+        let clauses = filter_clauses(aggs);
+        unit_filters.push((None, false));
+        unit_filters.extend(clauses.iter().cloned().map(|f| (Some(f), false)));
+        let sets: Vec<Option<&Expr>> = std::iter::once(None).chain(clauses.iter().map(Some)).collect();
+        for (i, a) in sets.iter().enumerate() {
+            for (j, b) in sets.iter().enumerate().skip(1) {
+                if i == j {
+                    continue;
+                }
+                let outside_b = b.map(|b| Expr::IsNotTrue(Box::new(b.clone())));
+                let diff = match (a, outside_b) {
+                    (Some(a), Some(nb)) => (*a).clone().and(nb),
+                    (None, Some(nb)) => nb,
+                    (_, None) => continue,
+                };
+                unit_filters.push((Some(diff), true));
+            }
+        }
     }
-    for (j, f) in unit_filters.iter().enumerate() {
+    for (j, (f, _)) in unit_filters.iter().enumerate() {
         agg_exprs.push(units_expr(plan, f.as_ref())?.alias(format!("__units{j}")));
     }
     let group_exprs: Vec<Expr> =
@@ -654,7 +687,7 @@ async fn exact_aggregate(
         let batch = match plan.min_group_size {
             Some(k) => {
                 let mut keep = vec![true; batch.num_rows()];
-                for j in 0..unit_filters.len() {
+                for (j, (_, zero_ok)) in unit_filters.iter().enumerate() {
                     let units = batch.column(ng + na + j);
                     let units =
                         cast(units, &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
@@ -663,7 +696,8 @@ async fn exact_aggregate(
                         .downcast_ref::<Int64Array>()
                         .ok_or_else(|| QueryError::Execution("unit counts are not integers".into()))?;
                     for (r, k_ok) in keep.iter_mut().enumerate() {
-                        if units.is_null(r) || (units.value(r) as u64) < k {
+                        let n = if units.is_null(r) { 0 } else { units.value(r).max(0) as u64 };
+                        if n < k && !(*zero_ok && n == 0) {
                             *k_ok = false;
                         }
                     }
@@ -793,31 +827,21 @@ async fn private_aggregate(
         per_unit_plan(b, groups, values, &caps, &clauses, &unit, privacy.max_groups_per_unit)?
     };
     let width = built.schema().fields().len();
+    let planned: SchemaRef = Arc::new(built.schema().as_arrow().clone());
     let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
-    let mut all = if batches.is_empty() {
-        None
-    } else {
-        Some(concat_batches(&schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))?)
-    };
+    // No group at all goes through the same steps as any other result, so that its report
+    // (mechanism, what is suppressed) looks like that of groups held back.
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
+    let mut all = concat_batches(&schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))?;
     // A global aggregate over nothing still has its one group.
-    if ng == 0 && all.as_ref().is_none_or(|b| b.num_rows() == 0) {
+    if ng == 0 && all.num_rows() == 0 {
         let cols: Vec<ArrayRef> =
             (0..width).map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef).collect();
         let fields: Vec<Field> =
             (0..width).map(|j| Field::new(format!("__c{j}"), DataType::Int64, true)).collect();
-        all = Some(
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-                .map_err(|e| QueryError::Execution(e.to_string()))?,
-        );
+        all = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
     }
-    let Some(all) = all else {
-        return Ok((
-            Vec::new(),
-            ReleaseReport { min_group_size: plan.min_group_size, ..Default::default() },
-            scanned,
-        ));
-    };
     let int = |i: usize| -> Result<Int64Array, QueryError> {
         let c = cast(all.column(i), &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
         c.as_any()
@@ -911,9 +935,29 @@ async fn private_aggregate(
             c.clone()
         }
     })?;
+    let released = batch.num_rows() as u64;
+    // What is held back is told without telling more than the release itself: with public keys,
+    // every key not released (whether or not the data has it: a group of one must look like no
+    // group); with noisy selection, nothing; a global aggregate is one group, present or not.
+    let (suppressed, not_counted) = if dp.selection.is_some() {
+        (0, true)
+    } else if ng == 0 {
+        (suppressed, false)
+    } else {
+        let keys = groups
+            .iter()
+            .map(|g| {
+                column_of(g)
+                    .and_then(|c| key_sets.get(&c))
+                    .map_or(0, |s| s.iter().collect::<BTreeSet<_>>().len() as u64)
+            })
+            .fold(1u64, u64::saturating_mul);
+        (keys.saturating_sub(released), false)
+    };
     let report = ReleaseReport {
-        groups_released: batch.num_rows() as u64,
+        groups_released: released,
         groups_suppressed: suppressed,
+        suppressed_not_counted: not_counted,
         min_group_size: plan.min_group_size,
         mechanism: Some(dp.mechanism.as_str().to_owned()),
         noise_scale: outputs
@@ -1037,8 +1081,13 @@ pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
         Ok(plan) => {
             match plan.min_group_size {
                 Some(k) => lines.push(format!(
-                    "minimum group size {k}: groups of fewer distinct {} are suppressed and counted",
-                    rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows")
+                    "minimum group size {k}: groups of fewer distinct {} are suppressed and {}",
+                    rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows"),
+                    if plan.privacy.as_ref().is_some_and(|p| p.selection.is_some()) {
+                        "not counted (under noisy selection a count would tell that a small group exists)"
+                    } else {
+                        "counted"
+                    }
                 )),
                 None => lines.push("no minimum group size".to_owned()),
             }

@@ -95,7 +95,12 @@ pub async fn query(
                     )?;
                     let r = &c.release;
                     let mut notes = Vec::new();
-                    if r.groups_suppressed > 0 || r.min_group_size.is_some() {
+                    if r.suppressed_not_counted {
+                        notes.push(format!(
+                            "groups under the minimum group size ({}) or the noisy threshold suppressed, not counted",
+                            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
+                        ));
+                    } else if r.groups_suppressed > 0 || r.min_group_size.is_some() {
                         notes.push(format!(
                             "{} groups suppressed (minimum group size {})",
                             r.groups_suppressed,

@@ -457,7 +457,10 @@ fn both_contribution_paths_release_the_same_groups_under_differential_privacy() 
             let mut got: Vec<String> = rows.iter().map(|row| text(&row[0])).collect();
             got.sort();
             assert_eq!(got, want, "{unit_is_row}: {sql}");
-            assert_eq!(a.report.groups_suppressed as usize, raw.len() - want.len(), "{unit_is_row}: {sql}");
+            // Every public key not released counts, present in the data or not: a group of one
+            // must look like no group at all.
+            assert_eq!(a.report.groups_suppressed as usize, 2 - want.len(), "{unit_is_row}: {sql}");
+            assert!(!a.report.suppressed_not_counted);
             let scale = a.report.noise_scale.first().map(|(_, s)| *s).expect("a count's noise scale");
             for row in &rows {
                 let key = text(&row[0]);
@@ -474,6 +477,21 @@ fn both_contribution_paths_release_the_same_groups_under_differential_privacy() 
                 );
             }
         }
+    }
+}
+
+#[test]
+fn groups_held_back_by_noisy_selection_are_not_counted() {
+    // Region has no public keys: a group is released when its noisy count passes a threshold,
+    // which hides whether NO's one 90+ person exists. A count of the groups held back would
+    // tell it, deterministically: none is given.
+    let policy = NOISY.replace("cost = 0.005", "cost = 1.0");
+    for filter in ["age_band = '90+'", "age_band = '90+' AND region <> 'NO'"] {
+        let sql = format!("SELECT region AS g0, count(1) AS p0 FROM cases WHERE {filter} GROUP BY region");
+        let a = run(&policy, &sql).expect("runs");
+        assert!(a.report.suppressed_not_counted, "{sql}");
+        assert_eq!(a.report.groups_suppressed, 0, "{sql}");
+        assert_eq!(a.report.groups_released, 0, "{sql}: no group of 90+ has ten people");
     }
 }
 
@@ -540,6 +558,52 @@ fn an_aggregate_filter_clause_cannot_narrow_a_group() {
     let keys = released_keys(&answer, 1);
     assert!(!keys.contains(&"NO".to_owned()), "NO's 90+ group holds one person: {keys:?}");
     assert!(answer.report.groups_suppressed >= 1);
+}
+
+#[test]
+fn filter_clauses_cannot_difference_out_a_few_people() {
+    // Each set is large, but two sets of one group differ by a few people: the group is held
+    // back unless they differ by none or by at least ten.
+    let cases = [
+        (
+            "SELECT region AS g0, count(1) AS p0, count(1) FILTER (WHERE age_band <> '90+') AS p1 FROM cases GROUP BY region",
+            "age_band = '90+'",
+        ),
+        (
+            "SELECT region AS g0, count(1) FILTER (WHERE sex = 'F') AS p0, count(1) FILTER (WHERE sex = 'F' AND age_band <> '90+') AS p1 FROM cases GROUP BY region",
+            "sex = 'F' AND age_band = '90+'",
+        ),
+        (
+            "SELECT region AS g0, sum(hospital_days) AS p0, sum(hospital_days) FILTER (WHERE NOT (age_band = '90+' AND sex = 'M')) AS p1 FROM cases GROUP BY region",
+            "age_band = '90+' AND sex = 'M'",
+        ),
+    ];
+    for (sql, difference) in cases {
+        let answer = run(EXACT, sql).unwrap_or_else(|e| panic!("{sql}\n  must run: {e}"));
+        let released = released_keys(&answer, 1);
+        let between = raw_units("region", difference);
+        for k in &released {
+            let n = between.get(k).copied().unwrap_or(0);
+            assert!(n == 0 || n >= 10, "{sql}\n  released {k:?}, whose sets differ by {n} people");
+        }
+        assert!(!released.contains(&"NO".to_owned()) || !between.contains_key("NO"), "{sql}");
+        assert!(answer.report.groups_suppressed >= 1, "{sql}: NO is held back and counted");
+    }
+    // Sets that differ by many are released: every region has at least ten men and ten women.
+    let sql = "SELECT region AS g0, count(1) FILTER (WHERE sex = 'F') AS p0, count(1) FILTER (WHERE sex = 'M') AS p1 FROM cases WHERE region <> 'XS' GROUP BY region";
+    let answer = run(EXACT, sql).expect("runs");
+    assert_eq!(answer.report.groups_suppressed, 0, "{sql}");
+}
+
+#[test]
+fn too_many_filter_clauses_are_refused_before_running() {
+    let clauses: Vec<String> =
+        (0..9).map(|i| format!("count(1) FILTER (WHERE region <> 'R{i}') AS p{i}")).collect();
+    let sql = format!("SELECT {} FROM cases", clauses.join(", "));
+    let message = run(EXACT, &sql).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("at most 8"), "{message}");
+    let sql = format!("SELECT {} FROM cases", clauses[..8].join(", "));
+    run(EXACT, &sql).expect("eight clauses run");
 }
 
 #[test]
