@@ -30,7 +30,7 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int6
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::{greatest, least, random};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
@@ -112,6 +112,8 @@ pub struct Subquery {
     pub shape: Shape,
     /// The schema the requester expects.
     pub schema: SchemaRef,
+    /// The dataset's columns the parts are written over.
+    pub columns: DFSchemaRef,
 }
 
 fn refuse(reason: impl Into<String>) -> QueryError {
@@ -137,6 +139,7 @@ impl Subquery {
             return Err(refuse("a sub-query must be a SELECT"));
         };
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let columns = scan_schema(plan).ok_or_else(|| refuse("a sub-query reads one dataset"))?;
         let names: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
         if let LogicalPlan::Aggregate(agg) = proj.input.as_ref() {
             let (filters, base) = flatten(&agg.input)?;
@@ -186,7 +189,7 @@ impl Subquery {
                 let i = agg.schema.index_of_column(&c).map_err(|e| refuse(e.strip_backtrace()))?;
                 outputs.push((name, if i < ng { Output::Group(i) } else { Output::Agg(i - ng) }));
             }
-            return Ok(Self { filters, shape: Shape::Aggregate { groups, aggs, outputs }, schema });
+            return Ok(Self { filters, shape: Shape::Aggregate { groups, aggs, outputs }, schema, columns });
         }
         let (filters, base) = flatten(&proj.input)?;
         let outputs = proj
@@ -195,7 +198,7 @@ impl Subquery {
             .zip(names)
             .map(|(e, name)| Ok((name, substitute(&e.clone().unalias(), proj.input.schema(), &base)?)))
             .collect::<Result<Vec<_>, QueryError>>()?;
-        Ok(Self { filters, shape: Shape::Rows { outputs }, schema })
+        Ok(Self { filters, shape: Shape::Rows { outputs }, schema, columns })
     }
 
     /// Every column the sub-query touches, with how.
@@ -240,6 +243,131 @@ impl Subquery {
             add(f, where_use, "WHERE");
         }
         out
+    }
+}
+
+/// The columns of the scan under a plan of single inputs.
+fn scan_schema(plan: &LogicalPlan) -> Option<DFSchemaRef> {
+    match plan {
+        LogicalPlan::TableScan(scan) => Some(scan.projected_schema.clone()),
+        other => match other.inputs().as_slice() {
+            [one] => scan_schema(one),
+            _ => None,
+        },
+    }
+}
+
+/// Why evaluating `e` over personal data could fail for some values only, if it could: then
+/// whether the owner's run fails would tell of one person's value (`1 / (x - 37)` in a WHERE
+/// fails when someone's x is 37). Comparisons, boolean logic, BETWEEN, IN, LIKE, IS NULL,
+/// CASE and [`TOTAL_FUNCTIONS`] cannot fail; arithmetic, other functions and narrowing casts of
+/// a column can.
+fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
+    use datafusion::logical_expr::Operator::*;
+    if e.column_refs().is_empty() {
+        // Constant: it fails for every row or for none.
+        return None;
+    }
+    let all = |es: &[&Expr]| es.iter().find_map(|x| may_fail(x, columns));
+    match e {
+        Expr::Column(_) => None,
+        Expr::Alias(a) => may_fail(&a.expr, columns),
+        Expr::BinaryExpr(b) => match b.op {
+            Eq | NotEq | Lt | LtEq | Gt | GtEq | IsDistinctFrom | IsNotDistinctFrom | And | Or
+            | StringConcat => all(&[&b.left, &b.right]),
+            _ => Some(format!("{e} computes on a column ({})", b.op)),
+        },
+        Expr::Not(x)
+        | Expr::IsNull(x)
+        | Expr::IsNotNull(x)
+        | Expr::IsTrue(x)
+        | Expr::IsFalse(x)
+        | Expr::IsUnknown(x)
+        | Expr::IsNotTrue(x)
+        | Expr::IsNotFalse(x)
+        | Expr::IsNotUnknown(x) => may_fail(x, columns),
+        Expr::Between(b) => all(&[&b.expr, &b.low, &b.high]),
+        Expr::InList(l) => {
+            let mut es: Vec<&Expr> = vec![&l.expr];
+            es.extend(l.list.iter());
+            all(&es)
+        }
+        // A pattern that is not a constant could be invalid for some rows only.
+        Expr::Like(l) if l.pattern.column_refs().is_empty() => may_fail(&l.expr, columns),
+        Expr::Case(c) => {
+            let mut es: Vec<&Expr> = Vec::new();
+            es.extend(c.expr.as_deref());
+            for (w, t) in &c.when_then_expr {
+                es.push(w);
+                es.push(t);
+            }
+            es.extend(c.else_expr.as_deref());
+            all(&es)
+        }
+        Expr::TryCast(t) => may_fail(&t.expr, columns),
+        // These fail on a negative length or position only: total when those are constants.
+        Expr::ScalarFunction(f)
+            if matches!(f.name(), "substr" | "left" | "right")
+                && f.args.iter().skip(1).all(|a| a.column_refs().is_empty()) =>
+        {
+            f.args.first().and_then(|a| may_fail(a, columns))
+        }
+        Expr::ScalarFunction(f) if TOTAL_FUNCTIONS.contains(&f.name()) => {
+            all(&f.args.iter().collect::<Vec<_>>())
+        }
+        Expr::Cast(c) => {
+            let from = c.expr.get_type(columns).ok()?;
+            if lossless_cast(&from, c.field.data_type()) {
+                may_fail(&c.expr, columns)
+            } else {
+                Some(format!("{e} casts {from} to {}, which fails for some values", c.field.data_type()))
+            }
+        }
+        _ => Some(format!("{e} applies a function or an operation to a column")),
+    }
+}
+
+/// Functions that give a value (or NULL) for every input of their types, never an error.
+const TOTAL_FUNCTIONS: &[&str] = &[
+    "upper",
+    "lower",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "character_length",
+    "length",
+    "octet_length",
+    "concat",
+    "concat_ws",
+    "coalesce",
+    "nullif",
+    "date_part",
+    "starts_with",
+    "ends_with",
+    "strpos",
+];
+
+/// Whether every value of `from` converts to `to` without an error.
+fn lossless_cast(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    if from == to || matches!(to, Utf8 | LargeUtf8 | Utf8View) {
+        return true;
+    }
+    let int_width = |t: &DataType| match t {
+        Int8 => Some((true, 8)),
+        Int16 => Some((true, 16)),
+        Int32 => Some((true, 32)),
+        Int64 => Some((true, 64)),
+        UInt8 => Some((false, 8)),
+        UInt16 => Some((false, 16)),
+        UInt32 => Some((false, 32)),
+        UInt64 => Some((false, 64)),
+        _ => None,
+    };
+    match (int_width(from), int_width(to), to) {
+        (Some((fs, fw)), Some((ts, tw)), _) => (fs == ts && tw >= fw) || (!fs && ts && tw > fw),
+        (Some(_), None, Float64 | Float32) => true,
+        _ => matches!((from, to), (Float16 | Float32, Float64) | (Float16, Float32) | (Date32, Date64)),
     }
 }
 
@@ -390,6 +518,20 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
         return Err(policy_refusal(first));
     }
     let personal = policy.personal.is_some();
+    if personal {
+        let mut parts: Vec<&Expr> = subquery.filters.iter().collect();
+        if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
+            parts.extend(groups);
+            parts.extend(aggs.iter().filter_map(|a| a.filter.as_ref()));
+        }
+        if let Some(why) = parts.iter().find_map(|e| may_fail(e, &subquery.columns)) {
+            return Err(policy_refusal(format!(
+                "on personal data, WHERE, GROUP BY and FILTER compare columns with values (=, <, BETWEEN, IN, LIKE, \
+                 IS NULL, AND, OR, NOT, CASE) and nothing that can fail for some values only, since whether the query \
+                 fails would tell of one person's value: {why}"
+            )));
+        }
+    }
     if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
         if personal {
             for a in aggs {

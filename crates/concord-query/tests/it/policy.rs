@@ -301,6 +301,21 @@ const REFUSED: &[(&str, &str)] = &[
         "case_id is hidden",
     ),
     ("SELECT region AS g0, max(sex) AS p0 FROM cases GROUP BY region", "MIN and MAX of sex"),
+    // Failure as an oracle: an expression that fails for one value only tells, by whether the
+    // owner's run fails, that someone has that value.
+    ("SELECT count(1) AS p0 FROM cases WHERE 1 / (length(region) - 2) > 0", "can fail for some values only"),
+    ("SELECT count(1) AS p0 FROM cases WHERE CAST(region AS INT) > 0", "casts Utf8 to Int32"),
+    (
+        "SELECT region AS g0, count(1) FILTER (WHERE 100 / (date_part('day', onset_date) - 5) > 1) AS p0 FROM cases GROUP BY region",
+        "can fail for some values only",
+    ),
+    ("SELECT count(1) AS p0 FROM cases WHERE substr(region, 1, length(age_band) - 3) = 'N'", "can fail"),
+    ("SELECT count(1) AS p0 FROM cases WHERE region LIKE age_band", "can fail"),
+    ("SELECT count(1) AS p0 FROM cases WHERE to_date(age_band) > DATE '2020-01-01'", "can fail"),
+    (
+        "SELECT g AS g0, count(1) AS p0 FROM (SELECT arrow_cast(age_band, 'Int64') AS g FROM cases) GROUP BY g",
+        "can fail",
+    ),
     // Shapes no owner runs.
     ("SELECT count(1) AS p0 FROM cases WHERE onset_date = (SELECT max(onset_date) FROM cases)", "subquery"),
     ("SELECT count(1) AS p0 FROM cases c1 JOIN cases c2 ON c1.case_id = c2.case_id", "not accepted"),
