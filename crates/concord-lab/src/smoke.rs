@@ -66,7 +66,7 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
             let rows = concord_query::compare::compare_noisy(&fed.batches, &p, tolerance, suppressed)?;
             Ok(format!(
                 "{rows} rows within the noise (±{tolerance:.1}) of pooled, {} groups suppressed; contributed by {members}",
-                if suppressed == u64::MAX { "uncounted".to_owned() } else { suppressed.to_string() }
+                if suppressed == u64::MAX { "an uncounted number of".to_owned() } else { suppressed.to_string() }
             ))
         }
         .await;
