@@ -264,8 +264,9 @@ fn scan_schema(plan: &LogicalPlan) -> Option<DFSchemaRef> {
 /// a column can.
 fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
     use datafusion::logical_expr::Operator::*;
-    if e.column_refs().is_empty() {
-        // Constant: it fails for every row or for none.
+    // Only a literal is safe as it is: a constant expression such as 1/0 is evaluated lazily
+    // (skipped by AND, OR and CASE where the rows decide it), so it can fail for some rows only.
+    if matches!(e, Expr::Literal(..)) {
         return None;
     }
     let all = |es: &[&Expr]| es.iter().find_map(|x| may_fail(x, columns));
@@ -305,10 +306,15 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             all(&es)
         }
         Expr::TryCast(t) => may_fail(&t.expr, columns),
+        // A literal cast that works now works for every row: `DATE '2022-01-08'`.
+        Expr::Cast(c) if matches!(c.expr.as_ref(), Expr::Literal(..)) => match c.expr.as_ref() {
+            Expr::Literal(v, _) if v.cast_to(c.field.data_type()).is_ok() => None,
+            _ => Some(format!("{e} fails")),
+        },
         // These fail on a negative length or position only: total when those are constants.
         Expr::ScalarFunction(f)
             if matches!(f.name(), "substr" | "left" | "right")
-                && f.args.iter().skip(1).all(|a| a.column_refs().is_empty()) =>
+                && f.args.iter().skip(1).all(|a| matches!(a, Expr::Literal(..))) =>
         {
             f.args.first().and_then(|a| may_fail(a, columns))
         }
@@ -316,7 +322,9 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             all(&f.args.iter().collect::<Vec<_>>())
         }
         Expr::Cast(c) => {
-            let from = c.expr.get_type(columns).ok()?;
+            let Ok(from) = c.expr.get_type(columns) else {
+                return Some(format!("{e} casts a value of unknown type"));
+            };
             if lossless_cast(&from, c.field.data_type()) {
                 may_fail(&c.expr, columns)
             } else {
@@ -350,7 +358,11 @@ const TOTAL_FUNCTIONS: &[&str] = &[
 /// Whether every value of `from` converts to `to` without an error.
 fn lossless_cast(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
-    if from == to || matches!(to, Utf8 | LargeUtf8 | Utf8View) {
+    // Bytes that are not UTF-8 fail a cast to text.
+    if from == to
+        || (matches!(to, Utf8 | LargeUtf8 | Utf8View)
+            && !matches!(from, Binary | LargeBinary | BinaryView | FixedSizeBinary(_)))
+    {
         return true;
     }
     let int_width = |t: &DataType| match t {

@@ -311,6 +311,16 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     ("SELECT count(1) AS p0 FROM cases WHERE substr(region, 1, length(age_band) - 3) = 'N'", "can fail"),
     ("SELECT count(1) AS p0 FROM cases WHERE region LIKE age_band", "can fail"),
+    // A constant that fails is evaluated only where the rows get to it.
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE (region = 'NO' AND age_band = '90+') IS TRUE AND 1 / 0 = 1",
+        "can fail",
+    ),
+    (
+        "SELECT count(1) AS p0 FROM cases WHERE CASE WHEN region = 'NO' AND age_band = '90+' THEN 1 / 0 ELSE 0 END = 0",
+        "can fail",
+    ),
+    ("SELECT count(1) AS p0 FROM cases WHERE substr(region, 1, 1 / 0) = 'N'", "can fail"),
     ("SELECT count(1) AS p0 FROM cases WHERE to_date(age_band) > DATE '2020-01-01'", "can fail"),
     (
         "SELECT g AS g0, count(1) AS p0 FROM (SELECT arrow_cast(age_band, 'Int64') AS g FROM cases) GROUP BY g",
