@@ -306,11 +306,6 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             all(&es)
         }
         Expr::TryCast(t) => may_fail(&t.expr, columns),
-        // A literal cast that works now works for every row: `DATE '2022-01-08'`.
-        Expr::Cast(c) if matches!(c.expr.as_ref(), Expr::Literal(..)) => match c.expr.as_ref() {
-            Expr::Literal(v, _) if v.cast_to(c.field.data_type()).is_ok() => None,
-            _ => Some(format!("{e} fails")),
-        },
         // These fail on a negative length or position only: total when those are constants.
         Expr::ScalarFunction(f)
             if matches!(f.name(), "substr" | "left" | "right")
@@ -322,6 +317,10 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             all(&f.args.iter().collect::<Vec<_>>())
         }
         Expr::Cast(c) => {
+            // A literal cast that works now works for every row: `DATE '2022-01-08'`.
+            if let Expr::Literal(v, _) = c.expr.as_ref() {
+                return v.cast_to(c.field.data_type()).is_err().then(|| format!("{e} fails"));
+            }
             let Ok(from) = c.expr.get_type(columns) else {
                 return Some(format!("{e} casts a value of unknown type"));
             };
@@ -980,8 +979,8 @@ async fn private_aggregate(
     } else {
         per_unit_plan(b, groups, values, &caps, &clauses, &unit, privacy.max_groups_per_unit)?
     };
-    let width = built.schema().fields().len();
     let planned: SchemaRef = Arc::new(built.schema().as_arrow().clone());
+    let width = planned.fields().len();
     let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
     // No group at all goes through the same steps as any other result, so that its report
     // (mechanism, what is suppressed) looks like that of groups held back.
