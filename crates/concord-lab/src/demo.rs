@@ -602,13 +602,13 @@ pub async fn showcase(file: &DemoFile) -> String {
                         .collect::<Vec<_>>()
                         .join(", ");
                     out.push_str(&format!(
-                        "  from {}: {} groups, {} suppressed{}{}\n",
+                        "  from {}: {} groups, {}{}{}\n",
                         c.member,
                         c.groups_released,
                         if r.suppressed_not_counted {
-                            "some".to_owned()
+                            "groups held back not counted".to_owned()
                         } else {
-                            r.groups_suppressed.to_string()
+                            format!("{} suppressed", r.groups_suppressed)
                         },
                         r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),
                         r.budget

@@ -34,6 +34,8 @@ struct RawRelease {
     min_group_size: Option<Spanned<u64>>,
     #[serde(default)]
     min_max: Vec<String>,
+    #[serde(default)]
+    keys: BTreeMap<String, Vec<String>>,
     privacy: Option<Spanned<RawPrivacy>>,
 }
 
@@ -246,6 +248,7 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<Policy, PolicyError> {
         release: Release {
             min_group_size: raw.release.min_group_size.map(Spanned::into_inner),
             min_max: raw.release.min_max,
+            keys: raw.release.keys,
             privacy,
         },
         groups,
@@ -262,12 +265,24 @@ pub(crate) fn parse(source: &str, file: &str) -> Result<Policy, PolicyError> {
                 )));
             }
         }
-        for c in dp.keys.keys() {
+        for (c, set) in &dp.keys {
             if !matches!(policy.mode(c), ColumnMode::Group | ColumnMode::Plain) {
                 return Err(PolicyError::Invalid(format!(
                     "{file}: release.privacy.keys names {c}, which is not a group column"
                 )));
             }
+            if policy.release.keys.get(c).is_some_and(|other| other != set) {
+                return Err(PolicyError::Invalid(format!(
+                    "{file}: release.keys and release.privacy.keys give {c} different public key sets; keep one"
+                )));
+            }
+        }
+    }
+    for c in policy.release.keys.keys() {
+        if !matches!(policy.mode(c), ColumnMode::Group | ColumnMode::Plain) {
+            return Err(PolicyError::Invalid(format!(
+                "{file}: release.keys names {c}, which is not a group column"
+            )));
         }
     }
     for c in &policy.release.min_max {

@@ -235,6 +235,10 @@ pub struct Release {
     pub min_group_size: Option<u64>,
     /// Columns whose MIN and MAX may be released from personal data (never under DP).
     pub min_max: Vec<String>,
+    /// Public key sets of group columns, whatever the release: the values a group column can
+    /// take, published by the owner. Groups held back are counted only against these (a count
+    /// of groups found in the data would tell a group of one from none).
+    pub keys: BTreeMap<String, Vec<String>>,
     pub privacy: Option<Privacy>,
 }
 
@@ -365,6 +369,15 @@ impl Policy {
         }
     }
 
+    /// The public key set of a group column (`release.keys`, or `release.privacy.keys`).
+    pub fn public_keys(&self, column: &str) -> Option<&[String]> {
+        self.release
+            .keys
+            .get(column)
+            .or_else(|| self.release.privacy.as_ref().and_then(|p| p.keys.get(column)))
+            .map(Vec::as_slice)
+    }
+
     /// Whether MIN and MAX of `column` may be released.
     pub fn allows_extremes(&self, column: &str) -> bool {
         if self.release.privacy.is_some() {
@@ -396,6 +409,11 @@ impl Policy {
         for c in &self.release.min_max {
             if !known(c) {
                 return Err(unknown("release.min_max names", c));
+            }
+        }
+        for c in self.release.keys.keys() {
+            if !known(c) {
+                return Err(unknown("release.keys names", c));
             }
         }
         if let Some(dp) = &self.release.privacy {

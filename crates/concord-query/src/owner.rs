@@ -85,8 +85,8 @@ pub async fn run_subquery(
     run_release(&plan, dataset, table, limits).await
 }
 
-/// Plans `sql` against `dataset` alone in `ctx` and checks it: the shape of a partial
-/// aggregate or of a row read, and bounded values.
+/// Plans `sql` against `dataset` alone in `ctx`, with types coerced as they will run, and
+/// checks it: the shape of a partial aggregate or of a row read, and bounded values.
 pub async fn plan_subquery(
     ctx: &SessionContext,
     dataset: &str,
@@ -101,6 +101,13 @@ pub async fn plan_subquery(
         .with_allow_dml(false)
         .with_allow_statements(false)
         .verify_plan(&plan)
+        .map_err(|e| refuse(e.strip_backtrace()))?;
+    // Type coercion, as it would run: the casts it adds (text compared with a number is cast
+    // to the number) are part of what the owner checks, since they can fail for some values.
+    let state = ctx.state();
+    let plan = state
+        .analyzer()
+        .execute_and_check(plan, state.config_options(), |_, _| {})
         .map_err(|e| refuse(e.strip_backtrace()))?;
     check_subquery_plan(&plan, dataset, &table)?;
     crate::limits::check_plan(&plan).map_err(|e| match e {

@@ -30,10 +30,12 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int6
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{TreeNode as _, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue, TableReference};
+use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::{greatest, least, random};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt as _, ExprSchemable as _, LogicalPlan, LogicalPlanBuilder, SortExpr, col, lit, when,
@@ -313,25 +315,63 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
         {
             f.args.first().and_then(|a| may_fail(a, columns))
         }
+        // A part of a duration or interval in a smaller unit can overflow.
+        Expr::ScalarFunction(f)
+            if f.name() == "date_part"
+                && f.args.iter().any(|a| {
+                    !matches!(a.get_type(columns), Ok(t) if !matches!(t, DataType::Duration(_) | DataType::Interval(_)))
+                }) =>
+        {
+            Some(format!("{e} takes a part of a duration, which can overflow"))
+        }
         Expr::ScalarFunction(f) if TOTAL_FUNCTIONS.contains(&f.name()) => {
             all(&f.args.iter().collect::<Vec<_>>())
         }
-        Expr::Cast(c) => {
-            // A literal cast that works now works for every row: `DATE '2022-01-08'`.
-            if let Expr::Literal(v, _) = c.expr.as_ref() {
-                return v.cast_to(c.field.data_type()).is_err().then(|| format!("{e} fails"));
-            }
-            let Ok(from) = c.expr.get_type(columns) else {
-                return Some(format!("{e} casts a value of unknown type"));
-            };
-            if lossless_cast(&from, c.field.data_type()) {
-                may_fail(&c.expr, columns)
-            } else {
-                Some(format!("{e} casts {from} to {}, which fails for some values", c.field.data_type()))
-            }
-        }
+        Expr::Cast(c) => cast_may_fail(c, columns).or_else(|| may_fail(&c.expr, columns)),
         _ => Some(format!("{e} applies a function or an operation to a column")),
     }
+}
+
+/// Why a cast itself could fail for some values, if it could.
+fn cast_may_fail(c: &datafusion::logical_expr::Cast, columns: &DFSchema) -> Option<String> {
+    let to = c.field.data_type();
+    // A literal cast that works now works for every row: `DATE '2022-01-08'`.
+    if let Expr::Literal(v, _) = c.expr.as_ref() {
+        return v.cast_to(to).is_err().then(|| format!("CAST({v} AS {to}) fails"));
+    }
+    match c.expr.get_type(columns) {
+        Err(_) => Some(format!("CAST({} AS {to}) casts a value of unknown type", c.expr)),
+        Ok(from) if lossless_cast(&from, to) => None,
+        Ok(from) => {
+            Some(format!("CAST({} AS {to}) casts {from} to {to}, which fails for some values", c.expr))
+        }
+    }
+}
+
+/// A cast in an analysed plan that could fail for some values: what type coercion added to
+/// the owner's own plan, checked as the requester's parts were.
+fn failing_cast(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply(|node| {
+        let schema = match (node, node.inputs().first()) {
+            (LogicalPlan::Join(_), _) => node.schema().clone(),
+            (_, Some(input)) => input.schema().clone(),
+            (_, None) => return Ok(TreeNodeRecursion::Continue),
+        };
+        let _ = node.apply_expressions(|e| {
+            e.apply(|x| {
+                if let Expr::Cast(c) = x
+                    && let Some(why) = cast_may_fail(c, &schema)
+                {
+                    found = Some(why);
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        });
+        Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
 }
 
 /// Functions that give a value (or NULL) for every input of their types, never an error.
@@ -378,6 +418,27 @@ fn lossless_cast(from: &DataType, to: &DataType) -> bool {
     match (int_width(from), int_width(to), to) {
         (Some((fs, fw)), Some((ts, tw)), _) => (fs == ts && tw >= fw) || (!fs && ts && tw > fw),
         (Some(_), None, Float64 | Float32) => true,
+        (from_int, _, Decimal128(tp, ts) | Decimal256(tp, ts)) => {
+            let whole = i16::from(*tp) - i16::from(*ts);
+            match (from, from_int) {
+                // More digits on both sides of the point: every value fits.
+                (Decimal128(fp, fs) | Decimal256(fp, fs), _) => {
+                    ts >= fs && whole >= i16::from(*fp) - i16::from(*fs)
+                }
+                // Enough whole digits for the widest integer of the type.
+                (_, Some((signed, width))) => {
+                    let digits = match (signed, width) {
+                        (_, 8) => 3,
+                        (_, 16) => 5,
+                        (_, 32) => 10,
+                        (true, _) => 19,
+                        (false, _) => 20,
+                    };
+                    whole >= digits
+                }
+                _ => false,
+            }
+        }
         _ => matches!((from, to), (Float16 | Float32, Float64) | (Float16, Float32) | (Date32, Date64)),
     }
 }
@@ -547,7 +608,7 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
         if personal {
             for a in aggs {
                 if let Some(arg) = &a.arg
-                    && !bare_column(arg)
+                    && !column_as_is(arg, &subquery.columns)
                 {
                     return Err(policy_refusal(format!(
                         "on personal data an aggregate takes one column as it is, without casts or functions; {} \
@@ -559,14 +620,15 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
             }
         }
         let privacy = match &policy.release.privacy {
-            Some(dp) => Some(privacy_plan(dp, groups, aggs)?),
+            Some(dp) => Some(privacy_plan(&policy, dp, groups, aggs)?),
             None => None,
         };
-        // Exact releases count units for every pair of FILTER sets: keep that bounded.
-        let clauses = filter_clauses(aggs).len();
-        if personal && privacy.is_none() && clauses > MAX_FILTER_CLAUSES {
+        // Exact releases count units in every cell of the aggregates' sets: keep that bounded.
+        let sets = aggregate_sets(aggs, &subquery.columns).len();
+        if personal && privacy.is_none() && sets > MAX_SETS {
             return Err(policy_refusal(format!(
-                "{clauses} different FILTER clauses on personal data; at most {MAX_FILTER_CLAUSES} in one query. Split the query"
+                "the aggregates cover {sets} different sets of rows (each FILTER clause, and each column that \
+                 may be NULL, since NULLs are skipped); at most {MAX_SETS} in one query on personal data. Split the query"
             )));
         }
         let min_group_size = policy.min_group_size(&rules.baseline);
@@ -575,9 +637,22 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
     Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None })
 }
 
-/// Distinct FILTER clauses of one exact release of personal data: each pair of sets is
-/// counted, so their cost grows with the square.
-pub const MAX_FILTER_CLAUSES: usize = 8;
+/// Distinct sets of rows the aggregates of one exact release of personal data cover: the
+/// rows of a group fall into up to 2^MAX_SETS cells, each counted.
+pub const MAX_SETS: usize = 8;
+
+/// A column as it is, or widened without loss (type coercion widens a SUM's argument).
+fn column_as_is(e: &Expr, columns: &DFSchema) -> bool {
+    match e {
+        Expr::Column(_) => true,
+        Expr::Alias(a) => column_as_is(&a.expr, columns),
+        Expr::Cast(c) => {
+            c.expr.get_type(columns).is_ok_and(|from| lossless_cast(&from, c.field.data_type()))
+                && column_as_is(&c.expr, columns)
+        }
+        _ => false,
+    }
+}
 
 /// A column as it is. No cast: a narrowing cast fails (or, as TRY_CAST, turns NULL) for some
 /// values only, which would let a query learn of one person's value from whether it fails.
@@ -605,6 +680,7 @@ fn plain_count(aggs: &[AggSpec]) -> Option<usize> {
 }
 
 fn privacy_plan(
+    policy: &Policy,
     dp: &concord_policy::Privacy,
     groups: &[Expr],
     aggs: &[AggSpec],
@@ -638,7 +714,9 @@ fn privacy_plan(
         });
     }
     let keyed = !groups.is_empty()
-        && groups.iter().all(|g| column_of(g).is_some_and(|c| dp.keys.contains_key(&c)) && bare_column(g));
+        && groups
+            .iter()
+            .all(|g| column_of(g).is_some_and(|c| policy.public_keys(&c).is_some()) && bare_column(g));
     let needs_selection = !groups.is_empty() && !keyed;
     if needs_selection && dp.delta.is_none() {
         return Err(policy_refusal(format!(
@@ -693,7 +771,7 @@ pub async fn unit_is_row(
         })
         .and_then(LogicalPlanBuilder::build)
         .map_err(QueryError::plan)?;
-    let (batches, _) = execute(&ctx, b, 1).await?;
+    let (batches, _) = execute(&ctx, b, 1, false).await?;
     let Some(batch) = batches.first() else { return Ok(false) };
     let get = |i: usize| {
         cast(batch.column(i), &DataType::Int64)
@@ -721,7 +799,7 @@ pub async fn run(
         (Shape::Rows { outputs }, _) => {
             let exprs = outputs.iter().map(|(name, e)| e.clone().alias(name));
             let built = b.project(exprs).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?;
-            let (batches, scanned) = execute(&ctx, built, limits.max_groups).await?;
+            let (batches, scanned) = execute(&ctx, built, limits.max_groups, false).await?;
             let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
             let report = ReleaseReport { groups_released: rows, ..Default::default() };
             Ok((rename(batches, &plan.subquery.schema)?, report, scanned))
@@ -735,11 +813,30 @@ pub async fn run(
     }
 }
 
+/// Runs an owner's plan. On personal data, the plan is analysed first and refused if type
+/// coercion gave it a cast that can fail for some values only.
 async fn execute(
     ctx: &SessionContext,
     plan: LogicalPlan,
     max_rows: u64,
+    personal: bool,
 ) -> Result<(Vec<RecordBatch>, u64), QueryError> {
+    let plan = if personal {
+        let state = ctx.state();
+        let analysed = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(QueryError::plan)?;
+        if let Some(why) = failing_cast(&analysed) {
+            return Err(policy_refusal(format!(
+                "on personal data nothing may fail for some values only, since whether the query fails would tell of \
+                 one person's value; the owner's plan for this query needs {why}"
+            )));
+        }
+        analysed
+    } else {
+        plan
+    };
     let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
     let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
     let batches = crate::limits::collect_limited(ctx, physical.clone(), max_rows).await?;
@@ -764,16 +861,38 @@ fn rename(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBat
 }
 
 /// Distinct privacy units of a group (rows, where each unit has one row or the data is not
-/// personal), under an aggregate's FILTER clause if it has one.
-fn units_expr(plan: &ReleasePlan, filter: Option<&Expr>) -> Result<Expr, QueryError> {
-    let base = match &plan.rules.policy.personal {
+/// personal).
+fn units_expr(plan: &ReleasePlan) -> Expr {
+    match &plan.rules.policy.personal {
         Some(p) if !plan.rules.unit_is_row => count_distinct(col(Column::new_unqualified(&p.privacy_unit))),
         _ => count(lit(1i64)),
-    };
-    match filter {
-        Some(f) => base.filter(f.clone()).build().map_err(QueryError::plan),
-        None => Ok(base),
     }
+}
+
+/// The rows an aggregate covers, as a condition: those its FILTER clause keeps whose argument
+/// is not NULL (NULLs are skipped, so a NULL argument narrows as a FILTER does). `None` for an
+/// aggregate over every row.
+fn aggregate_set(a: &AggSpec, columns: &DFSchema) -> Option<Expr> {
+    let not_null = a
+        .arg
+        .as_ref()
+        .filter(|arg| arg.nullable(columns).unwrap_or(true))
+        .map(|arg| arg.clone().is_not_null());
+    match (a.filter.clone(), not_null) {
+        (Some(f), Some(n)) => Some(f.and(n)),
+        (f, n) => f.or(n),
+    }
+}
+
+/// The distinct sets of rows a query's aggregates cover, see [`aggregate_set`].
+fn aggregate_sets(aggs: &[AggSpec], columns: &DFSchema) -> Vec<Expr> {
+    let mut out: Vec<Expr> = Vec::new();
+    for set in aggs.iter().filter_map(|a| aggregate_set(a, columns)) {
+        if !out.contains(&set) {
+            out.push(set);
+        }
+    }
+    out
 }
 
 /// The distinct FILTER clauses of a sub-query's aggregates, in order.
@@ -797,75 +916,135 @@ async fn exact_aggregate(
     outputs: &[(String, Output)],
     limits: &ExecLimits,
 ) -> Result<(Vec<RecordBatch>, ReleaseReport, u64), QueryError> {
-    let mut agg_exprs: Vec<Expr> =
-        aggs.iter().enumerate().map(|(i, a)| a.expr.clone().alias(format!("__a{i}"))).collect();
-    // Units per group, and per distinct FILTER clause: a FILTER narrows its aggregate's set.
-    // Two sets of one group differ by none or by at least k units, or the group is held back:
-    // otherwise `count(*)` beside `count(*) FILTER (WHERE age_band <> '90+')` tells the 90+
-    // by difference. The bool: whether no unit at all is also fine.
-    let mut unit_filters: Vec<(Option<Expr>, bool)> = Vec::new();
-    if plan.min_group_size.is_some() {
-        let clauses = filter_clauses(aggs);
-        unit_filters.push((None, false));
-        unit_filters.extend(clauses.iter().cloned().map(|f| (Some(f), false)));
-        let sets: Vec<Option<&Expr>> = std::iter::once(None).chain(clauses.iter().map(Some)).collect();
-        for (i, a) in sets.iter().enumerate() {
-            for (j, b) in sets.iter().enumerate().skip(1) {
-                if i == j {
-                    continue;
-                }
-                let outside_b = b.map(|b| Expr::IsNotTrue(Box::new(b.clone())));
-                let diff = match (a, outside_b) {
-                    (Some(a), Some(nb)) => (*a).clone().and(nb),
-                    (None, Some(nb)) => nb,
-                    (_, None) => continue,
-                };
-                unit_filters.push((Some(diff), true));
-            }
-        }
-    }
-    for (j, (f, _)) in unit_filters.iter().enumerate() {
-        agg_exprs.push(units_expr(plan, f.as_ref())?.alias(format!("__units{j}")));
-    }
-    let group_exprs: Vec<Expr> =
-        groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__g{i}"))).collect();
-    let built =
-        b.aggregate(group_exprs, agg_exprs).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?;
-    let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
     let ng = groups.len();
-    let na = aggs.len();
+    let keys: Vec<Expr> =
+        groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__g{i}"))).collect();
+    let mut values: Vec<Expr> =
+        aggs.iter().enumerate().map(|(i, a)| a.expr.clone().alias(format!("__a{i}"))).collect();
     let mut report = ReleaseReport { min_group_size: plan.min_group_size, ..Default::default() };
+    let built = match plan.min_group_size {
+        None => b.aggregate(keys, values).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?,
+        Some(k) => {
+            let k = lit(i64::try_from(k).unwrap_or(i64::MAX));
+            values.push(units_expr(plan).alias("__units"));
+            let kept: Vec<Expr> = keys
+                .iter()
+                .map(|k| col(k.schema_name().to_string()))
+                .chain((0..aggs.len()).map(|i| col(format!("__a{i}"))))
+                .collect();
+            let main = b.clone().aggregate(keys, values).map_err(QueryError::plan)?;
+            let sets = aggregate_sets(aggs, &plan.subquery.columns);
+            let main = if sets.is_empty() {
+                main.filter(col("__units").gt_eq(k))
+            } else {
+                let cells = smallest_cells(plan, b, groups, aggs, &sets).map_err(QueryError::plan)?;
+                let joined = if ng == 0 {
+                    main.cross_join(cells)
+                } else {
+                    let left: Vec<Column> =
+                        (0..ng).map(|i| Column::new_unqualified(format!("__g{i}"))).collect();
+                    let right: Vec<Column> =
+                        (0..ng).map(|i| Column::new_unqualified(format!("__c{i}"))).collect();
+                    main.join_detailed(
+                        cells,
+                        JoinType::Left,
+                        (left, right),
+                        None,
+                        NullEquality::NullEqualsNull,
+                    )
+                };
+                // A group with no cell any aggregate covers (every argument NULL) releases
+                // nothing of anyone.
+                joined.and_then(|j| {
+                    j.filter(
+                        col("__units")
+                            .gt_eq(k.clone())
+                            .and(col("__smallest").is_null().or(col("__smallest").gt_eq(k))),
+                    )
+                })
+            };
+            main.and_then(|m| m.project(kept))
+                .and_then(LogicalPlanBuilder::build)
+                .map_err(QueryError::plan)?
+        }
+    };
+    // Only groups that are released count against the limit: an error must not tell how many
+    // small groups the data holds.
+    let personal = plan.rules.policy.personal.is_some();
+    let (batches, scanned) = execute(ctx, built, limits.max_groups, personal).await?;
     let mut out = Vec::new();
-    for batch in batches {
-        let batch = match plan.min_group_size {
-            Some(k) => {
-                let mut keep = vec![true; batch.num_rows()];
-                for (j, (_, zero_ok)) in unit_filters.iter().enumerate() {
-                    let units = batch.column(ng + na + j);
-                    let units =
-                        cast(units, &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
-                    let units = units
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .ok_or_else(|| QueryError::Execution("unit counts are not integers".into()))?;
-                    for (r, k_ok) in keep.iter_mut().enumerate() {
-                        let n = if units.is_null(r) { 0 } else { units.value(r).max(0) as u64 };
-                        if n < k && !(*zero_ok && n == 0) {
-                            *k_ok = false;
-                        }
-                    }
-                }
-                let suppressed = keep.iter().filter(|k| !**k).count() as u64;
-                report.groups_suppressed += suppressed;
-                filter_record_batch(&batch, &BooleanArray::from(keep))
-                    .map_err(|e| QueryError::Execution(e.to_string()))?
-            }
-            None => batch,
-        };
-        out.push(project_outputs(&batch, outputs, &plan.subquery.schema, |i| batch.column(ng + i).clone())?);
+    for batch in &batches {
+        out.push(project_outputs(batch, outputs, &plan.subquery.schema, |i| batch.column(ng + i).clone())?);
     }
     report.groups_released = out.iter().map(|b| b.num_rows() as u64).sum();
+    if plan.min_group_size.is_some() {
+        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+        let all = if batches.is_empty() {
+            RecordBatch::new_empty(schema)
+        } else {
+            concat_batches(&schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))?
+        };
+        (report.groups_suppressed, report.suppressed_not_counted) =
+            held_back(&plan.rules.policy, groups, &all);
+    }
     Ok((out, report, scanned))
+}
+
+/// Per group, the fewest distinct units in any cell of the aggregates' sets that some aggregate
+/// covers. Rows of a group fall into cells by which sets hold them; every aggregate is a sum
+/// over the cells it covers, so any combination of a query's aggregates (`count(*)` beside
+/// `count(*) FILTER (WHERE age_band <> '90+')`, or across three FILTER clauses) tells of a
+/// union of cells: when each holds at least k units, so does the union.
+fn smallest_cells(
+    plan: &ReleasePlan,
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    aggs: &[AggSpec],
+    sets: &[Expr],
+) -> Result<LogicalPlan, datafusion::error::DataFusionError> {
+    let mut cell = lit(0i64);
+    for (j, set) in sets.iter().enumerate() {
+        cell = cell + when(set.clone(), lit(1i64 << j)).otherwise(lit(0i64))?;
+    }
+    let keys: Vec<Expr> =
+        groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__c{i}"))).collect();
+    let cell_keys: Vec<Expr> = keys.iter().cloned().chain([cell.alias("__cell")]).collect();
+    let mut cells = b.aggregate(cell_keys, vec![units_expr(plan).alias("__cu")])?;
+    // Rows in no set count only where an aggregate takes every row (COUNT(*) without FILTER).
+    if aggs.iter().all(|a| aggregate_set(a, &plan.subquery.columns).is_some()) {
+        cells = cells.filter(col("__cell").not_eq(lit(0i64)))?;
+    }
+    let group_cols: Vec<Expr> = (0..groups.len()).map(|i| col(format!("__c{i}"))).collect();
+    cells.aggregate(group_cols, vec![min(col("__cu")).alias("__smallest")])?.build()
+}
+
+/// Groups held back, counted without telling more than the release: a global aggregate is one
+/// group, there or not; where every group column has a public key set, the public keys not
+/// released (whether the data has them or not: a group of one must look like no group);
+/// otherwise not counted, since a count of groups found in the data would tell a group of one
+/// from none. `kept` holds the released groups, their keys first.
+fn held_back(policy: &Policy, groups: &[Expr], kept: &RecordBatch) -> (u64, bool) {
+    let released = kept.num_rows() as u64;
+    if groups.is_empty() {
+        return (1u64.saturating_sub(released), false);
+    }
+    let mut sets = Vec::new();
+    for g in groups {
+        match column_of(g).filter(|_| bare_column(g)).and_then(|c| policy.public_keys(&c)) {
+            Some(set) => sets.push(set.iter().map(String::as_str).collect::<BTreeSet<_>>()),
+            None => return (0, true),
+        }
+    }
+    let total = sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul);
+    let public = (0..kept.num_rows())
+        .filter(|&r| {
+            sets.iter().enumerate().all(|(i, set)| {
+                datafusion::arrow::util::display::array_value_to_string(kept.column(i), r)
+                    .is_ok_and(|v| set.contains(v.as_str()))
+            })
+        })
+        .count() as u64;
+    (total.saturating_sub(public), false)
 }
 
 /// Builds the output batch: group columns from the batch, aggregate columns from `agg`.
@@ -979,9 +1158,29 @@ async fn private_aggregate(
     } else {
         per_unit_plan(b, groups, values, &caps, &clauses, &unit, privacy.max_groups_per_unit)?
     };
+    let count_index = plain_count(aggs);
+    // Groups under the minimum size go no further than the plan: only groups that may be
+    // released count against the limit, so its error tells nothing of small groups.
+    let built = match plan.min_group_size {
+        Some(k) => {
+            let k = lit(i64::try_from(k).unwrap_or(i64::MAX));
+            let units = match count_index {
+                Some(c) if plan.rules.unit_is_row => format!("__t{c}"),
+                _ => "__units".to_owned(),
+            };
+            let big = (0..clauses.len())
+                .map(|j| col(format!("__fu{j}")).gt_eq(k.clone()))
+                .fold(col(units).gt_eq(k.clone()), Expr::and);
+            LogicalPlanBuilder::from(built)
+                .filter(big)
+                .and_then(LogicalPlanBuilder::build)
+                .map_err(QueryError::plan)?
+        }
+        None => built,
+    };
     let planned: SchemaRef = Arc::new(built.schema().as_arrow().clone());
     let width = planned.fields().len();
-    let (batches, scanned) = execute(ctx, built, limits.max_groups).await?;
+    let (batches, scanned) = execute(ctx, built, limits.max_groups, true).await?;
     // No group at all goes through the same steps as any other result, so that its report
     // (mechanism, what is suppressed) looks like that of groups held back.
     let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
@@ -1002,7 +1201,6 @@ async fn private_aggregate(
             .cloned()
             .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
     };
-    let count_index = plain_count(aggs);
     let (units_at, clauses_at) = match count_index {
         Some(c) if plan.rules.unit_is_row => (ng + c, ng + aggs.len()),
         _ => (ng + aggs.len(), ng + aggs.len() + 1),
@@ -1013,8 +1211,6 @@ async fn private_aggregate(
     let totals: Vec<Int64Array> = (0..aggs.len()).map(|j| int(ng + j)).collect::<Result<_, _>>()?;
     let mut keep = vec![true; all.num_rows()];
     let mut noisy: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(all.num_rows()); aggs.len()];
-    let mut suppressed = 0u64;
-    let key_sets = &privacy.keys;
     let mut rng = concord_policy::dp::OsBlocks::new();
     for (r, keep_r) in keep.iter_mut().enumerate() {
         let mut ok = plan.min_group_size.is_none_or(|k| {
@@ -1025,7 +1221,7 @@ async fn private_aggregate(
         // Keys outside the public sets are never released.
         if ok && ng > 0 && dp.selection.is_none() {
             for (i, ge) in groups.iter().enumerate() {
-                let set = column_of(ge).and_then(|c| key_sets.get(&c));
+                let set = column_of(ge).and_then(|c| policy.public_keys(&c));
                 let value = datafusion::arrow::util::display::array_value_to_string(all.column(i), r)
                     .unwrap_or_default();
                 if set.is_none_or(|s| !s.contains(&value)) {
@@ -1052,9 +1248,6 @@ async fn private_aggregate(
             ok = noisy_count >= i128::from(*threshold);
         }
         *keep_r = ok;
-        if !ok {
-            suppressed += 1;
-        }
         for (j, a) in aggs.iter().enumerate() {
             let v = draws[j];
             noisy[j].push(Some(match a.func {
@@ -1089,24 +1282,10 @@ async fn private_aggregate(
         }
     })?;
     let released = batch.num_rows() as u64;
-    // What is held back is told without telling more than the release itself: with public keys,
-    // every key not released (whether or not the data has it: a group of one must look like no
-    // group); with noisy selection, nothing; a global aggregate is one group, present or not.
-    let (suppressed, not_counted) = if dp.selection.is_some() {
-        (0, true)
-    } else if ng == 0 {
-        (suppressed, false)
-    } else {
-        let keys = groups
-            .iter()
-            .map(|g| {
-                column_of(g)
-                    .and_then(|c| key_sets.get(&c))
-                    .map_or(0, |s| s.iter().collect::<BTreeSet<_>>().len() as u64)
-            })
-            .fold(1u64, u64::saturating_mul);
-        (keys.saturating_sub(released), false)
-    };
+    // Under noisy selection nothing is counted: the noisy threshold hides whether a group of
+    // one exists, and a count of groups held back would not.
+    let (suppressed, not_counted) =
+        if dp.selection.is_some() { (0, true) } else { held_back(policy, groups, &all) };
     let report = ReleaseReport {
         groups_released: released,
         groups_suppressed: suppressed,
@@ -1184,7 +1363,7 @@ fn per_unit_plan(
             .map_err(QueryError::plan)?
             .alias("__rank");
         b = b.window(vec![rank]).map_err(QueryError::plan)?;
-        b = b.filter(col("__rank").lt_eq(lit(i64::from(max_groups)))).map_err(QueryError::plan)?;
+        b = b.filter(col("__rank").lt_eq(lit(u64::from(max_groups)))).map_err(QueryError::plan)?;
     }
     let mut totals: Vec<Expr> = (0..naggs).map(|j| sum(v(j)).alias(format!("__t{j}"))).collect();
     totals.push(count_distinct(col("__unit")).alias("__units"));

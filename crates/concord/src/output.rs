@@ -97,7 +97,7 @@ pub async fn query(
                     let mut notes = Vec::new();
                     if r.suppressed_not_counted {
                         notes.push(format!(
-                            "groups under the minimum group size ({}) or the noisy threshold suppressed, not counted",
+                            "groups under the minimum group size ({}) or a noisy threshold held back, not counted (the group columns have no public key set)",
                             r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
                         ));
                     } else if r.groups_suppressed > 0 || r.min_group_size.is_some() {
