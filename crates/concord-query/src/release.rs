@@ -35,7 +35,7 @@ use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue, TableRefere
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::{greatest, least, random};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt as _, ExprSchemable as _, LogicalPlan, LogicalPlanBuilder, SortExpr, col, lit, when,
@@ -295,8 +295,9 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             es.extend(l.list.iter());
             all(&es)
         }
-        // A pattern that is not a constant could be invalid for some rows only.
-        Expr::Like(l) if l.pattern.column_refs().is_empty() => may_fail(&l.expr, columns),
+        // A pattern that is not a literal could be invalid for some rows only (a constant
+        // expression too: it is evaluated only where rows reach it).
+        Expr::Like(l) if literal(&l.pattern).is_some() => may_fail(&l.expr, columns),
         Expr::Case(c) => {
             let mut es: Vec<&Expr> = Vec::new();
             es.extend(c.expr.as_deref());
@@ -308,27 +309,69 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             all(&es)
         }
         Expr::TryCast(t) => may_fail(&t.expr, columns),
-        // These fail on a negative length or position only: total when those are constants.
+        // These fail on a negative length, or a position that overflows: total when those are
+        // literals within bounds.
         Expr::ScalarFunction(f)
             if matches!(f.name(), "substr" | "left" | "right")
-                && f.args.iter().skip(1).all(|a| matches!(a, Expr::Literal(..))) =>
+                && f.args.iter().skip(1).enumerate().all(|(i, a)| safe_position(f.name(), i, a)) =>
         {
             f.args.first().and_then(|a| may_fail(a, columns))
         }
-        // A part of a duration or interval in a smaller unit can overflow.
-        Expr::ScalarFunction(f)
-            if f.name() == "date_part"
-                && f.args.iter().any(|a| {
-                    !matches!(a.get_type(columns), Ok(t) if !matches!(t, DataType::Duration(_) | DataType::Interval(_)))
-                }) =>
-        {
-            Some(format!("{e} takes a part of a duration, which can overflow"))
-        }
+        // A part DataFusion does not know, or a part of a duration (which can overflow), fails.
+        Expr::ScalarFunction(f) if f.name() == "date_part" => match f.args.as_slice() {
+            [part, x] if safe_date_part(part, x, columns) => may_fail(x, columns),
+            _ => Some(format!(
+                "{e} takes a part other than year, quarter, month, week, day, doy or dow of a date or \
+                 timestamp (or hour, minute, second of a timestamp), which can fail"
+            )),
+        },
         Expr::ScalarFunction(f) if TOTAL_FUNCTIONS.contains(&f.name()) => {
             all(&f.args.iter().collect::<Vec<_>>())
         }
         Expr::Cast(c) => cast_may_fail(c, columns).or_else(|| may_fail(&c.expr, columns)),
         _ => Some(format!("{e} applies a function or an operation to a column")),
+    }
+}
+
+/// The value of a literal, or of a literal cast that works (as type coercion writes them).
+fn literal(e: &Expr) -> Option<ScalarValue> {
+    match e {
+        Expr::Literal(v, _) => Some(v.clone()),
+        Expr::Alias(a) => literal(&a.expr),
+        Expr::Cast(c) => literal(&c.expr).and_then(|v| v.cast_to(c.field.data_type()).ok()),
+        _ => None,
+    }
+}
+
+/// A literal position or length of `substr`, `left` or `right` (argument `i` after the string)
+/// that cannot fail: a length of at least zero, nothing near the ends of i64.
+fn safe_position(func: &str, i: usize, a: &Expr) -> bool {
+    let Some(v) = literal(a) else { return false };
+    if v.is_null() {
+        return true;
+    }
+    let Ok(ScalarValue::Int64(Some(n))) = v.cast_to(&DataType::Int64) else { return false };
+    let bound = 1i64 << 40;
+    if func == "substr" && i == 1 { (0..bound).contains(&n) } else { n.unsigned_abs() < bound.unsigned_abs() }
+}
+
+/// Parts `date_part` gives for every date or timestamp.
+const DATE_PARTS: &[&str] = &["year", "quarter", "month", "week", "day", "doy", "dow"];
+
+/// Whether `date_part(part, x)` gives a value for every `x`.
+fn safe_date_part(part: &Expr, x: &Expr, columns: &DFSchema) -> bool {
+    let part = match literal(part) {
+        Some(
+            ScalarValue::Utf8(Some(p)) | ScalarValue::LargeUtf8(Some(p)) | ScalarValue::Utf8View(Some(p)),
+        ) => p.to_ascii_lowercase(),
+        _ => return false,
+    };
+    match x.get_type(columns) {
+        Ok(DataType::Date32 | DataType::Date64) => DATE_PARTS.contains(&part.as_str()),
+        Ok(DataType::Timestamp(..)) => {
+            DATE_PARTS.contains(&part.as_str()) || matches!(part.as_str(), "hour" | "minute" | "second")
+        }
+        _ => false,
     }
 }
 
@@ -388,7 +431,6 @@ const TOTAL_FUNCTIONS: &[&str] = &[
     "concat_ws",
     "coalesce",
     "nullif",
-    "date_part",
     "starts_with",
     "ends_with",
     "strpos",
@@ -397,10 +439,23 @@ const TOTAL_FUNCTIONS: &[&str] = &[
 /// Whether every value of `from` converts to `to` without an error.
 fn lossless_cast(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
-    // Bytes that are not UTF-8 fail a cast to text.
+    // Bytes that are not UTF-8 fail a cast to text; so do dates and times out of range.
     if from == to
         || (matches!(to, Utf8 | LargeUtf8 | Utf8View)
-            && !matches!(from, Binary | LargeBinary | BinaryView | FixedSizeBinary(_)))
+            && !matches!(
+                from,
+                Binary
+                    | LargeBinary
+                    | BinaryView
+                    | FixedSizeBinary(_)
+                    | Date32
+                    | Date64
+                    | Timestamp(..)
+                    | Time32(_)
+                    | Time64(_)
+                    | Duration(_)
+                    | Interval(_)
+            ))
     {
         return true;
     }
@@ -439,7 +494,13 @@ fn lossless_cast(from: &DataType, to: &DataType) -> bool {
                 _ => false,
             }
         }
-        _ => matches!((from, to), (Float16 | Float32, Float64) | (Float16, Float32) | (Date32, Date64)),
+        _ => matches!(
+            (from, to),
+            (Float16 | Float32, Float64)
+                | (Float16, Float32)
+                | (Date32, Date64)
+                | (Decimal128(..) | Decimal256(..), Float32 | Float64)
+        ),
     }
 }
 
@@ -526,6 +587,11 @@ pub struct ReleaseReport {
     /// count would tell whether a group of one person exists, which the noisy threshold hides.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suppressed_not_counted: bool,
+    /// The query's aggregates cover different sets of rows (FILTER clauses, arguments that may be
+    /// NULL): values leave out any cell of a group (rows by which sets hold them) of fewer than
+    /// the minimum group size. Said of every such query, whatever the data holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub small_cells_left_out: bool,
     pub min_group_size: Option<u64>,
     /// `zcdp` or `pure`, when noise was added.
     pub mechanism: Option<String>,
@@ -607,6 +673,13 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
     if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
         if personal {
             for a in aggs {
+                if a.distinct {
+                    return Err(policy_refusal(format!(
+                        "{}(DISTINCT ...) on personal data is refused: distinct values are not counted per person, so \
+                         whether one person adds a value would show; count or sum the column as it is",
+                        a.func.name()
+                    )));
+                }
                 if let Some(arg) = &a.arg
                     && !column_as_is(arg, &subquery.columns)
                 {
@@ -623,15 +696,16 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
             Some(dp) => Some(privacy_plan(&policy, dp, groups, aggs)?),
             None => None,
         };
+        let min_group_size = policy.min_group_size(&rules.baseline);
         // Exact releases count units in every cell of the aggregates' sets: keep that bounded.
         let sets = aggregate_sets(aggs, &subquery.columns).len();
-        if personal && privacy.is_none() && sets > MAX_SETS {
+        if min_group_size.is_some() && privacy.is_none() && sets > MAX_SETS {
             return Err(policy_refusal(format!(
                 "the aggregates cover {sets} different sets of rows (each FILTER clause, and each column that \
-                 may be NULL, since NULLs are skipped); at most {MAX_SETS} in one query on personal data. Split the query"
+                 may be NULL, since NULLs are skipped); at most {MAX_SETS} in one query under a minimum group size. \
+                 Split the query"
             )));
         }
-        let min_group_size = policy.min_group_size(&rules.baseline);
         return Ok(ReleasePlan { subquery, rules, min_group_size, privacy });
     }
     Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None })
@@ -752,6 +826,9 @@ fn privacy_plan(
 /// Whether every privacy unit of `table` has exactly one row (no unit null, none repeated):
 /// then contributions are bounded by the data itself and groups count units as rows. One pass
 /// over the data; the owner keeps the answer while the file does not change.
+///
+/// A row without a unit (NULL) is an error: distinct units skip NULLs, so such rows would count
+/// for no one in a minimum group size and could be singled out by difference.
 pub async fn unit_is_row(
     dataset: &str,
     table: Arc<dyn TableProvider>,
@@ -766,6 +843,7 @@ pub async fn unit_is_row(
                 vec![
                     count(lit(1i64)).alias("n"),
                     count_distinct(col(Column::new_unqualified(unit))).alias("u"),
+                    count(col(Column::new_unqualified(unit))).alias("v"),
                 ],
             )
         })
@@ -778,6 +856,13 @@ pub async fn unit_is_row(
             .ok()
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
     };
+    if get(2) != get(0) {
+        return Err(policy_refusal(format!(
+            "dataset {dataset} has rows whose privacy unit {unit} is empty (NULL); such rows would count for no \
+             one, so releases of it are refused until every row names its unit. Owner: fix the data, or the \
+             policy's privacy_unit"
+        )));
+    }
     Ok(matches!((get(0), get(1)), (Some(n), Some(u)) if n == u))
 }
 
@@ -927,43 +1012,15 @@ async fn exact_aggregate(
         Some(k) => {
             let k = lit(i64::try_from(k).unwrap_or(i64::MAX));
             values.push(units_expr(plan).alias("__units"));
-            let kept: Vec<Expr> = keys
-                .iter()
-                .map(|k| col(k.schema_name().to_string()))
-                .chain((0..aggs.len()).map(|i| col(format!("__a{i}"))))
-                .collect();
-            let main = b.clone().aggregate(keys, values).map_err(QueryError::plan)?;
             let sets = aggregate_sets(aggs, &plan.subquery.columns);
-            let main = if sets.is_empty() {
-                main.filter(col("__units").gt_eq(k))
+            let rows = if sets.is_empty() {
+                b
             } else {
-                let cells = smallest_cells(plan, b, groups, aggs, &sets).map_err(QueryError::plan)?;
-                let joined = if ng == 0 {
-                    main.cross_join(cells)
-                } else {
-                    let left: Vec<Column> =
-                        (0..ng).map(|i| Column::new_unqualified(format!("__g{i}"))).collect();
-                    let right: Vec<Column> =
-                        (0..ng).map(|i| Column::new_unqualified(format!("__c{i}"))).collect();
-                    main.join_detailed(
-                        cells,
-                        JoinType::Left,
-                        (left, right),
-                        None,
-                        NullEquality::NullEqualsNull,
-                    )
-                };
-                // A group with no cell any aggregate covers (every argument NULL) releases
-                // nothing of anyone.
-                joined.and_then(|j| {
-                    j.filter(
-                        col("__units")
-                            .gt_eq(k.clone())
-                            .and(col("__smallest").is_null().or(col("__smallest").gt_eq(k))),
-                    )
-                })
+                report.small_cells_left_out = true;
+                keep_large_cells(plan, b, groups, &sets, k.clone()).map_err(QueryError::plan)?
             };
-            main.and_then(|m| m.project(kept))
+            rows.aggregate(keys, values)
+                .and_then(|a| a.filter(col("__units").gt_eq(k)))
                 .and_then(LogicalPlanBuilder::build)
                 .map_err(QueryError::plan)?
         }
@@ -990,32 +1047,53 @@ async fn exact_aggregate(
     Ok((out, report, scanned))
 }
 
-/// Per group, the fewest distinct units in any cell of the aggregates' sets that some aggregate
-/// covers. Rows of a group fall into cells by which sets hold them; every aggregate is a sum
-/// over the cells it covers, so any combination of a query's aggregates (`count(*)` beside
-/// `count(*) FILTER (WHERE age_band <> '90+')`, or across three FILTER clauses) tells of a
-/// union of cells: when each holds at least k units, so does the union.
-fn smallest_cells(
+/// The rows of cells that hold at least `k` units. Rows of a group fall into cells by which of
+/// the aggregates' sets hold them; every aggregate is a sum over the cells it covers, so any
+/// combination of a query's aggregates (`count(*)` beside `count(*) FILTER (WHERE age_band <>
+/// '90+')`, or across three FILTER clauses) tells of a union of cells. A cell of fewer than `k`
+/// units is left out, so that it looks exactly like an empty cell: holding its group back
+/// instead would tell a cell of one from none.
+fn keep_large_cells(
     plan: &ReleasePlan,
     b: LogicalPlanBuilder,
     groups: &[Expr],
-    aggs: &[AggSpec],
     sets: &[Expr],
-) -> Result<LogicalPlan, datafusion::error::DataFusionError> {
+    k: Expr,
+) -> Result<LogicalPlanBuilder, datafusion::error::DataFusionError> {
+    if sets.len() > MAX_SETS {
+        return Err(datafusion::error::DataFusionError::Plan(format!("more than {MAX_SETS} sets")));
+    }
     let mut cell = lit(0i64);
     for (j, set) in sets.iter().enumerate() {
         cell = cell + when(set.clone(), lit(1i64 << j)).otherwise(lit(0i64))?;
     }
-    let keys: Vec<Expr> =
-        groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__c{i}"))).collect();
-    let cell_keys: Vec<Expr> = keys.iter().cloned().chain([cell.alias("__cell")]).collect();
-    let mut cells = b.aggregate(cell_keys, vec![units_expr(plan).alias("__cu")])?;
-    // Rows in no set count only where an aggregate takes every row (COUNT(*) without FILTER).
-    if aggs.iter().all(|a| aggregate_set(a, &plan.subquery.columns).is_some()) {
-        cells = cells.filter(col("__cell").not_eq(lit(0i64)))?;
-    }
-    let group_cols: Vec<Expr> = (0..groups.len()).map(|i| col(format!("__c{i}"))).collect();
-    cells.aggregate(group_cols, vec![min(col("__cu")).alias("__smallest")])?.build()
+    let ng = groups.len();
+    let row: Vec<Expr> = b
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .chain(groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__r{i}"))))
+        .chain([cell.alias("__cell")])
+        .collect();
+    let rows = b.project(row)?;
+    let cell_keys: Vec<Expr> = (0..ng)
+        .map(|i| col(format!("__r{i}")).alias(format!("__c{i}")))
+        .chain([col("__cell").alias("__cc")])
+        .collect();
+    let large = rows
+        .clone()
+        .aggregate(cell_keys, vec![units_expr(plan).alias("__cu")])?
+        .filter(col("__cu").gt_eq(k))?
+        .build()?;
+    let left: Vec<Column> = (0..ng)
+        .map(|i| format!("__r{i}"))
+        .chain(["__cell".to_owned()])
+        .map(Column::new_unqualified)
+        .collect();
+    let right: Vec<Column> =
+        (0..ng).map(|i| format!("__c{i}")).chain(["__cc".to_owned()]).map(Column::new_unqualified).collect();
+    rows.join_detailed(large, JoinType::LeftSemi, (left, right), None, NullEquality::NullEqualsNull)
 }
 
 /// Groups held back, counted without telling more than the release: a global aggregate is one

@@ -107,6 +107,12 @@ pub async fn query(
                             r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
                         ));
                     }
+                    if r.small_cells_left_out {
+                        notes.push(
+                            "values leave out any cell of a group (rows by FILTER clause and non-NULL argument) under the minimum group size"
+                                .to_owned(),
+                        );
+                    }
                     if let Some(m) = &r.mechanism {
                         let scales: Vec<String> =
                             r.noise_scale.iter().map(|(col, s)| format!("{col} ±{s:.2}")).collect();
