@@ -9,6 +9,7 @@
 //!
 //! Invariant: this crate does no IO; it turns bytes into verified values and back.
 
+pub mod governance;
 mod text;
 
 use concord_log::checkpoint::CosignatureVerifier;
@@ -88,7 +89,7 @@ pub fn check_identifier(what: &'static str, name: &str) -> Result<(), CharterErr
 }
 
 /// Checks free text that sits on one charter line (names, jurisdictions, endpoints).
-fn check_line_text(what: &'static str, s: &str) -> Result<(), CharterError> {
+pub(crate) fn check_line_text(what: &'static str, s: &str) -> Result<(), CharterError> {
     if s.is_empty() || s.trim() != s || s.chars().any(char::is_control) {
         return Err(CharterError::Invalid {
             what,

@@ -1,0 +1,608 @@
+//! Governance as pure values: proposals, votes, the round of one base version that decides
+//! between them, and exits.
+//!
+//! A proposal names its base version (number and digest) and a list of [`Change`]s; applying
+//! them to the base gives the next version's body ([`apply`]). A yes vote is the voter's
+//! signature over that body, so version N+1 is the body with the yes signatures of at least the
+//! threshold of version N's members, and [`crate::SignedCharter::verify_successor`] checks it
+//! alone. A no vote is a signed refusal. [`Round`] keeps what one node has seen of the proposals
+//! and votes on one base.
+//!
+//! Invariant: a member has at most one live yes per base version; a second yes on another live
+//! proposal of the same base is refused and both signatures are kept as [`Equivocation`]
+//! evidence. With a threshold of two thirds, two bodies of one version would need more than a
+//! third of the members to equivocate.
+//! Invariant: nothing here does IO or reads a clock; the time is an argument.
+
+use std::collections::BTreeMap;
+
+use concord_log::{Note, NoteSignature, NoteSigner, NoteVerifier};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Charter, CharterError, MemberCard, SharedSchema, SignedCharter, check_line_text, hex};
+
+pub const PROPOSAL_TYPE_LINE: &str = "concord/proposal/v1";
+pub const VOTE_TYPE_LINE: &str = "concord/vote/v1";
+
+/// Changes a proposal may make to the charter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Change {
+    /// A new member, by its member card.
+    AddMember {
+        card: MemberCard,
+    },
+    RemoveMember {
+        id: String,
+    },
+    /// A member's new card: signing key, witness key, TLS pin or endpoint (same id).
+    RotateKey {
+        card: MemberCard,
+    },
+    ChangeEndpoint {
+        id: String,
+        endpoint: String,
+    },
+    /// A new shared schema, or a new version of one.
+    SetSchema {
+        schema: SharedSchema,
+    },
+    MinGroupSize {
+        size: u64,
+    },
+    Threshold {
+        threshold: usize,
+    },
+    WitnessQuorum {
+        quorum: usize,
+    },
+}
+
+impl Change {
+    /// One line of a summary: `add member golf`.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::AddMember { card } => format!("add member {}", card.id),
+            Self::RemoveMember { id } => format!("remove member {id}"),
+            Self::RotateKey { card } => format!("rotate the keys of {}", card.id),
+            Self::ChangeEndpoint { id, endpoint } => format!("move {id} to {endpoint}"),
+            Self::SetSchema { schema } => format!("shared schema {} version {}", schema.name, schema.version),
+            Self::MinGroupSize { size } => format!("minimum group size {size}"),
+            Self::Threshold { threshold } => format!("threshold {threshold}"),
+            Self::WitnessQuorum { quorum } => format!("witness quorum {quorum}"),
+        }
+    }
+}
+
+fn invalid(what: &'static str, reason: impl Into<String>) -> CharterError {
+    CharterError::Invalid { what, reason: reason.into() }
+}
+
+/// The body of the version after `base` that `changes` make. Changing the members without an
+/// explicit threshold or witness quorum resets both to their defaults for the new size; the
+/// result must keep at least one member and a threshold of more than half of them.
+pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError> {
+    if changes.is_empty() {
+        return Err(invalid("proposal", "it changes nothing"));
+    }
+    let mut next = base.clone();
+    next.version = base.version.checked_add(1).ok_or_else(|| invalid("proposal", "no version follows"))?;
+    next.previous = Some(base.digest());
+    let mut threshold = None;
+    let mut quorum = None;
+    for change in changes {
+        match change {
+            Change::AddMember { card } => {
+                card.validate()?;
+                if next.member(&card.id).is_some() {
+                    return Err(invalid("proposal", format!("{} is already a member", card.id)));
+                }
+                next.members.push(card.clone());
+            }
+            Change::RemoveMember { id } => {
+                let before = next.members.len();
+                next.members.retain(|m| &m.id != id);
+                if next.members.len() == before {
+                    return Err(invalid("proposal", format!("{id} is not a member")));
+                }
+            }
+            Change::RotateKey { card } => {
+                card.validate()?;
+                let m = next
+                    .members
+                    .iter_mut()
+                    .find(|m| m.id == card.id)
+                    .ok_or_else(|| invalid("proposal", format!("{} is not a member", card.id)))?;
+                if *m == *card {
+                    return Err(invalid("proposal", format!("the card of {} is unchanged", card.id)));
+                }
+                *m = card.clone();
+            }
+            Change::ChangeEndpoint { id, endpoint } => {
+                check_line_text("peer endpoint", endpoint)?;
+                let m = next
+                    .members
+                    .iter_mut()
+                    .find(|m| &m.id == id)
+                    .ok_or_else(|| invalid("proposal", format!("{id} is not a member")))?;
+                m.peer_endpoint = endpoint.clone();
+            }
+            Change::SetSchema { schema } => {
+                schema.validate()?;
+                match next.schemas.iter_mut().find(|s| s.name == schema.name) {
+                    Some(old) if schema.version <= old.version => {
+                        return Err(invalid(
+                            "proposal",
+                            format!(
+                                "shared schema {} is at version {}; a change needs a higher version",
+                                schema.name, old.version
+                            ),
+                        ));
+                    }
+                    Some(old) => *old = schema.clone(),
+                    None => next.schemas.push(schema.clone()),
+                }
+            }
+            Change::MinGroupSize { size } => next.min_group_size = *size,
+            Change::Threshold { threshold: t } => threshold = Some(*t),
+            Change::WitnessQuorum { quorum: q } => quorum = Some(*q),
+        }
+    }
+    next.members.sort_by(|a, b| a.id.cmp(&b.id));
+    next.schemas.sort_by(|a, b| a.name.cmp(&b.name));
+    let n = next.members.len();
+    if n == 0 {
+        return Err(invalid("proposal", "it would leave the federation without members"));
+    }
+    let resized = n != base.members.len();
+    next.threshold = threshold.unwrap_or(if resized { crate::default_threshold(n) } else { base.threshold });
+    next.witness_quorum =
+        quorum.unwrap_or(if resized { crate::default_witness_quorum(n) } else { base.witness_quorum });
+    if next.threshold * 2 <= n {
+        return Err(invalid(
+            "threshold",
+            format!(
+                "{} of {n} members is not a majority; a minority could change the charter",
+                next.threshold
+            ),
+        ));
+    }
+    next.validate()?;
+    Ok(next)
+}
+
+/// A proposal, as its proposer signs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    pub federation: String,
+    pub base_version: u64,
+    pub base_digest: String,
+    pub proposer: String,
+    /// Unix seconds after which the proposal is dead.
+    pub expires: u64,
+    pub changes: Vec<Change>,
+}
+
+impl Proposal {
+    /// The canonical text:
+    ///
+    /// ```text
+    /// concord/proposal/v1
+    /// federation demo
+    /// base 3 <hex digest of version 3>
+    /// proposer alpha
+    /// expires 1790000000
+    /// change {"change":"min-group-size","size":12}
+    /// ```
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "{PROPOSAL_TYPE_LINE}\nfederation {}\nbase {} {}\nproposer {}\nexpires {}\n",
+            self.federation, self.base_version, self.base_digest, self.proposer, self.expires
+        );
+        for c in &self.changes {
+            // A serde value of these types always serialises.
+            s.push_str(&format!("change {}\n", serde_json::to_string(c).unwrap_or_default()));
+        }
+        s
+    }
+
+    pub fn from_text(text: &str) -> Result<Self, CharterError> {
+        let bad = |line: usize, reason: String| CharterError::Malformed { line, reason };
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.first() != Some(&PROPOSAL_TYPE_LINE) {
+            return Err(bad(1, format!("a proposal starts with {PROPOSAL_TYPE_LINE}")));
+        }
+        let field = |n: usize, key: &str| -> Result<&str, CharterError> {
+            lines
+                .get(n - 1)
+                .and_then(|l| l.strip_prefix(key))
+                .and_then(|l| l.strip_prefix(' '))
+                .ok_or_else(|| bad(n, format!("expected `{key} ...`")))
+        };
+        let (v, d) = field(3, "base")?
+            .split_once(' ')
+            .ok_or_else(|| bad(3, "expected `base <version> <digest>`".into()))?;
+        let mut changes = Vec::new();
+        for (i, line) in lines.iter().enumerate().skip(5) {
+            let json =
+                line.strip_prefix("change ").ok_or_else(|| bad(i + 1, "expected `change {...}`".into()))?;
+            changes.push(serde_json::from_str(json).map_err(|e| bad(i + 1, format!("change: {e}")))?);
+        }
+        let p = Self {
+            federation: field(2, "federation")?.to_owned(),
+            base_version: v.parse().map_err(|_| bad(3, "the base version is not a number".into()))?,
+            base_digest: d.to_owned(),
+            proposer: field(4, "proposer")?.to_owned(),
+            expires: field(5, "expires")?.parse().map_err(|_| bad(5, "expires is not a number".into()))?,
+            changes,
+        };
+        if p.to_text() != text {
+            return Err(CharterError::NotCanonical);
+        }
+        Ok(p)
+    }
+
+    /// Hex SHA-256 of the canonical text: the proposal's id.
+    pub fn id(&self) -> String {
+        hex(&Sha256::digest(self.to_text().as_bytes()))
+    }
+
+    /// Signs the proposal as `signer`.
+    pub fn sign(&self, signer: &NoteSigner) -> Result<Note, CharterError> {
+        let mut note = Note::new(self.to_text())?;
+        note.sign(signer);
+        Ok(note)
+    }
+}
+
+/// How a member voted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ballot {
+    Yes,
+    No,
+}
+
+/// A vote as its voter signs it: the vote note over the proposal, and for a yes, the voter's
+/// signature over the body the proposal makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vote {
+    pub federation: String,
+    pub proposal: String,
+    pub voter: String,
+    pub ballot: Ballot,
+    pub reason: String,
+}
+
+impl Vote {
+    pub fn to_text(&self) -> String {
+        let ballot = match self.ballot {
+            Ballot::Yes => "yes",
+            Ballot::No => "no",
+        };
+        let mut s = format!(
+            "{VOTE_TYPE_LINE}\nfederation {}\nproposal {}\nvoter {}\nvote {ballot}\n",
+            self.federation, self.proposal, self.voter
+        );
+        if !self.reason.is_empty() {
+            s.push_str(&format!("reason {}\n", self.reason));
+        }
+        s
+    }
+
+    pub fn from_text(text: &str) -> Result<Self, CharterError> {
+        let bad = |line: usize, reason: String| CharterError::Malformed { line, reason };
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.first() != Some(&VOTE_TYPE_LINE) {
+            return Err(bad(1, format!("a vote starts with {VOTE_TYPE_LINE}")));
+        }
+        let field = |n: usize, key: &str| -> Result<String, CharterError> {
+            lines
+                .get(n - 1)
+                .and_then(|l| l.strip_prefix(key))
+                .and_then(|l| l.strip_prefix(' '))
+                .map(str::to_owned)
+                .ok_or_else(|| bad(n, format!("expected `{key} ...`")))
+        };
+        let ballot = match field(5, "vote")?.as_str() {
+            "yes" => Ballot::Yes,
+            "no" => Ballot::No,
+            other => return Err(bad(5, format!("vote {other:?} is neither yes nor no"))),
+        };
+        let reason = if lines.len() > 5 { field(6, "reason")? } else { String::new() };
+        let v = Self {
+            federation: field(2, "federation")?,
+            proposal: field(3, "proposal")?,
+            voter: field(4, "voter")?,
+            ballot,
+            reason,
+        };
+        if v.to_text() != text {
+            return Err(CharterError::NotCanonical);
+        }
+        Ok(v)
+    }
+}
+
+/// A vote with its signatures, as it travels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedVote {
+    pub vote: Vote,
+    pub note: Note,
+    /// For a yes: the voter's signature over the body the proposal makes.
+    pub body_signature: Option<NoteSignature>,
+}
+
+impl SignedVote {
+    /// `signer` votes on `proposal` (whose body is `body`).
+    pub fn cast(
+        signer: &NoteSigner,
+        voter: &str,
+        proposal: &Proposal,
+        body: &Charter,
+        ballot: Ballot,
+        reason: &str,
+    ) -> Result<Self, CharterError> {
+        if !reason.is_empty() {
+            check_line_text("reason", reason)?;
+        }
+        let vote = Vote {
+            federation: proposal.federation.clone(),
+            proposal: proposal.id(),
+            voter: voter.to_owned(),
+            ballot,
+            reason: reason.to_owned(),
+        };
+        let mut note = Note::new(vote.to_text())?;
+        note.sign(signer);
+        let body_signature = (ballot == Ballot::Yes).then(|| signer.sign_text(&body.to_text()));
+        Ok(Self { vote, note, body_signature })
+    }
+
+    /// Parses a vote note and, for a yes, the body signature (a note signature line without
+    /// its em dash: `<key name> <base64>`).
+    pub fn parse(note: &[u8], body_signature: Option<&str>) -> Result<Self, CharterError> {
+        let note = Note::parse(note)?;
+        let vote = Vote::from_text(note.text())?;
+        let body_signature = match body_signature {
+            None => None,
+            Some(line) => {
+                let parsed = Note::parse(format!("x\n\n\u{2014} {line}\n").as_bytes())?;
+                parsed.signatures().first().cloned()
+            }
+        };
+        Ok(Self { vote, note, body_signature })
+    }
+
+    /// The body signature as a line: `<key name> <base64>`.
+    pub fn body_signature_line(&self) -> Option<String> {
+        let sig = self.body_signature.as_ref()?;
+        let mut note = Note::new("x\n").ok()?;
+        note.add_signature(sig.clone());
+        let bytes = note.to_string();
+        bytes.lines().nth(2).and_then(|l| l.strip_prefix('\u{2014}')).map(|l| l.trim_start().to_owned())
+    }
+}
+
+/// Two yes signatures by one member on two live proposals of one base: the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Equivocation {
+    pub voter: String,
+    pub base_version: u64,
+    /// The first proposal and the vote on it, then the second.
+    pub first: (String, SignedVote),
+    pub second: (String, SignedVote),
+}
+
+/// Where a proposal stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Live,
+    /// Enough yes votes: the next version.
+    Adopted,
+    Dead(String),
+}
+
+/// What one node knows of a proposal.
+#[derive(Clone, Debug)]
+pub struct ProposalState {
+    pub proposal: Proposal,
+    pub note: Note,
+    /// The body the proposal makes.
+    pub body: Charter,
+    pub yes: BTreeMap<String, SignedVote>,
+    pub no: BTreeMap<String, SignedVote>,
+}
+
+/// Errors of governance acts, each with its reason.
+#[derive(Debug, thiserror::Error)]
+pub enum GovernanceError {
+    #[error("{0}")]
+    Charter(#[from] CharterError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("already known: {0}")]
+    Duplicate(String),
+    #[error(
+        "equivocation: {voter} already voted yes on proposal {first} of base version {base}; both signatures are kept as evidence"
+    )]
+    Equivocation { voter: String, first: String, base: u64 },
+}
+
+fn refused(reason: impl Into<String>) -> GovernanceError {
+    GovernanceError::Refused(reason.into())
+}
+
+/// What a vote did.
+#[derive(Debug)]
+pub enum VoteOutcome {
+    /// Counted; the proposal is still live.
+    Counted,
+    /// The proposal reached the threshold: the next version, signed.
+    Adopted(Box<SignedCharter>),
+    /// Counted, and the proposal can no longer reach the threshold.
+    Dead,
+}
+
+/// The proposals and votes on one base version, as one node has seen them.
+#[derive(Clone, Debug)]
+pub struct Round {
+    pub base: Charter,
+    pub proposals: BTreeMap<String, ProposalState>,
+    /// Evidence of equivocation seen in this round.
+    pub evidence: Vec<Equivocation>,
+}
+
+impl Round {
+    pub fn new(base: Charter) -> Self {
+        Self { base, proposals: BTreeMap::new(), evidence: Vec::new() }
+    }
+
+    fn verifier(&self, id: &str) -> Result<NoteVerifier, GovernanceError> {
+        self.base
+            .member(id)
+            .ok_or_else(|| refused(format!("{id} is not a member of charter version {}", self.base.version)))?
+            .verifier()
+            .map_err(GovernanceError::from)
+    }
+
+    /// Where proposal `id` stands at `now` (unix seconds).
+    pub fn status(&self, id: &str, now: u64) -> Option<Status> {
+        let p = self.proposals.get(id)?;
+        let n = self.base.members.len();
+        Some(if p.yes.len() >= self.base.threshold {
+            Status::Adopted
+        } else if p.no.len() > n - self.base.threshold {
+            Status::Dead(format!(
+                "{} no votes of {n} members: the threshold of {} is out of reach",
+                p.no.len(),
+                self.base.threshold
+            ))
+        } else if now > p.proposal.expires {
+            Status::Dead("expired".into())
+        } else {
+            Status::Live
+        })
+    }
+
+    /// Takes a signed proposal in. Refused: another federation, a stale or unknown base, an
+    /// expired proposal, a proposer who is not a member, a bad signature, changes that do not
+    /// apply. A replay is [`GovernanceError::Duplicate`].
+    pub fn propose(&mut self, note: &Note, now: u64) -> Result<String, GovernanceError> {
+        let proposal = Proposal::from_text(note.text())?;
+        let id = proposal.id();
+        if self.proposals.contains_key(&id) {
+            return Err(GovernanceError::Duplicate(format!("proposal {id}")));
+        }
+        if proposal.federation != self.base.federation {
+            return Err(refused(format!("the proposal is for federation {}", proposal.federation)));
+        }
+        if proposal.base_version != self.base.version || proposal.base_digest != self.base.digest() {
+            return Err(refused(format!(
+                "the proposal's base is version {}, the current version is {} (digest {}): propose again on it",
+                proposal.base_version,
+                self.base.version,
+                self.base.digest()
+            )));
+        }
+        if now > proposal.expires {
+            return Err(refused("the proposal has expired"));
+        }
+        let v = self.verifier(&proposal.proposer)?;
+        note.verify(std::slice::from_ref(&v))
+            .map_err(|e| refused(format!("the proposal is not signed by {}: {e}", proposal.proposer)))?;
+        let body = apply(&self.base, &proposal.changes)?;
+        self.proposals.insert(
+            id.clone(),
+            ProposalState { proposal, note: note.clone(), body, yes: BTreeMap::new(), no: BTreeMap::new() },
+        );
+        Ok(id)
+    }
+
+    /// Takes a signed vote in. Refused: a voter who is not a member of the base, a bad
+    /// signature, an unknown or no longer live proposal, a second vote of one voter on one
+    /// proposal (duplicate), a yes while the voter's yes on another live proposal of this base
+    /// stands (equivocation: evidence kept).
+    pub fn vote(&mut self, v: SignedVote, now: u64) -> Result<VoteOutcome, GovernanceError> {
+        let voter = v.vote.voter.clone();
+        let key = self.verifier(&voter)?;
+        v.note
+            .verify(std::slice::from_ref(&key))
+            .map_err(|e| refused(format!("the vote is not signed by {voter}: {e}")))?;
+        if v.vote.federation != self.base.federation {
+            return Err(refused(format!("the vote is for federation {}", v.vote.federation)));
+        }
+        let pid = v.vote.proposal.clone();
+        match self.status(&pid, now) {
+            None => {
+                return Err(refused(format!(
+                    "proposal {pid} is unknown on base version {}: a vote on a stale base, or before the proposal",
+                    self.base.version
+                )));
+            }
+            Some(Status::Live) => {}
+            Some(Status::Adopted) => return Err(refused(format!("proposal {pid} is already adopted"))),
+            Some(Status::Dead(why)) => return Err(refused(format!("proposal {pid} is dead: {why}"))),
+        }
+        let state = self.proposals.get(&pid).ok_or_else(|| refused("unknown proposal"))?;
+        if state.yes.contains_key(&voter) || state.no.contains_key(&voter) {
+            return Err(GovernanceError::Duplicate(format!("{voter}'s vote on proposal {pid}")));
+        }
+        if v.vote.ballot == Ballot::Yes {
+            let sig = v
+                .body_signature
+                .clone()
+                .ok_or_else(|| refused("a yes vote carries a signature over the body"))?;
+            let mut body = Note::new(state.body.to_text()).map_err(CharterError::from)?;
+            body.add_signature(sig);
+            body.verify(std::slice::from_ref(&key)).map_err(|e| {
+                refused(format!("{voter}'s yes is not a signature over the proposal's body: {e}"))
+            })?;
+            // One live yes per base version.
+            let other = self
+                .proposals
+                .iter()
+                .find(|(id, p)| **id != pid && p.yes.contains_key(&voter))
+                .map(|(id, p)| (id.clone(), p.yes.get(&voter).cloned()));
+            if let Some((first, Some(first_vote))) = other
+                && self.status(&first, now) == Some(Status::Live)
+            {
+                self.evidence.push(Equivocation {
+                    voter: voter.clone(),
+                    base_version: self.base.version,
+                    first: (first.clone(), first_vote),
+                    second: (pid, v),
+                });
+                return Err(GovernanceError::Equivocation { voter, first, base: self.base.version });
+            }
+        }
+        let ballot = v.vote.ballot;
+        let state = self.proposals.get_mut(&pid).ok_or_else(|| refused("unknown proposal"))?;
+        match ballot {
+            Ballot::Yes => state.yes.insert(voter, v),
+            Ballot::No => state.no.insert(voter, v),
+        };
+        Ok(match self.status(&pid, now) {
+            Some(Status::Adopted) => VoteOutcome::Adopted(Box::new(self.assemble(&pid)?)),
+            Some(Status::Dead(_)) => VoteOutcome::Dead,
+            _ => VoteOutcome::Counted,
+        })
+    }
+
+    /// The next version from proposal `id`: its body with every yes signature seen.
+    pub fn assemble(&self, id: &str) -> Result<SignedCharter, GovernanceError> {
+        let p = self.proposals.get(id).ok_or_else(|| refused(format!("proposal {id} is unknown")))?;
+        let mut sc = SignedCharter::unsigned(p.body.clone())?;
+        for v in p.yes.values() {
+            if let Some(sig) = &v.body_signature {
+                sc.note.add_signature(sig.clone());
+            }
+        }
+        sc.verify_successor(&self.base)?;
+        Ok(sc)
+    }
+}
+
+#[cfg(test)]
+mod tests;
