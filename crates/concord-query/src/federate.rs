@@ -201,6 +201,12 @@ pub async fn run_federated_with(
 
 /// Plans the analyst's SQL and checks it: queries only, bounded values.
 async fn plan_checked(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+    crate::owner::check_size(sql).map_err(|e| match e {
+        QueryError::SubqueryRefused(why) => {
+            QueryError::Refused(why.replacen("the sub-query", "the query", 1))
+        }
+        other => other,
+    })?;
     let plan = ctx.state().create_logical_plan(sql).await.map_err(QueryError::plan)?;
     SQLOptions::new()
         .with_allow_ddl(false)

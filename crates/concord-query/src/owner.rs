@@ -93,6 +93,7 @@ pub async fn plan_subquery(
     table: Arc<dyn TableProvider>,
     sql: &str,
 ) -> Result<LogicalPlan, QueryError> {
+    check_size(sql)?;
     ctx.register_table(dataset, table.clone()).map_err(QueryError::plan)?;
     let plan =
         ctx.state().create_logical_plan(sql).await.map_err(|e| refuse(QueryError::plan(e).to_string()))?;
@@ -115,6 +116,65 @@ pub async fn plan_subquery(
         other => other,
     })?;
     Ok(plan)
+}
+
+/// Operators (AND, OR, comparisons, arithmetic, ...) one sub-query may hold. The planner nests
+/// parentheses only so deep, but a flat chain of operators becomes an expression tree as deep
+/// as it is long, which every walk over the plan recurses through.
+pub const MAX_SUBQUERY_OPERATORS: usize = 1024;
+
+/// Bytes of one sub-query's SQL.
+pub const MAX_SUBQUERY_BYTES: usize = 64 * 1024;
+
+/// Refuses sub-query SQL too long, or with too many operators, to plan within a bounded stack.
+pub(crate) fn check_size(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_SUBQUERY_BYTES {
+        return Err(refuse(format!(
+            "the sub-query is {} bytes; at most {MAX_SUBQUERY_BYTES} are planned",
+            sql.len()
+        )));
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().map_err(|e| refuse(e.to_string()))?;
+    let operators = tokens
+        .iter()
+        .filter(|t| match t {
+            Token::Word(w) => matches!(
+                w.keyword,
+                Keyword::AND | Keyword::OR | Keyword::NOT | Keyword::LIKE | Keyword::ILIKE | Keyword::IS
+            ),
+            Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::DuckIntDiv
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Caret
+            | Token::ShiftLeft
+            | Token::ShiftRight => true,
+            _ => false,
+        })
+        .count();
+    if operators > MAX_SUBQUERY_OPERATORS {
+        return Err(refuse(format!(
+            "the sub-query holds {operators} operators; at most {MAX_SUBQUERY_OPERATORS} are planned. Use IN lists \
+             rather than long chains of OR"
+        )));
+    }
+    Ok(())
 }
 
 /// Rows produced by the leaves of an executed plan: what was read from the dataset.

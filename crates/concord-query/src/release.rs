@@ -296,8 +296,12 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             all(&es)
         }
         // A pattern that is not a literal could be invalid for some rows only (a constant
-        // expression too: it is evaluated only where rows reach it).
-        Expr::Like(l) if literal(&l.pattern).is_some() => may_fail(&l.expr, columns),
+        // expression too: it is evaluated only where rows reach it); a literal one must
+        // compile now, since it is compiled only where rows reach it.
+        Expr::Like(l) => match literal(&l.pattern) {
+            Some(p) if like_compiles(&p, l.case_insensitive) => may_fail(&l.expr, columns),
+            _ => Some(format!("{e} has a pattern that is not a literal that compiles")),
+        },
         Expr::Case(c) => {
             let mut es: Vec<&Expr> = Vec::new();
             es.extend(c.expr.as_deref());
@@ -341,6 +345,28 @@ fn literal(e: &Expr) -> Option<ScalarValue> {
         Expr::Cast(c) => literal(&c.expr).and_then(|v| v.cast_to(c.field.data_type()).ok()),
         _ => None,
     }
+}
+
+/// Bytes of a LIKE pattern: the regular expression a longer one compiles to can exceed the
+/// regex engine's size limit.
+const MAX_LIKE_PATTERN: usize = 1024;
+
+/// Whether a literal LIKE pattern compiles, on the path taken for any text (non-ASCII text goes
+/// through a regular expression).
+fn like_compiles(pattern: &ScalarValue, case_insensitive: bool) -> bool {
+    use datafusion::arrow::array::{Scalar, StringArray};
+    use datafusion::arrow::compute::kernels::comparison::{ilike, like};
+    let p = match pattern {
+        ScalarValue::Utf8(p) | ScalarValue::LargeUtf8(p) | ScalarValue::Utf8View(p) => p,
+        _ => return false,
+    };
+    let Some(p) = p else { return true };
+    if p.len() > MAX_LIKE_PATTERN {
+        return false;
+    }
+    let text = StringArray::from(vec!["\u{e9}t\u{e9}", "plain"]);
+    let pattern = Scalar::new(StringArray::from(vec![p.as_str()]));
+    if case_insensitive { ilike(&text, &pattern).is_ok() } else { like(&text, &pattern).is_ok() }
 }
 
 /// A literal position or length of `substr`, `left` or `right` (argument `i` after the string)
@@ -439,25 +465,20 @@ const TOTAL_FUNCTIONS: &[&str] = &[
 /// Whether every value of `from` converts to `to` without an error.
 fn lossless_cast(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
-    // Bytes that are not UTF-8 fail a cast to text; so do dates and times out of range.
-    if from == to
-        || (matches!(to, Utf8 | LargeUtf8 | Utf8View)
-            && !matches!(
-                from,
-                Binary
-                    | LargeBinary
-                    | BinaryView
-                    | FixedSizeBinary(_)
-                    | Date32
-                    | Date64
-                    | Timestamp(..)
-                    | Time32(_)
-                    | Time64(_)
-                    | Duration(_)
-                    | Interval(_)
-            ))
-    {
+    if from == to {
         return true;
+    }
+    // Numbers, booleans and text always have a text form; bytes that are not UTF-8, dates out
+    // of range and nested values can fail.
+    if matches!(to, Utf8 | LargeUtf8 | Utf8View) {
+        return match from {
+            Dictionary(_, v) => lossless_cast(v, to),
+            _ => {
+                from.is_integer()
+                    || from.is_floating()
+                    || matches!(from, Decimal128(..) | Decimal256(..) | Boolean | Utf8 | LargeUtf8 | Utf8View)
+            }
+        };
     }
     let int_width = |t: &DataType| match t {
         Int8 => Some((true, 8)),

@@ -865,3 +865,33 @@ fn the_owner_itself_is_bound_by_no_rule() {
     assert_eq!(a.groups_released, 604);
     assert!(a.batches[0].column(0).null_count() == 0);
 }
+
+#[test]
+fn long_chains_and_patterns_are_refused_not_crashed() {
+    // Run as the node runs its queries: on a thread of 16 MiB.
+    let t = std::thread::Builder::new()
+        .stack_size(16 * 1024 * 1024)
+        .spawn(|| {
+            let chain = |n: usize| {
+                let terms: Vec<String> = (0..n).map(|i| format!("region = 'r{i}'")).collect();
+                format!("SELECT count(1) AS p0 FROM cases WHERE {}", terms.join(" OR "))
+            };
+            // Within the bound a long chain plans and runs.
+            run(EXACT, &chain(500)).expect("500 terms run");
+            let e = run(EXACT, &chain(600)).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("operators"), "{e}");
+            // A pattern whose regular expression would not compile fails only where rows reach
+            // it: refused whatever the data.
+            let sql = format!(
+                "SELECT count(1) AS p0 FROM cases WHERE age_band = '90+' AND region LIKE '%{}'",
+                "_".repeat(2000)
+            );
+            let e = run(EXACT, &sql).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("pattern"), "{e}");
+            let big = format!("SELECT count(1) AS p0 FROM cases WHERE region = '{}'", "x".repeat(70_000));
+            let e = run(EXACT, &big).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("bytes"), "{e}");
+        })
+        .expect("thread");
+    t.join().expect("no crash");
+}
