@@ -3,7 +3,7 @@ use concord_log::checkpoint::CosignatureSigner;
 
 use super::*;
 
-fn card(fed: &str, id: &str, pin_byte: char) -> (MemberCard, NoteSigner) {
+pub(crate) fn card(fed: &str, id: &str, pin_byte: char) -> (MemberCard, NoteSigner) {
     let signer = NoteSigner::generate(&format!("{fed}/{id}")).expect("key");
     let witness = CosignatureSigner::generate(&format!("{fed}/{id}/witness")).expect("key");
     let card = MemberCard {

@@ -1,5 +1,4 @@
 use concord_log::NoteSigner;
-use concord_log::checkpoint::CosignatureSigner;
 use proptest::prelude::*;
 
 use super::*;
@@ -9,19 +8,7 @@ const FED: &str = "fed";
 const NOW: u64 = 1_800_000_000;
 
 fn card(id: &str, n: u8) -> (MemberCard, NoteSigner) {
-    let signer = NoteSigner::generate(&format!("{FED}/{id}")).expect("key");
-    let witness = CosignatureSigner::generate(&format!("{FED}/{id}/witness")).expect("key");
-    let pin = ((b'A' + n % 26) as char).to_string().repeat(42) + &((b'a' + n / 26) as char).to_string();
-    let card = MemberCard {
-        id: id.into(),
-        name: format!("Member {id}"),
-        jurisdiction: "XX".into(),
-        vkey: signer.vkey(),
-        witness_vkey: witness.verifier().to_vkey(),
-        tls_pin: format!("sha256/{pin}="),
-        peer_endpoint: "127.0.0.1:7000".into(),
-    };
-    (card, signer)
+    crate::tests::card(FED, id, (b'A' + n) as char)
 }
 
 fn federation(n: usize) -> (Charter, Vec<(String, NoteSigner)>) {
