@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod fuzz_corpora;
+mod governance;
 mod hostile;
 mod peer_refusals;
 mod policy;

@@ -186,6 +186,7 @@ impl Impostor {
             .filter(|m| m.id != self.id)
             .map(|m| (NodeDir::new(&m.dir).load_card().expect("card").tls_pin, m.id.clone()))
             .collect();
+        let pins = concord_node::net::tls::Pins::new(pins);
         let config = concord_node::net::tls::server_config(&self.keys, pins.clone()).expect("tls config");
         let transport = Transport::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), pins };
         let listener = tokio::net::TcpListener::bind(&self.card.peer_endpoint).await.expect("bind");

@@ -24,7 +24,7 @@ pub struct PeerId(pub String);
 #[derive(Clone)]
 pub enum Transport {
     Plain,
-    Tls { acceptor: tokio_rustls::TlsAcceptor, pins: Vec<(String, String)> },
+    Tls { acceptor: tokio_rustls::TlsAcceptor, pins: crate::net::tls::Pins },
 }
 
 /// The deadlines of one listener, from the node's limits.

@@ -101,13 +101,13 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&node, &headers, &[])?;
-    let members: Vec<_> = node.charter.charter.members.iter().map(|m| m.id.clone()).collect();
+    let members: Vec<_> = node.charter().charter.members.iter().map(|m| m.id.clone()).collect();
     Ok(axum::Json(serde_json::json!({
         "federation": node.federation(),
         "member": node.cfg.member,
         "charter_version": node.charter_version(),
         "members": members,
-        "schemas": node.charter.charter.schemas.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "schemas": node.charter().charter.schemas.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
     }))
     .into_response())
 }
@@ -177,7 +177,7 @@ async fn audit(
         NodeError::BadRequest(format!("body must be JSON {{\"members\": [...]}} or {{\"all\": true}}: {e}"))
     })?;
     let targets: Vec<String> =
-        if q.all { node.charter.charter.members.iter().map(|m| m.id.clone()).collect() } else { q.members };
+        if q.all { node.charter().charter.members.iter().map(|m| m.id.clone()).collect() } else { q.members };
     if targets.is_empty() {
         return Err(NodeError::BadRequest("name a member to audit, or all".into()).into());
     }

@@ -77,8 +77,36 @@ fn tls_error(e: rustls::Error) -> NodeError {
     NodeError::Tls(e.to_string())
 }
 
+/// (pin, member id) of every other member, as the current charter version says. Read at every
+/// handshake, so that a new version (a member added, removed, or a pin rotated) takes effect for
+/// the next connection.
+#[derive(Clone, Debug, Default)]
+pub struct Pins(Arc<std::sync::RwLock<Arc<PinList>>>);
+
+/// (pin, member id) pairs.
+pub type PinList = Vec<(String, String)>;
+
+impl Pins {
+    pub fn new(pins: PinList) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(pins))))
+    }
+
+    pub fn get(&self) -> Arc<PinList> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn set(&self, pins: PinList) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pins);
+    }
+
+    /// The member whose pin this is.
+    pub fn member(&self, pin: &str) -> Option<String> {
+        self.get().iter().find(|(p, _)| p == pin).map(|(_, m)| m.clone())
+    }
+}
+
 /// Server side: the peer listener's configuration. `pins` maps each member's pin to its id.
-pub fn server_config(keys: &TlsKeys, pins: Vec<(String, String)>) -> Result<rustls::ServerConfig, NodeError> {
+pub fn server_config(keys: &TlsKeys, pins: Pins) -> Result<rustls::ServerConfig, NodeError> {
     let verifier = Arc::new(MemberPins { pins, algs: algorithms() });
     rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -109,7 +137,7 @@ pub fn server_name() -> ServerName<'static> {
 
 #[derive(Debug)]
 struct MemberPins {
-    pins: Vec<(String, String)>,
+    pins: Pins,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -125,7 +153,7 @@ impl ClientCertVerifier for MemberPins {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let pin = pin_of_cert(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
-        if self.pins.iter().any(|(p, _)| *p == pin) {
+        if self.pins.member(&pin).is_some() {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
@@ -202,8 +230,8 @@ impl ServerCertVerifier for ExpectedPin {
 }
 
 /// The member id of the client at the other end of an accepted connection.
-pub fn peer_member(conn: &rustls::ServerConnection, pins: &[(String, String)]) -> Option<String> {
+pub fn peer_member(conn: &rustls::ServerConnection, pins: &Pins) -> Option<String> {
     let cert = conn.peer_certificates()?.first()?;
     let pin = pin_of_cert(cert).ok()?;
-    pins.iter().find(|(p, _)| *p == pin).map(|(_, m)| m.clone())
+    pins.member(&pin)
 }

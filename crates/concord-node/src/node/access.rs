@@ -79,7 +79,8 @@ impl Node {
         let (owner, dataset) = ask.dataset.split_once('.').ok_or_else(|| {
             NodeError::BadRequest(format!("dataset {:?} must be named as member.dataset", ask.dataset))
         })?;
-        let card = self.charter.charter.member(owner).ok_or_else(|| {
+        let charter = self.charter();
+        let card = charter.charter.member(owner).ok_or_else(|| {
             NodeError::UnknownMember(format!("{owner} is not a member of {}", self.federation()))
         })?;
         if owner == self.cfg.member {
@@ -157,7 +158,8 @@ impl Node {
                 request.requester
             )));
         }
-        let card = self.charter.charter.member(&request.requester).ok_or_else(|| {
+        let charter = self.charter();
+        let card = charter.charter.member(&request.requester).ok_or_else(|| {
             NodeError::UnknownMember(format!(
                 "{} is not a member of {}",
                 request.requester,
@@ -284,7 +286,7 @@ impl Node {
             grant: true,
         })?;
         tracing::info!(request = %id, requester = %d.requester, %decision, "access request decided");
-        if let Some(card) = self.charter.charter.member(&d.requester) {
+        if let Some(card) = self.charter().charter.member(&d.requester) {
             match peer_call_with(&self.tls, card, "POST", "/v1/access/decision", note.to_bytes(), budget())
                 .await
             {
@@ -311,7 +313,8 @@ impl Node {
                 body.len()
             )));
         }
-        let card = self.charter.charter.member(tls_member).ok_or_else(|| {
+        let charter = self.charter();
+        let card = charter.charter.member(tls_member).ok_or_else(|| {
             NodeError::UnknownMember(format!("{tls_member} is not a member of {}", self.federation()))
         })?;
         let d = AccessDecision::verify(body, &card.verifier()?)
@@ -376,7 +379,8 @@ impl Node {
             if r.direction != "out" || !matches!(r.status.as_str(), "pending" | "approved") {
                 continue;
             }
-            let Some(card) = self.charter.charter.member(&r.owner) else { continue };
+            let charter = self.charter();
+            let Some(card) = charter.charter.member(&r.owner) else { continue };
             let path = format!("/v1/access/decision/{}", r.id);
             match peer_call_with(&self.tls, card, "GET", &path, Vec::new(), budget()).await {
                 Ok(resp) if resp.status == 200 && !resp.body.is_empty() => {

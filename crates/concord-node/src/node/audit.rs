@@ -425,7 +425,7 @@ impl AuditReport {
 
 /// Audits `targets` (member ids) and reconciles them with each other and with this node's log.
 pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeError> {
-    let charter = &node.charter.charter;
+    let charter = &node.charter().charter;
     let mut wanted: BTreeSet<String> = targets.iter().cloned().collect();
     wanted.insert(node.cfg.member.clone());
     let mut cards = Vec::new();

@@ -136,10 +136,11 @@ pub struct Node {
     /// This member's transparency log.
     pub log: Log,
     pub state: State,
-    pub charter: SignedCharter,
+    /// The current charter version: replaced whole when a new version is adopted.
+    charter: std::sync::RwLock<Arc<SignedCharter>>,
     pub tls: TlsKeys,
-    /// (pin, member id) of every member but this node.
-    pub pins: Vec<(String, String)>,
+    /// (pin, member id) of every member but this node, as the current version says.
+    pub pins: crate::net::tls::Pins,
     /// Reloaded when the registry's generation changes: a dataset added or a policy set by
     /// another process takes effect at the next request.
     datasets: tokio::sync::RwLock<Arc<Datasets>>,
@@ -205,9 +206,9 @@ impl Node {
             witness,
             log,
             state,
-            charter,
+            charter: std::sync::RwLock::new(Arc::new(charter)),
             tls,
-            pins,
+            pins: crate::net::tls::Pins::new(pins),
             datasets: tokio::sync::RwLock::new(Arc::new(datasets)),
             subquery_slots: tokio::sync::Semaphore::new(slots),
             query_slots: tokio::sync::Semaphore::new(slots),
@@ -221,16 +222,56 @@ impl Node {
     }
 
     pub fn federation(&self) -> &str {
-        &self.charter.charter.federation
+        &self.cfg.federation
+    }
+
+    /// The current charter version.
+    pub fn charter(&self) -> Arc<SignedCharter> {
+        self.charter.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Adopts the version after the current one, at once and without a restart: verified from
+    /// the current version (the threshold of its members' signatures over a body that names its
+    /// digest), stored, logged, and put in place for every request that starts after it
+    /// (members, TLS pins, schemas, baseline, witness quorum).
+    ///
+    /// Invariant: the node's charter changes only here, one version at a time, each verified
+    /// from the one before.
+    pub async fn adopt(&self, next: SignedCharter) -> Result<(), NodeError> {
+        let signers = {
+            let mut current = self.charter.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            next.verify_successor(&current.charter)?;
+            self.state.store_charter(next.charter.version, &next.to_bytes())?;
+            self.pins.set(
+                next.charter
+                    .members
+                    .iter()
+                    .filter(|m| m.id != self.cfg.member)
+                    .map(|m| (m.tls_pin.clone(), m.id.clone()))
+                    .collect(),
+            );
+            let signers = next.signed_by().unwrap_or_default();
+            *current = Arc::new(next);
+            signers
+        };
+        let c = self.charter();
+        let entry = crate::store::entry::LogEntry::CharterAccepted {
+            time: crate::store::entry::now(),
+            version: c.charter.version,
+            digest: c.charter.digest(),
+            signers,
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        Ok(())
     }
 
     pub fn charter_version(&self) -> u64 {
-        self.charter.charter.version
+        self.charter().charter.version
     }
 
     /// The charter's baseline rules.
     pub fn baseline(&self) -> Baseline {
-        Baseline { min_group_size: self.charter.charter.min_group_size }
+        Baseline { min_group_size: self.charter().charter.min_group_size }
     }
 
     /// The datasets as the registry holds them now.
@@ -244,7 +285,7 @@ impl Node {
         }
         let mut w = self.datasets.write().await;
         if w.generation != generation {
-            *w = Arc::new(load_datasets(&self.charter, &self.state, &w).await?);
+            *w = Arc::new(load_datasets(&self.charter(), &self.state, &w).await?);
             tracing::info!(generation = w.generation, datasets = w.map.len(), "dataset registry reloaded");
         }
         Ok(w.clone())

@@ -173,7 +173,8 @@ fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, Que
             request.requester
         )));
     }
-    let requester = node.charter.charter.member(&request.requester).ok_or_else(|| {
+    let charter = node.charter();
+    let requester = charter.charter.member(&request.requester).ok_or_else(|| {
         NodeError::UnknownMember(format!("{} is not a member of {}", request.requester, node.federation()))
     })?;
     note.verify(std::slice::from_ref(&requester.verifier()?)).map_err(|e| {
@@ -413,7 +414,7 @@ impl Node {
         dataset: &str,
         sql: &str,
     ) -> Result<PolicyTest, NodeError> {
-        if requester != self.cfg.member && self.charter.charter.member(requester).is_none() {
+        if requester != self.cfg.member && self.charter().charter.member(requester).is_none() {
             return Err(NodeError::UnknownMember(format!(
                 "{requester} is not a member of {}",
                 self.federation()

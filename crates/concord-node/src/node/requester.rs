@@ -69,16 +69,16 @@ fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<Strin
     let dialect = state.config().options().sql_parser.dialect;
     let Ok(statement) = state.sql_to_statement(sql, &dialect) else { return BTreeSet::new() };
     let Ok(tables) = state.resolve_table_references(&statement) else { return BTreeSet::new() };
-    let others =
-        || node.charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != node.cfg.member);
+    let charter = node.charter();
+    let others = || charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != node.cfg.member);
     let mut wanted = BTreeSet::new();
     for t in tables {
         match t.schema() {
-            Some(s) if s != node.cfg.member && node.charter.charter.member(s).is_some() => {
+            Some(s) if s != node.cfg.member && charter.charter.member(s).is_some() => {
                 wanted.insert(s.to_owned());
             }
             Some(_) => {}
-            None if node.charter.charter.schema(t.table()).is_some() => wanted.extend(others()),
+            None if charter.charter.schema(t.table()).is_some() => wanted.extend(others()),
             None => {}
         }
     }
@@ -161,8 +161,9 @@ impl Node {
                 ))
             })
             .collect();
+        let charter = self.charter();
         let members: Vec<&concord_charter::MemberCard> =
-            self.charter.charter.members.iter().filter(|m| wanted.contains(&m.id)).collect();
+            charter.charter.members.iter().filter(|m| wanted.contains(&m.id)).collect();
         let fetched = futures::future::join_all(
             members.iter().map(|m| async move { (m.id.clone(), self.catalog_of(m).await) }),
         )
@@ -180,7 +181,7 @@ impl Node {
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
-        for s in &self.charter.charter.schemas {
+        for s in &self.charter().charter.schemas {
             let parts = entries
                 .iter()
                 .filter(|(_, e)| e.shared_schema.as_deref() == Some(s.name.as_str()))
@@ -265,8 +266,8 @@ impl Node {
         sql: &str,
         purpose: &str,
     ) -> Result<PartialAnswer, NodeError> {
-        let owner = self
-            .charter
+        let charter = self.charter();
+        let owner = charter
             .charter
             .member(&part.owner)
             .ok_or_else(|| NodeError::UnknownMember(format!("{} is not in the charter", part.owner)))?;

@@ -92,8 +92,8 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
         Err(e) if note.text().lines().nth(1) == Some("0") => return Ok(answer(422, format!("{e}\n"))),
         Err(e) => return Ok(answer(400, format!("{e}\n"))),
     };
-    let Some(owner) = node
-        .charter
+    let charter = node.charter();
+    let Some(owner) = charter
         .charter
         .members
         .iter()
@@ -213,9 +213,10 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
     if node.log.published_checkpoint()?.is_some_and(|(s, _)| s >= cp_size) {
         return Ok(());
     }
-    let quorum = node.charter.charter.witness_quorum;
+    let charter = node.charter();
+    let quorum = charter.charter.witness_quorum;
     let witnesses: Vec<&concord_charter::MemberCard> =
-        node.charter.charter.members.iter().filter(|m| m.id != node.cfg.member).collect();
+        charter.charter.members.iter().filter(|m| m.id != node.cfg.member).collect();
     let mut cosigned = 0;
     let mut asked = futures::stream::FuturesUnordered::new();
     for w in witnesses {

@@ -1,0 +1,71 @@
+//! Charter versions adopted by running nodes: verified from the version before, in effect for
+//! the next request, without a restart.
+
+use concord_charter::governance::{Ballot, Change, Proposal, Round, SignedVote, VoteOutcome};
+use concord_lab::demo::api_query;
+use concord_node::store::config::NodeDir;
+
+use crate::support::three_members;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_is_out_at_once_on_every_node_that_adopts_the_version() {
+    let fed = three_members().await;
+    let base = fed.nodes[0].node.charter().charter.clone();
+    assert_eq!(base.version, 1);
+    let signer = |id: &str| {
+        let nd = NodeDir::new(&fed.member(id).dir);
+        nd.load_signer(&nd.load_config().expect("config")).expect("key")
+    };
+    let proposal = Proposal {
+        federation: base.federation.clone(),
+        base_version: 1,
+        base_digest: base.digest(),
+        proposer: "alpha".into(),
+        expires: now() + 3600,
+        changes: vec![Change::RemoveMember { id: "charlie".into() }],
+    };
+    let mut round = Round::new(base.clone());
+    let id = round.propose(&proposal.sign(&signer("alpha")).expect("signs"), now()).expect("accepted");
+    let body = round.proposals[&id].body.clone();
+    let vote = |m: &str| SignedVote::cast(&signer(m), m, &proposal, &body, Ballot::Yes, "").expect("vote");
+    assert!(matches!(round.vote(vote("alpha"), now()), Ok(VoteOutcome::Counted)));
+    let Ok(VoteOutcome::Adopted(next)) = round.vote(vote("bravo"), now()) else {
+        panic!("two of three is the threshold")
+    };
+
+    // Before: alpha's query reaches charlie.
+    let a = fed.member("alpha");
+    let before =
+        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) AS n FROM cases").await.expect("runs");
+    assert!(before.provenance.iter().any(|c| c.member == "charlie"));
+
+    // A version that does not follow is refused, and nothing changes.
+    let mut skipped = (*next).clone();
+    skipped.charter.version = 3;
+    let skipped = concord_charter::SignedCharter::unsigned(skipped.charter).expect("note");
+    assert!(fed.nodes[0].node.adopt(skipped).await.is_err());
+    assert_eq!(fed.nodes[0].node.charter_version(), 1);
+
+    for n in &fed.nodes[..2] {
+        n.node.adopt((*next).clone()).await.expect("adopted");
+        assert_eq!(n.node.charter_version(), 2);
+    }
+    // After: alpha's query asks alpha and bravo only, and charlie is refused at bravo's door.
+    let after =
+        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) AS n FROM cases").await.expect("runs");
+    let members: Vec<&str> = after.provenance.iter().map(|c| c.member.as_str()).collect();
+    assert!(!members.contains(&"charlie"), "{members:?}");
+    let c = fed.member("charlie");
+    let refused = api_query(&c.local_url, &c.analyst_token, "SELECT count(*) AS n FROM bravo.cases").await;
+    assert!(refused.is_err(), "bravo no longer serves charlie: {:?}", refused.map(|r| r.provenance));
+
+    // The version is stored: a restarted node starts from it.
+    let dir = fed.stop().await;
+    let nd = NodeDir::new(dir.path().join("alpha").join("node"));
+    let node = concord_node::node::Node::open(&nd).await.expect("reopens");
+    assert_eq!(node.charter_version(), 2);
+}
