@@ -69,3 +69,38 @@ async fn a_removed_member_is_out_at_once_on_every_node_that_adopts_the_version()
     let node = concord_node::node::Node::open(&nd).await.expect("reopens");
     assert_eq!(node.charter_version(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
+    let fed = three_members().await;
+    let (alpha, bravo, charlie) = (&fed.nodes[0].node, &fed.nodes[1].node, &fed.nodes[2].node);
+    let ttl = std::time::Duration::from_secs(3600);
+    let p1 = alpha.propose(vec![Change::MinGroupSize { size: 12 }], ttl).await.expect("proposed");
+    let p2 = charlie.propose(vec![Change::MinGroupSize { size: 15 }], ttl).await.expect("proposed");
+    // Pushed to every member.
+    for n in [alpha, bravo, charlie] {
+        let ids: Vec<String> = n.proposals().expect("proposals").into_iter().map(|p| p.id).collect();
+        assert!(ids.contains(&p1) && ids.contains(&p2), "{ids:?}");
+    }
+    // A replayed proposal is refused as already known.
+    let report = bravo.cast_vote(&p1, Ballot::Yes, "fine").await.expect("counted");
+    assert_eq!(report.outcome, "counted");
+    assert!(bravo.cast_vote(&p1, Ballot::Yes, "").await.is_err(), "a duplicate vote");
+    // A second yes of bravo on the same base is equivocation: refused, evidence kept and logged.
+    let e = bravo.cast_vote(&p2, Ballot::Yes, "").await.expect_err("equivocation");
+    assert!(e.to_string().contains("equivocation"), "{e}");
+    assert_eq!(
+        bravo.state.governance_acts(1).expect("acts").iter().filter(|(k, _)| k == "evidence").count(),
+        1
+    );
+    // Alpha's yes reaches the threshold of two: every node adopts version 2.
+    let report = alpha.cast_vote(&p1, Ballot::Yes, "").await.expect("adopted");
+    assert_eq!((report.outcome.as_str(), report.version), ("adopted", 2));
+    for n in [alpha, bravo, charlie] {
+        assert_eq!(n.charter_version(), 2);
+        assert_eq!(n.baseline().min_group_size, 12, "the baseline follows the version");
+    }
+    // A vote on the old base is refused.
+    assert!(charlie.cast_vote(&p2, Ballot::Yes, "").await.is_err());
+    fed.stop().await;
+}

@@ -40,6 +40,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/access/request", post(access_request))
         .route("/v1/access/decision", post(access_decision))
         .route("/v1/access/decision/{id}", get(access_decision_note))
+        .route("/v1/governance/proposal", post(governance_proposal))
+        .route("/v1/governance/vote", post(governance_vote))
+        .route("/v1/governance/charter", post(governance_charter))
         .route_layer(axum::middleware::from_fn_with_state((node.clone(), Bucket::Requests), rate_limit));
     // Reading the log has a bucket of its own, larger: an audit reads many tiles at once.
     let reads = Router::new()
@@ -99,6 +102,24 @@ async fn access_decision(
 ) -> Result<Response, ErrorResponse> {
     node.receive_access_decision(&peer.0, &body).await.map_err(ErrorResponse)?;
     Ok(axum::Json(serde_json::json!({ "ok": true })).into_response())
+}
+
+async fn governance_proposal(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ErrorResponse> {
+    let id = node.take_proposal(&body).await.map_err(ErrorResponse)?;
+    Ok(axum::Json(serde_json::json!({ "proposal": id })).into_response())
+}
+
+async fn governance_vote(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ErrorResponse> {
+    let wire: crate::node::governance::VoteWire = serde_json::from_slice(&body).map_err(|e| {
+        ErrorResponse(NodeError::BadRequest(format!("a vote is JSON {{note, body_signature}}: {e}")))
+    })?;
+    let report = node.take_vote(&wire).await.map_err(ErrorResponse)?;
+    Ok(axum::Json(report).into_response())
+}
+
+async fn governance_charter(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ErrorResponse> {
+    let version = node.take_charter(&body).await.map_err(ErrorResponse)?;
+    Ok(axum::Json(serde_json::json!({ "version": version })).into_response())
 }
 
 async fn access_decision_note(

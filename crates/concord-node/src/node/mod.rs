@@ -13,6 +13,7 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod governance;
 pub mod owner;
 pub mod requester;
 pub mod witness;
@@ -154,6 +155,8 @@ pub struct Node {
     pub peer_rate: RateLimiter,
     /// Log reads (tiles, checkpoints) each member may make, at ten times the request rate.
     pub read_rate: RateLimiter,
+    /// The proposals and votes on the current charter version (built on first use).
+    round: Mutex<Option<concord_charter::governance::Round>>,
 }
 
 impl Node {
@@ -218,6 +221,7 @@ impl Node {
                 limits.peer_requests_per_sec.saturating_mul(10),
                 limits.peer_burst.saturating_mul(10),
             ),
+            round: Mutex::new(None),
         })
     }
 

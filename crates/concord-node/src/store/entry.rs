@@ -58,6 +58,27 @@ pub enum LogEntry {
     },
     /// A charter version this node accepted.
     CharterAccepted { time: i64, version: u64, digest: String, signers: Vec<String> },
+    /// A proposal seen, with its signed note.
+    GovernanceProposal {
+        time: i64,
+        proposal: String,
+        proposer: String,
+        base_version: u64,
+        changes: Vec<String>,
+        /// The signed proposal note.
+        note: String,
+    },
+    /// A vote seen: `yes` or `no`, with its signed note.
+    GovernanceVote { time: i64, proposal: String, voter: String, ballot: String, note: String },
+    /// Two yes votes of one member on two live proposals of one base: both kept.
+    Equivocation {
+        time: i64,
+        voter: String,
+        base_version: u64,
+        first: String,
+        second: String,
+        evidence: String,
+    },
     /// A dataset registered (or registered again) and its policy: `sha256:<hex>` of the file.
     DatasetRegistered {
         time: i64,

@@ -10,6 +10,14 @@ use sha2::{Digest, Sha256};
 use crate::NodeError;
 
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS governance_acts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    base_version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS governance_acts_by_base ON governance_acts (base_version);
 CREATE TABLE IF NOT EXISTS charter_versions (
     version INTEGER PRIMARY KEY,
     note BLOB NOT NULL,
@@ -155,6 +163,40 @@ impl State {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    /// Keeps a governance act (`proposal`, `vote` or `evidence`) seen on a base version.
+    pub fn store_governance_act(&self, base_version: u64, kind: &str, body: &str) -> Result<(), NodeError> {
+        self.lock()
+            .execute(
+                "INSERT INTO governance_acts (base_version, kind, body, received_at) VALUES (?1, ?2, ?3, ?4)",
+                params![base_version as i64, kind, body, now_rfc3339()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The governance acts seen on a base version, in the order they came.
+    pub fn governance_acts(&self, base_version: u64) -> Result<Vec<(String, String)>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT kind, body FROM governance_acts WHERE base_version = ?1 ORDER BY seq")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![base_version as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows)
+    }
+
+    /// Every accepted charter version's note bytes, oldest first.
+    pub fn charter_history(&self) -> Result<Vec<Vec<u8>>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT note FROM charter_versions ORDER BY version").map_err(db)?;
+        let rows =
+            stmt.query_map([], |r| r.get(0)).map_err(db)?.collect::<Result<Vec<_>, _>>().map_err(db)?;
+        Ok(rows)
     }
 
     /// The newest accepted charter version's note bytes.

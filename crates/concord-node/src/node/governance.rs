@@ -1,0 +1,304 @@
+//! Governance on a running node: proposals and votes from this member's delegate or pushed by
+//! peers, checked in the round of the current charter version
+//! ([`concord_charter::governance::Round`]), stored, logged, pushed to every other member, and
+//! the version they make adopted ([`Node::adopt`]).
+//!
+//! Invariant: every act is verified before it is stored, logged or pushed on; evidence of
+//! equivocation is stored and logged, never dropped.
+
+use std::time::Duration;
+
+use concord_charter::SignedCharter;
+use concord_charter::governance::{
+    Ballot, Change, GovernanceError, Proposal, Round, SignedVote, Status, VoteOutcome,
+};
+use concord_log::Note;
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::NodeError;
+use crate::net::client::{Budget, peer_call_with};
+use crate::store::entry::{LogEntry, now};
+
+/// A vote as it travels: the signed vote note and, for a yes, the signature over the body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VoteWire {
+    pub note: String,
+    #[serde(default)]
+    pub body_signature: Option<String>,
+}
+
+impl VoteWire {
+    fn of(v: &SignedVote) -> Self {
+        Self { note: v.note.to_string(), body_signature: v.body_signature_line() }
+    }
+
+    fn parse(&self) -> Result<SignedVote, NodeError> {
+        Ok(SignedVote::parse(self.note.as_bytes(), self.body_signature.as_deref())?)
+    }
+}
+
+/// One proposal as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProposalView {
+    pub id: String,
+    pub proposer: String,
+    pub base_version: u64,
+    pub expires: u64,
+    pub changes: Vec<String>,
+    /// `live`, `adopted` or `dead: <why>`.
+    pub status: String,
+    pub yes: Vec<String>,
+    pub no: Vec<String>,
+}
+
+/// What a vote did, as the API says it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VoteReport {
+    pub proposal: String,
+    /// `counted`, `adopted` or `dead`.
+    pub outcome: String,
+    /// The charter version in force after the vote.
+    pub version: u64,
+}
+
+fn unix_now() -> u64 {
+    u64::try_from(now()).unwrap_or(0)
+}
+
+fn refused(e: GovernanceError) -> NodeError {
+    match e {
+        GovernanceError::Duplicate(what) => NodeError::Conflict(format!("already known: {what}")),
+        GovernanceError::Equivocation { .. } => NodeError::Conflict(e.to_string()),
+        GovernanceError::Charter(c) => NodeError::BadRequest(c.to_string()),
+        GovernanceError::Refused(why) => NodeError::BadRequest(why),
+    }
+}
+
+fn budget() -> Budget {
+    Budget { timeout: Duration::from_secs(10), max_bytes: 64 * 1024 }
+}
+
+impl Node {
+    /// The round of the current version, rebuilt from the stored acts when the version changed.
+    fn with_round<T>(&self, f: impl FnOnce(&mut Round) -> T) -> Result<T, NodeError> {
+        let charter = self.charter();
+        let mut round = self.round.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if round.as_ref().is_none_or(|r| r.base.version != charter.charter.version) {
+            let mut fresh = Round::new(charter.charter.clone());
+            let at = unix_now();
+            for (kind, body) in self.state.governance_acts(charter.charter.version)? {
+                // Acts were verified when they came; replayed at their own time they still hold.
+                match kind.as_str() {
+                    "proposal" => {
+                        if let Ok(note) = Note::parse(body.as_bytes()) {
+                            let expires = Proposal::from_text(note.text()).map(|p| p.expires).unwrap_or(0);
+                            let _ = fresh.propose(&note, at.min(expires));
+                        }
+                    }
+                    "vote" => {
+                        if let Ok(v) = serde_json::from_str::<VoteWire>(&body)
+                            .map_err(|_| ())
+                            .and_then(|w| w.parse().map_err(|_| ()))
+                        {
+                            let _ = fresh.vote(v, 0);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            *round = Some(fresh);
+        }
+        match round.as_mut() {
+            Some(r) => Ok(f(r)),
+            None => Err(NodeError::State("no governance round".into())),
+        }
+    }
+
+    /// This member proposes `changes` to the current version, open for `ttl`.
+    pub async fn propose(&self, changes: Vec<Change>, ttl: Duration) -> Result<String, NodeError> {
+        let c = self.charter();
+        let proposal = Proposal {
+            federation: c.charter.federation.clone(),
+            base_version: c.charter.version,
+            base_digest: c.charter.digest(),
+            proposer: self.cfg.member.clone(),
+            expires: unix_now().saturating_add(ttl.as_secs()),
+            changes,
+        };
+        let note = proposal.sign(&self.signer)?;
+        let id = self.take_proposal(note.to_string().as_bytes()).await?;
+        self.push("/v1/governance/proposal", note.to_bytes()).await;
+        Ok(id)
+    }
+
+    /// Takes in a signed proposal (from this member or pushed by a peer).
+    pub async fn take_proposal(&self, body: &[u8]) -> Result<String, NodeError> {
+        let note = Note::parse(body)?;
+        let proposal = Proposal::from_text(note.text())?;
+        let id = self.with_round(|r| r.propose(&note, unix_now()))?.map_err(refused)?;
+        self.state.store_governance_act(proposal.base_version, "proposal", &note.to_string())?;
+        let entry = LogEntry::GovernanceProposal {
+            time: now(),
+            proposal: id.clone(),
+            proposer: proposal.proposer.clone(),
+            base_version: proposal.base_version,
+            changes: proposal.changes.iter().map(Change::summary).collect(),
+            note: note.to_string(),
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        Ok(id)
+    }
+
+    /// This member votes on `proposal`.
+    pub async fn cast_vote(
+        &self,
+        proposal: &str,
+        ballot: Ballot,
+        reason: &str,
+    ) -> Result<VoteReport, NodeError> {
+        let vote = self.with_round(|r| {
+            let p = r.proposals.get(proposal).ok_or_else(|| {
+                NodeError::NotFound(format!("proposal {proposal} on charter version {}", r.base.version))
+            })?;
+            Ok::<_, NodeError>(SignedVote::cast(
+                &self.signer,
+                &self.cfg.member,
+                &p.proposal,
+                &p.body,
+                ballot,
+                reason,
+            )?)
+        })??;
+        let wire = VoteWire::of(&vote);
+        let report = self.take_vote(&wire).await?;
+        let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
+        self.push("/v1/governance/vote", body).await;
+        Ok(report)
+    }
+
+    /// Takes in a signed vote (from this member or pushed by a peer); adopts the version it
+    /// completes.
+    pub async fn take_vote(&self, wire: &VoteWire) -> Result<VoteReport, NodeError> {
+        let vote = wire.parse()?;
+        let base_version = self.charter_version();
+        let outcome = self.with_round(|r| {
+            let evidence_before = r.evidence.len();
+            let outcome = r.vote(vote.clone(), unix_now());
+            (outcome, r.evidence.get(evidence_before).cloned())
+        })?;
+        if let (Err(_), Some(ev)) = &outcome {
+            let evidence = serde_json::json!({
+                "first": { "proposal": ev.first.0, "vote": VoteWire::of(&ev.first.1) },
+                "second": { "proposal": ev.second.0, "vote": VoteWire::of(&ev.second.1) },
+            })
+            .to_string();
+            self.state.store_governance_act(base_version, "evidence", &evidence)?;
+            let entry = LogEntry::Equivocation {
+                time: now(),
+                voter: ev.voter.clone(),
+                base_version,
+                first: ev.first.0.clone(),
+                second: ev.second.0.clone(),
+                evidence,
+            };
+            self.log.append(entry.to_bytes()?).await?;
+        }
+        let outcome = outcome.0.map_err(refused)?;
+        let body = serde_json::to_string(wire).map_err(|e| NodeError::State(e.to_string()))?;
+        self.state.store_governance_act(base_version, "vote", &body)?;
+        let entry = LogEntry::GovernanceVote {
+            time: now(),
+            proposal: vote.vote.proposal.clone(),
+            voter: vote.vote.voter.clone(),
+            ballot: match vote.vote.ballot {
+                Ballot::Yes => "yes".into(),
+                Ballot::No => "no".into(),
+            },
+            note: wire.note.clone(),
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        let outcome = match outcome {
+            VoteOutcome::Adopted(next) => {
+                let bytes = next.to_bytes();
+                self.adopt(*next).await?;
+                self.push("/v1/governance/charter", bytes).await;
+                "adopted"
+            }
+            VoteOutcome::Dead => "dead",
+            VoteOutcome::Counted => "counted",
+        };
+        Ok(VoteReport {
+            proposal: vote.vote.proposal,
+            outcome: outcome.into(),
+            version: self.charter_version(),
+        })
+    }
+
+    /// Takes in a charter version pushed by a peer: the next version is verified and adopted;
+    /// one already held is fine; one that skips a number is refused.
+    pub async fn take_charter(&self, body: &[u8]) -> Result<u64, NodeError> {
+        let next = SignedCharter::parse(body)?;
+        let current = self.charter_version();
+        if next.charter.version <= current {
+            return Ok(current);
+        }
+        if next.charter.version != current + 1 {
+            return Err(NodeError::BadRequest(format!(
+                "charter version {} does not follow version {current}; versions are adopted one at a time",
+                next.charter.version
+            )));
+        }
+        self.adopt(next).await?;
+        Ok(self.charter_version())
+    }
+
+    /// The proposals on the current version, newest knowledge first.
+    pub fn proposals(&self) -> Result<Vec<ProposalView>, NodeError> {
+        let at = unix_now();
+        self.with_round(|r| {
+            r.proposals
+                .iter()
+                .map(|(id, p)| ProposalView {
+                    id: id.clone(),
+                    proposer: p.proposal.proposer.clone(),
+                    base_version: p.proposal.base_version,
+                    expires: p.proposal.expires,
+                    changes: p.proposal.changes.iter().map(Change::summary).collect(),
+                    status: match r.status(id, at) {
+                        Some(Status::Live) | None => "live".into(),
+                        Some(Status::Adopted) => "adopted".into(),
+                        Some(Status::Dead(why)) => format!("dead: {why}"),
+                    },
+                    yes: p.yes.keys().cloned().collect(),
+                    no: p.no.keys().cloned().collect(),
+                })
+                .collect()
+        })
+    }
+
+    /// Sends `body` to every other member of the current version; a member that cannot be
+    /// reached catches up when it pulls.
+    async fn push(&self, path: &str, body: Vec<u8>) {
+        let charter = self.charter();
+        let calls = charter
+            .charter
+            .members
+            .iter()
+            .filter(|m| m.id != self.cfg.member)
+            .map(|m| peer_call_with(&self.tls, m, "POST", path, body.clone(), budget()));
+        for (m, r) in charter
+            .charter
+            .members
+            .iter()
+            .filter(|m| m.id != self.cfg.member)
+            .zip(futures::future::join_all(calls).await)
+        {
+            match r {
+                Ok(resp) if resp.status < 300 || resp.status == 409 => {}
+                Ok(resp) => tracing::warn!(member = %m.id, status = resp.status, "{path} not taken"),
+                Err(e) => tracing::warn!(member = %m.id, "{path} not delivered: {e}"),
+            }
+        }
+    }
+}
