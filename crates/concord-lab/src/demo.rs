@@ -40,6 +40,8 @@ pub struct DemoMember {
     pub auditor_token: String,
     /// A token of role `steward`: policies and access requests.
     pub steward_token: String,
+    /// A token of role `delegate`: proposals and votes on the charter.
+    pub delegate_token: String,
     /// The log prefix on the local listener: `log_url + "/checkpoint"` is the signed checkpoint.
     pub log_url: String,
     /// The log's verifier key (C2SP vkey).
@@ -86,6 +88,7 @@ pub async fn setup(
             analyst_token: String::new(),
             auditor_token: String::new(),
             steward_token: String::new(),
+            delegate_token: String::new(),
             log_url: format!("http://127.0.0.1:{local}/v1/log"),
             vkey: card.vkey.clone(),
             dir: node_dir,
@@ -112,6 +115,7 @@ pub async fn setup(
         m.analyst_token = admin::token_create(&nd, "analyst")?;
         m.auditor_token = admin::token_create(&nd, "auditor")?;
         m.steward_token = admin::token_create(&nd, "steward")?;
+        m.delegate_token = admin::token_create(&nd, "delegate")?;
     }
     Ok(members)
 }

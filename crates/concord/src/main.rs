@@ -58,6 +58,60 @@ enum Command {
         #[command(subcommand)]
         command: AccessCommand,
     },
+    /// Propose changes to the charter (role delegate). The last word printed is the proposal id.
+    Propose {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        /// A candidate's member card (member-card.json).
+        #[arg(long = "add-member")]
+        add_member: Vec<PathBuf>,
+        #[arg(long = "remove-member")]
+        remove_member: Vec<String>,
+        /// A member whose keys change; its new card with --card.
+        #[arg(long = "rotate-key", requires = "card")]
+        rotate_key: Option<String>,
+        #[arg(long)]
+        card: Option<PathBuf>,
+        /// `ID=HOST:PORT`: a member's new peer endpoint.
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+        /// A shared schema (new, or a higher version of one) as JSON.
+        #[arg(long = "schema")]
+        schemas: Vec<PathBuf>,
+        #[arg(long = "min-group-size")]
+        min_group_size: Option<u64>,
+        /// `M/N`: M yes signatures of the N members adopt the next version.
+        #[arg(long)]
+        threshold: Option<String>,
+        #[arg(long = "witness-quorum")]
+        witness_quorum: Option<usize>,
+        /// How long the proposal stays open: `7d`, `12h`, `30m`, `90s`.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+    },
+    /// Vote on a proposal (role delegate): this node signs the vote.
+    Vote {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        proposal: String,
+        #[arg(value_parser = ["yes", "no"])]
+        ballot: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The proposals on the current charter version (roles delegate, auditor).
+    Proposals {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
     /// Bearer tokens for the node's local users.
     Token {
         #[command(subcommand)]
@@ -146,6 +200,26 @@ enum CharterCommand {
     Sign { dir: PathBuf, file: PathBuf },
     /// Verify a charter file and make it this node's charter.
     Accept { dir: PathBuf, file: PathBuf },
+    /// A charter version as a node holds it (the current one unless --version).
+    Show {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Every charter version a node holds, from genesis.
+    History {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -391,7 +465,114 @@ async fn run(cli: Cli) -> Result<()> {
             println!("verifier key: {}", card.vkey);
             println!("TLS pin: {}", card.tls_pin);
         }
-        Command::Charter { command } => charter(command)?,
+        Command::Charter { command } => charter(command).await?,
+        Command::Propose {
+            node,
+            token,
+            add_member,
+            remove_member,
+            rotate_key,
+            card,
+            endpoints,
+            schemas,
+            min_group_size,
+            threshold,
+            witness_quorum,
+            expires,
+        } => {
+            let mut changes = Vec::new();
+            let read_json = |p: &PathBuf| -> Result<serde_json::Value> {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
+            };
+            for p in &add_member {
+                changes.push(serde_json::json!({ "change": "add-member", "card": read_json(p)? }));
+            }
+            for id in remove_member {
+                changes.push(serde_json::json!({ "change": "remove-member", "id": id }));
+            }
+            if let (Some(_), Some(p)) = (&rotate_key, &card) {
+                changes.push(serde_json::json!({ "change": "rotate-key", "card": read_json(p)? }));
+            }
+            for e in endpoints {
+                let (id, endpoint) = e
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--endpoint {e:?}: write ID=HOST:PORT"))?;
+                changes
+                    .push(serde_json::json!({ "change": "change-endpoint", "id": id, "endpoint": endpoint }));
+            }
+            for p in &schemas {
+                changes.push(serde_json::json!({ "change": "set-schema", "schema": read_json(p)? }));
+            }
+            if let Some(size) = min_group_size {
+                changes.push(serde_json::json!({ "change": "min-group-size", "size": size }));
+            }
+            if let Some(t) = threshold {
+                let m = t
+                    .split('/')
+                    .next()
+                    .and_then(|m| m.trim().parse::<usize>().ok())
+                    .ok_or_else(|| anyhow::anyhow!("--threshold {t:?}: write M/N, for example 4/5"))?;
+                changes.push(serde_json::json!({ "change": "threshold", "threshold": m }));
+            }
+            if let Some(q) = witness_quorum {
+                changes.push(serde_json::json!({ "change": "witness-quorum", "quorum": q }));
+            }
+            if changes.is_empty() {
+                anyhow::bail!("a proposal needs at least one change (--add-member, --min-group-size, ...)");
+            }
+            let secs = duration_secs(&expires)?;
+            let body = serde_json::json!({ "changes": changes, "expires_in_secs": secs });
+            let r = local_json(&node, &token, "POST", "/v1/governance/proposals", Some(body)).await?;
+            let list: Vec<&str> =
+                r["changes"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
+            println!("proposed on charter version {}: {}", r["base_version"], list.join("; "));
+            println!("proposal {}", r["proposal"].as_str().unwrap_or("?"));
+        }
+        Command::Vote { node, token, proposal, ballot, reason } => {
+            let body = serde_json::json!({ "vote": ballot, "reason": reason });
+            let r = local_json(
+                &node,
+                &token,
+                "POST",
+                &format!("/v1/governance/proposals/{proposal}/vote"),
+                Some(body),
+            )
+            .await?;
+            println!(
+                "voted {ballot} on {proposal}: {}; charter version {}",
+                r["outcome"].as_str().unwrap_or("?"),
+                r["version"]
+            );
+        }
+        Command::Proposals { node, token, format } => {
+            let r = local_json(&node, &token, "GET", "/v1/governance/proposals", None).await?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                ListFormat::Table => {
+                    println!("charter version {}", r["version"]);
+                    for p in r["proposals"].as_array().into_iter().flatten() {
+                        let words = |k: &str| -> String {
+                            p[k].as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        println!(
+                            "{} by {} [{}] {}; yes: {}; no: {}",
+                            p["id"].as_str().unwrap_or("?"),
+                            p["proposer"].as_str().unwrap_or("?"),
+                            p["status"].as_str().unwrap_or("?"),
+                            words("changes"),
+                            words("yes"),
+                            words("no")
+                        );
+                    }
+                }
+            }
+        }
         Command::Dataset { command } => dataset(command).await?,
         Command::Policy { command } => policy(command).await?,
         Command::Access { command } => access(command).await?,
@@ -561,8 +742,65 @@ fn format_name(f: Format) -> &'static str {
     }
 }
 
-fn charter(command: CharterCommand) -> Result<()> {
+/// `7d`, `12h`, `30m`, `90s` in seconds.
+fn duration_secs(s: &str) -> Result<u64> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("{s:?} is not a duration such as 7d, 12h, 30m"))?;
+    let scale = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" | "" => 1,
+        other => anyhow::bail!("{s:?}: unit {other:?} is not d, h, m or s"),
+    };
+    n.checked_mul(scale).ok_or_else(|| anyhow::anyhow!("{s:?} is too long"))
+}
+
+async fn charter(command: CharterCommand) -> Result<()> {
+    let show = |c: &serde_json::Value| {
+        let members: Vec<&str> =
+            c["members"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+        format!(
+            "version {} of {} (digest {}): members {}; threshold {}; minimum group size {}; signed by {}",
+            c["version"],
+            c["federation"].as_str().unwrap_or("?"),
+            c["digest"].as_str().unwrap_or("?"),
+            members.join(", "),
+            c["threshold"],
+            c["min_group_size"],
+            c["signers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     match command {
+        CharterCommand::Show { node, token, version, format } => {
+            let path = match version {
+                Some(v) => format!("/v1/charter?version={v}"),
+                None => "/v1/charter".to_owned(),
+            };
+            let c = local_json(&node, &token, "GET", &path, None).await?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+                ListFormat::Table => println!("{}", show(&c)),
+            }
+        }
+        CharterCommand::History { node, token, format } => {
+            let h = local_json(&node, &token, "GET", "/v1/charter/history", None).await?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&h)?),
+                ListFormat::Table => {
+                    println!("genesis {}", h["genesis"].as_str().unwrap_or("?"));
+                    for c in h["versions"].as_array().into_iter().flatten() {
+                        println!("{}", show(c));
+                    }
+                }
+            }
+        }
         CharterCommand::Genesis { federation, cards, schemas, out } => {
             let c = admin::charter_genesis(&federation, &cards, &schemas, &out)?;
             println!(

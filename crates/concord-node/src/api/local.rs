@@ -18,6 +18,15 @@
 //! - `POST /v1/access/requests/<id>/approve|refuse|revoke` `{"reason": "...", "days": N}` (role
 //!   steward): decide a request filed with this node.
 //!
+//! - `GET /v1/governance/proposals` (roles delegate, auditor): the proposals on the current
+//!   charter version, with their status and votes.
+//! - `POST /v1/governance/proposals` `{"changes": [{"change": "min-group-size", "size": 12}, ...],
+//!   "expires_in_secs": N}` (role delegate): propose changes to the current version.
+//! - `POST /v1/governance/proposals/<id>/vote` `{"vote": "yes"|"no", "reason": "..."}` (role
+//!   delegate): this member's vote, signed by this node.
+//! - `GET /v1/charter[?version=N]`: a charter version as JSON (`version`, `federation`,
+//!   `members`, `genesis`, `digest`, `threshold`, ...); `GET /v1/charter/history`: every version.
+//!
 //! Roles: `analyst` (queries), `auditor` (audits and the log), `steward` (datasets and
 //! policies), `delegate` (governance). Status and the dataset list answer any role.
 
@@ -94,6 +103,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/policy/test", post(policy_test))
         .route("/v1/access/requests", get(access_list).post(access_file))
         .route("/v1/access/requests/{id}/{decision}", post(access_decide))
+        .route("/v1/governance/proposals", get(proposals_list).post(proposals_file))
+        .route("/v1/governance/proposals/{id}/vote", post(proposal_vote))
+        .route("/v1/charter", get(charter_show))
+        .route("/v1/charter/history", get(charter_history))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
@@ -234,6 +247,124 @@ struct DecideBody {
     #[serde(default)]
     reason: String,
     days: Option<u64>,
+}
+
+async fn proposals_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["delegate", "auditor"])?;
+    Ok(axum::Json(serde_json::json!({
+        "version": node.charter_version(),
+        "proposals": node.proposals()?,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProposeBody {
+    changes: Vec<concord_charter::governance::Change>,
+    #[serde(default = "week")]
+    expires_in_secs: u64,
+}
+
+fn week() -> u64 {
+    7 * 24 * 3600
+}
+
+async fn proposals_file(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["delegate"])?;
+    let b: ProposeBody = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::BadRequest(format!(
+            "proposal body: {e}; send {{\"changes\": [{{\"change\": \"min-group-size\", \"size\": 12}}], \"expires_in_secs\": N}}"
+        ))
+    })?;
+    let summary: Vec<String> = b.changes.iter().map(concord_charter::governance::Change::summary).collect();
+    let id = node.propose(b.changes, std::time::Duration::from_secs(b.expires_in_secs)).await?;
+    Ok(axum::Json(serde_json::json!({
+        "proposal": id,
+        "base_version": node.charter_version(),
+        "changes": summary,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    vote: concord_charter::governance::Ballot,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn proposal_vote(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["delegate"])?;
+    let b: VoteBody = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::BadRequest(format!(
+            "vote body: {e}; send {{\"vote\": \"yes\" or \"no\", \"reason\": \"...\"}}"
+        ))
+    })?;
+    Ok(axum::Json(node.cast_vote(&id, b.vote, &b.reason).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct CharterQuery {
+    version: Option<u64>,
+}
+
+/// A charter version as JSON.
+fn charter_json(sc: &concord_charter::SignedCharter, genesis: &str) -> serde_json::Value {
+    let c = &sc.charter;
+    serde_json::json!({
+        "version": c.version,
+        "federation": c.federation,
+        "digest": c.digest(),
+        "previous": c.previous,
+        "genesis": genesis,
+        "threshold": c.threshold,
+        "witness_quorum": c.witness_quorum,
+        "min_group_size": c.min_group_size,
+        "members": c.members,
+        "schemas": c.schemas,
+        "signers": sc.signed_by().unwrap_or_default(),
+    })
+}
+
+fn history(node: &Node) -> Result<Vec<concord_charter::SignedCharter>, NodeError> {
+    node.state.charter_history()?.iter().map(|b| Ok(concord_charter::SignedCharter::parse(b)?)).collect()
+}
+
+async fn charter_show(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<CharterQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    let all = history(&node)?;
+    let genesis = all.first().map(|g| g.charter.digest()).unwrap_or_default();
+    let want = q.version.unwrap_or_else(|| node.charter_version());
+    let sc = all.iter().find(|s| s.charter.version == want).ok_or_else(|| {
+        NodeError::NotFound(format!(
+            "charter version {want}; this node holds versions 1 to {}",
+            node.charter_version()
+        ))
+    })?;
+    Ok(axum::Json(charter_json(sc, &genesis)).into_response())
+}
+
+async fn charter_history(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &[])?;
+    let all = history(&node)?;
+    let genesis = all.first().map(|g| g.charter.digest()).unwrap_or_default();
+    let versions: Vec<serde_json::Value> = all.iter().map(|s| charter_json(s, &genesis)).collect();
+    Ok(axum::Json(serde_json::json!({ "genesis": genesis, "versions": versions })).into_response())
 }
 
 async fn access_decide(

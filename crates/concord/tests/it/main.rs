@@ -127,6 +127,10 @@ fn two_members_from_init_to_query_and_shutdown() {
     let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
     let auditor = ok(&["token", "create", "alpha", "--role", "auditor"], d).trim().to_owned();
     let steward = ok(&["token", "create", "bravo", "--role", "steward"], d).trim().to_owned();
+    let delegates: Vec<String> = ["alpha", "bravo"]
+        .iter()
+        .map(|m| ok(&["token", "create", m, "--role", "delegate"], d).trim().to_owned())
+        .collect();
 
     let nodes: Vec<Node> = ["alpha", "bravo"]
         .iter()
@@ -276,6 +280,63 @@ permit (principal, action == Action::"describe", resource);
     std::fs::write(d.join("bad.tlog-proof"), receipt.replacen("index 0", "index 1", 1)).expect("write");
     let err = fails(&["log", "verify-receipt", "bad.tlog-proof", "--vkey", &vkey], d);
     assert!(err.contains("proof failed"), "{err}");
+
+    // Governance: a proposal, votes from both delegates, version 2 on both nodes.
+    let urls = [url.clone(), format!("http://127.0.0.1:{}", ports[2])];
+    let err = fails(&["propose", "--node", &urls[0], "--token", &token, "--min-group-size", "12"], d);
+    assert!(err.contains("delegate"), "{err}");
+    let out = ok(
+        &[
+            "propose",
+            "--node",
+            &urls[0],
+            "--token",
+            &delegates[0],
+            "--min-group-size",
+            "12",
+            "--expires",
+            "1d",
+        ],
+        d,
+    );
+    let id = out.split_whitespace().last().expect("an id").to_owned();
+    assert!(out.contains("minimum group size 12") && id.len() == 64, "{out}");
+    let listed = ok(&["proposals", "--node", &urls[1], "--token", &delegates[1]], d);
+    assert!(listed.contains(&id) && listed.contains("[live]"), "{listed}");
+    let voted =
+        ok(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes", "--reason", "agreed"], d);
+    assert!(voted.contains("counted"), "{voted}");
+    let err = fails(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes"], d);
+    assert!(err.contains("already known"), "{err}");
+    let voted = ok(&["vote", "--node", &urls[0], "--token", &delegates[0], &id, "yes"], d);
+    assert!(voted.contains("adopted") && voted.contains("version 2"), "{voted}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(
+        &["charter", "show", "--node", &urls[1], "--token", &delegates[1], "--format", "json"],
+        d,
+    ))
+    .expect("json");
+    assert_eq!(shown["version"], 2);
+    assert_eq!(shown["min_group_size"], 12);
+    assert_eq!(shown["members"].as_array().map(Vec::len), Some(2));
+    let first: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "charter",
+            "show",
+            "--node",
+            &urls[1],
+            "--token",
+            &delegates[1],
+            "--version",
+            "1",
+            "--format",
+            "json",
+        ],
+        d,
+    ))
+    .expect("json");
+    assert_eq!(shown["genesis"], first["digest"]);
+    let history = ok(&["charter", "history", "--node", &urls[0], "--token", &auditor], d);
+    assert!(history.contains("version 1 of test") && history.contains("version 2 of test"), "{history}");
 
     for n in nodes {
         let status = n.stop();
