@@ -104,3 +104,28 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
     assert!(charlie.cast_vote(&p2, Ballot::Yes, "").await.is_err());
     fed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_during_a_vote_catches_up_when_it_starts() {
+    let mut fed = three_members().await;
+    let charlie = fed.nodes.remove(2);
+    charlie.stop().await;
+    let (alpha, bravo) = (fed.nodes[0].node.clone(), fed.nodes[1].node.clone());
+    let ttl = std::time::Duration::from_secs(3600);
+    let p = alpha.propose(vec![Change::MinGroupSize { size: 20 }], ttl).await.expect("proposed");
+    bravo.cast_vote(&p, Ballot::Yes, "").await.expect("counted");
+    let report = alpha.cast_vote(&p, Ballot::Yes, "").await.expect("adopted");
+    assert_eq!(report.version, 2);
+    // Charlie starts again: it pulls version 2 from the others and verifies it from version 1.
+    let restarted =
+        concord_node::run::start(&NodeDir::new(&fed.member("charlie").dir)).await.expect("starts");
+    let node = restarted.node.clone();
+    crate::support::eventually("charlie adopts version 2", || {
+        let node = node.clone();
+        async move { node.charter_version() == 2 }
+    })
+    .await;
+    assert_eq!(node.baseline().min_group_size, 20);
+    fed.nodes.push(restarted);
+    fed.stop().await;
+}

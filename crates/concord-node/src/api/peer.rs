@@ -43,6 +43,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/governance/proposal", post(governance_proposal))
         .route("/v1/governance/vote", post(governance_vote))
         .route("/v1/governance/charter", post(governance_charter))
+        .route("/v1/governance/charter/{version}", get(governance_charter_note))
+        .route("/v1/governance/acts", get(governance_acts))
         .route_layer(axum::middleware::from_fn_with_state((node.clone(), Bucket::Requests), rate_limit));
     // Reading the log has a bucket of its own, larger: an audit reads many tiles at once.
     let reads = Router::new()
@@ -120,6 +122,17 @@ async fn governance_vote(State(node): State<Arc<Node>>, body: Bytes) -> Result<R
 async fn governance_charter(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ErrorResponse> {
     let version = node.take_charter(&body).await.map_err(ErrorResponse)?;
     Ok(axum::Json(serde_json::json!({ "version": version })).into_response())
+}
+
+async fn governance_charter_note(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(version): axum::extract::Path<u64>,
+) -> Result<Response, ErrorResponse> {
+    Ok(node.charter_note(version).map_err(ErrorResponse)?.into_response())
+}
+
+async fn governance_acts(State(node): State<Arc<Node>>) -> Result<Response, ErrorResponse> {
+    Ok(axum::Json(node.acts().map_err(ErrorResponse)?).into_response())
 }
 
 async fn access_decision_note(

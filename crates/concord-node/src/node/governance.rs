@@ -38,6 +38,29 @@ impl VoteWire {
     }
 }
 
+/// The acts on one charter version, as a peer pulls them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Acts {
+    pub version: u64,
+    /// Signed proposal notes.
+    pub proposals: Vec<String>,
+    pub votes: Vec<VoteWire>,
+}
+
+/// How often a node pulls what it may have missed.
+pub const PULL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Pulls at start, then every [`PULL_INTERVAL`], until `shutdown`.
+pub async fn pull_loop(node: std::sync::Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        node.pull_governance().await;
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(PULL_INTERVAL) => {}
+        }
+    }
+}
+
 /// One proposal as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProposalView {
@@ -275,6 +298,71 @@ impl Node {
                 })
                 .collect()
         })
+    }
+
+    /// What a peer pulls: this node's version and the acts on it.
+    pub fn acts(&self) -> Result<Acts, NodeError> {
+        let version = self.charter_version();
+        let mut acts = Acts { version, proposals: Vec::new(), votes: Vec::new() };
+        for (kind, body) in self.state.governance_acts(version)? {
+            match kind.as_str() {
+                "proposal" => acts.proposals.push(body),
+                "vote" => {
+                    if let Ok(w) = serde_json::from_str(&body) {
+                        acts.votes.push(w);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(acts)
+    }
+
+    /// A stored charter version's note bytes.
+    pub fn charter_note(&self, version: u64) -> Result<Vec<u8>, NodeError> {
+        self.state
+            .charter_history()?
+            .into_iter()
+            .find(|b| SignedCharter::parse(b).is_ok_and(|c| c.charter.version == version))
+            .ok_or_else(|| NodeError::NotFound(format!("charter version {version}")))
+    }
+
+    /// Pulls from every other member what this node missed: later charter versions (each
+    /// verified from the one before) and the proposals and votes on the current one. Returns
+    /// the version in force after.
+    pub async fn pull_governance(&self) -> u64 {
+        let members: Vec<concord_charter::MemberCard> =
+            self.charter().charter.members.iter().filter(|m| m.id != self.cfg.member).cloned().collect();
+        for m in members {
+            let acts = match peer_call_with(&self.tls, &m, "GET", "/v1/governance/acts", Vec::new(), budget())
+                .await
+            {
+                Ok(r) if r.status == 200 => serde_json::from_slice::<Acts>(&r.body).ok(),
+                _ => None,
+            };
+            let Some(acts) = acts else { continue };
+            while self.charter_version() < acts.version {
+                let path = format!("/v1/governance/charter/{}", self.charter_version() + 1);
+                let next = match peer_call_with(&self.tls, &m, "GET", &path, Vec::new(), budget()).await {
+                    Ok(r) if r.status == 200 => r.body,
+                    _ => break,
+                };
+                if let Err(e) = self.take_charter(&next).await {
+                    tracing::warn!(member = %m.id, "charter pulled from {} not adopted: {e}", m.id);
+                    break;
+                }
+            }
+            if acts.version != self.charter_version() {
+                continue;
+            }
+            for p in &acts.proposals {
+                let _ = self.take_proposal(p.as_bytes()).await;
+            }
+            for v in &acts.votes {
+                let _ = self.take_vote(v).await;
+            }
+        }
+        self.charter_version()
     }
 
     /// Sends `body` to every other member of the current version; a member that cannot be
