@@ -103,6 +103,13 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// This member leaves the federation (role delegate): no vote of the others is needed.
+    Leave {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        token: String,
+    },
     /// The proposals on the current charter version (roles delegate, auditor).
     Proposals {
         #[arg(long)]
@@ -541,6 +548,14 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!(
                 "voted {ballot} on {proposal}: {}; charter version {}",
+                r["outcome"].as_str().unwrap_or("?"),
+                r["version"]
+            );
+        }
+        Command::Leave { node, token } => {
+            let r = local_json(&node, &token, "POST", "/v1/governance/leave", None).await?;
+            println!(
+                "exit proposed and signed ({}); charter version {}",
                 r["outcome"].as_str().unwrap_or("?"),
                 r["version"]
             );

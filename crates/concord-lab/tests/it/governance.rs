@@ -129,3 +129,26 @@ async fn a_node_down_during_a_vote_catches_up_when_it_starts() {
     fed.nodes.push(restarted);
     fed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaves_without_anyone_voting() {
+    let fed = three_members().await;
+    let charlie = fed.nodes[2].node.clone();
+    let report = charlie.leave(std::time::Duration::from_secs(3600)).await.expect("exit signed");
+    // Charlie's yes and the others' own yes: the version without charlie, on every node that stays.
+    crate::support::eventually("alpha and bravo adopt the version without charlie", || {
+        let (a, b) = (fed.nodes[0].node.clone(), fed.nodes[1].node.clone());
+        async move { a.charter_version() == 2 && b.charter_version() == 2 }
+    })
+    .await;
+    for n in &fed.nodes[..2] {
+        assert!(n.node.charter().charter.member("charlie").is_none());
+    }
+    let _ = report;
+    // Charlie is refused at once: its queries reach no one.
+    let c = fed.member("charlie");
+    assert!(
+        api_query(&c.local_url, &c.analyst_token, "SELECT count(*) AS n FROM alpha.cases").await.is_err()
+    );
+    fed.stop().await;
+}

@@ -24,6 +24,8 @@
 //!   "expires_in_secs": N}` (role delegate): propose changes to the current version.
 //! - `POST /v1/governance/proposals/<id>/vote` `{"vote": "yes"|"no", "reason": "..."}` (role
 //!   delegate): this member's vote, signed by this node.
+//! - `POST /v1/governance/leave` (role delegate): this member leaves; the others' nodes vote
+//!   yes by themselves.
 //! - `GET /v1/charter[?version=N]`: a charter version as JSON (`version`, `federation`,
 //!   `members`, `genesis`, `digest`, `threshold`, ...); `GET /v1/charter/history`: every version.
 //!
@@ -105,6 +107,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/access/requests/{id}/{decision}", post(access_decide))
         .route("/v1/governance/proposals", get(proposals_list).post(proposals_file))
         .route("/v1/governance/proposals/{id}/vote", post(proposal_vote))
+        .route("/v1/governance/leave", post(leave))
         .route("/v1/charter", get(charter_show))
         .route("/v1/charter/history", get(charter_history))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
@@ -312,6 +315,12 @@ async fn proposal_vote(
         ))
     })?;
     Ok(axum::Json(node.cast_vote(&id, b.vote, &b.reason).await?).into_response())
+}
+
+async fn leave(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["delegate"])?;
+    let report = node.leave(std::time::Duration::from_secs(30 * 24 * 3600)).await?;
+    Ok(axum::Json(report).into_response())
 }
 
 #[derive(Deserialize)]

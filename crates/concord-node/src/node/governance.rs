@@ -155,6 +155,35 @@ impl Node {
         Ok(id)
     }
 
+    /// This member leaves the federation: it proposes its own removal and votes yes. Every
+    /// other node refuses it from the next connection and votes yes itself (no delegate votes
+    /// on an exit), so the version without it needs no one's decision.
+    pub async fn leave(&self, ttl: Duration) -> Result<VoteReport, NodeError> {
+        let base = self.charter_version();
+        let id = self.propose(vec![Change::RemoveMember { id: self.cfg.member.clone() }], ttl).await?;
+        // The others' own yes votes, pushed back while the proposal spread, may have made the
+        // version already.
+        if self.charter_version() > base {
+            return Ok(VoteReport {
+                proposal: id,
+                outcome: "adopted".into(),
+                version: self.charter_version(),
+            });
+        }
+        self.cast_vote(&id, Ballot::Yes, "leaving").await
+    }
+
+    /// Whether this node has a live yes on a proposal other than `except` in the current round.
+    fn has_live_yes(&self, except: &str) -> Result<bool, NodeError> {
+        let at = unix_now();
+        let me = self.cfg.member.clone();
+        self.with_round(|r| {
+            r.proposals.iter().any(|(id, p)| {
+                id != except && p.yes.contains_key(&me) && r.status(id, at) == Some(Status::Live)
+            })
+        })
+    }
+
     /// Takes in a signed proposal (from this member or pushed by a peer).
     pub async fn take_proposal(&self, body: &[u8]) -> Result<String, NodeError> {
         let note = Note::parse(body)?;
@@ -170,6 +199,17 @@ impl Node {
             note: note.to_string(),
         };
         self.log.append(entry.to_bytes()?).await?;
+        // A member's own exit: out at once, and every other node votes yes by itself.
+        if let [Change::RemoveMember { id: leaver }] = proposal.changes.as_slice()
+            && *leaver == proposal.proposer
+            && *leaver != self.cfg.member
+        {
+            self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(leaver.clone());
+            self.refresh_pins();
+            if !self.has_live_yes(&id)? {
+                self.cast_vote(&id, Ballot::Yes, &format!("{leaver} leaves")).await?;
+            }
+        }
         Ok(id)
     }
 

@@ -157,6 +157,9 @@ pub struct Node {
     pub read_rate: RateLimiter,
     /// The proposals and votes on the current charter version (built on first use).
     round: Mutex<Option<concord_charter::governance::Round>>,
+    /// Members that signed their own exit: refused from the next connection, before the
+    /// version without them is adopted.
+    exiting: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Node {
@@ -222,6 +225,7 @@ impl Node {
                 limits.peer_burst.saturating_mul(10),
             ),
             round: Mutex::new(None),
+            exiting: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -246,18 +250,16 @@ impl Node {
             let mut current = self.charter.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             next.verify_successor(&current.charter)?;
             self.state.store_charter(next.charter.version, &next.to_bytes())?;
-            self.pins.set(
-                next.charter
-                    .members
-                    .iter()
-                    .filter(|m| m.id != self.cfg.member)
-                    .map(|m| (m.tls_pin.clone(), m.id.clone()))
-                    .collect(),
-            );
             let signers = next.signed_by().unwrap_or_default();
+            // An exit that a version recorded is done; one still pending stands.
+            self.exiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|m| next.charter.member(m).is_some());
             *current = Arc::new(next);
             signers
         };
+        self.refresh_pins();
         let c = self.charter();
         let entry = crate::store::entry::LogEntry::CharterAccepted {
             time: crate::store::entry::now(),
@@ -267,6 +269,20 @@ impl Node {
         };
         self.log.append(entry.to_bytes()?).await?;
         Ok(())
+    }
+
+    /// The TLS pins of the current members but this node and those leaving.
+    pub(crate) fn refresh_pins(&self) {
+        let exiting = self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        self.pins.set(
+            self.charter()
+                .charter
+                .members
+                .iter()
+                .filter(|m| m.id != self.cfg.member && !exiting.contains(&m.id))
+                .map(|m| (m.tls_pin.clone(), m.id.clone()))
+                .collect(),
+        );
     }
 
     pub fn charter_version(&self) -> u64 {
