@@ -398,6 +398,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7300)]
         port_base: u16,
     },
+    /// Time from a proposal reaching its threshold to every node running the new version.
+    Governance {
+        #[arg(long, default_value_t = 50)]
+        members: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value = "concord-bench-governance")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7400)]
+        port_base: u16,
+    },
     /// Durable appends, checkpoint cosigning and inclusion proofs of the transparency log.
     Log {
         #[arg(long, default_value = "concord-bench-log")]
@@ -615,6 +626,26 @@ async fn run(cli: Cli) -> Result<()> {
             output::audit(&node, &token, member, all, matches!(format, ListFormat::Json)).await?;
         }
         Command::Log { command } => log(command).await?,
+        Command::Bench { command: BenchCommand::Governance { members, rounds, dir, port_base } } => {
+            if members < 2 || rounds == 0 {
+                bail!("--members must be at least 2 and --rounds at least 1");
+            }
+            let opts =
+                concord_lab::governance_bench::GovernanceBenchOptions { dir, members, rounds, port_base };
+            let r = concord_lab::governance_bench::governance(&opts, &|s| eprintln!("{s}")).await?;
+            println!(
+                "{} members on loopback, threshold {}; set up and started in {:.1} s",
+                r.members,
+                r.threshold,
+                r.setup.as_secs_f64()
+            );
+            println!(
+                "threshold vote to every node on the new version: median {:.1} ms, max {:.1} ms over {} rounds (target 2000 ms)",
+                bench::ms(bench::percentile(&r.adoption, 0.5)),
+                bench::ms(r.adoption.iter().copied().max().unwrap_or_default()),
+                r.adoption.len()
+            );
+        }
         Command::Bench { command: BenchCommand::Federated { rows, iterations, dir, port_base } } => {
             if rows < 3 || iterations == 0 {
                 bail!("--rows must be at least 3 and --iterations at least 1");

@@ -423,7 +423,11 @@ impl Node {
             .zip(futures::future::join_all(calls).await)
         {
             match r {
-                Ok(resp) if resp.status < 300 || resp.status == 409 => {}
+                Ok(resp) if resp.status < 300 => {}
+                // Already known, or already past (a peer that adopted the version first).
+                Ok(resp) if resp.status < 500 => {
+                    tracing::debug!(member = %m.id, status = resp.status, "{path} not taken")
+                }
                 Ok(resp) => tracing::warn!(member = %m.id, status = resp.status, "{path} not taken"),
                 Err(e) => tracing::warn!(member = %m.id, "{path} not delivered: {e}"),
             }
