@@ -136,6 +136,7 @@ fn admin_init(
             jurisdiction: Some(spec.jurisdiction.clone()),
             peer_listen: format!("127.0.0.1:{peer}"),
             local_listen: format!("127.0.0.1:{local}"),
+            advertise: None,
         },
     )?;
     Ok(())

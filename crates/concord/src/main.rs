@@ -37,6 +37,9 @@ enum Command {
         peer_listen: String,
         #[arg(long, default_value = "127.0.0.1:7100")]
         local_listen: String,
+        /// HOST:PORT other members dial, for the member card (default: the peer listen address).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Charter versions: genesis, signatures, acceptance.
     Charter {
@@ -473,10 +476,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { dir, member, federation, name, jurisdiction, peer_listen, local_listen } => {
+        Command::Init {
+            dir,
+            member,
+            federation,
+            name,
+            jurisdiction,
+            peer_listen,
+            local_listen,
+            advertise,
+        } => {
             let card = concord_node::store::config::init(
                 &dir,
-                &InitOptions { member, federation, name, jurisdiction, peer_listen, local_listen },
+                &InitOptions { member, federation, name, jurisdiction, peer_listen, local_listen, advertise },
             )?;
             println!("created node {} in {}", card.id, dir.display());
             println!("member card: {}", NodeDir::new(&dir).card().display());

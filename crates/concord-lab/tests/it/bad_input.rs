@@ -203,6 +203,7 @@ async fn a_port_in_use_and_a_used_folder_are_named() {
         jurisdiction: None,
         peer_listen: format!("127.0.0.1:{}", base + 1),
         local_listen: format!("127.0.0.1:{base}"),
+        advertise: None,
     };
     init(&dir.path().join("n"), &opts("alpha")).expect("init");
     let err = init(&dir.path().join("n"), &opts("alpha")).expect_err("folder in use");
@@ -210,6 +211,14 @@ async fn a_port_in_use_and_a_used_folder_are_named() {
     let err = init(&dir.path().join("m"), &opts("Alpha")).expect_err("bad id");
     assert!(err.to_string().contains("member id"), "{err}");
     assert!(!dir.path().join("m").exists(), "nothing half-written");
+    // A card must carry the address other members dial, never the unspecified one.
+    let wild = InitOptions { peer_listen: format!("0.0.0.0:{}", base + 1), ..opts("golf") };
+    let err = init(&dir.path().join("g"), &wild).expect_err("unspecified");
+    assert!(err.to_string().contains("--advertise"), "{err}");
+    assert!(!dir.path().join("g").exists(), "nothing half-written");
+    let advertised = InitOptions { advertise: Some("node.golf.example:7101".into()), ..wild };
+    let card = init(&dir.path().join("g"), &advertised).expect("advertised");
+    assert_eq!(card.peer_endpoint, "node.golf.example:7101");
 
     let _blocker = std::net::TcpListener::bind(("127.0.0.1", base + 1)).expect("bind");
     let err = concord_node::run::bind(&format!("127.0.0.1:{}", base + 1)).await.expect_err("in use");

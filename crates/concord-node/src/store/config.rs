@@ -274,6 +274,30 @@ pub struct InitOptions {
     pub jurisdiction: Option<String>,
     pub peer_listen: String,
     pub local_listen: String,
+    /// `HOST:PORT` other members dial (the charter lists it); the peer listen address when
+    /// absent. An unspecified host (0.0.0.0, ::) is refused: no one can dial it.
+    pub advertise: Option<String>,
+}
+
+/// The peer endpoint a member card carries: what other members dial.
+fn advertised(opts: &InitOptions) -> Result<String, NodeError> {
+    let endpoint = opts.advertise.clone().unwrap_or_else(|| opts.peer_listen.clone());
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| {
+        NodeError::Config(format!(
+            "--advertise {endpoint:?} is not HOST:PORT, for example node.example.org:7101"
+        ))
+    })?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(NodeError::Config(format!("{endpoint:?} is not HOST:PORT with a port from 1 to 65535")));
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(NodeError::Config(format!(
+            "{endpoint:?} is the unspecified address, which other members cannot dial; listen on it if you \
+             like, and give the address they use with --advertise HOST:PORT"
+        )));
+    }
+    Ok(endpoint)
 }
 
 /// Creates a node folder. Everything is written into a temporary sibling folder first and moved
@@ -281,6 +305,7 @@ pub struct InitOptions {
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> {
     check_member_id(&opts.member)?;
     check_federation_name(&opts.federation)?;
+    advertised(opts)?;
     for addr in [&opts.peer_listen, &opts.local_listen] {
         addr.parse::<std::net::SocketAddr>().map_err(|_| {
             NodeError::Config(format!(
@@ -327,7 +352,7 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         jurisdiction: opts.jurisdiction.clone().unwrap_or_else(|| "unspecified".into()),
         peer_listen: opts.peer_listen.clone(),
         local_listen: opts.local_listen.clone(),
-        peer_endpoint: opts.peer_listen.clone(),
+        peer_endpoint: advertised(opts)?,
         limits: Limits::default(),
     };
     let signer = NoteSigner::generate(&format!("{}/{}", cfg.federation, cfg.member))?;
