@@ -20,14 +20,19 @@ static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// A base port such that `n` consecutive ports are free now and not handed to another test.
 pub fn free_ports(n: u16) -> u16 {
     let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    // Below Linux's ephemeral range (from 32768), where nodes' own outgoing connections take
+    // their source ports: a port found free there could be taken before a node binds it.
+    let mut base = 20_000 + (std::process::id() % 120) as u16 * 100;
     loop {
+        if base + n > 32_000 {
+            base = 20_000;
+        }
         let range: Vec<u16> = (base..base + n).collect();
         if range.iter().all(|p| !taken.contains(p) && TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
             taken.extend(range);
             return base;
         }
-        base = base.wrapping_add(n).max(20_000);
+        base += n;
     }
 }
 

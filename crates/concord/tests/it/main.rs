@@ -28,8 +28,17 @@ fn fails(args: &[&str], cwd: &Path) -> String {
     String::from_utf8(out.stderr).expect("utf8")
 }
 
+/// A free port below Linux's ephemeral range (from 32768), where the nodes' own outgoing
+/// connections take their source ports; each call gives another.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    loop {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 15_000 + ((std::process::id() as u16 % 40) * 100 + i) % 5_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 struct Node(Child);
