@@ -34,7 +34,7 @@ fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     loop {
         let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = 15_000 + ((std::process::id() as u16 % 40) * 100 + i) % 5_000;
+        let port = 15_000 + ((std::process::id() as u16 % 40) * 100).wrapping_add(i) % 5_000;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
