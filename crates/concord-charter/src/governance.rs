@@ -25,6 +25,13 @@ use crate::{Charter, CharterError, MemberCard, SharedSchema, SignedCharter, chec
 pub const PROPOSAL_TYPE_LINE: &str = "concord/proposal/v1";
 pub const VOTE_TYPE_LINE: &str = "concord/vote/v1";
 
+/// The longest a proposal may stay open, in seconds (30 days).
+pub const MAX_PROPOSAL_TTL: u64 = 30 * 24 * 3600;
+/// Bytes of a proposal's text.
+pub const MAX_PROPOSAL_BYTES: usize = 16 * 1024;
+/// Live proposals one member may have open on one base version.
+pub const MAX_LIVE_PROPOSALS: usize = 4;
+
 /// Changes a proposal may make to the charter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "kebab-case", deny_unknown_fields)]
@@ -509,6 +516,29 @@ impl Round {
         if now > proposal.expires {
             return Err(refused("the proposal has expired"));
         }
+        if proposal.expires > now.saturating_add(MAX_PROPOSAL_TTL) {
+            return Err(refused(format!(
+                "the proposal stays open until {}, more than {} days from now",
+                proposal.expires,
+                MAX_PROPOSAL_TTL / 86_400
+            )));
+        }
+        if note.text().len() > MAX_PROPOSAL_BYTES {
+            return Err(refused(format!("the proposal's text is over {MAX_PROPOSAL_BYTES} bytes")));
+        }
+        let open = self
+            .proposals
+            .iter()
+            .filter(|(id, p)| {
+                p.proposal.proposer == proposal.proposer && self.status(id, now) == Some(Status::Live)
+            })
+            .count();
+        if open >= MAX_LIVE_PROPOSALS {
+            return Err(refused(format!(
+                "{} already has {open} live proposals on version {}; at most {MAX_LIVE_PROPOSALS}",
+                proposal.proposer, self.base.version
+            )));
+        }
         let v = self.verifier(&proposal.proposer)?;
         note.verify(std::slice::from_ref(&v))
             .map_err(|e| refused(format!("the proposal is not signed by {}: {e}", proposal.proposer)))?;
@@ -560,20 +590,17 @@ impl Round {
                 refused(format!("{voter}'s yes is not a signature over the proposal's body: {e}"))
             })?;
             // One live yes per base version.
-            let other = self
-                .proposals
-                .iter()
-                .find(|(id, p)| **id != pid && p.yes.contains_key(&voter))
-                .map(|(id, p)| (id.clone(), p.yes.get(&voter).cloned()));
-            if let Some((first, Some(first_vote))) = other
-                && self.status(&first, now) == Some(Status::Live)
-            {
-                self.evidence.push(Equivocation {
-                    voter: voter.clone(),
-                    base_version: self.base.version,
-                    first: (first.clone(), first_vote),
-                    second: (pid, v),
-                });
+            if let Some((first, first_vote)) = self.live_yes(&voter, &pid, now) {
+                let seen =
+                    self.evidence.iter().any(|e| e.voter == voter && e.first.0 == first && e.second.0 == pid);
+                if !seen {
+                    self.evidence.push(Equivocation {
+                        voter: voter.clone(),
+                        base_version: self.base.version,
+                        first: (first.clone(), first_vote),
+                        second: (pid, v),
+                    });
+                }
                 return Err(GovernanceError::Equivocation { voter, first, base: self.base.version });
             }
         }
@@ -588,6 +615,16 @@ impl Round {
             Some(Status::Dead(_)) => VoteOutcome::Dead,
             _ => VoteOutcome::Counted,
         })
+    }
+
+    /// `voter`'s yes on a live proposal of this base other than `except`, if any.
+    pub fn live_yes(&self, voter: &str, except: &str, now: u64) -> Option<(String, SignedVote)> {
+        self.proposals
+            .iter()
+            .filter(|(id, p)| {
+                *id != except && p.yes.contains_key(voter) && self.status(id, now) == Some(Status::Live)
+            })
+            .find_map(|(id, p)| p.yes.get(voter).map(|v| (id.clone(), v.clone())))
     }
 
     /// The next version from proposal `id`: its body with every yes signature seen.

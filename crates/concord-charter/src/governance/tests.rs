@@ -266,3 +266,23 @@ proptest! {
         prop_assert!(made <= 1);
     }
 }
+
+#[test]
+fn proposals_are_bounded_per_member_in_time_and_size() {
+    let (base, keys) = federation(3);
+    let mut round = Round::new(base.clone());
+    let mut p = proposal(&base, "m00", vec![Change::MinGroupSize { size: 12 }]);
+    p.expires = NOW + MAX_PROPOSAL_TTL + 10;
+    let e = round.propose(&p.sign(&keys[0].1).expect("signs"), NOW).expect_err("too long");
+    assert!(e.to_string().contains("days from now"), "{e}");
+    for size in 0..MAX_LIVE_PROPOSALS as u64 {
+        let p = proposal(&base, "m00", vec![Change::MinGroupSize { size: 20 + size }]);
+        round.propose(&p.sign(&keys[0].1).expect("signs"), NOW).expect("accepted");
+    }
+    let p = proposal(&base, "m00", vec![Change::MinGroupSize { size: 99 }]);
+    let e = round.propose(&p.sign(&keys[0].1).expect("signs"), NOW).expect_err("too many");
+    assert!(e.to_string().contains("live proposals"), "{e}");
+    // Another member still may.
+    let p = proposal(&base, "m01", vec![Change::MinGroupSize { size: 99 }]);
+    round.propose(&p.sign(&keys[1].1).expect("signs"), NOW).expect("accepted");
+}

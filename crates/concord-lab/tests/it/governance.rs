@@ -7,6 +7,18 @@ use concord_node::store::config::NodeDir;
 
 use crate::support::three_members;
 
+/// The proposal `id` as `node` holds it.
+fn proposal_of(node: &concord_node::node::Node, id: &str) -> Proposal {
+    node.acts()
+        .expect("acts")
+        .proposals
+        .iter()
+        .filter_map(|n| concord_log::Note::parse(n.as_bytes()).ok())
+        .filter_map(|n| Proposal::from_text(n.text()).ok())
+        .find(|p| p.id() == id)
+        .expect("proposal held")
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -86,13 +98,26 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
     let report = bravo.cast_vote(&p1, Ballot::Yes, "fine").await.expect("counted");
     assert_eq!(report.outcome, "counted");
     assert!(bravo.cast_vote(&p1, Ballot::Yes, "").await.is_err(), "a duplicate vote");
-    // A second yes of bravo on the same base is equivocation: refused, evidence kept and logged.
-    let e = bravo.cast_vote(&p2, Ballot::Yes, "").await.expect_err("equivocation");
-    assert!(e.to_string().contains("equivocation"), "{e}");
-    assert_eq!(
-        bravo.state.governance_acts(1).expect("acts").iter().filter(|(k, _)| k == "evidence").count(),
-        1
-    );
+    // Bravo's node never signs a second yes on one version.
+    let e = bravo.cast_vote(&p2, Ballot::Yes, "").await.expect_err("one yes per version");
+    assert!(e.to_string().contains("one yes per version"), "{e}");
+    // A second yes signed with bravo's key elsewhere is equivocation: refused, evidence kept and
+    // logged once, however often it is sent again.
+    let nd = NodeDir::new(&fed.member("bravo").dir);
+    let key = nd.load_signer(&nd.load_config().expect("config")).expect("key");
+    let second = proposal_of(alpha, &p2);
+    let body = concord_charter::governance::apply(&alpha.charter().charter, &second.changes).expect("body");
+    let forged = SignedVote::cast(&key, "bravo", &second, &body, Ballot::Yes, "").expect("vote");
+    let wire = concord_node::node::governance::VoteWire {
+        note: forged.note.to_string(),
+        body_signature: forged.body_signature_line(),
+    };
+    for _ in 0..3 {
+        let e = alpha.take_vote(&wire).await.expect_err("equivocation");
+        assert!(e.to_string().contains("equivocation"), "{e}");
+    }
+    let evidence = alpha.state.governance_acts(1).expect("acts");
+    assert_eq!(evidence.iter().filter(|(k, _)| k == "evidence").count(), 1);
     // Alpha's yes reaches the threshold of two: every node adopts version 2.
     let report = alpha.cast_vote(&p1, Ballot::Yes, "").await.expect("adopted");
     assert_eq!((report.outcome.as_str(), report.version), ("adopted", 2));

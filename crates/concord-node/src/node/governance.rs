@@ -102,6 +102,11 @@ fn budget() -> Budget {
     Budget { timeout: Duration::from_secs(10), max_bytes: 64 * 1024 }
 }
 
+/// What a pull may read: a charter of many members, or the acts of a busy version.
+fn pull_budget() -> Budget {
+    Budget { timeout: Duration::from_secs(30), max_bytes: 8 * 1024 * 1024 }
+}
+
 impl Node {
     /// The round of the current version, rebuilt from the stored acts when the version changed.
     fn with_round<T>(&self, f: impl FnOnce(&mut Round) -> T) -> Result<T, NodeError> {
@@ -176,12 +181,7 @@ impl Node {
     /// Whether this node has a live yes on a proposal other than `except` in the current round.
     fn has_live_yes(&self, except: &str) -> Result<bool, NodeError> {
         let at = unix_now();
-        let me = self.cfg.member.clone();
-        self.with_round(|r| {
-            r.proposals.iter().any(|(id, p)| {
-                id != except && p.yes.contains_key(&me) && r.status(id, at) == Some(Status::Live)
-            })
-        })
+        self.with_round(|r| r.live_yes(&self.cfg.member, except, at).is_some())
     }
 
     /// Takes in a signed proposal (from this member or pushed by a peer).
@@ -220,10 +220,20 @@ impl Node {
         ballot: Ballot,
         reason: &str,
     ) -> Result<VoteReport, NodeError> {
+        let at = unix_now();
         let vote = self.with_round(|r| {
             let p = r.proposals.get(proposal).ok_or_else(|| {
                 NodeError::NotFound(format!("proposal {proposal} on charter version {}", r.base.version))
             })?;
+            // This node never signs a second yes on one version: it would be its own equivocation.
+            if ballot == Ballot::Yes
+                && let Some((first, _)) = r.live_yes(&self.cfg.member, proposal, at)
+            {
+                return Err(NodeError::Conflict(format!(
+                    "this member already voted yes on proposal {first} of charter version {}; one yes per version",
+                    r.base.version
+                )));
+            }
             Ok::<_, NodeError>(SignedVote::cast(
                 &self.signer,
                 &self.cfg.member,
@@ -250,12 +260,12 @@ impl Node {
     /// itself; the push is for those the vote did not reach, and so is the pull).
     async fn take_vote_from(&self, wire: &VoteWire, own: bool) -> Result<VoteReport, NodeError> {
         let vote = wire.parse()?;
-        let base_version = self.charter_version();
-        let outcome = self.with_round(|r| {
+        let (outcome, new_evidence, base_version) = self.with_round(|r| {
             let evidence_before = r.evidence.len();
             let outcome = r.vote(vote.clone(), unix_now());
-            (outcome, r.evidence.get(evidence_before).cloned())
+            (outcome, r.evidence.get(evidence_before).cloned(), r.base.version)
         })?;
+        let outcome = (outcome, new_evidence);
         if let (Err(_), Some(ev)) = &outcome {
             let evidence = serde_json::json!({
                 "first": { "proposal": ev.first.0, "vote": VoteWire::of(&ev.first.1) },
@@ -312,6 +322,19 @@ impl Node {
         let next = SignedCharter::parse(body)?;
         let current = self.charter_version();
         if next.charter.version <= current {
+            // One held already: the same, or a fork whose signatures are the evidence.
+            let held = SignedCharter::parse(&self.charter_note(next.charter.version)?)?;
+            if held.charter.digest() != next.charter.digest() {
+                next.verify_successor(&self.previous_of(next.charter.version)?)?;
+                let evidence = String::from_utf8_lossy(&next.to_bytes()).into_owned();
+                self.state.store_governance_act(next.charter.version - 1, "fork", &evidence)?;
+                return Err(NodeError::Conflict(format!(
+                    "a second charter version {} (digest {}), signed by the threshold; this node holds digest {}. Kept as evidence",
+                    next.charter.version,
+                    next.charter.digest(),
+                    held.charter.digest()
+                )));
+            }
             return Ok(current);
         }
         if next.charter.version != current + 1 {
@@ -366,6 +389,11 @@ impl Node {
         Ok(acts)
     }
 
+    /// The charter version before `version`.
+    fn previous_of(&self, version: u64) -> Result<concord_charter::Charter, NodeError> {
+        Ok(SignedCharter::parse(&self.charter_note(version.saturating_sub(1))?)?.charter)
+    }
+
     /// A stored charter version's note bytes.
     pub fn charter_note(&self, version: u64) -> Result<Vec<u8>, NodeError> {
         self.state
@@ -382,22 +410,30 @@ impl Node {
         let members: Vec<concord_charter::MemberCard> =
             self.charter().charter.members.iter().filter(|m| m.id != self.cfg.member).cloned().collect();
         for m in members {
-            let acts = match peer_call_with(&self.tls, &m, "GET", "/v1/governance/acts", Vec::new(), budget())
-                .await
-            {
-                Ok(r) if r.status == 200 => serde_json::from_slice::<Acts>(&r.body).ok(),
-                _ => None,
-            };
+            let acts =
+                match peer_call_with(&self.tls, &m, "GET", "/v1/governance/acts", Vec::new(), pull_budget())
+                    .await
+                {
+                    Ok(r) if r.status == 200 => serde_json::from_slice::<Acts>(&r.body).ok(),
+                    _ => None,
+                };
             let Some(acts) = acts else { continue };
             while self.charter_version() < acts.version {
-                let path = format!("/v1/governance/charter/{}", self.charter_version() + 1);
-                let next = match peer_call_with(&self.tls, &m, "GET", &path, Vec::new(), budget()).await {
+                let before = self.charter_version();
+                let path = format!("/v1/governance/charter/{}", before + 1);
+                let next = match peer_call_with(&self.tls, &m, "GET", &path, Vec::new(), pull_budget()).await
+                {
                     Ok(r) if r.status == 200 => r.body,
                     _ => break,
                 };
-                if let Err(e) = self.take_charter(&next).await {
-                    tracing::warn!(member = %m.id, "charter pulled from {} not adopted: {e}", m.id);
-                    break;
+                match self.take_charter(&next).await {
+                    // Only a version that advances this node counts: a peer must not keep it here.
+                    Ok(v) if v > before => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(member = %m.id, "charter pulled from {} not adopted: {e}", m.id);
+                        break;
+                    }
                 }
             }
             if acts.version != self.charter_version() {
