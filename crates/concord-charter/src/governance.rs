@@ -87,7 +87,9 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> CharterError {
 }
 
 /// The body of the version after `base` that `changes` make. Changing the members without an
-/// explicit threshold or witness quorum resets both to their defaults for the new size; the
+/// explicit threshold keeps a threshold the federation chose (within the new size, at least a
+/// majority) and moves a default one (two thirds) to the new size; the witness quorum moves to
+/// its default; the
 /// result must keep at least one member and a threshold of more than half of them.
 pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError> {
     if changes.is_empty() {
@@ -163,7 +165,14 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
         return Err(invalid("proposal", "it would leave the federation without members"));
     }
     let resized = n != base.members.len();
-    next.threshold = threshold.unwrap_or(if resized { crate::default_threshold(n) } else { base.threshold });
+    // A default threshold follows the members; one the federation chose stays, within the new
+    // size and never below a majority.
+    let kept = if base.threshold == crate::default_threshold(base.members.len()) {
+        crate::default_threshold(n)
+    } else {
+        base.threshold.min(n).max(n / 2 + 1)
+    };
+    next.threshold = threshold.unwrap_or(if resized { kept } else { base.threshold });
     next.witness_quorum =
         quorum.unwrap_or(if resized { crate::default_witness_quorum(n) } else { base.witness_quorum });
     if next.threshold * 2 <= n {

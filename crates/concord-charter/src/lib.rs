@@ -466,6 +466,16 @@ impl SignedCharter {
         Ok(ids)
     }
 
+    /// Ids of `base`'s members whose signatures over this version verify: who adopted it.
+    pub fn signed_by_members_of(&self, base: &Charter) -> Vec<String> {
+        base.verifiers()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, v)| self.note.verify(std::slice::from_ref(v)).is_ok())
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Members of this version who have not signed it yet.
     pub fn missing_signers(&self) -> Result<Vec<String>, CharterError> {
         let signed = self.signed_by()?;

@@ -54,6 +54,10 @@ fn changes_apply_and_bad_ones_are_refused() {
     assert_eq!(next.threshold, 4, "two thirds of six, rounded up");
     let fewer = apply(&base, &[Change::RemoveMember { id: "m04".into() }]).expect("removes");
     assert_eq!((fewer.members.len(), fewer.threshold), (4, 3));
+    // A threshold the federation chose stays when a member leaves (within the new size).
+    let unanimous = apply(&base, &[Change::Threshold { threshold: 5 }]).expect("unanimity");
+    let after = apply(&unanimous, &[Change::RemoveMember { id: "m04".into() }]).expect("removes");
+    assert_eq!(after.threshold, 4, "still every member");
     let refused = |changes: Vec<Change>, needle: &str| {
         let e = apply(&base, &changes).expect_err(needle).to_string();
         assert!(e.contains(needle), "{e}");

@@ -250,7 +250,7 @@ impl Node {
             let mut current = self.charter.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             next.verify_successor(&current.charter)?;
             self.state.store_charter(next.charter.version, &next.to_bytes())?;
-            let signers = next.signed_by().unwrap_or_default();
+            let signers = next.signed_by_members_of(&current.charter);
             // An exit that a version recorded is done; one still pending stands.
             self.exiting
                 .lock()
