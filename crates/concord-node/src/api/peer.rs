@@ -201,6 +201,17 @@ async fn rate_limit(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The peer was a member when its connection opened; it must still be one now (a version
+    // adopted since, or its own exit, takes effect on open connections too).
+    if !node.pins.get().iter().any(|(_, m)| *m == peer.0) {
+        return ErrorResponse(NodeError::Forbidden(format!(
+            "{} is not a member of charter version {} of {}",
+            peer.0,
+            node.charter_version(),
+            node.federation()
+        )))
+        .into_response();
+    }
     let (limiter, what) = match bucket {
         Bucket::Requests => (&node.peer_rate, "sends requests"),
         Bucket::Reads => (&node.read_rate, "reads this log"),

@@ -407,8 +407,15 @@ impl Node {
     /// verified from the one before) and the proposals and votes on the current one. Returns
     /// the version in force after.
     pub async fn pull_governance(&self) -> u64 {
-        let members: Vec<concord_charter::MemberCard> =
-            self.charter().charter.members.iter().filter(|m| m.id != self.cfg.member).cloned().collect();
+        let exiting = self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let members: Vec<concord_charter::MemberCard> = self
+            .charter()
+            .charter
+            .members
+            .iter()
+            .filter(|m| m.id != self.cfg.member && !exiting.contains(&m.id))
+            .cloned()
+            .collect();
         for m in members {
             let acts =
                 match peer_call_with(&self.tls, &m, "GET", "/v1/governance/acts", Vec::new(), pull_budget())

@@ -159,7 +159,7 @@ pub struct Node {
     round: Mutex<Option<concord_charter::governance::Round>>,
     /// Members that signed their own exit: refused from the next connection, before the
     /// version without them is adopted.
-    exiting: Mutex<std::collections::BTreeSet<String>>,
+    pub(crate) exiting: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Node {
