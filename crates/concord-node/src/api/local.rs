@@ -58,6 +58,11 @@ pub const ROLES: [&str; 4] = ["analyst", "steward", "auditor", "delegate"];
 /// Errors answer as `{"error": {"code", "message"}}`, the same as on the peer listener.
 type ApiError = ErrorResponse;
 
+/// A JSON request body; the error names what it is and what to send instead.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str, send: &str) -> Result<T, NodeError> {
+    serde_json::from_slice(body).map_err(|e| NodeError::BadRequest(format!("{what}: {e}; send {send}")))
+}
+
 fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String, NodeError> {
     let token = headers
         .get("authorization")
@@ -230,11 +235,11 @@ async fn access_file(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, &["analyst"])?;
-    let ask: crate::node::access::AccessAsk = serde_json::from_slice(&body).map_err(|e| {
-        NodeError::BadRequest(format!(
-            "access request body: {e}; send {{\"dataset\": \"member.dataset\", \"actions\": [\"aggregate\"], \"purpose\", \"legal_basis\", \"days\"}}"
-        ))
-    })?;
+    let ask: crate::node::access::AccessAsk = json_body(
+        &body,
+        "access request body",
+        r#"{"dataset": "member.dataset", "actions": ["aggregate"], "purpose", "legal_basis", "days"}"#,
+    )?;
     let record = node.file_access_request(&ask).await?;
     Ok(axum::Json(record).into_response())
 }
@@ -279,11 +284,11 @@ async fn proposals_file(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, &["delegate"])?;
-    let b: ProposeBody = serde_json::from_slice(&body).map_err(|e| {
-        NodeError::BadRequest(format!(
-            "proposal body: {e}; send {{\"changes\": [{{\"change\": \"min-group-size\", \"size\": 12}}], \"expires_in_secs\": N}}"
-        ))
-    })?;
+    let b: ProposeBody = json_body(
+        &body,
+        "proposal body",
+        r#"{"changes": [{"change": "min-group-size", "size": 12}], "expires_in_secs": N}"#,
+    )?;
     let summary: Vec<String> = b.changes.iter().map(concord_charter::governance::Change::summary).collect();
     let id = node.propose(b.changes, std::time::Duration::from_secs(b.expires_in_secs)).await?;
     Ok(axum::Json(serde_json::json!({
@@ -309,11 +314,7 @@ async fn proposal_vote(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, &["delegate"])?;
-    let b: VoteBody = serde_json::from_slice(&body).map_err(|e| {
-        NodeError::BadRequest(format!(
-            "vote body: {e}; send {{\"vote\": \"yes\" or \"no\", \"reason\": \"...\"}}"
-        ))
-    })?;
+    let b: VoteBody = json_body(&body, "vote body", r#"{"vote": "yes" or "no", "reason": "..."}"#)?;
     Ok(axum::Json(node.cast_vote(&id, b.vote, &b.reason).await?).into_response())
 }
 
@@ -396,9 +397,7 @@ async fn access_decide(
     let b: DecideBody = if body.is_empty() {
         DecideBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            NodeError::BadRequest(format!("decision body: {e}; send {{\"reason\": \"...\", \"days\": N}}"))
-        })?
+        json_body(&body, "decision body", r#"{"reason": "...", "days": N}"#)?
     };
     let record = node.decide_access_request(&id, decision, &b.reason, b.days).await?;
     Ok(axum::Json(record).into_response())
@@ -421,11 +420,7 @@ async fn policy_test(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, &["steward"])?;
-    let q: PolicyTestBody = serde_json::from_slice(&body).map_err(|e| {
-        NodeError::BadRequest(format!(
-            "policy test body: {e}; send {{\"as\", \"purpose\", \"dataset\", \"sql\"}}"
-        ))
-    })?;
+    let q: PolicyTestBody = json_body(&body, "policy test body", r#"{"as", "purpose", "dataset", "sql"}"#)?;
     let report = node.policy_test(&q.as_member, &q.purpose, &q.dataset, &q.sql).await?;
     Ok(axum::Json(report).into_response())
 }

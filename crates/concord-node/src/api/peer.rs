@@ -4,7 +4,11 @@
 //! `POST /v1/query` (a signed query-request note; answered with Arrow IPC and a signed receipt
 //! in the `concord-receipt` header), `POST /v1/access/request` (a signed access request),
 //! `POST /v1/access/decision` (an owner's signed decision on one of this node's requests),
-//! `GET /v1/access/decision/<id>` (the decision on the caller's request, empty while pending).
+//! `GET /v1/access/decision/<id>` (the decision on the caller's request, empty while pending),
+//! `POST /v1/governance/proposal|vote|charter` (signed proposals, votes and charter versions
+//! pushed by members), `GET /v1/governance/acts` and `GET /v1/governance/charter/<n>` (what a
+//! member pulls: this node's version with the acts on it, and any version it holds). Every
+//! request must come from a member of the current charter version.
 
 use std::sync::Arc;
 

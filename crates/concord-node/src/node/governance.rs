@@ -397,9 +397,7 @@ impl Node {
     /// A stored charter version's note bytes.
     pub fn charter_note(&self, version: u64) -> Result<Vec<u8>, NodeError> {
         self.state
-            .charter_history()?
-            .into_iter()
-            .find(|b| SignedCharter::parse(b).is_ok_and(|c| c.charter.version == version))
+            .charter_at(version)?
             .ok_or_else(|| NodeError::NotFound(format!("charter version {version}")))
     }
 

@@ -190,6 +190,16 @@ impl State {
         Ok(rows)
     }
 
+    /// One accepted charter version's note bytes.
+    pub fn charter_at(&self, version: u64) -> Result<Option<Vec<u8>>, NodeError> {
+        self.lock()
+            .query_row("SELECT note FROM charter_versions WHERE version = ?1", params![version as i64], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)
+    }
+
     /// Every accepted charter version's note bytes, oldest first.
     pub fn charter_history(&self) -> Result<Vec<Vec<u8>>, NodeError> {
         let conn = self.lock();
