@@ -58,6 +58,10 @@ pub enum Change {
     MinGroupSize {
         size: u64,
     },
+    /// The most sensitive classification that may cross borders.
+    CrossBorders {
+        ceiling: crate::CrossBorders,
+    },
     Threshold {
         threshold: usize,
     },
@@ -76,6 +80,7 @@ impl Change {
             Self::ChangeEndpoint { id, endpoint } => format!("move {id} to {endpoint}"),
             Self::SetSchema { schema } => format!("shared schema {} version {}", schema.name, schema.version),
             Self::MinGroupSize { size } => format!("minimum group size {size}"),
+            Self::CrossBorders { ceiling } => format!("data up to {} crosses borders", ceiling.as_str()),
             Self::Threshold { threshold } => format!("threshold {threshold}"),
             Self::WitnessQuorum { quorum } => format!("witness quorum {quorum}"),
         }
@@ -154,6 +159,7 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
                 }
             }
             Change::MinGroupSize { size } => next.min_group_size = *size,
+            Change::CrossBorders { ceiling } => next.cross_borders = *ceiling,
             Change::Threshold { threshold: t } => threshold = Some(*t),
             Change::WitnessQuorum { quorum: q } => quorum = Some(*q),
         }

@@ -249,6 +249,36 @@ impl SharedSchema {
 /// The baseline minimum group size of a new federation.
 pub const DEFAULT_MIN_GROUP_SIZE: u64 = 10;
 
+/// The most sensitive classification of data that may leave its owner for another member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrossBorders {
+    Public,
+    General,
+    /// Important data under an approved access request, and everything less sensitive.
+    #[default]
+    Important,
+}
+
+impl CrossBorders {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::General => "general",
+            Self::Important => "important",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "public" => Some(Self::Public),
+            "general" => Some(Self::General),
+            "important" => Some(Self::Important),
+            _ => None,
+        }
+    }
+}
+
 /// The content of one charter version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Charter {
@@ -264,6 +294,9 @@ pub struct Charter {
     /// Baseline rule: personal data is released only in groups of at least this many distinct
     /// people (privacy units), whatever a dataset's own policy says.
     pub min_group_size: u64,
+    /// Baseline rule: the most sensitive classification whose data may cross borders at all
+    /// (core data never does, and important data only under an approved access request).
+    pub cross_borders: CrossBorders,
     /// Sorted by id.
     pub members: Vec<MemberCard>,
     /// Sorted by name.
@@ -286,6 +319,7 @@ impl Charter {
             threshold,
             witness_quorum,
             min_group_size: DEFAULT_MIN_GROUP_SIZE,
+            cross_borders: CrossBorders::default(),
             members,
             schemas,
         };

@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{Charter, CharterError, ColumnType, MemberCard, SchemaColumn, SharedSchema};
+use crate::{Charter, CharterError, ColumnType, CrossBorders, MemberCard, SchemaColumn, SharedSchema};
 
 pub const CHARTER_TYPE_LINE: &str = "concord/charter/v1";
 
@@ -37,6 +37,11 @@ pub(crate) fn render(c: &Charter) -> String {
     let _ = writeln!(s, "threshold {}", c.threshold);
     let _ = writeln!(s, "witness-quorum {}", c.witness_quorum);
     let _ = writeln!(s, "min-group-size {}", c.min_group_size);
+    // Written only when it differs from the default, so versions from before the rule read
+    // and render byte for byte as they were signed.
+    if c.cross_borders != CrossBorders::default() {
+        let _ = writeln!(s, "cross-borders {}", c.cross_borders.as_str());
+    }
     for m in &c.members {
         let _ = writeln!(s, "member {}", m.id);
         let _ = writeln!(s, "  name {}", m.name);
@@ -103,6 +108,14 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     let witness_quorum = number(n, "witness quorum", quorum)?;
     let (n, min_group) = lines.field("min-group-size", "")?;
     let min_group_size = number(n, "minimum group size", min_group)?;
+    let cross_borders = if lines.next_is("cross-borders ") {
+        let (n, c) = lines.field("cross-borders", "")?;
+        CrossBorders::parse(c).ok_or_else(|| {
+            Lines::err(n, format!("cross-borders {c:?} is not public, general or important"))
+        })?
+    } else {
+        CrossBorders::default()
+    };
     let mut members = Vec::new();
     while lines.next_is("member ") {
         let (_, id) = lines.field("member", "")?;
@@ -152,6 +165,7 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
         threshold,
         witness_quorum,
         min_group_size,
+        cross_borders,
         members,
         schemas,
     })

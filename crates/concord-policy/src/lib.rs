@@ -160,11 +160,13 @@ impl Action {
 pub struct Baseline {
     /// Personal data is released only in groups of at least this many distinct privacy units.
     pub min_group_size: u64,
+    /// The most sensitive classification that may cross borders; core data never does.
+    pub cross_borders: Classification,
 }
 
 impl Default for Baseline {
     fn default() -> Self {
-        Self { min_group_size: 10 }
+        Self { min_group_size: 10, cross_borders: Classification::Important }
     }
 }
 
@@ -488,6 +490,15 @@ impl Policy {
             return Decision::Deny {
                 reason: format!(
                     "{dataset} is classified core, and core data never leaves its owner (charter baseline)"
+                ),
+            };
+        }
+        if crosses && self.classification > baseline.cross_borders {
+            return Decision::Deny {
+                reason: format!(
+                    "{dataset} is classified {}, and the charter lets only data classified up to {} cross borders (charter baseline)",
+                    self.classification.as_str(),
+                    baseline.cross_borders.as_str()
                 ),
             };
         }

@@ -140,7 +140,7 @@ forbid (principal, action, resource) when { context.purpose == "marketing" };
 
 #[test]
 fn the_baseline_binds_every_class() {
-    let base = Baseline { min_group_size: 10 };
+    let base = Baseline { min_group_size: 10, ..Baseline::default() };
     let core = r#"
 classification = "core"
 [columns]
@@ -167,6 +167,20 @@ permit (principal, action == Action::"describe", resource);
     let mut granted = ctx("alpha");
     granted.grants.push(("g7".into(), vec![Action::Aggregate]));
     assert!(p.decide("bravo", "d", Action::Aggregate, &granted, &base).is_allowed());
+    // A charter that lets only general data cross: important data stays home, grant or not,
+    // and general data still crosses.
+    let strict = Baseline { cross_borders: Classification::General, ..base };
+    match p.decide("bravo", "d", Action::Aggregate, &granted, &strict) {
+        Decision::Deny { reason } => {
+            assert!(reason.contains("only data classified up to general"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(p.decide("alpha", "d", Action::Aggregate, &granted, &strict).is_allowed(), "its own analysts");
+    let general = Policy::parse(&important.replace("\"important\"", "\"general\""), "p.toml").expect("valid");
+    assert!(general.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &strict).is_allowed());
+    let public_only = Baseline { cross_borders: Classification::Public, ..base };
+    assert!(!general.decide("bravo", "d", Action::Aggregate, &ctx("alpha"), &public_only).is_allowed());
     let small = HEALTH.replace("min_group_size = 10", "min_group_size = 5");
     let p = Policy::parse(&small, "p.toml").expect("parses");
     let e = p.check_baseline(&base).expect_err("5 < 10");
@@ -174,7 +188,7 @@ permit (principal, action == Action::"describe", resource);
     // Without its own minimum, personal data takes the baseline's.
     let none = HEALTH.replace("min_group_size = 10\n", "");
     let p = Policy::parse(&none, "p.toml").expect("parses");
-    assert_eq!(p.min_group_size(&Baseline { min_group_size: 25 }), Some(25));
+    assert_eq!(p.min_group_size(&Baseline { min_group_size: 25, ..Baseline::default() }), Some(25));
 }
 
 #[test]

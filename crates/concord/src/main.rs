@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         advertise: Option<String>,
     },
+    /// Become a full member once an adopted charter version names this node's card: fetch the
+    /// chain of charter versions from a member, verify it from the genesis digest, store it.
+    /// Also catches up a node that was down while its own keys were rotated.
+    Join {
+        dir: PathBuf,
+        /// A member's peer endpoint, `https://HOST:PORT` or `HOST:PORT`.
+        #[arg(long)]
+        peer: String,
+        /// The digest of charter version 1 (`genesis` in `concord charter show --format json`).
+        #[arg(long)]
+        genesis: String,
+    },
+    /// This node's keys: `rotate` makes new ones for a `--rotate-key` proposal.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Charter versions: genesis, signatures, acceptance.
     Charter {
         #[command(subcommand)]
@@ -85,6 +102,10 @@ enum Command {
         schemas: Vec<PathBuf>,
         #[arg(long = "min-group-size")]
         min_group_size: Option<u64>,
+        /// The most sensitive classification whose data may cross borders: public, general or
+        /// important (core never does).
+        #[arg(long = "cross-borders")]
+        cross_borders: Option<String>,
         /// `M/N`: M yes signatures of the N members adopt the next version.
         #[arg(long)]
         threshold: Option<String>,
@@ -383,6 +404,14 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// New member, witness and TLS keys in DIR/keys/next and their card in
+    /// DIR/member-card.next.json; the node takes them into use when it starts under a charter
+    /// version that lists them.
+    Rotate { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum NodeCommand {
     /// Start both listeners; stop with SIGINT or SIGTERM.
     Run { dir: PathBuf },
@@ -495,6 +524,29 @@ async fn run(cli: Cli) -> Result<()> {
             println!("verifier key: {}", card.vkey);
             println!("TLS pin: {}", card.tls_pin);
         }
+        Command::Join { dir, peer, genesis } => {
+            let sc = concord_node::node::governance::join(&NodeDir::new(&dir), &peer, &genesis).await?;
+            println!(
+                "joined federation {} at charter version {} ({} members), verified from genesis {}",
+                sc.charter.federation,
+                sc.charter.version,
+                sc.charter.members.len(),
+                genesis.trim().to_ascii_lowercase()
+            );
+            println!("start the node: concord node run {}", dir.display());
+        }
+        Command::Keys { command: KeysCommand::Rotate { dir } } => {
+            let nd = NodeDir::new(&dir);
+            let card = concord_node::store::config::rotate_keys(&nd)?;
+            println!("new keys in {}", nd.next_keys().display());
+            println!("their card: {}", nd.next_card().display());
+            println!("TLS pin: {}", card.tls_pin);
+            println!(
+                "next: concord propose --node URL --token T --rotate-key {} --card {}; once that version is adopted, restart the node",
+                card.id,
+                nd.next_card().display()
+            );
+        }
         Command::Charter { command } => charter(command).await?,
         Command::Propose {
             node,
@@ -506,6 +558,7 @@ async fn run(cli: Cli) -> Result<()> {
             endpoints,
             schemas,
             min_group_size,
+            cross_borders,
             threshold,
             witness_quorum,
             expires,
@@ -521,8 +574,16 @@ async fn run(cli: Cli) -> Result<()> {
             for id in remove_member {
                 changes.push(serde_json::json!({ "change": "remove-member", "id": id }));
             }
-            if let (Some(_), Some(p)) = (&rotate_key, &card) {
-                changes.push(serde_json::json!({ "change": "rotate-key", "card": read_json(p)? }));
+            if let (Some(id), Some(p)) = (&rotate_key, &card) {
+                let card = read_json(p)?;
+                if card["id"].as_str() != Some(id.as_str()) {
+                    anyhow::bail!(
+                        "--rotate-key {id}: the card {} is member {}'s; give the card made by `concord keys rotate` on {id}'s node",
+                        p.display(),
+                        card["id"]
+                    );
+                }
+                changes.push(serde_json::json!({ "change": "rotate-key", "card": card }));
             }
             for e in endpoints {
                 let (id, endpoint) = e
@@ -536,6 +597,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             if let Some(size) = min_group_size {
                 changes.push(serde_json::json!({ "change": "min-group-size", "size": size }));
+            }
+            if let Some(c) = cross_borders {
+                if concord_charter::CrossBorders::parse(&c).is_none() {
+                    anyhow::bail!("--cross-borders {c:?}: write public, general or important");
+                }
+                changes.push(serde_json::json!({ "change": "cross-borders", "ceiling": c }));
             }
             if let Some(t) = threshold {
                 let m = t

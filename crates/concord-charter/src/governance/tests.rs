@@ -110,6 +110,22 @@ fn a_threshold_of_yes_votes_makes_the_next_version() {
 }
 
 #[test]
+fn the_cross_borders_rule_is_written_only_when_changed_and_reads_back() {
+    let (base, _) = federation(3);
+    assert!(!base.to_text().contains("cross-borders"), "versions from before the rule render as signed");
+    let next =
+        apply(&base, &[Change::CrossBorders { ceiling: crate::CrossBorders::General }]).expect("applies");
+    let text = next.to_text();
+    assert!(text.contains("\ncross-borders general\n"), "{text}");
+    let back = SignedCharter::unsigned(next.clone()).expect("note");
+    let parsed = SignedCharter::parse(&back.to_bytes()).expect("parses");
+    assert_eq!(parsed.charter, next);
+    let bad = text.replace("cross-borders general", "cross-borders core");
+    let e = crate::Charter::from_text(&bad).expect_err("core never crosses");
+    assert!(e.to_string().contains("not public, general or important"), "{e}");
+}
+
+#[test]
 fn attacks_and_bad_votes_are_refused_with_their_reason() {
     let (base, keys) = federation(5);
     let mut round = Round::new(base.clone());

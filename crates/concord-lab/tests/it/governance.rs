@@ -117,7 +117,7 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
         assert!(e.to_string().contains("equivocation"), "{e}");
     }
     let evidence = alpha.state.governance_acts(1).expect("acts");
-    assert_eq!(evidence.iter().filter(|(k, _)| k == "evidence").count(), 1);
+    assert_eq!(evidence.iter().filter(|(k, _, _)| k == "evidence").count(), 1);
     // Alpha's yes reaches the threshold of two: every node adopts version 2.
     let report = alpha.cast_vote(&p1, Ballot::Yes, "").await.expect("adopted");
     assert_eq!((report.outcome.as_str(), report.version), ("adopted", 2));

@@ -341,6 +341,7 @@ fn charter_json(sc: &concord_charter::SignedCharter, genesis: &str) -> serde_jso
         "threshold": c.threshold,
         "witness_quorum": c.witness_quorum,
         "min_group_size": c.min_group_size,
+        "cross_borders": c.cross_borders.as_str(),
         "members": c.members,
         "schemas": c.schemas,
         "signers": sc.signed_by().unwrap_or_default(),

@@ -105,7 +105,22 @@ pub async fn peer_call_with(
     body: Vec<u8>,
     budget: Budget,
 ) -> Result<Response, NodeError> {
-    call(keys, &card.id, &card.peer_endpoint, &card.tls_pin, method, path, body, budget).await
+    call(keys, &card.id, &card.peer_endpoint, Some(&card.tls_pin), method, path, body, budget)
+        .await
+        .map(|(r, _)| r)
+}
+
+/// Calls the peer listener at `endpoint` whatever its certificate, for a candidate that does not
+/// know the members' pins yet; returns the answer and the server's pin, which the caller checks
+/// once it has verified what it read.
+pub async fn candidate_call(
+    keys: &TlsKeys,
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    budget: Budget,
+) -> Result<(Response, String), NodeError> {
+    call(keys, endpoint, endpoint, None, method, path, Vec::new(), budget).await
 }
 
 /// Calls a peer's listener at `endpoint`, accepting only the server whose key has `pin`.
@@ -118,7 +133,7 @@ pub async fn peer_call(
     path: &str,
     body: Vec<u8>,
 ) -> Result<Response, NodeError> {
-    call(keys, member, endpoint, pin, method, path, body, Budget::default()).await
+    call(keys, member, endpoint, Some(pin), method, path, body, Budget::default()).await.map(|(r, _)| r)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,12 +141,12 @@ async fn call(
     keys: &TlsKeys,
     member: &str,
     endpoint: &str,
-    pin: &str,
+    pin: Option<&str>,
     method: &str,
     path: &str,
     body: Vec<u8>,
     budget: Budget,
-) -> Result<Response, NodeError> {
+) -> Result<(Response, String), NodeError> {
     let fail = |reason: String| NodeError::Peer {
         member: member.to_owned(),
         code: "unreachable".into(),
@@ -149,8 +164,20 @@ async fn call(
             .connect(crate::net::tls::server_name(), tcp)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        send(tls, request(method, endpoint, path, None, body, "application/octet-stream")?, budget.max_bytes)
-            .await
+        let server_pin = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::net::tls::pin_of_cert(c).ok())
+            .ok_or_else(|| "the server sent no certificate".to_string())?;
+        let resp = send(
+            tls,
+            request(method, endpoint, path, None, body, "application/octet-stream")?,
+            budget.max_bytes,
+        )
+        .await?;
+        Ok((resp, server_pin))
     };
     tokio::time::timeout(budget.timeout, work)
         .await

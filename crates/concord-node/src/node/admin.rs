@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
-use concord_policy::{AllowList, Baseline, Policy};
+use concord_policy::{AllowList, Policy};
 use concord_query::dataset::{self, DatasetFormat};
 
 use sha2::{Digest, Sha256};
@@ -219,8 +219,7 @@ pub fn policy_check_for(
     })?;
     policy.check_columns(dataset, &crate::node::dataset_columns(&record)?)?;
     let charter = current_charter(dir)?;
-    let baseline =
-        charter.as_ref().map(|c| Baseline { min_group_size: c.charter.min_group_size }).unwrap_or_default();
+    let baseline = charter.as_ref().map(|c| super::baseline_of(&c.charter)).unwrap_or_default();
     policy.check_baseline(&baseline)?;
     if let Some(c) = &charter {
         for m in policy.named_members() {

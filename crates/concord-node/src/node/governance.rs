@@ -89,6 +89,15 @@ fn unix_now() -> u64 {
     u64::try_from(now()).unwrap_or(0)
 }
 
+/// The member a proposal lets out, if it is that member's own exit: its one change removes its
+/// proposer.
+fn exit_of(p: &Proposal) -> Option<String> {
+    match p.changes.as_slice() {
+        [Change::RemoveMember { id }] if *id == p.proposer => Some(id.clone()),
+        _ => None,
+    }
+}
+
 fn refused(e: GovernanceError) -> NodeError {
     match e {
         GovernanceError::Duplicate(what) => NodeError::Conflict(format!("already known: {what}")),
@@ -114,14 +123,17 @@ impl Node {
         let mut round = self.round.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if round.as_ref().is_none_or(|r| r.base.version != charter.charter.version) {
             let mut fresh = Round::new(charter.charter.clone());
-            let at = unix_now();
-            for (kind, body) in self.state.governance_acts(charter.charter.version)? {
-                // Acts were verified when they came; replayed at their own time they still hold.
+            let mut exits = Vec::new();
+            for (kind, body, at) in self.state.governance_acts(charter.charter.version)? {
+                // Acts were verified when they came; replayed at the time they came, the round
+                // is the one this node had then.
                 match kind.as_str() {
                     "proposal" => {
-                        if let Ok(note) = Note::parse(body.as_bytes()) {
-                            let expires = Proposal::from_text(note.text()).map(|p| p.expires).unwrap_or(0);
-                            let _ = fresh.propose(&note, at.min(expires));
+                        if let Ok(note) = Note::parse(body.as_bytes())
+                            && let Ok(id) = fresh.propose(&note, at)
+                            && let Some(leaver) = fresh.proposals.get(&id).and_then(|p| exit_of(&p.proposal))
+                        {
+                            exits.push((id, leaver));
                         }
                     }
                     "vote" => {
@@ -129,18 +141,35 @@ impl Node {
                             .map_err(|_| ())
                             .and_then(|w| w.parse().map_err(|_| ()))
                         {
-                            let _ = fresh.vote(v, 0);
+                            let _ = fresh.vote(v, at);
                         }
                     }
                     _ => {}
                 }
             }
+            // Exits still open stand after a restart: the leaver stays refused.
+            let now = unix_now();
+            let mut exiting = self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (id, leaver) in exits {
+                if fresh.status(&id, now) == Some(Status::Live) && leaver != self.cfg.member {
+                    exiting.insert(leaver);
+                }
+            }
+            drop(exiting);
             *round = Some(fresh);
         }
         match round.as_mut() {
             Some(r) => Ok(f(r)),
             None => Err(NodeError::State("no governance round".into())),
         }
+    }
+
+    /// Rebuilds the round of the current version from the stored acts, as it stood when each
+    /// came; a member whose exit is still open stays refused.
+    pub(crate) fn restore_governance(&self) -> Result<(), NodeError> {
+        self.with_round(|_| ())?;
+        self.refresh_pins();
+        Ok(())
     }
 
     /// This member proposes `changes` to the current version, open for `ttl`.
@@ -200,9 +229,8 @@ impl Node {
         };
         self.log.append(entry.to_bytes()?).await?;
         // A member's own exit: out at once, and every other node votes yes by itself.
-        if let [Change::RemoveMember { id: leaver }] = proposal.changes.as_slice()
-            && *leaver == proposal.proposer
-            && *leaver != self.cfg.member
+        if let Some(leaver) = exit_of(&proposal)
+            && leaver != self.cfg.member
         {
             self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(leaver.clone());
             self.refresh_pins();
@@ -375,7 +403,7 @@ impl Node {
     pub fn acts(&self) -> Result<Acts, NodeError> {
         let version = self.charter_version();
         let mut acts = Acts { version, proposals: Vec::new(), votes: Vec::new() };
-        for (kind, body) in self.state.governance_acts(version)? {
+        for (kind, body, _) in self.state.governance_acts(version)? {
             match kind.as_str() {
                 "proposal" => acts.proposals.push(body),
                 "vote" => {
@@ -482,4 +510,175 @@ impl Node {
             }
         }
     }
+}
+
+/// `concord join`: a candidate that an adopted charter version names fetches the chain of
+/// versions from the member whose peer listener is at `peer`, verifies it from `genesis` (the
+/// digest of version 1, which the candidate got from the members out of band) and stores it; the
+/// node then starts as a full member with `concord node run`, and its pull catches up on
+/// anything adopted since.
+///
+/// Invariant: nothing is stored unless every version verifies, from the genesis digest given to
+/// the last, and the last names this member with this node's keys. Who serves the chain is not
+/// trusted: it is read over TLS without a known pin, and the server must turn out to be a member
+/// of the last version.
+pub async fn join(
+    dir: &crate::store::config::NodeDir,
+    peer: &str,
+    genesis: &str,
+) -> Result<SignedCharter, NodeError> {
+    let cfg = dir.load_config()?;
+    let state = dir.open_state()?;
+    let held: Vec<SignedCharter> =
+        state.charter_history()?.iter().map(|b| SignedCharter::parse(b)).collect::<Result<_, _>>()?;
+    // The keys the members may know: this node's, or a pending rotation's (a node that was down
+    // while its rotation was adopted catches up with the new keys).
+    let mut key_sets = vec![(dir.load_signer(&cfg)?, dir.load_witness(&cfg)?, dir.load_tls()?)];
+    if dir.next_keys().is_dir() {
+        let next = dir.clone().with_keys_in(&dir.next_keys());
+        key_sets.push((next.load_signer(&cfg)?, next.load_witness(&cfg)?, next.load_tls()?));
+    }
+    let genesis = genesis.trim().to_ascii_lowercase();
+    if genesis.len() != 64 || !genesis.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(NodeError::Config(format!(
+            "--genesis {genesis:?} is not a charter digest (64 hex digits); ask a member for the `genesis` field of `concord charter show --format json`"
+        )));
+    }
+    let endpoint = peer.trim_end_matches('/');
+    let endpoint = endpoint.strip_prefix("https://").unwrap_or(endpoint);
+    let get = |tls, path| candidate_get(tls, endpoint, peer, &cfg.member, dir, path);
+    let mut reached = None;
+    let mut refusal = None;
+    for (i, keys) in key_sets.iter().enumerate() {
+        match get(&keys.2, "/v1/governance/acts".into()).await {
+            Ok(r) => {
+                reached = Some((i, r));
+                break;
+            }
+            Err(e) => refusal = Some(e),
+        }
+    }
+    let Some((keys, (body, server_pin))) = reached else {
+        return Err(refusal.unwrap_or_else(|| NodeError::Config(format!("cannot reach {peer}"))));
+    };
+    let (signer, witness, tls) = &key_sets[keys];
+    let latest = serde_json::from_slice::<Acts>(&body)
+        .map_err(|e| NodeError::Config(format!("the node at {peer} sent no charter version: {e}")))?
+        .version;
+    let mut chain: Vec<SignedCharter> = Vec::new();
+    for version in 1..=latest {
+        let (body, _) = get(tls, format!("/v1/governance/charter/{version}")).await?;
+        let sc = SignedCharter::parse(&body)?;
+        // What this node holds already must be what the chain says.
+        if let Some(h) = held.get(chain.len())
+            && h.charter.digest() != sc.charter.digest()
+        {
+            return Err(NodeError::Config(format!(
+                "the node at {peer} serves charter version {version} with digest {}, this node holds digest {}; one of them is a fork: keep both notes and tell the members",
+                sc.charter.digest(),
+                h.charter.digest()
+            )));
+        }
+        if sc.charter.version != version {
+            return Err(NodeError::Config(format!(
+                "the node at {peer} sent charter version {} when asked for version {version}",
+                sc.charter.version
+            )));
+        }
+        match chain.last() {
+            None => {
+                if sc.charter.digest() != genesis {
+                    return Err(NodeError::Config(format!(
+                        "the genesis charter at {peer} has digest {}, not the {genesis} you were given; this is not your federation's chain",
+                        sc.charter.digest()
+                    )));
+                }
+                sc.verify_genesis()?;
+            }
+            Some(prev) => sc.verify_successor(&prev.charter)?,
+        }
+        chain.push(sc);
+    }
+    let last = chain
+        .last()
+        .ok_or_else(|| NodeError::Config(format!("the node at {peer} holds no charter version")))?
+        .clone();
+    if last.charter.federation != cfg.federation {
+        return Err(NodeError::Config(format!(
+            "the chain at {peer} is federation {}, this node was made for {}",
+            last.charter.federation, cfg.federation
+        )));
+    }
+    let me = last.charter.member(&cfg.member).ok_or_else(|| {
+        NodeError::Config(format!(
+            "charter version {} (the latest at {peer}) does not name member {}; join once the version that adds it is adopted",
+            last.charter.version, cfg.member
+        ))
+    })?;
+    if me.vkey != signer.vkey() || me.tls_pin != tls.pin || me.witness_vkey != witness.verifier().to_vkey() {
+        return Err(NodeError::Config(format!(
+            "charter version {} lists other keys for {} than {} holds; was the card proposed from another folder?",
+            last.charter.version,
+            cfg.member,
+            dir.root.display()
+        )));
+    }
+    if !last.charter.members.iter().any(|m| m.tls_pin == server_pin && m.id != cfg.member) {
+        return Err(NodeError::Config(format!(
+            "the node at {peer} is not a member of charter version {} (its TLS key is not listed); join through a member's peer endpoint",
+            last.charter.version
+        )));
+    }
+    if last.charter.version <= held.last().map_or(0, |h| h.charter.version) {
+        return Err(NodeError::Config(format!(
+            "{} holds charter version {} already, the latest at {peer}; start it with `concord node run {}`",
+            dir.root.display(),
+            last.charter.version,
+            dir.root.display()
+        )));
+    }
+    let new = &chain[held.len()..];
+    state.store_charters(&new.iter().map(|sc| (sc.charter.version, sc.to_bytes())).collect::<Vec<_>>())?;
+    let log = dir.open_log()?;
+    let mut prev: Option<&SignedCharter> = held.len().checked_sub(1).map(|i| &chain[i]);
+    for sc in new {
+        let signers = match prev {
+            None => sc.signed_by()?,
+            Some(p) => sc.signed_by_members_of(&p.charter),
+        };
+        let entry = LogEntry::CharterAccepted {
+            time: now(),
+            version: sc.charter.version,
+            digest: sc.charter.digest(),
+            signers,
+        };
+        log.append(entry.to_bytes()?).await?;
+        prev = Some(sc);
+    }
+    Ok(last)
+}
+
+/// One GET of `join` at a peer listener whose pin is not known yet.
+async fn candidate_get(
+    tls: &crate::net::tls::TlsKeys,
+    endpoint: &str,
+    peer: &str,
+    member: &str,
+    dir: &crate::store::config::NodeDir,
+    path: String,
+) -> Result<(bytes::Bytes, String), NodeError> {
+    let (resp, pin) = crate::net::client::candidate_call(tls, endpoint, "GET", &path, pull_budget())
+        .await
+        .map_err(|e| match e {
+            NodeError::Peer { message, .. } if message.contains("TLS handshake failed") => NodeError::Config(format!(
+                "the node at {peer} refused this node's certificate ({message}): no charter version it holds names member {member} with these keys yet. A member proposes `--add-member {}`; once that version is adopted, join again",
+                dir.card().display()
+            )),
+            other => other,
+        })?;
+    if resp.status != 200 {
+        let (code, message) = resp.error_parts();
+        return Err(NodeError::Config(format!("the node at {peer} answered {path} with {code}: {message}")));
+    }
+    Ok((resp.body, pin))
 }

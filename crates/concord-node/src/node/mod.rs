@@ -167,11 +167,7 @@ impl Node {
     /// node's keys.
     pub async fn open(dir: &NodeDir) -> Result<Self, NodeError> {
         let cfg = dir.load_config()?;
-        let signer = dir.load_signer(&cfg)?;
-        let witness = dir.load_witness(&cfg)?;
         let state = dir.open_state()?;
-        let log = dir.open_log()?;
-        let tls = dir.load_tls()?;
         let bytes = state.latest_charter()?.ok_or_else(|| {
             NodeError::Config(format!(
                 "{} has no charter yet; sign the genesis charter with every founder, then run `concord charter accept {} FILE`",
@@ -182,17 +178,28 @@ impl Node {
         let charter = SignedCharter::parse(&bytes)?;
         let me = charter.charter.member(&cfg.member).ok_or_else(|| {
             NodeError::Config(format!(
-                "the charter does not name member {}; this node cannot take part",
-                cfg.member
+                "charter version {} of federation {} does not name member {}: it left or was removed, and this node no longer takes part. Its log and state stay in {} for audits",
+                charter.charter.version,
+                charter.charter.federation,
+                cfg.member,
+                dir.root.display()
             ))
         })?;
+        // A rotation this version made: the pending keys it lists take over.
+        if crate::store::config::take_rotated_keys(dir, me)? {
+            tracing::info!(member = %cfg.member, version = charter.charter.version, "rotated keys taken into use");
+        }
+        let signer = dir.load_signer(&cfg)?;
+        let witness = dir.load_witness(&cfg)?;
+        let log = dir.open_log()?;
+        let tls = dir.load_tls()?;
         if me.vkey != signer.vkey()
             || me.tls_pin != tls.pin
             || me.witness_vkey != witness.verifier().to_vkey()
         {
             return Err(NodeError::Config(format!(
-                "the charter lists other keys for {} than this node holds; a key change needs a new charter version",
-                cfg.member
+                "charter version {} lists other keys for {} than this node holds; a key change needs a new charter version (`concord keys rotate`, then a `--rotate-key` proposal)",
+                charter.charter.version, cfg.member
             )));
         }
         let pins = charter
@@ -205,7 +212,7 @@ impl Node {
         let datasets = load_datasets(&charter, &state, &Datasets::default()).await?;
         let slots = cfg.limits.max_concurrent_queries;
         let limits = cfg.limits.clone();
-        Ok(Self {
+        let node = Self {
             cfg,
             dir: dir.clone(),
             signer,
@@ -226,7 +233,9 @@ impl Node {
             ),
             round: Mutex::new(None),
             exiting: Mutex::new(std::collections::BTreeSet::new()),
-        })
+        };
+        node.restore_governance()?;
+        Ok(node)
     }
 
     pub fn federation(&self) -> &str {
@@ -261,6 +270,25 @@ impl Node {
         };
         self.refresh_pins();
         let c = self.charter();
+        match c.charter.member(&self.cfg.member) {
+            None => tracing::warn!(
+                version = c.charter.version,
+                "charter version {} does not name this member: it is out of the federation, and every member refuses it from now",
+                c.charter.version
+            ),
+            Some(me) if me.vkey != self.signer.vkey() || me.tls_pin != self.tls.pin => tracing::warn!(
+                version = c.charter.version,
+                "charter version {} rotates this member's keys; restart the node to take the new keys into use (members refuse the old ones from now)",
+                c.charter.version
+            ),
+            Some(me) if me.peer_endpoint != self.cfg.peer_endpoint => tracing::warn!(
+                version = c.charter.version,
+                "charter version {} moves this member's peer endpoint to {}; members dial it there from now",
+                c.charter.version,
+                me.peer_endpoint
+            ),
+            Some(_) => {}
+        }
         let entry = crate::store::entry::LogEntry::CharterAccepted {
             time: crate::store::entry::now(),
             version: c.charter.version,
@@ -291,7 +319,7 @@ impl Node {
 
     /// The charter's baseline rules.
     pub fn baseline(&self) -> Baseline {
-        Baseline { min_group_size: self.charter().charter.min_group_size }
+        baseline_of(&self.charter().charter)
     }
 
     /// The datasets as the registry holds them now.
@@ -339,6 +367,19 @@ impl Node {
             }
         }
         Ok(out)
+    }
+}
+
+/// The baseline rules a charter version sets for every dataset's policy.
+pub fn baseline_of(c: &concord_charter::Charter) -> Baseline {
+    use concord_policy::Classification;
+    Baseline {
+        min_group_size: c.min_group_size,
+        cross_borders: match c.cross_borders {
+            concord_charter::CrossBorders::Public => Classification::Public,
+            concord_charter::CrossBorders::General => Classification::General,
+            concord_charter::CrossBorders::Important => Classification::Important,
+        },
     }
 }
 

@@ -148,26 +148,49 @@ impl Limits {
 #[derive(Clone, Debug)]
 pub struct NodeDir {
     pub root: PathBuf,
+    /// Where the keys are read from when not `root/keys`.
+    keys: Option<PathBuf>,
 }
+
+const MEMBER_KEY: &str = "member.key";
+const WITNESS_KEY: &str = "witness.key";
+const TLS_KEY: &str = "tls.key";
+const TLS_CERT: &str = "tls.crt";
 
 impl NodeDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), keys: None }
     }
     pub fn config(&self) -> PathBuf {
         self.root.join("concord.toml")
     }
+    fn keys(&self) -> PathBuf {
+        self.keys.clone().unwrap_or_else(|| self.root.join("keys"))
+    }
+    /// The same folder with its keys read from `keys` (a pending rotation's).
+    pub fn with_keys_in(mut self, keys: &Path) -> Self {
+        self.keys = Some(keys.to_path_buf());
+        self
+    }
     pub fn member_key(&self) -> PathBuf {
-        self.root.join("keys").join("member.key")
+        self.keys().join(MEMBER_KEY)
     }
     pub fn witness_key(&self) -> PathBuf {
-        self.root.join("keys").join("witness.key")
+        self.keys().join(WITNESS_KEY)
     }
     pub fn tls_key(&self) -> PathBuf {
-        self.root.join("keys").join("tls.key")
+        self.keys().join(TLS_KEY)
     }
     pub fn tls_cert(&self) -> PathBuf {
-        self.root.join("keys").join("tls.crt")
+        self.keys().join(TLS_CERT)
+    }
+    /// Keys of a pending rotation (`concord keys rotate`).
+    pub fn next_keys(&self) -> PathBuf {
+        self.root.join("keys").join("next")
+    }
+    /// The card of a pending rotation's keys.
+    pub fn next_card(&self) -> PathBuf {
+        self.root.join("member-card.next.json")
     }
     pub fn state_db(&self) -> PathBuf {
         self.root.join("state.db")
@@ -355,15 +378,23 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         peer_endpoint: advertised(opts)?,
         limits: Limits::default(),
     };
-    let signer = NoteSigner::generate(&format!("{}/{}", cfg.federation, cfg.member))?;
-    write_private(&nd.member_key(), signer.to_skey().as_bytes())?;
-    let witness = CosignatureSigner::generate(&format!("{}/{}/witness", cfg.federation, cfg.member))?;
-    write_private(&nd.witness_key(), witness.to_skey().as_bytes())?;
-    let tls = crate::net::tls::generate(&cfg.member)?;
-    write_private(&nd.tls_key(), tls.key_pem.as_bytes())?;
-    write_file(&nd.tls_cert(), tls.cert_pem.as_bytes())?;
+    let card = generate_keys(&keys, &cfg)?;
     nd.save_config(&cfg)?;
     nd.open_state()?;
+    log_keys(&nd, &card)?;
+    write_card(&nd.card(), &card)?;
+    Ok(card)
+}
+
+/// New member, witness and TLS keys in `folder` (which exists), and the card that lists them.
+fn generate_keys(folder: &Path, cfg: &NodeConfig) -> Result<MemberCard, NodeError> {
+    let signer = NoteSigner::generate(&format!("{}/{}", cfg.federation, cfg.member))?;
+    write_private(&folder.join(MEMBER_KEY), signer.to_skey().as_bytes())?;
+    let witness = CosignatureSigner::generate(&format!("{}/{}/witness", cfg.federation, cfg.member))?;
+    write_private(&folder.join(WITNESS_KEY), witness.to_skey().as_bytes())?;
+    let tls = crate::net::tls::generate(&cfg.member)?;
+    write_private(&folder.join(TLS_KEY), tls.key_pem.as_bytes())?;
+    write_file(&folder.join(TLS_CERT), tls.cert_pem.as_bytes())?;
     let card = MemberCard {
         id: cfg.member.clone(),
         name: cfg.name.clone(),
@@ -374,6 +405,10 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         peer_endpoint: cfg.peer_endpoint.clone(),
     };
     card.validate()?;
+    Ok(card)
+}
+
+fn log_keys(nd: &NodeDir, card: &MemberCard) -> Result<(), NodeError> {
     let entry = crate::store::entry::LogEntry::KeysSet {
         time: crate::store::entry::now(),
         member: card.id.clone(),
@@ -382,9 +417,70 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         tls_pin: card.tls_pin.clone(),
     };
     nd.open_log()?.append_blocking(entry.to_bytes()?)?;
-    let json = serde_json::to_string_pretty(&card).map_err(|e| NodeError::Config(e.to_string()))?;
-    write_file(&nd.card(), format!("{json}\n").as_bytes())?;
-    Ok(card)
+    Ok(())
+}
+
+fn write_card(path: &Path, card: &MemberCard) -> Result<(), NodeError> {
+    let json = serde_json::to_string_pretty(card).map_err(|e| NodeError::Config(e.to_string()))?;
+    replace_file(path, format!("{json}\n").as_bytes())
+}
+
+/// `concord keys rotate`: new keys in `keys/next/` and the card that lists them in
+/// `member-card.next.json`, for a `--rotate-key` proposal. The node goes on with its current
+/// keys until a charter version lists the new ones; it takes them when it starts next
+/// ([`take_rotated_keys`]).
+pub fn rotate_keys(nd: &NodeDir) -> Result<MemberCard, NodeError> {
+    let cfg = nd.load_config()?;
+    let next = nd.next_keys();
+    if next.exists() {
+        return Err(NodeError::Config(format!(
+            "a key rotation is pending already: {} holds new keys and {} their card. Propose it with `concord propose --rotate-key {} --card {}`, or delete both to start over",
+            next.display(),
+            nd.next_card().display(),
+            cfg.member,
+            nd.next_card().display()
+        )));
+    }
+    let tmp = nd.root.join("keys").join(format!(".next-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| NodeError::io(&tmp, e))?;
+    let made = generate_keys(&tmp, &cfg)
+        .and_then(|card| write_card(&nd.next_card(), &card).map(|()| card))
+        .and_then(|card| std::fs::rename(&tmp, &next).map_err(|e| NodeError::io(&next, e)).map(|()| card));
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_file(nd.next_card());
+    }
+    made
+}
+
+/// Takes the keys of a pending rotation into use if they are the ones `card` (this member's
+/// card in the charter version in force) lists: the old private keys are overwritten, the new
+/// card becomes `member-card.json`, and the change is logged. Returns whether it did.
+pub fn take_rotated_keys(nd: &NodeDir, card: &MemberCard) -> Result<bool, NodeError> {
+    let next = nd.next_keys();
+    if !next.is_dir() {
+        return Ok(false);
+    }
+    let cfg = nd.load_config()?;
+    let pending = NodeDir::new(&nd.root).with_keys_in(&next);
+    let signer = pending.load_signer(&cfg)?;
+    let witness = pending.load_witness(&cfg)?;
+    let tls = pending.load_tls()?;
+    if card.vkey != signer.vkey()
+        || card.tls_pin != tls.pin
+        || card.witness_vkey != witness.verifier().to_vkey()
+    {
+        return Ok(false);
+    }
+    for name in [MEMBER_KEY, WITNESS_KEY, TLS_KEY, TLS_CERT] {
+        let to = nd.root.join("keys").join(name);
+        std::fs::rename(next.join(name), &to).map_err(|e| NodeError::io(&to, e))?;
+    }
+    let _ = std::fs::remove_dir(&next);
+    write_card(&nd.card(), card)?;
+    let _ = std::fs::remove_file(nd.next_card());
+    log_keys(nd, card)?;
+    Ok(true)
 }
 
 /// Writes a file readable by its owner only (mode 0600).

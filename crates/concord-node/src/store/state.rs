@@ -165,6 +165,20 @@ impl State {
         Ok(())
     }
 
+    /// Stores a chain of charter versions in one transaction: all or none.
+    pub fn store_charters(&self, versions: &[(u64, Vec<u8>)]) -> Result<(), NodeError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        for (version, note) in versions {
+            tx.execute(
+                "INSERT OR REPLACE INTO charter_versions (version, note, accepted_at) VALUES (?1, ?2, ?3)",
+                params![*version as i64, note, now_rfc3339()],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
     /// Keeps a governance act (`proposal`, `vote` or `evidence`) seen on a base version.
     pub fn store_governance_act(&self, base_version: u64, kind: &str, body: &str) -> Result<(), NodeError> {
         self.lock()
@@ -176,18 +190,29 @@ impl State {
         Ok(())
     }
 
-    /// The governance acts seen on a base version, in the order they came.
-    pub fn governance_acts(&self, base_version: u64) -> Result<Vec<(String, String)>, NodeError> {
+    /// The governance acts seen on a base version, in the order they came: kind, body, and
+    /// when it came (unix seconds).
+    pub fn governance_acts(&self, base_version: u64) -> Result<Vec<(String, String, u64)>, NodeError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT kind, body FROM governance_acts WHERE base_version = ?1 ORDER BY seq")
+            .prepare(
+                "SELECT kind, body, received_at FROM governance_acts WHERE base_version = ?1 ORDER BY seq",
+            )
             .map_err(db)?;
         let rows = stmt
-            .query_map(params![base_version as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map(params![base_version as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?)))
             .map_err(db)?
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<(String, String, String)>, _>>()
             .map_err(db)?;
-        Ok(rows)
+        Ok(rows
+            .into_iter()
+            .map(|(kind, body, at)| {
+                let at = chrono::DateTime::parse_from_rfc3339(&at)
+                    .map(|t| u64::try_from(t.timestamp()).unwrap_or(0))
+                    .unwrap_or(0);
+                (kind, body, at)
+            })
+            .collect())
     }
 
     /// One accepted charter version's note bytes.
