@@ -177,3 +177,272 @@ async fn a_member_leaves_without_anyone_voting() {
     );
     fed.stop().await;
 }
+
+const FIVE: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+
+/// Every node of `nodes` runs charter version `v`.
+async fn all_at(what: &str, nodes: Vec<std::sync::Arc<concord_node::node::Node>>, v: u64) {
+    crate::support::eventually(what, || {
+        let nodes = nodes.clone();
+        async move { nodes.iter().all(|n| n.charter_version() == v) }
+    })
+    .await;
+}
+
+/// `voters` vote yes on `id`, each on its own node.
+async fn yes_from(fed: &crate::support::Fed, voters: &[&str], id: &str) {
+    for v in voters {
+        let n = &fed.nodes.iter().find(|n| n.node.cfg.member == *v).expect("running").node;
+        n.cast_vote(id, Ballot::Yes, "").await.expect("vote taken");
+    }
+}
+
+/// The members whose parts a query from `m` drew on.
+async fn members_asked(m: &concord_lab::demo::DemoMember, sql: &str) -> Vec<String> {
+    let r = api_query(&m.local_url, &m.analyst_token, sql).await.expect("query runs");
+    r.provenance.iter().map(|c| c.member.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
+    let mut fed = crate::support::members_with(&FIVE, |_, _| {}).await;
+    let alpha = fed.nodes[0].node.clone();
+    let ttl = std::time::Duration::from_secs(3600);
+    let genesis = concord_charter::SignedCharter::parse(&alpha.charter_note(1).expect("v1"))
+        .expect("parses")
+        .charter
+        .digest();
+
+    // A candidate makes its node folder; its card carries the address others dial.
+    let port = crate::support::free_ports(2);
+    let fox_dir = fed.dir.path().join("foxtrot").join("node");
+    let card = concord_node::store::config::init(
+        &fox_dir,
+        &concord_node::store::config::InitOptions {
+            member: "foxtrot".into(),
+            federation: "test".into(),
+            name: None,
+            jurisdiction: Some("FOXTROT".into()),
+            peer_listen: format!("127.0.0.1:{}", port + 1),
+            local_listen: format!("127.0.0.1:{port}"),
+            advertise: None,
+        },
+    )
+    .expect("init");
+    let fox = NodeDir::new(&fox_dir);
+    // Before any version names it, joining says what is missing.
+    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis)
+        .await
+        .expect_err("not a member yet");
+    assert!(e.to_string().contains("--add-member"), "{e}");
+
+    let id = alpha.propose(vec![Change::AddMember { card: card.clone() }], ttl).await.expect("proposed");
+    yes_from(&fed, &["alpha", "bravo", "charlie", "delta"], &id).await;
+    all_at("every node adopts version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2).await;
+
+    // A wrong genesis digest is refused, and nothing is stored.
+    let wrong = "0".repeat(64);
+    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &wrong)
+        .await
+        .expect_err("another federation's chain");
+    assert!(e.to_string().contains("not the"), "{e}");
+    assert!(fox.open_state().expect("state").latest_charter().expect("reads").is_none());
+    let joined = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis)
+        .await
+        .expect("joins");
+    assert_eq!(joined.charter.version, 2);
+    let rows = [("north", Some(9)), ("east", Some(2))];
+    let file = crate::support::write_cases(fed.dir.path(), "foxtrot", &rows);
+    concord_node::node::admin::dataset_add(&fox, "cases", &file, Some("cases"), Some("*"))
+        .await
+        .expect("dataset");
+    let fox_token = concord_node::node::admin::token_create(&fox, "analyst").expect("token");
+    fed.nodes.push(concord_node::run::start(&fox).await.expect("foxtrot starts"));
+    let fox_member = concord_lab::demo::DemoMember {
+        id: "foxtrot".into(),
+        local_url: format!("http://127.0.0.1:{port}"),
+        peer_url: format!("https://127.0.0.1:{}", port + 1),
+        analyst_token: fox_token,
+        auditor_token: String::new(),
+        steward_token: String::new(),
+        delegate_token: String::new(),
+        log_url: String::new(),
+        vkey: card.vkey.clone(),
+        dir: fox_dir.clone(),
+    };
+    // The sixth member queries every other, and is queried by them.
+    let mut asked = members_asked(&fox_member, "SELECT count(*) AS n FROM cases").await;
+    asked.sort();
+    assert_eq!(asked, ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]);
+    let asked = members_asked(fed.member("alpha"), "SELECT count(*) AS n FROM foxtrot.cases").await;
+    assert_eq!(asked, ["foxtrot"]);
+
+    // Echo rotates its keys: new ones made beside the running node, proposed, adopted.
+    let echo_dir = NodeDir::new(&fed.member("echo").dir);
+    let old_signer = echo_dir.load_signer(&echo_dir.load_config().expect("config")).expect("key");
+    let new_card = concord_node::store::config::rotate_keys(&echo_dir).expect("new keys");
+    assert!(concord_node::store::config::rotate_keys(&echo_dir).is_err(), "one rotation at a time");
+    let echo = fed.nodes[4].node.clone();
+    let id = echo.propose(vec![Change::RotateKey { card: new_card.clone() }], ttl).await.expect("proposed");
+    // Six members: four yes adopt it.
+    yes_from(&fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
+    all_at("every node adopts version 3", fed.nodes.iter().map(|n| n.node.clone()).collect(), 3).await;
+    // The old keys are refused: echo's running node still holds them, and no one answers it;
+    // a proposal signed with the old key is refused too.
+    let e = api_query(
+        &fed.member("echo").local_url,
+        &fed.member("echo").analyst_token,
+        "SELECT count(*) AS n FROM alpha.cases",
+    )
+    .await
+    .expect_err("old TLS key");
+    assert!(!e.to_string().is_empty());
+    let c3 = alpha.charter().charter.clone();
+    let stale = Proposal {
+        federation: "test".into(),
+        base_version: 3,
+        base_digest: c3.digest(),
+        proposer: "echo".into(),
+        expires: now() + 3600,
+        changes: vec![Change::MinGroupSize { size: 11 }],
+    };
+    let e = alpha
+        .take_proposal(stale.sign(&old_signer).expect("signs").to_string().as_bytes())
+        .await
+        .expect_err("old signing key");
+    assert!(e.to_string().contains("not signed by echo"), "{e}");
+    // Restarted, echo takes its new keys into use and is served again.
+    let echo_running = fed.nodes.remove(4);
+    echo_running.stop().await;
+    let echo_running = concord_node::run::start(&echo_dir).await.expect("echo restarts");
+    assert_eq!(echo_running.node.tls.pin, new_card.tls_pin);
+    assert!(!echo_dir.next_keys().exists(), "the pending keys moved into place");
+    fed.nodes.insert(4, echo_running);
+    let asked = members_asked(fed.member("echo"), "SELECT count(*) AS n FROM alpha.cases").await;
+    assert_eq!(asked, ["alpha"]);
+    let asked = members_asked(fed.member("alpha"), "SELECT count(*) AS n FROM echo.cases").await;
+    assert_eq!(asked, ["echo"]);
+
+    // Delta is removed: every node refuses it, on queries and on witnessing.
+    let id = alpha.propose(vec![Change::RemoveMember { id: "delta".into() }], ttl).await.expect("proposed");
+    yes_from(&fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
+    let staying: Vec<_> =
+        fed.nodes.iter().filter(|n| n.node.cfg.member != "delta").map(|n| n.node.clone()).collect();
+    all_at("every remaining node adopts version 4", staying, 4).await;
+    let delta = fed.member("delta");
+    for m in ["alpha", "bravo", "charlie", "echo", "foxtrot"] {
+        let r = api_query(
+            &delta.local_url,
+            &delta.analyst_token,
+            &format!("SELECT count(*) AS n FROM {m}.cases"),
+        )
+        .await;
+        assert!(r.is_err(), "{m} still serves delta");
+    }
+    let delta_node = fed.nodes[3].node.clone();
+    // Delta's next checkpoint finds no witness.
+    delta_node.log.append(b"after removal".to_vec()).await.expect("appends");
+    concord_node::node::witness::publish_once(&delta_node).await.expect("runs");
+    let (_, note) = delta_node.log.latest_checkpoint().expect("reads").expect("a checkpoint");
+    for card in &alpha.charter().charter.members {
+        let v = card.witness_verifier().expect("verifier");
+        assert!(
+            v.verify(&note).ok().flatten().is_none(),
+            "{} cosigned a removed member's checkpoint",
+            card.id
+        );
+    }
+    let asked = members_asked(fed.member("alpha"), "SELECT count(*) AS n FROM cases").await;
+    assert!(!asked.contains(&"delta".to_string()), "{asked:?}");
+    // Every act is in every remaining node's log and history.
+    for n in fed.nodes.iter().filter(|n| n.node.cfg.member != "delta") {
+        assert_eq!(n.node.state.charter_history().expect("history").len(), 4, "{}", n.node.cfg.member);
+    }
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_and_let_one_leave() {
+    let mut fed = crate::support::members_with(&FIVE, |_, _| {}).await;
+    let ttl = std::time::Duration::from_secs(3600);
+    // Delta is down during the vote.
+    let delta = fed.nodes.remove(3);
+    delta.stop().await;
+    let charlie = fed.nodes[2].node.clone();
+    let new_port = crate::support::free_ports(1);
+    let moved = format!("127.0.0.1:{new_port}");
+    let id = charlie
+        .propose(
+            vec![
+                Change::ChangeEndpoint { id: "charlie".into(), endpoint: moved.clone() },
+                Change::WitnessQuorum { quorum: 4 },
+            ],
+            ttl,
+        )
+        .await
+        .expect("proposed");
+    yes_from(&fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
+    all_at("the four running nodes adopt version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2)
+        .await;
+
+    // Charlie moves its listener; the others dial the endpoint of version 2.
+    let charlie_dir = NodeDir::new(&fed.member("charlie").dir);
+    fed.nodes.remove(2).stop().await;
+    let mut cfg = charlie_dir.load_config().expect("config");
+    cfg.peer_listen = moved.clone();
+    cfg.peer_endpoint = moved.clone();
+    charlie_dir.save_config(&cfg).expect("saved");
+    fed.nodes.insert(2, concord_node::run::start(&charlie_dir).await.expect("charlie restarts"));
+    let asked = members_asked(fed.member("alpha"), "SELECT count(*) AS n FROM charlie.cases").await;
+    assert_eq!(asked, ["charlie"]);
+
+    // Delta starts again: it pulls version 2, verifies it from version 1, and finds charlie.
+    let delta = concord_node::run::start(&NodeDir::new(&fed.member("delta").dir)).await.expect("starts");
+    all_at("delta catches up", vec![delta.node.clone()], 2).await;
+    fed.nodes.insert(3, delta);
+    let asked = members_asked(fed.member("delta"), "SELECT count(*) AS n FROM charlie.cases").await;
+    assert_eq!(asked, ["charlie"]);
+
+    // The witness quorum of version 2 is all four other members: with echo down, alpha's new
+    // checkpoint is not published; with echo back, it is.
+    crate::support::settle(&fed).await;
+    let echo = fed.nodes.remove(4);
+    echo.stop().await;
+    let alpha = fed.nodes[0].node.clone();
+    alpha.log.append(b"needs four witnesses".to_vec()).await.expect("appends");
+    concord_node::node::witness::publish_once(&alpha).await.expect("runs");
+    let size = alpha.log.size().expect("size");
+    let published = alpha.log.published_checkpoint().expect("reads").map_or(0, |(s, _)| s);
+    assert!(published < size, "published with three of the four witnesses the version asks for");
+    fed.nodes
+        .insert(4, concord_node::run::start(&NodeDir::new(&fed.member("echo").dir)).await.expect("echo"));
+    crate::support::eventually("alpha's checkpoint published once echo cosigns", || {
+        let alpha = alpha.clone();
+        async move {
+            let _ = concord_node::node::witness::publish_once(&alpha).await;
+            alpha.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
+        }
+    })
+    .await;
+
+    // Bravo leaves; no one votes by hand.
+    let bravo = fed.nodes[1].node.clone();
+    bravo.leave(ttl).await.expect("exit signed");
+    let staying: Vec<_> =
+        fed.nodes.iter().filter(|n| n.node.cfg.member != "bravo").map(|n| n.node.clone()).collect();
+    all_at("every other node adopts the version without bravo", staying.clone(), 3).await;
+    for n in &staying {
+        assert!(n.charter().charter.member("bravo").is_none());
+    }
+    let b = fed.member("bravo");
+    assert!(
+        api_query(&b.local_url, &b.analyst_token, "SELECT count(*) AS n FROM alpha.cases").await.is_err()
+    );
+    // The others' votes reach bravo too: its node records its own exit, and does not start as a
+    // member again, saying why.
+    all_at("bravo records the version without it", vec![bravo.clone()], 3).await;
+    let dir = fed.stop().await;
+    let nd = NodeDir::new(dir.path().join("bravo").join("node"));
+    let e = concord_node::node::Node::open(&nd).await.err().expect("bravo is out");
+    assert!(e.to_string().contains("no longer takes part"), "{e}");
+}

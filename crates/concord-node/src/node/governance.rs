@@ -670,10 +670,16 @@ async fn candidate_get(
     let (resp, pin) = crate::net::client::candidate_call(tls, endpoint, "GET", &path, pull_budget())
         .await
         .map_err(|e| match e {
-            NodeError::Peer { message, .. } if message.contains("TLS handshake failed") => NodeError::Config(format!(
-                "the node at {peer} refused this node's certificate ({message}): no charter version it holds names member {member} with these keys yet. A member proposes `--add-member {}`; once that version is adopted, join again",
-                dir.card().display()
-            )),
+            // In TLS 1.3 a server refuses a client certificate after the client's handshake, so
+            // the refusal shows as a failed handshake or a closed connection.
+            NodeError::Peer { message, .. }
+                if !message.contains("cannot connect") && !message.contains("timed out") =>
+            {
+                NodeError::Config(format!(
+                    "the node at {peer} did not answer ({message}): it refuses this node's certificate until a charter version it holds names member {member} with these keys. A member proposes `--add-member {}`; once that version is adopted, join again",
+                    dir.card().display()
+                ))
+            }
             other => other,
         })?;
     if resp.status != 200 {

@@ -347,6 +347,102 @@ permit (principal, action == Action::"describe", resource);
     let history = ok(&["charter", "history", "--node", &urls[0], "--token", &auditor], d);
     assert!(history.contains("version 1 of test") && history.contains("version 2 of test"), "{history}");
 
+    // A third member: its card, a version that names it, `join`, and a node that queries.
+    let (c_local, c_peer) = (free_port(), free_port());
+    let err = fails(
+        &["init", "charlie", "--member", "charlie", "--federation", "test", "--peer-listen", "0.0.0.0:7101"],
+        d,
+    );
+    assert!(err.contains("unspecified address") && err.contains("--advertise"), "{err}");
+    ok(
+        &[
+            "init",
+            "charlie",
+            "--member",
+            "charlie",
+            "--federation",
+            "test",
+            "--local-listen",
+            &format!("127.0.0.1:{c_local}"),
+            "--peer-listen",
+            &format!("0.0.0.0:{c_peer}"),
+            "--advertise",
+            &format!("127.0.0.1:{c_peer}"),
+        ],
+        d,
+    );
+    let alpha_peer = format!("https://127.0.0.1:{}", ports[1]);
+    let genesis = shown["genesis"].as_str().expect("genesis").to_owned();
+    let err = fails(&["join", "charlie", "--peer", &alpha_peer, "--genesis", &genesis], d);
+    assert!(err.contains("--add-member"), "{err}");
+    let out = ok(
+        &[
+            "propose",
+            "--node",
+            &urls[0],
+            "--token",
+            &delegates[0],
+            "--add-member",
+            "charlie/member-card.json",
+        ],
+        d,
+    );
+    let id = out.split_whitespace().last().expect("an id").to_owned();
+    ok(&["vote", "--node", &urls[0], "--token", &delegates[0], &id, "yes"], d);
+    let voted = ok(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes"], d);
+    assert!(voted.contains("adopted") && voted.contains("version 3"), "{voted}");
+    let joined = ok(&["join", "charlie", "--peer", &alpha_peer, "--genesis", &genesis], d);
+    assert!(joined.contains("charter version 3 (3 members)"), "{joined}");
+    std::fs::write(
+        d.join("c.csv"),
+        "region,days
+west,4
+",
+    )
+    .expect("csv");
+    ok(&["dataset", "add", "charlie", "cases", "--file", "c.csv", "--schema", "cases", "--allow", "*"], d);
+    let c_token = ok(&["token", "create", "charlie", "--role", "analyst"], d).trim().to_owned();
+    let mut nodes = nodes;
+    nodes.push(Node(
+        Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["node", "run", "charlie"])
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node starts"),
+    ));
+    let c_url = format!("http://127.0.0.1:{c_local}");
+    let c_sql = "SELECT count(*) AS n FROM alpha.cases";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = concord(&["query", "--node", &c_url, "--token", &c_token, "--format", "csv", c_sql], d);
+        if out.status.success() {
+            break String::from_utf8(out.stdout).expect("utf8");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "charlie never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out, "n\r\n3\r\n");
+    let out = ok(
+        &[
+            "query",
+            "--node",
+            &url,
+            "--token",
+            &token,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM charlie.cases",
+        ],
+        d,
+    );
+    assert_eq!(out, "n\r\n1\r\n");
+
     for n in nodes {
         let status = n.stop();
         assert!(status.success(), "a node stops cleanly on SIGTERM: {status}");
