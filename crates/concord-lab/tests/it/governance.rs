@@ -118,6 +118,22 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
     }
     let evidence = alpha.state.governance_acts(1).expect("acts");
     assert_eq!(evidence.iter().filter(|(k, _, _)| k == "evidence").count(), 1);
+    // The local API shows it, both signed votes, to alpha's delegates and auditors.
+    let a = fed.member("alpha");
+    let resp = concord_node::net::client::local_call(
+        &a.local_url,
+        "GET",
+        "/v1/governance/evidence",
+        Some(&a.auditor_token),
+        None,
+    )
+    .await
+    .expect("answers");
+    assert_eq!(resp.status, 200);
+    let shown: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
+    assert_eq!(shown["evidence"].as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(shown["evidence"][0]["kind"], "equivocation");
+    assert_eq!(shown["evidence"][0]["evidence"]["second"]["vote"]["note"], serde_json::json!(wire.note));
     // Alpha's yes reaches the threshold of two: every node adopts version 2.
     let report = alpha.cast_vote(&p1, Ballot::Yes, "").await.expect("adopted");
     assert_eq!((report.outcome.as_str(), report.version), ("adopted", 2));

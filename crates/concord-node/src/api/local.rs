@@ -26,6 +26,8 @@
 //!   delegate): this member's vote, signed by this node.
 //! - `POST /v1/governance/leave` (role delegate): this member leaves; the others' nodes vote
 //!   yes by themselves.
+//! - `GET /v1/governance/evidence` (roles delegate, auditor): misbehaviour kept as evidence:
+//!   equivocations (both signed votes) and forks (a second signed body of a version held).
 //! - `GET /v1/charter[?version=N]`: a charter version as JSON (`version`, `federation`,
 //!   `members`, `genesis`, `digest`, `threshold`, ...); `GET /v1/charter/history`: every version.
 //!
@@ -113,6 +115,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/governance/proposals", get(proposals_list).post(proposals_file))
         .route("/v1/governance/proposals/{id}/vote", post(proposal_vote))
         .route("/v1/governance/leave", post(leave))
+        .route("/v1/governance/evidence", get(evidence_list))
         .route("/v1/charter", get(charter_show))
         .route("/v1/charter/history", get(charter_history))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
@@ -264,6 +267,25 @@ async fn proposals_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Re
         "proposals": node.proposals()?,
     }))
     .into_response())
+}
+
+async fn evidence_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&node, &headers, &["delegate", "auditor"])?;
+    let evidence: Vec<serde_json::Value> = node
+        .state
+        .governance_evidence()?
+        .into_iter()
+        .map(|(base_version, kind, body, received_at)| {
+            let (kind, body) = match kind.as_str() {
+                // Both signed votes of the equivocation.
+                "evidence" => ("equivocation", serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))),
+                // The second charter note for a version this node holds.
+                _ => ("fork", serde_json::Value::String(body)),
+            };
+            serde_json::json!({ "base_version": base_version, "kind": kind, "received_at": received_at, "evidence": body })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "evidence": evidence })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,5 @@
 //! HTTP/1.1 clients: to peers over pinned mutual TLS, and to a node's local listener.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -152,8 +151,7 @@ async fn call(
         code: "unreachable".into(),
         message: format!("{reason} (peer endpoint {endpoint}); check that its node is running and reachable"),
     };
-    let config = crate::net::tls::client_config(keys, pin)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(keys.client(pin)?);
     let work = async {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
             .await

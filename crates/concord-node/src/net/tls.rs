@@ -48,6 +48,11 @@ pub struct TlsKeys {
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
     pub pin: String,
+    /// Client configurations per expected server pin, built once: the key is parsed once, and
+    /// each keeps its TLS 1.3 session tickets, so later connections to that server resume
+    /// without certificates (the server still maps the resumed session to a current member's
+    /// pin at every connection).
+    clients: std::sync::Mutex<std::collections::HashMap<Option<String>, Arc<rustls::ClientConfig>>>,
 }
 
 impl TlsKeys {
@@ -57,7 +62,22 @@ impl TlsKeys {
         let key = PrivateKeyDer::from_pem_file(key_path)
             .map_err(|e| NodeError::Tls(format!("cannot read TLS key {}: {e}", key_path.display())))?;
         let pin = pin_of_cert(&cert)?;
-        Ok(Self { cert, key, pin })
+        Ok(Self { cert, key, pin, clients: Default::default() })
+    }
+
+    /// The client configuration for a server with `pin` (any server with `None`), built once.
+    pub fn client(&self, pin: Option<&str>) -> Result<Arc<rustls::ClientConfig>, NodeError> {
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&pin.map(str::to_owned)) {
+            return Ok(c.clone());
+        }
+        // Pins come from charter versions; a bound keeps a long-lived node's map small.
+        if clients.len() >= 4096 {
+            clients.clear();
+        }
+        let config = Arc::new(client_config(self, pin)?);
+        clients.insert(pin.map(str::to_owned), config.clone());
+        Ok(config)
     }
 
     fn clone_key(&self) -> PrivateKeyDer<'static> {
@@ -114,6 +134,11 @@ pub fn server_config(keys: &TlsKeys, pins: Pins) -> Result<rustls::ServerConfig,
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![keys.cert.clone()], keys.clone_key())
         .map_err(tls_error)
+        .map(|mut c| {
+            // Room for the resumable sessions of a large federation's members.
+            c.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
+            c
+        })
 }
 
 /// Client side: a configuration that accepts only the server whose pin is `expected_pin`, or,

@@ -273,8 +273,12 @@ impl Node {
         })??;
         let wire = VoteWire::of(&vote);
         let report = self.take_vote_from(&wire, true).await?;
-        let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
-        self.push("/v1/governance/vote", body).await;
+        // A vote that made the version needs no push of its own: the version, pushed already,
+        // carries its signature.
+        if report.outcome != "adopted" {
+            let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
+            self.push("/v1/governance/vote", body).await;
+        }
         Ok(report)
     }
 

@@ -215,6 +215,24 @@ impl State {
             .collect())
     }
 
+    /// Misbehaviour kept as evidence on every version, oldest first: base version, kind
+    /// (`evidence` for equivocation, `fork` for a second body of a version), body, when it came.
+    pub fn governance_evidence(&self) -> Result<Vec<(u64, String, String, String)>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT base_version, kind, body, received_at FROM governance_acts \
+                 WHERE kind IN ('evidence', 'fork') ORDER BY seq",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows)
+    }
+
     /// One accepted charter version's note bytes.
     pub fn charter_at(&self, version: u64) -> Result<Option<Vec<u8>>, NodeError> {
         self.lock()
