@@ -121,7 +121,7 @@ fn the_cross_borders_rule_is_written_only_when_changed_and_reads_back() {
     let parsed = SignedCharter::parse(&back.to_bytes()).expect("parses");
     assert_eq!(parsed.charter, next);
     let bad = text.replace("cross-borders general", "cross-borders core");
-    let e = crate::Charter::from_text(&bad).expect_err("core never crosses");
+    let e = Charter::from_text(&bad).expect_err("core never crosses");
     assert!(e.to_string().contains("not public, general or important"), "{e}");
 }
 

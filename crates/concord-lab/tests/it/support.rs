@@ -192,7 +192,11 @@ impl Impostor {
             .map(|m| (NodeDir::new(&m.dir).load_card().expect("card").tls_pin, m.id.clone()))
             .collect();
         let pins = concord_node::net::tls::Pins::new(pins);
-        let config = concord_node::net::tls::server_config(&self.keys, pins.clone()).expect("tls config");
+        let config = concord_node::net::tls::server_config(
+            Arc::new(concord_node::net::tls::ServerCert::new(&self.keys).expect("cert")),
+            pins.clone(),
+        )
+        .expect("tls config");
         let transport = Transport::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), pins };
         let listener = tokio::net::TcpListener::bind(&self.card.peer_endpoint).await.expect("bind");
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -175,7 +175,7 @@ async fn query(
 
 /// Accepts mutual-TLS connections from members until `shutdown` turns true.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-    let server_config = match crate::net::tls::server_config(&node.tls, node.pins.clone()) {
+    let server_config = match crate::net::tls::server_config(node.server_cert.clone(), node.pins.clone()) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!("peer listener cannot start: {e}");

@@ -125,15 +125,41 @@ impl Pins {
     }
 }
 
+/// The certificate the peer listener presents: replaced whole when a charter version rotates
+/// this member's TLS key, for every handshake after.
+#[derive(Debug)]
+pub struct ServerCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ServerCert {
+    pub fn new(keys: &TlsKeys) -> Result<Self, NodeError> {
+        Ok(Self(std::sync::RwLock::new(Arc::new(certified(keys)?))))
+    }
+
+    pub fn set(&self, keys: &TlsKeys) -> Result<(), NodeError> {
+        let key = Arc::new(certified(keys)?);
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+        Ok(())
+    }
+}
+
+fn certified(keys: &TlsKeys) -> Result<rustls::sign::CertifiedKey, NodeError> {
+    let signing = provider().key_provider.load_private_key(keys.clone_key()).map_err(tls_error)?;
+    Ok(rustls::sign::CertifiedKey::new(vec![keys.cert.clone()], signing))
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+}
+
 /// Server side: the peer listener's configuration. `pins` maps each member's pin to its id.
-pub fn server_config(keys: &TlsKeys, pins: Pins) -> Result<rustls::ServerConfig, NodeError> {
+pub fn server_config(cert: Arc<ServerCert>, pins: Pins) -> Result<rustls::ServerConfig, NodeError> {
     let verifier = Arc::new(MemberPins { pins, algs: algorithms() });
     rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_error)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![keys.cert.clone()], keys.clone_key())
         .map_err(tls_error)
+        .map(|b| b.with_client_cert_verifier(verifier).with_cert_resolver(cert))
         .map(|mut c| {
             // Room for the resumable sessions of a large federation's members.
             c.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);

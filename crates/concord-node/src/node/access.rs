@@ -116,9 +116,10 @@ impl Node {
             valid_until: now.saturating_add((ask.days as i64).saturating_mul(86_400)),
             time: now,
         };
-        let note = request.sign(&self.signer)?;
+        let note = request.sign(&self.keys().signer)?;
         let resp =
-            peer_call_with(&self.tls, card, "POST", "/v1/access/request", note.to_bytes(), budget()).await?;
+            peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", note.to_bytes(), budget())
+                .await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.to_owned(), code, message });
@@ -262,7 +263,7 @@ impl Node {
             reason: if reason.is_empty() { "approved".to_owned() } else { reason.to_owned() },
             time: now,
         };
-        let note = d.sign(&self.signer)?;
+        let note = d.sign(&self.keys().signer)?;
         let entry = LogEntry::AccessRequestDecided {
             time: crate::store::entry::now(),
             request_id: id.to_owned(),
@@ -287,8 +288,15 @@ impl Node {
         })?;
         tracing::info!(request = %id, requester = %d.requester, %decision, "access request decided");
         if let Some(card) = self.charter().charter.member(&d.requester) {
-            match peer_call_with(&self.tls, card, "POST", "/v1/access/decision", note.to_bytes(), budget())
-                .await
+            match peer_call_with(
+                &self.keys().tls,
+                card,
+                "POST",
+                "/v1/access/decision",
+                note.to_bytes(),
+                budget(),
+            )
+            .await
             {
                 Ok(r) if r.status == 200 => {}
                 Ok(r) => {
@@ -382,7 +390,7 @@ impl Node {
             let charter = self.charter();
             let Some(card) = charter.charter.member(&r.owner) else { continue };
             let path = format!("/v1/access/decision/{}", r.id);
-            match peer_call_with(&self.tls, card, "GET", &path, Vec::new(), budget()).await {
+            match peer_call_with(&self.keys().tls, card, "GET", &path, Vec::new(), budget()).await {
                 Ok(resp) if resp.status == 200 && !resp.body.is_empty() => {
                     if let Err(e) = self.receive_access_decision(&r.owner, &resp.body).await {
                         tracing::warn!(request = %r.id, owner = %r.owner, "decision not taken: {e}");

@@ -59,9 +59,15 @@ struct Remote<'a> {
 impl LogSource for Remote<'_> {
     async fn read(&self, path: &str, max: usize) -> Result<Vec<u8>, NodeError> {
         let budget = Budget { timeout: std::time::Duration::from_secs(30), max_bytes: max };
-        let resp =
-            peer_call_with(&self.node.tls, self.card, "GET", &format!("/v1/log/{path}"), vec![], budget)
-                .await?;
+        let resp = peer_call_with(
+            &self.node.keys().tls,
+            self.card,
+            "GET",
+            &format!("/v1/log/{path}"),
+            vec![],
+            budget,
+        )
+        .await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: self.card.id.clone(), code, message });

@@ -183,9 +183,9 @@ impl Node {
             expires: unix_now().saturating_add(ttl.as_secs()),
             changes,
         };
-        let note = proposal.sign(&self.signer)?;
+        let note = proposal.sign(&self.keys().signer)?;
         let id = self.take_proposal(note.to_string().as_bytes()).await?;
-        self.push("/v1/governance/proposal", note.to_bytes()).await;
+        self.push(&self.keys(), "/v1/governance/proposal", note.to_bytes()).await;
         Ok(id)
     }
 
@@ -263,7 +263,7 @@ impl Node {
                 )));
             }
             Ok::<_, NodeError>(SignedVote::cast(
-                &self.signer,
+                &self.keys().signer,
                 &self.cfg.member,
                 &p.proposal,
                 &p.body,
@@ -277,7 +277,7 @@ impl Node {
         // carries its signature.
         if report.outcome != "adopted" {
             let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
-            self.push("/v1/governance/vote", body).await;
+            self.push(&self.keys(), "/v1/governance/vote", body).await;
         }
         Ok(report)
     }
@@ -332,9 +332,12 @@ impl Node {
         let outcome = match outcome {
             VoteOutcome::Adopted(next) => {
                 let bytes = next.to_bytes();
+                // The others know this member by the keys of the version before until they
+                // adopt this one, which may rotate them: the version goes out with those.
+                let keys = self.keys();
                 self.adopt(*next).await?;
                 if own {
-                    self.push("/v1/governance/charter", bytes).await;
+                    self.push(&keys, "/v1/governance/charter", bytes).await;
                 }
                 "adopted"
             }
@@ -447,18 +450,25 @@ impl Node {
             .cloned()
             .collect();
         for m in members {
-            let acts =
-                match peer_call_with(&self.tls, &m, "GET", "/v1/governance/acts", Vec::new(), pull_budget())
-                    .await
-                {
-                    Ok(r) if r.status == 200 => serde_json::from_slice::<Acts>(&r.body).ok(),
-                    _ => None,
-                };
+            let acts = match peer_call_with(
+                &self.keys().tls,
+                &m,
+                "GET",
+                "/v1/governance/acts",
+                Vec::new(),
+                pull_budget(),
+            )
+            .await
+            {
+                Ok(r) if r.status == 200 => serde_json::from_slice::<Acts>(&r.body).ok(),
+                _ => None,
+            };
             let Some(acts) = acts else { continue };
             while self.charter_version() < acts.version {
                 let before = self.charter_version();
                 let path = format!("/v1/governance/charter/{}", before + 1);
-                let next = match peer_call_with(&self.tls, &m, "GET", &path, Vec::new(), pull_budget()).await
+                let next = match peer_call_with(&self.keys().tls, &m, "GET", &path, Vec::new(), pull_budget())
+                    .await
                 {
                     Ok(r) if r.status == 200 => r.body,
                     _ => break,
@@ -488,14 +498,14 @@ impl Node {
 
     /// Sends `body` to every other member of the current version; a member that cannot be
     /// reached catches up when it pulls.
-    async fn push(&self, path: &str, body: Vec<u8>) {
+    async fn push(&self, keys: &super::Keys, path: &str, body: Vec<u8>) {
         let charter = self.charter();
         let calls = charter
             .charter
             .members
             .iter()
             .filter(|m| m.id != self.cfg.member)
-            .map(|m| peer_call_with(&self.tls, m, "POST", path, body.clone(), budget()));
+            .map(|m| peer_call_with(&keys.tls, m, "POST", path, body.clone(), budget()));
         for (m, r) in charter
             .charter
             .members

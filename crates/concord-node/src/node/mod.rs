@@ -127,19 +127,40 @@ pub struct CatalogEntry {
     pub schema_ipc: String,
 }
 
+/// The log entry of keys taken into use.
+fn keys_set(card: &concord_charter::MemberCard) -> crate::store::entry::LogEntry {
+    crate::store::entry::LogEntry::KeysSet {
+        time: crate::store::entry::now(),
+        member: card.id.clone(),
+        vkey: card.vkey.clone(),
+        witness_vkey: card.witness_vkey.clone(),
+        tls_pin: card.tls_pin.clone(),
+    }
+}
+
+/// A member's keys.
+pub struct Keys {
+    /// Signs this member's notes: requests, receipts, checkpoints, proposals, votes.
+    pub signer: NoteSigner,
+    /// Cosigns other members' checkpoints.
+    pub witness: CosignatureSigner,
+    /// Mutual TLS with the other members.
+    pub tls: TlsKeys,
+}
+
 /// Everything a running node holds.
 pub struct Node {
     pub cfg: NodeConfig,
     pub dir: NodeDir,
-    pub signer: NoteSigner,
-    /// Cosigns other members' checkpoints.
-    pub witness: CosignatureSigner,
+    /// This member's keys in use: replaced whole when a charter version rotates them.
+    keys: std::sync::RwLock<Arc<Keys>>,
+    /// The certificate the peer listener presents, replaced with the keys.
+    pub server_cert: Arc<crate::net::tls::ServerCert>,
     /// This member's transparency log.
     pub log: Log,
     pub state: State,
     /// The current charter version: replaced whole when a new version is adopted.
     charter: std::sync::RwLock<Arc<SignedCharter>>,
-    pub tls: TlsKeys,
     /// (pin, member id) of every member but this node, as the current version says.
     pub pins: crate::net::tls::Pins,
     /// Reloaded when the registry's generation changes: a dataset added or a policy set by
@@ -186,12 +207,14 @@ impl Node {
             ))
         })?;
         // A rotation this version made: the pending keys it lists take over.
-        if crate::store::config::take_rotated_keys(dir, me)? {
-            tracing::info!(member = %cfg.member, version = charter.charter.version, "rotated keys taken into use");
-        }
+        let rotated = crate::store::config::take_rotated_keys(dir, me)?;
         let signer = dir.load_signer(&cfg)?;
         let witness = dir.load_witness(&cfg)?;
         let log = dir.open_log()?;
+        if rotated {
+            tracing::info!(member = %cfg.member, version = charter.charter.version, "rotated keys taken into use");
+            log.append(keys_set(me).to_bytes()?).await?;
+        }
         let tls = dir.load_tls()?;
         if me.vkey != signer.vkey()
             || me.tls_pin != tls.pin
@@ -215,12 +238,11 @@ impl Node {
         let node = Self {
             cfg,
             dir: dir.clone(),
-            signer,
-            witness,
+            server_cert: Arc::new(crate::net::tls::ServerCert::new(&tls)?),
+            keys: std::sync::RwLock::new(Arc::new(Keys { signer, witness, tls })),
             log,
             state,
             charter: std::sync::RwLock::new(Arc::new(charter)),
-            tls,
             pins: crate::net::tls::Pins::new(pins),
             datasets: tokio::sync::RwLock::new(Arc::new(datasets)),
             subquery_slots: tokio::sync::Semaphore::new(slots),
@@ -240,6 +262,11 @@ impl Node {
 
     pub fn federation(&self) -> &str {
         &self.cfg.federation
+    }
+
+    /// This member's keys in use.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The current charter version.
@@ -276,11 +303,13 @@ impl Node {
                 "charter version {} does not name this member: it is out of the federation, and every member refuses it from now",
                 c.charter.version
             ),
-            Some(me) if me.vkey != self.signer.vkey() || me.tls_pin != self.tls.pin => tracing::warn!(
-                version = c.charter.version,
-                "charter version {} rotates this member's keys; restart the node to take the new keys into use (members refuse the old ones from now)",
-                c.charter.version
-            ),
+            Some(me)
+                if me.vkey != self.keys().signer.vkey()
+                    || me.tls_pin != self.keys().tls.pin
+                    || me.witness_vkey != self.keys().witness.verifier().to_vkey() =>
+            {
+                self.take_rotated_keys(me, c.charter.version).await?
+            }
             Some(me) if me.peer_endpoint != self.cfg.peer_endpoint => tracing::warn!(
                 version = c.charter.version,
                 "charter version {} moves this member's peer endpoint to {}; members dial it there from now",
@@ -296,6 +325,48 @@ impl Node {
             signers,
         };
         self.log.append(entry.to_bytes()?).await?;
+        Ok(())
+    }
+
+    /// A version that lists other keys for this member: the pending keys of `concord keys
+    /// rotate`, if they are the ones it lists, take over at once (signing, witnessing, both
+    /// sides of TLS). Without them the node goes on with keys the members now refuse, and says
+    /// so.
+    async fn take_rotated_keys(
+        &self,
+        me: &concord_charter::MemberCard,
+        version: u64,
+    ) -> Result<(), NodeError> {
+        let taken = crate::store::config::take_rotated_keys(&self.dir, me).and_then(|taken| {
+            if !taken {
+                return Ok(false);
+            }
+            let keys = Keys {
+                signer: self.dir.load_signer(&self.cfg)?,
+                witness: self.dir.load_witness(&self.cfg)?,
+                tls: self.dir.load_tls()?,
+            };
+            self.server_cert.set(&keys.tls)?;
+            *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+            Ok(true)
+        });
+        match taken {
+            Ok(true) => {
+                tracing::info!(
+                    version,
+                    "charter version {version} rotates this member's keys: the new keys are in use"
+                );
+                self.log.append(keys_set(me).to_bytes()?).await?;
+            }
+            Ok(false) => tracing::warn!(
+                version,
+                "charter version {version} lists other keys for this member than this node holds, and no pending rotation matches them; members refuse this node's keys from now"
+            ),
+            Err(e) => tracing::error!(
+                version,
+                "charter version {version} rotates this member's keys, which could not be taken into use: {e}"
+            ),
+        }
         Ok(())
     }
 

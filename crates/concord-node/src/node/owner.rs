@@ -273,7 +273,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 log_index,
                 "released partial aggregate"
             );
-            let receipt = receipt.sign(&node.signer)?;
+            let receipt = receipt.sign(&node.keys().signer)?;
             node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
             Ok((receipt, ipc))
         }

@@ -118,7 +118,7 @@ impl Node {
             timeout: Duration::from_secs(self.cfg.limits.catalog_timeout_secs),
             max_bytes: MAX_CATALOG_BYTES,
         };
-        let resp = peer_call_with(&self.tls, m, "GET", "/v1/catalog", vec![], budget).await?;
+        let resp = peer_call_with(&self.keys().tls, m, "GET", "/v1/catalog", vec![], budget).await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: m.id.clone(), code, message });
@@ -282,7 +282,7 @@ impl Node {
             purpose: purpose.to_owned(),
             sql: sql.to_owned(),
         };
-        let note = request.sign(&self.signer)?;
+        let note = request.sign(&self.keys().signer)?;
         // Invariant: a request is on disk in this log before it is sent, so that whatever
         // crashes, the owner's "access served" has its twin here.
         let asked = LogEntry::AccessRequested {
@@ -297,7 +297,8 @@ impl Node {
             timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs),
             max_bytes: concord_query::ipc::MAX_IPC_BYTES,
         };
-        let resp = peer_call_with(&self.tls, owner, "POST", "/v1/query", note.to_bytes(), budget).await?;
+        let resp =
+            peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", note.to_bytes(), budget).await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });

@@ -136,7 +136,7 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
             Ok(answer(422, format!("the consistency proof does not verify: {detail}\n")))
         }
         WitnessDecision::Cosign => {
-            let sig = node.witness.cosign(note.text(), chrono::Utc::now().timestamp().max(1) as u64);
+            let sig = node.keys().witness.cosign(note.text(), chrono::Utc::now().timestamp().max(1) as u64);
             let mut n = Note::new(note.text())?;
             n.add_signature(sig);
             let text = n.to_string();
@@ -205,7 +205,7 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
                 extensions: vec![],
             };
             let mut n = Note::new(cp.to_text())?;
-            n.sign(&node.signer);
+            n.sign(&node.keys().signer);
             node.log.store_checkpoint(size, &n, false)?;
             (size, n)
         }
@@ -297,7 +297,7 @@ async fn ask_witness(
             max_bytes: MAX_CHECKPOINT_BYTES,
         };
         let resp = crate::net::client::peer_call_with(
-            &node.tls,
+            &node.keys().tls,
             w,
             "POST",
             "/v1/witness/add-checkpoint",

@@ -455,7 +455,8 @@ pub fn rotate_keys(nd: &NodeDir) -> Result<MemberCard, NodeError> {
 
 /// Takes the keys of a pending rotation into use if they are the ones `card` (this member's
 /// card in the charter version in force) lists: the old private keys are overwritten, the new
-/// card becomes `member-card.json`, and the change is logged. Returns whether it did.
+/// card becomes `member-card.json`. Returns whether it did; the caller logs it (the node's log
+/// has one writer).
 pub fn take_rotated_keys(nd: &NodeDir, card: &MemberCard) -> Result<bool, NodeError> {
     let next = nd.next_keys();
     if !next.is_dir() {
@@ -479,7 +480,6 @@ pub fn take_rotated_keys(nd: &NodeDir, card: &MemberCard) -> Result<bool, NodeEr
     let _ = std::fs::remove_dir(&next);
     write_card(&nd.card(), card)?;
     let _ = std::fs::remove_file(nd.next_card());
-    log_keys(nd, card)?;
     Ok(true)
 }
 
