@@ -464,3 +464,27 @@ async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_and_le
     let e = concord_node::node::Node::open(&nd).await.err().expect("bravo is out");
     assert!(e.to_string().contains("no longer takes part"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_while_its_keys_were_rotated_catches_up_with_the_new_keys() {
+    let mut fed = three_members().await;
+    let charlie_dir = NodeDir::new(&fed.member("charlie").dir);
+    let new_card = concord_node::store::config::rotate_keys(&charlie_dir).expect("new keys");
+    fed.nodes.remove(2).stop().await;
+    let alpha = fed.nodes[0].node.clone();
+    let id = alpha
+        .propose(vec![Change::RotateKey { card: new_card.clone() }], std::time::Duration::from_secs(3600))
+        .await
+        .expect("proposed");
+    yes_from(&fed, &["alpha", "bravo"], &id).await;
+    all_at("alpha and bravo adopt version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2).await;
+    // Charlie starts with the keys of version 1, which the others refuse now; it pulls with the
+    // pending keys, adopts version 2 and takes them into use.
+    let charlie = concord_node::run::start(&charlie_dir).await.expect("starts");
+    all_at("charlie catches up", vec![charlie.node.clone()], 2).await;
+    assert_eq!(charlie.node.keys().tls.pin, new_card.tls_pin);
+    fed.nodes.push(charlie);
+    let asked = members_asked(fed.member("charlie"), "SELECT count(*) AS n FROM alpha.cases").await;
+    assert_eq!(asked, ["alpha"]);
+    fed.stop().await;
+}

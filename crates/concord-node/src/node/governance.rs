@@ -449,27 +449,33 @@ impl Node {
             .filter(|m| m.id != self.cfg.member && !exiting.contains(&m.id))
             .cloned()
             .collect();
+        // Keys of a pending rotation: a node that was down while the others adopted it is
+        // known to them only by those.
+        let pending = self
+            .dir
+            .next_keys()
+            .is_dir()
+            .then(|| self.dir.clone().with_keys_in(&self.dir.next_keys()).load_tls().ok())
+            .flatten();
+        let current = self.keys();
         for m in members {
-            let acts = match peer_call_with(
-                &self.keys().tls,
-                &m,
-                "GET",
-                "/v1/governance/acts",
-                Vec::new(),
-                pull_budget(),
-            )
-            .await
-            {
-                Ok(r) if r.status == 200 => serde_json::from_slice::<Acts>(&r.body).ok(),
-                _ => None,
-            };
-            let Some(acts) = acts else { continue };
+            let mut acts = None;
+            let mut tls = None;
+            for keys in std::iter::once(&current.tls).chain(pending.as_ref()) {
+                if let Ok(r) =
+                    peer_call_with(keys, &m, "GET", "/v1/governance/acts", Vec::new(), pull_budget()).await
+                    && r.status == 200
+                {
+                    acts = serde_json::from_slice::<Acts>(&r.body).ok();
+                    tls = Some(keys);
+                    break;
+                }
+            }
+            let (Some(acts), Some(tls)) = (acts, tls) else { continue };
             while self.charter_version() < acts.version {
                 let before = self.charter_version();
                 let path = format!("/v1/governance/charter/{}", before + 1);
-                let next = match peer_call_with(&self.keys().tls, &m, "GET", &path, Vec::new(), pull_budget())
-                    .await
-                {
+                let next = match peer_call_with(tls, &m, "GET", &path, Vec::new(), pull_budget()).await {
                     Ok(r) if r.status == 200 => r.body,
                     _ => break,
                 };
