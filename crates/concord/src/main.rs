@@ -52,6 +52,10 @@ enum Command {
         /// The digest of charter version 1 (`genesis` in `concord charter show --format json`).
         #[arg(long)]
         genesis: String,
+        /// The digest of the latest version, as a member you trust reads it (`digest` in
+        /// `concord charter show --format json`): the chain must end there.
+        #[arg(long)]
+        head: Option<String>,
     },
     /// This node's keys: `rotate` makes new ones for a `--rotate-key` proposal.
     Keys {
@@ -524,8 +528,10 @@ async fn run(cli: Cli) -> Result<()> {
             println!("verifier key: {}", card.vkey);
             println!("TLS pin: {}", card.tls_pin);
         }
-        Command::Join { dir, peer, genesis } => {
-            let sc = concord_node::node::governance::join(&NodeDir::new(&dir), &peer, &genesis).await?;
+        Command::Join { dir, peer, genesis, head } => {
+            let sc =
+                concord_node::node::governance::join(&NodeDir::new(&dir), &peer, &genesis, head.as_deref())
+                    .await?;
             println!(
                 "joined federation {} at charter version {} ({} members), verified from genesis {}",
                 sc.charter.federation,
@@ -533,6 +539,13 @@ async fn run(cli: Cli) -> Result<()> {
                 sc.charter.members.len(),
                 genesis.trim().to_ascii_lowercase()
             );
+            if head.is_none() {
+                println!(
+                    "version {} has digest {}: compare it with `concord charter show` at a member you trust",
+                    sc.charter.version,
+                    sc.charter.digest()
+                );
+            }
             println!("start the node: concord node run {}", dir.display());
         }
         Command::Keys { command: KeysCommand::Rotate { dir } } => {

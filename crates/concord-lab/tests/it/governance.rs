@@ -247,7 +247,7 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
     .expect("init");
     let fox = NodeDir::new(&fox_dir);
     // Before any version names it, joining says what is missing.
-    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis)
+    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis, None)
         .await
         .expect_err("not a member yet");
     assert!(e.to_string().contains("--add-member"), "{e}");
@@ -258,14 +258,23 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
 
     // A wrong genesis digest is refused, and nothing is stored.
     let wrong = "0".repeat(64);
-    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &wrong)
+    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &wrong, None)
         .await
         .expect_err("another federation's chain");
     assert!(e.to_string().contains("not the"), "{e}");
     assert!(fox.open_state().expect("state").latest_charter().expect("reads").is_none());
-    let joined = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis)
-        .await
-        .expect("joins");
+    // A head the chain does not end at (a stale or forked server, as the candidate's trusted
+    // member reads it) is refused; the one it ends at is joined.
+    let e =
+        concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis, Some(&genesis))
+            .await
+            .expect_err("the chain ends at version 2");
+    assert!(e.to_string().contains("another history"), "{e}");
+    let head = alpha.charter().charter.digest();
+    let joined =
+        concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis, Some(&head))
+            .await
+            .expect("joins");
     assert_eq!(joined.charter.version, 2);
     let rows = [("north", Some(9)), ("east", Some(2))];
     let file = crate::support::write_cases(fed.dir.path(), "foxtrot", &rows);
@@ -487,4 +496,98 @@ async fn a_node_down_while_its_keys_were_rotated_catches_up_with_the_new_keys() 
     let asked = members_asked(fed.member("charlie"), "SELECT count(*) AS n FROM alpha.cases").await;
     assert_eq!(asked, ["alpha"]);
     fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_borders_baseline_binds_every_dataset_and_every_grant() {
+    let fed = three_members().await;
+    let file = fed.dir.path().join("important.toml");
+    std::fs::write(&file, crate::policy::IMPORTANT).expect("policy");
+    concord_node::node::admin::policy_set(&NodeDir::new(&fed.member("bravo").dir), "cases", &file)
+        .expect("policy set");
+    let alpha = fed.nodes[0].node.clone();
+    let ceiling = concord_charter::CrossBorders::General;
+    let id = alpha
+        .propose(vec![Change::CrossBorders { ceiling }], std::time::Duration::from_secs(3600))
+        .await
+        .expect("proposed");
+    yes_from(&fed, &["alpha", "bravo"], &id).await;
+    all_at("every node adopts version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2).await;
+    assert_eq!(fed.nodes[1].node.charter().charter.cross_borders, ceiling);
+    // Bravo's important dataset no longer crosses, and its steward cannot sign a grant for it.
+    let a = fed.member("alpha");
+    let e = api_query(&a.local_url, &a.analyst_token, "SELECT count(*) AS n FROM bravo.cases")
+        .await
+        .expect_err("important stays home");
+    assert!(e.to_string().contains("up to general"), "{e}");
+    let ask = serde_json::json!({
+        "dataset": "bravo.cases", "actions": ["aggregate"], "purpose": "analysis",
+        "legal_basis": "public health act", "days": 30
+    });
+    let r = concord_node::net::client::local_call(
+        &a.local_url,
+        "POST",
+        "/v1/access/requests",
+        Some(&a.analyst_token),
+        Some(&ask),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(r.status, 200, "{:?}", r.error_parts());
+    let filed: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let rid = filed["id"].as_str().expect("id");
+    let (status, answer) = crate::policy::steward(
+        &fed,
+        "bravo",
+        "POST",
+        &format!("/v1/access/requests/{rid}/approve"),
+        serde_json::json!({"days": 7}),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.to_string().contains("no grant can release it"), "{answer}");
+    // General data still crosses.
+    let asked = members_asked(a, "SELECT count(*) AS n FROM charlie.cases").await;
+    assert_eq!(asked, ["charlie"]);
+    fed.stop().await;
+}
+
+#[test]
+fn a_key_rotation_interrupted_halfway_is_finished_and_a_foreign_one_is_not_taken() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let init = |name: &str| {
+        let root = dir.path().join(name);
+        concord_node::store::config::init(
+            &root,
+            &concord_node::store::config::InitOptions {
+                member: "alpha".into(),
+                federation: "test".into(),
+                name: None,
+                jurisdiction: None,
+                peer_listen: "127.0.0.1:7101".into(),
+                local_listen: "127.0.0.1:7100".into(),
+                advertise: None,
+            },
+        )
+        .expect("init");
+        NodeDir::new(root)
+    };
+    let nd = init("alpha");
+    let card = concord_node::store::config::rotate_keys(&nd).expect("new keys");
+    // Another folder's pending keys are not the ones the card lists.
+    let other = init("other");
+    let other_card = concord_node::store::config::rotate_keys(&other).expect("new keys");
+    assert!(!concord_node::store::config::rotation_listed(&nd, &other_card).expect("reads"));
+    // A crash after two of the four files moved: still judged listed, and finished.
+    for name in ["member.key", "tls.key"] {
+        std::fs::rename(nd.next_keys().join(name), nd.root.join("keys").join(name)).expect("moved");
+    }
+    assert!(concord_node::store::config::rotation_listed(&nd, &card).expect("reads"));
+    concord_node::store::config::finish_rotation(&nd, &card).expect("finished");
+    assert!(!nd.next_keys().exists() && !nd.next_card().exists());
+    let cfg = nd.load_config().expect("config");
+    assert_eq!(nd.load_signer(&cfg).expect("key").vkey(), card.vkey);
+    assert_eq!(nd.load_witness(&cfg).expect("key").verifier().to_vkey(), card.witness_vkey);
+    assert_eq!(nd.load_tls().expect("tls").pin, card.tls_pin);
+    assert_eq!(nd.load_card().expect("card"), card);
 }

@@ -107,7 +107,7 @@ async fn a_bad_policy_is_refused_and_nothing_changes() {
     fed.stop().await;
 }
 
-const IMPORTANT: &str = r#"
+pub const IMPORTANT: &str = r#"
 classification = "important"
 [columns]
 region = "group"
@@ -120,7 +120,7 @@ permit (principal, action == Action::"describe", resource);
 '''
 "#;
 
-async fn steward(
+pub async fn steward(
     fed: &Fed,
     id: &str,
     method: &str,

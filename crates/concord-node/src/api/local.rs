@@ -26,8 +26,9 @@
 //!   delegate): this member's vote, signed by this node.
 //! - `POST /v1/governance/leave` (role delegate): this member leaves; the others' nodes vote
 //!   yes by themselves.
-//! - `GET /v1/governance/evidence` (roles delegate, auditor): misbehaviour kept as evidence:
-//!   equivocations (both signed votes) and forks (a second signed body of a version held).
+//! - `GET /v1/governance/evidence[?after=SEQ]` (roles delegate, auditor): misbehaviour kept as
+//!   evidence, 50 at a time (`next` is the `after` of the next page): equivocations (both signed
+//!   votes) and forks (a second signed body of a version held), each kept once.
 //! - `GET /v1/charter[?version=N]`: a charter version as JSON (`version`, `federation`,
 //!   `members`, `genesis`, `digest`, `threshold`, ...); `GET /v1/charter/history`: every version.
 //!
@@ -269,23 +270,37 @@ async fn proposals_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Re
     .into_response())
 }
 
-async fn evidence_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(Deserialize)]
+struct EvidenceQuery {
+    #[serde(default)]
+    after: i64,
+}
+
+/// Pieces of evidence per page of `GET /v1/governance/evidence`.
+const EVIDENCE_PAGE: u32 = 50;
+
+async fn evidence_list(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<EvidenceQuery>,
+) -> Result<Response, ApiError> {
     authorize(&node, &headers, &["delegate", "auditor"])?;
-    let evidence: Vec<serde_json::Value> = node
-        .state
-        .governance_evidence()?
+    let page = node.state.governance_evidence(q.after, EVIDENCE_PAGE)?;
+    let next = (page.len() == EVIDENCE_PAGE as usize).then(|| page.last().map(|e| e.0)).flatten();
+    let evidence: Vec<serde_json::Value> = page
         .into_iter()
-        .map(|(base_version, kind, body, received_at)| {
+        .map(|(seq, base_version, kind, body, received_at)| {
             let (kind, body) = match kind.as_str() {
                 // Both signed votes of the equivocation.
                 "evidence" => ("equivocation", serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))),
                 // The second charter note for a version this node holds.
                 _ => ("fork", serde_json::Value::String(body)),
             };
-            serde_json::json!({ "base_version": base_version, "kind": kind, "received_at": received_at, "evidence": body })
+            serde_json::json!({ "seq": seq, "base_version": base_version, "kind": kind, "received_at": received_at, "evidence": body })
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({ "evidence": evidence })).into_response())
+    // `next`: pass it as `?after=` for the next page; null on the last.
+    Ok(axum::Json(serde_json::json!({ "evidence": evidence, "next": next })).into_response())
 }
 
 #[derive(Deserialize)]

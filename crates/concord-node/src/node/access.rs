@@ -232,6 +232,22 @@ impl Node {
                 record.status
             )));
         }
+        // A grant the charter's baseline would never honour is not signed: the requester would
+        // hear "approved" and be refused at every query.
+        if decision == "approved"
+            && let Some(d) = self.datasets().await?.map.get(&record.dataset)
+        {
+            let class = d.policy.classification;
+            let ceiling = self.baseline().cross_borders;
+            if class == concord_policy::Classification::Core || class > ceiling {
+                return Err(NodeError::Conflict(format!(
+                    "{} is classified {}, and the charter lets only data classified up to {} cross borders (core never): no grant can release it; refuse the request instead",
+                    record.dataset,
+                    class.as_str(),
+                    ceiling.as_str()
+                )));
+            }
+        }
         let reason = reason.trim();
         if decision != "approved" && reason.is_empty() {
             return Err(NodeError::BadRequest(format!("a {decision} decision needs a reason")));

@@ -119,8 +119,9 @@ fn pull_budget() -> Budget {
 impl Node {
     /// The round of the current version, rebuilt from the stored acts when the version changed.
     fn with_round<T>(&self, f: impl FnOnce(&mut Round) -> T) -> Result<T, NodeError> {
-        let charter = self.charter();
         let mut round = self.round.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read under the round's lock: an adoption meanwhile rebuilds the round after it.
+        let charter = self.charter();
         if round.as_ref().is_none_or(|r| r.base.version != charter.charter.version) {
             let mut fresh = Round::new(charter.charter.clone());
             let mut exits = Vec::new();
@@ -147,15 +148,18 @@ impl Node {
                     _ => {}
                 }
             }
-            // Exits still open stand after a restart: the leaver stays refused.
+            // The members leaving are those whose exit is open on this version: after a restart
+            // they stay refused, and one whose exit died (expired, or its base replaced) is a
+            // member like any other again, on every node alike.
             let now = unix_now();
-            let mut exiting = self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (id, leaver) in exits {
-                if fresh.status(&id, now) == Some(Status::Live) && leaver != self.cfg.member {
-                    exiting.insert(leaver);
-                }
-            }
-            drop(exiting);
+            let open: std::collections::BTreeSet<String> = exits
+                .into_iter()
+                .filter(|(id, leaver)| {
+                    fresh.status(id, now) == Some(Status::Live) && *leaver != self.cfg.member
+                })
+                .map(|(_, leaver)| leaver)
+                .collect();
+            *self.exiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = open;
             *round = Some(fresh);
         }
         match round.as_mut() {
@@ -217,8 +221,12 @@ impl Node {
     pub async fn take_proposal(&self, body: &[u8]) -> Result<String, NodeError> {
         let note = Note::parse(body)?;
         let proposal = Proposal::from_text(note.text())?;
-        let id = self.with_round(|r| r.propose(&note, unix_now()))?.map_err(refused)?;
-        self.state.store_governance_act(proposal.base_version, "proposal", &note.to_string())?;
+        // Stored under the round's lock, so the stored order is the order the round took them in.
+        let id = self.with_round(|r| {
+            let id = r.propose(&note, unix_now()).map_err(refused)?;
+            self.state.store_governance_act(proposal.base_version, "proposal", &note.to_string())?;
+            Ok::<_, NodeError>(id)
+        })??;
         let entry = LogEntry::GovernanceProposal {
             time: now(),
             proposal: id.clone(),
@@ -292,19 +300,29 @@ impl Node {
     /// itself; the push is for those the vote did not reach, and so is the pull).
     async fn take_vote_from(&self, wire: &VoteWire, own: bool) -> Result<VoteReport, NodeError> {
         let vote = wire.parse()?;
+        let body = serde_json::to_string(wire).map_err(|e| NodeError::State(e.to_string()))?;
+        // Stored under the round's lock, so the stored order is the order the round took them in.
         let (outcome, new_evidence, base_version) = self.with_round(|r| {
             let evidence_before = r.evidence.len();
             let outcome = r.vote(vote.clone(), unix_now());
-            (outcome, r.evidence.get(evidence_before).cloned(), r.base.version)
-        })?;
-        let outcome = (outcome, new_evidence);
-        if let (Err(_), Some(ev)) = &outcome {
-            let evidence = serde_json::json!({
-                "first": { "proposal": ev.first.0, "vote": VoteWire::of(&ev.first.1) },
-                "second": { "proposal": ev.second.0, "vote": VoteWire::of(&ev.second.1) },
-            })
-            .to_string();
-            self.state.store_governance_act(base_version, "evidence", &evidence)?;
+            let mut new_evidence = None;
+            if let Some(ev) = r.evidence.get(evidence_before) {
+                let evidence = serde_json::json!({
+                    "first": { "proposal": ev.first.0, "vote": VoteWire::of(&ev.first.1) },
+                    "second": { "proposal": ev.second.0, "vote": VoteWire::of(&ev.second.1) },
+                })
+                .to_string();
+                // Kept once, across restarts too.
+                if self.state.store_governance_act_once(r.base.version, "evidence", &evidence)? {
+                    new_evidence = Some((ev.clone(), evidence));
+                }
+            }
+            if outcome.is_ok() {
+                self.state.store_governance_act(r.base.version, "vote", &body)?;
+            }
+            Ok::<_, NodeError>((outcome, new_evidence, r.base.version))
+        })??;
+        if let Some((ev, evidence)) = new_evidence {
             let entry = LogEntry::Equivocation {
                 time: now(),
                 voter: ev.voter.clone(),
@@ -315,9 +333,7 @@ impl Node {
             };
             self.log.append(entry.to_bytes()?).await?;
         }
-        let outcome = outcome.0.map_err(refused)?;
-        let body = serde_json::to_string(wire).map_err(|e| NodeError::State(e.to_string()))?;
-        self.state.store_governance_act(base_version, "vote", &body)?;
+        let outcome = outcome.map_err(refused)?;
         let entry = LogEntry::GovernanceVote {
             time: now(),
             proposal: vote.vote.proposal.clone(),
@@ -335,9 +351,24 @@ impl Node {
                 // The others know this member by the keys of the version before until they
                 // adopt this one, which may rotate them: the version goes out with those.
                 let keys = self.keys();
+                let before = self.charter();
                 self.adopt(*next).await?;
                 if own {
-                    self.push(&keys, "/v1/governance/charter", bytes).await;
+                    // To the members of the version before as they knew each other (endpoints
+                    // and pins that the new version may change, and those it removes, who learn
+                    // of it), and to the members it adds.
+                    let after = self.charter();
+                    let to: Vec<concord_charter::MemberCard> = before
+                        .charter
+                        .members
+                        .iter()
+                        .chain(
+                            after.charter.members.iter().filter(|m| before.charter.member(&m.id).is_none()),
+                        )
+                        .filter(|m| m.id != self.cfg.member)
+                        .cloned()
+                        .collect();
+                    self.push_to(&keys, &to, "/v1/governance/charter", bytes).await;
                 }
                 "adopted"
             }
@@ -362,7 +393,7 @@ impl Node {
             if held.charter.digest() != next.charter.digest() {
                 next.verify_successor(&self.previous_of(next.charter.version)?)?;
                 let evidence = String::from_utf8_lossy(&next.to_bytes()).into_owned();
-                self.state.store_governance_act(next.charter.version - 1, "fork", &evidence)?;
+                self.state.store_governance_act_once(next.charter.version - 1, "fork", &evidence)?;
                 return Err(NodeError::Conflict(format!(
                     "a second charter version {} (digest {}), signed by the threshold; this node holds digest {}. Kept as evidence",
                     next.charter.version,
@@ -505,20 +536,21 @@ impl Node {
     /// Sends `body` to every other member of the current version; a member that cannot be
     /// reached catches up when it pulls.
     async fn push(&self, keys: &super::Keys, path: &str, body: Vec<u8>) {
-        let charter = self.charter();
-        let calls = charter
-            .charter
-            .members
-            .iter()
-            .filter(|m| m.id != self.cfg.member)
-            .map(|m| peer_call_with(&keys.tls, m, "POST", path, body.clone(), budget()));
-        for (m, r) in charter
-            .charter
-            .members
-            .iter()
-            .filter(|m| m.id != self.cfg.member)
-            .zip(futures::future::join_all(calls).await)
-        {
+        let to: Vec<_> =
+            self.charter().charter.members.iter().filter(|m| m.id != self.cfg.member).cloned().collect();
+        self.push_to(keys, &to, path, body).await;
+    }
+
+    /// Sends `body` to the members `to`, as their cards say.
+    async fn push_to(
+        &self,
+        keys: &super::Keys,
+        to: &[concord_charter::MemberCard],
+        path: &str,
+        body: Vec<u8>,
+    ) {
+        let calls = to.iter().map(|m| peer_call_with(&keys.tls, m, "POST", path, body.clone(), budget()));
+        for (m, r) in to.iter().zip(futures::future::join_all(calls).await) {
             match r {
                 Ok(resp) if resp.status < 300 => {}
                 // Already known, or already past (a peer that adopted the version first).
@@ -542,10 +574,16 @@ impl Node {
 /// the last, and the last names this member with this node's keys. Who serves the chain is not
 /// trusted: it is read over TLS without a known pin, and the server must turn out to be a member
 /// of the last version.
+///
+/// The genesis digest roots the chain, not its end: whoever held the threshold of keys of some
+/// past version could sign a different history from there. `head`, the digest of the latest
+/// version as a member the candidate trusts reads it, closes that; without it the caller shows
+/// the digest it got, to be compared.
 pub async fn join(
     dir: &crate::store::config::NodeDir,
     peer: &str,
     genesis: &str,
+    head: Option<&str>,
 ) -> Result<SignedCharter, NodeError> {
     let cfg = dir.load_config()?;
     let state = dir.open_state()?;
@@ -623,6 +661,16 @@ pub async fn join(
         .last()
         .ok_or_else(|| NodeError::Config(format!("the node at {peer} holds no charter version")))?
         .clone();
+    if let Some(head) = head
+        && last.charter.digest() != head.trim().to_ascii_lowercase()
+    {
+        return Err(NodeError::Config(format!(
+            "the latest charter version at {peer} is version {} with digest {}, not the {} you were given: that node is behind, or serves another history; join through another member",
+            last.charter.version,
+            last.charter.digest(),
+            head.trim()
+        )));
+    }
     if last.charter.federation != cfg.federation {
         return Err(NodeError::Config(format!(
             "the chain at {peer} is federation {}, this node was made for {}",
@@ -658,7 +706,8 @@ pub async fn join(
         )));
     }
     let new = &chain[held.len()..];
-    state.store_charters(&new.iter().map(|sc| (sc.charter.version, sc.to_bytes())).collect::<Vec<_>>())?;
+    // Logged first, then stored in one transaction: a crash in between leaves a node that joins
+    // again (and logs the versions again), never versions held without their entries.
     let log = dir.open_log()?;
     let mut prev: Option<&SignedCharter> = held.len().checked_sub(1).map(|i| &chain[i]);
     for sc in new {
@@ -675,6 +724,7 @@ pub async fn join(
         log.append(entry.to_bytes()?).await?;
         prev = Some(sc);
     }
+    state.store_charters(&new.iter().map(|sc| (sc.charter.version, sc.to_bytes())).collect::<Vec<_>>())?;
     Ok(last)
 }
 
@@ -693,7 +743,9 @@ async fn candidate_get(
             // In TLS 1.3 a server refuses a client certificate after the client's handshake, so
             // the refusal shows as a failed handshake or a closed connection.
             NodeError::Peer { message, .. }
-                if !message.contains("cannot connect") && !message.contains("timed out") =>
+                if !message.contains("cannot connect")
+                    && !message.contains("timed out")
+                    && !message.contains("no answer within") =>
             {
                 NodeError::Config(format!(
                     "the node at {peer} did not answer ({message}): it refuses this node's certificate until a charter version it holds names member {member} with these keys. A member proposes `--add-member {}`; once that version is adopted, join again",

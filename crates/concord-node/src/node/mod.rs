@@ -206,15 +206,16 @@ impl Node {
                 dir.root.display()
             ))
         })?;
-        // A rotation this version made: the pending keys it lists take over.
-        let rotated = crate::store::config::take_rotated_keys(dir, me)?;
+        // A rotation this version made (or one interrupted halfway): the pending keys it lists
+        // take over, logged first.
+        let log = dir.open_log()?;
+        if crate::store::config::rotation_listed(dir, me)? {
+            log.append(keys_set(me).to_bytes()?).await?;
+            crate::store::config::finish_rotation(dir, me)?;
+            tracing::info!(member = %cfg.member, version = charter.charter.version, "rotated keys taken into use");
+        }
         let signer = dir.load_signer(&cfg)?;
         let witness = dir.load_witness(&cfg)?;
-        let log = dir.open_log()?;
-        if rotated {
-            tracing::info!(member = %cfg.member, version = charter.charter.version, "rotated keys taken into use");
-            log.append(keys_set(me).to_bytes()?).await?;
-        }
         let tls = dir.load_tls()?;
         if me.vkey != signer.vkey()
             || me.tls_pin != tls.pin
@@ -287,15 +288,12 @@ impl Node {
             next.verify_successor(&current.charter)?;
             self.state.store_charter(next.charter.version, &next.to_bytes())?;
             let signers = next.signed_by_members_of(&current.charter);
-            // An exit that a version recorded is done; one still pending stands.
-            self.exiting
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .retain(|m| next.charter.member(m).is_some());
             *current = Arc::new(next);
             signers
         };
-        self.refresh_pins();
+        // The round of the new version, and the exits open on it (none yet: the exits on the
+        // version before are done or dead with it).
+        self.restore_governance()?;
         let c = self.charter();
         match c.charter.member(&self.cfg.member) {
             None => tracing::warn!(
@@ -337,10 +335,19 @@ impl Node {
         me: &concord_charter::MemberCard,
         version: u64,
     ) -> Result<(), NodeError> {
-        let taken = crate::store::config::take_rotated_keys(&self.dir, me).and_then(|taken| {
-            if !taken {
+        let listed = match crate::store::config::rotation_listed(&self.dir, me) {
+            Ok(true) => {
+                // Logged before the files move: a crash in between is finished at the next start.
+                self.log.append(keys_set(me).to_bytes()?).await?;
+                Ok(true)
+            }
+            other => other,
+        };
+        let taken = listed.and_then(|listed| {
+            if !listed {
                 return Ok(false);
             }
+            crate::store::config::finish_rotation(&self.dir, me)?;
             let keys = Keys {
                 signer: self.dir.load_signer(&self.cfg)?,
                 witness: self.dir.load_witness(&self.cfg)?,
@@ -351,13 +358,10 @@ impl Node {
             Ok(true)
         });
         match taken {
-            Ok(true) => {
-                tracing::info!(
-                    version,
-                    "charter version {version} rotates this member's keys: the new keys are in use"
-                );
-                self.log.append(keys_set(me).to_bytes()?).await?;
-            }
+            Ok(true) => tracing::info!(
+                version,
+                "charter version {version} rotates this member's keys: the new keys are in use"
+            ),
             Ok(false) => tracing::warn!(
                 version,
                 "charter version {version} lists other keys for this member than this node holds, and no pending rotation matches them; members refuse this node's keys from now"

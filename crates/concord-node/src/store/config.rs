@@ -164,8 +164,13 @@ impl NodeDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("concord.toml")
     }
-    fn keys(&self) -> PathBuf {
-        self.keys.clone().unwrap_or_else(|| self.root.join("keys"))
+    /// A key file: from the folder `with_keys_in` gave while it holds it (a rotation moved
+    /// halfway has moved the rest already), else from `keys/`.
+    fn key_file(&self, name: &str) -> PathBuf {
+        match &self.keys {
+            Some(k) if k.join(name).exists() => k.join(name),
+            _ => self.root.join("keys").join(name),
+        }
     }
     /// The same folder with its keys read from `keys` (a pending rotation's).
     pub fn with_keys_in(mut self, keys: &Path) -> Self {
@@ -173,16 +178,16 @@ impl NodeDir {
         self
     }
     pub fn member_key(&self) -> PathBuf {
-        self.keys().join(MEMBER_KEY)
+        self.key_file(MEMBER_KEY)
     }
     pub fn witness_key(&self) -> PathBuf {
-        self.keys().join(WITNESS_KEY)
+        self.key_file(WITNESS_KEY)
     }
     pub fn tls_key(&self) -> PathBuf {
-        self.keys().join(TLS_KEY)
+        self.key_file(TLS_KEY)
     }
     pub fn tls_cert(&self) -> PathBuf {
-        self.keys().join(TLS_CERT)
+        self.key_file(TLS_CERT)
     }
     /// Keys of a pending rotation (`concord keys rotate`).
     pub fn next_keys(&self) -> PathBuf {
@@ -428,13 +433,13 @@ fn write_card(path: &Path, card: &MemberCard) -> Result<(), NodeError> {
 /// `concord keys rotate`: new keys in `keys/next/` and the card that lists them in
 /// `member-card.next.json`, for a `--rotate-key` proposal. The node goes on with its current
 /// keys until a charter version lists the new ones; it takes them when it starts next
-/// ([`take_rotated_keys`]).
+/// ([`rotation_listed`], [`finish_rotation`]).
 pub fn rotate_keys(nd: &NodeDir) -> Result<MemberCard, NodeError> {
     let cfg = nd.load_config()?;
     let next = nd.next_keys();
     if next.exists() {
         return Err(NodeError::Config(format!(
-            "a key rotation is pending already: {} holds new keys and {} their card. Propose it with `concord propose --rotate-key {} --card {}`, or delete both to start over",
+            "a key rotation is pending already: {} holds new keys and {} their card. Propose it with `concord propose --rotate-key {} --card {}`, or, if no charter version lists them, delete both to start over",
             next.display(),
             nd.next_card().display(),
             cfg.member,
@@ -453,34 +458,51 @@ pub fn rotate_keys(nd: &NodeDir) -> Result<MemberCard, NodeError> {
     made
 }
 
-/// Takes the keys of a pending rotation into use if they are the ones `card` (this member's
-/// card in the charter version in force) lists: the old private keys are overwritten, the new
-/// card becomes `member-card.json`. Returns whether it did; the caller logs it (the node's log
-/// has one writer).
-pub fn take_rotated_keys(nd: &NodeDir, card: &MemberCard) -> Result<bool, NodeError> {
-    let next = nd.next_keys();
-    if !next.is_dir() {
+/// Whether the keys of a pending rotation are the ones `card` (this member's card in the
+/// charter version in force) lists. A rotation interrupted halfway is judged on its keys as
+/// they lie, each file from `keys/next/` if it is still there, else from `keys/`.
+pub fn rotation_listed(nd: &NodeDir, card: &MemberCard) -> Result<bool, NodeError> {
+    if !nd.next_keys().is_dir() {
         return Ok(false);
     }
     let cfg = nd.load_config()?;
-    let pending = NodeDir::new(&nd.root).with_keys_in(&next);
+    let pending = nd.clone().with_keys_in(&nd.next_keys());
     let signer = pending.load_signer(&cfg)?;
     let witness = pending.load_witness(&cfg)?;
     let tls = pending.load_tls()?;
-    if card.vkey != signer.vkey()
-        || card.tls_pin != tls.pin
-        || card.witness_vkey != witness.verifier().to_vkey()
-    {
-        return Ok(false);
-    }
+    Ok(card.vkey == signer.vkey()
+        && card.tls_pin == tls.pin
+        && card.witness_vkey == witness.verifier().to_vkey())
+}
+
+/// Moves the keys of a pending rotation that [`rotation_listed`] found listed into `keys/`,
+/// over the old private keys, and makes their card `member-card.json`. Each file is one rename
+/// and the folders are synced, so a crash halfway leaves a rotation that the next call
+/// finishes; the caller logs the change first (the node's log has one writer).
+pub fn finish_rotation(nd: &NodeDir, card: &MemberCard) -> Result<(), NodeError> {
+    static MOVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOVING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let next = nd.next_keys();
+    let keys = nd.root.join("keys");
     for name in [MEMBER_KEY, WITNESS_KEY, TLS_KEY, TLS_CERT] {
-        let to = nd.root.join("keys").join(name);
-        std::fs::rename(next.join(name), &to).map_err(|e| NodeError::io(&to, e))?;
+        let from = next.join(name);
+        if from.exists() {
+            let to = keys.join(name);
+            std::fs::rename(&from, &to).map_err(|e| NodeError::io(&to, e))?;
+        }
     }
-    let _ = std::fs::remove_dir(&next);
+    sync_dir(&keys)?;
+    if next.is_dir() {
+        std::fs::remove_dir(&next).map_err(|e| NodeError::io(&next, e))?;
+        sync_dir(&keys)?;
+    }
     write_card(&nd.card(), card)?;
     let _ = std::fs::remove_file(nd.next_card());
-    Ok(true)
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), NodeError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| NodeError::io(dir, e))
 }
 
 /// Writes a file readable by its owner only (mode 0600).

@@ -190,6 +190,26 @@ impl State {
         Ok(())
     }
 
+    /// Keeps an act unless the same one is kept already (evidence pushed again); whether it was
+    /// new.
+    pub fn store_governance_act_once(
+        &self,
+        base_version: u64,
+        kind: &str,
+        body: &str,
+    ) -> Result<bool, NodeError> {
+        let n = self
+            .lock()
+            .execute(
+                "INSERT INTO governance_acts (base_version, kind, body, received_at) \
+                 SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS \
+                 (SELECT 1 FROM governance_acts WHERE base_version = ?1 AND kind = ?2 AND body = ?3)",
+                params![base_version as i64, kind, body, now_rfc3339()],
+            )
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
     /// The governance acts seen on a base version, in the order they came: kind, body, and
     /// when it came (unix seconds).
     pub fn governance_acts(&self, base_version: u64) -> Result<Vec<(String, String, u64)>, NodeError> {
@@ -215,18 +235,25 @@ impl State {
             .collect())
     }
 
-    /// Misbehaviour kept as evidence on every version, oldest first: base version, kind
-    /// (`evidence` for equivocation, `fork` for a second body of a version), body, when it came.
-    pub fn governance_evidence(&self) -> Result<Vec<(u64, String, String, String)>, NodeError> {
+    /// Misbehaviour kept as evidence on every version, oldest first, at most `limit` after
+    /// `after`: sequence number, base version, kind (`evidence` for equivocation, `fork` for a
+    /// second body of a version), body, when it came.
+    pub fn governance_evidence(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<EvidenceRow>, NodeError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT base_version, kind, body, received_at FROM governance_acts \
-                 WHERE kind IN ('evidence', 'fork') ORDER BY seq",
+                "SELECT seq, base_version, kind, body, received_at FROM governance_acts \
+                 WHERE kind IN ('evidence', 'fork') AND seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(db)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map(params![after, limit], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .map_err(db)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db)?;
@@ -546,6 +573,9 @@ impl State {
             .collect())
     }
 }
+
+/// One piece of governance evidence: sequence number, base version, kind, body, when it came.
+pub type EvidenceRow = (i64, u64, String, String, String);
 
 /// An access request as a node keeps it: `in` (this node owns the dataset) or `out` (this
 /// node's analyst asked).
