@@ -238,11 +238,7 @@ impl State {
     /// Misbehaviour kept as evidence on every version, oldest first, at most `limit` after
     /// `after`: sequence number, base version, kind (`evidence` for equivocation, `fork` for a
     /// second body of a version), body, when it came.
-    pub fn governance_evidence(
-        &self,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<EvidenceRow>, NodeError> {
+    pub fn governance_evidence(&self, after: i64, limit: u32) -> Result<Vec<EvidenceRow>, NodeError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
