@@ -591,3 +591,56 @@ fn a_key_rotation_interrupted_halfway_is_finished_and_a_foreign_one_is_not_taken
     assert_eq!(nd.load_tls().expect("tls").pin, card.tls_pin);
     assert_eq!(nd.load_card().expect("card"), card);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_schema_added_by_a_version_is_used_at_once() {
+    let fed = three_members().await;
+    let visits = concord_charter::SharedSchema {
+        name: "visits".into(),
+        version: 1,
+        columns: vec![
+            concord_charter::SchemaColumn {
+                name: "region".into(),
+                ty: concord_charter::ColumnType::Utf8,
+                personal: false,
+            },
+            concord_charter::SchemaColumn {
+                name: "n".into(),
+                ty: concord_charter::ColumnType::Int64,
+                personal: false,
+            },
+        ],
+    };
+    let add = |m: &str, rows: &str| {
+        let path = fed.dir.path().join(format!("{m}-visits.csv"));
+        std::fs::write(&path, format!("region,n\n{rows}")).expect("csv");
+        let nd = NodeDir::new(&fed.member(m).dir);
+        async move {
+            concord_node::node::admin::dataset_add(&nd, "visits", &path, Some("visits"), Some("*")).await
+        }
+    };
+    let e = add("alpha", "north,3\n").await.expect_err("no such schema yet");
+    assert!(e.to_string().contains("visits"), "{e}");
+    let alpha = fed.nodes[0].node.clone();
+    let id = alpha
+        .propose(vec![Change::SetSchema { schema: visits }], std::time::Duration::from_secs(3600))
+        .await
+        .expect("proposed");
+    yes_from(&fed, &["alpha", "bravo"], &id).await;
+    all_at("every node adopts version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2).await;
+    add("alpha", "north,3\nsouth,4\n").await.expect("conforms");
+    add("bravo", "north,10\n").await.expect("conforms");
+    let c = fed.member("charlie");
+    let r = api_query(&c.local_url, &c.analyst_token, "SELECT sum(n) AS n FROM visits").await.expect("runs");
+    let mut asked: Vec<String> = r.provenance.iter().map(|p| p.member.clone()).collect();
+    asked.sort();
+    assert_eq!(asked, ["alpha", "bravo"]);
+    let n = r.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("int64")
+        .value(0);
+    assert_eq!(n, 17);
+    fed.stop().await;
+}

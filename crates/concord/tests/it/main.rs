@@ -44,6 +44,19 @@ fn free_port() -> u16 {
 struct Node(Child);
 
 impl Node {
+    /// `concord node run DIR` in `cwd`, as a child process.
+    fn run(dir: &str, cwd: &Path) -> Self {
+        Node(
+            Command::new(env!("CARGO_BIN_EXE_concord"))
+                .args(["node", "run", dir])
+                .current_dir(cwd)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("node starts"),
+        )
+    }
+
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.0.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
@@ -141,20 +154,7 @@ fn two_members_from_init_to_query_and_shutdown() {
         .map(|m| ok(&["token", "create", m, "--role", "delegate"], d).trim().to_owned())
         .collect();
 
-    let nodes: Vec<Node> = ["alpha", "bravo"]
-        .iter()
-        .map(|m| {
-            Node(
-                Command::new(env!("CARGO_BIN_EXE_concord"))
-                    .args(["node", "run", m])
-                    .current_dir(d)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("node starts"),
-            )
-        })
-        .collect();
+    let nodes: Vec<Node> = ["alpha", "bravo"].iter().map(|m| Node::run(m, d)).collect();
     let url = format!("http://127.0.0.1:{}", ports[0]);
     let sql = "SELECT region, count(*) AS n, sum(days) AS d FROM cases GROUP BY region ORDER BY region";
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -403,15 +403,7 @@ west,4
     ok(&["dataset", "add", "charlie", "cases", "--file", "c.csv", "--schema", "cases", "--allow", "*"], d);
     let c_token = ok(&["token", "create", "charlie", "--role", "analyst"], d).trim().to_owned();
     let mut nodes = nodes;
-    nodes.push(Node(
-        Command::new(env!("CARGO_BIN_EXE_concord"))
-            .args(["node", "run", "charlie"])
-            .current_dir(d)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("node starts"),
-    ));
+    nodes.push(Node::run("charlie", d));
     let c_url = format!("http://127.0.0.1:{c_local}");
     let c_sql = "SELECT count(*) AS n FROM alpha.cases";
     let deadline = Instant::now() + Duration::from_secs(60);
