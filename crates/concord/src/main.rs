@@ -295,7 +295,13 @@ enum DatasetCommand {
         /// Members that may run aggregates on it: ids separated by commas, or '*'.
         #[arg(long)]
         allow: Option<String>,
+        /// Replace a dataset of this name; says what changed. Its policy stays unless --allow
+        /// is given.
+        #[arg(long)]
+        replace: bool,
     },
+    /// Take a dataset out of the registry (its file stays); a running node stops serving it.
+    Remove { dir: PathBuf, name: String },
     /// List the datasets.
     List {
         dir: PathBuf,
@@ -965,9 +971,22 @@ async fn charter(command: CharterCommand) -> Result<()> {
 
 async fn dataset(command: DatasetCommand) -> Result<()> {
     match command {
-        DatasetCommand::Add { dir, name, file, schema, allow } => {
-            let r = admin::dataset_add(&NodeDir::new(dir), &name, &file, schema.as_deref(), allow.as_deref())
-                .await?;
+        DatasetCommand::Remove { dir, name } => {
+            let r = admin::dataset_remove(&NodeDir::new(dir), &name).await?;
+            println!("removed dataset {} ({} stays where it is)", r.name, r.path.display());
+        }
+        DatasetCommand::Add { dir, name, file, schema, allow, replace } => {
+            let nd = NodeDir::new(dir);
+            let r = if replace {
+                let (r, changes) =
+                    admin::dataset_replace(&nd, &name, &file, schema.as_deref(), allow.as_deref()).await?;
+                for c in changes {
+                    println!("changed: {c}");
+                }
+                r
+            } else {
+                admin::dataset_add(&nd, &name, &file, schema.as_deref(), allow.as_deref()).await?
+            };
             println!(
                 "registered dataset {} ({}, {} rows{}) at {}",
                 r.name,

@@ -236,3 +236,42 @@ async fn a_port_in_use_and_a_used_folder_are_named() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_are_added_replaced_and_removed_while_the_node_runs() {
+    let fed = three_members().await;
+    let bravo = NodeDir::new(&fed.member("bravo").dir);
+    let a = fed.member("alpha");
+    let count = || async {
+        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) AS n FROM bravo.cases").await.map(|r| {
+            r.batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .map(|c| c.value(0))
+        })
+    };
+    assert_eq!(count().await.expect("runs"), Some(2));
+    // Registering again does not replace it without a word.
+    let file = write_cases(fed.dir.path(), "bravo", &[("north", Some(1)), ("east", Some(2)), ("west", None)]);
+    let e = dataset_add(&bravo, "cases", &file, Some("cases"), Some("*")).await.expect_err("exists");
+    assert!(e.to_string().contains("--replace"), "{e}");
+    // An allow list with a typo names the members there are.
+    let e = concord_node::node::admin::dataset_replace(&bravo, "cases", &file, Some("cases"), Some("alpah"))
+        .await
+        .expect_err("no such member");
+    assert!(e.to_string().contains("alpah") && e.to_string().contains("alpha, bravo, charlie"), "{e}");
+    // Replaced: says what changed, keeps the policy, and serves the new file at once.
+    let (_, changes) =
+        concord_node::node::admin::dataset_replace(&bravo, "cases", &file, Some("cases"), None)
+            .await
+            .expect("replaced");
+    assert!(changes.iter().any(|c| c == "rows 2 -> 3"), "{changes:?}");
+    assert!(!changes.iter().any(|c| c.contains("policy")), "{changes:?}");
+    assert_eq!(count().await.expect("runs"), Some(3));
+    // Removed: logged, and no longer served.
+    concord_node::node::admin::dataset_remove(&bravo, "cases").await.expect("removed");
+    assert!(concord_node::node::admin::dataset_remove(&bravo, "cases").await.is_err(), "gone already");
+    assert!(count().await.is_err(), "bravo no longer serves cases");
+    fed.stop().await;
+}

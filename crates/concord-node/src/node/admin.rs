@@ -137,7 +137,8 @@ fn current_charter(dir: &NodeDir) -> Result<Option<SignedCharter>, NodeError> {
     }
 }
 
-/// Registers a dataset by reference: its file stays where it is.
+/// Registers a new dataset by reference: its file stays where it is. A dataset of the same name
+/// is not replaced: that is [`dataset_replace`].
 pub async fn dataset_add(
     dir: &NodeDir,
     name: &str,
@@ -145,8 +146,64 @@ pub async fn dataset_add(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<DatasetRecord, NodeError> {
+    Ok(register(dir, name, file, shared_schema, allow, false).await?.0)
+}
+
+/// Replaces a registered dataset; returns it and what changed (file, rows, columns, schema,
+/// policy). Without `allow`, the steward's policy stays.
+pub async fn dataset_replace(
+    dir: &NodeDir,
+    name: &str,
+    file: &Path,
+    shared_schema: Option<&str>,
+    allow: Option<&str>,
+) -> Result<(DatasetRecord, Vec<String>), NodeError> {
+    register(dir, name, file, shared_schema, allow, true).await
+}
+
+/// Removes a dataset from the registry (its file stays); logged. A running node stops serving
+/// it at the next request.
+pub async fn dataset_remove(dir: &NodeDir, name: &str) -> Result<DatasetRecord, NodeError> {
+    dir.load_config()?;
+    let state = dir.open_state()?;
+    let record = state.datasets()?.into_iter().find(|d| d.name == name).ok_or_else(|| {
+        NodeError::NotFound(format!(
+            "{} has no dataset {name}; `concord dataset list` shows them",
+            dir.root.display()
+        ))
+    })?;
+    let entry = LogEntry::DatasetRemoved { time: now(), name: name.to_owned() };
+    dir.open_log()?.append_blocking(entry.to_bytes()?)?;
+    state.remove_dataset(name)?;
+    Ok(record)
+}
+
+async fn register(
+    dir: &NodeDir,
+    name: &str,
+    file: &Path,
+    shared_schema: Option<&str>,
+    allow: Option<&str>,
+    replace: bool,
+) -> Result<(DatasetRecord, Vec<String>), NodeError> {
     dir.load_config()?;
     check_identifier("dataset name", name)?;
+    let old = dir.open_state()?.datasets()?.into_iter().find(|d| d.name == name);
+    match (&old, replace) {
+        (Some(o), false) => {
+            return Err(NodeError::Conflict(format!(
+                "dataset {name} exists already ({}, {} rows); give --replace to replace it (its policy stays unless --allow is given), or `concord dataset remove` it first",
+                o.path.display(),
+                o.rows
+            )));
+        }
+        (None, true) => {
+            return Err(NodeError::NotFound(format!(
+                "there is no dataset {name} to replace; add it without --replace"
+            )));
+        }
+        _ => {}
+    }
     let format = DatasetFormat::of_path(file)?;
     let path = std::fs::canonicalize(file).map_err(|e| {
         NodeError::Query(concord_query::QueryError::Dataset {
@@ -173,10 +230,25 @@ pub async fn dataset_add(
             })?)
         }
     };
-    let allow = AllowList::parse(allow.unwrap_or(""))?;
+    let allow_list = AllowList::parse(allow.unwrap_or(""))?;
+    if let (AllowList::Members(ids), Some(c)) = (&allow_list, &charter) {
+        for id in ids {
+            if c.charter.member(id).is_none() {
+                let known: Vec<&str> = c.charter.members.iter().map(|m| m.id.as_str()).collect();
+                return Err(NodeError::Config(format!(
+                    "--allow names {id}, who is not a member of charter version {}; members: {}",
+                    c.charter.version,
+                    known.join(", ")
+                )));
+            }
+        }
+    }
     let table = dataset::open(name, &path, format, shared.as_ref()).await?;
     let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let policy = Policy::default_for(&columns, &allow)?;
+    let policy = match (&old, allow) {
+        (Some(o), None) => super::stored_policy(o)?,
+        _ => Policy::default_for(&columns, &allow_list)?,
+    };
     let rows = dataset::scan_all(name, &path, table.clone()).await?;
     let record = DatasetRecord {
         name: name.to_owned(),
@@ -188,6 +260,10 @@ pub async fn dataset_add(
         rows,
         added_at: now_rfc3339(),
     };
+    let changes = match &old {
+        Some(o) => changes_of(o, &record)?,
+        None => Vec::new(),
+    };
     dir.open_state()?.put_dataset(&record)?;
     let entry = LogEntry::DatasetRegistered {
         time: now(),
@@ -197,7 +273,47 @@ pub async fn dataset_add(
         policy: format!("sha256:{}", policy.digest()),
     };
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;
-    Ok(record)
+    Ok((record, changes))
+}
+
+/// What a replacement changes, in words.
+fn changes_of(old: &DatasetRecord, new: &DatasetRecord) -> Result<Vec<String>, NodeError> {
+    let mut out = Vec::new();
+    if old.path != new.path {
+        out.push(format!("file {} -> {}", old.path.display(), new.path.display()));
+    }
+    if old.rows != new.rows {
+        out.push(format!("rows {} -> {}", old.rows, new.rows));
+    }
+    let (a, b) = (super::dataset_columns(old)?, super::dataset_columns(new)?);
+    let gone: Vec<&String> = a.iter().filter(|c| !b.contains(c)).collect();
+    let added: Vec<&String> = b.iter().filter(|c| !a.contains(c)).collect();
+    if !gone.is_empty() {
+        out.push(format!(
+            "columns removed: {}",
+            gone.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !added.is_empty() {
+        out.push(format!(
+            "columns added: {}",
+            added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if old.shared_schema != new.shared_schema {
+        out.push(format!(
+            "shared schema {} -> {}",
+            old.shared_schema.as_deref().unwrap_or("none"),
+            new.shared_schema.as_deref().unwrap_or("none")
+        ));
+    }
+    if old.policy != new.policy {
+        out.push("policy replaced by the default for --allow".into());
+    }
+    if out.is_empty() {
+        out.push("nothing: same file, rows, columns, schema and policy".into());
+    }
+    Ok(out)
 }
 
 /// Reads and checks a policy file for a dataset of this node: syntax, Cedar, columns, the

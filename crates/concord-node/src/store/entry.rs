@@ -87,6 +87,8 @@ pub enum LogEntry {
         schema_sha256: String,
         policy: String,
     },
+    /// A dataset taken out of the registry; its file stays where it is.
+    DatasetRemoved { time: i64, name: String },
     /// An access request filed (requester side) or received (owner side), with its signed note.
     AccessRequestFiled {
         time: i64,

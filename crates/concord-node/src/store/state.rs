@@ -296,6 +296,12 @@ impl State {
         Ok(())
     }
 
+    /// Removes a dataset from the registry (the generation moves on by trigger).
+    pub fn remove_dataset(&self, name: &str) -> Result<(), NodeError> {
+        self.lock().execute("DELETE FROM datasets WHERE name = ?1", params![name]).map_err(db)?;
+        Ok(())
+    }
+
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>, NodeError> {
         let conn = self.lock();
         let mut stmt = conn
