@@ -82,7 +82,30 @@ pub fn check_conformance(name: &str, file: &Schema, shared: &SharedSchema) -> Re
     let mut problems = Vec::new();
     for c in &shared.columns {
         match file.field_with_name(&c.name) {
-            Err(_) => problems.push(format!("column {} is missing", c.name)),
+            Err(_) => {
+                // Say what was found instead: a header in another case, or one column that
+                // holds every name (another delimiter).
+                let hint = match file.fields().iter().find(|f| f.name().eq_ignore_ascii_case(&c.name)) {
+                    Some(f) => {
+                        format!(" (found {}; did you mean {}? names are case-sensitive)", f.name(), c.name)
+                    }
+                    None => match file.fields().as_ref() {
+                        [only] => {
+                            let d = [';', '\t', '|'].into_iter().find(|d| only.name().contains(*d));
+                            match d {
+                                Some(d) => format!(
+                                    " (one column found, {:?}: is the delimiter {:?}? the file is read as comma-separated)",
+                                    only.name(),
+                                    d
+                                ),
+                                None => format!(" (one column found: {})", only.name()),
+                            }
+                        }
+                        _ => String::new(),
+                    },
+                };
+                problems.push(format!("column {} is missing{hint}", c.name))
+            }
             Ok(f) => {
                 let have = column_type_of(f.data_type());
                 let fits =
@@ -230,4 +253,40 @@ pub async fn scan_all(name: &str, path: &Path, table: Arc<dyn TableProvider>) ->
         rows += batch.map_err(|e| unreadable(name, path, e.strip_backtrace()))?.num_rows() as u64;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    use super::*;
+    use concord_charter::SchemaColumn;
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    fn shared() -> SharedSchema {
+        SharedSchema {
+            name: "cases".into(),
+            version: 1,
+            columns: vec![
+                SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false },
+                SchemaColumn { name: "days".into(), ty: ColumnType::Int64, personal: false },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_missing_column_says_what_was_found() {
+        let case = Schema::new(vec![
+            Field::new("Region", DataType::Utf8, true),
+            Field::new("days", DataType::Int64, true),
+        ]);
+        let e = check_conformance("d", &case, &shared()).expect_err("case differs").to_string();
+        assert!(e.contains("found Region; did you mean region?"), "{e}");
+        let semicolons = Schema::new(vec![Field::new("region;days", DataType::Utf8, true)]);
+        let e = check_conformance("d", &semicolons, &shared()).expect_err("one column").to_string();
+        assert!(e.contains("is the delimiter ';'?"), "{e}");
+        let fine = Schema::new(vec![
+            Field::new("region", DataType::Utf8, true),
+            Field::new("days", DataType::Int64, true),
+        ]);
+        check_conformance("d", &fine, &shared()).expect("conforms");
+    }
 }

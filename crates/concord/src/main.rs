@@ -302,6 +302,8 @@ enum DatasetCommand {
     },
     /// Take a dataset out of the registry (its file stays); a running node stops serving it.
     Remove { dir: PathBuf, name: String },
+    /// One dataset: file, rows, shared schema, columns with their types, and its policy file.
+    Show { dir: PathBuf, name: String },
     /// List the datasets.
     List {
         dir: PathBuf,
@@ -971,6 +973,34 @@ async fn charter(command: CharterCommand) -> Result<()> {
 
 async fn dataset(command: DatasetCommand) -> Result<()> {
     match command {
+        DatasetCommand::Show { dir, name } => {
+            let nd = NodeDir::new(dir);
+            nd.load_config()?;
+            let d = nd
+                .open_state()?
+                .datasets()?
+                .into_iter()
+                .find(|d| d.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no dataset {name}; `concord dataset list` shows them"))?;
+            let schema = concord_query::ipc::decode_schema(&d.schema_ipc)?;
+            println!("dataset {} ({}, {} rows)", d.name, d.format, d.rows);
+            println!("file: {}", d.path.display());
+            println!("shared schema: {}", d.shared_schema.as_deref().unwrap_or("none"));
+            println!("registered: {}", d.added_at);
+            println!("columns:");
+            for f in schema.fields() {
+                println!(
+                    "  {} {}{}",
+                    f.name(),
+                    f.data_type(),
+                    if f.is_nullable() { "" } else { " not null" }
+                );
+            }
+            println!("policy:");
+            for line in concord_node::node::stored_policy(&d)?.source.lines() {
+                println!("  {line}");
+            }
+        }
         DatasetCommand::Remove { dir, name } => {
             let r = admin::dataset_remove(&NodeDir::new(dir), &name).await?;
             println!("removed dataset {} ({} stays where it is)", r.name, r.path.display());

@@ -144,6 +144,12 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert_eq!(list[0]["name"], "cases");
     assert_eq!(list[0]["shared_schema"], "cases");
     assert_eq!(list[0]["rows"], 2);
+    let shown = ok(&["dataset", "show", "bravo", "cases"], d);
+    assert!(shown.contains("dataset cases (csv, 2 rows)") && shown.contains("  days Int64"), "{shown}");
+    let err = fails(&["dataset", "add", "bravo", "cases", "--file", "b.csv", "--schema", "cases"], d);
+    assert!(err.contains("--replace"), "{err}");
+    let err = fails(&["dataset", "show", "bravo", "nope"], d);
+    assert!(err.contains("no dataset nope"), "{err}");
     let err = fails(&["dataset", "add", "bravo", "gone", "--file", "missing.csv"], d);
     assert!(err.contains("missing.csv"), "{err}");
     let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
