@@ -528,9 +528,13 @@ pub fn private_database(path: &Path) -> Result<(), NodeError> {
         .map_err(|e| NodeError::io(path, e))?;
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
-        if p.exists() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| NodeError::io(&p, e))?;
+        // The WAL and shared-memory files come and go with connections (SQLite removes them
+        // when the last one closes, maybe another process's or a closing log writer's): one
+        // gone meanwhile needs no mode.
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::io(&p, e)),
         }
     }
     Ok(())
