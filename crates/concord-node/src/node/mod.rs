@@ -127,17 +127,6 @@ pub struct CatalogEntry {
     pub schema_ipc: String,
 }
 
-/// The log entry of keys taken into use.
-fn keys_set(card: &concord_charter::MemberCard) -> crate::store::entry::LogEntry {
-    crate::store::entry::LogEntry::KeysSet {
-        time: crate::store::entry::now(),
-        member: card.id.clone(),
-        vkey: card.vkey.clone(),
-        witness_vkey: card.witness_vkey.clone(),
-        tls_pin: card.tls_pin.clone(),
-    }
-}
-
 /// A member's keys.
 pub struct Keys {
     /// Signs this member's notes: requests, receipts, checkpoints, proposals, votes.
@@ -210,7 +199,7 @@ impl Node {
         // take over, logged first.
         let log = dir.open_log()?;
         if crate::store::config::rotation_listed(dir, me)? {
-            log.append(keys_set(me).to_bytes()?).await?;
+            log.append(crate::store::entry::LogEntry::keys_set(me).to_bytes()?).await?;
             crate::store::config::finish_rotation(dir, me)?;
             tracing::info!(member = %cfg.member, version = charter.charter.version, "rotated keys taken into use");
         }
@@ -338,7 +327,7 @@ impl Node {
         let listed = match crate::store::config::rotation_listed(&self.dir, me) {
             Ok(true) => {
                 // Logged before the files move: a crash in between is finished at the next start.
-                self.log.append(keys_set(me).to_bytes()?).await?;
+                self.log.append(crate::store::entry::LogEntry::keys_set(me).to_bytes()?).await?;
                 Ok(true)
             }
             other => other,

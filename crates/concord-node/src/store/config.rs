@@ -414,13 +414,7 @@ fn generate_keys(folder: &Path, cfg: &NodeConfig) -> Result<MemberCard, NodeErro
 }
 
 fn log_keys(nd: &NodeDir, card: &MemberCard) -> Result<(), NodeError> {
-    let entry = crate::store::entry::LogEntry::KeysSet {
-        time: crate::store::entry::now(),
-        member: card.id.clone(),
-        vkey: card.vkey.clone(),
-        witness_vkey: card.witness_vkey.clone(),
-        tls_pin: card.tls_pin.clone(),
-    };
+    let entry = crate::store::entry::LogEntry::keys_set(card);
     nd.open_log()?.append_blocking(entry.to_bytes()?)?;
     Ok(())
 }

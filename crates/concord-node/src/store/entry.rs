@@ -121,6 +121,19 @@ pub enum LogEntry {
     ForkEvidence { time: i64, origin: String, detail: String, checkpoints: Vec<String> },
 }
 
+impl LogEntry {
+    /// The entry of keys taken into use: at creation and at every rotation.
+    pub fn keys_set(card: &concord_charter::MemberCard) -> Self {
+        Self::KeysSet {
+            time: now(),
+            member: card.id.clone(),
+            vkey: card.vkey.clone(),
+            witness_vkey: card.witness_vkey.clone(),
+            tls_pin: card.tls_pin.clone(),
+        }
+    }
+}
+
 /// How many requests of one member were refused with one code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalCount {
