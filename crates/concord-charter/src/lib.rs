@@ -11,6 +11,7 @@
 
 pub mod governance;
 mod text;
+mod types;
 
 use concord_log::checkpoint::CosignatureVerifier;
 use concord_log::{LogError, Note, NoteVerifier};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use text::CHARTER_TYPE_LINE;
+pub use types::{ColumnType, DictionaryKey, IntervalUnit, TimeUnit};
 
 /// Errors of charters and member cards.
 #[derive(Debug, thiserror::Error)]
@@ -157,45 +159,6 @@ impl MemberCard {
     /// The origin of the member's transparency log: its key name, `<federation>/<member>`.
     pub fn log_origin(&self) -> Result<String, CharterError> {
         Ok(self.verifier()?.name().to_owned())
-    }
-}
-
-/// Arrow-compatible logical types a shared schema may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ColumnType {
-    Int64,
-    Float64,
-    Utf8,
-    Boolean,
-    Date32,
-}
-
-impl ColumnType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Int64 => "int64",
-            Self::Float64 => "float64",
-            Self::Utf8 => "utf8",
-            Self::Boolean => "boolean",
-            Self::Date32 => "date32",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, CharterError> {
-        Ok(match s {
-            "int64" => Self::Int64,
-            "float64" => Self::Float64,
-            "utf8" => Self::Utf8,
-            "boolean" => Self::Boolean,
-            "date32" => Self::Date32,
-            other => {
-                return Err(CharterError::Invalid {
-                    what: "column type",
-                    reason: format!("{other:?} is not one of int64, float64, utf8, boolean, date32"),
-                });
-            }
-        })
     }
 }
 

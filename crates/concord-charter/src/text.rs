@@ -55,7 +55,7 @@ pub(crate) fn render(c: &Charter) -> String {
         let _ = writeln!(s, "schema {} {}", sc.name, sc.version);
         for col in &sc.columns {
             let personal = if col.personal { " personal" } else { "" };
-            let _ = writeln!(s, "  column {} {}{personal}", col.name, col.ty.as_str());
+            let _ = writeln!(s, "  column {} {}{personal}", col.name, col.ty);
         }
     }
     s

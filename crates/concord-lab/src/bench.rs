@@ -281,13 +281,18 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
 async fn policy_check(file: &Path, dir: &Path) -> Result<Vec<Duration>, NodeError> {
     use concord_query::release::{Rules, check};
     let policy = Arc::new(concord_policy_of(EVENTS_POLICY, dir)?);
-    let table =
-        concord_query::dataset::open("events_dp", file, concord_query::dataset::DatasetFormat::Parquet, None)
-            .await?;
+    let table = concord_query::dataset::open(
+        "events_dp",
+        file,
+        concord_query::dataset::DatasetFormat::Parquet,
+        None,
+        &Default::default(),
+    )
+    .await?;
     let ctx = SessionContext::new();
     let fed = concord_query::FederatedTable {
         display: "events_dp".into(),
-        schema: table.schema(),
+        schema: datafusion::catalog::TableProvider::schema(table.as_ref()),
         parts: vec![concord_query::Part { owner: "bravo".into(), dataset: "events_dp".into() }],
         shared: false,
         unreachable: vec![],
@@ -334,9 +339,14 @@ async fn owner_release(
     let policy = Arc::new(concord_policy_of(EVENTS_POLICY, dir)?);
     let columns: Vec<String> = ["region", "amount", "qty", "person"].map(String::from).to_vec();
     let open = Arc::new(concord_policy::Policy::default_for(&columns, &concord_policy::AllowList::Everyone)?);
-    let table =
-        concord_query::dataset::open("events_dp", file, concord_query::dataset::DatasetFormat::Parquet, None)
-            .await?;
+    let table = concord_query::dataset::open(
+        "events_dp",
+        file,
+        concord_query::dataset::DatasetFormat::Parquet,
+        None,
+        &Default::default(),
+    )
+    .await?;
     let sql =
         "SELECT region, count(1) AS n, sum(amount) AS s, count(amount) AS c FROM events_dp GROUP BY region";
     let rules = |policy: &Arc<concord_policy::Policy>| Rules {

@@ -335,7 +335,10 @@ fn write_digital_economy(path: &Path, member: u64) -> Result<(), NodeError> {
 /// Members from `--data FOLDER`: each sub-folder a member, each CSV or Parquet file a dataset;
 /// files with the same stem in several members form a shared schema of that name (the columns
 /// they all have, in a type they all fit).
-pub async fn data_members(folder: &Path) -> Result<(Vec<MemberSpec>, Vec<SharedSchema>), NodeError> {
+/// Also returns a warning for every column left out of a shared schema, saying why.
+pub async fn data_members(
+    folder: &Path,
+) -> Result<(Vec<MemberSpec>, Vec<SharedSchema>, Vec<String>), NodeError> {
     let mut specs = Vec::new();
     let entries = std::fs::read_dir(folder).map_err(|e| NodeError::io(folder, e))?;
     let mut dirs: Vec<PathBuf> =
@@ -361,19 +364,28 @@ pub async fn data_members(folder: &Path) -> Result<(Vec<MemberSpec>, Vec<SharedS
             folder.display()
         )));
     }
-    // Columns per stem per member.
-    let mut by_stem: BTreeMap<String, Vec<Vec<(String, ColumnType)>>> = BTreeMap::new();
+    // Columns per stem per member; every column that cannot be shared is named.
+    let mut warnings = Vec::new();
+    let mut by_stem: BTreeMap<String, Vec<(String, Vec<(String, ColumnType)>)>> = BTreeMap::new();
     for s in &specs {
         for f in &s.files {
             let stem = stem_of(f)?;
-            let table = dataset::open(&stem, f, DatasetFormat::of_path(f)?, None).await?;
-            let cols = table
-                .schema()
-                .fields()
-                .iter()
-                .filter_map(|fl| column_type_of(fl.data_type()).map(|t| (fl.name().clone(), t)))
-                .collect();
-            by_stem.entry(stem).or_default().push(cols);
+            let table =
+                dataset::open(&stem, f, DatasetFormat::of_path(f)?, None, &Default::default()).await?;
+            warnings.extend(table.left_out().iter().map(|w| format!("{}: {w}", f.display())));
+            let mut cols = Vec::new();
+            for fl in datafusion::catalog::TableProvider::schema(table.as_ref()).fields() {
+                match column_type_of(fl.data_type()) {
+                    Ok(t) => cols.push((fl.name().clone(), t)),
+                    Err(why) => warnings.push(format!(
+                        "{}: column {} ({}) is not shared: it {why}",
+                        f.display(),
+                        fl.name(),
+                        fl.data_type()
+                    )),
+                }
+            }
+            by_stem.entry(stem).or_default().push((s.id.clone(), cols));
         }
     }
     let mut schemas = Vec::new();
@@ -382,25 +394,39 @@ pub async fn data_members(folder: &Path) -> Result<(Vec<MemberSpec>, Vec<SharedS
             continue;
         }
         let mut columns = Vec::new();
-        for (name, ty) in &lists[0] {
-            let mut t = *ty;
-            let all = lists[1..].iter().all(|l| {
-                l.iter().any(|(n, u)| {
-                    n == name && {
-                        let fits = *u == t
-                            || matches!(
-                                (t, *u),
-                                (ColumnType::Int64, ColumnType::Float64)
-                                    | (ColumnType::Float64, ColumnType::Int64)
-                            );
-                        if fits && *u == ColumnType::Float64 {
-                            t = ColumnType::Float64;
-                        }
-                        fits
-                    }
+        for (name, first) in &lists[0].1 {
+            // The narrowest type every member's column fits without loss.
+            let mut t = first.clone();
+            let mut missing = Vec::new();
+            for (member, l) in &lists[1..] {
+                match l.iter().find(|(n, _)| n == name) {
+                    None => missing.push(member.as_str()),
+                    Some((_, u)) if dataset::fits(&dataset::arrow_type(u), &t) => {}
+                    Some((_, u)) if dataset::fits(&dataset::arrow_type(&t), u) => t = u.clone(),
+                    Some(_) => {}
+                }
+            }
+            let misfits: Vec<String> = lists
+                .iter()
+                .filter_map(|(member, l)| {
+                    let (_, u) = l.iter().find(|(n, _)| n == name)?;
+                    (!dataset::fits(&dataset::arrow_type(u), &t)).then(|| format!("{u} at {member}"))
                 })
-            });
-            if all && check_identifier("column", name).is_ok() {
+                .collect();
+            if !missing.is_empty() {
+                warnings.push(format!(
+                    "{stem}: column {name} is not shared: {} has no such column",
+                    missing.join(", ")
+                ));
+            } else if !misfits.is_empty() {
+                warnings.push(format!(
+                    "{stem}: column {name} is not shared: its types differ ({t} at {}, {}) and neither holds the other without loss",
+                    lists[0].0,
+                    misfits.join(", ")
+                ));
+            } else if let Err(e) = check_identifier("column", name) {
+                warnings.push(format!("{stem}: column {name} is not shared: {e}"));
+            } else {
                 columns.push(SchemaColumn { name: name.clone(), ty: t, personal: false });
             }
         }
@@ -408,7 +434,7 @@ pub async fn data_members(folder: &Path) -> Result<(Vec<MemberSpec>, Vec<SharedS
             schemas.push(SharedSchema { name: stem, version: 1, columns });
         }
     }
-    Ok((specs, schemas))
+    Ok((specs, schemas, warnings))
 }
 
 /// The pooled data of every member in one DataFusion context: what a central database would
@@ -425,7 +451,9 @@ pub async fn pooled_context(
                 if stem_of(f)? != s.name {
                     continue;
                 }
-                let table = dataset::open(&s.name, f, DatasetFormat::of_path(f)?, Some(s)).await?;
+                let table =
+                    dataset::open(&s.name, f, DatasetFormat::of_path(f)?, Some(s), &Default::default())
+                        .await?;
                 let df = ctx
                     .read_table(table)
                     .and_then(|d| {
@@ -452,7 +480,8 @@ pub async fn pooled_context(
         for f in &spec.files {
             let stem = stem_of(f)?;
             let shared = schemas.iter().find(|s| s.name == stem);
-            let table = dataset::open(&stem, f, DatasetFormat::of_path(f)?, shared).await?;
+            let table =
+                dataset::open(&stem, f, DatasetFormat::of_path(f)?, shared, &Default::default()).await?;
             datafusion::catalog::SchemaProvider::register_table(schema.as_ref(), stem, table)
                 .map_err(concord_query::QueryError::plan)?;
         }
@@ -475,6 +504,8 @@ pub struct Demo {
     pub specs: Vec<MemberSpec>,
     pub schemas: Vec<SharedSchema>,
     pub nodes: Vec<RunningNode>,
+    /// Columns of `--data` left out of the shared schemas, each with its reason.
+    pub warnings: Vec<String>,
 }
 
 impl Demo {
@@ -488,9 +519,9 @@ impl Demo {
 /// Builds and starts the demo federation and writes `DIR/demo.json`.
 pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
     prepare_dir(&opts.dir)?;
-    let (specs, schemas) = match &opts.data {
+    let (specs, schemas, warnings) = match &opts.data {
         Some(folder) => data_members(folder).await?,
-        None => (sample_members(&opts.dir.join("data"))?, sample_schemas()),
+        None => (sample_members(&opts.dir.join("data"))?, sample_schemas(), Vec::new()),
     };
     let members = setup(&opts.dir, DEMO_FEDERATION, &specs, schemas.clone(), opts.port_base).await?;
     let nodes = start_all(&members).await?;
@@ -498,7 +529,7 @@ pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
     let json = serde_json::to_string_pretty(&file).map_err(|e| NodeError::Config(e.to_string()))?;
     // It holds every member's tokens: readable by its owner only.
     replace_private(&opts.dir.join("demo.json"), format!("{json}\n").as_bytes())?;
-    Ok(Demo { file, specs, schemas, nodes })
+    Ok(Demo { file, specs, schemas, nodes, warnings })
 }
 
 /// A demo folder is made anew each run; refuse to wipe anything that is not one.
@@ -536,7 +567,7 @@ pub fn data_queries(schemas: &[SharedSchema]) -> Vec<String> {
     let mut out = Vec::new();
     for s in schemas {
         out.push(format!("SELECT count(*) AS n FROM {}", s.name));
-        if let Some(c) = s.columns.iter().find(|c| matches!(c.ty, ColumnType::Int64 | ColumnType::Float64)) {
+        if let Some(c) = s.columns.iter().find(|c| c.ty.is_numeric()) {
             let n = dataset::quoted(&c.name);
             out.push(format!(
                 "SELECT sum({n}) AS s, avg({n}) AS a, min({n}) AS lo, max({n}) AS hi FROM {}",

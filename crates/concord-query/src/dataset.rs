@@ -10,7 +10,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::TableProviderFilterPushDown;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{CsvReadOptions, Expr, ParquetReadOptions, SessionContext, cast, col};
+use datafusion::prelude::{CsvReadOptions, Expr, ParquetReadOptions, SessionContext, cast, col, lit};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
@@ -46,39 +46,255 @@ impl DatasetFormat {
 }
 
 /// The Arrow type of a shared-schema column type.
-pub fn arrow_type(t: ColumnType) -> DataType {
+pub fn arrow_type(t: &ColumnType) -> DataType {
+    use concord_charter::{DictionaryKey as K, IntervalUnit as I, TimeUnit as T};
+    use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
+    let unit = |u: &T| match u {
+        T::Second => TimeUnit::Second,
+        T::Millisecond => TimeUnit::Millisecond,
+        T::Microsecond => TimeUnit::Microsecond,
+        T::Nanosecond => TimeUnit::Nanosecond,
+    };
     match t {
+        ColumnType::Int8 => DataType::Int8,
+        ColumnType::Int16 => DataType::Int16,
+        ColumnType::Int32 => DataType::Int32,
         ColumnType::Int64 => DataType::Int64,
+        ColumnType::UInt8 => DataType::UInt8,
+        ColumnType::UInt16 => DataType::UInt16,
+        ColumnType::UInt32 => DataType::UInt32,
+        ColumnType::UInt64 => DataType::UInt64,
+        ColumnType::Float32 => DataType::Float32,
         ColumnType::Float64 => DataType::Float64,
-        ColumnType::Utf8 => DataType::Utf8,
-        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::Decimal128 { precision, scale } => DataType::Decimal128(*precision, *scale as i8),
+        ColumnType::Decimal256 { precision, scale } => DataType::Decimal256(*precision, *scale as i8),
         ColumnType::Date32 => DataType::Date32,
+        ColumnType::Date64 => DataType::Date64,
+        ColumnType::Timestamp { unit: u, tz } => DataType::Timestamp(unit(u), tz.as_deref().map(Arc::from)),
+        ColumnType::Time32(u) => DataType::Time32(unit(u)),
+        ColumnType::Time64(u) => DataType::Time64(unit(u)),
+        ColumnType::Duration(u) => DataType::Duration(unit(u)),
+        ColumnType::Interval(I::YearMonth) => DataType::Interval(IntervalUnit::YearMonth),
+        ColumnType::Interval(I::DayTime) => DataType::Interval(IntervalUnit::DayTime),
+        ColumnType::Interval(I::MonthDayNano) => DataType::Interval(IntervalUnit::MonthDayNano),
+        ColumnType::Utf8 => DataType::Utf8,
+        ColumnType::LargeUtf8 => DataType::LargeUtf8,
+        ColumnType::Utf8View => DataType::Utf8View,
+        ColumnType::Dictionary { key, large } => DataType::Dictionary(
+            Box::new(match key {
+                K::Int8 => DataType::Int8,
+                K::Int16 => DataType::Int16,
+                K::Int32 => DataType::Int32,
+                K::Int64 => DataType::Int64,
+                K::UInt8 => DataType::UInt8,
+                K::UInt16 => DataType::UInt16,
+                K::UInt32 => DataType::UInt32,
+                K::UInt64 => DataType::UInt64,
+            }),
+            Box::new(if *large { DataType::LargeUtf8 } else { DataType::Utf8 }),
+        ),
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::Binary => DataType::Binary,
+        ColumnType::LargeBinary => DataType::LargeBinary,
+        ColumnType::BinaryView => DataType::BinaryView,
     }
 }
 
-/// The shared-schema column type an Arrow type can be read as without loss, if any.
-pub fn column_type_of(t: &DataType) -> Option<ColumnType> {
-    Some(match t {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => ColumnType::Int64,
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => ColumnType::Int64,
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => ColumnType::Float64,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Utf8,
+/// The shared-schema column type of a file's column: its own type where a shared schema can
+/// name it, else the type it is read as without loss (float16 as float32, 32- and 64-bit
+/// decimals as 128-bit, fixed-size binary as binary, dictionaries of other values as their
+/// values). A column that cannot be shared gets the reason, for the owner to read.
+pub fn column_type_of(t: &DataType) -> Result<ColumnType, String> {
+    use concord_charter::{DictionaryKey as K, IntervalUnit as I, TimeUnit as T};
+    use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
+    let unit = |u: &TimeUnit| match u {
+        TimeUnit::Second => T::Second,
+        TimeUnit::Millisecond => T::Millisecond,
+        TimeUnit::Microsecond => T::Microsecond,
+        TimeUnit::Nanosecond => T::Nanosecond,
+    };
+    Ok(match t {
+        DataType::Int8 => ColumnType::Int8,
+        DataType::Int16 => ColumnType::Int16,
+        DataType::Int32 => ColumnType::Int32,
+        DataType::Int64 => ColumnType::Int64,
+        DataType::UInt8 => ColumnType::UInt8,
+        DataType::UInt16 => ColumnType::UInt16,
+        DataType::UInt32 => ColumnType::UInt32,
+        DataType::UInt64 => ColumnType::UInt64,
+        DataType::Float16 | DataType::Float32 => ColumnType::Float32,
+        DataType::Float64 => ColumnType::Float64,
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s)
+            if *s >= 0 && *p >= 1 =>
+        {
+            ColumnType::Decimal128 { precision: *p, scale: *s as u8 }
+        }
+        DataType::Decimal256(p, s) if *s >= 0 && *p >= 1 => {
+            ColumnType::Decimal256 { precision: *p, scale: *s as u8 }
+        }
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => {
+            return Err(
+                "a decimal with a negative scale cannot be shared; store it with scale 0 or more".into()
+            );
+        }
+        DataType::Date32 => ColumnType::Date32,
+        DataType::Date64 => ColumnType::Date64,
+        DataType::Timestamp(u, tz) => {
+            ColumnType::Timestamp { unit: unit(u), tz: tz.as_deref().map(str::to_owned) }
+        }
+        DataType::Time32(u) => ColumnType::Time32(unit(u)),
+        DataType::Time64(u) => ColumnType::Time64(unit(u)),
+        DataType::Duration(u) => ColumnType::Duration(unit(u)),
+        DataType::Interval(IntervalUnit::YearMonth) => ColumnType::Interval(I::YearMonth),
+        DataType::Interval(IntervalUnit::DayTime) => ColumnType::Interval(I::DayTime),
+        DataType::Interval(IntervalUnit::MonthDayNano) => ColumnType::Interval(I::MonthDayNano),
+        DataType::Utf8 => ColumnType::Utf8,
+        DataType::LargeUtf8 => ColumnType::LargeUtf8,
+        DataType::Utf8View => ColumnType::Utf8View,
+        DataType::Dictionary(key, value)
+            if matches!(value.as_ref(), DataType::Utf8 | DataType::LargeUtf8) =>
+        {
+            let key = match key.as_ref() {
+                DataType::Int8 => K::Int8,
+                DataType::Int16 => K::Int16,
+                DataType::Int32 => K::Int32,
+                DataType::Int64 => K::Int64,
+                DataType::UInt8 => K::UInt8,
+                DataType::UInt16 => K::UInt16,
+                DataType::UInt32 => K::UInt32,
+                DataType::UInt64 => K::UInt64,
+                other => return Err(format!("a dictionary with {other} keys is not an Arrow dictionary")),
+            };
+            ColumnType::Dictionary { key, large: value.as_ref() == &DataType::LargeUtf8 }
+        }
+        DataType::Dictionary(_, value) => column_type_of(value)?,
         DataType::Boolean => ColumnType::Boolean,
-        DataType::Date32 | DataType::Date64 => ColumnType::Date32,
-        _ => return None,
+        DataType::Binary | DataType::FixedSizeBinary(_) => ColumnType::Binary,
+        DataType::LargeBinary => ColumnType::LargeBinary,
+        DataType::BinaryView => ColumnType::BinaryView,
+        DataType::Null => {
+            return Err("holds only empty values, so its type is unknown; give the file a typed column (Parquet) or some values".into());
+        }
+        DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::ListView(_)
+        | DataType::LargeListView(_)
+        | DataType::FixedSizeList(..)
+        | DataType::Struct(_)
+        | DataType::Map(..)
+        | DataType::Union(..) => {
+            return Err("is nested (a list, struct, map or union); shared schemas hold flat columns: store one column per field".into());
+        }
+        DataType::RunEndEncoded(..) => {
+            return Err(
+                "is run-end encoded, which DataFusion cannot aggregate; write it plain or dictionary-encoded"
+                    .into(),
+            );
+        }
     })
+}
+
+/// Whether a file's column of type `file` is read as the shared type `shared` without loss:
+/// the same type, a wider integer, a float from a narrower float or any integer, a decimal with
+/// at least as many digits on both sides of the point, the same instant in a finer unit, another
+/// encoding of strings or of bytes, a date in the other width.
+pub fn fits(file: &DataType, shared: &ColumnType) -> bool {
+    let want = arrow_type(shared);
+    if file == &want {
+        return true;
+    }
+    if let DataType::Dictionary(_, value) = file {
+        return fits(value, shared);
+    }
+    // Digits before the point an integer type needs, and whether it is signed.
+    let int_digits = |t: &DataType| match t {
+        DataType::Int8 | DataType::UInt8 => Some(3),
+        DataType::Int16 | DataType::UInt16 => Some(5),
+        DataType::Int32 | DataType::UInt32 => Some(10),
+        DataType::Int64 => Some(19),
+        DataType::UInt64 => Some(20),
+        _ => None,
+    };
+    let int_range = |t: &DataType| -> Option<(i128, i128)> {
+        Some(match t {
+            DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+            DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+            DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+            DataType::Int64 => (i64::MIN.into(), i64::MAX.into()),
+            DataType::UInt8 => (0, u8::MAX.into()),
+            DataType::UInt16 => (0, u16::MAX.into()),
+            DataType::UInt32 => (0, u32::MAX.into()),
+            DataType::UInt64 => (0, u64::MAX.into()),
+            _ => return None,
+        })
+    };
+    let unit_rank = |u: &datafusion::arrow::datatypes::TimeUnit| {
+        use datafusion::arrow::datatypes::TimeUnit::*;
+        match u {
+            Second => 0,
+            Millisecond => 1,
+            Microsecond => 2,
+            Nanosecond => 3,
+        }
+    };
+    let string = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let bytes = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_)
+        )
+    };
+    match (file, &want) {
+        (f, w) if int_range(f).is_some() && int_range(w).is_some() => {
+            let (a, b) = (int_range(f), int_range(w));
+            matches!((a, b), (Some((fl, fh)), Some((wl, wh))) if wl <= fl && fh <= wh)
+        }
+        // The float rule of the first shared schemas: integers stand for float64 values.
+        (f, DataType::Float64 | DataType::Float32) if int_range(f).is_some() => true,
+        (DataType::Float16, DataType::Float32 | DataType::Float64)
+        | (DataType::Float32, DataType::Float64) => true,
+        (f, DataType::Decimal128(p, s) | DataType::Decimal256(p, s)) if int_digits(f).is_some() => {
+            int_digits(f).is_some_and(|d| i16::from(*p) - i16::from(*s) >= d)
+        }
+        (
+            DataType::Decimal32(fp, fs)
+            | DataType::Decimal64(fp, fs)
+            | DataType::Decimal128(fp, fs)
+            | DataType::Decimal256(fp, fs),
+            DataType::Decimal128(p, s) | DataType::Decimal256(p, s),
+        ) => *fs >= 0 && s >= fs && i16::from(*p) - i16::from(*s) >= i16::from(*fp) - i16::from(*fs),
+        (DataType::Date32, DataType::Date64) | (DataType::Date64, DataType::Date32) => true,
+        (DataType::Timestamp(fu, ftz), DataType::Timestamp(u, tz)) => {
+            // The same instants: both with a zone or both without, in a unit as fine or finer.
+            ftz.is_some() == tz.is_some() && unit_rank(u) >= unit_rank(fu)
+        }
+        (DataType::Time32(fu) | DataType::Time64(fu), DataType::Time32(u) | DataType::Time64(u))
+        | (DataType::Duration(fu), DataType::Duration(u)) => unit_rank(u) >= unit_rank(fu),
+        (f, w) if string(f) && (string(w) || matches!(w, DataType::Dictionary(..))) => true,
+        (f, w) if bytes(f) && bytes(w) => true,
+        _ => false,
+    }
 }
 
 /// The Arrow schema of a shared schema.
 pub fn shared_arrow_schema(s: &SharedSchema) -> SchemaRef {
     Arc::new(Schema::new(
-        s.columns.iter().map(|c| Field::new(&c.name, arrow_type(c.ty), true)).collect::<Vec<_>>(),
+        s.columns.iter().map(|c| Field::new(&c.name, arrow_type(&c.ty), true)).collect::<Vec<_>>(),
     ))
 }
 
 /// Checks that a file's schema offers every column of the shared schema in a compatible type.
 /// Integer columns may stand for float64 columns; the dataset is then read with the shared types.
-pub fn check_conformance(name: &str, file: &Schema, shared: &SharedSchema) -> Result<(), QueryError> {
+/// With `types` false (a CSV file, whose values are parsed as the shared types), names only.
+pub fn check_conformance(
+    name: &str,
+    file: &Schema,
+    shared: &SharedSchema,
+    types: bool,
+) -> Result<(), QueryError> {
     let mut problems = Vec::new();
     for c in &shared.columns {
         match file.field_with_name(&c.name) {
@@ -94,7 +310,7 @@ pub fn check_conformance(name: &str, file: &Schema, shared: &SharedSchema) -> Re
                             let d = [';', '\t', '|'].into_iter().find(|d| only.name().contains(*d));
                             match d {
                                 Some(d) => format!(
-                                    " (one column found, {:?}: is the delimiter {:?}? the file is read as comma-separated)",
+                                    " (one column found, {:?}: is the delimiter {:?}? give it with --delimiter)",
                                     only.name(),
                                     d
                                 ),
@@ -107,16 +323,15 @@ pub fn check_conformance(name: &str, file: &Schema, shared: &SharedSchema) -> Re
                 problems.push(format!("column {} is missing{hint}", c.name))
             }
             Ok(f) => {
-                let have = column_type_of(f.data_type());
-                let fits =
-                    have == Some(c.ty) || (have == Some(ColumnType::Int64) && c.ty == ColumnType::Float64);
-                if !fits {
+                if types && !fits(f.data_type(), &c.ty) {
                     problems.push(format!(
-                        "column {} is {} but shared schema {} wants {}",
+                        "column {} is {} but shared schema {} wants {}, and {} cannot be read as {} without loss",
                         c.name,
                         f.data_type(),
                         shared.name,
-                        c.ty.as_str()
+                        c.ty,
+                        f.data_type(),
+                        c.ty
                     ));
                 }
             }
@@ -143,14 +358,135 @@ fn unreadable(name: &str, path: &Path, e: impl std::fmt::Display) -> QueryError 
     }
 }
 
+/// How a CSV file is read. Every option left out takes its default: comma-separated, a header
+/// line, empty fields as NULL, dates and timestamps as ISO 8601 / RFC 3339 text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<char>,
+    /// `Some(false)`: the file has no header line; with a shared schema its columns are the
+    /// schema's, in order, else `column_1`, `column_2`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<bool>,
+    /// A field that stands for NULL (besides an empty one), such as `NA` or `\N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null: Option<String>,
+    /// How the shared schema's date columns are written, in `strftime` form (`%d/%m/%Y`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_format: Option<String>,
+    /// How the shared schema's timestamp columns are written (`%d/%m/%Y %H:%M:%S`); a value
+    /// without an offset is read in the column's time zone (UTC without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_format: Option<String>,
+}
+
+impl CsvOptions {
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// Checks the options before any file is read.
+    pub fn check(&self, name: &str) -> Result<(), QueryError> {
+        let bad = |reason: String| QueryError::Dataset { name: name.to_owned(), reason };
+        if let Some(d) = self.delimiter
+            && (!d.is_ascii() || d.is_ascii_alphanumeric() || matches!(d, '"' | '\n' | '\r'))
+        {
+            return Err(bad(format!(
+                "delimiter {d:?} cannot separate fields; use one ASCII character such as ';', '|' or a tab"
+            )));
+        }
+        if let Some(n) = &self.null
+            && (n.is_empty() || n.contains(['\n', '\r']) || n.len() > 64)
+        {
+            return Err(bad(
+                "--null takes the text that stands for NULL, such as NA (one line, at most 64 bytes)".into(),
+            ));
+        }
+        for (what, f) in
+            [("--date-format", &self.date_format), ("--timestamp-format", &self.timestamp_format)]
+        {
+            if let Some(f) = f
+                && (!f.contains('%') || f.len() > 128)
+            {
+                return Err(bad(format!("{what} {f:?} is not a strftime format such as %d/%m/%Y")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The options that differ from the defaults, in words.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(d) = self.delimiter {
+            out.push(format!("delimiter {d:?}"));
+        }
+        if self.header == Some(false) {
+            out.push("no header line".into());
+        }
+        if let Some(n) = &self.null {
+            out.push(format!("null {n:?}"));
+        }
+        if let Some(f) = &self.date_format {
+            out.push(format!("dates {f:?}"));
+        }
+        if let Some(f) = &self.timestamp_format {
+            out.push(format!("timestamps {f:?}"));
+        }
+        out
+    }
+}
+
+/// The text of a regular expression that matches exactly `s`.
+fn exactly(s: &str) -> String {
+    let mut out = String::from("^");
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('$');
+    out
+}
+
+/// Types the CSV reader parses itself; others are read as text and cast.
+fn csv_parses(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Time32(_)
+            | DataType::Time64(_)
+            | DataType::Timestamp(..)
+            | DataType::Utf8
+            | DataType::Utf8View
+            | DataType::Boolean
+    ) || matches!(t, DataType::Dictionary(_, v) if v.as_ref() == &DataType::Utf8)
+}
+
 /// Opens a dataset file as a table. With `shared`, the shared columns are read with the shared
-/// schema's types (and must be convertible), and the other columns as they are.
+/// schema's types (and must be convertible), and the other columns as they are; a column no
+/// shared schema could hold (nested, untyped) is left out and named in
+/// [`DatasetTable::left_out`]. `csv` applies to CSV files only.
 pub async fn open(
     name: &str,
     path: &Path,
     format: DatasetFormat,
     shared: Option<&SharedSchema>,
-) -> Result<Arc<dyn TableProvider>, QueryError> {
+    csv: &CsvOptions,
+) -> Result<Arc<DatasetTable>, QueryError> {
     if !path.is_file() {
         return Err(QueryError::Dataset {
             name: name.to_owned(),
@@ -160,40 +496,143 @@ pub async fn open(
             ),
         });
     }
+    if format != DatasetFormat::Csv && !csv.is_default() {
+        return Err(QueryError::Dataset {
+            name: name.to_owned(),
+            reason: format!("CSV options ({}) apply to CSV files only", csv.describe().join(", ")),
+        });
+    }
+    csv.check(name)?;
     let ctx = SessionContext::new();
     let p = path.to_str().ok_or_else(|| unreadable(name, path, "path is not UTF-8"))?;
+    // Columns read as text that become another type: (name, the shared type, the format).
+    let mut parsed: Vec<(String, DataType, Option<&str>)> = Vec::new();
     let df = match format {
         DatasetFormat::Csv => {
-            ctx.read_csv(p, CsvReadOptions::new().file_extension(ext(path)).schema_infer_max_records(10_000))
+            let null = csv.null.as_deref().map(exactly);
+            let header = csv.header.unwrap_or(true);
+            let opts = || {
+                CsvReadOptions::new()
+                    .file_extension(ext(path))
+                    .schema_infer_max_records(10_000)
+                    .delimiter(csv.delimiter.map(|d| d as u8).unwrap_or(b','))
+                    .has_header(header)
+                    .null_regex(null.clone())
+            };
+            let inferred = ctx
+                .read_csv(p, opts())
                 .await
+                .map_err(|e| unreadable(name, path, e.strip_backtrace()))?
+                .schema()
+                .as_arrow()
+                .clone();
+            match shared {
+                None if csv.date_format.is_some() || csv.timestamp_format.is_some() => {
+                    return Err(QueryError::Dataset {
+                        name: name.to_owned(),
+                        reason: "--date-format and --timestamp-format apply to the date and timestamp columns of a shared schema; name it with --schema".into(),
+                    });
+                }
+                None => ctx.read_csv(p, opts()).await,
+                Some(shared) => {
+                    // A file without a header takes the shared schema's names, in order.
+                    let names: Vec<String> = inferred
+                        .fields()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| match shared.columns.get(i) {
+                            Some(c) if !header => c.name.clone(),
+                            _ => f.name().clone(),
+                        })
+                        .collect();
+                    let renamed = Schema::new(
+                        inferred
+                            .fields()
+                            .iter()
+                            .zip(&names)
+                            .map(|(f, n)| f.as_ref().clone().with_name(n))
+                            .collect::<Vec<_>>(),
+                    );
+                    check_conformance(name, &renamed, shared, false)?;
+                    let fields: Vec<Field> = renamed
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            let Some(c) = shared.columns.iter().find(|c| &c.name == f.name()) else {
+                                return f.as_ref().clone();
+                            };
+                            let want = arrow_type(&c.ty);
+                            let format = match &want {
+                                DataType::Date32 | DataType::Date64 => csv.date_format.as_deref(),
+                                DataType::Timestamp(..) => csv.timestamp_format.as_deref(),
+                                _ => None,
+                            };
+                            if format.is_some() || !csv_parses(&want) {
+                                parsed.push((c.name.clone(), want, format));
+                                f.as_ref().clone().with_data_type(DataType::Utf8)
+                            } else {
+                                f.as_ref().clone().with_data_type(want)
+                            }
+                        })
+                        .collect();
+                    let schema = Schema::new(fields);
+                    ctx.read_csv(p, opts().schema(&schema)).await
+                }
+            }
         }
-        DatasetFormat::Parquet => {
-            ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await
-        }
+        DatasetFormat::Parquet => ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await,
     }
     .map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
-    let Some(shared) = shared else {
-        return Ok(Arc::new(DatasetTable { inner: df.into_view() }));
-    };
-    check_conformance(name, df.schema().as_arrow(), shared)?;
-    let exprs: Vec<Expr> = df
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| match shared.columns.iter().find(|c| &c.name == f.name()) {
-            // Cast where the value domain changes (narrower integers, floats, dates); string
-            // encodings (Utf8View, LargeUtf8) are kept, as a cast would copy every value.
-            Some(c)
-                if column_type_of(f.data_type()) != Some(ColumnType::Utf8)
-                    && f.data_type() != &arrow_type(c.ty) =>
-            {
-                cast(col(quoted(f.name())), arrow_type(c.ty)).alias(f.name())
+    if let Some(shared) = shared
+        && format != DatasetFormat::Csv
+    {
+        check_conformance(name, df.schema().as_arrow(), shared, true)?;
+    }
+    let mut left_out = Vec::new();
+    let mut exprs: Vec<Expr> = Vec::new();
+    for f in df.schema().fields() {
+        let column = col(quoted(f.name()));
+        let shared_col = shared.and_then(|s| s.columns.iter().find(|c| &c.name == f.name()));
+        match shared_col {
+            None => match column_type_of(f.data_type()) {
+                Ok(_) => exprs.push(column),
+                Err(why) => {
+                    left_out.push(format!("column {} ({}) is not served: it {why}", f.name(), f.data_type()))
+                }
+            },
+            Some(c) => {
+                let want = arrow_type(&c.ty);
+                let e = match parsed.iter().find(|(n, _, _)| n == f.name()) {
+                    Some((_, DataType::Date32 | DataType::Date64, Some(fmt))) => {
+                        cast(datafusion::functions::expr_fn::to_date(vec![column, lit(*fmt)]), want)
+                    }
+                    Some((_, DataType::Timestamp(unit, _), Some(fmt))) => {
+                        use datafusion::arrow::datatypes::TimeUnit;
+                        use datafusion::functions::expr_fn as fx;
+                        let args = vec![column, lit(*fmt)];
+                        let t = match unit {
+                            TimeUnit::Second => fx::to_timestamp_seconds(args),
+                            TimeUnit::Millisecond => fx::to_timestamp_millis(args),
+                            TimeUnit::Microsecond => fx::to_timestamp_micros(args),
+                            TimeUnit::Nanosecond => fx::to_timestamp_nanos(args),
+                        };
+                        cast(t, want)
+                    }
+                    // Read every shared column in the shared type, so that the owner plans over
+                    // the types the requester planned over; plain string encodings (Utf8View,
+                    // LargeUtf8) are kept, as a cast would copy every value and the requester
+                    // casts the results.
+                    _ if f.data_type() != &want && !(plain_string(f.data_type()) && plain_string(&want)) => {
+                        cast(column, want)
+                    }
+                    _ => column,
+                };
+                exprs.push(e.alias(f.name()));
             }
-            _ => col(quoted(f.name())),
-        })
-        .collect();
+        }
+    }
     let df = df.select(exprs).map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
-    Ok(Arc::new(DatasetTable { inner: df.into_view() }))
+    Ok(Arc::new(DatasetTable { inner: df.into_view(), left_out }))
 }
 
 /// A dataset as a base table. The file's reading (and casts to the shared types) sit inside a
@@ -202,6 +641,14 @@ pub async fn open(
 #[derive(Debug)]
 pub struct DatasetTable {
     inner: Arc<dyn TableProvider>,
+    left_out: Vec<String>,
+}
+
+impl DatasetTable {
+    /// The file's columns this table leaves out, each with its type and why.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
+    }
 }
 
 #[async_trait::async_trait]
@@ -230,6 +677,10 @@ impl TableProvider for DatasetTable {
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
         self.inner.supports_filters_pushdown(filters)
     }
+}
+
+fn plain_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
 fn ext(path: &Path) -> &str {
@@ -278,15 +729,15 @@ mod conformance_tests {
             Field::new("Region", DataType::Utf8, true),
             Field::new("days", DataType::Int64, true),
         ]);
-        let e = check_conformance("d", &case, &shared()).expect_err("case differs").to_string();
+        let e = check_conformance("d", &case, &shared(), true).expect_err("case differs").to_string();
         assert!(e.contains("found Region; did you mean region?"), "{e}");
         let semicolons = Schema::new(vec![Field::new("region;days", DataType::Utf8, true)]);
-        let e = check_conformance("d", &semicolons, &shared()).expect_err("one column").to_string();
+        let e = check_conformance("d", &semicolons, &shared(), true).expect_err("one column").to_string();
         assert!(e.contains("is the delimiter ';'?"), "{e}");
         let fine = Schema::new(vec![
             Field::new("region", DataType::Utf8, true),
             Field::new("days", DataType::Int64, true),
         ]);
-        check_conformance("d", &fine, &shared()).expect("conforms");
+        check_conformance("d", &fine, &shared(), true).expect("conforms");
     }
 }

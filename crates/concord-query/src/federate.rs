@@ -29,7 +29,7 @@ use datafusion::common::{Column, DFSchema, TableReference};
 use datafusion::datasource::{TableType, provider_as_source};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::SQLOptions;
-use datafusion::functions::expr_fn::{coalesce, nullif};
+use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::conjunction;
@@ -638,7 +638,7 @@ enum Merge {
     Sum(usize),
     Min(usize),
     Max(usize),
-    /// AVG: SUM of partial sums over SUM of partial counts.
+    /// AVG: SUM of partial sums over SUM of partial counts, in AVG's own type and rounding.
     Avg {
         sum: usize,
         count: usize,
@@ -763,8 +763,8 @@ fn split_aggregate(
                 Merge::Min(k) => min(p(*k)),
                 Merge::Max(k) => max(p(*k)),
                 Merge::Avg { sum: s, count: c } => {
-                    cast_expr(sum(p(*s)), DataType::Float64)
-                        / cast_expr(nullif(sum(p(*c)), lit(0i64)), DataType::Float64)
+                    let target = agg.schema.field(ng + i).data_type().clone();
+                    crate::merge_avg::avg_merge(sum(p(*s)), sum(p(*c)), target)
                 }
             };
             e.alias(format!("f{i}"))

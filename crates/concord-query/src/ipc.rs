@@ -53,11 +53,49 @@ fn malformed(why: impl std::fmt::Display) -> QueryError {
     QueryError::Execution(format!("malformed Arrow IPC stream: {why}"))
 }
 
-/// Encodes batches (possibly none) as one Arrow IPC stream.
+/// Dictionary-encoded columns as their plain values. Concord's streams carry no dictionary
+/// batches (a dictionary may be replaced or extended mid-stream, which the bounded reader does
+/// not follow), so the values travel plain; a requester casts them back to the type it planned
+/// with, and an analyst's result shows the same values.
+pub fn without_dictionaries(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Dictionary(..))) {
+        return Ok((schema.clone(), batches));
+    }
+    let plain: SchemaRef = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Dictionary(_, v) => f.as_ref().clone().with_data_type(v.as_ref().clone()),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let batches = batches
+        .into_iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(plain.fields())
+                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(plain.clone(), columns)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
+    Ok((plain, batches))
+}
+
+/// Encodes batches (possibly none) as one Arrow IPC stream, dictionaries unpacked.
 pub fn encode(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, QueryError> {
+    let (schema, batches) = without_dictionaries(&Arc::new(schema.clone()), batches.to_vec())?;
     let mut out = Vec::new();
-    let mut w = StreamWriter::try_new(&mut out, schema).map_err(|e| QueryError::Execution(e.to_string()))?;
-    for b in batches {
+    let mut w = StreamWriter::try_new(&mut out, &schema).map_err(|e| QueryError::Execution(e.to_string()))?;
+    for b in &batches {
         w.write(b).map_err(|e| QueryError::Execution(e.to_string()))?;
     }
     w.finish().map_err(|e| QueryError::Execution(e.to_string()))?;

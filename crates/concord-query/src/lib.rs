@@ -18,6 +18,7 @@ pub mod federate;
 mod fixed;
 pub mod ipc;
 pub mod limits;
+mod merge_avg;
 pub mod owner;
 pub mod release;
 

@@ -63,13 +63,9 @@ pub async fn run_release(
     limits: &ExecLimits,
 ) -> Result<OwnerAnswer, QueryError> {
     let (batches, report, rows_scanned) = crate::release::run(plan, dataset, table, limits).await?;
-    Ok(OwnerAnswer {
-        schema: plan.subquery.schema.clone(),
-        groups_released: report.groups_released,
-        batches,
-        rows_scanned,
-        report,
-    })
+    // The answer as it travels: dictionaries unpacked (see `ipc::without_dictionaries`).
+    let (schema, batches) = crate::ipc::without_dictionaries(&plan.subquery.schema, batches)?;
+    Ok(OwnerAnswer { schema, groups_released: report.groups_released, batches, rows_scanned, report })
 }
 
 /// Plans, checks and runs `sql` against `dataset` alone under `rules`, within `limits`.
@@ -177,13 +173,15 @@ pub(crate) fn check_size(sql: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
-/// Rows produced by the leaves of an executed plan: what was read from the dataset.
-pub(crate) fn leaf_rows(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+/// Rows produced by the scans of an executed plan: what was read from the dataset; `None`
+/// when the plan has no scan left (DataFusion answered from the file's statistics).
+pub(crate) fn scanned_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     let children = plan.children();
     if children.is_empty() {
-        return plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64;
+        return (plan.name() == "DataSourceExec")
+            .then(|| plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64);
     }
-    children.into_iter().map(leaf_rows).sum()
+    children.into_iter().filter_map(scanned_rows).reduce(|a, b| a.saturating_add(b))
 }
 
 /// Checks the shape of a sub-query plan, see the module docs.

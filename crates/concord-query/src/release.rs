@@ -627,6 +627,10 @@ pub struct ReleaseReport {
     /// The rule that allowed it.
     #[serde(default)]
     pub rule: Option<String>,
+    /// No row was read: the answer came from the file's statistics (a Parquet file's row
+    /// counts), so the rows are the dataset's as registered, not a count of rows read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rows_from_statistics: bool,
 }
 
 /// A budget charge as provenance shows it.
@@ -901,7 +905,7 @@ pub async fn run(
     for f in &plan.subquery.filters {
         b = b.filter(f.clone()).map_err(QueryError::plan)?;
     }
-    match (&plan.subquery.shape, &plan.privacy) {
+    let (batches, mut report, scanned) = match (&plan.subquery.shape, &plan.privacy) {
         (Shape::Rows { outputs }, _) => {
             let exprs = outputs.iter().map(|(name, e)| e.clone().alias(name));
             let built = b.project(exprs).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?;
@@ -916,7 +920,9 @@ pub async fn run(
         (Shape::Aggregate { groups, aggs, outputs }, Some(dp)) => {
             private_aggregate(plan, dp, &ctx, b, groups, aggs, outputs, limits).await
         }
-    }
+    }?;
+    report.rows_from_statistics = scanned.is_none();
+    Ok((batches, report, scanned.unwrap_or(0)))
 }
 
 /// Runs an owner's plan. On personal data, the plan is analysed first and refused if type
@@ -926,7 +932,7 @@ async fn execute(
     plan: LogicalPlan,
     max_rows: u64,
     personal: bool,
-) -> Result<(Vec<RecordBatch>, u64), QueryError> {
+) -> Result<(Vec<RecordBatch>, Option<u64>), QueryError> {
     let plan = if personal {
         let state = ctx.state();
         let analysed = state
@@ -946,7 +952,7 @@ async fn execute(
     let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
     let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
     let batches = crate::limits::collect_limited(ctx, physical.clone(), max_rows).await?;
-    Ok((batches, crate::owner::leaf_rows(&physical)))
+    Ok((batches, crate::owner::scanned_rows(&physical)))
 }
 
 /// Gives batches the names and types the requester expects.
@@ -1021,7 +1027,7 @@ async fn exact_aggregate(
     aggs: &[AggSpec],
     outputs: &[(String, Output)],
     limits: &ExecLimits,
-) -> Result<(Vec<RecordBatch>, ReleaseReport, u64), QueryError> {
+) -> Result<(Vec<RecordBatch>, ReleaseReport, Option<u64>), QueryError> {
     let ng = groups.len();
     let keys: Vec<Expr> =
         groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__g{i}"))).collect();
@@ -1177,7 +1183,7 @@ async fn private_aggregate(
     aggs: &[AggSpec],
     outputs: &[(String, Output)],
     limits: &ExecLimits,
-) -> Result<(Vec<RecordBatch>, ReleaseReport, u64), QueryError> {
+) -> Result<(Vec<RecordBatch>, ReleaseReport, Option<u64>), QueryError> {
     let policy = &plan.rules.policy;
     let privacy =
         policy.release.privacy.as_ref().ok_or_else(|| QueryError::Execution("no privacy rules".into()))?;

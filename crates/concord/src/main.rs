@@ -1195,6 +1195,9 @@ async fn run_demo(dir: PathBuf, data: Option<PathBuf>, port_base: u16, smoke_onl
     eprintln!("building the demo federation in {}", dir.display());
     let d = demo::launch(&demo::DemoOptions { dir: dir.clone(), data, port_base, smoke: smoke_only }).await?;
     eprintln!("wrote {}", dir.join("demo.json").display());
+    for w in &d.warnings {
+        eprintln!("warning: {w}");
+    }
     if smoke_only {
         let steps = smoke::tour(&d, sample).await;
         d.stop().await;

@@ -81,7 +81,7 @@ pub async fn query(
                 writeln!(
                     out,
                     "  {:<12} {:<20} {:>12} {:>8}  receipt",
-                    "member", "dataset", "rows scanned", "groups"
+                    "member", "dataset", "rows", "groups"
                 )?;
                 for c in &answer.provenance {
                     writeln!(
@@ -95,6 +95,12 @@ pub async fn query(
                     )?;
                     let r = &c.release;
                     let mut notes = Vec::new();
+                    if r.rows_from_statistics {
+                        notes.push(
+                            "answered from the file's statistics; no row was read (rows: as the dataset holds them)"
+                                .to_string(),
+                        );
+                    }
                     if r.suppressed_not_counted {
                         notes.push(format!(
                             "groups under the minimum group size ({}) or a noisy threshold held back, not counted (the group columns have no public key set)",

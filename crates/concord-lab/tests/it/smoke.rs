@@ -90,7 +90,7 @@ async fn demo_with_a_data_folder_forms_shared_schemas_from_stems() {
     let demo = launch(&opts).await.expect("demo launches");
     let names: Vec<_> = demo.schemas.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["sales"], "only stems held by several members are shared");
-    let cols: Vec<_> = demo.schemas[0].columns.iter().map(|c| (c.name.as_str(), c.ty)).collect();
+    let cols: Vec<_> = demo.schemas[0].columns.iter().map(|c| (c.name.as_str(), c.ty.clone())).collect();
     use concord_charter::ColumnType;
     assert_eq!(cols, [("units", ColumnType::Int64), ("price", ColumnType::Float64)]);
     let total = concord_lab::demo::api_query(
@@ -114,4 +114,137 @@ async fn demo_with_a_data_folder_forms_shared_schemas_from_stems() {
     let failed: Vec<_> = steps.iter().filter(|s| s.outcome.is_err()).collect();
     assert!(failed.is_empty(), "failed steps: {failed:#?}");
     assert_eq!(crate::peer_refusals::first_int(&own.batches), Some(4));
+}
+
+/// A member's share of a TPC-H-like line item table: decimals, a date, a timestamp with a time
+/// zone, an unsigned count, dictionary-encoded flags, and (at the first member only) a list
+/// column that no shared schema can hold.
+fn write_lineitem(path: &std::path::Path, member: i64, with_list: bool) {
+    use datafusion::arrow::array::{
+        ArrayRef, Date32Array, Decimal128Array, DictionaryArray, Int64Array, ListBuilder, StringBuilder,
+        TimestampMicrosecondArray, UInt64Array,
+    };
+    use datafusion::arrow::datatypes::{Int32Type, TimeUnit};
+    let n = 40i64;
+    let keys: Vec<i64> = (0..n).map(|i| member * 1000 + i).collect();
+    let mut fields = vec![
+        Field::new("l_orderkey", DataType::Int64, false),
+        Field::new("l_quantity", DataType::Decimal128(15, 2), true),
+        Field::new("l_extendedprice", DataType::Decimal128(15, 2), true),
+        Field::new("l_shipdate", DataType::Date32, true),
+        Field::new("l_commit", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("l_pieces", DataType::UInt64, true),
+        Field::new("l_flag", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(keys.clone())),
+        Arc::new(
+            keys.iter()
+                .map(|k| (k % 7 != 0).then_some(i128::from(k % 50 + 1) * 100 + i128::from(k % 3) * 25))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .expect("decimal"),
+        ),
+        Arc::new(
+            keys.iter()
+                .map(|k| Some(i128::from(*k) * 1_234_567 % 100_000_000_07))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .expect("decimal"),
+        ),
+        Arc::new(keys.iter().map(|k| Some(19_000 + (k % 365) as i32)).collect::<Date32Array>()),
+        Arc::new(
+            keys.iter()
+                .map(|k| Some(1_700_000_000_000_000 + k * 3_600_000_123))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        Arc::new(keys.iter().map(|k| Some(u64::MAX / 1000 + *k as u64)).collect::<UInt64Array>()),
+        Arc::new(
+            keys.iter()
+                .map(|k| Some(["A", "N", "R"][(k % 3) as usize]))
+                .collect::<DictionaryArray<Int32Type>>(),
+        ),
+    ];
+    if with_list {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for _ in 0..n {
+            b.values().append_value("x");
+            b.append(true);
+        }
+        fields.push(Field::new(
+            "l_tags",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        ));
+        columns.push(Arc::new(b.finish()));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).expect("create"), schema, None).expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_cannot_share() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    for (i, m) in ["alpha", "bravo", "charlie"].into_iter().enumerate() {
+        std::fs::create_dir_all(data.join(m)).expect("mkdir");
+        write_lineitem(&data.join(m).join("lineitem.parquet"), i as i64, i == 0);
+    }
+    let opts = DemoOptions {
+        dir: dir.path().join("demo"),
+        data: Some(data),
+        port_base: free_ports(6),
+        smoke: false,
+    };
+    let demo = launch(&opts).await.expect("demo launches");
+    let types: Vec<String> = demo.schemas[0].columns.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
+    assert_eq!(
+        types,
+        [
+            "l_orderkey int64",
+            "l_quantity decimal(15,2)",
+            "l_extendedprice decimal(15,2)",
+            "l_shipdate date32",
+            "l_commit timestamp(us,UTC)",
+            "l_pieces uint64",
+            "l_flag dictionary(int32,utf8)",
+        ]
+    );
+    assert!(
+        demo.warnings.iter().any(|w| w.contains("l_tags") && w.contains("List") && w.contains("nested")),
+        "the list column is named with its type and why: {:?}",
+        demo.warnings
+    );
+    let pooled = concord_lab::demo::pooled_context(&demo.specs, &demo.schemas).await.expect("pooled");
+    let alpha = &demo.file.members[0];
+    for sql in [
+        "SELECT sum(l_quantity) AS q, avg(l_extendedprice) AS p, min(l_commit) AS first, max(l_shipdate) AS last, sum(l_pieces) AS pieces, count(*) AS n FROM lineitem",
+        "SELECT l_flag, count(*) AS n, sum(l_quantity) AS q, avg(l_quantity) AS aq, max(l_commit) AS latest FROM lineitem GROUP BY l_flag ORDER BY l_flag",
+    ] {
+        let fed = concord_lab::demo::api_query(&alpha.local_url, &alpha.analyst_token, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(fed.provenance.len(), 3, "every member answered: {:?}", fed.provenance);
+        let want = pooled.sql(sql).await.expect("plans").collect().await.expect("runs");
+        if let Err(diff) = concord_query::compare::compare(&fed.batches, &want) {
+            panic!("{sql}: {diff}");
+        }
+    }
+    // Decimal sums stay decimal, with DataFusion's own result type.
+    let fed = concord_lab::demo::api_query(
+        &alpha.local_url,
+        &alpha.analyst_token,
+        "SELECT sum(l_quantity) AS q, avg(l_quantity) AS a FROM lineitem",
+    )
+    .await
+    .expect("runs");
+    let schema = fed.batches[0].schema();
+    assert_eq!(schema.field(0).data_type(), &DataType::Decimal128(25, 2));
+    assert_eq!(schema.field(1).data_type(), &DataType::Decimal128(19, 6));
+    demo.stop().await;
 }

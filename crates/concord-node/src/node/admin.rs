@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
 use concord_policy::{AllowList, Policy};
-use concord_query::dataset::{self, DatasetFormat};
+use concord_query::dataset::{self, CsvOptions, DatasetFormat};
+use datafusion::catalog::TableProvider as _;
 
 use sha2::{Digest, Sha256};
 
@@ -146,7 +147,36 @@ pub async fn dataset_add(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<DatasetRecord, NodeError> {
-    Ok(register(dir, name, file, shared_schema, allow, false).await?.0)
+    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default() };
+    Ok(dataset_register(dir, &spec, false).await?.record)
+}
+
+/// What `concord dataset add` registers.
+#[derive(Clone, Debug)]
+pub struct DatasetSpec<'a> {
+    pub name: &'a str,
+    pub file: &'a Path,
+    pub shared_schema: Option<&'a str>,
+    pub allow: Option<&'a str>,
+    pub csv: CsvOptions,
+}
+
+/// A dataset registered: the record, what a replacement changed, and the file's columns left
+/// out (each with its type and why).
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub record: DatasetRecord,
+    pub changes: Vec<String>,
+    pub left_out: Vec<String>,
+}
+
+/// Registers a dataset, or with `replace` replaces one (then `changes` says what changed).
+pub async fn dataset_register(
+    dir: &NodeDir,
+    spec: &DatasetSpec<'_>,
+    replace: bool,
+) -> Result<Registered, NodeError> {
+    register(dir, spec, replace).await
 }
 
 /// Replaces a registered dataset; returns it and what changed (file, rows, columns, schema,
@@ -158,7 +188,9 @@ pub async fn dataset_replace(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<(DatasetRecord, Vec<String>), NodeError> {
-    register(dir, name, file, shared_schema, allow, true).await
+    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default() };
+    let r = register(dir, &spec, true).await?;
+    Ok((r.record, r.changes))
 }
 
 /// Removes a dataset from the registry (its file stays); logged. A running node stops serving
@@ -178,14 +210,8 @@ pub async fn dataset_remove(dir: &NodeDir, name: &str) -> Result<DatasetRecord, 
     Ok(record)
 }
 
-async fn register(
-    dir: &NodeDir,
-    name: &str,
-    file: &Path,
-    shared_schema: Option<&str>,
-    allow: Option<&str>,
-    replace: bool,
-) -> Result<(DatasetRecord, Vec<String>), NodeError> {
+async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Result<Registered, NodeError> {
+    let DatasetSpec { name, file, shared_schema, allow, ref csv } = *spec;
     dir.load_config()?;
     check_identifier("dataset name", name)?;
     let old = dir.open_state()?.datasets()?.into_iter().find(|d| d.name == name);
@@ -243,7 +269,8 @@ async fn register(
             }
         }
     }
-    let table = dataset::open(name, &path, format, shared.as_ref()).await?;
+    let table = dataset::open(name, &path, format, shared.as_ref(), csv).await?;
+    let left_out = table.left_out().to_vec();
     let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
     let policy = match (&old, allow) {
         (Some(o), None) => super::stored_policy(o)?,
@@ -259,6 +286,7 @@ async fn register(
         policy: policy.source.clone(),
         rows,
         added_at: now_rfc3339(),
+        csv: csv.clone(),
     };
     let changes = match &old {
         Some(o) => changes_of(o, &record)?,
@@ -273,7 +301,7 @@ async fn register(
         policy: format!("sha256:{}", policy.digest()),
     };
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;
-    Ok((record, changes))
+    Ok(Registered { record, changes, left_out })
 }
 
 /// What a replacement changes, in words.
@@ -299,6 +327,13 @@ fn changes_of(old: &DatasetRecord, new: &DatasetRecord) -> Result<Vec<String>, N
             "columns added: {}",
             added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ));
+    }
+    if old.csv != new.csv {
+        let words = |c: &CsvOptions| match c.describe() {
+            d if d.is_empty() => "defaults".to_string(),
+            d => d.join(", "),
+        };
+        out.push(format!("CSV options {} -> {}", words(&old.csv), words(&new.csv)));
     }
     if old.shared_schema != new.shared_schema {
         out.push(format!(

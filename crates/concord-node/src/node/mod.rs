@@ -494,7 +494,7 @@ async fn load_table(charter: &SignedCharter, r: &DatasetRecord) -> Result<Arc<dy
         })?),
         None => None,
     };
-    Ok(dataset::open(&r.name, &r.path, format, shared).await?)
+    Ok(dataset::open(&r.name, &r.path, format, shared, &r.csv).await?)
 }
 
 /// Per-member token buckets: `rate` requests a second sustained, `burst` at once. What they

@@ -94,11 +94,10 @@ impl Node {
                     ))));
                 }
             };
-        // What the scan read after the owner's pruning (file statistics, pushed-down filters)
-        // would tell a requester about values it may not see: peers are told the dataset's rows.
-        if !own {
-            answer.rows_scanned = d.record.rows;
-        }
+        // Provenance counts the rows the dataset holds, whether they were read or the answer
+        // came from the file's statistics (the report says which). What the scan read after
+        // the owner's pruning would tell a requester about values it may not see.
+        answer.rows_scanned = d.record.rows;
         answer.report.budget = budget;
         answer.report.grant = ctx.grant_for(action).map(str::to_owned);
         answer.report.rule = Some(rule);

@@ -148,19 +148,25 @@ impl Node {
     pub async fn query_context(&self, sql: &str) -> Result<SessionContext, NodeError> {
         let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
         let wanted = members_named(self, &ctx, sql);
-        let mut entries: Vec<(String, PeerDataset)> = self
-            .catalog_for(&self.cfg.member)
-            .await?
-            .into_iter()
-            .filter_map(|e| {
-                let schema = B64.decode(&e.schema_ipc).ok()?;
-                let schema = concord_query::ipc::decode_schema(&schema).ok()?;
-                Some((
-                    self.cfg.member.clone(),
-                    PeerDataset { name: e.name, shared_schema: e.shared_schema, schema },
-                ))
-            })
-            .collect();
+        let mut entries: Vec<(String, PeerDataset)> = Vec::new();
+        for e in self.catalog_for(&self.cfg.member).await? {
+            // This node wrote the schema at registration; one it cannot read is named, never
+            // left out of a shared table without a word.
+            let schema = B64
+                .decode(&e.schema_ipc)
+                .map_err(|x| x.to_string())
+                .and_then(|b| concord_query::ipc::decode_schema(&b).map_err(|x| x.to_string()))
+                .map_err(|why| {
+                    NodeError::Config(format!(
+                        "dataset {}: its stored schema cannot be read ({why}); register it again with `concord dataset add --replace`",
+                        e.name
+                    ))
+                })?;
+            entries.push((
+                self.cfg.member.clone(),
+                PeerDataset { name: e.name, shared_schema: e.shared_schema, schema },
+            ));
+        }
         let charter = self.charter();
         let members: Vec<&concord_charter::MemberCard> =
             charter.charter.members.iter().filter(|m| wanted.contains(&m.id)).collect();

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     schema_ipc BLOB NOT NULL,
     policy TEXT NOT NULL,
     rows INTEGER NOT NULL,
-    added_at TEXT NOT NULL
+    added_at TEXT NOT NULL,
+    read_options TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
@@ -122,6 +123,9 @@ pub struct DatasetRecord {
     pub policy: String,
     pub rows: u64,
     pub added_at: String,
+    /// How a CSV file is read (delimiter, header, null marker, formats); empty for defaults.
+    #[serde(default, skip_serializing_if = "concord_query::dataset::CsvOptions::is_default")]
+    pub csv: concord_query::dataset::CsvOptions,
 }
 
 /// The state database; one connection, serialised by a mutex (every statement is short).
@@ -146,6 +150,19 @@ impl State {
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Databases from before CSV options: the column is added once, empty options.
+        let has_options = conn
+            .prepare("SELECT 1 FROM pragma_table_info('datasets') WHERE name = 'read_options'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(db)?;
+        if !has_options {
+            match conn
+                .execute_batch("ALTER TABLE datasets ADD COLUMN read_options TEXT NOT NULL DEFAULT '{}'")
+            {
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                other => other.map_err(db)?,
+            }
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -288,9 +305,19 @@ impl State {
         let path = d.path.to_str().ok_or_else(|| NodeError::Config("dataset path is not UTF-8".into()))?;
         self.lock()
             .execute(
-                "INSERT OR REPLACE INTO datasets (name, path, format, shared_schema, schema_ipc, policy, rows, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![d.name, path, d.format, d.shared_schema, d.schema_ipc, d.policy, d.rows as i64, d.added_at],
+                "INSERT OR REPLACE INTO datasets (name, path, format, shared_schema, schema_ipc, policy, rows, added_at, read_options)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    d.name,
+                    path,
+                    d.format,
+                    d.shared_schema,
+                    d.schema_ipc,
+                    d.policy,
+                    d.rows as i64,
+                    d.added_at,
+                    serde_json::to_string(&d.csv).map_err(|e| NodeError::Internal(e.to_string()))?
+                ],
             )
             .map_err(db)?;
         Ok(())
@@ -305,7 +332,9 @@ impl State {
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>, NodeError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT name, path, format, shared_schema, schema_ipc, policy, rows, added_at FROM datasets ORDER BY name")
+            .prepare(
+                "SELECT name, path, format, shared_schema, schema_ipc, policy, rows, added_at, read_options FROM datasets ORDER BY name",
+            )
             .map_err(db)?;
         let rows = stmt
             .query_map([], |r| {
@@ -318,6 +347,9 @@ impl State {
                     policy: r.get(5)?,
                     rows: r.get::<_, i64>(6)? as u64,
                     added_at: r.get(7)?,
+                    csv: serde_json::from_str(&r.get::<_, String>(8)?).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
                 })
             })
             .map_err(db)?;
