@@ -296,6 +296,7 @@ async fn policy_check(file: &Path, dir: &Path) -> Result<Vec<Duration>, NodeErro
         parts: vec![concord_query::Part { owner: "bravo".into(), dataset: "events_dp".into() }],
         shared: false,
         unreachable: vec![],
+        withheld: vec![],
     };
     ctx.register_table("events_dp", Arc::new(fed)).map_err(concord_query::QueryError::plan)?;
     let (_, planned) =

@@ -736,6 +736,8 @@ pub async fn showcase(file: &DemoFile) -> String {
 pub struct ApiResult {
     pub batches: Vec<RecordBatch>,
     pub provenance: Vec<concord_query::Contribution>,
+    /// Conforming datasets their owners do not release to this member, named.
+    pub left_out: Vec<String>,
 }
 
 /// Runs SQL through a node's local API, as an analyst would.
@@ -756,6 +758,8 @@ pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiRes
     struct Body {
         arrow_ipc: String,
         provenance: Vec<concord_query::Contribution>,
+        #[serde(default)]
+        left_out: Vec<String>,
     }
     let body: Body = serde_json::from_slice(&resp.body)
         .map_err(|e| NodeError::BadRequest(format!("malformed answer: {e}")))?;
@@ -764,5 +768,5 @@ pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiRes
         .decode(body.arrow_ipc)
         .map_err(|_| NodeError::BadRequest("arrow_ipc is not base64".into()))?;
     let (_, batches) = concord_query::ipc::decode(&ipc)?;
-    Ok(ApiResult { batches, provenance: body.provenance })
+    Ok(ApiResult { batches, provenance: body.provenance, left_out: body.left_out })
 }

@@ -8,6 +8,7 @@ use concord_charter::{ColumnType, SharedSchema};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
+use datafusion::functions::expr_fn::nullif;
 use datafusion::logical_expr::TableProviderFilterPushDown;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, Expr, ParquetReadOptions, SessionContext, cast, col, lit};
@@ -533,42 +534,41 @@ pub async fn open(
                         reason: "--date-format and --timestamp-format apply to the date and timestamp columns of a shared schema; name it with --schema".into(),
                     });
                 }
-                None => ctx.read_csv(p, opts()).await,
-                Some(shared) => {
+                _ => {
                     // A file without a header takes the shared schema's names, in order.
-                    let names: Vec<String> = inferred
-                        .fields()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, f)| match shared.columns.get(i) {
-                            Some(c) if !header => c.name.clone(),
-                            _ => f.name().clone(),
-                        })
-                        .collect();
+                    let column_of = |n: &str| shared.and_then(|s| s.columns.iter().find(|c| c.name == n));
                     let renamed = Schema::new(
                         inferred
                             .fields()
                             .iter()
-                            .zip(&names)
-                            .map(|(f, n)| f.as_ref().clone().with_name(n))
+                            .enumerate()
+                            .map(|(i, f)| match shared.and_then(|s| s.columns.get(i)) {
+                                Some(c) if !header => f.as_ref().clone().with_name(&c.name),
+                                _ => f.as_ref().clone(),
+                            })
                             .collect::<Vec<_>>(),
                     );
-                    check_conformance(name, &renamed, shared, false)?;
+                    if let Some(shared) = shared {
+                        check_conformance(name, &renamed, shared, false)?;
+                    }
                     let fields: Vec<Field> = renamed
                         .fields()
                         .iter()
                         .map(|f| {
-                            let Some(c) = shared.columns.iter().find(|c| &c.name == f.name()) else {
-                                return f.as_ref().clone();
+                            let want = match column_of(f.name()) {
+                                Some(c) => arrow_type(&c.ty),
+                                None => f.data_type().clone(),
                             };
-                            let want = arrow_type(&c.ty);
                             let format = match &want {
                                 DataType::Date32 | DataType::Date64 => csv.date_format.as_deref(),
                                 DataType::Timestamp(..) => csv.timestamp_format.as_deref(),
                                 _ => None,
                             };
-                            if format.is_some() || !csv_parses(&want) {
-                                parsed.push((c.name.clone(), want, format));
+                            // DataFusion's CSV reader applies the null marker while it infers
+                            // types only: with one, every column is read as text, the marker
+                            // made NULL, and the text parsed as its type.
+                            if csv.null.is_some() || format.is_some() || !csv_parses(&want) {
+                                parsed.push((f.name().clone(), want, format));
                                 f.as_ref().clone().with_data_type(DataType::Utf8)
                             } else {
                                 f.as_ref().clone().with_data_type(want)
@@ -593,7 +593,17 @@ pub async fn open(
     for f in df.schema().fields() {
         let column = col(quoted(f.name()));
         let shared_col = shared.and_then(|s| s.columns.iter().find(|c| &c.name == f.name()));
+        let parse = parsed.iter().find(|(n, _, _)| n == f.name());
+        let column = match (&csv.null, parse) {
+            (Some(marker), Some(_)) => nullif(column, lit(marker.as_str())),
+            _ => column,
+        };
         match shared_col {
+            None if parse.is_some_and(|(_, want, _)| want != &DataType::Utf8) => {
+                let want = parse.map(|(_, w, _)| w.clone()).unwrap_or(DataType::Utf8);
+                exprs.push(cast(column, want).alias(f.name()));
+            }
+            None if parse.is_some() => exprs.push(column.alias(f.name())),
             None => match column_type_of(f.data_type()) {
                 Ok(_) => exprs.push(column),
                 Err(why) => {
@@ -602,7 +612,7 @@ pub async fn open(
             },
             Some(c) => {
                 let want = arrow_type(&c.ty);
-                let e = match parsed.iter().find(|(n, _, _)| n == f.name()) {
+                let e = match parse {
                     Some((_, DataType::Date32 | DataType::Date64, Some(fmt))) => {
                         cast(datafusion::functions::expr_fn::to_date(vec![column, lit(*fmt)]), want)
                     }
@@ -622,7 +632,9 @@ pub async fn open(
                     // the types the requester planned over; plain string encodings (Utf8View,
                     // LargeUtf8) are kept, as a cast would copy every value and the requester
                     // casts the results.
-                    _ if f.data_type() != &want && !(plain_string(f.data_type()) && plain_string(&want)) => {
+                    _ if f.data_type() != &want
+                        && !(plain_string(f.data_type()) && plain_string(&want) && parse.is_none()) =>
+                    {
                         cast(column, want)
                     }
                     _ => column,

@@ -62,6 +62,10 @@ pub struct FederatedTable {
     pub shared: bool,
     /// Members whose catalogs could not be read, so whose parts are unknown.
     pub unreachable: Vec<String>,
+    /// Datasets that conform but whose owners do not release them to this member, each as
+    /// `member.dataset (why)`: not among the parts, and named in every result that reads the
+    /// table.
+    pub withheld: Vec<String>,
 }
 
 #[async_trait]
@@ -122,6 +126,9 @@ pub struct QueryOutcome {
     pub provenance: Vec<Contribution>,
     /// Members left out of a partial result because they could not be reached.
     pub missing: Vec<String>,
+    /// Datasets of the shared schemas read that their owners do not release to this member
+    /// (`member.dataset (why)`), left out of the result.
+    pub left_out: Vec<String>,
 }
 
 /// Plans, splits, fetches and merges `sql` in `ctx`, where federated tables are registered as
@@ -196,7 +203,14 @@ pub async fn run_federated_with(
         other => other,
     })?;
     provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
-    Ok(QueryOutcome { schema, batches, provenance, missing: missing.into_iter().collect() })
+    let left_out: BTreeSet<String> = jobs.iter().flat_map(|j| j.table.withheld.iter().cloned()).collect();
+    Ok(QueryOutcome {
+        schema,
+        batches,
+        provenance,
+        missing: missing.into_iter().collect(),
+        left_out: left_out.into_iter().collect(),
+    })
 }
 
 /// Plans the analyst's SQL and checks it: queries only, bounded values.
@@ -316,7 +330,7 @@ fn explain(plan: LogicalPlan, allow_partial: bool) -> Result<QueryOutcome, Query
         ],
     )
     .map_err(|e| QueryError::Execution(e.to_string()))?;
-    Ok(QueryOutcome { schema, batches: vec![batch], provenance: vec![], missing: vec![] })
+    Ok(QueryOutcome { schema, batches: vec![batch], provenance: vec![], missing: vec![], left_out: vec![] })
 }
 
 fn raw_rows_message(table: &str) -> String {

@@ -299,6 +299,21 @@ enum DatasetCommand {
         /// is given.
         #[arg(long)]
         replace: bool,
+        /// CSV: the character between fields (default ','), e.g. ';' or '|'; `tab` for a tab.
+        #[arg(long)]
+        delimiter: Option<String>,
+        /// CSV: the file has no header line; its columns are the shared schema's, in order.
+        #[arg(long)]
+        no_header: bool,
+        /// CSV: the text that stands for NULL besides an empty field, e.g. NA.
+        #[arg(long)]
+        null: Option<String>,
+        /// CSV: how the shared schema's date columns are written, e.g. %d/%m/%Y.
+        #[arg(long)]
+        date_format: Option<String>,
+        /// CSV: how the shared schema's timestamp columns are written, e.g. "%d/%m/%Y %H:%M:%S".
+        #[arg(long)]
+        timestamp_format: Option<String>,
     },
     /// Take a dataset out of the registry (its file stays); a running node stops serving it.
     Remove { dir: PathBuf, name: String },
@@ -987,6 +1002,10 @@ async fn dataset(command: DatasetCommand) -> Result<()> {
             println!("file: {}", d.path.display());
             println!("shared schema: {}", d.shared_schema.as_deref().unwrap_or("none"));
             println!("registered: {}", d.added_at);
+            let options = d.csv.describe();
+            if !options.is_empty() {
+                println!("read with: {}", options.join(", "));
+            }
             println!("columns:");
             for f in schema.fields() {
                 println!(
@@ -1005,18 +1024,56 @@ async fn dataset(command: DatasetCommand) -> Result<()> {
             let r = admin::dataset_remove(&NodeDir::new(dir), &name).await?;
             println!("removed dataset {} ({} stays where it is)", r.name, r.path.display());
         }
-        DatasetCommand::Add { dir, name, file, schema, allow, replace } => {
+        DatasetCommand::Add {
+            dir,
+            name,
+            file,
+            schema,
+            allow,
+            replace,
+            delimiter,
+            no_header,
+            null,
+            date_format,
+            timestamp_format,
+        } => {
             let nd = NodeDir::new(dir);
-            let r = if replace {
-                let (r, changes) =
-                    admin::dataset_replace(&nd, &name, &file, schema.as_deref(), allow.as_deref()).await?;
-                for c in changes {
-                    println!("changed: {c}");
+            let delimiter = match delimiter.as_deref() {
+                None => None,
+                Some("tab" | "\\t") => Some('\t'),
+                Some(d) => {
+                    let mut chars = d.chars();
+                    match (chars.next(), chars.next()) {
+                        (Some(c), None) => Some(c),
+                        _ => bail!("--delimiter takes one character (or `tab`), not {d:?}"),
+                    }
                 }
-                r
-            } else {
-                admin::dataset_add(&nd, &name, &file, schema.as_deref(), allow.as_deref()).await?
             };
+            let csv = concord_query::dataset::CsvOptions {
+                delimiter,
+                header: no_header.then_some(false),
+                null,
+                date_format,
+                timestamp_format,
+            };
+            let spec = admin::DatasetSpec {
+                name: &name,
+                file: &file,
+                shared_schema: schema.as_deref(),
+                allow: allow.as_deref(),
+                csv,
+            };
+            let registered = admin::dataset_register(&nd, &spec, replace).await?;
+            for c in &registered.changes {
+                println!("changed: {c}");
+            }
+            for w in &registered.left_out {
+                eprintln!("warning: {w}");
+            }
+            for n in &registered.notes {
+                println!("note: {n}");
+            }
+            let r = registered.record;
             println!(
                 "registered dataset {} ({}, {} rows{}) at {}",
                 r.name,

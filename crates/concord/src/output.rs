@@ -16,6 +16,8 @@ struct Answer {
     provenance: Vec<Contribution>,
     #[serde(default)]
     missing: Vec<String>,
+    #[serde(default)]
+    left_out: Vec<String>,
 }
 
 pub async fn query(
@@ -37,6 +39,9 @@ pub async fn query(
     let answer: Answer = serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
     let ipc = B64.decode(answer.arrow_ipc).context("the node's answer holds no valid Arrow data")?;
     let (schema, batches) = concord_query::ipc::decode(&ipc)?;
+    for d in &answer.left_out {
+        eprintln!("left out: {d}: its owner does not release it to this member");
+    }
     if !answer.missing.is_empty() {
         eprintln!("partial result: {} could not be reached and are left out", answer.missing.join(", "));
     }
@@ -63,7 +68,7 @@ pub async fn query(
         "json" => {
             let rows = json_rows(&batches)?;
             let value = if provenance {
-                serde_json::json!({ "rows": rows, "provenance": answer.provenance, "missing": answer.missing })
+                serde_json::json!({ "rows": rows, "provenance": answer.provenance, "missing": answer.missing, "left_out": answer.left_out })
             } else {
                 rows
             };

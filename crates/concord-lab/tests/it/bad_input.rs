@@ -275,3 +275,84 @@ async fn datasets_are_added_replaced_and_removed_while_the_node_runs() {
     assert!(count().await.is_err(), "bravo no longer serves cases");
     fed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_datasets_make_one_shared_schema_and_those_withheld_are_named() {
+    // Catalogs read at every query, so that each change shows in the next one.
+    let fed =
+        crate::support::members_with(&["alpha", "bravo", "charlie"], |_, l| l.catalog_ttl_secs = 0).await;
+    let bravo = NodeDir::new(&fed.member("bravo").dir);
+    let a = fed.member("alpha");
+    let total = || async {
+        let r =
+            api_query(&a.local_url, &a.analyst_token, "SELECT count(*) AS n FROM cases").await.expect("runs");
+        let n = r.batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .map(|c| c.value(0));
+        (n, r)
+    };
+    assert_eq!(total().await.0, Some(9), "3 + 2 + 4 rows");
+    // A second dataset of bravo's in the same shared schema: part of it at once, said so at
+    // registration, and named in the provenance beside the first.
+    let older = fed.dir.path().join("data").join("bravo").join("cases_2024.csv");
+    std::fs::write(&older, "region,days\nnorth,1\nwest,2\nwest,3\n").expect("write");
+    let spec = concord_node::node::admin::DatasetSpec {
+        name: "cases_2024",
+        file: &older,
+        shared_schema: Some("cases"),
+        allow: Some("*"),
+        csv: Default::default(),
+    };
+    let r = concord_node::node::admin::dataset_register(&bravo, &spec, false).await.expect("registered");
+    assert!(
+        r.notes.iter().any(|n| n.contains("2 datasets") && n.contains("cases, cases_2024")),
+        "{:?}",
+        r.notes
+    );
+    let (n, out) = total().await;
+    assert_eq!(n, Some(12));
+    let bravos: Vec<&str> =
+        out.provenance.iter().filter(|c| c.member == "bravo").map(|c| c.dataset.as_str()).collect();
+    assert_eq!(bravos, ["cases", "cases_2024"]);
+    assert!(out.left_out.is_empty(), "{:?}", out.left_out);
+
+    // A third that bravo shows everyone but releases to charlie only: alpha's answer leaves it
+    // out and names it; charlie's answer counts it.
+    let private = fed.dir.path().join("data").join("bravo").join("cases_private.csv");
+    std::fs::write(&private, "region,days\neast,4\neast,5\n").expect("write");
+    let spec = concord_node::node::admin::DatasetSpec {
+        name: "cases_private",
+        file: &private,
+        shared_schema: Some("cases"),
+        allow: Some("charlie"),
+        csv: Default::default(),
+    };
+    concord_node::node::admin::dataset_register(&bravo, &spec, false).await.expect("registered");
+    let record = bravo
+        .open_state()
+        .expect("state")
+        .datasets()
+        .expect("datasets")
+        .into_iter()
+        .find(|d| d.name == "cases_private")
+        .expect("registered");
+    let shown = record.policy.replace(
+        r#"permit (principal, action in [Action::"aggregate", Action::"describe"], resource) when { [Member::"charlie"].contains(principal) };"#,
+        "permit (principal, action == Action::\"describe\", resource);\npermit (principal, action == Action::\"aggregate\", resource) when { principal == Member::\"charlie\" };",
+    );
+    assert_ne!(shown, record.policy, "the default rule was found and replaced");
+    let policy = fed.dir.path().join("cases_private.policy.toml");
+    std::fs::write(&policy, shown).expect("write policy");
+    concord_node::node::admin::policy_set(&bravo, "cases_private", &policy).expect("policy set");
+    let (n, out) = total().await;
+    assert_eq!(n, Some(12), "alpha's count leaves the withheld dataset out");
+    assert_eq!(out.left_out.len(), 1, "{:?}", out.left_out);
+    assert!(out.left_out[0].starts_with("bravo.cases_private ("), "{:?}", out.left_out);
+    let c = fed.member("charlie");
+    let r = api_query(&c.local_url, &c.analyst_token, "SELECT count(*) AS n FROM cases").await.expect("runs");
+    assert_eq!(crate::peer_refusals::first_int(&r.batches), Some(14), "charlie may aggregate it");
+    assert!(r.left_out.is_empty(), "{:?}", r.left_out);
+    fed.stop().await;
+}

@@ -495,6 +495,7 @@ async fn query(
         "arrow_ipc": B64.encode(ipc),
         "provenance": out.provenance,
         "missing": out.missing,
+        "left_out": out.left_out,
     }))
     .into_response())
 }

@@ -168,6 +168,8 @@ pub struct Registered {
     pub record: DatasetRecord,
     pub changes: Vec<String>,
     pub left_out: Vec<String>,
+    /// What the operator should know: other datasets of this node in the same shared schema.
+    pub notes: Vec<String>,
 }
 
 /// Registers a dataset, or with `replace` replaces one (then `changes` says what changed).
@@ -301,7 +303,24 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         policy: format!("sha256:{}", policy.digest()),
     };
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;
-    Ok(Registered { record, changes, left_out })
+    let mut notes = Vec::new();
+    if let Some(schema) = &record.shared_schema {
+        let together: Vec<String> = dir
+            .open_state()?
+            .datasets()?
+            .into_iter()
+            .filter(|d| d.shared_schema.as_deref() == Some(schema.as_str()))
+            .map(|d| d.name)
+            .collect();
+        if together.len() > 1 {
+            notes.push(format!(
+                "shared schema {schema} now has {} datasets on this node ({}); a query over {schema} reads them all, each named in the provenance",
+                together.len(),
+                together.join(", ")
+            ));
+        }
+    }
+    Ok(Registered { record, changes, left_out, notes })
 }
 
 /// What a replacement changes, in words.

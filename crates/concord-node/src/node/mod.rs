@@ -125,6 +125,11 @@ pub struct CatalogEntry {
     pub shared_schema: Option<String>,
     /// Arrow IPC schema, base64.
     pub schema_ipc: String,
+    /// Why this member may see the dataset but not aggregate it (the owner's policy, with the
+    /// requester's live grants and no purpose); a requester leaves it out of the shared schema
+    /// and names it. `None`: it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 /// A member's keys.
@@ -423,10 +428,21 @@ impl Node {
                 .decide(&self.cfg.member, &d.record.name, Action::Describe, &ctx, &baseline)
                 .is_allowed()
             {
+                let withheld = match d.policy.decide(
+                    &self.cfg.member,
+                    &d.record.name,
+                    Action::Aggregate,
+                    &ctx,
+                    &baseline,
+                ) {
+                    concord_policy::Decision::Allow { .. } => None,
+                    concord_policy::Decision::Deny { reason } => Some(reason),
+                };
                 out.push(CatalogEntry {
                     name: d.record.name.clone(),
                     shared_schema: d.record.shared_schema.clone(),
                     schema_ipc: B64.encode(&d.record.schema_ipc),
+                    withheld,
                 });
             }
         }

@@ -435,6 +435,7 @@ impl Node {
             parts: vec![concord_query::Part { owner: self.cfg.member.clone(), dataset: dataset.to_owned() }],
             shared: false,
             unreachable: vec![],
+            withheld: vec![],
         };
         ctx.register_table(dataset, std::sync::Arc::new(fed)).map_err(QueryError::plan)?;
         let (_, planned) = concord_query::federate::plan_subqueries(&ctx, sql).await?;

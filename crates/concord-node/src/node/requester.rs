@@ -23,8 +23,6 @@ use crate::net::protocol::{QueryRequest, ReleaseReceipt, new_request_id};
 use crate::node::{CatalogEntry, Node};
 use crate::store::entry::LogEntry;
 
-/// How long a member's catalog is used before it is read again.
-pub const CATALOG_TTL: Duration = Duration::from_secs(10);
 /// Largest catalog answer read from a member.
 pub const MAX_CATALOG_BYTES: usize = 4 * 1024 * 1024;
 /// Most datasets one member's catalog may list.
@@ -36,6 +34,8 @@ pub struct PeerDataset {
     pub name: String,
     pub shared_schema: Option<String>,
     pub schema: SchemaRef,
+    /// Why its owner does not release it to this member, if it does not.
+    pub withheld: Option<String>,
 }
 
 /// One member's catalog: the charter version and time it was read at, and what it listed (or
@@ -49,11 +49,14 @@ pub struct CatalogCache {
 }
 
 impl CatalogCache {
-    fn get(&self, member: &str, version: u64) -> Option<Result<Arc<Vec<PeerDataset>>, String>> {
+    fn get(
+        &self,
+        member: &str,
+        version: u64,
+        ttl: Duration,
+    ) -> Option<Result<Arc<Vec<PeerDataset>>, String>> {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(member)
-            .filter(|(v, at, _)| *v == version && at.elapsed() < CATALOG_TTL)
-            .map(|(_, _, c)| c.clone())
+        map.get(member).filter(|(v, at, _)| *v == version && at.elapsed() < ttl).map(|(_, _, c)| c.clone())
     }
 
     fn put(&self, member: &str, version: u64, catalog: Result<Arc<Vec<PeerDataset>>, String>) {
@@ -90,7 +93,8 @@ impl Node {
     /// schema decoded as a schema alone. A bad answer is an error that names the member.
     async fn catalog_of(&self, m: &concord_charter::MemberCard) -> Result<Arc<Vec<PeerDataset>>, NodeError> {
         let version = self.charter_version();
-        let cached = match self.catalogs.get(&m.id, version) {
+        let ttl = Duration::from_secs(self.cfg.limits.catalog_ttl_secs);
+        let cached = match self.catalogs.get(&m.id, version, ttl) {
             Some(c) => c,
             None => {
                 let read = self.read_catalog(m).await.map_err(|e| e.to_string());
@@ -135,7 +139,12 @@ impl Node {
                 B64.decode(&e.schema_ipc).map_err(|_| bad(format!("schema of {} is not base64", e.name)))?;
             let schema = concord_query::ipc::decode_schema(&bytes)
                 .map_err(|err| bad(format!("schema of {}: {err}", e.name)))?;
-            out.push(PeerDataset { name: e.name, shared_schema: e.shared_schema, schema });
+            out.push(PeerDataset {
+                name: e.name,
+                shared_schema: e.shared_schema,
+                schema,
+                withheld: e.withheld,
+            });
         }
         Ok(Arc::new(out))
     }
@@ -164,7 +173,7 @@ impl Node {
                 })?;
             entries.push((
                 self.cfg.member.clone(),
-                PeerDataset { name: e.name, shared_schema: e.shared_schema, schema },
+                PeerDataset { name: e.name, shared_schema: e.shared_schema, schema, withheld: e.withheld },
             ));
         }
         let charter = self.charter();
@@ -188,10 +197,17 @@ impl Node {
             .catalog("datafusion")
             .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
         for s in &self.charter().charter.schemas {
-            let parts = entries
-                .iter()
-                .filter(|(_, e)| e.shared_schema.as_deref() == Some(s.name.as_str()))
+            let conforming =
+                entries.iter().filter(|(_, e)| e.shared_schema.as_deref() == Some(s.name.as_str()));
+            let parts = conforming
+                .clone()
+                .filter(|(_, e)| e.withheld.is_none())
                 .map(|(m, e)| Part { owner: m.clone(), dataset: e.name.clone() })
+                .collect();
+            // Conforming datasets their owners show but do not release to this member: named
+            // in every result over the schema, never left out without a word.
+            let withheld = conforming
+                .filter_map(|(m, e)| e.withheld.as_ref().map(|why| format!("{m}.{} ({why})", e.name)))
                 .collect();
             let table = FederatedTable {
                 display: s.name.clone(),
@@ -199,6 +215,7 @@ impl Node {
                 parts,
                 shared: true,
                 unreachable: unreachable.clone(),
+                withheld,
             };
             ctx.register_table(s.name.as_str(), Arc::new(table)).map_err(QueryError::plan)?;
         }
@@ -220,6 +237,7 @@ impl Node {
                 parts: vec![Part { owner: member.clone(), dataset: e.name.clone() }],
                 shared: false,
                 unreachable: vec![],
+                withheld: vec![],
             };
             schema_of(&member)?.register_table(e.name, Arc::new(table)).map_err(QueryError::plan)?;
         }

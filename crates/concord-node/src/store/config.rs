@@ -61,6 +61,10 @@ pub struct Limits {
     pub peer_timeout_secs: u64,
     /// How long the requester waits for one member's catalog.
     pub catalog_timeout_secs: u64,
+    /// How long a member's catalog is used before it is read again: a dataset another member
+    /// adds to or removes from a shared schema shows in this node's queries within this time.
+    /// 0 reads the catalogs of the members a query names at every query.
+    pub catalog_ttl_secs: u64,
     /// How long the node waits for one witness's cosignature.
     pub witness_timeout_secs: u64,
     /// Open connections per listener; more wait in the kernel's backlog.
@@ -90,6 +94,7 @@ impl Default for Limits {
             max_concurrent_queries: 8,
             peer_timeout_secs: 25,
             catalog_timeout_secs: 5,
+            catalog_ttl_secs: 10,
             witness_timeout_secs: 5,
             max_connections: 256,
             max_connections_per_address: 64,

@@ -112,6 +112,7 @@ pub fn federation(splits: &[Vec<Row>]) -> (SessionContext, LocalOwners, SessionC
         parts: members.iter().map(|m| Part { owner: m.clone(), dataset: "data".into() }).collect(),
         shared: true,
         unreachable: vec![],
+        withheld: vec![],
     };
     fed.register_table("t", Arc::new(table)).expect("register");
     let single = FederatedTable {
@@ -120,6 +121,7 @@ pub fn federation(splits: &[Vec<Row>]) -> (SessionContext, LocalOwners, SessionC
         parts: vec![Part { owner: "m0".into(), dataset: "data".into() }],
         shared: false,
         unreachable: vec![],
+        withheld: vec![],
     };
     fed.register_table("m0_data", Arc::new(single)).expect("register");
     let owners = LocalOwners {

@@ -203,6 +203,7 @@ async fn one_type(ty: &ColumnType, rows: &[Raw]) -> BTreeSet<usize> {
             parts: owners.iter().map(|m| Part { owner: m.clone(), dataset: "data".into() }).collect(),
             shared: true,
             unreachable: vec![],
+            withheld: vec![],
         }),
     )
     .expect("register");

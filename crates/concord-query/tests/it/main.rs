@@ -1,6 +1,7 @@
 //! Integration tests of federated planning: federated = pooled, refusals, the owner's check.
 
 mod common;
+mod datasets;
 mod every_type;
 mod federated_equals_pooled;
 mod ipc;
