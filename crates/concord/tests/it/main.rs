@@ -2,13 +2,18 @@
 //! scratch with init, genesis, signatures, datasets and tokens, nodes run, queried, stopped.
 
 mod crashes;
+mod netns;
 
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+fn concord_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_concord")
+}
+
 fn concord(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concord")).args(args).current_dir(cwd).output().expect("concord runs")
+    Command::new(concord_bin()).args(args).current_dir(cwd).output().expect("concord runs")
 }
 
 fn ok(args: &[&str], cwd: &Path) -> String {
