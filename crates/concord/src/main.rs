@@ -57,6 +57,14 @@ enum Command {
         #[arg(long)]
         head: Option<String>,
     },
+    /// Copy a node folder (config, cards, keys, a consistent snapshot of the state database)
+    /// into a new folder, while the node runs. Dataset files are referenced, not copied.
+    Backup {
+        dir: PathBuf,
+        /// The folder to create.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// This node's keys: `rotate` makes new ones for a `--rotate-key` proposal.
     Keys {
         #[command(subcommand)]
@@ -570,6 +578,21 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("start the node: concord node run {}", dir.display());
+        }
+        Command::Backup { dir, to } => {
+            let b = admin::backup(&NodeDir::new(&dir), &to)?;
+            for f in &b.files {
+                println!("wrote {}", f.display());
+            }
+            println!("the copy's log holds {} entries", b.log_size);
+            for f in &b.dataset_files {
+                println!("not copied (back it up with the node): dataset file {}", f.display());
+            }
+            println!(
+                "to restore: stop the node, put {} in place of {}, start the node",
+                to.display(),
+                dir.display()
+            );
         }
         Command::Keys { command: KeysCommand::Rotate { dir } } => {
             let nd = NodeDir::new(&dir);

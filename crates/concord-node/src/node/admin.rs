@@ -446,3 +446,84 @@ pub fn token_create(dir: &NodeDir, role: &str) -> Result<String, NodeError> {
     }
     dir.open_state()?.create_token(role)
 }
+
+/// What `concord backup` wrote.
+#[derive(Clone, Debug)]
+pub struct Backup {
+    pub files: Vec<PathBuf>,
+    /// Entries of the transparency log in the copy.
+    pub log_size: u64,
+    /// The datasets' files, which are referenced, not copied: the operator backs them up.
+    pub dataset_files: Vec<PathBuf>,
+}
+
+/// Copies a node folder to `dest` (which must not exist) while the node may run: the config,
+/// the member cards, the keys (mode 0600) and a consistent snapshot of the state database. The
+/// copy is made in a private temporary sibling and renamed into place, so `dest` is whole or
+/// absent.
+pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    dir.load_config()?;
+    if dest.exists() {
+        return Err(NodeError::Conflict(format!("{} exists; back up into a new folder", dest.display())));
+    }
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| NodeError::Config(format!("{} names no folder to create", dest.display())))?;
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let private_dir = |p: &Path| {
+        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(p).map_err(|e| NodeError::io(p, e))
+    };
+    private_dir(&tmp)?;
+    let result = (|| {
+        let mut files = Vec::new();
+        let copy = |from: &Path, to: &Path, files: &mut Vec<PathBuf>| -> Result<(), NodeError> {
+            std::fs::copy(from, to).map_err(|e| NodeError::io(from, e))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| NodeError::io(to, e))?;
+            files.push(dest.join(to.strip_prefix(&tmp).unwrap_or(to)));
+            Ok(())
+        };
+        for f in ["concord.toml", "member-card.json", "member-card.next.json"] {
+            let from = dir.root.join(f);
+            if from.is_file() {
+                copy(&from, &tmp.join(f), &mut files)?;
+            }
+        }
+        for sub in ["keys", "keys/next"] {
+            let from = dir.root.join(sub);
+            if !from.is_dir() {
+                continue;
+            }
+            private_dir(&tmp.join(sub))?;
+            for e in std::fs::read_dir(&from).map_err(|e| NodeError::io(&from, e))? {
+                let p = e.map_err(|e| NodeError::io(&from, e))?.path();
+                if p.is_file() {
+                    copy(&p, &tmp.join(sub).join(p.file_name().unwrap_or_default()), &mut files)?;
+                }
+            }
+        }
+        let db = tmp.join("state.db");
+        dir.open_state()?.backup_into(&db)?;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| NodeError::io(&db, e))?;
+        std::fs::File::open(&db).and_then(|f| f.sync_all()).map_err(|e| NodeError::io(&db, e))?;
+        files.push(dest.join("state.db"));
+        let copy_dir = NodeDir::new(&tmp);
+        let log_size = copy_dir.open_log()?.size()?;
+        let dataset_files = copy_dir.open_state()?.datasets()?.into_iter().map(|d| d.path).collect();
+        Ok(Backup { files, log_size, dataset_files })
+    })();
+    match result {
+        Ok(b) => {
+            std::fs::rename(&tmp, dest).map_err(|e| NodeError::io(dest, e))?;
+            Ok(b)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}

@@ -166,6 +166,16 @@ impl State {
         Ok(Self { conn: Mutex::new(conn) })
     }
 
+    /// Writes a consistent copy of the whole database (log, charter versions, registry,
+    /// tokens, budgets, grants) to `dest`, which must not exist, while writers go on: SQLite's
+    /// `VACUUM INTO` reads one snapshot.
+    pub fn backup_into(&self, dest: &Path) -> Result<(), NodeError> {
+        let target =
+            dest.to_str().ok_or_else(|| NodeError::Config(format!("{} is not UTF-8", dest.display())))?;
+        self.lock().execute("VACUUM INTO ?1", params![target]).map_err(db)?;
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (it has its own
         // transactions), so a poisoned lock is still usable.

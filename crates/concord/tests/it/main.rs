@@ -446,8 +446,55 @@ west,4
     );
     assert_eq!(out, "n\r\n1\r\n");
 
+    // A backup while the node runs: whole, private, and a node runs from it.
+    let out = ok(&["backup", "alpha", "--to", "alpha-backup"], d);
+    assert!(
+        out.contains("alpha-backup/state.db") && out.contains("not copied") && out.contains("a.csv"),
+        "{out}"
+    );
+    let err = fails(&["backup", "alpha", "--to", "alpha-backup"], d);
+    assert!(err.contains("exists"), "{err}");
+    use std::os::unix::fs::PermissionsExt as _;
+    for f in ["state.db", "keys/member.key", "keys/tls.key", "concord.toml"] {
+        let mode = std::fs::metadata(d.join("alpha-backup").join(f)).expect(f).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+
     for n in nodes {
         let status = n.stop();
         assert!(status.success(), "a node stops cleanly on SIGTERM: {status}");
+    }
+    // Restored: the backup in place of the folder, and the node answers as before.
+    std::fs::rename(d.join("alpha"), d.join("alpha-old")).expect("move");
+    std::fs::rename(d.join("alpha-backup"), d.join("alpha")).expect("restore");
+    let nodes: Vec<Node> = ["alpha", "bravo", "charlie"].iter().map(|m| Node::run(m, d)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = concord(
+            &[
+                "query",
+                "--node",
+                &url,
+                "--token",
+                &token,
+                "--format",
+                "csv",
+                "SELECT count(*) AS n FROM cases",
+            ],
+            d,
+        );
+        if out.status.success() {
+            break String::from_utf8(out.stdout).expect("utf8");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored node never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out, "n\r\n6\r\n", "3 + 2 + 1 rows, the restored charter naming all three");
+    for n in nodes {
+        assert!(n.stop().success());
     }
 }
