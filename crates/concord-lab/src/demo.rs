@@ -366,7 +366,9 @@ pub async fn data_members(
     }
     // Columns per stem per member; every column that cannot be shared is named.
     let mut warnings = Vec::new();
-    let mut by_stem: BTreeMap<String, Vec<(String, Vec<(String, ColumnType)>)>> = BTreeMap::new();
+    // Per stem, each member's columns with their types.
+    type Columns = Vec<(String, ColumnType)>;
+    let mut by_stem: BTreeMap<String, Vec<(String, Columns)>> = BTreeMap::new();
     for s in &specs {
         for f in &s.files {
             let stem = stem_of(f)?;

@@ -147,7 +147,7 @@ fn write_lineitem(path: &std::path::Path, member: i64, with_list: bool) {
         ),
         Arc::new(
             keys.iter()
-                .map(|k| Some(i128::from(*k) * 1_234_567 % 100_000_000_07))
+                .map(|k| Some(i128::from(*k) * 1_234_567 % 10_000_000_007))
                 .collect::<Decimal128Array>()
                 .with_precision_and_scale(15, 2)
                 .expect("decimal"),
