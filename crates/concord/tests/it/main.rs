@@ -404,6 +404,10 @@ permit (principal, action == Action::"describe", resource);
     assert!(voted.contains("adopted") && voted.contains("version 3"), "{voted}");
     let joined = ok(&["join", "charlie", "--peer", &alpha_peer, "--genesis", &genesis], d);
     assert!(joined.contains("charter version 3 (3 members)"), "{joined}");
+    // Another process reads what the running node committed: offline commands beside a live
+    // node see its charter versions (the node never drops SQLite's locks on its database).
+    let err = fails(&["dataset", "add", "alpha", "x", "--file", "a.csv", "--allow", "zed"], d);
+    assert!(err.contains("charter version 3") && err.contains("alpha, bravo, charlie"), "{err}");
     std::fs::write(
         d.join("c.csv"),
         "region,days
