@@ -34,7 +34,7 @@ use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, Expr, LogicalPlan, LogicalPlanBuilder, cast as cast_expr, lit,
+    Aggregate, Distinct, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast as cast_expr, lit,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -646,6 +646,7 @@ pub(crate) fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> DfRes
 }
 
 /// How a final aggregate is computed from partial columns.
+#[derive(Clone, Copy)]
 enum Merge {
     /// COUNT: SUM of the partial counts, 0 when there are none.
     Count(usize),
@@ -657,6 +658,59 @@ enum Merge {
         sum: usize,
         count: usize,
     },
+}
+
+/// A cast is invisible in a column's name, so an AVG's widened sum (`sum(CAST(x AS DOUBLE))`)
+/// and the query's own `sum(x)` would clash in one sub-query: such an AVG takes the query's sum
+/// instead, and the slot it no longer uses is dropped.
+fn share_clashing_sums(partial_aggs: Vec<Expr>, mut merges: Vec<Merge>) -> (Vec<Expr>, Vec<Merge>) {
+    let names: Vec<String> = partial_aggs.iter().map(|e| e.schema_name().to_string()).collect();
+    let avg_sums: Vec<usize> = merges
+        .iter()
+        .filter_map(|m| if let Merge::Avg { sum, .. } = m { Some(*sum) } else { None })
+        .collect();
+    let mut target: Vec<usize> = (0..partial_aggs.len()).collect();
+    for &i in &avg_sums {
+        let other = (0..partial_aggs.len())
+            .filter(|&j| j != i && names[j] == names[i])
+            .min_by_key(|j| (avg_sums.contains(j), *j));
+        if let Some(j) = other
+            && !(avg_sums.contains(&j) && j > i)
+        {
+            target[i] = j;
+        }
+    }
+    let at = |k: usize| target[k];
+    for m in &mut merges {
+        *m = match *m {
+            Merge::Count(k) => Merge::Count(at(k)),
+            Merge::Sum(k) => Merge::Sum(at(k)),
+            Merge::Min(k) => Merge::Min(at(k)),
+            Merge::Max(k) => Merge::Max(at(k)),
+            Merge::Avg { sum, count } => Merge::Avg { sum: at(sum), count: at(count) },
+        };
+    }
+    // Drop the slots nothing refers to any more, and number the rest anew.
+    let used: Vec<bool> = (0..partial_aggs.len()).map(|k| target.contains(&k)).collect();
+    let mut new_index = vec![0; partial_aggs.len()];
+    let mut kept = Vec::new();
+    for (k, e) in partial_aggs.into_iter().enumerate() {
+        if used[k] {
+            new_index[k] = kept.len();
+            kept.push(e);
+        }
+    }
+    let renumber = |k: usize| new_index[k];
+    for m in &mut merges {
+        *m = match *m {
+            Merge::Count(k) => Merge::Count(renumber(k)),
+            Merge::Sum(k) => Merge::Sum(renumber(k)),
+            Merge::Min(k) => Merge::Min(renumber(k)),
+            Merge::Max(k) => Merge::Max(renumber(k)),
+            Merge::Avg { sum, count } => Merge::Avg { sum: renumber(sum), count: renumber(count) },
+        };
+    }
+    (kept, merges)
 }
 
 /// Splits one aggregate over a flattened federated table.
@@ -747,7 +801,19 @@ fn split_aggregate(
             "min" => Merge::Min(slot(same(false))),
             "max" => Merge::Max(slot(same(false))),
             "avg" => {
-                Merge::Avg { sum: slot(with_filter(sum(arg.clone()))), count: slot(with_filter(count(arg))) }
+                // Summed as the pooled AVG sums: integers as Float64 (no wrapping), decimals of
+                // high precision in 256 bits; both casts are lossless, so owners take them on
+                // personal data too.
+                let arg_type =
+                    f.params.args.first().map(|a| ExprSchemable::get_type(a, input_schema)).transpose();
+                let summed = match arg_type.map_err(QueryError::plan)? {
+                    Some(t) if t.is_integer() => cast_expr(arg.clone(), DataType::Float64),
+                    Some(DataType::Decimal128(p, s)) if p > 25 => {
+                        cast_expr(arg.clone(), DataType::Decimal256(76, s))
+                    }
+                    _ => arg.clone(),
+                };
+                Merge::Avg { sum: slot(with_filter(sum(summed))), count: slot(with_filter(count(arg))) }
             }
             other => {
                 return Err(QueryError::Refused(format!(
@@ -758,6 +824,7 @@ fn split_aggregate(
             }
         });
     }
+    let (partial_aggs, merges) = share_clashing_sums(partial_aggs, merges);
     let sample = table.parts.first().map(|p| p.dataset.as_str()).unwrap_or("t");
     let partial =
         partial_plan(&table, sample, &flat.filters, &groups, &partial_aggs).map_err(QueryError::plan)?;

@@ -236,10 +236,16 @@ fn check_schema(
                     IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO
                 )
             }),
+            // A precision within the width's, a scale from 0 to the precision.
             Type::Decimal => f.type_as_decimal().is_some_and(|d| {
-                matches!(d.bitWidth(), 32 | 64 | 128 | 256)
-                    && u8::try_from(d.precision()).is_ok()
-                    && i8::try_from(d.scale()).is_ok()
+                let max = match d.bitWidth() {
+                    32 => 9,
+                    64 => 18,
+                    128 => 38,
+                    256 => 76,
+                    _ => 0,
+                };
+                (1..=max).contains(&d.precision()) && (0..=d.precision()).contains(&d.scale())
             }),
             _ => false,
         };
@@ -352,6 +358,32 @@ fn check_batch(
     Ok(())
 }
 
+/// Every decimal value within its column's declared precision: arrow's reader does not check,
+/// and a cast of an out-of-range value to a type arrow deems wide enough may panic.
+fn check_decimals(batch: &RecordBatch) -> Result<(), QueryError> {
+    use datafusion::arrow::array::AsArray as _;
+    use datafusion::arrow::datatypes::{Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type};
+    for (column, field) in batch.columns().iter().zip(batch.schema().fields()) {
+        let checked = match field.data_type() {
+            DataType::Decimal32(p, _) => {
+                column.as_primitive::<Decimal32Type>().validate_decimal_precision(*p)
+            }
+            DataType::Decimal64(p, _) => {
+                column.as_primitive::<Decimal64Type>().validate_decimal_precision(*p)
+            }
+            DataType::Decimal128(p, _) => {
+                column.as_primitive::<Decimal128Type>().validate_decimal_precision(*p)
+            }
+            DataType::Decimal256(p, _) => {
+                column.as_primitive::<Decimal256Type>().validate_decimal_precision(*p)
+            }
+            _ => Ok(()),
+        };
+        checked.map_err(|e| malformed(format!("column {:?}: {e}", field.name())))?;
+    }
+    Ok(())
+}
+
 fn field_count(t: &DataType) -> usize {
     match t {
         DataType::List(f)
@@ -386,6 +418,9 @@ pub fn decode_limited(bytes: &[u8], limits: &IpcLimits) -> Result<(SchemaRef, Ve
             return Err(malformed(format!("{fields} fields, over the limit of {}", limits.max_fields)));
         }
         let batches = reader.collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+        for b in &batches {
+            check_decimals(b)?;
+        }
         Ok((schema, batches))
     });
     read.unwrap_or_else(|_| Err(malformed("arrow cannot read its schema or batches")))

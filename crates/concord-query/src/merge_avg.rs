@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray as _, PrimitiveArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    ArrowNativeType, DataType, Decimal128Type, Decimal256Type, DecimalType, Float64Type, Int64Type,
-};
+use datafusion::arrow::datatypes::{DataType, Decimal256Type, Float64Type, Int64Type, i256};
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -34,7 +32,9 @@ fn internal(why: impl Into<String>) -> DataFusionError {
 }
 
 impl AvgMerge {
-    fn decimal<T: DecimalType>(
+    /// In 256-bit arithmetic whatever the target: DataFusion's pooled AVG sums a decimal of
+    /// high precision in 256 bits too, and an average that fits the target is exact either way.
+    fn decimal(
         &self,
         sum: &ArrayRef,
         counts: &PrimitiveArray<Int64Type>,
@@ -45,27 +45,20 @@ impl AvgMerge {
             DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => *s,
             other => return Err(internal(format!("avg_merge of a decimal average over a {other} sum"))),
         };
-        // Both sides in the target width: a 128-bit sum of a 256-bit average cannot happen,
-        // but a cast keeps the arithmetic in one type whatever comes.
-        let sum = cast(sum, &T::TYPE_CONSTRUCTOR(T::MAX_PRECISION, sum_scale))?;
-        let sums = sum.as_primitive::<T>();
-        let averager = DecimalAverager::<T>::try_new(sum_scale, precision, scale)?;
+        let sum = cast(sum, &DataType::Decimal256(76, sum_scale))?;
+        let sums = sum.as_primitive::<Decimal256Type>();
+        let averager = DecimalAverager::<Decimal256Type>::try_new(sum_scale, precision, scale)?;
         let out = sums
             .iter()
             .zip(counts.iter())
             .map(|(s, c)| match (s, c) {
-                (Some(s), Some(c)) if c > 0 => {
-                    let c = usize::try_from(c)
-                        .ok()
-                        .and_then(<T::Native as ArrowNativeType>::from_usize)
-                        .ok_or_else(|| internal("a count beyond the decimal range"))?;
-                    averager.avg(s, c).map(Some)
-                }
+                (Some(s), Some(c)) if c > 0 => averager.avg(s, i256::from_i128(i128::from(c))).map(Some),
                 _ => Ok(None),
             })
-            .collect::<Result<PrimitiveArray<T>, DataFusionError>>()?
+            .collect::<Result<PrimitiveArray<Decimal256Type>, DataFusionError>>()?
             .with_precision_and_scale(precision, scale)?;
-        Ok(Arc::new(out))
+        // Every average was checked against the target's precision: the cast cannot fail.
+        Ok(cast(&(Arc::new(out) as ArrayRef), &self.target)?)
     }
 
     fn duration(
@@ -123,8 +116,7 @@ impl ScalarUDFImpl for AvgMerge {
         let count = cast(&count.to_array(n)?, &DataType::Int64)?;
         let counts = count.as_primitive::<Int64Type>();
         let out = match &self.target {
-            DataType::Decimal128(p, s) => self.decimal::<Decimal128Type>(&sum, counts, *p, *s)?,
-            DataType::Decimal256(p, s) => self.decimal::<Decimal256Type>(&sum, counts, *p, *s)?,
+            DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => self.decimal(&sum, counts, *p, *s)?,
             DataType::Duration(_) => self.duration(&sum, counts)?,
             _ => self.float(&sum, counts)?,
         };

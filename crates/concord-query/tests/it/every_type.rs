@@ -295,3 +295,57 @@ proptest! {
         });
     }
 }
+
+/// A sum past the range of its type: AVG of int64 epoch nanoseconds (whose integer sum would
+/// wrap) gives what the pooled AVG gives, which sums in Float64.
+#[test]
+fn averages_of_values_whose_sum_leaves_the_type_match_the_pooled_average() {
+    runtime().block_on(async {
+        let cases: [(DataType, ArrayRef); 1] = [(
+            DataType::Int64,
+            Arc::new(Int64Array::from(
+                [[Some(1_700_000_000_000_000_000), Some(1_800_000_000_000_000_000)]; 4].concat(),
+            )),
+        )];
+        for (dt, values) in cases {
+            let n = values.len();
+            let keys: ArrayRef =
+                Arc::new((0..n).map(|i| Some(format!("k{}", i % 2))).collect::<StringArray>());
+            let all = RecordBatch::try_new(schema(&dt), vec![keys, values]).expect("batch");
+            let fed = SessionContext::new();
+            let owners: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+            fed.register_table(
+                "t",
+                Arc::new(FederatedTable {
+                    display: "t".into(),
+                    schema: schema(&dt),
+                    parts: owners.iter().map(|m| Part { owner: m.clone(), dataset: "data".into() }).collect(),
+                    shared: true,
+                    unreachable: vec![],
+                    withheld: vec![],
+                }),
+            )
+            .expect("register");
+            let mut tables = BTreeMap::new();
+            for (i, m) in owners.iter().enumerate() {
+                let (from, len) = (i * n / 3, (i + 1) * n / 3 - i * n / 3);
+                let t: Arc<dyn TableProvider> =
+                    Arc::new(MemTable::try_new(schema(&dt), vec![vec![all.slice(from, len)]]).expect("mem"));
+                tables.insert(m.clone(), t);
+            }
+            let client = IpcOwners { tables, rules: open_rules() };
+            let pooled = SessionContext::new();
+            pooled
+                .register_table("t", Arc::new(MemTable::try_new(schema(&dt), vec![vec![all]]).expect("mem")))
+                .expect("register");
+            for sql in ["SELECT avg(v) FROM t", "SELECT k, avg(v) FROM t GROUP BY k ORDER BY k"] {
+                let p = pooled.sql(sql).await.expect("plans").collect().await.expect("pooled runs");
+                let f =
+                    run_federated(&fed, sql, &client).await.unwrap_or_else(|e| panic!("{dt}: {sql}: {e}"));
+                if let Err(diff) = concord_query::compare::compare(&f.batches, &p) {
+                    panic!("{dt}: {sql}: {diff}");
+                }
+            }
+        }
+    });
+}

@@ -93,3 +93,20 @@ fn streams_that_made_arrow_panic_are_refused_before_arrow_reads_them() {
     }
     assert!(found >= 3, "the crash inputs are in the corpus");
 }
+
+#[test]
+fn decimals_beyond_their_declared_precision_are_refused_not_cast() {
+    use datafusion::arrow::array::Decimal256Array;
+    use datafusion::arrow::datatypes::i256;
+    // A value near 2^252 declared as decimal256(1,0): a cast to decimal(25,2) would panic.
+    let big = Decimal256Array::from(vec![Some(
+        i256::from_i128(i128::MAX).wrapping_mul(i256::from_i128(i128::MAX)),
+    )])
+    .with_precision_and_scale(1, 0)
+    .expect("parameters are valid");
+    let schema = Arc::new(Schema::new(vec![Field::new("p0", DataType::Decimal256(1, 0), true)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(big)]).expect("batch");
+    let bytes = encode(&schema, &[batch]).expect("encodes");
+    let e = decode_limited(&bytes, &IpcLimits::RESULT).expect_err("out of its precision").to_string();
+    assert!(e.contains("p0") && e.contains("precision"), "{e}");
+}
