@@ -375,8 +375,8 @@ pub struct CsvOptions {
     /// How the shared schema's date columns are written, in `strftime` form (`%d/%m/%Y`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date_format: Option<String>,
-    /// How the shared schema's timestamp columns are written (`%d/%m/%Y %H:%M:%S`); a value
-    /// without an offset is read in the column's time zone (UTC without one).
+    /// How the shared schema's timestamp columns are written (`%d/%m/%Y %H:%M:%S`, with `%z`
+    /// for an offset); a value without an offset is read as UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_format: Option<String>,
 }
@@ -567,7 +567,10 @@ pub async fn open(
                             // DataFusion's CSV reader applies the null marker while it infers
                             // types only: with one, every column is read as text, the marker
                             // made NULL, and the text parsed as its type.
-                            if csv.null.is_some() || format.is_some() || !csv_parses(&want) {
+                            // Decimals are read as text and parsed exactly: the CSV reader drops
+                            // fraction digits beyond the scale without a word.
+                            let decimal = matches!(want, DataType::Decimal128(..) | DataType::Decimal256(..));
+                            if csv.null.is_some() || format.is_some() || decimal || !csv_parses(&want) {
                                 parsed.push((f.name().clone(), want, format));
                                 f.as_ref().clone().with_data_type(DataType::Utf8)
                             } else {
@@ -626,7 +629,12 @@ pub async fn open(
                             TimeUnit::Microsecond => fx::to_timestamp_micros(args),
                             TimeUnit::Nanosecond => fx::to_timestamp_nanos(args),
                         };
-                        cast(t, want)
+                        // `to_timestamp` gives the UTC instant without a zone: name it UTC
+                        // first, so that the cast to the column's zone keeps the instant.
+                        cast(cast(t, DataType::Timestamp(*unit, Some("UTC".into()))), want)
+                    }
+                    Some((_, DataType::Decimal128(..) | DataType::Decimal256(..), _)) => {
+                        crate::exact_decimal::exact_decimal(column, want)
                     }
                     // Read every shared column in the shared type, so that the owner plans over
                     // the types the requester planned over; plain string encodings (Utf8View,

@@ -14,6 +14,7 @@
 
 pub mod compare;
 pub mod dataset;
+mod exact_decimal;
 pub mod federate;
 mod fixed;
 pub mod ipc;

@@ -165,3 +165,47 @@ fn a_column_no_shared_schema_can_hold_is_named_and_left_out() {
         assert!(w.contains("tags") && w.contains("List") && w.contains("nested"), "{w}");
     });
 }
+
+#[test]
+fn a_timestamp_format_with_an_offset_keeps_the_instant_in_a_zoned_column() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("t.csv");
+        std::fs::write(&file, "at\n31/01/2025 14:05:09 +0100\n").expect("write");
+        let schema = SharedSchema {
+            name: "t".into(),
+            version: 1,
+            columns: vec![SchemaColumn {
+                name: "at".into(),
+                ty: ColumnType::parse("timestamp(s,+02:00)").expect("type"),
+                personal: false,
+            }],
+        };
+        let csv = CsvOptions { timestamp_format: Some("%d/%m/%Y %H:%M:%S %z".into()), ..Default::default() };
+        let table = open("t", &file, DatasetFormat::Csv, Some(&schema), &csv).await.expect("opens");
+        // The instant is 13:05:09 UTC, shown at +02:00 as 15:05:09.
+        let out = rows(table, "SELECT at FROM t").await;
+        assert!(out.iter().any(|l| l.contains("2025-01-31T15:05:09+02:00")), "{out:#?}");
+    });
+}
+
+#[test]
+fn a_csv_decimal_with_more_digits_than_its_scale_is_an_error_not_a_rounding() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (csv, opts) in [
+            ("region,price,sold_on,sold_at\nnorth,12.505,2025-01-31,2025-01-31T00:00:00Z\n", CsvOptions::default()),
+            (
+                "region,price,sold_on,sold_at\nnorth,12.505,2025-01-31,NA\n",
+                CsvOptions { null: Some("NA".into()), ..Default::default() },
+            ),
+        ] {
+            let file = dir.path().join("p.csv");
+            std::fs::write(&file, csv).expect("write");
+            let table = open("p", &file, DatasetFormat::Csv, Some(&sales()), &opts).await.expect("opens lazily");
+            let ctx = SessionContext::new();
+            let e = ctx.read_table(table).expect("reads").collect().await.expect_err("12.505 is not decimal(10,2)");
+            assert!(e.to_string().contains("12.505") && e.to_string().contains("more decimals"), "{e}");
+        }
+    });
+}
