@@ -458,9 +458,10 @@ pub struct Backup {
 }
 
 /// Copies a node folder to `dest` (which must not exist) while the node may run: the config,
-/// the member cards, the keys (mode 0600) and a consistent snapshot of the state database. The
-/// copy is made in a private temporary sibling and renamed into place, so `dest` is whole or
-/// absent.
+/// the member cards, the keys and a consistent snapshot of the state database, every file
+/// created 0600 (never through an existing file or link) and synced. The copy is made in a new
+/// private folder beside `dest` and renamed into place, so `dest` is whole or absent; keys that
+/// change while the snapshot is taken (a rotation taking effect) fail the backup.
 pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     dir.load_config()?;
@@ -472,37 +473,22 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| NodeError::Config(format!("{} names no folder to create", dest.display())))?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let private_dir = |p: &Path| {
-        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(p).map_err(|e| NodeError::io(p, e))
-    };
+    let tmp = parent.join(format!(".{name}.partial-{:016x}", rand::random::<u64>()));
+    // Not recursive: a folder that exists already (someone else's) is an error.
+    let private_dir =
+        |p: &Path| std::fs::DirBuilder::new().mode(0o700).create(p).map_err(|e| NodeError::io(p, e));
     private_dir(&tmp)?;
+    let sync_dir =
+        |p: &Path| std::fs::File::open(p).and_then(|d| d.sync_all()).map_err(|e| NodeError::io(p, e));
     let result = (|| {
         let mut files = Vec::new();
-        let copy = |from: &Path, to: &Path, files: &mut Vec<PathBuf>| -> Result<(), NodeError> {
-            std::fs::copy(from, to).map_err(|e| NodeError::io(from, e))?;
-            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| NodeError::io(to, e))?;
-            files.push(dest.join(to.strip_prefix(&tmp).unwrap_or(to)));
-            Ok(())
-        };
+        let keys_before = key_files(dir)?;
         for f in ["concord.toml", "member-card.json", "member-card.next.json"] {
             let from = dir.root.join(f);
             if from.is_file() {
-                copy(&from, &tmp.join(f), &mut files)?;
-            }
-        }
-        for sub in ["keys", "keys/next"] {
-            let from = dir.root.join(sub);
-            if !from.is_dir() {
-                continue;
-            }
-            private_dir(&tmp.join(sub))?;
-            for e in std::fs::read_dir(&from).map_err(|e| NodeError::io(&from, e))? {
-                let p = e.map_err(|e| NodeError::io(&from, e))?.path();
-                if p.is_file() {
-                    copy(&p, &tmp.join(sub).join(p.file_name().unwrap_or_default()), &mut files)?;
-                }
+                let bytes = std::fs::read(&from).map_err(|e| NodeError::io(&from, e))?;
+                crate::store::config::write_private(&tmp.join(f), &bytes)?;
+                files.push(dest.join(f));
             }
         }
         let db = tmp.join("state.db");
@@ -511,6 +497,26 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
             .map_err(|e| NodeError::io(&db, e))?;
         std::fs::File::open(&db).and_then(|f| f.sync_all()).map_err(|e| NodeError::io(&db, e))?;
         files.push(dest.join("state.db"));
+        if key_files(dir)? != keys_before {
+            return Err(NodeError::Conflict(
+                "the node's keys changed while the backup was taken (a key rotation took effect); run it again".into(),
+            ));
+        }
+        for sub in ["keys", "keys/next"] {
+            if keys_before.iter().any(|(rel, _)| rel.starts_with(sub)) {
+                private_dir(&tmp.join(sub))?;
+            }
+        }
+        for (rel, bytes) in &keys_before {
+            crate::store::config::write_private(&tmp.join(rel), bytes)?;
+            files.push(dest.join(rel));
+        }
+        for sub in ["keys/next", "keys"] {
+            if tmp.join(sub).is_dir() {
+                sync_dir(&tmp.join(sub))?;
+            }
+        }
+        sync_dir(&tmp)?;
         let copy_dir = NodeDir::new(&tmp);
         let log_size = copy_dir.open_log()?.size()?;
         let dataset_files = copy_dir.open_state()?.datasets()?.into_iter().map(|d| d.path).collect();
@@ -519,6 +525,7 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
     match result {
         Ok(b) => {
             std::fs::rename(&tmp, dest).map_err(|e| NodeError::io(dest, e))?;
+            sync_dir(parent)?;
             Ok(b)
         }
         Err(e) => {
@@ -526,4 +533,28 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
             Err(e)
         }
     }
+}
+
+/// The node's key files (`keys/*`, `keys/next/*`), by path under the folder, with their bytes.
+fn key_files(dir: &NodeDir) -> Result<Vec<(PathBuf, Vec<u8>)>, NodeError> {
+    let mut out = Vec::new();
+    for sub in ["keys", "keys/next"] {
+        let from = dir.root.join(sub);
+        if !from.is_dir() {
+            continue;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&from)
+            .map_err(|e| NodeError::io(&from, e))?
+            .map(|e| e.map(|e| e.path()).map_err(|e| NodeError::io(&from, e)))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for p in entries {
+            if p.is_file() {
+                let bytes = std::fs::read(&p).map_err(|e| NodeError::io(&p, e))?;
+                let rel = Path::new(sub).join(p.file_name().unwrap_or_default());
+                out.push((rel, bytes));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -207,7 +207,9 @@ impl Node {
             // Conforming datasets their owners show but do not release to this member: named
             // in every result over the schema, never left out without a word.
             let withheld = conforming
-                .filter_map(|(m, e)| e.withheld.as_ref().map(|why| format!("{m}.{} ({why})", e.name)))
+                .filter_map(|(m, e)| {
+                    e.withheld.as_ref().map(|why| format!("{m}.{} ({})", e.name, printable(why)))
+                })
                 .collect();
             let table = FederatedTable {
                 display: s.name.clone(),
@@ -435,4 +437,14 @@ impl OwnerClient for PeerOwners {
         }
         self.node.request_partial(part, sql, &self.purpose).await.map_err(as_query_error)
     }
+}
+
+/// A peer's text as this node shows it to its analysts: no control characters (no terminal
+/// escapes), at most 200 characters.
+fn printable(text: &str) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    if text.chars().filter(|c| !c.is_control()).nth(200).is_some() {
+        out.push('…');
+    }
+    out
 }

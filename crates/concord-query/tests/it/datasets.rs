@@ -194,7 +194,10 @@ fn a_csv_decimal_with_more_digits_than_its_scale_is_an_error_not_a_rounding() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
         for (csv, opts) in [
-            ("region,price,sold_on,sold_at\nnorth,12.505,2025-01-31,2025-01-31T00:00:00Z\n", CsvOptions::default()),
+            (
+                "region,price,sold_on,sold_at\nnorth,12.505,2025-01-31,2025-01-31T00:00:00Z\n",
+                CsvOptions::default(),
+            ),
             (
                 "region,price,sold_on,sold_at\nnorth,12.505,2025-01-31,NA\n",
                 CsvOptions { null: Some("NA".into()), ..Default::default() },
@@ -202,9 +205,15 @@ fn a_csv_decimal_with_more_digits_than_its_scale_is_an_error_not_a_rounding() {
         ] {
             let file = dir.path().join("p.csv");
             std::fs::write(&file, csv).expect("write");
-            let table = open("p", &file, DatasetFormat::Csv, Some(&sales()), &opts).await.expect("opens lazily");
+            let table =
+                open("p", &file, DatasetFormat::Csv, Some(&sales()), &opts).await.expect("opens lazily");
             let ctx = SessionContext::new();
-            let e = ctx.read_table(table).expect("reads").collect().await.expect_err("12.505 is not decimal(10,2)");
+            let e = ctx
+                .read_table(table)
+                .expect("reads")
+                .collect()
+                .await
+                .expect_err("12.505 is not decimal(10,2)");
             assert!(e.to_string().contains("12.505") && e.to_string().contains("more decimals"), "{e}");
         }
     });
