@@ -256,7 +256,7 @@ pub fn fits(file: &DataType, shared: &ColumnType) -> bool {
         // Integers stand for float64 values (the rule of the first shared schemas; 64-bit values
         // beyond 2^53 are rounded), for float32 values only up to 16 bits (exact).
         (f, DataType::Float64) if int_range(f).is_some() => true,
-        (f, DataType::Float32) => int_digits(f).is_some_and(|d| d <= 5),
+        (f, DataType::Float32) if int_range(f).is_some() => int_digits(f).is_some_and(|d| d <= 5),
         (DataType::Float16, DataType::Float32 | DataType::Float64)
         | (DataType::Float32, DataType::Float64) => true,
         (f, DataType::Decimal128(p, s) | DataType::Decimal256(p, s)) if int_digits(f).is_some() => {
