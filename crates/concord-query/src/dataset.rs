@@ -606,7 +606,12 @@ pub async fn open(
         match shared_col {
             None if parse.is_some_and(|(_, want, _)| want != &DataType::Utf8) => {
                 let want = parse.map(|(_, w, _)| w.clone()).unwrap_or(DataType::Utf8);
-                exprs.push(cast(column, want).alias(f.name()));
+                match column_type_of(&want) {
+                    Ok(_) => exprs.push(cast(column, want).alias(f.name())),
+                    Err(why) => {
+                        left_out.push(format!("column {} ({want}) is not served: it {why}", f.name()))
+                    }
+                }
             }
             None if parse.is_some() => exprs.push(column.alias(f.name())),
             None => match column_type_of(f.data_type()) {

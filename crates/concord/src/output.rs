@@ -102,7 +102,7 @@ pub async fn query(
                     let mut notes = Vec::new();
                     if r.rows_from_statistics {
                         notes.push(
-                            "answered from the file's statistics; no row was read (rows: as the dataset holds them)"
+                            "no row was read: DataFusion answered from the file's statistics (rows: as the dataset holds them)"
                                 .to_string(),
                         );
                     }

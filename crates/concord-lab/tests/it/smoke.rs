@@ -235,6 +235,30 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
             panic!("{sql}: {diff}");
         }
     }
+    // Provenance counts the rows each dataset holds, and says when no row was read.
+    let counted = concord_lab::demo::api_query(
+        &alpha.local_url,
+        &alpha.analyst_token,
+        "SELECT count(*) AS n FROM lineitem",
+    )
+    .await
+    .expect("runs");
+    assert_eq!(counted.provenance.len(), 3);
+    for c in &counted.provenance {
+        assert_eq!(c.rows_scanned, 40, "{c:?}");
+        assert!(c.release.rows_from_statistics, "a Parquet count(*) comes from the file's statistics: {c:?}");
+    }
+    let read = concord_lab::demo::api_query(
+        &alpha.local_url,
+        &alpha.analyst_token,
+        "SELECT count(*) AS n FROM lineitem WHERE l_quantity > 10",
+    )
+    .await
+    .expect("runs");
+    for c in &read.provenance {
+        assert_eq!(c.rows_scanned, 40, "{c:?}");
+        assert!(!c.release.rows_from_statistics, "a filter reads rows: {c:?}");
+    }
     // Decimal sums stay decimal, with DataFusion's own result type.
     let fed = concord_lab::demo::api_query(
         &alpha.local_url,

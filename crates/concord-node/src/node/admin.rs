@@ -215,6 +215,7 @@ pub async fn dataset_remove(dir: &NodeDir, name: &str) -> Result<DatasetRecord, 
 async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Result<Registered, NodeError> {
     let DatasetSpec { name, file, shared_schema, allow, ref csv } = *spec;
     dir.load_config()?;
+    let mut csv = csv.clone();
     check_identifier("dataset name", name)?;
     let old = dir.open_state()?.datasets()?.into_iter().find(|d| d.name == name);
     match (&old, replace) {
@@ -233,6 +234,13 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         _ => {}
     }
     let format = DatasetFormat::of_path(file)?;
+    // A replacement keeps how the old CSV was read unless options are given, like its policy.
+    if let Some(o) = &old
+        && format == DatasetFormat::Csv
+        && csv.is_default()
+    {
+        csv = o.csv.clone();
+    }
     let path = std::fs::canonicalize(file).map_err(|e| {
         NodeError::Query(concord_query::QueryError::Dataset {
             name: name.to_owned(),
@@ -271,7 +279,7 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
             }
         }
     }
-    let table = dataset::open(name, &path, format, shared.as_ref(), csv).await?;
+    let table = dataset::open(name, &path, format, shared.as_ref(), &csv).await?;
     let left_out = table.left_out().to_vec();
     let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
     let policy = match (&old, allow) {

@@ -153,6 +153,34 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert!(shown.contains("dataset cases (csv, 2 rows)") && shown.contains("  days Int64"), "{shown}");
     let err = fails(&["dataset", "add", "bravo", "cases", "--file", "b.csv", "--schema", "cases"], d);
     assert!(err.contains("--replace"), "{err}");
+    // CSV options: given at registration, shown, kept by a replacement that gives none.
+    std::fs::write(d.join("semi.csv"), "region;days\nnorth;NA\nsouth;4\n").expect("csv");
+    let err = fails(&["dataset", "add", "bravo", "semi", "--file", "semi.csv", "--schema", "cases"], d);
+    assert!(err.contains("is the delimiter ';'?") && err.contains("--delimiter"), "{err}");
+    let added = ok(
+        &[
+            "dataset",
+            "add",
+            "bravo",
+            "semi",
+            "--file",
+            "semi.csv",
+            "--schema",
+            "cases",
+            "--delimiter",
+            ";",
+            "--null",
+            "NA",
+        ],
+        d,
+    );
+    assert!(added.contains("2 rows") && added.contains("now has 2 datasets"), "{added}");
+    let replaced =
+        ok(&["dataset", "add", "bravo", "semi", "--file", "semi.csv", "--schema", "cases", "--replace"], d);
+    assert!(replaced.contains("changed: nothing"), "the options stay: {replaced}");
+    let shown = ok(&["dataset", "show", "bravo", "semi"], d);
+    assert!(shown.contains("read with: delimiter ';', null \"NA\""), "{shown}");
+    ok(&["dataset", "remove", "bravo", "semi"], d);
     let err = fails(&["dataset", "show", "bravo", "nope"], d);
     assert!(err.contains("no dataset nope"), "{err}");
     let err = fails(&["dataset", "add", "bravo", "gone", "--file", "missing.csv"], d);
