@@ -325,6 +325,17 @@ pub fn check_conformance(
                 };
                 problems.push(format!("column {} is missing{hint}", c.name))
             }
+            // Read as text by a CSV reader that would parse a number: some value is not one.
+            Ok(f)
+                if !types
+                    && (c.ty.is_numeric() || c.ty == ColumnType::Boolean)
+                    && plain_string(f.data_type()) =>
+            {
+                problems.push(format!(
+                    "column {} holds text that is not a {} for shared schema {} (a marker such as NA for NULL is given with --null)",
+                    c.name, c.ty, shared.name
+                ));
+            }
             Ok(f) => {
                 if types && !fits(f.data_type(), &c.ty) {
                     problems.push(format!(

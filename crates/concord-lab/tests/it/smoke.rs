@@ -220,6 +220,22 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
         "the list column is named with its type and why: {:?}",
         demo.warnings
     );
+    // Registration names the column it leaves out, with its type and why.
+    let alpha_dir = concord_node::store::config::NodeDir::new(&demo.file.members[0].dir);
+    let file = demo.specs[0].files[0].clone();
+    let spec = concord_node::node::admin::DatasetSpec {
+        name: "lineitem_copy",
+        file: &file,
+        shared_schema: None,
+        allow: None,
+        csv: Default::default(),
+    };
+    let r = concord_node::node::admin::dataset_register(&alpha_dir, &spec, false).await.expect("registered");
+    assert!(
+        r.left_out.iter().any(|w| w.contains("l_tags") && w.contains("List") && w.contains("nested")),
+        "{:?}",
+        r.left_out
+    );
     let pooled = concord_lab::demo::pooled_context(&demo.specs, &demo.schemas).await.expect("pooled");
     let alpha = &demo.file.members[0];
     for sql in [
