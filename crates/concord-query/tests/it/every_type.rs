@@ -189,17 +189,15 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
-/// Runs every query over one type; returns the queries DataFusion itself cannot run over the
-/// pooled rows (the federated run must then fail too).
-async fn one_type(ty: &ColumnType, rows: &[Raw]) -> BTreeSet<usize> {
-    let dt = arrow_type(ty);
+/// Three owners holding `splits` of a table of type `dt` behind IPC, and the pooled rows.
+fn federation(dt: &DataType, splits: [RecordBatch; 3]) -> (SessionContext, IpcOwners, SessionContext) {
     let fed = SessionContext::new();
     let owners: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
     fed.register_table(
         "t",
         Arc::new(FederatedTable {
             display: "t".into(),
-            schema: schema(&dt),
+            schema: schema(dt),
             parts: owners.iter().map(|m| Part { owner: m.clone(), dataset: "data".into() }).collect(),
             shared: true,
             unreachable: vec![],
@@ -207,22 +205,29 @@ async fn one_type(ty: &ColumnType, rows: &[Raw]) -> BTreeSet<usize> {
         }),
     )
     .expect("register");
-    let mut tables = BTreeMap::new();
-    for (i, m) in owners.iter().enumerate() {
-        let mine: Vec<&Raw> = rows.iter().filter(|r| r.2 == i).collect();
-        let t: Arc<dyn TableProvider> =
-            Arc::new(MemTable::try_new(schema(&dt), vec![vec![batch(&dt, &mine)]]).expect("mem"));
-        tables.insert(m.clone(), t);
-    }
-    let client = IpcOwners { tables, rules: open_rules() };
+    let all = datafusion::arrow::compute::concat_batches(&schema(dt), &splits).expect("pooled rows");
+    let tables = owners
+        .into_iter()
+        .zip(splits)
+        .map(|(m, b)| {
+            let t: Arc<dyn TableProvider> =
+                Arc::new(MemTable::try_new(schema(dt), vec![vec![b]]).expect("mem"));
+            (m, t)
+        })
+        .collect();
     let pooled = SessionContext::new();
-    let all: Vec<&Raw> = rows.iter().collect();
     pooled
-        .register_table(
-            "t",
-            Arc::new(MemTable::try_new(schema(&dt), vec![vec![batch(&dt, &all)]]).expect("mem")),
-        )
+        .register_table("t", Arc::new(MemTable::try_new(schema(dt), vec![vec![all]]).expect("mem")))
         .expect("register");
+    (fed, IpcOwners { tables, rules: open_rules() }, pooled)
+}
+
+/// Runs every query over one type; returns the queries DataFusion itself cannot run over the
+/// pooled rows (the federated run must then fail too).
+async fn one_type(ty: &ColumnType, rows: &[Raw]) -> BTreeSet<usize> {
+    let dt = arrow_type(ty);
+    let split = |i: usize| batch(&dt, &rows.iter().filter(|r| r.2 == i).collect::<Vec<_>>());
+    let (fed, client, pooled) = federation(&dt, [split(0), split(1), split(2)]);
     let mut unsupported = BTreeSet::new();
     for (q, sql) in QUERIES.iter().enumerate() {
         let p = match pooled.sql(sql).await {
@@ -312,32 +317,8 @@ fn averages_of_values_whose_sum_leaves_the_type_match_the_pooled_average() {
             let keys: ArrayRef =
                 Arc::new((0..n).map(|i| Some(format!("k{}", i % 2))).collect::<StringArray>());
             let all = RecordBatch::try_new(schema(&dt), vec![keys, values]).expect("batch");
-            let fed = SessionContext::new();
-            let owners: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
-            fed.register_table(
-                "t",
-                Arc::new(FederatedTable {
-                    display: "t".into(),
-                    schema: schema(&dt),
-                    parts: owners.iter().map(|m| Part { owner: m.clone(), dataset: "data".into() }).collect(),
-                    shared: true,
-                    unreachable: vec![],
-                    withheld: vec![],
-                }),
-            )
-            .expect("register");
-            let mut tables = BTreeMap::new();
-            for (i, m) in owners.iter().enumerate() {
-                let (from, len) = (i * n / 3, (i + 1) * n / 3 - i * n / 3);
-                let t: Arc<dyn TableProvider> =
-                    Arc::new(MemTable::try_new(schema(&dt), vec![vec![all.slice(from, len)]]).expect("mem"));
-                tables.insert(m.clone(), t);
-            }
-            let client = IpcOwners { tables, rules: open_rules() };
-            let pooled = SessionContext::new();
-            pooled
-                .register_table("t", Arc::new(MemTable::try_new(schema(&dt), vec![vec![all]]).expect("mem")))
-                .expect("register");
+            let part = |i: usize| all.slice(i * n / 3, (i + 1) * n / 3 - i * n / 3);
+            let (fed, client, pooled) = federation(&dt, [part(0), part(1), part(2)]);
             for sql in ["SELECT avg(v) FROM t", "SELECT k, avg(v) FROM t GROUP BY k ORDER BY k"] {
                 let p = pooled.sql(sql).await.expect("plans").collect().await.expect("pooled runs");
                 let f =

@@ -33,6 +33,19 @@ fn fails(args: &[&str], cwd: &Path) -> String {
     String::from_utf8(out.stderr).expect("utf8")
 }
 
+/// `concord query --format csv` against a node that is starting: retried for up to 60 s.
+fn query_when_up(url: &str, token: &str, sql: &str, cwd: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = concord(&["query", "--node", url, "--token", token, "--format", "csv", sql], cwd);
+        if out.status.success() {
+            return String::from_utf8(out.stdout).expect("utf8");
+        }
+        assert!(Instant::now() < deadline, "{url} never answered: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A free port below Linux's ephemeral range (from 32768), where the nodes' own outgoing
 /// connections take their source ports; each call gives another.
 fn free_port() -> u16 {
@@ -196,15 +209,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     let nodes: Vec<Node> = ["alpha", "bravo"].iter().map(|m| Node::run(m, d)).collect();
     let url = format!("http://127.0.0.1:{}", ports[0]);
     let sql = "SELECT region, count(*) AS n, sum(days) AS d FROM cases GROUP BY region ORDER BY region";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let csv = loop {
-        let out = concord(&["query", "--node", &url, "--token", &token, "--format", "csv", sql], d);
-        if out.status.success() {
-            break String::from_utf8(out.stdout).expect("utf8");
-        }
-        assert!(Instant::now() < deadline, "nodes never answered: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let csv = query_when_up(&url, &token, sql, d);
     assert_eq!(csv, "region,n,d\r\neast,1,\r\nnorth,3,13\r\nsouth,1,5\r\n");
 
     let json: serde_json::Value = serde_json::from_str(&ok(
@@ -449,19 +454,7 @@ west,4
     nodes.push(Node::run("charlie", d));
     let c_url = format!("http://127.0.0.1:{c_local}");
     let c_sql = "SELECT count(*) AS n FROM alpha.cases";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let out = loop {
-        let out = concord(&["query", "--node", &c_url, "--token", &c_token, "--format", "csv", c_sql], d);
-        if out.status.success() {
-            break String::from_utf8(out.stdout).expect("utf8");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "charlie never answered: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let out = query_when_up(&c_url, &c_token, c_sql, d);
     assert_eq!(out, "n\r\n3\r\n");
     let out = ok(
         &[
@@ -500,31 +493,7 @@ west,4
     std::fs::rename(d.join("alpha"), d.join("alpha-old")).expect("move");
     std::fs::rename(d.join("alpha-backup"), d.join("alpha")).expect("restore");
     let nodes: Vec<Node> = ["alpha", "bravo", "charlie"].iter().map(|m| Node::run(m, d)).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let out = loop {
-        let out = concord(
-            &[
-                "query",
-                "--node",
-                &url,
-                "--token",
-                &token,
-                "--format",
-                "csv",
-                "SELECT count(*) AS n FROM cases",
-            ],
-            d,
-        );
-        if out.status.success() {
-            break String::from_utf8(out.stdout).expect("utf8");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restored node never answered: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let out = query_when_up(&url, &token, "SELECT count(*) AS n FROM cases", d);
     assert_eq!(out, "n\r\n6\r\n", "3 + 2 + 1 rows, the restored charter naming all three");
     for n in nodes {
         assert!(n.stop().success());
