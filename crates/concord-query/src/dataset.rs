@@ -282,6 +282,22 @@ pub fn fits(file: &DataType, shared: &ColumnType) -> bool {
     }
 }
 
+/// Checks what the charter crate checks by form only: every time zone is one Arrow knows (an
+/// offset or an IANA name), so that no dataset fails to read for it later.
+pub fn check_types(schema: &SharedSchema) -> Result<(), QueryError> {
+    for c in &schema.columns {
+        if let ColumnType::Timestamp { tz: Some(tz), .. } = &c.ty {
+            tz.parse::<datafusion::arrow::array::timezone::Tz>().map_err(|e| {
+                QueryError::Refused(format!(
+                    "shared schema {}: column {} has time zone {tz:?}, which is not one: {e}; write UTC, an offset like +02:00, or an IANA name like Europe/Paris",
+                    schema.name, c.name
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The Arrow schema of a shared schema.
 pub fn shared_arrow_schema(s: &SharedSchema) -> SchemaRef {
     Arc::new(Schema::new(

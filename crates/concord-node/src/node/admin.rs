@@ -54,6 +54,9 @@ pub fn write_genesis(
     schemas: Vec<SharedSchema>,
     out: &Path,
 ) -> Result<Charter, NodeError> {
+    for s in &schemas {
+        dataset::check_types(s)?;
+    }
     let charter = Charter::genesis(federation, cards, schemas)?;
     replace_file(out, charter.to_text().as_bytes())?;
     Ok(charter)

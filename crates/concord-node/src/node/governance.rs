@@ -178,6 +178,11 @@ impl Node {
 
     /// This member proposes `changes` to the current version, open for `ttl`.
     pub async fn propose(&self, changes: Vec<Change>, ttl: Duration) -> Result<String, NodeError> {
+        for change in &changes {
+            if let Change::SetSchema { schema } = change {
+                concord_query::dataset::check_types(schema)?;
+            }
+        }
         let c = self.charter();
         let proposal = Proposal {
             federation: c.charter.federation.clone(),

@@ -218,3 +218,23 @@ fn a_csv_decimal_with_more_digits_than_its_scale_is_an_error_not_a_rounding() {
         }
     });
 }
+
+#[test]
+fn a_time_zone_arrow_does_not_know_is_refused_before_any_charter_holds_it() {
+    let with_zone = |tz: &str| SharedSchema {
+        name: "t".into(),
+        version: 1,
+        columns: vec![SchemaColumn {
+            name: "at".into(),
+            ty: ColumnType::parse(&format!("timestamp(us,{tz})")).expect("the form is right"),
+            personal: false,
+        }],
+    };
+    for good in ["UTC", "+02:00", "Europe/Paris", "America/Argentina/Buenos_Aires"] {
+        concord_query::dataset::check_types(&with_zone(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    let e = concord_query::dataset::check_types(&with_zone("Mars/Olympus_Mons"))
+        .expect_err("no such zone")
+        .to_string();
+    assert!(e.contains("Mars/Olympus_Mons") && e.contains("column at"), "{e}");
+}
