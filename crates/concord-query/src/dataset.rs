@@ -533,6 +533,12 @@ pub async fn open(
         });
     }
     csv.check(name)?;
+    if shared.is_none() && (csv.date_format.is_some() || csv.timestamp_format.is_some()) {
+        return Err(QueryError::Dataset {
+            name: name.to_owned(),
+            reason: "--date-format and --timestamp-format apply to the date and timestamp columns of a shared schema; name it with --schema".into(),
+        });
+    }
     let ctx = SessionContext::new();
     let p = path.to_str().ok_or_else(|| unreadable(name, path, "path is not UTF-8"))?;
     // Columns read as text that become another type: (name, the shared type, the format).
@@ -556,63 +562,55 @@ pub async fn open(
                 .schema()
                 .as_arrow()
                 .clone();
-            match shared {
-                None if csv.date_format.is_some() || csv.timestamp_format.is_some() => {
-                    return Err(QueryError::Dataset {
-                        name: name.to_owned(),
-                        reason: "--date-format and --timestamp-format apply to the date and timestamp columns of a shared schema; name it with --schema".into(),
-                    });
-                }
-                _ => {
-                    // A file without a header takes the shared schema's names, in order.
-                    let column_of = |n: &str| shared.and_then(|s| s.columns.iter().find(|c| c.name == n));
-                    let renamed = Schema::new(
-                        inferred
-                            .fields()
-                            .iter()
-                            .enumerate()
-                            .map(|(i, f)| match shared.and_then(|s| s.columns.get(i)) {
-                                Some(c) if !header => f.as_ref().clone().with_name(&c.name),
-                                _ => f.as_ref().clone(),
-                            })
-                            .collect::<Vec<_>>(),
-                    );
-                    if let Some(shared) = shared {
-                        check_conformance(name, &renamed, shared, false)?;
-                    }
-                    let fields: Vec<Field> = renamed
-                        .fields()
-                        .iter()
-                        .map(|f| {
-                            let want = match column_of(f.name()) {
-                                Some(c) => arrow_type(&c.ty),
-                                None => f.data_type().clone(),
-                            };
-                            let format = match &want {
-                                DataType::Date32 | DataType::Date64 => csv.date_format.as_deref(),
-                                DataType::Timestamp(..) => csv.timestamp_format.as_deref(),
-                                _ => None,
-                            };
-                            // DataFusion's CSV reader applies the null marker while it infers
-                            // types only: with one, every column is read as text, the marker
-                            // made NULL, and the text parsed as its type.
-                            // Decimals are read as text and parsed exactly: the CSV reader drops
-                            // fraction digits beyond the scale without a word.
-                            let decimal = matches!(want, DataType::Decimal128(..) | DataType::Decimal256(..));
-                            if csv.null.is_some() || format.is_some() || decimal || !csv_parses(&want) {
-                                parsed.push((f.name().clone(), want, format));
-                                f.as_ref().clone().with_data_type(DataType::Utf8)
-                            } else {
-                                f.as_ref().clone().with_data_type(want)
-                            }
-                        })
-                        .collect();
-                    let schema = Schema::new(fields);
-                    ctx.read_csv(p, opts().schema(&schema)).await
-                }
+            // A file without a header takes the shared schema's names, in order.
+            let column_of = |n: &str| shared.and_then(|s| s.columns.iter().find(|c| c.name == n));
+            let renamed = Schema::new(
+                inferred
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| match shared.and_then(|s| s.columns.get(i)) {
+                        Some(c) if !header => f.as_ref().clone().with_name(&c.name),
+                        _ => f.as_ref().clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            if let Some(shared) = shared {
+                check_conformance(name, &renamed, shared, false)?;
             }
+            let fields: Vec<Field> = renamed
+                .fields()
+                .iter()
+                .map(|f| {
+                    let want = match column_of(f.name()) {
+                        Some(c) => arrow_type(&c.ty),
+                        None => f.data_type().clone(),
+                    };
+                    let format = match &want {
+                        DataType::Date32 | DataType::Date64 => csv.date_format.as_deref(),
+                        DataType::Timestamp(..) => csv.timestamp_format.as_deref(),
+                        _ => None,
+                    };
+                    // DataFusion's CSV reader applies the null marker while it infers
+                    // types only: with one, every column is read as text, the marker
+                    // made NULL, and the text parsed as its type.
+                    // Decimals are read as text and parsed exactly: the CSV reader drops
+                    // fraction digits beyond the scale without a word.
+                    let decimal = matches!(want, DataType::Decimal128(..) | DataType::Decimal256(..));
+                    if csv.null.is_some() || format.is_some() || decimal || !csv_parses(&want) {
+                        parsed.push((f.name().clone(), want, format));
+                        f.as_ref().clone().with_data_type(DataType::Utf8)
+                    } else {
+                        f.as_ref().clone().with_data_type(want)
+                    }
+                })
+                .collect();
+            let schema = Schema::new(fields);
+            ctx.read_csv(p, opts().schema(&schema)).await
         }
-        DatasetFormat::Parquet => ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await,
+        DatasetFormat::Parquet => {
+            ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await
+        }
     }
     .map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
     if let Some(shared) = shared
@@ -626,67 +624,73 @@ pub async fn open(
         let column = col(quoted(f.name()));
         let shared_col = shared.and_then(|s| s.columns.iter().find(|c| &c.name == f.name()));
         let parse = parsed.iter().find(|(n, _, _)| n == f.name());
-        let column = match (&csv.null, parse) {
-            (Some(marker), Some(_)) => nullif(column, lit(marker.as_str())),
-            _ => column,
-        };
-        match shared_col {
-            None if parse.is_some_and(|(_, want, _)| want != &DataType::Utf8) => {
-                let want = parse.map(|(_, w, _)| w.clone()).unwrap_or(DataType::Utf8);
-                match column_type_of(&want) {
-                    Ok(_) => exprs.push(cast(column, want).alias(f.name())),
-                    Err(why) => {
-                        left_out.push(format!("column {} ({want}) is not served: it {why}", f.name()))
-                    }
+        let e = match (parse, shared_col) {
+            // Read as text: the null marker made NULL, then parsed as the type it stands for.
+            (Some((_, target, format)), _) => {
+                if shared_col.is_none()
+                    && let Err(why) = column_type_of(target)
+                {
+                    left_out.push(format!("column {} ({target}) is not served: it {why}", f.name()));
+                    continue;
+                }
+                let text = match &csv.null {
+                    Some(marker) => nullif(column, lit(marker.as_str())),
+                    None => column,
+                };
+                parse_text(text, target, *format)
+            }
+            // Read every shared column in the shared type, so that the owner plans over the
+            // types the requester planned over; plain string encodings (Utf8View, LargeUtf8)
+            // are kept, as a cast would copy every value and the requester casts the results.
+            (None, Some(c)) => {
+                let want = arrow_type(&c.ty);
+                if f.data_type() == &want || (plain_string(f.data_type()) && plain_string(&want)) {
+                    column
+                } else {
+                    cast(column, want)
                 }
             }
-            None if parse.is_some() => exprs.push(column.alias(f.name())),
-            None => match column_type_of(f.data_type()) {
-                Ok(_) => exprs.push(column),
+            (None, None) => match column_type_of(f.data_type()) {
+                Ok(_) => column,
                 Err(why) => {
-                    left_out.push(format!("column {} ({}) is not served: it {why}", f.name(), f.data_type()))
+                    left_out.push(format!("column {} ({}) is not served: it {why}", f.name(), f.data_type()));
+                    continue;
                 }
             },
-            Some(c) => {
-                let want = arrow_type(&c.ty);
-                let e = match parse {
-                    Some((_, DataType::Date32 | DataType::Date64, Some(fmt))) => {
-                        cast(datafusion::functions::expr_fn::to_date(vec![column, lit(*fmt)]), want)
-                    }
-                    Some((_, DataType::Timestamp(unit, _), Some(fmt))) => {
-                        use datafusion::arrow::datatypes::TimeUnit;
-                        use datafusion::functions::expr_fn as fx;
-                        let args = vec![column, lit(*fmt)];
-                        let t = match unit {
-                            TimeUnit::Second => fx::to_timestamp_seconds(args),
-                            TimeUnit::Millisecond => fx::to_timestamp_millis(args),
-                            TimeUnit::Microsecond => fx::to_timestamp_micros(args),
-                            TimeUnit::Nanosecond => fx::to_timestamp_nanos(args),
-                        };
-                        // `to_timestamp` gives the UTC instant without a zone: name it UTC
-                        // first, so that the cast to the column's zone keeps the instant.
-                        cast(cast(t, DataType::Timestamp(*unit, Some("UTC".into()))), want)
-                    }
-                    Some((_, DataType::Decimal128(..) | DataType::Decimal256(..), _)) => {
-                        crate::exact_decimal::exact_decimal(column, want)
-                    }
-                    // Read every shared column in the shared type, so that the owner plans over
-                    // the types the requester planned over; plain string encodings (Utf8View,
-                    // LargeUtf8) are kept, as a cast would copy every value and the requester
-                    // casts the results.
-                    _ if f.data_type() != &want
-                        && !(plain_string(f.data_type()) && plain_string(&want) && parse.is_none()) =>
-                    {
-                        cast(column, want)
-                    }
-                    _ => column,
-                };
-                exprs.push(e.alias(f.name()));
-            }
-        }
+        };
+        exprs.push(e.alias(f.name()));
     }
     let df = df.select(exprs).map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
     Ok(Arc::new(DatasetTable { inner: df.into_view(), left_out }))
+}
+
+/// A CSV column read as text, as `target`: dates and timestamps by their format if one is
+/// given, decimals exactly, anything else by a cast.
+fn parse_text(text: Expr, target: &DataType, format: Option<&str>) -> Expr {
+    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::functions::expr_fn as fx;
+    match (target, format) {
+        (DataType::Date32 | DataType::Date64, Some(fmt)) => {
+            cast(fx::to_date(vec![text, lit(fmt)]), target.clone())
+        }
+        (DataType::Timestamp(unit, _), Some(fmt)) => {
+            let args = vec![text, lit(fmt)];
+            let t = match unit {
+                TimeUnit::Second => fx::to_timestamp_seconds(args),
+                TimeUnit::Millisecond => fx::to_timestamp_millis(args),
+                TimeUnit::Microsecond => fx::to_timestamp_micros(args),
+                TimeUnit::Nanosecond => fx::to_timestamp_nanos(args),
+            };
+            // `to_timestamp` gives the UTC instant without a zone: name it UTC first, so that
+            // the cast to the column's zone keeps the instant.
+            cast(cast(t, DataType::Timestamp(*unit, Some("UTC".into()))), target.clone())
+        }
+        (DataType::Decimal128(..) | DataType::Decimal256(..), _) => {
+            crate::exact_decimal::exact_decimal(text, target.clone())
+        }
+        (DataType::Utf8, _) => text,
+        _ => cast(text, target.clone()),
+    }
 }
 
 /// A dataset as a base table. The file's reading (and casts to the shared types) sit inside a

@@ -660,6 +660,19 @@ enum Merge {
     },
 }
 
+impl Merge {
+    /// The same merge over other partial columns.
+    fn map(self, f: impl Fn(usize) -> usize) -> Self {
+        match self {
+            Self::Count(k) => Self::Count(f(k)),
+            Self::Sum(k) => Self::Sum(f(k)),
+            Self::Min(k) => Self::Min(f(k)),
+            Self::Max(k) => Self::Max(f(k)),
+            Self::Avg { sum, count } => Self::Avg { sum: f(sum), count: f(count) },
+        }
+    }
+}
+
 /// A cast is invisible in a column's name, so an AVG's widened sum (`sum(CAST(x AS DOUBLE))`)
 /// and the query's own `sum(x)` would clash in one sub-query: such an AVG takes the query's sum
 /// instead, and the slot it no longer uses is dropped.
@@ -680,15 +693,8 @@ fn share_clashing_sums(partial_aggs: Vec<Expr>, mut merges: Vec<Merge>) -> (Vec<
             target[i] = j;
         }
     }
-    let at = |k: usize| target[k];
     for m in &mut merges {
-        *m = match *m {
-            Merge::Count(k) => Merge::Count(at(k)),
-            Merge::Sum(k) => Merge::Sum(at(k)),
-            Merge::Min(k) => Merge::Min(at(k)),
-            Merge::Max(k) => Merge::Max(at(k)),
-            Merge::Avg { sum, count } => Merge::Avg { sum: at(sum), count: at(count) },
-        };
+        *m = m.map(|k| target[k]);
     }
     // Drop the slots nothing refers to any more, and number the rest anew.
     let used: Vec<bool> = (0..partial_aggs.len()).map(|k| target.contains(&k)).collect();
@@ -700,15 +706,8 @@ fn share_clashing_sums(partial_aggs: Vec<Expr>, mut merges: Vec<Merge>) -> (Vec<
             kept.push(e);
         }
     }
-    let renumber = |k: usize| new_index[k];
     for m in &mut merges {
-        *m = match *m {
-            Merge::Count(k) => Merge::Count(renumber(k)),
-            Merge::Sum(k) => Merge::Sum(renumber(k)),
-            Merge::Min(k) => Merge::Min(renumber(k)),
-            Merge::Max(k) => Merge::Max(renumber(k)),
-            Merge::Avg { sum, count } => Merge::Avg { sum: renumber(sum), count: renumber(count) },
-        };
+        *m = m.map(|k| new_index[k]);
     }
     (kept, merges)
 }

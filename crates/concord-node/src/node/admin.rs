@@ -529,7 +529,7 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
         }
         sync_dir(&tmp)?;
         let copy_dir = NodeDir::new(&tmp);
-        let log_size = copy_dir.open_log()?.size()?;
+        let log_size = crate::store::tlog::stored_size_at(&copy_dir.state_db())?;
         let dataset_files = copy_dir.open_state()?.datasets()?.into_iter().map(|d| d.path).collect();
         Ok(Backup { files, log_size, dataset_files })
     })();

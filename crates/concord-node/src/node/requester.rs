@@ -442,8 +442,9 @@ impl OwnerClient for PeerOwners {
 /// A peer's text as this node shows it to its analysts: no control characters (no terminal
 /// escapes), at most 200 characters.
 fn printable(text: &str) -> String {
-    let mut out: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if text.chars().filter(|c| !c.is_control()).nth(200).is_some() {
+    let mut chars = text.chars().filter(|c| !c.is_control());
+    let mut out: String = chars.by_ref().take(200).collect();
+    if chars.next().is_some() {
         out.push('…');
     }
     out

@@ -138,6 +138,12 @@ impl HashReader for DbReader<'_> {
     }
 }
 
+/// The number of entries of the log stored in the database at `path`, read with one
+/// connection (no writer is started): for a copy such as a backup.
+pub fn stored_size_at(path: &Path) -> Result<u64, NodeError> {
+    stored_size(&open(path)?)
+}
+
 fn stored_size(conn: &Connection) -> Result<u64, NodeError> {
     let n: Option<i64> = conn.query_row("SELECT max(idx) FROM log_entries", [], |r| r.get(0)).map_err(db)?;
     Ok(n.map(|n| n as u64 + 1).unwrap_or(0))
