@@ -449,3 +449,18 @@ fn printable(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn a_peers_text_loses_terminal_escapes_and_its_length() {
+        assert_eq!(printable("no rule permits\u{1b}[2J\u{7}"), "no rule permits[2J");
+        let long = "x".repeat(5000);
+        let shown = printable(&long);
+        assert_eq!(shown.chars().count(), 201, "200 characters and an ellipsis");
+        assert!(shown.ends_with('…'));
+        assert_eq!(printable(&"y".repeat(200)), "y".repeat(200), "exactly 200 stays whole");
+    }
+}
