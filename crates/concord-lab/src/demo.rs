@@ -643,10 +643,11 @@ pub async fn showcase(file: &DemoFile) -> String {
                         "  from {}: {} groups, {}{}{}\n",
                         c.member,
                         c.groups_released,
-                        if r.suppressed_not_counted {
-                            "groups held back not counted".to_owned()
-                        } else {
-                            format!("{} suppressed", r.groups_suppressed)
+                        match (r.threshold, r.public_keys) {
+                            (Some(t), _) => format!("released from a noisy count of {t} people, held back not counted"),
+                            (None, true) => "every public key released".to_owned(),
+                            (None, false) if r.suppressed_not_counted => "groups held back not counted".to_owned(),
+                            (None, false) => format!("{} suppressed", r.groups_suppressed),
                         },
                         r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),
                         r.budget

@@ -281,16 +281,44 @@ impl Privacy {
         Some(m.ceil() as u64)
     }
 
-    /// The noisy count a group needs to be released when no public key set covers it: a group
-    /// of one privacy unit passes with probability at most `delta`.
-    pub fn threshold(&self, count_noise: &Noise) -> Option<u64> {
+    /// The noisy count of distinct privacy units a group needs to be released when no public
+    /// key set covers it (partition selection, as in Wilson et al.'s DP SQL): a group of one
+    /// unit passes with probability at most `delta`, spread over the `max_groups_per_unit`
+    /// groups one unit can reach, and the minimum group size holds on the noisy count.
+    /// `unit_noise` is the noise of that count (one unit adds one to it).
+    pub fn threshold(&self, unit_noise: &Noise, min_group_size: u64) -> Option<u64> {
         let delta = self.delta?;
         let per_group = delta / f64::from(self.max_groups_per_unit.max(1));
-        Some(
-            u64::from(self.max_rows_per_group)
-                .saturating_add(count_noise.tail_bound(per_group).ceil() as u64),
-        )
+        let tail = unit_noise.tail_bound(per_group).ceil();
+        let tail = if tail.is_finite() && tail < 1e18 { tail as u64 } else { u64::MAX };
+        Some(tail.saturating_add(1).max(min_group_size))
     }
+
+    /// The (epsilon, delta) of differential privacy that one query of this policy amounts to.
+    /// Under zCDP, rho is converted at the policy's delta (or [`DEFAULT_DELTA`] without one):
+    /// epsilon = rho + 2·sqrt(rho·ln(1/delta)) (Bun and Steinke, proposition 1.3). Noisy
+    /// selection of groups adds its own delta.
+    pub fn guarantee(&self, selection: bool) -> Guarantee {
+        let at = self.delta.unwrap_or(DEFAULT_DELTA);
+        let selected = if selection { self.delta.unwrap_or(0.0) } else { 0.0 };
+        match self.mechanism {
+            Mechanism::Zcdp => {
+                let rho = self.cost.as_f64();
+                Guarantee { epsilon: rho + 2.0 * (rho * (1.0 / at).ln()).sqrt(), delta: at + selected }
+            }
+            Mechanism::Pure => Guarantee { epsilon: self.cost.as_f64(), delta: selected },
+        }
+    }
+}
+
+/// The delta at which zCDP's rho is stated as (epsilon, delta) when a policy gives none.
+pub const DEFAULT_DELTA: f64 = 1e-6;
+
+/// What a query's privacy cost amounts to in (epsilon, delta)-differential privacy.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Guarantee {
+    pub epsilon: f64,
+    pub delta: f64,
 }
 
 #[cfg(test)]
@@ -322,6 +350,46 @@ mod tests {
         // Δ₁ = 3·60, ε = 0.1: β = 1800.
         let l = Noise::for_aggregate(Mechanism::Pure, eps, 1, 3, 60);
         assert!((l.scale() - 1800.0).abs() < 1e-9);
+    }
+
+    fn privacy(mechanism: Mechanism, cost: f64, delta: Option<f64>) -> Privacy {
+        Privacy {
+            mechanism,
+            cost: Units::from_f64(cost).expect("valid"),
+            budget_per_requester: Units::from_f64(1.0).expect("valid"),
+            budget_per_dataset: Units::from_f64(1.0).expect("valid"),
+            max_groups_per_unit: 1,
+            max_rows_per_group: 1,
+            bounds: Default::default(),
+            decimals: 2,
+            keys: Default::default(),
+            delta,
+        }
+    }
+
+    #[test]
+    fn the_threshold_hides_a_group_of_one_and_keeps_the_minimum() {
+        let p = privacy(Mechanism::Zcdp, 0.005, Some(1e-6));
+        let n = Noise::for_aggregate(Mechanism::Zcdp, p.cost, 1, 1, 1);
+        let t = p.threshold(&n, 10).expect("a delta");
+        // sigma = 10: one unit passes only beyond 1 + 10·sqrt(2·ln(1e6)) ≈ 53.6.
+        assert_eq!(t, 54);
+        // Little noise: the charter's minimum is what binds, on the noisy count.
+        let big = privacy(Mechanism::Zcdp, 100.0, Some(1e-6));
+        let n = Noise::for_aggregate(Mechanism::Zcdp, big.cost, 1, 1, 1);
+        assert_eq!(big.threshold(&n, 10), Some(10));
+        assert_eq!(privacy(Mechanism::Zcdp, 1.0, None).threshold(&n, 10), None);
+    }
+
+    #[test]
+    fn rho_is_stated_as_epsilon_and_delta() {
+        let g = privacy(Mechanism::Zcdp, 0.005, Some(1e-6)).guarantee(false);
+        // 0.005 + 2·sqrt(0.005·ln(1e6)) ≈ 0.53065.
+        assert!((g.epsilon - 0.530_652).abs() < 1e-5, "{g:?}");
+        assert_eq!(g.delta, 1e-6);
+        assert_eq!(privacy(Mechanism::Zcdp, 0.005, Some(1e-6)).guarantee(true).delta, 2e-6);
+        let pure = privacy(Mechanism::Pure, 0.1, None).guarantee(false);
+        assert_eq!((pure.epsilon, pure.delta), (0.1, 0.0));
     }
 }
 

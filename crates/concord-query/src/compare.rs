@@ -77,7 +77,8 @@ fn number(c: &Cell) -> Option<f64> {
 
 /// Compares a noisy federated result with the exact pooled one: rows are matched by their text
 /// cells (the group keys); every number of a released row is within `tolerance` of the pooled
-/// one; at most `suppressed` pooled rows are missing. Returns the rows compared.
+/// one; at most `suppressed` pooled rows are missing; a row pooled data lacks (a public key
+/// released with noise) is within `tolerance` of 0. Returns the rows compared.
 pub fn compare_noisy(
     federated: &[RecordBatch],
     pooled: &[RecordBatch],
@@ -111,11 +112,15 @@ pub fn compare_noisy(
             }
         }
     }
-    if a.len() as u64 + missing != b.len() as u64 {
-        return Err(format!(
-            "{} rows federated that pooled data does not have",
-            a.len() as u64 + missing - b.len() as u64
-        ));
+    // Under differential privacy every public key is released, zeros included: a federated
+    // row the pooled data lacks must be a noisy nothing.
+    for ra in a.iter().filter(|ra| !b.iter().any(|rb| key(rb) == key(ra))) {
+        if let Some(x) = ra.iter().filter_map(number).find(|x| x.abs() > tolerance) {
+            return Err(format!(
+                "row {:?}: federated {x}, a group pooled data does not have, beyond the noise tolerance {tolerance} of 0",
+                key(ra)
+            ));
+        }
     }
     if missing > suppressed {
         return Err(format!("{missing} groups missing, but owners report {suppressed} suppressed"));

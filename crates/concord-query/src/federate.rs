@@ -95,7 +95,9 @@ impl TableProvider for FederatedTable {
 pub struct Contribution {
     pub member: String,
     pub dataset: String,
-    pub rows_scanned: u64,
+    /// The rows of the owner's dataset; `None` under differential privacy, where a dataset's
+    /// size is an exact count that no noise covers.
+    pub rows_scanned: Option<u64>,
     pub groups_released: u64,
     /// SHA-256 of the released Arrow IPC bytes, as the owner's signed receipt states it; `None`
     /// when the requester is the owner and nothing crossed a border.

@@ -29,8 +29,8 @@ use crate::release::{ReleasePlan, ReleaseReport, Rules, Subquery};
 pub struct OwnerAnswer {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
-    /// Rows read from the dataset.
-    pub rows_scanned: u64,
+    /// Rows read from the dataset; `None` where they are not told (differential privacy).
+    pub rows_scanned: Option<u64>,
     /// Rows (groups) of the result.
     pub groups_released: u64,
     /// What the release rules held back and how they noised the rest.
@@ -65,7 +65,13 @@ pub async fn run_release(
     let (batches, report, rows_scanned) = crate::release::run(plan, dataset, table, limits).await?;
     // The answer as it travels: dictionaries unpacked (see `ipc::without_dictionaries`).
     let (schema, batches) = crate::ipc::without_dictionaries(&plan.subquery.schema, batches)?;
-    Ok(OwnerAnswer { schema, groups_released: report.groups_released, batches, rows_scanned, report })
+    Ok(OwnerAnswer {
+        schema,
+        groups_released: report.groups_released,
+        batches,
+        rows_scanned: Some(rows_scanned),
+        report,
+    })
 }
 
 /// Plans, checks and runs `sql` against `dataset` alone under `rules`, within `limits`.

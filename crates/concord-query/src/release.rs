@@ -24,18 +24,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use concord_policy::dp::Noise;
+use concord_policy::dp::{Guarantee, Noise};
 use concord_policy::{Action, Baseline, Mechanism, Policy, Use};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode as _, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue, TableReference};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn::{greatest, least, random};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt as _, ExprSchemable as _, LogicalPlan, LogicalPlanBuilder, SortExpr, col, lit, when,
@@ -167,8 +167,12 @@ impl Subquery {
                     [] => None,
                     [one] => {
                         let e = substitute(one, in_schema, &base)?;
-                        // COUNT(*) is planned as COUNT(1).
-                        if func == AggFunc::Count && matches!(e, Expr::Literal(..)) { None } else { Some(e) }
+                        // COUNT(*) is planned as COUNT(1); COUNT(NULL) counts nothing, as in
+                        // pooled SQL, so it keeps its argument.
+                        match literal(&e) {
+                            Some(v) if func == AggFunc::Count && !v.is_null() => None,
+                            _ => Some(e),
+                        }
                     }
                     _ => return Err(refuse(format!("{a} takes more than one argument"))),
                 };
@@ -592,10 +596,42 @@ pub struct ReleasePlan {
 pub struct PrivacyPlan {
     pub mechanism: Mechanism,
     pub cost: concord_policy::Units,
-    /// Noise of each aggregate, by index; and of the count that selects groups, if needed.
+    /// Noise of each aggregate, by index.
     pub noise: Vec<Noise>,
-    pub selection: Option<(Noise, u64)>,
+    /// Which groups are released.
+    pub groups: DpGroups,
     pub fixed_point: i64,
+    /// The (epsilon, delta) the query's cost amounts to.
+    pub guarantee: Guarantee,
+}
+
+/// Which groups a release under differential privacy holds. None of them depends on an exact
+/// count: a decision on one would be an oracle (pad a cell to k−1 known people, and whether it
+/// appears tells the target's value).
+#[derive(Clone, Debug)]
+pub enum DpGroups {
+    /// No group keys: one group, always answered with noise.
+    Global,
+    /// Every group column has a public key set: every combination of keys is released with
+    /// noise, zeros included, whatever the data holds; groups of other values are not.
+    Public(Vec<Vec<String>>),
+    /// Groups are released when their noisy count of distinct privacy units reaches
+    /// `threshold`.
+    Selected(Selection),
+}
+
+/// Partition selection on a noisy count of distinct privacy units.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// The noise of the count of units.
+    pub noise: Noise,
+    /// The aggregate whose noisy value is that count (a `COUNT(*)` that counts units, where
+    /// one unit adds at most one row to a group), so that it takes no share of its own.
+    pub reuse: Option<usize>,
+    /// The noisy count a group needs: at least the minimum group size, and high enough that a
+    /// group of one unit appears with probability at most `delta`.
+    pub threshold: u64,
+    pub delta: f64,
 }
 
 /// What a release held back and how it was noised: the owner's provenance.
@@ -631,6 +667,19 @@ pub struct ReleaseReport {
     /// counts), so the rows are the dataset's as registered, not a count of rows read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rows_from_statistics: bool,
+    /// Under differential privacy without public keys: the noisy count of distinct privacy
+    /// units a group needed to be released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
+    /// The policy's delta: the most probability with which a group of one unit is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    /// The (epsilon, delta) of differential privacy that this release's cost amounts to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<Guarantee>,
+    /// Under differential privacy every public key combination is released, zeros included.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_keys: bool,
 }
 
 /// A budget charge as provenance shows it.
@@ -718,7 +767,7 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
             }
         }
         let privacy = match &policy.release.privacy {
-            Some(dp) => Some(privacy_plan(&policy, dp, groups, aggs)?),
+            Some(dp) => Some(privacy_plan(&policy, dp, &rules.baseline, groups, aggs)?),
             None => None,
         };
         let min_group_size = policy.min_group_size(&rules.baseline);
@@ -743,7 +792,8 @@ pub const MAX_SETS: usize = 8;
 /// A column as it is, or widened without loss (type coercion widens a SUM's argument).
 fn column_as_is(e: &Expr, columns: &DFSchema) -> bool {
     match e {
-        Expr::Column(_) => true,
+        // A constant (COUNT(NULL)) picks no one out.
+        Expr::Column(_) | Expr::Literal(..) => true,
         Expr::Alias(a) => column_as_is(&a.expr, columns),
         Expr::Cast(c) => {
             c.expr.get_type(columns).is_ok_and(|from| lossless_cast(&from, c.field.data_type()))
@@ -781,6 +831,7 @@ fn plain_count(aggs: &[AggSpec]) -> Option<usize> {
 fn privacy_plan(
     policy: &Policy,
     dp: &concord_policy::Privacy,
+    baseline: &Baseline,
     groups: &[Expr],
     aggs: &[AggSpec],
 ) -> Result<PrivacyPlan, QueryError> {
@@ -797,7 +848,7 @@ fn privacy_plan(
         magnitudes.push(match a.func {
             AggFunc::Count => 1,
             AggFunc::Sum => {
-                let column = a.arg.as_ref().and_then(column_of).unwrap_or_default();
+                let column = a.arg.as_ref().and_then(column_of).unwrap_or_else(|| a.expr.to_string());
                 dp.magnitude(&column).ok_or_else(|| {
                     policy_refusal(format!(
                         "SUM of {column} under differential privacy needs clamping bounds for it; the policy has bounds for: {}",
@@ -812,38 +863,57 @@ fn privacy_plan(
             }
         });
     }
-    let keyed = !groups.is_empty()
-        && groups
-            .iter()
-            .all(|g| column_of(g).is_some_and(|c| policy.public_keys(&c).is_some()) && bare_column(g));
-    let needs_selection = !groups.is_empty() && !keyed;
-    if needs_selection && dp.delta.is_none() {
+    let public: Option<Vec<Vec<String>>> = groups
+        .iter()
+        .map(|g| {
+            column_of(g)
+                .filter(|_| bare_column(g))
+                .and_then(|c| policy.public_keys(&c))
+                .map(<[String]>::to_vec)
+        })
+        .collect();
+    let kind = match (groups.is_empty(), public) {
+        (true, _) => None,
+        (false, Some(sets)) => Some(Ok(sets)),
+        (false, None) => Some(Err(())),
+    };
+    if matches!(kind, Some(Err(()))) && dp.delta.is_none() {
         return Err(policy_refusal(format!(
             "grouping under differential privacy needs public key sets for the group columns ({}) or a delta for noisy selection; \
              the policy has neither",
             groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         )));
     }
-    // Groups are selected on the noisy COUNT(*) when the query has one; otherwise on a count of
-    // its own, which takes a share of the cost.
-    let has_count = plain_count(aggs).is_some();
-    let shares = (magnitudes.len() + usize::from(needs_selection && !has_count)) as u64;
+    // Groups are selected on a noisy count of distinct units. A COUNT(*) counts them where one
+    // unit adds at most one row to a group, and then serves; otherwise the count takes a share.
+    let reuse = plain_count(aggs).filter(|_| linf == 1);
+    let selecting = matches!(kind, Some(Err(())));
+    let shares = (magnitudes.len() + usize::from(selecting && reuse.is_none())) as u64;
     let noise: Vec<Noise> = magnitudes
         .iter()
         .map(|&m| Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, linf.saturating_mul(m)))
         .collect();
-    let selection = if needs_selection {
-        let n = Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, linf);
-        let t = dp.threshold(&n).unwrap_or(u64::MAX);
-        Some((n, t))
-    } else {
-        None
+    let groups = match kind {
+        None => DpGroups::Global,
+        Some(Ok(sets)) => DpGroups::Public(sets),
+        Some(Err(())) => {
+            let unit_noise = Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, 1);
+            let min = policy.min_group_size(baseline).unwrap_or(1);
+            let threshold = dp.threshold(&unit_noise, min).unwrap_or(u64::MAX);
+            DpGroups::Selected(Selection {
+                noise: unit_noise,
+                reuse,
+                threshold,
+                delta: dp.delta.unwrap_or(0.0),
+            })
+        }
     };
     Ok(PrivacyPlan {
         mechanism: dp.mechanism,
         cost: dp.cost,
         noise,
-        selection,
+        guarantee: dp.guarantee(selecting),
+        groups,
         fixed_point: dp.fixed_point(),
     })
 }
@@ -925,14 +995,25 @@ pub async fn run(
     Ok((batches, report, scanned.unwrap_or(0)))
 }
 
-/// Runs an owner's plan. On personal data, the plan is analysed first and refused if type
-/// coercion gave it a cast that can fail for some values only.
+/// Runs an owner's plan, at most `max_rows` rows of result.
 async fn execute(
     ctx: &SessionContext,
     plan: LogicalPlan,
     max_rows: u64,
     personal: bool,
 ) -> Result<(Vec<RecordBatch>, Option<u64>), QueryError> {
+    let physical = physical_plan(ctx, plan, personal).await?;
+    let batches = crate::limits::collect_limited(ctx, physical.clone(), max_rows).await?;
+    Ok((batches, crate::owner::scanned_rows(&physical)))
+}
+
+/// The physical plan of an owner's plan. On personal data, the plan is analysed first and
+/// refused if type coercion gave it a cast that can fail for some values only.
+async fn physical_plan(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+    personal: bool,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, QueryError> {
     let plan = if personal {
         let state = ctx.state();
         let analysed = state
@@ -950,9 +1031,7 @@ async fn execute(
         plan
     };
     let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
-    let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
-    let batches = crate::limits::collect_limited(ctx, physical.clone(), max_rows).await?;
-    Ok((batches, crate::owner::scanned_rows(&physical)))
+    df.create_physical_plan().await.map_err(QueryError::exec)
 }
 
 /// Gives batches the names and types the requester expects.
@@ -1007,17 +1086,6 @@ fn aggregate_sets(aggs: &[AggSpec], columns: &DFSchema) -> Vec<Expr> {
     out
 }
 
-/// The distinct FILTER clauses of a sub-query's aggregates, in order.
-fn filter_clauses(aggs: &[AggSpec]) -> Vec<Expr> {
-    let mut out: Vec<Expr> = Vec::new();
-    for f in aggs.iter().filter_map(|a| a.filter.as_ref()) {
-        if !out.contains(f) {
-            out.push(f.clone());
-        }
-    }
-    out
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn exact_aggregate(
     plan: &ReleasePlan,
@@ -1058,7 +1126,10 @@ async fn exact_aggregate(
     let (batches, scanned) = execute(ctx, built, limits.max_groups, personal).await?;
     let mut out = Vec::new();
     for batch in &batches {
-        out.push(project_outputs(batch, outputs, &plan.subquery.schema, |i| batch.column(ng + i).clone())?);
+        let rows = batch.num_rows();
+        out.push(project_outputs(batch.columns(), rows, outputs, &plan.subquery.schema, |i| {
+            batch.column(ng + i).clone()
+        })?);
     }
     report.groups_released = out.iter().map(|b| b.num_rows() as u64).sum();
     if plan.min_group_size.is_some() {
@@ -1152,9 +1223,11 @@ fn held_back(policy: &Policy, groups: &[Expr], kept: &RecordBatch) -> (u64, bool
     (total.saturating_sub(public), false)
 }
 
-/// Builds the output batch: group columns from the batch, aggregate columns from `agg`.
+/// Builds the output batch of `rows` rows: group columns from `keys`, aggregate columns from
+/// `agg`.
 fn project_outputs(
-    batch: &RecordBatch,
+    keys: &[ArrayRef],
+    rows: usize,
     outputs: &[(String, Output)],
     schema: &SchemaRef,
     agg: impl Fn(usize) -> ArrayRef,
@@ -1164,13 +1237,67 @@ fn project_outputs(
         .zip(schema.fields())
         .map(|((_, o), f)| {
             let c = match o {
-                Output::Group(i) => batch.column(*i).clone(),
+                Output::Group(i) => keys
+                    .get(*i)
+                    .cloned()
+                    .ok_or_else(|| QueryError::Execution(format!("group column {i} is missing")))?,
                 Output::Agg(i) => agg(*i),
             };
             cast(&c, f.data_type()).map_err(|e| QueryError::Execution(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| QueryError::Execution(e.to_string()))
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+        .map_err(|e| QueryError::Execution(e.to_string()))
+}
+
+/// One value per row and aggregate under differential privacy (1 for a counted row, the clamped
+/// fixed-point value for a sum; NULL where the row adds nothing), the same aggregates over rows
+/// directly (where each unit has one row), and the bounds of one unit's contribution to a group.
+fn private_values(
+    aggs: &[AggSpec],
+    schema: &DFSchema,
+    privacy: &concord_policy::Privacy,
+    fp: i64,
+) -> Result<(Vec<Expr>, Vec<Expr>, Vec<(i64, i64)>), QueryError> {
+    let linf = i64::from(privacy.max_rows_per_group);
+    let mut values = Vec::new();
+    let mut direct = Vec::new();
+    let mut caps = Vec::new();
+    for a in aggs {
+        // A NULL counts for nothing and adds nothing: a counted row needs a value, a clamped
+        // value stays NULL. So COUNT(NULL) is a noisy 0 and COUNT(x) counts x's values, as in
+        // pooled SQL.
+        let counted = match a.func {
+            AggFunc::Count => a.arg.as_ref().map(|arg| arg.clone().is_not_null()),
+            _ => None,
+        };
+        let cond = match (counted, &a.filter) {
+            (Some(c), Some(f)) => Some(c.and(f.clone())),
+            (c, f) => c.or_else(|| f.clone()),
+        };
+        let (value, lo, hi) = match a.func {
+            AggFunc::Count => (lit(1i64), 0i64, linf),
+            _ => {
+                let arg = a.arg.clone().unwrap_or(lit(0i64));
+                let column = column_of(&arg).unwrap_or_default();
+                let arg_type = arg.get_type(schema).map_err(QueryError::plan)?;
+                let (lo, hi) = privacy.bounds.get(&column).copied().unwrap_or((0.0, 0.0));
+                let lo_fp = (lo * fp as f64).round() as i64;
+                let hi_fp = (hi * fp as f64).round() as i64;
+                let fixed = crate::fixed::clamp_fixed(arg, &arg_type, lo_fp, hi_fp, fp);
+                (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
+            }
+        };
+        let v = match cond {
+            Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
+            None => value,
+        };
+        direct.push(sum(v.clone()));
+        values.push(v);
+        caps.push((lo, hi));
+    }
+    Ok((values, direct, caps))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1184,6 +1311,7 @@ async fn private_aggregate(
     outputs: &[(String, Output)],
     limits: &ExecLimits,
 ) -> Result<(Vec<RecordBatch>, ReleaseReport, Option<u64>), QueryError> {
+    use futures::StreamExt as _;
     let policy = &plan.rules.policy;
     let privacy =
         policy.release.privacy.as_ref().ok_or_else(|| QueryError::Execution("no privacy rules".into()))?;
@@ -1193,208 +1321,188 @@ async fn private_aggregate(
         .map(|p| p.privacy_unit.clone())
         .ok_or_else(|| QueryError::Execution("differential privacy without a privacy unit".into()))?;
     let fp = dp.fixed_point;
-    let linf = i64::from(privacy.max_rows_per_group);
-    // One value per row and aggregate: 1 for a counted row, the clamped fixed-point value for a sum.
-    let mut values = Vec::new();
-    // The same aggregates over rows directly, where each unit has one row.
-    let mut direct = Vec::new();
-    let mut caps = Vec::new();
-    for a in aggs {
-        // A NULL counts for nothing and adds nothing: a counted row needs a value, a clamped
-        // value stays NULL.
-        let counted = match a.func {
-            AggFunc::Count => a.arg.as_ref().map(|arg| arg.clone().is_not_null()),
-            _ => None,
-        };
-        let cond = match (counted, &a.filter) {
-            (Some(c), Some(f)) => Some(c.and(f.clone())),
-            (Some(c), None) => Some(c),
-            (None, Some(f)) => Some(f.clone()),
-            (None, None) => None,
-        };
-        let (value, lo, hi) = match a.func {
-            AggFunc::Count => (lit(1i64), 0i64, linf),
-            _ => {
-                let arg = a.arg.clone().unwrap_or(lit(0i64));
-                let column = column_of(&arg).unwrap_or_default();
-                let arg_type = arg.get_type(b.schema()).map_err(QueryError::plan)?;
-                let (lo, hi) = privacy.bounds.get(&column).copied().unwrap_or((0.0, 0.0));
-                let lo_fp = (lo * fp as f64).round() as i64;
-                let hi_fp = (hi * fp as f64).round() as i64;
-                let fixed = crate::fixed::clamp_fixed(arg, &arg_type, lo_fp, hi_fp, fp);
-                (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
-            }
-        };
-        direct.push(match a.func {
-            AggFunc::Count => (count(a.arg.clone().unwrap_or(lit(1i64))), a.filter.clone()),
-            _ => (sum(value.clone()), cond.clone()),
-        });
-        let v = match cond {
-            Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
-            None => value,
-        };
-        values.push(v);
-        caps.push((lo, hi));
-    }
-    // Every distinct FILTER clause narrows its aggregates' set: its units are counted too.
-    let clauses = filter_clauses(aggs);
+    let (values, direct, caps) = private_values(aggs, b.schema(), privacy, fp)?;
     let ng = groups.len();
+    let units_column = matches!(&dp.groups, DpGroups::Selected(s) if s.reuse.is_none());
+    if let DpGroups::Public(sets) = &dp.groups {
+        let combinations = sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul);
+        if combinations > limits.max_groups {
+            return Err(QueryError::Limit(format!(
+                "the public keys of the group columns make {combinations} groups, more than the {} this owner \
+                 releases for one request; group by fewer columns",
+                limits.max_groups
+            )));
+        }
+    }
     let built = if plan.rules.unit_is_row {
         // Each unit has one row, so it contributes once to one group: aggregate the rows as they
         // are, the sums over clamped fixed-point values.
-        let filtered = |e: Expr, f: Option<&Expr>| match f {
-            Some(f) => e.filter(f.clone()).build().map_err(QueryError::plan),
-            None => Ok(e),
-        };
-        let mut totals = Vec::new();
-        for (j, (e, f)) in direct.into_iter().enumerate() {
-            totals.push(filtered(e, f.as_ref())?.alias(format!("__t{j}")));
-        }
-        // COUNT(*), where the query has it, already counts the units.
-        if plain_count(aggs).is_none() {
+        let mut totals: Vec<Expr> =
+            direct.into_iter().enumerate().map(|(j, e)| e.alias(format!("__t{j}"))).collect();
+        if units_column {
             totals.push(count(lit(1i64)).alias("__units"));
-        }
-        for (j, f) in clauses.iter().enumerate() {
-            totals.push(filtered(count(lit(1i64)), Some(f))?.alias(format!("__fu{j}")));
         }
         let keys: Vec<Expr> =
             groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
         b.aggregate(keys, totals).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?
     } else {
-        per_unit_plan(b, groups, values, &caps, &clauses, &unit, privacy.max_groups_per_unit)?
+        per_unit_plan(b, groups, values, &caps, &unit, privacy.max_groups_per_unit, units_column)?
     };
-    let count_index = plain_count(aggs);
-    // Groups under the minimum size go no further than the plan: only groups that may be
-    // released count against the limit, so its error tells nothing of small groups.
-    let built = match plan.min_group_size {
-        Some(k) => {
-            let k = lit(i64::try_from(k).unwrap_or(i64::MAX));
-            let units = match count_index {
-                Some(c) if plan.rules.unit_is_row => format!("__t{c}"),
-                _ => "__units".to_owned(),
-            };
-            let big = (0..clauses.len())
-                .map(|j| col(format!("__fu{j}")).gt_eq(k.clone()))
-                .fold(col(units).gt_eq(k.clone()), Expr::and);
-            LogicalPlanBuilder::from(built)
-                .filter(big)
-                .and_then(LogicalPlanBuilder::build)
-                .map_err(QueryError::plan)?
-        }
-        None => built,
-    };
-    let planned: SchemaRef = Arc::new(built.schema().as_arrow().clone());
-    let width = planned.fields().len();
-    let (batches, scanned) = execute(ctx, built, limits.max_groups, true).await?;
-    // No group at all goes through the same steps as any other result, so that its report
-    // (mechanism, what is suppressed) looks like that of groups held back.
-    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
-    let mut all = concat_batches(&schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))?;
-    // A global aggregate over nothing still has its one group.
-    if ng == 0 && all.num_rows() == 0 {
-        let cols: Vec<ArrayRef> =
-            (0..width).map(|_| Arc::new(Int64Array::from(vec![0i64])) as ArrayRef).collect();
-        let fields: Vec<Field> =
-            (0..width).map(|j| Field::new(format!("__c{j}"), DataType::Int64, true)).collect();
-        all = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
-    }
-    let int = |i: usize| -> Result<Int64Array, QueryError> {
-        let c = cast(all.column(i), &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
-        c.as_any()
-            .downcast_ref::<Int64Array>()
-            .cloned()
-            .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
-    };
-    let (units_at, clauses_at) = match count_index {
-        Some(c) if plan.rules.unit_is_row => (ng + c, ng + aggs.len()),
-        _ => (ng + aggs.len(), ng + aggs.len() + 1),
-    };
-    let units = int(units_at)?;
-    let clause_units: Vec<Int64Array> =
-        (0..clauses.len()).map(|j| int(clauses_at + j)).collect::<Result<_, _>>()?;
-    let totals: Vec<Int64Array> = (0..aggs.len()).map(|j| int(ng + j)).collect::<Result<_, _>>()?;
-    let mut keep = vec![true; all.num_rows()];
-    let mut noisy: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(all.num_rows()); aggs.len()];
+    let physical = physical_plan(ctx, built, true).await?;
+    let planned = physical.schema();
+    let mut stream = datafusion::physical_plan::execute_stream(physical.clone(), ctx.task_ctx())
+        .map_err(QueryError::exec)?;
     let mut rng = concord_policy::dp::OsBlocks::new();
-    for (r, keep_r) in keep.iter_mut().enumerate() {
-        let mut ok = plan.min_group_size.is_none_or(|k| {
-            std::iter::once(&units)
-                .chain(&clause_units)
-                .all(|u| !u.is_null(r) && (u.value(r).max(0) as u64) >= k)
-        });
-        // Keys outside the public sets are never released.
-        if ok && ng > 0 && dp.selection.is_none() {
-            for (i, ge) in groups.iter().enumerate() {
-                let set = column_of(ge).and_then(|c| policy.public_keys(&c));
-                let value = datafusion::arrow::util::display::array_value_to_string(all.column(i), r)
-                    .unwrap_or_default();
-                if set.is_none_or(|s| !s.contains(&value)) {
-                    ok = false;
+    let mut noised = Noised { rng: &mut rng, noise: &dp.noise, values: vec![Vec::new(); aggs.len()] };
+    // Released keys, batch by batch (noisy selection), or totals by public key.
+    let mut kept: Vec<RecordBatch> = Vec::new();
+    let mut released = 0u64;
+    let mut by_key: std::collections::HashMap<Vec<String>, Vec<i64>> = std::collections::HashMap::new();
+    let mut global: Option<Vec<i64>> = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(QueryError::exec)?;
+        let totals: Vec<Int64Array> =
+            (0..aggs.len()).map(|j| int_column(&batch, ng + j)).collect::<Result<_, _>>()?;
+        let row_totals =
+            |r: usize| totals.iter().map(|t| if t.is_null(r) { 0 } else { t.value(r) }).collect::<Vec<i64>>();
+        match &dp.groups {
+            DpGroups::Global => {
+                if batch.num_rows() > 0 {
+                    global = Some(row_totals(0));
                 }
             }
-        }
-        let mut draw = |n: &Noise| {
-            n.sample_with(&mut rng)
-                .to_i128()
-                .ok_or_else(|| QueryError::Execution("a noise draw is out of range".into()))
-        };
-        let draws: Vec<i128> = dp
-            .noise
-            .iter()
-            .zip(&totals)
-            .map(|(n, t)| Ok(i128::from(if t.is_null(r) { 0 } else { t.value(r) }) + draw(n)?))
-            .collect::<Result<_, QueryError>>()?;
-        if ok && let Some((sel, threshold)) = &dp.selection {
-            let noisy_count = match count_index {
-                Some(c) => draws[c],
-                None => i128::from(units.value(r)) + draw(sel)?,
-            };
-            ok = noisy_count >= i128::from(*threshold);
-        }
-        *keep_r = ok;
-        for (j, a) in aggs.iter().enumerate() {
-            let v = draws[j];
-            noisy[j].push(Some(match a.func {
-                AggFunc::Count => v.max(0) as f64,
-                _ => v as f64 / fp as f64,
-            }));
+            DpGroups::Public(sets) => {
+                for r in 0..batch.num_rows() {
+                    let key: Option<Vec<String>> = (0..ng)
+                        .map(|i| {
+                            if batch.column(i).is_null(r) {
+                                return None;
+                            }
+                            datafusion::arrow::util::display::array_value_to_string(batch.column(i), r)
+                                .ok()
+                                .filter(|v| sets[i].contains(v))
+                        })
+                        .collect();
+                    // Values outside the public sets are never released.
+                    if let Some(key) = key {
+                        by_key.insert(key, row_totals(r));
+                    }
+                }
+            }
+            DpGroups::Selected(sel) => {
+                let units = if units_column { Some(int_column(&batch, ng + aggs.len())?) } else { None };
+                let mut mask = Vec::with_capacity(batch.num_rows());
+                for r in 0..batch.num_rows() {
+                    let t = row_totals(r);
+                    let draws = noised.draw(&t)?;
+                    let noisy_units = match (&units, sel.reuse) {
+                        (_, Some(c)) => draws[c],
+                        (Some(u), None) => {
+                            i128::from(if u.is_null(r) { 0 } else { u.value(r) }) + noised.one(&sel.noise)?
+                        }
+                        (None, None) => {
+                            return Err(QueryError::Execution("no count of units to select groups on".into()));
+                        }
+                    };
+                    let keep = noisy_units >= i128::from(sel.threshold);
+                    if keep {
+                        noised.push(&draws);
+                        released += 1;
+                        // The limit counts released groups only: decided on noisy counts, it
+                        // tells nothing exact.
+                        if released > limits.max_groups {
+                            return Err(QueryError::Limit(format!(
+                                "the sub-query would release more than {} groups, the most this owner releases for one \
+                                 request; group by fewer or coarser columns",
+                                limits.max_groups
+                            )));
+                        }
+                    }
+                    mask.push(keep);
+                }
+                let keys = batch
+                    .project(&(0..ng).collect::<Vec<_>>())
+                    .map_err(|e| QueryError::Execution(e.to_string()))?;
+                kept.push(
+                    filter_record_batch(&keys, &BooleanArray::from(mask))
+                        .map_err(|e| QueryError::Execution(e.to_string()))?,
+                );
+            }
         }
     }
-    let mask = BooleanArray::from(keep);
-    let all = filter_record_batch(&all, &mask).map_err(|e| QueryError::Execution(e.to_string()))?;
-    let noisy: Vec<ArrayRef> = noisy
-        .into_iter()
-        .map(|vals| {
-            let a: ArrayRef = Arc::new(Float64Array::from(vals));
-            datafusion::arrow::compute::filter(&a, &mask)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| QueryError::Execution(e.to_string()))?;
-    let batch = project_outputs(&all, outputs, &plan.subquery.schema, |i| {
-        let c = &noisy[i];
-        if aggs[i].data_type.is_integer() {
-            // Round noisy sums to the integer type the requester expects.
-            let f = c.as_any().downcast_ref::<Float64Array>();
-            match f {
-                Some(f) => {
-                    Arc::new(Int64Array::from_iter(f.iter().map(|x| x.map(|x| x.round() as i64)))) as ArrayRef
-                }
-                None => c.clone(),
-            }
-        } else {
-            c.clone()
+    let scanned = crate::owner::scanned_rows(&physical);
+    let keys: Vec<ArrayRef> = match &dp.groups {
+        DpGroups::Global => {
+            // A global aggregate is answered whatever the data holds, an empty set included.
+            let t = global.unwrap_or_else(|| vec![0; aggs.len()]);
+            let draws = noised.draw(&t)?;
+            noised.push(&draws);
+            Vec::new()
         }
-    })?;
-    let released = batch.num_rows() as u64;
-    // Under noisy selection nothing is counted: the noisy threshold hides whether a group of
-    // one exists, and a count of groups held back would not.
-    let (suppressed, not_counted) =
-        if dp.selection.is_some() { (0, true) } else { held_back(policy, groups, &all) };
+        DpGroups::Public(sets) => {
+            let mut columns: Vec<Vec<String>> = vec![Vec::new(); ng];
+            for key in combinations(sets) {
+                let t = by_key.remove(&key).unwrap_or_else(|| vec![0; aggs.len()]);
+                let draws = noised.draw(&t)?;
+                noised.push(&draws);
+                for (i, v) in key.into_iter().enumerate() {
+                    columns[i].push(v);
+                }
+            }
+            columns
+                .into_iter()
+                .enumerate()
+                .map(|(i, vals)| {
+                    let text: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vals));
+                    let to = planned.field(i).data_type();
+                    cast(&text, to).map_err(|_| {
+                        policy_refusal(format!(
+                            "a public key of group column {} cannot be read as its type {to}; the owner's policy must list \
+                             values of that type",
+                            groups[i]
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        DpGroups::Selected(_) => {
+            let schema = kept.first().map(|b| b.schema()).unwrap_or_else(|| {
+                Arc::new(planned.project(&(0..ng).collect::<Vec<_>>()).unwrap_or_else(|_| Schema::empty()))
+            });
+            let all = concat_batches(&schema, &kept).map_err(|e| QueryError::Execution(e.to_string()))?;
+            all.columns().to_vec()
+        }
+    };
+    let noisy: Vec<ArrayRef> = noised
+        .values
+        .into_iter()
+        .zip(aggs)
+        .map(|(vals, a)| -> ArrayRef {
+            match a.func {
+                // Counts and sums of integers in the requester's integer type.
+                AggFunc::Count => {
+                    Arc::new(Int64Array::from_iter_values(vals.into_iter().map(|v| v.max(0) as i64)))
+                }
+                _ if a.data_type.is_integer() => Arc::new(Int64Array::from_iter_values(
+                    vals.into_iter().map(|v| (v as f64 / fp as f64).round() as i64),
+                )),
+                _ => Arc::new(Float64Array::from_iter_values(vals.into_iter().map(|v| v as f64 / fp as f64))),
+            }
+        })
+        .collect();
+    let rows = noisy.first().map(|a| a.len()).or_else(|| keys.first().map(|k| k.len())).unwrap_or(0);
+    let batch = project_outputs(&keys, rows, outputs, &plan.subquery.schema, |i| noisy[i].clone())?;
+    let (threshold, delta) = match &dp.groups {
+        DpGroups::Selected(s) => (Some(s.threshold), Some(s.delta)),
+        _ => (None, None),
+    };
     let report = ReleaseReport {
-        groups_released: released,
-        groups_suppressed: suppressed,
-        suppressed_not_counted: not_counted,
+        groups_released: batch.num_rows() as u64,
+        groups_suppressed: 0,
+        // Under noisy selection nothing is counted: the noisy threshold hides whether a group
+        // of one exists, and a count of groups held back would not. With public keys, or
+        // without keys, nothing is held back.
+        suppressed_not_counted: matches!(dp.groups, DpGroups::Selected(_)),
         min_group_size: plan.min_group_size,
         mechanism: Some(dp.mechanism.as_str().to_owned()),
         noise_scale: outputs
@@ -1407,72 +1515,113 @@ async fn private_aggregate(
                 Output::Group(_) => None,
             })
             .collect(),
+        threshold,
+        delta,
+        guarantee: Some(dp.guarantee),
+        public_keys: matches!(dp.groups, DpGroups::Public(_)),
         ..Default::default()
     };
     Ok((vec![batch], report, scanned))
 }
 
+/// Column `i` of a batch of totals as 64-bit integers.
+fn int_column(batch: &RecordBatch, i: usize) -> Result<Int64Array, QueryError> {
+    let c = cast(batch.column(i), &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
+    c.as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
+}
+
+/// Every combination of one key from each set, in the sets' order.
+fn combinations(sets: &[Vec<String>]) -> Vec<Vec<String>> {
+    sets.iter().fold(vec![Vec::new()], |acc, set| {
+        acc.iter()
+            .flat_map(|prefix| {
+                set.iter().map(move |k| {
+                    let mut next = prefix.clone();
+                    next.push(k.clone());
+                    next
+                })
+            })
+            .collect()
+    })
+}
+
+/// Noise drawn for the aggregates of released groups, kept in fixed-point units.
+struct Noised<'a> {
+    rng: &'a mut concord_policy::dp::OsBlocks,
+    noise: &'a [Noise],
+    values: Vec<Vec<i128>>,
+}
+
+impl Noised<'_> {
+    fn one(&mut self, n: &Noise) -> Result<i128, QueryError> {
+        n.sample_with(self.rng)
+            .to_i128()
+            .ok_or_else(|| QueryError::Execution("a noise draw is out of range".into()))
+    }
+
+    /// Each total with its own noise.
+    fn draw(&mut self, totals: &[i64]) -> Result<Vec<i128>, QueryError> {
+        let noise = self.noise;
+        totals.iter().zip(noise).map(|(t, n)| Ok(i128::from(*t) + self.one(n)?)).collect()
+    }
+
+    fn push(&mut self, draws: &[i128]) {
+        for (j, v) in draws.iter().enumerate() {
+            self.values[j].push(*v);
+        }
+    }
+}
+
 /// The plan that bounds contributions per privacy unit: per (group, unit) sums capped, at most
-/// `max_groups` groups per unit chosen at random, then totals per group.
+/// `max_groups` groups per unit chosen at random, then totals per group (and, with `units`,
+/// the distinct units of each group).
 fn per_unit_plan(
     b: LogicalPlanBuilder,
     groups: &[Expr],
     values: Vec<Expr>,
     caps: &[(i64, i64)],
-    clauses: &[Expr],
     unit: &str,
     max_groups: u32,
+    units: bool,
 ) -> Result<LogicalPlan, QueryError> {
     let ng = groups.len();
     let naggs = values.len();
     let g = |i: usize| col(Column::new_unqualified(format!("__g{i}")));
     let v = |j: usize| col(Column::new_unqualified(format!("__v{j}")));
-    let fc = |j: usize| col(Column::new_unqualified(format!("__f{j}")));
     let mut project: Vec<Expr> =
         groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
     project.push(col(Column::new_unqualified(unit)).alias("__unit"));
     project.extend(values.into_iter().enumerate().map(|(j, e)| e.alias(format!("__v{j}"))));
-    for (j, f) in clauses.iter().enumerate() {
-        project.push(
-            when(f.clone(), lit(1i64))
-                .otherwise(lit(0i64))
-                .map_err(QueryError::plan)?
-                .alias(format!("__f{j}")),
-        );
-    }
     let mut b = b.project(project).map_err(QueryError::plan)?;
-    {
-        // Contributions of one unit to one group, each capped.
-        let keys: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
-        let sums: Vec<Expr> = (0..naggs)
-            .map(|j| sum(v(j)).alias(format!("__v{j}")))
-            .chain((0..clauses.len()).map(|j| max(fc(j)).alias(format!("__f{j}"))))
-            .collect();
-        b = b.aggregate(keys, sums).map_err(QueryError::plan)?;
-        let mut capped: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
-        for (j, (lo, hi)) in caps.iter().enumerate() {
-            // A unit with nothing in this group (a NULL sum) contributes nothing.
-            let cap = least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]);
-            let kept = when(v(j).is_null(), lit(ScalarValue::Int64(None)))
-                .otherwise(cap)
-                .map_err(QueryError::plan)?;
-            capped.push(kept.alias(format!("__v{j}")));
-        }
-        capped.extend((0..clauses.len()).map(fc));
-        b = b.project(capped).map_err(QueryError::plan)?;
-        // At most max_groups_per_unit groups per unit, chosen at random.
-        let rank = row_number()
-            .partition_by(vec![col("__unit")])
-            .order_by(vec![SortExpr::new(random(), true, false)])
-            .build()
-            .map_err(QueryError::plan)?
-            .alias("__rank");
-        b = b.window(vec![rank]).map_err(QueryError::plan)?;
-        b = b.filter(col("__rank").lt_eq(lit(u64::from(max_groups)))).map_err(QueryError::plan)?;
+    // Contributions of one unit to one group, each capped.
+    let keys: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
+    let sums: Vec<Expr> = (0..naggs).map(|j| sum(v(j)).alias(format!("__v{j}"))).collect();
+    b = b.aggregate(keys, sums).map_err(QueryError::plan)?;
+    let mut capped: Vec<Expr> = (0..ng).map(g).chain([col("__unit")]).collect();
+    for (j, (lo, hi)) in caps.iter().enumerate() {
+        // A unit with nothing in this group (a NULL sum) contributes nothing.
+        let cap = least(vec![greatest(vec![v(j), lit(*lo)]), lit(*hi)]);
+        let kept =
+            when(v(j).is_null(), lit(ScalarValue::Int64(None))).otherwise(cap).map_err(QueryError::plan)?;
+        capped.push(kept.alias(format!("__v{j}")));
     }
+    b = b.project(capped).map_err(QueryError::plan)?;
+    // At most max_groups_per_unit groups per unit, chosen at random.
+    let rank = row_number()
+        .partition_by(vec![col("__unit")])
+        .order_by(vec![SortExpr::new(random(), true, false)])
+        .build()
+        .map_err(QueryError::plan)?
+        .alias("__rank");
+    b = b.window(vec![rank]).map_err(QueryError::plan)?;
+    b = b.filter(col("__rank").lt_eq(lit(u64::from(max_groups)))).map_err(QueryError::plan)?;
     let mut totals: Vec<Expr> = (0..naggs).map(|j| sum(v(j)).alias(format!("__t{j}"))).collect();
-    totals.push(count_distinct(col("__unit")).alias("__units"));
-    totals.extend((0..clauses.len()).map(|j| sum(fc(j)).alias(format!("__fu{j}"))));
+    if units {
+        totals.push(count_distinct(col("__unit")).alias("__units"));
+    }
     b.aggregate((0..ng).map(g).collect::<Vec<_>>(), totals)
         .and_then(LogicalPlanBuilder::build)
         .map_err(QueryError::plan)
@@ -1516,34 +1665,49 @@ pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
     }
     match check(subquery.clone(), rules.clone()) {
         Ok(plan) => {
-            match plan.min_group_size {
-                Some(k) => lines.push(format!(
-                    "minimum group size {k}: groups of fewer distinct {} are suppressed and {}",
-                    rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows"),
-                    if plan.privacy.as_ref().is_some_and(|p| p.selection.is_some()) {
-                        "not counted (under noisy selection a count would tell that a small group exists)"
-                    } else {
-                        "counted"
-                    }
-                )),
-                None => lines.push("no minimum group size".to_owned()),
-            }
-            match &plan.privacy {
-                Some(p) => {
+            let unit = rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows");
+            match (&plan.privacy, plan.min_group_size) {
+                (Some(p), _) => {
                     let scales: Vec<String> = p.noise.iter().map(|n| format!("{:.2}", n.scale())).collect();
                     lines.push(format!(
-                        "differential privacy ({}): costs {} {}, noise scale per aggregate (fixed-point units) {}{}",
+                        "differential privacy ({}): costs {} {} (epsilon {:.4} at delta {:e}), noise scale per aggregate \
+                         (fixed-point units) {}",
                         p.mechanism.as_str(),
                         p.mechanism.parameter(),
                         p.cost,
-                        scales.join(", "),
-                        match &p.selection {
-                            Some((_, t)) => format!("; groups without public keys need a noisy count of at least {t}"),
-                            None => String::new(),
-                        }
+                        p.guarantee.epsilon,
+                        p.guarantee.delta,
+                        scales.join(", ")
                     ));
+                    lines.push(match &p.groups {
+                        DpGroups::Global => "one group, always answered with noise, whatever the data holds".to_owned(),
+                        DpGroups::Public(sets) => format!(
+                            "every combination of the public keys ({} groups) is released with noise, zeros included; \
+                             values outside the keys are not",
+                            sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul)
+                        ),
+                        DpGroups::Selected(s) => format!(
+                            "a group is released when its noisy count of distinct {unit} reaches {} (the minimum group size {}, \
+                             noise scale {:.2}, delta {:e}: a group of one appears with probability at most delta); groups \
+                             held back are not counted",
+                            s.threshold,
+                            plan.min_group_size.unwrap_or(1),
+                            s.noise.scale(),
+                            s.delta
+                        ),
+                    });
                 }
-                None => lines.push("exact values, no noise".to_owned()),
+                (None, Some(k)) => {
+                    lines.push(format!(
+                        "minimum group size {k}: groups of fewer distinct {unit} are suppressed (counted exactly, with no \
+                         noise: exact releases are open to differencing across queries)"
+                    ));
+                    lines.push("exact values, no noise".to_owned());
+                }
+                (None, None) => {
+                    lines.push("no minimum group size".to_owned());
+                    lines.push("exact values, no noise".to_owned());
+                }
             }
             Explanation { verdict: "released".into(), lines }
         }

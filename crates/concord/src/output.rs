@@ -58,7 +58,7 @@ pub async fn query(
                         "{},{},{},{},{}",
                         c.member,
                         c.dataset,
-                        c.rows_scanned,
+                        c.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
                         c.groups_released,
                         c.receipt_digest.as_deref().unwrap_or("")
                     )?;
@@ -94,7 +94,7 @@ pub async fn query(
                         "  {:<12} {:<20} {:>12} {:>8}  {}",
                         c.member,
                         c.dataset,
-                        c.rows_scanned,
+                        c.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
                         c.groups_released,
                         c.receipt_digest.as_deref().unwrap_or("(own data, nothing crossed a border)")
                     )?;
@@ -106,17 +106,31 @@ pub async fn query(
                                 .to_string(),
                         );
                     }
-                    if r.suppressed_not_counted {
-                        notes.push(format!(
-                            "groups under the minimum group size ({}) or a noisy threshold held back, not counted (the group columns have no public key set)",
+                    match (&r.mechanism, r.threshold) {
+                        (Some(_), Some(t)) => notes.push(format!(
+                            "groups released where their noisy count of distinct people reaches {t} (minimum group size {}, \
+                             delta {:e}); groups held back not counted",
+                            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+                            r.delta.unwrap_or(0.0)
+                        )),
+                        (Some(_), None) if r.public_keys => {
+                            notes.push("every public key released with noise, zeros included".to_owned())
+                        }
+                        (Some(_), None) => {}
+                        (None, _) if r.suppressed_not_counted => notes.push(format!(
+                            "groups under the minimum group size ({}) held back, not counted (the group columns have no \
+                             public key set)",
                             r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
-                        ));
-                    } else if r.groups_suppressed > 0 || r.min_group_size.is_some() {
-                        notes.push(format!(
-                            "{} groups suppressed (minimum group size {})",
-                            r.groups_suppressed,
+                        )),
+                        (None, _) if r.groups_suppressed > 0 || r.min_group_size.is_some() => notes.push(format!(
+                            "{} suppressed (minimum group size {})",
+                            match r.groups_suppressed {
+                                1 => "1 group".to_owned(),
+                                n => format!("{n} groups"),
+                            },
                             r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
-                        ));
+                        )),
+                        (None, _) => {}
                     }
                     if r.small_cells_left_out {
                         notes.push(
@@ -128,6 +142,9 @@ pub async fn query(
                         let scales: Vec<String> =
                             r.noise_scale.iter().map(|(col, s)| format!("{col} ±{s:.2}")).collect();
                         notes.push(format!("{m} noise, scale {}", scales.join(", ")));
+                    }
+                    if let Some(g) = &r.guarantee {
+                        notes.push(format!("this release is ({:.4}, {:e})-differentially private", g.epsilon, g.delta));
                     }
                     if let Some(b) = &r.budget {
                         notes.push(format!(

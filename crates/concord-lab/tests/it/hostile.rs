@@ -236,7 +236,7 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
                         requester: r.requester,
                         dataset: r.dataset,
                         result_sha256: concord_charter::hex(&Sha256::digest(&answer)),
-                        rows_scanned: 1,
+                        rows_scanned: Some(1),
                         groups_released: 1,
                         log_index: 0,
                         release: Default::default(),

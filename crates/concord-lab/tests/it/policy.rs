@@ -465,8 +465,8 @@ async fn policy_test_explains_without_running_and_explain_sends_nothing() {
             "SELECT region, count(*) AS n FROM people GROUP BY region",
             &[
                 "column region (group) used as a group key in GROUP BY: allowed",
-                "minimum group size 10: groups of fewer distinct id are suppressed and counted",
-                "differential privacy (zcdp): costs rho 0.01, noise scale per aggregate (fixed-point units) 7.07",
+                "differential privacy (zcdp): costs rho 0.01 (epsilon 0.7534 at delta 1e-6), noise scale per aggregate (fixed-point units) 7.07",
+                "every combination of the public keys (2 groups) is released with noise, zeros included; values outside the keys are not",
             ],
             "released",
         ),

@@ -261,7 +261,7 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
     .expect("runs");
     assert_eq!(counted.provenance.len(), 3);
     for c in &counted.provenance {
-        assert_eq!(c.rows_scanned, 40, "{c:?}");
+        assert_eq!(c.rows_scanned, Some(40), "{c:?}");
         assert!(c.release.rows_from_statistics, "a Parquet count(*) comes from the file's statistics: {c:?}");
     }
     let read = concord_lab::demo::api_query(
@@ -272,7 +272,7 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
     .await
     .expect("runs");
     for c in &read.provenance {
-        assert_eq!(c.rows_scanned, 40, "{c:?}");
+        assert_eq!(c.rows_scanned, Some(40), "{c:?}");
         assert!(!c.release.rows_from_statistics, "a filter reads rows: {c:?}");
     }
     // Decimal sums stay decimal, with DataFusion's own result type.

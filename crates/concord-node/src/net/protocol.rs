@@ -36,7 +36,8 @@ pub struct ReleaseReceipt {
     pub dataset: String,
     /// Hex SHA-256 of the Arrow IPC bytes released.
     pub result_sha256: String,
-    pub rows_scanned: u64,
+    /// `None` (written `withheld`) under differential privacy.
+    pub rows_scanned: Option<u64>,
     pub groups_released: u64,
     /// Index of the owner's "access served" entry in its transparency log.
     pub log_index: u64,
@@ -142,7 +143,7 @@ impl ReleaseReceipt {
             self.requester,
             self.dataset,
             self.result_sha256,
-            self.rows_scanned,
+            self.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
             self.groups_released,
             self.log_index,
             // A serialisable struct of strings and numbers; compact JSON has no line breaks.
@@ -172,7 +173,10 @@ impl ReleaseReceipt {
                 .strip_prefix("sha256:")
                 .ok_or_else(|| NodeError::BadRequest("receipt result must be sha256:<hex>".into()))?
                 .to_owned(),
-            rows_scanned: f.number("rows-scanned")?,
+            rows_scanned: match f.get("rows-scanned")? {
+                "withheld" => None,
+                n => Some(n.parse().map_err(|_| NodeError::BadRequest("`rows-scanned` is not a number".into()))?),
+            },
             groups_released: f.number("groups-released")?,
             log_index: f.number("log-index")?,
             release: serde_json::from_str(f.get("release")?)

@@ -96,8 +96,9 @@ impl Node {
             };
         // Provenance counts the rows the dataset holds, whether they were read or the answer
         // came from the file's statistics (the report says which). What the scan read after
-        // the owner's pruning would tell a requester about values it may not see.
-        answer.rows_scanned = d.record.rows;
+        // the owner's pruning would tell a requester about values it may not see. Under
+        // differential privacy the dataset's size is an exact count: not told.
+        answer.rows_scanned = if plan.privacy.is_some() { None } else { Some(d.record.rows) };
         answer.report.budget = budget;
         answer.report.grant = ctx.grant_for(action).map(str::to_owned);
         answer.report.rule = Some(rule);

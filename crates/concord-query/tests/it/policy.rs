@@ -492,10 +492,11 @@ fn one_row_per_unit_releases_what_the_general_path_releases() {
 }
 
 #[test]
-fn both_contribution_paths_release_the_same_groups_under_differential_privacy() {
-    // Public keys (sex), so which groups are released does not depend on noise: exactly those
-    // with at least 10 people. The path for one row per person (no per-person pass) must agree
-    // with the general path, and both with the raw data.
+fn both_contribution_paths_release_every_public_key_under_differential_privacy() {
+    // Public keys (sex): every key is released with noise, zeros included, whatever the data
+    // holds; no group is held back, so nothing is decided on an exact count. The path for one
+    // row per person (no per-person pass) must agree with the general path, and both with the
+    // raw data.
     let policy = NOISY.replace("cost = 0.005", "cost = 1.0");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     for filter in ["true", "region = 'XS'", "region = 'NO' AND age_band = '90+'", "region = 'NO'"] {
@@ -503,8 +504,6 @@ fn both_contribution_paths_release_the_same_groups_under_differential_privacy() 
             "SELECT sex AS g0, count(1) AS p0, sum(hospital_days) AS p1 FROM cases WHERE {filter} GROUP BY sex"
         );
         let raw = raw_units("sex", filter);
-        let mut want: Vec<String> = raw.iter().filter(|(_, n)| **n >= 10).map(|(k, _)| k.clone()).collect();
-        want.sort();
         for unit_is_row in [false, true] {
             let mut r = rules(&policy);
             r.unit_is_row = unit_is_row;
@@ -516,11 +515,9 @@ fn both_contribution_paths_release_the_same_groups_under_differential_privacy() 
             };
             let mut got: Vec<String> = rows.iter().map(|row| text(&row[0])).collect();
             got.sort();
-            assert_eq!(got, want, "{unit_is_row}: {sql}");
-            // Every public key not released counts, present in the data or not: a group of one
-            // must look like no group at all.
-            assert_eq!(a.report.groups_suppressed as usize, 2 - want.len(), "{unit_is_row}: {sql}");
-            assert!(!a.report.suppressed_not_counted);
+            assert_eq!(got, ["F", "M"], "{unit_is_row}: {sql}");
+            assert_eq!(a.report.groups_suppressed, 0, "{unit_is_row}: {sql}");
+            assert!(a.report.public_keys && !a.report.suppressed_not_counted);
             let scale = a.report.noise_scale.first().map(|(_, s)| *s).expect("a count's noise scale");
             for row in &rows {
                 let key = text(&row[0]);
@@ -529,12 +526,9 @@ fn both_contribution_paths_release_the_same_groups_under_differential_privacy() 
                     Cell::Text(t) => t.parse().expect("a count"),
                     Cell::Null => panic!("a NULL count"),
                 };
+                let want = raw.get(&key).copied().unwrap_or(0) as f64;
                 // Six standard deviations: a false failure has a chance under 2e-9 per group.
-                assert!(
-                    (n - raw[&key] as f64).abs() < 6.0 * scale,
-                    "{unit_is_row}: {sql}: {key} {n} vs {}",
-                    raw[&key]
-                );
+                assert!((n - want).abs() < 6.0 * scale, "{unit_is_row}: {sql}: {key} {n} vs {want}");
             }
         }
     }
@@ -894,4 +888,165 @@ fn long_chains_and_patterns_are_refused_not_crashed() {
         })
         .expect("thread");
     t.join().expect("no crash");
+}
+
+/// A number in a released cell.
+fn number(c: &Cell) -> f64 {
+    match c {
+        Cell::Float(n) => *n,
+        Cell::Text(t) => t.parse().unwrap_or_else(|_| panic!("not a number: {t}")),
+        Cell::Null => panic!("a NULL where a noisy number was due"),
+    }
+}
+
+/// 19 people: 9 in cell A, 10 in cell B, as an attacker pads a target's cell to k−1 or k.
+fn padded_cells() -> Arc<dyn TableProvider> {
+    let b = cases();
+    let take: Vec<u32> = (0..19).collect();
+    let idx = datafusion::arrow::array::UInt32Array::from(take);
+    let mut columns: Vec<datafusion::arrow::array::ArrayRef> =
+        b.columns().iter().map(|c| datafusion::arrow::compute::take(c, &idx, None).expect("take")).collect();
+    let regions: Vec<&str> = (0..19).map(|i| if i < 9 { "A" } else { "B" }).collect();
+    columns[1] = Arc::new(StringArray::from(regions));
+    let b = RecordBatch::try_new(b.schema(), columns).expect("batch");
+    Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).expect("table"))
+}
+
+#[test]
+fn whether_a_cell_near_the_minimum_appears_is_not_decided_by_its_size() {
+    // The padding attack: a cell of k−1 known people plus the target, or of k−1 without. An
+    // exact gate at k would release one and never the other: the target's value with
+    // certainty. On the noisy count both cells appear in some runs and not in others.
+    let policy = NOISY.replace("cost = 0.005", "cost = 0.5");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let sql = "SELECT region AS g0, count(1) AS p0 FROM cases GROUP BY region";
+    let mut seen: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for _ in 0..60 {
+        let a = rt
+            .block_on(run_subquery("cases", padded_cells(), sql, &rules(&policy), &Default::default()))
+            .expect("runs");
+        assert_eq!(a.report.threshold, Some(10), "the charter's minimum binds on the noisy count");
+        assert_eq!(a.report.delta, Some(1e-6));
+        assert!(a.report.guarantee.is_some_and(|g| g.epsilon > 0.5 && g.delta > 0.0));
+        let released = released_keys(&a, 1);
+        for cell in ["A", "B"] {
+            let e = seen.entry(cell).or_default();
+            if released.iter().any(|k| k == cell) { e.0 += 1 } else { e.1 += 1 }
+        }
+    }
+    // With sigma = 1, the cell of 9 appears with probability about 0.24 and the cell of 10
+    // about 0.6: each outcome is missed in 60 runs with a chance under 1e-7.
+    for (cell, (shown, held)) in seen {
+        assert!(
+            shown > 0 && held > 0,
+            "cell {cell}: shown {shown}, held back {held}: a deterministic decision"
+        );
+    }
+}
+
+#[test]
+fn an_aggregate_without_groups_is_always_answered_with_noise() {
+    // Three people (XS): an exact gate would answer nothing (or an exact 0) below ten and a
+    // noisy count above, so the answer's form alone would tell which side of ten the set is.
+    let mut values = Vec::new();
+    for filter in ["region = 'XS'", "region = 'XS' AND age_band = '0-19'", "region = 'NO'"] {
+        let sql = format!("SELECT count(1) AS p0 FROM cases WHERE {filter}");
+        for _ in 0..4 {
+            let a = run(NOISY, &sql).expect("runs");
+            assert_eq!(a.groups_released, 1, "{sql}");
+            assert_eq!(a.report.groups_suppressed, 0, "{sql}");
+            let rows = crate::common::cells(&a.batches);
+            values.push(number(&rows[0][0]));
+        }
+    }
+    // With sigma = 10, twelve draws that are all exact would take a miracle.
+    assert!(values.iter().any(|v| *v != 0.0 && *v != 3.0 && *v != 150.0 && *v != 151.0), "{values:?}");
+}
+
+#[test]
+fn filter_sets_and_key_only_queries_are_not_gated_exactly() {
+    let policy = NOISY.replace("cost = 0.005", "cost = 1.0");
+    // A FILTER set of one person (NO's 90+ man) is no exact gate: its group comes back with a
+    // noisy value, as it does with no one in the set.
+    let sql = "SELECT region AS g0, count(1) AS p0, count(1) FILTER (WHERE age_band = '90+') AS p1 FROM cases GROUP BY region";
+    let a = run(&policy, sql).expect("runs");
+    assert_eq!(
+        sorted(released_keys(&a, 1)),
+        ["EA", "NO", "SO", "WE"],
+        "large regions pass the noisy threshold"
+    );
+    assert!(!a.report.small_cells_left_out);
+    // DISTINCT and GROUP BY without aggregates: the presence of a group is decided on the noisy
+    // count, and costs what a count costs.
+    for sql in [
+        "SELECT region AS g0 FROM cases WHERE age_band = '90+' GROUP BY region",
+        "SELECT region AS g0 FROM cases GROUP BY region",
+    ] {
+        let sub = rt_parse(sql);
+        let plan = concord_query::release::check(sub, rules(&policy)).expect("checks");
+        let p = plan.privacy.expect("noisy");
+        assert_eq!(p.cost, concord_policy::Units::from_f64(1.0).expect("units"), "{sql}");
+        let a = run(&policy, sql).expect("runs");
+        assert_eq!(a.report.threshold, Some(10), "{sql}");
+        assert!(a.report.suppressed_not_counted, "{sql}");
+        if sql.contains("90+") {
+            assert!(
+                released_keys(&a, 1).is_empty(),
+                "one 90+ person passes a threshold of 10 only by a 9-sigma draw"
+            );
+        } else {
+            assert_eq!(sorted(released_keys(&a, 1)), ["EA", "NO", "SO", "WE"]);
+        }
+    }
+}
+
+fn rt_parse(sql: &str) -> concord_query::release::Subquery {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(concord_query::owner::parse_subquery("cases", table(), sql)).expect("parses")
+}
+
+#[test]
+fn aggregates_under_differential_privacy_mean_what_they_mean_in_pooled_sql() {
+    let policy = NOISY.replace("cost = 0.005", "cost = 1.0");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // EA has 151 people but one value of hospital_days (see cases_with_few_values).
+    let sql = "SELECT sex AS g0, count(NULL) AS p0, count(hospital_days) AS p1, sum(hospital_days) AS p2, count(1) AS p3 \
+               FROM cases WHERE region = 'EA' GROUP BY sex";
+    let a = rt
+        .block_on(run_subquery("cases", cases_with_few_values(), sql, &rules(&policy), &Default::default()))
+        .expect("runs");
+    let scales: BTreeMap<String, f64> = a.report.noise_scale.iter().cloned().collect();
+    let raw = raw_units("sex", "region = 'EA'");
+    for row in crate::common::cells(&a.batches) {
+        let Cell::Text(sex) = &row[0] else { panic!("{row:?}") };
+        // COUNT(NULL) is a noisy 0, not COUNT(*).
+        assert!(number(&row[1]).abs() < 6.0 * scales["COUNT(NULL)"], "{row:?}");
+        // COUNT(x) counts x's values: at most the one of EA.
+        assert!(number(&row[2]) < 1.0 + 6.0 * scales["COUNT(hospital_days)"], "{row:?}");
+        // COUNT(*) counts everyone.
+        let all = raw.get(sex).copied().unwrap_or(0) as f64;
+        assert!((number(&row[4]) - all).abs() < 6.0 * scales["COUNT(*)"], "{row:?} vs {all}");
+    }
+    // A sum over a group whose values are all NULL (EA's one value is case 1002's) is a noisy
+    // sum of nothing, never NULL: a NULL would say exactly that no one has a value.
+    let sql = "SELECT sex AS g0, sum(hospital_days) AS p0 FROM cases WHERE region = 'EA' AND case_id > 1002 GROUP BY sex";
+    let a = rt
+        .block_on(run_subquery(
+            "cases",
+            cases_with_few_values(),
+            sql,
+            &rules(&policy.replace("case_id = \"hidden\"", "case_id = \"filter\"")),
+            &Default::default(),
+        ))
+        .expect("runs");
+    let scale = a.report.noise_scale[0].1;
+    for row in crate::common::cells(&a.batches) {
+        assert!(number(&row[1]).abs() < 6.0 * scale, "{row:?}");
+    }
+    // Exactly, COUNT(NULL) is 0 too.
+    let a = run(EXACT, "SELECT region AS g0, count(NULL) AS p0, count(1) AS p1 FROM cases GROUP BY region")
+        .expect("runs");
+    for row in crate::common::cells(&a.batches) {
+        assert_eq!(row[1], Cell::Text("0".into()), "{row:?}");
+    }
 }
