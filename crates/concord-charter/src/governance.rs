@@ -62,6 +62,10 @@ pub enum Change {
     CrossBorders {
         ceiling: crate::CrossBorders,
     },
+    /// Who reads the notes of accesses in the logs: `parties` or `public`.
+    AccessNotes {
+        visibility: crate::AccessNotes,
+    },
     Threshold {
         threshold: usize,
     },
@@ -81,6 +85,12 @@ impl Change {
             Self::SetSchema { schema } => format!("shared schema {} version {}", schema.name, schema.version),
             Self::MinGroupSize { size } => format!("minimum group size {size}"),
             Self::CrossBorders { ceiling } => format!("data up to {} crosses borders", ceiling.as_str()),
+            Self::AccessNotes { visibility: crate::AccessNotes::Public } => {
+                "notes of accesses shown to every member".to_owned()
+            }
+            Self::AccessNotes { visibility: crate::AccessNotes::Parties } => {
+                "notes of accesses kept by their two parties".to_owned()
+            }
             Self::Threshold { threshold } => format!("threshold {threshold}"),
             Self::WitnessQuorum { quorum } => format!("witness quorum {quorum}"),
         }
@@ -160,6 +170,7 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
             }
             Change::MinGroupSize { size } => next.min_group_size = *size,
             Change::CrossBorders { ceiling } => next.cross_borders = *ceiling,
+            Change::AccessNotes { visibility } => next.access_notes = *visibility,
             Change::Threshold { threshold: t } => threshold = Some(*t),
             Change::WitnessQuorum { quorum: q } => quorum = Some(*q),
         }

@@ -180,6 +180,11 @@ pub struct SharedSchema {
     #[serde(default = "one")]
     pub version: u32,
     pub columns: Vec<SchemaColumn>,
+    /// The column that identifies a data subject (a person, a household): minimum group sizes
+    /// count its distinct values and differential privacy bounds what one value contributes.
+    /// A dataset of a schema with personal columns or a privacy unit is protected by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_unit: Option<String>,
 }
 
 fn one() -> u32 {
@@ -205,7 +210,58 @@ impl SharedSchema {
                 });
             }
         }
+        if let Some(u) = &self.privacy_unit
+            && !seen.contains(u)
+        {
+            return Err(CharterError::Invalid {
+                what: "shared schema",
+                reason: format!("{}'s privacy unit {u} is not one of its columns", self.name),
+            });
+        }
         Ok(())
+    }
+
+    /// Whether the schema describes people: it marks personal columns or a privacy unit.
+    pub fn is_personal(&self) -> bool {
+        self.privacy_unit.is_some() || self.columns.iter().any(|c| c.personal)
+    }
+
+    /// The columns that describe people: those marked personal, and the privacy unit.
+    pub fn personal_columns(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|c| c.personal || self.privacy_unit.as_deref() == Some(c.name.as_str()))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+}
+
+/// Who sees the notes of an access (its SQL, purpose, legal basis, result sizes) in the logs:
+/// the two parties only (other members see who asked whom, for which dataset, when, under
+/// which policy and at what privacy cost, and a salted commitment to the notes), or every
+/// member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessNotes {
+    #[default]
+    Parties,
+    Public,
+}
+
+impl AccessNotes {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parties => "parties",
+            Self::Public => "public",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "parties" => Some(Self::Parties),
+            "public" => Some(Self::Public),
+            _ => None,
+        }
     }
 }
 
@@ -260,6 +316,8 @@ pub struct Charter {
     /// Baseline rule: the most sensitive classification whose data may cross borders at all
     /// (core data never does, and important data only under an approved access request).
     pub cross_borders: CrossBorders,
+    /// Who reads the notes of accesses in the logs: the two parties, or every member.
+    pub access_notes: AccessNotes,
     /// Sorted by id.
     pub members: Vec<MemberCard>,
     /// Sorted by name.
@@ -283,6 +341,7 @@ impl Charter {
             witness_quorum,
             min_group_size: DEFAULT_MIN_GROUP_SIZE,
             cross_borders: CrossBorders::default(),
+            access_notes: AccessNotes::default(),
             members,
             schemas,
         };

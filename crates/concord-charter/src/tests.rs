@@ -26,6 +26,7 @@ fn schema() -> SharedSchema {
             SchemaColumn { name: "case_id".into(), ty: ColumnType::Int64, personal: true },
             SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false },
         ],
+        privacy_unit: None,
     }
 }
 
@@ -99,4 +100,35 @@ fn successor_needs_the_threshold_of_the_base() {
     assert!(matches!(sc.verify_successor(&base), Err(CharterError::NotSuccessor { .. })), "1 of 3 < 2");
     sc.note.sign(&kb);
     sc.verify_successor(&base).expect("2 of 3 reach the threshold");
+}
+
+#[test]
+fn a_privacy_unit_and_public_access_notes_are_written_only_when_set() {
+    let (a, _) = card("fed", "alpha", 'A');
+    let plain = Charter::genesis("fed", vec![a.clone()], vec![schema()]).expect("valid");
+    let text = plain.to_text();
+    assert!(!text.contains("privacy-unit") && !text.contains("access-notes"), "{text}");
+    let mut s = schema();
+    s.privacy_unit = Some("case_id".into());
+    assert!(s.is_personal());
+    assert_eq!(s.personal_columns(), ["case_id"]);
+    let mut c = Charter::genesis("fed", vec![a], vec![s.clone()]).expect("valid");
+    c.access_notes = AccessNotes::Public;
+    let text = c.to_text();
+    assert!(
+        text.contains("\n  privacy-unit case_id\n") && text.contains("\naccess-notes public\n"),
+        "{text}"
+    );
+    assert_eq!(Charter::from_text(&text).expect("parses"), c);
+    // A unit that is not a column is refused.
+    s.privacy_unit = Some("person".into());
+    assert!(s.validate().is_err());
+    // The setting changes by a proposal like any other.
+    let next =
+        governance::apply(&plain, &[governance::Change::AccessNotes { visibility: AccessNotes::Public }])
+            .expect("applies");
+    assert_eq!(next.access_notes, AccessNotes::Public);
+    let json = serde_json::to_string(&governance::Change::AccessNotes { visibility: AccessNotes::Public })
+        .expect("json");
+    assert!(json.contains("\"access-notes\"") && json.contains("\"public\""), "{json}");
 }

@@ -23,7 +23,9 @@
 
 use std::fmt::Write as _;
 
-use crate::{Charter, CharterError, ColumnType, CrossBorders, MemberCard, SchemaColumn, SharedSchema};
+use crate::{
+    AccessNotes, Charter, CharterError, ColumnType, CrossBorders, MemberCard, SchemaColumn, SharedSchema,
+};
 
 pub const CHARTER_TYPE_LINE: &str = "concord/charter/v1";
 
@@ -42,6 +44,9 @@ pub(crate) fn render(c: &Charter) -> String {
     if c.cross_borders != CrossBorders::default() {
         let _ = writeln!(s, "cross-borders {}", c.cross_borders.as_str());
     }
+    if c.access_notes != AccessNotes::default() {
+        let _ = writeln!(s, "access-notes {}", c.access_notes.as_str());
+    }
     for m in &c.members {
         let _ = writeln!(s, "member {}", m.id);
         let _ = writeln!(s, "  name {}", m.name);
@@ -56,6 +61,10 @@ pub(crate) fn render(c: &Charter) -> String {
         for col in &sc.columns {
             let personal = if col.personal { " personal" } else { "" };
             let _ = writeln!(s, "  column {} {}{personal}", col.name, col.ty);
+        }
+        // Written only when named, so schemas from before the rule read byte for byte.
+        if let Some(u) = &sc.privacy_unit {
+            let _ = writeln!(s, "  privacy-unit {u}");
         }
     }
     s
@@ -116,6 +125,13 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     } else {
         CrossBorders::default()
     };
+    let access_notes = if lines.next_is("access-notes ") {
+        let (n, v) = lines.field("access-notes", "")?;
+        AccessNotes::parse(v)
+            .ok_or_else(|| Lines::err(n, format!("access-notes {v:?} is not parties or public")))?
+    } else {
+        AccessNotes::default()
+    };
     let mut members = Vec::new();
     while lines.next_is("member ") {
         let (_, id) = lines.field("member", "")?;
@@ -149,10 +165,16 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
                 personal,
             });
         }
+        let privacy_unit = if lines.next_is("  privacy-unit ") {
+            Some(lines.field("privacy-unit", "  ")?.1.to_owned())
+        } else {
+            None
+        };
         schemas.push(SharedSchema {
             name: name.to_owned(),
             version: number(n, "schema version", version)?,
             columns,
+            privacy_unit,
         });
     }
     if let Some((n, l)) = lines.inner.next() {
@@ -166,6 +188,7 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
         witness_quorum,
         min_group_size,
         cross_borders,
+        access_notes,
         members,
         schemas,
     })

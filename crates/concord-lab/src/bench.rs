@@ -166,10 +166,16 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
             SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false },
             SchemaColumn { name: "amount".into(), ty: ColumnType::Float64, personal: false },
             SchemaColumn { name: "qty".into(), ty: ColumnType::Int64, personal: false },
-            SchemaColumn { name: "person".into(), ty: ColumnType::Int64, personal: true },
+            SchemaColumn { name: "person".into(), ty: ColumnType::Int64, personal: false },
         ],
+        privacy_unit: None,
     };
-    let private = SharedSchema { name: "events_dp".into(), ..schema.clone() };
+    // The same columns, where person is the privacy unit: its datasets are protected.
+    let mut private =
+        SharedSchema { name: "events_dp".into(), privacy_unit: Some("person".into()), ..schema.clone() };
+    for c in &mut private.columns {
+        c.personal = c.name == "person";
+    }
     progress("setting up the federation");
     let members = setup(&opts.dir, "bench", &specs, vec![schema, private], opts.port_base).await?;
     // The same files once more, as events_dp under the benchmark's usage policy.

@@ -240,6 +240,7 @@ pub fn sample_schemas() -> Vec<SharedSchema> {
                 c("hospital_days", ColumnType::Int64, true),
                 c("outcome", ColumnType::Utf8, true),
             ],
+            privacy_unit: Some("case_id".into()),
         },
         SharedSchema {
             name: "digital_economy".into(),
@@ -250,6 +251,7 @@ pub fn sample_schemas() -> Vec<SharedSchema> {
                 c("value_added", ColumnType::Float64, false),
                 c("share_of_gdp", ColumnType::Float64, false),
             ],
+            privacy_unit: None,
         },
     ]
 }
@@ -433,7 +435,7 @@ pub async fn data_members(
             }
         }
         if !columns.is_empty() {
-            schemas.push(SharedSchema { name: stem, version: 1, columns });
+            schemas.push(SharedSchema { name: stem, version: 1, columns, privacy_unit: None });
         }
     }
     Ok((specs, schemas, warnings))
@@ -644,9 +646,11 @@ pub async fn showcase(file: &DemoFile) -> String {
                         c.member,
                         c.groups_released,
                         match (r.threshold, r.public_keys) {
-                            (Some(t), _) => format!("released from a noisy count of {t} people, held back not counted"),
+                            (Some(t), _) =>
+                                format!("released from a noisy count of {t} people, held back not counted"),
                             (None, true) => "every public key released".to_owned(),
-                            (None, false) if r.suppressed_not_counted => "groups held back not counted".to_owned(),
+                            (None, false) if r.suppressed_not_counted =>
+                                "groups held back not counted".to_owned(),
                             (None, false) => format!("{} suppressed", r.groups_suppressed),
                         },
                         r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),

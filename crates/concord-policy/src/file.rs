@@ -78,6 +78,11 @@ pub(crate) fn line_of(source: &str, offset: usize) -> usize {
     source.as_bytes().iter().take(offset).filter(|&&b| b == b'\n').count() + 1
 }
 
+/// A TOML basic string.
+pub(crate) fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
 /// A TOML key for a column name: bare when it can be.
 pub(crate) fn toml_key(name: &str) -> String {
     if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {

@@ -170,6 +170,31 @@ impl Default for Baseline {
     }
 }
 
+/// What a shared schema of the charter says of the people its data describes. A dataset that
+/// conforms to a schema with personal columns or a privacy unit is protected by default
+/// ([`Policy::derived`]), and no policy of it may loosen that ([`Policy::check_schema`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersonalSchema {
+    /// The shared schema's name.
+    pub name: String,
+    /// Columns that describe people: those the schema marks personal, and its privacy unit.
+    pub columns: Vec<String>,
+    pub privacy_unit: Option<String>,
+}
+
+impl PersonalSchema {
+    pub fn is_personal(&self) -> bool {
+        self.privacy_unit.is_some() || !self.columns.is_empty()
+    }
+}
+
+/// What a policy derived from a personal schema costs and spends when a steward set none: rho
+/// 0.01 a query, 1 per requester (100 queries), 3 for all requesters together, delta
+/// [`dp::DEFAULT_DELTA`].
+pub const DERIVED_COST: f64 = 0.01;
+pub const DERIVED_BUDGET_PER_REQUESTER: f64 = 1.0;
+pub const DERIVED_BUDGET_PER_DATASET: f64 = 3.0;
+
 /// The personal data a dataset holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Personal {
@@ -328,22 +353,140 @@ impl Policy {
         for c in columns {
             s.push_str(&format!("{} = \"group\"\n", file::toml_key(c)));
         }
-        let who = match members {
-            AllowList::Nobody => None,
-            AllowList::Everyone => Some(String::new()),
-            AllowList::Members(ids) => Some(format!(
-                " when {{ [{}].contains(principal) }}",
-                ids.iter().map(|m| format!("Member::\"{m}\"")).collect::<Vec<_>>().join(", ")
-            )),
-        };
         s.push_str("\n[access]\nrules = '''\n");
-        if let Some(cond) = who {
+        if let Some(cond) = members.condition() {
             s.push_str(&format!(
                 "permit (principal, action in [Action::\"aggregate\", Action::\"describe\"], resource){cond};\n"
             ));
         }
         s.push_str("'''\n");
         file::parse(&s, "default policy")
+    }
+
+    /// The policy of a dataset registered without one whose shared schema describes people:
+    /// with a privacy unit, the unit hidden, personal columns aggregate-only, other columns
+    /// group keys, the charter's minimum group size and differential privacy at the documented
+    /// defaults ([`DERIVED_COST`], ...), for `members`. Without one nothing can bound what a
+    /// person contributes, so `members` may only see that the dataset exists (describe), and
+    /// personal columns are hidden. `members` never makes a personal column plain.
+    pub fn derived(
+        columns: &[String],
+        schema: &PersonalSchema,
+        baseline: &Baseline,
+        members: &AllowList,
+    ) -> Result<Self, PolicyError> {
+        let mut s = match &schema.privacy_unit {
+            Some(u) => format!(
+                "# Derived policy: shared schema {} describes people (privacy unit {u}), so this dataset is\n\
+                 # protected by default: the unit hidden, personal columns aggregate-only, differential privacy.\n\
+                 # A steward's own policy comes with `concord policy set`.\n\
+                 classification = \"general\"\n\n[personal]\nprivacy_unit = {}\n\n[columns]\n",
+                schema.name,
+                file::toml_string(u),
+            ),
+            None => format!(
+                "# Derived policy: shared schema {} marks personal columns but names no privacy unit, so nothing\n\
+                 # can bound what one person contributes: other members may see that the dataset exists, no more,\n\
+                 # and personal columns are hidden. A steward's own policy (with [personal]) comes with\n\
+                 # `concord policy set`.\n\
+                 classification = \"general\"\n\n[columns]\n",
+                schema.name
+            ),
+        };
+        for c in columns {
+            let mode = if schema.privacy_unit.as_ref() == Some(c) {
+                "hidden"
+            } else if schema.columns.contains(c) {
+                if schema.privacy_unit.is_some() { "aggregate" } else { "hidden" }
+            } else {
+                "group"
+            };
+            s.push_str(&format!("{} = \"{mode}\"\n", file::toml_key(c)));
+        }
+        let actions = if schema.privacy_unit.is_some() {
+            s.push_str(&format!(
+                "\n[release]\nmin_group_size = {}\n\n[release.privacy]\nmechanism = \"zcdp\"\ncost = {DERIVED_COST}\n\
+                 budget_per_requester = {DERIVED_BUDGET_PER_REQUESTER:?}\nbudget_per_dataset = {DERIVED_BUDGET_PER_DATASET:?}\n\
+                 max_groups_per_unit = 1\nmax_rows_per_group = 1\ndelta = {:e}\n",
+                baseline.min_group_size,
+                dp::DEFAULT_DELTA
+            ));
+            "[Action::\"aggregate\", Action::\"describe\"]"
+        } else {
+            "[Action::\"describe\"]"
+        };
+        s.push_str("\n[access]\nrules = '''\n");
+        if let Some(cond) = members.condition() {
+            s.push_str(&format!("permit (principal, action in {actions}, resource){cond};\n"));
+        }
+        s.push_str("'''\n");
+        file::parse(&s, "derived policy")
+    }
+
+    /// Whether a rule may permit another member more than describe.
+    fn lets_data_cross(&self) -> bool {
+        self.rules_parsed
+            .policies()
+            .any(|p| p.effect() == cedar_policy::Effect::Permit && cedar::may_permit_other_than_describe(p))
+    }
+
+    /// Checks that the policy protects what the shared schema marks personal, naming the rule
+    /// it would loosen: no personal column plain; a policy that lets other members aggregate
+    /// or read declares the data personal, with the schema's privacy unit when it names one.
+    pub fn check_schema(&self, schema: &PersonalSchema) -> Result<(), PolicyError> {
+        if !schema.is_personal() {
+            return Ok(());
+        }
+        let rule = format!(
+            "data of shared schema {} describes people and is protected as personal data",
+            schema.name
+        );
+        if let Some(c) = schema.columns.iter().find(|c| self.mode(c) == ColumnMode::Plain) {
+            return Err(PolicyError::LoosensBaseline {
+                rule,
+                reason: format!(
+                    "column {c} is personal in the shared schema and cannot be plain; make it group, aggregate, \
+                     filter or hidden"
+                ),
+            });
+        }
+        match (&self.personal, &schema.privacy_unit) {
+            (None, unit) if self.lets_data_cross() => Err(PolicyError::LoosensBaseline {
+                rule,
+                reason: format!(
+                    "the schema marks {} as personal, yet the policy declares no [personal] privacy_unit{}; declare \
+                     it, or permit only describe",
+                    schema.columns.join(", "),
+                    unit.as_ref().map(|u| format!(" (the schema's is {u})")).unwrap_or_default()
+                ),
+            }),
+            (Some(p), Some(u)) if &p.privacy_unit != u => Err(PolicyError::LoosensBaseline {
+                rule,
+                reason: format!(
+                    "the schema's privacy unit is {u}, the policy names {}; name {u}",
+                    p.privacy_unit
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// What a steward should know of a valid policy: personal data released exactly.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.personal
+            && self.release.privacy.is_none()
+            && self.lets_data_cross()
+        {
+            out.push(format!(
+                "personal data (privacy unit {}) is released exactly, without differential privacy: each query's \
+                 groups hold at least the minimum group size, but exact answers to several queries can be \
+                 subtracted to single a person out (a tracker). Add [release.privacy] unless the charter allows \
+                 exact releases of this data",
+                p.privacy_unit
+            ));
+        }
+        out
     }
 
     /// SHA-256 of the policy file, hex: what the log records when a policy is set.
@@ -548,6 +691,18 @@ pub enum AllowList {
 }
 
 impl AllowList {
+    /// The Cedar condition of a rule for these members (`""` for everyone); `None` for nobody.
+    fn condition(&self) -> Option<String> {
+        match self {
+            AllowList::Nobody => None,
+            AllowList::Everyone => Some(String::new()),
+            AllowList::Members(ids) => Some(format!(
+                " when {{ [{}].contains(principal) }}",
+                ids.iter().map(|m| format!("Member::\"{m}\"")).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
     /// Parses `--allow`: `'*'` for every member, otherwise comma-separated member ids.
     pub fn parse(spec: &str) -> Result<Self, PolicyError> {
         let spec = spec.trim();

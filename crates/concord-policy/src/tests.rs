@@ -220,3 +220,82 @@ fn bad_files_name_file_line_and_key() {
     let e = p.check_columns("health_cases", &["region".into()]).expect_err("unknown column");
     assert!(e.to_string().contains("is not a column of dataset health_cases"), "{e}");
 }
+
+fn people_schema(unit: Option<&str>) -> PersonalSchema {
+    PersonalSchema {
+        name: "people".into(),
+        columns: ["person_id", "income", "age_band"].iter().map(|s| (*s).to_owned()).collect(),
+        privacy_unit: unit.map(str::to_owned),
+    }
+}
+
+fn people_columns() -> Vec<String> {
+    ["person_id", "region", "income", "age_band"].iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn a_personal_schema_gets_a_protective_policy_whatever_allow_says() {
+    let ctx = AccessContext { requester: "bravo".into(), ..Default::default() };
+    let b = Baseline::default();
+    for allow in [AllowList::Everyone, AllowList::Members(vec!["bravo".into()])] {
+        let p = Policy::derived(&people_columns(), &people_schema(Some("person_id")), &b, &allow)
+            .expect("derives");
+        assert_eq!(p.personal.as_ref().map(|x| x.privacy_unit.as_str()), Some("person_id"));
+        assert_eq!(p.mode("person_id"), ColumnMode::Hidden);
+        assert_eq!(p.mode("income"), ColumnMode::Aggregate);
+        assert_eq!(p.mode("age_band"), ColumnMode::Aggregate);
+        assert_eq!(p.mode("region"), ColumnMode::Group);
+        let dp = p.release.privacy.as_ref().expect("differential privacy by default");
+        assert_eq!(dp.cost, Units::from_f64(DERIVED_COST).expect("units"));
+        assert_eq!(dp.delta, Some(dp::DEFAULT_DELTA));
+        assert_eq!(p.min_group_size(&b), Some(10));
+        assert!(p.decide("alpha", "people", Action::Aggregate, &ctx, &b).is_allowed());
+        assert!(!p.decide("alpha", "people", Action::ReadRows, &ctx, &b).is_allowed());
+        p.check_schema(&people_schema(Some("person_id"))).expect("the derived policy keeps the baseline");
+        p.check_baseline(&b).expect("and the charter's");
+    }
+    // Without a privacy unit nothing bounds one person's part: others may only describe.
+    let p =
+        Policy::derived(&people_columns(), &people_schema(None), &b, &AllowList::Everyone).expect("derives");
+    assert_eq!(p.mode("income"), ColumnMode::Hidden);
+    assert!(p.decide("alpha", "people", Action::Describe, &ctx, &b).is_allowed());
+    assert!(!p.decide("alpha", "people", Action::Aggregate, &ctx, &b).is_allowed());
+    p.check_schema(&people_schema(None)).expect("describe only keeps the baseline");
+}
+
+#[test]
+fn a_policy_that_loosens_a_personal_schema_is_refused_naming_the_rule() {
+    let schema = people_schema(Some("person_id"));
+    let plain = Policy::default_for(&people_columns(), &AllowList::Everyone)
+        .expect("default")
+        .source
+        .replace("income = \"group\"", "income = \"plain\"");
+    let plain = Policy::parse(&plain, "p.toml").expect("parses");
+    let e = plain.check_schema(&schema).expect_err("a personal column plain");
+    assert!(e.to_string().contains("column income is personal"), "{e}");
+    let undeclared = Policy::default_for(&people_columns(), &AllowList::Everyone).expect("default");
+    let e = undeclared.check_schema(&schema).expect_err("personal data not declared");
+    assert!(e.to_string().contains("declares no [personal]") && e.to_string().contains("person_id"), "{e}");
+    let other_unit = HEALTH.replace("case_id", "region").replace("region = \"group\"\n", "");
+    let columns = ["region", "age_band", "sex", "outcome", "onset_date", "hospital_days"];
+    let p = Policy::parse(&other_unit, "p.toml").expect("parses");
+    let s = PersonalSchema {
+        name: "health".into(),
+        columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+        privacy_unit: Some("case_id".into()),
+    };
+    let e = p.check_schema(&s).expect_err("another unit");
+    assert!(e.to_string().contains("the schema's privacy unit is case_id"), "{e}");
+    // Nothing personal: nothing to loosen.
+    undeclared.check_schema(&PersonalSchema::default()).expect("no personal columns");
+}
+
+#[test]
+fn exact_releases_of_personal_data_are_warned_of() {
+    let exact = HEALTH.split("[release.privacy]").next().unwrap_or_default().to_owned()
+        + "[access]\nrules = '''\npermit (principal, action, resource);\n'''\n";
+    let p = Policy::parse(&exact, "p.toml").expect("parses");
+    assert!(p.warnings().iter().any(|w| w.contains("without differential privacy")), "{:?}", p.warnings());
+    let noisy = Policy::parse(HEALTH, "p.toml").expect("parses");
+    assert!(noisy.warnings().is_empty());
+}

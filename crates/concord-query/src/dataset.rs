@@ -778,6 +778,7 @@ mod conformance_tests {
                 SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false },
                 SchemaColumn { name: "days".into(), ty: ColumnType::Int64, personal: false },
             ],
+            privacy_unit: None,
         }
     }
 

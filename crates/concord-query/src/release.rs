@@ -1401,7 +1401,9 @@ async fn private_aggregate(
                             i128::from(if u.is_null(r) { 0 } else { u.value(r) }) + noised.one(&sel.noise)?
                         }
                         (None, None) => {
-                            return Err(QueryError::Execution("no count of units to select groups on".into()));
+                            return Err(QueryError::Execution(
+                                "no count of units to select groups on".into(),
+                            ));
                         }
                     };
                     let keep = noisy_units >= i128::from(sel.threshold);

@@ -300,11 +300,13 @@ enum DatasetCommand {
         /// The charter's shared schema this dataset conforms to.
         #[arg(long)]
         schema: Option<String>,
-        /// Members that may run aggregates on it: ids separated by commas, or '*'.
+        /// Members that may use it under the policy it gets: ids separated by commas, or '*'.
+        /// Only for a new dataset; where its shared schema marks personal columns, the policy
+        /// is derived from the schema and --allow never makes them plain.
         #[arg(long)]
         allow: Option<String>,
-        /// Replace a dataset of this name; says what changed. Its policy stays unless --allow
-        /// is given.
+        /// Replace a dataset of this name; says what changed. Its policy stays (change it with
+        /// `concord policy set`).
         #[arg(long)]
         replace: bool,
         /// CSV: the character between fields (default ','), e.g. ';' or '|'; `tab` for a tab.
@@ -1247,6 +1249,9 @@ async fn policy(command: PolicyCommand) -> Result<()> {
                 if p.holds_personal_data() { "personal data" } else { "no personal data" },
                 p.digest()
             );
+            for w in p.warnings() {
+                eprintln!("warning: {w}");
+            }
         }
         PolicyCommand::Show { dir, dataset } => {
             let p = admin::policy_show(&NodeDir::new(dir), &dataset)?;
@@ -1265,6 +1270,9 @@ async fn policy(command: PolicyCommand) -> Result<()> {
                 p.columns.len(),
                 p.rule_count()
             );
+            for w in p.warnings() {
+                eprintln!("warning: {w}");
+            }
         }
     }
     Ok(())

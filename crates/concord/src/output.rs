@@ -144,7 +144,10 @@ pub async fn query(
                         notes.push(format!("{m} noise, scale {}", scales.join(", ")));
                     }
                     if let Some(g) = &r.guarantee {
-                        notes.push(format!("this release is ({:.4}, {:e})-differentially private", g.epsilon, g.delta));
+                        notes.push(format!(
+                            "this release is ({:.4}, {:e})-differentially private",
+                            g.epsilon, g.delta
+                        ));
                     }
                     if let Some(b) = &r.budget {
                         notes.push(format!(

@@ -24,6 +24,7 @@ fn federation(n: usize) -> (Charter, Vec<(String, NoteSigner)>) {
         name: "cases".into(),
         version: 1,
         columns: vec![SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false }],
+        privacy_unit: None,
     };
     (Charter::genesis(FED, cards, vec![schema]).expect("genesis"), keys)
 }

@@ -257,17 +257,25 @@ async fn datasets_are_added_replaced_and_removed_while_the_node_runs() {
     let e = dataset_add(&bravo, "cases", &file, Some("cases"), Some("*")).await.expect_err("exists");
     assert!(e.to_string().contains("--replace"), "{e}");
     // An allow list with a typo names the members there are.
-    let e = concord_node::node::admin::dataset_replace(&bravo, "cases", &file, Some("cases"), Some("alpah"))
+    let e = dataset_add(&bravo, "cases_2", &file, Some("cases"), Some("alpah"))
         .await
         .expect_err("no such member");
     assert!(e.to_string().contains("alpah") && e.to_string().contains("alpha, bravo, charlie"), "{e}");
+    // A replacement keeps the policy: --allow, which would swap it for a default, is refused.
+    let e = concord_node::node::admin::dataset_replace(&bravo, "cases", &file, Some("cases"), Some("alpha"))
+        .await
+        .expect_err("a new policy comes only from policy set");
+    assert!(
+        e.to_string().contains("keeps its policy") && e.to_string().contains("concord policy set"),
+        "{e}"
+    );
     // Replaced: says what changed, keeps the policy, and serves the new file at once.
     let (_, changes) =
         concord_node::node::admin::dataset_replace(&bravo, "cases", &file, Some("cases"), None)
             .await
             .expect("replaced");
     assert!(changes.iter().any(|c| c == "rows 2 -> 3"), "{changes:?}");
-    assert!(!changes.iter().any(|c| c.contains("policy")), "{changes:?}");
+    assert!(changes.iter().any(|c| c.starts_with("policy kept (sha256:")), "{changes:?}");
     assert_eq!(count().await.expect("runs"), Some(3));
     // Removed: logged, and no longer served.
     concord_node::node::admin::dataset_remove(&bravo, "cases").await.expect("removed");

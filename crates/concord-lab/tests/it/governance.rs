@@ -610,6 +610,7 @@ async fn a_shared_schema_added_by_a_version_is_used_at_once() {
                 personal: false,
             },
         ],
+        privacy_unit: None,
     };
     let add = |m: &str, rows: &str| {
         let path = fed.dir.path().join(format!("{m}-visits.csv"));

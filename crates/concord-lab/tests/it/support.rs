@@ -42,8 +42,9 @@ pub fn cases_schema() -> SharedSchema {
         version: 1,
         columns: vec![
             SchemaColumn { name: "region".into(), ty: ColumnType::Utf8, personal: false },
-            SchemaColumn { name: "days".into(), ty: ColumnType::Int64, personal: true },
+            SchemaColumn { name: "days".into(), ty: ColumnType::Int64, personal: false },
         ],
+        privacy_unit: None,
     }
 }
 

@@ -175,7 +175,9 @@ impl ReleaseReceipt {
                 .to_owned(),
             rows_scanned: match f.get("rows-scanned")? {
                 "withheld" => None,
-                n => Some(n.parse().map_err(|_| NodeError::BadRequest("`rows-scanned` is not a number".into()))?),
+                n => Some(
+                    n.parse().map_err(|_| NodeError::BadRequest("`rows-scanned` is not a number".into()))?,
+                ),
             },
             groups_released: f.number("groups-released")?,
             log_index: f.number("log-index")?,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
-use concord_policy::{AllowList, Policy};
+use concord_policy::{AllowList, PersonalSchema, Policy};
 use concord_query::dataset::{self, CsvOptions, DatasetFormat};
 use datafusion::catalog::TableProvider as _;
 
@@ -269,6 +269,15 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
             })?)
         }
     };
+    // A replacement keeps the policy in force: a new policy comes only from `policy set`, so
+    // that a line typed to replace a file never swaps a steward's rules for a default.
+    if let (Some(o), Some(_)) = (&old, allow) {
+        return Err(NodeError::Conflict(format!(
+            "--allow gives a new dataset its first policy; {name} keeps its policy (sha256:{}) when replaced. \
+             Replace without --allow, and change the policy with `concord policy set`",
+            super::stored_policy(o)?.digest()
+        )));
+    }
     let allow_list = AllowList::parse(allow.unwrap_or(""))?;
     if let (AllowList::Members(ids), Some(c)) = (&allow_list, &charter) {
         for id in ids {
@@ -285,9 +294,47 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
     let table = dataset::open(name, &path, format, shared.as_ref(), &csv).await?;
     let left_out = table.left_out().to_vec();
     let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let policy = match (&old, allow) {
-        (Some(o), None) => super::stored_policy(o)?,
-        _ => Policy::default_for(&columns, &allow_list)?,
+    let personal = shared.as_ref().map(super::personal_schema).filter(PersonalSchema::is_personal);
+    let mut notes = Vec::new();
+    let policy = match (&old, &personal) {
+        (Some(o), _) => {
+            let kept = super::stored_policy(o)?;
+            if let Some(p) = &personal {
+                kept.check_schema(p).map_err(|e| {
+                    NodeError::Config(format!(
+                        "{e}. The policy {name} keeps when replaced does not protect {}'s personal columns; set one \
+                         that does with `concord policy set` first",
+                        p.name
+                    ))
+                })?;
+            }
+            kept
+        }
+        (None, Some(p)) => {
+            let baseline = charter.as_ref().map(|c| super::baseline_of(&c.charter)).unwrap_or_default();
+            let derived = Policy::derived(&columns, p, &baseline, &allow_list)?;
+            notes.push(match &p.privacy_unit {
+                Some(u) => format!(
+                    "shared schema {} describes people: the policy is derived from it (privacy unit {u} hidden; {} \
+                     aggregate-only; differential privacy, rho {} a query, {} per requester, delta {:e}); --allow names \
+                     who may use it. `concord policy show` prints it, `concord policy set` replaces it",
+                    p.name,
+                    p.columns.iter().filter(|c| Some(*c) != Some(u)).cloned().collect::<Vec<_>>().join(", "),
+                    concord_policy::DERIVED_COST,
+                    concord_policy::DERIVED_BUDGET_PER_REQUESTER,
+                    concord_policy::dp::DEFAULT_DELTA,
+                ),
+                None => format!(
+                    "warning: shared schema {} marks {} as personal but names no privacy unit, so no policy can be \
+                     derived to share them: other members may see that {name} exists, no more. Set a policy with \
+                     [personal] privacy_unit with `concord policy set`",
+                    p.name,
+                    p.columns.join(", ")
+                ),
+            });
+            derived
+        }
+        (None, None) => Policy::default_for(&columns, &allow_list)?,
     };
     let rows = dataset::scan_all(name, &path, table.clone()).await?;
     let record = DatasetRecord {
@@ -314,7 +361,6 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         policy: format!("sha256:{}", policy.digest()),
     };
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;
-    let mut notes = Vec::new();
     if let Some(schema) = &record.shared_schema {
         let together: Vec<String> = dir
             .open_state()?
@@ -372,12 +418,14 @@ fn changes_of(old: &DatasetRecord, new: &DatasetRecord) -> Result<Vec<String>, N
             new.shared_schema.as_deref().unwrap_or("none")
         ));
     }
-    if old.policy != new.policy {
-        out.push("policy replaced by the default for --allow".into());
-    }
     if out.is_empty() {
         out.push("nothing: same file, rows, columns, schema and policy".into());
     }
+    // Invariant: a replacement never changes the policy.
+    out.push(format!(
+        "policy kept (sha256:{}); change it with `concord policy set`",
+        concord_charter::hex(&Sha256::digest(new.policy.as_bytes()))
+    ));
     Ok(out)
 }
 
@@ -402,6 +450,11 @@ pub fn policy_check_for(
     let charter = current_charter(dir)?;
     let baseline = charter.as_ref().map(|c| super::baseline_of(&c.charter)).unwrap_or_default();
     policy.check_baseline(&baseline)?;
+    if let (Some(c), Some(s)) = (&charter, &record.shared_schema)
+        && let Some(schema) = c.charter.schema(s)
+    {
+        policy.check_schema(&super::personal_schema(schema))?;
+    }
     if let Some(c) = &charter {
         for m in policy.named_members() {
             if c.charter.member(m).is_none() {

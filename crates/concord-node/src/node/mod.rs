@@ -450,6 +450,29 @@ impl Node {
     }
 }
 
+/// What a shared schema says of the people its data describes, as policies are checked
+/// against it.
+pub fn personal_schema(s: &concord_charter::SharedSchema) -> concord_policy::PersonalSchema {
+    concord_policy::PersonalSchema {
+        name: s.name.clone(),
+        columns: s.personal_columns(),
+        privacy_unit: s.privacy_unit.clone(),
+    }
+}
+
+/// Whether a dataset's policy keeps the charter's baseline and its shared schema's protection
+/// of personal data, as the charter is now; the error names the rule.
+pub fn policy_in_force(
+    charter: &concord_charter::Charter,
+    d: &LoadedDataset,
+) -> Result<(), concord_policy::PolicyError> {
+    d.policy.check_baseline(&baseline_of(charter))?;
+    if let Some(s) = d.record.shared_schema.as_deref().and_then(|s| charter.schema(s)) {
+        d.policy.check_schema(&personal_schema(s))?;
+    }
+    Ok(())
+}
+
 /// The baseline rules a charter version sets for every dataset's policy.
 pub fn baseline_of(c: &concord_charter::Charter) -> Baseline {
     use concord_policy::Classification;
@@ -494,10 +517,12 @@ async fn load_datasets(
         if let Err(why) = &table {
             tracing::warn!(dataset = %record.name, "dataset unavailable: {why}");
         }
-        map.insert(
-            record.name.clone(),
-            Arc::new(LoadedDataset { record, policy: Arc::new(policy), table, unit_rows: Mutex::new(None) }),
-        );
+        let loaded = LoadedDataset { record, policy: Arc::new(policy), table, unit_rows: Mutex::new(None) };
+        // Refused at every request too: the charter may change while the node runs.
+        if let Err(e) = policy_in_force(&charter.charter, &loaded) {
+            tracing::error!(dataset = %loaded.record.name, "dataset not served to other members: {e}");
+        }
+        map.insert(loaded.record.name.clone(), Arc::new(loaded));
     }
     Ok(Datasets { generation, map })
 }

@@ -67,6 +67,12 @@ impl Node {
             Decision::Deny { reason } => return Err(NodeError::PolicyRefused(reason)),
         };
         let own = ask.requester == self.cfg.member;
+        if !own && let Err(e) = super::policy_in_force(&self.charter().charter, d) {
+            return Err(NodeError::PolicyRefused(format!(
+                "{} does not serve {} to other members: {e}; its stewards must set a policy that keeps it",
+                self.cfg.member, ask.dataset
+            )));
+        }
         let unit_is_row = !own && d.unit_is_row(&self.cfg.limits.exec()).await?;
         let rules = Rules { policy: d.policy.clone(), baseline, own, unit_is_row };
         let plan = concord_query::release::check(sub, rules)?;

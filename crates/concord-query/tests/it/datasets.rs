@@ -26,6 +26,7 @@ fn sales() -> SharedSchema {
             c("sold_on", "date32"),
             c("sold_at", "timestamp(s,UTC)"),
         ],
+        privacy_unit: None,
     }
 }
 
@@ -180,6 +181,7 @@ fn a_timestamp_format_with_an_offset_keeps_the_instant_in_a_zoned_column() {
                 ty: ColumnType::parse("timestamp(s,+02:00)").expect("type"),
                 personal: false,
             }],
+            privacy_unit: None,
         };
         let csv = CsvOptions { timestamp_format: Some("%d/%m/%Y %H:%M:%S %z".into()), ..Default::default() };
         let table = open("t", &file, DatasetFormat::Csv, Some(&schema), &csv).await.expect("opens");
@@ -229,6 +231,7 @@ fn a_time_zone_arrow_does_not_know_is_refused_before_any_charter_holds_it() {
             ty: ColumnType::parse(&format!("timestamp(us,{tz})")).expect("the form is right"),
             personal: false,
         }],
+        privacy_unit: None,
     };
     for good in ["UTC", "+02:00", "Europe/Paris", "America/Argentina/Buenos_Aires"] {
         concord_query::dataset::check_types(&with_zone(good)).unwrap_or_else(|e| panic!("{good}: {e}"));

@@ -93,9 +93,10 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
             concord_charter::SchemaColumn {
                 name: "days".into(),
                 ty: concord_charter::ColumnType::Int64,
-                personal: true,
+                personal: false,
             },
         ],
+        privacy_unit: None,
     };
     let members = setup(tmp.path(), "test", &specs, vec![schema], base_port()).await.expect("setup");
     let dirs: Vec<PathBuf> = members.iter().map(|m| m.dir.clone()).collect();

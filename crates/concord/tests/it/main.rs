@@ -124,7 +124,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     }
     std::fs::write(
         d.join("cases.json"),
-        r#"{"name": "cases", "columns": [{"name": "region", "type": "utf8"}, {"name": "days", "type": "int64", "personal": true}]}"#,
+        r#"{"name": "cases", "columns": [{"name": "region", "type": "utf8"}, {"name": "days", "type": "int64"}]}"#,
     )
     .expect("schema");
     ok(
