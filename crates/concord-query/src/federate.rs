@@ -118,6 +118,13 @@ pub struct PartialAnswer {
 #[async_trait]
 pub trait OwnerClient: Send + Sync {
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError>;
+
+    /// Before any owner computes anything: asks every owner whether it would answer its
+    /// sub-query, so that a query one owner refuses spends no privacy budget at another.
+    /// Without a check round (the default) every owner is asked directly.
+    async fn check_all(&self, _asks: &[(Part, String)]) -> Result<(), QueryError> {
+        Ok(())
+    }
 }
 
 /// A finished query: its result and who contributed what.
@@ -163,13 +170,19 @@ pub async fn run_federated_with(
     }
     let (rewritten, jobs) = split(plan, allow_partial)?;
 
-    let mut requests = Vec::new();
+    let mut asks = Vec::new();
     for job in &jobs {
         for part in &job.table.parts {
-            let sql = job.sql_for(&part.dataset)?;
-            requests.push(async move { (job, client.partial(part, &sql).await) });
+            asks.push((job, part.clone(), job.sql_for(&part.dataset)?));
         }
     }
+    // A partial answer is asked for: owners that answer are used (and charge their budget)
+    // whoever else refuses or cannot be reached. Otherwise every owner is checked first.
+    if !allow_partial {
+        let pairs: Vec<(Part, String)> = asks.iter().map(|(_, p, s)| (p.clone(), s.clone())).collect();
+        client.check_all(&pairs).await?;
+    }
+    let requests = asks.iter().map(|(job, part, sql)| async move { (*job, client.partial(part, sql).await) });
     let answers = futures::future::join_all(requests).await;
     let mut provenance = Vec::new();
     let mut missing: BTreeSet<String> =

@@ -2,7 +2,9 @@
 //!
 //! Routes: `GET /v1/status`, `GET /v1/catalog` (the datasets that admit the caller),
 //! `POST /v1/query` (a signed query-request note; answered with Arrow IPC and a signed receipt
-//! in the `concord-receipt` header), `POST /v1/access/request` (a signed access request),
+//! in the `concord-receipt` header), `POST /v1/query/check` and `/v1/query/cancel` (the same
+//! note: the check round of a query over several owners, which reserves its privacy cost, and
+//! its withdrawal), `POST /v1/access/request` (a signed access request),
 //! `POST /v1/access/decision` (an owner's signed decision on one of this node's requests),
 //! `GET /v1/access/decision/<id>` (the decision on the caller's request, empty while pending),
 //! `POST /v1/governance/proposal|vote|charter` (signed proposals, votes and charter versions
@@ -40,6 +42,8 @@ pub fn router(node: Arc<Node>) -> Router {
     let limited = Router::new()
         .route("/v1/catalog", get(catalog))
         .route("/v1/query", post(query))
+        .route("/v1/query/check", post(query_check))
+        .route("/v1/query/cancel", post(query_cancel))
         .route("/v1/witness/add-checkpoint", post(add_checkpoint))
         .route("/v1/access/request", post(access_request))
         .route("/v1/access/decision", post(access_decision))
@@ -171,6 +175,28 @@ async fn query(
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/vnd.apache.arrow.stream"));
     Ok(resp)
+}
+
+/// The check round of a query over several owners: answered `{"ok": true}`, or the refusal.
+async fn query_check(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    body: Bytes,
+) -> Result<Response, ErrorResponse> {
+    crate::node::owner::check_query(&node, &peer.0, &body).await.inspect_err(|e| {
+        tracing::info!(requester = %peer.0, code = e.code(), "peer request refused at its check");
+    })?;
+    Ok(axum::Json(serde_json::json!({ "ok": true })).into_response())
+}
+
+/// A checked request withdrawn by its requester.
+async fn query_cancel(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<PeerId>,
+    body: Bytes,
+) -> Result<Response, ErrorResponse> {
+    crate::node::owner::cancel_query(&node, &peer.0, &body)?;
+    Ok(axum::Json(serde_json::json!({ "ok": true })).into_response())
 }
 
 /// Accepts mutual-TLS connections from members until `shutdown` turns true.

@@ -130,6 +130,10 @@ pub struct CatalogEntry {
     /// and names it. `None`: it may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withheld: Option<String>,
+    /// Released under differential privacy: each query costs privacy budget, so a query that
+    /// reads several owners checks with each before any runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// A member's keys.
@@ -443,6 +447,7 @@ impl Node {
                     shared_schema: d.record.shared_schema.clone(),
                     schema_ipc: B64.encode(&d.record.schema_ipc),
                     withheld,
+                    private: d.policy.release.privacy.is_some(),
                 });
             }
         }

@@ -29,11 +29,60 @@ pub struct Ask<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// A sub-query the owner decided to answer: everything checked, nothing run or charged.
+pub struct Decided {
+    pub plan: concord_query::release::ReleasePlan,
+    table: std::sync::Arc<dyn datafusion::catalog::TableProvider>,
+    /// The rule that allowed it, and the grant it uses.
+    rule: String,
+    grant: Option<String>,
+    rows: u64,
+}
+
 impl Node {
     /// The owner's side: the sub-query's shape, the policy's decision (baseline, Cedar), column
     /// modes and release rules, the privacy budget, execution within the node's limits. Used for
     /// peers' requests and for this member's own parts of a federated query.
     pub async fn answer_subquery(&self, ask: &Ask<'_>) -> Result<OwnerAnswer, NodeError> {
+        let decided = self.decide_subquery(ask).await?;
+        let budget = match (&decided.plan.privacy, decided.plan.rules.policy.release.privacy.as_ref()) {
+            (Some(p), Some(dp)) => Some(self.charge(ask, p.cost, dp)?),
+            _ => None,
+        };
+        let limits = &self.cfg.limits;
+        let _slot = self
+            .subquery_slots
+            .acquire()
+            .await
+            .map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let exec = limits.exec();
+        let run = run_release(&decided.plan, ask.dataset, decided.table, &exec);
+        let mut answer =
+            match tokio::time::timeout(std::time::Duration::from_secs(limits.subquery_timeout_secs), run)
+                .await
+            {
+                Ok(answer) => answer?,
+                Err(_) => {
+                    return Err(NodeError::Query(QueryError::Limit(format!(
+                        "the sub-query ran longer than the {} s {} allows one sub-query",
+                        limits.subquery_timeout_secs, self.cfg.member
+                    ))));
+                }
+            };
+        // Provenance counts the rows the dataset holds, whether they were read or the answer
+        // came from the file's statistics (the report says which). What the scan read after
+        // the owner's pruning would tell a requester about values it may not see. Under
+        // differential privacy the dataset's size is an exact count: not told.
+        answer.rows_scanned = if decided.plan.privacy.is_some() { None } else { Some(decided.rows) };
+        answer.report.budget = budget;
+        answer.report.grant = decided.grant;
+        answer.report.rule = Some(decided.rule);
+        Ok(answer)
+    }
+
+    /// Every check of a sub-query short of running it: the dataset, the sub-query's shape, the
+    /// access decision, the policy in force, column modes and release rules.
+    pub async fn decide_subquery(&self, ask: &Ask<'_>) -> Result<Decided, NodeError> {
         let datasets = self.datasets().await?;
         let d = datasets.map.get(ask.dataset).ok_or_else(|| {
             NodeError::NotFound(format!("{} has no dataset {}", self.cfg.member, ask.dataset))
@@ -76,62 +125,60 @@ impl Node {
         let unit_is_row = !own && d.unit_is_row(&self.cfg.limits.exec()).await?;
         let rules = Rules { policy: d.policy.clone(), baseline, own, unit_is_row };
         let plan = concord_query::release::check(sub, rules)?;
-        let budget = match (&plan.privacy, d.policy.release.privacy.as_ref()) {
-            (Some(p), Some(dp)) => Some(self.charge(ask, p.cost, dp)?),
-            _ => None,
-        };
-        let limits = &self.cfg.limits;
-        let _slot = self
-            .subquery_slots
-            .acquire()
-            .await
-            .map_err(|_| NodeError::State("the node is stopping".into()))?;
-        let exec = limits.exec();
-        let run = run_release(&plan, ask.dataset, table, &exec);
-        let mut answer =
-            match tokio::time::timeout(std::time::Duration::from_secs(limits.subquery_timeout_secs), run)
-                .await
-            {
-                Ok(answer) => answer?,
-                Err(_) => {
-                    return Err(NodeError::Query(QueryError::Limit(format!(
-                        "the sub-query ran longer than the {} s {} allows one sub-query",
-                        limits.subquery_timeout_secs, self.cfg.member
-                    ))));
-                }
-            };
-        // Provenance counts the rows the dataset holds, whether they were read or the answer
-        // came from the file's statistics (the report says which). What the scan read after
-        // the owner's pruning would tell a requester about values it may not see. Under
-        // differential privacy the dataset's size is an exact count: not told.
-        answer.rows_scanned = if plan.privacy.is_some() { None } else { Some(d.record.rows) };
-        answer.report.budget = budget;
-        answer.report.grant = ctx.grant_for(action).map(str::to_owned);
-        answer.report.rule = Some(rule);
-        Ok(answer)
+        Ok(Decided {
+            plan,
+            table,
+            rule,
+            grant: ctx.grant_for(action).map(str::to_owned),
+            rows: d.record.rows,
+        })
     }
 
-    /// Reserves a query's privacy cost before any noise is drawn; an exhausted budget is a
-    /// refusal that names the budget and what remains.
+    /// Charges a query's privacy cost before any noise is drawn (taking the reservation its
+    /// check round made, if any); an exhausted budget is a refusal that names the budget and
+    /// what remains.
     fn charge(
         &self,
         ask: &Ask<'_>,
         cost: concord_policy::Units,
         dp: &concord_policy::Privacy,
     ) -> Result<BudgetReport, NodeError> {
+        self.spend(ask, cost, dp, None)
+    }
+
+    /// With `reserve_until`, holds the cost for the request until then instead of charging it:
+    /// the check round's reservation, which the request's run turns into a charge.
+    fn spend(
+        &self,
+        ask: &Ask<'_>,
+        cost: concord_policy::Units,
+        dp: &concord_policy::Privacy,
+        reserve_until: Option<i64>,
+    ) -> Result<BudgetReport, NodeError> {
         let request_id = ask.request_id.ok_or_else(|| {
             NodeError::Internal("a release under differential privacy needs a request id to charge".into())
         })?;
+        let spent = match reserve_until {
+            None => self.state.charge(
+                request_id,
+                ask.dataset,
+                ask.requester,
+                cost.0,
+                dp.budget_per_requester.0,
+                dp.budget_per_dataset.0,
+            )?,
+            Some(until) => self.state.reserve(
+                request_id,
+                ask.dataset,
+                ask.requester,
+                cost.0,
+                (dp.budget_per_requester.0, dp.budget_per_dataset.0),
+                until,
+            )?,
+        };
         let param = dp.mechanism.parameter();
         let units = concord_policy::Units;
-        match self.state.charge(
-            request_id,
-            ask.dataset,
-            ask.requester,
-            cost.0,
-            dp.budget_per_requester.0,
-            dp.budget_per_dataset.0,
-        )? {
+        match spent {
             Ok(spent) => Ok(BudgetReport {
                 parameter: param.to_owned(),
                 charged: cost.to_string(),
@@ -283,27 +330,107 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
             node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
             Ok((receipt, ipc))
         }
+        Err(e) => Err(log_refusal(node, &request, &note_bytes, e).await?),
+    }
+}
+
+/// Logs a request refused (or failed) with the data-free reason the requester is sent, and
+/// returns that reason.
+async fn log_refusal(
+    node: &Node,
+    request: &QueryRequest,
+    note_bytes: &[u8],
+    e: NodeError,
+) -> Result<NodeError, NodeError> {
+    let (decision, wire) = for_the_wire(&node.cfg.member, &request.request_id, e);
+    let entry = LogEntry::AccessServed {
+        time: crate::store::entry::now(),
+        request_id: request.request_id.clone(),
+        requester: request.requester.clone(),
+        dataset: request.dataset.clone(),
+        decision,
+        result_sha256: None,
+        groups_released: 0,
+        request_note: crate::store::entry::sha256(note_bytes),
+        reason: Some(wire.to_string()),
+    };
+    node.log.append(entry.to_bytes()?).await?;
+    Ok(wire)
+}
+
+/// How long a check round's reservation holds a request's privacy cost: the request's own
+/// freshness, after which it could not run anyway.
+fn reservation_end(request: &QueryRequest) -> i64 {
+    request.time.saturating_add(FRESHNESS_SECS + 60)
+}
+
+/// The check round of a query that reads several owners: every check of `serve_query` short of
+/// running (the request authenticated and fresh, the policy's decision, the sub-query's check),
+/// and the request's privacy cost reserved. A refusal is logged and final (the request id is
+/// then spent); a pass releases nothing and logs nothing: the request itself comes next, or a
+/// cancellation. So a query that any owner refuses costs no budget at any other.
+pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
+    let (note, request) = match authenticate(node, tls_member, body) {
+        Ok(x) => x,
         Err(e) => {
-            let (decision, wire) = for_the_wire(&node.cfg.member, &request.request_id, e);
-            let entry = LogEntry::AccessServed {
-                time: crate::store::entry::now(),
-                request_id: request.request_id.clone(),
-                requester: request.requester.clone(),
-                dataset: request.dataset.clone(),
-                decision,
-                result_sha256: None,
-                groups_released: 0,
-                request_note: crate::store::entry::sha256(&note_bytes),
-                reason: Some(wire.to_string()),
-            };
-            node.log.append(entry.to_bytes()?).await?;
-            Err(wire)
+            node.state.count_refusal(tls_member, e.code())?;
+            return Err(e);
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let fresh = if now.abs_diff(request.time) > FRESHNESS_SECS.unsigned_abs() {
+        Err(NodeError::Stale(format!(
+            "request time {} is more than {FRESHNESS_SECS} s from this node's clock ({now}); check both clocks",
+            request.time
+        )))
+    } else if node.state.request_seen(&request.request_id)? {
+        Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)))
+    } else {
+        Ok(())
+    };
+    if let Err(e) = fresh {
+        node.state.count_refusal(&request.requester, e.code())?;
+        return Err(e);
+    }
+    let checked = async {
+        addressed(node, &request)?;
+        let ask = ask_of(&request);
+        let decided = node.decide_subquery(&ask).await?;
+        if let (Some(p), Some(dp)) =
+            (&decided.plan.privacy, decided.plan.rules.policy.release.privacy.as_ref())
+        {
+            node.spend(&ask, p.cost, dp, Some(reservation_end(&request)))?;
+        }
+        Ok::<_, NodeError>(())
+    }
+    .await;
+    match checked {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Final: the request cannot be sent again to run.
+            node.state.record_request(
+                &request.request_id,
+                &request.requester,
+                now,
+                now - 2 * FRESHNESS_SECS - 60,
+            )?;
+            Err(log_refusal(node, &request, &note.to_bytes(), e).await?)
         }
     }
 }
 
-/// Every check after authentication, then the run.
-async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAnswer, Vec<u8>), NodeError> {
+/// A requester withdraws a checked request (another owner refused it): its reservation is
+/// released and the request id spent, so it can no longer run. Nothing was released.
+pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
+    let (_, request) = authenticate(node, tls_member, body)?;
+    let now = chrono::Utc::now().timestamp();
+    node.state.record_request(&request.request_id, &request.requester, now, now - 2 * FRESHNESS_SECS - 60)?;
+    node.state.cancel_reservation(&request.request_id, &request.requester)?;
+    Ok(())
+}
+
+/// A request addressed to this node, under its charter version.
+fn addressed(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
     if request.federation != node.federation() || request.owner != node.cfg.member {
         return Err(NodeError::BadRequest(format!(
             "request is addressed to {}/{}, this node is {}/{}",
@@ -320,15 +447,23 @@ async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAns
             node.charter_version()
         )));
     }
-    let answer = node
-        .answer_subquery(&Ask {
-            requester: &request.requester,
-            dataset: &request.dataset,
-            sql: &request.sql,
-            purpose: &request.purpose,
-            request_id: Some(&request.request_id),
-        })
-        .await?;
+    Ok(())
+}
+
+fn ask_of(request: &QueryRequest) -> Ask<'_> {
+    Ask {
+        requester: &request.requester,
+        dataset: &request.dataset,
+        sql: &request.sql,
+        purpose: &request.purpose,
+        request_id: Some(&request.request_id),
+    }
+}
+
+/// Every check after authentication, then the run.
+async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAnswer, Vec<u8>), NodeError> {
+    addressed(node, request)?;
+    let answer = node.answer_subquery(&ask_of(request)).await?;
     let ipc = concord_query::ipc::encode(&answer.schema, &answer.batches)?;
     Ok((answer, ipc))
 }

@@ -36,6 +36,8 @@ pub struct PeerDataset {
     pub schema: SchemaRef,
     /// Why its owner does not release it to this member, if it does not.
     pub withheld: Option<String>,
+    /// Released under differential privacy: each query costs privacy budget.
+    pub private: bool,
 }
 
 /// One member's catalog: the charter version and time it was read at, and what it listed (or
@@ -57,6 +59,16 @@ impl CatalogCache {
     ) -> Option<Result<Arc<Vec<PeerDataset>>, String>> {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(member).filter(|(v, at, _)| *v == version && at.elapsed() < ttl).map(|(_, _, c)| c.clone())
+    }
+
+    /// Whether `member`'s `dataset` charges privacy budget, as its catalog last said; unknown
+    /// counts as yes.
+    fn charges_budget(&self, member: &str, dataset: &str) -> bool {
+        let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(member) {
+            Some((_, _, Ok(list))) => list.iter().find(|d| d.name == dataset).is_none_or(|d| d.private),
+            _ => true,
+        }
     }
 
     fn put(&self, member: &str, version: u64, catalog: Result<Arc<Vec<PeerDataset>>, String>) {
@@ -144,6 +156,7 @@ impl Node {
                 shared_schema: e.shared_schema,
                 schema,
                 withheld: e.withheld,
+                private: e.private,
             });
         }
         Ok(Arc::new(out))
@@ -173,7 +186,13 @@ impl Node {
                 })?;
             entries.push((
                 self.cfg.member.clone(),
-                PeerDataset { name: e.name, shared_schema: e.shared_schema, schema, withheld: e.withheld },
+                PeerDataset {
+                    name: e.name,
+                    shared_schema: e.shared_schema,
+                    schema,
+                    withheld: e.withheld,
+                    private: e.private,
+                },
             ));
         }
         let charter = self.charter();
@@ -270,7 +289,11 @@ impl Node {
         let limits = &self.cfg.limits;
         let work = async {
             let ctx = self.query_context(sql).await?;
-            let owners = PeerOwners { node: self.clone(), purpose: purpose.to_owned() };
+            let owners = PeerOwners {
+                node: self.clone(),
+                purpose: purpose.to_owned(),
+                checked: Mutex::new(HashMap::new()),
+            };
             let max_rows = limits.max_result_rows;
             Ok::<_, NodeError>(
                 concord_query::run_federated_with(&ctx, sql, &owners, allow_partial, max_rows).await?,
@@ -292,6 +315,18 @@ impl Node {
         sql: &str,
         purpose: &str,
     ) -> Result<PartialAnswer, NodeError> {
+        let prepared = self.prepare_request(part, sql, purpose).await?;
+        self.send_request(&prepared).await
+    }
+
+    /// Signs a sub-query's request note and logs it ("access requested"): before it is sent,
+    /// to check or to run.
+    pub async fn prepare_request(
+        &self,
+        part: &Part,
+        sql: &str,
+        purpose: &str,
+    ) -> Result<Prepared, NodeError> {
         let charter = self.charter();
         let owner = charter
             .charter
@@ -319,12 +354,41 @@ impl Node {
             request_note: crate::store::entry::b64(&note.to_bytes()),
         };
         self.log.append(asked.to_bytes()?).await?;
+        Ok(Prepared { part: part.clone(), request, note: note.to_bytes() })
+    }
+
+    /// Sends a prepared request to its owner's check round (`check`) or withdraws it.
+    async fn check_round(&self, prepared: &Prepared, path: &str) -> Result<(), NodeError> {
+        let charter = self.charter();
+        let owner = charter.charter.member(&prepared.part.owner).ok_or_else(|| {
+            NodeError::UnknownMember(format!("{} is not in the charter", prepared.part.owner))
+        })?;
+        let budget =
+            Budget { timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs), max_bytes: 64 * 1024 };
+        let resp =
+            peer_call_with(&self.keys().tls, owner, "POST", path, prepared.note.clone(), budget).await?;
+        if resp.status != 200 {
+            let (code, message) = resp.error_parts();
+            return Err(NodeError::Peer { member: owner.id.clone(), code, message });
+        }
+        Ok(())
+    }
+
+    /// Sends a prepared request to run and verifies its receipt.
+    pub async fn send_request(&self, prepared: &Prepared) -> Result<PartialAnswer, NodeError> {
+        let (part, request) = (&prepared.part, &prepared.request);
+        let charter = self.charter();
+        let owner = charter
+            .charter
+            .member(&part.owner)
+            .ok_or_else(|| NodeError::UnknownMember(format!("{} is not in the charter", part.owner)))?;
         let budget = Budget {
             timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs),
             max_bytes: concord_query::ipc::MAX_IPC_BYTES,
         };
         let resp =
-            peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", note.to_bytes(), budget).await?;
+            peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", prepared.note.clone(), budget)
+                .await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
@@ -390,30 +454,107 @@ impl Node {
 /// Response header that carries the owner's signed receipt, base64.
 pub const RECEIPT_HEADER: &str = "concord-receipt";
 
+/// A sub-query's signed request, logged and ready to send.
+pub struct Prepared {
+    pub part: Part,
+    pub request: QueryRequest,
+    /// The signed request note.
+    pub note: Vec<u8>,
+}
+
 /// The requester's transport to owners: the peer protocol, or in-process for its own datasets.
 struct PeerOwners {
     node: Arc<Node>,
     purpose: String,
+    /// Requests that passed the check round, by owner, dataset and SQL, to run as they were
+    /// checked.
+    checked: Mutex<HashMap<(String, String, String), Vec<Prepared>>>,
+}
+
+/// An owner's error as the query's: a refusal names the owner.
+fn as_query_error(owner: &str, e: NodeError) -> QueryError {
+    match e {
+        NodeError::Query(q) => q,
+        NodeError::Peer { member, code, message } if code == "unreachable" => {
+            QueryError::Unreachable { member, reason: message }
+        }
+        NodeError::Peer { member, code, message } if code == "policy_refused" => {
+            let why = message.strip_prefix("refused by policy: ").unwrap_or(&message);
+            QueryError::Policy(format!("{member}: {why}"))
+        }
+        NodeError::PolicyRefused(reason) => QueryError::Policy(format!("{owner}: {reason}")),
+        NodeError::Peer { member, code, message } => {
+            QueryError::Owner { member, reason: format!("{code}: {message}") }
+        }
+        other => QueryError::Owner { member: owner.to_owned(), reason: other.to_string() },
+    }
 }
 
 #[async_trait]
 impl OwnerClient for PeerOwners {
+    async fn check_all(&self, asks: &[(Part, String)]) -> Result<(), QueryError> {
+        let me = &self.node.cfg.member;
+        let remote: Vec<&(Part, String)> = asks.iter().filter(|(p, _)| &p.owner != me).collect();
+        // Only where one owner's refusal could leave another's budget spent.
+        let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
+        if remote.len() < 2 || !charges {
+            return Ok(());
+        }
+        let prepared = futures::future::join_all(
+            remote.iter().map(|(p, sql)| self.node.prepare_request(p, sql, &self.purpose)),
+        )
+        .await;
+        let mut ready = Vec::new();
+        let mut first_error = None;
+        for (p, r) in remote.iter().zip(prepared) {
+            match r {
+                Ok(r) => ready.push(r),
+                Err(e) => {
+                    first_error.get_or_insert(as_query_error(&p.0.owner, e));
+                }
+            }
+        }
+        if first_error.is_none() {
+            let checks =
+                futures::future::join_all(ready.iter().map(|r| self.node.check_round(r, "/v1/query/check")))
+                    .await;
+            let mut passed = Vec::new();
+            for (r, c) in ready.into_iter().zip(checks) {
+                match c {
+                    Ok(()) => passed.push(r),
+                    Err(e) => {
+                        first_error.get_or_insert(as_query_error(&r.part.owner, e));
+                    }
+                }
+            }
+            ready = passed;
+        }
+        match first_error {
+            None => {
+                let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for r in ready {
+                    let key = (r.part.owner.clone(), r.part.dataset.clone(), r.request.sql.clone());
+                    checked.entry(key).or_default().push(r);
+                }
+                Ok(())
+            }
+            Some(e) => {
+                // Withdrawn wherever it passed: their reservations are released at once.
+                let withdrawn = futures::future::join_all(
+                    ready.iter().map(|r| self.node.check_round(r, "/v1/query/cancel")),
+                )
+                .await;
+                for (r, w) in ready.iter().zip(withdrawn) {
+                    if let Err(w) = w {
+                        tracing::warn!(request = %r.request.request_id, owner = %r.part.owner, "withdrawal not delivered; the reservation lapses: {w}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError> {
-        let as_query_error = |e: NodeError| match e {
-            NodeError::Query(q) => q,
-            NodeError::Peer { member, code, message } if code == "unreachable" => {
-                QueryError::Unreachable { member, reason: message }
-            }
-            NodeError::Peer { member, code, message } if code == "policy_refused" => {
-                let why = message.strip_prefix("refused by policy: ").unwrap_or(&message);
-                QueryError::Policy(format!("{member}: {why}"))
-            }
-            NodeError::PolicyRefused(reason) => QueryError::Policy(format!("{}: {reason}", part.owner)),
-            NodeError::Peer { member, code, message } => {
-                QueryError::Owner { member, reason: format!("{code}: {message}") }
-            }
-            other => QueryError::Owner { member: part.owner.clone(), reason: other.to_string() },
-        };
         if part.owner == self.node.cfg.member {
             let ask = crate::node::owner::Ask {
                 requester: &part.owner,
@@ -422,7 +563,7 @@ impl OwnerClient for PeerOwners {
                 purpose: &self.purpose,
                 request_id: None,
             };
-            let a = self.node.answer_subquery(&ask).await.map_err(as_query_error)?;
+            let a = self.node.answer_subquery(&ask).await.map_err(|e| as_query_error(&part.owner, e))?;
             return Ok(PartialAnswer {
                 batches: a.batches,
                 contribution: Contribution {
@@ -435,7 +576,15 @@ impl OwnerClient for PeerOwners {
                 },
             });
         }
-        self.node.request_partial(part, sql, &self.purpose).await.map_err(as_query_error)
+        let checked = {
+            let mut c = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.get_mut(&(part.owner.clone(), part.dataset.clone(), sql.to_owned())).and_then(Vec::pop)
+        };
+        let answer = match checked {
+            Some(prepared) => self.node.send_request(&prepared).await,
+            None => self.node.request_partial(part, sql, &self.purpose).await,
+        };
+        answer.map_err(|e| as_query_error(&part.owner, e))
     }
 }
 

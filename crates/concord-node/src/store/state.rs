@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS budget_charges (
     charged_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS budget_charges_by_dataset ON budget_charges (dataset, requester);
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    request_id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    cost INTEGER NOT NULL,
+    until INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS releases (
     request_id TEXT PRIMARY KEY,
     requester TEXT NOT NULL,
@@ -516,9 +523,11 @@ impl State {
         spent_in(&conn, dataset, requester)
     }
 
-    /// Reserves `cost` of `dataset`'s budgets for `request_id`, in one transaction, if both
-    /// the requester's and the dataset's budget still hold it. Returns what is spent after the
-    /// charge, or (as `Err`) what was spent before a refused one. A charge is never refunded.
+    /// Charges `cost` of `dataset`'s budgets to `request_id`, in one transaction, if both the
+    /// requester's and the dataset's budget still hold it (what is charged and what live
+    /// reservations hold); the request's own reservation, if its check round made one, becomes
+    /// the charge. Returns what is spent after the charge, or (as `Err`) what was spent before a
+    /// refused one. A charge is never refunded.
     pub fn charge(
         &self,
         request_id: &str,
@@ -530,19 +539,77 @@ impl State {
     ) -> Result<Result<Spent, Spent>, NodeError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let now = chrono::Utc::now().timestamp();
+        tx.execute(
+            "DELETE FROM budget_reservations WHERE until < ?1 OR (request_id = ?2 AND requester = ?3)",
+            params![now, request_id, requester],
+        )
+        .map_err(db)?;
         let before = spent_in(&tx, dataset, requester)?;
-        let fits = before.by_requester.checked_add(cost).is_some_and(|v| v <= per_requester)
-            && before.on_dataset.checked_add(cost).is_some_and(|v| v <= per_dataset);
-        if !fits {
+        if !fits(&before, cost, per_requester, per_dataset) {
             return Ok(Err(before));
         }
         tx.execute(
             "INSERT INTO budget_charges (request_id, dataset, requester, cost, charged_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![request_id, dataset, requester, cost as i64, chrono::Utc::now().timestamp()],
+            params![request_id, dataset, requester, cost as i64, now],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Ok(Spent { by_requester: before.by_requester + cost, on_dataset: before.on_dataset + cost }))
+    }
+
+    /// Holds `cost` of `dataset`'s budgets for `request_id` until `until` (Unix seconds), as
+    /// [`State::charge`] would charge it; a second reservation of one request holds nothing
+    /// more.
+    pub fn reserve(
+        &self,
+        request_id: &str,
+        dataset: &str,
+        requester: &str,
+        cost: u64,
+        (per_requester, per_dataset): (u64, u64),
+        until: i64,
+    ) -> Result<Result<Spent, Spent>, NodeError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let now = chrono::Utc::now().timestamp();
+        tx.execute("DELETE FROM budget_reservations WHERE until < ?1", params![now]).map_err(db)?;
+        tx.execute(
+            "DELETE FROM budget_reservations WHERE request_id = ?1 AND requester = ?2",
+            params![request_id, requester],
+        )
+        .map_err(db)?;
+        let before = spent_in(&tx, dataset, requester)?;
+        if !fits(&before, cost, per_requester, per_dataset) {
+            return Ok(Err(before));
+        }
+        tx.execute(
+            "INSERT INTO budget_reservations (request_id, dataset, requester, cost, until) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![request_id, dataset, requester, cost as i64, until],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Ok(Spent { by_requester: before.by_requester + cost, on_dataset: before.on_dataset + cost }))
+    }
+
+    /// Releases a reservation its requester withdrew.
+    pub fn cancel_reservation(&self, request_id: &str, requester: &str) -> Result<(), NodeError> {
+        self.lock()
+            .execute(
+                "DELETE FROM budget_reservations WHERE request_id = ?1 AND requester = ?2",
+                params![request_id, requester],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Whether a peer's request id was seen (and not yet forgotten).
+    pub fn request_seen(&self, id: &str) -> Result<bool, NodeError> {
+        self.lock()
+            .query_row("SELECT 1 FROM seen_requests WHERE id = ?1", params![id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db)
     }
 
     /// Keeps a release so that a replay of its request gets the same bytes, not a new draw.
@@ -780,16 +847,25 @@ impl State {
     }
 }
 
+/// What is charged on `dataset`, and held by live reservations (checked requests not yet run).
 fn spent_in(conn: &Connection, dataset: &str, requester: &str) -> Result<Spent, NodeError> {
+    let now = chrono::Utc::now().timestamp();
     let (by_requester, on_dataset): (i64, i64) = conn
         .query_row(
             "SELECT coalesce(sum(CASE WHEN requester = ?2 THEN cost ELSE 0 END), 0), coalesce(sum(cost), 0)
-             FROM budget_charges WHERE dataset = ?1",
-            params![dataset, requester],
+             FROM (SELECT requester, cost FROM budget_charges WHERE dataset = ?1
+                   UNION ALL SELECT requester, cost FROM budget_reservations WHERE dataset = ?1 AND until >= ?3)",
+            params![dataset, requester, now],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(db)?;
     Ok(Spent { by_requester: by_requester.max(0) as u64, on_dataset: on_dataset.max(0) as u64 })
+}
+
+/// Whether `cost` more fits both budgets.
+fn fits(spent: &Spent, cost: u64, per_requester: u64, per_dataset: u64) -> bool {
+    spent.by_requester.checked_add(cost).is_some_and(|v| v <= per_requester)
+        && spent.on_dataset.checked_add(cost).is_some_and(|v| v <= per_dataset)
 }
 
 fn token_hash(token: &str) -> String {
