@@ -216,9 +216,9 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
         .route(
             "/v1/catalog",
             get(move || {
-                let body = serde_json::json!([{
+                let body = serde_json::json!({ "datasets": [{
                     "name": "cases", "shared_schema": "cases", "schema_ipc": B64.encode(&catalog_bomb)
-                }]);
+                }]});
                 async move { axum::Json(body) }
             }),
         )

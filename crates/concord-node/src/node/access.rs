@@ -208,6 +208,39 @@ impl Node {
         Ok(request.request_id)
     }
 
+    /// Why a grant of `actions` on `d` to the request's requester, for its purpose, could never
+    /// be used: the baseline or the Cedar rules would refuse every query even with it, or no
+    /// column could be read as rows.
+    fn unusable_grant(
+        &self,
+        d: &super::LoadedDataset,
+        record: &AccessRecord,
+        actions: &[Action],
+    ) -> Option<String> {
+        let ctx = concord_policy::AccessContext {
+            requester: record.requester.clone(),
+            purpose: record.purpose.clone(),
+            grants: vec![("(this grant)".to_owned(), actions.to_vec())],
+            charter_version: self.charter_version(),
+        };
+        let baseline = self.baseline();
+        for a in actions {
+            if let concord_policy::Decision::Deny { reason } =
+                d.policy.decide(&self.cfg.member, &record.dataset, *a, &ctx, &baseline)
+            {
+                return Some(format!("{} would still be refused: {reason}", a.as_str()));
+            }
+            if *a == Action::ReadRows
+                && !d.policy.columns.values().any(|m| *m == concord_policy::ColumnMode::Plain)
+            {
+                return Some(
+                    "read_rows releases only plain columns, and the policy makes none plain".to_owned(),
+                );
+            }
+        }
+        None
+    }
+
     /// Owner side: a steward approves (for at most `days`, within the period asked), refuses or
     /// revokes. The decision is signed, logged, recorded with its grant, then pushed to the
     /// requester.
@@ -232,19 +265,18 @@ impl Node {
                 record.status
             )));
         }
-        // A grant the charter's baseline would never honour is not signed: the requester would
-        // hear "approved" and be refused at every query.
+        // A grant the policy would never honour is not signed: the requester would hear
+        // "approved" and be refused at every query.
         if decision == "approved"
             && let Some(d) = self.datasets().await?.map.get(&record.dataset)
         {
-            let class = d.policy.classification;
-            let ceiling = self.baseline().cross_borders;
-            if class == concord_policy::Classification::Core || class > ceiling {
+            let actions: Vec<Action> =
+                record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect();
+            if let Some(why) = self.unusable_grant(d, &record, &actions) {
                 return Err(NodeError::Conflict(format!(
-                    "{} is classified {}, and the charter lets only data classified up to {} cross borders (core never): no grant can release it; refuse the request instead",
-                    record.dataset,
-                    class.as_str(),
-                    ceiling.as_str()
+                    "no grant can release {} to {} as asked: {why}. Refuse the request instead (with this reason), or \
+                     change the policy first",
+                    record.dataset, record.requester
                 )));
             }
         }

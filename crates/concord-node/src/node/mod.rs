@@ -134,6 +134,20 @@ pub struct CatalogEntry {
     /// reads several owners checks with each before any runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private: bool,
+    /// Where `withheld` without a purpose: the purposes under which the requester's own live
+    /// grants admit it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<String>,
+}
+
+/// What a member's catalog shows another: the datasets it may see, and the shared schemas in
+/// which the owner holds datasets it does not show that member (so that a query over them
+/// names the owner as left out, never leaves it out without a word).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Catalog {
+    pub datasets: Vec<CatalogEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden_in: Vec<String>,
 }
 
 /// A member's keys.
@@ -412,44 +426,52 @@ impl Node {
         Ok(w.clone())
     }
 
-    /// Datasets whose policy lets `requester` see them, as its catalog shows them.
-    pub async fn catalog_for(&self, requester: &str) -> Result<Vec<CatalogEntry>, NodeError> {
+    /// Datasets whose policy lets `requester` see them, as its catalog shows them; whether
+    /// each is released to a query without a purpose (and under which purposes its grants admit
+    /// it); and the shared schemas where datasets are hidden from it.
+    pub async fn catalog_for(&self, requester: &str) -> Result<Catalog, NodeError> {
         let baseline = self.baseline();
-        let mut out = Vec::new();
+        let now = chrono::Utc::now().timestamp();
+        let mut out = Catalog::default();
         for d in self.datasets().await?.map.values() {
-            let ctx = AccessContext {
-                requester: requester.to_owned(),
-                purpose: String::new(),
-                grants: self.state.live_grants(
-                    requester,
-                    &d.record.name,
-                    chrono::Utc::now().timestamp(),
-                    None,
-                )?,
-                charter_version: self.charter_version(),
-            };
-            if d.policy
-                .decide(&self.cfg.member, &d.record.name, Action::Describe, &ctx, &baseline)
-                .is_allowed()
-            {
-                let withheld = match d.policy.decide(
-                    &self.cfg.member,
-                    &d.record.name,
-                    Action::Aggregate,
-                    &ctx,
-                    &baseline,
-                ) {
-                    concord_policy::Decision::Allow { .. } => None,
-                    concord_policy::Decision::Deny { reason } => Some(reason),
+            let name = &d.record.name;
+            let decide = |purpose: &str, action: Action| -> Result<concord_policy::Decision, NodeError> {
+                let ctx = AccessContext {
+                    requester: requester.to_owned(),
+                    purpose: purpose.to_owned(),
+                    grants: self.state.live_grants(requester, name, now, Some(purpose))?,
+                    charter_version: self.charter_version(),
                 };
-                out.push(CatalogEntry {
-                    name: d.record.name.clone(),
-                    shared_schema: d.record.shared_schema.clone(),
-                    schema_ipc: B64.encode(&d.record.schema_ipc),
-                    withheld,
-                    private: d.policy.release.privacy.is_some(),
-                });
+                Ok(d.policy.decide(&self.cfg.member, name, action, &ctx, &baseline))
+            };
+            if !decide("", Action::Describe)?.is_allowed() {
+                if let Some(s) = &d.record.shared_schema
+                    && !out.hidden_in.contains(s)
+                {
+                    out.hidden_in.push(s.clone());
+                }
+                continue;
             }
+            let withheld = match decide("", Action::Aggregate)? {
+                concord_policy::Decision::Allow { .. } => None,
+                concord_policy::Decision::Deny { reason } => Some(reason),
+            };
+            let mut purposes = Vec::new();
+            if withheld.is_some() {
+                for p in self.state.grant_purposes(requester, name, now)? {
+                    if decide(&p, Action::Aggregate)?.is_allowed() {
+                        purposes.push(p);
+                    }
+                }
+            }
+            out.datasets.push(CatalogEntry {
+                name: name.clone(),
+                shared_schema: d.record.shared_schema.clone(),
+                schema_ipc: B64.encode(&d.record.schema_ipc),
+                withheld,
+                private: d.policy.release.privacy.is_some(),
+                purposes,
+            });
         }
         Ok(out)
     }

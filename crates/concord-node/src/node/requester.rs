@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{QueryRequest, ReleaseReceipt, new_request_id};
-use crate::node::{CatalogEntry, Node};
+use crate::node::{Catalog, Node};
 use crate::store::entry::LogEntry;
 
 /// Largest catalog answer read from a member.
@@ -38,11 +38,21 @@ pub struct PeerDataset {
     pub withheld: Option<String>,
     /// Released under differential privacy: each query costs privacy budget.
     pub private: bool,
+    /// Where withheld without a purpose: the purposes under which this member's grants admit it.
+    pub purposes: Vec<String>,
+}
+
+/// One member's catalog as read: its datasets, and the shared schemas where it holds datasets
+/// it does not show this member.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCatalog {
+    pub datasets: Vec<PeerDataset>,
+    pub hidden_in: Vec<String>,
 }
 
 /// One member's catalog: the charter version and time it was read at, and what it listed (or
 /// why it could not be read: a member that is down is not asked again by every query).
-type CachedCatalog = (u64, Instant, Result<Arc<Vec<PeerDataset>>, String>);
+type CachedCatalog = (u64, Instant, Result<Arc<PeerCatalog>, String>);
 
 /// Members' catalogs as last read, per member and charter version.
 #[derive(Default)]
@@ -51,12 +61,7 @@ pub struct CatalogCache {
 }
 
 impl CatalogCache {
-    fn get(
-        &self,
-        member: &str,
-        version: u64,
-        ttl: Duration,
-    ) -> Option<Result<Arc<Vec<PeerDataset>>, String>> {
+    fn get(&self, member: &str, version: u64, ttl: Duration) -> Option<Result<Arc<PeerCatalog>, String>> {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(member).filter(|(v, at, _)| *v == version && at.elapsed() < ttl).map(|(_, _, c)| c.clone())
     }
@@ -66,12 +71,12 @@ impl CatalogCache {
     fn charges_budget(&self, member: &str, dataset: &str) -> bool {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match map.get(member) {
-            Some((_, _, Ok(list))) => list.iter().find(|d| d.name == dataset).is_none_or(|d| d.private),
+            Some((_, _, Ok(c))) => c.datasets.iter().find(|d| d.name == dataset).is_none_or(|d| d.private),
             _ => true,
         }
     }
 
-    fn put(&self, member: &str, version: u64, catalog: Result<Arc<Vec<PeerDataset>>, String>) {
+    fn put(&self, member: &str, version: u64, catalog: Result<Arc<PeerCatalog>, String>) {
         let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(member.to_owned(), (version, Instant::now(), catalog));
     }
@@ -103,7 +108,7 @@ fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<Strin
 impl Node {
     /// Reads one member's catalog (or takes it from the cache): bounded in time and size, every
     /// schema decoded as a schema alone. A bad answer is an error that names the member.
-    async fn catalog_of(&self, m: &concord_charter::MemberCard) -> Result<Arc<Vec<PeerDataset>>, NodeError> {
+    async fn catalog_of(&self, m: &concord_charter::MemberCard) -> Result<Arc<PeerCatalog>, NodeError> {
         let version = self.charter_version();
         let ttl = Duration::from_secs(self.cfg.limits.catalog_ttl_secs);
         let cached = match self.catalogs.get(&m.id, version, ttl) {
@@ -121,10 +126,7 @@ impl Node {
         })
     }
 
-    async fn read_catalog(
-        &self,
-        m: &concord_charter::MemberCard,
-    ) -> Result<Arc<Vec<PeerDataset>>, NodeError> {
+    async fn read_catalog(&self, m: &concord_charter::MemberCard) -> Result<Arc<PeerCatalog>, NodeError> {
         let bad = |message: String| NodeError::Peer {
             member: m.id.clone(),
             code: "malformed_catalog".into(),
@@ -139,12 +141,19 @@ impl Node {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: m.id.clone(), code, message });
         }
-        let list: Vec<CatalogEntry> = serde_json::from_slice(&resp.body).map_err(|e| bad(e.to_string()))?;
-        if list.len() > MAX_CATALOG_ENTRIES {
+        let catalog: Catalog = serde_json::from_slice(&resp.body).map_err(|e| bad(e.to_string()))?;
+        let list = catalog.datasets;
+        if list.len() > MAX_CATALOG_ENTRIES || catalog.hidden_in.len() > MAX_CATALOG_ENTRIES {
             return Err(bad(format!("{} datasets, more than {MAX_CATALOG_ENTRIES}", list.len())));
         }
+        let charter = self.charter();
+        let hidden_in =
+            catalog.hidden_in.into_iter().filter(|s| charter.charter.schema(s).is_some()).collect();
         let mut out = Vec::with_capacity(list.len());
         for e in list {
+            if e.purposes.len() > 64 || e.purposes.iter().any(|p| p.len() > 200) {
+                return Err(bad(format!("the purposes of {} are too many or too long", e.name)));
+            }
             concord_charter::check_identifier("dataset name", &e.name)
                 .map_err(|err| bad(format!("dataset name {:?}: {err}", e.name)))?;
             let bytes =
@@ -157,9 +166,10 @@ impl Node {
                 schema,
                 withheld: e.withheld,
                 private: e.private,
+                purposes: e.purposes,
             });
         }
-        Ok(Arc::new(out))
+        Ok(Arc::new(PeerCatalog { datasets: out, hidden_in }))
     }
 
     /// Builds the analyst's DataFusion context for `sql`: shared schemas as federated tables,
@@ -167,11 +177,12 @@ impl Node {
     /// member's own datasets as ordinary tables under `local`. Only the catalogs of members the
     /// query names are read, in parallel, each within its timeout; one that cannot be read
     /// leaves its member unreachable.
-    pub async fn query_context(&self, sql: &str) -> Result<SessionContext, NodeError> {
+    pub async fn query_context(&self, sql: &str, purpose: &str) -> Result<SessionContext, NodeError> {
         let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
         let wanted = members_named(self, &ctx, sql);
         let mut entries: Vec<(String, PeerDataset)> = Vec::new();
-        for e in self.catalog_for(&self.cfg.member).await? {
+        let mut hidden: Vec<(String, String)> = Vec::new();
+        for e in self.catalog_for(&self.cfg.member).await?.datasets {
             // This node wrote the schema at registration; one it cannot read is named, never
             // left out of a shared table without a word.
             let schema = B64
@@ -192,6 +203,7 @@ impl Node {
                     schema,
                     withheld: e.withheld,
                     private: e.private,
+                    purposes: e.purposes,
                 },
             ));
         }
@@ -205,7 +217,10 @@ impl Node {
         let mut unreachable = Vec::new();
         for (member, result) in fetched {
             match result {
-                Ok(list) => entries.extend(list.iter().map(|e| (member.clone(), e.clone()))),
+                Ok(c) => {
+                    entries.extend(c.datasets.iter().map(|e| (member.clone(), e.clone())));
+                    hidden.extend(c.hidden_in.iter().map(|s| (member.clone(), s.clone())));
+                }
                 Err(e) => {
                     tracing::warn!(%member, "catalog unavailable: {e}");
                     unreachable.push(member);
@@ -218,18 +233,33 @@ impl Node {
         for s in &self.charter().charter.schemas {
             let conforming =
                 entries.iter().filter(|(_, e)| e.shared_schema.as_deref() == Some(s.name.as_str()));
+            // Released to this query: without a purpose, or under the query's purpose by a grant.
+            let released = |e: &PeerDataset| e.withheld.is_none() || e.purposes.iter().any(|p| p == purpose);
             let parts = conforming
                 .clone()
-                .filter(|(_, e)| e.withheld.is_none())
+                .filter(|(_, e)| released(e))
                 .map(|(m, e)| Part { owner: m.clone(), dataset: e.name.clone() })
                 .collect();
-            // Conforming datasets their owners show but do not release to this member: named
-            // in every result over the schema, never left out without a word.
-            let withheld = conforming
-                .filter_map(|(m, e)| {
-                    e.withheld.as_ref().map(|why| format!("{m}.{} ({})", e.name, printable(why)))
+            // Conforming datasets their owners show but do not release to this query, and
+            // owners that hold datasets of the schema they do not show: named in every result
+            // over the schema, never left out without a word.
+            let mut withheld: Vec<String> = conforming
+                .filter(|(_, e)| !released(e))
+                .map(|(m, e)| {
+                    let why = printable(e.withheld.as_deref().unwrap_or(""));
+                    match e.purposes.as_slice() {
+                        [] => format!("{m}.{} ({why})", e.name),
+                        ps => format!(
+                            "{m}.{} ({why}; your grants admit it for purpose {}: query with --purpose)",
+                            e.name,
+                            ps.iter().map(|p| printable(p)).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
                 })
                 .collect();
+            withheld.extend(hidden.iter().filter(|(_, h)| h == &s.name).map(|(m, _)| {
+                format!("{m} (holds datasets of {} that it does not show to {})", s.name, self.cfg.member)
+            }));
             let table = FederatedTable {
                 display: s.name.clone(),
                 schema: shared_arrow_schema(s),
@@ -288,7 +318,7 @@ impl Node {
             self.query_slots.acquire().await.map_err(|_| NodeError::State("the node is stopping".into()))?;
         let limits = &self.cfg.limits;
         let work = async {
-            let ctx = self.query_context(sql).await?;
+            let ctx = self.query_context(sql, purpose).await?;
             let owners = PeerOwners {
                 node: self.clone(),
                 purpose: purpose.to_owned(),

@@ -653,6 +653,21 @@ impl State {
     /// Grants `requester` holds on `dataset` at `now`: their ids and the actions they cover.
     /// A grant serves only the purpose it was approved for; `purpose` `None` (a catalog read)
     /// takes any.
+    /// The purposes of `requester`'s live grants on `dataset`.
+    pub fn grant_purposes(&self, requester: &str, dataset: &str, now: i64) -> Result<Vec<String>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT DISTINCT purpose FROM grants WHERE requester = ?1 AND dataset = ?2 AND revoked_at IS NULL
+                 AND valid_from <= ?3 AND valid_until > ?3 ORDER BY purpose",
+            )
+            .map_err(db)?;
+        stmt.query_map(params![requester, dataset, now], |r| r.get::<_, String>(0))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)
+    }
+
     pub fn live_grants(
         &self,
         requester: &str,
