@@ -24,8 +24,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{MemTable, Session, TableProvider};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema, TableReference};
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{Column, TableReference};
 use datafusion::datasource::{TableType, provider_as_source};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::SQLOptions;
@@ -569,6 +569,10 @@ struct Flat {
 
 fn federated_of(plan: &LogicalPlan) -> Option<Arc<FederatedTable>> {
     let LogicalPlan::TableScan(scan) = plan else { return None };
+    federated_scan(scan)
+}
+
+fn federated_scan(scan: &datafusion::logical_expr::TableScan) -> Option<Arc<FederatedTable>> {
     let provider = datafusion::catalog::default_table_source::source_as_provider(&scan.source).ok()?;
     provider.downcast_ref::<FederatedTable>()?;
     // Re-take the Arc as the concrete type: the provider is exactly a FederatedTable.
@@ -576,89 +580,26 @@ fn federated_of(plan: &LogicalPlan) -> Option<Arc<FederatedTable>> {
     any.downcast::<FederatedTable>().ok()
 }
 
+/// The chain of filters, projections and aliases over one federated table that `plan` is, if
+/// it is one whose every expression an owner accepts ([`crate::chain::walk`], the walker the
+/// owner's check uses too); otherwise it stays on this side.
 fn flatten(plan: &LogicalPlan) -> DfResult<Option<Flat>> {
-    Ok(match plan {
-        LogicalPlan::TableScan(scan) => {
-            let Some(table) = federated_of(plan) else { return Ok(None) };
-            if scan.fetch.is_some() {
+    match crate::chain::walk(plan) {
+        Ok(chain) => {
+            if chain.scan.fetch.is_some() {
                 return Ok(None);
             }
-            let outputs = scan
-                .projected_schema
-                .fields()
-                .iter()
-                .map(|f| Expr::Column(Column::new_unqualified(f.name())))
-                .collect();
-            let filters = scan.filters.iter().map(unqualify).collect::<DfResult<Vec<_>>>()?;
-            Some(Flat { table, filters, outputs })
-        }
-        LogicalPlan::Filter(f) => {
-            let Some(mut flat) = flatten(&f.input)? else { return Ok(None) };
-            if !pushable(&f.predicate) {
+            let Some(table) = federated_scan(chain.scan) else {
                 return Ok(None);
-            }
-            flat.filters.push(substitute(&f.predicate, f.input.schema(), &flat.outputs)?);
-            Some(flat)
+            };
+            Ok(Some(Flat { table, filters: chain.filters, outputs: chain.outputs }))
         }
-        LogicalPlan::Projection(p) => {
-            let Some(mut flat) = flatten(&p.input)? else { return Ok(None) };
-            if !p.expr.iter().all(pushable) {
-                return Ok(None);
-            }
-            flat.outputs = p
-                .expr
-                .iter()
-                .map(|e| substitute(&e.clone().unalias(), p.input.schema(), &flat.outputs))
-                .collect::<DfResult<Vec<_>>>()?;
-            Some(flat)
-        }
-        LogicalPlan::SubqueryAlias(s) => flatten(&s.input)?,
-        _ => None,
-    })
+        Err(crate::chain::NotAChain::Plan(e)) => Err(e),
+        Err(_) => Ok(None),
+    }
 }
 
-/// Whether an expression can run on the owner's side as part of a sub-query.
-fn pushable(e: &Expr) -> bool {
-    !e.exists(|x| {
-        Ok(matches!(
-            x,
-            Expr::ScalarSubquery(_)
-                | Expr::Exists(_)
-                | Expr::InSubquery(_)
-                | Expr::OuterReferenceColumn(..)
-                | Expr::AggregateFunction(_)
-                | Expr::WindowFunction(_)
-                | Expr::Placeholder(_)
-        ))
-    })
-    .unwrap_or(true)
-}
-
-fn unqualify(e: &Expr) -> DfResult<Expr> {
-    e.clone()
-        .transform_up(|x| match x {
-            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))),
-            other => Ok(Transformed::no(other)),
-        })
-        .map(|t| t.data)
-}
-
-/// Replaces every column of `schema` in `e` by the expression that computes it.
-pub(crate) fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> DfResult<Expr> {
-    e.clone()
-        .transform_up(|x| match x {
-            Expr::Column(c) => {
-                let i = schema.index_of_column(&c)?;
-                let out = outputs
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| DataFusionError::Internal(format!("column {c} has no expression")))?;
-                Ok(Transformed::yes(out))
-            }
-            other => Ok(Transformed::no(other)),
-        })
-        .map(|t| t.data)
-}
+pub(crate) use crate::chain::substitute;
 
 /// How a final aggregate is computed from partial columns.
 #[derive(Clone, Copy)]

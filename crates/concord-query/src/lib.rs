@@ -12,6 +12,7 @@
 //!
 //! This crate does no network IO and keeps no state: the node crate supplies the transport.
 
+pub mod chain;
 pub mod compare;
 pub mod dataset;
 mod exact_decimal;

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
@@ -237,57 +236,35 @@ pub fn check_subquery_plan(
 }
 
 /// Checks the chain below the aggregate (or the select list of a row read): filters,
-/// projections and aliases over a plain scan of `dataset`.
+/// projections and aliases over a plain scan of `dataset`, walked as the requester's split
+/// walks it ([`crate::chain::walk`]).
 fn check_chain(plan: &LogicalPlan, dataset: &str, table: &Arc<dyn TableProvider>) -> Result<(), QueryError> {
-    let mut input = plan;
-    loop {
-        match input {
-            LogicalPlan::Filter(f) => {
-                check_scalar(&f.predicate)?;
-                input = f.input.as_ref();
-            }
-            LogicalPlan::Projection(p) => {
-                for e in &p.expr {
-                    check_scalar(e)?;
-                }
-                input = p.input.as_ref();
-            }
-            LogicalPlan::SubqueryAlias(s) => input = s.input.as_ref(),
-            LogicalPlan::TableScan(scan) => {
-                let source = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
-                    .map_err(|e| refuse(e.strip_backtrace()))?;
-                if scan.table_name.table() != dataset || !Arc::ptr_eq(&source, table) || scan.fetch.is_some()
-                {
-                    return Err(refuse(format!("a sub-query may read only dataset {dataset}")));
-                }
-                return Ok(());
-            }
-            other => {
-                return Err(refuse(format!(
-                    "{} is not accepted in a sub-query",
-                    other.display().to_string().split(':').next().unwrap_or("this operator")
-                )));
-            }
-        }
+    use crate::chain::NotAChain;
+    let chain = crate::chain::walk(plan).map_err(|e| match e {
+        NotAChain::Operator(op) => refuse(format!(
+            "{} is not accepted in a sub-query",
+            op.split(':').next().unwrap_or("this operator")
+        )),
+        NotAChain::Refused(e, what) => refuse(format!("{e} holds {what}, which a sub-query may not")),
+        NotAChain::Plan(e) => refuse(e.strip_backtrace()),
+    })?;
+    let scan = chain.scan;
+    let source = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
+        .map_err(|e| refuse(e.strip_backtrace()))?;
+    if scan.table_name.table() != dataset
+        || !Arc::ptr_eq(&source, table)
+        || scan.fetch.is_some()
+        || !scan.filters.is_empty()
+    {
+        return Err(refuse(format!("a sub-query may read only dataset {dataset}, plainly")));
     }
+    Ok(())
 }
 
-/// A scalar expression: no subquery, aggregate or window function inside.
+/// A scalar expression: nothing inside that the requester's split would keep on its side
+/// ([`crate::chain::refused_in`]).
 fn check_scalar(e: &Expr) -> Result<(), QueryError> {
-    let mut bad = None;
-    let _ = e.apply(|x| {
-        let what = match x {
-            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::SetComparison(_) => {
-                "a subquery"
-            }
-            Expr::OuterReferenceColumn(..) => "an outer reference",
-            Expr::AggregateFunction(_) => "a nested aggregate",
-            Expr::WindowFunction(_) => "a window function",
-            _ => return Ok(TreeNodeRecursion::Continue),
-        };
-        bad = Some(what);
-        Ok(TreeNodeRecursion::Stop)
-    });
+    let bad = crate::chain::refused_in(e);
     match bad {
         Some(what) => Err(refuse(format!("{e} holds {what}, which a sub-query may not"))),
         None => Ok(()),

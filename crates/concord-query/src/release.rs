@@ -530,43 +530,24 @@ fn lossless_cast(from: &DataType, to: &DataType) -> bool {
 }
 
 /// A chain of filters, projections and aliases over the scan, flattened: the filters and the
-/// chain's output expressions, both over the dataset's own columns.
+/// chain's output expressions, both over the dataset's own columns. The walker is the
+/// requester's split's ([`crate::chain::walk`]).
 fn flatten(plan: &LogicalPlan) -> Result<(Vec<Expr>, Vec<Expr>), QueryError> {
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            if !scan.filters.is_empty() || scan.fetch.is_some() {
-                return Err(refuse("a sub-query's scan must be plain"));
-            }
-            let outputs = scan
-                .projected_schema
-                .fields()
-                .iter()
-                .map(|f| Expr::Column(Column::new_unqualified(f.name())))
-                .collect();
-            Ok((Vec::new(), outputs))
-        }
-        LogicalPlan::Filter(f) => {
-            let (mut filters, outputs) = flatten(&f.input)?;
-            filters.push(substitute(&f.predicate, f.input.schema(), &outputs)?);
-            Ok((filters, outputs))
-        }
-        LogicalPlan::Projection(p) => {
-            let (filters, outputs) = flatten(&p.input)?;
-            let outputs = p
-                .expr
-                .iter()
-                .map(|e| substitute(&e.clone().unalias(), p.input.schema(), &outputs))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((filters, outputs))
-        }
-        LogicalPlan::SubqueryAlias(s) => flatten(&s.input),
-        other => Err(refuse(format!("{} is not accepted in a sub-query", other.display()))),
+    use crate::chain::NotAChain;
+    let chain = crate::chain::walk(plan).map_err(|e| match e {
+        NotAChain::Operator(op) => refuse(format!("{op} is not accepted in a sub-query")),
+        NotAChain::Refused(e, what) => refuse(format!("{e} holds {what}, which a sub-query may not")),
+        NotAChain::Plan(e) => refuse(e.strip_backtrace()),
+    })?;
+    if !chain.scan.filters.is_empty() || chain.scan.fetch.is_some() {
+        return Err(refuse("a sub-query's scan must be plain"));
     }
+    Ok((chain.filters, chain.outputs))
 }
 
-/// [`crate::federate::substitute`], its error a refusal.
+/// [`crate::chain::substitute`], its error a refusal.
 fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> Result<Expr, QueryError> {
-    crate::federate::substitute(e, schema, outputs).map_err(|e| refuse(e.strip_backtrace()))
+    crate::chain::substitute(e, schema, outputs).map_err(|e| refuse(e.strip_backtrace()))
 }
 
 /// The rules one release follows.

@@ -1,5 +1,6 @@
 //! Integration tests of federated planning: federated = pooled, refusals, the owner's check.
 
+mod chain;
 mod common;
 mod datasets;
 mod every_type;
