@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use concord_log::checkpoint::Checkpoint;
 use concord_log::tiles::{Tile, TlogProof};
 use concord_log::{Note, NoteSigner, NoteVerifier};
-use concord_node::net::protocol::{QueryRequest, ReleaseReceipt};
+use concord_node::net::protocol::{ReleaseDetails, ReleaseReceipt, SignedRequest};
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{MemTable, TableProvider};
@@ -69,13 +69,17 @@ pub fn tlog_proof(data: &[u8]) {
 }
 
 pub fn request_note(data: &[u8]) {
-    if let Ok(note) = Note::parse(data)
-        && let Ok(r) = QueryRequest::from_text(note.text())
-        && let Ok(text) = r.to_text()
-    {
-        assert_eq!(QueryRequest::from_text(&text).ok().as_ref(), Some(&r), "round trip");
+    if let Ok(r) = SignedRequest::from_bytes(data) {
+        let again = SignedRequest::from_bytes(&r.to_bytes()).ok().map(|a| a.request);
+        assert_eq!(again.as_ref(), Some(&r.request), "round trip");
+    }
+    if let Ok(d) = ReleaseDetails::from_bytes(data) {
+        assert_eq!(ReleaseDetails::from_bytes(&d.to_bytes()).ok().as_ref(), Some(&d), "round trip");
     }
     let _ = ReleaseReceipt::verify(data, &verifier());
+    if let Ok(note) = Note::parse(data) {
+        let _ = ReleaseReceipt::from_text(note.text());
+    }
 }
 
 pub fn charter_text(data: &[u8]) {

@@ -1235,12 +1235,19 @@ fn project_outputs(
 /// One value per row and aggregate under differential privacy (1 for a counted row, the clamped
 /// fixed-point value for a sum; NULL where the row adds nothing), the same aggregates over rows
 /// directly (where each unit has one row), and the bounds of one unit's contribution to a group.
+/// Per-row values, direct aggregates and contribution bounds of a private release.
+struct PrivateValues {
+    values: Vec<Expr>,
+    direct: Vec<Expr>,
+    caps: Vec<(i64, i64)>,
+}
+
 fn private_values(
     aggs: &[AggSpec],
     schema: &DFSchema,
     privacy: &concord_policy::Privacy,
     fp: i64,
-) -> Result<(Vec<Expr>, Vec<Expr>, Vec<(i64, i64)>), QueryError> {
+) -> Result<PrivateValues, QueryError> {
     let linf = i64::from(privacy.max_rows_per_group);
     let mut values = Vec::new();
     let mut direct = Vec::new();
@@ -1278,7 +1285,7 @@ fn private_values(
         values.push(v);
         caps.push((lo, hi));
     }
-    Ok((values, direct, caps))
+    Ok(PrivateValues { values, direct, caps })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1302,7 +1309,7 @@ async fn private_aggregate(
         .map(|p| p.privacy_unit.clone())
         .ok_or_else(|| QueryError::Execution("differential privacy without a privacy unit".into()))?;
     let fp = dp.fixed_point;
-    let (values, direct, caps) = private_values(aggs, b.schema(), privacy, fp)?;
+    let PrivateValues { values, direct, caps } = private_values(aggs, b.schema(), privacy, fp)?;
     let ng = groups.len();
     let units_column = matches!(&dp.groups, DpGroups::Selected(s) if s.reuse.is_none());
     if let DpGroups::Public(sets) = &dp.groups {

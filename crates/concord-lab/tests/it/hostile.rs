@@ -12,7 +12,7 @@ use concord_lab::demo::api_query;
 use concord_log::Note;
 use concord_log::checkpoint::Checkpoint;
 use concord_node::net::client::local_call;
-use concord_node::net::protocol::{QueryRequest, ReleaseReceipt};
+use concord_node::net::protocol::{ReleaseDetails, ReleaseReceipt, SignedRequest, commitment};
 use concord_node::store::entry::LogEntry;
 use concord_query::dataset::shared_arrow_schema;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -45,12 +45,22 @@ fn entries(fed: &Fed, id: &str) -> Vec<LogEntry> {
     raw.iter().map(|e| LogEntry::from_bytes(e).expect("a Concord entry")).collect()
 }
 
+/// The decisions the owner logged for a request, each with the reason the requester was told:
+/// a note the owner keeps (its log holds only the decision's code).
 fn served(fed: &Fed, owner: &str, request_id: &str) -> Vec<(String, Option<String>)> {
+    let i = fed.members.iter().position(|m| m.id == owner).expect("member");
+    let reason = fed.nodes[i]
+        .node
+        .state
+        .notes(request_id, concord_node::store::state::NoteKind::Reason)
+        .expect("notes")
+        .map(|r| String::from_utf8_lossy(&r).into_owned());
     entries(fed, owner)
         .into_iter()
         .filter_map(|e| match e {
-            LogEntry::AccessServed { request_id: id, decision, reason, .. } if id == request_id => {
-                Some((decision, reason))
+            LogEntry::AccessServed { request_id: id, decision, notes, .. } if id == request_id => {
+                assert!(notes.is_none(), "the log holds no notes unless the charter makes them public");
+                Some((decision, reason.clone()))
             }
             _ => None,
         })
@@ -227,22 +237,35 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
             post(move |body: axum::body::Bytes| {
                 let (c, answer) = (c.clone(), answer.clone());
                 async move {
-                    let note = Note::parse(&body).expect("note");
-                    let r = QueryRequest::from_text(note.text()).expect("request");
-                    let receipt = ReleaseReceipt {
-                        federation: r.federation,
-                        request_id: r.request_id,
-                        owner: "charlie".into(),
-                        requester: r.requester,
-                        dataset: r.dataset,
+                    let r = SignedRequest::from_bytes(&body).expect("request");
+                    let details = ReleaseDetails {
+                        salt: r.salt.clone(),
                         result_sha256: concord_charter::hex(&Sha256::digest(&answer)),
                         rows_scanned: Some(1),
                         groups_released: 1,
-                        log_index: 0,
                         release: Default::default(),
+                    }
+                    .to_bytes();
+                    let receipt = ReleaseReceipt {
+                        federation: r.request.federation.clone(),
+                        request_id: r.request.request_id.clone(),
+                        owner: "charlie".into(),
+                        requester: r.request.requester.clone(),
+                        dataset: r.request.dataset.clone(),
+                        request_note: r.note_digest(),
+                        policy: commitment(b"policy"),
+                        cost: "none".into(),
+                        release: commitment(&details),
+                        log_index: 0,
                     };
                     let signed = receipt.sign(&c.signer).expect("sign");
-                    ([("concord-receipt", B64.encode(signed.to_bytes()))], answer)
+                    (
+                        [
+                            ("concord-receipt", B64.encode(signed.to_bytes())),
+                            ("concord-release-details", B64.encode(&details)),
+                        ],
+                        answer,
+                    )
                 }
             }),
         )

@@ -1,7 +1,7 @@
 use concord_lab::demo::api_query;
 use concord_log::{Note, NoteSignature, NoteSigner};
 use concord_node::net::client::{Response, peer_call};
-use concord_node::net::protocol::{QueryRequest, new_request_id};
+use concord_node::net::protocol::{QueryRequest, envelope, new_request_id};
 use concord_node::net::tls::{TlsKeys, generate};
 use concord_node::store::config::NodeDir;
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
@@ -115,20 +115,30 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
             .await
             .expect("sent");
     expect_refusal(resp, 401, "bad_signature");
-    let mut garbage = Note::new(request("alpha", "bravo").to_text().expect("text")).expect("note");
+    let genuine = request("alpha", "bravo").sign(&alpha).expect("sign");
+    let mut garbage = Note::new(genuine.note.text()).expect("note");
     garbage.add_signature(NoteSignature {
         name: "test/alpha".into(),
         key_id: alpha.key_id(),
         signature: vec![7; 64],
     });
-    let resp = to_bravo(&fed, &alpha_keys, garbage.to_bytes()).await.expect("sent");
+    let resp = to_bravo(&fed, &alpha_keys, envelope(&garbage, &genuine.details)).await.expect("sent");
     expect_refusal(resp, 401, "bad_signature");
 
-    // Tampered body: the SQL is changed after signing.
-    let signed = request("alpha", "bravo").sign(&alpha).expect("sign").to_string();
-    let tampered = signed.replace("SELECT count(1) AS p0 FROM cases", "SELECT max(days) AS p0 FROM cases");
-    assert_ne!(signed, tampered);
-    let resp = to_bravo(&fed, &alpha_keys, tampered.into_bytes()).await.expect("sent");
+    // Tampered body: the SQL is changed after signing. The signed note commits to the details
+    // (salt, purpose, SQL) by their hash, so other details are not the request's.
+    let details = String::from_utf8(genuine.details.clone()).expect("utf8");
+    let tampered = details.replace("SELECT count(1) AS p0 FROM cases", "SELECT max(days) AS p0 FROM cases");
+    assert_ne!(details, tampered);
+    let resp = to_bravo(&fed, &alpha_keys, envelope(&genuine.note, tampered.as_bytes())).await.expect("sent");
+    let message = expect_refusal(resp, 400, "bad_request");
+    assert!(message.contains("not those the note commits to"), "{message}");
+    // And a note changed after signing (another dataset) fails its signature.
+    let mut moved = Note::new(genuine.note.text().replace("dataset cases", "dataset people")).expect("note");
+    for sig in genuine.note.signatures() {
+        moved.add_signature(sig.clone());
+    }
+    let resp = to_bravo(&fed, &alpha_keys, envelope(&moved, &genuine.details)).await.expect("sent");
     expect_refusal(resp, 401, "bad_signature");
 
     // Replay of a release: the same bytes and receipt again, not a new access.
@@ -166,7 +176,8 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
 
     // Malformed and oversized bodies.
     let resp = to_bravo(&fed, &alpha_keys, b"not a note".to_vec()).await.expect("sent");
-    expect_refusal(resp, 400, "malformed_note");
+    let message = expect_refusal(resp, 400, "bad_request");
+    assert!(message.contains("not a note with its details"), "{message}");
     let resp = to_bravo(&fed, &alpha_keys, vec![b'x'; 600 * 1024]).await.expect("sent");
     assert_eq!(resp.status, 413);
 

@@ -29,7 +29,7 @@ use crate::NodeError;
 use crate::api::listen::{Deadlines, Transport};
 use crate::api::{ErrorResponse, serve_checkpoint, serve_tile};
 use crate::node::Node;
-use crate::node::requester::RECEIPT_HEADER;
+use crate::node::requester::{RECEIPT_HEADER, RELEASE_DETAILS_HEADER};
 
 /// Largest request body a peer may send.
 pub const MAX_PEER_BODY: usize = 512 * 1024;
@@ -164,14 +164,18 @@ async fn query(
     Extension(peer): Extension<PeerId>,
     body: Bytes,
 ) -> Result<Response, ErrorResponse> {
-    let (receipt, ipc) = crate::node::owner::serve_query(&node, &peer.0, &body).await.inspect_err(|e| {
+    let served = crate::node::owner::serve_query(&node, &peer.0, &body).await.inspect_err(|e| {
         // Ids and codes only: a request's SQL and purpose are not logged here.
         tracing::info!(requester = %peer.0, code = e.code(), "peer request refused");
     })?;
-    let mut resp = (StatusCode::OK, ipc).into_response();
-    let header = HeaderValue::from_str(&B64.encode(receipt.to_bytes()))
-        .map_err(|e| NodeError::State(format!("receipt header: {e}")))?;
-    resp.headers_mut().insert(RECEIPT_HEADER, header);
+    let mut resp = (StatusCode::OK, served.ipc).into_response();
+    for (name, bytes) in
+        [(RECEIPT_HEADER, served.receipt.to_bytes()), (RELEASE_DETAILS_HEADER, served.details)]
+    {
+        let header = HeaderValue::from_str(&B64.encode(bytes))
+            .map_err(|e| NodeError::State(format!("{name} header: {e}")))?;
+        resp.headers_mut().insert(name, header);
+    }
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/vnd.apache.arrow.stream"));
     Ok(resp)

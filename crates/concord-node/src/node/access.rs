@@ -17,13 +17,13 @@ use concord_policy::Action;
 
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
-use crate::net::protocol::{AccessDecision, AccessRequest, new_request_id};
+use crate::net::protocol::{AccessDecision, AccessRequest, envelope, new_request_id, open_envelope};
 use crate::node::Node;
-use crate::store::entry::{LogEntry, b64};
+use crate::store::entry::{LogEntry, Notes, b64};
 use crate::store::state::{AccessRecord, DecisionRecord};
 
 /// Largest access-request or decision note.
-pub const MAX_ACCESS_NOTE: usize = 8 * 1024;
+pub const MAX_ACCESS_NOTE: usize = 16 * 1024;
 /// Access requests one member may have pending with one owner: filing costs the owner a log
 /// entry, so it is bounded.
 pub const MAX_PENDING: usize = 100;
@@ -116,21 +116,24 @@ impl Node {
             valid_until: now.saturating_add((ask.days as i64).saturating_mul(86_400)),
             time: now,
         };
-        let note = request.sign(&self.keys().signer)?;
+        let (note, details) = request.sign(&self.keys().signer)?;
+        let body = envelope(&note, &details);
         let resp =
-            peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", note.to_bytes(), budget())
+            peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", body.clone(), budget())
                 .await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.to_owned(), code, message });
         }
         let record = record_of(&request, "out");
-        self.state.put_access_request(&record, &note.to_bytes())?;
-        self.log_filed(&request, &note).await?;
+        self.state.put_access_request(&record, &body)?;
+        self.log_filed(&request, &note, &details).await?;
         Ok(record)
     }
 
-    async fn log_filed(&self, r: &AccessRequest, note: &Note) -> Result<(), NodeError> {
+    /// Logs an access request: its public note (actions, period); the purpose and legal basis
+    /// are details the two parties keep.
+    async fn log_filed(&self, r: &AccessRequest, note: &Note, details: &[u8]) -> Result<(), NodeError> {
         let entry = LogEntry::AccessRequestFiled {
             time: crate::store::entry::now(),
             request_id: r.request_id.clone(),
@@ -138,6 +141,7 @@ impl Node {
             owner: r.owner.clone(),
             dataset: r.dataset.clone(),
             request_note: b64(&note.to_bytes()),
+            notes: Notes::public(&self.charter().charter, Some(details), None, None),
         };
         self.log.append(entry.to_bytes()?).await?;
         Ok(())
@@ -151,8 +155,8 @@ impl Node {
                 body.len()
             )));
         }
-        let note = Note::parse(body)?;
-        let request = AccessRequest::from_text(note.text())?;
+        let (note, details) = open_envelope(body)?;
+        let request = AccessRequest::from_parts(&note, &details)?;
         if request.requester != tls_member {
             return Err(NodeError::UnknownMember(format!(
                 "the request names requester {} but the TLS connection is {tls_member}'s",
@@ -202,8 +206,8 @@ impl Node {
                 self.cfg.member, request.dataset
             )));
         }
-        self.log_filed(&request, &note).await?;
-        self.state.put_access_request(&record_of(&request, "in"), &note.to_bytes())?;
+        self.log_filed(&request, &note, &details).await?;
+        self.state.put_access_request(&record_of(&request, "in"), body)?;
         tracing::info!(request = %request.request_id, requester = %request.requester, dataset = %request.dataset, "access request filed");
         Ok(request.request_id)
     }
@@ -311,7 +315,7 @@ impl Node {
             reason: if reason.is_empty() { "approved".to_owned() } else { reason.to_owned() },
             time: now,
         };
-        let note = d.sign(&self.keys().signer)?;
+        let (note, details) = d.sign(&self.keys().signer)?;
         let entry = LogEntry::AccessRequestDecided {
             time: crate::store::entry::now(),
             request_id: id.to_owned(),
@@ -321,10 +325,11 @@ impl Node {
             decision: decision.to_owned(),
             valid_until: until,
             decision_note: b64(&note.to_bytes()),
+            notes: Notes::public(&self.charter().charter, Some(&details), None, None),
         };
         // Logged before the grant takes effect.
         self.log.append(entry.to_bytes()?).await?;
-        let note_bytes = note.to_bytes();
+        let note_bytes = envelope(&note, &details);
         self.state.decide_access(&DecisionRecord {
             id,
             status: decision,
@@ -341,7 +346,7 @@ impl Node {
                 card,
                 "POST",
                 "/v1/access/decision",
-                note.to_bytes(),
+                note_bytes.clone(),
                 budget(),
             )
             .await
@@ -373,7 +378,7 @@ impl Node {
         let card = charter.charter.member(tls_member).ok_or_else(|| {
             NodeError::UnknownMember(format!("{tls_member} is not a member of {}", self.federation()))
         })?;
-        let d = AccessDecision::verify(body, &card.verifier()?)
+        let (d, note, details) = AccessDecision::verify(body, &card.verifier()?)
             .map_err(|e| NodeError::BadSignature(format!("the decision is not {tls_member}'s: {e}")))?;
         let record = self
             .state
@@ -400,7 +405,8 @@ impl Node {
             dataset: d.dataset.clone(),
             decision: d.decision.clone(),
             valid_until: d.valid_until,
-            decision_note: b64(body),
+            decision_note: b64(&note.to_bytes()),
+            notes: Notes::public(&charter.charter, Some(&details), None, None),
         };
         self.log.append(entry.to_bytes()?).await?;
         self.state.decide_access(&DecisionRecord {

@@ -27,9 +27,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
-use crate::net::protocol::{QueryRequest, ReleaseReceipt};
+use crate::net::protocol::{ReleaseReceipt, RequestFacts, SignedRequest, commitment};
 use crate::node::Node;
 use crate::store::entry::LogEntry;
+use crate::store::state::NoteKind;
 use crate::store::tlog::{AccessFact, AuditState};
 
 /// Largest checkpoint read.
@@ -289,13 +290,15 @@ fn fact_of(
     let card = |id: &str| {
         cards.iter().find(|c| c.id == id).ok_or_else(|| format!("names {id}, who is not a member"))
     };
-    let note_of = |b64: &str, signer: &MemberCard| -> Result<(QueryRequest, String), String> {
+    // The public note of a request: signed by its requester; its details stay with the two
+    // parties, and its SHA-256 is what both logs must agree on.
+    let note_of = |b64: &str, signer: &MemberCard| -> Result<(RequestFacts, String), String> {
         let bytes = B64.decode(b64).map_err(|_| "holds a request note that is not base64".to_owned())?;
         let note = Note::parse(&bytes).map_err(|e| format!("holds a malformed request note: {e}"))?;
         let key = signer.verifier().map_err(|e| e.to_string())?;
         note.verify(std::slice::from_ref(&key))
             .map_err(|_| format!("holds a request note not signed by {}", signer.id))?;
-        let r = QueryRequest::from_text(note.text())
+        let r = RequestFacts::from_text(note.text())
             .map_err(|e| format!("holds a malformed request note: {e}"))?;
         Ok((r, concord_charter::hex(&Sha256::digest(&bytes))))
     };
@@ -321,43 +324,32 @@ fn fact_of(
             }
         }
         LogEntry::AccessServed {
-            request_id,
-            requester,
-            dataset,
-            decision,
-            result_sha256,
-            request_note,
-            ..
+            request_id, requester, dataset, decision, release, request_note, ..
         } => {
             if requester == member {
                 return Err("holds an access served to its own member".into());
             }
-            // Only a release can be reconciled against the requester; it must carry the
-            // requester's own signed request for it.
-            let note = if decision == "released" {
-                let (r, note) = note_of(request_note, card(requester)?)?;
-                if r.request_id != *request_id
-                    || r.requester != *requester
-                    || r.owner != member
-                    || r.dataset != *dataset
-                {
-                    return Err(differs());
-                }
-                Some(note)
-            } else {
-                None
-            };
+            // Every decision carries the requester's own signed request.
+            let (r, note) = note_of(request_note, card(requester)?)?;
+            if r.request_id != *request_id
+                || r.requester != *requester
+                || r.owner != member
+                || r.dataset != *dataset
+                || (decision == "released") != release.is_some()
+            {
+                return Err(differs());
+            }
             AccessFact {
                 index,
                 kind: "served",
                 request_id: request_id.clone(),
                 peer: requester.clone(),
                 decision: decision.clone(),
-                digest: result_sha256.clone(),
-                note,
+                digest: release.clone(),
+                note: Some(note),
             }
         }
-        LogEntry::AccessMade { request_id, owner, dataset, result_sha256, receipt, .. } => {
+        LogEntry::AccessMade { request_id, owner, dataset, release, receipt, .. } => {
             let bytes = B64.decode(receipt).map_err(|_| "holds a receipt that is not base64".to_owned())?;
             let key = card(owner)?.verifier().map_err(|e| e.to_string())?;
             let r = ReleaseReceipt::verify(&bytes, &key)
@@ -366,7 +358,7 @@ fn fact_of(
                 || r.owner != *owner
                 || r.requester != member
                 || r.dataset != *dataset
-                || r.result_sha256 != *result_sha256
+                || r.release != *release
             {
                 return Err(differs());
             }
@@ -376,7 +368,7 @@ fn fact_of(
                 request_id: request_id.clone(),
                 peer: owner.clone(),
                 decision: "made".into(),
-                digest: Some(result_sha256.clone()),
+                digest: Some(release.clone()),
                 note: None,
             }
         }
@@ -419,6 +411,11 @@ pub struct AuditReport {
     pub unreceived: Vec<Mismatch>,
     /// Evidence about the audited members' logs.
     pub evidence: Vec<crate::store::tlog::Evidence>,
+    /// The notes this node keeps of accesses it was a party to, checked against the salted
+    /// commitments of the entries verified in this audit (its own log's and its peers').
+    pub notes_checked: u64,
+    /// Notes that do not match their commitment, or are missing: each fails the audit.
+    pub notes_problems: Vec<String>,
 }
 
 impl AuditReport {
@@ -426,7 +423,53 @@ impl AuditReport {
         self.members.iter().all(|m| m.problems.is_empty())
             && self.mismatches.is_empty()
             && self.evidence.is_empty()
+            && self.notes_problems.is_empty()
     }
+}
+
+/// Checks the notes this node keeps of the accesses it was a party to against the
+/// commitments of `member`'s verified entries: the request's public note (whose signature
+/// commits to its details) and the release's details. Returns how many were checked.
+fn check_notes(
+    node: &Node,
+    member: &str,
+    facts: &[AccessFact],
+    problems: &mut Vec<String>,
+) -> Result<u64, NodeError> {
+    let me = node.cfg.member.as_str();
+    let mut checked = 0;
+    for f in facts.iter().filter(|f| member == me || f.peer == me) {
+        let mut problem = |what: String| {
+            if problems.len() < MAX_LISTED {
+                problems
+                    .push(format!("request {} ({member}'s log, entry {}): {what}", f.request_id, f.index));
+            }
+        };
+        if let Some(note) = &f.note {
+            match node.state.notes(&f.request_id, NoteKind::Request)? {
+                None => problem("this node keeps no notes of the request".into()),
+                Some(body) => match SignedRequest::from_bytes(&body) {
+                    Ok(r) if concord_charter::hex(&Sha256::digest(r.note.to_bytes())) == *note => {
+                        checked += 1
+                    }
+                    Ok(_) => problem("the request this node keeps is not the one the log commits to".into()),
+                    Err(e) => problem(format!("the request notes this node keeps do not hold together: {e}")),
+                },
+            }
+        }
+        if let Some(release) = &f.digest {
+            match node.state.notes(&f.request_id, NoteKind::Release)? {
+                Some(d) if commitment(&d) == *release => checked += 1,
+                Some(_) => {
+                    problem("the release details this node keeps are not those the log commits to".into())
+                }
+                // A requester that went down before the answer came has none (named as unreceived).
+                None if f.kind == "served" && member != me => {}
+                None => problem("this node keeps no details of the release".into()),
+            }
+        }
+    }
+    Ok(checked)
 }
 
 /// Audits `targets` (member ids) and reconciles them with each other and with this node's log.
@@ -465,6 +508,8 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
     }))
     .await;
     let mut members = Vec::new();
+    let mut notes_checked = 0;
+    let mut notes_problems = Vec::new();
     let mut origins = Vec::new();
     let mut verified = Vec::new();
     for ((card, origin, previous), step) in cards.iter().zip(steps) {
@@ -513,6 +558,7 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
                     report.problems.push(format!("entry {i} of {id}'s log {why}"));
                 }
                 node.log.store_audit_step(&origin, id, &g.state, &g.facts)?;
+                notes_checked += check_notes(node, id, &g.facts, &mut notes_problems)?;
                 verified.push(id.clone());
             }
         }
@@ -521,7 +567,7 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
     // Reconcile every pair of logs verified up to now, this audit's and earlier ones'.
     let (mismatches, unreceived) = node.log.reconcile(&wanted, MAX_LISTED)?;
     let evidence = node.log.evidence()?.into_iter().filter(|e| origins.contains(&e.origin)).collect();
-    Ok(AuditReport { members, mismatches, unreceived, evidence })
+    Ok(AuditReport { members, mismatches, unreceived, evidence, notes_checked, notes_problems })
 }
 
 #[cfg(test)]
@@ -699,19 +745,21 @@ mod tests {
             requester: "bravo".into(),
             dataset: "cases".into(),
             decision: "released".into(),
-            result_sha256: Some("00".into()),
-            groups_released: 1,
             request_note: B64.encode(b"not a note"),
-            reason: None,
+            policy: None,
+            cost: None,
+            release: Some("sha256:00".into()),
+            notes: None,
         };
         let made = LogEntry::AccessMade {
             time: 0,
             request_id: "0123456789abcdef0123456789abcdef".into(),
             owner: "bravo".into(),
             dataset: "cases".into(),
-            result_sha256: "00".into(),
+            release: "sha256:00".into(),
             owner_log_index: 0,
             receipt: B64.encode(b"junk"),
+            notes: None,
         };
         let entries = vec![served.to_bytes().expect("json"), made.to_bytes().expect("json")];
         let g = verify_growth(&a.card, &cards, &serve(&a, &b, &entries, 2), None, 1 << 20)

@@ -12,12 +12,16 @@ use concord_query::release::{BudgetReport, Rules};
 use sha2::{Digest, Sha256};
 
 use crate::NodeError;
-use crate::net::protocol::{FRESHNESS_SECS, QueryRequest, ReleaseReceipt};
+use crate::net::protocol::{
+    FRESHNESS_SECS, QueryRequest, ReleaseDetails, ReleaseReceipt, SignedRequest, commitment,
+};
 use crate::node::Node;
-use crate::store::entry::LogEntry;
+use crate::store::entry::{LogEntry, Notes};
+use crate::store::state::NoteKind;
 
-/// Largest query request note: it is kept, base64, in a log entry of at most 64 KiB.
-pub const MAX_REQUEST_NOTE: usize = 40 * 1024;
+/// Largest query request body (note and details, base64 in JSON): its note is kept in a log
+/// entry of at most 64 KiB, and its details in the entry too where notes are public.
+pub const MAX_REQUEST_BODY: usize = 40 * 1024;
 
 /// One sub-query to answer as an owner.
 pub struct Ask<'a> {
@@ -45,6 +49,11 @@ impl Node {
     /// peers' requests and for this member's own parts of a federated query.
     pub async fn answer_subquery(&self, ask: &Ask<'_>) -> Result<OwnerAnswer, NodeError> {
         let decided = self.decide_subquery(ask).await?;
+        self.run_decided(ask, &decided).await
+    }
+
+    /// Charges a decided sub-query's privacy cost, then runs it within the node's limits.
+    pub async fn run_decided(&self, ask: &Ask<'_>, decided: &Decided) -> Result<OwnerAnswer, NodeError> {
         let budget = match (&decided.plan.privacy, decided.plan.rules.policy.release.privacy.as_ref()) {
             (Some(p), Some(dp)) => Some(self.charge(ask, p.cost, dp)?),
             _ => None,
@@ -56,7 +65,7 @@ impl Node {
             .await
             .map_err(|_| NodeError::State("the node is stopping".into()))?;
         let exec = limits.exec();
-        let run = run_release(&decided.plan, ask.dataset, decided.table, &exec);
+        let run = run_release(&decided.plan, ask.dataset, decided.table.clone(), &exec);
         let mut answer =
             match tokio::time::timeout(std::time::Duration::from_secs(limits.subquery_timeout_secs), run)
                 .await
@@ -75,8 +84,8 @@ impl Node {
         // differential privacy the dataset's size is an exact count: not told.
         answer.rows_scanned = if decided.plan.privacy.is_some() { None } else { Some(decided.rows) };
         answer.report.budget = budget;
-        answer.report.grant = decided.grant;
-        answer.report.rule = Some(decided.rule);
+        answer.report.grant = decided.grant.clone();
+        answer.report.rule = Some(decided.rule.clone());
         Ok(answer)
     }
 
@@ -210,16 +219,17 @@ impl Node {
     }
 }
 
-/// Checks before authentication: size, syntax, the TLS identity, the member's signature.
-fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, QueryRequest), NodeError> {
-    if body.len() > MAX_REQUEST_NOTE {
+/// Checks before authentication: size, syntax, the TLS identity, the member's signature, the
+/// details the note commits to.
+fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedRequest, NodeError> {
+    if body.len() > MAX_REQUEST_BODY {
         return Err(NodeError::TooLarge(format!(
-            "a request note of {} bytes is over {MAX_REQUEST_NOTE}; it must fit a log entry, so shorten the SQL",
+            "a request of {} bytes is over {MAX_REQUEST_BODY}; shorten the SQL",
             body.len()
         )));
     }
-    let note = Note::parse(body)?;
-    let request = QueryRequest::from_text(note.text())?;
+    let signed = SignedRequest::from_bytes(body)?;
+    let request = &signed.request;
     if request.requester != tls_member {
         return Err(NodeError::UnknownMember(format!(
             "the request names requester {} but the TLS connection is {tls_member}'s",
@@ -230,13 +240,13 @@ fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, Que
     let requester = charter.charter.member(&request.requester).ok_or_else(|| {
         NodeError::UnknownMember(format!("{} is not a member of {}", request.requester, node.federation()))
     })?;
-    note.verify(std::slice::from_ref(&requester.verifier()?)).map_err(|e| {
+    signed.note.verify(std::slice::from_ref(&requester.verifier()?)).map_err(|e| {
         NodeError::BadSignature(format!(
             "request {} is not signed by {}'s key: {e}",
             request.request_id, requester.id
         ))
     })?;
-    Ok((note, request))
+    Ok(signed)
 }
 
 /// Freshness and replay: a request from another time, or seen before, is no new access.
@@ -260,50 +270,78 @@ fn fresh_and_new(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// The owner's whole check of a peer's request, then the release. Returns the signed receipt
-/// and the Arrow IPC bytes it covers.
+/// What the owner answers a released request with: the signed receipt, the release's details
+/// (which the receipt commits to) and the Arrow IPC bytes.
+pub struct Served {
+    pub receipt: Note,
+    pub details: Vec<u8>,
+    pub ipc: Vec<u8>,
+}
+
+/// The owner's whole check of a peer's request, then the release.
 ///
 /// What is not an access (a malformed, unsigned, stale or replayed request) is counted per
 /// member and logged as a count, so that no member can grow this log without bound. Every
 /// authenticated, fresh request is logged with its decision (`released`, `refused:<code>` or
 /// `failed:<code>`) before anything is answered; errors carry codes and data-free reasons only.
-pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(Note, Vec<u8>), NodeError> {
-    let (note, request) = match authenticate(node, tls_member, body) {
+/// The log holds the request's public note and the release's salted commitment; the details
+/// stay with the two parties (unless the charter makes notes public).
+pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<Served, NodeError> {
+    let signed = match authenticate(node, tls_member, body) {
         Ok(x) => x,
         Err(e) => {
             node.state.count_refusal(tls_member, e.code())?;
             return Err(e);
         }
     };
-    if let Err(e) = fresh_and_new(node, &request) {
+    let request = &signed.request;
+    if let Err(e) = fresh_and_new(node, request) {
         // A replay of a request that was released gets that release again, byte for byte: a
         // retry after a lost answer, never a fresh noise draw. It is no new access.
         if matches!(e, NodeError::Replayed(_)) {
             let forget = chrono::Utc::now().timestamp() - 2 * FRESHNESS_SECS - 60;
             if let Some((receipt, ipc)) =
                 node.state.kept_release(&request.request_id, &request.requester, forget)?
+                && let Some(details) = node.state.notes(&request.request_id, NoteKind::Release)?
             {
-                return Ok((Note::parse(&receipt)?, ipc));
+                return Ok(Served { receipt: Note::parse(&receipt)?, details, ipc });
             }
         }
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
     }
-    let note_bytes = note.to_bytes();
-    match decide_and_run(node, &request).await {
-        Ok((answer, ipc)) => {
-            let result_sha256 = concord_charter::hex(&Sha256::digest(&ipc));
+    node.state.keep_notes(&request.request_id, NoteKind::Request, body)?;
+    match decide_and_run(node, request).await {
+        Ok((answer, ipc, decided)) => {
+            let details = ReleaseDetails {
+                salt: signed.salt.clone(),
+                result_sha256: concord_charter::hex(&Sha256::digest(&ipc)),
+                rows_scanned: answer.rows_scanned,
+                groups_released: answer.groups_released,
+                release: answer.report.clone(),
+            }
+            .to_bytes();
+            let release = commitment(&details);
+            let cost = answer
+                .report
+                .budget
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |b| format!("{} {}", b.parameter, b.charged));
+            let policy = format!("sha256:{}", decided.plan.rules.policy.digest());
+            let charter = node.charter();
             let entry = LogEntry::AccessServed {
                 time: crate::store::entry::now(),
                 request_id: request.request_id.clone(),
                 requester: request.requester.clone(),
                 dataset: request.dataset.clone(),
                 decision: "released".into(),
-                result_sha256: Some(result_sha256.clone()),
-                groups_released: answer.groups_released,
-                request_note: crate::store::entry::b64(&note_bytes),
-                reason: None,
+                request_note: crate::store::entry::b64(&signed.note.to_bytes()),
+                policy: Some(policy.clone()),
+                cost: Some(cost.clone()),
+                release: Some(release.clone()),
+                notes: Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
             };
+            node.state.keep_notes(&request.request_id, NoteKind::Release, &details)?;
             // Invariant: nothing is released before its "access served" entry is on disk.
             let log_index = node.log.append(entry.to_bytes()?).await?;
             let receipt = ReleaseReceipt {
@@ -312,48 +350,49 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 owner: node.cfg.member.clone(),
                 requester: request.requester.clone(),
                 dataset: request.dataset.clone(),
-                result_sha256,
-                rows_scanned: answer.rows_scanned,
-                groups_released: answer.groups_released,
+                request_note: signed.note_digest(),
+                policy,
+                cost,
+                release,
                 log_index,
-                release: answer.report.clone(),
             };
             tracing::info!(
                 request = %request.request_id,
                 requester = %request.requester,
                 dataset = %request.dataset,
-                groups = answer.groups_released,
                 log_index,
                 "released partial aggregate"
             );
             let receipt = receipt.sign(&node.keys().signer)?;
             node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
-            Ok((receipt, ipc))
+            Ok(Served { receipt, details, ipc })
         }
-        Err(e) => Err(log_refusal(node, &request, &note_bytes, e).await?),
+        Err(e) => Err(log_refusal(node, &signed, e).await?),
     }
 }
 
-/// Logs a request refused (or failed) with the data-free reason the requester is sent, and
-/// returns that reason.
-async fn log_refusal(
-    node: &Node,
-    request: &QueryRequest,
-    note_bytes: &[u8],
-    e: NodeError,
-) -> Result<NodeError, NodeError> {
+/// Logs a request refused (or failed) with its code (its reason, which may quote the SQL, is a
+/// note the parties keep), and returns the data-free reason the requester is sent.
+async fn log_refusal(node: &Node, signed: &SignedRequest, e: NodeError) -> Result<NodeError, NodeError> {
+    let request = &signed.request;
     let (decision, wire) = for_the_wire(&node.cfg.member, &request.request_id, e);
+    let reason = wire.to_string();
+    let policy =
+        node.datasets().await?.map.get(&request.dataset).map(|d| format!("sha256:{}", d.policy.digest()));
+    let charter = node.charter();
     let entry = LogEntry::AccessServed {
         time: crate::store::entry::now(),
         request_id: request.request_id.clone(),
         requester: request.requester.clone(),
         dataset: request.dataset.clone(),
         decision,
-        result_sha256: None,
-        groups_released: 0,
-        request_note: crate::store::entry::sha256(note_bytes),
-        reason: Some(wire.to_string()),
+        request_note: crate::store::entry::b64(&signed.note.to_bytes()),
+        policy,
+        cost: None,
+        release: None,
+        notes: Notes::public(&charter.charter, Some(&signed.details), None, Some(&reason)),
     };
+    node.state.keep_notes(&request.request_id, NoteKind::Reason, reason.as_bytes())?;
     node.log.append(entry.to_bytes()?).await?;
     Ok(wire)
 }
@@ -370,13 +409,14 @@ fn reservation_end(request: &QueryRequest) -> i64 {
 /// then spent); a pass releases nothing and logs nothing: the request itself comes next, or a
 /// cancellation. So a query that any owner refuses costs no budget at any other.
 pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
-    let (note, request) = match authenticate(node, tls_member, body) {
+    let signed = match authenticate(node, tls_member, body) {
         Ok(x) => x,
         Err(e) => {
             node.state.count_refusal(tls_member, e.code())?;
             return Err(e);
         }
     };
+    let request = &signed.request;
     let now = chrono::Utc::now().timestamp();
     let fresh = if now.abs_diff(request.time) > FRESHNESS_SECS.unsigned_abs() {
         Err(NodeError::Stale(format!(
@@ -393,13 +433,13 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         return Err(e);
     }
     let checked = async {
-        addressed(node, &request)?;
-        let ask = ask_of(&request);
+        addressed(node, request)?;
+        let ask = ask_of(request);
         let decided = node.decide_subquery(&ask).await?;
         if let (Some(p), Some(dp)) =
             (&decided.plan.privacy, decided.plan.rules.policy.release.privacy.as_ref())
         {
-            node.spend(&ask, p.cost, dp, Some(reservation_end(&request)))?;
+            node.spend(&ask, p.cost, dp, Some(reservation_end(request)))?;
         }
         Ok::<_, NodeError>(())
     }
@@ -414,7 +454,8 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 now,
                 now - 2 * FRESHNESS_SECS - 60,
             )?;
-            Err(log_refusal(node, &request, &note.to_bytes(), e).await?)
+            node.state.keep_notes(&request.request_id, NoteKind::Request, body)?;
+            Err(log_refusal(node, &signed, e).await?)
         }
     }
 }
@@ -422,7 +463,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
 /// A requester withdraws a checked request (another owner refused it): its reservation is
 /// released and the request id spent, so it can no longer run. Nothing was released.
 pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
-    let (_, request) = authenticate(node, tls_member, body)?;
+    let request = authenticate(node, tls_member, body)?.request;
     let now = chrono::Utc::now().timestamp();
     node.state.record_request(&request.request_id, &request.requester, now, now - 2 * FRESHNESS_SECS - 60)?;
     node.state.cancel_reservation(&request.request_id, &request.requester)?;
@@ -461,11 +502,16 @@ fn ask_of(request: &QueryRequest) -> Ask<'_> {
 }
 
 /// Every check after authentication, then the run.
-async fn decide_and_run(node: &Node, request: &QueryRequest) -> Result<(OwnerAnswer, Vec<u8>), NodeError> {
+async fn decide_and_run(
+    node: &Node,
+    request: &QueryRequest,
+) -> Result<(OwnerAnswer, Vec<u8>, Decided), NodeError> {
     addressed(node, request)?;
-    let answer = node.answer_subquery(&ask_of(request)).await?;
+    let ask = ask_of(request);
+    let decided = node.decide_subquery(&ask).await?;
+    let answer = node.run_decided(&ask, &decided).await?;
     let ipc = concord_query::ipc::encode(&answer.schema, &answer.batches)?;
-    Ok((answer, ipc))
+    Ok((answer, ipc, decided))
 }
 
 /// The leading words of an error message that hold no value from the data: `Arrow error: Cast

@@ -19,9 +19,10 @@ use sha2::{Digest, Sha256};
 
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
-use crate::net::protocol::{QueryRequest, ReleaseReceipt, new_request_id};
+use crate::net::protocol::{QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id};
 use crate::node::{Catalog, Node};
-use crate::store::entry::LogEntry;
+use crate::store::entry::{LogEntry, Notes};
+use crate::store::state::NoteKind;
 
 /// Largest catalog answer read from a member.
 pub const MAX_CATALOG_BYTES: usize = 4 * 1024 * 1024;
@@ -373,18 +374,28 @@ impl Node {
             purpose: purpose.to_owned(),
             sql: sql.to_owned(),
         };
-        let note = request.sign(&self.keys().signer)?;
+        let signed = request.sign(&self.keys().signer)?;
         // Invariant: a request is on disk in this log before it is sent, so that whatever
-        // crashes, the owner's "access served" has its twin here.
+        // crashes, the owner's "access served" has its twin here. The log holds its public
+        // note; the details (SQL, purpose) stay with the two parties.
         let asked = LogEntry::AccessRequested {
             time: crate::store::entry::now(),
             request_id: request.request_id.clone(),
             owner: owner.id.clone(),
             dataset: part.dataset.clone(),
-            request_note: crate::store::entry::b64(&note.to_bytes()),
+            request_note: crate::store::entry::b64(&signed.note.to_bytes()),
+            notes: Notes::public(&charter.charter, Some(&signed.details), None, None),
         };
+        let body = signed.to_bytes();
+        self.state.keep_notes(&request.request_id, NoteKind::Request, &body)?;
         self.log.append(asked.to_bytes()?).await?;
-        Ok(Prepared { part: part.clone(), request, note: note.to_bytes() })
+        Ok(Prepared {
+            part: part.clone(),
+            note_digest: signed.note_digest(),
+            salt: signed.salt,
+            request,
+            body,
+        })
     }
 
     /// Sends a prepared request to its owner's check round (`check`) or withdraws it.
@@ -396,7 +407,7 @@ impl Node {
         let budget =
             Budget { timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs), max_bytes: 64 * 1024 };
         let resp =
-            peer_call_with(&self.keys().tls, owner, "POST", path, prepared.note.clone(), budget).await?;
+            peer_call_with(&self.keys().tls, owner, "POST", path, prepared.body.clone(), budget).await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
@@ -417,7 +428,7 @@ impl Node {
             max_bytes: concord_query::ipc::MAX_IPC_BYTES,
         };
         let resp =
-            peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", prepared.note.clone(), budget)
+            peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", prepared.body.clone(), budget)
                 .await?;
         if resp.status != 200 {
             let (code, message) = resp.error_parts();
@@ -428,25 +439,37 @@ impl Node {
             code: "bad_receipt".into(),
             message,
         };
-        let receipt_b64 = resp
-            .headers
-            .get(RECEIPT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| bad("the answer carries no receipt".into()))?;
-        let receipt_bytes = B64.decode(receipt_b64).map_err(|_| bad("receipt is not base64".into()))?;
+        let header = |name: &str| -> Result<Vec<u8>, NodeError> {
+            let v = resp
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| bad(format!("the answer carries no {name} header")))?;
+            B64.decode(v).map_err(|_| bad(format!("the {name} header is not base64")))
+        };
+        let receipt_bytes = header(RECEIPT_HEADER)?;
+        let details = header(RELEASE_DETAILS_HEADER)?;
         let receipt = ReleaseReceipt::verify(&receipt_bytes, &owner.verifier()?)
             .map_err(|e| bad(format!("receipt does not verify: {e}")))?;
-        let digest = concord_charter::hex(&Sha256::digest(&resp.body));
         if receipt.request_id != request.request_id
             || receipt.owner != owner.id
             || receipt.requester != self.cfg.member
             || receipt.dataset != part.dataset
             || receipt.federation != request.federation
+            || receipt.request_note != prepared.note_digest
         {
             return Err(bad("receipt is for another request".into()));
         }
-        if receipt.result_sha256 != digest {
-            return Err(bad("result does not match the digest in the receipt".into()));
+        if receipt.release != commitment(&details) {
+            return Err(bad("the release's details are not those the receipt commits to".into()));
+        }
+        let released =
+            ReleaseDetails::from_bytes(&details).map_err(|e| bad(format!("release details: {e}")))?;
+        if released.salt != prepared.salt {
+            return Err(bad("the release's details are salted for another request".into()));
+        }
+        if released.result_sha256 != concord_charter::hex(&Sha256::digest(&resp.body)) {
+            return Err(bad("result does not match the digest in the release's details".into()));
         }
         let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
             member: owner.id.clone(),
@@ -459,23 +482,22 @@ impl Node {
             request_id: receipt.request_id.clone(),
             owner: owner.id.clone(),
             dataset: part.dataset.clone(),
-            result_sha256: receipt.result_sha256.clone(),
+            release: receipt.release.clone(),
             owner_log_index: receipt.log_index,
             receipt: crate::store::entry::b64(&receipt_bytes),
+            notes: Notes::public(&charter.charter, None, Some(&details), None),
         };
+        self.state.keep_notes(&receipt.request_id, NoteKind::Release, &details)?;
         self.log.append(entry.to_bytes()?).await?;
         Ok(PartialAnswer {
             batches,
             contribution: Contribution {
                 member: owner.id.clone(),
                 dataset: part.dataset.clone(),
-                rows_scanned: receipt.rows_scanned,
-                groups_released: receipt.groups_released,
-                receipt_digest: Some(format!(
-                    "sha256:{}",
-                    concord_charter::hex(&Sha256::digest(&receipt_bytes))
-                )),
-                release: receipt.release,
+                rows_scanned: released.rows_scanned,
+                groups_released: released.groups_released,
+                receipt_digest: Some(commitment(&receipt_bytes)),
+                release: released.release,
             },
         })
     }
@@ -483,13 +505,19 @@ impl Node {
 
 /// Response header that carries the owner's signed receipt, base64.
 pub const RECEIPT_HEADER: &str = "concord-receipt";
+/// Response header that carries the release's details (what the receipt commits to), base64.
+pub const RELEASE_DETAILS_HEADER: &str = "concord-release-details";
 
 /// A sub-query's signed request, logged and ready to send.
 pub struct Prepared {
     pub part: Part,
     pub request: QueryRequest,
-    /// The signed request note.
-    pub note: Vec<u8>,
+    /// The body that travels: the signed public note with its details.
+    pub body: Vec<u8>,
+    /// `sha256:<hex>` of the signed public note.
+    pub note_digest: String,
+    /// The details' salt, which salts the release's details too.
+    pub salt: String,
 }
 
 /// The requester's transport to owners: the peer protocol, or in-process for its own datasets.

@@ -1,6 +1,8 @@
 //! What a node writes to its transparency log: one JSON object per entry, tagged by `kind`.
 //!
-//! Invariant: entries hold ids, digests, decisions and signed request notes; never dataset rows.
+//! Invariant: entries hold ids, digests, decisions and signed public notes; never dataset rows,
+//! and, unless the charter makes notes public, never the SQL, purpose, legal basis, reason or
+//! sizes of an access: those are details the two parties keep, committed to by salted hashes.
 //! Every entry stays under 64 KiB (the tile format's limit), which the log enforces.
 
 use base64::Engine as _;
@@ -19,18 +21,23 @@ pub enum LogEntry {
         request_id: String,
         requester: String,
         dataset: String,
-        /// `released` or `refused:<code>`.
+        /// `released`, `refused:<code>` or `failed:<code>`.
         decision: String,
-        /// Hex SHA-256 of the released Arrow IPC bytes.
-        result_sha256: Option<String>,
-        groups_released: u64,
-        /// The signed request note, base64, for a release; for a refusal or failure, `sha256:<hex>`
-        /// of it (a refusal releases nothing, and a member could otherwise fill this log with
-        /// large refused requests).
+        /// The requester's signed request note, base64: its public facts and a salted
+        /// commitment to its details (SQL, purpose), which stay with the two parties.
         request_note: String,
-        /// For a refusal or failure: the code and data-free reason the requester was sent.
+        /// `sha256:<hex>` of the dataset's policy in force, where the dataset exists.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
+        policy: Option<String>,
+        /// The privacy cost charged (`rho 0.005`), for a release under differential privacy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost: Option<String>,
+        /// For a release: `sha256:<hex>` of its details (salted), as the receipt repeats it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<String>,
+        /// The notes, where the charter shows them to every member.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notes: Option<Notes>,
     },
     /// Requester side: a signed request, written before it is sent, so that after any crash
     /// the owner's "access served" has its twin here whether or not the answer came back.
@@ -39,8 +46,10 @@ pub enum LogEntry {
         request_id: String,
         owner: String,
         dataset: String,
-        /// The signed request note, base64.
+        /// The signed request note, base64 (public facts and a commitment to the details).
         request_note: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notes: Option<Notes>,
     },
     /// Owner side: requests that were no access (malformed, unsigned, stale, replayed, over the
     /// rate limit), counted per member and code since the previous such entry.
@@ -51,10 +60,13 @@ pub enum LogEntry {
         request_id: String,
         owner: String,
         dataset: String,
-        result_sha256: String,
+        /// `sha256:<hex>` of the release's details (salted), as the receipt states it.
+        release: String,
         owner_log_index: u64,
         /// The owner's signed receipt note, base64.
         receipt: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notes: Option<Notes>,
     },
     /// A charter version this node accepted.
     CharterAccepted { time: i64, version: u64, digest: String, signers: Vec<String> },
@@ -96,8 +108,11 @@ pub enum LogEntry {
         requester: String,
         owner: String,
         dataset: String,
-        /// The signed access-request note, base64.
+        /// The signed access-request note, base64: actions and period, and a salted commitment
+        /// to the purpose and legal basis, which stay with the two parties.
         request_note: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notes: Option<Notes>,
     },
     /// An owner's decision on an access request (approved, refused, revoked), with its signed note.
     AccessRequestDecided {
@@ -108,8 +123,10 @@ pub enum LogEntry {
         dataset: String,
         decision: String,
         valid_until: i64,
-        /// The owner's signed decision note, base64.
+        /// The owner's signed decision note, base64: with a salted commitment to its reason.
         decision_note: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notes: Option<Notes>,
     },
     /// A dataset's usage policy set: `sha256:<hex>` of the policy file, and its classification.
     PolicySet { time: i64, dataset: String, policy_sha256: String, classification: String },
@@ -131,6 +148,37 @@ impl LogEntry {
             witness_vkey: card.witness_vkey.clone(),
             tls_pin: card.tls_pin.clone(),
         }
+    }
+}
+
+/// The details of an access as the two parties keep them, written into the log only where the
+/// charter shows notes to every member (`access-notes public`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notes {
+    /// The details of the request (or access request, or decision), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    /// The details of a release, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The reason a request was refused, as its requester was told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Notes {
+    /// The notes to log: `Some` only where the charter makes them public.
+    pub fn public(
+        charter: &concord_charter::Charter,
+        details: Option<&[u8]>,
+        release: Option<&[u8]>,
+        reason: Option<&str>,
+    ) -> Option<Self> {
+        (charter.access_notes == concord_charter::AccessNotes::Public).then(|| Self {
+            details: details.map(b64),
+            release: release.map(b64),
+            reason: reason.map(str::to_owned),
+        })
     }
 }
 

@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS budget_charges (
     charged_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS budget_charges_by_dataset ON budget_charges (dataset, requester);
+CREATE TABLE IF NOT EXISTS access_notes (
+    request_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    kept_at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, kind)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS budget_reservations (
     request_id TEXT PRIMARY KEY,
     dataset TEXT NOT NULL,
@@ -116,6 +123,27 @@ CREATE TABLE IF NOT EXISTS refusal_counts (
     PRIMARY KEY (member, code)
 ) WITHOUT ROWID;
 ";
+
+/// What the notes of an access kept by its parties are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteKind {
+    /// The signed request with its details (the wire body).
+    Request,
+    /// A release's details.
+    Release,
+    /// A refusal's reason, as the requester was told.
+    Reason,
+}
+
+impl NoteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Release => "release",
+            Self::Reason => "reason",
+        }
+    }
+}
 
 /// A registered dataset, as the registry keeps it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -609,6 +637,31 @@ impl State {
             .query_row("SELECT 1 FROM seen_requests WHERE id = ?1", params![id], |_| Ok(()))
             .optional()
             .map(|r| r.is_some())
+            .map_err(db)
+    }
+
+    /// Keeps the notes of an access that this node was a party to: `request` (the signed
+    /// request with its details), `release` (a release's details), `reason` (a refusal's
+    /// reason). The logs hold only their salted commitments; audits check these against them.
+    pub fn keep_notes(&self, request_id: &str, kind: NoteKind, body: &[u8]) -> Result<(), NodeError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO access_notes (request_id, kind, body, kept_at) VALUES (?1, ?2, ?3, ?4)",
+                params![request_id, kind.as_str(), body, chrono::Utc::now().timestamp()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The notes of one kind kept for an access.
+    pub fn notes(&self, request_id: &str, kind: NoteKind) -> Result<Option<Vec<u8>>, NodeError> {
+        self.lock()
+            .query_row(
+                "SELECT body FROM access_notes WHERE request_id = ?1 AND kind = ?2",
+                params![request_id, kind.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
             .map_err(db)
     }
 
