@@ -6,6 +6,7 @@ mod governance;
 mod hostile;
 mod peer_refusals;
 mod policy;
+mod privacy;
 mod smoke;
 mod support;
 mod tlog;

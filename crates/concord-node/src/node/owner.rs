@@ -432,6 +432,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
     }
+    node.state.keep_notes(&request.request_id, NoteKind::Request, body)?;
     let checked = async {
         addressed(node, request)?;
         let ask = ask_of(request);
