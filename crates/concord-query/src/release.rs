@@ -13,11 +13,16 @@
 //!              -> Aggregate(keys, unit; per-unit sums)            contributions of one unit to one group
 //!              -> Project(capped at max_rows_per_group)  -> Window(row_number per unit, random order)
 //!              -> Filter(rank <= max_groups_per_unit)             at most L0 groups per unit
-//!              -> Aggregate(keys; sums, units) -> suppress under k, keep public or thresholded keys, add noise
+//!              -> Aggregate(keys; sums, units) -> noise, then: every public key (zeros included),
+//!                 or groups whose noisy count of units reaches the threshold, or the one global group
 //! ```
 //!
-//! Invariant: every value released from personal data stands for at least the minimum group
-//! size of distinct privacy units, counted exactly before any noise.
+//! Invariant: in an exact release, every value released from personal data stands for at least
+//! the minimum group size of distinct privacy units, counted exactly.
+//! Invariant: under differential privacy, no decision that shapes a release depends on an exact
+//! count: groups appear by public key sets or by a noisy count of units that must reach a
+//! threshold of at least the minimum group size; no FILTER set is gated; a global aggregate is
+//! always answered; the group limit counts groups that passed.
 //! Invariant: a column is used only as its mode allows, wherever it appears (select list, WHERE,
 //! GROUP BY, aggregate arguments and their FILTER clauses, inside CASE, casts and functions).
 

@@ -118,6 +118,10 @@ enum Command {
         /// important (core never does).
         #[arg(long = "cross-borders")]
         cross_borders: Option<String>,
+        /// Who reads the notes of accesses (SQL, purpose, legal basis, sizes) in the logs:
+        /// `parties` (the default: the two parties, others see salted commitments) or `public`.
+        #[arg(long = "access-notes")]
+        access_notes: Option<String>,
         /// `M/N`: M yes signatures of the N members adopt the next version.
         #[arg(long)]
         threshold: Option<String>,
@@ -620,6 +624,7 @@ async fn run(cli: Cli) -> Result<()> {
             schemas,
             min_group_size,
             cross_borders,
+            access_notes,
             threshold,
             witness_quorum,
             expires,
@@ -664,6 +669,12 @@ async fn run(cli: Cli) -> Result<()> {
                     anyhow::bail!("--cross-borders {c:?}: write public, general or important");
                 }
                 changes.push(serde_json::json!({ "change": "cross-borders", "ceiling": c }));
+            }
+            if let Some(v) = access_notes {
+                if concord_charter::AccessNotes::parse(&v).is_none() {
+                    anyhow::bail!("--access-notes {v:?}: write parties or public");
+                }
+                changes.push(serde_json::json!({ "change": "access-notes", "visibility": v }));
             }
             if let Some(t) = threshold {
                 let m = t
