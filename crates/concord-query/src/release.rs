@@ -753,7 +753,7 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
             }
         }
         let privacy = match &policy.release.privacy {
-            Some(dp) => Some(privacy_plan(&policy, dp, &rules.baseline, groups, aggs)?),
+            Some(dp) => Some(privacy_plan(&policy, dp, &rules.baseline, groups, aggs, &subquery.columns)?),
             None => None,
         };
         let min_group_size = policy.min_group_size(&rules.baseline);
@@ -820,6 +820,7 @@ fn privacy_plan(
     baseline: &Baseline,
     groups: &[Expr],
     aggs: &[AggSpec],
+    columns: &DFSchema,
 ) -> Result<PrivacyPlan, QueryError> {
     let l0 = u64::from(dp.max_groups_per_unit);
     let linf = u64::from(dp.max_rows_per_group);
@@ -860,7 +861,7 @@ fn privacy_plan(
         .collect();
     let kind = match (groups.is_empty(), public) {
         (true, _) => None,
-        (false, Some(sets)) => Some(Ok(sets)),
+        (false, Some(sets)) => Some(Ok(typed_keys(groups, sets, columns)?)),
         (false, None) => Some(Err(())),
     };
     if matches!(kind, Some(Err(()))) && dp.delta.is_none() {
@@ -902,6 +903,56 @@ fn privacy_plan(
         groups,
         fixed_point: dp.fixed_point(),
     })
+}
+
+/// The public keys of each group column as its own type writes them (`1.5` for a decimal key
+/// written `1.50`, `true` for `TRUE`), each once: data and keys are then compared as values.
+/// A key that is no value of its column's type is the policy's error, named before anything
+/// runs or is charged.
+fn typed_keys(
+    groups: &[Expr],
+    sets: Vec<Vec<String>>,
+    columns: &DFSchema,
+) -> Result<Vec<Vec<String>>, QueryError> {
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::util::display::array_value_to_string;
+    groups
+        .iter()
+        .zip(sets)
+        .map(|(g, keys)| {
+            let ty = g.get_type(columns).map_err(QueryError::plan)?;
+            let text: ArrayRef = Arc::new(StringArray::from(keys.clone()));
+            let typed = cast(&text, &ty).ok().filter(|t| t.null_count() == 0).ok_or_else(|| {
+                policy_refusal(format!(
+                    "the public keys of group column {g} ({}) are not all values of its type {ty}; the owner's policy \
+                     must list values of that type",
+                    keys.join(", ")
+                ))
+            })?;
+            let mut out: Vec<String> = Vec::new();
+            for i in 0..typed.len() {
+                let v = array_value_to_string(&typed, i).map_err(|e| QueryError::Execution(e.to_string()))?;
+                if !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+impl ReleasePlan {
+    /// Under differential privacy with public keys, the groups every release holds (the
+    /// combinations of keys): fixed by the policy, so checked against the group limit before
+    /// anything runs or is charged.
+    pub fn public_groups(&self) -> Option<u64> {
+        match self.privacy.as_ref().map(|p| &p.groups) {
+            Some(DpGroups::Public(sets)) => {
+                Some(sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Whether every privacy unit of `table` has exactly one row (no unit null, none repeated):

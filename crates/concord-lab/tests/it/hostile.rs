@@ -12,12 +12,11 @@ use concord_lab::demo::api_query;
 use concord_log::Note;
 use concord_log::checkpoint::Checkpoint;
 use concord_node::net::client::local_call;
-use concord_node::net::protocol::{ReleaseDetails, ReleaseReceipt, SignedRequest, commitment};
+use concord_node::net::protocol::{ReleaseDetails, ReleaseReceipt, SignedRequest, commitment, result_digest};
 use concord_node::store::entry::LogEntry;
 use concord_query::dataset::shared_arrow_schema;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::ipc as fb;
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::{Fed, Impostor, audit, cases_schema, eventually, members_with, settle, three_members};
@@ -52,7 +51,7 @@ fn served(fed: &Fed, owner: &str, request_id: &str) -> Vec<(String, Option<Strin
     let reason = fed.nodes[i]
         .node
         .state
-        .notes(request_id, concord_node::store::state::NoteKind::Reason)
+        .notes(request_id, "alpha", concord_node::store::state::NoteKind::Reason)
         .expect("notes")
         .map(|r| String::from_utf8_lossy(&r).into_owned());
     entries(fed, owner)
@@ -240,7 +239,7 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
                     let r = SignedRequest::from_bytes(&body).expect("request");
                     let details = ReleaseDetails {
                         salt: r.salt.clone(),
-                        result_sha256: concord_charter::hex(&Sha256::digest(&answer)),
+                        result_sha256: result_digest(&r.salt, &answer),
                         rows_scanned: Some(1),
                         groups_released: 1,
                         release: Default::default(),

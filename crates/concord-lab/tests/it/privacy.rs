@@ -420,7 +420,7 @@ async fn a_query_one_owner_refuses_spends_no_budget_at_any_other() {
     }
     let bravo = db(&fed, "bravo");
     assert_eq!(count(&bravo, "SELECT count(*) FROM budget_charges"), 0, "bravo charged nothing");
-    assert_eq!(count(&bravo, "SELECT count(*) FROM budget_reservations"), 0, "and holds nothing back");
+    assert_eq!(node_of(&fed, "bravo").state.reserved(), 0, "and holds nothing back");
     // The withdrawn requests cannot be run later: their ids are spent at bravo.
     let requested: Vec<String> = entries(&fed, "alpha")
         .into_iter()
@@ -431,7 +431,7 @@ async fn a_query_one_owner_refuses_spends_no_budget_at_any_other() {
         .collect();
     assert_eq!(requested.len(), 3);
     for id in &requested {
-        assert!(node_of(&fed, "bravo").state.request_seen(id).expect("state"), "{id}");
+        assert!(node_of(&fed, "bravo").state.request_seen(id, "alpha").expect("state"), "{id}");
     }
     // With a partial answer asked for, each owner answers on its own: bravo's release is used
     // and charged, whatever charlie says.
@@ -448,11 +448,7 @@ async fn a_query_one_owner_refuses_spends_no_budget_at_any_other() {
     ask(alpha, sql, "analysis", false).await.expect("every owner answers");
     assert_eq!(count(&bravo, "SELECT count(*) FROM budget_charges"), 2);
     assert_eq!(count(&db(&fed, "charlie"), "SELECT count(*) FROM budget_charges"), 1);
-    assert_eq!(
-        count(&bravo, "SELECT count(*) FROM budget_reservations"),
-        0,
-        "the reservation became the charge"
-    );
+    assert_eq!(node_of(&fed, "bravo").state.reserved(), 0, "the reservation became the charge");
     fed.stop().await;
 }
 
@@ -696,4 +692,67 @@ async fn the_sample_demos_oracles_are_closed() {
     .expect("answered");
     assert_eq!(rows(&r).len(), 2, "both of bravo's regions: {:?}", rows(&r));
     demo.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_members_request_ids_and_misaddressed_notes_harm_no_one() {
+    let fed = people_federation().await;
+    let alpha = fed.member("alpha");
+    ask(alpha, "SELECT count(*) AS n FROM bravo.people", "analysis", false).await.expect("runs");
+    let x = entries(&fed, "alpha")
+        .into_iter()
+        .find_map(|e| match e {
+            LogEntry::AccessRequested { request_id, .. } => Some(request_id),
+            _ => None,
+        })
+        .expect("alpha asked");
+    let charlie = crate::support::Impostor::of(&fed, "charlie");
+    let mut r = charlie.request("bravo", "SELECT count(1) AS p0 FROM people");
+    r.dataset = "people".into();
+    r.request_id = x.clone();
+    let body = r.sign(&charlie.signer).expect("sign").to_bytes();
+    // Charlie cannot withdraw alpha's request, nor one it never checked: counted, nothing done.
+    let resp = charlie.send(&fed, "bravo", "POST", "/v1/query/cancel", body.clone()).await;
+    assert_eq!(resp.error_parts().0, "not_found", "{:?}", resp.error_parts());
+    // Charlie's own request under alpha's id is its own access: alpha's notes at bravo stay.
+    let resp = charlie.send(&fed, "bravo", "POST", "/v1/query", body).await;
+    assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
+    let kept = node_of(&fed, "bravo")
+        .state
+        .notes(&x, "alpha", concord_node::store::state::NoteKind::Request)
+        .expect("state")
+        .expect("alpha's request kept");
+    let kept = concord_node::net::protocol::SignedRequest::from_bytes(&kept).expect("parses");
+    assert_eq!(kept.request.requester, "alpha");
+    // A signed request addressed to another owner is no access at bravo: not logged.
+    let before = entries(&fed, "bravo").len();
+    let mut elsewhere = charlie.request("alpha", "SELECT count(1) AS p0 FROM people");
+    elsewhere.dataset = "people".into();
+    let resp = charlie
+        .send(&fed, "bravo", "POST", "/v1/query", elsewhere.sign(&charlie.signer).expect("sign").to_bytes())
+        .await;
+    assert_eq!(resp.status, 400, "{:?}", resp.error_parts());
+    assert_eq!(entries(&fed, "bravo").len(), before, "a misaddressed request is counted, not logged");
+    settle(&fed).await;
+    // Audits find charlie's request, made around its own log, as charlie's hidden access; alpha's
+    // notes and accesses are whole everywhere.
+    for auditor in ["alpha", "bravo", "charlie"] {
+        let report = audit(&fed, auditor, serde_json::json!({"all": true})).await;
+        let r = &report["report"];
+        // Charlie's own node never saw the request its impostor made, so keeps no notes of it.
+        let problems = r["notes_problems"].as_array().expect("problems");
+        assert!(
+            problems.iter().all(|p| auditor == "charlie" && p.as_str().is_some_and(|p| p.contains(&x))),
+            "{auditor}: {report}"
+        );
+        let mismatches = r["mismatches"].as_array().expect("mismatches");
+        assert_eq!(mismatches.len(), 1, "{auditor}: {report}");
+        assert_eq!(mismatches[0]["requester"], "charlie", "{auditor}: {report}");
+        assert!(mismatches[0]["problem"].as_str().is_some_and(|p| p.contains("hidden access")), "{report}");
+        assert!(
+            r["members"].as_array().expect("members").iter().all(|m| m["problems"] == serde_json::json!([])),
+            "{report}"
+        );
+    }
+    fed.stop().await;
 }

@@ -86,7 +86,7 @@ pub struct ReleaseReceipt {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReleaseDetails {
     pub salt: String,
-    /// Hex SHA-256 of the Arrow IPC bytes released.
+    /// Hex SHA-256 of the salt and the Arrow IPC bytes released ([`result_digest`]).
     pub result_sha256: String,
     /// `None` (written `withheld`) under differential privacy.
     pub rows_scanned: Option<u64>,
@@ -148,6 +148,22 @@ impl<'a> Fields<'a> {
 /// `sha256:<hex>` of some bytes.
 pub fn commitment(bytes: &[u8]) -> String {
     format!("sha256:{}", concord_charter::hex(&Sha256::digest(bytes)))
+}
+
+/// The digest of a release's Arrow IPC bytes as its details state it: salted with the request's
+/// salt, so that where details are public nobody can match it against encodings of small
+/// answers.
+pub fn result_digest(salt: &str, ipc: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(ipc);
+    concord_charter::hex(&h.finalize())
+}
+
+/// `sha256:<hex>` of a refusal's reason, salted with the request's salt: what the owner's log
+/// holds of it.
+pub fn reason_commitment(salt: &str, reason: &str) -> String {
+    commitment(format!("{salt}\n{reason}").as_bytes())
 }
 
 /// A fresh 256-bit salt, hex.

@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
-use crate::net::protocol::{ReleaseReceipt, RequestFacts, SignedRequest, commitment};
+use crate::net::protocol::{ReleaseReceipt, RequestFacts, SignedRequest, commitment, reason_commitment};
 use crate::node::Node;
 use crate::store::entry::LogEntry;
 use crate::store::state::NoteKind;
@@ -324,7 +324,14 @@ fn fact_of(
             }
         }
         LogEntry::AccessServed {
-            request_id, requester, dataset, decision, release, request_note, ..
+            request_id,
+            requester,
+            dataset,
+            decision,
+            release,
+            reason,
+            request_note,
+            ..
         } => {
             if requester == member {
                 return Err("holds an access served to its own member".into());
@@ -345,7 +352,7 @@ fn fact_of(
                 request_id: request_id.clone(),
                 peer: requester.clone(),
                 decision: decision.clone(),
-                digest: release.clone(),
+                digest: release.clone().or_else(|| reason.clone()),
                 note: Some(note),
             }
         }
@@ -446,33 +453,57 @@ fn check_notes(
             }
         };
         // What this node must keep: the notes of what its own log holds, the request of an
-        // access its peer served or made with it, the release of one it served. A request its
-        // peer logged may never have reached it, and a release may never have come back.
+        // access its peer served or made with it, the release of one it served, the reason of
+        // one it refused. A request its peer logged may never have reached it, and a release may
+        // never have come back.
         let own = member == me;
+        let requester = if f.kind == "served" { f.peer.as_str() } else { member };
         let request_needed = own || f.kind != "requested";
         let release_needed = own || f.kind == "made";
+        let request = node.state.notes(&f.request_id, requester, NoteKind::Request)?;
+        let signed = request.as_deref().map(SignedRequest::from_bytes);
         if let Some(note) = &f.note {
-            match node.state.notes(&f.request_id, NoteKind::Request)? {
+            match &signed {
                 None if request_needed => problem("this node keeps no notes of the request".into()),
                 None => {}
-                Some(body) => match SignedRequest::from_bytes(&body) {
-                    Ok(r) if concord_charter::hex(&Sha256::digest(r.note.to_bytes())) == *note => {
-                        checked += 1
-                    }
-                    Ok(_) => problem("the request this node keeps is not the one the log commits to".into()),
-                    Err(e) => problem(format!("the request notes this node keeps do not hold together: {e}")),
-                },
+                Some(Ok(r)) if concord_charter::hex(&Sha256::digest(r.note.to_bytes())) == *note => {
+                    checked += 1
+                }
+                Some(Ok(_)) => {
+                    problem("the request this node keeps is not the one the log commits to".into())
+                }
+                Some(Err(e)) => {
+                    problem(format!("the request notes this node keeps do not hold together: {e}"))
+                }
             }
         }
-        if let Some(release) = &f.digest {
-            match node.state.notes(&f.request_id, NoteKind::Release)? {
-                Some(d) if commitment(&d) == *release => checked += 1,
-                Some(_) => {
-                    problem("the release details this node keeps are not those the log commits to".into())
+        match (&f.digest, f.decision.as_str()) {
+            (Some(release), "released" | "made") => {
+                match node.state.notes(&f.request_id, requester, NoteKind::Release)? {
+                    Some(d) if commitment(&d) == *release => checked += 1,
+                    Some(_) => {
+                        problem("the release details this node keeps are not those the log commits to".into())
+                    }
+                    None if release_needed => problem("this node keeps no details of the release".into()),
+                    None => {}
                 }
-                None if release_needed => problem("this node keeps no details of the release".into()),
-                None => {}
             }
+            (Some(reason), _) => {
+                let kept = node.state.notes(&f.request_id, requester, NoteKind::Reason)?;
+                match (kept, &signed) {
+                    (Some(text), Some(Ok(r)))
+                        if reason_commitment(&r.salt, &String::from_utf8_lossy(&text)) == *reason =>
+                    {
+                        checked += 1
+                    }
+                    // The requester is told the reason in the answer; it keeps none.
+                    (None, _) if !own => {}
+                    _ => problem(
+                        "the refusal's reason this node keeps is not the one the log commits to".into(),
+                    ),
+                }
+            }
+            (None, _) => {}
         }
     }
     Ok(checked)
@@ -755,6 +786,7 @@ mod tests {
             policy: None,
             cost: None,
             release: Some("sha256:00".into()),
+            reason: None,
             notes: None,
         };
         let made = LogEntry::AccessMade {

@@ -452,12 +452,20 @@ impl Node {
                 }
                 continue;
             }
-            let withheld = match decide("", Action::Aggregate)? {
-                concord_policy::Decision::Allow { .. } => None,
-                concord_policy::Decision::Deny { reason } => Some(reason),
+            // The owner's own analysts are bound by no rule; others only by a policy in force.
+            let in_force = if requester == self.cfg.member {
+                Ok(())
+            } else {
+                policy_in_force(&self.charter().charter, d)
+            };
+            let usable = in_force.is_ok();
+            let withheld = match (decide("", Action::Aggregate)?, in_force) {
+                (_, Err(e)) => Some(format!("its policy is not in force: {e}")),
+                (concord_policy::Decision::Allow { .. }, Ok(())) => None,
+                (concord_policy::Decision::Deny { reason }, Ok(())) => Some(reason),
             };
             let mut purposes = Vec::new();
-            if withheld.is_some() {
+            if withheld.is_some() && usable {
                 for p in self.state.grant_purposes(requester, name, now)? {
                     if decide(&p, Action::Aggregate)?.is_allowed() {
                         purposes.push(p);

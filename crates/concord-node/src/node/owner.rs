@@ -9,11 +9,11 @@ use concord_policy::{AccessContext, Decision};
 use concord_query::QueryError;
 use concord_query::owner::{OwnerAnswer, parse_subquery, run_release};
 use concord_query::release::{BudgetReport, Rules};
-use sha2::{Digest, Sha256};
 
 use crate::NodeError;
 use crate::net::protocol::{
     FRESHNESS_SECS, QueryRequest, ReleaseDetails, ReleaseReceipt, SignedRequest, commitment,
+    reason_commitment, result_digest,
 };
 use crate::node::Node;
 use crate::store::entry::{LogEntry, Notes};
@@ -134,6 +134,16 @@ impl Node {
         let unit_is_row = !own && d.unit_is_row(&self.cfg.limits.exec()).await?;
         let rules = Rules { policy: d.policy.clone(), baseline, own, unit_is_row };
         let plan = concord_query::release::check(sub, rules)?;
+        // Fixed by the policy, refused before anything is charged.
+        if let Some(n) = plan.public_groups()
+            && n > self.cfg.limits.max_groups
+        {
+            return Err(NodeError::Query(QueryError::Limit(format!(
+                "the public keys of the group columns make {n} groups, more than the {} {} releases for one \
+                 request; group by fewer columns",
+                self.cfg.limits.max_groups, self.cfg.member
+            ))));
+        }
         Ok(Decided {
             plan,
             table,
@@ -246,6 +256,17 @@ fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedRequ
             request.request_id, requester.id
         ))
     })?;
+    // A request for another node is no access here: counted, not logged (its note would not
+    // name this node, and a log holds no note that says otherwise than its entry).
+    if request.federation != node.federation() || request.owner != node.cfg.member {
+        return Err(NodeError::BadRequest(format!(
+            "request is addressed to {}/{}, this node is {}/{}",
+            request.federation,
+            request.owner,
+            node.federation(),
+            node.cfg.member
+        )));
+    }
     Ok(signed)
 }
 
@@ -302,7 +323,8 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
             let forget = chrono::Utc::now().timestamp() - 2 * FRESHNESS_SECS - 60;
             if let Some((receipt, ipc)) =
                 node.state.kept_release(&request.request_id, &request.requester, forget)?
-                && let Some(details) = node.state.notes(&request.request_id, NoteKind::Release)?
+                && let Some(details) =
+                    node.state.notes(&request.request_id, &request.requester, NoteKind::Release)?
             {
                 return Ok(Served { receipt: Note::parse(&receipt)?, details, ipc });
             }
@@ -310,12 +332,12 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
     }
-    node.state.keep_notes(&request.request_id, NoteKind::Request, body)?;
+    node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Request, body)?;
     match decide_and_run(node, request).await {
         Ok((answer, ipc, decided)) => {
             let details = ReleaseDetails {
                 salt: signed.salt.clone(),
-                result_sha256: concord_charter::hex(&Sha256::digest(&ipc)),
+                result_sha256: result_digest(&signed.salt, &ipc),
                 rows_scanned: answer.rows_scanned,
                 groups_released: answer.groups_released,
                 release: answer.report.clone(),
@@ -339,9 +361,10 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
                 policy: Some(policy.clone()),
                 cost: Some(cost.clone()),
                 release: Some(release.clone()),
+                reason: None,
                 notes: Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
             };
-            node.state.keep_notes(&request.request_id, NoteKind::Release, &details)?;
+            node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Release, &details)?;
             // Invariant: nothing is released before its "access served" entry is on disk.
             let log_index = node.log.append(entry.to_bytes()?).await?;
             let receipt = ReleaseReceipt {
@@ -390,9 +413,10 @@ async fn log_refusal(node: &Node, signed: &SignedRequest, e: NodeError) -> Resul
         policy,
         cost: None,
         release: None,
+        reason: Some(reason_commitment(&signed.salt, &reason)),
         notes: Notes::public(&charter.charter, Some(&signed.details), None, Some(&reason)),
     };
-    node.state.keep_notes(&request.request_id, NoteKind::Reason, reason.as_bytes())?;
+    node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Reason, reason.as_bytes())?;
     node.log.append(entry.to_bytes()?).await?;
     Ok(wire)
 }
@@ -423,7 +447,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
             "request time {} is more than {FRESHNESS_SECS} s from this node's clock ({now}); check both clocks",
             request.time
         )))
-    } else if node.state.request_seen(&request.request_id)? {
+    } else if node.state.request_seen(&request.request_id, &request.requester)? {
         Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)))
     } else {
         Ok(())
@@ -432,9 +456,9 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
     }
-    node.state.keep_notes(&request.request_id, NoteKind::Request, body)?;
+    node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Request, body)?;
     let checked = async {
-        addressed(node, request)?;
+        same_charter(node, request)?;
         let ask = ask_of(request);
         let decided = node.decide_subquery(&ask).await?;
         if let (Some(p), Some(dp)) =
@@ -455,33 +479,41 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
                 now,
                 now - 2 * FRESHNESS_SECS - 60,
             )?;
-            node.state.keep_notes(&request.request_id, NoteKind::Request, body)?;
             Err(log_refusal(node, &signed, e).await?)
         }
     }
 }
 
-/// A requester withdraws a checked request (another owner refused it): its reservation is
-/// released and the request id spent, so it can no longer run. Nothing was released.
+/// A requester withdraws a request it checked (another owner refused it): its reservation is
+/// released and the request id spent, so it can no longer run. Nothing was released. Only a
+/// request this node holds for that requester can be withdrawn; anything else is counted.
 pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
-    let request = authenticate(node, tls_member, body)?.request;
-    let now = chrono::Utc::now().timestamp();
-    node.state.record_request(&request.request_id, &request.requester, now, now - 2 * FRESHNESS_SECS - 60)?;
-    node.state.cancel_reservation(&request.request_id, &request.requester)?;
-    Ok(())
+    let withdrawn = authenticate(node, tls_member, body).and_then(|s| {
+        let request = s.request;
+        if node.state.cancel_reservation(&request.request_id, &request.requester) {
+            let now = chrono::Utc::now().timestamp();
+            node.state.record_request(
+                &request.request_id,
+                &request.requester,
+                now,
+                now - 2 * FRESHNESS_SECS - 60,
+            )?;
+            Ok(())
+        } else {
+            Err(NodeError::NotFound(format!(
+                "{} holds no checked request {} of {}",
+                node.cfg.member, request.request_id, request.requester
+            )))
+        }
+    });
+    if let Err(e) = &withdrawn {
+        node.state.count_refusal(tls_member, e.code())?;
+    }
+    withdrawn
 }
 
-/// A request addressed to this node, under its charter version.
-fn addressed(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
-    if request.federation != node.federation() || request.owner != node.cfg.member {
-        return Err(NodeError::BadRequest(format!(
-            "request is addressed to {}/{}, this node is {}/{}",
-            request.federation,
-            request.owner,
-            node.federation(),
-            node.cfg.member
-        )));
-    }
+/// A request made under this node's charter version.
+fn same_charter(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
     if request.charter_version != node.charter_version() {
         return Err(NodeError::WrongCharter(format!(
             "request made under charter version {}, this node is at version {}; both sides must accept the same version",
@@ -507,7 +539,7 @@ async fn decide_and_run(
     node: &Node,
     request: &QueryRequest,
 ) -> Result<(OwnerAnswer, Vec<u8>, Decided), NodeError> {
-    addressed(node, request)?;
+    same_charter(node, request)?;
     let ask = ask_of(request);
     let decided = node.decide_subquery(&ask).await?;
     let answer = node.run_decided(&ask, &decided).await?;

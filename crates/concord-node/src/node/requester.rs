@@ -15,11 +15,12 @@ use concord_query::{
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
-use sha2::{Digest, Sha256};
 
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
-use crate::net::protocol::{QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id};
+use crate::net::protocol::{
+    QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id, result_digest,
+};
 use crate::node::{Catalog, Node};
 use crate::store::entry::{LogEntry, Notes};
 use crate::store::state::NoteKind;
@@ -387,7 +388,7 @@ impl Node {
             notes: Notes::public(&charter.charter, Some(&signed.details), None, None),
         };
         let body = signed.to_bytes();
-        self.state.keep_notes(&request.request_id, NoteKind::Request, &body)?;
+        self.state.keep_notes(&request.request_id, &self.cfg.member, NoteKind::Request, &body)?;
         self.log.append(asked.to_bytes()?).await?;
         Ok(Prepared {
             part: part.clone(),
@@ -468,7 +469,7 @@ impl Node {
         if released.salt != prepared.salt {
             return Err(bad("the release's details are salted for another request".into()));
         }
-        if released.result_sha256 != concord_charter::hex(&Sha256::digest(&resp.body)) {
+        if released.result_sha256 != result_digest(&prepared.salt, &resp.body) {
             return Err(bad("result does not match the digest in the release's details".into()));
         }
         let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
@@ -487,7 +488,7 @@ impl Node {
             receipt: crate::store::entry::b64(&receipt_bytes),
             notes: Notes::public(&charter.charter, None, Some(&details), None),
         };
-        self.state.keep_notes(&receipt.request_id, NoteKind::Release, &details)?;
+        self.state.keep_notes(&receipt.request_id, &self.cfg.member, NoteKind::Release, &details)?;
         self.log.append(entry.to_bytes()?).await?;
         Ok(PartialAnswer {
             batches,

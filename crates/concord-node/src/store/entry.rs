@@ -35,6 +35,10 @@ pub enum LogEntry {
         /// For a release: `sha256:<hex>` of its details (salted), as the receipt repeats it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         release: Option<String>,
+        /// For a refusal or failure: `sha256:<hex>` of the reason the requester was told, salted
+        /// with the request's salt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         /// The notes, where the charter shows them to every member.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notes: Option<Notes>,

@@ -39,12 +39,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS seen_requests (
-    id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS seen_requests_by_requester (
+    id TEXT NOT NULL,
     requester TEXT NOT NULL,
-    seen_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS seen_requests_by_time ON seen_requests (seen_at);
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (id, requester)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_requests_by_time ON seen_requests_by_requester (seen_at);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -57,34 +58,31 @@ BEGIN UPDATE meta SET value = value + 1 WHERE key = 'datasets_generation'; END;
 CREATE TRIGGER IF NOT EXISTS datasets_deleted AFTER DELETE ON datasets
 BEGIN UPDATE meta SET value = value + 1 WHERE key = 'datasets_generation'; END;
 CREATE TABLE IF NOT EXISTS budget_charges (
-    request_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
     dataset TEXT NOT NULL,
     requester TEXT NOT NULL,
     cost INTEGER NOT NULL,
-    charged_at INTEGER NOT NULL
+    charged_at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, requester)
 );
 CREATE INDEX IF NOT EXISTS budget_charges_by_dataset ON budget_charges (dataset, requester);
 CREATE TABLE IF NOT EXISTS access_notes (
     request_id TEXT NOT NULL,
+    requester TEXT NOT NULL,
     kind TEXT NOT NULL,
     body BLOB NOT NULL,
     kept_at INTEGER NOT NULL,
-    PRIMARY KEY (request_id, kind)
+    PRIMARY KEY (request_id, requester, kind)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS budget_reservations (
-    request_id TEXT PRIMARY KEY,
-    dataset TEXT NOT NULL,
-    requester TEXT NOT NULL,
-    cost INTEGER NOT NULL,
-    until INTEGER NOT NULL
-);
+
 CREATE TABLE IF NOT EXISTS releases (
-    request_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
     requester TEXT NOT NULL,
     receipt BLOB NOT NULL,
     ipc BLOB NOT NULL,
     released_at INTEGER NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS releases_by_request ON releases (request_id, requester);
 CREATE INDEX IF NOT EXISTS releases_by_time ON releases (released_at);
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
@@ -166,6 +164,22 @@ pub struct DatasetRecord {
 /// The state database; one connection, serialised by a mutex (every statement is short).
 pub struct State {
     conn: Mutex<Connection>,
+    /// The check round's reservations, by request id: held in memory, taken only while the
+    /// connection's lock is held (so a budget check sees charges and holds at one instant). A
+    /// restart forgets them, and nothing was released under them.
+    held: Mutex<std::collections::HashMap<(String, String), Held>>,
+}
+
+/// Checked requests that have not run that one requester may hold on one dataset: one query
+/// sends a dataset a sub-query per aggregate over it, few in practice.
+const MAX_HOLDS: usize = 16;
+
+/// Budget a checked request holds until it runs, is withdrawn, or its time ends.
+struct Held {
+    dataset: String,
+    requester: String,
+    cost: u64,
+    until: i64,
 }
 
 fn db(e: rusqlite::Error) -> NodeError {
@@ -198,7 +212,7 @@ impl State {
                 other => other.map_err(db)?,
             }
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), held: Mutex::new(std::collections::HashMap::new()) })
     }
 
     /// Writes a consistent copy of the whole database (log, charter versions, registry,
@@ -432,10 +446,11 @@ impl State {
         forget_before: i64,
     ) -> Result<bool, NodeError> {
         let conn = self.lock();
-        conn.execute("DELETE FROM seen_requests WHERE seen_at < ?1", params![forget_before]).map_err(db)?;
+        conn.execute("DELETE FROM seen_requests_by_requester WHERE seen_at < ?1", params![forget_before])
+            .map_err(db)?;
         let n = conn
             .execute(
-                "INSERT OR IGNORE INTO seen_requests (id, requester, seen_at) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO seen_requests_by_requester (id, requester, seen_at) VALUES (?1, ?2, ?3)",
                 params![id, requester, now],
             )
             .map_err(db)?;
@@ -548,7 +563,12 @@ impl State {
     /// What was spent so far on `dataset`.
     pub fn spent(&self, dataset: &str, requester: &str) -> Result<Spent, NodeError> {
         let conn = self.lock();
-        spent_in(&conn, dataset, requester)
+        let held = self.held();
+        spent_in(&conn, &held, dataset, requester)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), Held>> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Charges `cost` of `dataset`'s budgets to `request_id`, in one transaction, if both the
@@ -566,15 +586,18 @@ impl State {
         per_dataset: u64,
     ) -> Result<Result<Spent, Spent>, NodeError> {
         let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let mut held = self.held();
         let now = chrono::Utc::now().timestamp();
-        tx.execute(
-            "DELETE FROM budget_reservations WHERE until < ?1 OR (request_id = ?2 AND requester = ?3)",
-            params![now, request_id, requester],
-        )
-        .map_err(db)?;
-        let before = spent_in(&tx, dataset, requester)?;
+        held.retain(|_, h| h.until >= now);
+        // The request's own hold becomes the charge: it is not counted twice.
+        let key = (requester.to_owned(), request_id.to_owned());
+        let own = held.remove(&key);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let before = spent_in(&tx, &held, dataset, requester)?;
         if !fits(&before, cost, per_requester, per_dataset) {
+            if let Some(h) = own {
+                held.insert(key, h);
+            }
             return Ok(Err(before));
         }
         tx.execute(
@@ -588,7 +611,7 @@ impl State {
 
     /// Holds `cost` of `dataset`'s budgets for `request_id` until `until` (Unix seconds), as
     /// [`State::charge`] would charge it; a second reservation of one request holds nothing
-    /// more.
+    /// more, and an id that another requester holds is refused.
     pub fn reserve(
         &self,
         request_id: &str,
@@ -598,43 +621,47 @@ impl State {
         (per_requester, per_dataset): (u64, u64),
         until: i64,
     ) -> Result<Result<Spent, Spent>, NodeError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let conn = self.lock();
+        let mut held = self.held();
         let now = chrono::Utc::now().timestamp();
-        tx.execute("DELETE FROM budget_reservations WHERE until < ?1", params![now]).map_err(db)?;
-        tx.execute(
-            "DELETE FROM budget_reservations WHERE request_id = ?1 AND requester = ?2",
-            params![request_id, requester],
-        )
-        .map_err(db)?;
-        let before = spent_in(&tx, dataset, requester)?;
+        held.retain(|_, h| h.until >= now);
+        let key = (requester.to_owned(), request_id.to_owned());
+        held.remove(&key);
+        let open = held.iter().filter(|((r, _), h)| r == requester && h.dataset == dataset).count();
+        if open >= MAX_HOLDS {
+            return Err(NodeError::Conflict(format!(
+                "{requester} holds {open} checked requests on {dataset} that have not run; run or withdraw them first"
+            )));
+        }
+        let before = spent_in(&conn, &held, dataset, requester)?;
         if !fits(&before, cost, per_requester, per_dataset) {
             return Ok(Err(before));
         }
-        tx.execute(
-            "INSERT INTO budget_reservations (request_id, dataset, requester, cost, until) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![request_id, dataset, requester, cost as i64, until],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
+        held.insert(key, Held { dataset: dataset.to_owned(), requester: requester.to_owned(), cost, until });
         Ok(Ok(Spent { by_requester: before.by_requester + cost, on_dataset: before.on_dataset + cost }))
     }
 
-    /// Releases a reservation its requester withdrew.
-    pub fn cancel_reservation(&self, request_id: &str, requester: &str) -> Result<(), NodeError> {
-        self.lock()
-            .execute(
-                "DELETE FROM budget_reservations WHERE request_id = ?1 AND requester = ?2",
-                params![request_id, requester],
-            )
-            .map_err(db)?;
-        Ok(())
+    /// Releases a reservation its requester withdrew; false if it holds none under that id.
+    pub fn cancel_reservation(&self, request_id: &str, requester: &str) -> bool {
+        let _conn = self.lock();
+        self.held().remove(&(requester.to_owned(), request_id.to_owned())).is_some()
     }
 
-    /// Whether a peer's request id was seen (and not yet forgotten).
-    pub fn request_seen(&self, id: &str) -> Result<bool, NodeError> {
+    /// How much live reservations hold now, over every dataset.
+    pub fn reserved(&self) -> u64 {
+        let now = chrono::Utc::now().timestamp();
+        self.held().values().filter(|h| h.until >= now).map(|h| h.cost).sum()
+    }
+
+    /// Whether a peer's request id was seen from `requester` (and not yet forgotten). Ids are
+    /// a requester's own: another member cannot spend them.
+    pub fn request_seen(&self, id: &str, requester: &str) -> Result<bool, NodeError> {
         self.lock()
-            .query_row("SELECT 1 FROM seen_requests WHERE id = ?1", params![id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM seen_requests_by_requester WHERE id = ?1 AND requester = ?2",
+                params![id, requester],
+                |_| Ok(()),
+            )
             .optional()
             .map(|r| r.is_some())
             .map_err(db)
@@ -643,22 +670,40 @@ impl State {
     /// Keeps the notes of an access that this node was a party to: `request` (the signed
     /// request with its details), `release` (a release's details), `reason` (a refusal's
     /// reason). The logs hold only their salted commitments; audits check these against them.
-    pub fn keep_notes(&self, request_id: &str, kind: NoteKind, body: &[u8]) -> Result<(), NodeError> {
-        self.lock()
-            .execute(
-                "INSERT OR REPLACE INTO access_notes (request_id, kind, body, kept_at) VALUES (?1, ?2, ?3, ?4)",
-                params![request_id, kind.as_str(), body, chrono::Utc::now().timestamp()],
-            )
-            .map_err(db)?;
+    ///
+    /// Written without a sync of its own: every note is kept before the log entry it belongs to
+    /// is appended, and that append's sync of the same write-ahead log makes it durable too.
+    /// Notes are a requester's request's: keyed by its id and the requester who signed it, so no
+    /// other member's request can touch them.
+    pub fn keep_notes(
+        &self,
+        request_id: &str,
+        requester: &str,
+        kind: NoteKind,
+        body: &[u8],
+    ) -> Result<(), NodeError> {
+        let conn = self.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        let written = conn.execute(
+            "INSERT OR REPLACE INTO access_notes (request_id, requester, kind, body, kept_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![request_id, requester, kind.as_str(), body, chrono::Utc::now().timestamp()],
+        );
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        written.map_err(db)?;
         Ok(())
     }
 
     /// The notes of one kind kept for an access.
-    pub fn notes(&self, request_id: &str, kind: NoteKind) -> Result<Option<Vec<u8>>, NodeError> {
+    pub fn notes(
+        &self,
+        request_id: &str,
+        requester: &str,
+        kind: NoteKind,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
         self.lock()
             .query_row(
-                "SELECT body FROM access_notes WHERE request_id = ?1 AND kind = ?2",
-                params![request_id, kind.as_str()],
+                "SELECT body FROM access_notes WHERE request_id = ?1 AND requester = ?2 AND kind = ?3",
+                params![request_id, requester, kind.as_str()],
                 |r| r.get(0),
             )
             .optional()
@@ -916,18 +961,30 @@ impl State {
 }
 
 /// What is charged on `dataset`, and held by live reservations (checked requests not yet run).
-fn spent_in(conn: &Connection, dataset: &str, requester: &str) -> Result<Spent, NodeError> {
-    let now = chrono::Utc::now().timestamp();
+fn spent_in(
+    conn: &Connection,
+    held: &std::collections::HashMap<(String, String), Held>,
+    dataset: &str,
+    requester: &str,
+) -> Result<Spent, NodeError> {
     let (by_requester, on_dataset): (i64, i64) = conn
         .query_row(
             "SELECT coalesce(sum(CASE WHEN requester = ?2 THEN cost ELSE 0 END), 0), coalesce(sum(cost), 0)
-             FROM (SELECT requester, cost FROM budget_charges WHERE dataset = ?1
-                   UNION ALL SELECT requester, cost FROM budget_reservations WHERE dataset = ?1 AND until >= ?3)",
-            params![dataset, requester, now],
+             FROM budget_charges WHERE dataset = ?1",
+            params![dataset, requester],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(db)?;
-    Ok(Spent { by_requester: by_requester.max(0) as u64, on_dataset: on_dataset.max(0) as u64 })
+    let now = chrono::Utc::now().timestamp();
+    let live = held.values().filter(|h| h.dataset == dataset && h.until >= now);
+    let (mut r, mut d) = (by_requester.max(0) as u64, on_dataset.max(0) as u64);
+    for h in live {
+        d = d.saturating_add(h.cost);
+        if h.requester == requester {
+            r = r.saturating_add(h.cost);
+        }
+    }
+    Ok(Spent { by_requester: r, on_dataset: d })
 }
 
 /// Whether `cost` more fits both budgets.

@@ -1050,3 +1050,24 @@ fn aggregates_under_differential_privacy_mean_what_they_mean_in_pooled_sql() {
         assert_eq!(row[1], Cell::Text("0".into()), "{row:?}");
     }
 }
+
+#[test]
+fn public_keys_are_compared_as_values_of_their_column_and_a_bad_key_is_refused_before_running() {
+    // Keys written `07` and `30` for an integer column are the values 7 and 30.
+    let keyed = NOISY
+        .replace("cost = 0.005", "cost = 1.0")
+        .replace("hospital_days = \"aggregate\"", "hospital_days = \"group\"")
+        .replace("sex = [\"F\", \"M\"]", "hospital_days = [\"07\", \"30\", \"7\"]");
+    let a = run(&keyed, "SELECT hospital_days AS g0, count(1) AS p0 FROM cases GROUP BY hospital_days")
+        .expect("runs");
+    let rows = crate::common::cells(&a.batches);
+    assert_eq!(rows.len(), 2, "7 once, and 30: {rows:?}");
+    for row in &rows {
+        // 600 cases over days 0..45: about 13 each (30 also has XS's three).
+        assert!(number(&row[1]) > 5.0, "{row:?}: the data's 7s and 30s were matched");
+    }
+    let bad = keyed.replace("\"07\"", "\"seven\"");
+    let e = run(&bad, "SELECT hospital_days AS g0, count(1) AS p0 FROM cases GROUP BY hospital_days")
+        .expect_err("bad key");
+    assert!(e.to_string().contains("not all values of its type"), "{e}");
+}
