@@ -1333,11 +1333,20 @@ fn private_values(
                 (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
             }
         };
+        // Over rows directly, a count is DataFusion's own COUNT (NULLs skipped, FILTER as the
+        // query's), and a sum of the clamped values under the FILTER clause.
+        let over_rows = match a.func {
+            AggFunc::Count => count(a.arg.clone().unwrap_or(lit(1i64))),
+            _ => sum(value.clone()),
+        };
+        direct.push(match &a.filter {
+            Some(f) => over_rows.filter(f.clone()).build().map_err(QueryError::plan)?,
+            None => over_rows,
+        });
         let v = match cond {
             Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
             None => value,
         };
-        direct.push(sum(v.clone()));
         values.push(v);
         caps.push((lo, hi));
     }

@@ -193,6 +193,9 @@ pub struct Node {
     /// Members that signed their own exit: refused from the next connection, before the
     /// version without them is adopted.
     pub(crate) exiting: Mutex<std::collections::BTreeSet<String>>,
+    /// Sub-queries that passed the check round, by requester and request id, until their run
+    /// takes them (or their reservation's time ends): the run does not decide them again.
+    pub(crate) checked: owner::CheckedRequests,
 }
 
 impl Node {
@@ -259,6 +262,7 @@ impl Node {
             pins: crate::net::tls::Pins::new(pins),
             datasets: tokio::sync::RwLock::new(Arc::new(datasets)),
             subquery_slots: tokio::sync::Semaphore::new(slots),
+            checked: owner::CheckedRequests::default(),
             query_slots: tokio::sync::Semaphore::new(slots),
             catalogs: requester::CatalogCache::default(),
             peer_rate: RateLimiter::new(limits.peer_requests_per_sec, limits.peer_burst),

@@ -4,6 +4,8 @@
 //!
 //! Invariant: nothing is released before its "access served" entry is on disk.
 
+use std::sync::Arc;
+
 use concord_log::Note;
 use concord_policy::{AccessContext, Decision};
 use concord_query::QueryError;
@@ -33,10 +35,38 @@ pub struct Ask<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// Sub-queries decided at the check round, kept for their run: by (requester, request id), with
+/// the time their reservation ends. Bounded: past the bound the oldest is dropped, and its run
+/// decides again.
+#[derive(Default)]
+pub struct CheckedRequests(std::sync::Mutex<std::collections::HashMap<(String, String), (i64, Decided)>>);
+
+/// Decided sub-queries kept at once.
+const MAX_CHECKED: usize = 4096;
+
+impl CheckedRequests {
+    fn put(&self, requester: &str, id: &str, until: i64, d: Decided) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = chrono::Utc::now().timestamp();
+        m.retain(|_, (u, _)| *u >= now);
+        if m.len() >= MAX_CHECKED
+            && let Some(oldest) = m.iter().min_by_key(|(_, (u, _))| *u).map(|(k, _)| k.clone())
+        {
+            m.remove(&oldest);
+        }
+        m.insert((requester.to_owned(), id.to_owned()), (until, d));
+    }
+
+    fn take(&self, requester: &str, id: &str) -> Option<Decided> {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.remove(&(requester.to_owned(), id.to_owned())).map(|(_, d)| d)
+    }
+}
+
 /// A sub-query the owner decided to answer: everything checked, nothing run or charged.
 pub struct Decided {
     pub plan: concord_query::release::ReleasePlan,
-    table: std::sync::Arc<dyn datafusion::catalog::TableProvider>,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
     /// The rule that allowed it, and the grant it uses.
     rule: String,
     grant: Option<String>,
@@ -466,6 +496,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         {
             node.spend(&ask, p.cost, dp, Some(reservation_end(request)))?;
         }
+        node.checked.put(&request.requester, &request.request_id, reservation_end(request), decided);
         Ok::<_, NodeError>(())
     }
     .await;
@@ -490,7 +521,8 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
 pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
     let withdrawn = authenticate(node, tls_member, body).and_then(|s| {
         let request = s.request;
-        if node.state.cancel_reservation(&request.request_id, &request.requester) {
+        let decided = node.checked.take(&request.requester, &request.request_id).is_some();
+        if node.state.cancel_reservation(&request.request_id, &request.requester) || decided {
             let now = chrono::Utc::now().timestamp();
             node.state.record_request(
                 &request.request_id,
@@ -541,7 +573,13 @@ async fn decide_and_run(
 ) -> Result<(OwnerAnswer, Vec<u8>, Decided), NodeError> {
     same_charter(node, request)?;
     let ask = ask_of(request);
-    let decided = node.decide_subquery(&ask).await?;
+    // What the check round decided stands while the dataset's policy is the one it decided by.
+    let checked = node.checked.take(&request.requester, &request.request_id);
+    let current = node.datasets().await?.map.get(&request.dataset).map(|d| d.policy.clone());
+    let decided = match checked {
+        Some(d) if current.is_some_and(|p| Arc::ptr_eq(&p, &d.plan.rules.policy)) => d,
+        _ => node.decide_subquery(&ask).await?,
+    };
     let answer = node.run_decided(&ask, &decided).await?;
     let ipc = concord_query::ipc::encode(&answer.schema, &answer.batches)?;
     Ok((answer, ipc, decided))
@@ -658,7 +696,7 @@ impl Node {
             unreachable: vec![],
             withheld: vec![],
         };
-        ctx.register_table(dataset, std::sync::Arc::new(fed)).map_err(QueryError::plan)?;
+        ctx.register_table(dataset, Arc::new(fed)).map_err(QueryError::plan)?;
         let (_, planned) = concord_query::federate::plan_subqueries(&ctx, sql).await?;
         let baseline = self.baseline();
         let access_ctx = AccessContext {
