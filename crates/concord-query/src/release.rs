@@ -947,9 +947,7 @@ impl ReleasePlan {
     /// anything runs or is charged.
     pub fn public_groups(&self) -> Option<u64> {
         match self.privacy.as_ref().map(|p| &p.groups) {
-            Some(DpGroups::Public(sets)) => {
-                Some(sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul))
-            }
+            Some(DpGroups::Public(sets)) => Some(key_combinations(sets)),
             _ => None,
         }
     }
@@ -1378,7 +1376,7 @@ async fn private_aggregate(
     let ng = groups.len();
     let units_column = matches!(&dp.groups, DpGroups::Selected(s) if s.reuse.is_none());
     if let DpGroups::Public(sets) = &dp.groups {
-        let combinations = sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul);
+        let combinations = key_combinations(sets);
         if combinations > limits.max_groups {
             return Err(QueryError::Limit(format!(
                 "the public keys of the group columns make {combinations} groups, more than the {} this owner \
@@ -1588,6 +1586,11 @@ fn int_column(batch: &RecordBatch, i: usize) -> Result<Int64Array, QueryError> {
         .ok_or_else(|| QueryError::Execution("aggregate totals are not integers".into()))
 }
 
+/// How many combinations of one key from each set there are.
+fn key_combinations(sets: &[Vec<String>]) -> u64 {
+    sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul)
+}
+
 /// Every combination of one key from each set, in the sets' order.
 fn combinations(sets: &[Vec<String>]) -> Vec<Vec<String>> {
     sets.iter().fold(vec![Vec::new()], |acc, set| {
@@ -1739,7 +1742,7 @@ pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
                         DpGroups::Public(sets) => format!(
                             "every combination of the public keys ({} groups) is released with noise, zeros included; \
                              values outside the keys are not",
-                            sets.iter().map(|s| s.len() as u64).fold(1u64, u64::saturating_mul)
+                            key_combinations(sets)
                         ),
                         DpGroups::Selected(s) => format!(
                             "a group is released when its noisy count of distinct {unit} reaches {} (the minimum group size {}, \

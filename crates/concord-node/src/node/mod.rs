@@ -434,7 +434,8 @@ impl Node {
     /// each is released to a query without a purpose (and under which purposes its grants admit
     /// it); and the shared schemas where datasets are hidden from it.
     pub async fn catalog_for(&self, requester: &str) -> Result<Catalog, NodeError> {
-        let baseline = self.baseline();
+        let charter = self.charter();
+        let baseline = baseline_of(&charter.charter);
         let now = chrono::Utc::now().timestamp();
         let mut out = Catalog::default();
         for d in self.datasets().await?.map.values() {
@@ -444,7 +445,7 @@ impl Node {
                     requester: requester.to_owned(),
                     purpose: purpose.to_owned(),
                     grants: self.state.live_grants(requester, name, now, Some(purpose))?,
-                    charter_version: self.charter_version(),
+                    charter_version: charter.charter.version,
                 };
                 Ok(d.policy.decide(&self.cfg.member, name, action, &ctx, &baseline))
             };
@@ -457,11 +458,8 @@ impl Node {
                 continue;
             }
             // The owner's own analysts are bound by no rule; others only by a policy in force.
-            let in_force = if requester == self.cfg.member {
-                Ok(())
-            } else {
-                policy_in_force(&self.charter().charter, d)
-            };
+            let in_force =
+                if requester == self.cfg.member { Ok(()) } else { policy_in_force(&charter.charter, d) };
             let usable = in_force.is_ok();
             let withheld = match (decide("", Action::Aggregate)?, in_force) {
                 (_, Err(e)) => Some(format!("its policy is not in force: {e}")),

@@ -302,6 +302,15 @@ fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedRequ
 
 /// Freshness and replay: a request from another time, or seen before, is no new access.
 fn fresh_and_new(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
+    fresh(request)?;
+    if !record(node, request)? {
+        return Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)));
+    }
+    Ok(())
+}
+
+/// A request of this node's time, within the freshness window.
+fn fresh(request: &QueryRequest) -> Result<(), NodeError> {
     let now = chrono::Utc::now().timestamp();
     // abs_diff cannot overflow, whatever time the request claims.
     if now.abs_diff(request.time) > FRESHNESS_SECS.unsigned_abs() {
@@ -310,15 +319,26 @@ fn fresh_and_new(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
             request.time
         )));
     }
-    if !node.state.record_request(
-        &request.request_id,
-        &request.requester,
-        now,
-        now - 2 * FRESHNESS_SECS - 60,
-    )? {
-        return Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)));
-    }
     Ok(())
+}
+
+/// Before when request ids (and kept releases) are forgotten: such requests are stale anyway.
+fn forget_before() -> i64 {
+    chrono::Utc::now().timestamp() - 2 * FRESHNESS_SECS - 60
+}
+
+/// Records a request's id as seen; false if it was seen before.
+fn record(node: &Node, request: &QueryRequest) -> Result<bool, NodeError> {
+    let now = chrono::Utc::now().timestamp();
+    node.state.record_request(&request.request_id, &request.requester, now, forget_before())
+}
+
+/// [`authenticate`], a failure counted against the connection's member.
+fn authenticated(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedRequest, NodeError> {
+    authenticate(node, tls_member, body).or_else(|e| {
+        node.state.count_refusal(tls_member, e.code())?;
+        Err(e)
+    })
 }
 
 /// What the owner answers a released request with: the signed receipt, the release's details
@@ -338,26 +358,18 @@ pub struct Served {
 /// The log holds the request's public note and the release's salted commitment; the details
 /// stay with the two parties (unless the charter makes notes public).
 pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<Served, NodeError> {
-    let signed = match authenticate(node, tls_member, body) {
-        Ok(x) => x,
-        Err(e) => {
-            node.state.count_refusal(tls_member, e.code())?;
-            return Err(e);
-        }
-    };
+    let signed = authenticated(node, tls_member, body)?;
     let request = &signed.request;
     if let Err(e) = fresh_and_new(node, request) {
         // A replay of a request that was released gets that release again, byte for byte: a
         // retry after a lost answer, never a fresh noise draw. It is no new access.
-        if matches!(e, NodeError::Replayed(_)) {
-            let forget = chrono::Utc::now().timestamp() - 2 * FRESHNESS_SECS - 60;
-            if let Some((receipt, ipc)) =
-                node.state.kept_release(&request.request_id, &request.requester, forget)?
-                && let Some(details) =
-                    node.state.notes(&request.request_id, &request.requester, NoteKind::Release)?
-            {
-                return Ok(Served { receipt: Note::parse(&receipt)?, details, ipc });
-            }
+        if matches!(e, NodeError::Replayed(_))
+            && let Some((receipt, ipc)) =
+                node.state.kept_release(&request.request_id, &request.requester, forget_before())?
+            && let Some(details) =
+                node.state.notes(&request.request_id, &request.requester, NoteKind::Release)?
+        {
+            return Ok(Served { receipt: Note::parse(&receipt)?, details, ipc });
         }
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
@@ -381,19 +393,13 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
                 .map_or_else(|| "none".to_owned(), |b| format!("{} {}", b.parameter, b.charged));
             let policy = format!("sha256:{}", decided.plan.rules.policy.digest());
             let charter = node.charter();
-            let entry = LogEntry::AccessServed {
-                time: crate::store::entry::now(),
-                request_id: request.request_id.clone(),
-                requester: request.requester.clone(),
-                dataset: request.dataset.clone(),
-                decision: "released".into(),
-                request_note: crate::store::entry::b64(&signed.note.to_bytes()),
-                policy: Some(policy.clone()),
-                cost: Some(cost.clone()),
-                release: Some(release.clone()),
-                reason: None,
-                notes: Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
-            };
+            let entry = served_entry(
+                &signed,
+                "released".into(),
+                Some(policy.clone()),
+                Commitments { cost: Some(cost.clone()), release: Some(release.clone()), reason: None },
+                Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
+            );
             node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Release, &details)?;
             // Invariant: nothing is released before its "access served" entry is on disk.
             let log_index = node.log.append(entry.to_bytes()?).await?;
@@ -424,6 +430,38 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
     }
 }
 
+/// What an "access served" entry commits to besides the request's note.
+struct Commitments {
+    cost: Option<String>,
+    release: Option<String>,
+    reason: Option<String>,
+}
+
+/// The "access served" entry of a signed request: its public note, the decision, and what it
+/// commits to.
+fn served_entry(
+    signed: &SignedRequest,
+    decision: String,
+    policy: Option<String>,
+    c: Commitments,
+    notes: Option<Notes>,
+) -> LogEntry {
+    let request = &signed.request;
+    LogEntry::AccessServed {
+        time: crate::store::entry::now(),
+        request_id: request.request_id.clone(),
+        requester: request.requester.clone(),
+        dataset: request.dataset.clone(),
+        decision,
+        request_note: crate::store::entry::b64(&signed.note.to_bytes()),
+        policy,
+        cost: c.cost,
+        release: c.release,
+        reason: c.reason,
+        notes,
+    }
+}
+
 /// Logs a request refused (or failed) with its code (its reason, which may quote the SQL, is a
 /// note the parties keep), and returns the data-free reason the requester is sent.
 async fn log_refusal(node: &Node, signed: &SignedRequest, e: NodeError) -> Result<NodeError, NodeError> {
@@ -433,19 +471,13 @@ async fn log_refusal(node: &Node, signed: &SignedRequest, e: NodeError) -> Resul
     let policy =
         node.datasets().await?.map.get(&request.dataset).map(|d| format!("sha256:{}", d.policy.digest()));
     let charter = node.charter();
-    let entry = LogEntry::AccessServed {
-        time: crate::store::entry::now(),
-        request_id: request.request_id.clone(),
-        requester: request.requester.clone(),
-        dataset: request.dataset.clone(),
+    let entry = served_entry(
+        signed,
         decision,
-        request_note: crate::store::entry::b64(&signed.note.to_bytes()),
         policy,
-        cost: None,
-        release: None,
-        reason: Some(reason_commitment(&signed.salt, &reason)),
-        notes: Notes::public(&charter.charter, Some(&signed.details), None, Some(&reason)),
-    };
+        Commitments { cost: None, release: None, reason: Some(reason_commitment(&signed.salt, &reason)) },
+        Notes::public(&charter.charter, Some(&signed.details), None, Some(&reason)),
+    );
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Reason, reason.as_bytes())?;
     node.log.append(entry.to_bytes()?).await?;
     Ok(wire)
@@ -463,25 +495,14 @@ fn reservation_end(request: &QueryRequest) -> i64 {
 /// then spent); a pass releases nothing and logs nothing: the request itself comes next, or a
 /// cancellation. So a query that any owner refuses costs no budget at any other.
 pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
-    let signed = match authenticate(node, tls_member, body) {
-        Ok(x) => x,
-        Err(e) => {
-            node.state.count_refusal(tls_member, e.code())?;
-            return Err(e);
-        }
-    };
+    let signed = authenticated(node, tls_member, body)?;
     let request = &signed.request;
-    let now = chrono::Utc::now().timestamp();
-    let fresh = if now.abs_diff(request.time) > FRESHNESS_SECS.unsigned_abs() {
-        Err(NodeError::Stale(format!(
-            "request time {} is more than {FRESHNESS_SECS} s from this node's clock ({now}); check both clocks",
-            request.time
-        )))
-    } else if node.state.request_seen(&request.request_id, &request.requester)? {
-        Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)))
-    } else {
-        Ok(())
-    };
+    let fresh = fresh(request).and_then(|()| {
+        match node.state.request_seen(&request.request_id, &request.requester)? {
+            true => Err(NodeError::Replayed(format!("request {} was seen before", request.request_id))),
+            false => Ok(()),
+        }
+    });
     if let Err(e) = fresh {
         node.state.count_refusal(&request.requester, e.code())?;
         return Err(e);
@@ -504,12 +525,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         Ok(()) => Ok(()),
         Err(e) => {
             // Final: the request cannot be sent again to run.
-            node.state.record_request(
-                &request.request_id,
-                &request.requester,
-                now,
-                now - 2 * FRESHNESS_SECS - 60,
-            )?;
+            record(node, request)?;
             Err(log_refusal(node, &signed, e).await?)
         }
     }
@@ -519,29 +535,18 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
 /// released and the request id spent, so it can no longer run. Nothing was released. Only a
 /// request this node holds for that requester can be withdrawn; anything else is counted.
 pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
-    let withdrawn = authenticate(node, tls_member, body).and_then(|s| {
-        let request = s.request;
-        let decided = node.checked.take(&request.requester, &request.request_id).is_some();
-        if node.state.cancel_reservation(&request.request_id, &request.requester) || decided {
-            let now = chrono::Utc::now().timestamp();
-            node.state.record_request(
-                &request.request_id,
-                &request.requester,
-                now,
-                now - 2 * FRESHNESS_SECS - 60,
-            )?;
-            Ok(())
-        } else {
-            Err(NodeError::NotFound(format!(
-                "{} holds no checked request {} of {}",
-                node.cfg.member, request.request_id, request.requester
-            )))
-        }
-    });
-    if let Err(e) = &withdrawn {
-        node.state.count_refusal(tls_member, e.code())?;
+    let request = authenticated(node, tls_member, body)?.request;
+    let decided = node.checked.take(&request.requester, &request.request_id).is_some();
+    if node.state.cancel_reservation(&request.request_id, &request.requester) || decided {
+        record(node, &request)?;
+        return Ok(());
     }
-    withdrawn
+    let e = NodeError::NotFound(format!(
+        "{} holds no checked request {} of {}",
+        node.cfg.member, request.request_id, request.requester
+    ));
+    node.state.count_refusal(tls_member, e.code())?;
+    Err(e)
 }
 
 /// A request made under this node's charter version.
@@ -574,10 +579,17 @@ async fn decide_and_run(
     same_charter(node, request)?;
     let ask = ask_of(request);
     // What the check round decided stands while the dataset's policy is the one it decided by.
-    let checked = node.checked.take(&request.requester, &request.request_id);
-    let current = node.datasets().await?.map.get(&request.dataset).map(|d| d.policy.clone());
-    let decided = match checked {
-        Some(d) if current.is_some_and(|p| Arc::ptr_eq(&p, &d.plan.rules.policy)) => d,
+    let decided = match node.checked.take(&request.requester, &request.request_id) {
+        Some(d)
+            if node
+                .datasets()
+                .await?
+                .map
+                .get(&request.dataset)
+                .is_some_and(|now| Arc::ptr_eq(&now.policy, &d.plan.rules.policy)) =>
+        {
+            d
+        }
         _ => node.decide_subquery(&ask).await?,
     };
     let answer = node.run_decided(&ask, &decided).await?;

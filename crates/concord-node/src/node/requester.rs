@@ -44,6 +44,20 @@ pub struct PeerDataset {
     pub purposes: Vec<String>,
 }
 
+impl PeerDataset {
+    /// A catalog entry, its schema decoded.
+    fn of(e: crate::node::CatalogEntry, schema: SchemaRef) -> Self {
+        Self {
+            name: e.name,
+            shared_schema: e.shared_schema,
+            schema,
+            withheld: e.withheld,
+            private: e.private,
+            purposes: e.purposes,
+        }
+    }
+}
+
 /// One member's catalog as read: its datasets, and the shared schemas where it holds datasets
 /// it does not show this member.
 #[derive(Clone, Debug, Default)]
@@ -162,14 +176,7 @@ impl Node {
                 B64.decode(&e.schema_ipc).map_err(|_| bad(format!("schema of {} is not base64", e.name)))?;
             let schema = concord_query::ipc::decode_schema(&bytes)
                 .map_err(|err| bad(format!("schema of {}: {err}", e.name)))?;
-            out.push(PeerDataset {
-                name: e.name,
-                shared_schema: e.shared_schema,
-                schema,
-                withheld: e.withheld,
-                private: e.private,
-                purposes: e.purposes,
-            });
+            out.push(PeerDataset::of(e, schema));
         }
         Ok(Arc::new(PeerCatalog { datasets: out, hidden_in }))
     }
@@ -197,17 +204,7 @@ impl Node {
                         e.name
                     ))
                 })?;
-            entries.push((
-                self.cfg.member.clone(),
-                PeerDataset {
-                    name: e.name,
-                    shared_schema: e.shared_schema,
-                    schema,
-                    withheld: e.withheld,
-                    private: e.private,
-                    purposes: e.purposes,
-                },
-            ));
+            entries.push((self.cfg.member.clone(), PeerDataset::of(e, schema)));
         }
         let charter = self.charter();
         let members: Vec<&concord_charter::MemberCard> =
@@ -360,10 +357,7 @@ impl Node {
         purpose: &str,
     ) -> Result<Prepared, NodeError> {
         let charter = self.charter();
-        let owner = charter
-            .charter
-            .member(&part.owner)
-            .ok_or_else(|| NodeError::UnknownMember(format!("{} is not in the charter", part.owner)))?;
+        let owner = owner_card(&charter, &part.owner)?;
         let request = QueryRequest {
             federation: self.federation().to_owned(),
             request_id: new_request_id(),
@@ -402,9 +396,7 @@ impl Node {
     /// Sends a prepared request to its owner's check round (`check`) or withdraws it.
     async fn check_round(&self, prepared: &Prepared, path: &str) -> Result<(), NodeError> {
         let charter = self.charter();
-        let owner = charter.charter.member(&prepared.part.owner).ok_or_else(|| {
-            NodeError::UnknownMember(format!("{} is not in the charter", prepared.part.owner))
-        })?;
+        let owner = owner_card(&charter, &prepared.part.owner)?;
         let budget =
             Budget { timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs), max_bytes: 64 * 1024 };
         let resp =
@@ -420,10 +412,7 @@ impl Node {
     pub async fn send_request(&self, prepared: &Prepared) -> Result<PartialAnswer, NodeError> {
         let (part, request) = (&prepared.part, &prepared.request);
         let charter = self.charter();
-        let owner = charter
-            .charter
-            .member(&part.owner)
-            .ok_or_else(|| NodeError::UnknownMember(format!("{} is not in the charter", part.owner)))?;
+        let owner = owner_card(&charter, &part.owner)?;
         let budget = Budget {
             timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs),
             max_bytes: concord_query::ipc::MAX_IPC_BYTES,
@@ -502,6 +491,17 @@ impl Node {
             },
         })
     }
+}
+
+/// An owner's card in the charter a request is made under.
+fn owner_card<'a>(
+    charter: &'a concord_charter::SignedCharter,
+    owner: &str,
+) -> Result<&'a concord_charter::MemberCard, NodeError> {
+    charter
+        .charter
+        .member(owner)
+        .ok_or_else(|| NodeError::UnknownMember(format!("{owner} is not in the charter")))
 }
 
 /// Response header that carries the owner's signed receipt, base64.
