@@ -33,7 +33,7 @@ pub const MAX_PROPOSAL_BYTES: usize = 16 * 1024;
 pub const MAX_LIVE_PROPOSALS: usize = 4;
 
 /// Changes a proposal may make to the charter.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "change", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Change {
     /// A new member, by its member card.
@@ -202,7 +202,62 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
         ));
     }
     next.validate()?;
+    let mut unchanged = next.clone();
+    unchanged.version = base.version;
+    unchanged.previous.clone_from(&base.previous);
+    if unchanged == *base {
+        return Err(invalid("proposal", "it changes nothing: each change sets what the charter already says"));
+    }
     Ok(next)
+}
+
+/// What `after` changes from `before`, one line each, in the words of [`Change::summary`]:
+/// how a charter's history reads.
+pub fn diff(before: &Charter, after: &Charter) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in &after.members {
+        match before.member(&m.id) {
+            None => out.push(format!("add member {}", m.id)),
+            Some(old) if old == m => {}
+            Some(old) => {
+                if old.peer_endpoint != m.peer_endpoint {
+                    out.push(format!("move {} to {}", m.id, m.peer_endpoint));
+                }
+                let mut keys = old.clone();
+                keys.peer_endpoint.clone_from(&m.peer_endpoint);
+                if keys != *m {
+                    out.push(format!("rotate the keys of {}", m.id));
+                }
+            }
+        }
+    }
+    for m in &before.members {
+        if after.member(&m.id).is_none() {
+            out.push(format!("remove member {}", m.id));
+        }
+    }
+    for s in &after.schemas {
+        match before.schema(&s.name) {
+            Some(old) if old == s => {}
+            _ => out.push(format!("shared schema {} version {}", s.name, s.version)),
+        }
+    }
+    if before.min_group_size != after.min_group_size {
+        out.push(format!("minimum group size {}", after.min_group_size));
+    }
+    if before.cross_borders != after.cross_borders {
+        out.push(format!("data up to {} crosses borders", after.cross_borders.as_str()));
+    }
+    if before.access_notes != after.access_notes {
+        out.push(Change::AccessNotes { visibility: after.access_notes }.summary());
+    }
+    if before.threshold != after.threshold {
+        out.push(format!("threshold {}", after.threshold));
+    }
+    if before.witness_quorum != after.witness_quorum {
+        out.push(format!("witness quorum {}", after.witness_quorum));
+    }
+    out
 }
 
 /// A proposal, as its proposer signs it.
@@ -290,7 +345,7 @@ impl Proposal {
 }
 
 /// How a member voted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ballot {
     Yes,

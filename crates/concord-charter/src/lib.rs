@@ -102,7 +102,7 @@ pub(crate) fn check_line_text(what: &'static str, s: &str) -> Result<(), Charter
 }
 
 /// The public facts about a member that it hands to the founders: `member-card.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberCard {
     pub id: String,
     pub name: String,
@@ -163,10 +163,12 @@ impl MemberCard {
 }
 
 /// One column of a shared schema.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SchemaColumn {
     pub name: String,
+    /// The column's type by its canonical name: `int64`, `decimal(15,2)`, `date32`, ...
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub ty: ColumnType,
     /// Personal columns describe people; later release rules protect them.
     #[serde(default)]
@@ -174,7 +176,7 @@ pub struct SchemaColumn {
 }
 
 /// A shared schema: the columns that every conforming dataset must offer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SharedSchema {
     pub name: String,
     #[serde(default = "one")]
@@ -240,7 +242,7 @@ impl SharedSchema {
 /// the two parties only (other members see who asked whom, for which dataset, when, under
 /// which policy and at what privacy cost, and a salted commitment to the notes), or every
 /// member.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessNotes {
     #[default]
@@ -269,7 +271,7 @@ impl AccessNotes {
 pub const DEFAULT_MIN_GROUP_SIZE: u64 = 10;
 
 /// The most sensitive classification of data that may leave its owner for another member.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CrossBorders {
     Public,

@@ -19,6 +19,7 @@ pub mod net;
 pub mod node;
 pub mod run;
 pub mod store;
+pub mod wire;
 
 use concord_charter::CharterError;
 use concord_log::LogError;
@@ -86,32 +87,43 @@ impl NodeError {
     }
 
     /// A stable code, the same in every API.
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> wire::ErrorCode {
+        use wire::ErrorCode as C;
         match self {
-            Self::Config(_) => "config",
-            Self::Io { .. } => "io",
-            Self::State(_) => "state",
-            Self::Tls(_) => "tls",
-            Self::Charter(_) => "charter",
-            Self::Note(_) => "malformed_note",
-            Self::Query(q) => q.code(),
-            Self::Policy(_) => "policy",
-            Self::BadRequest(_) => "bad_request",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::UnknownMember(_) => "unknown_member",
-            Self::BadSignature(_) => "bad_signature",
-            Self::Stale(_) => "stale_request",
-            Self::Replayed(_) => "replayed_request",
-            Self::WrongCharter(_) => "charter_mismatch",
-            Self::PolicyRefused(_) => "policy_refused",
-            Self::NotFound(_) => "not_found",
-            Self::TooLarge(_) => "too_large",
-            Self::Peer { .. } => "peer_error",
-            Self::Listen { .. } => "listen",
-            Self::Internal(_) => "internal",
-            Self::RateLimited(_) => "rate_limited",
-            Self::Conflict(_) => "conflict",
+            Self::Config(_) => C::Config,
+            Self::Io { .. } => C::Io,
+            Self::State(_) => C::State,
+            Self::Tls(_) => C::Tls,
+            Self::Charter(_) => C::Charter,
+            Self::Note(_) => C::MalformedNote,
+            Self::Query(q) => match q {
+                QueryError::Plan(_) => C::InvalidQuery,
+                QueryError::Refused(_) => C::QueryRefused,
+                QueryError::SubqueryRefused(_) => C::SubqueryRefused,
+                QueryError::Dataset { .. } => C::DatasetUnavailable,
+                QueryError::Owner { .. } => C::OwnerFailed,
+                QueryError::Unreachable { .. } => C::OwnerUnreachable,
+                QueryError::Execution(_) => C::ExecutionFailed,
+                QueryError::Limit(_) => C::LimitExceeded,
+                QueryError::Policy(_) => C::PolicyRefused,
+            },
+            Self::Policy(_) => C::Policy,
+            Self::BadRequest(_) => C::BadRequest,
+            Self::Unauthorized(_) => C::Unauthorized,
+            Self::Forbidden(_) => C::Forbidden,
+            Self::UnknownMember(_) => C::UnknownMember,
+            Self::BadSignature(_) => C::BadSignature,
+            Self::Stale(_) => C::StaleRequest,
+            Self::Replayed(_) => C::ReplayedRequest,
+            Self::WrongCharter(_) => C::CharterMismatch,
+            Self::PolicyRefused(_) => C::PolicyRefused,
+            Self::NotFound(_) => C::NotFound,
+            Self::TooLarge(_) => C::TooLarge,
+            Self::Peer { .. } => C::PeerError,
+            Self::Listen { .. } => C::Listen,
+            Self::Internal(_) => C::Internal,
+            Self::RateLimited(_) => C::RateLimited,
+            Self::Conflict(_) => C::Conflict,
         }
     }
 

@@ -315,7 +315,7 @@ impl Privacy {
 pub const DEFAULT_DELTA: f64 = 1e-6;
 
 /// What a query's privacy cost amounts to in (epsilon, delta)-differential privacy.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Guarantee {
     pub epsilon: f64,
     pub delta: f64,

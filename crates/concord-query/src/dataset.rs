@@ -101,6 +101,37 @@ pub fn arrow_type(t: &ColumnType) -> DataType {
     }
 }
 
+/// The SQL name of an Arrow type, as people write it in SQL (`BIGINT`, `DECIMAL(15,2)`,
+/// `TIMESTAMP WITH TIME ZONE`); Arrow's own spelling for the few types SQL has no word for.
+pub fn sql_type(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INTEGER".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::UInt8 => "TINYINT UNSIGNED".into(),
+        DataType::UInt16 => "SMALLINT UNSIGNED".into(),
+        DataType::UInt32 => "INTEGER UNSIGNED".into(),
+        DataType::UInt64 => "BIGINT UNSIGNED".into(),
+        DataType::Float16 | DataType::Float32 => "REAL".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            "BYTEA".into()
+        }
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "TIME".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE".into(),
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Interval(_) => "INTERVAL".into(),
+        DataType::Dictionary(_, v) => sql_type(v),
+        other => other.to_string(),
+    }
+}
+
 /// The shared-schema column type of a file's column: its own type where a shared schema can
 /// name it, else the type it is read as without loss (float16 as float32, 32- and 64-bit
 /// decimals as 128-bit, fixed-size binary as binary, dictionaries of other values as their

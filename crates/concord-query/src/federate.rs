@@ -91,7 +91,7 @@ impl TableProvider for FederatedTable {
 }
 
 /// What one owner contributed to a result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contribution {
     pub member: String,
     pub dataset: String,

@@ -62,6 +62,18 @@ pub fn session(limits: &ExecLimits) -> Result<SessionContext, QueryError> {
     Ok(SessionContext::new_with_config_rt(SessionConfig::new(), runtime))
 }
 
+/// An analyst's session: [`session`] with DataFusion's `information_schema`, so that
+/// `SHOW TABLES`, `SHOW COLUMNS FROM t` and `information_schema.tables` / `.columns` list what
+/// the analyst's context holds. Owners' sessions never have it.
+pub fn analyst_session(limits: &ExecLimits) -> Result<SessionContext, QueryError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .build_arc()
+        .map_err(QueryError::plan)?;
+    let config = SessionConfig::new().with_information_schema(true);
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
 /// An upper bound of one value's size: `a·L + b` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bound {

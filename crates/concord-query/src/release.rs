@@ -621,7 +621,7 @@ pub struct Selection {
 }
 
 /// What a release held back and how it was noised: the owner's provenance.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ReleaseReport {
     pub groups_released: u64,
     /// Groups held back (under the minimum group size, or not selected under DP); never named.
@@ -669,7 +669,7 @@ pub struct ReleaseReport {
 }
 
 /// A budget charge as provenance shows it.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BudgetReport {
     /// `rho` (zCDP) or `epsilon` (pure DP).
     pub parameter: String,
@@ -1687,7 +1687,7 @@ fn per_unit_plan(
 
 /// What the rules would do with a sub-query, line by line, without running it or spending
 /// budget: `policy test`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// `released`, or `refused: <reason>`.
     pub verdict: String,

@@ -7,37 +7,13 @@ use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use concord_query::Contribution;
-use serde::Deserialize;
+use concord_node::wire::{AuditResponse, PolicyTest, QueryResponse};
 
-#[derive(Deserialize)]
-struct Answer {
-    arrow_ipc: String,
-    provenance: Vec<Contribution>,
-    #[serde(default)]
-    missing: Vec<String>,
-    #[serde(default)]
-    left_out: Vec<String>,
-}
+use crate::query::Format;
 
-pub async fn query(
-    node: &str,
-    token: &str,
-    sql: &str,
-    purpose: &str,
-    format: &str,
-    provenance: bool,
-    partial: bool,
-) -> Result<()> {
-    let body = serde_json::json!({ "sql": sql, "purpose": purpose, "partial": partial });
-    let resp =
-        concord_node::net::client::local_call(node, "POST", "/v1/query", Some(token), Some(&body)).await?;
-    if resp.status != 200 {
-        let (code, message) = resp.error_parts();
-        bail!("{message} [{code}]");
-    }
-    let answer: Answer = serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
-    let ipc = B64.decode(answer.arrow_ipc).context("the node's answer holds no valid Arrow data")?;
+/// Prints a query's answer in `format`; with `provenance`, what each member contributed.
+pub fn query(answer: &QueryResponse, format: Format, provenance: bool) -> Result<()> {
+    let ipc = B64.decode(&answer.arrow_ipc).context("the node's answer holds no valid Arrow data")?;
     let (schema, batches) = concord_query::ipc::decode(&ipc)?;
     for d in &answer.left_out {
         eprintln!("left out: {d}: its owner does not release it to this member");
@@ -47,7 +23,7 @@ pub async fn query(
     }
     let mut out = std::io::stdout().lock();
     match format {
-        "csv" => {
+        Format::Csv => {
             write_csv(&mut out, &schema, &batches)?;
             if provenance {
                 let mut err = std::io::stderr().lock();
@@ -65,16 +41,28 @@ pub async fn query(
                 }
             }
         }
-        "json" => {
+        Format::Json => {
             let rows = json_rows(&batches)?;
             let value = if provenance {
-                serde_json::json!({ "rows": rows, "provenance": answer.provenance, "missing": answer.missing, "left_out": answer.left_out })
+                #[derive(serde::Serialize)]
+                struct WithProvenance<'a> {
+                    rows: serde_json::Value,
+                    provenance: &'a [concord_query::Contribution],
+                    missing: &'a [String],
+                    left_out: &'a [String],
+                }
+                serde_json::to_value(WithProvenance {
+                    rows,
+                    provenance: &answer.provenance,
+                    missing: &answer.missing,
+                    left_out: &answer.left_out,
+                })?
             } else {
                 rows
             };
             writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         }
-        _ => {
+        Format::Table => {
             if batches.is_empty() {
                 let empty = RecordBatch::new_empty(schema.clone());
                 writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&[empty])?)?;
@@ -124,10 +112,7 @@ pub async fn query(
                         )),
                         (None, _) if r.groups_suppressed > 0 || r.min_group_size.is_some() => notes.push(format!(
                             "{} suppressed (minimum group size {})",
-                            match r.groups_suppressed {
-                                1 => "1 group".to_owned(),
-                                n => format!("{n} groups"),
-                            },
+                            crate::out::plural(r.groups_suppressed, "group", "groups"),
                             r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
                         )),
                         (None, _) => {}
@@ -168,7 +153,8 @@ pub async fn query(
     Ok(())
 }
 
-/// RFC 4180: header row, CRLF line ends, fields quoted when they hold a comma, quote or line
+/// RFC 4180 but for its line ends: a header row, LF line ends (as psql and DuckDB write, so
+/// that `sed`, `awk` and shell comparisons work), fields quoted when they hold a comma, quote or line
 /// break, quotes doubled, NULL as an empty field.
 fn write_csv(
     out: &mut impl std::io::Write,
@@ -176,7 +162,7 @@ fn write_csv(
     batches: &[RecordBatch],
 ) -> Result<()> {
     let header: Vec<String> = schema.fields().iter().map(|f| csv_field(f.name())).collect();
-    write!(out, "{}\r\n", header.join(","))?;
+    writeln!(out, "{}", header.join(","))?;
     let opts = FormatOptions::default();
     for b in batches {
         let fmts = b
@@ -191,7 +177,7 @@ fn write_csv(
                 .zip(&fmts)
                 .map(|(c, f)| if c.is_null(r) { String::new() } else { csv_field(&f.value(r).to_string()) })
                 .collect();
-            write!(out, "{}\r\n", row.join(","))?;
+            writeln!(out, "{}", row.join(","))?;
         }
     }
     Ok(())
@@ -218,92 +204,64 @@ fn json_rows(batches: &[RecordBatch]) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&buf)?)
 }
 
-/// `concord audit`: ask the node to audit and print its report; an error if anything failed.
-pub async fn audit(node: &str, token: &str, member: Option<String>, all: bool, json: bool) -> Result<()> {
-    let body = match member {
-        Some(m) if !all => serde_json::json!({ "members": [m] }),
-        _ => serde_json::json!({ "all": true }),
-    };
-    let resp =
-        concord_node::net::client::local_call(node, "POST", "/v1/audit", Some(token), Some(&body)).await?;
-    if resp.status != 200 {
-        let (code, message) = resp.error_parts();
-        bail!("{message} [{code}]");
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&resp.body).context("the node's answer is malformed")?;
-    let ok = v["ok"].as_bool().unwrap_or(false);
+/// `concord audit`'s report; an error if anything failed.
+pub fn audit(v: &AuditResponse, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&v["report"])?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&v.report)?)?;
     } else {
-        let r = &v["report"];
-        for m in r["members"].as_array().into_iter().flatten() {
-            let problems: Vec<&str> =
-                m["problems"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
-            let cosigners: Vec<&str> =
-                m["cosigners"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+        let r = &v.report;
+        for m in &r.members {
             writeln!(
                 out,
                 "{:<12} {} entries, root {}, cosigned by [{}] (quorum {}){}",
-                m["member"].as_str().unwrap_or("?"),
-                m["size"],
-                m["root"].as_str().map(|s| &s[..s.len().min(16)]).unwrap_or(""),
-                cosigners.join(", "),
-                m["witness_quorum"],
-                if problems.is_empty() {
+                m.member,
+                m.size,
+                &m.root[..m.root.len().min(16)],
+                m.cosigners.join(", "),
+                m.witness_quorum,
+                if m.problems.is_empty() {
                     "  ok".to_owned()
                 } else {
-                    format!("\n  FAILED: {}", problems.join("\n  FAILED: "))
+                    format!("\n  FAILED: {}", m.problems.join("\n  FAILED: "))
                 }
             )?;
         }
-        for x in r["mismatches"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "MISSING TWIN request {}: {}",
-                x["request_id"].as_str().unwrap_or("?"),
-                x["problem"].as_str().unwrap_or("")
-            )?;
+        for x in &r.mismatches {
+            writeln!(out, "MISSING TWIN request {}: {}", x.request_id, x.problem)?;
         }
-        for x in r["evidence"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "EVIDENCE {}: {}",
-                x["origin"].as_str().unwrap_or("?"),
-                x["detail"].as_str().unwrap_or("")
-            )?;
+        for x in &r.unreceived {
+            writeln!(out, "not received by its requester: request {}: {}", x.request_id, x.problem)?;
         }
-        writeln!(out, "{}", if ok { "audit passed" } else { "audit FAILED" })?;
+        for x in &r.evidence {
+            writeln!(out, "EVIDENCE {}: {}", x.origin, x.detail)?;
+        }
+        for x in &r.notes_problems {
+            writeln!(out, "NOTES {x}")?;
+        }
+        writeln!(out, "notes of accesses checked against their commitments: {}", r.notes_checked)?;
+        writeln!(out, "{}", if v.ok { "audit passed" } else { "audit FAILED" })?;
     }
-    if !ok {
+    if !v.ok {
         bail!("the audit found problems");
     }
     Ok(())
 }
 
 /// `policy test` as text: one block per sub-query, one line per rule.
-pub fn explain_policy_test(report: &serde_json::Value) -> String {
-    let mut s = format!(
-        "policy test: {} asks {} for purpose {:?}\n",
-        report["requester"].as_str().unwrap_or("?"),
-        report["dataset"].as_str().unwrap_or("?"),
-        report["purpose"].as_str().unwrap_or("")
-    );
-    for q in report["subqueries"].as_array().into_iter().flatten() {
-        s.push_str(&format!("\nsub-query: {}\n", q["sql"].as_str().unwrap_or("")));
-        s.push_str(&format!(
-            "  action {}: {}\n",
-            q["action"].as_str().unwrap_or("-"),
-            q["access"].as_str().unwrap_or("-")
-        ));
-        for l in q["lines"].as_array().into_iter().flatten() {
-            s.push_str(&format!("  {}\n", l.as_str().unwrap_or("")));
+pub fn explain_policy_test(report: &PolicyTest) -> String {
+    let mut s =
+        format!("policy test: {} asks {} for purpose {:?}\n", report.requester, report.dataset, report.purpose);
+    for q in &report.subqueries {
+        s.push_str(&format!("\nsub-query: {}\n", q.sql));
+        s.push_str(&format!("  action {}: {}\n", q.action, q.access));
+        for l in &q.lines {
+            s.push_str(&format!("  {l}\n"));
         }
-        if let Some(b) = q["budget_left"].as_str() {
+        if let Some(b) = &q.budget_left {
             s.push_str(&format!("  budget left: {b}\n"));
         }
-        s.push_str(&format!("  => {}\n", q["verdict"].as_str().unwrap_or("")));
+        s.push_str(&format!("  => {}\n", q.verdict));
     }
     s
 }

@@ -308,7 +308,7 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
         .request_partial(&part, "SELECT count(1) AS p0 FROM cases", "testing")
         .await
         .expect_err("bomb refused");
-    assert_eq!(err.code(), "peer_error");
+    assert_eq!(err.code().as_str(), "peer_error");
     assert!(err.to_string().contains("charlie") && err.to_string().contains("bad_answer"), "{err}");
     assert!(err.to_string().contains("compressed"), "{err}");
     // An audit of a log claiming 2^56 entries costs nothing and says so.

@@ -1,49 +1,25 @@
 //! The local listener: the member's own users, HTTP JSON with bearer tokens.
 //!
-//! Routes (every one needs `Authorization: Bearer <token>` from `concord token create`):
-//! - `GET /v1/status`: federation, member, charter version, members.
-//! - `GET /v1/datasets`: this node's datasets.
-//! - `POST /v1/query` `{"sql": "...", "purpose": "...", "partial": false}` (role analyst): the
-//!   result as a base64 Arrow IPC stream with its column names, provenance, and the members a
-//!   partial result left out (`missing`).
-//! - `GET /v1/log/checkpoint`, `GET /v1/log/tile/<L>/<N>[.p/<W>]`, `GET /v1/log/tile/entries/...`,
-//!   `GET /v1/log/receipt/<index>`: this node's transparency log per C2SP tlog-tiles, and offline
-//!   receipts (role auditor).
-//! - `POST /v1/audit` `{"members": [...]}` or `{"all": true}` (role auditor).
-//! - `POST /v1/policy/test` `{"as": "...", "purpose": "...", "dataset": "...", "sql": "..."}`
-//!   (role steward): what this node's policy would release, rule by rule; nothing runs.
-//! - `POST /v1/access/requests` `{"dataset": "member.dataset", "actions": [...], "purpose",
-//!   "legal_basis", "days"}` (role analyst): file an access request with the owner.
-//! - `GET /v1/access/requests` (roles analyst, steward): requests filed here and with this node.
-//! - `POST /v1/access/requests/<id>/approve|refuse|revoke` `{"reason": "...", "days": N}` (role
-//!   steward): decide a request filed with this node.
+//! Every request and response body is a type of [`crate::wire`]; the routes, their roles and
+//! their bodies are described by the OpenAPI 3.1 document at `GET /api/openapi.json`
+//! (`concord api openapi`), derived from the handlers below. Errors answer as
+//! `{"error": {"code", "message"}}` with a stable code, the same as on the peer listener.
 //!
-//! - `GET /v1/governance/proposals` (roles delegate, auditor): the proposals on the current
-//!   charter version, with their status and votes.
-//! - `POST /v1/governance/proposals` `{"changes": [{"change": "min-group-size", "size": 12}, ...],
-//!   "expires_in_secs": N}` (role delegate): propose changes to the current version.
-//! - `POST /v1/governance/proposals/<id>/vote` `{"vote": "yes"|"no", "reason": "..."}` (role
-//!   delegate): this member's vote, signed by this node.
-//! - `POST /v1/governance/leave` (role delegate): this member leaves; the others' nodes vote
-//!   yes by themselves.
-//! - `GET /v1/governance/evidence[?after=SEQ]` (roles delegate, auditor): misbehaviour kept as
-//!   evidence, 50 at a time (`next` is the `after` of the next page): equivocations (both signed
-//!   votes) and forks (a second signed body of a version held), each kept once.
-//! - `GET /v1/charter[?version=N]`: a charter version as JSON (`version`, `federation`,
-//!   `members`, `genesis`, `digest`, `threshold`, ...); `GET /v1/charter/history`: every version.
-//!
-//! Roles: `analyst` (queries), `auditor` (audits and the log), `steward` (datasets and
-//! policies), `delegate` (governance). Status and the dataset list answer any role.
+//! Roles: `analyst` (queries, access requests), `auditor` (audits and the log), `steward`
+//! (policy tests, decisions on access requests), `delegate` (governance), `operator`
+//! (metrics). Status, tables, datasets and the charter answer any role.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use concord_charter::governance::Change;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -51,22 +27,29 @@ use tokio::sync::watch;
 use crate::NodeError;
 use crate::api::ErrorResponse;
 use crate::node::Node;
+use crate::wire::{
+    AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo, DecideRequest,
+    Decision, Equivocation, EvidenceItem, EvidenceKind, EvidencePage, PolicyTest, PolicyTestRequest, ProposeRequest,
+    Proposals, Proposed, QueryRequest, QueryResponse, Role, Status, TableInfo, VoteReport, VoteRequest,
+};
 
 /// Largest request body a local user may send.
 pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
 
-/// Roles of local users.
-pub const ROLES: [&str; 4] = ["analyst", "steward", "auditor", "delegate"];
-
-/// Errors answer as `{"error": {"code", "message"}}`, the same as on the peer listener.
-type ApiError = ErrorResponse;
+type ApiResult<T> = Result<axum::Json<T>, ErrorResponse>;
 
 /// A JSON request body; the error names what it is and what to send instead.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str, send: &str) -> Result<T, NodeError> {
     serde_json::from_slice(body).map_err(|e| NodeError::BadRequest(format!("{what}: {e}; send {send}")))
 }
 
-fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String, NodeError> {
+/// Query parameters; a bad one is a bad request in the one error shape.
+fn query_params<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, NodeError> {
+    q.map(|Query(t)| t).map_err(|e| NodeError::BadRequest(format!("query parameters: {}", e.body_text())))
+}
+
+/// The role of the request's bearer token, if it is one of `roles` (any role when empty).
+pub fn authorize(node: &Node, headers: &HeaderMap, roles: &[Role]) -> Result<Role, NodeError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -79,10 +62,13 @@ fn authorize(node: &Node, headers: &HeaderMap, roles: &[&str]) -> Result<String,
     let role = node.state.token_role(token.trim())?.ok_or_else(|| {
         NodeError::Unauthorized("unknown token; create one with `concord token create`".into())
     })?;
-    if !roles.is_empty() && !roles.contains(&role.as_str()) {
+    let role = Role::parse(&role)
+        .ok_or_else(|| NodeError::State(format!("a token has the unknown role {role:?}; create it again")))?;
+    if !roles.is_empty() && !roles.contains(&role) {
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         return Err(NodeError::Forbidden(format!(
             "role {role} may not do this; it needs a token of role {}",
-            roles.join(", ")
+            names.join(", ")
         )));
     }
     Ok(role)
@@ -101,9 +87,11 @@ async fn require_token(
     }
 }
 
+/// The local API's routes. `/api/openapi.json` needs no token: it describes, it holds nothing.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/tables", get(tables))
         .route("/v1/datasets", get(datasets))
         .route("/v1/query", post(query))
         .route("/v1/log/checkpoint", get(log_checkpoint))
@@ -119,46 +107,147 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/governance/evidence", get(evidence_list))
         .route("/v1/charter", get(charter_show))
         .route("/v1/charter/history", get(charter_history))
+        .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
+        .route("/api/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
 }
 
-async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &[])?;
-    let members: Vec<_> = node.charter().charter.members.iter().map(|m| m.id.clone()).collect();
-    Ok(axum::Json(serde_json::json!({
-        "federation": node.federation(),
-        "member": node.cfg.member,
-        "charter_version": node.charter_version(),
-        "members": members,
-        "schemas": node.charter().charter.schemas.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-    }))
-    .into_response())
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi() -> Response {
+    (
+        [("content-type", "application/json"), ("cache-control", "no-store")],
+        crate::api::openapi::document_json(),
+    )
+        .into_response()
 }
 
-async fn log_checkpoint(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["auditor"])?;
+/// Prometheus metrics of this node (role operator).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
+async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ErrorResponse> {
+    authorize(&node, &headers, &[Role::Operator])?;
+    Ok((
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8"), ("cache-control", "no-store")],
+        node.metrics_text()?,
+    )
+        .into_response())
+}
+
+/// Federation, member, charter version, members and shared schemas; the caller's role.
+#[utoipa::path(get, path = "/v1/status", tag = "node", responses((status = 200, body = Status)))]
+async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Status> {
+    let role = authorize(&node, &headers, &[])?;
+    let charter = node.charter();
+    Ok(axum::Json(Status {
+        federation: node.federation().to_owned(),
+        member: node.cfg.member.clone(),
+        charter_version: node.charter_version(),
+        members: charter.charter.members.iter().map(|m| m.id.clone()).collect(),
+        schemas: charter.charter.schemas.iter().map(|s| s.name.clone()).collect(),
+        role,
+    }))
+}
+
+/// The tables a query may name: shared schemas, the member datasets released to this member,
+/// and this node's own tables; each with its columns as SQL types.
+#[utoipa::path(get, path = "/v1/tables", tag = "query", responses((status = 200, body = Vec<TableInfo>)))]
+async fn tables(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Vec<TableInfo>> {
+    authorize(&node, &headers, &[])?;
+    Ok(axum::Json(node.tables().await?))
+}
+
+/// This node's datasets.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", responses((status = 200, body = Vec<DatasetInfo>)))]
+async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Vec<DatasetInfo>> {
+    authorize(&node, &headers, &[])?;
+    let list = node
+        .datasets()
+        .await?
+        .map
+        .values()
+        .map(|d| DatasetInfo {
+            name: d.record.name.clone(),
+            format: d.record.format.clone(),
+            shared_schema: d.record.shared_schema.clone(),
+            rows: d.record.rows,
+            classification: d.policy.classification.as_str().to_owned(),
+            personal: d.policy.holds_personal_data(),
+            policy_sha256: d.policy.digest(),
+            available: d.table.is_ok(),
+        })
+        .collect();
+    Ok(axum::Json(list))
+}
+
+/// Runs federated SQL (role analyst): the result as a base64 Arrow IPC stream with its
+/// provenance, and the members or datasets a result leaves out.
+#[utoipa::path(post, path = "/v1/query", tag = "query", request_body = QueryRequest,
+    responses((status = 200, body = QueryResponse)))]
+async fn query(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<QueryResponse> {
+    authorize(&node, &headers, &[Role::Analyst])?;
+    let q: QueryRequest = json_body(&body, "query body", r#"{"sql": "...", "purpose": "...", "partial": false}"#)?;
+    let purpose = q.purpose.unwrap_or_else(|| "analysis".into());
+    if purpose.contains(['\n', '\r']) || purpose.trim().is_empty() {
+        return Err(NodeError::BadRequest("purpose must be one line of text".into()).into());
+    }
+    // Codes and sizes only: the SQL and the values stay out of the node's log.
+    let out = node.query(&q.sql, purpose.trim(), q.partial).await.inspect_err(|e| {
+        node.metrics.query_made(Some(e.code().as_str()));
+        tracing::info!(code = e.code().as_str(), "query failed");
+    })?;
+    node.metrics.query_made(None);
+    let ipc = concord_query::ipc::encode(&out.schema, &out.batches).map_err(NodeError::from)?;
+    let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+    tracing::info!(rows, owners = out.provenance.len(), missing = out.missing.len(), "query answered");
+    Ok(axum::Json(QueryResponse {
+        columns: out.schema.fields().iter().map(|f| f.name().clone()).collect(),
+        row_count: rows as u64,
+        arrow_ipc: B64.encode(ipc),
+        provenance: out.provenance,
+        missing: out.missing,
+        left_out: out.left_out,
+    }))
+}
+
+/// The latest published checkpoint of this node's log, a C2SP signed note (role auditor).
+#[utoipa::path(get, path = "/v1/log/checkpoint", tag = "log",
+    responses((status = 200, description = "C2SP tlog-checkpoint", content_type = "text/plain", body = String)))]
+async fn log_checkpoint(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ErrorResponse> {
+    authorize(&node, &headers, &[Role::Auditor])?;
     Ok(crate::api::serve_checkpoint(&node))
 }
 
+/// A tile or entry bundle of this node's log per C2SP tlog-tiles (role auditor).
+#[utoipa::path(get, path = "/v1/log/tile/{path}", tag = "log",
+    params(("path" = String, Path, description = "`L/N[.p/W]` or `entries/N[.p/W]`, N in tlog-tiles' 3-digit groups")),
+    responses((status = 200, description = "tile bytes", content_type = "application/octet-stream", body = Vec<u8>)))]
 async fn log_tile(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    axum::extract::Path(path): axum::extract::Path<String>,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["auditor"])?;
+    Path(path): Path<String>,
+) -> Result<Response, ErrorResponse> {
+    authorize(&node, &headers, &[Role::Auditor])?;
     Ok(crate::api::serve_tile(&node, &path))
 }
 
 /// A C2SP tlog-proof for entry `index` against the published checkpoint, with the entry as its
-/// extra data: an offline receipt.
+/// extra data: an offline receipt (role auditor).
+#[utoipa::path(get, path = "/v1/log/receipt/{index}", tag = "log",
+    params(("index" = u64, Path, description = "the entry's index")),
+    responses((status = 200, description = "C2SP tlog-proof", content_type = "text/plain", body = String)))]
 async fn log_receipt(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    axum::extract::Path(index): axum::extract::Path<u64>,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["auditor"])?;
+    Path(index): Path<String>,
+) -> Result<Response, ErrorResponse> {
+    authorize(&node, &headers, &[Role::Auditor])?;
+    let index: u64 = index
+        .parse()
+        .map_err(|_| NodeError::BadRequest(format!("entry index {index:?} is not a number; write 0, 1, 2, ...")))?;
     let (size, note) = node
         .log
         .published_checkpoint()?
@@ -183,95 +272,135 @@ async fn log_receipt(
     Ok(([("content-type", "text/plain; charset=utf-8")], proof.to_text()).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditBody {
-    #[serde(default)]
-    members: Vec<String>,
-    #[serde(default)]
-    all: bool,
-}
-
-async fn audit(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["auditor"])?;
-    let q: AuditBody = serde_json::from_slice(&body).map_err(|e| {
-        NodeError::BadRequest(format!("body must be JSON {{\"members\": [...]}} or {{\"all\": true}}: {e}"))
-    })?;
+/// Audits members' logs and reconciles the accesses between them (role auditor).
+#[utoipa::path(post, path = "/v1/audit", tag = "log", request_body = AuditRequest,
+    responses((status = 200, body = AuditResponse)))]
+async fn audit(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<AuditResponse> {
+    authorize(&node, &headers, &[Role::Auditor])?;
+    let q: AuditRequest = json_body(&body, "audit body", r#"{"members": [...]} or {"all": true}"#)?;
     let targets: Vec<String> =
         if q.all { node.charter().charter.members.iter().map(|m| m.id.clone()).collect() } else { q.members };
     if targets.is_empty() {
         return Err(NodeError::BadRequest("name a member to audit, or all".into()).into());
     }
     let report = crate::node::audit::audit(&node, &targets).await?;
-    Ok(axum::Json(serde_json::json!({ "ok": report.ok(), "report": report })).into_response())
+    Ok(axum::Json(AuditResponse { ok: report.ok(), report }))
 }
 
-async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &[])?;
-    let list: Vec<_> = node
-        .datasets()
-        .await?
-        .map
-        .values()
-        .map(|d| {
-            serde_json::json!({
-                "name": d.record.name,
-                "format": d.record.format,
-                "shared_schema": d.record.shared_schema,
-                "rows": d.record.rows,
-                "classification": d.policy.classification.as_str(),
-                "personal": d.policy.holds_personal_data(),
-                "policy_sha256": d.policy.digest(),
-                "available": d.table.is_ok(),
-            })
-        })
-        .collect();
-    Ok(axum::Json(list).into_response())
+/// What this node's policy would release for a member's SQL, rule by rule; nothing runs
+/// (role steward).
+#[utoipa::path(post, path = "/v1/policy/test", tag = "datasets", request_body = PolicyTestRequest,
+    responses((status = 200, body = PolicyTest)))]
+async fn policy_test(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<PolicyTest> {
+    authorize(&node, &headers, &[Role::Steward])?;
+    let q: PolicyTestRequest = json_body(&body, "policy test body", r#"{"as", "purpose", "dataset", "sql"}"#)?;
+    Ok(axum::Json(node.policy_test(&q.as_member, &q.purpose, &q.dataset, &q.sql).await?))
 }
 
+/// Files an access request with a dataset's owner (role analyst).
+#[utoipa::path(post, path = "/v1/access/requests", tag = "access", request_body = AccessAsk,
+    responses((status = 200, body = AccessRecord)))]
 async fn access_file(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["analyst"])?;
-    let ask: crate::node::access::AccessAsk = json_body(
+) -> ApiResult<AccessRecord> {
+    authorize(&node, &headers, &[Role::Analyst])?;
+    let ask: AccessAsk = json_body(
         &body,
         "access request body",
         r#"{"dataset": "member.dataset", "actions": ["aggregate"], "purpose", "legal_basis", "days"}"#,
     )?;
-    let record = node.file_access_request(&ask).await?;
-    Ok(axum::Json(record).into_response())
+    Ok(axum::Json(node.file_access_request(&ask).await?))
 }
 
-async fn access_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["analyst", "steward"])?;
-    Ok(axum::Json(node.access_requests().await?).into_response())
+/// Access requests filed here and with this node (roles analyst, steward).
+#[utoipa::path(get, path = "/v1/access/requests", tag = "access", responses((status = 200, body = Vec<AccessRecord>)))]
+async fn access_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Vec<AccessRecord>> {
+    authorize(&node, &headers, &[Role::Analyst, Role::Steward])?;
+    Ok(axum::Json(node.access_requests().await?))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DecideBody {
-    #[serde(default)]
-    reason: String,
-    days: Option<u64>,
+/// Approves, refuses or revokes a request filed with this node (role steward).
+#[utoipa::path(post, path = "/v1/access/requests/{id}/{decision}", tag = "access",
+    params(("id" = String, Path), ("decision" = Decision, Path)),
+    request_body(content = Option<DecideRequest>, description = "may be empty to approve"),
+    responses((status = 200, body = AccessRecord)))]
+async fn access_decide(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<AccessRecord> {
+    authorize(&node, &headers, &[Role::Steward])?;
+    let decision = Decision::parse(&decision).ok_or_else(|| {
+        NodeError::NotFound(format!("no action {decision:?}; use approve, refuse or revoke"))
+    })?;
+    let b: DecideRequest = if body.is_empty() {
+        DecideRequest::default()
+    } else {
+        json_body(&body, "decision body", r#"{"reason": "...", "days": N}"#)?
+    };
+    Ok(axum::Json(node.decide_access_request(&id, decision, &b.reason, b.days).await?))
 }
 
-async fn proposals_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["delegate", "auditor"])?;
-    Ok(axum::Json(serde_json::json!({
-        "version": node.charter_version(),
-        "proposals": node.proposals()?,
-    }))
-    .into_response())
+/// The proposals on the current charter version with their status and votes (roles delegate,
+/// auditor).
+#[utoipa::path(get, path = "/v1/governance/proposals", tag = "governance", responses((status = 200, body = Proposals)))]
+async fn proposals_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Proposals> {
+    authorize(&node, &headers, &[Role::Delegate, Role::Auditor])?;
+    Ok(axum::Json(Proposals { version: node.charter_version(), proposals: node.proposals()? }))
 }
 
-#[derive(Deserialize)]
+/// Proposes changes to the current version (role delegate); this member votes yes on its own
+/// proposal unless it already has a live yes on this version.
+#[utoipa::path(post, path = "/v1/governance/proposals", tag = "governance", request_body = ProposeRequest,
+    responses((status = 200, body = Proposed)))]
+async fn proposals_file(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Proposed> {
+    authorize(&node, &headers, &[Role::Delegate])?;
+    let b: ProposeRequest = json_body(
+        &body,
+        "proposal body",
+        r#"{"changes": [{"change": "min-group-size", "size": 12}], "expires_in_secs": N}"#,
+    )?;
+    let base_version = node.charter_version();
+    let changes: Vec<String> = b.changes.iter().map(Change::summary).collect();
+    let (proposal, vote) = node.propose_and_vote(b.changes, std::time::Duration::from_secs(b.expires_in_secs)).await?;
+    Ok(axum::Json(Proposed { proposal, base_version, changes, vote }))
+}
+
+/// This member's vote on a proposal, signed by this node (role delegate).
+#[utoipa::path(post, path = "/v1/governance/proposals/{id}/vote", tag = "governance",
+    params(("id" = String, Path)), request_body = VoteRequest, responses((status = 200, body = VoteReport)))]
+async fn proposal_vote(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<VoteReport> {
+    authorize(&node, &headers, &[Role::Delegate])?;
+    let b: VoteRequest = json_body(&body, "vote body", r#"{"vote": "yes" or "no", "reason": "..."}"#)?;
+    Ok(axum::Json(node.cast_vote(&id, b.vote, &b.reason).await?))
+}
+
+/// This member leaves the federation; the others' nodes vote yes by themselves (role delegate).
+#[utoipa::path(post, path = "/v1/governance/leave", tag = "governance", responses((status = 200, body = VoteReport)))]
+async fn leave(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<VoteReport> {
+    authorize(&node, &headers, &[Role::Delegate])?;
+    Ok(axum::Json(node.leave(std::time::Duration::from_secs(30 * 24 * 3600)).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
 struct EvidenceQuery {
+    /// The `next` of the page before.
     #[serde(default)]
     after: i64,
 }
@@ -279,226 +408,127 @@ struct EvidenceQuery {
 /// Pieces of evidence per page of `GET /v1/governance/evidence`.
 const EVIDENCE_PAGE: u32 = 50;
 
+/// Misbehaviour kept as evidence, 50 at a time: equivocations (both signed votes) and forks
+/// (a second signed body of a version held) (roles delegate, auditor).
+#[utoipa::path(get, path = "/v1/governance/evidence", tag = "governance", params(EvidenceQuery),
+    responses((status = 200, body = EvidencePage)))]
 async fn evidence_list(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<EvidenceQuery>,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["delegate", "auditor"])?;
+    q: Result<Query<EvidenceQuery>, QueryRejection>,
+) -> ApiResult<EvidencePage> {
+    authorize(&node, &headers, &[Role::Delegate, Role::Auditor])?;
+    let q = query_params(q)?;
     let page = node.state.governance_evidence(q.after, EVIDENCE_PAGE)?;
     let next = (page.len() == EVIDENCE_PAGE as usize).then(|| page.last().map(|e| e.0)).flatten();
-    let evidence: Vec<serde_json::Value> = page
+    let evidence = page
         .into_iter()
         .map(|(seq, base_version, kind, body, received_at)| {
-            let (kind, body) = match kind.as_str() {
-                // Both signed votes of the equivocation.
-                "evidence" => ("equivocation", serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))),
-                // The second charter note for a version this node holds.
-                _ => ("fork", serde_json::Value::String(body)),
+            let (kind, equivocation, fork) = if kind == "evidence" {
+                let votes: Equivocation = serde_json::from_str(&body)
+                    .map_err(|e| NodeError::State(format!("evidence {seq} cannot be read: {e}")))?;
+                (EvidenceKind::Equivocation, Some(votes), None)
+            } else {
+                (EvidenceKind::Fork, None, Some(body))
             };
-            serde_json::json!({ "seq": seq, "base_version": base_version, "kind": kind, "received_at": received_at, "evidence": body })
+            Ok(EvidenceItem { seq, base_version, kind, received_at, equivocation, fork })
         })
-        .collect();
-    // `next`: pass it as `?after=` for the next page; null on the last.
-    Ok(axum::Json(serde_json::json!({ "evidence": evidence, "next": next })).into_response())
+        .collect::<Result<Vec<_>, NodeError>>()?;
+    Ok(axum::Json(EvidencePage { evidence, next }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProposeBody {
-    changes: Vec<concord_charter::governance::Change>,
-    #[serde(default = "week")]
-    expires_in_secs: u64,
-}
-
-fn week() -> u64 {
-    7 * 24 * 3600
-}
-
-async fn proposals_file(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["delegate"])?;
-    let b: ProposeBody = json_body(
-        &body,
-        "proposal body",
-        r#"{"changes": [{"change": "min-group-size", "size": 12}], "expires_in_secs": N}"#,
-    )?;
-    let summary: Vec<String> = b.changes.iter().map(concord_charter::governance::Change::summary).collect();
-    let id = node.propose(b.changes, std::time::Duration::from_secs(b.expires_in_secs)).await?;
-    Ok(axum::Json(serde_json::json!({
-        "proposal": id,
-        "base_version": node.charter_version(),
-        "changes": summary,
-    }))
-    .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VoteBody {
-    vote: concord_charter::governance::Ballot,
-    #[serde(default)]
-    reason: String,
-}
-
-async fn proposal_vote(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["delegate"])?;
-    let b: VoteBody = json_body(&body, "vote body", r#"{"vote": "yes" or "no", "reason": "..."}"#)?;
-    Ok(axum::Json(node.cast_vote(&id, b.vote, &b.reason).await?).into_response())
-}
-
-async fn leave(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["delegate"])?;
-    let report = node.leave(std::time::Duration::from_secs(30 * 24 * 3600)).await?;
-    Ok(axum::Json(report).into_response())
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct CharterQuery {
+    /// The version to show (the current one when absent).
     version: Option<u64>,
 }
 
-/// A charter version as JSON.
-fn charter_json(sc: &concord_charter::SignedCharter, genesis: &str) -> serde_json::Value {
-    let c = &sc.charter;
-    serde_json::json!({
-        "version": c.version,
-        "federation": c.federation,
-        "digest": c.digest(),
-        "previous": c.previous,
-        "genesis": genesis,
-        "threshold": c.threshold,
-        "witness_quorum": c.witness_quorum,
-        "min_group_size": c.min_group_size,
-        "cross_borders": c.cross_borders.as_str(),
-        "members": c.members,
-        "schemas": c.schemas,
-        "signers": sc.signed_by().unwrap_or_default(),
-    })
+/// Every charter version this node holds, as the API shows them: each with what it changed.
+fn history(node: &Node) -> Result<Vec<CharterView>, NodeError> {
+    let all: Vec<concord_charter::SignedCharter> = node
+        .state
+        .charter_history()?
+        .iter()
+        .map(|b| Ok(concord_charter::SignedCharter::parse(b)?))
+        .collect::<Result<_, NodeError>>()?;
+    let genesis = all.first().map(|g| g.charter.digest()).unwrap_or_default();
+    let mut out = Vec::with_capacity(all.len());
+    let mut before: Option<&concord_charter::Charter> = None;
+    for sc in &all {
+        let c = &sc.charter;
+        out.push(CharterView {
+            version: c.version,
+            federation: c.federation.clone(),
+            digest: c.digest(),
+            previous: c.previous.clone(),
+            genesis: genesis.clone(),
+            threshold: c.threshold,
+            witness_quorum: c.witness_quorum,
+            min_group_size: c.min_group_size,
+            cross_borders: c.cross_borders,
+            access_notes: c.access_notes,
+            members: c.members.clone(),
+            schemas: c.schemas.clone(),
+            signers: sc.signed_by()?,
+            changes: before.map(|b| concord_charter::governance::diff(b, c)).unwrap_or_default(),
+        });
+        before = Some(c);
+    }
+    Ok(out)
 }
 
-fn history(node: &Node) -> Result<Vec<concord_charter::SignedCharter>, NodeError> {
-    node.state.charter_history()?.iter().map(|b| Ok(concord_charter::SignedCharter::parse(b)?)).collect()
-}
-
+/// A charter version as this node holds it (the current one unless `?version=`).
+#[utoipa::path(get, path = "/v1/charter", tag = "governance", params(CharterQuery),
+    responses((status = 200, body = CharterView)))]
 async fn charter_show(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<CharterQuery>,
-) -> Result<Response, ApiError> {
+    q: Result<Query<CharterQuery>, QueryRejection>,
+) -> ApiResult<CharterView> {
     authorize(&node, &headers, &[])?;
-    let all = history(&node)?;
-    let genesis = all.first().map(|g| g.charter.digest()).unwrap_or_default();
+    let q = query_params(q)?;
     let want = q.version.unwrap_or_else(|| node.charter_version());
-    let sc = all.iter().find(|s| s.charter.version == want).ok_or_else(|| {
-        NodeError::NotFound(format!(
-            "charter version {want}; this node holds versions 1 to {}",
-            node.charter_version()
-        ))
-    })?;
-    Ok(axum::Json(charter_json(sc, &genesis)).into_response())
+    history(&node)?.into_iter().find(|s| s.version == want).map(axum::Json).ok_or_else(|| {
+        NodeError::NotFound(format!("charter version {want}; this node holds versions 1 to {}", node.charter_version()))
+            .into()
+    })
 }
 
-async fn charter_history(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Every charter version this node holds, from genesis.
+#[utoipa::path(get, path = "/v1/charter/history", tag = "governance", responses((status = 200, body = CharterHistory)))]
+async fn charter_history(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<CharterHistory> {
     authorize(&node, &headers, &[])?;
-    let all = history(&node)?;
-    let genesis = all.first().map(|g| g.charter.digest()).unwrap_or_default();
-    let versions: Vec<serde_json::Value> = all.iter().map(|s| charter_json(s, &genesis)).collect();
-    Ok(axum::Json(serde_json::json!({ "genesis": genesis, "versions": versions })).into_response())
+    let versions = history(&node)?;
+    let genesis = versions.first().map(|v| v.digest.clone()).unwrap_or_default();
+    Ok(axum::Json(CharterHistory { genesis, versions }))
 }
 
-async fn access_decide(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    axum::extract::Path((id, decision)): axum::extract::Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["steward"])?;
-    let decision = match decision.as_str() {
-        "approve" => "approved",
-        "refuse" => "refused",
-        "revoke" => "revoked",
-        other => {
-            return Err(
-                NodeError::NotFound(format!("no action {other:?}; use approve, refuse or revoke")).into()
-            );
-        }
-    };
-    let b: DecideBody = if body.is_empty() {
-        DecideBody::default()
-    } else {
-        json_body(&body, "decision body", r#"{"reason": "...", "days": N}"#)?
-    };
-    let record = node.decide_access_request(&id, decision, &b.reason, b.days).await?;
-    Ok(axum::Json(record).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyTestBody {
-    #[serde(rename = "as")]
-    as_member: String,
-    #[serde(default)]
-    purpose: String,
-    dataset: String,
-    sql: String,
-}
-
-async fn policy_test(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["steward"])?;
-    let q: PolicyTestBody = json_body(&body, "policy test body", r#"{"as", "purpose", "dataset", "sql"}"#)?;
-    let report = node.policy_test(&q.as_member, &q.purpose, &q.dataset, &q.sql).await?;
-    Ok(axum::Json(report).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueryBody {
-    sql: String,
-    #[serde(default)]
-    purpose: Option<String>,
-    /// Leave out owners that cannot be reached, and name them, instead of failing.
-    #[serde(default)]
-    partial: bool,
-}
-
-async fn query(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&node, &headers, &["analyst"])?;
-    let q: QueryBody = serde_json::from_slice(&body)
-        .map_err(|e| NodeError::BadRequest(format!("body must be JSON {{\"sql\": \"...\"}}: {e}")))?;
-    let purpose = q.purpose.unwrap_or_else(|| "analysis".into());
-    if purpose.contains(['\n', '\r']) || purpose.trim().is_empty() {
-        return Err(NodeError::BadRequest("purpose must be one line of text".into()).into());
-    }
-    let out = node.query(&q.sql, purpose.trim(), q.partial).await?;
-    let ipc = concord_query::ipc::encode(&out.schema, &out.batches).map_err(NodeError::from)?;
-    let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
-    Ok(axum::Json(serde_json::json!({
-        "columns": out.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
-        "row_count": rows,
-        "arrow_ipc": B64.encode(ipc),
-        "provenance": out.provenance,
-        "missing": out.missing,
-        "left_out": out.left_out,
-    }))
-    .into_response())
-}
+/// The handlers the OpenAPI document describes (see `api::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    openapi,
+    metrics,
+    status,
+    tables,
+    datasets,
+    query,
+    log_checkpoint,
+    log_tile,
+    log_receipt,
+    audit,
+    policy_test,
+    access_file,
+    access_list,
+    access_decide,
+    proposals_list,
+    proposals_file,
+    proposal_vote,
+    leave,
+    evidence_list,
+    charter_show,
+    charter_history
+))]
+pub struct Paths;
 
 /// Serves the local API until `shutdown` turns true.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {

@@ -4,6 +4,7 @@
 
 pub mod listen;
 pub mod local;
+pub mod openapi;
 pub mod peer;
 
 use axum::http::StatusCode;
@@ -11,12 +12,14 @@ use axum::response::{IntoResponse, Response};
 
 use crate::NodeError;
 use crate::node::Node;
+use crate::wire::{ErrorBody, ErrorDetail};
 
-/// Serialises an error as the wire's JSON error body.
-pub fn error_body(e: &NodeError) -> serde_json::Value {
-    serde_json::json!({ "error": { "code": e.code(), "message": e.to_string() } })
+/// An error as the wire's JSON error body.
+pub fn error_body(e: &NodeError) -> ErrorBody {
+    ErrorBody { error: ErrorDetail { code: e.code(), message: e.to_string() } }
 }
 
+/// A node error as an HTTP answer: its status and the one JSON error shape.
 pub struct ErrorResponse(pub NodeError);
 
 impl IntoResponse for ErrorResponse {

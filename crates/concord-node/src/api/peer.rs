@@ -120,7 +120,7 @@ async fn governance_proposal(State(node): State<Arc<Node>>, body: Bytes) -> Resu
 }
 
 async fn governance_vote(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ErrorResponse> {
-    let wire: crate::node::governance::VoteWire = serde_json::from_slice(&body).map_err(|e| {
+    let wire: crate::wire::VoteWire = serde_json::from_slice(&body).map_err(|e| {
         ErrorResponse(NodeError::BadRequest(format!("a vote is JSON {{note, body_signature}}: {e}")))
     })?;
     let report = node.take_vote(&wire).await.map_err(ErrorResponse)?;
@@ -166,8 +166,11 @@ async fn query(
 ) -> Result<Response, ErrorResponse> {
     let served = crate::node::owner::serve_query(&node, &peer.0, &body).await.inspect_err(|e| {
         // Ids and codes only: a request's SQL and purpose are not logged here.
-        tracing::info!(requester = %peer.0, code = e.code(), "peer request refused");
+        node.metrics.refused(e.code().as_str());
+        tracing::info!(requester = %peer.0, code = e.code().as_str(), "peer request refused");
     })?;
+    node.metrics.served();
+    tracing::info!(requester = %peer.0, request = %served.request_id, "peer request served");
     let mut resp = (StatusCode::OK, served.ipc).into_response();
     for (name, bytes) in
         [(RECEIPT_HEADER, served.receipt.to_bytes()), (RELEASE_DETAILS_HEADER, served.details)]
@@ -188,7 +191,8 @@ async fn query_check(
     body: Bytes,
 ) -> Result<Response, ErrorResponse> {
     crate::node::owner::check_query(&node, &peer.0, &body).await.inspect_err(|e| {
-        tracing::info!(requester = %peer.0, code = e.code(), "peer request refused at its check");
+        node.metrics.refused(e.code().as_str());
+        tracing::info!(requester = %peer.0, code = e.code().as_str(), "peer request refused at its check");
     })?;
     Ok(axum::Json(serde_json::json!({ "ok": true })).into_response())
 }

@@ -183,13 +183,25 @@ async fn call(
         .map_err(fail)
 }
 
-/// Calls a node's local listener at `base` (`http://host:port`).
+/// Calls a node's local listener at `base` (`http://host:port`) with a JSON body.
 pub async fn local_call(
     base: &str,
     method: &str,
     path: &str,
     token: Option<&str>,
     json_body: Option<&serde_json::Value>,
+) -> Result<Response, NodeError> {
+    let body = json_body.map(|v| v.to_string().into_bytes()).unwrap_or_default();
+    local_request(base, method, path, token, body).await
+}
+
+/// Calls a node's local listener at `base` (`http://host:port`) with the body as it is.
+pub async fn local_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
 ) -> Result<Response, NodeError> {
     let host = base
         .strip_prefix("http://")
@@ -204,7 +216,6 @@ pub async fn local_call(
             "cannot reach the node at {base}: {reason}; is `concord node run` running there?"
         ))
     };
-    let body = json_body.map(|v| v.to_string().into_bytes()).unwrap_or_default();
     let work = async {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
             .await

@@ -2,5 +2,6 @@
 //! and the peer protocol's signed notes (`protocol`).
 
 pub mod client;
+pub mod local;
 pub mod protocol;
 pub mod tls;

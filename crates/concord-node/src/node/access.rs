@@ -20,7 +20,8 @@ use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{AccessDecision, AccessRequest, envelope, new_request_id, open_envelope};
 use crate::node::Node;
 use crate::store::entry::{LogEntry, Notes, b64};
-use crate::store::state::{AccessRecord, DecisionRecord};
+use crate::store::state::DecisionRecord;
+use crate::wire::{AccessAsk, AccessRecord, AccessStatus, Decision, Direction};
 
 /// Largest access-request or decision note.
 pub const MAX_ACCESS_NOTE: usize = 16 * 1024;
@@ -30,28 +31,10 @@ pub const MAX_PENDING: usize = 100;
 /// Longest period one request may ask for, in days.
 pub const MAX_DAYS: u64 = 366;
 
-/// What an analyst asks for.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccessAsk {
-    /// `member.dataset`.
-    pub dataset: String,
-    pub actions: Vec<String>,
-    pub purpose: String,
-    pub legal_basis: String,
-    /// The period asked for, from now.
-    #[serde(default = "thirty")]
-    pub days: u64,
-}
-
-fn thirty() -> u64 {
-    30
-}
-
-fn record_of(r: &AccessRequest, direction: &str) -> AccessRecord {
+fn record_of(r: &AccessRequest, direction: Direction) -> AccessRecord {
     AccessRecord {
         id: r.request_id.clone(),
-        direction: direction.to_owned(),
+        direction,
         requester: r.requester.clone(),
         owner: r.owner.clone(),
         dataset: r.dataset.clone(),
@@ -60,7 +43,7 @@ fn record_of(r: &AccessRequest, direction: &str) -> AccessRecord {
         legal_basis: r.legal_basis.clone(),
         valid_from: r.valid_from,
         valid_until: r.valid_until,
-        status: "pending".into(),
+        status: AccessStatus::Pending,
         reason: None,
         filed_at: r.time,
         decided_at: None,
@@ -125,7 +108,7 @@ impl Node {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.to_owned(), code, message });
         }
-        let record = record_of(&request, "out");
+        let record = record_of(&request, Direction::Out);
         self.state.put_access_request(&record, &body)?;
         self.log_filed(&request, &note, &details).await?;
         Ok(record)
@@ -207,7 +190,7 @@ impl Node {
             )));
         }
         self.log_filed(&request, &note, &details).await?;
-        self.state.put_access_request(&record_of(&request, "in"), body)?;
+        self.state.put_access_request(&record_of(&request, Direction::In), body)?;
         tracing::info!(request = %request.request_id, requester = %request.requester, dataset = %request.dataset, "access request filed");
         Ok(request.request_id)
     }
@@ -251,27 +234,27 @@ impl Node {
     pub async fn decide_access_request(
         &self,
         id: &str,
-        decision: &str,
+        decision: Decision,
         reason: &str,
         days: Option<u64>,
     ) -> Result<AccessRecord, NodeError> {
-        let record = self.state.access_request(id)?.filter(|r| r.direction == "in").ok_or_else(|| {
+        let record = self.state.access_request(id)?.filter(|r| r.direction == Direction::In).ok_or_else(|| {
             NodeError::NotFound(format!("no access request {id} was filed with {}", self.cfg.member))
         })?;
         let allowed_from = match decision {
-            "approved" | "refused" => "pending",
-            "revoked" => "approved",
-            other => return Err(NodeError::BadRequest(format!("unknown decision {other:?}"))),
+            Decision::Approve | Decision::Refuse => AccessStatus::Pending,
+            Decision::Revoke => AccessStatus::Approved,
         };
+        let status = decision.status();
         if record.status != allowed_from {
             return Err(NodeError::Conflict(format!(
-                "access request {id} is {}; only a {allowed_from} request can be {decision}",
+                "access request {id} is {}; only a {allowed_from} request can be {status}",
                 record.status
             )));
         }
         // A grant the policy would never honour is not signed: the requester would hear
         // "approved" and be refused at every query.
-        if decision == "approved"
+        if decision == Decision::Approve
             && let Some(d) = self.datasets().await?.map.get(&record.dataset)
         {
             let actions: Vec<Action> =
@@ -285,20 +268,20 @@ impl Node {
             }
         }
         let reason = reason.trim();
-        if decision != "approved" && reason.is_empty() {
-            return Err(NodeError::BadRequest(format!("a {decision} decision needs a reason")));
+        if decision != Decision::Approve && reason.is_empty() {
+            return Err(NodeError::BadRequest(format!("to {} a request needs a reason", decision.as_str())));
         }
         let now = chrono::Utc::now().timestamp();
         let (from, until) = match (decision, days) {
-            ("approved", Some(d)) => {
+            (Decision::Approve, Some(d)) => {
                 let d = d.clamp(1, MAX_DAYS) as i64;
                 (record.valid_from.max(now), record.valid_until.min(now.saturating_add(d * 86_400)))
             }
-            ("approved", None) => (record.valid_from.max(now), record.valid_until),
-            ("revoked", _) => (record.valid_from, now),
-            _ => (record.valid_from, record.valid_from),
+            (Decision::Approve, None) => (record.valid_from.max(now), record.valid_until),
+            (Decision::Revoke, _) => (record.valid_from, now),
+            (Decision::Refuse, _) => (record.valid_from, record.valid_from),
         };
-        if decision == "approved" && until <= now {
+        if decision == Decision::Approve && until <= now {
             return Err(NodeError::Conflict(format!("the period access request {id} asked for is over")));
         }
         let actions = record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect::<Vec<_>>();
@@ -308,7 +291,7 @@ impl Node {
             owner: self.cfg.member.clone(),
             requester: record.requester.clone(),
             dataset: record.dataset.clone(),
-            decision: decision.to_owned(),
+            decision: status.as_str().to_owned(),
             actions,
             valid_from: from,
             valid_until: until,
@@ -322,7 +305,7 @@ impl Node {
             requester: d.requester.clone(),
             owner: d.owner.clone(),
             dataset: d.dataset.clone(),
-            decision: decision.to_owned(),
+            decision: status.as_str().to_owned(),
             valid_until: until,
             decision_note: b64(&note.to_bytes()),
             notes: Notes::public(&self.charter().charter, Some(&details), None, None),
@@ -332,14 +315,14 @@ impl Node {
         let note_bytes = envelope(&note, &details);
         self.state.decide_access(&DecisionRecord {
             id,
-            status: decision,
+            status,
             valid_from: from,
             valid_until: until,
             reason: &d.reason,
             note: &note_bytes,
             grant: true,
         })?;
-        tracing::info!(request = %id, requester = %d.requester, %decision, "access request decided");
+        tracing::info!(request = %id, requester = %d.requester, decision = %status, "access request decided");
         if let Some(card) = self.charter().charter.member(&d.requester) {
             match peer_call_with(
                 &self.keys().tls,
@@ -383,16 +366,19 @@ impl Node {
         let record = self
             .state
             .access_request(&d.request_id)?
-            .filter(|r| r.direction == "out" && r.owner == tls_member && r.requester == self.cfg.member)
+            .filter(|r| r.direction == Direction::Out && r.owner == tls_member && r.requester == self.cfg.member)
             .ok_or_else(|| {
                 NodeError::NotFound(format!(
                     "this node filed no access request {} with {tls_member}",
                     d.request_id
                 ))
             })?;
-        let already = match d.decision.as_str() {
-            "revoked" => record.status == "revoked",
-            _ => record.status != "pending",
+        let status = AccessStatus::parse(&d.decision)
+            .filter(|s| matches!(s, AccessStatus::Approved | AccessStatus::Refused | AccessStatus::Revoked))
+            .ok_or_else(|| NodeError::BadRequest(format!("unknown decision {:?}", d.decision)))?;
+        let already = match status {
+            AccessStatus::Revoked => record.status == AccessStatus::Revoked,
+            _ => record.status != AccessStatus::Pending,
         };
         if already {
             return Ok(());
@@ -411,7 +397,7 @@ impl Node {
         self.log.append(entry.to_bytes()?).await?;
         self.state.decide_access(&DecisionRecord {
             id: &d.request_id,
-            status: &d.decision,
+            status,
             valid_from: d.valid_from,
             valid_until: d.valid_until,
             reason: &d.reason,
@@ -423,11 +409,11 @@ impl Node {
     /// Owner side: the decision note of a request, for the requester that filed it.
     pub fn access_decision_note(&self, tls_member: &str, id: &str) -> Result<Option<Vec<u8>>, NodeError> {
         let Some(r) =
-            self.state.access_request(id)?.filter(|r| r.direction == "in" && r.requester == tls_member)
+            self.state.access_request(id)?.filter(|r| r.direction == Direction::In && r.requester == tls_member)
         else {
             return Err(NodeError::NotFound(format!("no access request {id} from {tls_member}")));
         };
-        if r.status == "pending" {
+        if r.status == AccessStatus::Pending {
             return Ok(None);
         }
         self.state.decision_note(id)
@@ -438,7 +424,7 @@ impl Node {
     pub async fn access_requests(&self) -> Result<Vec<AccessRecord>, NodeError> {
         let now = chrono::Utc::now().timestamp();
         for r in self.state.access_requests(now)? {
-            if r.direction != "out" || !matches!(r.status.as_str(), "pending" | "approved") {
+            if r.direction != Direction::Out || !matches!(r.status, AccessStatus::Pending | AccessStatus::Approved) {
                 continue;
             }
             let charter = self.charter();

@@ -11,6 +11,7 @@ use datafusion::catalog::TableProvider as _;
 use sha2::{Digest, Sha256};
 
 use crate::NodeError;
+use crate::wire::Role;
 use crate::store::config::{NodeDir, replace_file};
 use crate::store::entry::{LogEntry, now};
 use crate::store::state::{DatasetRecord, now_rfc3339};
@@ -502,13 +503,11 @@ pub fn policy_show(dir: &NodeDir, dataset: &str) -> Result<Policy, NodeError> {
 /// Creates a bearer token for a local user.
 pub fn token_create(dir: &NodeDir, role: &str) -> Result<String, NodeError> {
     dir.load_config()?;
-    if !crate::api::local::ROLES.contains(&role) {
-        return Err(NodeError::Config(format!(
-            "unknown role {role:?}; roles: {}",
-            crate::api::local::ROLES.join(", ")
-        )));
-    }
-    dir.open_state()?.create_token(role)
+    let Some(role) = Role::parse(role) else {
+        let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        return Err(NodeError::Config(format!("unknown role {role:?}; roles: {}", roles.join(", "))));
+    };
+    dir.open_state()?.create_token(role.as_str())
 }
 
 /// What `concord backup` wrote.

@@ -19,7 +19,6 @@ use concord_log::checkpoint::Checkpoint;
 use concord_log::merkle::{CompactRange, Hash, leaf_hash};
 use concord_log::tiles::{MAX_ENTRY_BYTES, TILE_WIDTH, Tile, TileKind, decode_bundle};
 use concord_log::{LogError, Note};
-use serde::Serialize;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -383,56 +382,7 @@ fn fact_of(
     }))
 }
 
-/// One member's part of an audit.
-#[derive(Debug, Serialize)]
-pub struct MemberAudit {
-    pub member: String,
-    pub size: u64,
-    pub root: String,
-    pub cosigners: Vec<String>,
-    pub witness_quorum: usize,
-    /// The size verified before this audit, if any.
-    pub previous_size: Option<u64>,
-    /// New entries verified by this audit.
-    pub new_entries: u64,
-    pub problems: Vec<String>,
-}
-
-/// A reconciliation finding between two logs.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Mismatch {
-    pub request_id: String,
-    pub requester: String,
-    pub owner: String,
-    pub problem: String,
-}
-
-/// The whole audit report.
-#[derive(Debug, Serialize)]
-pub struct AuditReport {
-    pub members: Vec<MemberAudit>,
-    /// Accesses the two logs do not tell alike: each fails the audit.
-    pub mismatches: Vec<Mismatch>,
-    /// Releases whose requester logged the request but not the answer: the requester (or the
-    /// connection) went down between the two. Named; they do not fail the audit.
-    pub unreceived: Vec<Mismatch>,
-    /// Evidence about the audited members' logs.
-    pub evidence: Vec<crate::store::tlog::Evidence>,
-    /// The notes this node keeps of accesses it was a party to, checked against the salted
-    /// commitments of the entries verified in this audit (its own log's and its peers').
-    pub notes_checked: u64,
-    /// Notes that do not match their commitment, or are missing: each fails the audit.
-    pub notes_problems: Vec<String>,
-}
-
-impl AuditReport {
-    pub fn ok(&self) -> bool {
-        self.members.iter().all(|m| m.problems.is_empty())
-            && self.mismatches.is_empty()
-            && self.evidence.is_empty()
-            && self.notes_problems.is_empty()
-    }
-}
+pub use crate::wire::{AuditReport, MemberAudit, Mismatch};
 
 /// Checks the notes this node keeps of the accesses it was a party to against the
 /// commitments of `member`'s verified entries: the request's public note (whose signature

@@ -19,14 +19,7 @@ use super::Node;
 use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
 use crate::store::entry::{LogEntry, now};
-
-/// A vote as it travels: the signed vote note and, for a yes, the signature over the body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VoteWire {
-    pub note: String,
-    #[serde(default)]
-    pub body_signature: Option<String>,
-}
+use crate::wire::{self, Equivocation, ProposalStatus, ProposalView, VoteReport, VoteWire, VotedOn};
 
 impl VoteWire {
     fn of(v: &SignedVote) -> Self {
@@ -59,30 +52,6 @@ pub async fn pull_loop(node: std::sync::Arc<Node>, mut shutdown: tokio::sync::wa
             _ = tokio::time::sleep(PULL_INTERVAL) => {}
         }
     }
-}
-
-/// One proposal as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProposalView {
-    pub id: String,
-    pub proposer: String,
-    pub base_version: u64,
-    pub expires: u64,
-    pub changes: Vec<String>,
-    /// `live`, `adopted` or `dead: <why>`.
-    pub status: String,
-    pub yes: Vec<String>,
-    pub no: Vec<String>,
-}
-
-/// What a vote did, as the API says it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VoteReport {
-    pub proposal: String,
-    /// `counted`, `adopted` or `dead`.
-    pub outcome: String,
-    /// The charter version in force after the vote.
-    pub version: u64,
 }
 
 fn unix_now() -> u64 {
@@ -207,13 +176,44 @@ impl Node {
         // The others' own yes votes, pushed back while the proposal spread, may have made the
         // version already.
         if self.charter_version() > base {
+            let threshold = self.charter().charter.threshold;
             return Ok(VoteReport {
                 proposal: id,
-                outcome: "adopted".into(),
+                outcome: wire::VoteOutcome::Adopted,
                 version: self.charter_version(),
+                yes: threshold,
+                threshold,
             });
         }
         self.cast_vote(&id, Ballot::Yes, "leaving").await
+    }
+
+    /// Proposes `changes` and votes yes on them as their proposer, unless this member already
+    /// has a live yes on this version (one yes per version): then the vote is left to the
+    /// delegate.
+    pub async fn propose_and_vote(
+        &self,
+        changes: Vec<Change>,
+        ttl: Duration,
+    ) -> Result<(String, Option<VoteReport>), NodeError> {
+        let base = self.charter_version();
+        let id = self.propose(changes, ttl).await?;
+        if self.charter_version() > base {
+            let threshold = self.charter().charter.threshold;
+            let report = VoteReport {
+                proposal: id.clone(),
+                outcome: wire::VoteOutcome::Adopted,
+                version: self.charter_version(),
+                yes: threshold,
+                threshold,
+            };
+            return Ok((id, Some(report)));
+        }
+        if self.has_live_yes(&id)? {
+            return Ok((id, None));
+        }
+        let vote = self.cast_vote(&id, Ballot::Yes, "proposed it").await?;
+        Ok((id, Some(vote)))
     }
 
     /// Whether this node has a live yes on a proposal other than `except` in the current round.
@@ -241,6 +241,7 @@ impl Node {
             note: note.to_string(),
         };
         self.log.append(entry.to_bytes()?).await?;
+        self.metrics.governance(super::metrics::GovernanceEvent::Proposal);
         // A member's own exit: out at once, and every other node votes yes by itself.
         if let Some(leaver) = exit_of(&proposal)
             && leaver != self.cfg.member
@@ -288,7 +289,7 @@ impl Node {
         let report = self.take_vote_from(&wire, true).await?;
         // A vote that made the version needs no push of its own: the version, pushed already,
         // carries its signature.
-        if report.outcome != "adopted" {
+        if report.outcome != wire::VoteOutcome::Adopted {
             let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
             self.push(&self.keys(), "/v1/governance/vote", body).await;
         }
@@ -307,16 +308,16 @@ impl Node {
         let vote = wire.parse()?;
         let body = serde_json::to_string(wire).map_err(|e| NodeError::State(e.to_string()))?;
         // Stored under the round's lock, so the stored order is the order the round took them in.
-        let (outcome, new_evidence, base_version) = self.with_round(|r| {
+        let (outcome, new_evidence, base_version, (yes, threshold)) = self.with_round(|r| {
             let evidence_before = r.evidence.len();
             let outcome = r.vote(vote.clone(), unix_now());
             let mut new_evidence = None;
             if let Some(ev) = r.evidence.get(evidence_before) {
-                let evidence = serde_json::json!({
-                    "first": { "proposal": ev.first.0, "vote": VoteWire::of(&ev.first.1) },
-                    "second": { "proposal": ev.second.0, "vote": VoteWire::of(&ev.second.1) },
+                let evidence = serde_json::to_string(&Equivocation {
+                    first: VotedOn { proposal: ev.first.0.clone(), vote: VoteWire::of(&ev.first.1) },
+                    second: VotedOn { proposal: ev.second.0.clone(), vote: VoteWire::of(&ev.second.1) },
                 })
-                .to_string();
+                .map_err(|e| NodeError::Internal(format!("evidence: {e}")))?;
                 // Kept once, across restarts too.
                 if self.state.store_governance_act_once(r.base.version, "evidence", &evidence)? {
                     new_evidence = Some((ev.clone(), evidence));
@@ -325,7 +326,8 @@ impl Node {
             if outcome.is_ok() {
                 self.state.store_governance_act(r.base.version, "vote", &body)?;
             }
-            Ok::<_, NodeError>((outcome, new_evidence, r.base.version))
+            let count = (r.proposals.get(&vote.vote.proposal).map_or(0, |p| p.yes.len()), r.base.threshold);
+            Ok::<_, NodeError>((outcome, new_evidence, r.base.version, count))
         })??;
         if let Some((ev, evidence)) = new_evidence {
             let entry = LogEntry::Equivocation {
@@ -337,6 +339,7 @@ impl Node {
                 evidence,
             };
             self.log.append(entry.to_bytes()?).await?;
+            self.metrics.governance(super::metrics::GovernanceEvent::Equivocation);
         }
         let outcome = outcome.map_err(refused)?;
         let entry = LogEntry::GovernanceVote {
@@ -350,6 +353,7 @@ impl Node {
             note: wire.note.clone(),
         };
         self.log.append(entry.to_bytes()?).await?;
+        self.metrics.governance(super::metrics::GovernanceEvent::Vote);
         let outcome = match outcome {
             VoteOutcome::Adopted(next) => {
                 let bytes = next.to_bytes();
@@ -375,16 +379,12 @@ impl Node {
                         .collect();
                     self.push_to(&keys, &to, "/v1/governance/charter", bytes).await;
                 }
-                "adopted"
+                wire::VoteOutcome::Adopted
             }
-            VoteOutcome::Dead => "dead",
-            VoteOutcome::Counted => "counted",
+            VoteOutcome::Dead => wire::VoteOutcome::Dead,
+            VoteOutcome::Counted => wire::VoteOutcome::Counted,
         };
-        Ok(VoteReport {
-            proposal: vote.vote.proposal,
-            outcome: outcome.into(),
-            version: self.charter_version(),
-        })
+        Ok(VoteReport { proposal: vote.vote.proposal, outcome, version: self.charter_version(), yes, threshold })
     }
 
     /// Takes in a charter version pushed by a peer: the next version is verified and adopted;
@@ -422,6 +422,7 @@ impl Node {
     pub fn proposals(&self) -> Result<Vec<ProposalView>, NodeError> {
         let at = unix_now();
         self.with_round(|r| {
+            let threshold = r.base.threshold;
             r.proposals
                 .iter()
                 .map(|(id, p)| ProposalView {
@@ -431,12 +432,17 @@ impl Node {
                     expires: p.proposal.expires,
                     changes: p.proposal.changes.iter().map(Change::summary).collect(),
                     status: match r.status(id, at) {
-                        Some(Status::Live) | None => "live".into(),
-                        Some(Status::Adopted) => "adopted".into(),
-                        Some(Status::Dead(why)) => format!("dead: {why}"),
+                        Some(Status::Live) | None => ProposalStatus::Live,
+                        Some(Status::Adopted) => ProposalStatus::Adopted,
+                        Some(Status::Dead(_)) => ProposalStatus::Dead,
+                    },
+                    dead_because: match r.status(id, at) {
+                        Some(Status::Dead(why)) => Some(why.to_string()),
+                        _ => None,
                     },
                     yes: p.yes.keys().cloned().collect(),
                     no: p.no.keys().cloned().collect(),
+                    threshold,
                 })
                 .collect()
         })

@@ -14,6 +14,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod governance;
+pub mod metrics;
 pub mod owner;
 pub mod requester;
 pub mod witness;
@@ -196,6 +197,8 @@ pub struct Node {
     /// Sub-queries that passed the check round, by requester and request id, until their run
     /// takes them (or their reservation's time ends): the run does not decide them again.
     pub(crate) checked: owner::CheckedRequests,
+    /// Counters for `GET /metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl Node {
@@ -263,6 +266,7 @@ impl Node {
             datasets: tokio::sync::RwLock::new(Arc::new(datasets)),
             subquery_slots: tokio::sync::Semaphore::new(slots),
             checked: owner::CheckedRequests::default(),
+            metrics: metrics::Metrics::default(),
             query_slots: tokio::sync::Semaphore::new(slots),
             catalogs: requester::CatalogCache::default(),
             peer_rate: RateLimiter::new(limits.peer_requests_per_sec, limits.peer_burst),
@@ -307,6 +311,7 @@ impl Node {
             *current = Arc::new(next);
             signers
         };
+        self.metrics.governance(metrics::GovernanceEvent::Adoption);
         // The round of the new version, and the exits open on it (none yet: the exits on the
         // version before are done or dead with it).
         self.restore_governance()?;

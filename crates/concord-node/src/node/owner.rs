@@ -336,7 +336,7 @@ fn record(node: &Node, request: &QueryRequest) -> Result<bool, NodeError> {
 /// [`authenticate`], a failure counted against the connection's member.
 fn authenticated(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedRequest, NodeError> {
     authenticate(node, tls_member, body).or_else(|e| {
-        node.state.count_refusal(tls_member, e.code())?;
+        node.state.count_refusal(tls_member, e.code().as_str())?;
         Err(e)
     })
 }
@@ -344,6 +344,8 @@ fn authenticated(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedReq
 /// What the owner answers a released request with: the signed receipt, the release's details
 /// (which the receipt commits to) and the Arrow IPC bytes.
 pub struct Served {
+    /// The request's id, for the node's log line.
+    pub request_id: String,
     pub receipt: Note,
     pub details: Vec<u8>,
     pub ipc: Vec<u8>,
@@ -369,9 +371,9 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
             && let Some(details) =
                 node.state.notes(&request.request_id, &request.requester, NoteKind::Release)?
         {
-            return Ok(Served { receipt: Note::parse(&receipt)?, details, ipc });
+            return Ok(Served { request_id: request.request_id.clone(), receipt: Note::parse(&receipt)?, details, ipc });
         }
-        node.state.count_refusal(&request.requester, e.code())?;
+        node.state.count_refusal(&request.requester, e.code().as_str())?;
         return Err(e);
     }
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Request, body)?;
@@ -424,7 +426,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
             );
             let receipt = receipt.sign(&node.keys().signer)?;
             node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
-            Ok(Served { receipt, details, ipc })
+            Ok(Served { request_id: request.request_id.clone(), receipt, details, ipc })
         }
         Err(e) => Err(log_refusal(node, &signed, e).await?),
     }
@@ -504,7 +506,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         }
     });
     if let Err(e) = fresh {
-        node.state.count_refusal(&request.requester, e.code())?;
+        node.state.count_refusal(&request.requester, e.code().as_str())?;
         return Err(e);
     }
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Request, body)?;
@@ -545,7 +547,7 @@ pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), No
         "{} holds no checked request {} of {}",
         node.cfg.member, request.request_id, request.requester
     ));
-    node.state.count_refusal(tls_member, e.code())?;
+    node.state.count_refusal(tls_member, e.code().as_str())?;
     Err(e)
 }
 
@@ -613,7 +615,7 @@ pub fn error_class(detail: &str) -> String {
 /// What may cross the border of an error: a code and a reason without values from the data, and
 /// the decision to log. The detail stays on this node, in its own log output, as a class only.
 fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeError) {
-    let code = e.code().to_owned();
+    let code = e.code().as_str().to_owned();
     match e {
         NodeError::Query(QueryError::Execution(detail)) => {
             let class = error_class(&detail);
@@ -651,28 +653,7 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeErr
     }
 }
 
-/// What `policy test` reports: for a member, a purpose and SQL over one of this node's
-/// datasets, what would be released and which rule allowed or refused each part.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PolicyTest {
-    pub dataset: String,
-    pub requester: String,
-    pub purpose: String,
-    pub subqueries: Vec<SubqueryTest>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct SubqueryTest {
-    pub sql: String,
-    pub action: String,
-    /// The access decision: `allowed by ...` or `refused: ...`.
-    pub access: String,
-    /// `released` or `refused: ...`, after column modes and release rules.
-    pub verdict: String,
-    pub lines: Vec<String>,
-    /// The requester's budget left before this query, where differential privacy applies.
-    pub budget_left: Option<String>,
-}
+pub use crate::wire::{PolicyTest, SubqueryTest};
 
 impl Node {
     /// Explains how this node's policy for `dataset` treats `sql` from `requester`, without

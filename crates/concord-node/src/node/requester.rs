@@ -17,6 +17,7 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 
 use crate::NodeError;
+use crate::wire::{ColumnInfo, TableInfo, TableKind};
 use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{
     QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id, result_digest,
@@ -108,6 +109,12 @@ fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<Strin
     let charter = node.charter();
     let others = || charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != node.cfg.member);
     let mut wanted = BTreeSet::new();
+    // SHOW TABLES, SHOW COLUMNS and information_schema list every member's datasets.
+    let listing = sql.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("show"))
+        || tables.iter().any(|t| t.schema() == Some("information_schema"));
+    if listing {
+        wanted.extend(others());
+    }
     for t in tables {
         match t.schema() {
             Some(s) if s != node.cfg.member && charter.charter.member(s).is_some() => {
@@ -187,8 +194,64 @@ impl Node {
     /// query names are read, in parallel, each within its timeout; one that cannot be read
     /// leaves its member unreachable.
     pub async fn query_context(&self, sql: &str, purpose: &str) -> Result<SessionContext, NodeError> {
-        let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
+        let ctx = concord_query::limits::analyst_session(&self.cfg.limits.exec())?;
         let wanted = members_named(self, &ctx, sql);
+        self.fill_context(ctx, &wanted, purpose).await
+    }
+
+    /// The tables an analyst's query may name, each with its columns as SQL types: shared
+    /// schemas, every member's datasets released to this member, this node's own tables. A
+    /// member whose catalog cannot be read is left out with a warning in the node's log.
+    pub async fn tables(&self) -> Result<Vec<TableInfo>, NodeError> {
+        let ctx = concord_query::limits::analyst_session(&self.cfg.limits.exec())?;
+        let charter = self.charter();
+        let wanted: BTreeSet<String> =
+            charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != self.cfg.member).collect();
+        let ctx = self.fill_context(ctx, &wanted, "analysis").await?;
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
+        let mut out = Vec::new();
+        for schema_name in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&schema_name) else { continue };
+            let (kind, member) = match schema_name.as_str() {
+                "information_schema" => continue,
+                "public" => (TableKind::Federated, None),
+                "local" => (TableKind::Local, Some(self.cfg.member.clone())),
+                m => (TableKind::MemberDataset, Some(m.to_owned())),
+            };
+            let mut names = schema.table_names();
+            names.sort();
+            for name in names {
+                let Ok(Some(table)) = schema.table(&name).await else { continue };
+                let columns = table
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| ColumnInfo {
+                        name: f.name().clone(),
+                        sql_type: concord_query::dataset::sql_type(f.data_type()),
+                        nullable: f.is_nullable(),
+                    })
+                    .collect();
+                let shared_schema = match kind {
+                    TableKind::Federated => Some(name.clone()),
+                    _ => None,
+                };
+                let name = if schema_name == "public" { name } else { format!("{schema_name}.{name}") };
+                out.push(TableInfo { name, kind, shared_schema, member: member.clone(), columns });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fills an analyst's context: the catalogs of the members in `wanted` are read.
+    async fn fill_context(
+        &self,
+        ctx: SessionContext,
+        wanted: &BTreeSet<String>,
+        purpose: &str,
+    ) -> Result<SessionContext, NodeError> {
         let mut entries: Vec<(String, PeerDataset)> = Vec::new();
         let mut hidden: Vec<(String, String)> = Vec::new();
         for e in self.catalog_for(&self.cfg.member).await?.datasets {

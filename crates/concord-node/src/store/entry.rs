@@ -228,3 +228,128 @@ pub fn sha256(bytes: &[u8]) -> String {
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
+
+/// An entry as people read it: `concord log show`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Described {
+    /// Unix seconds.
+    pub time: i64,
+    /// The entry's kind, as its JSON tag says it (`access_served`, `governance_vote`, ...).
+    pub kind: &'static str,
+    /// The members it involves: requester and owner, proposer, voter, signers.
+    pub parties: Vec<String>,
+    pub dataset: Option<String>,
+    /// What was decided: `released`, `refused:<code>`, `approved`, `yes`, a cost...
+    pub decision: Option<String>,
+    /// The rest in a few words: ids, versions, digests.
+    pub detail: String,
+}
+
+impl LogEntry {
+    /// The entry for people; the signed notes it carries are left to `--format json` of the
+    /// raw entry (`concord log show --raw`).
+    pub fn describe(&self) -> Described {
+        let d = |time: i64, kind, parties: &[&str], dataset: Option<&str>, decision: Option<String>, detail: String| {
+            Described {
+                time,
+                kind,
+                parties: parties.iter().map(|p| (*p).to_owned()).collect(),
+                dataset: dataset.map(str::to_owned),
+                decision,
+                detail,
+            }
+        };
+        match self {
+            Self::AccessServed { time, request_id, requester, dataset, decision, policy, cost, .. } => d(
+                *time,
+                "access_served",
+                &[requester.as_str()],
+                Some(dataset.as_str()),
+                Some(decision.clone()),
+                format!(
+                    "request {request_id}{}{}",
+                    policy.as_ref().map(|p| format!(", policy {p}")).unwrap_or_default(),
+                    cost.as_ref().map(|c| format!(", cost {c}")).unwrap_or_default()
+                ),
+            ),
+            Self::AccessRequested { time, request_id, owner, dataset, .. } => {
+                d(*time, "access_requested", &[owner.as_str()], Some(dataset.as_str()), None, format!("request {request_id}"))
+            }
+            Self::RefusalsCounted { time, since, counts } => {
+                let parties: Vec<&str> = counts.iter().map(|c| c.member.as_str()).collect();
+                let what: Vec<String> = counts.iter().map(|c| format!("{} {}×{}", c.member, c.code, c.count)).collect();
+                d(*time, "refusals_counted", &parties, None, None, format!("since {since}: {}", what.join(", ")))
+            }
+            Self::AccessMade { time, request_id, owner, dataset, owner_log_index, .. } => d(
+                *time,
+                "access_made",
+                &[owner.as_str()],
+                Some(dataset.as_str()),
+                None,
+                format!("request {request_id}, owner's log entry {owner_log_index}"),
+            ),
+            Self::CharterAccepted { time, version, digest, signers } => {
+                let parties: Vec<&str> = signers.iter().map(String::as_str).collect();
+                d(*time, "charter_accepted", &parties, None, None, format!("version {version}, digest {digest}"))
+            }
+            Self::GovernanceProposal { time, proposal, proposer, base_version, changes, .. } => d(
+                *time,
+                "governance_proposal",
+                &[proposer.as_str()],
+                None,
+                None,
+                format!("proposal {proposal} on version {base_version}: {}", changes.join("; ")),
+            ),
+            Self::GovernanceVote { time, proposal, voter, ballot, .. } => {
+                d(*time, "governance_vote", &[voter.as_str()], None, Some(ballot.clone()), format!("proposal {proposal}"))
+            }
+            Self::Equivocation { time, voter, base_version, first, second, .. } => d(
+                *time,
+                "equivocation",
+                &[voter.as_str()],
+                None,
+                None,
+                format!("two yes votes on version {base_version}: proposals {first} and {second}"),
+            ),
+            Self::DatasetRegistered { time, name, shared_schema, policy, .. } => d(
+                *time,
+                "dataset_registered",
+                &[],
+                Some(name.as_str()),
+                None,
+                format!("schema {}, policy {policy}", shared_schema.as_deref().unwrap_or("none")),
+            ),
+            Self::DatasetRemoved { time, name } => d(*time, "dataset_removed", &[], Some(name.as_str()), None, String::new()),
+            Self::AccessRequestFiled { time, request_id, requester, owner, dataset, .. } => d(
+                *time,
+                "access_request_filed",
+                &[requester.as_str(), owner.as_str()],
+                Some(dataset.as_str()),
+                None,
+                format!("access request {request_id}"),
+            ),
+            Self::AccessRequestDecided { time, request_id, requester, owner, dataset, decision, valid_until, .. } => d(
+                *time,
+                "access_request_decided",
+                &[requester.as_str(), owner.as_str()],
+                Some(dataset.as_str()),
+                Some(decision.clone()),
+                format!("access request {request_id}, valid until {valid_until}"),
+            ),
+            Self::PolicySet { time, dataset, policy_sha256, classification } => d(
+                *time,
+                "policy_set",
+                &[],
+                Some(dataset.as_str()),
+                None,
+                format!("{classification}, sha256:{policy_sha256}"),
+            ),
+            Self::KeysSet { time, member, tls_pin, .. } => {
+                d(*time, "keys_set", &[member.as_str()], None, None, format!("TLS pin {tls_pin}"))
+            }
+            Self::ForkEvidence { time, origin, detail, .. } => {
+                d(*time, "fork_evidence", &[origin.as_str()], None, None, detail.clone())
+            }
+        }
+    }
+}

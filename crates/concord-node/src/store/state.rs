@@ -460,6 +460,20 @@ impl State {
 
 impl State {
     /// Counts a request that was no access (see `RefusalsCounted`).
+    /// Privacy budget charged on each dataset, in its parameter's units (rho or epsilon).
+    pub fn budget_spent(&self) -> Result<Vec<(String, f64)>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT dataset, SUM(cost) FROM budget_charges GROUP BY dataset ORDER BY dataset")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows.into_iter().map(|(d, units)| (d, units as f64 / 1e9)).collect())
+    }
+
     pub fn count_refusal(&self, member: &str, code: &str) -> Result<(), NodeError> {
         self.lock()
             .execute(
@@ -524,8 +538,8 @@ pub type KeptRelease = (Vec<u8>, Vec<u8>);
 /// A decision on an access request, as [`State::decide_access`] records it.
 pub struct DecisionRecord<'a> {
     pub id: &'a str,
-    /// `approved`, `refused` or `revoked`.
-    pub status: &'a str,
+    /// Approved, refused or revoked.
+    pub status: AccessStatus,
     pub valid_from: i64,
     pub valid_until: i64,
     pub reason: &'a str,
@@ -801,26 +815,15 @@ impl State {
 /// One piece of governance evidence: sequence number, base version, kind, body, when it came.
 pub type EvidenceRow = (i64, u64, String, String, String);
 
-/// An access request as a node keeps it: `in` (this node owns the dataset) or `out` (this
-/// node's analyst asked).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AccessRecord {
-    pub id: String,
-    pub direction: String,
-    pub requester: String,
-    pub owner: String,
-    pub dataset: String,
-    pub actions: String,
-    pub purpose: String,
-    pub legal_basis: String,
-    pub valid_from: i64,
-    pub valid_until: i64,
-    /// `pending`, `approved`, `refused`, `revoked`; an approved grant past its period is
-    /// `expired` when listed.
-    pub status: String,
-    pub reason: Option<String>,
-    pub filed_at: i64,
-    pub decided_at: Option<i64>,
+pub use crate::wire::AccessRecord;
+use crate::wire::{AccessStatus, Direction};
+
+/// A closed set stored as its text: a text this version does not know is a corrupt row.
+fn text_enum<T>(row: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("unknown value {text:?}").into())
+    })
 }
 
 impl State {
@@ -832,8 +835,8 @@ impl State {
                  valid_from, valid_until, status, reason, request_note, filed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
-                    r.id, r.direction, r.requester, r.owner, r.dataset, r.actions, r.purpose, r.legal_basis,
-                    r.valid_from, r.valid_until, r.status, r.reason, note, r.filed_at
+                    r.id, r.direction.as_str(), r.requester, r.owner, r.dataset, r.actions, r.purpose, r.legal_basis,
+                    r.valid_from, r.valid_until, r.status.as_str(), r.reason, note, r.filed_at
                 ],
             )
             .map_err(|e| match e {
@@ -880,7 +883,7 @@ impl State {
             .query_map(args, |r| {
                 Ok(AccessRecord {
                     id: r.get(0)?,
-                    direction: r.get(1)?,
+                    direction: text_enum(r, 1, Direction::parse)?,
                     requester: r.get(2)?,
                     owner: r.get(3)?,
                     dataset: r.get(4)?,
@@ -889,7 +892,7 @@ impl State {
                     legal_basis: r.get(7)?,
                     valid_from: r.get(8)?,
                     valid_until: r.get(9)?,
-                    status: r.get(10)?,
+                    status: text_enum(r, 10, AccessStatus::parse)?,
                     reason: r.get(11)?,
                     filed_at: r.get(12)?,
                     decided_at: r.get(13)?,
@@ -901,8 +904,8 @@ impl State {
         Ok(rows
             .into_iter()
             .map(|mut r| {
-                if r.status == "approved" && r.valid_until <= now {
-                    r.status = "expired".into();
+                if r.status == AccessStatus::Approved && r.valid_until <= now {
+                    r.status = AccessStatus::Expired;
                 }
                 r
             })
@@ -933,7 +936,7 @@ impl State {
             .execute(
                 "UPDATE access_requests SET status = ?2, reason = ?3, decision_note = ?4, decided_at = ?5,
                  valid_from = ?6, valid_until = ?7 WHERE id = ?1",
-                params![id, status, reason, note, now, valid_from, valid_until],
+                params![id, status.as_str(), reason, note, now, valid_from, valid_until],
             )
             .map_err(db)?;
         if n != 1 {
@@ -941,7 +944,7 @@ impl State {
         }
         if grant {
             match status {
-                "approved" => {
+                AccessStatus::Approved => {
                     tx.execute(
                         "INSERT OR REPLACE INTO grants (id, requester, dataset, actions, purpose, valid_from, valid_until, revoked_at)
                          SELECT id, requester, dataset, actions, purpose, ?2, ?3, NULL FROM access_requests WHERE id = ?1",
@@ -949,7 +952,7 @@ impl State {
                     )
                     .map_err(db)?;
                 }
-                "revoked" => {
+                AccessStatus::Revoked => {
                     tx.execute("UPDATE grants SET revoked_at = ?2 WHERE id = ?1", params![id, now])
                         .map_err(db)?;
                 }

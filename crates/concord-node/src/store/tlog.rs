@@ -20,6 +20,7 @@ use concord_log::{LogError, Note};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::NodeError;
+use crate::wire::Mismatch;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log_entries (
@@ -91,15 +92,7 @@ pub enum WitnessDecision {
     BadProof(String),
 }
 
-/// Kept evidence of a fork or failed consistency proof.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Evidence {
-    pub origin: String,
-    pub detail: String,
-    pub first: String,
-    pub second: String,
-    pub time: i64,
-}
+pub use crate::wire::Evidence;
 
 /// Most appends written in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -167,6 +160,10 @@ pub struct Log {
     /// never while holding the reader.
     side: Arc<Mutex<Connection>>,
     appended: Arc<tokio::sync::Notify>,
+    /// Appends made through [`Log::append`] and the nanoseconds they took, for the metrics;
+    /// shared by every handle.
+    append_count: Arc<std::sync::atomic::AtomicU64>,
+    append_nanos: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Log {
@@ -189,6 +186,8 @@ impl Log {
             reader: Arc::new(Mutex::new(reader)),
             side: Arc::new(Mutex::new(side)),
             appended,
+            append_count: Default::default(),
+            append_nanos: Default::default(),
         })
     }
 
@@ -206,6 +205,7 @@ impl Log {
         if entry.len() > MAX_ENTRY_BYTES {
             return Err(NodeError::Note(LogError::EntryTooLarge(entry.len())));
         }
+        let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reply: Reply = Box::new(move |r| {
             let _ = tx.send(r);
@@ -213,9 +213,21 @@ impl Log {
         self.sender
             .send(Request { entry, reply })
             .map_err(|_| NodeError::State("the log writer has stopped".into()))?;
-        rx.await
+        let index = rx
+            .await
             .map_err(|_| NodeError::State("the log writer has stopped".into()))?
-            .map_err(|e| NodeError::State(format!("log append failed: {e}")))
+            .map_err(|e| NodeError::State(format!("log append failed: {e}")))?;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.append_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.append_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        Ok(index)
+    }
+
+    /// Appends made through [`Log::append`] since the log was opened, and their total time in
+    /// nanoseconds.
+    pub fn append_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.append_count.load(Relaxed), self.append_nanos.load(Relaxed))
     }
 
     /// Appends from synchronous code (offline commands).
@@ -666,7 +678,6 @@ pub struct AccessFact {
 }
 
 /// A reconciliation finding between two logs.
-pub use crate::node::audit::Mismatch;
 
 fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>, appended: &tokio::sync::Notify) {
     let mut range: Option<CompactRange> = None;

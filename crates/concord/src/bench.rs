@@ -1,0 +1,139 @@
+//! `concord bench`: federated against pooled, governance, the log. Each writes its folders
+//! under `target/bench/` unless `--dir` says otherwise.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use concord_lab::bench;
+
+use crate::out::say;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Federated GROUP BY against the same SQL over the pooled data.
+    #[command(after_help = "Example:\n  concord bench federated --rows 600000 --iterations 15")]
+    Federated {
+        /// Rows in all, split across three members.
+        #[arg(long, default_value_t = 6_000_000)]
+        rows: usize,
+        /// Timed runs of each query, after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        /// Where the data and the nodes go.
+        #[arg(long, default_value = "target/bench/federated")]
+        dir: PathBuf,
+        /// The first port of the members' listeners.
+        #[arg(long, default_value_t = 7300)]
+        port_base: u16,
+    },
+    /// Time from a proposal reaching its threshold to every node running the new version.
+    #[command(after_help = "Example:\n  concord bench governance --members 50 --rounds 5")]
+    Governance {
+        /// Members of the federation.
+        #[arg(long, default_value_t = 50)]
+        members: usize,
+        /// Proposals adopted, each timed.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Where the nodes go.
+        #[arg(long, default_value = "target/bench/governance")]
+        dir: PathBuf,
+        /// The first port of the members' listeners.
+        #[arg(long, default_value_t = 7400)]
+        port_base: u16,
+    },
+    /// Durable appends, checkpoint cosigning and inclusion proofs of the transparency log.
+    #[command(after_help = "Example:\n  concord bench log --proof-sizes 100000,1000000")]
+    Log {
+        /// Where the log databases go.
+        #[arg(long, default_value = "target/bench/log")]
+        dir: PathBuf,
+        /// Tree sizes at which inclusion proofs are timed.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        proof_sizes: Vec<u64>,
+        /// The first port of the witnesses' listeners.
+        #[arg(long, default_value_t = 7400)]
+        port_base: u16,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Governance { members, rounds, dir, port_base } => governance(members, rounds, dir, port_base).await,
+        BenchCommand::Federated { rows, iterations, dir, port_base } => federated(rows, iterations, dir, port_base).await,
+        BenchCommand::Log { dir, proof_sizes, port_base } => log(dir, &proof_sizes, port_base).await,
+    }
+}
+
+async fn governance(members: usize, rounds: usize, dir: PathBuf, port_base: u16) -> Result<()> {
+    if members < 2 || rounds == 0 {
+        bail!("--members must be at least 2 and --rounds at least 1");
+    }
+    let opts = concord_lab::governance_bench::GovernanceBenchOptions { dir, members, rounds, port_base };
+    let r = concord_lab::governance_bench::governance(&opts, &|s| eprintln!("{s}")).await?;
+    say!("{} members on loopback, threshold {}; set up and started in {:.1} s", r.members, r.threshold, r.setup.as_secs_f64());
+    say!(
+        "threshold vote to every node on the new version: median {:.1} ms, max {:.1} ms over {} rounds (target 2000 ms)",
+        bench::ms(bench::percentile(&r.adoption, 0.5)),
+        bench::ms(r.adoption.iter().copied().max().unwrap_or_default()),
+        r.adoption.len()
+    );
+    Ok(())
+}
+
+async fn federated(rows: usize, iterations: usize, dir: PathBuf, port_base: u16) -> Result<()> {
+    if rows < 3 || iterations == 0 {
+        bail!("--rows must be at least 3 and --iterations at least 1");
+    }
+    let opts = bench::BenchOptions { dir, rows, iterations, port_base };
+    let report = bench::federated(&opts, &|s| eprintln!("{s}")).await?;
+    let p50 = |v: &[std::time::Duration]| bench::ms(bench::percentile(v, 0.5));
+    say!("query: {}", bench::BENCH_SQL);
+    say!("rows: {} across 3 members, {} groups, {} runs after one warm-up", report.rows, report.groups, report.pooled.len());
+    say!("pooled    median {:>9.1} ms", bench::ms(report.pooled_median()));
+    say!("federated median {:>9.1} ms", bench::ms(report.federated_median()));
+    say!("ratio federated/pooled: {:.2}", report.ratio());
+    say!("with the usage policy: {}", bench::POLICY_SQL.replace("TABLE", "events_dp"));
+    say!("without policy median {:>9.1} ms", p50(&report.without_policy));
+    say!("with policy    median {:>9.1} ms", p50(&report.with_policy));
+    say!("paired ratio with/without policy (modes, minimum group, DP): {:.2}", report.policy_ratio());
+    say!(
+        "owner's policy check per sub-query: p50 {:.3} ms, p99 {:.3} ms over {}",
+        p50(&report.policy_check),
+        bench::ms(bench::percentile(&report.policy_check, 0.99)),
+        report.policy_check.len()
+    );
+    say!(
+        "one owner's release alone ({} rows, no network): without policy median {:.1} ms, with policy {:.1} ms, paired ratio {:.2}",
+        report.rows / 3,
+        p50(&report.owner_without_policy),
+        p50(&report.owner_with_policy),
+        report.owner_policy_ratio()
+    );
+    Ok(())
+}
+
+async fn log(dir: PathBuf, proof_sizes: &[u64], port_base: u16) -> Result<()> {
+    let r = bench::log(&dir, proof_sizes, port_base, &|s| eprintln!("{s}")).await?;
+    say!("baseline: {:.0} inserts/s, one durable SQLite transaction each, no tree", r.baseline);
+    say!("durable appends (SQLite WAL, synchronous=FULL, group commit, Merkle nodes included):");
+    for (w, n, rate, p50, p99) in &r.appends {
+        say!(
+            "  {w:>3} writers: {n:>6} appends, {rate:>9.0} appends/s ({:.1}x baseline), p50 {:>7.2} ms, p99 {:>7.2} ms",
+            rate / r.baseline,
+            bench::ms(*p50),
+            bench::ms(*p99)
+        );
+    }
+    say!(
+        "checkpoint to cosigned by 2 witnesses: p50 {:.1} ms, p99 {:.1} ms over {} appends",
+        bench::ms(r.cosigned_p50()),
+        bench::ms(r.cosigned_p99()),
+        r.cosigned.len()
+    );
+    for (leaves, n, p50, p99) in &r.proofs {
+        say!("inclusion proof at {leaves} leaves: p50 {:.3} ms, p99 {:.3} ms over {n} proofs", bench::ms(*p50), bench::ms(*p99));
+    }
+    Ok(())
+}
