@@ -206,7 +206,10 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
     unchanged.version = base.version;
     unchanged.previous.clone_from(&base.previous);
     if unchanged == *base {
-        return Err(invalid("proposal", "it changes nothing: each change sets what the charter already says"));
+        return Err(invalid(
+            "proposal",
+            "it changes nothing: each change sets what the charter already says",
+        ));
     }
     Ok(next)
 }

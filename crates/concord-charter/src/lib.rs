@@ -271,7 +271,9 @@ impl AccessNotes {
 pub const DEFAULT_MIN_GROUP_SIZE: u64 = 10;
 
 /// The most sensitive classification of data that may leave its owner for another member.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CrossBorders {
     Public,

@@ -13,9 +13,11 @@ use datafusion::prelude::{DataFrame, SessionContext, col};
 use serde::{Deserialize, Serialize};
 
 use concord_node::NodeError;
+use concord_node::net::local::{ClientError, LocalClient};
 use concord_node::node::admin;
 use concord_node::run::{RunningNode, start};
 use concord_node::store::config::{InitOptions, NodeDir, replace_private};
+use concord_node::wire::{AccessAsk, DecideRequest, Decision, QueryRequest};
 
 pub const DEMO_FEDERATION: &str = "demo";
 
@@ -42,6 +44,9 @@ pub struct DemoMember {
     pub steward_token: String,
     /// A token of role `delegate`: proposals and votes on the charter.
     pub delegate_token: String,
+    /// A token of role `operator`: the node's metrics (`GET /metrics`).
+    #[serde(default)]
+    pub operator_token: String,
     /// The log prefix on the local listener: `log_url + "/checkpoint"` is the signed checkpoint.
     pub log_url: String,
     /// The log's verifier key (C2SP vkey).
@@ -89,6 +94,7 @@ pub async fn setup(
             auditor_token: String::new(),
             steward_token: String::new(),
             delegate_token: String::new(),
+            operator_token: String::new(),
             log_url: format!("http://127.0.0.1:{local}/v1/log"),
             vkey: card.vkey.clone(),
             dir: node_dir,
@@ -116,6 +122,7 @@ pub async fn setup(
         m.auditor_token = admin::token_create(&nd, "auditor")?;
         m.steward_token = admin::token_create(&nd, "steward")?;
         m.delegate_token = admin::token_create(&nd, "delegate")?;
+        m.operator_token = admin::token_create(&nd, "operator")?;
     }
     Ok(members)
 }
@@ -166,15 +173,7 @@ pub async fn start_all(members: &[DemoMember]) -> Result<Vec<RunningNode>, NodeE
     for m in members {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = concord_node::net::client::local_call(
-                &m.local_url,
-                "GET",
-                "/v1/status",
-                Some(&m.analyst_token),
-                None,
-            )
-            .await
-            .is_ok_and(|r| r.status == 200);
+            let ok = LocalClient::new(&m.local_url, &m.analyst_token).status().await.is_ok();
             if ok {
                 break;
             }
@@ -590,23 +589,22 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
         s.push_str(&format!("  {:<10} local {}  peer {}\n", m.id, m.local_url, m.peer_url));
     }
     if let Some(m) = file.members.first() {
+        s.push_str("\nPut `concord` on your PATH once: cargo install --path crates/concord --locked\n");
         s.push_str(&format!("\nAsk as an analyst of {}:\n", m.id));
+        s.push_str(&format!("  export CONCORD_NODE={} CONCORD_TOKEN={}\n", m.local_url, m.analyst_token));
+        s.push_str("  concord tables\n");
         for q in queries.iter().take(4) {
+            s.push_str(&format!("  concord query --provenance \"{q}\"\n"));
+        }
+        if let Some(b) = file.members.get(1) {
             s.push_str(&format!(
-                "  concord query --node {} --token {} --provenance \"{}\"\n",
-                m.local_url, m.analyst_token, q
+                "\nSee what a policy would release, rule by rule, as {}'s steward (nothing runs):\n  \
+                 CONCORD_NODE={} CONCORD_TOKEN={} concord policy test --as {} health_cases \"SELECT region, count(*) FROM health_cases GROUP BY region\"\n",
+                b.id, b.local_url, b.steward_token, m.id
             ));
         }
         s.push_str(&format!(
-            "\nSee what a policy would release, rule by rule, as {}'s steward (nothing runs):\n  \
-             concord policy test --node {} --token {} --as {} health_cases \"SELECT region, count(*) FROM health_cases GROUP BY region\"\n",
-            file.members.get(1).map(|b| b.id.as_str()).unwrap_or("a member"),
-            file.members.get(1).map(|b| b.local_url.as_str()).unwrap_or(""),
-            file.members.get(1).map(|b| b.steward_token.as_str()).unwrap_or(""),
-            m.id
-        ));
-        s.push_str(&format!(
-            "\nAudit every member's log as an auditor of {}:\n  concord audit --node {} --token {} --all\n",
+            "\nAudit every member's log as an auditor of {}:\n  CONCORD_NODE={} CONCORD_TOKEN={} concord audit --all\n",
             m.id, m.local_url, m.auditor_token
         ));
     }
@@ -626,13 +624,7 @@ pub async fn showcase(file: &DemoFile) -> String {
         let mut out = format!("\n{title}\n  {sql}\n");
         match r {
             Ok(a) => {
-                let rows = concord_query::compare::cells(&a.batches).unwrap_or_default();
-                for row in rows.iter().take(4) {
-                    out.push_str(&format!("  {row:?}\n"));
-                }
-                if rows.len() > 4 {
-                    out.push_str(&format!("  ... {} rows\n", rows.len()));
-                }
+                out.push_str(&table(&a.batches, 4));
                 for c in &a.provenance {
                     let r = &c.release;
                     let noise = r
@@ -690,39 +682,25 @@ pub async fn showcase(file: &DemoFile) -> String {
         refused,
         api_query(&alpha.local_url, &alpha.analyst_token, refused).await,
     ));
-    let ask = serde_json::json!({
-        "dataset": format!("{}.health_cases", bravo.id), "actions": ["aggregate"],
-        "purpose": "influenza study", "legal_basis": "public health act, art. 12", "days": 30
-    });
-    let filed = concord_node::net::client::local_call(
-        &alpha.local_url,
-        "POST",
-        "/v1/access/requests",
-        Some(&alpha.analyst_token),
-        Some(&ask),
-    )
-    .await;
-    let id = filed
-        .ok()
-        .filter(|r| r.status == 200)
-        .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
-        .and_then(|v| v["id"].as_str().map(str::to_owned));
-    match id {
-        Some(id) => {
-            let approved = concord_node::net::client::local_call(
-                &bravo.local_url,
-                "POST",
-                &format!("/v1/access/requests/{id}/approve"),
-                Some(&bravo.steward_token),
-                Some(&serde_json::json!({"days": 30})),
-            )
-            .await
-            .is_ok_and(|r| r.status == 200);
+    let ask = AccessAsk {
+        dataset: format!("{}.health_cases", bravo.id),
+        actions: vec!["aggregate".into()],
+        purpose: "influenza study".into(),
+        legal_basis: "public health act, art. 12".into(),
+        days: 30,
+    };
+    let filed = LocalClient::new(&alpha.local_url, &alpha.analyst_token).file_access_request(&ask).await;
+    match filed.map(|r| r.id) {
+        Ok(id) => {
+            let approved = LocalClient::new(&bravo.local_url, &bravo.steward_token)
+                .decide(&id, Decision::Approve, &DecideRequest { reason: String::new(), days: Some(30) })
+                .await
+                .is_ok();
             s.push_str(&format!(
                 "\nAn access request, filed by {a}'s analyst and {verdict} by {b}'s steward:\n  \
-                 concord access request --node {al} --token {at} --dataset {b}.health_cases --action aggregate \\\n    \
-                 --purpose \"influenza study\" --legal-basis \"public health act, art. 12\"\n  \
-                 concord access approve --node {bl} --token {bt} {id}\n  \
+                 CONCORD_NODE={al} CONCORD_TOKEN={at} concord access request --dataset {b}.health_cases \\\n    \
+                 --action aggregate --purpose \"influenza study\" --legal-basis \"public health act, art. 12\"\n  \
+                 CONCORD_NODE={bl} CONCORD_TOKEN={bt} concord access approve {id}\n  \
                  (queries with --purpose \"influenza study\" now show grant {id} in their provenance)\n",
                 a = alpha.id,
                 b = bravo.id,
@@ -733,7 +711,7 @@ pub async fn showcase(file: &DemoFile) -> String {
                 verdict = if approved { "approved" } else { "NOT approved" },
             ));
         }
-        None => s.push_str("\nThe access request could not be filed; see the nodes' output.\n"),
+        Err(e) => s.push_str(&format!("\nThe access request could not be filed: {e}\n")),
     }
     s
 }
@@ -749,31 +727,41 @@ pub struct ApiResult {
 
 /// Runs SQL through a node's local API, as an analyst would.
 pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiResult, NodeError> {
-    let resp = concord_node::net::client::local_call(
-        local_url,
-        "POST",
-        "/v1/query",
-        Some(token),
-        Some(&serde_json::json!({ "sql": sql })),
-    )
-    .await?;
-    if resp.status != 200 {
-        let (code, message) = resp.error_parts();
-        return Err(NodeError::Peer { member: "local node".into(), code, message });
-    }
-    #[derive(Deserialize)]
-    struct Body {
-        arrow_ipc: String,
-        provenance: Vec<concord_query::Contribution>,
-        #[serde(default)]
-        left_out: Vec<String>,
-    }
-    let body: Body = serde_json::from_slice(&resp.body)
-        .map_err(|e| NodeError::BadRequest(format!("malformed answer: {e}")))?;
+    let q = QueryRequest { sql: sql.to_owned(), purpose: None, partial: false };
+    let body = LocalClient::new(local_url, token).query(&q).await.map_err(|e| match e {
+        ClientError::Api { code, message, .. } => {
+            NodeError::Peer { member: "local node".into(), code: code.as_str().to_owned(), message }
+        }
+        ClientError::Unreachable(e) => e,
+        ClientError::Malformed(m) => NodeError::BadRequest(format!("malformed answer: {m}")),
+    })?;
     use base64::Engine as _;
     let ipc = base64::engine::general_purpose::STANDARD
         .decode(body.arrow_ipc)
         .map_err(|_| NodeError::BadRequest("arrow_ipc is not base64".into()))?;
     let (_, batches) = concord_query::ipc::decode(&ipc)?;
     Ok(ApiResult { batches, provenance: body.provenance, left_out: body.left_out })
+}
+
+/// The first `max` rows of a result as an aligned table, indented, and how many rows there are.
+fn table(batches: &[RecordBatch], max: usize) -> String {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut shown = Vec::new();
+    let mut left = max;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let n = b.num_rows().min(left);
+        shown.push(b.slice(0, n));
+        left -= n;
+    }
+    let mut out = match datafusion::arrow::util::pretty::pretty_format_batches(&shown) {
+        Ok(t) => t.to_string().lines().map(|l| format!("  {l}\n")).collect::<String>(),
+        Err(e) => format!("  (the rows cannot be shown: {e})\n"),
+    };
+    if total > max {
+        out.push_str(&format!("  ... {total} rows\n"));
+    }
+    out
 }

@@ -104,24 +104,18 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
 /// in both published checkpoints yet), for at most 30 seconds.
 async fn audit_all(m: &crate::demo::DemoMember) -> Result<String, String> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let body = serde_json::json!({"all": true});
+    let client = concord_node::net::local::LocalClient::new(&m.local_url, &m.auditor_token);
+    let all = concord_node::wire::AuditRequest { members: vec![], all: true };
     loop {
-        let resp = concord_node::net::client::local_call(
-            &m.local_url,
-            "POST",
-            "/v1/audit",
-            Some(&m.auditor_token),
-            Some(&body),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
-        if v["ok"] == true {
-            let n = v["report"]["members"].as_array().map(Vec::len).unwrap_or(0);
-            return Ok(format!("{n} logs verified and reconciled"));
+        let v = client.audit(&all).await.map_err(|e| e.to_string())?;
+        if v.ok {
+            return Ok(format!("{} logs verified and reconciled", v.report.members.len()));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(format!("the audit did not pass: {v}"));
+            return Err(format!(
+                "the audit did not pass: {}",
+                serde_json::to_string(&v.report).unwrap_or_default()
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

@@ -11,8 +11,10 @@ use crate::out::{say, time};
 #[derive(Subcommand)]
 pub enum AccessCommand {
     /// File an access request with a dataset's owner (role analyst).
-    #[command(after_help = "Example:\n  concord access request --dataset bravo.health_cases --action read_rows \\\n    \
-                            --purpose \"outbreak study\" --legal-basis \"GDPR art. 9(2)(i)\" --days 30")]
+    #[command(
+        after_help = "Example:\n  concord access request --dataset bravo.health_cases --action read_rows \\\n    \
+                            --purpose \"outbreak study\" --legal-basis \"GDPR art. 9(2)(i)\" --days 30"
+    )]
     Request {
         #[command(flatten)]
         connect: Connect,
@@ -42,7 +44,9 @@ pub enum AccessCommand {
         format: ListFormat,
     },
     /// Approve a request filed with this node: a grant for its period, or at most --days (role steward).
-    #[command(after_help = "Example:\n  concord access approve 9f2c... --days 14 --reason \"ethics board approval 2026-118\"")]
+    #[command(
+        after_help = "Example:\n  concord access approve 9f2c... --days 14 --reason \"ethics board approval 2026-118\""
+    )]
     Approve {
         #[command(flatten)]
         connect: Connect,
@@ -56,7 +60,9 @@ pub enum AccessCommand {
         reason: String,
     },
     /// Refuse a pending request, with a reason (role steward).
-    #[command(after_help = "Example:\n  concord access refuse 9f2c... --reason \"no legal basis for row-level access\"")]
+    #[command(
+        after_help = "Example:\n  concord access refuse 9f2c... --reason \"no legal basis for row-level access\""
+    )]
     Refuse {
         #[command(flatten)]
         connect: Connect,
@@ -130,11 +136,17 @@ pub async fn run(command: AccessCommand) -> Result<()> {
             decided("approved", &r)?;
         }
         AccessCommand::Refuse { connect, id, reason } => {
-            let r = connect.client()?.decide(&id, Decision::Refuse, &DecideRequest { reason, days: None }).await?;
+            let r = connect
+                .client()?
+                .decide(&id, Decision::Refuse, &DecideRequest { reason, days: None })
+                .await?;
             decided("refused", &r)?;
         }
         AccessCommand::Revoke { connect, id, reason } => {
-            let r = connect.client()?.decide(&id, Decision::Revoke, &DecideRequest { reason, days: None }).await?;
+            let r = connect
+                .client()?
+                .decide(&id, Decision::Revoke, &DecideRequest { reason, days: None })
+                .await?;
             decided("revoked", &r)?;
         }
     }

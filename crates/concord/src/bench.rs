@@ -60,8 +60,12 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Governance { members, rounds, dir, port_base } => governance(members, rounds, dir, port_base).await,
-        BenchCommand::Federated { rows, iterations, dir, port_base } => federated(rows, iterations, dir, port_base).await,
+        BenchCommand::Governance { members, rounds, dir, port_base } => {
+            governance(members, rounds, dir, port_base).await
+        }
+        BenchCommand::Federated { rows, iterations, dir, port_base } => {
+            federated(rows, iterations, dir, port_base).await
+        }
         BenchCommand::Log { dir, proof_sizes, port_base } => log(dir, &proof_sizes, port_base).await,
     }
 }
@@ -72,7 +76,12 @@ async fn governance(members: usize, rounds: usize, dir: PathBuf, port_base: u16)
     }
     let opts = concord_lab::governance_bench::GovernanceBenchOptions { dir, members, rounds, port_base };
     let r = concord_lab::governance_bench::governance(&opts, &|s| eprintln!("{s}")).await?;
-    say!("{} members on loopback, threshold {}; set up and started in {:.1} s", r.members, r.threshold, r.setup.as_secs_f64());
+    say!(
+        "{} members on loopback, threshold {}; set up and started in {:.1} s",
+        r.members,
+        r.threshold,
+        r.setup.as_secs_f64()
+    );
     say!(
         "threshold vote to every node on the new version: median {:.1} ms, max {:.1} ms over {} rounds (target 2000 ms)",
         bench::ms(bench::percentile(&r.adoption, 0.5)),
@@ -90,7 +99,12 @@ async fn federated(rows: usize, iterations: usize, dir: PathBuf, port_base: u16)
     let report = bench::federated(&opts, &|s| eprintln!("{s}")).await?;
     let p50 = |v: &[std::time::Duration]| bench::ms(bench::percentile(v, 0.5));
     say!("query: {}", bench::BENCH_SQL);
-    say!("rows: {} across 3 members, {} groups, {} runs after one warm-up", report.rows, report.groups, report.pooled.len());
+    say!(
+        "rows: {} across 3 members, {} groups, {} runs after one warm-up",
+        report.rows,
+        report.groups,
+        report.pooled.len()
+    );
     say!("pooled    median {:>9.1} ms", bench::ms(report.pooled_median()));
     say!("federated median {:>9.1} ms", bench::ms(report.federated_median()));
     say!("ratio federated/pooled: {:.2}", report.ratio());
@@ -133,7 +147,11 @@ async fn log(dir: PathBuf, proof_sizes: &[u64], port_base: u16) -> Result<()> {
         r.cosigned.len()
     );
     for (leaves, n, p50, p99) in &r.proofs {
-        say!("inclusion proof at {leaves} leaves: p50 {:.3} ms, p99 {:.3} ms over {n} proofs", bench::ms(*p50), bench::ms(*p99));
+        say!(
+            "inclusion proof at {leaves} leaves: p50 {:.3} ms, p99 {:.3} ms over {n} proofs",
+            bench::ms(*p50),
+            bench::ms(*p99)
+        );
     }
     Ok(())
 }

@@ -16,8 +16,10 @@ use crate::out::say;
 #[derive(Subcommand)]
 pub enum CharterCommand {
     /// Write charter version 1 from member cards and shared schemas.
-    #[command(after_help = "Example:\n  concord charter genesis --federation health-eu --card alpha.json --card bravo.json \\\n    \
-                            --schema health_cases.json -o charter-v1.note")]
+    #[command(
+        after_help = "Example:\n  concord charter genesis --federation health-eu --card alpha.json --card bravo.json \\\n    \
+                            --schema health_cases.json -o charter-v1.note"
+    )]
     Genesis {
         /// The federation's name, as every member's node was created with.
         #[arg(long)]
@@ -51,7 +53,9 @@ pub enum CharterCommand {
     },
     /// A charter version as a node holds it (the current one unless --version): members,
     /// shared schemas, the baseline and what it changed.
-    #[command(after_help = "Examples:\n  concord charter show\n  concord charter show --version 1 --format json")]
+    #[command(
+        after_help = "Examples:\n  concord charter show\n  concord charter show --version 1 --format json"
+    )]
     Show {
         #[command(flatten)]
         connect: Connect,

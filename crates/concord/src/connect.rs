@@ -39,8 +39,10 @@ pub fn profile_path() -> Result<PathBuf> {
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x),
-        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set; set CONCORD_PROFILE to a file")?)
-            .join(".config"),
+        _ => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set; set CONCORD_PROFILE to a file")?)
+                .join(".config")
+        }
     };
     Ok(base.join("concord").join("profile.toml"))
 }

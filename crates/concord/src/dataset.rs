@@ -14,8 +14,10 @@ use crate::out::say;
 #[derive(Subcommand)]
 pub enum DatasetCommand {
     /// Register a CSV or Parquet file by reference.
-    #[command(after_help = "Examples:\n  concord dataset add nodes/alpha cases --file data/cases.csv --schema health_cases\n  \
-                            concord dataset add nodes/alpha survey --file survey.csv --delimiter ';' --null NA --allow '*'")]
+    #[command(
+        after_help = "Examples:\n  concord dataset add nodes/alpha cases --file data/cases.csv --schema health_cases\n  \
+                            concord dataset add nodes/alpha survey --file survey.csv --delimiter ';' --null NA --allow '*'"
+    )]
     Add {
         /// The node folder.
         dir: PathBuf,

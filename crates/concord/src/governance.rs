@@ -113,8 +113,8 @@ fn changes(a: &ProposeArgs) -> Result<Vec<Change>> {
         changes.push(Change::CrossBorders { ceiling });
     }
     if let Some(v) = &a.access_notes {
-        let visibility =
-            AccessNotes::parse(v).ok_or_else(|| anyhow::anyhow!("--access-notes {v:?}: write parties or public"))?;
+        let visibility = AccessNotes::parse(v)
+            .ok_or_else(|| anyhow::anyhow!("--access-notes {v:?}: write parties or public"))?;
         changes.push(Change::AccessNotes { visibility });
     }
     if let Some(t) = &a.threshold {
@@ -216,7 +216,11 @@ pub async fn proposals(a: ProposalsArgs) -> Result<()> {
     match a.format {
         ListFormat::Json => say!("{}", serde_json::to_string_pretty(&r)?),
         ListFormat::Table => {
-            say!("charter version {}: {}", r.version, crate::out::plural(r.proposals.len() as u64, "proposal", "proposals"));
+            say!(
+                "charter version {}: {}",
+                r.version,
+                crate::out::plural(r.proposals.len() as u64, "proposal", "proposals")
+            );
             for p in &r.proposals {
                 let status = match &p.dead_because {
                     Some(why) => format!("dead: {why}"),

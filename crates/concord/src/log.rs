@@ -59,7 +59,9 @@ pub enum LogCommand {
         index: u64,
     },
     /// Check an offline receipt against the log's verifier key.
-    #[command(after_help = "Example:\n  concord log verify-receipt entry-42.proof --vkey \"health-eu/alpha+1a2b3c4d+AaBb...\"")]
+    #[command(
+        after_help = "Example:\n  concord log verify-receipt entry-42.proof --vkey \"health-eu/alpha+1a2b3c4d+AaBb...\""
+    )]
     VerifyReceipt {
         /// The receipt file, as `concord log receipt` wrote it.
         file: PathBuf,
@@ -122,9 +124,21 @@ impl Filter {
 
 fn show(dir: PathBuf, from: u64, filter: &Filter, format: ListFormat, raw: bool) -> Result<()> {
     const KINDS: &[&str] = &[
-        "access_served", "access_requested", "access_made", "refusals_counted", "charter_accepted",
-        "governance_proposal", "governance_vote", "equivocation", "dataset_registered", "dataset_removed",
-        "access_request_filed", "access_request_decided", "policy_set", "keys_set", "fork_evidence",
+        "access_served",
+        "access_requested",
+        "access_made",
+        "refusals_counted",
+        "charter_accepted",
+        "governance_proposal",
+        "governance_vote",
+        "equivocation",
+        "dataset_registered",
+        "dataset_removed",
+        "access_request_filed",
+        "access_request_decided",
+        "policy_set",
+        "keys_set",
+        "fork_evidence",
     ];
     if let Some(k) = &filter.kind
         && !KINDS.contains(&k.as_str())
@@ -144,7 +158,15 @@ fn show(dir: PathBuf, from: u64, filter: &Filter, format: ListFormat, raw: bool)
     let size = log.size()?;
     let mut start = from;
     if matches!(format, ListFormat::Table) && !raw {
-        say!("{:>7}  {:<20} {:<22} {:<18} {:<16} {:<18} detail", "index", "time", "kind", "parties", "dataset", "decision");
+        say!(
+            "{:>7}  {:<20} {:<22} {:<18} {:<16} {:<18} detail",
+            "index",
+            "time",
+            "kind",
+            "parties",
+            "dataset",
+            "decision"
+        );
     }
     while start < size {
         let end = (start + 1024).min(size);
@@ -210,14 +232,21 @@ pub async fn run(command: LogCommand) -> Result<()> {
             write!(std::io::stdout().lock(), "{proof}")?;
         }
         LogCommand::VerifyReceipt { file, vkey } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let proof = concord_log::tiles::TlogProof::parse(&text)?;
             let key = concord_log::NoteVerifier::from_vkey(&vkey)?;
             let Some(entry) = &proof.extra else {
                 bail!("the receipt carries no entry (extra line); it cannot be checked alone");
             };
             let cp = proof.verify(entry, &key)?;
-            say!("valid: entry {} is in {}'s log of {} entries, signed by {}", proof.index, cp.origin, cp.size, key.name());
+            say!(
+                "valid: entry {} is in {}'s log of {} entries, signed by {}",
+                proof.index,
+                cp.origin,
+                cp.size,
+                key.name()
+            );
             match LogEntry::from_bytes(entry) {
                 Ok(e) => {
                     let d = e.describe();

@@ -48,7 +48,9 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Create a node folder: config, member key, TLS key and certificate, state, member card.
-    #[command(after_help = "Example:\n  concord init nodes/alpha --member alpha --federation health-eu --jurisdiction FR")]
+    #[command(
+        after_help = "Example:\n  concord init nodes/alpha --member alpha --federation health-eu --jurisdiction FR"
+    )]
     Init(setup::InitArgs),
     /// Become a full member once an adopted charter version names this node's card.
     #[command(after_help = "Example:\n  concord join nodes/delta --peer 127.0.0.1:7101 --genesis 3f1a...")]
@@ -73,8 +75,10 @@ enum Command {
         command: setup::NodeCommand,
     },
     /// Keep a node and a token for later commands (a profile file readable by you only).
-    #[command(after_help = "Example:\n  concord login --node http://127.0.0.1:7100   (then paste the token)\n  \
-                            echo \"$TOKEN\" | concord login --node http://127.0.0.1:7100 --token-stdin")]
+    #[command(
+        after_help = "Example:\n  concord login --node http://127.0.0.1:7100   (then paste the token)\n  \
+                            echo \"$TOKEN\" | concord login --node http://127.0.0.1:7100 --token-stdin"
+    )]
     Login(connect::LoginArgs),
     /// Charter versions: genesis, signatures, acceptance, show and history.
     Charter {
@@ -110,9 +114,11 @@ enum Command {
     #[command(after_help = "Example:\n  concord proposals --format json")]
     Proposals(governance::ProposalsArgs),
     /// Run federated SQL through a node (role analyst).
-    #[command(after_help = "Examples:\n  concord query \"SELECT region, count(*) FROM health_cases GROUP BY region\"\n  \
+    #[command(
+        after_help = "Examples:\n  concord query \"SELECT region, count(*) FROM health_cases GROUP BY region\"\n  \
                             concord query -f report.sql --format csv > report.csv\n  \
-                            echo \"SHOW TABLES\" | concord query -")]
+                            echo \"SHOW TABLES\" | concord query -"
+    )]
     Query(query::QueryArgs),
     /// The tables a query may name: shared schemas, member datasets released to this member,
     /// and this node's own tables.
@@ -138,7 +144,9 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// A whole three-member federation on 127.0.0.1 with sample data.
-    #[command(after_help = "Examples:\n  cargo run --release -- demo\n  concord demo --smoke --port-base 7500")]
+    #[command(
+        after_help = "Examples:\n  cargo run --release -- demo\n  concord demo --smoke --port-base 7500"
+    )]
     Demo(demo::DemoArgs),
     /// Benchmarks; each writes under target/ unless --dir says otherwise.
     Bench {
@@ -160,8 +168,7 @@ fn colour() -> bool {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG").unwrap_or_else(|_| "warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(colour()).init(),

@@ -12,7 +12,9 @@ pub(crate) use say;
 
 /// Whether `e` is a write to a closed pipe: the reader left, nothing is wrong.
 pub fn broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// A Unix time as RFC 3339 in UTC, seconds precision.

@@ -250,8 +250,10 @@ pub fn audit(v: &AuditResponse, json: bool) -> Result<()> {
 
 /// `policy test` as text: one block per sub-query, one line per rule.
 pub fn explain_policy_test(report: &PolicyTest) -> String {
-    let mut s =
-        format!("policy test: {} asks {} for purpose {:?}\n", report.requester, report.dataset, report.purpose);
+    let mut s = format!(
+        "policy test: {} asks {} for purpose {:?}\n",
+        report.requester, report.dataset, report.purpose
+    );
     for q in &report.subqueries {
         s.push_str(&format!("\nsub-query: {}\n", q.sql));
         s.push_str(&format!("  action {}: {}\n", q.action, q.access));

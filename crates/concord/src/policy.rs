@@ -16,7 +16,9 @@ use crate::out::say;
 pub enum PolicyCommand {
     /// Set a dataset's usage policy from a policy file (see docs/policy.md); a running node
     /// applies it at once.
-    #[command(after_help = "Example:\n  concord policy set nodes/bravo health_cases policies/health_cases.toml")]
+    #[command(
+        after_help = "Example:\n  concord policy set nodes/bravo health_cases policies/health_cases.toml"
+    )]
     Set {
         /// The node folder.
         dir: PathBuf,
@@ -95,7 +97,8 @@ pub async fn run(command: PolicyCommand) -> Result<()> {
             write!(std::io::stdout().lock(), "{}", p.source)?;
         }
         PolicyCommand::Check { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let p = concord_policy::Policy::parse(&text, &file.display().to_string())?;
             p.check_baseline(&concord_policy::Baseline::default())?;
             say!(

@@ -90,7 +90,8 @@ pub async fn tables(a: TablesArgs) -> Result<()> {
         ListFormat::Table => {
             say!("{:<36} {:<15} columns", "table", "kind");
             for t in &list {
-                let cols: Vec<String> = t.columns.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect();
+                let cols: Vec<String> =
+                    t.columns.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect();
                 say!("{:<36} {:<15} {}", t.name, t.kind.as_str(), cols.join(", "));
             }
         }

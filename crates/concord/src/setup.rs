@@ -69,7 +69,8 @@ pub struct JoinArgs {
 
 pub async fn join(a: JoinArgs) -> Result<()> {
     let sc =
-        concord_node::node::governance::join(&NodeDir::new(&a.dir), &a.peer, &a.genesis, a.head.as_deref()).await?;
+        concord_node::node::governance::join(&NodeDir::new(&a.dir), &a.peer, &a.genesis, a.head.as_deref())
+            .await?;
     say!(
         "joined federation {} at charter version {} ({} members), verified from genesis {}",
         sc.charter.federation,

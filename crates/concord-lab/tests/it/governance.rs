@@ -3,7 +3,9 @@
 
 use concord_charter::governance::{Ballot, Change, Proposal, Round, SignedVote, VoteOutcome};
 use concord_lab::demo::api_query;
+use concord_node::net::local::LocalClient;
 use concord_node::store::config::NodeDir;
+use concord_node::wire::{self, EvidenceKind};
 
 use crate::support::three_members;
 
@@ -96,7 +98,8 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
     }
     // A replayed proposal is refused as already known.
     let report = bravo.cast_vote(&p1, Ballot::Yes, "fine").await.expect("counted");
-    assert_eq!(report.outcome, "counted");
+    assert_eq!(report.outcome, wire::VoteOutcome::Counted);
+    assert_eq!((report.yes, report.threshold, report.needed()), (1, 2, 1), "bravo's yes, one more needed");
     assert!(bravo.cast_vote(&p1, Ballot::Yes, "").await.is_err(), "a duplicate vote");
     // Bravo's node never signs a second yes on one version.
     let e = bravo.cast_vote(&p2, Ballot::Yes, "").await.expect_err("one yes per version");
@@ -108,10 +111,7 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
     let second = proposal_of(alpha, &p2);
     let body = concord_charter::governance::apply(&alpha.charter().charter, &second.changes).expect("body");
     let forged = SignedVote::cast(&key, "bravo", &second, &body, Ballot::Yes, "").expect("vote");
-    let wire = concord_node::node::governance::VoteWire {
-        note: forged.note.to_string(),
-        body_signature: forged.body_signature_line(),
-    };
+    let wire = wire::VoteWire { note: forged.note.to_string(), body_signature: forged.body_signature_line() };
     for _ in 0..3 {
         let e = alpha.take_vote(&wire).await.expect_err("equivocation");
         assert!(e.to_string().contains("equivocation"), "{e}");
@@ -120,23 +120,15 @@ async fn proposals_and_votes_spread_and_every_node_adopts_the_version() {
     assert_eq!(evidence.iter().filter(|(k, _, _)| k == "evidence").count(), 1);
     // The local API shows it, both signed votes, to alpha's delegates and auditors.
     let a = fed.member("alpha");
-    let resp = concord_node::net::client::local_call(
-        &a.local_url,
-        "GET",
-        "/v1/governance/evidence",
-        Some(&a.auditor_token),
-        None,
-    )
-    .await
-    .expect("answers");
-    assert_eq!(resp.status, 200);
-    let shown: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
-    assert_eq!(shown["evidence"].as_array().map(Vec::len), Some(1), "{shown}");
-    assert_eq!(shown["evidence"][0]["kind"], "equivocation");
-    assert_eq!(shown["evidence"][0]["evidence"]["second"]["vote"]["note"], serde_json::json!(wire.note));
+    let shown = LocalClient::new(&a.local_url, &a.auditor_token).evidence(None).await.expect("answers");
+    assert_eq!(shown.evidence.len(), 1, "{shown:?}");
+    assert_eq!(shown.evidence[0].kind, EvidenceKind::Equivocation);
+    let votes = shown.evidence[0].equivocation.as_ref().expect("both votes");
+    assert_eq!(votes.second.vote, wire);
+    assert_eq!(shown.next, None);
     // Alpha's yes reaches the threshold of two: every node adopts version 2.
     let report = alpha.cast_vote(&p1, Ballot::Yes, "").await.expect("adopted");
-    assert_eq!((report.outcome.as_str(), report.version), ("adopted", 2));
+    assert_eq!((report.outcome, report.version), (wire::VoteOutcome::Adopted, 2));
     for n in [alpha, bravo, charlie] {
         assert_eq!(n.charter_version(), 2);
         assert_eq!(n.baseline().min_group_size, 12, "the baseline follows the version");
@@ -291,6 +283,7 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
         auditor_token: String::new(),
         steward_token: String::new(),
         delegate_token: String::new(),
+        operator_token: String::new(),
         log_url: String::new(),
         vkey: card.vkey.clone(),
         dir: fox_dir.clone(),

@@ -28,9 +28,10 @@ use crate::NodeError;
 use crate::api::ErrorResponse;
 use crate::node::Node;
 use crate::wire::{
-    AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo, DecideRequest,
-    Decision, Equivocation, EvidenceItem, EvidenceKind, EvidencePage, PolicyTest, PolicyTestRequest, ProposeRequest,
-    Proposals, Proposed, QueryRequest, QueryResponse, Role, Status, TableInfo, VoteReport, VoteRequest,
+    AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo,
+    DecideRequest, Decision, Equivocation, EvidenceItem, EvidenceKind, EvidencePage, PolicyTest,
+    PolicyTestRequest, Proposals, ProposeRequest, Proposed, QueryRequest, QueryResponse, Role, Status,
+    TableInfo, VoteReport, VoteRequest,
 };
 
 /// Largest request body a local user may send.
@@ -187,9 +188,14 @@ async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResul
 /// provenance, and the members or datasets a result leaves out.
 #[utoipa::path(post, path = "/v1/query", tag = "query", request_body = QueryRequest,
     responses((status = 200, body = QueryResponse)))]
-async fn query(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<QueryResponse> {
+async fn query(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<QueryResponse> {
     authorize(&node, &headers, &[Role::Analyst])?;
-    let q: QueryRequest = json_body(&body, "query body", r#"{"sql": "...", "purpose": "...", "partial": false}"#)?;
+    let q: QueryRequest =
+        json_body(&body, "query body", r#"{"sql": "...", "purpose": "...", "partial": false}"#)?;
     let purpose = q.purpose.unwrap_or_else(|| "analysis".into());
     if purpose.contains(['\n', '\r']) || purpose.trim().is_empty() {
         return Err(NodeError::BadRequest("purpose must be one line of text".into()).into());
@@ -216,7 +222,10 @@ async fn query(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::bo
 /// The latest published checkpoint of this node's log, a C2SP signed note (role auditor).
 #[utoipa::path(get, path = "/v1/log/checkpoint", tag = "log",
     responses((status = 200, description = "C2SP tlog-checkpoint", content_type = "text/plain", body = String)))]
-async fn log_checkpoint(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Response, ErrorResponse> {
+async fn log_checkpoint(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<Response, ErrorResponse> {
     authorize(&node, &headers, &[Role::Auditor])?;
     Ok(crate::api::serve_checkpoint(&node))
 }
@@ -245,9 +254,9 @@ async fn log_receipt(
     Path(index): Path<String>,
 ) -> Result<Response, ErrorResponse> {
     authorize(&node, &headers, &[Role::Auditor])?;
-    let index: u64 = index
-        .parse()
-        .map_err(|_| NodeError::BadRequest(format!("entry index {index:?} is not a number; write 0, 1, 2, ...")))?;
+    let index: u64 = index.parse().map_err(|_| {
+        NodeError::BadRequest(format!("entry index {index:?} is not a number; write 0, 1, 2, ..."))
+    })?;
     let (size, note) = node
         .log
         .published_checkpoint()?
@@ -275,7 +284,11 @@ async fn log_receipt(
 /// Audits members' logs and reconciles the accesses between them (role auditor).
 #[utoipa::path(post, path = "/v1/audit", tag = "log", request_body = AuditRequest,
     responses((status = 200, body = AuditResponse)))]
-async fn audit(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<AuditResponse> {
+async fn audit(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<AuditResponse> {
     authorize(&node, &headers, &[Role::Auditor])?;
     let q: AuditRequest = json_body(&body, "audit body", r#"{"members": [...]} or {"all": true}"#)?;
     let targets: Vec<String> =
@@ -297,7 +310,8 @@ async fn policy_test(
     body: axum::body::Bytes,
 ) -> ApiResult<PolicyTest> {
     authorize(&node, &headers, &[Role::Steward])?;
-    let q: PolicyTestRequest = json_body(&body, "policy test body", r#"{"as", "purpose", "dataset", "sql"}"#)?;
+    let q: PolicyTestRequest =
+        json_body(&body, "policy test body", r#"{"as", "purpose", "dataset", "sql"}"#)?;
     Ok(axum::Json(node.policy_test(&q.as_member, &q.purpose, &q.dataset, &q.sql).await?))
 }
 
@@ -373,7 +387,8 @@ async fn proposals_file(
     )?;
     let base_version = node.charter_version();
     let changes: Vec<String> = b.changes.iter().map(Change::summary).collect();
-    let (proposal, vote) = node.propose_and_vote(b.changes, std::time::Duration::from_secs(b.expires_in_secs)).await?;
+    let (proposal, vote) =
+        node.propose_and_vote(b.changes, std::time::Duration::from_secs(b.expires_in_secs)).await?;
     Ok(axum::Json(Proposed { proposal, base_version, changes, vote }))
 }
 
@@ -489,8 +504,11 @@ async fn charter_show(
     let q = query_params(q)?;
     let want = q.version.unwrap_or_else(|| node.charter_version());
     history(&node)?.into_iter().find(|s| s.version == want).map(axum::Json).ok_or_else(|| {
-        NodeError::NotFound(format!("charter version {want}; this node holds versions 1 to {}", node.charter_version()))
-            .into()
+        NodeError::NotFound(format!(
+            "charter version {want}; this node holds versions 1 to {}",
+            node.charter_version()
+        ))
+        .into()
     })
 }
 

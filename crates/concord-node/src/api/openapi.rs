@@ -37,7 +37,8 @@ pub fn document() -> &'static Document {
 /// The document as pretty JSON.
 pub fn document_json() -> String {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| document().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))).clone()
+    JSON.get_or_init(|| document().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")))
+        .clone()
 }
 
 fn build() -> Document {
@@ -51,7 +52,10 @@ fn build() -> Document {
             .into(),
     );
     let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
     components.schemas.insert(ErrorBody::name().into_owned(), ErrorBody::schema());
     let mut needed = Vec::new();
     ErrorBody::schemas(&mut needed);
@@ -63,7 +67,10 @@ fn build() -> Document {
         for op in operations(item) {
             for (status, description) in ERRORS {
                 op.responses.responses.entry((*status).to_owned()).or_insert_with(|| {
-                    ResponseBuilder::new().description(*description).content("application/json", error.clone()).into()
+                    ResponseBuilder::new()
+                        .description(*description)
+                        .content("application/json", error.clone())
+                        .into()
                 });
             }
             // The document itself says `security(())`: no token.

@@ -7,9 +7,9 @@ use serde::de::DeserializeOwned;
 
 use crate::net::client::{Response, local_request};
 use crate::wire::{
-    AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo, DecideRequest,
-    Decision, ErrorBody, ErrorCode, EvidencePage, PolicyTest, PolicyTestRequest, ProposeRequest, Proposals,
-    Proposed, QueryRequest, QueryResponse, Status, TableInfo, VoteReport, VoteRequest,
+    AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo,
+    DecideRequest, Decision, ErrorBody, ErrorCode, EvidencePage, PolicyTest, PolicyTestRequest, Proposals,
+    ProposeRequest, Proposed, QueryRequest, QueryResponse, Status, TableInfo, VoteReport, VoteRequest,
 };
 
 /// Why a call to the local API failed.
@@ -70,7 +70,9 @@ impl LocalClient {
             return Ok(resp);
         }
         match serde_json::from_slice::<ErrorBody>(&resp.body) {
-            Ok(e) => Err(ClientError::Api { status: resp.status, code: e.error.code, message: e.error.message }),
+            Ok(e) => {
+                Err(ClientError::Api { status: resp.status, code: e.error.code, message: e.error.message })
+            }
             Err(_) => Err(ClientError::Malformed(format!(
                 "HTTP {} with {}",
                 resp.status,
@@ -158,7 +160,12 @@ impl LocalClient {
     }
 
     /// `POST /v1/access/requests/{id}/{decision}`.
-    pub async fn decide(&self, id: &str, decision: Decision, d: &DecideRequest) -> Result<AccessRecord, ClientError> {
+    pub async fn decide(
+        &self,
+        id: &str,
+        decision: Decision,
+        d: &DecideRequest,
+    ) -> Result<AccessRecord, ClientError> {
         let path = format!("/v1/access/requests/{}/{}", segment(id), decision.as_str());
         self.call("POST", &path, Some(d)).await
     }

@@ -238,9 +238,10 @@ impl Node {
         reason: &str,
         days: Option<u64>,
     ) -> Result<AccessRecord, NodeError> {
-        let record = self.state.access_request(id)?.filter(|r| r.direction == Direction::In).ok_or_else(|| {
-            NodeError::NotFound(format!("no access request {id} was filed with {}", self.cfg.member))
-        })?;
+        let record =
+            self.state.access_request(id)?.filter(|r| r.direction == Direction::In).ok_or_else(|| {
+                NodeError::NotFound(format!("no access request {id} was filed with {}", self.cfg.member))
+            })?;
         let allowed_from = match decision {
             Decision::Approve | Decision::Refuse => AccessStatus::Pending,
             Decision::Revoke => AccessStatus::Approved,
@@ -366,7 +367,9 @@ impl Node {
         let record = self
             .state
             .access_request(&d.request_id)?
-            .filter(|r| r.direction == Direction::Out && r.owner == tls_member && r.requester == self.cfg.member)
+            .filter(|r| {
+                r.direction == Direction::Out && r.owner == tls_member && r.requester == self.cfg.member
+            })
             .ok_or_else(|| {
                 NodeError::NotFound(format!(
                     "this node filed no access request {} with {tls_member}",
@@ -408,8 +411,10 @@ impl Node {
 
     /// Owner side: the decision note of a request, for the requester that filed it.
     pub fn access_decision_note(&self, tls_member: &str, id: &str) -> Result<Option<Vec<u8>>, NodeError> {
-        let Some(r) =
-            self.state.access_request(id)?.filter(|r| r.direction == Direction::In && r.requester == tls_member)
+        let Some(r) = self
+            .state
+            .access_request(id)?
+            .filter(|r| r.direction == Direction::In && r.requester == tls_member)
         else {
             return Err(NodeError::NotFound(format!("no access request {id} from {tls_member}")));
         };
@@ -424,7 +429,9 @@ impl Node {
     pub async fn access_requests(&self) -> Result<Vec<AccessRecord>, NodeError> {
         let now = chrono::Utc::now().timestamp();
         for r in self.state.access_requests(now)? {
-            if r.direction != Direction::Out || !matches!(r.status, AccessStatus::Pending | AccessStatus::Approved) {
+            if r.direction != Direction::Out
+                || !matches!(r.status, AccessStatus::Pending | AccessStatus::Approved)
+            {
                 continue;
             }
             let charter = self.charter();

@@ -11,10 +11,10 @@ use datafusion::catalog::TableProvider as _;
 use sha2::{Digest, Sha256};
 
 use crate::NodeError;
-use crate::wire::Role;
 use crate::store::config::{NodeDir, replace_file};
 use crate::store::entry::{LogEntry, now};
 use crate::store::state::{DatasetRecord, now_rfc3339};
+use crate::wire::Role;
 
 fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
     std::fs::read(path).map_err(|e| NodeError::io(path, e))

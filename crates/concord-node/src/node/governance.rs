@@ -384,7 +384,13 @@ impl Node {
             VoteOutcome::Dead => wire::VoteOutcome::Dead,
             VoteOutcome::Counted => wire::VoteOutcome::Counted,
         };
-        Ok(VoteReport { proposal: vote.vote.proposal, outcome, version: self.charter_version(), yes, threshold })
+        Ok(VoteReport {
+            proposal: vote.vote.proposal,
+            outcome,
+            version: self.charter_version(),
+            yes,
+            threshold,
+        })
     }
 
     /// Takes in a charter version pushed by a peer: the next version is verified and adopted;

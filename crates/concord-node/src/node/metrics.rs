@@ -117,7 +117,11 @@ impl Node {
         for (code, n) in snapshot(&m.refused) {
             t.sample("concord_refusals_total", &[("member", member), ("code", code)], n);
         }
-        t.family("concord_governance_events_total", "counter", "Proposals, votes, adoptions and equivocations taken in.");
+        t.family(
+            "concord_governance_events_total",
+            "counter",
+            "Proposals, votes, adoptions and equivocations taken in.",
+        );
         for (kind, n) in snapshot(&m.governance) {
             t.sample("concord_governance_events_total", &[("member", member), ("event", kind)], n);
         }
@@ -125,13 +129,25 @@ impl Node {
         let published = self.log.published_checkpoint()?.map_or(0, |(s, _)| s);
         t.family("concord_log_entries", "gauge", "Entries in this node's transparency log.");
         t.sample("concord_log_entries", &[("member", member)], size);
-        t.family("concord_witness_lag_entries", "gauge", "Entries not yet in a checkpoint its witnesses cosigned.");
+        t.family(
+            "concord_witness_lag_entries",
+            "gauge",
+            "Entries not yet in a checkpoint its witnesses cosigned.",
+        );
         t.sample("concord_witness_lag_entries", &[("member", member)], size.saturating_sub(published));
         let (count, nanos) = self.log.append_stats();
-        t.family("concord_log_append_seconds", "summary", "Time from an append's request to its entry on disk.");
+        t.family(
+            "concord_log_append_seconds",
+            "summary",
+            "Time from an append's request to its entry on disk.",
+        );
         t.sample("concord_log_append_seconds_sum", &[("member", member)], nanos as f64 / 1e9);
         t.sample("concord_log_append_seconds_count", &[("member", member)], count);
-        t.family("concord_budget_spent", "gauge", "Privacy budget charged on each of this node's datasets (rho or epsilon).");
+        t.family(
+            "concord_budget_spent",
+            "gauge",
+            "Privacy budget charged on each of this node's datasets (rho or epsilon).",
+        );
         for (dataset, spent) in self.state.budget_spent()? {
             t.sample("concord_budget_spent", &[("member", member), ("dataset", &dataset)], spent);
         }

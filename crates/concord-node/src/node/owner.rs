@@ -371,7 +371,12 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
             && let Some(details) =
                 node.state.notes(&request.request_id, &request.requester, NoteKind::Release)?
         {
-            return Ok(Served { request_id: request.request_id.clone(), receipt: Note::parse(&receipt)?, details, ipc });
+            return Ok(Served {
+                request_id: request.request_id.clone(),
+                receipt: Note::parse(&receipt)?,
+                details,
+                ipc,
+            });
         }
         node.state.count_refusal(&request.requester, e.code().as_str())?;
         return Err(e);

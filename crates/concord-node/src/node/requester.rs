@@ -17,7 +17,6 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 
 use crate::NodeError;
-use crate::wire::{ColumnInfo, TableInfo, TableKind};
 use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{
     QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id, result_digest,
@@ -25,6 +24,7 @@ use crate::net::protocol::{
 use crate::node::{Catalog, Node};
 use crate::store::entry::{LogEntry, Notes};
 use crate::store::state::NoteKind;
+use crate::wire::{ColumnInfo, TableInfo, TableKind};
 
 /// Largest catalog answer read from a member.
 pub const MAX_CATALOG_BYTES: usize = 4 * 1024 * 1024;
@@ -126,6 +126,42 @@ fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<Strin
         }
     }
     wanted
+}
+
+/// A planning error about a table that does not exist, with the closest names the analyst's
+/// context holds (shared schemas, `member.dataset`, `local.dataset`) and how to list them all.
+fn did_you_mean(ctx: &SessionContext, msg: String) -> String {
+    use datafusion::common::utils::datafusion_strsim::levenshtein;
+    // DataFusion says: table 'datafusion.schema.table' not found.
+    let Some(missing) = msg
+        .split_once("table '")
+        .and_then(|(_, rest)| rest.split_once("' not found"))
+        .map(|(name, _)| name.trim_start_matches("datafusion.").trim_start_matches("public.").to_owned())
+    else {
+        return msg;
+    };
+    let mut names = Vec::new();
+    if let Some(catalog) = ctx.catalog("datafusion") {
+        for schema in catalog.schema_names() {
+            if schema == "information_schema" {
+                continue;
+            }
+            for t in catalog.schema(&schema).map(|s| s.table_names()).unwrap_or_default() {
+                names.push(if schema == "public" { t } else { format!("{schema}.{t}") });
+            }
+        }
+    }
+    let mut close: Vec<(usize, String)> = names
+        .into_iter()
+        .map(|n| (levenshtein(&n.to_lowercase(), &missing.to_lowercase()), n))
+        .filter(|(d, n)| *d <= (n.len() / 3).max(2))
+        .collect();
+    close.sort();
+    let hint = match close.first() {
+        Some((_, n)) => format!("; did you mean {n}?"),
+        None => String::new(),
+    };
+    format!("{msg}{hint} (SHOW TABLES or `concord tables` lists what a query may name)")
 }
 
 impl Node {
@@ -387,9 +423,13 @@ impl Node {
                 checked: Mutex::new(HashMap::new()),
             };
             let max_rows = limits.max_result_rows;
-            Ok::<_, NodeError>(
-                concord_query::run_federated_with(&ctx, sql, &owners, allow_partial, max_rows).await?,
-            )
+            match concord_query::run_federated_with(&ctx, sql, &owners, allow_partial, max_rows).await {
+                Ok(out) => Ok(out),
+                Err(QueryError::Plan(msg)) => {
+                    Err(NodeError::Query(QueryError::Plan(did_you_mean(&ctx, msg))))
+                }
+                Err(e) => Err(e.into()),
+            }
         };
         match tokio::time::timeout(limits.query_timeout(), work).await {
             Ok(r) => r,

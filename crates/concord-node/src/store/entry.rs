@@ -249,7 +249,12 @@ impl LogEntry {
     /// The entry for people; the signed notes it carries are left to `--format json` of the
     /// raw entry (`concord log show --raw`).
     pub fn describe(&self) -> Described {
-        let d = |time: i64, kind, parties: &[&str], dataset: Option<&str>, decision: Option<String>, detail: String| {
+        let d = |time: i64,
+                 kind,
+                 parties: &[&str],
+                 dataset: Option<&str>,
+                 decision: Option<String>,
+                 detail: String| {
             Described {
                 time,
                 kind,
@@ -272,13 +277,26 @@ impl LogEntry {
                     cost.as_ref().map(|c| format!(", cost {c}")).unwrap_or_default()
                 ),
             ),
-            Self::AccessRequested { time, request_id, owner, dataset, .. } => {
-                d(*time, "access_requested", &[owner.as_str()], Some(dataset.as_str()), None, format!("request {request_id}"))
-            }
+            Self::AccessRequested { time, request_id, owner, dataset, .. } => d(
+                *time,
+                "access_requested",
+                &[owner.as_str()],
+                Some(dataset.as_str()),
+                None,
+                format!("request {request_id}"),
+            ),
             Self::RefusalsCounted { time, since, counts } => {
                 let parties: Vec<&str> = counts.iter().map(|c| c.member.as_str()).collect();
-                let what: Vec<String> = counts.iter().map(|c| format!("{} {}×{}", c.member, c.code, c.count)).collect();
-                d(*time, "refusals_counted", &parties, None, None, format!("since {since}: {}", what.join(", ")))
+                let what: Vec<String> =
+                    counts.iter().map(|c| format!("{} {}×{}", c.member, c.code, c.count)).collect();
+                d(
+                    *time,
+                    "refusals_counted",
+                    &parties,
+                    None,
+                    None,
+                    format!("since {since}: {}", what.join(", ")),
+                )
             }
             Self::AccessMade { time, request_id, owner, dataset, owner_log_index, .. } => d(
                 *time,
@@ -290,7 +308,14 @@ impl LogEntry {
             ),
             Self::CharterAccepted { time, version, digest, signers } => {
                 let parties: Vec<&str> = signers.iter().map(String::as_str).collect();
-                d(*time, "charter_accepted", &parties, None, None, format!("version {version}, digest {digest}"))
+                d(
+                    *time,
+                    "charter_accepted",
+                    &parties,
+                    None,
+                    None,
+                    format!("version {version}, digest {digest}"),
+                )
             }
             Self::GovernanceProposal { time, proposal, proposer, base_version, changes, .. } => d(
                 *time,
@@ -300,9 +325,14 @@ impl LogEntry {
                 None,
                 format!("proposal {proposal} on version {base_version}: {}", changes.join("; ")),
             ),
-            Self::GovernanceVote { time, proposal, voter, ballot, .. } => {
-                d(*time, "governance_vote", &[voter.as_str()], None, Some(ballot.clone()), format!("proposal {proposal}"))
-            }
+            Self::GovernanceVote { time, proposal, voter, ballot, .. } => d(
+                *time,
+                "governance_vote",
+                &[voter.as_str()],
+                None,
+                Some(ballot.clone()),
+                format!("proposal {proposal}"),
+            ),
             Self::Equivocation { time, voter, base_version, first, second, .. } => d(
                 *time,
                 "equivocation",
@@ -319,7 +349,9 @@ impl LogEntry {
                 None,
                 format!("schema {}, policy {policy}", shared_schema.as_deref().unwrap_or("none")),
             ),
-            Self::DatasetRemoved { time, name } => d(*time, "dataset_removed", &[], Some(name.as_str()), None, String::new()),
+            Self::DatasetRemoved { time, name } => {
+                d(*time, "dataset_removed", &[], Some(name.as_str()), None, String::new())
+            }
             Self::AccessRequestFiled { time, request_id, requester, owner, dataset, .. } => d(
                 *time,
                 "access_request_filed",
@@ -328,7 +360,16 @@ impl LogEntry {
                 None,
                 format!("access request {request_id}"),
             ),
-            Self::AccessRequestDecided { time, request_id, requester, owner, dataset, decision, valid_until, .. } => d(
+            Self::AccessRequestDecided {
+                time,
+                request_id,
+                requester,
+                owner,
+                dataset,
+                decision,
+                valid_until,
+                ..
+            } => d(
                 *time,
                 "access_request_decided",
                 &[requester.as_str(), owner.as_str()],

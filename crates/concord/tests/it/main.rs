@@ -27,6 +27,25 @@ fn ok(args: &[&str], cwd: &Path) -> String {
     String::from_utf8(out.stdout).expect("utf8")
 }
 
+/// `concord` with only `env` for its connection settings (none inherited), and `stdin`.
+fn concord_env(args: &[&str], cwd: &Path, env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut cmd = Command::new(concord_bin());
+    cmd.args(args).current_dir(cwd).env_remove("CONCORD_NODE").env_remove("CONCORD_TOKEN");
+    cmd.env("CONCORD_PROFILE", cwd.join("no-profile.toml"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("concord runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writes");
+    child.wait_with_output().expect("concord ends")
+}
+
 fn fails(args: &[&str], cwd: &Path) -> String {
     let out = concord(args, cwd);
     assert!(!out.status.success(), "concord {args:?} should fail");
@@ -62,14 +81,16 @@ fn free_port() -> u16 {
 struct Node(Child);
 
 impl Node {
-    /// `concord node run DIR` in `cwd`, as a child process.
+    /// `concord node run DIR` in `cwd`, as a child process, its log lines in `cwd/DIR.log`.
     fn run(dir: &str, cwd: &Path) -> Self {
+        let log = std::fs::File::create(cwd.join(format!("{dir}.log"))).expect("log file");
         Node(
             Command::new(env!("CARGO_BIN_EXE_concord"))
                 .args(["node", "run", dir])
                 .current_dir(cwd)
+                .env("CONCORD_LOG", "info")
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("node starts"),
         )
@@ -163,7 +184,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert_eq!(list[0]["shared_schema"], "cases");
     assert_eq!(list[0]["rows"], 2);
     let shown = ok(&["dataset", "show", "bravo", "cases"], d);
-    assert!(shown.contains("dataset cases (csv, 2 rows)") && shown.contains("  days Int64"), "{shown}");
+    assert!(shown.contains("dataset cases (csv, 2 rows)") && shown.contains("  days BIGINT"), "{shown}");
     let err = fails(&["dataset", "add", "bravo", "cases", "--file", "b.csv", "--schema", "cases"], d);
     assert!(err.contains("--replace"), "{err}");
     // CSV options: given at registration, shown, kept by a replacement that gives none.
@@ -210,7 +231,7 @@ fn two_members_from_init_to_query_and_shutdown() {
     let url = format!("http://127.0.0.1:{}", ports[0]);
     let sql = "SELECT region, count(*) AS n, sum(days) AS d FROM cases GROUP BY region ORDER BY region";
     let csv = query_when_up(&url, &token, sql, d);
-    assert_eq!(csv, "region,n,d\r\neast,1,\r\nnorth,3,13\r\nsouth,1,5\r\n");
+    assert_eq!(csv, "region,n,d\neast,1,\nnorth,3,13\nsouth,1,5\n");
 
     let json: serde_json::Value = serde_json::from_str(&ok(
         &["query", "--node", &url, "--token", &token, "--format", "json", "--provenance", sql],
@@ -226,6 +247,8 @@ fn two_members_from_init_to_query_and_shutdown() {
 
     let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", sql], d);
     assert!(table.contains("| north  | 3 | 13 |") && table.contains("provenance:"), "{table}");
+
+    analyst_habits(&url, &token, d);
 
     // Policies, while the nodes run: checked offline, set, shown; a bad one names its line and
     // changes nothing.
@@ -300,12 +323,17 @@ permit (principal, action == Action::"describe", resource);
     assert!(err.contains("no access request nope"), "{err}");
     let approved =
         ok(&["access", "approve", "--node", &bravo_url, "--token", &steward, &id, "--days", "1"], d);
-    assert!(approved.contains("[aggregate] approved"), "{approved}");
+    assert!(approved.contains("(aggregate)") && approved.contains("status approved"), "{approved}");
     let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", bravo_sql], d);
     assert!(table.contains(&format!("under grant {id}")), "{table}");
 
     let err = fails(&["query", "--node", &url, "--token", &token, "SELECT * FROM cases"], d);
-    assert!(err.starts_with("error: ") && err.contains("read_rows") && err.contains("What works"), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("error: "))
+            && err.contains("read_rows")
+            && err.contains("What works"),
+        "{err}"
+    );
     let err = fails(&["query", "--node", &url, "--token", "concord_wrong", sql], d);
     assert!(err.contains("unknown token"), "{err}");
 
@@ -324,7 +352,28 @@ permit (principal, action == Action::"describe", resource);
         std::thread::sleep(Duration::from_millis(200));
     }
     let shown = ok(&["log", "show", "alpha"], d);
-    assert!(shown.contains("\"kind\":\"keys_set\"") && shown.contains("\"kind\":\"access_made\""), "{shown}");
+    assert!(shown.contains("keys_set") && shown.contains("access_made"), "{shown}");
+    assert!(shown.contains("receipt verified") && !shown.contains("DOES NOT VERIFY"), "{shown}");
+    assert!(
+        shown.lines().nth(1).is_some_and(|l| l.contains("T") && l.contains("Z ")),
+        "RFC 3339 times: {shown}"
+    );
+    let made =
+        ok(&["log", "show", "alpha", "--kind", "access_made", "--member", "bravo", "--format", "json"], d);
+    let lines: Vec<serde_json::Value> =
+        made.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert!(
+        !lines.is_empty()
+            && lines.iter().all(|l| l["kind"] == "access_made" && l["receipt_verified"] == true),
+        "{made}"
+    );
+    assert!(lines.iter().all(|l| l["parties"] == serde_json::json!(["bravo"])), "{made}");
+    let none = ok(&["log", "show", "alpha", "--since", "2999-01-01", "--format", "json"], d);
+    assert!(none.is_empty(), "{none}");
+    let err = fails(&["log", "show", "alpha", "--kind", "nonsense"], d);
+    assert!(err.contains("access_made"), "{err}");
+    let raw = ok(&["log", "show", "alpha", "--raw"], d);
+    assert!(raw.contains("\"kind\":\"keys_set\""), "{raw}");
     let receipt = ok(&["log", "receipt", "--node", &url, "--token", &auditor, "0"], d);
     std::fs::write(d.join("r.tlog-proof"), &receipt).expect("write");
     let vkey = card["vkey"].as_str().expect("vkey").to_owned();
@@ -354,14 +403,21 @@ permit (principal, action == Action::"describe", resource);
     );
     let id = out.split_whitespace().last().expect("an id").to_owned();
     assert!(out.contains("minimum group size 12") && id.len() == 64, "{out}");
+    assert!(
+        out.contains("this member voted yes: 1 of 2 yes votes; 1 more needed"),
+        "the proposer's own yes: {out}"
+    );
+    let err = fails(&["vote", "--node", &urls[0], "--token", &delegates[0], &id, "yes"], d);
+    assert!(err.contains("already known"), "{err}");
+    let err = fails(&["propose", "--node", &urls[0], "--token", &delegates[0], "--min-group-size", "10"], d);
+    assert!(err.contains("changes nothing"), "a proposal that changes nothing: {err}");
     let listed = ok(&["proposals", "--node", &urls[1], "--token", &delegates[1]], d);
-    assert!(listed.contains(&id) && listed.contains("[live]"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("[live]") && listed.contains("yes 1 of 2 (alpha)"),
+        "{listed}"
+    );
     let voted =
         ok(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes", "--reason", "agreed"], d);
-    assert!(voted.contains("counted"), "{voted}");
-    let err = fails(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes"], d);
-    assert!(err.contains("already known"), "{err}");
-    let voted = ok(&["vote", "--node", &urls[0], "--token", &delegates[0], &id, "yes"], d);
     assert!(voted.contains("adopted") && voted.contains("version 2"), "{voted}");
     let shown: serde_json::Value = serde_json::from_str(&ok(
         &["charter", "show", "--node", &urls[1], "--token", &delegates[1], "--format", "json"],
@@ -390,6 +446,8 @@ permit (principal, action == Action::"describe", resource);
     assert_eq!(shown["genesis"], first["digest"]);
     let history = ok(&["charter", "history", "--node", &urls[0], "--token", &auditor], d);
     assert!(history.contains("version 1 of test") && history.contains("version 2 of test"), "{history}");
+    assert!(history.contains("changed from version 1: minimum group size 12"), "{history}");
+    assert!(history.contains("shared schemas:") && history.contains("cases v1: region"), "{history}");
 
     // A third member: its card, a version that names it, `join`, and a node that queries.
     let (c_local, c_peer) = (free_port(), free_port());
@@ -432,7 +490,6 @@ permit (principal, action == Action::"describe", resource);
         d,
     );
     let id = out.split_whitespace().last().expect("an id").to_owned();
-    ok(&["vote", "--node", &urls[0], "--token", &delegates[0], &id, "yes"], d);
     let voted = ok(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes"], d);
     assert!(voted.contains("adopted") && voted.contains("version 3"), "{voted}");
     let joined = ok(&["join", "charlie", "--peer", &alpha_peer, "--genesis", &genesis], d);
@@ -455,7 +512,7 @@ west,4
     let c_url = format!("http://127.0.0.1:{c_local}");
     let c_sql = "SELECT count(*) AS n FROM alpha.cases";
     let out = query_when_up(&c_url, &c_token, c_sql, d);
-    assert_eq!(out, "n\r\n3\r\n");
+    assert_eq!(out, "n\n3\n");
     let out = ok(
         &[
             "query",
@@ -469,7 +526,7 @@ west,4
         ],
         d,
     );
-    assert_eq!(out, "n\r\n1\r\n");
+    assert_eq!(out, "n\n1\n");
 
     // A backup while the node runs: whole, private, and a node runs from it.
     let out = ok(&["backup", "alpha", "--to", "alpha-backup"], d);
@@ -494,8 +551,103 @@ west,4
     std::fs::rename(d.join("alpha-backup"), d.join("alpha")).expect("restore");
     let nodes: Vec<Node> = ["alpha", "bravo", "charlie"].iter().map(|m| Node::run(m, d)).collect();
     let out = query_when_up(&url, &token, "SELECT count(*) AS n FROM cases", d);
-    assert_eq!(out, "n\r\n6\r\n", "3 + 2 + 1 rows, the restored charter naming all three");
+    assert_eq!(out, "n\n6\n", "3 + 2 + 1 rows, the restored charter naming all three");
     for n in nodes {
         assert!(n.stop().success());
     }
+}
+
+/// What an analyst does every day: the node and token from the environment or a profile, SQL
+/// from a file or standard input, what a query may name, output fit for pipes and log files.
+fn analyst_habits(url: &str, token: &str, d: &Path) {
+    let text = |o: &Output| {
+        (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let env = [("CONCORD_NODE", url), ("CONCORD_TOKEN", token)];
+    let sql = "SELECT count(*) AS n FROM cases";
+    let (expected, _) = text(&concord_env(&["query", "--format", "csv", sql], d, &env, ""));
+    assert_eq!(expected, "n\n5\n");
+    let (out, err) = text(&concord_env(&["query", "--format", "csv", sql], d, &env, ""));
+    assert_eq!((out.as_str(), err.as_str()), (expected.as_str(), ""), "no warning with CONCORD_TOKEN");
+    let (out, err) =
+        text(&concord_env(&["query", "--node", url, "--token", token, "--format", "csv", sql], d, &[], ""));
+    assert_eq!(out, expected);
+    assert!(err.contains("process list"), "a token on the command line is warned about: {err}");
+    let (out, _) = text(&concord_env(&["query", "--format", "csv", "-"], d, &env, sql));
+    assert_eq!(out, expected, "SQL from standard input");
+    std::fs::write(d.join("q.sql"), format!("-- a saved query\n{sql}\n")).expect("sql file");
+    let (out, _) = text(&concord_env(&["query", "--format", "csv", "-f", "q.sql"], d, &env, ""));
+    assert_eq!(out, expected, "SQL from a file");
+    let o = concord_env(&["query", sql], d, &[], "");
+    assert!(!o.status.success() && text(&o).1.contains("CONCORD_NODE"), "{}", text(&o).1);
+
+    // A profile, readable by its owner only.
+    let profile = d.join("profile.toml");
+    let penv = [("CONCORD_PROFILE", profile.to_str().expect("utf8"))];
+    let o = concord_env(&["login", "--node", url, "--token-stdin"], d, &penv, &format!("{token}\n"));
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("as analyst"), "{}", text(&o).0);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&profile).expect("profile").permissions().mode() & 0o777, 0o600);
+    let (out, _) = text(&concord_env(&["query", "--format", "csv", sql], d, &penv, ""));
+    assert_eq!(out, expected, "node and token from the profile");
+    std::fs::set_permissions(&profile, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let o = concord_env(&["query", sql], d, &penv, "");
+    assert!(!o.status.success() && text(&o).1.contains("chmod 600"), "{}", text(&o).1);
+    let o = concord_env(&["login", "--node", url, "--token-stdin"], d, &penv, "concord_wrong\n");
+    assert!(!o.status.success() && text(&o).1.contains("unknown token"), "{}", text(&o).1);
+
+    // What a query may name: SHOW TABLES, SHOW COLUMNS, information_schema, `concord tables`.
+    let (out, _) = text(&concord_env(&["query", "--format", "csv", "SHOW TABLES"], d, &env, ""));
+    for t in [",public,cases,", ",bravo,cases,", ",local,cases,"] {
+        assert!(out.contains(t), "SHOW TABLES lists {t}: {out}");
+    }
+    let (out, _) =
+        text(&concord_env(&["query", "--format", "csv", "SHOW COLUMNS FROM bravo.cases"], d, &env, ""));
+    assert!(out.contains("region") && out.contains("days"), "{out}");
+    let cols = "SELECT column_name FROM information_schema.columns WHERE table_schema = 'bravo' AND table_name = 'cases' ORDER BY column_name";
+    let (out, _) = text(&concord_env(&["query", "--format", "csv", cols], d, &env, ""));
+    assert_eq!(out, "column_name\ndays\nextra\nregion\n", "bravo's dataset has a column of its own");
+    let (out, _) = text(&concord_env(&["tables", "--format", "json"], d, &env, ""));
+    let tables: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let find = |name: &str| tables.as_array().and_then(|a| a.iter().find(|t| t["name"] == name).cloned());
+    let shared = find("cases").expect("the shared schema");
+    assert_eq!(shared["kind"], "federated");
+    assert_eq!(
+        shared["columns"][1],
+        serde_json::json!({"name": "days", "sql_type": "BIGINT", "nullable": true})
+    );
+    assert_eq!(find("bravo.cases").expect("bravo's dataset")["kind"], "member_dataset");
+    assert_eq!(find("local.cases").expect("alpha's own")["kind"], "local");
+    let (out, _) = text(&concord_env(&["tables"], d, &env, ""));
+    assert!(
+        out.contains("bravo.cases") && out.contains("member dataset") && out.contains("days BIGINT"),
+        "{out}"
+    );
+    let o = concord_env(&["query", "SELECT * FROM bravo.casez"], d, &env, "");
+    assert!(text(&o).1.contains("bravo.cases"), "did you mean: {}", text(&o).1);
+
+    // Nothing coloured where no terminal reads it: not the CLI's errors, not the node's log,
+    // which has one line per query and neither its SQL nor its values.
+    let o = concord_env(&["query", "SELEC 1"], d, &env, "");
+    assert!(!text(&o).1.contains('\u{1b}'), "{:?}", text(&o).1);
+    let log = std::fs::read_to_string(d.join("alpha.log")).expect("alpha's log");
+    assert!(log.contains("query answered") && log.contains("query failed"), "{log}");
+    assert!(!log.contains('\u{1b}') && !log.contains("SELECT") && !log.contains("SELEC 1"), "{log}");
+
+    // `| head`: a closed pipe ends the command quietly.
+    let mut child = Command::new(concord_bin())
+        .args(["api", "openapi"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("ends");
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{:?} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

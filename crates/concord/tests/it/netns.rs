@@ -206,5 +206,5 @@ fn two_members_in_two_network_namespaces_answer_a_federated_query() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(csv, "region,n,total\r\neast,1,\r\nnorth,2,11.30\r\nsouth,1,2.50\r\n");
+    assert_eq!(csv, "region,n,total\neast,1,\nnorth,2,11.30\nsouth,1,2.50\n");
 }
