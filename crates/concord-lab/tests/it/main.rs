@@ -4,6 +4,7 @@ mod bad_input;
 mod fuzz_corpora;
 mod governance;
 mod hostile;
+mod local_api;
 mod peer_refusals;
 mod policy;
 mod privacy;

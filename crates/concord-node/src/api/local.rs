@@ -523,29 +523,32 @@ async fn charter_history(State(node): State<Arc<Node>>, headers: HeaderMap) -> A
 
 /// The handlers the OpenAPI document describes (see `api::openapi`).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(
-    openapi,
-    metrics,
-    status,
-    tables,
-    datasets,
-    query,
-    log_checkpoint,
-    log_tile,
-    log_receipt,
-    audit,
-    policy_test,
-    access_file,
-    access_list,
-    access_decide,
-    proposals_list,
-    proposals_file,
-    proposal_vote,
-    leave,
-    evidence_list,
-    charter_show,
-    charter_history
-))]
+#[openapi(
+    paths(
+        openapi,
+        metrics,
+        status,
+        tables,
+        datasets,
+        query,
+        log_checkpoint,
+        log_tile,
+        log_receipt,
+        audit,
+        policy_test,
+        access_file,
+        access_list,
+        access_decide,
+        proposals_list,
+        proposals_file,
+        proposal_vote,
+        leave,
+        evidence_list,
+        charter_show,
+        charter_history
+    ),
+    components(schemas(Decision))
+)]
 pub struct Paths;
 
 /// Serves the local API until `shutdown` turns true.

@@ -677,8 +677,6 @@ pub struct AccessFact {
     pub note: Option<String>,
 }
 
-/// A reconciliation finding between two logs.
-
 fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>, appended: &tokio::sync::Notify) {
     let mut range: Option<CompactRange> = None;
     while let Ok(first) = receiver.recv() {
