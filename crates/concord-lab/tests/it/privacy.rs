@@ -647,8 +647,10 @@ async fn the_sample_demos_oracles_are_closed() {
     let cell = "onset_date = DATE '2025-06-01' AND age_band = '80+' AND outcome = 'deceased'";
     // Two people: an exact gate answered an exact 0 three times out of three, and said "1
     // groups suppressed"; a set of ten answered a noisy number.
+    // A noisy count is clamped at zero, so a count of two reads 0 often: twelve tries make
+    // an all-zero run a one-in-tens-of-thousands event rather than a coin toss.
     let mut values = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..12 {
         let r = ask(
             &alpha,
             &format!("SELECT count(*) AS n FROM bravo.health_cases WHERE {cell}"),
