@@ -345,6 +345,18 @@ pub fn check_conformance(
     shared: &SharedSchema,
     types: bool,
 ) -> Result<(), QueryError> {
+    check_conformance_at(name, file, shared, types, &|_, _| None)
+}
+
+/// [`check_conformance`], with `locate` naming where a column's first value that is not of
+/// its shared type is (`line 4: "n/a"`).
+fn check_conformance_at(
+    name: &str,
+    file: &Schema,
+    shared: &SharedSchema,
+    types: bool,
+    locate: &dyn Fn(&str, &ColumnType) -> Option<String>,
+) -> Result<(), QueryError> {
     let mut problems = Vec::new();
     for c in &shared.columns {
         match file.field_with_name(&c.name) {
@@ -378,8 +390,9 @@ pub fn check_conformance(
                     && (c.ty.is_numeric() || c.ty == ColumnType::Boolean)
                     && plain_string(f.data_type()) =>
             {
+                let at = locate(&c.name, &c.ty).map(|w| format!(", first at {w}")).unwrap_or_default();
                 problems.push(format!(
-                    "column {} holds text that is not a {} for shared schema {} (a marker such as NA for NULL is given with --null)",
+                    "column {} holds text that is not a {} for shared schema {}{at} (a marker such as NA for NULL is given with --null)",
                     c.name, c.ty, shared.name
                 ));
             }
@@ -409,14 +422,44 @@ pub fn check_conformance(
 }
 
 fn unreadable(name: &str, path: &Path, e: impl std::fmt::Display) -> QueryError {
-    QueryError::Dataset {
-        name: name.to_owned(),
-        reason: format!(
-            "cannot read {}: {e}; check that the file exists, is readable by the node, and is valid {}",
-            path.display(),
-            DatasetFormat::of_path(path).map(DatasetFormat::as_str).unwrap_or("CSV or Parquet")
-        ),
+    let format = DatasetFormat::of_path(path).map(DatasetFormat::as_str).unwrap_or("CSV or Parquet");
+    let hint = match std::fs::File::open(path) {
+        Err(_) => "check that the file exists and is readable by the node".to_owned(),
+        Ok(_) => format!("check that it is valid {format}"),
+    };
+    QueryError::Dataset { name: name.to_owned(), reason: format!("cannot read {}: {e}; {hint}", path.display()) }
+}
+
+/// Where the first value of `column` that is not a `ty` is in a CSV file: `line N: "value"`
+/// (lines counted from 1, the header included; a field that spans lines shifts the count).
+/// Read again from the start, as text; only on the way to an error.
+fn first_bad_value(path: &Path, csv: &CsvOptions, names: &Schema, column: &str, ty: &ColumnType) -> Option<String> {
+    use datafusion::arrow::array::{Array as _, AsArray as _};
+    let index = names.index_of(column).ok()?;
+    let text = Schema::new(names.fields().iter().map(|f| Field::new(f.name(), DataType::Utf8, true)).collect::<Vec<_>>());
+    let header = csv.header.unwrap_or(true);
+    let mut builder = datafusion::arrow::csv::ReaderBuilder::new(Arc::new(text))
+        .with_header(header)
+        .with_delimiter(csv.delimiter.map(|d| d as u8).unwrap_or(b','));
+    if let Some(n) = &csv.null {
+        builder = builder.with_null_regex(regex::Regex::new(&exactly(n)).ok()?);
     }
+    let reader = builder.build(std::fs::File::open(path).ok()?).ok()?;
+    let target = arrow_type(ty);
+    let mut row = 0usize;
+    for batch in reader {
+        let batch = batch.ok()?;
+        let values = batch.column(index);
+        let cast = datafusion::arrow::compute::cast(values, &target).ok()?;
+        let strings = values.as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            if values.is_valid(i) && cast.is_null(i) {
+                return Some(format!("line {}: {:?}", row + i + 1 + usize::from(header), strings.value(i)));
+            }
+        }
+        row += batch.num_rows();
+    }
+    None
 }
 
 /// How a CSV file is read. Every option left out takes its default: comma-separated, a header
@@ -498,15 +541,17 @@ impl CsvOptions {
 }
 
 /// The text of a regular expression that matches exactly `s`.
+/// A regular expression for a CSV field that is `s` or empty: with a null marker, an empty
+/// field stays NULL as it is without one.
 fn exactly(s: &str) -> String {
-    let mut out = String::from("^");
+    let mut out = String::from("^(?:");
     for c in s.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {
             out.push('\\');
         }
         out.push(c);
     }
-    out.push('$');
+    out.push_str(")?$");
     out
 }
 
@@ -607,7 +652,8 @@ pub async fn open(
                     .collect::<Vec<_>>(),
             );
             if let Some(shared) = shared {
-                check_conformance(name, &renamed, shared, false)?;
+                let locate = |c: &str, ty: &ColumnType| first_bad_value(path, csv, &renamed, c, ty);
+                check_conformance_at(name, &renamed, shared, false, &locate)?;
             }
             let fields: Vec<Field> = renamed
                 .fields()

@@ -49,7 +49,7 @@ fn csv_options_read_delimiters_null_markers_and_formats_into_the_shared_types() 
         let file = dir.path().join("sales.csv");
         std::fs::write(
             &file,
-            "region;price;sold_on;sold_at\nnorth;12.50;31/01/2025;31/01/2025 14:05:09\nsouth;NA;01/02/2025;NA\nNA;0.10;15/02/2025;15/02/2025 00:00:00\n",
+            "region;price;sold_on;sold_at\nnorth;12.50;31/01/2025;31/01/2025 14:05:09\nsouth;NA;01/02/2025;NA\nNA;0.10;15/02/2025;15/02/2025 00:00:00\neast;;20/02/2025;\n",
         )
         .expect("write");
         let csv = CsvOptions {
@@ -70,6 +70,10 @@ fn csv_options_read_delimiters_null_markers_and_formats_into_the_shared_types() 
         assert!(out.iter().any(|l| l.contains("north") && l.contains("12.50") && l.contains("2025-01-31") && l.contains("2025-01-31T14:05:09Z")), "{out:#?}");
         assert!(out.iter().any(|l| l.contains("south") && l.contains("2025-02-01") && !l.contains("NA")), "NA is NULL: {out:#?}");
         assert!(out.iter().any(|l| l.contains("0.10") && l.contains("2025-02-15T00:00:00Z")), "{out:#?}");
+        assert!(
+            out.iter().any(|l| l.contains("east") && l.contains("2025-02-20")),
+            "empty fields are NULL beside the NA marker: {out:#?}"
+        );
         // The sum of decimals stays exact.
         let table = open("sales", &file, DatasetFormat::Csv, Some(&sales()), &csv).await.expect("opens");
         let sum = rows(table, "SELECT sum(price) AS s FROM t").await;
@@ -81,6 +85,15 @@ fn csv_options_read_delimiters_null_markers_and_formats_into_the_shared_types() 
             .expect_err("read as comma-separated")
             .to_string();
         assert!(e.contains("is the delimiter ';'?") && e.contains("--delimiter"), "{e}");
+
+        // A value that is not of its column's type is named with its line, and nothing is
+        // said about the file's existence.
+        let typo = dir.path().join("typo.csv");
+        std::fs::write(&typo, "region;price;sold_on;sold_at\nnorth;1.00;31/01/2025;NA\nsouth;n/a;01/02/2025;NA\n")
+            .expect("write");
+        let e = open("typo", &typo, DatasetFormat::Csv, Some(&sales()), &csv).await.expect_err("n/a").to_string();
+        assert!(e.contains("column price") && e.contains("line 3: \"n/a\""), "{e}");
+        assert!(!e.contains("exists"), "{e}");
 
         // A date that does not match the format is an error that names the value's column.
         let bad = dir.path().join("bad.csv");
