@@ -526,13 +526,45 @@ pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
         Some(folder) => data_members(folder).await?,
         None => (sample_members(&opts.dir.join("data"))?, sample_schemas(), Vec::new()),
     };
-    let members = setup(&opts.dir, DEMO_FEDERATION, &specs, schemas.clone(), opts.port_base).await?;
-    let nodes = start_all(&members).await?;
+    // A port in use fails before anything is built, naming the flag that moves the ports;
+    // anything else that fails leaves no half-built folder behind.
+    let built = async {
+        ports_free(opts.port_base, specs.len())?;
+        let members = setup(&opts.dir, DEMO_FEDERATION, &specs, schemas.clone(), opts.port_base).await?;
+        let nodes = start_all(&members).await?;
+        Ok::<_, NodeError>((members, nodes))
+    }
+    .await;
+    let (members, nodes) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&opts.dir);
+            return Err(e);
+        }
+    };
     let file = DemoFile { federation: DEMO_FEDERATION.into(), members };
     let json = serde_json::to_string_pretty(&file).map_err(|e| NodeError::Config(e.to_string()))?;
     // It holds every member's tokens: readable by its owner only.
     replace_private(&opts.dir.join("demo.json"), format!("{json}\n").as_bytes())?;
     Ok(Demo { file, specs, schemas, nodes, warnings })
+}
+
+/// Every port the demo's members would listen on (two each from `base`) is free on 127.0.0.1.
+fn ports_free(base: u16, members: usize) -> Result<(), NodeError> {
+    let count = u16::try_from(2 * members).unwrap_or(u16::MAX);
+    let Some(last) = base.checked_add(count.saturating_sub(1)) else {
+        return Err(NodeError::Config(format!("--port-base {base} leaves no room for {count} ports below 65536")));
+    };
+    for port in base..=last {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Err(NodeError::Config(format!(
+                "port {port} on 127.0.0.1 is taken ({e}), perhaps by another demo; the demo uses ports {base} to {last}: \
+                 choose others with --port-base, e.g. --port-base {}",
+                last.saturating_add(100)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A demo folder is made anew each run; refuse to wipe anything that is not one.

@@ -288,3 +288,15 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
     assert_eq!(schema.field(1).data_type(), &DataType::Decimal128(19, 6));
     demo.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_on_a_taken_port_names_port_base_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = free_ports(6);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 3)).expect("takes a port");
+    let opts = DemoOptions { dir: dir.path().join("demo"), data: None, port_base: base, smoke: true };
+    let e = concord_lab::demo::launch(&opts).await.err().expect("a port is taken").to_string();
+    assert!(e.contains(&format!("port {}", base + 3)) && e.contains("--port-base"), "{e}");
+    assert!(!e.contains("concord.toml"), "{e}");
+    assert!(!opts.dir.exists(), "no half-built folder");
+}
