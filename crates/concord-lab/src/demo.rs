@@ -553,7 +553,9 @@ pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
 fn ports_free(base: u16, members: usize) -> Result<(), NodeError> {
     let count = u16::try_from(2 * members).unwrap_or(u16::MAX);
     let Some(last) = base.checked_add(count.saturating_sub(1)) else {
-        return Err(NodeError::Config(format!("--port-base {base} leaves no room for {count} ports below 65536")));
+        return Err(NodeError::Config(format!(
+            "--port-base {base} leaves no room for {count} ports below 65536"
+        )));
     };
     for port in base..=last {
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {

@@ -90,9 +90,17 @@ fn action_uid(a: Action) -> Option<EntityUid> {
     uid("Action", a.as_str())
 }
 
-/// A rule's name for explanations: its `@id("…")` annotation, or Cedar's id.
+/// A rule's name for explanations: its `@id("…")` annotation, or its place among the rules
+/// (`#2`, Cedar's `policy1`) with how to name it.
 fn rule_name(set: &PolicySet, id: &cedar_policy::PolicyId) -> String {
-    set.policy(id).and_then(|p| p.annotation("id")).map(str::to_owned).unwrap_or_else(|| id.to_string())
+    if let Some(name) = set.policy(id).and_then(|p| p.annotation("id")) {
+        return name.to_owned();
+    }
+    let id = id.to_string();
+    match id.strip_prefix("policy").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => format!("#{} (unnamed: name it with @id(\"...\"))", n + 1),
+        None => id,
+    }
 }
 
 /// Evaluates the rules of `policy` for one request.

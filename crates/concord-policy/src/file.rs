@@ -92,213 +92,268 @@ pub(crate) fn toml_key(name: &str) -> String {
     }
 }
 
+/// Parses a policy file: TOML first (a syntax error stops there), then every rule of the file
+/// checked, each problem named with its line, all of them reported at once.
 pub(crate) fn parse(source: &str, file: &str) -> Result<Policy, PolicyError> {
-    let at = |span: std::ops::Range<usize>, reason: String| PolicyError::Malformed {
-        file: file.to_owned(),
-        line: line_of(source, span.start),
-        reason,
-    };
     let raw: RawPolicy = toml::from_str(source).map_err(|e| {
         let line = e.span().map(|s| line_of(source, s.start)).unwrap_or(1);
         PolicyError::Malformed { file: file.to_owned(), line, reason: e.message().trim().to_owned() }
     })?;
-    let mut columns = BTreeMap::new();
-    for (name, mode) in raw.columns {
-        check_column_name(name.get_ref()).map_err(|r| at(name.span(), format!("columns: {r}")))?;
-        columns.insert(name.into_inner(), mode);
-    }
-    let personal = match raw.personal {
-        None => None,
-        Some(p) => {
-            let span = p.span();
-            let p = p.into_inner();
-            check_column_name(&p.privacy_unit)
-                .map_err(|r| at(span.clone(), format!("personal.privacy_unit: {r}")))?;
-            if matches!(columns.get(&p.privacy_unit), Some(ColumnMode::Plain | ColumnMode::Group)) {
-                return Err(at(
-                    span,
-                    format!(
-                        "personal.privacy_unit {} identifies people, so it cannot be plain or a group key; make it hidden",
-                        p.privacy_unit
-                    ),
-                ));
-            }
-            Some(Personal { privacy_unit: p.privacy_unit })
-        }
-    };
+    let mut c = Check { source, file, problems: Vec::new() };
+    let columns = c.columns(raw.columns);
+    let personal = c.personal(raw.personal, &columns);
     if let Some(n) = &raw.release.min_group_size
         && *n.get_ref() == 0
     {
-        return Err(at(n.span(), "release.min_group_size must be at least 1".into()));
+        c.at(n.span(), "release.min_group_size must be at least 1".into());
     }
-    let privacy = match raw.release.privacy {
-        None => None,
-        Some(p) => {
-            let span = p.span();
-            let p = p.into_inner();
-            if personal.is_none() {
-                return Err(at(
-                    span,
-                    "release.privacy needs a privacy unit: add [personal] with privacy_unit = \"<column>\""
-                        .into(),
+    let privacy = c.privacy(raw.release.privacy, personal.is_some());
+    let groups = c.groups(raw.groups);
+    let rules = c.rules(raw.access.rules);
+    let release = Release {
+        min_group_size: raw.release.min_group_size.map(Spanned::into_inner),
+        min_max: raw.release.min_max,
+        keys: raw.release.keys,
+        privacy,
+    };
+    c.release_columns(&release, &columns);
+    match (c.problems.len(), rules) {
+        (0, Some((rules, rules_parsed))) => Ok(Policy {
+            classification: raw.classification.into_inner(),
+            personal,
+            columns,
+            release,
+            groups,
+            rules,
+            rules_parsed,
+            source: source.to_owned(),
+        }),
+        (1, _) => Err(c.problems.remove(0)),
+        _ => Err(PolicyError::Several(c.problems)),
+    }
+}
+
+/// The problems found in one file.
+struct Check<'a> {
+    source: &'a str,
+    file: &'a str,
+    problems: Vec<PolicyError>,
+}
+
+impl Check<'_> {
+    fn at(&mut self, span: std::ops::Range<usize>, reason: String) {
+        let line = line_of(self.source, span.start);
+        self.problems.push(PolicyError::Malformed { file: self.file.to_owned(), line, reason });
+    }
+
+    fn invalid(&mut self, reason: String) {
+        self.problems.push(PolicyError::Invalid(format!("{}: {reason}", self.file)));
+    }
+
+    fn columns(&mut self, raw: BTreeMap<Spanned<String>, ColumnMode>) -> BTreeMap<String, ColumnMode> {
+        let mut columns = BTreeMap::new();
+        for (name, mode) in raw {
+            if let Err(r) = check_column_name(name.get_ref()) {
+                self.at(name.span(), format!("columns: {r}"));
+            }
+            columns.insert(name.into_inner(), mode);
+        }
+        columns
+    }
+
+    fn personal(
+        &mut self,
+        raw: Option<Spanned<RawPersonal>>,
+        columns: &BTreeMap<String, ColumnMode>,
+    ) -> Option<Personal> {
+        let p = raw?;
+        let span = p.span();
+        let p = p.into_inner();
+        if let Err(r) = check_column_name(&p.privacy_unit) {
+            self.at(span.clone(), format!("personal.privacy_unit: {r}"));
+        }
+        if matches!(columns.get(&p.privacy_unit), Some(ColumnMode::Plain | ColumnMode::Group)) {
+            self.at(
+                span,
+                format!(
+                    "personal.privacy_unit {} identifies people, so it cannot be plain or a group key; make it hidden",
+                    p.privacy_unit
+                ),
+            );
+        }
+        Some(Personal { privacy_unit: p.privacy_unit })
+    }
+
+    fn units(&mut self, v: &Spanned<f64>, key: &str) -> Units {
+        Units::from_f64(*v.get_ref()).unwrap_or_else(|r| {
+            self.at(v.span(), format!("release.privacy.{key}: {r}"));
+            Units::ZERO
+        })
+    }
+
+    fn privacy(&mut self, raw: Option<Spanned<RawPrivacy>>, personal: bool) -> Option<Privacy> {
+        let p = raw?;
+        let span = p.span();
+        let p = p.into_inner();
+        if !personal {
+            self.at(
+                span,
+                "release.privacy needs a privacy unit: add [personal] with privacy_unit = \"<column>\""
+                    .into(),
+            );
+        }
+        let cost = self.units(&p.cost, "cost");
+        if cost == Units::ZERO && Units::from_f64(*p.cost.get_ref()).is_ok() {
+            self.at(p.cost.span(), "release.privacy.cost must be above zero".into());
+        }
+        let budget_per_requester = self.units(&p.budget_per_requester, "budget_per_requester");
+        let budget_per_dataset = self.units(&p.budget_per_dataset, "budget_per_dataset");
+        for (v, key) in
+            [(&p.max_groups_per_unit, "max_groups_per_unit"), (&p.max_rows_per_group, "max_rows_per_group")]
+        {
+            if !(1..=1000).contains(v.get_ref()) {
+                self.at(v.span(), format!("release.privacy.{key} must be from 1 to 1000"));
+            }
+        }
+        if *p.decimals.get_ref() > 6 {
+            self.at(p.decimals.span(), "release.privacy.decimals must be from 0 to 6".into());
+        }
+        let decimals = (*p.decimals.get_ref()).min(6);
+        let mut bounds = BTreeMap::new();
+        for (c, b) in p.bounds {
+            if let Some(bound) = self.bound(&c, &b, decimals) {
+                bounds.insert(c, bound);
+            }
+        }
+        let delta = p.delta.and_then(|d| {
+            let v = *d.get_ref();
+            if v > 0.0 && v < 1e-3 {
+                Some(v)
+            } else {
+                self.at(d.span(), format!("release.privacy.delta {v} must be above 0 and below 0.001"));
+                None
+            }
+        });
+        Some(Privacy {
+            mechanism: p.mechanism,
+            cost,
+            budget_per_requester,
+            budget_per_dataset,
+            max_groups_per_unit: p.max_groups_per_unit.into_inner(),
+            max_rows_per_group: p.max_rows_per_group.into_inner(),
+            bounds,
+            decimals: p.decimals.into_inner(),
+            keys: p.keys,
+            delta,
+        })
+    }
+
+    /// A column's clamping bounds, if they are finite, ordered and fit fixed-point units.
+    fn bound(&mut self, c: &str, b: &Spanned<[f64; 2]>, decimals: u32) -> Option<(f64, f64)> {
+        let [lo, hi] = *b.get_ref();
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi && lo.abs() <= 1e12 && hi.abs() <= 1e12) {
+            self.at(
+                b.span(),
+                format!("release.privacy.bounds.{c}: [{lo}, {hi}] must be finite, low <= high, within ±1e12"),
+            );
+            return None;
+        }
+        let fixed = lo.abs().max(hi.abs()) * 10f64.powi(decimals as i32);
+        if fixed > 1e9 {
+            self.at(
+                b.span(),
+                format!(
+                    "release.privacy.bounds.{c}: with {decimals} decimals a value reaches {fixed:e} fixed-point units, over 1e9; \
+                     narrow the bounds or keep fewer decimals"
+                ),
+            );
+            return None;
+        }
+        Some((lo, hi))
+    }
+
+    fn groups(
+        &mut self,
+        raw: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut groups = BTreeMap::new();
+        for (name, members) in raw {
+            if !crate::is_member_id(name.get_ref()) {
+                self.at(
+                    name.span(),
+                    format!("groups: {:?} must match [a-z][a-z0-9-]{{1,31}}", name.get_ref()),
+                );
+            }
+            let mut ids = Vec::new();
+            for m in members {
+                if !crate::is_member_id(m.get_ref()) {
+                    self.at(
+                        m.span(),
+                        format!("groups.{}: {:?} is not a member id", name.get_ref(), m.get_ref()),
+                    );
+                }
+                ids.push(m.into_inner());
+            }
+            groups.insert(name.into_inner(), ids);
+        }
+        groups
+    }
+
+    /// The access rules in Cedar, with the line of the file where an error is.
+    fn rules(&mut self, raw: Spanned<String>) -> Option<(String, cedar_policy::PolicySet)> {
+        let span = raw.span();
+        let rules = raw.into_inner();
+        // The rules' first line: after the opening quotes, and after the newline TOML trims there.
+        let opening = self.source.get(span.start..).unwrap_or("");
+        let skip = if opening.starts_with("'''\n") || opening.starts_with("\"\"\"\n") { 1 } else { 0 };
+        let first_line = line_of(self.source, span.start) + skip;
+        match crate::cedar::parse_rules(&rules) {
+            Ok(parsed) => Some((rules, parsed)),
+            Err((line, reason)) => {
+                self.problems.push(PolicyError::Malformed {
+                    file: self.file.to_owned(),
+                    line: first_line + line.saturating_sub(1),
+                    reason: format!("access.rules: {reason}"),
+                });
+                None
+            }
+        }
+    }
+
+    /// Columns the release rules name must have a mode that lets them do what the rule says.
+    fn release_columns(&mut self, release: &Release, columns: &BTreeMap<String, ColumnMode>) {
+        let mode = |c: &str| columns.get(c).copied().unwrap_or(ColumnMode::Hidden);
+        let aggregated =
+            |c: &str| matches!(mode(c), ColumnMode::Aggregate | ColumnMode::Group | ColumnMode::Plain);
+        let grouped = |c: &str| matches!(mode(c), ColumnMode::Group | ColumnMode::Plain);
+        if let Some(dp) = &release.privacy {
+            for c in dp.bounds.keys().filter(|c| !aggregated(c)) {
+                self.invalid(format!(
+                    "release.privacy.bounds names {c}, whose mode {} does not let it be aggregated",
+                    mode(c).as_str()
                 ));
             }
-            let units = |v: &Spanned<f64>, key: &str| {
-                Units::from_f64(*v.get_ref()).map_err(|r| at(v.span(), format!("release.privacy.{key}: {r}")))
-            };
-            let cost = units(&p.cost, "cost")?;
-            if cost == Units::ZERO {
-                return Err(at(p.cost.span(), "release.privacy.cost must be above zero".into()));
-            }
-            let budget_per_requester = units(&p.budget_per_requester, "budget_per_requester")?;
-            let budget_per_dataset = units(&p.budget_per_dataset, "budget_per_dataset")?;
-            for (v, key) in [
-                (&p.max_groups_per_unit, "max_groups_per_unit"),
-                (&p.max_rows_per_group, "max_rows_per_group"),
-            ] {
-                if !(1..=1000).contains(v.get_ref()) {
-                    return Err(at(v.span(), format!("release.privacy.{key} must be from 1 to 1000")));
+            for (c, set) in &dp.keys {
+                if !grouped(c) {
+                    self.invalid(format!("release.privacy.keys names {c}, which is not a group column"));
                 }
-            }
-            if *p.decimals.get_ref() > 6 {
-                return Err(at(p.decimals.span(), "release.privacy.decimals must be from 0 to 6".into()));
-            }
-            let mut bounds = BTreeMap::new();
-            for (c, b) in p.bounds {
-                let [lo, hi] = *b.get_ref();
-                if !(lo.is_finite() && hi.is_finite() && lo <= hi && lo.abs() <= 1e12 && hi.abs() <= 1e12) {
-                    return Err(at(
-                        b.span(),
-                        format!(
-                            "release.privacy.bounds.{c}: [{lo}, {hi}] must be finite, low <= high, within ±1e12"
-                        ),
+                if release.keys.get(c).is_some_and(|other| other != set) {
+                    self.invalid(format!(
+                        "release.keys and release.privacy.keys give {c} different public key sets; keep one"
                     ));
                 }
-                let fixed = lo.abs().max(hi.abs()) * 10f64.powi(*p.decimals.get_ref() as i32);
-                if fixed > 1e9 {
-                    return Err(at(
-                        b.span(),
-                        format!(
-                            "release.privacy.bounds.{c}: with {} decimals a value reaches {fixed:e} fixed-point units, over 1e9; \
-                             narrow the bounds or keep fewer decimals",
-                            p.decimals.get_ref()
-                        ),
-                    ));
-                }
-                bounds.insert(c, (lo, hi));
             }
-            let delta = match p.delta {
-                None => None,
-                Some(d) => {
-                    let v = *d.get_ref();
-                    if !(v > 0.0 && v < 1e-3) {
-                        return Err(at(
-                            d.span(),
-                            format!("release.privacy.delta {v} must be above 0 and below 0.001"),
-                        ));
-                    }
-                    Some(v)
-                }
-            };
-            Some(Privacy {
-                mechanism: p.mechanism,
-                cost,
-                budget_per_requester,
-                budget_per_dataset,
-                max_groups_per_unit: p.max_groups_per_unit.into_inner(),
-                max_rows_per_group: p.max_rows_per_group.into_inner(),
-                bounds,
-                decimals: p.decimals.into_inner(),
-                keys: p.keys,
-                delta,
-            })
         }
-    };
-    let mut groups = BTreeMap::new();
-    for (name, members) in raw.groups {
-        if !crate::is_member_id(name.get_ref()) {
-            return Err(at(
-                name.span(),
-                format!("groups: {:?} must match [a-z][a-z0-9-]{{1,31}}", name.get_ref()),
+        for c in release.keys.keys().filter(|c| !grouped(c)) {
+            self.invalid(format!("release.keys names {c}, which is not a group column"));
+        }
+        for c in release.min_max.iter().filter(|c| !aggregated(c)) {
+            self.invalid(format!(
+                "release.min_max names {c}, whose mode {} does not let it be aggregated",
+                mode(c).as_str()
             ));
         }
-        let mut ids = Vec::new();
-        for m in members {
-            if !crate::is_member_id(m.get_ref()) {
-                return Err(at(
-                    m.span(),
-                    format!("groups.{}: {:?} is not a member id", name.get_ref(), m.get_ref()),
-                ));
-            }
-            ids.push(m.into_inner());
-        }
-        groups.insert(name.into_inner(), ids);
     }
-    let rules_span = raw.access.rules.span();
-    let rules = raw.access.rules.into_inner();
-    // The rules' first line: after the opening quotes, and after the newline TOML trims there.
-    let opening = source.get(rules_span.start..).unwrap_or("");
-    let skip = if opening.starts_with("'''\n") || opening.starts_with("\"\"\"\n") { 1 } else { 0 };
-    let first_line = line_of(source, rules_span.start) + skip;
-    let rules_parsed =
-        crate::cedar::parse_rules(&rules).map_err(|(line, reason)| PolicyError::Malformed {
-            file: file.to_owned(),
-            line: first_line + line.saturating_sub(1),
-            reason: format!("access.rules: {reason}"),
-        })?;
-    let policy = Policy {
-        classification: raw.classification.into_inner(),
-        personal,
-        columns,
-        release: Release {
-            min_group_size: raw.release.min_group_size.map(Spanned::into_inner),
-            min_max: raw.release.min_max,
-            keys: raw.release.keys,
-            privacy,
-        },
-        groups,
-        rules,
-        rules_parsed,
-        source: source.to_owned(),
-    };
-    if let Some(dp) = &policy.release.privacy {
-        for c in dp.bounds.keys() {
-            if !matches!(policy.mode(c), ColumnMode::Aggregate | ColumnMode::Group | ColumnMode::Plain) {
-                return Err(PolicyError::Invalid(format!(
-                    "{file}: release.privacy.bounds names {c}, whose mode {} does not let it be aggregated",
-                    policy.mode(c).as_str()
-                )));
-            }
-        }
-        for (c, set) in &dp.keys {
-            if !matches!(policy.mode(c), ColumnMode::Group | ColumnMode::Plain) {
-                return Err(PolicyError::Invalid(format!(
-                    "{file}: release.privacy.keys names {c}, which is not a group column"
-                )));
-            }
-            if policy.release.keys.get(c).is_some_and(|other| other != set) {
-                return Err(PolicyError::Invalid(format!(
-                    "{file}: release.keys and release.privacy.keys give {c} different public key sets; keep one"
-                )));
-            }
-        }
-    }
-    for c in policy.release.keys.keys() {
-        if !matches!(policy.mode(c), ColumnMode::Group | ColumnMode::Plain) {
-            return Err(PolicyError::Invalid(format!(
-                "{file}: release.keys names {c}, which is not a group column"
-            )));
-        }
-    }
-    for c in &policy.release.min_max {
-        if !matches!(policy.mode(c), ColumnMode::Aggregate | ColumnMode::Group | ColumnMode::Plain) {
-            return Err(PolicyError::Invalid(format!(
-                "{file}: release.min_max names {c}, whose mode {} does not let it be aggregated",
-                policy.mode(c).as_str()
-            )));
-        }
-    }
-    Ok(policy)
 }
 
 fn check_column_name(name: &str) -> Result<(), String> {

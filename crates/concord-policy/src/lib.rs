@@ -335,6 +335,9 @@ pub enum PolicyError {
     LoosensBaseline { rule: String, reason: String },
     #[error("bad allow-list: {0}")]
     BadAllowList(String),
+    /// Several problems of one file, each on its own line.
+    #[error("{} problems:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Several(Vec<PolicyError>),
 }
 
 impl Policy {

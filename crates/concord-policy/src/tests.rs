@@ -216,6 +216,16 @@ fn bad_files_name_file_line_and_key() {
         assert!(msg.starts_with(&format!("health.policy.toml line {line}:")), "{what}: {msg}");
         assert!(msg.contains(needle), "{what}: {msg}");
     }
+    // Every problem of a file at once, each with its line, in the file's order of checks.
+    let three = HEALTH
+        .replace("min_group_size = 10", "min_group_size = 0")
+        .replace("[0, 60]", "[60, 0]")
+        .replace("\"bravo\"]", "\"Bravo\"]");
+    let msg = Policy::parse(&three, "health.policy.toml").expect_err("three problems").to_string();
+    assert!(msg.starts_with("3 problems:"), "{msg}");
+    for (line, needle) in [(17, "at least 1"), (24, "bounds"), (28, "member id")] {
+        assert!(msg.contains(&format!("health.policy.toml line {line}: ")) && msg.contains(needle), "{msg}");
+    }
     let p = Policy::parse(HEALTH, "p.toml").expect("valid");
     let e = p.check_columns("health_cases", &["region".into()]).expect_err("unknown column");
     assert!(e.to_string().contains("is not a column of dataset health_cases"), "{e}");

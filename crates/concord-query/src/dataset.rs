@@ -427,16 +427,27 @@ fn unreadable(name: &str, path: &Path, e: impl std::fmt::Display) -> QueryError 
         Err(_) => "check that the file exists and is readable by the node".to_owned(),
         Ok(_) => format!("check that it is valid {format}"),
     };
-    QueryError::Dataset { name: name.to_owned(), reason: format!("cannot read {}: {e}; {hint}", path.display()) }
+    QueryError::Dataset {
+        name: name.to_owned(),
+        reason: format!("cannot read {}: {e}; {hint}", path.display()),
+    }
 }
 
 /// Where the first value of `column` that is not a `ty` is in a CSV file: `line N: "value"`
 /// (lines counted from 1, the header included; a field that spans lines shifts the count).
 /// Read again from the start, as text; only on the way to an error.
-fn first_bad_value(path: &Path, csv: &CsvOptions, names: &Schema, column: &str, ty: &ColumnType) -> Option<String> {
+fn first_bad_value(
+    path: &Path,
+    csv: &CsvOptions,
+    names: &Schema,
+    column: &str,
+    ty: &ColumnType,
+) -> Option<String> {
     use datafusion::arrow::array::{Array as _, AsArray as _};
     let index = names.index_of(column).ok()?;
-    let text = Schema::new(names.fields().iter().map(|f| Field::new(f.name(), DataType::Utf8, true)).collect::<Vec<_>>());
+    let text = Schema::new(
+        names.fields().iter().map(|f| Field::new(f.name(), DataType::Utf8, true)).collect::<Vec<_>>(),
+    );
     let header = csv.header.unwrap_or(true);
     let mut builder = datafusion::arrow::csv::ReaderBuilder::new(Arc::new(text))
         .with_header(header)

@@ -295,7 +295,7 @@ async fn a_demo_on_a_taken_port_names_port_base_and_leaves_nothing_behind() {
     let base = free_ports(6);
     let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 3)).expect("takes a port");
     let opts = DemoOptions { dir: dir.path().join("demo"), data: None, port_base: base, smoke: true };
-    let e = concord_lab::demo::launch(&opts).await.err().expect("a port is taken").to_string();
+    let e = launch(&opts).await.err().expect("a port is taken").to_string();
     assert!(e.contains(&format!("port {}", base + 3)) && e.contains("--port-base"), "{e}");
     assert!(!e.contains("concord.toml"), "{e}");
     assert!(!opts.dir.exists(), "no half-built folder");
