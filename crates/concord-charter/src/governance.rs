@@ -22,7 +22,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{Charter, CharterError, MemberCard, SharedSchema, SignedCharter, check_line_text, hex};
 
+/// First line of every proposal's canonical text.
 pub const PROPOSAL_TYPE_LINE: &str = "concord/proposal/v1";
+/// First line of every vote's canonical text.
 pub const VOTE_TYPE_LINE: &str = "concord/vote/v1";
 
 /// The longest a proposal may stay open, in seconds (30 days).
@@ -38,38 +40,54 @@ pub const MAX_LIVE_PROPOSALS: usize = 4;
 pub enum Change {
     /// A new member, by its member card.
     AddMember {
+        /// The new member's card.
         card: MemberCard,
     },
+    /// Removes a member by id.
     RemoveMember {
+        /// Id of the member to remove.
         id: String,
     },
     /// A member's new card: signing key, witness key, TLS pin or endpoint (same id).
     RotateKey {
+        /// The member's new card, with its current id.
         card: MemberCard,
     },
+    /// Moves a member's peer listener to a new endpoint.
     ChangeEndpoint {
+        /// Id of the member that moves.
         id: String,
+        /// The new `host:port` of the member's peer listener.
         endpoint: String,
     },
     /// A new shared schema, or a new version of one.
     SetSchema {
+        /// The schema; a new version of an existing name needs a higher version number.
         schema: SharedSchema,
     },
+    /// A new baseline minimum group size.
     MinGroupSize {
+        /// Fewest distinct people (privacy units) a released group of personal data may hold; at least 1.
         size: u64,
     },
     /// The most sensitive classification that may cross borders.
     CrossBorders {
+        /// The new ceiling classification.
         ceiling: crate::CrossBorders,
     },
     /// Who reads the notes of accesses in the logs: `parties` or `public`.
     AccessNotes {
+        /// Who reads the notes from the next version on.
         visibility: crate::AccessNotes,
     },
+    /// A new threshold of yes signatures for adopting later versions.
     Threshold {
+        /// Yes signatures of the new version's members needed; more than half of them.
         threshold: usize,
     },
+    /// A new witness quorum.
     WitnessQuorum {
+        /// Cosignatures a checkpoint needs before it is published; fewer than the members.
         quorum: usize,
     },
 }
@@ -266,12 +284,17 @@ pub fn diff(before: &Charter, after: &Charter) -> Vec<String> {
 /// A proposal, as its proposer signs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proposal {
+    /// The federation's name; a proposal for another federation is refused.
     pub federation: String,
+    /// The charter version the proposal changes.
     pub base_version: u64,
+    /// Hex SHA-256 of the base version's canonical text.
     pub base_digest: String,
+    /// Member id of the proposer, who signs the proposal.
     pub proposer: String,
     /// Unix seconds after which the proposal is dead.
     pub expires: u64,
+    /// The changes, applied in order to the base version to give the next version's body.
     pub changes: Vec<Change>,
 }
 
@@ -298,6 +321,7 @@ impl Proposal {
         s
     }
 
+    /// Parses a proposal's canonical text; any other form is refused as not canonical.
     pub fn from_text(text: &str) -> Result<Self, CharterError> {
         let bad = |line: usize, reason: String| CharterError::Malformed { line, reason };
         let lines: Vec<&str> = text.lines().collect();
@@ -351,7 +375,9 @@ impl Proposal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ballot {
+    /// For the proposal; the vote carries the voter's signature over the proposal's body.
     Yes,
+    /// Against the proposal: a signed refusal.
     No,
 }
 
@@ -359,14 +385,20 @@ pub enum Ballot {
 /// signature over the body the proposal makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vote {
+    /// The federation's name.
     pub federation: String,
+    /// Id of the proposal voted on: hex SHA-256 of its canonical text.
     pub proposal: String,
+    /// Member id of the voter, who signs the vote.
     pub voter: String,
+    /// Yes or no.
     pub ballot: Ballot,
+    /// An optional one-line reason; empty for none.
     pub reason: String,
 }
 
 impl Vote {
+    /// The canonical text: type line, federation, proposal, voter, vote and an optional reason line.
     pub fn to_text(&self) -> String {
         let ballot = match self.ballot {
             Ballot::Yes => "yes",
@@ -382,6 +414,7 @@ impl Vote {
         s
     }
 
+    /// Parses a vote's canonical text; any other form is refused as not canonical.
     pub fn from_text(text: &str) -> Result<Self, CharterError> {
         let bad = |line: usize, reason: String| CharterError::Malformed { line, reason };
         let lines: Vec<&str> = text.lines().collect();
@@ -419,7 +452,9 @@ impl Vote {
 /// A vote with its signatures, as it travels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedVote {
+    /// The vote, parsed from the note's text.
     pub vote: Vote,
+    /// The vote note, signed by the voter.
     pub note: Note,
     /// For a yes: the voter's signature over the body the proposal makes.
     pub body_signature: Option<NoteSignature>,
@@ -479,46 +514,66 @@ impl SignedVote {
 /// Two yes signatures by one member on two live proposals of one base: the evidence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Equivocation {
+    /// Member id of the voter who equivocated.
     pub voter: String,
+    /// The base charter version both proposals build on.
     pub base_version: u64,
     /// The first proposal and the vote on it, then the second.
     pub first: (String, SignedVote),
+    /// The second proposal's id and the yes vote on it.
     pub second: (String, SignedVote),
 }
 
 /// Where a proposal stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Open: votes are still counted.
     Live,
     /// Enough yes votes: the next version.
     Adopted,
+    /// No votes put the threshold out of reach, or the proposal expired; holds the reason.
     Dead(String),
 }
 
 /// What one node knows of a proposal.
 #[derive(Clone, Debug)]
 pub struct ProposalState {
+    /// The proposal, parsed from the note's text.
     pub proposal: Proposal,
+    /// The proposal note, signed by its proposer.
     pub note: Note,
     /// The body the proposal makes.
     pub body: Charter,
+    /// Yes votes, by voter member id.
     pub yes: BTreeMap<String, SignedVote>,
+    /// No votes, by voter member id.
     pub no: BTreeMap<String, SignedVote>,
 }
 
 /// Errors of governance acts, each with its reason.
 #[derive(Debug, thiserror::Error)]
 pub enum GovernanceError {
+    /// The proposal, vote or resulting charter is invalid.
     #[error("{0}")]
     Charter(#[from] CharterError),
+    /// The act is refused; the text says why.
     #[error("refused: {0}")]
     Refused(String),
+    /// The proposal or vote was already taken in: a replay.
     #[error("already known: {0}")]
     Duplicate(String),
+    /// A member voted yes on a second live proposal of one base version; the evidence is kept.
     #[error(
         "equivocation: {voter} already voted yes on proposal {first} of base version {base}; both signatures are kept as evidence"
     )]
-    Equivocation { voter: String, first: String, base: u64 },
+    Equivocation {
+        /// Id of the member who voted yes twice.
+        voter: String,
+        /// Id of the proposal the member's earlier yes is on.
+        first: String,
+        /// The base charter version both proposals build on.
+        base: u64,
+    },
 }
 
 fn refused(reason: impl Into<String>) -> GovernanceError {
@@ -539,13 +594,16 @@ pub enum VoteOutcome {
 /// The proposals and votes on one base version, as one node has seen them.
 #[derive(Clone, Debug)]
 pub struct Round {
+    /// The charter version the proposals build on.
     pub base: Charter,
+    /// The proposals taken in, by proposal id.
     pub proposals: BTreeMap<String, ProposalState>,
     /// Evidence of equivocation seen in this round.
     pub evidence: Vec<Equivocation>,
 }
 
 impl Round {
+    /// An empty round on `base`.
     pub fn new(base: Charter) -> Self {
         Self { base, proposals: BTreeMap::new(), evidence: Vec::new() }
     }

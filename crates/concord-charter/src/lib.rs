@@ -9,6 +9,8 @@
 //!
 //! Invariant: this crate does no IO; it turns bytes into verified values and back.
 
+#![warn(missing_docs)]
+
 pub mod governance;
 mod text;
 mod types;
@@ -24,20 +26,48 @@ pub use types::{ColumnType, DictionaryKey, IntervalUnit, TimeUnit};
 /// Errors of charters and member cards.
 #[derive(Debug, thiserror::Error)]
 pub enum CharterError {
+    /// Charter, proposal or vote text does not parse.
     #[error("charter text is malformed at line {line}: {reason}")]
-    Malformed { line: usize, reason: String },
+    Malformed {
+        /// The 1-based line that does not parse; 0 when the whole text is at fault.
+        line: usize,
+        /// What is wrong with that line.
+        reason: String,
+    },
+    /// The text parses but is not the canonical form its content renders to, so signatures would not combine.
     #[error("charter text is not in canonical form; regenerate it with `concord charter genesis`")]
     NotCanonical,
+    /// A value breaks a rule of the charter, a member card or a shared schema.
     #[error("invalid {what}: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// The kind of value at fault, such as `member id` or `threshold`.
+        what: &'static str,
+        /// The rule it breaks, and how to fix it.
+        reason: String,
+    },
+    /// A charter version lacks the signatures of some members it needs (genesis needs every founder's).
     #[error(
         "charter version {version} lacks the signature of {missing:?}; each of them must run `concord charter sign`"
     )]
-    MissingSignatures { version: u64, missing: Vec<String> },
+    MissingSignatures {
+        /// The charter version that is not fully signed.
+        version: u64,
+        /// Ids of the members whose signatures are missing.
+        missing: Vec<String>,
+    },
+    /// A signature or key failed its check in the signed-note layer.
     #[error("charter signature check failed: {0}")]
     Signature(#[from] LogError),
+    /// A charter version is not a valid successor of the version it claims to follow.
     #[error("charter version {got} does not follow version {base}: {reason}")]
-    NotSuccessor { base: u64, got: u64, reason: String },
+    NotSuccessor {
+        /// The version it should follow.
+        base: u64,
+        /// The version offered as its successor.
+        got: u64,
+        /// Why it does not follow: version number, federation, digest or too few yes signatures.
+        reason: String,
+    },
 }
 
 /// Checks a member id: `[a-z][a-z0-9-]{1,31}`.
@@ -104,8 +134,11 @@ pub(crate) fn check_line_text(what: &'static str, s: &str) -> Result<(), Charter
 /// The public facts about a member that it hands to the founders: `member-card.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberCard {
+    /// The member id, `[a-z][a-z0-9-]{1,31}`; it ends the member's key name `<federation>/<id>`.
     pub id: String,
+    /// The member's display name, such as `Alpha Statistics Office`.
     pub name: String,
+    /// The jurisdiction the member's node runs in, such as a country code (`FR`).
     pub jurisdiction: String,
     /// The member's Ed25519 verifier key in C2SP vkey form.
     pub vkey: String,
@@ -118,6 +151,7 @@ pub struct MemberCard {
 }
 
 impl MemberCard {
+    /// Checks the card on its own: id, one-line texts, key names (`.../<id>`, `.../<id>/witness`), TLS pin.
     pub fn validate(&self) -> Result<(), CharterError> {
         check_member_id(&self.id)?;
         check_line_text("member name", &self.name)?;
@@ -148,10 +182,12 @@ impl MemberCard {
         Ok(())
     }
 
+    /// The member's note verifier key, parsed from [`MemberCard::vkey`].
     pub fn verifier(&self) -> Result<NoteVerifier, CharterError> {
         Ok(NoteVerifier::from_vkey(&self.vkey)?)
     }
 
+    /// The member's witness cosignature verifier key, parsed from [`MemberCard::witness_vkey`].
     pub fn witness_verifier(&self) -> Result<CosignatureVerifier, CharterError> {
         Ok(CosignatureVerifier::from_vkey(&self.witness_vkey)?)
     }
@@ -165,6 +201,7 @@ impl MemberCard {
 /// One column of a shared schema.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SchemaColumn {
+    /// The column name, `[a-z_][a-z0-9_]{0,62}`.
     pub name: String,
     /// The column's type by its canonical name: `int64`, `decimal(15,2)`, `date32`, ...
     #[serde(rename = "type")]
@@ -178,9 +215,12 @@ pub struct SchemaColumn {
 /// A shared schema: the columns that every conforming dataset must offer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SharedSchema {
+    /// The schema name, `[a-z_][a-z0-9_]{0,62}`, unique in the charter.
     pub name: String,
+    /// The schema's version, 1 by default; a change to a schema needs a higher one.
     #[serde(default = "one")]
     pub version: u32,
+    /// The columns, with unique names; at least one.
     pub columns: Vec<SchemaColumn>,
     /// The column that identifies a data subject (a person, a household): minimum group sizes
     /// count its distinct values and differential privacy bounds what one value contributes.
@@ -194,6 +234,7 @@ fn one() -> u32 {
 }
 
 impl SharedSchema {
+    /// Checks the schema: its name, at least one column, unique column names, a privacy unit among them.
     pub fn validate(&self) -> Result<(), CharterError> {
         check_identifier("shared schema name", &self.name)?;
         if self.columns.is_empty() {
@@ -245,12 +286,15 @@ impl SharedSchema {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessNotes {
+    /// Only the requester and the owner read the notes; other members see a salted commitment to them.
     #[default]
     Parties,
+    /// Every member reads the notes.
     Public,
 }
 
 impl AccessNotes {
+    /// The name the charter text uses: `parties` or `public`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Parties => "parties",
@@ -258,6 +302,7 @@ impl AccessNotes {
         }
     }
 
+    /// Parses the name the charter text uses; `None` for any other.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "parties" => Some(Self::Parties),
@@ -276,7 +321,9 @@ pub const DEFAULT_MIN_GROUP_SIZE: u64 = 10;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum CrossBorders {
+    /// Only public data may cross borders.
     Public,
+    /// General and public data may cross borders.
     General,
     /// Important data under an approved access request, and everything less sensitive.
     #[default]
@@ -284,6 +331,7 @@ pub enum CrossBorders {
 }
 
 impl CrossBorders {
+    /// The name the charter text uses: `public`, `general` or `important`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Public => "public",
@@ -292,6 +340,7 @@ impl CrossBorders {
         }
     }
 
+    /// Parses the name the charter text uses; `None` for any other.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "public" => Some(Self::Public),
@@ -305,7 +354,9 @@ impl CrossBorders {
 /// The content of one charter version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Charter {
+    /// The federation's name, `[a-z0-9][a-z0-9.-]{0,62}`; it starts every member's key name.
     pub federation: String,
+    /// The version number: 1 for genesis, one more for each adopted successor.
     pub version: u64,
     /// Hex SHA-256 of the previous version's text; `None` for genesis.
     pub previous: Option<String>,
@@ -355,6 +406,7 @@ impl Charter {
         Ok(c)
     }
 
+    /// Checks the whole version: federation name, members and keys, threshold, witness quorum, schemas.
     pub fn validate(&self) -> Result<(), CharterError> {
         check_federation_name(&self.federation)?;
         if self.members.is_empty() {
@@ -425,10 +477,12 @@ impl Charter {
         Ok(())
     }
 
+    /// The member card with this id, if any.
     pub fn member(&self, id: &str) -> Option<&MemberCard> {
         self.members.iter().find(|m| m.id == id)
     }
 
+    /// The shared schema with this name, if any.
     pub fn schema(&self, name: &str) -> Option<&SharedSchema> {
         self.schemas.iter().find(|s| s.name == name)
     }
@@ -474,6 +528,7 @@ pub fn default_witness_quorum(n: usize) -> usize {
     if witnesses == 0 { 0 } else { witnesses / 2 + 1 }
 }
 
+/// Lower-case hex of `bytes`, as charter digests and proposal ids are written.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
@@ -485,11 +540,14 @@ pub fn hex(bytes: &[u8]) -> String {
 /// A charter version with the signatures it carries.
 #[derive(Clone, Debug)]
 pub struct SignedCharter {
+    /// The charter version's content, parsed from the note's text.
     pub charter: Charter,
+    /// The signed note whose text is the charter's canonical text.
     pub note: Note,
 }
 
 impl SignedCharter {
+    /// A charter version with no signatures yet, ready for members to sign.
     pub fn unsigned(charter: Charter) -> Result<Self, CharterError> {
         let note = Note::new(charter.to_text())?;
         Ok(Self { charter, note })
@@ -504,6 +562,7 @@ impl SignedCharter {
         Ok(Self { charter, note })
     }
 
+    /// The charter file's bytes: the bare text while unsigned, else the whole signed note.
     pub fn to_bytes(&self) -> Vec<u8> {
         if self.note.signatures().is_empty() {
             self.note.text().as_bytes().to_vec()

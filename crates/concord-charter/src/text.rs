@@ -27,6 +27,7 @@ use crate::{
     AccessNotes, Charter, CharterError, ColumnType, CrossBorders, MemberCard, SchemaColumn, SharedSchema,
 };
 
+/// First line of every charter version's canonical text.
 pub const CHARTER_TYPE_LINE: &str = "concord/charter/v1";
 
 pub(crate) fn render(c: &Charter) -> String {

@@ -24,15 +24,21 @@ use crate::CharterError;
 /// The unit of timestamps, times and durations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimeUnit {
+    /// Seconds (`s`).
     Second,
+    /// Milliseconds (`ms`).
     Millisecond,
+    /// Microseconds (`us`).
     Microsecond,
+    /// Nanoseconds (`ns`).
     Nanosecond,
 }
 
 impl TimeUnit {
+    /// Every unit, coarsest first.
     pub const ALL: [TimeUnit; 4] = [Self::Second, Self::Millisecond, Self::Microsecond, Self::Nanosecond];
 
+    /// The unit's name in type names: `s`, `ms`, `us` or `ns`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Second => "s",
@@ -50,14 +56,19 @@ impl TimeUnit {
 /// The kind of an interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IntervalUnit {
+    /// Whole months (`year_month`).
     YearMonth,
+    /// Days and milliseconds (`day_time`).
     DayTime,
+    /// Months, days and nanoseconds (`month_day_nano`).
     MonthDayNano,
 }
 
 impl IntervalUnit {
+    /// Every interval kind.
     pub const ALL: [IntervalUnit; 3] = [Self::YearMonth, Self::DayTime, Self::MonthDayNano];
 
+    /// The kind's name in type names: `year_month`, `day_time` or `month_day_nano`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::YearMonth => "year_month",
@@ -70,17 +81,26 @@ impl IntervalUnit {
 /// The key type of a dictionary-encoded string column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DictionaryKey {
+    /// Signed 8-bit keys.
     Int8,
+    /// Signed 16-bit keys.
     Int16,
+    /// Signed 32-bit keys.
     Int32,
+    /// Signed 64-bit keys.
     Int64,
+    /// Unsigned 8-bit keys.
     UInt8,
+    /// Unsigned 16-bit keys.
     UInt16,
+    /// Unsigned 32-bit keys.
     UInt32,
+    /// Unsigned 64-bit keys.
     UInt64,
 }
 
 impl DictionaryKey {
+    /// Every key type, signed first.
     pub const ALL: [DictionaryKey; 8] = [
         Self::Int8,
         Self::Int16,
@@ -92,6 +112,7 @@ impl DictionaryKey {
         Self::UInt64,
     ];
 
+    /// The key type's name in type names: `int8` to `uint64`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Int8 => "int8",
@@ -109,48 +130,79 @@ impl DictionaryKey {
 /// Arrow-compatible logical types a shared schema may use.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ColumnType {
+    /// Signed 8-bit integer (`int8`).
     Int8,
+    /// Signed 16-bit integer (`int16`).
     Int16,
+    /// Signed 32-bit integer (`int32`).
     Int32,
+    /// Signed 64-bit integer (`int64`).
     Int64,
+    /// Unsigned 8-bit integer (`uint8`).
     UInt8,
+    /// Unsigned 16-bit integer (`uint16`).
     UInt16,
+    /// Unsigned 32-bit integer (`uint32`).
     UInt32,
+    /// Unsigned 64-bit integer (`uint64`).
     UInt64,
+    /// 32-bit float (`float32`).
     Float32,
+    /// 64-bit float (`float64`).
     Float64,
+    /// 128-bit decimal, `decimal(P,S)`.
     Decimal128 {
+        /// Total digits, 1 to 38.
         precision: u8,
+        /// Digits after the decimal point, 0 to the precision.
         scale: u8,
     },
+    /// 256-bit decimal, `decimal256(P,S)`.
     Decimal256 {
+        /// Total digits, 1 to 76.
         precision: u8,
+        /// Digits after the decimal point, 0 to the precision.
         scale: u8,
     },
+    /// Days since the Unix epoch, 32-bit (`date32`).
     Date32,
+    /// Milliseconds since the Unix epoch, 64-bit (`date64`).
     Date64,
     /// A point in time; with a time zone, an instant shown in that zone.
     Timestamp {
+        /// The unit of the time since the Unix epoch.
         unit: TimeUnit,
+        /// The time zone: `UTC`, an offset `+HH:MM` or `-HH:MM`, or an IANA name; `None` if zoneless.
         tz: Option<String>,
     },
     /// Time of day in seconds or milliseconds.
     Time32(TimeUnit),
     /// Time of day in microseconds or nanoseconds.
     Time64(TimeUnit),
+    /// Elapsed time in the given unit (`duration(UNIT)`).
     Duration(TimeUnit),
+    /// A calendar interval of the given kind (`interval(KIND)`).
     Interval(IntervalUnit),
+    /// UTF-8 string with 32-bit offsets (`utf8`).
     Utf8,
+    /// UTF-8 string with 64-bit offsets (`large_utf8`).
     LargeUtf8,
+    /// UTF-8 string in Arrow's view layout (`utf8_view`).
     Utf8View,
     /// Strings stored once each, referred to by integer keys.
     Dictionary {
+        /// The integer type of the keys.
         key: DictionaryKey,
+        /// Whether the values are `large_utf8` rather than `utf8`.
         large: bool,
     },
+    /// True or false (`boolean`).
     Boolean,
+    /// Bytes with 32-bit offsets (`binary`).
     Binary,
+    /// Bytes with 64-bit offsets (`large_binary`).
     LargeBinary,
+    /// Bytes in Arrow's view layout (`binary_view`).
     BinaryView,
 }
 
@@ -257,6 +309,7 @@ impl ColumnType {
         })
     }
 
+    /// Whether the type is one of the eight integer types.
     pub fn is_integer(&self) -> bool {
         use ColumnType::*;
         matches!(self, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64)

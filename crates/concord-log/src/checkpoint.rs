@@ -14,13 +14,18 @@ pub const COSIGNATURE_TYPE: u8 = 0x04;
 /// The body of a checkpoint: origin, tree size, root hash, extension lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The log's origin line, which must equal the log's key name.
     pub origin: String,
+    /// Number of leaves in the tree.
     pub size: u64,
+    /// Root hash of the tree of `size` leaves.
     pub root: Hash,
+    /// Extension lines after the root hash, each non-empty.
     pub extensions: Vec<String>,
 }
 
 impl Checkpoint {
+    /// The checkpoint's note text: origin, size, base64 root hash and extension lines, each ending in a newline.
     pub fn to_text(&self) -> String {
         let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root));
         for e in &self.extensions {
@@ -94,6 +99,7 @@ fn cosigned_message(timestamp: u64, checkpoint_text: &str) -> Vec<u8> {
 }
 
 impl CosignatureSigner {
+    /// A fresh random cosigning key named `name`.
     pub fn generate(name: &str) -> Result<Self, LogError> {
         check_key_name(name)?;
         let seed: [u8; 32] = rand::random();
@@ -113,6 +119,7 @@ impl CosignatureSigner {
         Ok(s)
     }
 
+    /// The private-key string that [`CosignatureSigner::from_skey`] parses; write it only to a file with mode 0600.
     pub fn to_skey(&self) -> String {
         format!(
             "PRIVATE+KEY+{}",
@@ -120,14 +127,17 @@ impl CosignatureSigner {
         )
     }
 
+    /// The witness's key name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The C2SP key id of this cosigning key.
     pub fn key_id(&self) -> u32 {
         key_id(&self.name, COSIGNATURE_TYPE, self.key.verifying_key().as_bytes())
     }
 
+    /// The matching verifier key, for those who check this witness's cosignatures.
     pub fn verifier(&self) -> CosignatureVerifier {
         CosignatureVerifier { name: self.name.clone(), id: self.key_id(), key: self.key.verifying_key() }
     }
@@ -150,6 +160,7 @@ pub struct CosignatureVerifier {
 }
 
 impl CosignatureVerifier {
+    /// Parses a C2SP cosigner vkey `<name>+<hex id>+base64(0x04 || key)`; the id must match the key.
     pub fn from_vkey(vkey: &str) -> Result<Self, LogError> {
         let bad = |why: &str| LogError::BadKey(format!("cosigner key {vkey:?} is malformed: {why}"));
         let (name, id, pk) = split_key_string(vkey, COSIGNATURE_TYPE, &bad)?;
@@ -160,10 +171,12 @@ impl CosignatureVerifier {
         Ok(Self { name: name.to_owned(), id, key })
     }
 
+    /// The C2SP verifier-key string of this key.
     pub fn to_vkey(&self) -> String {
         key_string(&self.name, COSIGNATURE_TYPE, self.id, self.key.as_bytes())
     }
 
+    /// The witness's key name.
     pub fn name(&self) -> &str {
         &self.name
     }

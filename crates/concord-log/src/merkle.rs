@@ -294,6 +294,7 @@ impl CompactRange {
         self.peaks.iter().map(|(_, h)| *h).collect()
     }
 
+    /// Number of leaves appended so far.
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -339,14 +340,17 @@ pub struct MemoryTree {
 }
 
 impl MemoryTree {
+    /// An empty tree.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends `data` as a new leaf, hashed with [`leaf_hash`].
     pub fn append(&mut self, data: &[u8]) {
         self.append_hash(leaf_hash(data));
     }
 
+    /// Appends an already hashed leaf and stores every complete subtree it completes.
     pub fn append_hash(&mut self, leaf: Hash) {
         for (level, index, hash) in self.range.append(leaf) {
             let l = level as usize;
@@ -358,10 +362,12 @@ impl MemoryTree {
         }
     }
 
+    /// Number of leaves in the tree.
     pub fn size(&self) -> u64 {
         self.range.size()
     }
 
+    /// The root hash of the tree so far.
     pub fn root(&self) -> Hash {
         self.range.root()
     }

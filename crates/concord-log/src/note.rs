@@ -123,14 +123,17 @@ impl NoteSigner {
         format!("PRIVATE+KEY+{}", key_string(&self.name, ED25519_TYPE, self.key_id(), self.key.as_bytes()))
     }
 
+    /// The key name, such as `federation/member`.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The C2SP key id of this key.
     pub fn key_id(&self) -> u32 {
         key_id(&self.name, ED25519_TYPE, self.key.verifying_key().as_bytes())
     }
 
+    /// The matching verifier key, for those who check this key's signatures.
     pub fn verifier(&self) -> NoteVerifier {
         NoteVerifier { name: self.name.clone(), id: self.key_id(), key: self.key.verifying_key() }
     }
@@ -175,18 +178,22 @@ impl NoteVerifier {
         Ok(Self { name: name.to_owned(), id, key })
     }
 
+    /// The C2SP verifier-key string `<name>+<hex id>+base64(0x01 || key)`.
     pub fn to_vkey(&self) -> String {
         key_string(&self.name, ED25519_TYPE, self.id, self.key.as_bytes())
     }
 
+    /// The key name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The C2SP key id of this key.
     pub fn key_id(&self) -> u32 {
         self.id
     }
 
+    /// The raw 32-byte Ed25519 public key.
     pub fn public_key(&self) -> [u8; 32] {
         self.key.to_bytes()
     }
@@ -207,8 +214,11 @@ impl NoteVerifier {
 /// One signature line of a note.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoteSignature {
+    /// Name of the key that made the signature.
     pub name: String,
+    /// C2SP key id of the key that made the signature.
     pub key_id: u32,
+    /// The signature bytes after the key id: 64 for an Ed25519 signature, 72 for a timestamped cosignature.
     pub signature: Vec<u8>,
 }
 
@@ -285,10 +295,12 @@ impl Note {
         Ok(Self { text: text.to_owned(), signatures })
     }
 
+    /// The signed text, ending in a newline.
     pub fn text(&self) -> &str {
         &self.text
     }
 
+    /// The note's signatures in order, none of them checked.
     pub fn signatures(&self) -> &[NoteSignature] {
         &self.signatures
     }

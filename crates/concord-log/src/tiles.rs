@@ -26,8 +26,11 @@ pub enum TileKind {
 /// A tile: kind, index and width (256 for a full tile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
+    /// Whether the tile holds hashes (and of which tile level) or entry bundles.
     pub kind: TileKind,
+    /// Index of the tile among the tiles of its level.
     pub index: u64,
+    /// Number of hashes or entries in the tile, from 1 to 256.
     pub width: u64,
 }
 
@@ -176,16 +179,21 @@ pub fn decode_bundle(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, LogError> {
 /// A C2SP tlog-proof: an offline receipt that an entry is in a checkpointed tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlogProof {
+    /// Optional opaque data carried on the receipt's `extra` line.
     pub extra: Option<Vec<u8>>,
+    /// Index of the entry's leaf in the log.
     pub index: u64,
+    /// Inclusion proof hashes from the entry's leaf to the checkpoint's root.
     pub proof: Vec<Hash>,
     /// The signed checkpoint, verbatim.
     pub checkpoint: Note,
 }
 
+/// First line of every tlog-proof's text.
 pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
 
 impl TlogProof {
+    /// The receipt's text: header, optional extra line, index, proof hashes, a blank line, then the signed checkpoint.
     pub fn to_text(&self) -> String {
         let mut s = format!("{TLOG_PROOF_HEADER}\n");
         if let Some(extra) = &self.extra {
@@ -201,6 +209,7 @@ impl TlogProof {
         s
     }
 
+    /// Parses a receipt's text without verifying it; call [`TlogProof::verify`] for that.
     pub fn parse(text: &str) -> Result<Self, LogError> {
         let bad = |why: &str| LogError::MalformedProof(why.to_owned());
         let (head, checkpoint) =

@@ -35,6 +35,12 @@ pub enum NodeError {
     Io { path: String, source: std::io::Error },
     #[error("state database: {0}")]
     State(String),
+    /// SQLite failed under the state database; its error is kept as the source.
+    #[error("state database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// SQLite failed under the transparency log; its error is kept as the source.
+    #[error("log storage: {0}")]
+    LogStorage(#[source] rusqlite::Error),
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -92,7 +98,7 @@ impl NodeError {
         match self {
             Self::Config(_) => C::Config,
             Self::Io { .. } => C::Io,
-            Self::State(_) => C::State,
+            Self::State(_) | Self::Database(_) | Self::LogStorage(_) => C::State,
             Self::Tls(_) => C::Tls,
             Self::Charter(_) => C::Charter,
             Self::Note(_) => C::MalformedNote,

@@ -53,7 +53,7 @@ pub async fn start(dir: &NodeDir) -> Result<RunningNode, NodeError> {
     let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::io(&dir.root, e))?;
     let (shutdown, rx) = watch::channel(false);
     let peer_task = tokio::spawn(crate::api::peer::serve(node.clone(), peer_listener, rx.clone()));
-    let local_task = tokio::spawn(crate::api::local::serve(node.clone(), local_listener, rx.clone()));
+    let local_task = tokio::spawn(crate::api::serve_local(node.clone(), local_listener, rx.clone()));
     let publish_task = tokio::spawn(crate::node::witness::publish_loop(node.clone(), rx.clone()));
     let pull_task = tokio::spawn(crate::node::governance::pull_loop(node.clone(), rx));
     tracing::info!(member = %node.cfg.member, %local_addr, %peer_addr, "node started");

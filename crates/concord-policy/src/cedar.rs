@@ -43,7 +43,7 @@ fn located(text: &str, d: &dyn Diagnostic, message: String) -> (usize, String) {
     let offset = d.labels().and_then(|mut l| l.next()).map(|l| l.offset());
     match offset {
         Some(o) => {
-            let line = crate::file::line_of(text, o);
+            let line = line_of(text, o);
             let line_start = text.get(..o).and_then(|t| t.rfind('\n')).map(|i| i + 1).unwrap_or(0);
             let column = text.get(line_start..o).map(|t| t.chars().count()).unwrap_or(0) + 1;
             (line, format!("{message} (at column {column})"))
@@ -187,4 +187,9 @@ fn evaluate(
     }
     let reasons = response.diagnostics().reason().map(|id| rule_name(&policy.rules_parsed, id)).collect();
     Ok((response.decision(), reasons))
+}
+
+/// The 1-based line of a byte offset.
+pub(crate) fn line_of(source: &str, offset: usize) -> usize {
+    source.as_bytes().iter().take(offset).filter(|&&b| b == b'\n').count() + 1
 }

@@ -21,6 +21,7 @@ use crate::{Mechanism, Privacy};
 pub struct Units(pub u64);
 
 impl Units {
+    /// No privacy at all.
     pub const ZERO: Units = Units(0);
     const PER_ONE: u64 = 1_000_000_000;
 
@@ -36,10 +37,12 @@ impl Units {
         Ok(Self(nanos as u64))
     }
 
+    /// The value as a decimal number: units divided by 10⁹.
     pub fn as_f64(self) -> f64 {
         self.0 as f64 / Self::PER_ONE as f64
     }
 
+    /// `self - other`, or `None` when `other` is larger.
     pub fn checked_sub(self, other: Units) -> Option<Units> {
         self.0.checked_sub(other.0).map(Units)
     }
@@ -67,6 +70,7 @@ pub struct OsBlocks {
 }
 
 impl OsBlocks {
+    /// An empty block: the first draw reads the operating system's CSPRNG.
     pub fn new() -> Self {
         Self { block: Box::new([0; 4096]), used: 4096 }
     }
@@ -199,9 +203,19 @@ pub fn discrete_gaussian<R: RngCore + CryptoRng>(rng: &mut R, a: &BigUint, b: &B
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Noise {
     /// Discrete Gaussian with `σ² = a/b`, in fixed-point units.
-    Gaussian { a: BigUint, b: BigUint },
+    Gaussian {
+        /// Numerator of the variance parameter σ².
+        a: BigUint,
+        /// Denominator of the variance parameter σ².
+        b: BigUint,
+    },
     /// Discrete Laplace with scale `s/t`, in fixed-point units.
-    Laplace { s: BigUint, t: BigUint },
+    Laplace {
+        /// Numerator of the scale.
+        s: BigUint,
+        /// Denominator of the scale.
+        t: BigUint,
+    },
 }
 
 impl Noise {
@@ -228,6 +242,7 @@ impl Noise {
         self.sample_with(&mut OsRng)
     }
 
+    /// A draw from `rng`.
     pub fn sample_with<R: RngCore + CryptoRng>(&self, rng: &mut R) -> BigInt {
         match self {
             Noise::Gaussian { a, b } => discrete_gaussian(rng, a, b),
@@ -317,7 +332,9 @@ pub const DEFAULT_DELTA: f64 = 1e-6;
 /// What a query's privacy cost amounts to in (epsilon, delta)-differential privacy.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Guarantee {
+    /// The epsilon of (epsilon, delta)-differential privacy.
     pub epsilon: f64,
+    /// The delta: 0 for pure DP without noisy selection of groups.
     pub delta: f64,
 }
 

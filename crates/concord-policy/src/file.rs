@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cedar::line_of;
 use crate::dp::Units;
 use crate::{Classification, ColumnMode, Mechanism, Personal, Policy, PolicyError, Privacy, Release};
 
@@ -71,11 +72,6 @@ fn two() -> Spanned<u32> {
 #[serde(deny_unknown_fields)]
 struct RawAccess {
     rules: Spanned<String>,
-}
-
-/// The 1-based line of a byte offset.
-pub(crate) fn line_of(source: &str, offset: usize) -> usize {
-    source.as_bytes().iter().take(offset).filter(|&&b| b == b'\n').count() + 1
 }
 
 /// A TOML basic string.

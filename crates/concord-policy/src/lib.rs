@@ -15,6 +15,8 @@
 //! `hidden`; the owner's own analysts are the only requester no rule binds.
 //! Invariant: this crate does no IO and knows nothing of SQL engines.
 
+#![warn(missing_docs)]
+
 mod cedar;
 pub mod dp;
 mod file;
@@ -41,6 +43,7 @@ pub enum Classification {
 }
 
 impl Classification {
+    /// The name the policy file uses: `public`, `general`, `important` or `core`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Public => "public",
@@ -68,6 +71,7 @@ pub enum ColumnMode {
 }
 
 impl ColumnMode {
+    /// The name the policy file uses: `plain`, `group`, `aggregate`, `filter` or `hidden`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Plain => "plain",
@@ -97,6 +101,7 @@ pub enum Use {
 }
 
 impl Use {
+    /// The use in words, as refusals phrase it: "column x is hidden and cannot be used as a group key".
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Output => "output as a row value",
@@ -135,6 +140,7 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name as Cedar rules and access requests spell it: `aggregate`, `read_rows` or `describe`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Aggregate => "aggregate",
@@ -143,6 +149,7 @@ impl Action {
         }
     }
 
+    /// Parses an action's name; an unknown one is an error that lists the three.
     pub fn parse(s: &str) -> Result<Self, PolicyError> {
         match s {
             "aggregate" => Ok(Self::Aggregate),
@@ -179,10 +186,12 @@ pub struct PersonalSchema {
     pub name: String,
     /// Columns that describe people: those the schema marks personal, and its privacy unit.
     pub columns: Vec<String>,
+    /// The schema's privacy unit column, if it names one.
     pub privacy_unit: Option<String>,
 }
 
 impl PersonalSchema {
+    /// Whether the schema describes people: it names personal columns or a privacy unit.
     pub fn is_personal(&self) -> bool {
         self.privacy_unit.is_some() || !self.columns.is_empty()
     }
@@ -192,7 +201,9 @@ impl PersonalSchema {
 /// 0.01 a query, 1 per requester (100 queries), 3 for all requesters together, delta
 /// [`dp::DEFAULT_DELTA`].
 pub const DERIVED_COST: f64 = 0.01;
+/// What one requester may spend on a dataset under a derived policy, in rho.
 pub const DERIVED_BUDGET_PER_REQUESTER: f64 = 1.0;
+/// What all requesters together may spend on a dataset under a derived policy, in rho.
 pub const DERIVED_BUDGET_PER_DATASET: f64 = 3.0;
 
 /// The personal data a dataset holds.
@@ -213,6 +224,7 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    /// The name the policy file uses: `zcdp` or `pure`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Zcdp => "zcdp",
@@ -232,6 +244,7 @@ impl Mechanism {
 /// Differential privacy as a dataset's release rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Privacy {
+    /// The noise mechanism, which also fixes the parameter (rho or epsilon) costs are counted in.
     pub mechanism: Mechanism,
     /// Privacy spent by one query (rho or epsilon), split evenly over its noisy aggregates.
     pub cost: Units,
@@ -266,16 +279,20 @@ pub struct Release {
     /// take, published by the owner. Groups held back are counted only against these (a count
     /// of groups found in the data would tell a group of one from none).
     pub keys: BTreeMap<String, Vec<String>>,
+    /// Differential privacy, when the policy asks for it.
     pub privacy: Option<Privacy>,
 }
 
 /// The usage policy of one dataset.
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// How sensitive the dataset is.
     pub classification: Classification,
+    /// The personal data the dataset holds, when the policy declares any (`[personal]`).
     pub personal: Option<Personal>,
     /// Modes of the columns the policy names; every other column is hidden.
     pub columns: BTreeMap<String, ColumnMode>,
+    /// The rules every released result must follow.
     pub release: Release,
     /// Member groups the Cedar rules may name: `Group::"<name>"`.
     pub groups: BTreeMap<String, Vec<String>>,
@@ -289,10 +306,13 @@ pub struct Policy {
 /// What a requester brings to a decision besides its name.
 #[derive(Clone, Debug, Default)]
 pub struct AccessContext {
+    /// Member id of the requester.
     pub requester: String,
+    /// The purpose the requester states; Cedar rules may test it.
     pub purpose: String,
     /// Ids of the live grants the requester holds on this dataset, and the actions they cover.
     pub grants: Vec<(String, Vec<Action>)>,
+    /// The charter version in force; Cedar rules may test it.
     pub charter_version: u64,
 }
 
@@ -308,14 +328,18 @@ impl AccessContext {
 pub enum Decision {
     /// Allowed; `by` names the rule (a Cedar policy id, or why no rule binds).
     Allow {
+        /// The rule that allows: a Cedar policy id, or why no rule binds.
         by: String,
     },
+    /// Refused; `reason` says why.
     Deny {
+        /// Why, in words the requester can act on.
         reason: String,
     },
 }
 
 impl Decision {
+    /// Whether the request was allowed.
     pub fn is_allowed(&self) -> bool {
         matches!(self, Self::Allow { .. })
     }
@@ -326,13 +350,26 @@ impl Decision {
 pub enum PolicyError {
     /// The file is malformed: where, and what.
     #[error("{file} line {line}: {reason}")]
-    Malformed { file: String, line: usize, reason: String },
+    Malformed {
+        /// The policy file's name, as given to [`Policy::parse`].
+        file: String,
+        /// The 1-based line of the problem.
+        line: usize,
+        /// What is wrong there.
+        reason: String,
+    },
     /// The policy does not fit its dataset.
     #[error("{0}")]
     Invalid(String),
     /// The policy would loosen a rule of the charter's baseline.
     #[error("the policy loosens the charter's baseline rule \"{rule}\": {reason}")]
-    LoosensBaseline { rule: String, reason: String },
+    LoosensBaseline {
+        /// The baseline rule, in words.
+        rule: String,
+        /// How the policy loosens it, and how to fix that.
+        reason: String,
+    },
+    /// An `--allow` list names something that is not a member id.
     #[error("bad allow-list: {0}")]
     BadAllowList(String),
     /// Several problems of one file, each on its own line.
@@ -502,6 +539,7 @@ impl Policy {
         self.columns.get(column).copied().unwrap_or(ColumnMode::Hidden)
     }
 
+    /// Whether the policy declares personal data (a `[personal]` table).
     pub fn holds_personal_data(&self) -> bool {
         self.personal.is_some()
     }

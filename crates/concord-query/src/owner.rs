@@ -16,7 +16,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::QueryError;
@@ -176,17 +175,6 @@ pub(crate) fn check_size(sql: &str) -> Result<(), QueryError> {
         )));
     }
     Ok(())
-}
-
-/// Rows produced by the scans of an executed plan: what was read from the dataset; `None`
-/// when the plan has no scan left (DataFusion answered from the file's statistics).
-pub(crate) fn scanned_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
-    let children = plan.children();
-    if children.is_empty() {
-        return (plan.name() == "DataSourceExec")
-            .then(|| plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64);
-    }
-    children.into_iter().filter_map(scanned_rows).reduce(|a, b| a.saturating_add(b))
 }
 
 /// Checks the shape of a sub-query plan, see the module docs.

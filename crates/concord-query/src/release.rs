@@ -1039,7 +1039,7 @@ async fn execute(
 ) -> Result<(Vec<RecordBatch>, Option<u64>), QueryError> {
     let physical = physical_plan(ctx, plan, personal).await?;
     let batches = crate::limits::collect_limited(ctx, physical.clone(), max_rows).await?;
-    Ok((batches, crate::owner::scanned_rows(&physical)))
+    Ok((batches, scanned_rows(&physical)))
 }
 
 /// The physical plan of an owner's plan. On personal data, the plan is analysed first and
@@ -1483,7 +1483,7 @@ async fn private_aggregate(
             }
         }
     }
-    let scanned = crate::owner::scanned_rows(&physical);
+    let scanned = scanned_rows(&physical);
     let keys: Vec<ArrayRef> = match &dp.groups {
         DpGroups::Global => {
             // A global aggregate is answered whatever the data holds, an empty set included.
@@ -1771,4 +1771,15 @@ pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
         }
         Err(e) => Explanation { verdict: format!("refused: {e}"), lines },
     }
+}
+
+/// Rows produced by the scans of an executed plan: what was read from the dataset; `None`
+/// when the plan has no scan left (DataFusion answered from the file's statistics).
+pub(crate) fn scanned_rows(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<u64> {
+    let children = plan.children();
+    if children.is_empty() {
+        return (plan.name() == "DataSourceExec")
+            .then(|| plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64);
+    }
+    children.into_iter().filter_map(scanned_rows).reduce(|a, b| a.saturating_add(b))
 }

@@ -1,4 +1,4 @@
-//! `concord query`: send SQL to a node's local API and print the result.
+//! Printing what a node answered: query results, audits, policy tests.
 
 use std::io::Write as _;
 
@@ -7,9 +7,19 @@ use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use clap::ValueEnum;
 use concord_node::wire::{AuditResponse, PolicyTest, QueryResponse};
 
-use crate::query::Format;
+/// How a result is printed.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// RFC 4180 fields, LF line ends, a header row; NULL as an empty field.
+    Csv,
+    /// An array of objects, one per row.
+    Json,
+}
 
 /// Prints a query's answer in `format`; with `provenance`, what each member contributed.
 pub fn query(answer: &QueryResponse, format: Format, provenance: bool) -> Result<()> {

@@ -4,23 +4,13 @@ use std::io::Read as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use concord_node::wire::QueryRequest;
 
 use crate::ListFormat;
 use crate::connect::Connect;
 use crate::out::say;
-
-/// How a result is printed.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Format {
-    /// Aligned columns for people.
-    Table,
-    /// RFC 4180 fields, LF line ends, a header row; NULL as an empty field.
-    Csv,
-    /// An array of objects, one per row.
-    Json,
-}
+use crate::output::Format;
 
 /// `concord query`.
 #[derive(Args)]

@@ -21,8 +21,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use concord_charter::governance::Change;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::NodeError;
 use crate::api::ErrorResponse;
@@ -88,7 +86,7 @@ async fn require_token(
     }
 }
 
-/// The local API's routes. `/api/openapi.json` needs no token: it describes, it holds nothing.
+/// The local API's routes, each behind a token (the document is added by `api::serve_local`).
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
@@ -110,20 +108,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/charter/history", get(charter_history))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token))
-        .route("/api/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(MAX_LOCAL_BODY))
         .with_state(node)
-}
-
-/// The OpenAPI 3.1 document of this API.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", security(()),
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
-async fn openapi() -> Response {
-    (
-        [("content-type", "application/json"), ("cache-control", "no-store")],
-        crate::api::openapi::document_json(),
-    )
-        .into_response()
 }
 
 /// Prometheus metrics of this node (role operator).
@@ -525,7 +511,6 @@ async fn charter_history(State(node): State<Arc<Node>>, headers: HeaderMap) -> A
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
-        openapi,
         metrics,
         status,
         tables,
@@ -550,16 +535,3 @@ async fn charter_history(State(node): State<Arc<Node>>, headers: HeaderMap) -> A
     components(schemas(Decision))
 )]
 pub struct Paths;
-
-/// Serves the local API until `shutdown` turns true.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-    let deadlines = crate::api::listen::Deadlines::of(&node.cfg.limits);
-    crate::api::listen::serve(
-        router(node),
-        listener,
-        crate::api::listen::Transport::Plain,
-        deadlines,
-        shutdown,
-    )
-    .await;
-}

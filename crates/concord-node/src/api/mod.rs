@@ -7,12 +7,24 @@ pub mod local;
 pub mod openapi;
 pub mod peer;
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::NodeError;
 use crate::node::Node;
 use crate::wire::{ErrorBody, ErrorDetail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves the local API until `shutdown` turns true: the routes of `local`, and its OpenAPI
+/// document at `/api/openapi.json`, which needs no token: it describes, it holds nothing.
+pub async fn serve_local(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let deadlines = listen::Deadlines::of(&node.cfg.limits);
+    let app = local::router(node).route("/api/openapi.json", axum::routing::get(openapi::openapi));
+    listen::serve(app, listener, listen::Transport::Plain, deadlines, shutdown).await;
+}
 
 /// An error as the wire's JSON error body.
 pub fn error_body(e: &NodeError) -> ErrorBody {

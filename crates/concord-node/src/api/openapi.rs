@@ -11,6 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{OpenApi as _, PartialSchema as _, ToSchema as _};
 
+use axum::response::{IntoResponse as _, Response};
+
 use crate::wire::ErrorBody;
 
 /// Error statuses any operation may answer, with what each means.
@@ -43,6 +45,7 @@ pub fn document_json() -> String {
 
 fn build() -> Document {
     let mut doc = crate::api::local::Paths::openapi();
+    doc.paths.paths.extend(Meta::openapi().paths.paths);
     doc.info.title = "Concord node: local API".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some(
@@ -87,3 +90,15 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
         .into_iter()
         .filter_map(Option::as_mut)
 }
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi() -> Response {
+    ([("content-type", "application/json"), ("cache-control", "no-store")], document_json()).into_response()
+}
+
+/// The document's own route.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(openapi))]
+struct Meta;

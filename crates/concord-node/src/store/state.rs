@@ -183,7 +183,7 @@ struct Held {
 }
 
 fn db(e: rusqlite::Error) -> NodeError {
-    NodeError::State(e.to_string())
+    NodeError::Database(e)
 }
 
 pub fn now_rfc3339() -> String {
@@ -192,7 +192,7 @@ pub fn now_rfc3339() -> String {
 
 impl State {
     pub fn open(path: &Path) -> Result<Self, NodeError> {
-        crate::store::config::private_database(path)?;
+        crate::store::files::private_database(path)?;
         let conn = Connection::open(path)
             .map_err(|e| NodeError::State(format!("cannot open state database {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;

@@ -98,11 +98,11 @@ pub use crate::wire::Evidence;
 const MAX_BATCH: usize = 4096;
 
 fn db(e: rusqlite::Error) -> NodeError {
-    NodeError::State(format!("log storage: {e}"))
+    NodeError::LogStorage(e)
 }
 
 fn open(path: &Path) -> Result<Connection, NodeError> {
-    crate::store::config::private_database(path)?;
+    crate::store::files::private_database(path)?;
     let conn = Connection::open(path)
         .map_err(|e| NodeError::State(format!("cannot open {}: {e}", path.display())))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
