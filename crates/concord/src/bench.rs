@@ -71,11 +71,13 @@ pub async fn run(command: BenchCommand) -> Result<()> {
 }
 
 async fn governance(members: usize, rounds: usize, dir: PathBuf, port_base: u16) -> Result<()> {
+    let progress = crate::out::Progress::start("setting up");
     if members < 2 || rounds == 0 {
         bail!("--members must be at least 2 and --rounds at least 1");
     }
     let opts = concord_lab::governance_bench::GovernanceBenchOptions { dir, members, rounds, port_base };
-    let r = concord_lab::governance_bench::governance(&opts, &|s| eprintln!("{s}")).await?;
+    let r = concord_lab::governance_bench::governance(&opts, &|s| progress.say(s)).await?;
+    drop(progress);
     say!(
         "{} members on loopback, threshold {}; set up and started in {:.1} s",
         r.members,
@@ -92,11 +94,13 @@ async fn governance(members: usize, rounds: usize, dir: PathBuf, port_base: u16)
 }
 
 async fn federated(rows: usize, iterations: usize, dir: PathBuf, port_base: u16) -> Result<()> {
+    let progress = crate::out::Progress::start("setting up");
     if rows < 3 || iterations == 0 {
         bail!("--rows must be at least 3 and --iterations at least 1");
     }
     let opts = bench::BenchOptions { dir, rows, iterations, port_base };
-    let report = bench::federated(&opts, &|s| eprintln!("{s}")).await?;
+    let report = bench::federated(&opts, &|s| progress.say(s)).await?;
+    drop(progress);
     let p50 = |v: &[std::time::Duration]| bench::ms(bench::percentile(v, 0.5));
     say!("query: {}", bench::BENCH_SQL);
     say!(
@@ -129,7 +133,9 @@ async fn federated(rows: usize, iterations: usize, dir: PathBuf, port_base: u16)
 }
 
 async fn log(dir: PathBuf, proof_sizes: &[u64], port_base: u16) -> Result<()> {
-    let r = bench::log(&dir, proof_sizes, port_base, &|s| eprintln!("{s}")).await?;
+    let progress = crate::out::Progress::start("setting up");
+    let r = bench::log(&dir, proof_sizes, port_base, &|s| progress.say(s)).await?;
+    drop(progress);
     say!("baseline: {:.0} inserts/s, one durable SQLite transaction each, no tree", r.baseline);
     say!("durable appends (SQLite WAL, synchronous=FULL, group commit, Merkle nodes included):");
     for (w, n, rate, p50, p99) in &r.appends {

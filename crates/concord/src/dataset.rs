@@ -198,7 +198,9 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                 allow: allow.as_deref(),
                 csv,
             };
+            let progress = crate::out::Progress::start(format!("reading {} and checking it", file.display()));
             let registered = admin::dataset_register(&NodeDir::new(dir), &spec, replace).await?;
+            drop(progress);
             for c in &registered.changes {
                 say!("changed: {c}");
             }

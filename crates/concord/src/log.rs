@@ -281,6 +281,8 @@ pub async fn audit(a: AuditArgs) -> Result<()> {
         Some(m) if !a.all => AuditRequest { members: vec![m], all: false },
         _ => AuditRequest { members: vec![], all: true },
     };
+    let progress = crate::out::Progress::start("auditing: fetching and verifying the logs");
     let v = a.connect.client()?.audit(&req).await?;
+    drop(progress);
     crate::output::audit(&v, matches!(a.format, ListFormat::Json))
 }

@@ -27,3 +27,32 @@ pub fn time(secs: i64) -> String {
 pub fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
 }
+
+/// A spinner with a message on standard error while long work runs, drawn only on a terminal
+/// (indicatif hides it otherwise); cleared when dropped.
+pub struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    /// Starts a spinner that says `msg`.
+    pub fn start(msg: impl Into<String>) -> Self {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(msg.into());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Self(bar)
+    }
+
+    /// Says what the work is doing now.
+    pub fn say(&self, msg: &str) {
+        if self.0.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.0.set_message(msg.to_owned());
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
