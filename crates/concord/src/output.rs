@@ -36,131 +36,140 @@ pub fn query(answer: &QueryResponse, format: Format, provenance: bool) -> Result
         Format::Csv => {
             write_csv(&mut out, &schema, &batches)?;
             if provenance {
-                let mut err = std::io::stderr().lock();
-                writeln!(err, "member,dataset,rows_scanned,groups_released,receipt_digest")?;
-                for c in &answer.provenance {
-                    writeln!(
-                        err,
-                        "{},{},{},{},{}",
-                        c.member,
-                        c.dataset,
-                        c.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
-                        c.groups_released,
-                        c.receipt_digest.as_deref().unwrap_or("")
-                    )?;
-                }
+                csv_provenance(&answer.provenance)?;
             }
         }
         Format::Json => {
-            let rows = json_rows(&batches)?;
-            let value = if provenance {
-                #[derive(serde::Serialize)]
-                struct WithProvenance<'a> {
-                    rows: serde_json::Value,
-                    provenance: &'a [concord_query::Contribution],
-                    missing: &'a [String],
-                    left_out: &'a [String],
-                }
-                serde_json::to_value(WithProvenance {
-                    rows,
-                    provenance: &answer.provenance,
-                    missing: &answer.missing,
-                    left_out: &answer.left_out,
-                })?
-            } else {
-                rows
-            };
-            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&json(answer, &batches, provenance)?)?)?
         }
         Format::Table => {
-            if batches.is_empty() {
-                let empty = RecordBatch::new_empty(schema.clone());
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&[empty])?)?;
-            } else {
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?;
-            }
+            let shown =
+                if batches.is_empty() { vec![RecordBatch::new_empty(schema.clone())] } else { batches };
+            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&shown)?)?;
             if provenance {
-                writeln!(out, "\nprovenance:")?;
-                writeln!(
-                    out,
-                    "  {:<12} {:<20} {:>12} {:>8}  receipt",
-                    "member", "dataset", "rows", "groups"
-                )?;
-                for c in &answer.provenance {
-                    writeln!(
-                        out,
-                        "  {:<12} {:<20} {:>12} {:>8}  {}",
-                        c.member,
-                        c.dataset,
-                        c.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
-                        c.groups_released,
-                        c.receipt_digest.as_deref().unwrap_or("(own data, nothing crossed a border)")
-                    )?;
-                    let r = &c.release;
-                    let mut notes = Vec::new();
-                    if r.rows_from_statistics {
-                        notes.push(
-                            "no row was read: DataFusion answered from the file's statistics (rows: as the dataset holds them)"
-                                .to_string(),
-                        );
-                    }
-                    match (&r.mechanism, r.threshold) {
-                        (Some(_), Some(t)) => notes.push(format!(
-                            "groups released where their noisy count of distinct people reaches {t} (minimum group size {}, \
-                             delta {:e}); groups held back not counted",
-                            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
-                            r.delta.unwrap_or(0.0)
-                        )),
-                        (Some(_), None) if r.public_keys => {
-                            notes.push("every public key released with noise, zeros included".to_owned())
-                        }
-                        (Some(_), None) => {}
-                        (None, _) if r.suppressed_not_counted => notes.push(format!(
-                            "groups under the minimum group size ({}) held back, not counted (the group columns have no \
-                             public key set)",
-                            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
-                        )),
-                        (None, _) if r.groups_suppressed > 0 || r.min_group_size.is_some() => notes.push(format!(
-                            "{} suppressed (minimum group size {})",
-                            crate::out::plural(r.groups_suppressed, "group", "groups"),
-                            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
-                        )),
-                        (None, _) => {}
-                    }
-                    if r.small_cells_left_out {
-                        notes.push(
-                            "values leave out any cell of a group (rows by FILTER clause and non-NULL argument) under the minimum group size"
-                                .to_owned(),
-                        );
-                    }
-                    if let Some(m) = &r.mechanism {
-                        let scales: Vec<String> =
-                            r.noise_scale.iter().map(|(col, s)| format!("{col} ±{s:.2}")).collect();
-                        notes.push(format!("{m} noise, scale {}", scales.join(", ")));
-                    }
-                    if let Some(g) = &r.guarantee {
-                        notes.push(format!(
-                            "this release is ({:.4}, {:e})-differentially private",
-                            g.epsilon, g.delta
-                        ));
-                    }
-                    if let Some(b) = &r.budget {
-                        notes.push(format!(
-                            "budget {} {} spent, {} left for you, {} for all",
-                            b.parameter, b.charged, b.requester_remaining, b.dataset_remaining
-                        ));
-                    }
-                    if let Some(g) = &r.grant {
-                        notes.push(format!("under grant {g}"));
-                    }
-                    for n in notes {
-                        writeln!(out, "  {:<12} {n}", "")?;
-                    }
-                }
+                table_provenance(&mut out, &answer.provenance)?;
             }
         }
     }
     Ok(())
+}
+
+/// `--format csv --provenance`: one CSV line per contribution, on stderr.
+fn csv_provenance(provenance: &[concord_query::Contribution]) -> Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "member,dataset,rows_scanned,groups_released,receipt_digest")?;
+    for c in provenance {
+        writeln!(
+            err,
+            "{},{},{},{},{}",
+            c.member,
+            c.dataset,
+            c.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
+            c.groups_released,
+            c.receipt_digest.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+/// `--format json`: the rows, with `--provenance` beside what each member contributed.
+fn json(answer: &QueryResponse, batches: &[RecordBatch], provenance: bool) -> Result<serde_json::Value> {
+    let rows = json_rows(batches)?;
+    if !provenance {
+        return Ok(rows);
+    }
+    #[derive(serde::Serialize)]
+    struct WithProvenance<'a> {
+        rows: serde_json::Value,
+        provenance: &'a [concord_query::Contribution],
+        missing: &'a [String],
+        left_out: &'a [String],
+    }
+    Ok(serde_json::to_value(WithProvenance {
+        rows,
+        provenance: &answer.provenance,
+        missing: &answer.missing,
+        left_out: &answer.left_out,
+    })?)
+}
+
+/// `--provenance` under a table: one line per member, then what its release rules did.
+fn table_provenance(out: &mut impl std::io::Write, provenance: &[concord_query::Contribution]) -> Result<()> {
+    writeln!(out, "\nprovenance:")?;
+    writeln!(out, "  {:<12} {:<20} {:>12} {:>8}  receipt", "member", "dataset", "rows", "groups")?;
+    for c in provenance {
+        writeln!(
+            out,
+            "  {:<12} {:<20} {:>12} {:>8}  {}",
+            c.member,
+            c.dataset,
+            c.rows_scanned.map_or_else(|| "withheld".to_owned(), |n| n.to_string()),
+            c.groups_released,
+            c.receipt_digest.as_deref().unwrap_or("(own data, nothing crossed a border)")
+        )?;
+        for n in release_notes(&c.release) {
+            writeln!(out, "  {:<12} {n}", "")?;
+        }
+    }
+    Ok(())
+}
+
+/// What an owner's release rules did, in words: groups held back, noise, guarantee, budget,
+/// grant.
+fn release_notes(r: &concord_query::release::ReleaseReport) -> Vec<String> {
+    let mut notes = Vec::new();
+    if r.rows_from_statistics {
+        notes.push(
+            "no row was read: DataFusion answered from the file's statistics (rows: as the dataset holds them)"
+                .to_string(),
+        );
+    }
+    match (&r.mechanism, r.threshold) {
+        (Some(_), Some(t)) => notes.push(format!(
+            "groups released where their noisy count of distinct people reaches {t} (minimum group size {}, \
+             delta {:e}); groups held back not counted",
+            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+            r.delta.unwrap_or(0.0)
+        )),
+        (Some(_), None) if r.public_keys => {
+            notes.push("every public key released with noise, zeros included".to_owned())
+        }
+        (Some(_), None) => {}
+        (None, _) if r.suppressed_not_counted => notes.push(format!(
+            "groups under the minimum group size ({}) held back, not counted (the group columns have no \
+             public key set)",
+            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
+        )),
+        (None, _) if r.groups_suppressed > 0 || r.min_group_size.is_some() => notes.push(format!(
+            "{} suppressed (minimum group size {})",
+            crate::out::plural(r.groups_suppressed, "group", "groups"),
+            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
+        )),
+        (None, _) => {}
+    }
+    if r.small_cells_left_out {
+        notes.push(
+            "values leave out any cell of a group (rows by FILTER clause and non-NULL argument) under the minimum group size"
+                .to_owned(),
+        );
+    }
+    if let Some(m) = &r.mechanism {
+        let scales: Vec<String> = r.noise_scale.iter().map(|(col, s)| format!("{col} ±{s:.2}")).collect();
+        notes.push(format!("{m} noise, scale {}", scales.join(", ")));
+    }
+    if let Some(g) = &r.guarantee {
+        notes.push(format!("this release is ({:.4}, {:e})-differentially private", g.epsilon, g.delta));
+    }
+    if let Some(b) = &r.budget {
+        notes.push(format!(
+            "budget {} {} spent, {} left for you, {} for all",
+            b.parameter, b.charged, b.requester_remaining, b.dataset_remaining
+        ));
+    }
+    if let Some(g) = &r.grant {
+        notes.push(format!("under grant {g}"));
+    }
+    notes
 }
 
 /// RFC 4180 but for its line ends: a header row, LF line ends (as psql and DuckDB write, so

@@ -128,6 +128,14 @@ fn members_named(node: &Node, ctx: &SessionContext, sql: &str) -> BTreeSet<Strin
     wanted
 }
 
+/// What an analyst's context is built from: every dataset known with its member, the shared
+/// schemas each member holds datasets of but does not show, and the members not reached.
+struct Gathered {
+    entries: Vec<(String, PeerDataset)>,
+    hidden: Vec<(String, String)>,
+    unreachable: Vec<String>,
+}
+
 /// A planning error about a table that does not exist, with the closest names the analyst's
 /// context holds (shared schemas, `member.dataset`, `local.dataset`) and how to list them all.
 fn did_you_mean(ctx: &SessionContext, msg: String) -> String {
@@ -281,13 +289,9 @@ impl Node {
         Ok(out)
     }
 
-    /// Fills an analyst's context: the catalogs of the members in `wanted` are read.
-    async fn fill_context(
-        &self,
-        ctx: SessionContext,
-        wanted: &BTreeSet<String>,
-        purpose: &str,
-    ) -> Result<SessionContext, NodeError> {
+    /// This node's own datasets and the catalogs of the members in `wanted`, read in parallel;
+    /// a member whose catalog cannot be read is named unreachable.
+    async fn gather(&self, wanted: &BTreeSet<String>) -> Result<Gathered, NodeError> {
         let mut entries: Vec<(String, PeerDataset)> = Vec::new();
         let mut hidden: Vec<(String, String)> = Vec::new();
         for e in self.catalog_for(&self.cfg.member).await?.datasets {
@@ -325,6 +329,17 @@ impl Node {
                 }
             }
         }
+        Ok(Gathered { entries, hidden, unreachable })
+    }
+
+    /// Fills an analyst's context: the catalogs of the members in `wanted` are read.
+    async fn fill_context(
+        &self,
+        ctx: SessionContext,
+        wanted: &BTreeSet<String>,
+        purpose: &str,
+    ) -> Result<SessionContext, NodeError> {
+        let Gathered { entries, hidden, unreachable } = self.gather(wanted).await?;
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
