@@ -18,36 +18,67 @@ use utoipa::ToSchema;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// The node's configuration is missing or invalid.
     Config,
+    /// A file on the node could not be read or written.
     Io,
+    /// The node's state database or log storage failed.
     State,
+    /// A TLS certificate or connection could not be set up or checked.
     Tls,
+    /// A charter version, proposal or vote is malformed, not properly signed or not allowed.
     Charter,
+    /// A signed note, checkpoint or proof is malformed or does not verify.
     MalformedNote,
+    /// A usage policy is malformed, does not fit its dataset, or loosens the charter's baseline.
     Policy,
+    /// The request is malformed; the message says what to send instead.
     BadRequest,
+    /// No bearer token was sent, or the token is unknown.
     Unauthorized,
+    /// The caller may not do this: its token has the wrong role, or the peer is no longer a member.
     Forbidden,
+    /// The member named is not in the current charter.
     UnknownMember,
+    /// A signature does not verify with the member's key.
     BadSignature,
+    /// A signed request's time is more than 300 s from the receiving node's clock.
     StaleRequest,
+    /// A request (or access request) with this id was seen before.
     ReplayedRequest,
+    /// The request was made under another charter version than the receiving node's.
     CharterMismatch,
+    /// The owner's usage policy does not release what was asked for.
     PolicyRefused,
+    /// What the request names does not exist on this node.
     NotFound,
+    /// A body or message is over its size limit.
     TooLarge,
+    /// Another member's node answered with an error; the message names the member and its code.
     PeerError,
+    /// The node cannot listen on its configured address.
     Listen,
+    /// An error inside this node, whose detail stays on the node.
     Internal,
+    /// Too many requests from this caller; try again later.
     RateLimited,
+    /// The request conflicts with the state it acts on, such as a decision on a request already decided.
     Conflict,
+    /// The SQL is malformed, names an unknown table or column, or has a type error.
     InvalidQuery,
+    /// Valid SQL that would move raw rows across a border, or whose results cannot be merged.
     QueryRefused,
+    /// An owner's check of its sub-query refused it.
     SubqueryRefused,
+    /// A dataset file is missing, unreadable or does not match its schema.
     DatasetUnavailable,
+    /// An owner answered its sub-query with an error.
     OwnerFailed,
+    /// An owner could not be reached; ask for a partial result to go on without it.
     OwnerUnreachable,
+    /// The query failed while it ran.
     ExecutionFailed,
+    /// A bound on execution was reached: memory, time, groups or sizes.
     LimitExceeded,
 }
 
@@ -99,13 +130,16 @@ impl fmt::Display for ErrorCode {
 /// Every error answer, on both listeners: `{"error": {"code", "message"}}`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// What went wrong: a stable code to act on and a message that says what to do.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
+    /// The stable error code.
     pub code: ErrorCode,
+    /// What happened and what to do about it, in words; never values from a dataset.
     pub message: String,
 }
 
@@ -129,6 +163,7 @@ impl Role {
     /// Every role, in the order the help lists them.
     pub const ALL: [Role; 5] = [Self::Analyst, Self::Steward, Self::Auditor, Self::Delegate, Self::Operator];
 
+    /// The role's name: `analyst`, `steward`, `auditor`, `delegate` or `operator`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Analyst => "analyst",
@@ -139,6 +174,7 @@ impl Role {
         }
     }
 
+    /// The role of this name, if any.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
@@ -153,8 +189,11 @@ impl fmt::Display for Role {
 /// `GET /v1/status`: who this node is.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Status {
+    /// The federation's name.
     pub federation: String,
+    /// This node's member id.
     pub member: String,
+    /// The charter version in force on this node.
     pub charter_version: u64,
     /// Member ids of the current charter version.
     pub members: Vec<String>,
@@ -167,14 +206,19 @@ pub struct Status {
 /// One of this node's datasets, as `GET /v1/datasets` lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct DatasetInfo {
+    /// The dataset's name on this node.
     pub name: String,
     /// `csv` or `parquet`.
     pub format: String,
+    /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<String>,
+    /// Number of rows, as counted when the dataset was registered.
     pub rows: u64,
     /// `public`, `general`, `important` or `core`.
     pub classification: String,
+    /// True when the dataset's policy declares personal data.
     pub personal: bool,
+    /// Hex SHA-256 of the dataset's policy file, as the log records it.
     pub policy_sha256: String,
     /// False when the file can no longer be read as registered.
     pub available: bool,
@@ -184,6 +228,7 @@ pub struct DatasetInfo {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
+    /// The SQL to run over the federation's tables (see `GET /v1/tables`).
     pub sql: String,
     /// Stated in every request to owners; `analysis` when absent. One line.
     #[serde(default)]
@@ -196,7 +241,9 @@ pub struct QueryRequest {
 /// A query's result.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct QueryResponse {
+    /// The result's column names, in order.
     pub columns: Vec<String>,
+    /// Number of rows in the result.
     pub row_count: u64,
     /// The result as an Arrow IPC stream, base64.
     pub arrow_ipc: String,
@@ -213,11 +260,13 @@ pub struct QueryResponse {
 pub struct TableInfo {
     /// The name to write in SQL.
     pub name: String,
+    /// What kind of table the name stands for.
     pub kind: TableKind,
     /// The shared schema it follows, if any.
     pub shared_schema: Option<String>,
     /// The owning member, for a member's dataset and this node's own tables.
     pub member: Option<String>,
+    /// The table's columns, in order.
     pub columns: Vec<ColumnInfo>,
 }
 
@@ -234,6 +283,7 @@ pub enum TableKind {
 }
 
 impl TableKind {
+    /// The kind in words: `federated`, `member dataset` or `local`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Federated => "federated",
@@ -246,9 +296,11 @@ impl TableKind {
 /// A column of a table: its SQL type name.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ColumnInfo {
+    /// The column's name.
     pub name: String,
     /// The SQL type, for example `BIGINT`, `DECIMAL(15,2)`, `DATE`.
     pub sql_type: String,
+    /// True when the column may hold NULL.
     pub nullable: bool,
 }
 
@@ -256,8 +308,10 @@ pub struct ColumnInfo {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRequest {
+    /// Member ids whose logs to audit.
     #[serde(default)]
     pub members: Vec<String>,
+    /// Audit every member of the current charter instead.
     #[serde(default)]
     pub all: bool,
 }
@@ -267,39 +321,54 @@ pub struct AuditRequest {
 pub struct AuditResponse {
     /// True when nothing failed the audit.
     pub ok: bool,
+    /// The full report.
     pub report: AuditReport,
 }
 
 /// One member's part of an audit.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct MemberAudit {
+    /// The audited member's id.
     pub member: String,
+    /// Entries in the member's log, as its latest verified checkpoint states.
     pub size: u64,
+    /// Hex root hash of that checkpoint.
     pub root: String,
+    /// Member ids of the witnesses whose cosignatures on it verified.
     pub cosigners: Vec<String>,
+    /// Cosignatures the charter requires of a checkpoint.
     pub witness_quorum: usize,
     /// The size verified before this audit, if any.
     pub previous_size: Option<u64>,
     /// New entries verified by this audit.
     pub new_entries: u64,
+    /// What failed for this member, one line each; any fails the audit.
     pub problems: Vec<String>,
 }
 
 /// A reconciliation finding between two logs.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Mismatch {
+    /// The query request's id.
     pub request_id: String,
+    /// Member id of the requester.
     pub requester: String,
+    /// Member id of the owner.
     pub owner: String,
+    /// What the two logs disagree on, in words.
     pub problem: String,
 }
 
 /// Kept evidence of a fork or a failed consistency proof.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Evidence {
+    /// The log's origin, `<federation>/<member>`.
     pub origin: String,
+    /// What does not agree, in words.
     pub detail: String,
+    /// The earlier signed checkpoint note.
     pub first: String,
+    /// The signed checkpoint note that contradicts it.
     pub second: String,
     /// Unix seconds.
     pub time: i64,
@@ -308,6 +377,7 @@ pub struct Evidence {
 /// The whole audit report.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditReport {
+    /// One part per audited member.
     pub members: Vec<MemberAudit>,
     /// Accesses the two logs do not tell alike: each fails the audit.
     pub mismatches: Vec<Mismatch>,
@@ -340,9 +410,12 @@ pub struct PolicyTestRequest {
     /// The requesting member.
     #[serde(rename = "as")]
     pub as_member: String,
+    /// The purpose the request would state.
     #[serde(default)]
     pub purpose: String,
+    /// Name of one of this node's datasets.
     pub dataset: String,
+    /// The SQL the requester would run over it.
     pub sql: String,
 }
 
@@ -350,21 +423,28 @@ pub struct PolicyTestRequest {
 /// datasets, what would be released and which rule allowed or refused each part.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct PolicyTest {
+    /// Name of the dataset tested.
     pub dataset: String,
+    /// Member id of the requester tested for.
     pub requester: String,
+    /// The purpose tested.
     pub purpose: String,
+    /// One report per sub-query this node would be sent.
     pub subqueries: Vec<SubqueryTest>,
 }
 
 /// One owner's sub-query of a `policy test`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SubqueryTest {
+    /// The sub-query as SQL text.
     pub sql: String,
+    /// `aggregate`, `read_rows` or `describe`; `-` when the sub-query cannot be parsed.
     pub action: String,
     /// The access decision: `allowed by ...` or `refused: ...`.
     pub access: String,
     /// `released` or `refused: ...`, after column modes and release rules.
     pub verdict: String,
+    /// One line per column use and per release rule.
     pub lines: Vec<String>,
     /// The requester's budget left before this query, where differential privacy applies.
     pub budget_left: Option<String>,
@@ -378,7 +458,9 @@ pub struct AccessAsk {
     pub dataset: String,
     /// `aggregate`, `read_rows` or `describe`.
     pub actions: Vec<String>,
+    /// Why access is asked for, one line.
     pub purpose: String,
+    /// The legal basis for the access, one line.
     pub legal_basis: String,
     /// The period asked for, in days from now.
     #[serde(default = "thirty")]
@@ -400,6 +482,7 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// `in` or `out`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::In => "in",
@@ -407,6 +490,7 @@ impl Direction {
         }
     }
 
+    /// The direction of this name, if any.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "in" => Some(Self::In),
@@ -420,15 +504,20 @@ impl Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessStatus {
+    /// Filed; no steward has decided it yet.
     Pending,
+    /// Approved: a grant for its period.
     Approved,
+    /// Refused by the owner's steward.
     Refused,
+    /// Approved, then revoked by the owner's steward.
     Revoked,
     /// Approved, and its period is over (said when listed).
     Expired,
 }
 
 impl AccessStatus {
+    /// `pending`, `approved`, `refused`, `revoked` or `expired`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -439,6 +528,7 @@ impl AccessStatus {
         }
     }
 
+    /// The status of this name, if any.
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Pending, Self::Approved, Self::Refused, Self::Revoked, Self::Expired]
             .into_iter()
@@ -455,20 +545,29 @@ impl fmt::Display for AccessStatus {
 /// An access request as a node keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccessRecord {
+    /// The access request's id, 32 hex digits.
     pub id: String,
+    /// Whether it was filed with this node or by it.
     pub direction: Direction,
+    /// Member id of the requester.
     pub requester: String,
+    /// Member id of the owner.
     pub owner: String,
+    /// Name of the owner's dataset asked for.
     pub dataset: String,
     /// The actions asked for, separated by commas.
     pub actions: String,
+    /// Why access is asked for.
     pub purpose: String,
+    /// The legal basis stated for the access.
     pub legal_basis: String,
     /// Unix seconds.
     pub valid_from: i64,
     /// Unix seconds.
     pub valid_until: i64,
+    /// Where the request stands.
     pub status: AccessStatus,
+    /// The steward's reason for the decision; absent while pending.
     pub reason: Option<String>,
     /// Unix seconds.
     pub filed_at: i64,
@@ -480,8 +579,11 @@ pub struct AccessRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
+    /// Grant the access for the request's period (or fewer days).
     Approve,
+    /// Refuse the request, with a reason.
     Refuse,
+    /// End an approved grant now, with a reason.
     Revoke,
 }
 
@@ -495,6 +597,7 @@ impl Decision {
         }
     }
 
+    /// `approve`, `refuse` or `revoke`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Approve => "approve",
@@ -503,6 +606,7 @@ impl Decision {
         }
     }
 
+    /// The decision of this name, if any.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "approve" => Some(Self::Approve),
@@ -529,12 +633,16 @@ pub struct DecideRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProposalStatus {
+    /// Open for votes.
     Live,
+    /// Adopted: it became the next charter version.
     Adopted,
+    /// Can no longer be adopted: too many no votes, or expired.
     Dead,
 }
 
 impl ProposalStatus {
+    /// `live`, `adopted` or `dead`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Live => "live",
@@ -547,18 +655,24 @@ impl ProposalStatus {
 /// One proposal as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProposalView {
+    /// The proposal's id: hex SHA-256 of its canonical text.
     pub id: String,
+    /// Member id of the proposer.
     pub proposer: String,
+    /// The charter version the proposal changes.
     pub base_version: u64,
     /// Unix seconds.
     pub expires: u64,
     /// One line per change.
     pub changes: Vec<String>,
+    /// Where the proposal stands.
     pub status: ProposalStatus,
     /// Why a dead proposal died.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_because: Option<String>,
+    /// Member ids that voted yes.
     pub yes: Vec<String>,
+    /// Member ids that voted no.
     pub no: Vec<String>,
     /// Yes votes that adopt it: the current version's threshold.
     pub threshold: usize,
@@ -569,6 +683,7 @@ pub struct ProposalView {
 pub struct Proposals {
     /// The charter version in force, which the proposals change.
     pub version: u64,
+    /// Every proposal on that version.
     pub proposals: Vec<ProposalView>,
 }
 
@@ -576,6 +691,7 @@ pub struct Proposals {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposeRequest {
+    /// The changes to the current charter version, applied in order.
     pub changes: Vec<Change>,
     /// How long the proposal stays open, in seconds (a week when absent).
     #[serde(default = "week")]
@@ -589,7 +705,9 @@ fn week() -> u64 {
 /// A proposal as filed.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Proposed {
+    /// The proposal's id: hex SHA-256 of its canonical text.
     pub proposal: String,
+    /// The charter version the proposal changes.
     pub base_version: u64,
     /// One line per change.
     pub changes: Vec<String>,
@@ -602,7 +720,9 @@ pub struct Proposed {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoteRequest {
+    /// `yes` or `no`.
     pub vote: Ballot,
+    /// An optional one-line reason, signed with the vote.
     #[serde(default)]
     pub reason: String,
 }
@@ -620,6 +740,7 @@ pub enum VoteOutcome {
 }
 
 impl VoteOutcome {
+    /// `counted`, `adopted` or `dead`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Counted => "counted",
@@ -632,7 +753,9 @@ impl VoteOutcome {
 /// What a vote did, as the API says it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct VoteReport {
+    /// Id of the proposal voted on.
     pub proposal: String,
+    /// What the vote did.
     pub outcome: VoteOutcome,
     /// The charter version in force after the vote.
     pub version: u64,
@@ -665,7 +788,9 @@ pub enum EvidenceKind {
 /// A vote as it travels: the signed vote note and, for a yes, the signature over the body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VoteWire {
+    /// The voter's signed vote note, in C2SP signed-note text form.
     pub note: String,
+    /// For a yes: the voter's signature over the resulting charter body, as `<key name> <base64>`.
     #[serde(default)]
     pub body_signature: Option<String>,
 }
@@ -673,23 +798,31 @@ pub struct VoteWire {
 /// One of an equivocation's two votes.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct VotedOn {
+    /// Id of the proposal voted on.
     pub proposal: String,
+    /// The signed vote.
     pub vote: VoteWire,
 }
 
 /// Two yes votes of one member on different proposals of one version, both signed.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Equivocation {
+    /// The first yes vote.
     pub first: VotedOn,
+    /// The second yes vote, on another proposal.
     pub second: VotedOn,
 }
 
 /// One piece of governance evidence.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct EvidenceItem {
+    /// Its sequence number on this node, for paging with `?after=`.
     pub seq: i64,
+    /// The charter version it concerns.
     pub base_version: u64,
+    /// What kind of misbehaviour it shows.
     pub kind: EvidenceKind,
+    /// When this node received it, RFC 3339.
     pub received_at: String,
     /// For an equivocation: both signed votes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -702,6 +835,7 @@ pub struct EvidenceItem {
 /// `GET /v1/governance/evidence`: 50 at a time.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct EvidencePage {
+    /// The pieces of evidence, oldest first.
     pub evidence: Vec<EvidenceItem>,
     /// Pass it as `?after=` for the next page; absent on the last.
     pub next: Option<i64>,
@@ -710,19 +844,29 @@ pub struct EvidencePage {
 /// A charter version as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct CharterView {
+    /// The version number: 1 for genesis.
     pub version: u64,
+    /// The federation's name.
     pub federation: String,
+    /// Hex SHA-256 of the version's canonical text.
     pub digest: String,
     /// The digest of the version before.
     pub previous: Option<String>,
     /// The digest of version 1.
     pub genesis: String,
+    /// Yes votes of this version's members needed to adopt the next version.
     pub threshold: usize,
+    /// Witness cosignatures a member's checkpoint needs before it is published.
     pub witness_quorum: usize,
+    /// Baseline rule: the smallest group of distinct people in which personal data is released.
     pub min_group_size: u64,
+    /// Baseline rule: the most sensitive classification whose data may cross borders.
     pub cross_borders: CrossBorders,
+    /// Who reads the notes of accesses in the logs: the two parties, or every member.
     pub access_notes: AccessNotes,
+    /// The members, sorted by id.
     pub members: Vec<MemberCard>,
+    /// The shared schemas, sorted by name.
     pub schemas: Vec<SharedSchema>,
     /// Members whose signatures the version carries.
     pub signers: Vec<String>,
@@ -733,6 +877,8 @@ pub struct CharterView {
 /// `GET /v1/charter/history`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct CharterHistory {
+    /// Hex SHA-256 of version 1's canonical text.
     pub genesis: String,
+    /// Every version this node holds, from version 1 up.
     pub versions: Vec<CharterView>,
 }

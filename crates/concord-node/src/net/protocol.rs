@@ -15,9 +15,13 @@ use sha2::{Digest as _, Sha256};
 
 use crate::NodeError;
 
+/// Type line of a query request's signed public note.
 pub const REQUEST_TYPE: &str = "concord/query-request/v2";
+/// Type line of a query request's details text (salt, purpose, SQL).
 pub const REQUEST_DETAILS_TYPE: &str = "concord/query-details/v1";
+/// Type line of an owner's signed release receipt.
 pub const RECEIPT_TYPE: &str = "concord/release-receipt/v2";
+/// Type line of a release's details text (salt, result digest, sizes, release report).
 pub const RELEASE_DETAILS_TYPE: &str = "concord/release-details/v1";
 
 /// How far a request's time may be from the owner's clock, in seconds.
@@ -29,15 +33,23 @@ pub const MAX_DETAILS: usize = 48 * 1024;
 /// A query request from a requester to an owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueryRequest {
+    /// The federation's name.
     pub federation: String,
+    /// The request's id, 32 hex digits.
     pub request_id: String,
+    /// Member id of the requester, who signs the request.
     pub requester: String,
+    /// Member id of the owner asked.
     pub owner: String,
+    /// The charter version the request is made under; the owner must be at the same version.
     pub charter_version: u64,
     /// Unix seconds.
     pub time: i64,
+    /// Name of the owner's dataset the sub-query reads.
     pub dataset: String,
+    /// Why the data is asked for, one line; a detail kept by the two parties.
     pub purpose: String,
+    /// The owner's sub-query as SQL text, one line; a detail kept by the two parties.
     pub sql: String,
 }
 
@@ -45,8 +57,11 @@ pub struct QueryRequest {
 /// the details (salt, purpose, SQL) by their SHA-256, and the details themselves.
 #[derive(Clone, Debug)]
 pub struct SignedRequest {
+    /// The requester's signed public note.
     pub note: Note,
+    /// The details text the note commits to (salt, purpose, SQL), UTF-8.
     pub details: Vec<u8>,
+    /// The request the note and details state.
     pub request: QueryRequest,
     /// The details' salt, hex: it salts the release's commitment too.
     pub salt: String,
@@ -64,10 +79,15 @@ struct Envelope {
 /// An owner's receipt for what it released: public facts, and a commitment to the details.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReleaseReceipt {
+    /// The federation's name.
     pub federation: String,
+    /// Id of the request answered, 32 hex digits.
     pub request_id: String,
+    /// Member id of the owner, who signs the receipt.
     pub owner: String,
+    /// Member id of the requester.
     pub requester: String,
+    /// Name of the owner's dataset released from.
     pub dataset: String,
     /// `sha256:<hex>` of the requester's signed request note.
     pub request_note: String,
@@ -85,11 +105,13 @@ pub struct ReleaseReceipt {
 /// salt, so that its hash in the logs tells nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReleaseDetails {
+    /// The request's salt, 64 hex digits.
     pub salt: String,
     /// Hex SHA-256 of the salt and the Arrow IPC bytes released ([`result_digest`]).
     pub result_sha256: String,
     /// `None` (written `withheld`) under differential privacy.
     pub rows_scanned: Option<u64>,
+    /// How many groups the release holds.
     pub groups_released: u64,
     /// What the release rules held back, the noise, the budget, the grant (one line of JSON).
     pub release: concord_query::release::ReleaseReport,
@@ -315,14 +337,20 @@ impl SignedRequest {
 /// The public facts of a signed request note, without its details: for audits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestFacts {
+    /// The federation's name.
     pub federation: String,
+    /// The request's id.
     pub request_id: String,
+    /// Member id of the requester.
     pub requester: String,
+    /// Member id of the owner asked.
     pub owner: String,
+    /// Name of the owner's dataset asked for.
     pub dataset: String,
 }
 
 impl RequestFacts {
+    /// Reads the facts from a request note's text (its signature is not checked here).
     pub fn from_text(text: &str) -> Result<Self, NodeError> {
         let mut f = Fields::open(text, REQUEST_TYPE)?;
         let federation = f.get("federation")?.to_owned();
@@ -339,6 +367,7 @@ impl RequestFacts {
 }
 
 impl ReleaseDetails {
+    /// The details text, as the receipt's `release` digest commits to it.
     pub fn to_bytes(&self) -> Vec<u8> {
         format!(
             "{RELEASE_DETAILS_TYPE}\nsalt {}\nresult sha256:{}\nrows-scanned {}\ngroups-released {}\nrelease {}\n",
@@ -352,6 +381,7 @@ impl ReleaseDetails {
         .into_bytes()
     }
 
+    /// Reads a details text, at most [`MAX_DETAILS`] bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NodeError> {
         if bytes.len() > MAX_DETAILS {
             return Err(NodeError::TooLarge(format!("release details of {} bytes", bytes.len())));
@@ -375,6 +405,7 @@ impl ReleaseDetails {
 }
 
 impl ReleaseReceipt {
+    /// The receipt's note text: type line and one `key value` fact per line.
     pub fn to_text(&self) -> String {
         format!(
             "{RECEIPT_TYPE}\nfederation {}\nrequest {}\nowner {}\nrequester {}\ndataset {}\nrequest-note {}\npolicy {}\ncost {}\nrelease {}\nlog-index {}\n",
@@ -391,6 +422,7 @@ impl ReleaseReceipt {
         )
     }
 
+    /// Signs the receipt as the owner: its signed note.
     pub fn sign(&self, signer: &NoteSigner) -> Result<Note, NodeError> {
         one_line("cost", &self.cost)?;
         let mut note = Note::new(self.to_text())?;
@@ -431,27 +463,40 @@ pub fn new_request_id() -> String {
     concord_charter::hex(&raw)
 }
 
+/// Type line of an access request's signed public note.
 pub const ACCESS_REQUEST_TYPE: &str = "concord/access-request/v2";
+/// Type line of an access request's details text (salt, purpose, legal basis).
 pub const ACCESS_REQUEST_DETAILS_TYPE: &str = "concord/access-request-details/v1";
+/// Type line of an owner's signed decision on an access request.
 pub const ACCESS_DECISION_TYPE: &str = "concord/access-decision/v2";
+/// Type line of an access decision's details text (salt, reason).
 pub const ACCESS_DECISION_DETAILS_TYPE: &str = "concord/access-decision-details/v1";
 
 /// A requester's access request: the proper channel for what a policy does not release by
 /// itself. Signed by the requester, sent to the owner, kept by both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessRequest {
+    /// The federation's name.
     pub federation: String,
+    /// The access request's id, 32 hex digits.
     pub request_id: String,
+    /// Member id of the requester, who signs the access request.
     pub requester: String,
+    /// Member id of the owner it is filed with.
     pub owner: String,
+    /// Name of the owner's dataset asked for.
     pub dataset: String,
     /// `aggregate`, `read_rows`, `describe`.
     pub actions: Vec<concord_policy::Action>,
+    /// Why access is asked for, one line; a detail kept by the two parties.
     pub purpose: String,
+    /// The legal basis for the access, one line; a detail kept by the two parties.
     pub legal_basis: String,
     /// Unix seconds: the period asked for.
     pub valid_from: i64,
+    /// End of the period asked for, in Unix seconds; after `valid_from`.
     pub valid_until: i64,
+    /// When the requester signed it, in Unix seconds.
     pub time: i64,
 }
 
@@ -557,17 +602,28 @@ impl AccessRequest {
 /// grant revoked. Signed by the owner; its reason is a detail, kept by the two parties.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessDecision {
+    /// The federation's name.
     pub federation: String,
+    /// Id of the access request decided on.
     pub request_id: String,
+    /// Member id of the owner, who signs the decision.
     pub owner: String,
+    /// Member id of the requester.
     pub requester: String,
+    /// Name of the owner's dataset the request is for.
     pub dataset: String,
     /// `approved`, `refused` or `revoked`.
     pub decision: String,
+    /// The actions the grant covers.
     pub actions: Vec<concord_policy::Action>,
+    /// Start of the grant's period, in Unix seconds.
     pub valid_from: i64,
+    /// End of the grant's period, in Unix seconds (its start for a refusal, when revoked for a
+    /// revocation).
     pub valid_until: i64,
+    /// The steward's reason, one line; a detail kept by the two parties.
     pub reason: String,
+    /// When the owner signed the decision, in Unix seconds.
     pub time: i64,
 }
 

@@ -17,9 +17,13 @@ use crate::NodeError;
 pub enum LogEntry {
     /// Owner side: a peer's authenticated request and what was decided and released.
     AccessServed {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The request's id, 32 hex digits.
         request_id: String,
+        /// Member id of the requester.
         requester: String,
+        /// Name of the owner's dataset asked for.
         dataset: String,
         /// `released`, `refused:<code>` or `failed:<code>`.
         decision: String,
@@ -46,100 +50,202 @@ pub enum LogEntry {
     /// Requester side: a signed request, written before it is sent, so that after any crash
     /// the owner's "access served" has its twin here whether or not the answer came back.
     AccessRequested {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The request's id, 32 hex digits.
         request_id: String,
+        /// Member id of the owner asked.
         owner: String,
+        /// Name of the owner's dataset asked for.
         dataset: String,
         /// The signed request note, base64 (public facts and a commitment to the details).
         request_note: String,
+        /// The request's details, where the charter makes access notes public.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notes: Option<Notes>,
     },
     /// Owner side: requests that were no access (malformed, unsigned, stale, replayed, over the
     /// rate limit), counted per member and code since the previous such entry.
-    RefusalsCounted { time: i64, since: i64, counts: Vec<RefusalCount> },
+    RefusalsCounted {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// Start of the counted period, in Unix seconds.
+        since: i64,
+        /// The refusals, one count per member and code.
+        counts: Vec<RefusalCount>,
+    },
     /// Requester side: an access made, with the owner's signed receipt.
     AccessMade {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The request's id, 32 hex digits.
         request_id: String,
+        /// Member id of the owner that released.
         owner: String,
+        /// Name of the owner's dataset released from.
         dataset: String,
         /// `sha256:<hex>` of the release's details (salted), as the receipt states it.
         release: String,
+        /// Index of the owner's "access served" entry in its own log, as the receipt states it.
         owner_log_index: u64,
         /// The owner's signed receipt note, base64.
         receipt: String,
+        /// The release's details, where the charter makes access notes public.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notes: Option<Notes>,
     },
     /// A charter version this node accepted.
-    CharterAccepted { time: i64, version: u64, digest: String, signers: Vec<String> },
+    CharterAccepted {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// The charter version number.
+        version: u64,
+        /// Hex SHA-256 of the version's canonical text.
+        digest: String,
+        /// Member ids whose signatures on the version this node counted.
+        signers: Vec<String>,
+    },
     /// A proposal seen, with its signed note.
     GovernanceProposal {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The proposal's id: hex SHA-256 of its canonical text.
         proposal: String,
+        /// Member id of the proposer.
         proposer: String,
+        /// The charter version the proposal changes.
         base_version: u64,
+        /// One line per proposed change.
         changes: Vec<String>,
         /// The signed proposal note.
         note: String,
     },
     /// A vote seen: `yes` or `no`, with its signed note.
-    GovernanceVote { time: i64, proposal: String, voter: String, ballot: String, note: String },
+    GovernanceVote {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// Id of the proposal voted on: hex SHA-256 of its canonical text.
+        proposal: String,
+        /// Member id of the voter.
+        voter: String,
+        /// `yes` or `no`.
+        ballot: String,
+        /// The signed vote note.
+        note: String,
+    },
     /// Two yes votes of one member on two live proposals of one base: both kept.
     Equivocation {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// Member id of the voter who signed both yes votes.
         voter: String,
+        /// The charter version both proposals change.
         base_version: u64,
+        /// Id of the first proposal voted yes on.
         first: String,
+        /// Id of the second proposal voted yes on.
         second: String,
+        /// Both proposal ids with their signed votes, as JSON.
         evidence: String,
     },
     /// A dataset registered (or registered again) and its policy: `sha256:<hex>` of the file.
     DatasetRegistered {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The dataset's name on this node.
         name: String,
+        /// The charter's shared schema the dataset conforms to, if any.
         shared_schema: Option<String>,
+        /// Hex SHA-256 of the dataset's Arrow IPC schema.
         schema_sha256: String,
+        /// `sha256:<hex>` of the dataset's policy file.
         policy: String,
     },
     /// A dataset taken out of the registry; its file stays where it is.
-    DatasetRemoved { time: i64, name: String },
+    DatasetRemoved {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// The dataset's name on this node.
+        name: String,
+    },
     /// An access request filed (requester side) or received (owner side), with its signed note.
     AccessRequestFiled {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The access request's id, 32 hex digits.
         request_id: String,
+        /// Member id of the requester.
         requester: String,
+        /// Member id of the owner.
         owner: String,
+        /// Name of the owner's dataset the request is for.
         dataset: String,
         /// The signed access-request note, base64: actions and period, and a salted commitment
         /// to the purpose and legal basis, which stay with the two parties.
         request_note: String,
+        /// The access request's details, where the charter makes access notes public.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notes: Option<Notes>,
     },
     /// An owner's decision on an access request (approved, refused, revoked), with its signed note.
     AccessRequestDecided {
+        /// When the entry was written, in Unix seconds.
         time: i64,
+        /// The access request's id, 32 hex digits.
         request_id: String,
+        /// Member id of the requester.
         requester: String,
+        /// Member id of the owner.
         owner: String,
+        /// Name of the owner's dataset the request is for.
         dataset: String,
+        /// `approved`, `refused` or `revoked`.
         decision: String,
+        /// End of the grant's period, in Unix seconds (for a revocation, when it was revoked).
         valid_until: i64,
         /// The owner's signed decision note, base64: with a salted commitment to its reason.
         decision_note: String,
+        /// The decision's details, where the charter makes access notes public.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         notes: Option<Notes>,
     },
     /// A dataset's usage policy set: `sha256:<hex>` of the policy file, and its classification.
-    PolicySet { time: i64, dataset: String, policy_sha256: String, classification: String },
+    PolicySet {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// The dataset's name on this node.
+        dataset: String,
+        /// `sha256:<hex>` of the policy file.
+        policy_sha256: String,
+        /// `public`, `general`, `important` or `core`.
+        classification: String,
+    },
     /// The node's keys and TLS pin, at creation and at every change.
-    KeysSet { time: i64, member: String, vkey: String, witness_vkey: String, tls_pin: String },
+    KeysSet {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// This node's member id.
+        member: String,
+        /// The member's Ed25519 verifier key, in C2SP vkey form.
+        vkey: String,
+        /// The member's witness (cosigning) verifier key, in C2SP vkey form.
+        witness_vkey: String,
+        /// `sha256/<base64>` of the DER SubjectPublicKeyInfo of the node's TLS key.
+        tls_pin: String,
+    },
     /// Evidence of a fork in another member's log: `sha256:<hex>` of each signed checkpoint
     /// (the notes themselves are kept in the node's evidence store; a checkpoint may be as large
     /// as an entry may be).
-    ForkEvidence { time: i64, origin: String, detail: String, checkpoints: Vec<String> },
+    ForkEvidence {
+        /// When the entry was written, in Unix seconds.
+        time: i64,
+        /// The forked log's origin, `<federation>/<member>`.
+        origin: String,
+        /// What does not agree, in words.
+        detail: String,
+        /// `sha256:<hex>` of each signed checkpoint note kept as evidence.
+        checkpoints: Vec<String>,
+    },
 }
 
 impl LogEntry {
@@ -189,16 +295,21 @@ impl Notes {
 /// How many requests of one member were refused with one code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalCount {
+    /// Member id of the sender whose requests were refused.
     pub member: String,
+    /// The error code they were refused with, such as `stale_request` or `rate_limited`.
     pub code: String,
+    /// How many requests were refused.
     pub count: u64,
 }
 
 impl LogEntry {
+    /// The entry as the log stores it: one JSON object tagged by `kind`.
     pub fn to_bytes(&self) -> Result<Vec<u8>, NodeError> {
         serde_json::to_vec(self).map_err(|e| NodeError::State(format!("log entry: {e}")))
     }
 
+    /// Reads an entry from its JSON bytes; anything else is a bad request.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NodeError> {
         serde_json::from_slice(bytes)
             .map_err(|e| NodeError::BadRequest(format!("not a Concord log entry: {e}")))
@@ -215,6 +326,7 @@ impl LogEntry {
     }
 }
 
+/// Standard base64 (with padding) of some bytes.
 pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
@@ -225,6 +337,7 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", concord_charter::hex(&sha2::Sha256::digest(bytes)))
 }
 
+/// The current time, in Unix seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -238,6 +351,7 @@ pub struct Described {
     pub kind: &'static str,
     /// The members it involves: requester and owner, proposer, voter, signers.
     pub parties: Vec<String>,
+    /// The dataset it concerns, if any.
     pub dataset: Option<String>,
     /// What was decided: `released`, `refused:<code>`, `approved`, `yes`, a cost...
     pub decision: Option<String>,
@@ -383,7 +497,7 @@ impl LogEntry {
                 &[],
                 Some(dataset.as_str()),
                 None,
-                format!("{classification}, sha256:{policy_sha256}"),
+                format!("{classification}, {policy_sha256}"),
             ),
             Self::KeysSet { time, member, tls_pin, .. } => {
                 d(*time, "keys_set", &[member.as_str()], None, None, format!("TLS pin {tls_pin}"))
