@@ -122,8 +122,8 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> CharterError {
 /// The body of the version after `base` that `changes` make. Changing the members without an
 /// explicit threshold keeps a threshold the federation chose (within the new size, at least a
 /// majority) and moves a default one (two thirds) to the new size; the witness quorum moves to
-/// its default; the
-/// result must keep at least one member and a threshold of more than half of them.
+/// its default; the result must keep at least one member and a threshold of more than half of
+/// them.
 pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError> {
     if changes.is_empty() {
         return Err(invalid("proposal", "it changes nothing"));
@@ -134,67 +134,113 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
     let mut threshold = None;
     let mut quorum = None;
     for change in changes {
-        match change {
-            Change::AddMember { card } => {
-                card.validate()?;
-                if next.member(&card.id).is_some() {
-                    return Err(invalid("proposal", format!("{} is already a member", card.id)));
-                }
-                next.members.push(card.clone());
-            }
-            Change::RemoveMember { id } => {
-                let before = next.members.len();
-                next.members.retain(|m| &m.id != id);
-                if next.members.len() == before {
-                    return Err(invalid("proposal", format!("{id} is not a member")));
-                }
-            }
-            Change::RotateKey { card } => {
-                card.validate()?;
-                let m = next
-                    .members
-                    .iter_mut()
-                    .find(|m| m.id == card.id)
-                    .ok_or_else(|| invalid("proposal", format!("{} is not a member", card.id)))?;
-                if *m == *card {
-                    return Err(invalid("proposal", format!("the card of {} is unchanged", card.id)));
-                }
-                *m = card.clone();
-            }
-            Change::ChangeEndpoint { id, endpoint } => {
-                check_line_text("peer endpoint", endpoint)?;
-                let m = next
-                    .members
-                    .iter_mut()
-                    .find(|m| &m.id == id)
-                    .ok_or_else(|| invalid("proposal", format!("{id} is not a member")))?;
-                m.peer_endpoint = endpoint.clone();
-            }
-            Change::SetSchema { schema } => {
-                schema.validate()?;
-                match next.schemas.iter_mut().find(|s| s.name == schema.name) {
-                    Some(old) if schema.version <= old.version => {
-                        return Err(invalid(
-                            "proposal",
-                            format!(
-                                "shared schema {} is at version {}; a change needs a higher version",
-                                schema.name, old.version
-                            ),
-                        ));
-                    }
-                    Some(old) => *old = schema.clone(),
-                    None => next.schemas.push(schema.clone()),
-                }
-            }
-            Change::MinGroupSize { size } => next.min_group_size = *size,
-            Change::CrossBorders { ceiling } => next.cross_borders = *ceiling,
-            Change::AccessNotes { visibility } => next.access_notes = *visibility,
-            Change::Threshold { threshold: t } => threshold = Some(*t),
-            Change::WitnessQuorum { quorum: q } => quorum = Some(*q),
-        }
+        apply_change(&mut next, change, &mut threshold, &mut quorum)?;
     }
     next.members.sort_by(|a, b| a.id.cmp(&b.id));
     next.schemas.sort_by(|a, b| a.name.cmp(&b.name));
+    settle_threshold_and_quorum(base, &mut next, threshold, quorum)?;
+    next.validate()?;
+    refuse_unchanged(base, &next)?;
+    Ok(next)
+}
+
+/// Applies one change to `next`; a new threshold or quorum is only noted, to be set once the
+/// members are known.
+fn apply_change(
+    next: &mut Charter,
+    change: &Change,
+    threshold: &mut Option<usize>,
+    quorum: &mut Option<usize>,
+) -> Result<(), CharterError> {
+    match change {
+        Change::AddMember { card } => add_member(next, card)?,
+        Change::RemoveMember { id } => remove_member(next, id)?,
+        Change::RotateKey { card } => rotate_key(next, card)?,
+        Change::ChangeEndpoint { id, endpoint } => change_endpoint(next, id, endpoint)?,
+        Change::SetSchema { schema } => set_schema(next, schema)?,
+        Change::MinGroupSize { size } => next.min_group_size = *size,
+        Change::CrossBorders { ceiling } => next.cross_borders = *ceiling,
+        Change::AccessNotes { visibility } => next.access_notes = *visibility,
+        Change::Threshold { threshold: t } => *threshold = Some(*t),
+        Change::WitnessQuorum { quorum: q } => *quorum = Some(*q),
+    }
+    Ok(())
+}
+
+/// Adds the member `card` names, which must be valid and not a member yet.
+fn add_member(next: &mut Charter, card: &MemberCard) -> Result<(), CharterError> {
+    card.validate()?;
+    if next.member(&card.id).is_some() {
+        return Err(invalid("proposal", format!("{} is already a member", card.id)));
+    }
+    next.members.push(card.clone());
+    Ok(())
+}
+
+/// Removes the member `id`, which must be one.
+fn remove_member(next: &mut Charter, id: &str) -> Result<(), CharterError> {
+    let before = next.members.len();
+    next.members.retain(|m| m.id != id);
+    if next.members.len() == before {
+        return Err(invalid("proposal", format!("{id} is not a member")));
+    }
+    Ok(())
+}
+
+/// Replaces a member's card with `card` (same id), which must be valid and differ.
+fn rotate_key(next: &mut Charter, card: &MemberCard) -> Result<(), CharterError> {
+    card.validate()?;
+    let m = next
+        .members
+        .iter_mut()
+        .find(|m| m.id == card.id)
+        .ok_or_else(|| invalid("proposal", format!("{} is not a member", card.id)))?;
+    if *m == *card {
+        return Err(invalid("proposal", format!("the card of {} is unchanged", card.id)));
+    }
+    *m = card.clone();
+    Ok(())
+}
+
+/// Moves the member `id`'s peer listener to `endpoint`.
+fn change_endpoint(next: &mut Charter, id: &str, endpoint: &str) -> Result<(), CharterError> {
+    check_line_text("peer endpoint", endpoint)?;
+    let m = next
+        .members
+        .iter_mut()
+        .find(|m| m.id == id)
+        .ok_or_else(|| invalid("proposal", format!("{id} is not a member")))?;
+    m.peer_endpoint = endpoint.to_owned();
+    Ok(())
+}
+
+/// Adds a shared schema, or replaces the one of its name with a higher version.
+fn set_schema(next: &mut Charter, schema: &SharedSchema) -> Result<(), CharterError> {
+    schema.validate()?;
+    match next.schemas.iter_mut().find(|s| s.name == schema.name) {
+        Some(old) if schema.version <= old.version => {
+            return Err(invalid(
+                "proposal",
+                format!(
+                    "shared schema {} is at version {}; a change needs a higher version",
+                    schema.name, old.version
+                ),
+            ));
+        }
+        Some(old) => *old = schema.clone(),
+        None => next.schemas.push(schema.clone()),
+    }
+    Ok(())
+}
+
+/// Sets `next`'s threshold and witness quorum (`threshold` and `quorum` where the proposal gives
+/// them), once its members are known; refuses no members, and a threshold that is no majority.
+fn settle_threshold_and_quorum(
+    base: &Charter,
+    next: &mut Charter,
+    threshold: Option<usize>,
+    quorum: Option<usize>,
+) -> Result<(), CharterError> {
     let n = next.members.len();
     if n == 0 {
         return Err(invalid("proposal", "it would leave the federation without members"));
@@ -219,7 +265,11 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
             ),
         ));
     }
-    next.validate()?;
+    Ok(())
+}
+
+/// Refuses a `next` that differs from `base` only in its version number and previous digest.
+fn refuse_unchanged(base: &Charter, next: &Charter) -> Result<(), CharterError> {
     let mut unchanged = next.clone();
     unchanged.version = base.version;
     unchanged.previous.clone_from(&base.previous);
@@ -229,7 +279,7 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
             "it changes nothing: each change sets what the charter already says",
         ));
     }
-    Ok(next)
+    Ok(())
 }
 
 /// What `after` changes from `before`, one line each, in the words of [`Change::summary`]:
@@ -580,6 +630,23 @@ fn refused(reason: impl Into<String>) -> GovernanceError {
     GovernanceError::Refused(reason.into())
 }
 
+/// Checks that a yes vote `v` carries `voter`'s signature (by `key`) over the proposal's `body`.
+fn check_body_signature(
+    v: &SignedVote,
+    body: &Charter,
+    key: &NoteVerifier,
+    voter: &str,
+) -> Result<(), GovernanceError> {
+    let sig =
+        v.body_signature.clone().ok_or_else(|| refused("a yes vote carries a signature over the body"))?;
+    let mut signed = Note::new(body.to_text()).map_err(CharterError::from)?;
+    signed.add_signature(sig);
+    signed
+        .verify(std::slice::from_ref(key))
+        .map_err(|e| refused(format!("{voter}'s yes is not a signature over the proposal's body: {e}")))?;
+    Ok(())
+}
+
 /// What a vote did.
 #[derive(Debug)]
 pub enum VoteOutcome {
@@ -706,44 +773,16 @@ impl Round {
             return Err(refused(format!("the vote is for federation {}", v.vote.federation)));
         }
         let pid = v.vote.proposal.clone();
-        match self.status(&pid, now) {
-            None => {
-                return Err(refused(format!(
-                    "proposal {pid} is unknown on base version {}: a vote on a stale base, or before the proposal",
-                    self.base.version
-                )));
-            }
-            Some(Status::Live) => {}
-            Some(Status::Adopted) => return Err(refused(format!("proposal {pid} is already adopted"))),
-            Some(Status::Dead(why)) => return Err(refused(format!("proposal {pid} is dead: {why}"))),
-        }
+        self.check_live(&pid, now)?;
         let state = self.proposals.get(&pid).ok_or_else(|| refused("unknown proposal"))?;
         if state.yes.contains_key(&voter) || state.no.contains_key(&voter) {
             return Err(GovernanceError::Duplicate(format!("{voter}'s vote on proposal {pid}")));
         }
         if v.vote.ballot == Ballot::Yes {
-            let sig = v
-                .body_signature
-                .clone()
-                .ok_or_else(|| refused("a yes vote carries a signature over the body"))?;
-            let mut body = Note::new(state.body.to_text()).map_err(CharterError::from)?;
-            body.add_signature(sig);
-            body.verify(std::slice::from_ref(&key)).map_err(|e| {
-                refused(format!("{voter}'s yes is not a signature over the proposal's body: {e}"))
-            })?;
+            check_body_signature(&v, &state.body, &key, &voter)?;
             // One live yes per base version.
-            if let Some((first, first_vote)) = self.live_yes(&voter, &pid, now) {
-                let seen =
-                    self.evidence.iter().any(|e| e.voter == voter && e.first.0 == first && e.second.0 == pid);
-                if !seen {
-                    self.evidence.push(Equivocation {
-                        voter: voter.clone(),
-                        base_version: self.base.version,
-                        first: (first.clone(), first_vote),
-                        second: (pid, v),
-                    });
-                }
-                return Err(GovernanceError::Equivocation { voter, first, base: self.base.version });
+            if let Some(first) = self.live_yes(&voter, &pid, now) {
+                return Err(self.keep_equivocation(voter, first, pid, v));
             }
         }
         let ballot = v.vote.ballot;
@@ -757,6 +796,40 @@ impl Round {
             Some(Status::Dead(_)) => VoteOutcome::Dead,
             _ => VoteOutcome::Counted,
         })
+    }
+
+    /// Refuses a vote on proposal `pid` unless it is known and live at `now`.
+    fn check_live(&self, pid: &str, now: u64) -> Result<(), GovernanceError> {
+        match self.status(pid, now) {
+            None => Err(refused(format!(
+                "proposal {pid} is unknown on base version {}: a vote on a stale base, or before the proposal",
+                self.base.version
+            ))),
+            Some(Status::Live) => Ok(()),
+            Some(Status::Adopted) => Err(refused(format!("proposal {pid} is already adopted"))),
+            Some(Status::Dead(why)) => Err(refused(format!("proposal {pid} is dead: {why}"))),
+        }
+    }
+
+    /// Keeps `voter`'s yes `v` on `pid` and its earlier live yes `first` as evidence (once per
+    /// pair of proposals), and gives the error that refuses `v`.
+    fn keep_equivocation(
+        &mut self,
+        voter: String,
+        (first, first_vote): (String, SignedVote),
+        pid: String,
+        v: SignedVote,
+    ) -> GovernanceError {
+        let seen = self.evidence.iter().any(|e| e.voter == voter && e.first.0 == first && e.second.0 == pid);
+        if !seen {
+            self.evidence.push(Equivocation {
+                voter: voter.clone(),
+                base_version: self.base.version,
+                first: (first.clone(), first_vote),
+                second: (pid, v),
+            });
+        }
+        GovernanceError::Equivocation { voter, first, base: self.base.version }
     }
 
     /// `voter`'s yes on a live proposal of this base other than `except`, if any.

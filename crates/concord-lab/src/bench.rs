@@ -14,24 +14,32 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::demo::{MemberSpec, SplitMix, api_query, setup, start_all};
+use crate::demo::{DemoMember, MemberSpec, SplitMix, api_query, setup, start_all};
 use concord_node::NodeError;
 
 /// What `concord bench federated` is given.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
+    /// Folder for the generated data and the members' nodes; wiped at the start of a run.
     pub dir: PathBuf,
+    /// Rows in all, split evenly across the three members (a remainder is dropped).
     pub rows: usize,
+    /// Timed runs of each query, after one untimed warm-up.
     pub iterations: usize,
+    /// First of the ports the members listen on, two per member (local, peer).
     pub port_base: u16,
 }
 
 /// Figures of one run.
 #[derive(Clone, Debug)]
 pub struct BenchReport {
+    /// Rows written in all: the requested rows rounded down to a multiple of three.
     pub rows: usize,
+    /// Groups (result rows) of [`BENCH_SQL`], the same federated and pooled.
     pub groups: usize,
+    /// Wall-clock time of [`BENCH_SQL`] over the pooled data in one DataFusion context, per run.
     pub pooled: Vec<Duration>,
+    /// Wall-clock time of [`BENCH_SQL`] federated through alpha's local API, per run.
     pub federated: Vec<Duration>,
     /// [`POLICY_SQL`] federated over datasets under the default policy.
     pub without_policy: Vec<Duration>,
@@ -64,6 +72,8 @@ pub fn paired_median(a: &[Duration], b: &[Duration]) -> f64 {
     }
 }
 
+/// The duration at fraction `p` (0.0 to 1.0) of the way through `v` sorted, to the nearest
+/// index; zero when `v` is empty.
 pub fn percentile(v: &[Duration], p: f64) -> Duration {
     let mut s = v.to_vec();
     s.sort();
@@ -71,6 +81,8 @@ pub fn percentile(v: &[Duration], p: f64) -> Duration {
     s.get(i).copied().unwrap_or_default()
 }
 
+/// The query timed federated against pooled: a GROUP BY over the 60 regions with count, sum,
+/// average, minimum and maximum.
 pub const BENCH_SQL: &str = "SELECT region, count(*) AS n, sum(amount) AS total, avg(amount) AS mean, min(qty) AS lo, max(qty) AS hi FROM events GROUP BY region";
 
 fn median(v: &[Duration]) -> Duration {
@@ -80,12 +92,15 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 impl BenchReport {
+    /// Median time of [`BENCH_SQL`] over the pooled data (the upper one of an even count).
     pub fn pooled_median(&self) -> Duration {
         median(&self.pooled)
     }
+    /// Median time of [`BENCH_SQL`] federated (the upper one of an even count).
     pub fn federated_median(&self) -> Duration {
         median(&self.federated)
     }
+    /// Federated median over pooled median: how many times longer the federated query takes.
     pub fn ratio(&self) -> f64 {
         self.federated_median().as_secs_f64() / self.pooled_median().as_secs_f64().max(1e-9)
     }
@@ -142,6 +157,46 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
     if opts.dir.exists() {
         std::fs::remove_dir_all(&opts.dir).map_err(|e| NodeError::io(&opts.dir, e))?;
     }
+    let (specs, files) = write_member_files(opts, progress)?;
+    let schemas = bench_schemas();
+    progress("setting up the federation");
+    let members = setup(&opts.dir, "bench", &specs, schemas, opts.port_base).await?;
+    add_policy_datasets(&opts.dir, &members, &files).await?;
+    let nodes = start_all(&members).await?;
+    let pooled = pooled_events(&files).await?;
+    let first = &members[0];
+    let mut report = BenchReport {
+        rows: opts.rows / 3 * 3,
+        groups: 0,
+        pooled: Vec::new(),
+        federated: Vec::new(),
+        without_policy: Vec::new(),
+        with_policy: Vec::new(),
+        policy_check: Vec::new(),
+        owner_without_policy: Vec::new(),
+        owner_with_policy: Vec::new(),
+    };
+    let result = async {
+        timed_runs(opts, &pooled, first, &nodes, &mut report, progress).await?;
+        report.policy_check = policy_check(&files[1], &opts.dir).await?;
+        (report.owner_without_policy, report.owner_with_policy) =
+            owner_release(&files[1], &opts.dir, opts.iterations.max(5) * 2).await?;
+        Ok::<_, NodeError>(())
+    }
+    .await;
+    for n in nodes {
+        n.stop().await;
+    }
+    result?;
+    Ok(report)
+}
+
+/// Writes a third of the rows as a Parquet file for each of the three members; returns their
+/// specs and the files.
+fn write_member_files(
+    opts: &BenchOptions,
+    progress: &dyn Fn(&str),
+) -> Result<(Vec<MemberSpec>, Vec<PathBuf>), NodeError> {
     let ids = ["alpha", "bravo", "charlie"];
     let mut specs = Vec::new();
     let mut files = Vec::new();
@@ -159,6 +214,11 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
             files: vec![file],
         });
     }
+    Ok((specs, files))
+}
+
+/// The shared schema `events` and the same columns as `events_dp`, protected per person.
+fn bench_schemas() -> Vec<SharedSchema> {
     let schema = SharedSchema {
         name: "events".into(),
         version: 1,
@@ -176,12 +236,16 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
     for c in &mut private.columns {
         c.personal = c.name == "person";
     }
-    progress("setting up the federation");
-    let members = setup(&opts.dir, "bench", &specs, vec![schema, private], opts.port_base).await?;
+    vec![schema, private]
+}
+
+/// Adds each member's file once more as `events_dp` under the benchmark's usage policy, and
+/// lifts the members' peer rate limits.
+async fn add_policy_datasets(dir: &Path, members: &[DemoMember], files: &[PathBuf]) -> Result<(), NodeError> {
     // The same files once more, as events_dp under the benchmark's usage policy.
-    let policy_file = opts.dir.join("events_dp.policy.toml");
+    let policy_file = dir.join("events_dp.policy.toml");
     std::fs::write(&policy_file, EVENTS_POLICY).map_err(|e| NodeError::io(&policy_file, e))?;
-    for (m, file) in members.iter().zip(&files) {
+    for (m, file) in members.iter().zip(files) {
         let nd = concord_node::store::config::NodeDir::new(&m.dir);
         // One requester sends four queries and their witness traffic per run: more than the
         // default rate a member may send to a peer, which is not what is measured here.
@@ -192,7 +256,11 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
         concord_node::node::admin::dataset_add(&nd, "events_dp", file, Some("events_dp"), Some("*")).await?;
         concord_node::node::admin::policy_set(&nd, "events_dp", &policy_file)?;
     }
-    let nodes = start_all(&members).await?;
+    Ok(())
+}
+
+/// Every member's file in one DataFusion context, as the table `events`.
+async fn pooled_events(files: &[PathBuf]) -> Result<SessionContext, NodeError> {
     let pooled = SessionContext::new();
     let paths: Vec<String> = files.iter().filter_map(|p| p.to_str().map(String::from)).collect();
     let df = pooled
@@ -200,85 +268,96 @@ pub async fn federated(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<B
         .await
         .map_err(concord_query::QueryError::plan)?;
     pooled.register_table("events", df.into_view()).map_err(concord_query::QueryError::plan)?;
-    let first = &members[0];
-    let mut report = BenchReport {
-        rows: opts.rows / 3 * 3,
-        groups: 0,
-        pooled: Vec::new(),
-        federated: Vec::new(),
-        without_policy: Vec::new(),
-        with_policy: Vec::new(),
-        policy_check: Vec::new(),
-        owner_without_policy: Vec::new(),
-        owner_with_policy: Vec::new(),
-    };
-    let result = async {
-        // One warm-up of each, then alternate so that both see the same machine state.
-        for i in 0..=opts.iterations {
-            let t = Instant::now();
-            let p = pooled.sql(BENCH_SQL).await.map_err(concord_query::QueryError::plan)?;
-            let p = p.collect().await.map_err(concord_query::QueryError::plan)?;
-            let tp = t.elapsed();
-            let t = Instant::now();
-            let f = api_query(&first.local_url, &first.analyst_token, BENCH_SQL).await?;
-            let tf = t.elapsed();
-            // Let the nodes publish and cosign the checkpoints of this query's log entries
-            // before the next timing, so that neither side is timed against that work.
-            settle(&nodes).await?;
-            let groups: usize = f.batches.iter().map(|b| b.num_rows()).sum();
-            let pooled_groups: usize = p.iter().map(|b| b.num_rows()).sum();
-            if groups != pooled_groups {
-                return Err(NodeError::Config(format!(
-                    "federated gave {groups} groups, pooled {pooled_groups}"
-                )));
-            }
-            report.groups = groups;
-            // The same federated query with and without the usage policy, over the same files,
-            // in turn first and second.
-            let mut t_plain = Duration::ZERO;
-            let mut t_policy = Duration::ZERO;
-            let mut noisy = None;
-            for policy_on in if i % 2 == 0 { [false, true] } else { [true, false] } {
-                let table = if policy_on { "events_dp" } else { "events" };
-                let t = Instant::now();
-                let answer = api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", table)).await?;
-                if policy_on {
-                    t_policy = t.elapsed();
-                    noisy = Some(answer);
-                } else {
-                    t_plain = t.elapsed();
-                }
-                settle(&nodes).await?;
-            }
-            let noisy = noisy.ok_or_else(|| NodeError::Config("the run with the policy did not run".into()))?;
-            if !noisy.provenance.iter().any(|c| c.release.mechanism.is_some()) {
-                return Err(NodeError::Config("the run with the policy added no noise".into()));
-            }
-            if i > 0 {
-                progress(&format!(
-                    "run {i}: pooled {:.1} ms, federated {:.1} ms; without policy {:.1} ms, with policy {:.1} ms",
-                    ms(tp),
-                    ms(tf),
-                    ms(t_plain),
-                    ms(t_policy)
-                ));
-                report.pooled.push(tp);
-                report.federated.push(tf);
-                report.without_policy.push(t_plain);
-                report.with_policy.push(t_policy);
-            }
+    Ok(pooled)
+}
+
+/// The timed runs: pooled against federated, then without and with the policy, each run
+/// after the warm-up reported to `progress` and recorded in `report`.
+async fn timed_runs(
+    opts: &BenchOptions,
+    pooled: &SessionContext,
+    first: &DemoMember,
+    nodes: &[concord_node::run::RunningNode],
+    report: &mut BenchReport,
+    progress: &dyn Fn(&str),
+) -> Result<(), NodeError> {
+    // One warm-up of each, then alternate so that both see the same machine state.
+    for i in 0..=opts.iterations {
+        let (tp, tf, groups) = time_pooled_and_federated(pooled, first, nodes).await?;
+        report.groups = groups;
+        let (t_plain, t_policy) = time_without_and_with_policy(first, nodes, i).await?;
+        if i > 0 {
+            progress(&format!(
+                "run {i}: pooled {:.1} ms, federated {:.1} ms; without policy {:.1} ms, with policy {:.1} ms",
+                ms(tp),
+                ms(tf),
+                ms(t_plain),
+                ms(t_policy)
+            ));
+            report.pooled.push(tp);
+            report.federated.push(tf);
+            report.without_policy.push(t_plain);
+            report.with_policy.push(t_policy);
         }
-        report.policy_check = policy_check(&files[1], &opts.dir).await?;
-        (report.owner_without_policy, report.owner_with_policy) =
-            owner_release(&files[1], &opts.dir, opts.iterations.max(5) * 2).await?;
-        Ok::<_, NodeError>(())
     }
-    .await;
-    for n in nodes {
-        n.stop().await;
+    Ok(())
+}
+
+/// Times [`BENCH_SQL`] pooled and federated once each and checks that both found the same
+/// number of groups; returns the two times and the groups.
+async fn time_pooled_and_federated(
+    pooled: &SessionContext,
+    first: &DemoMember,
+    nodes: &[concord_node::run::RunningNode],
+) -> Result<(Duration, Duration, usize), NodeError> {
+    let t = Instant::now();
+    let p = pooled.sql(BENCH_SQL).await.map_err(concord_query::QueryError::plan)?;
+    let p = p.collect().await.map_err(concord_query::QueryError::plan)?;
+    let tp = t.elapsed();
+    let t = Instant::now();
+    let f = api_query(&first.local_url, &first.analyst_token, BENCH_SQL).await?;
+    let tf = t.elapsed();
+    // Let the nodes publish and cosign the checkpoints of this query's log entries
+    // before the next timing, so that neither side is timed against that work.
+    settle(nodes).await?;
+    let groups: usize = f.batches.iter().map(|b| b.num_rows()).sum();
+    let pooled_groups: usize = p.iter().map(|b| b.num_rows()).sum();
+    if groups != pooled_groups {
+        return Err(NodeError::Config(format!("federated gave {groups} groups, pooled {pooled_groups}")));
     }
-    result?;
-    Ok(report)
+    Ok((tp, tf, groups))
+}
+
+/// Times [`POLICY_SQL`] federated without and with the usage policy, the order swapped on odd
+/// runs, and checks that the policy added noise; returns the two times in that order.
+async fn time_without_and_with_policy(
+    first: &DemoMember,
+    nodes: &[concord_node::run::RunningNode],
+    i: usize,
+) -> Result<(Duration, Duration), NodeError> {
+    // The same federated query with and without the usage policy, over the same files,
+    // in turn first and second.
+    let mut t_plain = Duration::ZERO;
+    let mut t_policy = Duration::ZERO;
+    let mut noisy = None;
+    for policy_on in if i % 2 == 0 { [false, true] } else { [true, false] } {
+        let table = if policy_on { "events_dp" } else { "events" };
+        let t = Instant::now();
+        let answer =
+            api_query(&first.local_url, &first.analyst_token, &POLICY_SQL.replace("TABLE", table)).await?;
+        if policy_on {
+            t_policy = t.elapsed();
+            noisy = Some(answer);
+        } else {
+            t_plain = t.elapsed();
+        }
+        settle(nodes).await?;
+    }
+    let noisy = noisy.ok_or_else(|| NodeError::Config("the run with the policy did not run".into()))?;
+    if !noisy.provenance.iter().any(|c| c.release.mechanism.is_some()) {
+        return Err(NodeError::Config("the run with the policy added no noise".into()));
+    }
+    Ok((t_plain, t_policy))
 }
 
 /// The owner's check of one sub-query as bravo gets it from alpha, timed 1000 times: re-plan
@@ -407,6 +486,7 @@ async fn settle(nodes: &[concord_node::run::RunningNode]) -> Result<(), NodeErro
     }
 }
 
+/// A duration in milliseconds, with fractions.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -607,9 +687,11 @@ pub async fn log(
 }
 
 impl LogBenchReport {
+    /// Median time from an append to a checkpoint cosigned by both witnesses.
     pub fn cosigned_p50(&self) -> Duration {
         percentile(&self.cosigned, 0.5)
     }
+    /// 99th percentile of the time from an append to a checkpoint cosigned by both witnesses.
     pub fn cosigned_p99(&self) -> Duration {
         percentile(&self.cosigned, 0.99)
     }

@@ -6,7 +6,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use concord_charter::{ColumnType, SchemaColumn, SharedSchema, check_identifier, check_member_id};
+use concord_charter::{
+    ColumnType, MemberCard, SchemaColumn, SharedSchema, check_identifier, check_member_id,
+};
 use concord_query::dataset::{self, DatasetFormat, column_type_of};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{DataFrame, SessionContext, col};
@@ -19,13 +21,17 @@ use concord_node::run::{RunningNode, start};
 use concord_node::store::config::{InitOptions, NodeDir, replace_private};
 use concord_node::wire::{AccessAsk, DecideRequest, Decision, QueryRequest};
 
+/// The name of the demo's federation, in its charter and in `demo.json`.
 pub const DEMO_FEDERATION: &str = "demo";
 
 /// One member to set up.
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
+    /// The member id; also the name of its folder under the demo folder.
     pub id: String,
+    /// The member's display name on its card.
     pub name: String,
+    /// The jurisdiction on the member's card (the sample uses two-letter codes such as `AL`).
     pub jurisdiction: String,
     /// Dataset files; each becomes a dataset named after the file's stem.
     pub files: Vec<PathBuf>,
@@ -34,9 +40,14 @@ pub struct MemberSpec {
 /// A member as set up: where it lives and how to reach it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DemoMember {
+    /// The member id.
     pub id: String,
+    /// Base URL of the node's local API, where the member's own users call with their tokens
+    /// (plain HTTP on loopback).
     pub local_url: String,
+    /// Base URL of the node's peer listener, which other members reach over mutual TLS.
     pub peer_url: String,
+    /// A token of role `analyst`: tables and queries.
     pub analyst_token: String,
     /// A token of role `auditor`: audits and the log.
     pub auditor_token: String,
@@ -51,6 +62,7 @@ pub struct DemoMember {
     pub log_url: String,
     /// The log's verifier key (C2SP vkey).
     pub vkey: String,
+    /// The member's node folder (keys, configuration, database); not written to `demo.json`.
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -58,7 +70,9 @@ pub struct DemoMember {
 /// `DIR/demo.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DemoFile {
+    /// The federation's name.
     pub federation: String,
+    /// Every member, in the order they were set up.
     pub members: Vec<DemoMember>,
 }
 
@@ -72,6 +86,41 @@ pub async fn setup(
     schemas: Vec<SharedSchema>,
     port_base: u16,
 ) -> Result<Vec<DemoMember>, NodeError> {
+    let (mut members, cards) = init_members(dir, federation, specs, port_base)?;
+    let charter_file = dir.join("charter-v1.note");
+    let charter = admin::write_genesis(federation, cards, schemas, &charter_file)?;
+    for m in &members {
+        admin::charter_sign(&NodeDir::new(&m.dir), &charter_file)?;
+    }
+    for (m, spec) in members.iter_mut().zip(specs) {
+        let nd = NodeDir::new(&m.dir);
+        admin::charter_accept(&nd, &charter_file)?;
+        for file in &spec.files {
+            let stem = stem_of(file)?;
+            let shared = charter.schema(&stem).map(|s| s.name.as_str());
+            admin::dataset_add(&nd, &stem, file, shared, Some("*")).await?;
+            let policy = file.with_file_name(format!("{stem}.policy.toml"));
+            if policy.is_file() {
+                admin::policy_set(&nd, &stem, &policy)?;
+            }
+        }
+        m.analyst_token = admin::token_create(&nd, "analyst")?;
+        m.auditor_token = admin::token_create(&nd, "auditor")?;
+        m.steward_token = admin::token_create(&nd, "steward")?;
+        m.delegate_token = admin::token_create(&nd, "delegate")?;
+        m.operator_token = admin::token_create(&nd, "operator")?;
+    }
+    Ok(members)
+}
+
+/// Initialises every member's node folder on two ports each from `port_base`; returns the
+/// members (tokens not yet made) and their cards for the genesis charter.
+fn init_members(
+    dir: &Path,
+    federation: &str,
+    specs: &[MemberSpec],
+    port_base: u16,
+) -> Result<(Vec<DemoMember>, Vec<MemberCard>), NodeError> {
     let mut cards = Vec::new();
     let mut members = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -101,30 +150,7 @@ pub async fn setup(
         });
         cards.push(card);
     }
-    let charter_file = dir.join("charter-v1.note");
-    let charter = admin::write_genesis(federation, cards, schemas, &charter_file)?;
-    for m in &members {
-        admin::charter_sign(&NodeDir::new(&m.dir), &charter_file)?;
-    }
-    for (m, spec) in members.iter_mut().zip(specs) {
-        let nd = NodeDir::new(&m.dir);
-        admin::charter_accept(&nd, &charter_file)?;
-        for file in &spec.files {
-            let stem = stem_of(file)?;
-            let shared = charter.schema(&stem).map(|s| s.name.as_str());
-            admin::dataset_add(&nd, &stem, file, shared, Some("*")).await?;
-            let policy = file.with_file_name(format!("{stem}.policy.toml"));
-            if policy.is_file() {
-                admin::policy_set(&nd, &stem, &policy)?;
-            }
-        }
-        m.analyst_token = admin::token_create(&nd, "analyst")?;
-        m.auditor_token = admin::token_create(&nd, "auditor")?;
-        m.steward_token = admin::token_create(&nd, "steward")?;
-        m.delegate_token = admin::token_create(&nd, "delegate")?;
-        m.operator_token = admin::token_create(&nd, "operator")?;
-    }
-    Ok(members)
+    Ok((members, cards))
 }
 
 fn admin_init(
@@ -259,9 +285,11 @@ pub fn sample_schemas() -> Vec<SharedSchema> {
 pub struct SplitMix(u64);
 
 impl SplitMix {
+    /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
+    /// The next 64 pseudo-random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -269,9 +297,11 @@ impl SplitMix {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+    /// A number in `0..n` (always 0 when `n` is 0 or 1), by remainder, so very slightly biased.
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+    /// A number in `[0, 1)` with 53 random bits.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -340,6 +370,28 @@ fn write_digital_economy(path: &Path, member: u64) -> Result<(), NodeError> {
 pub async fn data_members(
     folder: &Path,
 ) -> Result<(Vec<MemberSpec>, Vec<SharedSchema>, Vec<String>), NodeError> {
+    let specs = member_folders(folder)?;
+    // Columns per stem per member; every column that cannot be shared is named.
+    let mut warnings = Vec::new();
+    let by_stem = columns_by_stem(&specs, &mut warnings).await?;
+    let mut schemas = Vec::new();
+    for (stem, lists) in by_stem {
+        if lists.len() < 2 {
+            continue;
+        }
+        let mut columns: Vec<SchemaColumn> = Vec::new();
+        for (name, first) in &lists[0].1 {
+            columns.extend(shared_column(&stem, name, first, &lists, &mut warnings));
+        }
+        if !columns.is_empty() {
+            schemas.push(SharedSchema { name: stem, version: 1, columns, privacy_unit: None });
+        }
+    }
+    Ok((specs, schemas, warnings))
+}
+
+/// One member per sub-folder of `folder`, named after it, with the CSV and Parquet files in it.
+fn member_folders(folder: &Path) -> Result<Vec<MemberSpec>, NodeError> {
     let mut specs = Vec::new();
     let entries = std::fs::read_dir(folder).map_err(|e| NodeError::io(folder, e))?;
     let mut dirs: Vec<PathBuf> =
@@ -365,12 +417,21 @@ pub async fn data_members(
             folder.display()
         )));
     }
-    // Columns per stem per member; every column that cannot be shared is named.
-    let mut warnings = Vec::new();
+    Ok(specs)
+}
+
+/// One member's columns of a data file, each with its shared type.
+type Columns = Vec<(String, ColumnType)>;
+
+/// Opens every member's data files and lists their columns per stem and member; files' and
+/// columns' reasons for being left out go to `warnings`.
+async fn columns_by_stem(
+    specs: &[MemberSpec],
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, Vec<(String, Columns)>>, NodeError> {
     // Per stem, each member's columns with their types.
-    type Columns = Vec<(String, ColumnType)>;
     let mut by_stem: BTreeMap<String, Vec<(String, Columns)>> = BTreeMap::new();
-    for s in &specs {
+    for s in specs {
         for f in &s.files {
             let stem = stem_of(f)?;
             let table =
@@ -391,53 +452,51 @@ pub async fn data_members(
             by_stem.entry(stem).or_default().push((s.id.clone(), cols));
         }
     }
-    let mut schemas = Vec::new();
-    for (stem, lists) in by_stem {
-        if lists.len() < 2 {
-            continue;
-        }
-        let mut columns = Vec::new();
-        for (name, first) in &lists[0].1 {
-            // The narrowest type every member's column fits without loss.
-            let mut t = first.clone();
-            let mut missing = Vec::new();
-            for (member, l) in &lists[1..] {
-                match l.iter().find(|(n, _)| n == name) {
-                    None => missing.push(member.as_str()),
-                    Some((_, u)) if dataset::fits(&dataset::arrow_type(u), &t) => {}
-                    Some((_, u)) if dataset::fits(&dataset::arrow_type(&t), u) => t = u.clone(),
-                    Some(_) => {}
-                }
-            }
-            let misfits: Vec<String> = lists
-                .iter()
-                .filter_map(|(member, l)| {
-                    let (_, u) = l.iter().find(|(n, _)| n == name)?;
-                    (!dataset::fits(&dataset::arrow_type(u), &t)).then(|| format!("{u} at {member}"))
-                })
-                .collect();
-            if !missing.is_empty() {
-                warnings.push(format!(
-                    "{stem}: column {name} is not shared: {} has no such column",
-                    missing.join(", ")
-                ));
-            } else if !misfits.is_empty() {
-                warnings.push(format!(
-                    "{stem}: column {name} is not shared: its types differ ({t} at {}, {}) and neither holds the other without loss",
-                    lists[0].0,
-                    misfits.join(", ")
-                ));
-            } else if let Err(e) = check_identifier("column", name) {
-                warnings.push(format!("{stem}: column {name} is not shared: {e}"));
-            } else {
-                columns.push(SchemaColumn { name: name.clone(), ty: t, personal: false });
-            }
-        }
-        if !columns.is_empty() {
-            schemas.push(SharedSchema { name: stem, version: 1, columns, privacy_unit: None });
+    Ok(by_stem)
+}
+
+/// The first member's column `name` of `stem` as a shared column, in the narrowest type every
+/// member's column fits without loss; `None`, with a warning saying why, if it cannot be shared.
+fn shared_column(
+    stem: &str,
+    name: &str,
+    first: &ColumnType,
+    lists: &[(String, Columns)],
+    warnings: &mut Vec<String>,
+) -> Option<SchemaColumn> {
+    // The narrowest type every member's column fits without loss.
+    let mut t = first.clone();
+    let mut missing = Vec::new();
+    for (member, l) in &lists[1..] {
+        match l.iter().find(|(n, _)| n == name) {
+            None => missing.push(member.as_str()),
+            Some((_, u)) if dataset::fits(&dataset::arrow_type(u), &t) => {}
+            Some((_, u)) if dataset::fits(&dataset::arrow_type(&t), u) => t = u.clone(),
+            Some(_) => {}
         }
     }
-    Ok((specs, schemas, warnings))
+    let misfits: Vec<String> = lists
+        .iter()
+        .filter_map(|(member, l)| {
+            let (_, u) = l.iter().find(|(n, _)| n == name)?;
+            (!dataset::fits(&dataset::arrow_type(u), &t)).then(|| format!("{u} at {member}"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        warnings
+            .push(format!("{stem}: column {name} is not shared: {} has no such column", missing.join(", ")));
+    } else if !misfits.is_empty() {
+        warnings.push(format!(
+            "{stem}: column {name} is not shared: its types differ ({t} at {}, {}) and neither holds the other without loss",
+            lists[0].0,
+            misfits.join(", ")
+        ));
+    } else if let Err(e) = check_identifier("column", name) {
+        warnings.push(format!("{stem}: column {name} is not shared: {e}"));
+    } else {
+        return Some(SchemaColumn { name: name.to_owned(), ty: t, personal: false });
+    }
+    None
 }
 
 /// The pooled data of every member in one DataFusion context: what a central database would
@@ -495,23 +554,34 @@ pub async fn pooled_context(
 /// What `concord demo` is given.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
+    /// The folder to build the federation in; made anew each run, and refused if it holds
+    /// anything but a previous demo.
     pub dir: PathBuf,
+    /// One sub-folder per member, each with CSV or Parquet files, instead of the sample data.
     pub data: Option<PathBuf>,
+    /// First of the ports the members listen on, two per member (local, peer).
     pub port_base: u16,
+    /// Whether the caller runs the smoke tour and exits instead of waiting; [`launch`] itself
+    /// does not read it.
     pub smoke: bool,
 }
 
 /// A demo federation that is up.
 pub struct Demo {
+    /// What `demo.json` holds: the federation's name and every member's URLs and tokens.
     pub file: DemoFile,
+    /// The members as set up, with their data files.
     pub specs: Vec<MemberSpec>,
+    /// The shared schemas of the genesis charter.
     pub schemas: Vec<SharedSchema>,
+    /// Every member's running node, in the order of `file.members`.
     pub nodes: Vec<RunningNode>,
     /// Columns of `--data` left out of the shared schemas, each with its reason.
     pub warnings: Vec<String>,
 }
 
 impl Demo {
+    /// Stops every member's node.
     pub async fn stop(self) {
         for n in self.nodes {
             n.stop().await;
@@ -654,49 +724,6 @@ pub async fn showcase(file: &DemoFile) -> String {
         return String::new();
     };
     let mut s = String::from("\nThe sample policies at work (run just now):\n");
-    let show = |title: &str, sql: &str, r: Result<ApiResult, NodeError>| {
-        let mut out = format!("\n{title}\n  {sql}\n");
-        match r {
-            Ok(a) => {
-                out.push_str(&table(&a.batches, 4));
-                for c in &a.provenance {
-                    let r = &c.release;
-                    let noise = r
-                        .noise_scale
-                        .iter()
-                        .map(|(col, sc)| format!("{col} ±{sc:.1}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    out.push_str(&format!(
-                        "  from {}: {} groups, {}{}{}\n",
-                        c.member,
-                        c.groups_released,
-                        match (r.threshold, r.public_keys) {
-                            (Some(t), _) =>
-                                format!("released from a noisy count of {t} people, held back not counted"),
-                            (None, true) => "every public key released".to_owned(),
-                            (None, false) if r.suppressed_not_counted =>
-                                "groups held back not counted".to_owned(),
-                            (None, false) => format!("{} suppressed", r.groups_suppressed),
-                        },
-                        r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),
-                        r.budget
-                            .as_ref()
-                            .map(|b| format!(
-                                ", {} {} spent, {} left",
-                                b.parameter, b.charged, b.requester_remaining
-                            ))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-            Err(NodeError::Peer { code, message, .. }) => {
-                out.push_str(&format!("  refused [{code}]: {message}\n"))
-            }
-            Err(e) => out.push_str(&format!("  refused: {e}\n")),
-        }
-        out
-    };
     let noisy = "SELECT age_band, count(*) AS n, sum(hospital_days) AS days FROM health_cases GROUP BY age_band ORDER BY age_band";
     s.push_str(&show(
         "A noisy answer with its provenance:",
@@ -716,6 +743,56 @@ pub async fn showcase(file: &DemoFile) -> String {
         refused,
         api_query(&alpha.local_url, &alpha.analyst_token, refused).await,
     ));
+    s.push_str(&access_request(alpha, bravo).await);
+    s
+}
+
+/// One showcase step: its title, its SQL, and the answer's first rows with each owner's
+/// contribution, or the refusal.
+fn show(title: &str, sql: &str, r: Result<ApiResult, NodeError>) -> String {
+    let mut out = format!("\n{title}\n  {sql}\n");
+    match r {
+        Ok(a) => {
+            out.push_str(&table(&a.batches, 4));
+            for c in &a.provenance {
+                out.push_str(&contribution_line(c));
+            }
+        }
+        Err(NodeError::Peer { code, message, .. }) => {
+            out.push_str(&format!("  refused [{code}]: {message}\n"))
+        }
+        Err(e) => out.push_str(&format!("  refused: {e}\n")),
+    }
+    out
+}
+
+/// One owner's line of a showcase answer: groups released, what was held back, noise and budget.
+fn contribution_line(c: &concord_query::Contribution) -> String {
+    let r = &c.release;
+    let noise =
+        r.noise_scale.iter().map(|(col, sc)| format!("{col} ±{sc:.1}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "  from {}: {} groups, {}{}{}\n",
+        c.member,
+        c.groups_released,
+        match (r.threshold, r.public_keys) {
+            (Some(t), _) => format!("released from a noisy count of {t} people, held back not counted"),
+            (None, true) => "every public key released".to_owned(),
+            (None, false) if r.suppressed_not_counted => "groups held back not counted".to_owned(),
+            (None, false) => format!("{} suppressed", r.groups_suppressed),
+        },
+        r.mechanism.as_ref().map(|m| format!(", {m} noise {noise}")).unwrap_or_default(),
+        r.budget
+            .as_ref()
+            .map(|b| format!(", {} {} spent, {} left", b.parameter, b.charged, b.requester_remaining))
+            .unwrap_or_default()
+    )
+}
+
+/// Files an access request as `alpha`'s analyst, has `bravo`'s steward approve it, and shows
+/// the commands that do the same.
+async fn access_request(alpha: &DemoMember, bravo: &DemoMember) -> String {
+    let mut s = String::new();
     let ask = AccessAsk {
         dataset: format!("{}.health_cases", bravo.id),
         actions: vec!["aggregate".into()],
@@ -753,7 +830,10 @@ pub async fn showcase(file: &DemoFile) -> String {
 /// Result of a federated query through a node's local API.
 #[derive(Debug)]
 pub struct ApiResult {
+    /// The answer's rows, decoded from Arrow IPC.
     pub batches: Vec<RecordBatch>,
+    /// One entry per owner that contributed: its dataset, the groups it released and under
+    /// which release rules (suppression, noise, budget).
     pub provenance: Vec<concord_query::Contribution>,
     /// Conforming datasets their owners do not release to this member, named.
     pub left_out: Vec<String>,

@@ -41,6 +41,8 @@ fn verifier() -> NoteVerifier {
     key().verifier()
 }
 
+/// Signed notes: an accepted note re-parses to the same text, and verifying it against the fixed
+/// key must not panic.
 pub fn signed_note(data: &[u8]) {
     if let Ok(note) = Note::parse(data) {
         let again =
@@ -50,6 +52,8 @@ pub fn signed_note(data: &[u8]) {
     }
 }
 
+/// Checkpoint text: what parses round-trips; opening the bytes as a signed checkpoint under the
+/// fixed key must not panic.
 pub fn checkpoint(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(cp) = Checkpoint::from_text(text)
@@ -59,6 +63,8 @@ pub fn checkpoint(data: &[u8]) {
     let _ = Checkpoint::open(data, &verifier());
 }
 
+/// tlog-proof text (receipts): a parsed proof is verified against its own extra entry and the
+/// fixed key without panicking.
 pub fn tlog_proof(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(p) = TlogProof::parse(text)
@@ -68,6 +74,8 @@ pub fn tlog_proof(data: &[u8]) {
     }
 }
 
+/// Peer protocol notes: signed query requests and release details round-trip; release receipts
+/// are verified and parsed without panicking.
 pub fn request_note(data: &[u8]) {
     if let Ok(r) = SignedRequest::from_bytes(data) {
         let again = SignedRequest::from_bytes(&r.to_bytes()).ok().map(|a| a.request);
@@ -82,6 +90,8 @@ pub fn request_note(data: &[u8]) {
     }
 }
 
+/// Signed charter text: a charter that parses has its genesis signatures checked and its signers
+/// listed without panicking.
 pub fn charter_text(data: &[u8]) {
     if let Ok(c) = concord_charter::SignedCharter::parse(data) {
         let _ = c.verify_genesis();
@@ -89,6 +99,8 @@ pub fn charter_text(data: &[u8]) {
     }
 }
 
+/// Tile paths of the log: an accepted path is canonical, and asking whether the tile exists at
+/// assorted tree sizes or reading its hashes from an empty tree must not panic.
 pub fn tile_path(data: &[u8]) {
     let Ok(path) = std::str::from_utf8(data) else { return };
     if let Ok(t) = Tile::parse(path) {
@@ -100,6 +112,8 @@ pub fn tile_path(data: &[u8]) {
     }
 }
 
+/// A witness's `add-checkpoint` request body: an accepted one has at most 63 proof hashes, and
+/// its checkpoint note parses without panicking.
 pub fn witness_body(data: &[u8]) {
     if let Ok(req) = concord_node::node::witness::parse_request(data) {
         assert!(req.proof.len() <= 63);
@@ -109,6 +123,7 @@ pub fn witness_body(data: &[u8]) {
     }
 }
 
+/// Arrow IPC answers from owners: decoding the batches, or the schema alone, must not panic.
 pub fn ipc_answer(data: &[u8]) {
     let _ = concord_query::ipc::decode(data);
     let _ = concord_query::ipc::decode_schema(data);

@@ -3,6 +3,8 @@
 //! `tests/it` use the same federation set-up: they start nodes on 127.0.0.1 and talk to them as
 //! members and analysts would.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod demo;
 pub mod fuzz;

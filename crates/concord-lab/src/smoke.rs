@@ -3,8 +3,10 @@
 //! forged peer request refused, a replayed one answered with the same release.
 
 use concord_log::NoteSigner;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
 
-use crate::demo::{Demo, api_query, data_queries, pooled_context, sample_queries};
+use crate::demo::{ApiResult, Demo, DemoMember, api_query, data_queries, pooled_context, sample_queries};
 use concord_node::NodeError;
 use concord_node::net::protocol::{QueryRequest, new_request_id};
 use concord_node::net::tls::TlsKeys;
@@ -13,7 +15,9 @@ use concord_node::store::config::NodeDir;
 /// One step of the tour and how it went.
 #[derive(Debug)]
 pub struct Step {
+    /// What the step checks, e.g. the SQL compared with the pooled data.
     pub name: String,
+    /// `Ok` with what was seen, or `Err` with why the step failed.
     pub outcome: Result<String, String>,
 }
 
@@ -32,44 +36,7 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
     };
     let pooled = pooled_context(&demo.specs, &demo.schemas).await;
     for sql in &queries {
-        let outcome = async {
-            let pooled = pooled.as_ref().map_err(|e| e.to_string())?;
-            let fed =
-                api_query(&first.local_url, &first.analyst_token, sql).await.map_err(|e| e.to_string())?;
-            let p = pooled
-                .sql(sql)
-                .await
-                .map_err(|e| e.to_string())?
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            let members = fed.provenance.iter().map(|c| c.member.as_str()).collect::<Vec<_>>().join(",");
-            let noisy = fed.provenance.iter().any(|c| c.release.mechanism.is_some() || c.release.groups_suppressed > 0);
-            if !noisy {
-                let rows = compare(&fed.batches, &p)?;
-                return Ok::<_, String>(format!("{rows} rows, same as pooled; contributed by {members}"));
-            }
-            // Six standard deviations of the members' largest noise, added up: a false alarm
-            // has a chance under 1e-8 per value.
-            let variance: f64 = fed
-                .provenance
-                .iter()
-                .map(|c| c.release.noise_scale.iter().map(|(_, s)| *s).fold(0.0, f64::max).powi(2))
-                .sum();
-            let tolerance = 6.0 * variance.sqrt();
-            // Groups held back under noisy selection are not counted: any number may be missing.
-            let suppressed = if fed.provenance.iter().any(|c| c.release.suppressed_not_counted) {
-                u64::MAX
-            } else {
-                fed.provenance.iter().map(|c| c.release.groups_suppressed).sum()
-            };
-            let rows = concord_query::compare::compare_noisy(&fed.batches, &p, tolerance, suppressed)?;
-            Ok(format!(
-                "{rows} rows within the noise (±{tolerance:.1}) of pooled, {} groups suppressed; contributed by {members}",
-                if suppressed == u64::MAX { "an uncounted number of".to_owned() } else { suppressed.to_string() }
-            ))
-        }
-        .await;
+        let outcome = federated_equals_pooled(first, &pooled, sql).await;
         steps.push(Step { name: format!("federated = pooled: {sql}"), outcome });
     }
     let table = demo.schemas.first().map(|s| s.name.clone()).unwrap_or_else(|| "health_cases".into());
@@ -100,9 +67,53 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
     steps
 }
 
+/// Runs `sql` federated as `first`'s analyst and over the pooled data, and compares the answers:
+/// exactly, or within the reported noise where owners add it.
+async fn federated_equals_pooled(
+    first: &DemoMember,
+    pooled: &Result<SessionContext, NodeError>,
+    sql: &str,
+) -> Result<String, String> {
+    let pooled = pooled.as_ref().map_err(|e| e.to_string())?;
+    let fed = api_query(&first.local_url, &first.analyst_token, sql).await.map_err(|e| e.to_string())?;
+    let p = pooled.sql(sql).await.map_err(|e| e.to_string())?.collect().await.map_err(|e| e.to_string())?;
+    let members = fed.provenance.iter().map(|c| c.member.as_str()).collect::<Vec<_>>().join(",");
+    let noisy =
+        fed.provenance.iter().any(|c| c.release.mechanism.is_some() || c.release.groups_suppressed > 0);
+    if !noisy {
+        let rows = compare(&fed.batches, &p)?;
+        return Ok(format!("{rows} rows, same as pooled; contributed by {members}"));
+    }
+    within_noise(&fed, &p, &members)
+}
+
+/// Compares a federated answer with owners' noise or suppression against the pooled answer `p`,
+/// allowing for the noise and for suppressed groups.
+fn within_noise(fed: &ApiResult, p: &[RecordBatch], members: &str) -> Result<String, String> {
+    // Six standard deviations of the members' largest noise, added up: a false alarm
+    // has a chance under 1e-8 per value.
+    let variance: f64 = fed
+        .provenance
+        .iter()
+        .map(|c| c.release.noise_scale.iter().map(|(_, s)| *s).fold(0.0, f64::max).powi(2))
+        .sum();
+    let tolerance = 6.0 * variance.sqrt();
+    // Groups held back under noisy selection are not counted: any number may be missing.
+    let suppressed = if fed.provenance.iter().any(|c| c.release.suppressed_not_counted) {
+        u64::MAX
+    } else {
+        fed.provenance.iter().map(|c| c.release.groups_suppressed).sum()
+    };
+    let rows = concord_query::compare::compare_noisy(&fed.batches, p, tolerance, suppressed)?;
+    Ok(format!(
+        "{rows} rows within the noise (±{tolerance:.1}) of pooled, {} groups suppressed; contributed by {members}",
+        if suppressed == u64::MAX { "an uncounted number of".to_owned() } else { suppressed.to_string() }
+    ))
+}
+
 /// Audits every member from `m`'s node until it passes (an access of the last second may not be
 /// in both published checkpoints yet), for at most 30 seconds.
-async fn audit_all(m: &crate::demo::DemoMember) -> Result<String, String> {
+async fn audit_all(m: &DemoMember) -> Result<String, String> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let client = concord_node::net::local::LocalClient::new(&m.local_url, &m.auditor_token);
     let all = concord_node::wire::AuditRequest { members: vec![], all: true };

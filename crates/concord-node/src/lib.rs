@@ -14,6 +14,8 @@
 //! after the request's signature, freshness, replay, the owner's policy and the owner's
 //! sub-query check.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod net;
 pub mod node;

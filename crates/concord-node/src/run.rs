@@ -27,8 +27,11 @@ pub async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
 
 /// Handles of a running node.
 pub struct RunningNode {
+    /// The loaded node both listeners serve.
     pub node: Arc<Node>,
+    /// Where the local listener is bound (the port the system chose, if the configuration said 0).
     pub local_addr: SocketAddr,
+    /// Where the peer listener is bound (likewise).
     pub peer_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,

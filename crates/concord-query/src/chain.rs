@@ -86,8 +86,11 @@ pub fn refused_in(e: &Expr) -> Option<&'static str> {
 /// and the chain's output expressions, both over the scan's own (unqualified) columns.
 #[derive(Debug)]
 pub struct Chain<'a> {
+    /// The table scan the chain ends in.
     pub scan: &'a TableScan,
+    /// Every predicate on the way, the scan's pushed-down filters first; all must hold.
     pub filters: Vec<Expr>,
+    /// One expression per output column of the chain's top, in order.
     pub outputs: Vec<Expr>,
 }
 
@@ -98,6 +101,7 @@ pub enum NotAChain {
     Operator(String),
     /// An expression of a kind no sub-query carries: the expression, and what it holds.
     Refused(String, &'static str),
+    /// DataFusion failed to rewrite an expression over the scan's columns.
     Plan(DataFusionError),
 }
 

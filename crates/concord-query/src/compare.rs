@@ -7,8 +7,11 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 /// A cell as text, a float as a number.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
+    /// Any non-float value, as Arrow displays it.
     Text(String),
+    /// A `Float64` value, compared within [`FLOAT_TOLERANCE`].
     Float(f64),
+    /// A null of any type.
     Null,
 }
 

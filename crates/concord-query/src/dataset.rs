@@ -11,7 +11,9 @@ use datafusion::datasource::TableType;
 use datafusion::functions::expr_fn::nullif;
 use datafusion::logical_expr::TableProviderFilterPushDown;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{CsvReadOptions, Expr, ParquetReadOptions, SessionContext, cast, col, lit};
+use datafusion::prelude::{
+    CsvReadOptions, DataFrame, Expr, ParquetReadOptions, SessionContext, cast, col, lit,
+};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +23,9 @@ use crate::QueryError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetFormat {
+    /// Comma-separated (or otherwise delimited) text, read as [`CsvOptions`] say.
     Csv,
+    /// Apache Parquet, read with the types it stores.
     Parquet,
 }
 
@@ -38,6 +42,7 @@ impl DatasetFormat {
         }
     }
 
+    /// The format's lowercase name, as serialized: `csv` or `parquet`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Csv => "csv",
@@ -137,14 +142,8 @@ pub fn sql_type(t: &DataType) -> String {
 /// decimals as 128-bit, fixed-size binary as binary, dictionaries of other values as their
 /// values). A column that cannot be shared gets the reason, for the owner to read.
 pub fn column_type_of(t: &DataType) -> Result<ColumnType, String> {
-    use concord_charter::{DictionaryKey as K, IntervalUnit as I, TimeUnit as T};
-    use datafusion::arrow::datatypes::{IntervalUnit, TimeUnit};
-    let unit = |u: &TimeUnit| match u {
-        TimeUnit::Second => T::Second,
-        TimeUnit::Millisecond => T::Millisecond,
-        TimeUnit::Microsecond => T::Microsecond,
-        TimeUnit::Nanosecond => T::Nanosecond,
-    };
+    use concord_charter::IntervalUnit as I;
+    use datafusion::arrow::datatypes::IntervalUnit;
     Ok(match t {
         DataType::Int8 => ColumnType::Int8,
         DataType::Int16 => ColumnType::Int16,
@@ -156,6 +155,57 @@ pub fn column_type_of(t: &DataType) -> Result<ColumnType, String> {
         DataType::UInt64 => ColumnType::UInt64,
         DataType::Float16 | DataType::Float32 => ColumnType::Float32,
         DataType::Float64 => ColumnType::Float64,
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => decimal_type_of(t)?,
+        DataType::Date32 => ColumnType::Date32,
+        DataType::Date64 => ColumnType::Date64,
+        DataType::Timestamp(u, tz) => {
+            ColumnType::Timestamp { unit: time_unit_of(u), tz: tz.as_deref().map(str::to_owned) }
+        }
+        DataType::Time32(u) => ColumnType::Time32(time_unit_of(u)),
+        DataType::Time64(u) => ColumnType::Time64(time_unit_of(u)),
+        DataType::Duration(u) => ColumnType::Duration(time_unit_of(u)),
+        DataType::Interval(IntervalUnit::YearMonth) => ColumnType::Interval(I::YearMonth),
+        DataType::Interval(IntervalUnit::DayTime) => ColumnType::Interval(I::DayTime),
+        DataType::Interval(IntervalUnit::MonthDayNano) => ColumnType::Interval(I::MonthDayNano),
+        DataType::Utf8 => ColumnType::Utf8,
+        DataType::LargeUtf8 => ColumnType::LargeUtf8,
+        DataType::Utf8View => ColumnType::Utf8View,
+        DataType::Dictionary(key, value) => dictionary_type_of(key, value)?,
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Binary | DataType::FixedSizeBinary(_) => ColumnType::Binary,
+        DataType::LargeBinary => ColumnType::LargeBinary,
+        DataType::BinaryView => ColumnType::BinaryView,
+        DataType::Null
+        | DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::ListView(_)
+        | DataType::LargeListView(_)
+        | DataType::FixedSizeList(..)
+        | DataType::Struct(_)
+        | DataType::Map(..)
+        | DataType::Union(..)
+        | DataType::RunEndEncoded(..) => return Err(unshareable(t)),
+    })
+}
+
+/// The shared time unit of an Arrow time unit.
+fn time_unit_of(u: &datafusion::arrow::datatypes::TimeUnit) -> concord_charter::TimeUnit {
+    use concord_charter::TimeUnit as T;
+    use datafusion::arrow::datatypes::TimeUnit;
+    match u {
+        TimeUnit::Second => T::Second,
+        TimeUnit::Millisecond => T::Millisecond,
+        TimeUnit::Microsecond => T::Microsecond,
+        TimeUnit::Nanosecond => T::Nanosecond,
+    }
+}
+
+/// The shared type of an Arrow decimal: 32-, 64- and 128-bit ones as 128-bit.
+fn decimal_type_of(t: &DataType) -> Result<ColumnType, String> {
+    Ok(match t {
         DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s)
             if *s >= 0 && *p >= 1 =>
         {
@@ -164,69 +214,44 @@ pub fn column_type_of(t: &DataType) -> Result<ColumnType, String> {
         DataType::Decimal256(p, s) if *s >= 0 && *p >= 1 => {
             ColumnType::Decimal256 { precision: *p, scale: *s as u8 }
         }
-        DataType::Decimal32(..)
-        | DataType::Decimal64(..)
-        | DataType::Decimal128(..)
-        | DataType::Decimal256(..) => {
+        _ => {
             return Err(
                 "a decimal with a negative scale cannot be shared; store it with scale 0 or more".into()
             );
         }
-        DataType::Date32 => ColumnType::Date32,
-        DataType::Date64 => ColumnType::Date64,
-        DataType::Timestamp(u, tz) => {
-            ColumnType::Timestamp { unit: unit(u), tz: tz.as_deref().map(str::to_owned) }
-        }
-        DataType::Time32(u) => ColumnType::Time32(unit(u)),
-        DataType::Time64(u) => ColumnType::Time64(unit(u)),
-        DataType::Duration(u) => ColumnType::Duration(unit(u)),
-        DataType::Interval(IntervalUnit::YearMonth) => ColumnType::Interval(I::YearMonth),
-        DataType::Interval(IntervalUnit::DayTime) => ColumnType::Interval(I::DayTime),
-        DataType::Interval(IntervalUnit::MonthDayNano) => ColumnType::Interval(I::MonthDayNano),
-        DataType::Utf8 => ColumnType::Utf8,
-        DataType::LargeUtf8 => ColumnType::LargeUtf8,
-        DataType::Utf8View => ColumnType::Utf8View,
-        DataType::Dictionary(key, value)
-            if matches!(value.as_ref(), DataType::Utf8 | DataType::LargeUtf8) =>
-        {
-            let key = match key.as_ref() {
-                DataType::Int8 => K::Int8,
-                DataType::Int16 => K::Int16,
-                DataType::Int32 => K::Int32,
-                DataType::Int64 => K::Int64,
-                DataType::UInt8 => K::UInt8,
-                DataType::UInt16 => K::UInt16,
-                DataType::UInt32 => K::UInt32,
-                DataType::UInt64 => K::UInt64,
-                other => return Err(format!("a dictionary with {other} keys is not an Arrow dictionary")),
-            };
-            ColumnType::Dictionary { key, large: value.as_ref() == &DataType::LargeUtf8 }
-        }
-        DataType::Dictionary(_, value) => column_type_of(value)?,
-        DataType::Boolean => ColumnType::Boolean,
-        DataType::Binary | DataType::FixedSizeBinary(_) => ColumnType::Binary,
-        DataType::LargeBinary => ColumnType::LargeBinary,
-        DataType::BinaryView => ColumnType::BinaryView,
-        DataType::Null => {
-            return Err("holds only empty values, so its type is unknown; give the file a typed column (Parquet) or some values".into());
-        }
-        DataType::List(_)
-        | DataType::LargeList(_)
-        | DataType::ListView(_)
-        | DataType::LargeListView(_)
-        | DataType::FixedSizeList(..)
-        | DataType::Struct(_)
-        | DataType::Map(..)
-        | DataType::Union(..) => {
-            return Err("is nested (a list, struct, map or union); shared schemas hold flat columns: store one column per field".into());
-        }
-        DataType::RunEndEncoded(..) => {
-            return Err(
-                "is run-end encoded, which DataFusion cannot aggregate; write it plain or dictionary-encoded"
-                    .into(),
-            );
-        }
     })
+}
+
+/// The shared type of an Arrow dictionary: a dictionary of strings with the same keys, or the
+/// type of the values it encodes.
+fn dictionary_type_of(key: &DataType, value: &DataType) -> Result<ColumnType, String> {
+    use concord_charter::DictionaryKey as K;
+    if !matches!(value, DataType::Utf8 | DataType::LargeUtf8) {
+        return column_type_of(value);
+    }
+    let key = match key {
+        DataType::Int8 => K::Int8,
+        DataType::Int16 => K::Int16,
+        DataType::Int32 => K::Int32,
+        DataType::Int64 => K::Int64,
+        DataType::UInt8 => K::UInt8,
+        DataType::UInt16 => K::UInt16,
+        DataType::UInt32 => K::UInt32,
+        DataType::UInt64 => K::UInt64,
+        other => return Err(format!("a dictionary with {other} keys is not an Arrow dictionary")),
+    };
+    Ok(ColumnType::Dictionary { key, large: value == &DataType::LargeUtf8 })
+}
+
+/// Why a column of type `t` (untyped, nested or run-end encoded) cannot be shared.
+fn unshareable(t: &DataType) -> String {
+    match t {
+        DataType::Null => "holds only empty values, so its type is unknown; give the file a typed column (Parquet) or some values".into(),
+        DataType::RunEndEncoded(..) => {
+            "is run-end encoded, which DataFusion cannot aggregate; write it plain or dictionary-encoded".into()
+        }
+        _ => "is nested (a list, struct, map or union); shared schemas hold flat columns: store one column per field".into(),
+    }
 }
 
 /// Whether a file's column of type `file` is read as the shared type `shared` without loss:
@@ -241,44 +266,6 @@ pub fn fits(file: &DataType, shared: &ColumnType) -> bool {
     if let DataType::Dictionary(_, value) = file {
         return fits(value, shared);
     }
-    // Digits before the point an integer type needs, and whether it is signed.
-    let int_digits = |t: &DataType| match t {
-        DataType::Int8 | DataType::UInt8 => Some(3),
-        DataType::Int16 | DataType::UInt16 => Some(5),
-        DataType::Int32 | DataType::UInt32 => Some(10),
-        DataType::Int64 => Some(19),
-        DataType::UInt64 => Some(20),
-        _ => None,
-    };
-    let int_range = |t: &DataType| -> Option<(i128, i128)> {
-        Some(match t {
-            DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
-            DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
-            DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
-            DataType::Int64 => (i64::MIN.into(), i64::MAX.into()),
-            DataType::UInt8 => (0, u8::MAX.into()),
-            DataType::UInt16 => (0, u16::MAX.into()),
-            DataType::UInt32 => (0, u32::MAX.into()),
-            DataType::UInt64 => (0, u64::MAX.into()),
-            _ => return None,
-        })
-    };
-    let unit_rank = |u: &datafusion::arrow::datatypes::TimeUnit| {
-        use datafusion::arrow::datatypes::TimeUnit::*;
-        match u {
-            Second => 0,
-            Millisecond => 1,
-            Microsecond => 2,
-            Nanosecond => 3,
-        }
-    };
-    let string = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
-    let bytes = |t: &DataType| {
-        matches!(
-            t,
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_)
-        )
-    };
     match (file, &want) {
         (f, w) if int_range(f).is_some() && int_range(w).is_some() => {
             let (a, b) = (int_range(f), int_range(w));
@@ -307,10 +294,56 @@ pub fn fits(file: &DataType, shared: &ColumnType) -> bool {
         }
         (DataType::Time32(fu) | DataType::Time64(fu), DataType::Time32(u) | DataType::Time64(u))
         | (DataType::Duration(fu), DataType::Duration(u)) => unit_rank(u) >= unit_rank(fu),
-        (f, w) if string(f) && (string(w) || matches!(w, DataType::Dictionary(..))) => true,
-        (f, w) if bytes(f) && bytes(w) => true,
+        (f, w) if plain_string(f) && (plain_string(w) || matches!(w, DataType::Dictionary(..))) => true,
+        (f, w) if any_bytes(f) && any_bytes(w) => true,
         _ => false,
     }
+}
+
+/// Digits before the point an integer type needs (whether it is signed or not).
+fn int_digits(t: &DataType) -> Option<i16> {
+    match t {
+        DataType::Int8 | DataType::UInt8 => Some(3),
+        DataType::Int16 | DataType::UInt16 => Some(5),
+        DataType::Int32 | DataType::UInt32 => Some(10),
+        DataType::Int64 => Some(19),
+        DataType::UInt64 => Some(20),
+        _ => None,
+    }
+}
+
+/// The smallest and largest values of an integer type.
+fn int_range(t: &DataType) -> Option<(i128, i128)> {
+    Some(match t {
+        DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+        DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+        DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+        DataType::Int64 => (i64::MIN.into(), i64::MAX.into()),
+        DataType::UInt8 => (0, u8::MAX.into()),
+        DataType::UInt16 => (0, u16::MAX.into()),
+        DataType::UInt32 => (0, u32::MAX.into()),
+        DataType::UInt64 => (0, u64::MAX.into()),
+        _ => return None,
+    })
+}
+
+/// Time units from the coarsest (seconds, 0) to the finest (nanoseconds, 3).
+fn unit_rank(u: &datafusion::arrow::datatypes::TimeUnit) -> u8 {
+    use datafusion::arrow::datatypes::TimeUnit::*;
+    match u {
+        Second => 0,
+        Millisecond => 1,
+        Microsecond => 2,
+        Nanosecond => 3,
+    }
+}
+
+/// Bytes in any encoding: plain, large, view or fixed-size.
+fn any_bytes(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_)
+    )
 }
 
 /// Checks what the charter crate checks by form only: every time zone is one Arrow knows (an
@@ -361,27 +394,7 @@ fn check_conformance_at(
     for c in &shared.columns {
         match file.field_with_name(&c.name) {
             Err(_) => {
-                // Say what was found instead: a header in another case, or one column that
-                // holds every name (another delimiter).
-                let hint = match file.fields().iter().find(|f| f.name().eq_ignore_ascii_case(&c.name)) {
-                    Some(f) => {
-                        format!(" (found {}; did you mean {}? names are case-sensitive)", f.name(), c.name)
-                    }
-                    None => match file.fields().as_ref() {
-                        [only] => {
-                            let d = [';', '\t', '|'].into_iter().find(|d| only.name().contains(*d));
-                            match d {
-                                Some(d) => format!(
-                                    " (one column found, {:?}: is the delimiter {:?}? give it with --delimiter)",
-                                    only.name(),
-                                    d
-                                ),
-                                None => format!(" (one column found: {})", only.name()),
-                            }
-                        }
-                        _ => String::new(),
-                    },
-                };
+                let hint = missing_hint(file, &c.name);
                 problems.push(format!("column {} is missing{hint}", c.name))
             }
             // Read as text by a CSV reader that would parse a number: some value is not one.
@@ -418,6 +431,30 @@ fn check_conformance_at(
             name: name.to_owned(),
             reason: format!("does not conform to shared schema {}: {}", shared.name, problems.join("; ")),
         })
+    }
+}
+
+/// What a file has instead of a missing column `name`, in parentheses: a header in another case,
+/// or one column that holds every name (another delimiter); else nothing.
+fn missing_hint(file: &Schema, name: &str) -> String {
+    // Say what was found instead: a header in another case, or one column that
+    // holds every name (another delimiter).
+    match file.fields().iter().find(|f| f.name().eq_ignore_ascii_case(name)) {
+        Some(f) => format!(" (found {}; did you mean {}? names are case-sensitive)", f.name(), name),
+        None => match file.fields().as_ref() {
+            [only] => {
+                let d = [';', '\t', '|'].into_iter().find(|d| only.name().contains(*d));
+                match d {
+                    Some(d) => format!(
+                        " (one column found, {:?}: is the delimiter {:?}? give it with --delimiter)",
+                        only.name(),
+                        d
+                    ),
+                    None => format!(" (one column found: {})", only.name()),
+                }
+            }
+            _ => String::new(),
+        },
     }
 }
 
@@ -477,6 +514,7 @@ fn first_bad_value(
 /// line, empty fields as NULL, dates and timestamps as ISO 8601 / RFC 3339 text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsvOptions {
+    /// The one ASCII character between fields; `None` for a comma.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delimiter: Option<char>,
     /// `Some(false)`: the file has no header line; with a shared schema its columns are the
@@ -496,6 +534,7 @@ pub struct CsvOptions {
 }
 
 impl CsvOptions {
+    /// Whether every option is left out, so the file is read the default way.
     pub fn is_default(&self) -> bool {
         self == &Self::default()
     }
@@ -604,6 +643,43 @@ pub async fn open(
     shared: Option<&SharedSchema>,
     csv: &CsvOptions,
 ) -> Result<Arc<DatasetTable>, QueryError> {
+    check_open(name, path, format, shared, csv)?;
+    let ctx = SessionContext::new();
+    let p = path.to_str().ok_or_else(|| unreadable(name, path, "path is not UTF-8"))?;
+    // Columns read as text that become another type: (name, the shared type, the format).
+    let (df, parsed) = match format {
+        DatasetFormat::Csv => read_csv_file(&ctx, name, path, p, shared, csv).await?,
+        DatasetFormat::Parquet => {
+            let read = ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await;
+            (read.map_err(|e| unreadable(name, path, e.strip_backtrace()))?, Vec::new())
+        }
+    };
+    if let Some(shared) = shared
+        && format != DatasetFormat::Csv
+    {
+        check_conformance(name, df.schema().as_arrow(), shared, true)?;
+    }
+    let mut left_out = Vec::new();
+    let mut exprs: Vec<Expr> = Vec::new();
+    for f in df.schema().fields() {
+        match served_column(f, shared, csv, &parsed) {
+            Ok(e) => exprs.push(e),
+            Err(why) => left_out.push(why),
+        }
+    }
+    let df = df.select(exprs).map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
+    Ok(Arc::new(DatasetTable { inner: df.into_view(), left_out }))
+}
+
+/// Refuses, before anything is read, a file that is not there and CSV options that cannot
+/// apply: to another format, or date formats without a shared schema.
+fn check_open(
+    name: &str,
+    path: &Path,
+    format: DatasetFormat,
+    shared: Option<&SharedSchema>,
+    csv: &CsvOptions,
+) -> Result<(), QueryError> {
     if !path.is_file() {
         return Err(QueryError::Dataset {
             name: name.to_owned(),
@@ -626,130 +702,152 @@ pub async fn open(
             reason: "--date-format and --timestamp-format apply to the date and timestamp columns of a shared schema; name it with --schema".into(),
         });
     }
-    let ctx = SessionContext::new();
-    let p = path.to_str().ok_or_else(|| unreadable(name, path, "path is not UTF-8"))?;
-    // Columns read as text that become another type: (name, the shared type, the format).
+    Ok(())
+}
+
+/// Reads a CSV file (at `path`, `p` as text): its types inferred, its columns checked against
+/// the shared schema, then read again in the shared types. Also returns the columns read as
+/// text that become another type.
+async fn read_csv_file<'c>(
+    ctx: &SessionContext,
+    name: &str,
+    path: &Path,
+    p: &str,
+    shared: Option<&SharedSchema>,
+    csv: &'c CsvOptions,
+) -> Result<(DataFrame, Vec<(String, DataType, Option<&'c str>)>), QueryError> {
+    let null = csv.null.as_deref().map(exactly);
+    let header = csv.header.unwrap_or(true);
+    let opts = || {
+        CsvReadOptions::new()
+            .file_extension(ext(path))
+            .schema_infer_max_records(10_000)
+            .delimiter(csv.delimiter.map(|d| d as u8).unwrap_or(b','))
+            .has_header(header)
+            .null_regex(null.clone())
+    };
+    let inferred = ctx
+        .read_csv(p, opts())
+        .await
+        .map_err(|e| unreadable(name, path, e.strip_backtrace()))?
+        .schema()
+        .as_arrow()
+        .clone();
+    let renamed = header_names(&inferred, shared, header);
+    if let Some(shared) = shared {
+        let locate = |c: &str, ty: &ColumnType| first_bad_value(path, csv, &renamed, c, ty);
+        check_conformance_at(name, &renamed, shared, false, &locate)?;
+    }
+    let (schema, parsed) = csv_schema(&renamed, shared, csv);
+    let df = ctx
+        .read_csv(p, opts().schema(&schema))
+        .await
+        .map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
+    Ok((df, parsed))
+}
+
+/// The inferred schema of a CSV file, its columns named as the file's header names them.
+fn header_names(inferred: &Schema, shared: Option<&SharedSchema>, header: bool) -> Schema {
+    // A file without a header takes the shared schema's names, in order.
+    Schema::new(
+        inferred
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match shared.and_then(|s| s.columns.get(i)) {
+                Some(c) if !header => f.as_ref().clone().with_name(&c.name),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A column read as text to be parsed: its name, its type and its date or time format.
+type ParsedColumn<'c> = (String, DataType, Option<&'c str>);
+
+/// The schema a CSV file is read with: shared columns in their shared types, except those read
+/// as text to be parsed, which are listed with their type and format.
+fn csv_schema<'c>(
+    renamed: &Schema,
+    shared: Option<&SharedSchema>,
+    csv: &'c CsvOptions,
+) -> (Schema, Vec<ParsedColumn<'c>>) {
+    let column_of = |n: &str| shared.and_then(|s| s.columns.iter().find(|c| c.name == n));
     let mut parsed: Vec<(String, DataType, Option<&str>)> = Vec::new();
-    let df = match format {
-        DatasetFormat::Csv => {
-            let null = csv.null.as_deref().map(exactly);
-            let header = csv.header.unwrap_or(true);
-            let opts = || {
-                CsvReadOptions::new()
-                    .file_extension(ext(path))
-                    .schema_infer_max_records(10_000)
-                    .delimiter(csv.delimiter.map(|d| d as u8).unwrap_or(b','))
-                    .has_header(header)
-                    .null_regex(null.clone())
+    let fields: Vec<Field> = renamed
+        .fields()
+        .iter()
+        .map(|f| {
+            let want = match column_of(f.name()) {
+                Some(c) => arrow_type(&c.ty),
+                None => f.data_type().clone(),
             };
-            let inferred = ctx
-                .read_csv(p, opts())
-                .await
-                .map_err(|e| unreadable(name, path, e.strip_backtrace()))?
-                .schema()
-                .as_arrow()
-                .clone();
-            // A file without a header takes the shared schema's names, in order.
-            let column_of = |n: &str| shared.and_then(|s| s.columns.iter().find(|c| c.name == n));
-            let renamed = Schema::new(
-                inferred
-                    .fields()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| match shared.and_then(|s| s.columns.get(i)) {
-                        Some(c) if !header => f.as_ref().clone().with_name(&c.name),
-                        _ => f.as_ref().clone(),
-                    })
-                    .collect::<Vec<_>>(),
-            );
-            if let Some(shared) = shared {
-                let locate = |c: &str, ty: &ColumnType| first_bad_value(path, csv, &renamed, c, ty);
-                check_conformance_at(name, &renamed, shared, false, &locate)?;
+            let format = match &want {
+                DataType::Date32 | DataType::Date64 => csv.date_format.as_deref(),
+                DataType::Timestamp(..) => csv.timestamp_format.as_deref(),
+                _ => None,
+            };
+            // DataFusion's CSV reader applies the null marker while it infers
+            // types only: with one, every column is read as text, the marker
+            // made NULL, and the text parsed as its type.
+            // Decimals are read as text and parsed exactly: the CSV reader drops
+            // fraction digits beyond the scale without a word.
+            let decimal = matches!(want, DataType::Decimal128(..) | DataType::Decimal256(..));
+            if csv.null.is_some() || format.is_some() || decimal || !csv_parses(&want) {
+                parsed.push((f.name().clone(), want, format));
+                f.as_ref().clone().with_data_type(DataType::Utf8)
+            } else {
+                f.as_ref().clone().with_data_type(want)
             }
-            let fields: Vec<Field> = renamed
-                .fields()
-                .iter()
-                .map(|f| {
-                    let want = match column_of(f.name()) {
-                        Some(c) => arrow_type(&c.ty),
-                        None => f.data_type().clone(),
-                    };
-                    let format = match &want {
-                        DataType::Date32 | DataType::Date64 => csv.date_format.as_deref(),
-                        DataType::Timestamp(..) => csv.timestamp_format.as_deref(),
-                        _ => None,
-                    };
-                    // DataFusion's CSV reader applies the null marker while it infers
-                    // types only: with one, every column is read as text, the marker
-                    // made NULL, and the text parsed as its type.
-                    // Decimals are read as text and parsed exactly: the CSV reader drops
-                    // fraction digits beyond the scale without a word.
-                    let decimal = matches!(want, DataType::Decimal128(..) | DataType::Decimal256(..));
-                    if csv.null.is_some() || format.is_some() || decimal || !csv_parses(&want) {
-                        parsed.push((f.name().clone(), want, format));
-                        f.as_ref().clone().with_data_type(DataType::Utf8)
-                    } else {
-                        f.as_ref().clone().with_data_type(want)
-                    }
-                })
-                .collect();
-            let schema = Schema::new(fields);
-            ctx.read_csv(p, opts().schema(&schema)).await
+        })
+        .collect();
+    (Schema::new(fields), parsed)
+}
+
+/// The expression that serves one column of the file, under its own name; or, for a column no
+/// shared schema could hold, why it is left out.
+fn served_column(
+    f: &Field,
+    shared: Option<&SharedSchema>,
+    csv: &CsvOptions,
+    parsed: &[(String, DataType, Option<&str>)],
+) -> Result<Expr, String> {
+    let column = col(quoted(f.name()));
+    let shared_col = shared.and_then(|s| s.columns.iter().find(|c| &c.name == f.name()));
+    let parse = parsed.iter().find(|(n, _, _)| n == f.name());
+    let e = match (parse, shared_col) {
+        // Read as text: the null marker made NULL, then parsed as the type it stands for.
+        (Some((_, target, format)), _) => {
+            if shared_col.is_none()
+                && let Err(why) = column_type_of(target)
+            {
+                return Err(format!("column {} ({target}) is not served: it {why}", f.name()));
+            }
+            let text = match &csv.null {
+                Some(marker) => nullif(column, lit(marker.as_str())),
+                None => column,
+            };
+            parse_text(text, target, *format)
         }
-        DatasetFormat::Parquet => {
-            ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await
+        // Read every shared column in the shared type, so that the owner plans over the
+        // types the requester planned over; plain string encodings (Utf8View, LargeUtf8)
+        // are kept, as a cast would copy every value and the requester casts the results.
+        (None, Some(c)) => {
+            let want = arrow_type(&c.ty);
+            if f.data_type() == &want || (plain_string(f.data_type()) && plain_string(&want)) {
+                column
+            } else {
+                cast(column, want)
+            }
         }
-    }
-    .map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
-    if let Some(shared) = shared
-        && format != DatasetFormat::Csv
-    {
-        check_conformance(name, df.schema().as_arrow(), shared, true)?;
-    }
-    let mut left_out = Vec::new();
-    let mut exprs: Vec<Expr> = Vec::new();
-    for f in df.schema().fields() {
-        let column = col(quoted(f.name()));
-        let shared_col = shared.and_then(|s| s.columns.iter().find(|c| &c.name == f.name()));
-        let parse = parsed.iter().find(|(n, _, _)| n == f.name());
-        let e = match (parse, shared_col) {
-            // Read as text: the null marker made NULL, then parsed as the type it stands for.
-            (Some((_, target, format)), _) => {
-                if shared_col.is_none()
-                    && let Err(why) = column_type_of(target)
-                {
-                    left_out.push(format!("column {} ({target}) is not served: it {why}", f.name()));
-                    continue;
-                }
-                let text = match &csv.null {
-                    Some(marker) => nullif(column, lit(marker.as_str())),
-                    None => column,
-                };
-                parse_text(text, target, *format)
+        (None, None) => match column_type_of(f.data_type()) {
+            Ok(_) => column,
+            Err(why) => {
+                return Err(format!("column {} ({}) is not served: it {why}", f.name(), f.data_type()));
             }
-            // Read every shared column in the shared type, so that the owner plans over the
-            // types the requester planned over; plain string encodings (Utf8View, LargeUtf8)
-            // are kept, as a cast would copy every value and the requester casts the results.
-            (None, Some(c)) => {
-                let want = arrow_type(&c.ty);
-                if f.data_type() == &want || (plain_string(f.data_type()) && plain_string(&want)) {
-                    column
-                } else {
-                    cast(column, want)
-                }
-            }
-            (None, None) => match column_type_of(f.data_type()) {
-                Ok(_) => column,
-                Err(why) => {
-                    left_out.push(format!("column {} ({}) is not served: it {why}", f.name(), f.data_type()));
-                    continue;
-                }
-            },
-        };
-        exprs.push(e.alias(f.name()));
-    }
-    let df = df.select(exprs).map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
-    Ok(Arc::new(DatasetTable { inner: df.into_view(), left_out }))
+        },
+    };
+    Ok(e.alias(f.name()))
 }
 
 /// A CSV column read as text, as `target`: dates and timestamps by their format if one is

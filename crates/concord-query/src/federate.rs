@@ -25,7 +25,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{MemTable, Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
-use datafusion::common::{Column, TableReference};
+use datafusion::common::{Column, DFSchema, TableReference};
 use datafusion::datasource::{TableType, provider_as_source};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::SQLOptions;
@@ -46,7 +46,9 @@ use crate::QueryError;
 /// One owner's dataset that is part of a federated table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Part {
+    /// The member that holds the dataset and answers its sub-queries.
     pub owner: String,
+    /// The dataset's name at its owner, as the sub-query's FROM names it.
     pub dataset: String,
 }
 
@@ -56,7 +58,9 @@ pub struct Part {
 pub struct FederatedTable {
     /// How the analyst names it: `health_cases` or `bravo.cases`.
     pub display: String,
+    /// The columns every part offers, in the shared (or the one dataset's) types.
     pub schema: SchemaRef,
+    /// The owners' datasets a query over the table reads, one sub-query each.
     pub parts: Vec<Part>,
     /// True for a shared schema, false for one member's dataset.
     pub shared: bool,
@@ -93,11 +97,14 @@ impl TableProvider for FederatedTable {
 /// What one owner contributed to a result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contribution {
+    /// The owner that answered.
     pub member: String,
+    /// The owner's dataset the sub-query read.
     pub dataset: String,
     /// The rows of the owner's dataset; `None` under differential privacy, where a dataset's
     /// size is an exact count that no noise covers.
     pub rows_scanned: Option<u64>,
+    /// Rows (groups) of the owner's partial result, after its release rules.
     pub groups_released: u64,
     /// SHA-256 of the released Arrow IPC bytes, as the owner's signed receipt states it; `None`
     /// when the requester is the owner and nothing crossed a border.
@@ -110,13 +117,17 @@ pub struct Contribution {
 /// An owner's answer to one sub-query.
 #[derive(Debug)]
 pub struct PartialAnswer {
+    /// The owner's partial result, in the columns its sub-query selects.
     pub batches: Vec<RecordBatch>,
+    /// Who answered and what they released, for the result's provenance.
     pub contribution: Contribution,
 }
 
 /// How the requester reaches owners: over the peer protocol, or in-process for its own data.
 #[async_trait]
 pub trait OwnerClient: Send + Sync {
+    /// Sends `sql` to the owner of `part` and returns its answer; an owner that cannot be
+    /// reached is [`QueryError::Unreachable`].
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError>;
 
     /// Before any owner computes anything: asks every owner whether it would answer its
@@ -130,8 +141,11 @@ pub trait OwnerClient: Send + Sync {
 /// A finished query: its result and who contributed what.
 #[derive(Debug)]
 pub struct QueryOutcome {
+    /// The schema of the result, as the analyst's SQL names and types it.
     pub schema: SchemaRef,
+    /// The result rows, merged from every owner's partials.
     pub batches: Vec<RecordBatch>,
+    /// Each owner's contribution, sorted by member and dataset.
     pub provenance: Vec<Contribution>,
     /// Members left out of a partial result because they could not be reached.
     pub missing: Vec<String>,
@@ -169,9 +183,28 @@ pub async fn run_federated_with(
         return explain(an.input.as_ref().clone(), allow_partial);
     }
     let (rewritten, jobs) = split(plan, allow_partial)?;
+    let (mut provenance, missing) = fetch_partials(&jobs, client, allow_partial).await?;
+    let (schema, batches) = run_merge(ctx, rewritten, max_rows).await?;
+    provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
+    let left_out: BTreeSet<String> = jobs.iter().flat_map(|j| j.table.withheld.iter().cloned()).collect();
+    Ok(QueryOutcome {
+        schema,
+        batches,
+        provenance,
+        missing: missing.into_iter().collect(),
+        left_out: left_out.into_iter().collect(),
+    })
+}
 
+/// Asks every owner for its part of every job and fills each job's partials; returns who
+/// contributed what, and the members left out because they could not be reached.
+async fn fetch_partials(
+    jobs: &[Job],
+    client: &dyn OwnerClient,
+    allow_partial: bool,
+) -> Result<(Vec<Contribution>, BTreeSet<String>), QueryError> {
     let mut asks = Vec::new();
-    for job in &jobs {
+    for job in jobs {
         for part in &job.table.parts {
             asks.push((job, part.clone(), job.sql_for(&part.dataset)?));
         }
@@ -207,7 +240,15 @@ pub async fn run_federated_with(
         // Set once per job; a job is never fetched twice.
         let _ = job.partials.batches.set(batches);
     }
+    Ok((provenance, missing))
+}
 
+/// Runs the merge plan over the fetched partials, at most `max_rows` rows of result.
+async fn run_merge(
+    ctx: &SessionContext,
+    rewritten: LogicalPlan,
+    max_rows: u64,
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let df = ctx.execute_logical_plan(rewritten).await.map_err(QueryError::exec)?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let physical = df.create_physical_plan().await.map_err(QueryError::exec)?;
@@ -217,15 +258,7 @@ pub async fn run_federated_with(
         )),
         other => other,
     })?;
-    provenance.sort_by(|a, b| (&a.member, &a.dataset).cmp(&(&b.member, &b.dataset)));
-    let left_out: BTreeSet<String> = jobs.iter().flat_map(|j| j.table.withheld.iter().cloned()).collect();
-    Ok(QueryOutcome {
-        schema,
-        batches,
-        provenance,
-        missing: missing.into_iter().collect(),
-        left_out: left_out.into_iter().collect(),
-    })
+    Ok((schema, batches))
 }
 
 /// Plans the analyst's SQL and checks it: queries only, bounded values.
@@ -293,7 +326,9 @@ fn split(plan: LogicalPlan, allow_partial: bool) -> Result<(LogicalPlan, Vec<Job
 /// One owner's part of a query, as it would be sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedSubquery {
+    /// The owner's dataset the sub-query reads.
     pub part: Part,
+    /// The sub-query as SQL text, exactly as it would be sent.
     pub sql: String,
 }
 
@@ -678,6 +713,33 @@ fn split_aggregate(
     let table = flat.table.clone();
     check_parts(&table, allow_partial)?;
     let input_schema = agg.input.schema();
+    let groups = split_groups(agg, &flat.outputs)?;
+    let mut slots = Slots::default();
+    let mut merges = Vec::new();
+    for a in &agg.aggr_expr {
+        merges.push(split_call(a, &table, input_schema, &flat.outputs, &mut slots)?);
+    }
+    let (partial_aggs, merges) = share_clashing_sums(slots.0, merges);
+    let sample = table.parts.first().map(|p| p.dataset.as_str()).unwrap_or("t");
+    let partial =
+        partial_plan(&table, sample, &flat.filters, &groups, &partial_aggs).map_err(QueryError::plan)?;
+    let partial_schema: SchemaRef = Arc::new(partial.schema().as_arrow().clone());
+    let partials = Arc::new(PartialsTable { schema: partial_schema.clone(), batches: OnceLock::new() });
+    let merged = merge_plan(agg, &merges, groups.len(), index, &partials)?;
+    let job = Job {
+        index,
+        table,
+        filters: flat.filters,
+        kind: JobKind::Aggregate { groups, partial_aggs },
+        partial_schema,
+        partials,
+    };
+    Ok((merged, job))
+}
+
+/// The aggregate's group keys over the table's own columns; grouping sets are refused.
+fn split_groups(agg: &Aggregate, outputs: &[Expr]) -> Result<Vec<Expr>, QueryError> {
+    let input_schema = agg.input.schema();
     let mut groups = Vec::new();
     for g in &agg.group_expr {
         if matches!(g, Expr::GroupingSet(_)) {
@@ -685,109 +747,149 @@ fn split_aggregate(
                 "GROUPING SETS, ROLLUP and CUBE over federated tables are not supported; run one GROUP BY per grouping and combine them with UNION ALL".into(),
             ));
         }
-        groups.push(substitute(g, input_schema, &flat.outputs).map_err(QueryError::plan)?);
+        groups.push(substitute(g, input_schema, outputs).map_err(QueryError::plan)?);
     }
-    let mut partial_aggs: Vec<Expr> = Vec::new();
-    let mut slot = |e: Expr| -> usize {
-        if let Some(i) = partial_aggs.iter().position(|x| x == &e) {
+    Ok(groups)
+}
+
+/// The partial aggregates of one sub-query, each once: a merge refers to them by index.
+#[derive(Default)]
+struct Slots(Vec<Expr>);
+
+impl Slots {
+    /// The index of `e` among the partial aggregates, added if it is not there yet.
+    fn slot(&mut self, e: Expr) -> usize {
+        if let Some(i) = self.0.iter().position(|x| x == &e) {
             i
         } else {
-            partial_aggs.push(e);
-            partial_aggs.len() - 1
+            self.0.push(e);
+            self.0.len() - 1
         }
+    }
+}
+
+/// Splits one aggregate call: its partial aggregates go into `slots`, and how to merge them is
+/// returned.
+fn split_call(
+    a: &Expr,
+    table: &FederatedTable,
+    input_schema: &DFSchema,
+    outputs: &[Expr],
+    slots: &mut Slots,
+) -> Result<Merge, QueryError> {
+    let Expr::AggregateFunction(f) = a.clone().unalias() else {
+        return Err(QueryError::Refused(format!("{a} is not an aggregate function")));
     };
-    let mut merges = Vec::new();
-    for a in &agg.aggr_expr {
-        let Expr::AggregateFunction(f) = a.clone().unalias() else {
-            return Err(QueryError::Refused(format!("{a} is not an aggregate function")));
-        };
-        let name = f.func.name().to_ascii_lowercase();
-        if !f.params.order_by.is_empty() {
+    let name = f.func.name().to_ascii_lowercase();
+    if !f.params.order_by.is_empty() {
+        return Err(QueryError::Refused(format!(
+            "ORDER BY inside {name}() over {} is not supported",
+            table.display
+        )));
+    }
+    let (args, filter) = substituted_params(&f, input_schema, outputs)?;
+    let same = |distinct: bool| {
+        Expr::AggregateFunction(AggregateFunction::new_udf(
+            f.func.clone(),
+            args.clone(),
+            distinct,
+            filter.clone(),
+            vec![],
+            f.params.null_treatment,
+        ))
+    };
+    if f.params.distinct && !matches!(name.as_str(), "min" | "max") {
+        check_distinct(&name, table)?;
+        return Ok(Merge::Count(slots.slot(same(true))));
+    }
+    Ok(match name.as_str() {
+        "count" => Merge::Count(slots.slot(same(false))),
+        "sum" => Merge::Sum(slots.slot(same(false))),
+        "min" => Merge::Min(slots.slot(same(false))),
+        "max" => Merge::Max(slots.slot(same(false))),
+        "avg" => avg_partials(&f, &args, &filter, input_schema, slots)?,
+        other => {
             return Err(QueryError::Refused(format!(
-                "ORDER BY inside {name}() over {} is not supported",
+                "{other}() over {} cannot be merged from each member's partial results; \
+                 supported aggregates: COUNT, COUNT(*), SUM, AVG, MIN, MAX",
                 table.display
             )));
         }
-        let args = f
-            .params
-            .args
-            .iter()
-            .map(|x| substitute(x, input_schema, &flat.outputs))
-            .collect::<DfResult<Vec<_>>>()
-            .map_err(QueryError::plan)?;
-        let filter = match &f.params.filter {
-            Some(x) => Some(Box::new(substitute(x, input_schema, &flat.outputs).map_err(QueryError::plan)?)),
-            None => None,
-        };
-        let with_filter = |e: Expr| match (&filter, e) {
-            (Some(fl), Expr::AggregateFunction(mut af)) => {
-                af.params.filter = Some(fl.clone());
-                Expr::AggregateFunction(af)
-            }
-            (_, e) => e,
-        };
-        let same = |distinct: bool| {
-            Expr::AggregateFunction(AggregateFunction::new_udf(
-                f.func.clone(),
-                args.clone(),
-                distinct,
-                filter.clone(),
-                vec![],
-                f.params.null_treatment,
-            ))
-        };
-        if f.params.distinct && !matches!(name.as_str(), "min" | "max") {
-            if name != "count" || table.shared || table.parts.len() != 1 {
-                return Err(QueryError::Refused(format!(
-                    "{}(DISTINCT ...) over {} cannot be computed without moving rows across members: distinct values \
-                     would have to be compared across borders. What works: COUNT(...) or COUNT(*), or COUNT(DISTINCT ...) \
-                     on one member's dataset (member.dataset), which its owner computes whole",
-                    name.to_uppercase(),
-                    table.display
-                )));
-            }
-            merges.push(Merge::Count(slot(same(true))));
-            continue;
-        }
-        let arg = args.first().cloned().unwrap_or_else(|| lit(1i64));
-        merges.push(match name.as_str() {
-            "count" => Merge::Count(slot(same(false))),
-            "sum" => Merge::Sum(slot(same(false))),
-            "min" => Merge::Min(slot(same(false))),
-            "max" => Merge::Max(slot(same(false))),
-            "avg" => {
-                // Summed as the pooled AVG sums: integers as Float64 (no wrapping), decimals of
-                // high precision in 256 bits; both casts are lossless, so owners take them on
-                // personal data too.
-                let arg_type =
-                    f.params.args.first().map(|a| ExprSchemable::get_type(a, input_schema)).transpose();
-                let summed = match arg_type.map_err(QueryError::plan)? {
-                    Some(t) if t.is_integer() => cast_expr(arg.clone(), DataType::Float64),
-                    Some(DataType::Decimal128(p, s)) if p > 25 => {
-                        cast_expr(arg.clone(), DataType::Decimal256(76, s))
-                    }
-                    _ => arg.clone(),
-                };
-                Merge::Avg { sum: slot(with_filter(sum(summed))), count: slot(with_filter(count(arg))) }
-            }
-            other => {
-                return Err(QueryError::Refused(format!(
-                    "{other}() over {} cannot be merged from each member's partial results; \
-                     supported aggregates: COUNT, COUNT(*), SUM, AVG, MIN, MAX",
-                    table.display
-                )));
-            }
-        });
-    }
-    let (partial_aggs, merges) = share_clashing_sums(partial_aggs, merges);
-    let sample = table.parts.first().map(|p| p.dataset.as_str()).unwrap_or("t");
-    let partial =
-        partial_plan(&table, sample, &flat.filters, &groups, &partial_aggs).map_err(QueryError::plan)?;
-    let partial_schema: SchemaRef = Arc::new(partial.schema().as_arrow().clone());
-    let partials = Arc::new(PartialsTable { schema: partial_schema.clone(), batches: OnceLock::new() });
+    })
+}
 
+/// An aggregate call's arguments and FILTER clause, over the table's own columns.
+fn substituted_params(
+    f: &AggregateFunction,
+    input_schema: &DFSchema,
+    outputs: &[Expr],
+) -> Result<(Vec<Expr>, Option<Box<Expr>>), QueryError> {
+    let args = f
+        .params
+        .args
+        .iter()
+        .map(|x| substitute(x, input_schema, outputs))
+        .collect::<DfResult<Vec<_>>>()
+        .map_err(QueryError::plan)?;
+    let filter = match &f.params.filter {
+        Some(x) => Some(Box::new(substitute(x, input_schema, outputs).map_err(QueryError::plan)?)),
+        None => None,
+    };
+    Ok((args, filter))
+}
+
+/// Refuses a DISTINCT aggregate that owners cannot compute whole: only COUNT(DISTINCT ...) over
+/// one member's dataset is.
+fn check_distinct(name: &str, table: &FederatedTable) -> Result<(), QueryError> {
+    if name != "count" || table.shared || table.parts.len() != 1 {
+        return Err(QueryError::Refused(format!(
+            "{}(DISTINCT ...) over {} cannot be computed without moving rows across members: distinct values \
+             would have to be compared across borders. What works: COUNT(...) or COUNT(*), or COUNT(DISTINCT ...) \
+             on one member's dataset (member.dataset), which its owner computes whole",
+            name.to_uppercase(),
+            table.display
+        )));
+    }
+    Ok(())
+}
+
+/// AVG's partials, a sum and a count under the call's FILTER clause, and their merge.
+fn avg_partials(
+    f: &AggregateFunction,
+    args: &[Expr],
+    filter: &Option<Box<Expr>>,
+    input_schema: &DFSchema,
+    slots: &mut Slots,
+) -> Result<Merge, QueryError> {
+    let arg = args.first().cloned().unwrap_or_else(|| lit(1i64));
+    let with_filter = |e: Expr| match (filter, e) {
+        (Some(fl), Expr::AggregateFunction(mut af)) => {
+            af.params.filter = Some(fl.clone());
+            Expr::AggregateFunction(af)
+        }
+        (_, e) => e,
+    };
+    // Summed as the pooled AVG sums: integers as Float64 (no wrapping), decimals of
+    // high precision in 256 bits; both casts are lossless, so owners take them on
+    // personal data too.
+    let arg_type = f.params.args.first().map(|a| ExprSchemable::get_type(a, input_schema)).transpose();
+    let summed = match arg_type.map_err(QueryError::plan)? {
+        Some(t) if t.is_integer() => cast_expr(arg.clone(), DataType::Float64),
+        Some(DataType::Decimal128(p, s)) if p > 25 => cast_expr(arg.clone(), DataType::Decimal256(76, s)),
+        _ => arg.clone(),
+    };
+    Ok(Merge::Avg { sum: slots.slot(with_filter(sum(summed))), count: slots.slot(with_filter(count(arg))) })
+}
+
+/// The plan that merges the partials of one split aggregate into the aggregate's own output.
+fn merge_plan(
+    agg: &Aggregate,
+    merges: &[Merge],
+    ng: usize,
+    index: usize,
+    partials: &Arc<PartialsTable>,
+) -> Result<LogicalPlan, QueryError> {
     // The merge: group by g*, merge p*, then restore the original output names and types.
-    let ng = groups.len();
     let p = |i: usize| Expr::Column(Column::new_unqualified(format!("p{i}")));
     let finals: Vec<Expr> = merges
         .iter()
@@ -806,7 +908,7 @@ fn split_aggregate(
             e.alias(format!("f{i}"))
         })
         .collect();
-    let merged = LogicalPlanBuilder::scan(
+    LogicalPlanBuilder::scan(
         TableReference::bare(format!("__concord_partials_{index}")),
         provider_as_source(partials.clone() as Arc<dyn TableProvider>),
         None,
@@ -823,16 +925,7 @@ fn split_aggregate(
         b.project(restore)
     })
     .and_then(LogicalPlanBuilder::build)
-    .map_err(QueryError::plan)?;
-    let job = Job {
-        index,
-        table,
-        filters: flat.filters,
-        kind: JobKind::Aggregate { groups, partial_aggs },
-        partial_schema,
-        partials,
-    };
-    Ok((merged, job))
+    .map_err(QueryError::plan)
 }
 
 /// If the plan still reads a federated table row by row, says where and what would work.

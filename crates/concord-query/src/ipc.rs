@@ -114,37 +114,65 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
     if bytes.len() > limits.max_bytes {
         return Err(malformed(format!("{} bytes, over the limit of {}", bytes.len(), limits.max_bytes)));
     }
-    let mut at = 0usize;
-    let mut messages = 0usize;
-    let mut rows = 0u64;
-    let mut types = Vec::new();
+    let mut walk = StreamWalk { bytes, limits, at: 0, messages: 0, rows: 0, types: Vec::new() };
     loop {
-        let mut len = read_i32(bytes, at).ok_or_else(|| malformed("cut short before a message"))?;
-        at += 4;
-        if len == -1 {
-            len = read_i32(bytes, at).ok_or_else(|| malformed("cut short after a continuation marker"))?;
-            at += 4;
-        }
+        let len = walk.message_length()?;
         if len == 0 {
             // End of stream: nothing may follow.
-            if at != bytes.len() {
+            if walk.at != bytes.len() {
                 return Err(malformed("bytes after the end-of-stream marker"));
             }
-            if messages == 0 {
+            if walk.messages == 0 {
                 return Err(malformed("no schema"));
             }
             return Ok(());
         }
+        walk.step_over_message(len)?;
+    }
+}
+
+/// A walk over the messages of a stream: where it is, and what it has met so far.
+struct StreamWalk<'a> {
+    bytes: &'a [u8],
+    limits: &'a IpcLimits,
+    /// The offset of the next byte to read.
+    at: usize,
+    /// Messages read.
+    messages: usize,
+    /// Rows of the record batches read.
+    rows: u64,
+    /// Each column's type and the element width of its second buffer, from the schema.
+    types: Vec<(datafusion::arrow::ipc::Type, i64)>,
+}
+
+impl StreamWalk<'_> {
+    /// Reads the next message's metadata length, after its continuation marker if it has one;
+    /// 0 marks the end of the stream.
+    fn message_length(&mut self) -> Result<i32, QueryError> {
+        let mut len = read_i32(self.bytes, self.at).ok_or_else(|| malformed("cut short before a message"))?;
+        self.at += 4;
+        if len == -1 {
+            len = read_i32(self.bytes, self.at)
+                .ok_or_else(|| malformed("cut short after a continuation marker"))?;
+            self.at += 4;
+        }
+        Ok(len)
+    }
+
+    /// Checks one message with `len` bytes of metadata, and its body, and steps over both.
+    fn step_over_message(&mut self, len: i32) -> Result<(), QueryError> {
+        let (bytes, limits) = (self.bytes, self.limits);
         let len = usize::try_from(len).map_err(|_| malformed("a negative message length"))?;
-        let meta_end = at.checked_add(len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
+        let meta_end = self.at.checked_add(len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
             malformed(format!("a message declares {len} bytes of metadata beyond the stream's end"))
         })?;
-        let message = root_as_message(&bytes[at..meta_end]).map_err(malformed)?;
-        at = meta_end;
-        messages += 1;
-        if messages > limits.max_messages.saturating_add(1) {
+        let message = root_as_message(&bytes[self.at..meta_end]).map_err(malformed)?;
+        self.at = meta_end;
+        self.messages += 1;
+        if self.messages > limits.max_messages.saturating_add(1) {
             return Err(malformed(format!("more than {} messages", limits.max_messages)));
         }
+        let at = self.at;
         let body = usize::try_from(message.bodyLength())
             .ok()
             .filter(|b| at.checked_add(*b).is_some_and(|e| e <= bytes.len()))
@@ -154,32 +182,45 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
                     message.bodyLength()
                 ))
             })?;
-        at += body;
+        self.at += body;
+        self.check_header(&message, body)?;
+        if self.rows > limits.max_rows {
+            return Err(malformed(format!("more than {} rows", limits.max_rows)));
+        }
+        Ok(())
+    }
+
+    /// Checks a message's header: the schema first and only once, then record batches (where
+    /// `limits` allow them) within limits, and nothing else.
+    fn check_header(
+        &mut self,
+        message: &datafusion::arrow::ipc::Message<'_>,
+        body: usize,
+    ) -> Result<(), QueryError> {
         match message.header_type() {
-            MessageHeader::Schema if messages == 1 => {
+            MessageHeader::Schema if self.messages == 1 => {
                 let schema = message.header_as_schema().ok_or_else(|| malformed("an empty schema header"))?;
-                types = check_schema(&schema)?;
+                self.types = check_schema(&schema)?;
             }
             MessageHeader::Schema => return Err(malformed("a second schema")),
-            _ if messages == 1 => return Err(malformed("the first message is not a schema")),
-            MessageHeader::RecordBatch | MessageHeader::DictionaryBatch if !limits.batches => {
+            _ if self.messages == 1 => return Err(malformed("the first message is not a schema")),
+            MessageHeader::RecordBatch | MessageHeader::DictionaryBatch if !self.limits.batches => {
                 return Err(malformed("record batches where only a schema was expected"));
             }
             MessageHeader::RecordBatch => {
                 let batch =
                     message.header_as_record_batch().ok_or_else(|| malformed("an empty batch header"))?;
-                rows = rows
+                self.rows = self
+                    .rows
                     .saturating_add(u64::try_from(batch.length()).map_err(|_| malformed("negative rows"))?);
-                check_batch(&batch, body, limits, &types)?;
+                check_batch(&batch, body, self.limits, &self.types)?;
             }
             MessageHeader::DictionaryBatch => {
                 return Err(malformed("a dictionary batch, and dictionary-encoded columns are not accepted"));
             }
             other => return Err(malformed(format!("unexpected message type {other:?}"))),
         }
-        if rows > limits.max_rows {
-            return Err(malformed(format!("more than {} rows", limits.max_rows)));
-        }
+        Ok(())
     }
 }
 
@@ -189,114 +230,130 @@ pub fn check_stream(bytes: &[u8], limits: &IpcLimits) -> Result<(), QueryError> 
 fn check_schema(
     schema: &datafusion::arrow::ipc::Schema<'_>,
 ) -> Result<Vec<(datafusion::arrow::ipc::Type, i64)>, QueryError> {
-    use datafusion::arrow::ipc::{DateUnit, Endianness, IntervalUnit, Precision, TimeUnit, Type};
+    use datafusion::arrow::ipc::Endianness;
     if schema.endianness() != Endianness::Little {
         return Err(malformed("big-endian data"));
     }
     let fields = schema.fields().ok_or_else(|| malformed("a schema without fields"))?;
-    let time_unit = |u: TimeUnit| {
-        matches!(u, TimeUnit::SECOND | TimeUnit::MILLISECOND | TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
-    };
     for f in fields.iter() {
-        let bad = |why: &str| malformed(format!("field {:?}: {why}", f.name().unwrap_or_default()));
-        if f.dictionary().is_some() {
-            return Err(bad("dictionary-encoded columns are not accepted"));
-        }
-        if f.children().is_some_and(|c| !c.is_empty()) {
-            return Err(bad("nested columns are not accepted"));
-        }
-        let ok = match f.type_type() {
-            Type::Null
-            | Type::Bool
-            | Type::Binary
-            | Type::BinaryView
-            | Type::LargeBinary
-            | Type::Utf8
-            | Type::Utf8View
-            | Type::LargeUtf8 => true,
-            Type::Int => f.type_as_int().is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
-            Type::FloatingPoint => f.type_as_floating_point().is_some_and(|p| {
-                matches!(p.precision(), Precision::HALF | Precision::SINGLE | Precision::DOUBLE)
-            }),
-            Type::Date => {
-                f.type_as_date().is_some_and(|d| matches!(d.unit(), DateUnit::DAY | DateUnit::MILLISECOND))
-            }
-            Type::Time => f.type_as_time().is_some_and(|t| {
-                matches!(
-                    (t.bitWidth(), t.unit()),
-                    (32, TimeUnit::SECOND | TimeUnit::MILLISECOND)
-                        | (64, TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
-                )
-            }),
-            Type::Timestamp => f.type_as_timestamp().is_some_and(|t| time_unit(t.unit())),
-            Type::Duration => f.type_as_duration().is_some_and(|d| time_unit(d.unit())),
-            Type::Interval => f.type_as_interval().is_some_and(|i| {
-                matches!(
-                    i.unit(),
-                    IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO
-                )
-            }),
-            // A precision within the width's, a scale from 0 to the precision.
-            Type::Decimal => f.type_as_decimal().is_some_and(|d| {
-                let max = match d.bitWidth() {
-                    32 => 9,
-                    64 => 18,
-                    128 => 38,
-                    256 => 76,
-                    _ => 0,
-                };
-                (1..=max).contains(&d.precision()) && (0..=d.precision()).contains(&d.scale())
-            }),
-            _ => false,
-        };
-        if !ok {
-            return Err(bad(&format!(
-                "type {:?} is not accepted, or its parameters are out of range",
-                f.type_type()
-            )));
-        }
+        check_field(&f)?;
     }
     // With each type, the width of the elements of its second buffer (values, offsets or views),
     // which that buffer's length must be a multiple of.
-    Ok(fields
-        .iter()
-        .map(|f| {
-            let width = match f.type_type() {
-                Type::Int => f.type_as_int().map(|i| i64::from(i.bitWidth()) / 8).unwrap_or(1),
-                Type::FloatingPoint => match f.type_as_floating_point().map(|p| p.precision()) {
-                    Some(Precision::HALF) => 2,
-                    Some(Precision::SINGLE) => 4,
-                    _ => 8,
-                },
-                Type::Date => match f.type_as_date().map(|d| d.unit()) {
-                    Some(DateUnit::DAY) => 4,
-                    _ => 8,
-                },
-                Type::Time => f.type_as_time().map(|t| i64::from(t.bitWidth()) / 8).unwrap_or(8),
-                Type::Timestamp | Type::Duration => 8,
-                Type::Interval => match f.type_as_interval().map(|i| i.unit()) {
-                    Some(IntervalUnit::YEAR_MONTH) => 4,
-                    Some(IntervalUnit::DAY_TIME) => 8,
-                    _ => 16,
-                },
-                Type::Decimal => f.type_as_decimal().map(|d| i64::from(d.bitWidth()) / 8).unwrap_or(16),
-                Type::Utf8 | Type::Binary => 4,
-                Type::LargeUtf8 | Type::LargeBinary => 8,
-                Type::Utf8View | Type::BinaryView => 16,
-                _ => 1,
-            };
-            (f.type_type(), width)
-        })
-        .collect())
+    Ok(fields.iter().map(|f| (f.type_type(), buffer_width(&f))).collect())
 }
 
+/// Refuses a field that is dictionary-encoded, nested, or of a type [`accepted_type`] refuses.
+fn check_field(f: &datafusion::arrow::ipc::Field<'_>) -> Result<(), QueryError> {
+    let bad = |why: &str| malformed(format!("field {:?}: {why}", f.name().unwrap_or_default()));
+    if f.dictionary().is_some() {
+        return Err(bad("dictionary-encoded columns are not accepted"));
+    }
+    if f.children().is_some_and(|c| !c.is_empty()) {
+        return Err(bad("nested columns are not accepted"));
+    }
+    if !accepted_type(f) {
+        return Err(bad(&format!(
+            "type {:?} is not accepted, or its parameters are out of range",
+            f.type_type()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a field's type is a flat one Concord exchanges, with its type table present and its
+/// bit width, unit or precision in range.
+fn accepted_type(f: &datafusion::arrow::ipc::Field<'_>) -> bool {
+    use datafusion::arrow::ipc::{DateUnit, IntervalUnit, Precision, TimeUnit, Type};
+    match f.type_type() {
+        Type::Null
+        | Type::Bool
+        | Type::Binary
+        | Type::BinaryView
+        | Type::LargeBinary
+        | Type::Utf8
+        | Type::Utf8View
+        | Type::LargeUtf8 => true,
+        Type::Int => f.type_as_int().is_some_and(|i| matches!(i.bitWidth(), 8 | 16 | 32 | 64)),
+        Type::FloatingPoint => f.type_as_floating_point().is_some_and(|p| {
+            matches!(p.precision(), Precision::HALF | Precision::SINGLE | Precision::DOUBLE)
+        }),
+        Type::Date => {
+            f.type_as_date().is_some_and(|d| matches!(d.unit(), DateUnit::DAY | DateUnit::MILLISECOND))
+        }
+        Type::Time => f.type_as_time().is_some_and(|t| {
+            matches!(
+                (t.bitWidth(), t.unit()),
+                (32, TimeUnit::SECOND | TimeUnit::MILLISECOND)
+                    | (64, TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
+            )
+        }),
+        Type::Timestamp => f.type_as_timestamp().is_some_and(|t| known_time_unit(t.unit())),
+        Type::Duration => f.type_as_duration().is_some_and(|d| known_time_unit(d.unit())),
+        Type::Interval => f.type_as_interval().is_some_and(|i| {
+            matches!(
+                i.unit(),
+                IntervalUnit::YEAR_MONTH | IntervalUnit::DAY_TIME | IntervalUnit::MONTH_DAY_NANO
+            )
+        }),
+        // A precision within the width's, a scale from 0 to the precision.
+        Type::Decimal => f.type_as_decimal().is_some_and(|d| {
+            let max = match d.bitWidth() {
+                32 => 9,
+                64 => 18,
+                128 => 38,
+                256 => 76,
+                _ => 0,
+            };
+            (1..=max).contains(&d.precision()) && (0..=d.precision()).contains(&d.scale())
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a time unit is one of the four arrow knows.
+fn known_time_unit(u: datafusion::arrow::ipc::TimeUnit) -> bool {
+    use datafusion::arrow::ipc::TimeUnit;
+    matches!(u, TimeUnit::SECOND | TimeUnit::MILLISECOND | TimeUnit::MICROSECOND | TimeUnit::NANOSECOND)
+}
+
+/// The width in bytes of the elements of a field's second buffer (values, offsets or views).
+fn buffer_width(f: &datafusion::arrow::ipc::Field<'_>) -> i64 {
+    use datafusion::arrow::ipc::{DateUnit, IntervalUnit, Precision, Type};
+    match f.type_type() {
+        Type::Int => f.type_as_int().map(|i| i64::from(i.bitWidth()) / 8).unwrap_or(1),
+        Type::FloatingPoint => match f.type_as_floating_point().map(|p| p.precision()) {
+            Some(Precision::HALF) => 2,
+            Some(Precision::SINGLE) => 4,
+            _ => 8,
+        },
+        Type::Date => match f.type_as_date().map(|d| d.unit()) {
+            Some(DateUnit::DAY) => 4,
+            _ => 8,
+        },
+        Type::Time => f.type_as_time().map(|t| i64::from(t.bitWidth()) / 8).unwrap_or(8),
+        Type::Timestamp | Type::Duration => 8,
+        Type::Interval => match f.type_as_interval().map(|i| i.unit()) {
+            Some(IntervalUnit::YEAR_MONTH) => 4,
+            Some(IntervalUnit::DAY_TIME) => 8,
+            _ => 16,
+        },
+        Type::Decimal => f.type_as_decimal().map(|d| i64::from(d.bitWidth()) / 8).unwrap_or(16),
+        Type::Utf8 | Type::Binary => 4,
+        Type::LargeUtf8 | Type::LargeBinary => 8,
+        Type::Utf8View | Type::BinaryView => 16,
+        _ => 1,
+    }
+}
+
+/// Checks a record batch message: no compression, rows and values within `limits`, each
+/// column's buffers as its type needs them, every buffer inside the message's `body` bytes.
 fn check_batch(
     batch: &datafusion::arrow::ipc::RecordBatch<'_>,
     body: usize,
     limits: &IpcLimits,
     types: &[(datafusion::arrow::ipc::Type, i64)],
 ) -> Result<(), QueryError> {
-    use datafusion::arrow::ipc::Type;
     if batch.compression().is_some() {
         return Err(malformed("compressed buffers, which Concord never sends"));
     }
@@ -313,6 +370,22 @@ fn check_batch(
             )));
         }
     }
+    check_column_buffers(batch, types)?;
+    for buf in batch.buffers().iter().flatten() {
+        let end = buf.offset().checked_add(buf.length());
+        if buf.offset() < 0 || buf.length() < 0 || end.is_none_or(|e| e as u64 > body as u64) {
+            return Err(malformed("a buffer outside its message body"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks each column's validity bitmap and values buffer against its values and type.
+fn check_column_buffers(
+    batch: &datafusion::arrow::ipc::RecordBatch<'_>,
+    types: &[(datafusion::arrow::ipc::Type, i64)],
+) -> Result<(), QueryError> {
+    use datafusion::arrow::ipc::Type;
     // Each column's validity bitmap must hold a bit per value where it has nulls: arrow's reader
     // builds the bitmap before it validates the array, and panics on a short one.
     let nodes: Vec<_> = batch.nodes().iter().flatten().collect();
@@ -348,12 +421,6 @@ fn check_batch(
             return Err(malformed(format!("a buffer of {} bytes for elements of {width}", values.length())));
         }
         next = next.checked_add(count).ok_or_else(|| malformed("too many buffers"))?;
-    }
-    for buf in batch.buffers().iter().flatten() {
-        let end = buf.offset().checked_add(buf.length());
-        if buf.offset() < 0 || buf.length() < 0 || end.is_none_or(|e| e as u64 > body as u64) {
-            return Err(malformed("a buffer outside its message body"));
-        }
     }
     Ok(())
 }

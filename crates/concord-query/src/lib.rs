@@ -12,6 +12,8 @@
 //!
 //! This crate does no network IO and keeps no state: the node crate supplies the transport.
 
+#![warn(missing_docs)]
+
 pub mod chain;
 pub mod compare;
 pub mod dataset;
@@ -45,13 +47,29 @@ pub enum QueryError {
     SubqueryRefused(String),
     /// A dataset file is missing, unreadable or does not match its schema.
     #[error("dataset {name}: {reason}")]
-    Dataset { name: String, reason: String },
+    Dataset {
+        /// The dataset's name (or its file's path, before it has one).
+        name: String,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
     /// An owner answered with an error.
     #[error("member {member} did not answer: {reason}")]
-    Owner { member: String, reason: String },
+    Owner {
+        /// The member whose answer failed.
+        member: String,
+        /// The member's error, or what was wrong with its answer.
+        reason: String,
+    },
     /// An owner could not be reached at all.
     #[error("member {member} cannot be reached: {reason}; ask for a partial result to go on without it")]
-    Unreachable { member: String, reason: String },
+    Unreachable {
+        /// The member (or members, comma-separated) that could not be reached.
+        member: String,
+        /// Why, and what to check.
+        reason: String,
+    },
+    /// A planned query failed as it ran, or its results could not be read or converted.
     #[error("query execution failed: {0}")]
     Execution(String),
     /// A limit of bounded execution was reached: memory, time, groups, sizes.
@@ -78,6 +96,8 @@ impl QueryError {
         }
     }
 
+    /// A planning error from DataFusion: a [`QueryError`] that travelled through DataFusion
+    /// comes back as itself, anything else becomes [`Self::Plan`] without DataFusion's prefix.
     pub fn plan(e: DataFusionError) -> Self {
         match e {
             DataFusionError::External(inner) => match inner.downcast::<QueryError>() {

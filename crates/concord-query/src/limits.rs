@@ -21,6 +21,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::expr::{AggregateFunction, Case, ScalarFunction, WindowFunction};
 use datafusion::logical_expr::{Expr, LogicalPlan, Operator};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
@@ -326,8 +327,6 @@ impl Inputs<'_> {
 
 /// The bound of `e`'s values; refuses a function off the allow-list, or a bound over the limits.
 fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
-    let args = |xs: &[Expr]| xs.iter().map(|x| bound(x, inputs)).collect::<Result<Vec<_>, _>>();
-    let largest = |bs: &[Bound]| bs.iter().fold(Bound::bytes(0), |m, b| m.max(*b));
     let b = match e {
         Expr::Alias(a) => return bound(&a.expr, inputs),
         Expr::Column(c) => return Ok(inputs.column(c)),
@@ -340,69 +339,14 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
             let (l, r) = (bound(&x.left, inputs)?, bound(&x.right, inputs)?);
             if x.op == Operator::StringConcat { l.plus(r) } else { Bound::FIXED.max(l.max(r)) }
         }
-        Expr::Case(c) => {
-            if let Some(x) = &c.expr {
-                bound(x, inputs)?;
-            }
-            let mut m = Bound::bytes(0);
-            for (w, t) in &c.when_then_expr {
-                bound(w, inputs)?;
-                m = m.max(bound(t, inputs)?);
-            }
-            if let Some(x) = &c.else_expr {
-                m = m.max(bound(x, inputs)?);
-            }
-            m
-        }
-        Expr::Cast(c) => {
-            check_cast_target(c.field.data_type())?;
-            bound(&c.expr, inputs)?.max(Bound::FIXED)
-        }
-        Expr::TryCast(c) => {
-            check_cast_target(c.field.data_type())?;
-            bound(&c.expr, inputs)?.max(Bound::FIXED)
-        }
+        Expr::Case(c) => case_bound(c, inputs)?,
+        Expr::Cast(c) => cast_bound(c.field.data_type(), &c.expr, inputs)?,
+        Expr::TryCast(c) => cast_bound(c.field.data_type(), &c.expr, inputs)?,
         // One value computed by its own plan, whose bound is that plan's.
         Expr::ScalarSubquery(s) => output_bounds(&s.subquery)?.first().copied().unwrap_or(Bound::INPUT),
-        Expr::ScalarFunction(f) => {
-            let name = f.func.name().to_ascii_lowercase();
-            let Some(size) = size_of_function(&name) else {
-                return Err(refuse(format!(
-                    "function {name}() is not on this node's allow-list of scalar functions; \
-                     see the README for the functions queries may use"
-                )));
-            };
-            let bs = args(&f.args)?;
-            match size {
-                Size::Fixed => Bound::FIXED.max(Bound::bytes(bs.iter().map(|b| b.b).max().unwrap_or(0))),
-                Size::Largest => largest(&bs).max(Bound::FIXED),
-                Size::Times(k) => largest(&bs).times(k).max(Bound::FIXED),
-                Size::Sum => bs.iter().fold(Bound::bytes(0), |s, b| s.plus(*b)),
-                Size::Literal => literal_bound(&name, &f.args, &bs)?,
-            }
-        }
-        Expr::AggregateFunction(f) => {
-            let bs = args(&f.params.args)?;
-            if let Some(x) = &f.params.filter {
-                bound(x, inputs)?;
-            }
-            for s in &f.params.order_by {
-                bound(&s.expr, inputs)?;
-            }
-            // One value made of every row's (within the memory pool while it accumulates): taken
-            // as the largest allowed, so that nothing may grow it further.
-            match f.func.name().to_ascii_lowercase().as_str() {
-                "string_agg" | "array_agg" => Bound::LIMIT,
-                _ => largest(&bs).max(Bound::FIXED),
-            }
-        }
-        Expr::WindowFunction(w) => {
-            let bs = args(&w.params.args)?;
-            for x in w.params.partition_by.iter().chain(w.params.order_by.iter().map(|s| &s.expr)) {
-                bound(x, inputs)?;
-            }
-            largest(&bs).max(Bound::FIXED)
-        }
+        Expr::ScalarFunction(f) => function_bound(f, inputs)?,
+        Expr::AggregateFunction(f) => aggregate_bound(f, inputs)?,
+        Expr::WindowFunction(w) => window_bound(w, inputs)?,
         Expr::Placeholder(_) => {
             return Err(refuse("placeholders ($1) are not accepted; write the values into the SQL".into()));
         }
@@ -411,20 +355,7 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
         }
         // Everything else yields booleans or fixed-width values from its operands, each of
         // which is checked on its own.
-        other => {
-            let mut failed = None;
-            let _ = other.apply_children(|child| match bound(child, inputs) {
-                Ok(_) => Ok(TreeNodeRecursion::Continue),
-                Err(err) => {
-                    failed = Some(err);
-                    Ok(TreeNodeRecursion::Stop)
-                }
-            });
-            if let Some(err) = failed {
-                return Err(err);
-            }
-            Bound::FIXED
-        }
+        other => children_bound(other, inputs)?,
     };
     if b.a > MAX_GROWTH || b.b > MAX_VALUE_BYTES {
         return Err(refuse(format!(
@@ -436,14 +367,102 @@ fn bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
     Ok(b)
 }
 
+/// The bounds of a list of arguments, each checked.
+fn arg_bounds(xs: &[Expr], inputs: &Inputs<'_>) -> Result<Vec<Bound>, QueryError> {
+    xs.iter().map(|x| bound(x, inputs)).collect::<Result<Vec<_>, _>>()
+}
+
+/// The largest of some bounds (of none, 0 bytes).
+fn largest(bs: &[Bound]) -> Bound {
+    bs.iter().fold(Bound::bytes(0), |m, b| m.max(*b))
+}
+
+/// A CASE is as large as its largest result; its operand and conditions are checked.
+fn case_bound(c: &Case, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    if let Some(x) = &c.expr {
+        bound(x, inputs)?;
+    }
+    let mut m = Bound::bytes(0);
+    for (w, t) in &c.when_then_expr {
+        bound(w, inputs)?;
+        m = m.max(bound(t, inputs)?);
+    }
+    if let Some(x) = &c.else_expr {
+        m = m.max(bound(x, inputs)?);
+    }
+    Ok(m)
+}
+
+/// A cast (or try-cast) of `expr` to `target`: a target of a width the query picks is refused.
+fn cast_bound(target: &DataType, expr: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    check_cast_target(target)?;
+    Ok(bound(expr, inputs)?.max(Bound::FIXED))
+}
+
+/// A scalar function's bound as the allow-list sizes it from its arguments'.
+fn function_bound(f: &ScalarFunction, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    let name = f.func.name().to_ascii_lowercase();
+    let Some(size) = size_of_function(&name) else {
+        return Err(refuse(format!(
+            "function {name}() is not on this node's allow-list of scalar functions; \
+             see the README for the functions queries may use"
+        )));
+    };
+    let bs = arg_bounds(&f.args, inputs)?;
+    Ok(match size {
+        Size::Fixed => Bound::FIXED.max(Bound::bytes(bs.iter().map(|b| b.b).max().unwrap_or(0))),
+        Size::Largest => largest(&bs).max(Bound::FIXED),
+        Size::Times(k) => largest(&bs).times(k).max(Bound::FIXED),
+        Size::Sum => bs.iter().fold(Bound::bytes(0), |s, b| s.plus(*b)),
+        Size::Literal => literal_bound(&name, &f.args, &bs)?,
+    })
+}
+
+/// An aggregate's bound; its FILTER clause and ORDER BY are checked.
+fn aggregate_bound(f: &AggregateFunction, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    let bs = arg_bounds(&f.params.args, inputs)?;
+    if let Some(x) = &f.params.filter {
+        bound(x, inputs)?;
+    }
+    for s in &f.params.order_by {
+        bound(&s.expr, inputs)?;
+    }
+    // One value made of every row's (within the memory pool while it accumulates): taken
+    // as the largest allowed, so that nothing may grow it further.
+    Ok(match f.func.name().to_ascii_lowercase().as_str() {
+        "string_agg" | "array_agg" => Bound::LIMIT,
+        _ => largest(&bs).max(Bound::FIXED),
+    })
+}
+
+/// A window function's bound; its PARTITION BY and ORDER BY are checked.
+fn window_bound(w: &WindowFunction, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    let bs = arg_bounds(&w.params.args, inputs)?;
+    for x in w.params.partition_by.iter().chain(w.params.order_by.iter().map(|s| &s.expr)) {
+        bound(x, inputs)?;
+    }
+    Ok(largest(&bs).max(Bound::FIXED))
+}
+
+/// A fixed-width value computed from operands that are each checked on their own.
+fn children_bound(e: &Expr, inputs: &Inputs<'_>) -> Result<Bound, QueryError> {
+    let mut failed = None;
+    let _ = e.apply_children(|child| match bound(child, inputs) {
+        Ok(_) => Ok(TreeNodeRecursion::Continue),
+        Err(err) => {
+            failed = Some(err);
+            Ok(TreeNodeRecursion::Stop)
+        }
+    });
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    Ok(Bound::FIXED)
+}
+
 /// Functions whose output size a literal argument sets.
 fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, QueryError> {
     let first = bs.first().copied().unwrap_or(Bound::bytes(0));
-    let pattern_literal = || {
-        args.get(1).and_then(literal_str).ok_or_else(|| {
-            refuse(format!("{name}(text, pattern, ...) needs the pattern written as a string in the SQL"))
-        })
-    };
     match name {
         "concat_ws" => {
             // The separator is written between every two of the other arguments.
@@ -459,44 +478,12 @@ fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, Query
             })?;
             Ok(first.times(u64::try_from(n).unwrap_or(0)))
         }
-        "lpad" | "rpad" => {
-            let n =
-                args.get(1).and_then(literal_i64).filter(|n| (0..=MAX_PAD).contains(n)).ok_or_else(|| {
-                    refuse(format!(
-                        "{name}(text, n) needs n written as a number from 0 to {MAX_PAD} in the SQL"
-                    ))
-                })?;
-            // n characters of at most 4 bytes each.
-            Ok(Bound::bytes(n as u64 * 4))
-        }
-        "replace" => {
-            let (from, to) = match (args.get(1).and_then(literal_str), args.get(2).and_then(literal_str)) {
-                (Some(f), Some(t)) if !f.is_empty() => (f.len() as u64, t.len() as u64),
-                _ => {
-                    return Err(refuse(
-                        "replace(text, from, to) needs from (not empty) and to written as strings in the SQL"
-                            .into(),
-                    ));
-                }
-            };
-            Ok(first.times(to.div_ceil(from).max(1)))
-        }
-        "regexp_replace" => {
-            pattern_literal()?;
-            let to =
-                args.get(2).and_then(literal_str).filter(|t| !t.contains(['$', '\\'])).ok_or_else(|| {
-                    refuse(
-                    "regexp_replace(text, pattern, replacement) needs the replacement written as a string \
-                     without references ($1, \\1) in the SQL"
-                        .into(),
-                )
-                })?;
-            // A pattern may match at every position, empty matches included.
-            Ok(first.times((to.len() as u64).saturating_add(1)).plus(Bound::bytes(to.len() as u64)))
-        }
+        "lpad" | "rpad" => pad_bound(name, args),
+        "replace" => replace_bound(args, first),
+        "regexp_replace" => regexp_replace_bound(name, args, first),
         "regexp_like" | "regexp_count" | "regexp_instr" => {
             // A pattern from the data would be compiled anew for every value.
-            pattern_literal()?;
+            check_pattern_literal(name, args)?;
             Ok(Bound::FIXED)
         }
         "to_char" | "date_format" => {
@@ -519,6 +506,49 @@ fn literal_bound(name: &str, args: &[Expr], bs: &[Bound]) -> Result<Bound, Query
     }
 }
 
+/// Refuses a regular-expression function whose pattern is not written as a string in the SQL.
+fn check_pattern_literal(name: &str, args: &[Expr]) -> Result<(), QueryError> {
+    args.get(1).and_then(literal_str).map(|_| ()).ok_or_else(|| {
+        refuse(format!("{name}(text, pattern, ...) needs the pattern written as a string in the SQL"))
+    })
+}
+
+/// `lpad` and `rpad`: as long as their literal length says.
+fn pad_bound(name: &str, args: &[Expr]) -> Result<Bound, QueryError> {
+    let n = args.get(1).and_then(literal_i64).filter(|n| (0..=MAX_PAD).contains(n)).ok_or_else(|| {
+        refuse(format!("{name}(text, n) needs n written as a number from 0 to {MAX_PAD} in the SQL"))
+    })?;
+    // n characters of at most 4 bytes each.
+    Ok(Bound::bytes(n as u64 * 4))
+}
+
+/// `replace`: each occurrence of a literal `from` in `first` becomes a literal `to`.
+fn replace_bound(args: &[Expr], first: Bound) -> Result<Bound, QueryError> {
+    let (from, to) = match (args.get(1).and_then(literal_str), args.get(2).and_then(literal_str)) {
+        (Some(f), Some(t)) if !f.is_empty() => (f.len() as u64, t.len() as u64),
+        _ => {
+            return Err(refuse(
+                "replace(text, from, to) needs from (not empty) and to written as strings in the SQL".into(),
+            ));
+        }
+    };
+    Ok(first.times(to.div_ceil(from).max(1)))
+}
+
+/// `regexp_replace`: a literal replacement without references, written at every match.
+fn regexp_replace_bound(name: &str, args: &[Expr], first: Bound) -> Result<Bound, QueryError> {
+    check_pattern_literal(name, args)?;
+    let to = args.get(2).and_then(literal_str).filter(|t| !t.contains(['$', '\\'])).ok_or_else(|| {
+        refuse(
+            "regexp_replace(text, pattern, replacement) needs the replacement written as a string \
+             without references ($1, \\1) in the SQL"
+                .into(),
+        )
+    })?;
+    // A pattern may match at every position, empty matches included.
+    Ok(first.times((to.len() as u64).saturating_add(1)).plus(Bound::bytes(to.len() as u64)))
+}
+
 /// Checks every expression of a plan, its subqueries included: allow-listed functions only, and
 /// every value within [`MAX_GROWTH`] and [`MAX_VALUE_BYTES`]. Recursive queries are refused.
 pub fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
@@ -536,6 +566,13 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
             .map(|(c, b)| (c.schema().as_ref(), b.as_slice()))
             .collect(),
     };
+    check_subqueries(plan)?;
+    let own = own_bounds(&plan.expressions(), &inputs)?;
+    plan_bounds(plan, own, &child_bounds, &inputs)
+}
+
+/// Checks the subqueries inside a plan node's expressions.
+fn check_subqueries(plan: &LogicalPlan) -> Result<(), QueryError> {
     // Subqueries inside expressions are plans of their own.
     let mut failed = None;
     let _ = plan.apply_subqueries(|sub| {
@@ -548,11 +585,15 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
     if let Some(e) = failed {
         return Err(e);
     }
-    let exprs = plan.expressions();
+    Ok(())
+}
+
+/// The bounds of a plan node's own expressions, each value and the row they make within limits.
+fn own_bounds(exprs: &[Expr], inputs: &Inputs<'_>) -> Result<Vec<Bound>, QueryError> {
     let mut own = Vec::with_capacity(exprs.len());
     let mut row = Bound::bytes(0);
-    for e in &exprs {
-        let b = bound(e, &inputs)?;
+    for e in exprs {
+        let b = bound(e, inputs)?;
         // A literal in a select list is copied to every row: it counts like any value.
         if b.a > MAX_GROWTH || b.b > MAX_VALUE_BYTES {
             return Err(refuse(format!(
@@ -571,6 +612,17 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
             row.a, row.b
         )));
     }
+    Ok(own)
+}
+
+/// The bounds of a plan node's output columns, from its own expressions' bounds and its
+/// inputs'; recursive queries are refused.
+fn plan_bounds(
+    plan: &LogicalPlan,
+    own: Vec<Bound>,
+    child_bounds: &[Vec<Bound>],
+    inputs: &Inputs<'_>,
+) -> Result<Vec<Bound>, QueryError> {
     let width = plan.schema().fields().len();
     let all_inputs = child_bounds.iter().flatten().fold(Bound::INPUT, |m, b| m.max(*b));
     Ok(match plan {
@@ -587,7 +639,7 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
             for row in &v.values {
                 for (i, e) in row.iter().enumerate() {
                     if let Some(c) = cols.get_mut(i) {
-                        *c = c.max(bound(e, &inputs)?);
+                        *c = c.max(bound(e, inputs)?);
                     }
                 }
             }
@@ -600,7 +652,7 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
         }
         LogicalPlan::Union(_) => {
             let mut cols = vec![Bound::bytes(0); width];
-            for b in &child_bounds {
+            for b in child_bounds {
                 for (c, x) in cols.iter_mut().zip(b) {
                     *c = c.max(*x);
                 }
@@ -611,7 +663,7 @@ fn output_bounds(plan: &LogicalPlan) -> Result<Vec<Bound>, QueryError> {
             let cols: Vec<Bound> = child_bounds.iter().flatten().copied().collect();
             if cols.len() == width { cols } else { vec![all_inputs; width] }
         }
-        _ => match child_bounds.as_slice() {
+        _ => match child_bounds {
             [one] if one.len() == width => one.clone(),
             _ => vec![all_inputs; width],
         },

@@ -25,7 +25,9 @@ use crate::release::{ReleasePlan, ReleaseReport, Rules, Subquery};
 /// What the owner computed for one sub-query.
 #[derive(Debug)]
 pub struct OwnerAnswer {
+    /// The schema of the answer, dictionary columns unpacked as they travel.
     pub schema: SchemaRef,
+    /// The rows as released, in that schema.
     pub batches: Vec<RecordBatch>,
     /// Rows read from the dataset; `None` where they are not told (differential privacy).
     pub rows_scanned: Option<u64>,

@@ -54,9 +54,13 @@ use crate::limits::ExecLimits;
 /// Aggregate functions an owner computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AggFunc {
+    /// `COUNT(x)` or `COUNT(*)`: rows, or non-NULL values of `x`.
     Count,
+    /// `SUM(x)`: the total of `x`'s non-NULL values.
     Sum,
+    /// `MIN(x)`: the smallest value, one person's own under personal data.
     Min,
+    /// `MAX(x)`: the largest value, one person's own under personal data.
     Max,
 }
 
@@ -74,10 +78,13 @@ impl AggFunc {
 /// One aggregate of a sub-query, over the dataset's own columns.
 #[derive(Clone, Debug)]
 pub struct AggSpec {
+    /// Which aggregate function.
     pub func: AggFunc,
     /// `None` for `COUNT(*)`.
     pub arg: Option<Expr>,
+    /// `DISTINCT` inside the call: each value counted or summed once.
     pub distinct: bool,
+    /// The predicate of the aggregate's `FILTER (WHERE ...)` clause, if it has one.
     pub filter: Option<Expr>,
     /// The expression as the requester's plan had it (after substitution), for exact runs.
     pub expr: Expr,
@@ -101,21 +108,37 @@ impl AggSpec {
 /// Where an output column of a sub-query comes from.
 #[derive(Clone, Debug)]
 pub enum Output {
+    /// The group key at this index of [`Shape::Aggregate`]'s `groups`.
     Group(usize),
+    /// The aggregate at this index of [`Shape::Aggregate`]'s `aggs`.
     Agg(usize),
 }
 
 /// A sub-query reduced to parts over the dataset's own columns.
 #[derive(Clone, Debug)]
 pub enum Shape {
-    Aggregate { groups: Vec<Expr>, aggs: Vec<AggSpec>, outputs: Vec<(String, Output)> },
-    Rows { outputs: Vec<(String, Expr)> },
+    /// A partial aggregate: `SELECT keys, aggregates ... GROUP BY keys`.
+    Aggregate {
+        /// The group keys, in GROUP BY order; empty for one global group.
+        groups: Vec<Expr>,
+        /// The aggregates, in the plan's order.
+        aggs: Vec<AggSpec>,
+        /// Each output column: its name and the key or aggregate it shows.
+        outputs: Vec<(String, Output)>,
+    },
+    /// A row read: `SELECT expressions FROM dataset WHERE ...`.
+    Rows {
+        /// Each output column: its name and the expression that computes it.
+        outputs: Vec<(String, Expr)>,
+    },
 }
 
 /// A sub-query as the owner understands it.
 #[derive(Clone, Debug)]
 pub struct Subquery {
+    /// The WHERE predicates, all of which a row must meet.
     pub filters: Vec<Expr>,
+    /// A partial aggregate or a row read, with its parts.
     pub shape: Shape,
     /// The schema the requester expects.
     pub schema: SchemaRef,
@@ -150,57 +173,8 @@ impl Subquery {
         let names: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
         if let LogicalPlan::Aggregate(agg) = proj.input.as_ref() {
             let (filters, base) = flatten(&agg.input)?;
-            let in_schema = agg.input.schema();
-            let groups = agg
-                .group_expr
-                .iter()
-                .map(|g| substitute(g, in_schema, &base))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut aggs = Vec::new();
-            for (i, a) in agg.aggr_expr.iter().enumerate() {
-                let Expr::AggregateFunction(f) = a.clone().unalias() else {
-                    return Err(refuse(format!("{a} is not an aggregate function")));
-                };
-                let func = match f.func.name().to_ascii_lowercase().as_str() {
-                    "count" => AggFunc::Count,
-                    "sum" => AggFunc::Sum,
-                    "min" => AggFunc::Min,
-                    "max" => AggFunc::Max,
-                    other => return Err(refuse(format!("{other}() is not a partial aggregate"))),
-                };
-                let arg = match f.params.args.as_slice() {
-                    [] => None,
-                    [one] => {
-                        let e = substitute(one, in_schema, &base)?;
-                        // COUNT(*) is planned as COUNT(1); COUNT(NULL) counts nothing, as in
-                        // pooled SQL, so it keeps its argument.
-                        match literal(&e) {
-                            Some(v) if func == AggFunc::Count && !v.is_null() => None,
-                            _ => Some(e),
-                        }
-                    }
-                    _ => return Err(refuse(format!("{a} takes more than one argument"))),
-                };
-                let filter = match &f.params.filter {
-                    Some(x) => Some(substitute(x, in_schema, &base)?),
-                    None => None,
-                };
-                let expr = substitute(&a.clone().unalias(), in_schema, &base)?;
-                let data_type = agg.schema.field(agg.group_expr.len() + i).data_type().clone();
-                aggs.push(AggSpec { func, arg, distinct: f.params.distinct, filter, expr, data_type });
-            }
-            let ng = agg.group_expr.len();
-            let mut outputs = Vec::new();
-            for (e, name) in proj.expr.iter().zip(names) {
-                let Expr::Column(c) = e.clone().unalias() else {
-                    return Err(refuse(format!(
-                        "select item {e} is neither a group key nor a partial aggregate"
-                    )));
-                };
-                let i = agg.schema.index_of_column(&c).map_err(|e| refuse(e.strip_backtrace()))?;
-                outputs.push((name, if i < ng { Output::Group(i) } else { Output::Agg(i - ng) }));
-            }
-            return Ok(Self { filters, shape: Shape::Aggregate { groups, aggs, outputs }, schema, columns });
+            let shape = aggregate_shape(proj, agg, &base, names)?;
+            return Ok(Self { filters, shape, schema, columns });
         }
         let (filters, base) = flatten(&proj.input)?;
         let outputs = proj
@@ -268,6 +242,73 @@ fn scan_schema(plan: &LogicalPlan) -> Option<DFSchemaRef> {
     }
 }
 
+/// The parts of a partial aggregate: its group keys and aggregates over the dataset's own
+/// columns (`base` computes the aggregate's input columns), and where each output comes from.
+fn aggregate_shape(
+    proj: &datafusion::logical_expr::Projection,
+    agg: &datafusion::logical_expr::Aggregate,
+    base: &[Expr],
+    names: Vec<String>,
+) -> Result<Shape, QueryError> {
+    let in_schema = agg.input.schema();
+    let groups =
+        agg.group_expr.iter().map(|g| substitute(g, in_schema, base)).collect::<Result<Vec<_>, _>>()?;
+    let mut aggs = Vec::new();
+    for (i, a) in agg.aggr_expr.iter().enumerate() {
+        aggs.push(agg_spec(agg, i, a, base)?);
+    }
+    let ng = agg.group_expr.len();
+    let mut outputs = Vec::new();
+    for (e, name) in proj.expr.iter().zip(names) {
+        let Expr::Column(c) = e.clone().unalias() else {
+            return Err(refuse(format!("select item {e} is neither a group key nor a partial aggregate")));
+        };
+        let i = agg.schema.index_of_column(&c).map_err(|e| refuse(e.strip_backtrace()))?;
+        outputs.push((name, if i < ng { Output::Group(i) } else { Output::Agg(i - ng) }));
+    }
+    Ok(Shape::Aggregate { groups, aggs, outputs })
+}
+
+/// Aggregate `a`, the `i`-th of `agg`, over the dataset's own columns.
+fn agg_spec(
+    agg: &datafusion::logical_expr::Aggregate,
+    i: usize,
+    a: &Expr,
+    base: &[Expr],
+) -> Result<AggSpec, QueryError> {
+    let in_schema = agg.input.schema();
+    let Expr::AggregateFunction(f) = a.clone().unalias() else {
+        return Err(refuse(format!("{a} is not an aggregate function")));
+    };
+    let func = match f.func.name().to_ascii_lowercase().as_str() {
+        "count" => AggFunc::Count,
+        "sum" => AggFunc::Sum,
+        "min" => AggFunc::Min,
+        "max" => AggFunc::Max,
+        other => return Err(refuse(format!("{other}() is not a partial aggregate"))),
+    };
+    let arg = match f.params.args.as_slice() {
+        [] => None,
+        [one] => {
+            let e = substitute(one, in_schema, base)?;
+            // COUNT(*) is planned as COUNT(1); COUNT(NULL) counts nothing, as in
+            // pooled SQL, so it keeps its argument.
+            match literal(&e) {
+                Some(v) if func == AggFunc::Count && !v.is_null() => None,
+                _ => Some(e),
+            }
+        }
+        _ => return Err(refuse(format!("{a} takes more than one argument"))),
+    };
+    let filter = match &f.params.filter {
+        Some(x) => Some(substitute(x, in_schema, base)?),
+        None => None,
+    };
+    let expr = substitute(&a.clone().unalias(), in_schema, base)?;
+    let data_type = agg.schema.field(agg.group_expr.len() + i).data_type().clone();
+    Ok(AggSpec { func, arg, distinct: f.params.distinct, filter, expr, data_type })
+}
+
 /// Why evaluating `e` over personal data could fail for some values only, if it could: then
 /// whether the owner's run fails would tell of one person's value (`1 / (x - 37)` in a WHERE
 /// fails when someone's x is 37). Comparisons, boolean logic, BETWEEN, IN, LIKE, IS NULL,
@@ -311,37 +352,50 @@ fn may_fail(e: &Expr, columns: &DFSchema) -> Option<String> {
             Some(p) if like_compiles(&p, l.case_insensitive) => may_fail(&l.expr, columns),
             _ => Some(format!("{e} has a pattern that is not a literal that compiles")),
         },
-        Expr::Case(c) => {
-            let mut es: Vec<&Expr> = Vec::new();
-            es.extend(c.expr.as_deref());
-            for (w, t) in &c.when_then_expr {
-                es.push(w);
-                es.push(t);
-            }
-            es.extend(c.else_expr.as_deref());
-            all(&es)
-        }
+        Expr::Case(c) => case_may_fail(c, columns),
         Expr::TryCast(t) => may_fail(&t.expr, columns),
+        Expr::ScalarFunction(f) => function_may_fail(e, f, columns),
+        Expr::Cast(c) => cast_may_fail(c, columns).or_else(|| may_fail(&c.expr, columns)),
+        _ => Some(format!("{e} applies a function or an operation to a column")),
+    }
+}
+
+/// Why a CASE could fail for some values: one of its operand, conditions or results could.
+fn case_may_fail(c: &datafusion::logical_expr::expr::Case, columns: &DFSchema) -> Option<String> {
+    let mut es: Vec<&Expr> = Vec::new();
+    es.extend(c.expr.as_deref());
+    for (w, t) in &c.when_then_expr {
+        es.push(w);
+        es.push(t);
+    }
+    es.extend(c.else_expr.as_deref());
+    es.iter().find_map(|x| may_fail(x, columns))
+}
+
+/// Why the function call `e` could fail for some values, if it could: only a function that
+/// cannot fail, over arguments that cannot, is safe.
+fn function_may_fail(
+    e: &Expr,
+    f: &datafusion::logical_expr::expr::ScalarFunction,
+    columns: &DFSchema,
+) -> Option<String> {
+    match f.name() {
         // These fail on a negative length, or a position that overflows: total when those are
         // literals within bounds.
-        Expr::ScalarFunction(f)
-            if matches!(f.name(), "substr" | "left" | "right")
-                && f.args.iter().skip(1).enumerate().all(|(i, a)| safe_position(f.name(), i, a)) =>
+        "substr" | "left" | "right"
+            if f.args.iter().skip(1).enumerate().all(|(i, a)| safe_position(f.name(), i, a)) =>
         {
             f.args.first().and_then(|a| may_fail(a, columns))
         }
         // A part DataFusion does not know, or a part of a duration (which can overflow), fails.
-        Expr::ScalarFunction(f) if f.name() == "date_part" => match f.args.as_slice() {
+        "date_part" => match f.args.as_slice() {
             [part, x] if safe_date_part(part, x, columns) => may_fail(x, columns),
             _ => Some(format!(
                 "{e} takes a part other than year, quarter, month, week, day, doy or dow of a date or \
                  timestamp (or hour, minute, second of a timestamp), which can fail"
             )),
         },
-        Expr::ScalarFunction(f) if TOTAL_FUNCTIONS.contains(&f.name()) => {
-            all(&f.args.iter().collect::<Vec<_>>())
-        }
-        Expr::Cast(c) => cast_may_fail(c, columns).or_else(|| may_fail(&c.expr, columns)),
+        name if TOTAL_FUNCTIONS.contains(&name) => f.args.iter().find_map(|x| may_fail(x, columns)),
         _ => Some(format!("{e} applies a function or an operation to a column")),
     }
 }
@@ -558,7 +612,9 @@ fn substitute(e: &Expr, schema: &DFSchema, outputs: &[Expr]) -> Result<Expr, Que
 /// The rules one release follows.
 #[derive(Clone, Debug)]
 pub struct Rules {
+    /// The dataset's usage policy: column modes and release rules.
     pub policy: Arc<Policy>,
+    /// The charter's floor under every policy, such as its minimum group size.
     pub baseline: Baseline,
     /// The requester is the owner itself: no rule binds, nothing crosses a border.
     pub own: bool,
@@ -570,7 +626,9 @@ pub struct Rules {
 /// What the rules make of a sub-query before it runs.
 #[derive(Clone, Debug)]
 pub struct ReleasePlan {
+    /// The checked sub-query, as it will run.
     pub subquery: Subquery,
+    /// The rules it was checked under.
     pub rules: Rules,
     /// Distinct privacy units (or rows, for non-personal data) a released group needs.
     pub min_group_size: Option<u64>,
@@ -578,14 +636,18 @@ pub struct ReleasePlan {
     pub privacy: Option<PrivacyPlan>,
 }
 
+/// How a release under differential privacy is noised and charged, fixed before it runs.
 #[derive(Clone, Debug)]
 pub struct PrivacyPlan {
+    /// The noise mechanism (zCDP or pure DP), which fixes the parameter `cost` is in.
     pub mechanism: Mechanism,
+    /// The privacy parameter (rho or epsilon) the release charges, split over its aggregates.
     pub cost: concord_policy::Units,
     /// Noise of each aggregate, by index.
     pub noise: Vec<Noise>,
     /// Which groups are released.
     pub groups: DpGroups,
+    /// The factor sums are scaled by to be noised as integers: `10^decimals`.
     pub fixed_point: i64,
     /// The (epsilon, delta) the query's cost amounts to.
     pub guarantee: Guarantee,
@@ -617,12 +679,14 @@ pub struct Selection {
     /// The noisy count a group needs: at least the minimum group size, and high enough that a
     /// group of one unit appears with probability at most `delta`.
     pub threshold: u64,
+    /// The most probability with which a group of one unit is released.
     pub delta: f64,
 }
 
 /// What a release held back and how it was noised: the owner's provenance.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ReleaseReport {
+    /// Rows (groups) of the released result.
     pub groups_released: u64,
     /// Groups held back (under the minimum group size, or not selected under DP); never named.
     pub groups_suppressed: u64,
@@ -635,6 +699,7 @@ pub struct ReleaseReport {
     /// the minimum group size. Said of every such query, whatever the data holds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub small_cells_left_out: bool,
+    /// Distinct privacy units (or rows) a released group needed; `None` when no minimum applied.
     pub min_group_size: Option<u64>,
     /// `zcdp` or `pure`, when noise was added.
     pub mechanism: Option<String>,
@@ -673,8 +738,11 @@ pub struct ReleaseReport {
 pub struct BudgetReport {
     /// `rho` (zCDP) or `epsilon` (pure DP).
     pub parameter: String,
+    /// What this release cost, in decimal (`0.005`).
     pub charged: String,
+    /// What is left of the requester's budget on the dataset after the charge.
     pub requester_remaining: String,
+    /// What is left of the dataset's budget for all requesters after the charge.
     pub dataset_remaining: String,
 }
 
@@ -685,6 +753,36 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
         return Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None });
     }
     let policy = rules.policy.clone();
+    check_modes(&subquery, &policy)?;
+    let personal = policy.personal.is_some();
+    if personal {
+        check_personal_conditions(&subquery)?;
+    }
+    if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
+        if personal {
+            check_personal_aggregates(aggs, &subquery.columns)?;
+        }
+        let privacy = match &policy.release.privacy {
+            Some(dp) => Some(privacy_plan(&policy, dp, &rules.baseline, groups, aggs, &subquery.columns)?),
+            None => None,
+        };
+        let min_group_size = policy.min_group_size(&rules.baseline);
+        // Exact releases count units in every cell of the aggregates' sets: keep that bounded.
+        let sets = aggregate_sets(aggs, &subquery.columns).len();
+        if min_group_size.is_some() && privacy.is_none() && sets > MAX_SETS {
+            return Err(policy_refusal(format!(
+                "the aggregates cover {sets} different sets of rows (each FILTER clause, and each column that \
+                 may be NULL, since NULLs are skipped); at most {MAX_SETS} in one query under a minimum group size. \
+                 Split the query"
+            )));
+        }
+        return Ok(ReleasePlan { subquery, rules, min_group_size, privacy });
+    }
+    Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None })
+}
+
+/// Refuses the first column used against its mode, or a MIN/MAX the policy does not allow.
+fn check_modes(subquery: &Subquery, policy: &Policy) -> Result<(), QueryError> {
     // The first column used against its mode is named; MIN/MAX come after, since a column
     // that may not appear at all is the more basic refusal.
     let mut problems = Vec::new();
@@ -715,60 +813,48 @@ pub fn check(subquery: Subquery, rules: Rules) -> Result<ReleasePlan, QueryError
     if let Some(first) = problems.into_iter().chain(extremes).next() {
         return Err(policy_refusal(first));
     }
-    let personal = policy.personal.is_some();
-    if personal {
-        let mut parts: Vec<&Expr> = subquery.filters.iter().collect();
-        if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
-            parts.extend(groups);
-            parts.extend(aggs.iter().filter_map(|a| a.filter.as_ref()));
-        }
-        if let Some(why) = parts.iter().find_map(|e| may_fail(e, &subquery.columns)) {
-            return Err(policy_refusal(format!(
-                "on personal data, WHERE, GROUP BY and FILTER compare columns with values (=, <, BETWEEN, IN, LIKE, \
-                 IS NULL, AND, OR, NOT, CASE) and nothing that can fail for some values only, since whether the query \
-                 fails would tell of one person's value: {why}"
-            )));
-        }
-    }
+    Ok(())
+}
+
+/// On personal data, refuses a WHERE, GROUP BY or FILTER that could fail for some values only.
+fn check_personal_conditions(subquery: &Subquery) -> Result<(), QueryError> {
+    let mut parts: Vec<&Expr> = subquery.filters.iter().collect();
     if let Shape::Aggregate { groups, aggs, .. } = &subquery.shape {
-        if personal {
-            for a in aggs {
-                if a.distinct {
-                    return Err(policy_refusal(format!(
-                        "{}(DISTINCT ...) on personal data is refused: distinct values are not counted per person, so \
-                         whether one person adds a value would show; count or sum the column as it is",
-                        a.func.name()
-                    )));
-                }
-                if let Some(arg) = &a.arg
-                    && !column_as_is(arg, &subquery.columns)
-                {
-                    return Err(policy_refusal(format!(
-                        "on personal data an aggregate takes one column as it is, without casts or functions; {} \
-                         could pick single people out of a group (by a condition, or by failing for some values). \
-                         Filter with WHERE, or group by the condition's column",
-                        a.expr
-                    )));
-                }
-            }
-        }
-        let privacy = match &policy.release.privacy {
-            Some(dp) => Some(privacy_plan(&policy, dp, &rules.baseline, groups, aggs, &subquery.columns)?),
-            None => None,
-        };
-        let min_group_size = policy.min_group_size(&rules.baseline);
-        // Exact releases count units in every cell of the aggregates' sets: keep that bounded.
-        let sets = aggregate_sets(aggs, &subquery.columns).len();
-        if min_group_size.is_some() && privacy.is_none() && sets > MAX_SETS {
+        parts.extend(groups);
+        parts.extend(aggs.iter().filter_map(|a| a.filter.as_ref()));
+    }
+    if let Some(why) = parts.iter().find_map(|e| may_fail(e, &subquery.columns)) {
+        return Err(policy_refusal(format!(
+            "on personal data, WHERE, GROUP BY and FILTER compare columns with values (=, <, BETWEEN, IN, LIKE, \
+             IS NULL, AND, OR, NOT, CASE) and nothing that can fail for some values only, since whether the query \
+             fails would tell of one person's value: {why}"
+        )));
+    }
+    Ok(())
+}
+
+/// On personal data, refuses DISTINCT aggregates and aggregates of anything but a column as it is.
+fn check_personal_aggregates(aggs: &[AggSpec], columns: &DFSchema) -> Result<(), QueryError> {
+    for a in aggs {
+        if a.distinct {
             return Err(policy_refusal(format!(
-                "the aggregates cover {sets} different sets of rows (each FILTER clause, and each column that \
-                 may be NULL, since NULLs are skipped); at most {MAX_SETS} in one query under a minimum group size. \
-                 Split the query"
+                "{}(DISTINCT ...) on personal data is refused: distinct values are not counted per person, so \
+                 whether one person adds a value would show; count or sum the column as it is",
+                a.func.name()
             )));
         }
-        return Ok(ReleasePlan { subquery, rules, min_group_size, privacy });
+        if let Some(arg) = &a.arg
+            && !column_as_is(arg, columns)
+        {
+            return Err(policy_refusal(format!(
+                "on personal data an aggregate takes one column as it is, without casts or functions; {} \
+                 could pick single people out of a group (by a condition, or by failing for some values). \
+                 Filter with WHERE, or group by the condition's column",
+                a.expr
+            )));
+        }
     }
-    Ok(ReleasePlan { subquery, rules, min_group_size: None, privacy: None })
+    Ok(())
 }
 
 /// Distinct sets of rows the aggregates of one exact release of personal data cover: the
@@ -814,6 +900,8 @@ fn plain_count(aggs: &[AggSpec]) -> Option<usize> {
     aggs.iter().position(|a| a.func == AggFunc::Count && a.filter.is_none() && a.arg.is_none() && !a.distinct)
 }
 
+/// How a release under differential privacy is noised and charged, and which of its groups are
+/// released; refuses what differential privacy cannot release.
 fn privacy_plan(
     policy: &Policy,
     dp: &concord_policy::Privacy,
@@ -824,6 +912,42 @@ fn privacy_plan(
 ) -> Result<PrivacyPlan, QueryError> {
     let l0 = u64::from(dp.max_groups_per_unit);
     let linf = u64::from(dp.max_rows_per_group);
+    let magnitudes = dp_magnitudes(dp, aggs)?;
+    let kind = group_kind(policy, groups, columns)?;
+    if matches!(kind, GroupKind::Selected) && dp.delta.is_none() {
+        return Err(policy_refusal(format!(
+            "grouping under differential privacy needs public key sets for the group columns ({}) or a delta for noisy selection; \
+             the policy has neither",
+            groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    // Groups are selected on a noisy count of distinct units. A COUNT(*) counts them where one
+    // unit adds at most one row to a group, and then serves; otherwise the count takes a share.
+    let reuse = plain_count(aggs).filter(|_| linf == 1);
+    let selecting = matches!(kind, GroupKind::Selected);
+    let shares = (magnitudes.len() + usize::from(selecting && reuse.is_none())) as u64;
+    let noise: Vec<Noise> = magnitudes
+        .iter()
+        .map(|&m| Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, linf.saturating_mul(m)))
+        .collect();
+    let groups = match kind {
+        GroupKind::Global => DpGroups::Global,
+        GroupKind::Public(sets) => DpGroups::Public(sets),
+        GroupKind::Selected => DpGroups::Selected(selection(policy, dp, baseline, shares, reuse)),
+    };
+    Ok(PrivacyPlan {
+        mechanism: dp.mechanism,
+        cost: dp.cost,
+        noise,
+        guarantee: dp.guarantee(selecting),
+        groups,
+        fixed_point: dp.fixed_point(),
+    })
+}
+
+/// The most one row changes each aggregate, in fixed-point units (1 for a count); refuses what
+/// differential privacy never releases.
+fn dp_magnitudes(dp: &concord_policy::Privacy, aggs: &[AggSpec]) -> Result<Vec<u64>, QueryError> {
     let mut magnitudes = Vec::new();
     for a in aggs {
         if a.distinct {
@@ -850,6 +974,22 @@ fn privacy_plan(
             }
         });
     }
+    Ok(magnitudes)
+}
+
+/// How the groups of a private release are chosen, before its noise is known.
+enum GroupKind {
+    /// No group keys: one group.
+    Global,
+    /// Every group column has a public key set: the keys, as each column's type writes them.
+    Public(Vec<Vec<String>>),
+    /// Groups are selected on a noisy count of distinct units.
+    Selected,
+}
+
+/// How the groups of a private release are chosen; public keys that are no values of their
+/// column's type are the policy's error.
+fn group_kind(policy: &Policy, groups: &[Expr], columns: &DFSchema) -> Result<GroupKind, QueryError> {
     let public: Option<Vec<Vec<String>>> = groups
         .iter()
         .map(|g| {
@@ -859,50 +999,27 @@ fn privacy_plan(
                 .map(<[String]>::to_vec)
         })
         .collect();
-    let kind = match (groups.is_empty(), public) {
-        (true, _) => None,
-        (false, Some(sets)) => Some(Ok(typed_keys(groups, sets, columns)?)),
-        (false, None) => Some(Err(())),
-    };
-    if matches!(kind, Some(Err(()))) && dp.delta.is_none() {
-        return Err(policy_refusal(format!(
-            "grouping under differential privacy needs public key sets for the group columns ({}) or a delta for noisy selection; \
-             the policy has neither",
-            groups.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    // Groups are selected on a noisy count of distinct units. A COUNT(*) counts them where one
-    // unit adds at most one row to a group, and then serves; otherwise the count takes a share.
-    let reuse = plain_count(aggs).filter(|_| linf == 1);
-    let selecting = matches!(kind, Some(Err(())));
-    let shares = (magnitudes.len() + usize::from(selecting && reuse.is_none())) as u64;
-    let noise: Vec<Noise> = magnitudes
-        .iter()
-        .map(|&m| Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, linf.saturating_mul(m)))
-        .collect();
-    let groups = match kind {
-        None => DpGroups::Global,
-        Some(Ok(sets)) => DpGroups::Public(sets),
-        Some(Err(())) => {
-            let unit_noise = Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, 1);
-            let min = policy.min_group_size(baseline).unwrap_or(1);
-            let threshold = dp.threshold(&unit_noise, min).unwrap_or(u64::MAX);
-            DpGroups::Selected(Selection {
-                noise: unit_noise,
-                reuse,
-                threshold,
-                delta: dp.delta.unwrap_or(0.0),
-            })
-        }
-    };
-    Ok(PrivacyPlan {
-        mechanism: dp.mechanism,
-        cost: dp.cost,
-        noise,
-        guarantee: dp.guarantee(selecting),
-        groups,
-        fixed_point: dp.fixed_point(),
+    Ok(match (groups.is_empty(), public) {
+        (true, _) => GroupKind::Global,
+        (false, Some(sets)) => GroupKind::Public(typed_keys(groups, sets, columns)?),
+        (false, None) => GroupKind::Selected,
     })
+}
+
+/// Partition selection for a release whose noise is split in `shares`: the noise of the count
+/// of units, and the threshold it must reach.
+fn selection(
+    policy: &Policy,
+    dp: &concord_policy::Privacy,
+    baseline: &Baseline,
+    shares: u64,
+    reuse: Option<usize>,
+) -> Selection {
+    let l0 = u64::from(dp.max_groups_per_unit);
+    let unit_noise = Noise::for_aggregate(dp.mechanism, dp.cost, shares, l0, 1);
+    let min = policy.min_group_size(baseline).unwrap_or(1);
+    let threshold = dp.threshold(&unit_noise, min).unwrap_or(u64::MAX);
+    Selection { noise: unit_noise, reuse, threshold, delta: dp.delta.unwrap_or(0.0) }
 }
 
 /// The public keys of each group column as its own type writes them (`1.5` for a decimal key
@@ -1351,6 +1468,8 @@ fn private_values(
     Ok(PrivateValues { values, direct, caps })
 }
 
+/// Runs a release under differential privacy: each unit's contribution bounded, totals per group
+/// noised, and the groups the plan's [`DpGroups`] name released.
 #[allow(clippy::too_many_arguments)]
 async fn private_aggregate(
     plan: &ReleasePlan,
@@ -1373,29 +1492,10 @@ async fn private_aggregate(
         .ok_or_else(|| QueryError::Execution("differential privacy without a privacy unit".into()))?;
     let fp = dp.fixed_point;
     let PrivateValues { values, direct, caps } = private_values(aggs, b.schema(), privacy, fp)?;
-    let ng = groups.len();
     let units_column = matches!(&dp.groups, DpGroups::Selected(s) if s.reuse.is_none());
-    if let DpGroups::Public(sets) = &dp.groups {
-        let combinations = key_combinations(sets);
-        if combinations > limits.max_groups {
-            return Err(QueryError::Limit(format!(
-                "the public keys of the group columns make {combinations} groups, more than the {} this owner \
-                 releases for one request; group by fewer columns",
-                limits.max_groups
-            )));
-        }
-    }
+    check_public_groups(dp, limits.max_groups)?;
     let built = if plan.rules.unit_is_row {
-        // Each unit has one row, so it contributes once to one group: aggregate the rows as they
-        // are, the sums over clamped fixed-point values.
-        let mut totals: Vec<Expr> =
-            direct.into_iter().enumerate().map(|(j, e)| e.alias(format!("__t{j}"))).collect();
-        if units_column {
-            totals.push(count(lit(1i64)).alias("__units"));
-        }
-        let keys: Vec<Expr> =
-            groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
-        b.aggregate(keys, totals).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?
+        unit_rows_plan(b, groups, direct, units_column)?
     } else {
         per_unit_plan(b, groups, values, &caps, &unit, privacy.max_groups_per_unit, units_column)?
     };
@@ -1406,128 +1506,248 @@ async fn private_aggregate(
     let mut rng = concord_policy::dp::OsBlocks::new();
     let mut noised = Noised { rng: &mut rng, noise: &dp.noise, values: vec![Vec::new(); aggs.len()] };
     // Released keys, batch by batch (noisy selection), or totals by public key.
-    let mut kept: Vec<RecordBatch> = Vec::new();
-    let mut released = 0u64;
-    let mut by_key: std::collections::HashMap<Vec<String>, Vec<i64>> = std::collections::HashMap::new();
-    let mut global: Option<Vec<i64>> = None;
+    let mut totals = PrivateTotals::new(dp, groups.len(), aggs.len(), units_column, limits.max_groups);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(QueryError::exec)?;
+        totals.take(&batch, &mut noised)?;
+    }
+    let scanned = scanned_rows(&physical);
+    let keys = totals.into_keys(&mut noised, &planned, groups)?;
+    let noisy = noisy_columns(noised.values, aggs, fp);
+    let rows = noisy.first().map(|a| a.len()).or_else(|| keys.first().map(|k| k.len())).unwrap_or(0);
+    let batch = project_outputs(&keys, rows, outputs, &plan.subquery.schema, |i| noisy[i].clone())?;
+    let report = private_report(plan, dp, aggs, outputs, batch.num_rows() as u64);
+    Ok((vec![batch], report, scanned))
+}
+
+/// Refuses public key sets whose combinations (each one released) exceed the group limit.
+fn check_public_groups(dp: &PrivacyPlan, max_groups: u64) -> Result<(), QueryError> {
+    if let DpGroups::Public(sets) = &dp.groups {
+        let combinations = key_combinations(sets);
+        if combinations > max_groups {
+            return Err(QueryError::Limit(format!(
+                "the public keys of the group columns make {combinations} groups, more than the {} this owner \
+                 releases for one request; group by fewer columns",
+                max_groups
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The plan of a private release where each unit has one row: totals per group over the rows.
+fn unit_rows_plan(
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    direct: Vec<Expr>,
+    units_column: bool,
+) -> Result<LogicalPlan, QueryError> {
+    // Each unit has one row, so it contributes once to one group: aggregate the rows as they
+    // are, the sums over clamped fixed-point values.
+    let mut totals: Vec<Expr> =
+        direct.into_iter().enumerate().map(|(j, e)| e.alias(format!("__t{j}"))).collect();
+    if units_column {
+        totals.push(count(lit(1i64)).alias("__units"));
+    }
+    let keys: Vec<Expr> =
+        groups.iter().enumerate().map(|(i, e)| e.clone().alias(format!("__g{i}"))).collect();
+    b.aggregate(keys, totals).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)
+}
+
+/// The totals of a private plan, taken in batch by batch: the released keys (noisy selection,
+/// noise drawn as groups arrive), the totals by public key, or the global group's totals.
+struct PrivateTotals<'p> {
+    dp: &'p PrivacyPlan,
+    /// Group key columns, first in every batch.
+    ng: usize,
+    /// Aggregate totals, after the keys.
+    naggs: usize,
+    /// Whether a count of distinct units follows the totals.
+    units_column: bool,
+    /// The most groups one release holds.
+    max_groups: u64,
+    kept: Vec<RecordBatch>,
+    released: u64,
+    by_key: std::collections::HashMap<Vec<String>, Vec<i64>>,
+    global: Option<Vec<i64>>,
+}
+
+impl<'p> PrivateTotals<'p> {
+    /// Nothing taken in yet.
+    fn new(dp: &'p PrivacyPlan, ng: usize, naggs: usize, units_column: bool, max_groups: u64) -> Self {
+        Self {
+            dp,
+            ng,
+            naggs,
+            units_column,
+            max_groups,
+            kept: Vec::new(),
+            released: 0,
+            by_key: std::collections::HashMap::new(),
+            global: None,
+        }
+    }
+
+    /// Takes in one batch of the plan's output: keys, then totals (then units).
+    fn take(&mut self, batch: &RecordBatch, noised: &mut Noised<'_>) -> Result<(), QueryError> {
         let totals: Vec<Int64Array> =
-            (0..aggs.len()).map(|j| int_column(&batch, ng + j)).collect::<Result<_, _>>()?;
-        let row_totals =
-            |r: usize| totals.iter().map(|t| if t.is_null(r) { 0 } else { t.value(r) }).collect::<Vec<i64>>();
+            (0..self.naggs).map(|j| int_column(batch, self.ng + j)).collect::<Result<_, _>>()?;
+        let dp = self.dp;
         match &dp.groups {
             DpGroups::Global => {
                 if batch.num_rows() > 0 {
-                    global = Some(row_totals(0));
+                    self.global = Some(row_totals(&totals, 0));
                 }
             }
-            DpGroups::Public(sets) => {
-                for r in 0..batch.num_rows() {
-                    let key: Option<Vec<String>> = (0..ng)
-                        .map(|i| {
-                            if batch.column(i).is_null(r) {
-                                return None;
-                            }
-                            datafusion::arrow::util::display::array_value_to_string(batch.column(i), r)
-                                .ok()
-                                .filter(|v| sets[i].contains(v))
-                        })
-                        .collect();
-                    // Values outside the public sets are never released.
-                    if let Some(key) = key {
-                        by_key.insert(key, row_totals(r));
+            DpGroups::Public(sets) => self.take_public(batch, sets, &totals),
+            DpGroups::Selected(sel) => self.take_selected(batch, sel, &totals, noised)?,
+        }
+        Ok(())
+    }
+
+    /// Keeps the totals of each group whose every key is in its column's public set.
+    fn take_public(&mut self, batch: &RecordBatch, sets: &[Vec<String>], totals: &[Int64Array]) {
+        for r in 0..batch.num_rows() {
+            let key: Option<Vec<String>> = (0..self.ng)
+                .map(|i| {
+                    if batch.column(i).is_null(r) {
+                        return None;
                     }
-                }
-            }
-            DpGroups::Selected(sel) => {
-                let units = if units_column { Some(int_column(&batch, ng + aggs.len())?) } else { None };
-                let mut mask = Vec::with_capacity(batch.num_rows());
-                for r in 0..batch.num_rows() {
-                    let t = row_totals(r);
-                    let draws = noised.draw(&t)?;
-                    let noisy_units = match (&units, sel.reuse) {
-                        (_, Some(c)) => draws[c],
-                        (Some(u), None) => {
-                            i128::from(if u.is_null(r) { 0 } else { u.value(r) }) + noised.one(&sel.noise)?
-                        }
-                        (None, None) => {
-                            return Err(QueryError::Execution(
-                                "no count of units to select groups on".into(),
-                            ));
-                        }
-                    };
-                    let keep = noisy_units >= i128::from(sel.threshold);
-                    if keep {
-                        noised.push(&draws);
-                        released += 1;
-                        // The limit counts released groups only: decided on noisy counts, it
-                        // tells nothing exact.
-                        if released > limits.max_groups {
-                            return Err(QueryError::Limit(format!(
-                                "the sub-query would release more than {} groups, the most this owner releases for one \
-                                 request; group by fewer or coarser columns",
-                                limits.max_groups
-                            )));
-                        }
-                    }
-                    mask.push(keep);
-                }
-                let keys = batch
-                    .project(&(0..ng).collect::<Vec<_>>())
-                    .map_err(|e| QueryError::Execution(e.to_string()))?;
-                kept.push(
-                    filter_record_batch(&keys, &BooleanArray::from(mask))
-                        .map_err(|e| QueryError::Execution(e.to_string()))?,
-                );
+                    datafusion::arrow::util::display::array_value_to_string(batch.column(i), r)
+                        .ok()
+                        .filter(|v| sets[i].contains(v))
+                })
+                .collect();
+            // Values outside the public sets are never released.
+            if let Some(key) = key {
+                self.by_key.insert(key, row_totals(totals, r));
             }
         }
     }
-    let scanned = scanned_rows(&physical);
-    let keys: Vec<ArrayRef> = match &dp.groups {
-        DpGroups::Global => {
-            // A global aggregate is answered whatever the data holds, an empty set included.
-            let t = global.unwrap_or_else(|| vec![0; aggs.len()]);
+
+    /// Noises each group's totals and count of units, and keeps the keys of the groups whose
+    /// noisy count reaches the threshold.
+    fn take_selected(
+        &mut self,
+        batch: &RecordBatch,
+        sel: &Selection,
+        totals: &[Int64Array],
+        noised: &mut Noised<'_>,
+    ) -> Result<(), QueryError> {
+        let units = if self.units_column { Some(int_column(batch, self.ng + self.naggs)?) } else { None };
+        let mut mask = Vec::with_capacity(batch.num_rows());
+        for r in 0..batch.num_rows() {
+            let t = row_totals(totals, r);
             let draws = noised.draw(&t)?;
-            noised.push(&draws);
-            Vec::new()
-        }
-        DpGroups::Public(sets) => {
-            let mut columns: Vec<Vec<String>> = vec![Vec::new(); ng];
-            for key in combinations(sets) {
-                let t = by_key.remove(&key).unwrap_or_else(|| vec![0; aggs.len()]);
-                let draws = noised.draw(&t)?;
+            let noisy_units = match (&units, sel.reuse) {
+                (_, Some(c)) => draws[c],
+                (Some(u), None) => {
+                    i128::from(if u.is_null(r) { 0 } else { u.value(r) }) + noised.one(&sel.noise)?
+                }
+                (None, None) => {
+                    return Err(QueryError::Execution("no count of units to select groups on".into()));
+                }
+            };
+            let keep = noisy_units >= i128::from(sel.threshold);
+            if keep {
                 noised.push(&draws);
-                for (i, v) in key.into_iter().enumerate() {
-                    columns[i].push(v);
+                self.released += 1;
+                // The limit counts released groups only: decided on noisy counts, it
+                // tells nothing exact.
+                if self.released > self.max_groups {
+                    return Err(QueryError::Limit(format!(
+                        "the sub-query would release more than {} groups, the most this owner releases for one \
+                         request; group by fewer or coarser columns",
+                        self.max_groups
+                    )));
                 }
             }
-            columns
-                .into_iter()
-                .enumerate()
-                .map(|(i, vals)| {
-                    let text: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vals));
-                    let to = planned.field(i).data_type();
-                    cast(&text, to).map_err(|_| {
-                        policy_refusal(format!(
-                            "a public key of group column {} cannot be read as its type {to}; the owner's policy must list \
-                             values of that type",
-                            groups[i]
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?
+            mask.push(keep);
         }
-        DpGroups::Selected(_) => {
-            let schema = kept.first().map(|b| b.schema()).unwrap_or_else(|| {
-                Arc::new(planned.project(&(0..ng).collect::<Vec<_>>()).unwrap_or_else(|_| Schema::empty()))
-            });
-            let all = concat_batches(&schema, &kept).map_err(|e| QueryError::Execution(e.to_string()))?;
-            all.columns().to_vec()
+        let keys = batch
+            .project(&(0..self.ng).collect::<Vec<_>>())
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
+        self.kept.push(
+            filter_record_batch(&keys, &BooleanArray::from(mask))
+                .map_err(|e| QueryError::Execution(e.to_string()))?,
+        );
+        Ok(())
+    }
+
+    /// The key columns of the released groups. The global group and every public key are
+    /// released whatever the data holds: their noise is drawn here.
+    fn into_keys(
+        self,
+        noised: &mut Noised<'_>,
+        planned: &Schema,
+        groups: &[Expr],
+    ) -> Result<Vec<ArrayRef>, QueryError> {
+        let Self { dp, ng, naggs, kept, by_key, global, .. } = self;
+        Ok(match &dp.groups {
+            DpGroups::Global => {
+                // A global aggregate is answered whatever the data holds, an empty set included.
+                let t = global.unwrap_or_else(|| vec![0; naggs]);
+                let draws = noised.draw(&t)?;
+                noised.push(&draws);
+                Vec::new()
+            }
+            DpGroups::Public(sets) => public_key_columns(sets, by_key, naggs, noised, planned, groups)?,
+            DpGroups::Selected(_) => {
+                let schema = kept.first().map(|b| b.schema()).unwrap_or_else(|| {
+                    let keys = planned.project(&(0..ng).collect::<Vec<_>>());
+                    Arc::new(keys.unwrap_or_else(|_| Schema::empty()))
+                });
+                let all = concat_batches(&schema, &kept).map_err(|e| QueryError::Execution(e.to_string()))?;
+                all.columns().to_vec()
+            }
+        })
+    }
+}
+
+/// Row `r` of a batch's totals, a NULL total as 0.
+fn row_totals(totals: &[Int64Array], r: usize) -> Vec<i64> {
+    totals.iter().map(|t| if t.is_null(r) { 0 } else { t.value(r) }).collect()
+}
+
+/// The key columns of every combination of public keys, in their columns' types, each
+/// combination's totals (0 where the data has none) noised.
+fn public_key_columns(
+    sets: &[Vec<String>],
+    mut by_key: std::collections::HashMap<Vec<String>, Vec<i64>>,
+    naggs: usize,
+    noised: &mut Noised<'_>,
+    planned: &Schema,
+    groups: &[Expr],
+) -> Result<Vec<ArrayRef>, QueryError> {
+    let mut columns: Vec<Vec<String>> = vec![Vec::new(); groups.len()];
+    for key in combinations(sets) {
+        let t = by_key.remove(&key).unwrap_or_else(|| vec![0; naggs]);
+        let draws = noised.draw(&t)?;
+        noised.push(&draws);
+        for (i, v) in key.into_iter().enumerate() {
+            columns[i].push(v);
         }
-    };
-    let noisy: Vec<ArrayRef> = noised
-        .values
+    }
+    columns
+        .into_iter()
+        .enumerate()
+        .map(|(i, vals)| {
+            let text: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vals));
+            let to = planned.field(i).data_type();
+            cast(&text, to).map_err(|_| {
+                policy_refusal(format!(
+                    "a public key of group column {} cannot be read as its type {to}; the owner's policy must list \
+                     values of that type",
+                    groups[i]
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The noisy totals as the requester's columns, fixed-point units divided out.
+fn noisy_columns(values: Vec<Vec<i128>>, aggs: &[AggSpec], fp: i64) -> Vec<ArrayRef> {
+    values
         .into_iter()
         .zip(aggs)
         .map(|(vals, a)| -> ArrayRef {
@@ -1542,15 +1762,24 @@ async fn private_aggregate(
                 _ => Arc::new(Float64Array::from_iter_values(vals.into_iter().map(|v| v as f64 / fp as f64))),
             }
         })
-        .collect();
-    let rows = noisy.first().map(|a| a.len()).or_else(|| keys.first().map(|k| k.len())).unwrap_or(0);
-    let batch = project_outputs(&keys, rows, outputs, &plan.subquery.schema, |i| noisy[i].clone())?;
+        .collect()
+}
+
+/// The provenance of a private release of `released` groups: noise, threshold, guarantee.
+fn private_report(
+    plan: &ReleasePlan,
+    dp: &PrivacyPlan,
+    aggs: &[AggSpec],
+    outputs: &[(String, Output)],
+    released: u64,
+) -> ReleaseReport {
+    let fp = dp.fixed_point;
     let (threshold, delta) = match &dp.groups {
         DpGroups::Selected(s) => (Some(s.threshold), Some(s.delta)),
         _ => (None, None),
     };
-    let report = ReleaseReport {
-        groups_released: batch.num_rows() as u64,
+    ReleaseReport {
+        groups_released: released,
         groups_suppressed: 0,
         // Under noisy selection nothing is counted: the noisy threshold hides whether a group
         // of one exists, and a count of groups held back would not. With public keys, or
@@ -1573,8 +1802,7 @@ async fn private_aggregate(
         guarantee: Some(dp.guarantee),
         public_keys: matches!(dp.groups, DpGroups::Public(_)),
         ..Default::default()
-    };
-    Ok((vec![batch], report, scanned))
+    }
 }
 
 /// Column `i` of a batch of totals as 64-bit integers.
@@ -1701,76 +1929,85 @@ pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
     if rules.own {
         lines.push("the owner's own analysts: no rule binds".to_owned());
     } else {
-        let mut seen = BTreeSet::new();
-        for (column, use_, place) in subquery.uses() {
-            if !seen.insert((column.clone(), use_.as_str(), place.clone())) {
-                continue;
-            }
-            let mode = rules.policy.mode(&column);
-            let verdict = if !mode.permits(use_) {
-                "refused"
-            } else if use_ == Use::Extreme && !rules.policy.allows_extremes(&column) {
-                "refused (MIN/MAX not allowed)"
-            } else {
-                "allowed"
-            };
-            lines.push(format!(
-                "column {column} ({}) {} in {place}: {verdict}",
-                mode.as_str(),
-                use_.as_str()
-            ));
-        }
+        lines.extend(use_lines(subquery, rules));
     }
     match check(subquery.clone(), rules.clone()) {
         Ok(plan) => {
             let unit = rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows");
-            match (&plan.privacy, plan.min_group_size) {
-                (Some(p), _) => {
-                    let scales: Vec<String> = p.noise.iter().map(|n| format!("{:.2}", n.scale())).collect();
-                    lines.push(format!(
-                        "differential privacy ({}): costs {} {} (epsilon {:.4} at delta {:e}), noise scale per aggregate \
-                         (fixed-point units) {}",
-                        p.mechanism.as_str(),
-                        p.mechanism.parameter(),
-                        p.cost,
-                        p.guarantee.epsilon,
-                        p.guarantee.delta,
-                        scales.join(", ")
-                    ));
-                    lines.push(match &p.groups {
-                        DpGroups::Global => "one group, always answered with noise, whatever the data holds".to_owned(),
-                        DpGroups::Public(sets) => format!(
-                            "every combination of the public keys ({} groups) is released with noise, zeros included; \
-                             values outside the keys are not",
-                            key_combinations(sets)
-                        ),
-                        DpGroups::Selected(s) => format!(
-                            "a group is released when its noisy count of distinct {unit} reaches {} (the minimum group size {}, \
-                             noise scale {:.2}, delta {:e}: a group of one appears with probability at most delta); groups \
-                             held back are not counted",
-                            s.threshold,
-                            plan.min_group_size.unwrap_or(1),
-                            s.noise.scale(),
-                            s.delta
-                        ),
-                    });
-                }
-                (None, Some(k)) => {
-                    lines.push(format!(
-                        "minimum group size {k}: groups of fewer distinct {unit} are suppressed (counted exactly, with no \
-                         noise: exact releases are open to differencing across queries)"
-                    ));
-                    lines.push("exact values, no noise".to_owned());
-                }
-                (None, None) => {
-                    lines.push("no minimum group size".to_owned());
-                    lines.push("exact values, no noise".to_owned());
-                }
-            }
+            lines.extend(release_lines(&plan, unit));
             Explanation { verdict: "released".into(), lines }
         }
         Err(e) => Explanation { verdict: format!("refused: {e}"), lines },
     }
+}
+
+/// One line per distinct use of a column, with what its mode says of it.
+fn use_lines(subquery: &Subquery, rules: &Rules) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (column, use_, place) in subquery.uses() {
+        if !seen.insert((column.clone(), use_.as_str(), place.clone())) {
+            continue;
+        }
+        let mode = rules.policy.mode(&column);
+        let verdict = if !mode.permits(use_) {
+            "refused"
+        } else if use_ == Use::Extreme && !rules.policy.allows_extremes(&column) {
+            "refused (MIN/MAX not allowed)"
+        } else {
+            "allowed"
+        };
+        lines.push(format!("column {column} ({}) {} in {place}: {verdict}", mode.as_str(), use_.as_str()));
+    }
+    lines
+}
+
+/// What the release rules of a checked plan do: noise and groups, or a minimum group size.
+fn release_lines(plan: &ReleasePlan, unit: &str) -> Vec<String> {
+    match (&plan.privacy, plan.min_group_size) {
+        (Some(p), _) => privacy_lines(p, plan.min_group_size, unit),
+        (None, Some(k)) => vec![
+            format!(
+                "minimum group size {k}: groups of fewer distinct {unit} are suppressed (counted exactly, with no \
+                 noise: exact releases are open to differencing across queries)"
+            ),
+            "exact values, no noise".to_owned(),
+        ],
+        (None, None) => vec!["no minimum group size".to_owned(), "exact values, no noise".to_owned()],
+    }
+}
+
+/// What differential privacy does to a release: its cost and noise, and which groups appear.
+fn privacy_lines(p: &PrivacyPlan, min_group_size: Option<u64>, unit: &str) -> Vec<String> {
+    let scales: Vec<String> = p.noise.iter().map(|n| format!("{:.2}", n.scale())).collect();
+    let cost = format!(
+        "differential privacy ({}): costs {} {} (epsilon {:.4} at delta {:e}), noise scale per aggregate \
+         (fixed-point units) {}",
+        p.mechanism.as_str(),
+        p.mechanism.parameter(),
+        p.cost,
+        p.guarantee.epsilon,
+        p.guarantee.delta,
+        scales.join(", ")
+    );
+    let groups = match &p.groups {
+        DpGroups::Global => "one group, always answered with noise, whatever the data holds".to_owned(),
+        DpGroups::Public(sets) => format!(
+            "every combination of the public keys ({} groups) is released with noise, zeros included; \
+             values outside the keys are not",
+            key_combinations(sets)
+        ),
+        DpGroups::Selected(s) => format!(
+            "a group is released when its noisy count of distinct {unit} reaches {} (the minimum group size {}, \
+             noise scale {:.2}, delta {:e}: a group of one appears with probability at most delta); groups \
+             held back are not counted",
+            s.threshold,
+            min_group_size.unwrap_or(1),
+            s.noise.scale(),
+            s.delta
+        ),
+    };
+    vec![cost, groups]
 }
 
 /// Rows produced by the scans of an executed plan: what was read from the dataset; `None`

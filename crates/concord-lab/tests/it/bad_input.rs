@@ -1,4 +1,4 @@
-use concord_lab::demo::api_query;
+use concord_lab::demo::{DemoMember, api_query};
 use concord_node::NodeError;
 use concord_node::net::client::local_call;
 use concord_node::node::admin::{dataset_add, token_create};
@@ -18,6 +18,24 @@ fn refusal(e: NodeError) -> (String, String) {
 async fn analysts_get_clear_errors_and_the_node_stays_up() {
     let fed = three_members().await;
     let a = fed.member("alpha").clone();
+
+    malformed_or_refused_queries_say_why(&a).await;
+    tokens_and_roles_are_checked(&a).await;
+    bad_bodies_are_refused(&a).await;
+    local_tables_join_federated_aggregates(&a).await;
+
+    // An owner that is down fails the query with its name.
+    let mut nodes = fed.nodes;
+    let charlie = nodes.pop().expect("charlie");
+    charlie.stop().await;
+    a_down_owner_is_named_or_left_out(&a).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Malformed, unknown and refused queries each get their code and a message naming the cause.
+async fn malformed_or_refused_queries_say_why(a: &DemoMember) {
     let q = |sql: &'static str| api_query(&a.local_url, &a.analyst_token, sql);
 
     let (code, msg) = refusal(q("SELEC count(*) FROM cases").await.expect_err("malformed"));
@@ -30,7 +48,10 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
     assert!(code == "policy_refused" && msg.contains("read_rows") && msg.contains("What works"), "{msg}");
     let (code, msg) = refusal(q("SELECT count(DISTINCT region) FROM cases").await.expect_err("distinct"));
     assert!(code == "query_refused" && msg.contains("DISTINCT"), "{msg}");
+}
 
+/// No token, an unknown token, and roles that may not query or audit are refused.
+async fn tokens_and_roles_are_checked(a: &DemoMember) {
     // Tokens: none, unknown, and a role that may not query.
     let resp =
         local_call(&a.local_url, "POST", "/v1/query", None, Some(&serde_json::json!({"sql": "SELECT 1"})))
@@ -65,6 +86,10 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
         .expect("sent");
         assert_eq!(resp.status, 403, "{path}: {:?}", resp.error_parts());
     }
+}
+
+/// A body of the wrong shape and one too big are refused.
+async fn bad_bodies_are_refused(a: &DemoMember) {
     let resp = local_call(
         &a.local_url,
         "POST",
@@ -86,7 +111,11 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
     .await
     .expect("sent");
     assert_eq!(resp.status, 413);
+}
 
+/// Local tables join with federated aggregates.
+async fn local_tables_join_federated_aggregates(a: &DemoMember) {
+    let q = |sql: &'static str| api_query(&a.local_url, &a.analyst_token, sql);
     // Local tables join with federated aggregates.
     let out = q("WITH f AS (SELECT region, count(*) AS n FROM cases GROUP BY region) \
                  SELECT f.region, f.n, l.c FROM f JOIN (SELECT region, count(*) AS c FROM local.cases GROUP BY region) l ON f.region = l.region ORDER BY f.region")
@@ -94,11 +123,10 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
         .expect("join of federated and local aggregates");
     let text = pretty_format_batches(&out.batches).expect("fmt").to_string().replace(' ', "");
     assert!(text.contains("|north|3|2|") && text.contains("|south|3|1|"), "{text}");
+}
 
-    // An owner that is down fails the query with its name.
-    let mut nodes = fed.nodes;
-    let charlie = nodes.pop().expect("charlie");
-    charlie.stop().await;
+/// With charlie down a query fails naming it; asked for a partial result, it goes on without.
+async fn a_down_owner_is_named_or_left_out(a: &DemoMember) {
     let (code, msg) = refusal(
         api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases")
             .await
@@ -133,9 +161,6 @@ async fn analysts_get_clear_errors_and_the_node_stays_up() {
         .await
         .expect("bravo answers");
     assert_eq!(crate::peer_refusals::first_int(&out.batches), Some(2));
-    for n in nodes {
-        n.stop().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,6 +221,24 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
         .charter
         .digest();
 
+    let (fox_dir, fox, card, port) = foxtrot_initialised(&fed, &genesis).await;
+    let id = alpha.propose(vec![Change::AddMember { card: card.clone() }], ttl).await.expect("proposed");
+    yes_from(&fed, &["alpha", "bravo", "charlie", "delta"], &id).await;
+    all_at("every node adopts version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2).await;
+    foxtrot_joins_the_chain(&fed, &alpha, &fox, &genesis).await;
+    foxtrot_queries_and_is_queried(&mut fed, &fox, &fox_dir, &card, port).await;
+    let (echo_dir, new_card) = echo_rotates_its_keys(&fed, &alpha, ttl).await;
+    echo_serves_with_its_new_keys(&fed, &echo_dir, &new_card).await;
+    delta_removed_everywhere(&fed, &alpha, ttl).await;
+    delta_finds_no_witness(&fed, &alpha).await;
+    fed.stop().await;
+}
+
+/// Foxtrot's node folder and card; before any version names it, joining says what is missing.
+async fn foxtrot_initialised(
+    fed: &crate::support::Fed,
+    genesis: &str,
+) -> (std::path::PathBuf, NodeDir, concord_charter::MemberCard, u16) {
     // A candidate makes its node folder; its card carries the address others dial.
     let port = crate::support::free_ports(2);
     let fox_dir = fed.dir.path().join("foxtrot").join("node");
@@ -239,42 +257,56 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
     .expect("init");
     let fox = NodeDir::new(&fox_dir);
     // Before any version names it, joining says what is missing.
-    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis, None)
+    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, genesis, None)
         .await
         .expect_err("not a member yet");
     assert!(e.to_string().contains("--add-member"), "{e}");
+    (fox_dir, fox, card, port)
+}
 
-    let id = alpha.propose(vec![Change::AddMember { card: card.clone() }], ttl).await.expect("proposed");
-    yes_from(&fed, &["alpha", "bravo", "charlie", "delta"], &id).await;
-    all_at("every node adopts version 2", fed.nodes.iter().map(|n| n.node.clone()).collect(), 2).await;
-
+/// A wrong genesis or a head the chain does not end at is refused; the true head is joined.
+async fn foxtrot_joins_the_chain(
+    fed: &crate::support::Fed,
+    alpha: &concord_node::node::Node,
+    fox: &NodeDir,
+    genesis: &str,
+) {
     // A wrong genesis digest is refused, and nothing is stored.
     let wrong = "0".repeat(64);
-    let e = concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &wrong, None)
+    let e = concord_node::node::governance::join(fox, &fed.member("bravo").peer_url, &wrong, None)
         .await
         .expect_err("another federation's chain");
     assert!(e.to_string().contains("not the"), "{e}");
     assert!(fox.open_state().expect("state").latest_charter().expect("reads").is_none());
     // A head the chain does not end at (a stale or forked server, as the candidate's trusted
     // member reads it) is refused; the one it ends at is joined.
-    let e =
-        concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis, Some(&genesis))
-            .await
-            .expect_err("the chain ends at version 2");
+    let e = concord_node::node::governance::join(fox, &fed.member("bravo").peer_url, genesis, Some(genesis))
+        .await
+        .expect_err("the chain ends at version 2");
     assert!(e.to_string().contains("another history"), "{e}");
     let head = alpha.charter().charter.digest();
     let joined =
-        concord_node::node::governance::join(&fox, &fed.member("bravo").peer_url, &genesis, Some(&head))
+        concord_node::node::governance::join(fox, &fed.member("bravo").peer_url, genesis, Some(&head))
             .await
             .expect("joins");
     assert_eq!(joined.charter.version, 2);
+}
+
+/// Foxtrot's dataset, token and node: the sixth member queries every other, and is queried.
+async fn foxtrot_queries_and_is_queried(
+    fed: &mut crate::support::Fed,
+    fox: &NodeDir,
+    fox_dir: &std::path::Path,
+    card: &concord_charter::MemberCard,
+    port: u16,
+) {
     let rows = [("north", Some(9)), ("east", Some(2))];
     let file = crate::support::write_cases(fed.dir.path(), "foxtrot", &rows);
-    concord_node::node::admin::dataset_add(&fox, "cases", &file, Some("cases"), Some("*"))
+    concord_node::node::admin::dataset_add(fox, "cases", &file, Some("cases"), Some("*"))
         .await
         .expect("dataset");
-    let fox_token = concord_node::node::admin::token_create(&fox, "analyst").expect("token");
-    fed.nodes.push(concord_node::run::start(&fox).await.expect("foxtrot starts"));
+    let fox_token = concord_node::node::admin::token_create(fox, "analyst").expect("token");
+    fed.nodes.push(concord_node::run::start(fox).await.expect("foxtrot starts"));
     let fox_member = concord_lab::demo::DemoMember {
         id: "foxtrot".into(),
         local_url: format!("http://127.0.0.1:{port}"),
@@ -286,7 +318,7 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
         operator_token: String::new(),
         log_url: String::new(),
         vkey: card.vkey.clone(),
-        dir: fox_dir.clone(),
+        dir: fox_dir.to_path_buf(),
     };
     // The sixth member queries every other, and is queried by them.
     let mut asked = members_asked(&fox_member, "SELECT count(*) AS n FROM cases").await;
@@ -294,7 +326,14 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
     assert_eq!(asked, ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]);
     let asked = members_asked(fed.member("alpha"), "SELECT count(*) AS n FROM foxtrot.cases").await;
     assert_eq!(asked, ["foxtrot"]);
+}
 
+/// Echo rotates its keys, adopted at version 3; its old TLS and signing keys are refused.
+async fn echo_rotates_its_keys(
+    fed: &crate::support::Fed,
+    alpha: &concord_node::node::Node,
+    ttl: std::time::Duration,
+) -> (NodeDir, concord_charter::MemberCard) {
     // Echo rotates its keys: new ones made beside the running node, proposed, adopted.
     let echo_dir = NodeDir::new(&fed.member("echo").dir);
     let old_signer = echo_dir.load_signer(&echo_dir.load_config().expect("config")).expect("key");
@@ -304,7 +343,7 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
     let echo = fed.nodes[4].node.clone();
     let id = echo.propose(vec![Change::RotateKey { card: new_card.clone() }], ttl).await.expect("proposed");
     // Six members: four yes adopt it.
-    yes_from(&fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
+    yes_from(fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
     all_at("every node adopts version 3", fed.nodes.iter().map(|n| n.node.clone()).collect(), 3).await;
     // The old keys are refused: a call with the old TLS key gets no answer, and a proposal
     // signed with the old signing key is refused.
@@ -333,6 +372,16 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
         .await
         .expect_err("old signing key");
     assert!(e.to_string().contains("not signed by echo"), "{e}");
+    (echo_dir, new_card)
+}
+
+/// Echo's running node took its new keys without a restart, and is served with them.
+async fn echo_serves_with_its_new_keys(
+    fed: &crate::support::Fed,
+    echo_dir: &NodeDir,
+    new_card: &concord_charter::MemberCard,
+) {
+    let echo = &fed.nodes[4].node;
     // Echo's running node took its new keys into use with the version, without a restart,
     // and is served with them.
     assert_eq!(echo.keys().tls.pin, new_card.tls_pin);
@@ -342,10 +391,17 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
     assert_eq!(asked, ["alpha"]);
     let asked = members_asked(fed.member("alpha"), "SELECT count(*) AS n FROM echo.cases").await;
     assert_eq!(asked, ["echo"]);
+}
 
+/// Delta is removed at version 4: no remaining member serves its queries.
+async fn delta_removed_everywhere(
+    fed: &crate::support::Fed,
+    alpha: &concord_node::node::Node,
+    ttl: std::time::Duration,
+) {
     // Delta is removed: every node refuses it, on queries and on witnessing.
     let id = alpha.propose(vec![Change::RemoveMember { id: "delta".into() }], ttl).await.expect("proposed");
-    yes_from(&fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
+    yes_from(fed, &["alpha", "bravo", "charlie", "echo"], &id).await;
     let staying: Vec<_> =
         fed.nodes.iter().filter(|n| n.node.cfg.member != "delta").map(|n| n.node.clone()).collect();
     all_at("every remaining node adopts version 4", staying, 4).await;
@@ -359,6 +415,10 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
         .await;
         assert!(r.is_err(), "{m} still serves delta");
     }
+}
+
+/// Delta's next checkpoint finds no witness, no query asks it, and every history has 4 versions.
+async fn delta_finds_no_witness(fed: &crate::support::Fed, alpha: &concord_node::node::Node) {
     let delta_node = fed.nodes[3].node.clone();
     // Delta's next checkpoint finds no witness.
     delta_node.log.append(b"after removal".to_vec()).await.expect("appends");
@@ -378,7 +438,6 @@ async fn five_members_take_in_a_sixth_rotate_a_key_and_remove_one() {
     for n in fed.nodes.iter().filter(|n| n.node.cfg.member != "delta") {
         assert_eq!(n.node.state.charter_history().expect("history").len(), 4, "{}", n.node.cfg.member);
     }
-    fed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use concord_lab::demo::api_query;
+use concord_lab::demo::{DemoMember, api_query};
 use concord_log::Note;
 use concord_log::checkpoint::Checkpoint;
 use concord_node::net::client::local_call;
@@ -214,14 +214,25 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
     let mut fed = three_members().await;
     let charlie = Arc::new(Impostor::of(&fed, "charlie"));
     fed.nodes.remove(2).stop().await;
+    let app = bombing_app(&charlie);
+    let _stop = charlie.stand_in(&fed, app).await;
+    let a = fed.member("alpha").clone();
+
+    queries_over_charlie_name_it(&a).await;
+    a_bomb_under_a_valid_receipt_is_refused(&fed).await;
+    a_huge_log_costs_nothing_to_audit(&fed).await;
+    all_answer(&fed).await;
+    fed.stop().await;
+}
+
+/// Charlie's stand-in: a catalog, answers and a log checkpoint that are each a bomb.
+fn bombing_app(charlie: &Arc<Impostor>) -> axum::Router {
     let shared = shared_arrow_schema(&cases_schema());
     // Findings 2 and 3: a catalog whose schema is followed by a compressed batch bomb, answers
     // that are bombs under a valid receipt, a log that claims 2^56 entries.
     let bomb = compressed_bomb(&Schema::new(vec![Field::new("p0", DataType::Int64, true)]));
     let catalog_bomb = compressed_bomb(&shared);
-    let c = charlie.clone();
-    let answer = bomb.clone();
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(
             "/v1/catalog",
             get(move || {
@@ -231,43 +242,7 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
                 async move { axum::Json(body) }
             }),
         )
-        .route(
-            "/v1/query",
-            post(move |body: axum::body::Bytes| {
-                let (c, answer) = (c.clone(), answer.clone());
-                async move {
-                    let r = SignedRequest::from_bytes(&body).expect("request");
-                    let details = ReleaseDetails {
-                        salt: r.salt.clone(),
-                        result_sha256: result_digest(&r.salt, &answer),
-                        rows_scanned: Some(1),
-                        groups_released: 1,
-                        release: Default::default(),
-                    }
-                    .to_bytes();
-                    let receipt = ReleaseReceipt {
-                        federation: r.request.federation.clone(),
-                        request_id: r.request.request_id.clone(),
-                        owner: "charlie".into(),
-                        requester: r.request.requester.clone(),
-                        dataset: r.request.dataset.clone(),
-                        request_note: r.note_digest(),
-                        policy: commitment(b"policy"),
-                        cost: "none".into(),
-                        release: commitment(&details),
-                        log_index: 0,
-                    };
-                    let signed = receipt.sign(&c.signer).expect("sign");
-                    (
-                        [
-                            ("concord-receipt", B64.encode(signed.to_bytes())),
-                            ("concord-release-details", B64.encode(&details)),
-                        ],
-                        answer,
-                    )
-                }
-            }),
-        )
+        .route("/v1/query", bombs_under_receipts(charlie.clone(), bomb))
         .route(
             "/v1/log/checkpoint",
             get({
@@ -284,10 +259,49 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
                     async move { note.to_string() }
                 }
             }),
-        );
-    let _stop = charlie.stand_in(&fed, app).await;
-    let a = fed.member("alpha").clone();
+        )
+}
 
+/// `POST /v1/query` answered with `answer` under a receipt that verifies, signed with `c`'s key.
+fn bombs_under_receipts(c: Arc<Impostor>, answer: Vec<u8>) -> axum::routing::MethodRouter {
+    post(move |body: axum::body::Bytes| {
+        let (c, answer) = (c.clone(), answer.clone());
+        async move {
+            let r = SignedRequest::from_bytes(&body).expect("request");
+            let details = ReleaseDetails {
+                salt: r.salt.clone(),
+                result_sha256: result_digest(&r.salt, &answer),
+                rows_scanned: Some(1),
+                groups_released: 1,
+                release: Default::default(),
+            }
+            .to_bytes();
+            let receipt = ReleaseReceipt {
+                federation: r.request.federation.clone(),
+                request_id: r.request.request_id.clone(),
+                owner: "charlie".into(),
+                requester: r.request.requester.clone(),
+                dataset: r.request.dataset.clone(),
+                request_note: r.note_digest(),
+                policy: commitment(b"policy"),
+                cost: "none".into(),
+                release: commitment(&details),
+                log_index: 0,
+            };
+            let signed = receipt.sign(&c.signer).expect("sign");
+            (
+                [
+                    ("concord-receipt", B64.encode(signed.to_bytes())),
+                    ("concord-release-details", B64.encode(&details)),
+                ],
+                answer,
+            )
+        }
+    })
+}
+
+/// A query not touching charlie is unaffected; one over the shared schema names it, or skips it.
+async fn queries_over_charlie_name_it(a: &DemoMember) {
     // A query that does not touch charlie is not affected at all.
     api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM bravo.cases").await.expect("bravo only");
     // One over the shared schema names charlie; a partial one goes on without it, naming it.
@@ -301,6 +315,10 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
     assert_eq!(resp.status, 200, "{:?}", resp.error_parts());
     let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
     assert_eq!(v["missing"], serde_json::json!(["charlie"]));
+}
+
+/// An answer that is a bomb, under a receipt that verifies, is refused naming charlie.
+async fn a_bomb_under_a_valid_receipt_is_refused(fed: &Fed) {
     // An answer that is a bomb, under a receipt that verifies, is refused naming charlie.
     let alpha_node = &fed.nodes[0].node;
     let part = concord_query::Part { owner: "charlie".into(), dataset: "cases".into() };
@@ -311,8 +329,12 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
     assert_eq!(err.code().as_str(), "peer_error");
     assert!(err.to_string().contains("charlie") && err.to_string().contains("bad_answer"), "{err}");
     assert!(err.to_string().contains("compressed"), "{err}");
+}
+
+/// An audit of a log claiming 2^56 entries costs nothing and says so.
+async fn a_huge_log_costs_nothing_to_audit(fed: &Fed) {
     // An audit of a log claiming 2^56 entries costs nothing and says so.
-    let report = audit(&fed, "alpha", serde_json::json!({"members": ["charlie"]})).await;
+    let report = audit(fed, "alpha", serde_json::json!({"members": ["charlie"]})).await;
     assert_eq!(report["ok"], false);
     let problems = report["report"]["members"]
         .as_array()
@@ -320,8 +342,6 @@ async fn a_member_answering_ipc_bombs_and_huge_logs_is_refused_by_name() {
         .map(|m| m["problems"].to_string())
         .unwrap_or_default();
     assert!(problems.contains("72057594037927936 new entries"), "{report}");
-    all_answer(&fed).await;
-    fed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

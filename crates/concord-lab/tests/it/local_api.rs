@@ -3,6 +3,7 @@
 //! route, and the metrics count what happened.
 
 use concord_charter::governance::{Ballot, Change};
+use concord_lab::demo::DemoMember;
 use concord_node::net::local::{ClientError, LocalClient};
 use concord_node::wire::{
     AccessAsk, AccessStatus, AuditRequest, DecideRequest, Decision, Direction, ErrorBody, ErrorCode,
@@ -45,6 +46,18 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     let operator = LocalClient::new(&a.local_url, &a.operator_token);
     let steward_b = LocalClient::new(&b.local_url, &b.steward_token);
 
+    who_and_what(&analyst).await;
+    a_query_and_its_counters(&analyst, &operator, b).await;
+    the_log_and_audits(&auditor).await;
+    policy_test_and_access_request(&analyst, &steward_b).await;
+    governance_adopts_version_2(&delegate, &analyst, b).await;
+    let stranger = one_error_shape(a).await;
+    every_route_documented(&stranger).await;
+    fed.stop().await;
+}
+
+/// The status, tables and datasets an analyst sees.
+async fn who_and_what(analyst: &LocalClient) {
     // Who and what.
     let status = analyst.status().await.expect("status");
     assert_eq!((status.member.as_str(), status.role, status.charter_version), ("alpha", Role::Analyst, 1));
@@ -56,7 +69,10 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     assert_eq!(kind("local.cases"), Some(TableKind::Local));
     let datasets = analyst.datasets().await.expect("datasets");
     assert_eq!((datasets.len(), datasets[0].name.as_str(), datasets[0].available), (1, "cases", true));
+}
 
+/// A federated query and a refused one, counted in alpha's and bravo's metrics.
+async fn a_query_and_its_counters(analyst: &LocalClient, operator: &LocalClient, b: &DemoMember) {
     // A federated query, and its counters on both sides.
     let q = |sql: &str| QueryRequest { sql: sql.into(), purpose: None, partial: false };
     let r = analyst.query(&q("SELECT count(*) AS n FROM cases")).await.expect("query");
@@ -76,7 +92,10 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     let bravo_metrics = LocalClient::new(&b.local_url, &b.operator_token).metrics().await.expect("metrics");
     assert!(bravo_metrics.contains("concord_queries_served_total{member=\"bravo\"} 1\n"), "{bravo_metrics}");
     assert_eq!(code(analyst.metrics().await), (403, ErrorCode::Forbidden), "metrics need an operator");
+}
 
+/// The checkpoint, a receipt, a tile and an audit, as alpha's auditor reads them.
+async fn the_log_and_audits(auditor: &LocalClient) {
     // The log and audits (role auditor).
     let checkpoint = eventually(|| async { auditor.checkpoint().await.map_err(|e| e.to_string()) }).await;
     assert!(checkpoint.starts_with("test/alpha\n"), "{checkpoint}");
@@ -94,7 +113,10 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     .await;
     assert_eq!(audit.report.members.len(), 3);
     assert_eq!(code(auditor.audit(&AuditRequest::default()).await), (400, ErrorCode::BadRequest));
+}
 
+/// A policy test by bravo's steward, and an access request from filing to approval.
+async fn policy_test_and_access_request(analyst: &LocalClient, steward_b: &LocalClient) {
     // A policy test and an access request, from filing to approval.
     let t = PolicyTestRequest {
         as_member: "alpha".into(),
@@ -126,7 +148,10 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     assert_eq!(code(again), (409, ErrorCode::Conflict));
     let mine = analyst.access_requests().await.expect("list");
     assert_eq!(mine.iter().find(|r| r.id == filed.id).map(|r| r.status), Some(AccessStatus::Approved));
+}
 
+/// A proposal, bravo's vote adopting version 2, and the charter's versions and history.
+async fn governance_adopts_version_2(delegate: &LocalClient, analyst: &LocalClient, b: &DemoMember) {
     // Governance: the proposer votes yes, bravo's yes adopts version 2, which says what changed.
     let proposed = delegate
         .propose(&ProposeRequest { changes: vec![Change::MinGroupSize { size: 12 }], expires_in_secs: 3600 })
@@ -160,7 +185,10 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     let history = analyst.charter_history().await.expect("history");
     assert_eq!((history.versions.len(), history.genesis.as_str()), (2, v1.digest.as_str()));
     assert_eq!(code(analyst.leave().await), (403, ErrorCode::Forbidden), "leaving needs a delegate");
+}
 
+/// One error shape for a malformed body, a bad parameter and an unknown token; returns that client.
+async fn one_error_shape(a: &DemoMember) -> LocalClient {
     // One error shape, whatever the route: a malformed body, an unknown token.
     let raw = concord_node::net::client::local_request(
         &a.local_url,
@@ -186,7 +214,11 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     assert_eq!((raw.status, body.error.code), (400, ErrorCode::BadRequest));
     let stranger = LocalClient::new(&a.local_url, "concord_nobody");
     assert_eq!(code(stranger.status().await), (401, ErrorCode::Unauthorized));
+    stranger
+}
 
+/// The OpenAPI document, fetched without a token, names every route with its methods.
+async fn every_route_documented(stranger: &LocalClient) {
     // The document names every route the client calls, with its methods.
     let doc: serde_json::Value =
         serde_json::from_str(&stranger.openapi().await.expect("no token needed")).expect("json");
@@ -218,5 +250,4 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
         assert!(op["responses"]["200"].is_object() && op["responses"]["403"].is_object(), "{method} {path}");
     }
     assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(19), "no route left undocumented");
-    fed.stop().await;
 }

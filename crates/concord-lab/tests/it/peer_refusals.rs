@@ -57,46 +57,68 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     let alpha_keys = keys(&fed, "alpha");
     let alpha = signer(&fed, "alpha");
 
+    a_genuine_request_works(&fed, &alpha_keys, &alpha).await;
+    unknown_or_misnamed_members_refused(&fed, &alpha_keys, &alpha).await;
+    a_server_with_another_key_refused(&fed, &alpha_keys).await;
+    bad_signatures_and_tampering_refused(&fed, &alpha_keys, &alpha).await;
+    replays_answered_again_or_refused(&fed, &alpha_keys, &alpha).await;
+    stale_mismatched_and_malformed_refused(&fed, &alpha_keys, &alpha).await;
+
+    // After all that, the federation still answers.
+    let a = fed.member("alpha");
+    let out =
+        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases").await.expect("query works");
+    assert_eq!(first_int(&out.batches), Some(9));
+    fed.stop().await;
+}
+
+/// A genuine request from alpha is answered, with a receipt.
+async fn a_genuine_request_works(fed: &Fed, alpha_keys: &TlsKeys, alpha: &NoteSigner) {
     // A genuine request works.
-    let ok = to_bravo(&fed, &alpha_keys, request("alpha", "bravo").sign(&alpha).expect("sign").to_bytes())
+    let ok = to_bravo(fed, alpha_keys, request("alpha", "bravo").sign(alpha).expect("sign").to_bytes())
         .await
         .expect("sent");
     assert_eq!(ok.status, 200, "{:?}", ok.error_parts());
     assert!(ok.headers.contains_key("concord-receipt"));
+}
 
+/// An unpinned client, a requester not in the charter, and one not matching its TLS key.
+async fn unknown_or_misnamed_members_refused(fed: &Fed, alpha_keys: &TlsKeys, alpha: &NoteSigner) {
     // Unknown member: a certificate whose pin is in no charter cannot even finish the handshake.
     let stranger = generate("zulu").expect("identity");
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("c.pem"), stranger.cert_pem).expect("write");
     std::fs::write(dir.path().join("k.pem"), stranger.key_pem).expect("write");
     let stranger_keys = TlsKeys::load(&dir.path().join("c.pem"), &dir.path().join("k.pem")).expect("load");
-    let err =
-        to_bravo(&fed, &stranger_keys, request("alpha", "bravo").sign(&alpha).expect("sign").to_bytes())
-            .await
-            .expect_err("an unpinned client is refused");
+    let err = to_bravo(fed, &stranger_keys, request("alpha", "bravo").sign(alpha).expect("sign").to_bytes())
+        .await
+        .expect_err("an unpinned client is refused");
     assert!(err.to_string().contains("bravo"), "{err}");
 
     // A requester that is not in the charter, over a member's connection.
     let zulu = NoteSigner::generate("test/zulu").expect("key");
-    let resp = to_bravo(&fed, &alpha_keys, request("zulu", "bravo").sign(&zulu).expect("sign").to_bytes())
+    let resp = to_bravo(fed, alpha_keys, request("zulu", "bravo").sign(&zulu).expect("sign").to_bytes())
         .await
         .expect("sent");
     let msg = expect_refusal(resp, 401, "unknown_member");
     assert!(msg.contains("zulu"), "{msg}");
 
     // A member claiming to be another member than its TLS key says.
-    let charlie = signer(&fed, "charlie");
+    let charlie = signer(fed, "charlie");
     let resp =
-        to_bravo(&fed, &alpha_keys, request("charlie", "bravo").sign(&charlie).expect("sign").to_bytes())
+        to_bravo(fed, alpha_keys, request("charlie", "bravo").sign(&charlie).expect("sign").to_bytes())
             .await
             .expect("sent");
     expect_refusal(resp, 401, "unknown_member");
+}
 
+/// A server answering with another member's key is refused by the client.
+async fn a_server_with_another_key_refused(fed: &Fed, alpha_keys: &TlsKeys) {
     // Wrong TLS key on the server side: the client expects charlie's pin at bravo's address.
     let bravo_card = NodeDir::new(&fed.member("bravo").dir).load_card().expect("card");
     let charlie_card = NodeDir::new(&fed.member("charlie").dir).load_card().expect("card");
     let err = peer_call(
-        &alpha_keys,
+        alpha_keys,
         "bravo",
         &bravo_card.peer_endpoint,
         &charlie_card.tls_pin,
@@ -107,22 +129,24 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     .await
     .expect_err("a server with another key is refused");
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+}
 
+/// Bad signatures, a body changed after signing and a note changed after signing are refused.
+async fn bad_signatures_and_tampering_refused(fed: &Fed, alpha_keys: &TlsKeys, alpha: &NoteSigner) {
     // Bad signature: an impostor key under alpha's name, and a known key id with garbage.
     let impostor = NoteSigner::generate("test/alpha").expect("key");
-    let resp =
-        to_bravo(&fed, &alpha_keys, request("alpha", "bravo").sign(&impostor).expect("sign").to_bytes())
-            .await
-            .expect("sent");
+    let resp = to_bravo(fed, alpha_keys, request("alpha", "bravo").sign(&impostor).expect("sign").to_bytes())
+        .await
+        .expect("sent");
     expect_refusal(resp, 401, "bad_signature");
-    let genuine = request("alpha", "bravo").sign(&alpha).expect("sign");
+    let genuine = request("alpha", "bravo").sign(alpha).expect("sign");
     let mut garbage = Note::new(genuine.note.text()).expect("note");
     garbage.add_signature(NoteSignature {
         name: "test/alpha".into(),
         key_id: alpha.key_id(),
         signature: vec![7; 64],
     });
-    let resp = to_bravo(&fed, &alpha_keys, envelope(&garbage, &genuine.details)).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, envelope(&garbage, &genuine.details)).await.expect("sent");
     expect_refusal(resp, 401, "bad_signature");
 
     // Tampered body: the SQL is changed after signing. The signed note commits to the details
@@ -130,7 +154,7 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     let details = String::from_utf8(genuine.details.clone()).expect("utf8");
     let tampered = details.replace("SELECT count(1) AS p0 FROM cases", "SELECT max(days) AS p0 FROM cases");
     assert_ne!(details, tampered);
-    let resp = to_bravo(&fed, &alpha_keys, envelope(&genuine.note, tampered.as_bytes())).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, envelope(&genuine.note, tampered.as_bytes())).await.expect("sent");
     let message = expect_refusal(resp, 400, "bad_request");
     assert!(message.contains("not those the note commits to"), "{message}");
     // And a note changed after signing (another dataset) fails its signature.
@@ -138,14 +162,17 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     for sig in genuine.note.signatures() {
         moved.add_signature(sig.clone());
     }
-    let resp = to_bravo(&fed, &alpha_keys, envelope(&moved, &genuine.details)).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, envelope(&moved, &genuine.details)).await.expect("sent");
     expect_refusal(resp, 401, "bad_signature");
+}
 
+/// A replayed release is answered with the same bytes and receipt; a replayed refusal is refused.
+async fn replays_answered_again_or_refused(fed: &Fed, alpha_keys: &TlsKeys, alpha: &NoteSigner) {
     // Replay of a release: the same bytes and receipt again, not a new access.
-    let note = request("alpha", "bravo").sign(&alpha).expect("sign").to_bytes();
-    let first = to_bravo(&fed, &alpha_keys, note.clone()).await.expect("sent");
+    let note = request("alpha", "bravo").sign(alpha).expect("sign").to_bytes();
+    let first = to_bravo(fed, alpha_keys, note.clone()).await.expect("sent");
     assert_eq!(first.status, 200);
-    let again = to_bravo(&fed, &alpha_keys, note).await.expect("sent");
+    let again = to_bravo(fed, alpha_keys, note).await.expect("sent");
     assert_eq!(again.status, 200);
     assert_eq!(
         (again.body, again.headers.get("concord-receipt")),
@@ -154,46 +181,42 @@ async fn every_bad_peer_request_is_refused_and_the_node_stays_up() {
     // Replay of a refusal: refused as a replay.
     let mut r = request("alpha", "bravo");
     r.sql = "SELECT region AS g0 FROM cases".into();
-    let note = r.sign(&alpha).expect("sign").to_bytes();
-    let resp = to_bravo(&fed, &alpha_keys, note.clone()).await.expect("sent");
+    let note = r.sign(alpha).expect("sign").to_bytes();
+    let resp = to_bravo(fed, alpha_keys, note.clone()).await.expect("sent");
     expect_refusal(resp, 403, "policy_refused");
-    let resp = to_bravo(&fed, &alpha_keys, note).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, note).await.expect("sent");
     expect_refusal(resp, 409, "replayed_request");
+}
 
+/// Stale and future times, another charter version, bad bodies and a sub-query of no known shape.
+async fn stale_mismatched_and_malformed_refused(fed: &Fed, alpha_keys: &TlsKeys, alpha: &NoteSigner) {
     // Stale and future times.
     for delta in [-600, 600] {
         let mut r = request("alpha", "bravo");
         r.time += delta;
-        let resp = to_bravo(&fed, &alpha_keys, r.sign(&alpha).expect("sign").to_bytes()).await.expect("sent");
+        let resp = to_bravo(fed, alpha_keys, r.sign(alpha).expect("sign").to_bytes()).await.expect("sent");
         expect_refusal(resp, 408, "stale_request");
     }
 
     // Another charter version.
     let mut r = request("alpha", "bravo");
     r.charter_version = 2;
-    let resp = to_bravo(&fed, &alpha_keys, r.sign(&alpha).expect("sign").to_bytes()).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, r.sign(alpha).expect("sign").to_bytes()).await.expect("sent");
     expect_refusal(resp, 409, "charter_mismatch");
 
     // Malformed and oversized bodies.
-    let resp = to_bravo(&fed, &alpha_keys, b"not a note".to_vec()).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, b"not a note".to_vec()).await.expect("sent");
     let message = expect_refusal(resp, 400, "bad_request");
     assert!(message.contains("not a note with its details"), "{message}");
-    let resp = to_bravo(&fed, &alpha_keys, vec![b'x'; 600 * 1024]).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, vec![b'x'; 600 * 1024]).await.expect("sent");
     assert_eq!(resp.status, 413);
 
     // A sub-query that is neither a partial aggregate nor a row read, correctly signed: the
     // owner's check refuses it.
     let mut r = request("alpha", "bravo");
     r.sql = "SELECT count(1) + 1 AS p0 FROM cases".into();
-    let resp = to_bravo(&fed, &alpha_keys, r.sign(&alpha).expect("sign").to_bytes()).await.expect("sent");
+    let resp = to_bravo(fed, alpha_keys, r.sign(alpha).expect("sign").to_bytes()).await.expect("sent");
     expect_refusal(resp, 400, "subquery_refused");
-
-    // After all that, the federation still answers.
-    let a = fed.member("alpha");
-    let out =
-        api_query(&a.local_url, &a.analyst_token, "SELECT count(*) FROM cases").await.expect("query works");
-    assert_eq!(first_int(&out.batches), Some(9));
-    fed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,19 +137,31 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     let fed = three_members().await;
     let file = write(fed.dir.path(), "important.toml", IMPORTANT);
     admin::policy_set(&NodeDir::new(&fed.member("bravo").dir), "cases", &file).expect("policy set");
-    let alpha = fed.member("alpha");
     let sql = "SELECT region, sum(days) AS d FROM bravo.cases GROUP BY region ORDER BY region";
     let (code, message) = refusal(&fed, "alpha", sql).await;
     assert_eq!(code, "policy_refused");
     assert!(message.contains("approved access request"), "{message}");
+    let id = request_filed(&fed).await;
+    only_stewards_decide(&fed, &id).await;
+    approved_and_logged(&fed, &id, sql).await;
+    revoked_at_once(&fed, &id, sql).await;
+    expired_grant_serves_nothing(&fed, sql).await;
+    refused_for_good(&fed, sql).await;
+    fed.stop().await;
+}
 
+/// The body of an access request by alpha's analyst for `dataset`.
+fn ask(dataset: &str) -> serde_json::Value {
+    serde_json::json!({
+        "dataset": dataset, "actions": ["aggregate"], "purpose": "analysis",
+        "legal_basis": "public health act, art. 12", "days": 30
+    })
+}
+
+/// Alpha's request for an unknown dataset leaves nothing; one for `bravo.cases` is pending.
+async fn request_filed(fed: &Fed) -> String {
+    let alpha = fed.member("alpha");
     // A request for a dataset that does not exist leaves nothing behind.
-    let ask = |dataset: &str| {
-        serde_json::json!({
-            "dataset": dataset, "actions": ["aggregate"], "purpose": "analysis",
-            "legal_basis": "public health act, art. 12", "days": 30
-        })
-    };
     let r = local_call(
         &alpha.local_url,
         "POST",
@@ -174,11 +186,15 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     let filed: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     let id = filed["id"].as_str().expect("id").to_owned();
     assert_eq!(filed["status"], "pending");
+    id
+}
 
+/// Bravo's steward sees the request in its inbox; bravo's analyst may not decide it.
+async fn only_stewards_decide(fed: &Fed, id: &str) {
     // The owner's steward sees it; an analyst's token cannot decide it.
-    let (status, list) = steward(&fed, "bravo", "GET", "/v1/access/requests", serde_json::Value::Null).await;
+    let (status, list) = steward(fed, "bravo", "GET", "/v1/access/requests", serde_json::Value::Null).await;
     assert_eq!(status, 200);
-    assert!(list.as_array().expect("list").iter().any(|r| r["id"] == id.as_str() && r["direction"] == "in"));
+    assert!(list.as_array().expect("list").iter().any(|r| r["id"] == id && r["direction"] == "in"));
     let bravo = fed.member("bravo");
     let r = local_call(
         &bravo.local_url,
@@ -190,9 +206,13 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     .await
     .expect("sent");
     assert_eq!(r.status, 403, "only stewards decide");
+}
 
+/// Approved by bravo's steward: the query works under the grant, and both logs hold each step.
+async fn approved_and_logged(fed: &Fed, id: &str, sql: &str) {
+    let alpha = fed.member("alpha");
     let (status, approved) = steward(
-        &fed,
+        fed,
         "bravo",
         "POST",
         &format!("/v1/access/requests/{id}/approve"),
@@ -203,7 +223,7 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     assert_eq!(approved["status"], "approved");
     let out = api_query(&alpha.local_url, &alpha.analyst_token, sql).await.expect("allowed with the grant");
     let bravo_part = out.provenance.iter().find(|c| c.member == "bravo").expect("bravo contributed");
-    assert_eq!(bravo_part.release.grant.as_deref(), Some(id.as_str()), "provenance names the grant");
+    assert_eq!(bravo_part.release.grant.as_deref(), Some(id), "provenance names the grant");
     // The requester learned of the decision, and both logs hold every step.
     let (_, mine) = {
         let r = local_call(&alpha.local_url, "GET", "/v1/access/requests", Some(&alpha.analyst_token), None)
@@ -211,11 +231,9 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
             .expect("sent");
         (r.status, serde_json::from_slice::<serde_json::Value>(&r.body).expect("json"))
     };
-    assert!(
-        mine.as_array().expect("list").iter().any(|r| r["id"] == id.as_str() && r["status"] == "approved")
-    );
+    assert!(mine.as_array().expect("list").iter().any(|r| r["id"] == id && r["status"] == "approved"));
     for who in ["alpha", "bravo"] {
-        let e = entries(&fed, who);
+        let e = entries(fed, who);
         assert!(
             e.iter()
                 .any(|x| matches!(x, LogEntry::AccessRequestFiled { request_id, .. } if *request_id == id)),
@@ -226,10 +244,13 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
             "{who}"
         );
     }
+}
 
+/// Revoked: alpha's query is refused again at once, and a second revocation is a conflict.
+async fn revoked_at_once(fed: &Fed, id: &str, sql: &str) {
     // Revoked: refused again at once, and logged on both sides.
     let (status, revoked) = steward(
-        &fed,
+        fed,
         "bravo",
         "POST",
         &format!("/v1/access/requests/{id}/revoke"),
@@ -237,10 +258,10 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     )
     .await;
     assert_eq!(status, 200, "{revoked}");
-    let (code, _) = refusal(&fed, "alpha", sql).await;
+    let (code, _) = refusal(fed, "alpha", sql).await;
     assert_eq!(code, "policy_refused");
     let (status, _) = steward(
-        &fed,
+        fed,
         "bravo",
         "POST",
         &format!("/v1/access/requests/{id}/revoke"),
@@ -248,7 +269,11 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     )
     .await;
     assert_eq!(status, 409, "a revoked grant cannot be revoked again");
+}
 
+/// Expiry: a second grant serves until its period is over, then serves nothing.
+async fn expired_grant_serves_nothing(fed: &Fed, sql: &str) {
+    let (alpha, bravo) = (fed.member("alpha"), fed.member("bravo"));
     // Expiry: a second grant whose period is over no longer serves.
     let r = local_call(
         &alpha.local_url,
@@ -264,7 +289,7 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
         .expect("id")
         .to_owned();
     let (status, _) =
-        steward(&fed, "bravo", "POST", &format!("/v1/access/requests/{id2}/approve"), serde_json::json!({}))
+        steward(fed, "bravo", "POST", &format!("/v1/access/requests/{id2}/approve"), serde_json::json!({}))
             .await;
     assert_eq!(status, 200);
     api_query(&alpha.local_url, &alpha.analyst_token, sql).await.expect("allowed with the second grant");
@@ -274,9 +299,13 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
         rusqlite::params![chrono::Utc::now().timestamp() - 1, id2],
     )
     .expect("age the grant");
-    let (code, _) = refusal(&fed, "alpha", sql).await;
+    let (code, _) = refusal(fed, "alpha", sql).await;
     assert_eq!(code, "policy_refused", "an expired grant serves nothing");
+}
 
+/// Refused: a reason is needed, and a refused request cannot be approved afterwards.
+async fn refused_for_good(fed: &Fed, sql: &str) {
+    let alpha = fed.member("alpha");
     // Refused: a reason is needed, and a refused request cannot be approved afterwards.
     let r = local_call(
         &alpha.local_url,
@@ -292,11 +321,11 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
         .expect("id")
         .to_owned();
     let (status, _) =
-        steward(&fed, "bravo", "POST", &format!("/v1/access/requests/{id3}/refuse"), serde_json::json!({}))
+        steward(fed, "bravo", "POST", &format!("/v1/access/requests/{id3}/refuse"), serde_json::json!({}))
             .await;
     assert_eq!(status, 400, "a refusal needs a reason");
     let (status, refused) = steward(
-        &fed,
+        fed,
         "bravo",
         "POST",
         &format!("/v1/access/requests/{id3}/refuse"),
@@ -305,12 +334,11 @@ async fn access_requests_end_to_end_with_expiry_and_revocation() {
     .await;
     assert_eq!((status, refused["status"].as_str()), (200, Some("refused")), "{refused}");
     let (status, _) =
-        steward(&fed, "bravo", "POST", &format!("/v1/access/requests/{id3}/approve"), serde_json::json!({}))
+        steward(fed, "bravo", "POST", &format!("/v1/access/requests/{id3}/approve"), serde_json::json!({}))
             .await;
     assert_eq!(status, 409);
-    let (code, _) = refusal(&fed, "alpha", sql).await;
+    let (code, _) = refusal(fed, "alpha", sql).await;
     assert_eq!(code, "policy_refused");
-    fed.stop().await;
 }
 
 /// A personal dataset under differential privacy, with a small budget.

@@ -205,6 +205,17 @@ const EVERYONE: &str =
 async fn a_personal_schema_is_protected_by_default_whatever_allow_says() {
     let fed = people_federation().await;
     let alpha = fed.member("alpha");
+    the_derived_policy_refuses_what_it_must(alpha).await;
+    releases_come_with_noise_and_their_guarantee(alpha).await;
+    let bravo = NodeDir::new(&fed.member("bravo").dir);
+    a_file_allowed_to_one_member_releases_no_person(&fed, alpha, &bravo).await;
+    a_replacement_keeps_the_derived_policy(&fed, &bravo).await;
+    a_plain_personal_column_is_refused(&fed, &bravo);
+    fed.stop().await;
+}
+
+/// The derived policy: the unit hidden, personal columns aggregate-only, no rows.
+async fn the_derived_policy_refuses_what_it_must(alpha: &DemoMember) {
     // The derived policy: the unit hidden, personal columns aggregate-only, noise.
     for (sql, says) in [
         ("SELECT person_id, sum(income) FROM bravo.people GROUP BY person_id", "person_id is hidden"),
@@ -218,6 +229,10 @@ async fn a_personal_schema_is_protected_by_default_whatever_allow_says() {
         assert!(code.contains("refused"), "{sql}: {code} {message}");
         assert!(message.contains(says), "{sql}: {message}");
     }
+}
+
+/// What it releases comes with noise, its threshold and its (epsilon, delta); small cells stay out.
+async fn releases_come_with_noise_and_their_guarantee(alpha: &DemoMember) {
     // What it releases comes with noise, its threshold and its (epsilon, delta).
     let r = ask(
         alpha,
@@ -244,7 +259,10 @@ async fn a_personal_schema_is_protected_by_default_whatever_allow_says() {
         got.iter().all(|k| !k.contains("tiny")),
         "cells of 9 and 10 people pass a threshold near 40 only by a 4-sigma draw: {got:?}"
     );
+}
 
+/// A file added under the schema with `--allow` for alpha still gives alpha no row and no person.
+async fn a_file_allowed_to_one_member_releases_no_person(fed: &Fed, alpha: &DemoMember, bravo: &NodeDir) {
     // A file added under the schema with --allow for one member: no row and no single
     // person's value comes back to that member either.
     let extra = write(
@@ -252,9 +270,8 @@ async fn a_personal_schema_is_protected_by_default_whatever_allow_says() {
         "more.csv",
         "person_id,region,age_band,income\n1,north,30-59,999\n2,north,30-59,5\n",
     );
-    let bravo = NodeDir::new(&fed.member("bravo").dir);
     let added = admin::dataset_register(
-        &bravo,
+        bravo,
         &admin::DatasetSpec {
             name: "more",
             file: &extra,
@@ -282,27 +299,32 @@ async fn a_personal_schema_is_protected_by_default_whatever_allow_says() {
         seen.push(number(&rows(&r)[0][0]));
     }
     assert!(seen.iter().any(|v| *v != 2.0), "five exact answers: {seen:?}");
+}
 
+/// A replacement keeps the derived policy and says so; `--allow` cannot swap it.
+async fn a_replacement_keeps_the_derived_policy(fed: &Fed, bravo: &NodeDir) {
     // A replacement keeps the derived policy and says so; --allow cannot swap it.
-    let before = admin::policy_show(&bravo, "people").expect("policy").digest();
+    let before = admin::policy_show(bravo, "people").expect("policy").digest();
     let file = write_people(fed.dir.path(), 1);
     let (_, changes) =
-        admin::dataset_replace(&bravo, "people", &file, Some("people"), None).await.expect("replaced");
+        admin::dataset_replace(bravo, "people", &file, Some("people"), None).await.expect("replaced");
     assert!(changes.iter().any(|c| c.starts_with("policy kept")), "{changes:?}");
-    assert_eq!(admin::policy_show(&bravo, "people").expect("policy").digest(), before);
-    admin::dataset_replace(&bravo, "people", &file, Some("people"), Some("*"))
+    assert_eq!(admin::policy_show(bravo, "people").expect("policy").digest(), before);
+    admin::dataset_replace(bravo, "people", &file, Some("people"), Some("*"))
         .await
         .expect_err("--allow on replace");
+}
 
+/// A policy that would make a personal column plain is refused, naming the rule.
+fn a_plain_personal_column_is_refused(fed: &Fed, bravo: &NodeDir) {
     // A policy that would make a personal column plain is refused, naming the rule.
     let plain = write(
         fed.dir.path(),
         "plain.toml",
         &dp_policy("0.01", "1.0", EVERYONE).replace("income = \"aggregate\"", "income = \"plain\""),
     );
-    let e = admin::policy_set(&bravo, "people", &plain).expect_err("plain personal column");
+    let e = admin::policy_set(bravo, "people", &plain).expect_err("plain personal column");
     assert!(e.to_string().contains("column income is personal"), "{e}");
-    fed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -464,11 +486,30 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
     let alpha = fed.member("alpha");
     let needle = "zz-needle-7731";
     let purpose = "purpose-needle-5519";
+    a_query_and_a_refusal_carry_needles(alpha, needle, purpose).await;
+    let id = an_access_request_filed(alpha, purpose).await;
+    a_useless_grant_refused_then_the_request(&fed, &id).await;
+    settle(&fed).await;
+
+    // Charlie audits everyone: twins reconciled, nothing of the notes seen or kept.
+    let secrets = [needle, purpose, "zz-refused-4410", "basis-needle-3301", "reason-needle-8812"];
+    charlie_sees_and_keeps_none_of(&fed, secrets).await;
+    the_parties_keep_and_check_the_notes(&fed, needle).await;
+    public_notes_by_charter_are_in_the_log(&fed, alpha, purpose).await;
+    fed.stop().await;
+}
+
+/// Alpha's analyst runs a query and has one refused, each with a needle in its SQL and purpose.
+async fn a_query_and_a_refusal_carry_needles(alpha: &DemoMember, needle: &str, purpose: &str) {
     let sql = format!("SELECT count(*) AS n FROM bravo.people WHERE region = '{needle}'");
     ask(alpha, &sql, purpose, false).await.expect("runs");
     ask(alpha, "SELECT region, income FROM bravo.people WHERE region = 'zz-refused-4410'", purpose, false)
         .await
         .expect_err("refused: its reason, which quotes the SQL, stays with the parties");
+}
+
+/// Alpha files an access request whose purpose and legal basis are needles; returns its id.
+async fn an_access_request_filed(alpha: &DemoMember, purpose: &str) -> String {
     // An access request and its decision: purpose and legal basis stay with the parties too.
     let body = serde_json::json!({"dataset": "bravo.people", "actions": ["read_rows"], "purpose": purpose,
         "legal_basis": "basis-needle-3301", "days": 30});
@@ -478,10 +519,14 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
             .expect("sent");
     assert_eq!(r.status, 200, "{:?}", r.error_parts());
     let filed: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
-    let id = filed["id"].as_str().expect("id").to_owned();
+    filed["id"].as_str().expect("id").to_owned()
+}
+
+/// Approving a grant the policy could never use is refused; the request is refused with a reason.
+async fn a_useless_grant_refused_then_the_request(fed: &Fed, id: &str) {
     // A grant the policy could never use is refused at approval, with the reason.
     let (status, answer) = crate::policy::steward(
-        &fed,
+        fed,
         "bravo",
         "POST",
         &format!("/v1/access/requests/{id}/approve"),
@@ -494,7 +539,7 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
         "{answer}"
     );
     let (status, _) = crate::policy::steward(
-        &fed,
+        fed,
         "bravo",
         "POST",
         &format!("/v1/access/requests/{id}/refuse"),
@@ -502,13 +547,13 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
     )
     .await;
     assert_eq!(status, 200);
-    settle(&fed).await;
+}
 
-    // Charlie audits everyone: twins reconciled, nothing of the notes seen or kept.
-    let report = audit(&fed, "charlie", serde_json::json!({"all": true})).await;
+/// Charlie's audit passes, and neither it, charlie's folder nor the logs it read hold a secret.
+async fn charlie_sees_and_keeps_none_of(fed: &Fed, secrets: [&str; 5]) {
+    let report = audit(fed, "charlie", serde_json::json!({"all": true})).await;
     assert_eq!(report["ok"], true, "{report}");
     let text = report.to_string();
-    let secrets = [needle, purpose, "zz-refused-4410", "basis-needle-3301", "reason-needle-8812"];
     for s in secrets {
         assert!(!text.contains(s), "{s} in charlie's audit: {text}");
     }
@@ -518,7 +563,7 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
     }
     // The logs charlie read hold the public facts, not the notes.
     for id in ["alpha", "bravo"] {
-        for e in entries(&fed, id) {
+        for e in entries(fed, id) {
             let raw = String::from_utf8(e.to_bytes().expect("json")).expect("utf8");
             let decoded: String = raw
                 .split('"')
@@ -530,23 +575,30 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
             }
         }
     }
+}
+
+/// The parties keep the notes, and their audits check them against the commitments.
+async fn the_parties_keep_and_check_the_notes(fed: &Fed, needle: &str) {
     // The parties keep the notes, and their audits check them against the commitments.
     for id in ["alpha", "bravo"] {
         assert!(holds(&folder_bytes(&fed.member(id).dir), needle), "{id} keeps the request's details");
-        let report = audit(&fed, id, serde_json::json!({"all": true})).await;
+        let report = audit(fed, id, serde_json::json!({"all": true})).await;
         assert_eq!(report["ok"], true, "{report}");
         assert!(report["report"]["notes_checked"].as_u64().is_some_and(|n| n >= 2), "{report}");
     }
+}
 
+/// With access notes made public by a charter version, the owner's log shows a request's details.
+async fn public_notes_by_charter_are_in_the_log(fed: &Fed, alpha: &DemoMember, purpose: &str) {
     // A federation that wants full transparency says so in its charter: then the notes are in
     // the logs for every member to read.
-    let a = node_of(&fed, "alpha");
+    let a = node_of(fed, "alpha");
     let p = a
         .propose(vec![Change::AccessNotes { visibility: AccessNotes::Public }], Duration::from_secs(3600))
         .await
         .expect("proposed");
     for voter in ["alpha", "bravo"] {
-        node_of(&fed, voter).cast_vote(&p, Ballot::Yes, "").await.expect("vote");
+        node_of(fed, voter).cast_vote(&p, Ballot::Yes, "").await.expect("vote");
     }
     crate::support::eventually("version 2 everywhere", || async {
         fed.nodes.iter().all(|n| n.node.charter_version() == 2)
@@ -561,7 +613,7 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
     )
     .await
     .expect("runs");
-    let shown = entries(&fed, "bravo").into_iter().any(|e| match e {
+    let shown = entries(fed, "bravo").into_iter().any(|e| match e {
         LogEntry::AccessServed { notes: Some(n), .. } => n
             .details
             .and_then(|d| B64.decode(d).ok())
@@ -569,7 +621,6 @@ async fn a_third_member_sees_who_asked_whom_and_no_query_text() {
         _ => false,
     });
     assert!(shown, "with access-notes public the owner's log shows the request's details");
-    fed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -23,24 +23,38 @@ pub struct PeerId(pub String);
 /// How connections are opened: plain TCP (local listener) or mutual TLS with pins (peers).
 #[derive(Clone)]
 pub enum Transport {
+    /// HTTP over plain TCP: the local listener.
     Plain,
-    Tls { acceptor: tokio_rustls::TlsAcceptor, pins: crate::net::tls::Pins },
+    /// HTTP over mutual TLS: the peer listener; a client is served only if its pin is a member's.
+    Tls {
+        /// Accepts TLS 1.3 connections with the peer listener's server configuration.
+        acceptor: tokio_rustls::TlsAcceptor,
+        /// The members' pins, to name the member at the other end of each connection.
+        pins: crate::net::tls::Pins,
+    },
 }
 
 /// The deadlines of one listener, from the node's limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Deadlines {
+    /// Open connections at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Open connections from one address: no single client takes every slot.
     pub max_per_address: usize,
     /// Time for a TLS handshake.
     pub handshake: Duration,
+    /// Time for a request's headers to arrive.
     pub header: Duration,
+    /// Longest life of a connection, however it is used.
     pub connection: Duration,
+    /// Time for one request, from its headers to its answer.
     pub request: Duration,
 }
 
 impl Deadlines {
+    /// The deadlines `limits` set: a handshake gets the header time but at most 3 s; a request,
+    /// the longer of the two query timeouts plus the header time; a connection, that longer
+    /// query timeout plus the idle time.
     pub fn of(limits: &Limits) -> Self {
         let query = Duration::from_secs(limits.query_timeout_secs.max(limits.subquery_timeout_secs));
         Self {
@@ -101,22 +115,19 @@ pub async fn serve(
             a = listener.accept() => a,
         };
         let (tcp, remote) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(5);
-                x
-            }
+            Ok(x) => x,
             Err(e) => {
                 // Out of file handles, or the like: wait, then try again, doubling up to 1 s.
                 tracing::warn!("accepting a connection failed: {e}; retrying in {} ms", backoff.as_millis());
                 drop(permit);
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if shut_down_during(&mut shutdown, backoff).await {
+                    break;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
+        backoff = Duration::from_millis(5);
         let Some(per_address) = PerAddress::take(&addresses, remote.ip(), deadlines.max_per_address) else {
             tracing::info!(%remote, "too many connections from one address; closed");
             continue;
@@ -128,27 +139,47 @@ pub async fn serve(
         connections.spawn(async move {
             let _permit = permit;
             let _per_address = per_address;
-            match transport {
-                Transport::Plain => http(TokioIo::new(tcp), app, None, deadlines).await,
-                Transport::Tls { acceptor, pins } => {
-                    let tls = match tokio::time::timeout(deadlines.handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::info!(%remote, "TLS handshake refused: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%remote, "TLS handshake not finished in time");
-                            return;
-                        }
-                    };
-                    let Some(member) = crate::net::tls::peer_member(tls.get_ref().1, &pins) else { return };
-                    http(TokioIo::new(tls), app, Some(PeerId(member)), deadlines).await;
-                }
-            }
+            serve_connection(tcp, remote, app, transport, deadlines).await;
         });
     }
     connections.shutdown().await;
+}
+
+/// Waits `pause`, or less if `shutdown` changes first; whether it did.
+async fn shut_down_during(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+/// Serves one accepted connection with `app`: at once over plain TCP; over TLS, after a
+/// handshake within its deadline, and only for a member's certificate.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    app: Router,
+    transport: Transport,
+    deadlines: Deadlines,
+) {
+    match transport {
+        Transport::Plain => http(TokioIo::new(tcp), app, None, deadlines).await,
+        Transport::Tls { acceptor, pins } => {
+            let tls = match tokio::time::timeout(deadlines.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, "TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, "TLS handshake not finished in time");
+                    return;
+                }
+            };
+            let Some(member) = crate::net::tls::peer_member(tls.get_ref().1, &pins) else { return };
+            http(TokioIo::new(tls), app, Some(PeerId(member)), deadlines).await;
+        }
+    }
 }
 
 type Addresses = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;

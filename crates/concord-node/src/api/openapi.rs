@@ -43,9 +43,19 @@ pub fn document_json() -> String {
         .clone()
 }
 
+/// The routes of `api::local` and the document's own, with the info, schemas, error answers
+/// and security every operation shares.
 fn build() -> Document {
     let mut doc = crate::api::local::Paths::openapi();
     doc.paths.paths.extend(Meta::openapi().paths.paths);
+    set_info(&mut doc);
+    add_components(&mut doc);
+    add_errors_and_security(&mut doc);
+    doc
+}
+
+/// The document's title, version and description.
+fn set_info(doc: &mut Document) {
     doc.info.title = "Concord node: local API".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some(
@@ -54,6 +64,10 @@ fn build() -> Document {
          roles it admits. Errors answer as {\"error\": {\"code\", \"message\"}} with a stable code."
             .into(),
     );
+}
+
+/// The bearer security scheme, and the error body's schema with every schema it refers to.
+fn add_components(doc: &mut Document) {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -65,6 +79,11 @@ fn build() -> Document {
     for (name, schema) in needed {
         components.schemas.entry(name).or_insert(schema);
     }
+}
+
+/// Adds the shared error answers to every operation, and the bearer token to each that does not
+/// declare its own security.
+fn add_errors_and_security(doc: &mut Document) {
     let error = ContentBuilder::new().schema(Some(Ref::from_schema_name(ErrorBody::name()))).build();
     for item in doc.paths.paths.values_mut() {
         for op in operations(item) {
@@ -82,7 +101,6 @@ fn build() -> Document {
             }
         }
     }
-    doc
 }
 
 fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {

@@ -36,6 +36,8 @@ pub const MAX_PEER_BODY: usize = 512 * 1024;
 
 pub use crate::api::listen::PeerId;
 
+/// The peer listener's routes, with per-member rate limits and the body limit; the caller adds
+/// the transport, which puts each connection's [`PeerId`] into its requests.
 pub fn router(node: Arc<Node>) -> Router {
     // What costs the owner work or log space is rate-limited per member; reading the log is not
     // (an audit reads many tiles), and is bounded by the connection limits.

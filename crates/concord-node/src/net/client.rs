@@ -21,8 +21,11 @@ pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 /// A response: status, headers, body.
 #[derive(Debug)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// The response's headers.
     pub headers: HeaderMap,
+    /// The whole body, read up to the call's byte limit.
     pub body: Bytes,
 }
 
@@ -50,7 +53,9 @@ impl Response {
 /// How long a call may take and how many bytes of answer it reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
+    /// Wall time of the whole call, connecting included.
     pub timeout: Duration,
+    /// Most bytes of response body read; a larger answer fails the call.
     pub max_bytes: usize,
 }
 

@@ -20,7 +20,14 @@ pub enum ClientError {
     Unreachable(#[from] crate::NodeError),
     /// The node answered with an error.
     #[error("{message} [{code}]")]
-    Api { status: u16, code: ErrorCode, message: String },
+    Api {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The error's stable code, the same in every API.
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+    },
     /// The node's answer is not what the API says.
     #[error("the node's answer is malformed ({0}); are the node and this command the same version?")]
     Malformed(String),

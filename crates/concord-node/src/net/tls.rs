@@ -23,8 +23,11 @@ use crate::NodeError;
 
 /// A freshly generated TLS identity, PEM encoded.
 pub struct TlsIdentity {
+    /// The self-signed certificate, PEM.
     pub cert_pem: String,
+    /// The private key, PKCS#8 PEM; to be written 0600.
     pub key_pem: String,
+    /// `sha256/<base64>` of the certificate's DER SubjectPublicKeyInfo: what the charter pins.
     pub pin: String,
 }
 
@@ -45,8 +48,11 @@ pub fn pin_of_cert(der: &[u8]) -> Result<String, NodeError> {
 
 /// The node's own certificate chain and key, loaded from PEM files.
 pub struct TlsKeys {
+    /// The node's certificate, DER.
     pub cert: CertificateDer<'static>,
+    /// The certificate's private key, DER.
     pub key: PrivateKeyDer<'static>,
+    /// `sha256/<base64>` of the certificate's DER SubjectPublicKeyInfo.
     pub pin: String,
     /// Client configurations per expected server pin, built once: the key is parsed once, and
     /// each keeps its TLS 1.3 session tickets, so later connections to that server resume
@@ -56,6 +62,8 @@ pub struct TlsKeys {
 }
 
 impl TlsKeys {
+    /// Reads the certificate and key from their PEM files; the caller checks the key file is
+    /// private.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NodeError> {
         let cert = CertificateDer::from_pem_file(cert_path)
             .map_err(|e| NodeError::Tls(format!("cannot read certificate {}: {e}", cert_path.display())))?;
@@ -107,14 +115,17 @@ pub struct Pins(Arc<std::sync::RwLock<Arc<PinList>>>);
 pub type PinList = Vec<(String, String)>;
 
 impl Pins {
+    /// A shared list holding `pins`; clones share it.
     pub fn new(pins: PinList) -> Self {
         Self(Arc::new(std::sync::RwLock::new(Arc::new(pins))))
     }
 
+    /// The list in force now (a snapshot: a later `set` does not change it).
     pub fn get(&self) -> Arc<PinList> {
         self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Replaces the list for every clone, from the next handshake on.
     pub fn set(&self, pins: PinList) {
         *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pins);
     }
@@ -131,10 +142,12 @@ impl Pins {
 pub struct ServerCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
 
 impl ServerCert {
+    /// Presents `keys`' certificate, signing handshakes with its key.
     pub fn new(keys: &TlsKeys) -> Result<Self, NodeError> {
         Ok(Self(std::sync::RwLock::new(Arc::new(certified(keys)?))))
     }
 
+    /// Presents `keys`' certificate instead, from the next handshake on.
     pub fn set(&self, keys: &TlsKeys) -> Result<(), NodeError> {
         let key = Arc::new(certified(keys)?);
         *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = key;

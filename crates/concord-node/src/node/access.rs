@@ -54,6 +54,51 @@ fn budget() -> Budget {
     Budget { timeout: Duration::from_secs(10), max_bytes: 64 * 1024 }
 }
 
+/// The period (unix seconds, from and until) a decision sets: an approval from now (or the
+/// start asked) to the end asked, cut to `days`; a revocation ends it now; a refusal is empty.
+fn granted_period(
+    id: &str,
+    record: &AccessRecord,
+    decision: Decision,
+    days: Option<u64>,
+    now: i64,
+) -> Result<(i64, i64), NodeError> {
+    let (from, until) = match (decision, days) {
+        (Decision::Approve, Some(d)) => {
+            let d = d.clamp(1, MAX_DAYS) as i64;
+            (record.valid_from.max(now), record.valid_until.min(now.saturating_add(d * 86_400)))
+        }
+        (Decision::Approve, None) => (record.valid_from.max(now), record.valid_until),
+        (Decision::Revoke, _) => (record.valid_from, now),
+        (Decision::Refuse, _) => (record.valid_from, record.valid_from),
+    };
+    if decision == Decision::Approve && until <= now {
+        return Err(NodeError::Conflict(format!("the period access request {id} asked for is over")));
+    }
+    Ok((from, until))
+}
+
+/// The "access request decided" entry of a signed decision: its public note; the reason is a
+/// detail the two parties keep.
+fn decided_entry(
+    d: &AccessDecision,
+    note: &Note,
+    details: &[u8],
+    charter: &concord_charter::Charter,
+) -> LogEntry {
+    LogEntry::AccessRequestDecided {
+        time: crate::store::entry::now(),
+        request_id: d.request_id.clone(),
+        requester: d.requester.clone(),
+        owner: d.owner.clone(),
+        dataset: d.dataset.clone(),
+        decision: d.decision.clone(),
+        valid_until: d.valid_until,
+        decision_note: b64(&note.to_bytes()),
+        notes: Notes::public(charter, Some(details), None, None),
+    }
+}
+
 impl Node {
     /// Requester side: signs the request, sends it to the owner, and keeps and logs it once
     /// the owner has. A request the owner refuses to file (no such dataset, a member it does
@@ -238,53 +283,19 @@ impl Node {
         reason: &str,
         days: Option<u64>,
     ) -> Result<AccessRecord, NodeError> {
-        let record =
-            self.state.access_request(id)?.filter(|r| r.direction == Direction::In).ok_or_else(|| {
-                NodeError::NotFound(format!("no access request {id} was filed with {}", self.cfg.member))
-            })?;
-        let allowed_from = match decision {
-            Decision::Approve | Decision::Refuse => AccessStatus::Pending,
-            Decision::Revoke => AccessStatus::Approved,
-        };
+        let record = self.decidable_request(id, decision)?;
         let status = decision.status();
-        if record.status != allowed_from {
-            return Err(NodeError::Conflict(format!(
-                "access request {id} is {}; only a {allowed_from} request can be {status}",
-                record.status
-            )));
-        }
         // A grant the policy would never honour is not signed: the requester would hear
         // "approved" and be refused at every query.
-        if decision == Decision::Approve
-            && let Some(d) = self.datasets().await?.map.get(&record.dataset)
-        {
-            let actions: Vec<Action> =
-                record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect();
-            if let Some(why) = self.unusable_grant(d, &record, &actions) {
-                return Err(NodeError::Conflict(format!(
-                    "no grant can release {} to {} as asked: {why}. Refuse the request instead (with this reason), or \
-                     change the policy first",
-                    record.dataset, record.requester
-                )));
-            }
+        if decision == Decision::Approve {
+            self.check_usable_grant(&record).await?;
         }
         let reason = reason.trim();
         if decision != Decision::Approve && reason.is_empty() {
             return Err(NodeError::BadRequest(format!("to {} a request needs a reason", decision.as_str())));
         }
         let now = chrono::Utc::now().timestamp();
-        let (from, until) = match (decision, days) {
-            (Decision::Approve, Some(d)) => {
-                let d = d.clamp(1, MAX_DAYS) as i64;
-                (record.valid_from.max(now), record.valid_until.min(now.saturating_add(d * 86_400)))
-            }
-            (Decision::Approve, None) => (record.valid_from.max(now), record.valid_until),
-            (Decision::Revoke, _) => (record.valid_from, now),
-            (Decision::Refuse, _) => (record.valid_from, record.valid_from),
-        };
-        if decision == Decision::Approve && until <= now {
-            return Err(NodeError::Conflict(format!("the period access request {id} asked for is over")));
-        }
+        let (from, until) = granted_period(id, &record, decision, days, now)?;
         let actions = record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect::<Vec<_>>();
         let d = AccessDecision {
             federation: self.federation().to_owned(),
@@ -300,17 +311,7 @@ impl Node {
             time: now,
         };
         let (note, details) = d.sign(&self.keys().signer)?;
-        let entry = LogEntry::AccessRequestDecided {
-            time: crate::store::entry::now(),
-            request_id: id.to_owned(),
-            requester: d.requester.clone(),
-            owner: d.owner.clone(),
-            dataset: d.dataset.clone(),
-            decision: status.as_str().to_owned(),
-            valid_until: until,
-            decision_note: b64(&note.to_bytes()),
-            notes: Notes::public(&self.charter().charter, Some(&details), None, None),
-        };
+        let entry = decided_entry(&d, &note, &details, &self.charter().charter);
         // Logged before the grant takes effect.
         self.log.append(entry.to_bytes()?).await?;
         let note_bytes = envelope(&note, &details);
@@ -324,13 +325,59 @@ impl Node {
             grant: true,
         })?;
         tracing::info!(request = %id, requester = %d.requester, decision = %status, "access request decided");
-        if let Some(card) = self.charter().charter.member(&d.requester) {
+        self.push_decision(id, &d.requester, &note_bytes).await;
+        self.state
+            .access_request(id)?
+            .ok_or_else(|| NodeError::State(format!("access request {id} vanished")))
+    }
+
+    /// A request filed with this node that `decision` may decide: a pending one to approve or
+    /// refuse, an approved one to revoke.
+    fn decidable_request(&self, id: &str, decision: Decision) -> Result<AccessRecord, NodeError> {
+        let record =
+            self.state.access_request(id)?.filter(|r| r.direction == Direction::In).ok_or_else(|| {
+                NodeError::NotFound(format!("no access request {id} was filed with {}", self.cfg.member))
+            })?;
+        let allowed_from = match decision {
+            Decision::Approve | Decision::Refuse => AccessStatus::Pending,
+            Decision::Revoke => AccessStatus::Approved,
+        };
+        let status = decision.status();
+        if record.status != allowed_from {
+            return Err(NodeError::Conflict(format!(
+                "access request {id} is {}; only a {allowed_from} request can be {status}",
+                record.status
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Refuses an approval whose grant the dataset's policy would never honour.
+    async fn check_usable_grant(&self, record: &AccessRecord) -> Result<(), NodeError> {
+        if let Some(d) = self.datasets().await?.map.get(&record.dataset) {
+            let actions: Vec<Action> =
+                record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect();
+            if let Some(why) = self.unusable_grant(d, record, &actions) {
+                return Err(NodeError::Conflict(format!(
+                    "no grant can release {} to {} as asked: {why}. Refuse the request instead (with this reason), or \
+                     change the policy first",
+                    record.dataset, record.requester
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a signed decision to its requester; one that does not take it now fetches it when
+    /// it lists its requests.
+    async fn push_decision(&self, id: &str, requester: &str, note_bytes: &[u8]) {
+        if let Some(card) = self.charter().charter.member(requester) {
             match peer_call_with(
                 &self.keys().tls,
                 card,
                 "POST",
                 "/v1/access/decision",
-                note_bytes.clone(),
+                note_bytes.to_vec(),
                 budget(),
             )
             .await
@@ -344,9 +391,6 @@ impl Node {
                 }
             }
         }
-        self.state
-            .access_request(id)?
-            .ok_or_else(|| NodeError::State(format!("access request {id} vanished")))
     }
 
     /// Requester side: an owner's signed decision on one of this node's requests, verified,
@@ -386,17 +430,7 @@ impl Node {
         if already {
             return Ok(());
         }
-        let entry = LogEntry::AccessRequestDecided {
-            time: crate::store::entry::now(),
-            request_id: d.request_id.clone(),
-            requester: d.requester.clone(),
-            owner: d.owner.clone(),
-            dataset: d.dataset.clone(),
-            decision: d.decision.clone(),
-            valid_until: d.valid_until,
-            decision_note: b64(&note.to_bytes()),
-            notes: Notes::public(&charter.charter, Some(&details), None, None),
-        };
+        let entry = decided_entry(&d, &note, &details, &charter.charter);
         self.log.append(entry.to_bytes()?).await?;
         self.state.decide_access(&DecisionRecord {
             id: &d.request_id,

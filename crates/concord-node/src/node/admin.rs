@@ -158,10 +158,16 @@ pub async fn dataset_add(
 /// What `concord dataset add` registers.
 #[derive(Clone, Debug)]
 pub struct DatasetSpec<'a> {
+    /// The dataset's name, an identifier; other members see it as `member.name`.
     pub name: &'a str,
+    /// The data file (`.csv` or `.parquet`), referenced where it is, never copied.
     pub file: &'a Path,
+    /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<&'a str>,
+    /// `--allow`: whom a new dataset's first policy admits (`*` for every member, or member ids,
+    /// comma-separated); refused for a replacement, which keeps its policy.
     pub allow: Option<&'a str>,
+    /// How a CSV file is read; left at the defaults, a replacement reads it as before.
     pub csv: CsvOptions,
 }
 
@@ -169,8 +175,11 @@ pub struct DatasetSpec<'a> {
 /// out (each with its type and why).
 #[derive(Clone, Debug)]
 pub struct Registered {
+    /// The record stored in the registry.
     pub record: DatasetRecord,
+    /// For a replacement, what changed, in words; empty for a new dataset.
     pub changes: Vec<String>,
+    /// The file's columns left out of the dataset, each with its type and why.
     pub left_out: Vec<String>,
     /// What the operator should know: other datasets of this node in the same shared schema.
     pub notes: Vec<String>,
@@ -216,27 +225,15 @@ pub async fn dataset_remove(dir: &NodeDir, name: &str) -> Result<DatasetRecord, 
     Ok(record)
 }
 
+/// Registers a dataset, or with `replace` replaces one: the checks, the file opened and
+/// scanned, its policy settled, then the record stored and logged.
 async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Result<Registered, NodeError> {
     let DatasetSpec { name, file, shared_schema, allow, ref csv } = *spec;
     dir.load_config()?;
     let mut csv = csv.clone();
     check_identifier("dataset name", name)?;
     let old = dir.open_state()?.datasets()?.into_iter().find(|d| d.name == name);
-    match (&old, replace) {
-        (Some(o), false) => {
-            return Err(NodeError::Conflict(format!(
-                "dataset {name} exists already ({}, {} rows); give --replace to replace it (its policy stays unless --allow is given), or `concord dataset remove` it first",
-                o.path.display(),
-                o.rows
-            )));
-        }
-        (None, true) => {
-            return Err(NodeError::NotFound(format!(
-                "there is no dataset {name} to replace; add it without --replace"
-            )));
-        }
-        _ => {}
-    }
+    check_replacement(name, old.as_ref(), replace)?;
     let format = DatasetFormat::of_path(file)?;
     // A replacement keeps how the old CSV was read unless options are given, like its policy.
     if let Some(o) = &old
@@ -245,96 +242,18 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
     {
         csv = o.csv.clone();
     }
-    let path = std::fs::canonicalize(file).map_err(|e| {
-        NodeError::Query(concord_query::QueryError::Dataset {
-            name: name.to_owned(),
-            reason: format!("cannot open {}: {e}", file.display()),
-        })
-    })?;
+    let path = canonical_path(name, file)?;
     let charter = current_charter(dir)?;
-    let shared = match shared_schema {
-        None => None,
-        Some(s) => {
-            let c = charter.as_ref().ok_or_else(|| {
-                NodeError::Config(
-                    "no charter accepted yet; accept the genesis charter before naming a shared schema"
-                        .into(),
-                )
-            })?;
-            Some(c.charter.schema(s).cloned().ok_or_else(|| {
-                let known: Vec<_> = c.charter.schemas.iter().map(|s| s.name.as_str()).collect();
-                NodeError::Config(format!(
-                    "the charter has no shared schema {s}; it has: {}",
-                    known.join(", ")
-                ))
-            })?)
-        }
-    };
-    // A replacement keeps the policy in force: a new policy comes only from `policy set`, so
-    // that a line typed to replace a file never swaps a steward's rules for a default.
-    if let (Some(o), Some(_)) = (&old, allow) {
-        return Err(NodeError::Conflict(format!(
-            "--allow gives a new dataset its first policy; {name} keeps its policy (sha256:{}) when replaced. \
-             Replace without --allow, and change the policy with `concord policy set`",
-            super::stored_policy(o)?.digest()
-        )));
-    }
-    let allow_list = AllowList::parse(allow.unwrap_or(""))?;
-    if let (AllowList::Members(ids), Some(c)) = (&allow_list, &charter) {
-        for id in ids {
-            if c.charter.member(id).is_none() {
-                let known: Vec<&str> = c.charter.members.iter().map(|m| m.id.as_str()).collect();
-                return Err(NodeError::Config(format!(
-                    "--allow names {id}, who is not a member of charter version {}; members: {}",
-                    c.charter.version,
-                    known.join(", ")
-                )));
-            }
-        }
-    }
+    let shared = shared_schema_of(charter.as_ref(), shared_schema)?;
+    let allow_list = allow_list_for(name, old.as_ref(), allow, charter.as_ref())?;
     let table = dataset::open(name, &path, format, shared.as_ref(), &csv).await?;
     let left_out = table.left_out().to_vec();
     let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
     let personal = shared.as_ref().map(super::personal_schema).filter(PersonalSchema::is_personal);
     let mut notes = Vec::new();
     let policy = match (&old, &personal) {
-        (Some(o), _) => {
-            let kept = super::stored_policy(o)?;
-            if let Some(p) = &personal {
-                kept.check_schema(p).map_err(|e| {
-                    NodeError::Config(format!(
-                        "{e}. The policy {name} keeps when replaced does not protect {}'s personal columns; set one \
-                         that does with `concord policy set` first",
-                        p.name
-                    ))
-                })?;
-            }
-            kept
-        }
-        (None, Some(p)) => {
-            let baseline = charter.as_ref().map(|c| super::baseline_of(&c.charter)).unwrap_or_default();
-            let derived = Policy::derived(&columns, p, &baseline, &allow_list)?;
-            notes.push(match &p.privacy_unit {
-                Some(u) => format!(
-                    "shared schema {} describes people: the policy is derived from it (privacy unit {u} hidden; {} \
-                     aggregate-only; differential privacy, rho {} a query, {} per requester, delta {:e}); --allow names \
-                     who may use it. `concord policy show` prints it, `concord policy set` replaces it",
-                    p.name,
-                    p.columns.iter().filter(|c| Some(*c) != Some(u)).cloned().collect::<Vec<_>>().join(", "),
-                    concord_policy::DERIVED_COST,
-                    concord_policy::DERIVED_BUDGET_PER_REQUESTER,
-                    concord_policy::dp::DEFAULT_DELTA,
-                ),
-                None => format!(
-                    "warning: shared schema {} marks {} as personal but names no privacy unit, so no policy can be \
-                     derived to share them: other members may see that {name} exists, no more. Set a policy with \
-                     [personal] privacy_unit with `concord policy set`",
-                    p.name,
-                    p.columns.join(", ")
-                ),
-            });
-            derived
-        }
+        (Some(o), _) => kept_policy(name, o, personal.as_ref())?,
+        (None, Some(p)) => derived_policy(name, &columns, p, charter.as_ref(), &allow_list, &mut notes)?,
         (None, None) => Policy::default_for(&columns, &allow_list)?,
     };
     let rows = dataset::scan_all(name, &path, table.clone()).await?;
@@ -353,7 +272,155 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         Some(o) => changes_of(o, &record)?,
         None => Vec::new(),
     };
-    dir.open_state()?.put_dataset(&record)?;
+    store_registered(dir, &record, &policy)?;
+    note_schema_siblings(dir, &record, &mut notes)?;
+    Ok(Registered { record, changes, left_out, notes })
+}
+
+/// Refuses to add a dataset whose name is taken, or to replace one that does not exist.
+fn check_replacement(name: &str, old: Option<&DatasetRecord>, replace: bool) -> Result<(), NodeError> {
+    match (old, replace) {
+        (Some(o), false) => {
+            return Err(NodeError::Conflict(format!(
+                "dataset {name} exists already ({}, {} rows); give --replace to replace it (its policy stays unless --allow is given), or `concord dataset remove` it first",
+                o.path.display(),
+                o.rows
+            )));
+        }
+        (None, true) => {
+            return Err(NodeError::NotFound(format!(
+                "there is no dataset {name} to replace; add it without --replace"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The data file's absolute path, with symbolic links resolved; the registry keeps this one.
+fn canonical_path(name: &str, file: &Path) -> Result<PathBuf, NodeError> {
+    std::fs::canonicalize(file).map_err(|e| {
+        NodeError::Query(concord_query::QueryError::Dataset {
+            name: name.to_owned(),
+            reason: format!("cannot open {}: {e}", file.display()),
+        })
+    })
+}
+
+/// The shared schema a new registration names, as the accepted charter defines it.
+fn shared_schema_of(
+    charter: Option<&SignedCharter>,
+    shared_schema: Option<&str>,
+) -> Result<Option<SharedSchema>, NodeError> {
+    Ok(match shared_schema {
+        None => None,
+        Some(s) => {
+            let c = charter.ok_or_else(|| {
+                NodeError::Config(
+                    "no charter accepted yet; accept the genesis charter before naming a shared schema"
+                        .into(),
+                )
+            })?;
+            Some(c.charter.schema(s).cloned().ok_or_else(|| {
+                let known: Vec<_> = c.charter.schemas.iter().map(|s| s.name.as_str()).collect();
+                NodeError::Config(format!(
+                    "the charter has no shared schema {s}; it has: {}",
+                    known.join(", ")
+                ))
+            })?)
+        }
+    })
+}
+
+/// The members `--allow` names, each checked against the charter; refused for a replacement.
+fn allow_list_for(
+    name: &str,
+    old: Option<&DatasetRecord>,
+    allow: Option<&str>,
+    charter: Option<&SignedCharter>,
+) -> Result<AllowList, NodeError> {
+    // A replacement keeps the policy in force: a new policy comes only from `policy set`, so
+    // that a line typed to replace a file never swaps a steward's rules for a default.
+    if let (Some(o), Some(_)) = (old, allow) {
+        return Err(NodeError::Conflict(format!(
+            "--allow gives a new dataset its first policy; {name} keeps its policy (sha256:{}) when replaced. \
+             Replace without --allow, and change the policy with `concord policy set`",
+            super::stored_policy(o)?.digest()
+        )));
+    }
+    let allow_list = AllowList::parse(allow.unwrap_or(""))?;
+    if let (AllowList::Members(ids), Some(c)) = (&allow_list, charter) {
+        for id in ids {
+            if c.charter.member(id).is_none() {
+                let known: Vec<&str> = c.charter.members.iter().map(|m| m.id.as_str()).collect();
+                return Err(NodeError::Config(format!(
+                    "--allow names {id}, who is not a member of charter version {}; members: {}",
+                    c.charter.version,
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(allow_list)
+}
+
+/// The policy a replaced dataset keeps, which must still protect its shared schema's personal
+/// columns.
+fn kept_policy(
+    name: &str,
+    o: &DatasetRecord,
+    personal: Option<&PersonalSchema>,
+) -> Result<Policy, NodeError> {
+    let kept = super::stored_policy(o)?;
+    if let Some(p) = personal {
+        kept.check_schema(p).map_err(|e| {
+            NodeError::Config(format!(
+                "{e}. The policy {name} keeps when replaced does not protect {}'s personal columns; set one \
+                 that does with `concord policy set` first",
+                p.name
+            ))
+        })?;
+    }
+    Ok(kept)
+}
+
+/// The first policy of a dataset whose shared schema describes people, derived from that
+/// schema and the charter's baseline; `notes` tells the operator what it does.
+fn derived_policy(
+    name: &str,
+    columns: &[String],
+    p: &PersonalSchema,
+    charter: Option<&SignedCharter>,
+    allow_list: &AllowList,
+    notes: &mut Vec<String>,
+) -> Result<Policy, NodeError> {
+    let baseline = charter.map(|c| super::baseline_of(&c.charter)).unwrap_or_default();
+    let derived = Policy::derived(columns, p, &baseline, allow_list)?;
+    notes.push(match &p.privacy_unit {
+        Some(u) => format!(
+            "shared schema {} describes people: the policy is derived from it (privacy unit {u} hidden; {} \
+             aggregate-only; differential privacy, rho {} a query, {} per requester, delta {:e}); --allow names \
+             who may use it. `concord policy show` prints it, `concord policy set` replaces it",
+            p.name,
+            p.columns.iter().filter(|c| Some(*c) != Some(u)).cloned().collect::<Vec<_>>().join(", "),
+            concord_policy::DERIVED_COST,
+            concord_policy::DERIVED_BUDGET_PER_REQUESTER,
+            concord_policy::dp::DEFAULT_DELTA,
+        ),
+        None => format!(
+            "warning: shared schema {} marks {} as personal but names no privacy unit, so no policy can be \
+             derived to share them: other members may see that {name} exists, no more. Set a policy with \
+             [personal] privacy_unit with `concord policy set`",
+            p.name,
+            p.columns.join(", ")
+        ),
+    });
+    Ok(derived)
+}
+
+/// Stores the registration in the registry, then logs it with its schema's and policy's digests.
+fn store_registered(dir: &NodeDir, record: &DatasetRecord, policy: &Policy) -> Result<(), NodeError> {
+    dir.open_state()?.put_dataset(record)?;
     let entry = LogEntry::DatasetRegistered {
         time: now(),
         name: record.name.clone(),
@@ -362,6 +429,15 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         policy: format!("sha256:{}", policy.digest()),
     };
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;
+    Ok(())
+}
+
+/// Adds a note when the dataset's shared schema now has several datasets on this node.
+fn note_schema_siblings(
+    dir: &NodeDir,
+    record: &DatasetRecord,
+    notes: &mut Vec<String>,
+) -> Result<(), NodeError> {
     if let Some(schema) = &record.shared_schema {
         let together: Vec<String> = dir
             .open_state()?
@@ -378,7 +454,7 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
             ));
         }
     }
-    Ok(Registered { record, changes, left_out, notes })
+    Ok(())
 }
 
 /// What a replacement changes, in words.
@@ -513,6 +589,7 @@ pub fn token_create(dir: &NodeDir, role: &str) -> Result<String, NodeError> {
 /// What `concord backup` wrote.
 #[derive(Clone, Debug)]
 pub struct Backup {
+    /// The files written, as their paths in `dest`.
     pub files: Vec<PathBuf>,
     /// Entries of the transparency log in the copy.
     pub log_size: u64,
@@ -526,7 +603,6 @@ pub struct Backup {
 /// private folder beside `dest` and renamed into place, so `dest` is whole or absent; keys that
 /// change while the snapshot is taken (a rotation taking effect) fail the backup.
 pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     dir.load_config()?;
     if dest.exists() {
         return Err(NodeError::Conflict(format!("{} exists; back up into a new folder", dest.display())));
@@ -537,54 +613,8 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
         .ok_or_else(|| NodeError::Config(format!("{} names no folder to create", dest.display())))?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = parent.join(format!(".{name}.partial-{:016x}", rand::random::<u64>()));
-    // Not recursive: a folder that exists already (someone else's) is an error.
-    let private_dir =
-        |p: &Path| std::fs::DirBuilder::new().mode(0o700).create(p).map_err(|e| NodeError::io(p, e));
     private_dir(&tmp)?;
-    let sync_dir =
-        |p: &Path| std::fs::File::open(p).and_then(|d| d.sync_all()).map_err(|e| NodeError::io(p, e));
-    let result = (|| {
-        let mut files = Vec::new();
-        let keys_before = key_files(dir)?;
-        for f in ["concord.toml", "member-card.json", "member-card.next.json"] {
-            let from = dir.root.join(f);
-            if from.is_file() {
-                let bytes = std::fs::read(&from).map_err(|e| NodeError::io(&from, e))?;
-                crate::store::config::write_private(&tmp.join(f), &bytes)?;
-                files.push(dest.join(f));
-            }
-        }
-        let db = tmp.join("state.db");
-        dir.open_state()?.backup_into(&db)?;
-        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| NodeError::io(&db, e))?;
-        std::fs::File::open(&db).and_then(|f| f.sync_all()).map_err(|e| NodeError::io(&db, e))?;
-        files.push(dest.join("state.db"));
-        if key_files(dir)? != keys_before {
-            return Err(NodeError::Conflict(
-                "the node's keys changed while the backup was taken (a key rotation took effect); run it again".into(),
-            ));
-        }
-        for sub in ["keys", "keys/next"] {
-            if keys_before.iter().any(|(rel, _)| rel.starts_with(sub)) {
-                private_dir(&tmp.join(sub))?;
-            }
-        }
-        for (rel, bytes) in &keys_before {
-            crate::store::config::write_private(&tmp.join(rel), bytes)?;
-            files.push(dest.join(rel));
-        }
-        for sub in ["keys/next", "keys"] {
-            if tmp.join(sub).is_dir() {
-                sync_dir(&tmp.join(sub))?;
-            }
-        }
-        sync_dir(&tmp)?;
-        let copy_dir = NodeDir::new(&tmp);
-        let log_size = crate::store::tlog::stored_size_at(&copy_dir.state_db())?;
-        let dataset_files = copy_dir.open_state()?.datasets()?.into_iter().map(|d| d.path).collect();
-        Ok(Backup { files, log_size, dataset_files })
-    })();
+    let result = copy_node(dir, &tmp, dest);
     match result {
         Ok(b) => {
             std::fs::rename(&tmp, dest).map_err(|e| NodeError::io(dest, e))?;
@@ -596,6 +626,65 @@ pub fn backup(dir: &NodeDir, dest: &Path) -> Result<Backup, NodeError> {
             Err(e)
         }
     }
+}
+
+/// Copies the node folder into `tmp` (to be renamed `dest`): config, member cards, a snapshot
+/// of the state database, then the keys, which must not have changed meanwhile; all synced.
+fn copy_node(dir: &NodeDir, tmp: &Path, dest: &Path) -> Result<Backup, NodeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut files = Vec::new();
+    let keys_before = key_files(dir)?;
+    for f in ["concord.toml", "member-card.json", "member-card.next.json"] {
+        let from = dir.root.join(f);
+        if from.is_file() {
+            let bytes = std::fs::read(&from).map_err(|e| NodeError::io(&from, e))?;
+            crate::store::config::write_private(&tmp.join(f), &bytes)?;
+            files.push(dest.join(f));
+        }
+    }
+    let db = tmp.join("state.db");
+    dir.open_state()?.backup_into(&db)?;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| NodeError::io(&db, e))?;
+    std::fs::File::open(&db).and_then(|f| f.sync_all()).map_err(|e| NodeError::io(&db, e))?;
+    files.push(dest.join("state.db"));
+    if key_files(dir)? != keys_before {
+        return Err(NodeError::Conflict(
+            "the node's keys changed while the backup was taken (a key rotation took effect); run it again"
+                .into(),
+        ));
+    }
+    for sub in ["keys", "keys/next"] {
+        if keys_before.iter().any(|(rel, _)| rel.starts_with(sub)) {
+            private_dir(&tmp.join(sub))?;
+        }
+    }
+    for (rel, bytes) in &keys_before {
+        crate::store::config::write_private(&tmp.join(rel), bytes)?;
+        files.push(dest.join(rel));
+    }
+    for sub in ["keys/next", "keys"] {
+        if tmp.join(sub).is_dir() {
+            sync_dir(&tmp.join(sub))?;
+        }
+    }
+    sync_dir(tmp)?;
+    let copy_dir = NodeDir::new(tmp);
+    let log_size = crate::store::tlog::stored_size_at(&copy_dir.state_db())?;
+    let dataset_files = copy_dir.open_state()?.datasets()?.into_iter().map(|d| d.path).collect();
+    Ok(Backup { files, log_size, dataset_files })
+}
+
+/// Creates folder `p`, open to its owner only.
+fn private_dir(p: &Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    // Not recursive: a folder that exists already (someone else's) is an error.
+    std::fs::DirBuilder::new().mode(0o700).create(p).map_err(|e| NodeError::io(p, e))
+}
+
+/// Syncs folder `p`, so that the entries made in it are on disk.
+fn sync_dir(p: &Path) -> Result<(), NodeError> {
+    std::fs::File::open(p).and_then(|d| d.sync_all()).map_err(|e| NodeError::io(p, e))
 }
 
 /// The node's key files (`keys/*`, `keys/next/*`), by path under the folder, with their bytes.

@@ -97,8 +97,11 @@ impl LogSource for Local<'_> {
 /// What one audit step verified of a log.
 #[derive(Debug)]
 pub struct Growth {
+    /// The checkpoint verified, signed by the log's owner.
     pub checkpoint: Checkpoint,
+    /// The note it came in, with its witnesses' cosignatures.
     pub note: Note,
+    /// Ids of the other members whose witness cosignatures on it verify.
     pub cosigners: Vec<String>,
     /// The new state, to be kept once everything verified.
     pub state: AuditState,
@@ -113,8 +116,17 @@ pub struct Growth {
 /// true) or a problem of what was served.
 #[derive(Debug)]
 pub enum StepFailure {
+    /// What was served is wrong, missing or does not verify: evidence against no one.
     Problem(String),
-    Fork { detail: String, earlier: Vec<u8>, later: Vec<u8> },
+    /// Two checkpoints the log's owner signed that cannot both be true: evidence.
+    Fork {
+        /// What the two disagree on.
+        detail: String,
+        /// The checkpoint note verified before.
+        earlier: Vec<u8>,
+        /// The checkpoint note served now.
+        later: Vec<u8>,
+    },
 }
 
 impl From<NodeError> for StepFailure {
@@ -149,13 +161,68 @@ pub async fn verify_growth(
 ) -> Result<Growth, StepFailure> {
     let cp_bytes = source.read("checkpoint", MAX_CHECKPOINT_BYTES).await?;
     let (cp, note) = Checkpoint::open(&cp_bytes, &card.verifier()?)?;
+    let cosigners = cosigners_of(card, witnesses, &note)?;
+    let (start, range) = resume_from(previous, &cp, &note)?;
+    let new = cp.size - start;
+    if new > max_entries {
+        return Err(problem(format!(
+            "the checkpoint claims {new} new entries since the last verified size {start}; one audit takes at most \
+             {max_entries} ([limits] audit_max_entries), so nothing of it was trusted"
+        )));
+    }
+    let step = Step { card, witnesses, source, start, size: cp.size };
+    let mut taken = Taken {
+        range,
+        facts: Vec::new(),
+        strange: Vec::new(),
+        // Nodes at tree levels 8, 16, ... that the new entries complete: what upper tiles must hold.
+        upper: HashMap::new(),
+    };
+    if new > 0 {
+        for b in start / TILE_WIDTH..=(cp.size - 1) / TILE_WIDTH {
+            step.take_bundle(b, &mut taken).await?;
+        }
+    }
+    if taken.range.root() != cp.root {
+        return Err(problem(format!(
+            "the entries served do not hash to the signed root of {} entries (from the {start} verified before): \
+             an entry or tile was altered, or the log forked",
+            cp.size
+        )));
+    }
+    step.check_upper_tiles(&taken.upper).await?;
+    let state = AuditState {
+        size: cp.size,
+        root: cp.root.to_vec(),
+        peaks: taken.range.peaks(),
+        checkpoint: note.to_bytes(),
+    };
+    Ok(Growth { checkpoint: cp, note, cosigners, state, facts: taken.facts, strange: taken.strange })
+}
+
+/// The other members whose witness cosignature on `note` verifies.
+fn cosigners_of(
+    card: &MemberCard,
+    witnesses: &[MemberCard],
+    note: &Note,
+) -> Result<Vec<String>, StepFailure> {
     let mut cosigners = Vec::new();
     for w in witnesses.iter().filter(|w| w.id != card.id) {
-        if w.witness_verifier()?.verify(&note)?.is_some() {
+        if w.witness_verifier()?.verify(note)?.is_some() {
             cosigners.push(w.id.clone());
         }
     }
-    let (start, mut range) = match previous {
+    Ok(cosigners)
+}
+
+/// Where this step starts: the size verified before and the tree's right edge there. A log
+/// that shrank is a problem; a second root for the verified size is a fork.
+fn resume_from(
+    previous: Option<&AuditState>,
+    cp: &Checkpoint,
+    note: &Note,
+) -> Result<(u64, CompactRange), StepFailure> {
+    let (start, range) = match previous {
         None => (0, CompactRange::default()),
         Some(p) => (p.size, CompactRange::from_peaks(p.size, &p.peaks)?),
     };
@@ -174,107 +241,124 @@ pub async fn verify_growth(
             });
         }
     }
-    let new = cp.size - start;
-    if new > max_entries {
-        return Err(problem(format!(
-            "the checkpoint claims {new} new entries since the last verified size {start}; one audit takes at most \
-             {max_entries} ([limits] audit_max_entries), so nothing of it was trusted"
-        )));
-    }
-    let mut facts = Vec::new();
-    let mut strange = Vec::new();
-    // Nodes at tree levels 8, 16, ... that the new entries complete: what upper tiles must hold.
-    let mut upper: HashMap<(u8, u64), Hash> = HashMap::new();
-    if new > 0 {
-        for b in start / TILE_WIDTH..=(cp.size - 1) / TILE_WIDTH {
-            let width = (cp.size - b * TILE_WIDTH).min(TILE_WIDTH);
-            let bundle_tile = Tile { kind: TileKind::Entries, index: b, width };
-            let bundle = source.read(&bundle_tile.path(), MAX_BUNDLE_BYTES).await?;
-            let entries =
-                decode_bundle(&bundle).map_err(|e| problem(format!("{}: {e}", bundle_tile.path())))?;
-            if entries.len() as u64 != width {
+    Ok((start, range))
+}
+
+/// One audit step's reading of a log: whose it is, where it is read, and the sizes it goes
+/// from and to.
+struct Step<'a> {
+    card: &'a MemberCard,
+    /// Every member's card: the witnesses, and the signers of the notes entries carry.
+    witnesses: &'a [MemberCard],
+    source: &'a dyn LogSource,
+    /// The size verified before.
+    start: u64,
+    /// The size the new checkpoint signs.
+    size: u64,
+}
+
+/// What the new entries make, bundle by bundle.
+struct Taken {
+    /// The tree's right edge, with every new entry hashed in.
+    range: CompactRange,
+    /// Access facts of the new entries.
+    facts: Vec<AccessFact>,
+    /// New entries that are no Concord entry, or whose signed notes say otherwise, with why.
+    strange: Vec<(u64, String)>,
+    /// Upper-tree nodes the new entries complete, by (tile level, index).
+    upper: HashMap<(u8, u64), Hash>,
+}
+
+impl Step<'_> {
+    /// Reads entry bundle `b` and its level-0 hash tile, checks each entry against its hash, and
+    /// takes in the entries past the size verified before.
+    async fn take_bundle(&self, b: u64, taken: &mut Taken) -> Result<(), StepFailure> {
+        let width = (self.size - b * TILE_WIDTH).min(TILE_WIDTH);
+        let bundle_tile = Tile { kind: TileKind::Entries, index: b, width };
+        let bundle = self.source.read(&bundle_tile.path(), MAX_BUNDLE_BYTES).await?;
+        let entries = decode_bundle(&bundle).map_err(|e| problem(format!("{}: {e}", bundle_tile.path())))?;
+        if entries.len() as u64 != width {
+            return Err(problem(format!(
+                "{} holds {} entries, the checkpoint needs {width}",
+                bundle_tile.path(),
+                entries.len()
+            )));
+        }
+        let hash_tile = Tile { kind: TileKind::Hashes(0), index: b, width };
+        let hashes = self.source.read(&hash_tile.path(), MAX_TILE_BYTES).await?;
+        if hashes.len() as u64 != width * 32 {
+            return Err(problem(format!("{} is not {width} hashes: the tile was altered", hash_tile.path())));
+        }
+        for (k, e) in entries.iter().enumerate() {
+            let i = b * TILE_WIDTH + k as u64;
+            let leaf = leaf_hash(e);
+            if hashes[k * 32..(k + 1) * 32] != leaf {
                 return Err(problem(format!(
-                    "{} holds {} entries, the checkpoint needs {width}",
-                    bundle_tile.path(),
-                    entries.len()
-                )));
-            }
-            let hash_tile = Tile { kind: TileKind::Hashes(0), index: b, width };
-            let hashes = source.read(&hash_tile.path(), MAX_TILE_BYTES).await?;
-            if hashes.len() as u64 != width * 32 {
-                return Err(problem(format!(
-                    "{} is not {width} hashes: the tile was altered",
+                    "{} does not match entry {i}: the tile or the entry was altered",
                     hash_tile.path()
                 )));
             }
-            for (k, e) in entries.iter().enumerate() {
-                let i = b * TILE_WIDTH + k as u64;
-                let leaf = leaf_hash(e);
-                if hashes[k * 32..(k + 1) * 32] != leaf {
+            if i < self.start {
+                continue;
+            }
+            taken.take_entry(&self.card.id, self.witnesses, i, e, leaf);
+        }
+        Ok(())
+    }
+
+    /// Every upper hash tile that holds a node the new entries completed must hold that node.
+    async fn check_upper_tiles(&self, upper: &HashMap<(u8, u64), Hash>) -> Result<(), StepFailure> {
+        let (start, size) = (self.start, self.size);
+        for level in 1..8u8 {
+            let nodes = size.checked_shr(8 * u32::from(level)).unwrap_or(0);
+            let first_new = start.checked_shr(8 * u32::from(level)).unwrap_or(0);
+            if nodes <= first_new {
+                continue;
+            }
+            for t in first_new / TILE_WIDTH..=(nodes - 1) / TILE_WIDTH {
+                let width = (nodes - t * TILE_WIDTH).min(TILE_WIDTH);
+                let tile = Tile { kind: TileKind::Hashes(level), index: t, width };
+                let bytes = self.source.read(&tile.path(), MAX_TILE_BYTES).await?;
+                if bytes.len() as u64 != width * 32 {
                     return Err(problem(format!(
-                        "{} does not match entry {i}: the tile or the entry was altered",
-                        hash_tile.path()
+                        "{} is not {width} hashes: the tile was altered",
+                        tile.path()
                     )));
                 }
-                if i < start {
-                    continue;
-                }
-                for (level, index, hash) in range.append(leaf) {
-                    if level > 0 && level % 8 == 0 {
-                        upper.insert((level / 8, index), hash);
+                for k in 0..width {
+                    let index = t * TILE_WIDTH + k;
+                    let Some(want) = upper.get(&(level, index)) else { continue };
+                    if bytes[k as usize * 32..(k as usize + 1) * 32] != *want {
+                        return Err(problem(format!(
+                            "{} of {} does not match its entries: the tile was altered",
+                            tile.path(),
+                            self.card.id
+                        )));
                     }
                 }
-                match LogEntry::from_bytes(e) {
-                    Ok(entry) => match fact_of(&card.id, i, &entry, witnesses) {
-                        Ok(f) => facts.extend(f),
-                        Err(why) => strange.push((i, why)),
-                    },
-                    Err(_) => strange.push((i, "is not a Concord log entry".into())),
-                }
             }
         }
+        Ok(())
     }
-    if range.root() != cp.root {
-        return Err(problem(format!(
-            "the entries served do not hash to the signed root of {} entries (from the {start} verified before): \
-             an entry or tile was altered, or the log forked",
-            cp.size
-        )));
-    }
-    // Every upper hash tile that holds a node the new entries completed must hold that node.
-    for level in 1..8u8 {
-        let nodes = cp.size.checked_shr(8 * u32::from(level)).unwrap_or(0);
-        let first_new = start.checked_shr(8 * u32::from(level)).unwrap_or(0);
-        if nodes <= first_new {
-            continue;
-        }
-        for t in first_new / TILE_WIDTH..=(nodes - 1) / TILE_WIDTH {
-            let width = (nodes - t * TILE_WIDTH).min(TILE_WIDTH);
-            let tile = Tile { kind: TileKind::Hashes(level), index: t, width };
-            let bytes = source.read(&tile.path(), MAX_TILE_BYTES).await?;
-            if bytes.len() as u64 != width * 32 {
-                return Err(problem(format!("{} is not {width} hashes: the tile was altered", tile.path())));
-            }
-            for k in 0..width {
-                let index = t * TILE_WIDTH + k;
-                let Some(want) = upper.get(&(level, index)) else { continue };
-                if bytes[k as usize * 32..(k as usize + 1) * 32] != *want {
-                    return Err(problem(format!(
-                        "{} of {} does not match its entries: the tile was altered",
-                        tile.path(),
-                        card.id
-                    )));
-                }
+}
+
+impl Taken {
+    /// Takes in new entry `i` of `member`'s log: hashed into the range (keeping the upper nodes
+    /// it completes), then its access fact, or why it is strange.
+    fn take_entry(&mut self, member: &str, witnesses: &[MemberCard], i: u64, e: &[u8], leaf: Hash) {
+        for (level, index, hash) in self.range.append(leaf) {
+            if level > 0 && level % 8 == 0 {
+                self.upper.insert((level / 8, index), hash);
             }
         }
+        match LogEntry::from_bytes(e) {
+            Ok(entry) => match fact_of(member, i, &entry, witnesses) {
+                Ok(f) => self.facts.extend(f),
+                Err(why) => self.strange.push((i, why)),
+            },
+            Err(_) => self.strange.push((i, "is not a Concord log entry".into())),
+        }
     }
-    let state = AuditState {
-        size: cp.size,
-        root: cp.root.to_vec(),
-        peaks: range.peaks(),
-        checkpoint: note.to_bytes(),
-    };
-    Ok(Growth { checkpoint: cp, note, cosigners, state, facts, strange })
 }
 
 /// The access fact of entry `index` of `member`'s log, checked against the signatures it
@@ -286,99 +370,136 @@ fn fact_of(
     e: &LogEntry,
     cards: &[MemberCard],
 ) -> Result<Option<AccessFact>, String> {
-    let card = |id: &str| {
-        cards.iter().find(|c| c.id == id).ok_or_else(|| format!("names {id}, who is not a member"))
+    match e {
+        LogEntry::AccessRequested { .. } => requested_fact(member, index, e, cards),
+        LogEntry::AccessServed { .. } => served_fact(member, index, e, cards),
+        LogEntry::AccessMade { .. } => made_fact(member, index, e, cards),
+        _ => Ok(None),
+    }
+}
+
+/// The card of member `id`, whose key checks a note an entry carries.
+fn card_of<'a>(cards: &'a [MemberCard], id: &str) -> Result<&'a MemberCard, String> {
+    cards.iter().find(|c| c.id == id).ok_or_else(|| format!("names {id}, who is not a member"))
+}
+
+/// The public note of a request: signed by its requester; its details stay with the two
+/// parties, and its SHA-256 is what both logs must agree on.
+fn request_note_of(b64: &str, signer: &MemberCard) -> Result<(RequestFacts, String), String> {
+    let bytes = B64.decode(b64).map_err(|_| "holds a request note that is not base64".to_owned())?;
+    let note = Note::parse(&bytes).map_err(|e| format!("holds a malformed request note: {e}"))?;
+    let key = signer.verifier().map_err(|e| e.to_string())?;
+    note.verify(std::slice::from_ref(&key))
+        .map_err(|_| format!("holds a request note not signed by {}", signer.id))?;
+    let r =
+        RequestFacts::from_text(note.text()).map_err(|e| format!("holds a malformed request note: {e}"))?;
+    Ok((r, concord_charter::hex(&Sha256::digest(&bytes))))
+}
+
+/// Why an entry is strange when a note it carries says otherwise.
+fn differs() -> String {
+    "holds a signed note that says otherwise than the entry".to_owned()
+}
+
+/// The fact of an "access requested" entry, whose request note `member` must have signed.
+fn requested_fact(
+    member: &str,
+    index: u64,
+    e: &LogEntry,
+    cards: &[MemberCard],
+) -> Result<Option<AccessFact>, String> {
+    let LogEntry::AccessRequested { request_id, owner, dataset, request_note, .. } = e else {
+        return Ok(None);
     };
-    // The public note of a request: signed by its requester; its details stay with the two
-    // parties, and its SHA-256 is what both logs must agree on.
-    let note_of = |b64: &str, signer: &MemberCard| -> Result<(RequestFacts, String), String> {
-        let bytes = B64.decode(b64).map_err(|_| "holds a request note that is not base64".to_owned())?;
-        let note = Note::parse(&bytes).map_err(|e| format!("holds a malformed request note: {e}"))?;
-        let key = signer.verifier().map_err(|e| e.to_string())?;
-        note.verify(std::slice::from_ref(&key))
-            .map_err(|_| format!("holds a request note not signed by {}", signer.id))?;
-        let r = RequestFacts::from_text(note.text())
-            .map_err(|e| format!("holds a malformed request note: {e}"))?;
-        Ok((r, concord_charter::hex(&Sha256::digest(&bytes))))
+    let (r, note) = request_note_of(request_note, card_of(cards, member)?)?;
+    if r.request_id != *request_id || r.requester != member || r.owner != *owner || r.dataset != *dataset {
+        return Err(differs());
+    }
+    Ok(Some(AccessFact {
+        index,
+        kind: "requested",
+        request_id: request_id.clone(),
+        peer: owner.clone(),
+        decision: "requested".into(),
+        digest: None,
+        note: Some(note),
+    }))
+}
+
+/// The fact of an "access served" entry, whose request note its requester must have signed.
+fn served_fact(
+    member: &str,
+    index: u64,
+    e: &LogEntry,
+    cards: &[MemberCard],
+) -> Result<Option<AccessFact>, String> {
+    let LogEntry::AccessServed {
+        request_id,
+        requester,
+        dataset,
+        decision,
+        release,
+        reason,
+        request_note,
+        ..
+    } = e
+    else {
+        return Ok(None);
     };
-    let differs = || "holds a signed note that says otherwise than the entry".to_owned();
-    Ok(Some(match e {
-        LogEntry::AccessRequested { request_id, owner, dataset, request_note, .. } => {
-            let (r, note) = note_of(request_note, card(member)?)?;
-            if r.request_id != *request_id
-                || r.requester != member
-                || r.owner != *owner
-                || r.dataset != *dataset
-            {
-                return Err(differs());
-            }
-            AccessFact {
-                index,
-                kind: "requested",
-                request_id: request_id.clone(),
-                peer: owner.clone(),
-                decision: "requested".into(),
-                digest: None,
-                note: Some(note),
-            }
-        }
-        LogEntry::AccessServed {
-            request_id,
-            requester,
-            dataset,
-            decision,
-            release,
-            reason,
-            request_note,
-            ..
-        } => {
-            if requester == member {
-                return Err("holds an access served to its own member".into());
-            }
-            // Every decision carries the requester's own signed request.
-            let (r, note) = note_of(request_note, card(requester)?)?;
-            if r.request_id != *request_id
-                || r.requester != *requester
-                || r.owner != member
-                || r.dataset != *dataset
-                || (decision == "released") != release.is_some()
-            {
-                return Err(differs());
-            }
-            AccessFact {
-                index,
-                kind: "served",
-                request_id: request_id.clone(),
-                peer: requester.clone(),
-                decision: decision.clone(),
-                digest: release.clone().or_else(|| reason.clone()),
-                note: Some(note),
-            }
-        }
-        LogEntry::AccessMade { request_id, owner, dataset, release, receipt, .. } => {
-            let bytes = B64.decode(receipt).map_err(|_| "holds a receipt that is not base64".to_owned())?;
-            let key = card(owner)?.verifier().map_err(|e| e.to_string())?;
-            let r = ReleaseReceipt::verify(&bytes, &key)
-                .map_err(|_| format!("holds a receipt not signed by {owner}"))?;
-            if r.request_id != *request_id
-                || r.owner != *owner
-                || r.requester != member
-                || r.dataset != *dataset
-                || r.release != *release
-            {
-                return Err(differs());
-            }
-            AccessFact {
-                index,
-                kind: "made",
-                request_id: request_id.clone(),
-                peer: owner.clone(),
-                decision: "made".into(),
-                digest: Some(release.clone()),
-                note: None,
-            }
-        }
-        _ => return Ok(None),
+    if requester == member {
+        return Err("holds an access served to its own member".into());
+    }
+    // Every decision carries the requester's own signed request.
+    let (r, note) = request_note_of(request_note, card_of(cards, requester)?)?;
+    if r.request_id != *request_id
+        || r.requester != *requester
+        || r.owner != member
+        || r.dataset != *dataset
+        || (decision == "released") != release.is_some()
+    {
+        return Err(differs());
+    }
+    Ok(Some(AccessFact {
+        index,
+        kind: "served",
+        request_id: request_id.clone(),
+        peer: requester.clone(),
+        decision: decision.clone(),
+        digest: release.clone().or_else(|| reason.clone()),
+        note: Some(note),
+    }))
+}
+
+/// The fact of an "access made" entry, whose receipt its owner must have signed.
+fn made_fact(
+    member: &str,
+    index: u64,
+    e: &LogEntry,
+    cards: &[MemberCard],
+) -> Result<Option<AccessFact>, String> {
+    let LogEntry::AccessMade { request_id, owner, dataset, release, receipt, .. } = e else {
+        return Ok(None);
+    };
+    let bytes = B64.decode(receipt).map_err(|_| "holds a receipt that is not base64".to_owned())?;
+    let key = card_of(cards, owner)?.verifier().map_err(|e| e.to_string())?;
+    let r =
+        ReleaseReceipt::verify(&bytes, &key).map_err(|_| format!("holds a receipt not signed by {owner}"))?;
+    if r.request_id != *request_id
+        || r.owner != *owner
+        || r.requester != member
+        || r.dataset != *dataset
+        || r.release != *release
+    {
+        return Err(differs());
+    }
+    Ok(Some(AccessFact {
+        index,
+        kind: "made",
+        request_id: request_id.clone(),
+        peer: owner.clone(),
+        decision: "made".into(),
+        digest: Some(release.clone()),
+        note: None,
     }))
 }
 
@@ -412,51 +533,76 @@ fn check_notes(
         let release_needed = own || f.kind == "made";
         let request = node.state.notes(&f.request_id, requester, NoteKind::Request)?;
         let signed = request.as_deref().map(SignedRequest::from_bytes);
-        if let Some(note) = &f.note {
-            match &signed {
-                None if request_needed => problem("this node keeps no notes of the request".into()),
-                None => {}
-                Some(Ok(r)) if concord_charter::hex(&Sha256::digest(r.note.to_bytes())) == *note => {
-                    checked += 1
-                }
-                Some(Ok(_)) => {
-                    problem("the request this node keeps is not the one the log commits to".into())
-                }
-                Some(Err(e)) => {
-                    problem(format!("the request notes this node keeps do not hold together: {e}"))
-                }
+        let request_found = check_request_note(f, &signed, request_needed);
+        let outcome_found = check_outcome_note(node, f, requester, own, release_needed, &signed)?;
+        for found in [request_found, outcome_found].into_iter().flatten() {
+            match found {
+                Ok(()) => checked += 1,
+                Err(what) => problem(what),
             }
-        }
-        match (&f.digest, f.decision.as_str()) {
-            (Some(release), "released" | "made") => {
-                match node.state.notes(&f.request_id, requester, NoteKind::Release)? {
-                    Some(d) if commitment(&d) == *release => checked += 1,
-                    Some(_) => {
-                        problem("the release details this node keeps are not those the log commits to".into())
-                    }
-                    None if release_needed => problem("this node keeps no details of the release".into()),
-                    None => {}
-                }
-            }
-            (Some(reason), _) => {
-                let kept = node.state.notes(&f.request_id, requester, NoteKind::Reason)?;
-                match (kept, &signed) {
-                    (Some(text), Some(Ok(r)))
-                        if reason_commitment(&r.salt, &String::from_utf8_lossy(&text)) == *reason =>
-                    {
-                        checked += 1
-                    }
-                    // The requester is told the reason in the answer; it keeps none.
-                    (None, _) if !own => {}
-                    _ => problem(
-                        "the refusal's reason this node keeps is not the one the log commits to".into(),
-                    ),
-                }
-            }
-            (None, _) => {}
         }
     }
     Ok(checked)
+}
+
+/// What checking one kept note against a log's commitment found: `Ok` it matches, `Err` why it
+/// does not; `None` when there is nothing to check.
+type NoteCheck = Option<Result<(), String>>;
+
+/// The request this node keeps against the SHA-256 of the request note the entry commits to.
+fn check_request_note(
+    f: &AccessFact,
+    signed: &Option<Result<SignedRequest, NodeError>>,
+    request_needed: bool,
+) -> NoteCheck {
+    let note = f.note.as_ref()?;
+    match signed {
+        None if request_needed => Some(Err("this node keeps no notes of the request".into())),
+        None => None,
+        Some(Ok(r)) if concord_charter::hex(&Sha256::digest(r.note.to_bytes())) == *note => Some(Ok(())),
+        Some(Ok(_)) => Some(Err("the request this node keeps is not the one the log commits to".into())),
+        Some(Err(e)) => Some(Err(format!("the request notes this node keeps do not hold together: {e}"))),
+    }
+}
+
+/// The release details or the refusal's reason this node keeps against the entry's
+/// commitment to them.
+fn check_outcome_note(
+    node: &Node,
+    f: &AccessFact,
+    requester: &str,
+    own: bool,
+    release_needed: bool,
+    signed: &Option<Result<SignedRequest, NodeError>>,
+) -> Result<NoteCheck, NodeError> {
+    Ok(match (&f.digest, f.decision.as_str()) {
+        (Some(release), "released" | "made") => {
+            match node.state.notes(&f.request_id, requester, NoteKind::Release)? {
+                Some(d) if commitment(&d) == *release => Some(Ok(())),
+                Some(_) => {
+                    Some(Err("the release details this node keeps are not those the log commits to".into()))
+                }
+                None if release_needed => Some(Err("this node keeps no details of the release".into())),
+                None => None,
+            }
+        }
+        (Some(reason), _) => {
+            let kept = node.state.notes(&f.request_id, requester, NoteKind::Reason)?;
+            match (kept, signed) {
+                (Some(text), Some(Ok(r)))
+                    if reason_commitment(&r.salt, &String::from_utf8_lossy(&text)) == *reason =>
+                {
+                    Some(Ok(()))
+                }
+                // The requester is told the reason in the answer; it keeps none.
+                (None, _) if !own => None,
+                _ => {
+                    Some(Err("the refusal's reason this node keeps is not the one the log commits to".into()))
+                }
+            }
+        }
+        (None, _) => None,
+    })
 }
 
 /// Audits `targets` (member ids) and reconciles them with each other and with this node's log.
@@ -473,10 +619,48 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
         let previous = node.log.audit_state(&origin)?;
         cards.push((card, origin, previous));
     }
+    let steps = read_logs(node, charter, &cards).await;
+    let mut members = Vec::new();
+    let mut notes_checked = 0;
+    let mut notes_problems = Vec::new();
+    let mut origins = Vec::new();
+    let mut verified = Vec::new();
+    for ((card, origin, previous), step) in cards.iter().zip(steps) {
+        let id = &card.id;
+        origins.push(origin.clone());
+        let origin = origin.clone();
+        let mut report = report_before(charter, id, previous.as_ref());
+        match step {
+            Err(StepFailure::Problem(p)) => report.problems.push(p),
+            Err(StepFailure::Fork { detail, earlier, later }) => {
+                report.problems.push(format!("fork: {detail}"));
+                keep_fork(node, &origin, detail, &earlier, &later).await?;
+            }
+            Ok(g) => {
+                report_growth(charter, id, &g, &mut report);
+                node.log.store_audit_step(&origin, id, &g.state, &g.facts)?;
+                notes_checked += check_notes(node, id, &g.facts, &mut notes_problems)?;
+                verified.push(id.clone());
+            }
+        }
+        members.push(report);
+    }
+    // Reconcile every pair of logs verified up to now, this audit's and earlier ones'.
+    let (mismatches, unreceived) = node.log.reconcile(&wanted, MAX_LISTED)?;
+    let evidence = node.log.evidence()?.into_iter().filter(|e| origins.contains(&e.origin)).collect();
+    Ok(AuditReport { members, mismatches, unreceived, evidence, notes_checked, notes_problems })
+}
+
+/// One audit step of every log in `cards`, with the state each was verified to before.
+async fn read_logs(
+    node: &Node,
+    charter: &concord_charter::Charter,
+    cards: &[(&MemberCard, String, Option<AuditState>)],
+) -> Vec<Result<Growth, StepFailure>> {
     // Every log is read at once, each within its own time: a member that answers slowly is
     // named, and delays no other member's audit.
     let max = node.cfg.limits.audit_max_entries;
-    let steps = futures::future::join_all(cards.iter().map(|(card, _, previous)| async move {
+    futures::future::join_all(cards.iter().map(|(card, _, previous)| async move {
         let work = async {
             if card.id == node.cfg.member {
                 verify_growth(card, &charter.members, &Local(node), previous.as_ref(), max).await
@@ -493,68 +677,59 @@ pub async fn audit(node: &Node, targets: &[String]) -> Result<AuditReport, NodeE
             ))),
         }
     }))
-    .await;
-    let mut members = Vec::new();
-    let mut notes_checked = 0;
-    let mut notes_problems = Vec::new();
-    let mut origins = Vec::new();
-    let mut verified = Vec::new();
-    for ((card, origin, previous), step) in cards.iter().zip(steps) {
-        let id = &card.id;
-        origins.push(origin.clone());
-        let origin = origin.clone();
-        let mut report = MemberAudit {
-            member: id.clone(),
-            size: previous.as_ref().map(|p| p.size).unwrap_or(0),
-            root: previous.as_ref().map(|p| concord_charter::hex(&p.root)).unwrap_or_default(),
-            cosigners: vec![],
-            witness_quorum: charter.witness_quorum,
-            previous_size: previous.as_ref().map(|p| p.size),
-            new_entries: 0,
-            problems: vec![],
-        };
-        match step {
-            Err(StepFailure::Problem(p)) => report.problems.push(p),
-            Err(StepFailure::Fork { detail, earlier, later }) => {
-                report.problems.push(format!("fork: {detail}"));
-                node.log.keep_evidence(&origin, &detail, &earlier, &later)?;
-                let entry = LogEntry::ForkEvidence {
-                    time: crate::store::entry::now(),
-                    origin: origin.clone(),
-                    detail,
-                    checkpoints: vec![
-                        crate::store::entry::sha256(&earlier),
-                        crate::store::entry::sha256(&later),
-                    ],
-                };
-                node.log.append(entry.to_bytes()?).await?;
-            }
-            Ok(g) => {
-                report.size = g.checkpoint.size;
-                report.root = concord_charter::hex(&g.checkpoint.root);
-                report.cosigners = g.cosigners.clone();
-                report.new_entries = g.checkpoint.size - report.previous_size.unwrap_or(0);
-                if g.cosigners.len() < charter.witness_quorum {
-                    report.problems.push(format!(
-                        "{} witness cosignatures, the charter's quorum is {}",
-                        g.cosigners.len(),
-                        charter.witness_quorum
-                    ));
-                }
-                for (i, why) in &g.strange {
-                    report.problems.push(format!("entry {i} of {id}'s log {why}"));
-                }
-                node.log.store_audit_step(&origin, id, &g.state, &g.facts)?;
-                notes_checked += check_notes(node, id, &g.facts, &mut notes_problems)?;
-                verified.push(id.clone());
-            }
-        }
-        members.push(report);
+    .await
+}
+
+/// A member's report as of the state verified before this audit.
+fn report_before(charter: &concord_charter::Charter, id: &str, previous: Option<&AuditState>) -> MemberAudit {
+    MemberAudit {
+        member: id.to_owned(),
+        size: previous.map(|p| p.size).unwrap_or(0),
+        root: previous.map(|p| concord_charter::hex(&p.root)).unwrap_or_default(),
+        cosigners: vec![],
+        witness_quorum: charter.witness_quorum,
+        previous_size: previous.map(|p| p.size),
+        new_entries: 0,
+        problems: vec![],
     }
-    // Reconcile every pair of logs verified up to now, this audit's and earlier ones'.
-    let (mismatches, unreceived) = node.log.reconcile(&wanted, MAX_LISTED)?;
-    let evidence = node.log.evidence()?.into_iter().filter(|e| origins.contains(&e.origin)).collect();
-    Ok(AuditReport { members, mismatches, unreceived, evidence, notes_checked, notes_problems })
+}
+
+/// Keeps a fork's two checkpoints as evidence, and logs it.
+async fn keep_fork(
+    node: &Node,
+    origin: &str,
+    detail: String,
+    earlier: &[u8],
+    later: &[u8],
+) -> Result<(), NodeError> {
+    node.log.keep_evidence(origin, &detail, earlier, later)?;
+    let entry = LogEntry::ForkEvidence {
+        time: crate::store::entry::now(),
+        origin: origin.to_owned(),
+        detail,
+        checkpoints: vec![crate::store::entry::sha256(earlier), crate::store::entry::sha256(later)],
+    };
+    node.log.append(entry.to_bytes()?).await?;
+    Ok(())
+}
+
+/// What a verified step adds to member `id`'s report: the new size, root and cosigners, a
+/// quorum not met, and the strange entries.
+fn report_growth(charter: &concord_charter::Charter, id: &str, g: &Growth, report: &mut MemberAudit) {
+    report.size = g.checkpoint.size;
+    report.root = concord_charter::hex(&g.checkpoint.root);
+    report.cosigners = g.cosigners.clone();
+    report.new_entries = g.checkpoint.size - report.previous_size.unwrap_or(0);
+    if g.cosigners.len() < charter.witness_quorum {
+        report.problems.push(format!(
+            "{} witness cosignatures, the charter's quorum is {}",
+            g.cosigners.len(),
+            charter.witness_quorum
+        ));
+    }
+    for (i, why) in &g.strange {
+        report.problems.push(format!("entry {i} of {id}'s log {why}"));
+    }
 }
 
 #[cfg(test)]

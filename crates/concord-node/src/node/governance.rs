@@ -34,9 +34,11 @@ impl VoteWire {
 /// The acts on one charter version, as a peer pulls them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Acts {
+    /// The charter version the acts are on: the serving node's current one.
     pub version: u64,
     /// Signed proposal notes.
     pub proposals: Vec<String>,
+    /// Signed votes as they travel (for a yes, with the signature over the charter body).
     pub votes: Vec<VoteWire>,
 }
 
@@ -75,6 +77,15 @@ fn refused(e: GovernanceError) -> NodeError {
         GovernanceError::Refused(why) => NodeError::BadRequest(why),
     }
 }
+
+/// What a round made of one vote: the outcome, evidence of an equivocation it revealed (newly
+/// stored, with its JSON), the base version, and the proposal's yes votes and threshold.
+type CountedVote = (
+    Result<VoteOutcome, GovernanceError>,
+    Option<(concord_charter::governance::Equivocation, String)>,
+    u64,
+    (usize, usize),
+);
 
 fn budget() -> Budget {
     Budget { timeout: Duration::from_secs(10), max_bytes: 64 * 1024 }
@@ -308,77 +319,16 @@ impl Node {
         let vote = wire.parse()?;
         let body = serde_json::to_string(wire).map_err(|e| NodeError::State(e.to_string()))?;
         // Stored under the round's lock, so the stored order is the order the round took them in.
-        let (outcome, new_evidence, base_version, (yes, threshold)) = self.with_round(|r| {
-            let evidence_before = r.evidence.len();
-            let outcome = r.vote(vote.clone(), unix_now());
-            let mut new_evidence = None;
-            if let Some(ev) = r.evidence.get(evidence_before) {
-                let evidence = serde_json::to_string(&Equivocation {
-                    first: VotedOn { proposal: ev.first.0.clone(), vote: VoteWire::of(&ev.first.1) },
-                    second: VotedOn { proposal: ev.second.0.clone(), vote: VoteWire::of(&ev.second.1) },
-                })
-                .map_err(|e| NodeError::Internal(format!("evidence: {e}")))?;
-                // Kept once, across restarts too.
-                if self.state.store_governance_act_once(r.base.version, "evidence", &evidence)? {
-                    new_evidence = Some((ev.clone(), evidence));
-                }
-            }
-            if outcome.is_ok() {
-                self.state.store_governance_act(r.base.version, "vote", &body)?;
-            }
-            let count = (r.proposals.get(&vote.vote.proposal).map_or(0, |p| p.yes.len()), r.base.threshold);
-            Ok::<_, NodeError>((outcome, new_evidence, r.base.version, count))
-        })??;
+        let (outcome, new_evidence, base_version, (yes, threshold)) =
+            self.with_round(|r| self.count_vote(r, &vote, &body))??;
         if let Some((ev, evidence)) = new_evidence {
-            let entry = LogEntry::Equivocation {
-                time: now(),
-                voter: ev.voter.clone(),
-                base_version,
-                first: ev.first.0.clone(),
-                second: ev.second.0.clone(),
-                evidence,
-            };
-            self.log.append(entry.to_bytes()?).await?;
-            self.metrics.governance(super::metrics::GovernanceEvent::Equivocation);
+            self.log_equivocation(&ev, evidence, base_version).await?;
         }
         let outcome = outcome.map_err(refused)?;
-        let entry = LogEntry::GovernanceVote {
-            time: now(),
-            proposal: vote.vote.proposal.clone(),
-            voter: vote.vote.voter.clone(),
-            ballot: match vote.vote.ballot {
-                Ballot::Yes => "yes".into(),
-                Ballot::No => "no".into(),
-            },
-            note: wire.note.clone(),
-        };
-        self.log.append(entry.to_bytes()?).await?;
-        self.metrics.governance(super::metrics::GovernanceEvent::Vote);
+        self.log_vote(&vote, wire).await?;
         let outcome = match outcome {
             VoteOutcome::Adopted(next) => {
-                let bytes = next.to_bytes();
-                // The others know this member by the keys of the version before until they
-                // adopt this one, which may rotate them: the version goes out with those.
-                let keys = self.keys();
-                let before = self.charter();
-                self.adopt(*next).await?;
-                if own {
-                    // To the members of the version before as they knew each other (endpoints
-                    // and pins that the new version may change, and those it removes, who learn
-                    // of it), and to the members it adds.
-                    let after = self.charter();
-                    let to: Vec<concord_charter::MemberCard> = before
-                        .charter
-                        .members
-                        .iter()
-                        .chain(
-                            after.charter.members.iter().filter(|m| before.charter.member(&m.id).is_none()),
-                        )
-                        .filter(|m| m.id != self.cfg.member)
-                        .cloned()
-                        .collect();
-                    self.push_to(&keys, &to, "/v1/governance/charter", bytes).await;
-                }
+                self.adopt_voted(next, own).await?;
                 wire::VoteOutcome::Adopted
             }
             VoteOutcome::Dead => wire::VoteOutcome::Dead,
@@ -391,6 +341,94 @@ impl Node {
             yes,
             threshold,
         })
+    }
+
+    /// Counts `vote` in round `r` (under the round's lock): the evidence of an equivocation it
+    /// reveals is stored once, and a vote the round took is stored.
+    fn count_vote(&self, r: &mut Round, vote: &SignedVote, body: &str) -> Result<CountedVote, NodeError> {
+        let evidence_before = r.evidence.len();
+        let outcome = r.vote(vote.clone(), unix_now());
+        let mut new_evidence = None;
+        if let Some(ev) = r.evidence.get(evidence_before) {
+            let evidence = serde_json::to_string(&Equivocation {
+                first: VotedOn { proposal: ev.first.0.clone(), vote: VoteWire::of(&ev.first.1) },
+                second: VotedOn { proposal: ev.second.0.clone(), vote: VoteWire::of(&ev.second.1) },
+            })
+            .map_err(|e| NodeError::Internal(format!("evidence: {e}")))?;
+            // Kept once, across restarts too.
+            if self.state.store_governance_act_once(r.base.version, "evidence", &evidence)? {
+                new_evidence = Some((ev.clone(), evidence));
+            }
+        }
+        if outcome.is_ok() {
+            self.state.store_governance_act(r.base.version, "vote", body)?;
+        }
+        let count = (r.proposals.get(&vote.vote.proposal).map_or(0, |p| p.yes.len()), r.base.threshold);
+        Ok((outcome, new_evidence, r.base.version, count))
+    }
+
+    /// Logs the evidence of an equivocation, newly stored.
+    async fn log_equivocation(
+        &self,
+        ev: &concord_charter::governance::Equivocation,
+        evidence: String,
+        base_version: u64,
+    ) -> Result<(), NodeError> {
+        let entry = LogEntry::Equivocation {
+            time: now(),
+            voter: ev.voter.clone(),
+            base_version,
+            first: ev.first.0.clone(),
+            second: ev.second.0.clone(),
+            evidence,
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        self.metrics.governance(super::metrics::GovernanceEvent::Equivocation);
+        Ok(())
+    }
+
+    /// Logs a vote the round counted.
+    async fn log_vote(&self, vote: &SignedVote, wire: &VoteWire) -> Result<(), NodeError> {
+        let entry = LogEntry::GovernanceVote {
+            time: now(),
+            proposal: vote.vote.proposal.clone(),
+            voter: vote.vote.voter.clone(),
+            ballot: match vote.vote.ballot {
+                Ballot::Yes => "yes".into(),
+                Ballot::No => "no".into(),
+            },
+            note: wire.note.clone(),
+        };
+        self.log.append(entry.to_bytes()?).await?;
+        self.metrics.governance(super::metrics::GovernanceEvent::Vote);
+        Ok(())
+    }
+
+    /// Adopts the version a vote completed; if the vote is this member's own, pushes the
+    /// version to the members before and after it.
+    async fn adopt_voted(&self, next: Box<SignedCharter>, own: bool) -> Result<(), NodeError> {
+        let bytes = next.to_bytes();
+        // The others know this member by the keys of the version before until they
+        // adopt this one, which may rotate them: the version goes out with those.
+        let keys = self.keys();
+        let before = self.charter();
+        self.adopt(*next).await?;
+        if own {
+            // To the members of the version before as they knew each other (endpoints
+            // and pins that the new version may change, and those it removes, who learn
+            // of it), and to the members it adds.
+            let after = self.charter();
+            let to: Vec<concord_charter::MemberCard> = before
+                .charter
+                .members
+                .iter()
+                .chain(after.charter.members.iter().filter(|m| before.charter.member(&m.id).is_none()))
+                .filter(|m| m.id != self.cfg.member)
+                .cloned()
+                .collect();
+            self.push_to(&keys, &to, "/v1/governance/charter", bytes).await;
+        }
+        Ok(())
     }
 
     /// Takes in a charter version pushed by a peer: the next version is verified and adopted;
@@ -606,26 +644,105 @@ pub async fn join(
     let state = dir.open_state()?;
     let held: Vec<SignedCharter> =
         state.charter_history()?.iter().map(|b| SignedCharter::parse(b)).collect::<Result<_, _>>()?;
+    let key_sets = join_key_sets(dir, &cfg)?;
+    let genesis = genesis_digest(genesis)?;
+    let endpoint = peer.trim_end_matches('/');
+    let endpoint = endpoint.strip_prefix("https://").unwrap_or(endpoint);
+    let at = Candidate { endpoint, peer, member: &cfg.member, dir };
+    let (keys, body, server_pin) = reach_candidate(&at, &key_sets).await?;
+    let tls = &key_sets[keys].2;
+    let latest = serde_json::from_slice::<Acts>(&body)
+        .map_err(|e| NodeError::Config(format!("the node at {peer} sent no charter version: {e}")))?
+        .version;
+    let chain = fetch_chain(&at, tls, latest, &held, &genesis).await?;
+    let last = chain
+        .last()
+        .ok_or_else(|| NodeError::Config(format!("the node at {peer} holds no charter version")))?
+        .clone();
+    check_head(&last, peer, head)?;
+    check_names_me(&last, peer, &cfg, &key_sets[keys], dir)?;
+    if !last.charter.members.iter().any(|m| m.tls_pin == server_pin && m.id != cfg.member) {
+        return Err(NodeError::Config(format!(
+            "the node at {peer} is not a member of charter version {} (its TLS key is not listed); join through a member's peer endpoint",
+            last.charter.version
+        )));
+    }
+    if last.charter.version <= held.last().map_or(0, |h| h.charter.version) {
+        return Err(NodeError::Config(format!(
+            "{} holds charter version {} already, the latest at {peer}; start it with `concord node run {}`",
+            dir.root.display(),
+            last.charter.version,
+            dir.root.display()
+        )));
+    }
+    log_and_store_joined(dir, &state, &held, &chain).await?;
+    Ok(last)
+}
+
+/// One set of a member's keys: signing, witness cosigning, TLS.
+type KeySet = (concord_log::NoteSigner, concord_log::checkpoint::CosignatureSigner, crate::net::tls::TlsKeys);
+
+/// The key sets `join` may present, in the order it tries them.
+fn join_key_sets(
+    dir: &crate::store::config::NodeDir,
+    cfg: &crate::store::config::NodeConfig,
+) -> Result<Vec<KeySet>, NodeError> {
     // The keys the members may know: this node's, or a pending rotation's (a node that was down
     // while its rotation was adopted catches up with the new keys).
-    let mut key_sets = vec![(dir.load_signer(&cfg)?, dir.load_witness(&cfg)?, dir.load_tls()?)];
+    let mut key_sets = vec![(dir.load_signer(cfg)?, dir.load_witness(cfg)?, dir.load_tls()?)];
     if dir.next_keys().is_dir() {
         let next = dir.clone().with_keys_in(&dir.next_keys());
-        key_sets.push((next.load_signer(&cfg)?, next.load_witness(&cfg)?, next.load_tls()?));
+        key_sets.push((next.load_signer(cfg)?, next.load_witness(cfg)?, next.load_tls()?));
     }
+    Ok(key_sets)
+}
+
+/// The `--genesis` digest given to `join`, in lower case; refused unless it is 64 hex digits.
+fn genesis_digest(genesis: &str) -> Result<String, NodeError> {
     let genesis = genesis.trim().to_ascii_lowercase();
     if genesis.len() != 64 || !genesis.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(NodeError::Config(format!(
             "--genesis {genesis:?} is not a charter digest (64 hex digits); ask a member for the `genesis` field of `concord charter show --format json`"
         )));
     }
-    let endpoint = peer.trim_end_matches('/');
-    let endpoint = endpoint.strip_prefix("https://").unwrap_or(endpoint);
-    let get = |tls, path| candidate_get(tls, endpoint, peer, &cfg.member, dir, path);
+    Ok(genesis)
+}
+
+/// The peer listener `join` reads the chain from, and what its errors name.
+struct Candidate<'a> {
+    /// `host:port`, without a scheme.
+    endpoint: &'a str,
+    /// The peer as the operator gave it.
+    peer: &'a str,
+    /// This member's id.
+    member: &'a str,
+    /// This node's folder.
+    dir: &'a crate::store::config::NodeDir,
+}
+
+impl Candidate<'_> {
+    /// One GET at the candidate's peer, with `tls` as the client's keys: the body and the
+    /// server's TLS pin.
+    async fn get(
+        &self,
+        tls: &crate::net::tls::TlsKeys,
+        path: String,
+    ) -> Result<(bytes::Bytes, String), NodeError> {
+        candidate_get(tls, self.endpoint, self.peer, self.member, self.dir, path).await
+    }
+}
+
+/// The first key set the peer accepts, with its answer to `/v1/governance/acts` and its pin;
+/// if it accepts none, the last refusal.
+async fn reach_candidate(
+    at: &Candidate<'_>,
+    key_sets: &[KeySet],
+) -> Result<(usize, bytes::Bytes, String), NodeError> {
+    let peer = at.peer;
     let mut reached = None;
     let mut refusal = None;
     for (i, keys) in key_sets.iter().enumerate() {
-        match get(&keys.2, "/v1/governance/acts".into()).await {
+        match at.get(&keys.2, "/v1/governance/acts".into()).await {
             Ok(r) => {
                 reached = Some((i, r));
                 break;
@@ -636,13 +753,22 @@ pub async fn join(
     let Some((keys, (body, server_pin))) = reached else {
         return Err(refusal.unwrap_or_else(|| NodeError::Config(format!("cannot reach {peer}"))));
     };
-    let (signer, witness, tls) = &key_sets[keys];
-    let latest = serde_json::from_slice::<Acts>(&body)
-        .map_err(|e| NodeError::Config(format!("the node at {peer} sent no charter version: {e}")))?
-        .version;
+    Ok((keys, body, server_pin))
+}
+
+/// Fetches versions 1 to `latest` from the peer, each verified from the one before and the
+/// first from the genesis digest; those this node holds must be the same.
+async fn fetch_chain(
+    at: &Candidate<'_>,
+    tls: &crate::net::tls::TlsKeys,
+    latest: u64,
+    held: &[SignedCharter],
+    genesis: &str,
+) -> Result<Vec<SignedCharter>, NodeError> {
+    let peer = at.peer;
     let mut chain: Vec<SignedCharter> = Vec::new();
     for version in 1..=latest {
-        let (body, _) = get(tls, format!("/v1/governance/charter/{version}")).await?;
+        let (body, _) = at.get(tls, format!("/v1/governance/charter/{version}")).await?;
         let sc = SignedCharter::parse(&body)?;
         // What this node holds already must be what the chain says.
         if let Some(h) = held.get(chain.len())
@@ -674,10 +800,11 @@ pub async fn join(
         }
         chain.push(sc);
     }
-    let last = chain
-        .last()
-        .ok_or_else(|| NodeError::Config(format!("the node at {peer} holds no charter version")))?
-        .clone();
+    Ok(chain)
+}
+
+/// With `head` given, the chain's last version must have that digest.
+fn check_head(last: &SignedCharter, peer: &str, head: Option<&str>) -> Result<(), NodeError> {
     if let Some(head) = head
         && last.charter.digest() != head.trim().to_ascii_lowercase()
     {
@@ -688,6 +815,18 @@ pub async fn join(
             head.trim()
         )));
     }
+    Ok(())
+}
+
+/// The chain's last version is of this node's federation and names this member with `keys`.
+fn check_names_me(
+    last: &SignedCharter,
+    peer: &str,
+    cfg: &crate::store::config::NodeConfig,
+    keys: &KeySet,
+    dir: &crate::store::config::NodeDir,
+) -> Result<(), NodeError> {
+    let (signer, witness, tls) = keys;
     if last.charter.federation != cfg.federation {
         return Err(NodeError::Config(format!(
             "the chain at {peer} is federation {}, this node was made for {}",
@@ -708,20 +847,16 @@ pub async fn join(
             dir.root.display()
         )));
     }
-    if !last.charter.members.iter().any(|m| m.tls_pin == server_pin && m.id != cfg.member) {
-        return Err(NodeError::Config(format!(
-            "the node at {peer} is not a member of charter version {} (its TLS key is not listed); join through a member's peer endpoint",
-            last.charter.version
-        )));
-    }
-    if last.charter.version <= held.last().map_or(0, |h| h.charter.version) {
-        return Err(NodeError::Config(format!(
-            "{} holds charter version {} already, the latest at {peer}; start it with `concord node run {}`",
-            dir.root.display(),
-            last.charter.version,
-            dir.root.display()
-        )));
-    }
+    Ok(())
+}
+
+/// Logs every version of `chain` this node does not hold yet, then stores them all.
+async fn log_and_store_joined(
+    dir: &crate::store::config::NodeDir,
+    state: &crate::store::state::State,
+    held: &[SignedCharter],
+    chain: &[SignedCharter],
+) -> Result<(), NodeError> {
     let new = &chain[held.len()..];
     // Logged first, then stored in one transaction: a crash in between leaves a node that joins
     // again (and logs the versions again), never versions held without their entries.
@@ -742,7 +877,7 @@ pub async fn join(
         prev = Some(sc);
     }
     state.store_charters(&new.iter().map(|sc| (sc.charter.version, sc.to_bytes())).collect::<Vec<_>>())?;
-    Ok(last)
+    Ok(())
 }
 
 /// One GET of `join` at a peer listener whose pin is not known yet.

@@ -26,9 +26,13 @@ pub struct Metrics {
 /// A governance event counted by `concord_governance_events_total`.
 #[derive(Clone, Copy, Debug)]
 pub enum GovernanceEvent {
+    /// A proposal taken in and logged (this member's or a peer's).
     Proposal,
+    /// A vote counted and logged.
     Vote,
+    /// A new charter version adopted.
     Adoption,
+    /// Evidence of a member's second yes on one base version, newly kept and logged.
     Equivocation,
 }
 
@@ -72,6 +76,7 @@ impl Metrics {
         bump(&self.refused, code);
     }
 
+    /// A governance event taken in, counted by kind.
     pub fn governance(&self, event: GovernanceEvent) {
         bump(&self.governance, event.as_str());
     }

@@ -41,7 +41,10 @@ use crate::store::tlog::Log;
 
 /// A dataset ready to serve.
 pub struct LoadedDataset {
+    /// Its row in the registry: name, file path, format, schema, policy source, row count.
     pub record: DatasetRecord,
+    /// The policy parsed from the record; one that no longer parses is replaced by a policy that
+    /// admits nobody.
     pub policy: Arc<Policy>,
     /// `Err` holds why the file cannot be read now; the node stays up and says so when asked.
     pub table: Result<Arc<dyn TableProvider>, String>,
@@ -86,7 +89,10 @@ impl LoadedDataset {
 /// The datasets of a node as of one generation of its registry.
 #[derive(Default)]
 pub struct Datasets {
+    /// The registry's generation they were loaded at; another one in the state database means
+    /// they are loaded again.
     pub generation: i64,
+    /// The datasets, by name.
     pub map: BTreeMap<String, Arc<LoadedDataset>>,
 }
 
@@ -122,7 +128,9 @@ pub fn dataset_columns(record: &DatasetRecord) -> Result<Vec<String>, NodeError>
 /// One entry of a node's catalog as a peer sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CatalogEntry {
+    /// The dataset's name on its owner's node.
     pub name: String,
+    /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<String>,
     /// Arrow IPC schema, base64.
     pub schema_ipc: String,
@@ -146,7 +154,9 @@ pub struct CatalogEntry {
 /// names the owner as left out, never leaves it out without a word).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Catalog {
+    /// The datasets the member may see (the owner's policy allows it `describe`).
     pub datasets: Vec<CatalogEntry>,
+    /// Shared schemas in which the owner holds datasets it does not show the member.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden_in: Vec<String>,
 }
@@ -163,7 +173,9 @@ pub struct Keys {
 
 /// Everything a running node holds.
 pub struct Node {
+    /// The node's configuration (`concord.toml`): federation, member id, endpoints, limits.
     pub cfg: NodeConfig,
+    /// The node folder: configuration, keys, state database.
     pub dir: NodeDir,
     /// This member's keys in use: replaced whole when a charter version rotates them.
     keys: std::sync::RwLock<Arc<Keys>>,
@@ -171,6 +183,8 @@ pub struct Node {
     pub server_cert: Arc<crate::net::tls::ServerCert>,
     /// This member's transparency log.
     pub log: Log,
+    /// The state database: dataset registry, charter versions, access requests and grants,
+    /// privacy budgets, governance acts, request ids and kept notes.
     pub state: State,
     /// The current charter version: replaced whole when a new version is adopted.
     charter: std::sync::RwLock<Arc<SignedCharter>>,
@@ -207,23 +221,8 @@ impl Node {
     pub async fn open(dir: &NodeDir) -> Result<Self, NodeError> {
         let cfg = dir.load_config()?;
         let state = dir.open_state()?;
-        let bytes = state.latest_charter()?.ok_or_else(|| {
-            NodeError::Config(format!(
-                "{} has no charter yet; sign the genesis charter with every founder, then run `concord charter accept {} FILE`",
-                dir.root.display(),
-                dir.root.display()
-            ))
-        })?;
-        let charter = SignedCharter::parse(&bytes)?;
-        let me = charter.charter.member(&cfg.member).ok_or_else(|| {
-            NodeError::Config(format!(
-                "charter version {} of federation {} does not name member {}: it left or was removed, and this node no longer takes part. Its log and state stay in {} for audits",
-                charter.charter.version,
-                charter.charter.federation,
-                cfg.member,
-                dir.root.display()
-            ))
-        })?;
+        let charter = accepted_charter(dir, &state)?;
+        let me = named_member(dir, &charter, &cfg)?;
         // A rotation this version made (or one interrupted halfway): the pending keys it lists
         // take over, logged first.
         let log = dir.open_log()?;
@@ -235,30 +234,17 @@ impl Node {
         let signer = dir.load_signer(&cfg)?;
         let witness = dir.load_witness(&cfg)?;
         let tls = dir.load_tls()?;
-        if me.vkey != signer.vkey()
-            || me.tls_pin != tls.pin
-            || me.witness_vkey != witness.verifier().to_vkey()
-        {
-            return Err(NodeError::Config(format!(
-                "charter version {} lists other keys for {} than this node holds; a key change needs a new charter version (`concord keys rotate`, then a `--rotate-key` proposal)",
-                charter.charter.version, cfg.member
-            )));
-        }
-        let pins = charter
-            .charter
-            .members
-            .iter()
-            .filter(|m| m.id != cfg.member)
-            .map(|m| (m.tls_pin.clone(), m.id.clone()))
-            .collect();
+        let keys = Keys { signer, witness, tls };
+        check_listed_keys(&charter, &cfg, me, &keys)?;
+        let pins = peer_pins(&charter, &cfg);
         let datasets = load_datasets(&charter, &state, &Datasets::default()).await?;
         let slots = cfg.limits.max_concurrent_queries;
         let limits = cfg.limits.clone();
         let node = Self {
             cfg,
             dir: dir.clone(),
-            server_cert: Arc::new(crate::net::tls::ServerCert::new(&tls)?),
-            keys: std::sync::RwLock::new(Arc::new(Keys { signer, witness, tls })),
+            server_cert: Arc::new(crate::net::tls::ServerCert::new(&keys.tls)?),
+            keys: std::sync::RwLock::new(Arc::new(keys)),
             log,
             state,
             charter: std::sync::RwLock::new(Arc::new(charter)),
@@ -281,6 +267,7 @@ impl Node {
         Ok(node)
     }
 
+    /// The federation's name, as the node's configuration gives it.
     pub fn federation(&self) -> &str {
         &self.cfg.federation
     }
@@ -409,6 +396,7 @@ impl Node {
         );
     }
 
+    /// The number of the charter version in force.
     pub fn charter_version(&self) -> u64 {
         self.charter().charter.version
     }
@@ -490,6 +478,63 @@ impl Node {
         }
         Ok(out)
     }
+}
+
+/// The latest charter version a node folder holds; a node cannot start without one.
+fn accepted_charter(dir: &NodeDir, state: &State) -> Result<SignedCharter, NodeError> {
+    let bytes = state.latest_charter()?.ok_or_else(|| {
+        NodeError::Config(format!(
+            "{} has no charter yet; sign the genesis charter with every founder, then run `concord charter accept {} FILE`",
+            dir.root.display(),
+            dir.root.display()
+        ))
+    })?;
+    Ok(SignedCharter::parse(&bytes)?)
+}
+
+/// This member's card in `charter`; a version that does not name it is one the member left.
+fn named_member<'a>(
+    dir: &NodeDir,
+    charter: &'a SignedCharter,
+    cfg: &NodeConfig,
+) -> Result<&'a concord_charter::MemberCard, NodeError> {
+    charter.charter.member(&cfg.member).ok_or_else(|| {
+        NodeError::Config(format!(
+            "charter version {} of federation {} does not name member {}: it left or was removed, and this node no longer takes part. Its log and state stay in {} for audits",
+            charter.charter.version,
+            charter.charter.federation,
+            cfg.member,
+            dir.root.display()
+        ))
+    })
+}
+
+/// Refuses to start with keys other than those `charter` lists for this member.
+fn check_listed_keys(
+    charter: &SignedCharter,
+    cfg: &NodeConfig,
+    me: &concord_charter::MemberCard,
+    keys: &Keys,
+) -> Result<(), NodeError> {
+    let Keys { signer, witness, tls } = keys;
+    if me.vkey != signer.vkey() || me.tls_pin != tls.pin || me.witness_vkey != witness.verifier().to_vkey() {
+        return Err(NodeError::Config(format!(
+            "charter version {} lists other keys for {} than this node holds; a key change needs a new charter version (`concord keys rotate`, then a `--rotate-key` proposal)",
+            charter.charter.version, cfg.member
+        )));
+    }
+    Ok(())
+}
+
+/// (pin, member id) of every member `charter` lists but this node.
+fn peer_pins(charter: &SignedCharter, cfg: &NodeConfig) -> crate::net::tls::PinList {
+    charter
+        .charter
+        .members
+        .iter()
+        .filter(|m| m.id != cfg.member)
+        .map(|m| (m.tls_pin.clone(), m.id.clone()))
+        .collect()
 }
 
 /// What a shared schema says of the people its data describes, as policies are checked
@@ -591,6 +636,8 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter of `rate` requests a second sustained and `burst` at once, per member; a
+    /// member's bucket starts full.
     pub fn new(rate: u32, burst: u32) -> Self {
         Self {
             rate: f64::from(rate),

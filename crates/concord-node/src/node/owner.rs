@@ -27,9 +27,13 @@ pub const MAX_REQUEST_BODY: usize = 40 * 1024;
 
 /// One sub-query to answer as an owner.
 pub struct Ask<'a> {
+    /// The requesting member's id (this member's own for its parts of its analysts' queries).
     pub requester: &'a str,
+    /// The name of this node's dataset the sub-query reads.
     pub dataset: &'a str,
+    /// The sub-query's SQL text, parsed and checked again here.
     pub sql: &'a str,
+    /// The purpose the requester states; the policy's Cedar context and the grants see it.
     pub purpose: &'a str,
     /// The peer's request id: what a privacy budget is charged under.
     pub request_id: Option<&'a str>,
@@ -65,6 +69,8 @@ impl CheckedRequests {
 
 /// A sub-query the owner decided to answer: everything checked, nothing run or charged.
 pub struct Decided {
+    /// The checked sub-query with the rules it is released under (policy, baseline, privacy
+    /// cost).
     pub plan: concord_query::release::ReleasePlan,
     table: Arc<dyn datafusion::catalog::TableProvider>,
     /// The rule that allowed it, and the grant it uses.
@@ -346,8 +352,12 @@ fn authenticated(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedReq
 pub struct Served {
     /// The request's id, for the node's log line.
     pub request_id: String,
+    /// The release receipt, signed by this member.
     pub receipt: Note,
+    /// The release's details (salt, result digest, counts, release report), which the receipt
+    /// commits to.
     pub details: Vec<u8>,
+    /// The partial result, as Arrow IPC bytes.
     pub ipc: Vec<u8>,
 }
 
@@ -383,57 +393,82 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
     }
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Request, body)?;
     match decide_and_run(node, request).await {
-        Ok((answer, ipc, decided)) => {
-            let details = ReleaseDetails {
-                salt: signed.salt.clone(),
-                result_sha256: result_digest(&signed.salt, &ipc),
-                rows_scanned: answer.rows_scanned,
-                groups_released: answer.groups_released,
-                release: answer.report.clone(),
-            }
-            .to_bytes();
-            let release = commitment(&details);
-            let cost = answer
-                .report
-                .budget
-                .as_ref()
-                .map_or_else(|| "none".to_owned(), |b| format!("{} {}", b.parameter, b.charged));
-            let policy = format!("sha256:{}", decided.plan.rules.policy.digest());
-            let charter = node.charter();
-            let entry = served_entry(
-                &signed,
-                "released".into(),
-                Some(policy.clone()),
-                Commitments { cost: Some(cost.clone()), release: Some(release.clone()), reason: None },
-                Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
-            );
-            node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Release, &details)?;
-            // Invariant: nothing is released before its "access served" entry is on disk.
-            let log_index = node.log.append(entry.to_bytes()?).await?;
-            let receipt = ReleaseReceipt {
-                federation: request.federation.clone(),
-                request_id: request.request_id.clone(),
-                owner: node.cfg.member.clone(),
-                requester: request.requester.clone(),
-                dataset: request.dataset.clone(),
-                request_note: signed.note_digest(),
-                policy,
-                cost,
-                release,
-                log_index,
-            };
-            tracing::info!(
-                request = %request.request_id,
-                requester = %request.requester,
-                dataset = %request.dataset,
-                log_index,
-                "released partial aggregate"
-            );
-            let receipt = receipt.sign(&node.keys().signer)?;
-            node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
-            Ok(Served { request_id: request.request_id.clone(), receipt, details, ipc })
-        }
+        Ok((answer, ipc, decided)) => release_answer(node, &signed, answer, ipc, &decided).await,
         Err(e) => Err(log_refusal(node, &signed, e).await?),
+    }
+}
+
+/// Releases a sub-query that ran: its details kept, its "access served" entry logged, then its
+/// receipt signed and the release kept for a replay.
+async fn release_answer(
+    node: &Node,
+    signed: &SignedRequest,
+    answer: OwnerAnswer,
+    ipc: Vec<u8>,
+    decided: &Decided,
+) -> Result<Served, NodeError> {
+    let request = &signed.request;
+    let details = ReleaseDetails {
+        salt: signed.salt.clone(),
+        result_sha256: result_digest(&signed.salt, &ipc),
+        rows_scanned: answer.rows_scanned,
+        groups_released: answer.groups_released,
+        release: answer.report.clone(),
+    }
+    .to_bytes();
+    let release = commitment(&details);
+    let cost = answer
+        .report
+        .budget
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |b| format!("{} {}", b.parameter, b.charged));
+    let policy = format!("sha256:{}", decided.plan.rules.policy.digest());
+    let charter = node.charter();
+    let entry = served_entry(
+        signed,
+        "released".into(),
+        Some(policy.clone()),
+        Commitments { cost: Some(cost.clone()), release: Some(release.clone()), reason: None },
+        Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
+    );
+    node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Release, &details)?;
+    // Invariant: nothing is released before its "access served" entry is on disk.
+    let log_index = node.log.append(entry.to_bytes()?).await?;
+    let receipt = receipt_of(node, signed, policy, cost, release, log_index);
+    tracing::info!(
+        request = %request.request_id,
+        requester = %request.requester,
+        dataset = %request.dataset,
+        log_index,
+        "released partial aggregate"
+    );
+    let receipt = receipt.sign(&node.keys().signer)?;
+    node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
+    Ok(Served { request_id: request.request_id.clone(), receipt, details, ipc })
+}
+
+/// The receipt of a release logged at `log_index`, to be signed: what the requester's "access
+/// made" entry holds, and what an audit matches with this node's entry.
+fn receipt_of(
+    node: &Node,
+    signed: &SignedRequest,
+    policy: String,
+    cost: String,
+    release: String,
+    log_index: u64,
+) -> ReleaseReceipt {
+    let request = &signed.request;
+    ReleaseReceipt {
+        federation: request.federation.clone(),
+        request_id: request.request_id.clone(),
+        owner: node.cfg.member.clone(),
+        requester: request.requester.clone(),
+        dataset: request.dataset.clone(),
+        request_note: signed.note_digest(),
+        policy,
+        cost,
+        release,
+        log_index,
     }
 }
 
@@ -685,17 +720,7 @@ impl Node {
             .table
             .clone()
             .map_err(|why| NodeError::Query(QueryError::Dataset { name: dataset.to_owned(), reason: why }))?;
-        let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
-        let fed = concord_query::FederatedTable {
-            display: dataset.to_owned(),
-            schema: table.schema(),
-            parts: vec![concord_query::Part { owner: self.cfg.member.clone(), dataset: dataset.to_owned() }],
-            shared: false,
-            unreachable: vec![],
-            withheld: vec![],
-        };
-        ctx.register_table(dataset, Arc::new(fed)).map_err(QueryError::plan)?;
-        let (_, planned) = concord_query::federate::plan_subqueries(&ctx, sql).await?;
+        let planned = self.plan_alone(dataset, &table, sql).await?;
         let baseline = self.baseline();
         let access_ctx = AccessContext {
             requester: requester.to_owned(),
@@ -708,56 +733,10 @@ impl Node {
             )?,
             charter_version: self.charter_version(),
         };
+        let inputs = TestInputs { d, dataset, requester, ctx: access_ctx, baseline };
         let mut subqueries = Vec::new();
         for p in planned {
-            let sub = match parse_subquery(dataset, table.clone(), &p.sql).await {
-                Ok(s) => s,
-                Err(e) => {
-                    subqueries.push(SubqueryTest {
-                        sql: p.sql,
-                        action: "-".into(),
-                        access: "-".into(),
-                        verdict: format!("refused: {e}"),
-                        lines: vec![],
-                        budget_left: None,
-                    });
-                    continue;
-                }
-            };
-            let action = sub.action();
-            let decision = d.policy.decide(&self.cfg.member, dataset, action, &access_ctx, &baseline);
-            let rules = Rules {
-                policy: d.policy.clone(),
-                baseline,
-                own: requester == self.cfg.member,
-                unit_is_row: false,
-            };
-            let explained = concord_query::release::explain(&sub, &rules);
-            let (access, verdict) = match &decision {
-                Decision::Allow { by } => (format!("allowed by {by}"), explained.verdict),
-                Decision::Deny { reason } => (format!("refused: {reason}"), format!("refused: {reason}")),
-            };
-            let budget_left = match (&d.policy.release.privacy, requester == self.cfg.member) {
-                (Some(dp), false) => {
-                    let spent = self.state.spent(dataset, requester)?;
-                    let left = dp.budget_per_requester.0.saturating_sub(spent.by_requester);
-                    Some(format!(
-                        "{} {} of {}",
-                        dp.mechanism.parameter(),
-                        concord_policy::Units(left),
-                        dp.budget_per_requester
-                    ))
-                }
-                _ => None,
-            };
-            subqueries.push(SubqueryTest {
-                sql: p.sql,
-                action: action.as_str().to_owned(),
-                access,
-                verdict,
-                lines: explained.lines,
-                budget_left,
-            });
+            subqueries.push(self.test_subquery(&inputs, table.clone(), p.sql).await?);
         }
         Ok(PolicyTest {
             dataset: dataset.to_owned(),
@@ -766,4 +745,108 @@ impl Node {
             subqueries,
         })
     }
+
+    /// Plans `sql` over `dataset` alone, as this node's own table, into the sub-queries its
+    /// owner would receive.
+    async fn plan_alone(
+        &self,
+        dataset: &str,
+        table: &Arc<dyn datafusion::catalog::TableProvider>,
+        sql: &str,
+    ) -> Result<Vec<concord_query::federate::PlannedSubquery>, NodeError> {
+        let ctx = concord_query::limits::session(&self.cfg.limits.exec())?;
+        let fed = concord_query::FederatedTable {
+            display: dataset.to_owned(),
+            schema: table.schema(),
+            parts: vec![concord_query::Part { owner: self.cfg.member.clone(), dataset: dataset.to_owned() }],
+            shared: false,
+            unreachable: vec![],
+            withheld: vec![],
+        };
+        ctx.register_table(dataset, Arc::new(fed)).map_err(QueryError::plan)?;
+        let (_, planned) = concord_query::federate::plan_subqueries(&ctx, sql).await?;
+        Ok(planned)
+    }
+
+    /// Explains one sub-query of a `policy test`: the access decision, the column modes and
+    /// release rules, and the requester's budget left.
+    async fn test_subquery(
+        &self,
+        t: &TestInputs<'_>,
+        table: Arc<dyn datafusion::catalog::TableProvider>,
+        sql: String,
+    ) -> Result<SubqueryTest, NodeError> {
+        let sub = match parse_subquery(t.dataset, table, &sql).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(SubqueryTest {
+                    sql,
+                    action: "-".into(),
+                    access: "-".into(),
+                    verdict: format!("refused: {e}"),
+                    lines: vec![],
+                    budget_left: None,
+                });
+            }
+        };
+        let action = sub.action();
+        let decision = t.d.policy.decide(&self.cfg.member, t.dataset, action, &t.ctx, &t.baseline);
+        let rules = Rules {
+            policy: t.d.policy.clone(),
+            baseline: t.baseline,
+            own: t.requester == self.cfg.member,
+            unit_is_row: false,
+        };
+        let explained = concord_query::release::explain(&sub, &rules);
+        let (access, verdict) = match &decision {
+            Decision::Allow { by } => (format!("allowed by {by}"), explained.verdict),
+            Decision::Deny { reason } => (format!("refused: {reason}"), format!("refused: {reason}")),
+        };
+        let budget_left = self.budget_left(t.d, t.dataset, t.requester)?;
+        Ok(SubqueryTest {
+            sql,
+            action: action.as_str().to_owned(),
+            access,
+            verdict,
+            lines: explained.lines,
+            budget_left,
+        })
+    }
+
+    /// The requester's privacy budget on `dataset` left, as `policy test` shows it: only under
+    /// differential privacy, and only for another member.
+    fn budget_left(
+        &self,
+        d: &super::LoadedDataset,
+        dataset: &str,
+        requester: &str,
+    ) -> Result<Option<String>, NodeError> {
+        Ok(match (&d.policy.release.privacy, requester == self.cfg.member) {
+            (Some(dp), false) => {
+                let spent = self.state.spent(dataset, requester)?;
+                let left = dp.budget_per_requester.0.saturating_sub(spent.by_requester);
+                Some(format!(
+                    "{} {} of {}",
+                    dp.mechanism.parameter(),
+                    concord_policy::Units(left),
+                    dp.budget_per_requester
+                ))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What every sub-query of one `policy test` is explained against.
+struct TestInputs<'a> {
+    /// The dataset as loaded, with its policy.
+    d: &'a super::LoadedDataset,
+    /// Its name.
+    dataset: &'a str,
+    /// The member the test is for.
+    requester: &'a str,
+    /// The access context the requester's queries would have: purpose, live grants.
+    ctx: AccessContext,
+    /// The charter's baseline.
+    baseline: concord_policy::Baseline,
 }

@@ -34,8 +34,11 @@ pub const MAX_CATALOG_ENTRIES: usize = 4096;
 /// One dataset of another member, as its catalog shows it, its schema decoded.
 #[derive(Clone, Debug)]
 pub struct PeerDataset {
+    /// The dataset's name on its owner's node.
     pub name: String,
+    /// The charter's shared schema it conforms to, if any.
     pub shared_schema: Option<String>,
+    /// Its Arrow schema, decoded from the catalog entry.
     pub schema: SchemaRef,
     /// Why its owner does not release it to this member, if it does not.
     pub withheld: Option<String>,
@@ -63,7 +66,9 @@ impl PeerDataset {
 /// it does not show this member.
 #[derive(Clone, Debug, Default)]
 pub struct PeerCatalog {
+    /// The datasets the member shows this member.
     pub datasets: Vec<PeerDataset>,
+    /// Shared schemas of the current charter in which the member holds datasets it does not show.
     pub hidden_in: Vec<String>,
 }
 
@@ -96,6 +101,21 @@ impl CatalogCache {
     fn put(&self, member: &str, version: u64, catalog: Result<Arc<PeerCatalog>, String>) {
         let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(member.to_owned(), (version, Instant::now(), catalog));
+    }
+}
+
+/// Schema `m` of the analyst's catalog, registered empty if it is not there yet.
+fn schema_of(
+    catalog: &Arc<dyn datafusion::catalog::CatalogProvider>,
+    m: &str,
+) -> Result<Arc<dyn datafusion::catalog::SchemaProvider>, NodeError> {
+    match catalog.schema(m) {
+        Some(s) => Ok(s),
+        None => {
+            let s: Arc<dyn datafusion::catalog::SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+            catalog.register_schema(m, s.clone()).map_err(QueryError::plan)?;
+            Ok(s)
+        }
     }
 }
 
@@ -344,56 +364,9 @@ impl Node {
             .catalog("datafusion")
             .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
         for s in &self.charter().charter.schemas {
-            let conforming =
-                entries.iter().filter(|(_, e)| e.shared_schema.as_deref() == Some(s.name.as_str()));
-            // Released to this query: without a purpose, or under the query's purpose by a grant.
-            let released = |e: &PeerDataset| e.withheld.is_none() || e.purposes.iter().any(|p| p == purpose);
-            let parts = conforming
-                .clone()
-                .filter(|(_, e)| released(e))
-                .map(|(m, e)| Part { owner: m.clone(), dataset: e.name.clone() })
-                .collect();
-            // Conforming datasets their owners show but do not release to this query, and
-            // owners that hold datasets of the schema they do not show: named in every result
-            // over the schema, never left out without a word.
-            let mut withheld: Vec<String> = conforming
-                .filter(|(_, e)| !released(e))
-                .map(|(m, e)| {
-                    let why = printable(e.withheld.as_deref().unwrap_or(""));
-                    match e.purposes.as_slice() {
-                        [] => format!("{m}.{} ({why})", e.name),
-                        ps => format!(
-                            "{m}.{} ({why}; your grants admit it for purpose {}: query with --purpose)",
-                            e.name,
-                            ps.iter().map(|p| printable(p)).collect::<Vec<_>>().join(", ")
-                        ),
-                    }
-                })
-                .collect();
-            withheld.extend(hidden.iter().filter(|(_, h)| h == &s.name).map(|(m, _)| {
-                format!("{m} (holds datasets of {} that it does not show to {})", s.name, self.cfg.member)
-            }));
-            let table = FederatedTable {
-                display: s.name.clone(),
-                schema: shared_arrow_schema(s),
-                parts,
-                shared: true,
-                unreachable: unreachable.clone(),
-                withheld,
-            };
+            let table = self.shared_table(s, &entries, &hidden, &unreachable, purpose);
             ctx.register_table(s.name.as_str(), Arc::new(table)).map_err(QueryError::plan)?;
         }
-        let schema_of = |m: &str| -> Result<Arc<dyn datafusion::catalog::SchemaProvider>, NodeError> {
-            match catalog.schema(m) {
-                Some(s) => Ok(s),
-                None => {
-                    let s: Arc<dyn datafusion::catalog::SchemaProvider> =
-                        Arc::new(MemorySchemaProvider::new());
-                    catalog.register_schema(m, s.clone()).map_err(QueryError::plan)?;
-                    Ok(s)
-                }
-            }
-        };
         for (member, e) in entries {
             let table = FederatedTable {
                 display: format!("{member}.{}", e.name),
@@ -403,19 +376,69 @@ impl Node {
                 unreachable: vec![],
                 withheld: vec![],
             };
-            schema_of(&member)?.register_table(e.name, Arc::new(table)).map_err(QueryError::plan)?;
+            schema_of(&catalog, &member)?
+                .register_table(e.name, Arc::new(table))
+                .map_err(QueryError::plan)?;
         }
         for member in &unreachable {
             // The member's schema exists, so that `member.x` says who cannot be reached.
-            schema_of(member)?;
+            schema_of(&catalog, member)?;
         }
-        let local = schema_of("local")?;
+        let local = schema_of(&catalog, "local")?;
         for d in self.datasets().await?.map.values() {
             if let Ok(t) = &d.table {
                 local.register_table(d.record.name.clone(), t.clone()).map_err(QueryError::plan)?;
             }
         }
         Ok(ctx)
+    }
+
+    /// The federated table of shared schema `s` for one query: the conforming datasets
+    /// released to it as its parts, and the ones withheld from it named.
+    fn shared_table(
+        &self,
+        s: &concord_charter::SharedSchema,
+        entries: &[(String, PeerDataset)],
+        hidden: &[(String, String)],
+        unreachable: &[String],
+        purpose: &str,
+    ) -> FederatedTable {
+        let conforming = entries.iter().filter(|(_, e)| e.shared_schema.as_deref() == Some(s.name.as_str()));
+        // Released to this query: without a purpose, or under the query's purpose by a grant.
+        let released = |e: &PeerDataset| e.withheld.is_none() || e.purposes.iter().any(|p| p == purpose);
+        let parts = conforming
+            .clone()
+            .filter(|(_, e)| released(e))
+            .map(|(m, e)| Part { owner: m.clone(), dataset: e.name.clone() })
+            .collect();
+        // Conforming datasets their owners show but do not release to this query, and
+        // owners that hold datasets of the schema they do not show: named in every result
+        // over the schema, never left out without a word.
+        let mut withheld: Vec<String> = conforming
+            .filter(|(_, e)| !released(e))
+            .map(|(m, e)| {
+                let why = printable(e.withheld.as_deref().unwrap_or(""));
+                match e.purposes.as_slice() {
+                    [] => format!("{m}.{} ({why})", e.name),
+                    ps => format!(
+                        "{m}.{} ({why}; your grants admit it for purpose {}: query with --purpose)",
+                        e.name,
+                        ps.iter().map(|p| printable(p)).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            })
+            .collect();
+        withheld.extend(hidden.iter().filter(|(_, h)| h == &s.name).map(|(m, _)| {
+            format!("{m} (holds datasets of {} that it does not show to {})", s.name, self.cfg.member)
+        }));
+        FederatedTable {
+            display: s.name.clone(),
+            schema: shared_arrow_schema(s),
+            parts,
+            shared: true,
+            unreachable: unreachable.to_vec(),
+            withheld,
+        }
     }
 
     /// Runs an analyst's federated SQL within the node's limits (a query slot, a memory pool,
@@ -528,7 +551,7 @@ impl Node {
 
     /// Sends a prepared request to run and verifies its receipt.
     pub async fn send_request(&self, prepared: &Prepared) -> Result<PartialAnswer, NodeError> {
-        let (part, request) = (&prepared.part, &prepared.request);
+        let part = &prepared.part;
         let charter = self.charter();
         let owner = owner_card(&charter, &part.owner)?;
         let budget = Budget {
@@ -542,6 +565,48 @@ impl Node {
             let (code, message) = resp.error_parts();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
         }
+        let (receipt, receipt_bytes, details, released) = self.check_release(owner, prepared, &resp)?;
+        let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
+            member: owner.id.clone(),
+            code: "bad_answer".into(),
+            message: e.to_string(),
+        })?;
+        // Invariant: a partial is used only once its "access made" entry is on disk.
+        let entry = LogEntry::AccessMade {
+            time: crate::store::entry::now(),
+            request_id: receipt.request_id.clone(),
+            owner: owner.id.clone(),
+            dataset: part.dataset.clone(),
+            release: receipt.release.clone(),
+            owner_log_index: receipt.log_index,
+            receipt: crate::store::entry::b64(&receipt_bytes),
+            notes: Notes::public(&charter.charter, None, Some(&details), None),
+        };
+        self.state.keep_notes(&receipt.request_id, &self.cfg.member, NoteKind::Release, &details)?;
+        self.log.append(entry.to_bytes()?).await?;
+        Ok(PartialAnswer {
+            batches,
+            contribution: Contribution {
+                member: owner.id.clone(),
+                dataset: part.dataset.clone(),
+                rows_scanned: released.rows_scanned,
+                groups_released: released.groups_released,
+                receipt_digest: Some(commitment(&receipt_bytes)),
+                release: released.release,
+            },
+        })
+    }
+
+    /// Checks an owner's answer to a prepared request: its receipt, signed by the owner, is for
+    /// this request, and commits to the release's details, which commit to the result. Returns
+    /// the receipt, its bytes, the details' bytes and the details.
+    fn check_release(
+        &self,
+        owner: &concord_charter::MemberCard,
+        prepared: &Prepared,
+        resp: &crate::net::client::Response,
+    ) -> Result<(ReleaseReceipt, Vec<u8>, Vec<u8>, ReleaseDetails), NodeError> {
+        let (part, request) = (&prepared.part, &prepared.request);
         let bad = |message: String| NodeError::Peer {
             member: owner.id.clone(),
             code: "bad_receipt".into(),
@@ -579,35 +644,7 @@ impl Node {
         if released.result_sha256 != result_digest(&prepared.salt, &resp.body) {
             return Err(bad("result does not match the digest in the release's details".into()));
         }
-        let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
-            member: owner.id.clone(),
-            code: "bad_answer".into(),
-            message: e.to_string(),
-        })?;
-        // Invariant: a partial is used only once its "access made" entry is on disk.
-        let entry = LogEntry::AccessMade {
-            time: crate::store::entry::now(),
-            request_id: receipt.request_id.clone(),
-            owner: owner.id.clone(),
-            dataset: part.dataset.clone(),
-            release: receipt.release.clone(),
-            owner_log_index: receipt.log_index,
-            receipt: crate::store::entry::b64(&receipt_bytes),
-            notes: Notes::public(&charter.charter, None, Some(&details), None),
-        };
-        self.state.keep_notes(&receipt.request_id, &self.cfg.member, NoteKind::Release, &details)?;
-        self.log.append(entry.to_bytes()?).await?;
-        Ok(PartialAnswer {
-            batches,
-            contribution: Contribution {
-                member: owner.id.clone(),
-                dataset: part.dataset.clone(),
-                rows_scanned: released.rows_scanned,
-                groups_released: released.groups_released,
-                receipt_digest: Some(commitment(&receipt_bytes)),
-                release: released.release,
-            },
-        })
+        Ok((receipt, receipt_bytes, details, released))
     }
 }
 
@@ -629,7 +666,9 @@ pub const RELEASE_DETAILS_HEADER: &str = "concord-release-details";
 
 /// A sub-query's signed request, logged and ready to send.
 pub struct Prepared {
+    /// The owner and dataset the request goes to.
     pub part: Part,
+    /// The request as signed and logged.
     pub request: QueryRequest,
     /// The body that travels: the signed public note with its details.
     pub body: Vec<u8>,

@@ -31,8 +31,11 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// An add-checkpoint answer: status, content type, body.
 pub struct WitnessAnswer {
+    /// The HTTP status: 200 with a cosignature, 409 with the size the witness holds, 4xx why not.
     pub status: u16,
+    /// The HTTP content type of `body`.
     pub content_type: &'static str,
+    /// The cosignature line, the size the witness holds, or why it refused.
     pub body: String,
 }
 
@@ -43,8 +46,12 @@ fn answer(status: u16, body: impl Into<String>) -> WitnessAnswer {
 /// An add-checkpoint request: old size, consistency proof, checkpoint note bytes.
 #[derive(Debug)]
 pub struct AddCheckpoint<'a> {
+    /// The size of the checkpoint the log's owner believes the witness cosigned last; the proof
+    /// starts there.
     pub old: u64,
+    /// The consistency proof from `old` to the checkpoint's size: at most 63 hashes of 32 bytes.
     pub proof: Vec<Vec<u8>>,
+    /// The signed checkpoint note, not yet parsed.
     pub checkpoint: &'a [u8],
 }
 
@@ -73,24 +80,9 @@ pub fn parse_request(body: &[u8]) -> Result<AddCheckpoint<'_>, String> {
 
 /// The witness's side of `POST add-checkpoint`.
 pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, NodeError> {
-    let AddCheckpoint { old, proof, checkpoint: cp_bytes } = match parse_request(body) {
+    let (old, proof, note, cp) = match parse_checkpoint(body) {
         Ok(p) => p,
-        Err(why) => return Ok(answer(400, format!("malformed add-checkpoint request: {why}\n"))),
-    };
-    if cp_bytes.len() > MAX_CHECKPOINT_BYTES {
-        return Ok(answer(
-            400,
-            format!("a checkpoint of more than {MAX_CHECKPOINT_BYTES} bytes is not accepted\n"),
-        ));
-    }
-    let note = match Note::parse(cp_bytes) {
-        Ok(n) => n,
-        Err(e) => return Ok(answer(400, format!("{e}\n"))),
-    };
-    let cp = match Checkpoint::from_text(note.text()) {
-        Ok(c) => c,
-        Err(e) if note.text().lines().nth(1) == Some("0") => return Ok(answer(422, format!("{e}\n"))),
-        Err(e) => return Ok(answer(400, format!("{e}\n"))),
+        Err(refusal) => return Ok(refusal),
     };
     let charter = node.charter();
     let Some(owner) = charter
@@ -117,6 +109,44 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
         tokio::task::spawn_blocking(move || log.witness_update(&origin, old, &proof, &checked, &bytes))
             .await
             .map_err(|e| NodeError::State(format!("witness update: {e}")))??;
+    answer_decision(node, decision, &note, &cp).await
+}
+
+/// An add-checkpoint request's old size, consistency proof, checkpoint note and checkpoint.
+type CheckpointToAdd = (u64, Vec<Vec<u8>>, Note, Checkpoint);
+
+/// An add-checkpoint request, parsed, or the answer that refuses a malformed one.
+fn parse_checkpoint(body: &[u8]) -> Result<CheckpointToAdd, WitnessAnswer> {
+    let AddCheckpoint { old, proof, checkpoint: cp_bytes } = match parse_request(body) {
+        Ok(p) => p,
+        Err(why) => return Err(answer(400, format!("malformed add-checkpoint request: {why}\n"))),
+    };
+    if cp_bytes.len() > MAX_CHECKPOINT_BYTES {
+        return Err(answer(
+            400,
+            format!("a checkpoint of more than {MAX_CHECKPOINT_BYTES} bytes is not accepted\n"),
+        ));
+    }
+    let note = match Note::parse(cp_bytes) {
+        Ok(n) => n,
+        Err(e) => return Err(answer(400, format!("{e}\n"))),
+    };
+    let cp = match Checkpoint::from_text(note.text()) {
+        Ok(c) => c,
+        Err(e) if note.text().lines().nth(1) == Some("0") => return Err(answer(422, format!("{e}\n"))),
+        Err(e) => return Err(answer(400, format!("{e}\n"))),
+    };
+    Ok((old, proof, note, cp))
+}
+
+/// The witness's answer to what checking a checkpoint against the last one it cosigned
+/// decided: a cosignature, the size it holds, or why not (a fork is logged as evidence).
+async fn answer_decision(
+    node: &Node,
+    decision: WitnessDecision,
+    note: &Note,
+    cp: &Checkpoint,
+) -> Result<WitnessAnswer, NodeError> {
     match decision {
         WitnessDecision::Conflict(size) => {
             Ok(WitnessAnswer { status: 409, content_type: "text/x.tlog.size", body: format!("{size}\n") })
@@ -193,23 +223,7 @@ pub async fn log_refusals(node: &Node) -> Result<(), NodeError> {
 /// One round: sign a checkpoint of new entries; ask witnesses to cosign the latest unpublished
 /// checkpoint; publish it once the quorum cosigned.
 pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
-    let size = node.log.size()?;
-    let latest = node.log.latest_checkpoint()?;
-    let (cp_size, mut note) = match latest {
-        Some((s, n)) if s >= size => (s, n),
-        _ => {
-            let cp = Checkpoint {
-                origin: format!("{}/{}", node.federation(), node.cfg.member),
-                size,
-                root: node.log.root(size)?,
-                extensions: vec![],
-            };
-            let mut n = Note::new(cp.to_text())?;
-            n.sign(&node.keys().signer);
-            node.log.store_checkpoint(size, &n, false)?;
-            (size, n)
-        }
-    };
+    let (cp_size, mut note) = checkpoint_to_publish(node)?;
     if node.log.published_checkpoint()?.is_some_and(|(s, _)| s >= cp_size) {
         return Ok(());
     }
@@ -246,16 +260,8 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
         node.log.store_checkpoint(cp_size, &note, true)?;
     }
     while let Some((w, verifier, r)) = futures::StreamExt::next(&mut asked).await {
-        match r {
-            Ok(sigs) => {
-                for s in sigs {
-                    note.add_signature(s);
-                }
-                if verifier.verify(&note).ok().flatten().is_some() {
-                    cosigned += 1;
-                }
-            }
-            Err(e) => tracing::info!(witness = %w.id, "no cosignature yet: {e}"),
+        if add_cosignatures(&mut note, w, &verifier, r) {
+            cosigned += 1;
         }
         if !published && cosigned >= quorum {
             published = true;
@@ -266,6 +272,49 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
     // Cosignatures that came after the quorum are kept too.
     node.log.store_checkpoint(cp_size, &note, published)?;
     Ok(())
+}
+
+/// The latest checkpoint, or if entries came after it, a new one of them signed and stored
+/// (unpublished): its size and note.
+fn checkpoint_to_publish(node: &Node) -> Result<(u64, Note), NodeError> {
+    let size = node.log.size()?;
+    let latest = node.log.latest_checkpoint()?;
+    Ok(match latest {
+        Some((s, n)) if s >= size => (s, n),
+        _ => {
+            let cp = Checkpoint {
+                origin: format!("{}/{}", node.federation(), node.cfg.member),
+                size,
+                root: node.log.root(size)?,
+                extensions: vec![],
+            };
+            let mut n = Note::new(cp.to_text())?;
+            n.sign(&node.keys().signer);
+            node.log.store_checkpoint(size, &n, false)?;
+            (size, n)
+        }
+    })
+}
+
+/// Adds what witness `w` answered to `note`; true when its cosignature now verifies.
+fn add_cosignatures(
+    note: &mut Note,
+    w: &concord_charter::MemberCard,
+    verifier: &concord_log::checkpoint::CosignatureVerifier,
+    r: Result<Vec<concord_log::NoteSignature>, NodeError>,
+) -> bool {
+    match r {
+        Ok(sigs) => {
+            for s in sigs {
+                note.add_signature(s);
+            }
+            verifier.verify(note).ok().flatten().is_some()
+        }
+        Err(e) => {
+            tracing::info!(witness = %w.id, "no cosignature yet: {e}");
+            false
+        }
+    }
 }
 
 /// Submits `note` (our checkpoint of `size`) to witness `w`; returns its cosignatures.
@@ -284,14 +333,7 @@ async fn ask_witness(
                 message: format!("the witness has seen size {old}, beyond our {size}"),
             });
         }
-        let proof = if old == 0 { vec![] } else { node.log.consistency_proof(old, size)? };
-        let mut body = format!("old {old}\n");
-        for h in &proof {
-            body.push_str(&B64.encode(h));
-            body.push('\n');
-        }
-        body.push('\n');
-        body.push_str(&note.to_string());
+        let body = add_checkpoint_body(node, old, size, &note)?;
         let budget = crate::net::client::Budget {
             timeout: Duration::from_secs(node.cfg.limits.witness_timeout_secs),
             max_bytes: MAX_CHECKPOINT_BYTES,
@@ -306,22 +348,7 @@ async fn ask_witness(
         )
         .await?;
         match resp.status {
-            200 => {
-                let text = format!("{}\n{}", note.text(), String::from_utf8_lossy(&resp.body));
-                let cosigned = Note::parse(text.as_bytes())?;
-                let verifier = w.witness_verifier()?;
-                if verifier.verify(&cosigned)?.is_none() {
-                    return Err(NodeError::Peer {
-                        member: w.id.clone(),
-                        code: "no_cosignature".into(),
-                        message: "the witness answered without its cosignature".into(),
-                    });
-                }
-                let sigs =
-                    cosigned.signatures().iter().filter(|s| s.name == verifier.name()).cloned().collect();
-                node.log.set_witness_progress(&w.id, size)?;
-                return Ok(sigs);
-            }
+            200 => return take_cosignature(node, w, &note, &resp.body, size),
             409 => {
                 old = String::from_utf8_lossy(&resp.body).trim().parse().map_err(|_| NodeError::Peer {
                     member: w.id.clone(),
@@ -344,4 +371,42 @@ async fn ask_witness(
         code: "conflict".into(),
         message: "the witness's size kept moving".into(),
     })
+}
+
+/// The body of an add-checkpoint request: `old`, the consistency proof from `old` to `size`,
+/// and the checkpoint note.
+fn add_checkpoint_body(node: &Node, old: u64, size: u64, note: &Note) -> Result<String, NodeError> {
+    let proof = if old == 0 { vec![] } else { node.log.consistency_proof(old, size)? };
+    let mut body = format!("old {old}\n");
+    for h in &proof {
+        body.push_str(&B64.encode(h));
+        body.push('\n');
+    }
+    body.push('\n');
+    body.push_str(&note.to_string());
+    Ok(body)
+}
+
+/// A witness's 200 answer: its cosignature line, which must verify on `note`; the witness's
+/// progress then moves to `size`.
+fn take_cosignature(
+    node: &Node,
+    w: &concord_charter::MemberCard,
+    note: &Note,
+    reply: &[u8],
+    size: u64,
+) -> Result<Vec<concord_log::NoteSignature>, NodeError> {
+    let text = format!("{}\n{}", note.text(), String::from_utf8_lossy(reply));
+    let cosigned = Note::parse(text.as_bytes())?;
+    let verifier = w.witness_verifier()?;
+    if verifier.verify(&cosigned)?.is_none() {
+        return Err(NodeError::Peer {
+            member: w.id.clone(),
+            code: "no_cosignature".into(),
+            message: "the witness answered without its cosignature".into(),
+        });
+    }
+    let sigs = cosigned.signatures().iter().filter(|s| s.name == verifier.name()).cloned().collect();
+    node.log.set_witness_progress(&w.id, size)?;
+    Ok(sigs)
 }

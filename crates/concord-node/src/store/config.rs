@@ -26,9 +26,13 @@ use crate::store::state::State;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// The federation's name; key names start with it (`<federation>/<member>`).
     pub federation: String,
+    /// This node's member id, `[a-z][a-z0-9-]{1,31}`.
     pub member: String,
+    /// The member's display name, as its card gives it.
     pub name: String,
+    /// The jurisdiction the node runs in, as its card gives it (`unspecified` if none was given).
     pub jurisdiction: String,
     /// Where the peer listener binds.
     pub peer_listen: String,
@@ -117,6 +121,7 @@ impl Limits {
         }
     }
 
+    /// `query_timeout_secs` as a duration: the wall time of one analyst's query.
     pub fn query_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.query_timeout_secs)
     }
@@ -152,6 +157,7 @@ impl Limits {
 /// Paths inside a node folder.
 #[derive(Clone, Debug)]
 pub struct NodeDir {
+    /// The node folder itself.
     pub root: PathBuf,
     /// Where the keys are read from when not `root/keys`.
     keys: Option<PathBuf>,
@@ -163,9 +169,11 @@ const TLS_KEY: &str = "tls.key";
 const TLS_CERT: &str = "tls.crt";
 
 impl NodeDir {
+    /// The node folder at `root`, its keys in `root/keys`; nothing is read or created.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into(), keys: None }
     }
+    /// `concord.toml`, the node's configuration.
     pub fn config(&self) -> PathBuf {
         self.root.join("concord.toml")
     }
@@ -182,15 +190,19 @@ impl NodeDir {
         self.keys = Some(keys.to_path_buf());
         self
     }
+    /// The member's Ed25519 note-signing key file (private).
     pub fn member_key(&self) -> PathBuf {
         self.key_file(MEMBER_KEY)
     }
+    /// The Ed25519 key file the node cosigns other members' checkpoints with (private).
     pub fn witness_key(&self) -> PathBuf {
         self.key_file(WITNESS_KEY)
     }
+    /// The TLS private key file, PEM (private).
     pub fn tls_key(&self) -> PathBuf {
         self.key_file(TLS_KEY)
     }
+    /// The node's self-signed TLS certificate, PEM.
     pub fn tls_cert(&self) -> PathBuf {
         self.key_file(TLS_CERT)
     }
@@ -202,13 +214,16 @@ impl NodeDir {
     pub fn next_card(&self) -> PathBuf {
         self.root.join("member-card.next.json")
     }
+    /// `state.db`, the SQLite database of the node's state and its transparency log.
     pub fn state_db(&self) -> PathBuf {
         self.root.join("state.db")
     }
+    /// `member-card.json`, the public facts of the member's current keys.
     pub fn card(&self) -> PathBuf {
         self.root.join("member-card.json")
     }
 
+    /// Reads `concord.toml` and checks its limits; a folder without one is not a node folder.
     pub fn load_config(&self) -> Result<NodeConfig, NodeError> {
         let path = self.config();
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -231,11 +246,14 @@ impl NodeDir {
         replace_file(&self.config(), toml.as_bytes())
     }
 
+    /// The member's note signer, from a private key file that must name `<federation>/<member>`.
     pub fn load_signer(&self, cfg: &NodeConfig) -> Result<NoteSigner, NodeError> {
         let want = format!("{}/{}", cfg.federation, cfg.member);
         read_key(&self.member_key(), &want, NoteSigner::from_skey, |k| k.name())
     }
 
+    /// The node's cosignature signer, from a private key file that must name
+    /// `<federation>/<member>/witness`.
     pub fn load_witness(&self, cfg: &NodeConfig) -> Result<CosignatureSigner, NodeError> {
         let want = format!("{}/{}/witness", cfg.federation, cfg.member);
         read_key(&self.witness_key(), &want, CosignatureSigner::from_skey, |k| k.name())
@@ -252,10 +270,12 @@ impl NodeDir {
         crate::store::tlog::Log::open(&self.state_db())
     }
 
+    /// The node's state database, created with its tables if it does not exist.
     pub fn open_state(&self) -> Result<State, NodeError> {
         State::open(&self.state_db())
     }
 
+    /// The member's card as `member-card.json` holds it.
     pub fn load_card(&self) -> Result<MemberCard, NodeError> {
         let path = self.card();
         let text = std::fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
@@ -301,11 +321,17 @@ fn read_key<K>(
 /// What `concord init` is given.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
+    /// The new node's member id, `[a-z][a-z0-9-]{1,31}`.
     pub member: String,
+    /// The federation's name (lower-case letters, digits, `-` and `.`).
     pub federation: String,
+    /// The member's display name; the member id when absent.
     pub name: Option<String>,
+    /// The jurisdiction the node runs in; `unspecified` when absent.
     pub jurisdiction: Option<String>,
+    /// Where the peer listener binds: `IP:PORT` with a numeric host.
     pub peer_listen: String,
+    /// Where the local listener binds: `IP:PORT` with a numeric host.
     pub local_listen: String,
     /// `HOST:PORT` other members dial (the charter lists it); the peer listen address when
     /// absent. An unspecified host (0.0.0.0, ::) is refused: no one can dial it.
@@ -517,6 +543,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
 
 pub use crate::store::files::private_database;
 
+/// Writes a file with the default mode, replacing one that exists (not atomically).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     std::fs::write(path, bytes).map_err(|e| NodeError::io(path, e))
 }

@@ -363,148 +363,157 @@ impl LogEntry {
     /// The entry for people; the signed notes it carries are left to `--format json` of the
     /// raw entry (`concord log show --raw`).
     pub fn describe(&self) -> Described {
-        let d = |time: i64,
-                 kind,
-                 parties: &[&str],
-                 dataset: Option<&str>,
-                 decision: Option<String>,
-                 detail: String| {
-            Described {
-                time,
-                kind,
-                parties: parties.iter().map(|p| (*p).to_owned()).collect(),
-                dataset: dataset.map(str::to_owned),
-                decision,
-                detail,
-            }
-        };
+        Described {
+            time: self.time(),
+            kind: self.kind(),
+            parties: self.parties().into_iter().map(str::to_owned).collect(),
+            dataset: self.dataset().map(str::to_owned),
+            decision: self.decision().map(str::to_owned),
+            detail: self.detail(),
+        }
+    }
+
+    /// When the entry was written, in Unix seconds.
+    fn time(&self) -> i64 {
         match self {
-            Self::AccessServed { time, request_id, requester, dataset, decision, policy, cost, .. } => d(
-                *time,
-                "access_served",
-                &[requester.as_str()],
-                Some(dataset.as_str()),
-                Some(decision.clone()),
-                format!(
-                    "request {request_id}{}{}",
-                    policy.as_ref().map(|p| format!(", policy {p}")).unwrap_or_default(),
-                    cost.as_ref().map(|c| format!(", cost {c}")).unwrap_or_default()
-                ),
+            Self::AccessServed { time, .. }
+            | Self::AccessRequested { time, .. }
+            | Self::RefusalsCounted { time, .. }
+            | Self::AccessMade { time, .. }
+            | Self::CharterAccepted { time, .. }
+            | Self::GovernanceProposal { time, .. }
+            | Self::GovernanceVote { time, .. }
+            | Self::Equivocation { time, .. }
+            | Self::DatasetRegistered { time, .. }
+            | Self::DatasetRemoved { time, .. }
+            | Self::AccessRequestFiled { time, .. }
+            | Self::AccessRequestDecided { time, .. }
+            | Self::PolicySet { time, .. }
+            | Self::KeysSet { time, .. }
+            | Self::ForkEvidence { time, .. } => *time,
+        }
+    }
+
+    /// The entry's kind, as its JSON tag says it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::AccessServed { .. } => "access_served",
+            Self::AccessRequested { .. } => "access_requested",
+            Self::RefusalsCounted { .. } => "refusals_counted",
+            Self::AccessMade { .. } => "access_made",
+            Self::CharterAccepted { .. } => "charter_accepted",
+            Self::GovernanceProposal { .. } => "governance_proposal",
+            Self::GovernanceVote { .. } => "governance_vote",
+            Self::Equivocation { .. } => "equivocation",
+            Self::DatasetRegistered { .. } => "dataset_registered",
+            Self::DatasetRemoved { .. } => "dataset_removed",
+            Self::AccessRequestFiled { .. } => "access_request_filed",
+            Self::AccessRequestDecided { .. } => "access_request_decided",
+            Self::PolicySet { .. } => "policy_set",
+            Self::KeysSet { .. } => "keys_set",
+            Self::ForkEvidence { .. } => "fork_evidence",
+        }
+    }
+
+    /// The member ids the entry involves; a requester comes before its owner.
+    fn parties(&self) -> Vec<&str> {
+        match self {
+            Self::AccessServed { requester, .. } => vec![requester.as_str()],
+            Self::AccessRequested { owner, .. } | Self::AccessMade { owner, .. } => vec![owner.as_str()],
+            Self::RefusalsCounted { counts, .. } => counts.iter().map(|c| c.member.as_str()).collect(),
+            Self::CharterAccepted { signers, .. } => signers.iter().map(String::as_str).collect(),
+            Self::GovernanceProposal { proposer, .. } => vec![proposer.as_str()],
+            Self::GovernanceVote { voter, .. } | Self::Equivocation { voter, .. } => vec![voter.as_str()],
+            Self::AccessRequestFiled { requester, owner, .. }
+            | Self::AccessRequestDecided { requester, owner, .. } => vec![requester.as_str(), owner.as_str()],
+            Self::KeysSet { member, .. } => vec![member.as_str()],
+            Self::ForkEvidence { origin, .. } => vec![origin.as_str()],
+            Self::DatasetRegistered { .. } | Self::DatasetRemoved { .. } | Self::PolicySet { .. } => {
+                Vec::new()
+            }
+        }
+    }
+
+    /// The name of the dataset the entry concerns, if any.
+    fn dataset(&self) -> Option<&str> {
+        match self {
+            Self::AccessServed { dataset, .. }
+            | Self::AccessRequested { dataset, .. }
+            | Self::AccessMade { dataset, .. }
+            | Self::AccessRequestFiled { dataset, .. }
+            | Self::AccessRequestDecided { dataset, .. }
+            | Self::PolicySet { dataset, .. } => Some(dataset.as_str()),
+            Self::DatasetRegistered { name, .. } | Self::DatasetRemoved { name, .. } => Some(name.as_str()),
+            Self::RefusalsCounted { .. }
+            | Self::CharterAccepted { .. }
+            | Self::GovernanceProposal { .. }
+            | Self::GovernanceVote { .. }
+            | Self::Equivocation { .. }
+            | Self::KeysSet { .. }
+            | Self::ForkEvidence { .. } => None,
+        }
+    }
+
+    /// What the entry records as decided: an access decision or a ballot.
+    fn decision(&self) -> Option<&str> {
+        match self {
+            Self::AccessServed { decision, .. } | Self::AccessRequestDecided { decision, .. } => {
+                Some(decision.as_str())
+            }
+            Self::GovernanceVote { ballot, .. } => Some(ballot.as_str()),
+            Self::AccessRequested { .. }
+            | Self::RefusalsCounted { .. }
+            | Self::AccessMade { .. }
+            | Self::CharterAccepted { .. }
+            | Self::GovernanceProposal { .. }
+            | Self::Equivocation { .. }
+            | Self::DatasetRegistered { .. }
+            | Self::DatasetRemoved { .. }
+            | Self::AccessRequestFiled { .. }
+            | Self::PolicySet { .. }
+            | Self::KeysSet { .. }
+            | Self::ForkEvidence { .. } => None,
+        }
+    }
+
+    /// The rest of the entry in a few words: ids, versions, digests.
+    fn detail(&self) -> String {
+        match self {
+            Self::AccessServed { request_id, policy, cost, .. } => format!(
+                "request {request_id}{}{}",
+                policy.as_ref().map(|p| format!(", policy {p}")).unwrap_or_default(),
+                cost.as_ref().map(|c| format!(", cost {c}")).unwrap_or_default()
             ),
-            Self::AccessRequested { time, request_id, owner, dataset, .. } => d(
-                *time,
-                "access_requested",
-                &[owner.as_str()],
-                Some(dataset.as_str()),
-                None,
-                format!("request {request_id}"),
-            ),
-            Self::RefusalsCounted { time, since, counts } => {
-                let parties: Vec<&str> = counts.iter().map(|c| c.member.as_str()).collect();
+            Self::AccessRequested { request_id, .. } => format!("request {request_id}"),
+            Self::RefusalsCounted { since, counts, .. } => {
                 let what: Vec<String> =
                     counts.iter().map(|c| format!("{} {}×{}", c.member, c.code, c.count)).collect();
-                d(
-                    *time,
-                    "refusals_counted",
-                    &parties,
-                    None,
-                    None,
-                    format!("since {since}: {}", what.join(", ")),
-                )
+                format!("since {since}: {}", what.join(", "))
             }
-            Self::AccessMade { time, request_id, owner, dataset, owner_log_index, .. } => d(
-                *time,
-                "access_made",
-                &[owner.as_str()],
-                Some(dataset.as_str()),
-                None,
-                format!("request {request_id}, owner's log entry {owner_log_index}"),
-            ),
-            Self::CharterAccepted { time, version, digest, signers } => {
-                let parties: Vec<&str> = signers.iter().map(String::as_str).collect();
-                d(
-                    *time,
-                    "charter_accepted",
-                    &parties,
-                    None,
-                    None,
-                    format!("version {version}, digest {digest}"),
-                )
+            Self::AccessMade { request_id, owner_log_index, .. } => {
+                format!("request {request_id}, owner's log entry {owner_log_index}")
             }
-            Self::GovernanceProposal { time, proposal, proposer, base_version, changes, .. } => d(
-                *time,
-                "governance_proposal",
-                &[proposer.as_str()],
-                None,
-                None,
-                format!("proposal {proposal} on version {base_version}: {}", changes.join("; ")),
-            ),
-            Self::GovernanceVote { time, proposal, voter, ballot, .. } => d(
-                *time,
-                "governance_vote",
-                &[voter.as_str()],
-                None,
-                Some(ballot.clone()),
-                format!("proposal {proposal}"),
-            ),
-            Self::Equivocation { time, voter, base_version, first, second, .. } => d(
-                *time,
-                "equivocation",
-                &[voter.as_str()],
-                None,
-                None,
-                format!("two yes votes on version {base_version}: proposals {first} and {second}"),
-            ),
-            Self::DatasetRegistered { time, name, shared_schema, policy, .. } => d(
-                *time,
-                "dataset_registered",
-                &[],
-                Some(name.as_str()),
-                None,
-                format!("schema {}, policy {policy}", shared_schema.as_deref().unwrap_or("none")),
-            ),
-            Self::DatasetRemoved { time, name } => {
-                d(*time, "dataset_removed", &[], Some(name.as_str()), None, String::new())
+            Self::CharterAccepted { version, digest, .. } => format!("version {version}, digest {digest}"),
+            Self::GovernanceProposal { proposal, base_version, changes, .. } => {
+                format!("proposal {proposal} on version {base_version}: {}", changes.join("; "))
             }
-            Self::AccessRequestFiled { time, request_id, requester, owner, dataset, .. } => d(
-                *time,
-                "access_request_filed",
-                &[requester.as_str(), owner.as_str()],
-                Some(dataset.as_str()),
-                None,
-                format!("access request {request_id}"),
-            ),
-            Self::AccessRequestDecided {
-                time,
-                request_id,
-                requester,
-                owner,
-                dataset,
-                decision,
-                valid_until,
-                ..
-            } => d(
-                *time,
-                "access_request_decided",
-                &[requester.as_str(), owner.as_str()],
-                Some(dataset.as_str()),
-                Some(decision.clone()),
-                format!("access request {request_id}, valid until {valid_until}"),
-            ),
-            Self::PolicySet { time, dataset, policy_sha256, classification } => d(
-                *time,
-                "policy_set",
-                &[],
-                Some(dataset.as_str()),
-                None,
-                format!("{classification}, {policy_sha256}"),
-            ),
-            Self::KeysSet { time, member, tls_pin, .. } => {
-                d(*time, "keys_set", &[member.as_str()], None, None, format!("TLS pin {tls_pin}"))
+            Self::GovernanceVote { proposal, .. } => format!("proposal {proposal}"),
+            Self::Equivocation { base_version, first, second, .. } => {
+                format!("two yes votes on version {base_version}: proposals {first} and {second}")
             }
-            Self::ForkEvidence { time, origin, detail, .. } => {
-                d(*time, "fork_evidence", &[origin.as_str()], None, None, detail.clone())
+            Self::DatasetRegistered { shared_schema, policy, .. } => {
+                format!("schema {}, policy {policy}", shared_schema.as_deref().unwrap_or("none"))
             }
+            Self::DatasetRemoved { .. } => String::new(),
+            Self::AccessRequestFiled { request_id, .. } => format!("access request {request_id}"),
+            Self::AccessRequestDecided { request_id, valid_until, .. } => {
+                format!("access request {request_id}, valid until {valid_until}")
+            }
+            Self::PolicySet { policy_sha256, classification, .. } => {
+                format!("{classification}, {policy_sha256}")
+            }
+            Self::KeysSet { tls_pin, .. } => format!("TLS pin {tls_pin}"),
+            Self::ForkEvidence { detail, .. } => detail.clone(),
         }
     }
 }

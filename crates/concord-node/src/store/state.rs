@@ -134,6 +134,7 @@ pub enum NoteKind {
 }
 
 impl NoteKind {
+    /// The kind as the `access_notes` table stores it: `request`, `release` or `reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Request => "request",
@@ -146,15 +147,22 @@ impl NoteKind {
 /// A registered dataset, as the registry keeps it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DatasetRecord {
+    /// The dataset's name on this node, unique in the registry.
     pub name: String,
+    /// The canonical path of the dataset's file.
     pub path: PathBuf,
+    /// The file's format, `csv` or `parquet`.
     pub format: String,
+    /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<String>,
+    /// The dataset's Arrow schema, encoded as an Arrow IPC schema message.
     #[serde(skip)]
     pub schema_ipc: Vec<u8>,
     /// The dataset's usage policy file (TOML).
     pub policy: String,
+    /// Rows counted in the file when it was registered.
     pub rows: u64,
+    /// When the dataset was registered, RFC 3339 in UTC to the second.
     pub added_at: String,
     /// How a CSV file is read (delimiter, header, null marker, formats); empty for defaults.
     #[serde(default, skip_serializing_if = "concord_query::dataset::CsvOptions::is_default")]
@@ -186,11 +194,14 @@ fn db(e: rusqlite::Error) -> NodeError {
     NodeError::Database(e)
 }
 
+/// The current time as RFC 3339 in UTC, to the second (`2024-05-01T12:00:00Z`).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl State {
+    /// Opens the state database at `path` (WAL, `synchronous=FULL`), creating it private
+    /// (0600) with its tables if needed and adding columns that older databases lack.
     pub fn open(path: &Path) -> Result<Self, NodeError> {
         crate::store::files::private_database(path)?;
         let conn = Connection::open(path)
@@ -231,6 +242,7 @@ impl State {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Stores an accepted charter version's signed note, replacing one of the same version.
     pub fn store_charter(&self, version: u64, note: &[u8]) -> Result<(), NodeError> {
         self.lock()
             .execute(
@@ -388,6 +400,7 @@ impl State {
         Ok(())
     }
 
+    /// Every registered dataset, by name.
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>, NodeError> {
         let conn = self.lock();
         let mut stmt = conn
@@ -459,7 +472,6 @@ impl State {
 }
 
 impl State {
-    /// Counts a request that was no access (see `RefusalsCounted`).
     /// Privacy budget charged on each dataset, in its parameter's units (rho or epsilon).
     pub fn budget_spent(&self) -> Result<Vec<(String, f64)>, NodeError> {
         let conn = self.lock();
@@ -474,6 +486,7 @@ impl State {
         Ok(rows.into_iter().map(|(d, units)| (d, units as f64 / 1e9)).collect())
     }
 
+    /// Counts a request that was no access (see `RefusalsCounted`).
     pub fn count_refusal(&self, member: &str, code: &str) -> Result<(), NodeError> {
         self.lock()
             .execute(
@@ -537,11 +550,15 @@ pub type KeptRelease = (Vec<u8>, Vec<u8>);
 
 /// A decision on an access request, as [`State::decide_access`] records it.
 pub struct DecisionRecord<'a> {
+    /// The access request's id, 32 hex digits.
     pub id: &'a str,
     /// Approved, refused or revoked.
     pub status: AccessStatus,
+    /// Start of the grant's period, in Unix seconds.
     pub valid_from: i64,
+    /// End of the grant's period, in Unix seconds (for a revocation, when it was revoked).
     pub valid_until: i64,
+    /// The steward's reason for the decision.
     pub reason: &'a str,
     /// The owner's signed decision note.
     pub note: &'a [u8],
@@ -552,7 +569,9 @@ pub struct DecisionRecord<'a> {
 /// Budget already spent on a dataset: by one requester and by all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Spent {
+    /// Spent by the one requester, in units of 10⁻⁹ of the privacy parameter (rho or epsilon).
     pub by_requester: u64,
+    /// Spent by all requesters together, in the same units.
     pub on_dataset: u64,
 }
 
@@ -762,9 +781,6 @@ impl State {
 }
 
 impl State {
-    /// Grants `requester` holds on `dataset` at `now`: their ids and the actions they cover.
-    /// A grant serves only the purpose it was approved for; `purpose` `None` (a catalog read)
-    /// takes any.
     /// The purposes of `requester`'s live grants on `dataset`.
     pub fn grant_purposes(&self, requester: &str, dataset: &str, now: i64) -> Result<Vec<String>, NodeError> {
         let conn = self.lock();
@@ -780,6 +796,9 @@ impl State {
             .map_err(db)
     }
 
+    /// Grants `requester` holds on `dataset` at `now`: their ids and the actions they cover.
+    /// A grant serves only the purpose it was approved for; `purpose` `None` (a catalog read)
+    /// takes any.
     pub fn live_grants(
         &self,
         requester: &str,
@@ -925,6 +944,7 @@ impl State {
             .map_err(db)
     }
 
+    /// One access request this node keeps, by id; an approval whose period ended reads as expired.
     pub fn access_request(&self, id: &str) -> Result<Option<AccessRecord>, NodeError> {
         Ok(self.access_requests_where("WHERE id = ?1", params![id], chrono::Utc::now().timestamp())?.pop())
     }

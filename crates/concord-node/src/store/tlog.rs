@@ -196,6 +196,7 @@ impl Log {
         self.appended.notified().await;
     }
 
+    /// The database file the log lives in.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -262,10 +263,12 @@ impl Log {
         self.with_reader(|c| Ok(concord_log::merkle::root(&DbReader(c), size)?))
     }
 
+    /// The RFC 6962 inclusion proof of entry `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, NodeError> {
         self.with_reader(|c| Ok(concord_log::merkle::inclusion_proof(&DbReader(c), index, size)?))
     }
 
+    /// The RFC 6962 consistency proof from the tree of `size1` leaves to the tree of `size2`.
     pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, NodeError> {
         self.with_reader(|c| Ok(concord_log::merkle::consistency_proof(&DbReader(c), size1, size2)?))
     }
@@ -352,59 +355,14 @@ impl Log {
     ) -> Result<WitnessDecision, NodeError> {
         let mut conn = self.side.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        let stored: Option<(i64, Vec<u8>, Vec<u8>)> = tx
-            .query_row(
-                "SELECT size, root, checkpoint FROM witnessed WHERE origin = ?1",
-                params![origin],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(db)?;
-        let (size, root, prev) = match stored {
-            Some((s, r, c)) => (s as u64, r, c),
-            None => (0, concord_log::merkle::empty_root().to_vec(), Vec::new()),
-        };
+        let (size, root, prev) = last_witnessed(&tx, origin)?;
         if old != size {
             return Ok(WitnessDecision::Conflict(size));
         }
         if old == checkpoint.size {
-            if checkpoint.root.as_slice() == root.as_slice() {
-                return Ok(WitnessDecision::Cosign);
-            }
-            if prev.is_empty() {
-                return Ok(WitnessDecision::BadProof("a tree of 0 entries has the empty root".into()));
-            }
-            // Two checkpoints of one size with different roots, both signed by the log's owner
-            // (the stored one was verified when it was cosigned): they cannot both be true.
-            let detail = format!("two signed checkpoints of {old} entries with different roots");
-            // One piece of evidence per cosigned checkpoint is proof enough; more second roots
-            // would only let the log's owner grow this database.
-            let known: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM evidence WHERE origin = ?1 AND first = ?2",
-                    params![origin, prev],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            if known.is_some() {
-                return Ok(WitnessDecision::BadProof(format!("{detail} (evidence already kept)")));
-            }
-            tx.execute(
-                "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![origin, detail, prev, checkpoint_note, chrono::Utc::now().timestamp()],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)?;
-            return Ok(WitnessDecision::Fork(detail));
+            return same_size_decision(tx, origin, &root, &prev, checkpoint, checkpoint_note);
         }
-        let check = if old == 0 {
-            if proof.is_empty() { Ok(()) } else { Err("a proof from size 0 must be empty".to_owned()) }
-        } else {
-            concord_log::merkle::verify_consistency(old, checkpoint.size, proof, &root, &checkpoint.root)
-                .map_err(|e| e.to_string())
-        };
-        if let Err(detail) = check {
+        if let Err(detail) = check_consistency(old, proof, &root, checkpoint) {
             // Whoever sent it, a proof that does not verify shows nothing about the log: it is
             // refused and kept against no one.
             return Ok(WitnessDecision::BadProof(detail));
@@ -471,6 +429,7 @@ impl Log {
         })
     }
 
+    /// Records `size` as the last size `witness` cosigned of this log.
     pub fn set_witness_progress(&self, witness: &str, size: u64) -> Result<(), NodeError> {
         self.with_reader(|c| {
             c.execute(
@@ -566,112 +525,244 @@ impl Log {
     ) -> Result<(Vec<Mismatch>, Vec<Mismatch>), NodeError> {
         let set = serde_json::to_string(members).map_err(|e| NodeError::State(e.to_string()))?;
         self.with_reader(|c| {
-            let rows = |sql: &str, problem: &dyn Fn(&str, &str, &str) -> String, requester_first: bool| {
-                let mut stmt = c.prepare(sql).map_err(db)?;
-                let found = stmt
-                    .query_map(params![set, max as i64], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
-                    })
-                    .map_err(db)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(db)?;
-                Ok::<_, NodeError>(
-                    found
-                        .into_iter()
-                        .map(|(id, a, b, extra)| {
-                            let (requester, owner) = if requester_first { (a, b) } else { (b, a) };
-                            let problem = problem(&requester, &owner, extra.as_deref().unwrap_or(""));
-                            Mismatch { request_id: id, requester, owner, problem }
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let mut mismatches = rows(
-                "SELECT m.request_id, m.member, m.peer,
-                        (SELECT group_concat(s.decision || ' for ' || s.peer, ', ') FROM audit_facts s
-                          WHERE s.member = m.peer AND s.kind = 'served' AND s.request_id = m.request_id)
-                 FROM audit_facts m
-                 WHERE m.kind = 'made'
-                   AND m.member IN (SELECT value FROM json_each(?1)) AND m.peer IN (SELECT value FROM json_each(?1))
-                   AND NOT EXISTS (SELECT 1 FROM audit_facts s WHERE s.member = m.peer AND s.kind = 'served'
-                        AND s.request_id = m.request_id AND s.peer = m.member AND s.decision = 'released'
-                        AND s.digest = m.digest)
-                 ORDER BY m.request_id LIMIT ?2",
-                &|requester, owner, seen| {
-                    if seen.is_empty() {
-                        format!("{requester} logged an access to {owner} that {owner}'s log does not hold")
-                    } else {
-                        format!("{owner} logged another release ({seen}) than {requester} received")
-                    }
-                },
-                true,
-            )?;
-            mismatches.extend(rows(
-                "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
-                 WHERE s.kind = 'served' AND s.decision = 'released'
-                   AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-                   AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.request_id = s.request_id
-                        AND r.peer = s.member AND (r.kind = 'made' OR (r.kind = 'requested' AND r.note = s.note)))
-                 ORDER BY s.request_id LIMIT ?2",
-                &|requester, owner, _| {
-                    format!(
-                        "{owner} released data to {requester}, whose log does not hold that request (signed as {owner} \
-                         served it) at all: a hidden access"
-                    )
-                },
-                false,
-            )?);
-            mismatches.extend(rows(
-                "SELECT s.request_id, s.member, s.peer, CAST(count(*) AS TEXT) FROM audit_facts s
-                 WHERE s.kind = 'served' AND s.decision = 'released'
-                   AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-                 GROUP BY s.member, s.peer, s.request_id HAVING count(*) > 1
-                 ORDER BY s.request_id LIMIT ?2",
-                &|requester, owner, n| {
-                    format!("{owner} released data to {requester} {n} times under one request id: one record cannot stand for them all")
-                },
-                false,
-            )?);
-            let unreceived = rows(
-                "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
-                 WHERE s.kind = 'served' AND s.decision = 'released'
-                   AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-                   AND EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'requested'
-                        AND r.request_id = s.request_id AND r.peer = s.member AND r.note = s.note)
-                   AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'made'
-                        AND r.request_id = s.request_id AND r.peer = s.member)
-                 ORDER BY s.request_id LIMIT ?2",
-                &|requester, owner, _| {
-                    format!("{requester} asked and {owner} served, but {requester} did not record receiving it (it went down or the answer was lost)")
-                },
-                false,
-            )?;
+            let mut mismatches = made_without_release(c, &set, max)?;
+            mismatches.extend(released_without_request(c, &set, max)?);
+            mismatches.extend(released_more_than_once(c, &set, max)?);
+            let unreceived = released_not_received(c, &set, max)?;
             Ok((mismatches, unreceived))
         })
     }
+}
+
+/// The last checkpoint cosigned of `origin`: (size, root, signed note), or the empty tree with
+/// no note if none was.
+fn last_witnessed(conn: &Connection, origin: &str) -> Result<(u64, Vec<u8>, Vec<u8>), NodeError> {
+    let stored: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+        .query_row("SELECT size, root, checkpoint FROM witnessed WHERE origin = ?1", params![origin], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .map_err(db)?;
+    Ok(match stored {
+        Some((s, r, c)) => (s as u64, r, c),
+        None => (0, concord_log::merkle::empty_root().to_vec(), Vec::new()),
+    })
+}
+
+/// The witness's decision on a checkpoint of the size it last cosigned (`root`, signed as
+/// `prev`): the same root is cosigned again; another root is a fork, kept as evidence in `tx`.
+fn same_size_decision(
+    tx: rusqlite::Transaction<'_>,
+    origin: &str,
+    root: &[u8],
+    prev: &[u8],
+    checkpoint: &concord_log::checkpoint::Checkpoint,
+    checkpoint_note: &[u8],
+) -> Result<WitnessDecision, NodeError> {
+    if checkpoint.root.as_slice() == root {
+        return Ok(WitnessDecision::Cosign);
+    }
+    if prev.is_empty() {
+        return Ok(WitnessDecision::BadProof("a tree of 0 entries has the empty root".into()));
+    }
+    // Two checkpoints of one size with different roots, both signed by the log's owner
+    // (the stored one was verified when it was cosigned): they cannot both be true.
+    let detail = format!("two signed checkpoints of {} entries with different roots", checkpoint.size);
+    // One piece of evidence per cosigned checkpoint is proof enough; more second roots
+    // would only let the log's owner grow this database.
+    let known: Option<i64> = tx
+        .query_row("SELECT id FROM evidence WHERE origin = ?1 AND first = ?2", params![origin, prev], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db)?;
+    if known.is_some() {
+        return Ok(WitnessDecision::BadProof(format!("{detail} (evidence already kept)")));
+    }
+    tx.execute(
+        "INSERT INTO evidence (origin, detail, first, second, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![origin, detail, prev, checkpoint_note, chrono::Utc::now().timestamp()],
+    )
+    .map_err(db)?;
+    tx.commit().map_err(db)?;
+    Ok(WitnessDecision::Fork(detail))
+}
+
+/// Checks that `proof` shows the tree of `old` entries with `root` consistent with
+/// `checkpoint`; the error says why not.
+fn check_consistency(
+    old: u64,
+    proof: &[Vec<u8>],
+    root: &[u8],
+    checkpoint: &concord_log::checkpoint::Checkpoint,
+) -> Result<(), String> {
+    if old == 0 {
+        if proof.is_empty() { Ok(()) } else { Err("a proof from size 0 must be empty".to_owned()) }
+    } else {
+        concord_log::merkle::verify_consistency(old, checkpoint.size, proof, root, &checkpoint.root)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Runs one reconciliation query, over the facts of the members in `set` (a JSON array), for at
+/// most `max` findings: rows of (request id, member, peer, extra), the member being the
+/// requester if `requester_first`, else the owner, each worded by `problem`.
+fn findings(
+    c: &Connection,
+    set: &str,
+    max: usize,
+    sql: &str,
+    problem: &dyn Fn(&str, &str, &str) -> String,
+    requester_first: bool,
+) -> Result<Vec<Mismatch>, NodeError> {
+    let mut stmt = c.prepare(sql).map_err(db)?;
+    let found = stmt
+        .query_map(params![set, max as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+    Ok(found
+        .into_iter()
+        .map(|(id, a, b, extra)| {
+            let (requester, owner) = if requester_first { (a, b) } else { (b, a) };
+            let problem = problem(&requester, &owner, extra.as_deref().unwrap_or(""));
+            Mismatch { request_id: id, requester, owner, problem }
+        })
+        .collect::<Vec<_>>())
+}
+
+/// Accesses made without the owner's released "access served" twin of the same requester and
+/// digest.
+fn made_without_release(c: &Connection, set: &str, max: usize) -> Result<Vec<Mismatch>, NodeError> {
+    findings(
+        c,
+        set,
+        max,
+        "SELECT m.request_id, m.member, m.peer,
+                (SELECT group_concat(s.decision || ' for ' || s.peer, ', ') FROM audit_facts s
+                  WHERE s.member = m.peer AND s.kind = 'served' AND s.request_id = m.request_id)
+         FROM audit_facts m
+         WHERE m.kind = 'made'
+           AND m.member IN (SELECT value FROM json_each(?1)) AND m.peer IN (SELECT value FROM json_each(?1))
+           AND NOT EXISTS (SELECT 1 FROM audit_facts s WHERE s.member = m.peer AND s.kind = 'served'
+                AND s.request_id = m.request_id AND s.peer = m.member AND s.decision = 'released'
+                AND s.digest = m.digest)
+         ORDER BY m.request_id LIMIT ?2",
+        &|requester, owner, seen| {
+            if seen.is_empty() {
+                format!("{requester} logged an access to {owner} that {owner}'s log does not hold")
+            } else {
+                format!("{owner} logged another release ({seen}) than {requester} received")
+            }
+        },
+        true,
+    )
+}
+
+/// Releases whose requester's log holds neither the access made nor the record of asking with
+/// the same request note: hidden accesses.
+fn released_without_request(c: &Connection, set: &str, max: usize) -> Result<Vec<Mismatch>, NodeError> {
+    findings(
+        c,
+        set,
+        max,
+        "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
+         WHERE s.kind = 'served' AND s.decision = 'released'
+           AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
+           AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.request_id = s.request_id
+                AND r.peer = s.member AND (r.kind = 'made' OR (r.kind = 'requested' AND r.note = s.note)))
+         ORDER BY s.request_id LIMIT ?2",
+        &|requester, owner, _| {
+            format!(
+                "{owner} released data to {requester}, whose log does not hold that request (signed as {owner} \
+                 served it) at all: a hidden access"
+            )
+        },
+        false,
+    )
+}
+
+/// Request ids under which an owner released to one requester more than once.
+fn released_more_than_once(c: &Connection, set: &str, max: usize) -> Result<Vec<Mismatch>, NodeError> {
+    findings(
+        c,
+        set,
+        max,
+        "SELECT s.request_id, s.member, s.peer, CAST(count(*) AS TEXT) FROM audit_facts s
+         WHERE s.kind = 'served' AND s.decision = 'released'
+           AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
+         GROUP BY s.member, s.peer, s.request_id HAVING count(*) > 1
+         ORDER BY s.request_id LIMIT ?2",
+        &|requester, owner, n| {
+            format!(
+                "{owner} released data to {requester} {n} times under one request id: one record cannot stand for them all"
+            )
+        },
+        false,
+    )
+}
+
+/// Releases the requester asked for but never recorded receiving: a crash between the two, not
+/// a hidden access.
+fn released_not_received(c: &Connection, set: &str, max: usize) -> Result<Vec<Mismatch>, NodeError> {
+    findings(
+        c,
+        set,
+        max,
+        "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
+         WHERE s.kind = 'served' AND s.decision = 'released'
+           AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
+           AND EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'requested'
+                AND r.request_id = s.request_id AND r.peer = s.member AND r.note = s.note)
+           AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'made'
+                AND r.request_id = s.request_id AND r.peer = s.member)
+         ORDER BY s.request_id LIMIT ?2",
+        &|requester, owner, _| {
+            format!(
+                "{requester} asked and {owner} served, but {requester} did not record receiving it (it went down or the answer was lost)"
+            )
+        },
+        false,
+    )
 }
 
 /// What an audit keeps of a log between audits: the verified size, root and right edge, and
 /// the signed checkpoint that was verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditState {
+    /// Entries verified so far.
     pub size: u64,
+    /// The tree's root hash at `size` (32 bytes).
     pub root: Vec<u8>,
+    /// The tree's right edge at `size`: the roots of its complete subtrees, largest first, as
+    /// needed to verify the next entries without reading the old ones again.
     pub peaks: Vec<Hash>,
+    /// The signed checkpoint note that was verified at `size`.
     pub checkpoint: Vec<u8>,
 }
 
 /// One access entry of an audited log, as reconciliation needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessFact {
+    /// The entry's index in the audited log.
     pub index: u64,
     /// `requested`, `made` or `served`.
     pub kind: &'static str,
+    /// The access's request id, 32 hex digits.
     pub request_id: String,
     /// The owner (requested, made) or the requester (served).
     pub peer: String,
     /// The decision of a served entry; the kind otherwise.
     pub decision: String,
+    /// `sha256:<hex>` of the release's details (made entries, released served ones), or of the
+    /// reason a served request was refused; none for requested entries.
     pub digest: Option<String>,
     /// SHA-256 of the signed request note (requested and served entries).
     pub note: Option<String>,

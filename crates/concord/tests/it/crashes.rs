@@ -61,11 +61,42 @@ fn base_port() -> u16 {
 async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_story() {
     let tmp = tempfile::tempdir().expect("tmp");
     let ids = ["alpha", "bravo", "charlie"];
-    let specs: Vec<MemberSpec> = ids
-        .iter()
+    let specs = specs_of(tmp.path(), &ids);
+    let schema = cases_schema();
+    let members = setup(tmp.path(), "test", &specs, vec![schema], base_port()).await.expect("setup");
+    let dirs: Vec<PathBuf> = members.iter().map(|m| m.dir.clone()).collect();
+    let mut nodes: Vec<Child> = dirs.iter().map(|d| start(d)).collect();
+    for m in &members {
+        wait_up(m).await;
+    }
+
+    // Two analysts query without pause; what they receive is kept: (requester, receipt digest).
+    let stop = Arc::new(AtomicBool::new(false));
+    let analysts = analysts_querying(&members, &stop);
+    kill_and_restart_at_random(&mut nodes, &dirs, &members).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut received = Vec::new();
+    for a in analysts {
+        received.extend(a.await.expect("analyst"));
+    }
+    assert!(received.len() > 20, "the analysts received answers throughout ({})", received.len());
+    every_answer_in_both_logs(&ids, &dirs, &received);
+    let report = audit_passes(&members[0]).await;
+    let unreceived = report["report"]["unreceived"].as_array().map(Vec::len).unwrap_or(0);
+    eprintln!("{} answers received; {unreceived} releases served but not received", received.len());
+    for mut n in nodes {
+        let _ = Command::new("kill").args(["-TERM", &n.id().to_string()]).status();
+        let _ = n.wait();
+    }
+}
+
+/// Each member's spec, with a `cases.csv` of 20 rows written under `dir`.
+fn specs_of(dir: &Path, ids: &[&str]) -> Vec<MemberSpec> {
+    ids.iter()
         .enumerate()
         .map(|(i, id)| {
-            let folder = tmp.path().join("data").join(id);
+            let folder = dir.join("data").join(id);
             std::fs::create_dir_all(&folder).expect("mkdir");
             let file = folder.join("cases.csv");
             let mut csv = String::from("region,days\n");
@@ -80,8 +111,12 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
                 files: vec![file],
             }
         })
-        .collect();
-    let schema = concord_charter::SharedSchema {
+        .collect()
+}
+
+/// The shared schema `cases`: a region and a number of days.
+fn cases_schema() -> concord_charter::SharedSchema {
+    concord_charter::SharedSchema {
         name: "cases".into(),
         version: 1,
         columns: vec![
@@ -97,16 +132,14 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
             },
         ],
         privacy_unit: None,
-    };
-    let members = setup(tmp.path(), "test", &specs, vec![schema], base_port()).await.expect("setup");
-    let dirs: Vec<PathBuf> = members.iter().map(|m| m.dir.clone()).collect();
-    let mut nodes: Vec<Child> = dirs.iter().map(|d| start(d)).collect();
-    for m in &members {
-        wait_up(m).await;
     }
+}
 
-    // Two analysts query without pause; what they receive is kept: (requester, receipt digest).
-    let stop = Arc::new(AtomicBool::new(false));
+/// An analyst's task: the (requester, receipt digest) of every answer it received.
+type Analyst = tokio::task::JoinHandle<Vec<(String, String)>>;
+
+/// Alpha's and bravo's analysts query without pause until `stop` is set.
+fn analysts_querying(members: &[DemoMember], stop: &Arc<AtomicBool>) -> Vec<Analyst> {
     let mut analysts = Vec::new();
     for m in members.iter().take(2).cloned() {
         let stop = stop.clone();
@@ -128,6 +161,11 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
             received
         }));
     }
+    analysts
+}
+
+/// Twelve times: a node chosen at random is killed with SIGKILL, restarted, and waited for.
+async fn kill_and_restart_at_random(nodes: &mut [Child], dirs: &[PathBuf], members: &[DemoMember]) {
     let mut seed = 0x5eed_cafe_u64;
     let mut next = |n: u64| {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -142,14 +180,10 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
         nodes[victim] = start(&dirs[victim]);
         wait_up(&members[victim]).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut received = Vec::new();
-    for a in analysts {
-        received.extend(a.await.expect("analyst"));
-    }
-    assert!(received.len() > 20, "the analysts received answers throughout ({})", received.len());
+}
 
+/// Every answer received is in the requester's log as an access made, and in the owner's as a release.
+fn every_answer_in_both_logs(ids: &[&str], dirs: &[PathBuf], received: &[(String, String)]) {
     // Every answer received is in both logs: the requester's access made with that receipt, and
     // the owner's release of that request.
     let logs: Vec<Vec<LogEntry>> = dirs.iter().map(|d| log_of(d)).collect();
@@ -179,7 +213,7 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
             })
         })
         .collect();
-    for (requester, digest) in &received {
+    for (requester, digest) in received {
         let key = format!("{requester} {digest}");
         let (_, request_id, owner) = made
             .iter()
@@ -190,11 +224,13 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
             "{owner} has no release of {request_id}"
         );
     }
+}
 
+/// Alpha's audit of every member, once it passes; crashes are named, not alarmed.
+async fn audit_passes(alpha: &DemoMember) -> serde_json::Value {
     // The audit passes once every log is published; crashes are named, not alarmed.
-    let alpha = &members[0];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let report = loop {
+    loop {
         let body = serde_json::json!({"all": true});
         let resp = local_call(&alpha.local_url, "POST", "/v1/audit", Some(&alpha.auditor_token), Some(&body))
             .await
@@ -205,11 +241,5 @@ async fn nodes_killed_at_random_while_analysts_query_leave_logs_that_tell_one_st
         }
         assert!(tokio::time::Instant::now() < deadline, "the audit never passed: {v}");
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let unreceived = report["report"]["unreceived"].as_array().map(Vec::len).unwrap_or(0);
-    eprintln!("{} answers received; {unreceived} releases served but not received", received.len());
-    for mut n in nodes {
-        let _ = Command::new("kill").args(["-TERM", &n.id().to_string()]).status();
-        let _ = n.wait();
     }
 }

@@ -115,6 +115,46 @@ fn two_members_from_init_to_query_and_shutdown() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let card = init_two_members(d, &ports);
+    genesis_signed_by_both(d);
+    datasets_registered(d);
+    csv_options_kept(d);
+    let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
+    let auditor = ok(&["token", "create", "alpha", "--role", "auditor"], d).trim().to_owned();
+    let steward = ok(&["token", "create", "bravo", "--role", "steward"], d).trim().to_owned();
+    let delegates: Vec<String> = ["alpha", "bravo"]
+        .iter()
+        .map(|m| ok(&["token", "create", m, "--role", "delegate"], d).trim().to_owned())
+        .collect();
+
+    let mut nodes: Vec<Node> = ["alpha", "bravo"].iter().map(|m| Node::run(m, d)).collect();
+    let url = format!("http://127.0.0.1:{}", ports[0]);
+    let sql = "SELECT region, count(*) AS n, sum(days) AS d FROM cases GROUP BY region ORDER BY region";
+    first_federated_query(&url, &token, sql, d);
+    analyst_habits(&url, &token, d);
+    policies_checked_and_set(d);
+    let bravo_url = format!("http://127.0.0.1:{}", ports[2]);
+    bravo_cases_need_a_grant(&url, &bravo_url, &token, &steward, d);
+    access_request_approved(&url, &bravo_url, &token, &steward, d);
+    clear_refusals(&url, &token, sql, d);
+    audit_for_auditors_only(&url, &token, &auditor, d);
+    logs_shown_and_receipt_verified(&url, &auditor, &card, d);
+    let urls = [url.clone(), format!("http://127.0.0.1:{}", ports[2])];
+    proposal_adopted_as_version_2(&urls, &token, &delegates, d);
+    let shown = version_2_shown(&urls, &auditor, &delegates, d);
+    let c_local = charlie_initialised(d);
+    charlie_added_and_joined(&urls, &ports, &shown, &delegates, d);
+    nodes.push(charlie_queries_and_is_queried(c_local, &url, &token, d));
+    backup_while_running(d);
+    for n in nodes {
+        let status = n.stop();
+        assert!(status.success(), "a node stops cleanly on SIGTERM: {status}");
+    }
+    restored_backup_answers(&url, &token, d);
+}
+
+/// `concord init` for alpha and bravo; alpha's member card holds every public field.
+fn init_two_members(d: &Path, ports: &[u16]) -> serde_json::Value {
     for (i, m) in ["alpha", "bravo"].iter().enumerate() {
         let out = ok(
             &[
@@ -143,6 +183,11 @@ fn two_members_from_init_to_query_and_shutdown() {
     for key in ["id", "name", "jurisdiction", "vkey", "tls_pin", "peer_endpoint"] {
         assert!(card.get(key).is_some(), "member card lacks {key}: {card}");
     }
+    card
+}
+
+/// The genesis charter: written, refused until both have signed, then accepted by both.
+fn genesis_signed_by_both(d: &Path) {
     std::fs::write(
         d.join("cases.json"),
         r#"{"name": "cases", "columns": [{"name": "region", "type": "utf8"}, {"name": "days", "type": "int64"}]}"#,
@@ -174,6 +219,10 @@ fn two_members_from_init_to_query_and_shutdown() {
     for m in ["alpha", "bravo"] {
         ok(&["charter", "accept", m, "charter.note"], d);
     }
+}
+
+/// Both members' `cases` datasets: added, listed, shown, and not replaced without `--replace`.
+fn datasets_registered(d: &Path) {
     std::fs::write(d.join("a.csv"), "region,days\nnorth,3\nsouth,5\nnorth,\n").expect("csv");
     std::fs::write(d.join("b.csv"), "region,days,extra\nnorth,10,x\neast,,y\n").expect("csv");
     ok(&["dataset", "add", "alpha", "cases", "--file", "a.csv", "--schema", "cases", "--allow", "*"], d);
@@ -187,6 +236,10 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert!(shown.contains("dataset cases (csv, 2 rows)") && shown.contains("  days BIGINT"), "{shown}");
     let err = fails(&["dataset", "add", "bravo", "cases", "--file", "b.csv", "--schema", "cases"], d);
     assert!(err.contains("--replace"), "{err}");
+}
+
+/// CSV options given at registration, shown, kept by a replacement; missing names named.
+fn csv_options_kept(d: &Path) {
     // CSV options: given at registration, shown, kept by a replacement that gives none.
     std::fs::write(d.join("semi.csv"), "region;days\nnorth;NA\nsouth;4\n").expect("csv");
     let err = fails(&["dataset", "add", "bravo", "semi", "--file", "semi.csv", "--schema", "cases"], d);
@@ -219,22 +272,15 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert!(err.contains("no dataset nope"), "{err}");
     let err = fails(&["dataset", "add", "bravo", "gone", "--file", "missing.csv"], d);
     assert!(err.contains("missing.csv"), "{err}");
-    let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
-    let auditor = ok(&["token", "create", "alpha", "--role", "auditor"], d).trim().to_owned();
-    let steward = ok(&["token", "create", "bravo", "--role", "steward"], d).trim().to_owned();
-    let delegates: Vec<String> = ["alpha", "bravo"]
-        .iter()
-        .map(|m| ok(&["token", "create", m, "--role", "delegate"], d).trim().to_owned())
-        .collect();
+}
 
-    let nodes: Vec<Node> = ["alpha", "bravo"].iter().map(|m| Node::run(m, d)).collect();
-    let url = format!("http://127.0.0.1:{}", ports[0]);
-    let sql = "SELECT region, count(*) AS n, sum(days) AS d FROM cases GROUP BY region ORDER BY region";
-    let csv = query_when_up(&url, &token, sql, d);
+/// The first federated query, as CSV, as JSON with provenance, and as a table.
+fn first_federated_query(url: &str, token: &str, sql: &str, d: &Path) {
+    let csv = query_when_up(url, token, sql, d);
     assert_eq!(csv, "region,n,d\neast,1,\nnorth,3,13\nsouth,1,5\n");
 
     let json: serde_json::Value = serde_json::from_str(&ok(
-        &["query", "--node", &url, "--token", &token, "--format", "json", "--provenance", sql],
+        &["query", "--node", url, "--token", token, "--format", "json", "--provenance", sql],
         d,
     ))
     .expect("json");
@@ -245,11 +291,12 @@ fn two_members_from_init_to_query_and_shutdown() {
     assert_eq!(prov[1]["rows_scanned"], 2);
     assert!(prov[1]["receipt_digest"].as_str().is_some_and(|s| s.starts_with("sha256:")));
 
-    let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", sql], d);
+    let table = ok(&["query", "--node", url, "--token", token, "--provenance", sql], d);
     assert!(table.contains("| north  | 3 | 13 |") && table.contains("provenance:"), "{table}");
+}
 
-    analyst_habits(&url, &token, d);
-
+/// Policies checked offline and set on bravo's `cases`; a bad one changes nothing.
+fn policies_checked_and_set(d: &Path) {
     // Policies, while the nodes run: checked offline, set, shown; a bad one names its line and
     // changes nothing.
     let policy = r#"classification = "important"
@@ -275,20 +322,25 @@ permit (principal, action == Action::"describe", resource);
     let set = ok(&["policy", "set", "bravo", "cases", "cases.policy.toml"], d);
     assert!(set.contains("policy of cases set: important"), "{set}");
     assert!(ok(&["policy", "show", "bravo", "cases"], d).contains("classification = \"important\""));
+}
+
+/// The query of bravo's `cases` that needs an approved access request.
+const BRAVO_SQL: &str = "SELECT region, count(*) AS n FROM bravo.cases GROUP BY region ORDER BY region";
+
+/// Bravo's important `cases` refuses alpha's aggregate until an access request is approved.
+fn bravo_cases_need_a_grant(url: &str, bravo_url: &str, token: &str, steward: &str, d: &Path) {
     // Bravo's cases is important: alpha's analyst files an access request, bravo's steward
     // approves it, and the query that needed it works.
-    let bravo_url = format!("http://127.0.0.1:{}", ports[2]);
-    let bravo_sql = "SELECT region, count(*) AS n FROM bravo.cases GROUP BY region ORDER BY region";
-    let err = fails(&["query", "--node", &url, "--token", &token, bravo_sql], d);
+    let err = fails(&["query", "--node", url, "--token", token, BRAVO_SQL], d);
     assert!(err.contains("approved access request"), "{err}");
     let tested = ok(
         &[
             "policy",
             "test",
             "--node",
-            &bravo_url,
+            bravo_url,
             "--token",
-            &steward,
+            steward,
             "--as",
             "alpha",
             "cases",
@@ -297,14 +349,18 @@ permit (principal, action == Action::"describe", resource);
         d,
     );
     assert!(tested.contains("action aggregate: refused") && tested.contains("access request"), "{tested}");
+}
+
+/// Alpha's analyst files an access request; bravo's steward lists and approves it; the query works.
+fn access_request_approved(url: &str, bravo_url: &str, token: &str, steward: &str, d: &Path) {
     let filed = ok(
         &[
             "access",
             "request",
             "--node",
-            &url,
+            url,
             "--token",
-            &token,
+            token,
             "--dataset",
             "bravo.cases",
             "--action",
@@ -317,32 +373,37 @@ permit (principal, action == Action::"describe", resource);
         d,
     );
     let id = filed.lines().last().and_then(|l| l.split_whitespace().last()).expect("id").to_owned();
-    let listed = ok(&["access", "list", "--node", &bravo_url, "--token", &steward], d);
+    let listed = ok(&["access", "list", "--node", bravo_url, "--token", steward], d);
     assert!(listed.contains(&id) && listed.contains("pending"), "{listed}");
-    let err = fails(&["access", "approve", "--node", &bravo_url, "--token", &steward, "nope"], d);
+    let err = fails(&["access", "approve", "--node", bravo_url, "--token", steward, "nope"], d);
     assert!(err.contains("no access request nope"), "{err}");
-    let approved =
-        ok(&["access", "approve", "--node", &bravo_url, "--token", &steward, &id, "--days", "1"], d);
+    let approved = ok(&["access", "approve", "--node", bravo_url, "--token", steward, &id, "--days", "1"], d);
     assert!(approved.contains("(aggregate)") && approved.contains("status approved"), "{approved}");
-    let table = ok(&["query", "--node", &url, "--token", &token, "--provenance", bravo_sql], d);
+    let table = ok(&["query", "--node", url, "--token", token, "--provenance", BRAVO_SQL], d);
     assert!(table.contains(&format!("under grant {id}")), "{table}");
+}
 
-    let err = fails(&["query", "--node", &url, "--token", &token, "SELECT * FROM cases"], d);
+/// Reading rows and an unknown token are refused with clear errors.
+fn clear_refusals(url: &str, token: &str, sql: &str, d: &Path) {
+    let err = fails(&["query", "--node", url, "--token", token, "SELECT * FROM cases"], d);
     assert!(
         err.lines().any(|l| l.starts_with("error: "))
             && err.contains("read_rows")
             && err.contains("What works"),
         "{err}"
     );
-    let err = fails(&["query", "--node", &url, "--token", "concord_wrong", sql], d);
+    let err = fails(&["query", "--node", url, "--token", "concord_wrong", sql], d);
     assert!(err.contains("unknown token"), "{err}");
+}
 
+/// `concord audit`: refused to an analyst, passed for alpha's auditor once bravo's log is in.
+fn audit_for_auditors_only(url: &str, token: &str, auditor: &str, d: &Path) {
     // The transparency logs: audited, shown, and an offline receipt checked; only by an auditor.
-    let err = fails(&["audit", "--node", &url, "--token", &token, "--all"], d);
+    let err = fails(&["audit", "--node", url, "--token", token, "--all"], d);
     assert!(err.contains("role analyst may not") && err.contains("auditor"), "{err}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = concord(&["audit", "--node", &url, "--token", &auditor, "--all"], d);
+        let out = concord(&["audit", "--node", url, "--token", auditor, "--all"], d);
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             assert!(text.contains("audit passed") && text.contains("bravo"), "{text}");
@@ -351,6 +412,10 @@ permit (principal, action == Action::"describe", resource);
         assert!(Instant::now() < deadline, "audit never passed: {}", String::from_utf8_lossy(&out.stdout));
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `concord log show` with its filters, and a receipt verified offline (a tampered one fails).
+fn logs_shown_and_receipt_verified(url: &str, auditor: &str, card: &serde_json::Value, d: &Path) {
     let shown = ok(&["log", "show", "alpha"], d);
     assert!(shown.contains("keys_set") && shown.contains("access_made"), "{shown}");
     assert!(shown.contains("receipt verified") && !shown.contains("DOES NOT VERIFY"), "{shown}");
@@ -374,7 +439,7 @@ permit (principal, action == Action::"describe", resource);
     assert!(err.contains("access_made"), "{err}");
     let raw = ok(&["log", "show", "alpha", "--raw"], d);
     assert!(raw.contains("\"kind\":\"keys_set\""), "{raw}");
-    let receipt = ok(&["log", "receipt", "--node", &url, "--token", &auditor, "0"], d);
+    let receipt = ok(&["log", "receipt", "--node", url, "--token", auditor, "0"], d);
     std::fs::write(d.join("r.tlog-proof"), &receipt).expect("write");
     let vkey = card["vkey"].as_str().expect("vkey").to_owned();
     let verified = ok(&["log", "verify-receipt", "r.tlog-proof", "--vkey", &vkey], d);
@@ -382,10 +447,12 @@ permit (principal, action == Action::"describe", resource);
     std::fs::write(d.join("bad.tlog-proof"), receipt.replacen("index 0", "index 1", 1)).expect("write");
     let err = fails(&["log", "verify-receipt", "bad.tlog-proof", "--vkey", &vkey], d);
     assert!(err.contains("proof failed"), "{err}");
+}
 
+/// A proposal only a delegate may make, voted yes by both delegates and adopted as version 2.
+fn proposal_adopted_as_version_2(urls: &[String], token: &str, delegates: &[String], d: &Path) {
     // Governance: a proposal, votes from both delegates, version 2 on both nodes.
-    let urls = [url.clone(), format!("http://127.0.0.1:{}", ports[2])];
-    let err = fails(&["propose", "--node", &urls[0], "--token", &token, "--min-group-size", "12"], d);
+    let err = fails(&["propose", "--node", &urls[0], "--token", token, "--min-group-size", "12"], d);
     assert!(err.contains("delegate"), "{err}");
     let out = ok(
         &[
@@ -419,6 +486,10 @@ permit (principal, action == Action::"describe", resource);
     let voted =
         ok(&["vote", "--node", &urls[1], "--token", &delegates[1], &id, "yes", "--reason", "agreed"], d);
     assert!(voted.contains("adopted") && voted.contains("version 2"), "{voted}");
+}
+
+/// Charter version 2 shown on bravo's node, chained to the genesis, and in alpha's history.
+fn version_2_shown(urls: &[String], auditor: &str, delegates: &[String], d: &Path) -> serde_json::Value {
     let shown: serde_json::Value = serde_json::from_str(&ok(
         &["charter", "show", "--node", &urls[1], "--token", &delegates[1], "--format", "json"],
         d,
@@ -444,11 +515,15 @@ permit (principal, action == Action::"describe", resource);
     ))
     .expect("json");
     assert_eq!(shown["genesis"], first["digest"]);
-    let history = ok(&["charter", "history", "--node", &urls[0], "--token", &auditor], d);
+    let history = ok(&["charter", "history", "--node", &urls[0], "--token", auditor], d);
     assert!(history.contains("version 1 of test") && history.contains("version 2 of test"), "{history}");
     assert!(history.contains("changed from version 1: minimum group size 12"), "{history}");
     assert!(history.contains("shared schemas:") && history.contains("cases v1: region"), "{history}");
+    shown
+}
 
+/// `concord init charlie`: an unspecified peer address needs `--advertise`; returns its local port.
+fn charlie_initialised(d: &Path) -> u16 {
     // A third member: its card, a version that names it, `join`, and a node that queries.
     let (c_local, c_peer) = (free_port(), free_port());
     let err = fails(
@@ -473,6 +548,17 @@ permit (principal, action == Action::"describe", resource);
         ],
         d,
     );
+    c_local
+}
+
+/// Charlie's `join` waits for a version naming it; once adopted, it joins at version 3.
+fn charlie_added_and_joined(
+    urls: &[String],
+    ports: &[u16],
+    shown: &serde_json::Value,
+    delegates: &[String],
+    d: &Path,
+) {
     let alpha_peer = format!("https://127.0.0.1:{}", ports[1]);
     let genesis = shown["genesis"].as_str().expect("genesis").to_owned();
     let err = fails(&["join", "charlie", "--peer", &alpha_peer, "--genesis", &genesis], d);
@@ -498,6 +584,10 @@ permit (principal, action == Action::"describe", resource);
     // node see its charter versions (the node never drops SQLite's locks on its database).
     let err = fails(&["dataset", "add", "alpha", "x", "--file", "a.csv", "--allow", "zed"], d);
     assert!(err.contains("charter version 3") && err.contains("alpha, bravo, charlie"), "{err}");
+}
+
+/// Charlie's node runs, queries alpha's data and is queried by alpha; returns the running node.
+fn charlie_queries_and_is_queried(c_local: u16, url: &str, token: &str, d: &Path) -> Node {
     std::fs::write(
         d.join("c.csv"),
         "region,days
@@ -507,8 +597,7 @@ west,4
     .expect("csv");
     ok(&["dataset", "add", "charlie", "cases", "--file", "c.csv", "--schema", "cases", "--allow", "*"], d);
     let c_token = ok(&["token", "create", "charlie", "--role", "analyst"], d).trim().to_owned();
-    let mut nodes = nodes;
-    nodes.push(Node::run("charlie", d));
+    let charlie = Node::run("charlie", d);
     let c_url = format!("http://127.0.0.1:{c_local}");
     let c_sql = "SELECT count(*) AS n FROM alpha.cases";
     let out = query_when_up(&c_url, &c_token, c_sql, d);
@@ -517,9 +606,9 @@ west,4
         &[
             "query",
             "--node",
-            &url,
+            url,
             "--token",
-            &token,
+            token,
             "--format",
             "csv",
             "SELECT count(*) AS n FROM charlie.cases",
@@ -527,7 +616,11 @@ west,4
         d,
     );
     assert_eq!(out, "n\n1\n");
+    charlie
+}
 
+/// A backup of alpha while its node runs: whole, not overwritten, its secrets private.
+fn backup_while_running(d: &Path) {
     // A backup while the node runs: whole, private, and a node runs from it.
     let out = ok(&["backup", "alpha", "--to", "alpha-backup"], d);
     assert!(
@@ -541,16 +634,15 @@ west,4
         let mode = std::fs::metadata(d.join("alpha-backup").join(f)).expect(f).permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
+}
 
-    for n in nodes {
-        let status = n.stop();
-        assert!(status.success(), "a node stops cleanly on SIGTERM: {status}");
-    }
+/// Alpha restored from its backup: the three nodes run again and answer as before.
+fn restored_backup_answers(url: &str, token: &str, d: &Path) {
     // Restored: the backup in place of the folder, and the node answers as before.
     std::fs::rename(d.join("alpha"), d.join("alpha-old")).expect("move");
     std::fs::rename(d.join("alpha-backup"), d.join("alpha")).expect("restore");
     let nodes: Vec<Node> = ["alpha", "bravo", "charlie"].iter().map(|m| Node::run(m, d)).collect();
-    let out = query_when_up(&url, &token, "SELECT count(*) AS n FROM cases", d);
+    let out = query_when_up(url, token, "SELECT count(*) AS n FROM cases", d);
     assert_eq!(out, "n\n6\n", "3 + 2 + 1 rows, the restored charter naming all three");
     for n in nodes {
         assert!(n.stop().success());

@@ -78,22 +78,44 @@ impl Drop for NsNode {
 
 #[test]
 fn two_members_in_two_network_namespaces_answer_a_federated_query() {
+    let Some((subnet, nets)) = namespaces_if_allowed() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    init_members_advertising(&subnet, d);
+    genesis_signed_and_accepted(d);
+    datasets_added(d);
+    let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
+
+    let _alpha = spawn(&nets.names[0], "alpha", d);
+    let _bravo = spawn(&nets.names[1], "bravo", d);
+    // Neither address is one of this namespace's own: the query's way runs between the two.
+    let here = Command::new("ip").args(["-o", "addr", "show"]).output().expect("ip runs");
+    assert!(!String::from_utf8_lossy(&here.stdout).contains(&format!("{subnet}.")), "the pair is not ours");
+
+    let csv = query_until_answered(&nets.names[0], &token, d);
+    assert_eq!(csv, "region,n,total\neast,1,\nnorth,2,11.30\nsouth,1,2.50\n");
+}
+
+/// The subnet and the two namespaces, or `None` (having said why) where they cannot be made.
+fn namespaces_if_allowed() -> Option<(String, Namespaces)> {
     let root =
         Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !matches!(root, Ok(true)) {
         eprintln!("skipped: the two-namespace federation needs root to make network namespaces (ip netns)");
-        return;
+        return None;
     }
     let subnet = format!("10.77.{}", std::process::id() % 250);
-    let nets = match Namespaces::make(&subnet) {
-        Ok(n) => n,
+    match Namespaces::make(&subnet) {
+        Ok(n) => Some((subnet, n)),
         Err(why) => {
             eprintln!("skipped: network namespaces are not allowed here: {why}");
-            return;
+            None
         }
-    };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let d = tmp.path();
+    }
+}
+
+/// `concord init` for both members, each advertising its namespace's address for peers.
+fn init_members_advertising(subnet: &str, d: &Path) {
     // Each node takes peers on every address of its namespace and advertises the address the
     // other member reaches it at.
     for (i, m) in ["alpha", "bravo"].iter().enumerate() {
@@ -119,6 +141,10 @@ fn two_members_in_two_network_namespaces_answer_a_federated_query() {
         serde_json::from_slice(&std::fs::read(d.join("bravo/member-card.json")).expect("card"))
             .expect("json");
     assert_eq!(card["peer_endpoint"], format!("{subnet}.2:7001"), "the card carries the advertised address");
+}
+
+/// The genesis charter with the shared schema `cases`, signed and accepted by both.
+fn genesis_signed_and_accepted(d: &Path) {
     std::fs::write(
         d.join("cases.json"),
         r#"{"name": "cases", "columns": [{"name": "region", "type": "utf8"}, {"name": "amount", "type": "decimal(12,2)"}]}"#,
@@ -147,6 +173,10 @@ fn two_members_in_two_network_namespaces_answer_a_federated_query() {
     for m in ["alpha", "bravo"] {
         ok(&["charter", "accept", m, "charter.note"], d);
     }
+}
+
+/// Each member's `cases`: alpha's plain CSV, bravo's with `;` and `NA` for null.
+fn datasets_added(d: &Path) {
     std::fs::write(d.join("a.csv"), "region,amount\nnorth,1.25\nsouth,2.50\n").expect("csv");
     std::fs::write(d.join("b.csv"), "region;amount\nnorth;10.05\neast;NA\n").expect("csv");
     ok(&["dataset", "add", "alpha", "cases", "--file", "a.csv", "--schema", "cases", "--allow", "*"], d);
@@ -169,29 +199,27 @@ fn two_members_in_two_network_namespaces_answer_a_federated_query() {
         ],
         d,
     );
-    let token = ok(&["token", "create", "alpha", "--role", "analyst"], d).trim().to_owned();
+}
 
-    let spawn = |ns: &str, m: &str| {
-        NsNode(
-            in_ns(ns, &["node", "run", m], d)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("node starts"),
-        )
-    };
-    let _alpha = spawn(&nets.names[0], "alpha");
-    let _bravo = spawn(&nets.names[1], "bravo");
-    // Neither address is one of this namespace's own: the query's way runs between the two.
-    let here = Command::new("ip").args(["-o", "addr", "show"]).output().expect("ip runs");
-    assert!(!String::from_utf8_lossy(&here.stdout).contains(&format!("{subnet}.")), "the pair is not ours");
+/// Member `m`'s node, run in namespace `ns`.
+fn spawn(ns: &str, m: &str, d: &Path) -> NsNode {
+    NsNode(
+        in_ns(ns, &["node", "run", m], d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node starts"),
+    )
+}
 
+/// Alpha's analyst queries from inside namespace `ns` until an answer comes (60 s at most).
+fn query_until_answered(ns: &str, token: &str, d: &Path) -> String {
     let sql = "SELECT region, count(*) AS n, sum(amount) AS total FROM cases GROUP BY region ORDER BY region";
     let deadline = Instant::now() + Duration::from_secs(60);
-    let csv = loop {
+    loop {
         let out = in_ns(
-            &nets.names[0],
-            &["query", "--node", "http://127.0.0.1:7000", "--token", &token, "--format", "csv", sql],
+            ns,
+            &["query", "--node", "http://127.0.0.1:7000", "--token", token, "--format", "csv", sql],
             d,
         )
         .output()
@@ -205,6 +233,5 @@ fn two_members_in_two_network_namespaces_answer_a_federated_query() {
             String::from_utf8_lossy(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(csv, "region,n,total\neast,1,\nnorth,2,11.30\nsouth,1,2.50\n");
+    }
 }
