@@ -454,7 +454,7 @@ async fn appends(
         .collect();
     let mut lat = Vec::new();
     for t in tasks {
-        lat.extend(t.await.map_err(|e| NodeError::State(e.to_string()))??);
+        lat.extend(t.await??);
     }
     let secs = start.elapsed().as_secs_f64();
     let n = lat.len();
@@ -464,7 +464,7 @@ async fn appends(
 /// One fsync'd SQLite transaction per entry, same settings as the log: the floor a durable log
 /// without group commit starts from.
 fn baseline_appends(dir: &Path, n: usize) -> Result<f64, NodeError> {
-    let db = |e: rusqlite::Error| NodeError::State(e.to_string());
+    let db = NodeError::Database;
     let conn = rusqlite::Connection::open(dir.join("baseline.db")).map_err(db)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
@@ -488,8 +488,8 @@ fn proofs(dir: &Path, leaves: u64, samples: usize) -> Result<(u64, usize, Durati
     let path = dir.join(format!("proofs-{leaves}.db"));
     let log = concord_node::store::tlog::Log::open(&path)?;
     {
-        let mut conn = rusqlite::Connection::open(&path).map_err(|e| NodeError::State(e.to_string()))?;
-        let db = |e: rusqlite::Error| NodeError::State(e.to_string());
+        let mut conn = rusqlite::Connection::open(&path)?;
+        let db = NodeError::Database;
         conn.pragma_update(None, "synchronous", "OFF").map_err(db)?;
         let mut range = CompactRange::default();
         let mut i = 0u64;
@@ -597,11 +597,7 @@ pub async fn log(
     for &leaves in proof_sizes {
         progress(&format!("building a log of {leaves} leaves for proof timings"));
         let d = dir.to_owned();
-        report.proofs.push(
-            tokio::task::spawn_blocking(move || proofs(&d, leaves, 2_000))
-                .await
-                .map_err(|e| NodeError::State(e.to_string()))??,
-        );
+        report.proofs.push(tokio::task::spawn_blocking(move || proofs(&d, leaves, 2_000)).await??);
     }
     Ok(report)
 }

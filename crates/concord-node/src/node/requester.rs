@@ -16,7 +16,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 
-use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{
     QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id, result_digest,
@@ -24,7 +23,8 @@ use crate::net::protocol::{
 use crate::node::{Catalog, Node};
 use crate::store::entry::{LogEntry, Notes};
 use crate::store::state::NoteKind;
-use crate::wire::{ColumnInfo, TableInfo, TableKind};
+use crate::wire::{ColumnInfo, ErrorCode, TableInfo, TableKind};
+use crate::{NodeError, PeerFailure};
 
 /// Largest catalog answer read from a member.
 pub const MAX_CATALOG_BYTES: usize = 4 * 1024 * 1024;
@@ -188,7 +188,7 @@ impl Node {
         };
         cached.map_err(|message| NodeError::Peer {
             member: m.id.clone(),
-            code: "unreachable".into(),
+            code: PeerFailure::Unreachable,
             message,
         })
     }
@@ -196,7 +196,7 @@ impl Node {
     async fn read_catalog(&self, m: &concord_charter::MemberCard) -> Result<Arc<PeerCatalog>, NodeError> {
         let bad = |message: String| NodeError::Peer {
             member: m.id.clone(),
-            code: "malformed_catalog".into(),
+            code: PeerFailure::MalformedCatalog,
             message,
         };
         let budget = Budget {
@@ -205,7 +205,7 @@ impl Node {
         };
         let resp = peer_call_with(&self.keys().tls, m, "GET", "/v1/catalog", vec![], budget).await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: m.id.clone(), code, message });
         }
         let catalog: Catalog = serde_json::from_slice(&resp.body).map_err(|e| bad(e.to_string()))?;
@@ -427,8 +427,7 @@ impl Node {
         purpose: &str,
         allow_partial: bool,
     ) -> Result<QueryOutcome, NodeError> {
-        let _slot =
-            self.query_slots.acquire().await.map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let _slot = self.query_slots.acquire().await.map_err(|_| NodeError::Stopped("the query queue"))?;
         let limits = &self.cfg.limits;
         let work = async {
             let ctx = self.query_context(sql, purpose).await?;
@@ -520,7 +519,7 @@ impl Node {
         let resp =
             peer_call_with(&self.keys().tls, owner, "POST", path, prepared.body.clone(), budget).await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
         }
         Ok(())
@@ -539,12 +538,12 @@ impl Node {
             peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", prepared.body.clone(), budget)
                 .await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
         }
         let bad = |message: String| NodeError::Peer {
             member: owner.id.clone(),
-            code: "bad_receipt".into(),
+            code: PeerFailure::BadReceipt,
             message,
         };
         let header = |name: &str| -> Result<Vec<u8>, NodeError> {
@@ -581,7 +580,7 @@ impl Node {
         }
         let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
             member: owner.id.clone(),
-            code: "bad_answer".into(),
+            code: PeerFailure::BadAnswer,
             message: e.to_string(),
         })?;
         // Invariant: a partial is used only once its "access made" entry is on disk.
@@ -652,10 +651,10 @@ struct PeerOwners {
 fn as_query_error(owner: &str, e: NodeError) -> QueryError {
     match e {
         NodeError::Query(q) => q,
-        NodeError::Peer { member, code, message } if code == "unreachable" => {
+        NodeError::Peer { member, code: PeerFailure::Unreachable, message } => {
             QueryError::Unreachable { member, reason: message }
         }
-        NodeError::Peer { member, code, message } if code == "policy_refused" => {
+        NodeError::Peer { member, code: PeerFailure::Answered(ErrorCode::PolicyRefused), message } => {
             let why = message.strip_prefix("refused by policy: ").unwrap_or(&message);
             QueryError::Policy(format!("{member}: {why}"))
         }
