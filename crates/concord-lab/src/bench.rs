@@ -340,7 +340,7 @@ async fn time_without_and_with_policy(
     let mut t_plain = Duration::ZERO;
     let mut t_policy = Duration::ZERO;
     let mut noisy = None;
-    for policy_on in if i % 2 == 0 { [false, true] } else { [true, false] } {
+    for policy_on in if i.is_multiple_of(2) { [false, true] } else { [true, false] } {
         let table = if policy_on { "events_dp" } else { "events" };
         let t = Instant::now();
         let answer =
@@ -534,7 +534,7 @@ async fn appends(
         .collect();
     let mut lat = Vec::new();
     for t in tasks {
-        lat.extend(t.await.map_err(|e| NodeError::State(e.to_string()))??);
+        lat.extend(t.await??);
     }
     let secs = start.elapsed().as_secs_f64();
     let n = lat.len();
@@ -544,7 +544,7 @@ async fn appends(
 /// One fsync'd SQLite transaction per entry, same settings as the log: the floor a durable log
 /// without group commit starts from.
 fn baseline_appends(dir: &Path, n: usize) -> Result<f64, NodeError> {
-    let db = |e: rusqlite::Error| NodeError::State(e.to_string());
+    let db = NodeError::Database;
     let conn = rusqlite::Connection::open(dir.join("baseline.db")).map_err(db)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
@@ -568,8 +568,8 @@ fn proofs(dir: &Path, leaves: u64, samples: usize) -> Result<(u64, usize, Durati
     let path = dir.join(format!("proofs-{leaves}.db"));
     let log = concord_node::store::tlog::Log::open(&path)?;
     {
-        let mut conn = rusqlite::Connection::open(&path).map_err(|e| NodeError::State(e.to_string()))?;
-        let db = |e: rusqlite::Error| NodeError::State(e.to_string());
+        let mut conn = rusqlite::Connection::open(&path)?;
+        let db = NodeError::Database;
         conn.pragma_update(None, "synchronous", "OFF").map_err(db)?;
         let mut range = CompactRange::default();
         let mut i = 0u64;
@@ -677,11 +677,7 @@ pub async fn log(
     for &leaves in proof_sizes {
         progress(&format!("building a log of {leaves} leaves for proof timings"));
         let d = dir.to_owned();
-        report.proofs.push(
-            tokio::task::spawn_blocking(move || proofs(&d, leaves, 2_000))
-                .await
-                .map_err(|e| NodeError::State(e.to_string()))??,
-        );
+        report.proofs.push(tokio::task::spawn_blocking(move || proofs(&d, leaves, 2_000)).await??);
     }
     Ok(report)
 }

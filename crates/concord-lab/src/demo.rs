@@ -14,12 +14,12 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{DataFrame, SessionContext, col};
 use serde::{Deserialize, Serialize};
 
-use concord_node::NodeError;
 use concord_node::net::local::{ClientError, LocalClient};
 use concord_node::node::admin;
 use concord_node::run::{RunningNode, start};
 use concord_node::store::config::{InitOptions, NodeDir, replace_private};
 use concord_node::wire::{AccessAsk, DecideRequest, Decision, QueryRequest};
+use concord_node::{NodeError, PeerFailure};
 
 /// The name of the demo's federation, in its charter and in `demo.json`.
 pub const DEMO_FEDERATION: &str = "demo";
@@ -844,7 +844,7 @@ pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiRes
     let q = QueryRequest { sql: sql.to_owned(), purpose: None, partial: false };
     let body = LocalClient::new(local_url, token).query(&q).await.map_err(|e| match e {
         ClientError::Api { code, message, .. } => {
-            NodeError::Peer { member: "local node".into(), code: code.as_str().to_owned(), message }
+            NodeError::Peer { member: "local node".into(), code: PeerFailure::Answered(code), message }
         }
         ClientError::Unreachable(e) => e,
         ClientError::Malformed(m) => NodeError::BadRequest(format!("malformed answer: {m}")),

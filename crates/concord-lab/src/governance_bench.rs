@@ -143,7 +143,7 @@ async fn timed_round(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = t.elapsed();
-    vote.await.map_err(|e| NodeError::State(format!("the vote's task failed: {e}")))??;
+    vote.await??;
     progress(&format!(
         "round {round}: version {} on all {} nodes {:.1} ms after the threshold vote",
         version + 1,

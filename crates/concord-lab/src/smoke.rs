@@ -7,10 +7,11 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 
 use crate::demo::{ApiResult, Demo, DemoMember, api_query, data_queries, pooled_context, sample_queries};
-use concord_node::NodeError;
 use concord_node::net::protocol::{QueryRequest, new_request_id};
 use concord_node::net::tls::TlsKeys;
 use concord_node::store::config::NodeDir;
+use concord_node::wire::ErrorCode;
+use concord_node::{NodeError, PeerFailure};
 
 /// One step of the tour and how it went.
 #[derive(Debug)]
@@ -42,7 +43,9 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
     let table = demo.schemas.first().map(|s| s.name.clone()).unwrap_or_else(|| "health_cases".into());
     let raw = format!("SELECT * FROM {table}");
     let outcome = match api_query(&first.local_url, &first.analyst_token, &raw).await {
-        Err(NodeError::Peer { code, message, .. }) if code == "policy_refused" => Ok(message),
+        Err(NodeError::Peer { code: PeerFailure::Answered(ErrorCode::PolicyRefused), message, .. }) => {
+            Ok(message)
+        }
         Err(e) => Err(format!("refused for the wrong reason: {e}")),
         Ok(_) => Err("raw rows were returned".into()),
     };
@@ -50,7 +53,9 @@ pub async fn tour(demo: &Demo, sample: bool) -> Vec<Step> {
     let bomb =
         format!("SELECT max(length(repeat(arrow_cast('x', 'LargeUtf8'), 1000000000000))) FROM {table}");
     let outcome = match api_query(&first.local_url, &first.analyst_token, &bomb).await {
-        Err(NodeError::Peer { code, message, .. }) if code == "query_refused" => Ok(message),
+        Err(NodeError::Peer { code: PeerFailure::Answered(ErrorCode::QueryRefused), message, .. }) => {
+            Ok(message)
+        }
         Err(e) => Err(format!("refused for the wrong reason: {e}")),
         Ok(_) => Err("the bomb ran".into()),
     };

@@ -31,57 +31,134 @@ use concord_query::QueryError;
 /// Errors of the node, each with a stable code for the wire.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The node's folder, configuration or a command's arguments are missing or invalid; the
+    /// message says what to change.
     #[error("{0}")]
     Config(String),
+    /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file or folder.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The node's state is not as it must be (a row missing, a value of the wrong size); the
+    /// message names it.
     #[error("state database: {0}")]
     State(String),
     /// SQLite failed under the state database; its error is kept as the source.
     #[error("state database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// A SQLite database could not be opened.
+    #[error("cannot open {path}: {source}")]
+    DatabaseOpen {
+        /// The database file.
+        path: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
     /// SQLite failed under the transparency log; its error is kept as the source.
     #[error("log storage: {0}")]
     LogStorage(#[source] rusqlite::Error),
+    /// A value could not be encoded as JSON.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// serde_json's error.
+        source: serde_json::Error,
+    },
+    /// A task of the node ended before it answered: the node is stopping.
+    #[error("{0} has stopped; the node is stopping")]
+    Stopped(&'static str),
+    /// A task of the node panicked or was cancelled.
+    #[error("a task of the node failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A certificate could not be made or checked; the message says which.
     #[error("TLS: {0}")]
     Tls(String),
+    /// rustls refused a TLS configuration.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A PEM file (certificate or key) could not be read.
+    #[error("cannot read {path}: {source}")]
+    Pem {
+        /// The PEM file.
+        path: String,
+        /// Why it could not be read.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A charter version, proposal or vote is malformed or not allowed.
     #[error(transparent)]
     Charter(#[from] CharterError),
+    /// A signed note, checkpoint or proof is malformed or does not verify.
     #[error(transparent)]
     Note(#[from] LogError),
+    /// Planning, checking or running a query failed.
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// A usage policy is malformed, does not fit its dataset, or loosens the baseline.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The request is malformed; the message says what to send instead.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// No token, an unknown token, or a peer that is not a member.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The caller may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The member named is not in the current charter.
     #[error("unknown member: {0}")]
     UnknownMember(String),
+    /// A signature does not verify with the member's key.
     #[error("bad signature: {0}")]
     BadSignature(String),
+    /// A signed request's time is too far from this node's clock.
     #[error("stale request: {0}")]
     Stale(String),
+    /// A request id was seen before.
     #[error("replayed request: {0}")]
     Replayed(String),
+    /// The request was made under another charter version.
     #[error("charter mismatch: {0}")]
     WrongCharter(String),
+    /// The owner's usage policy does not release what was asked for.
     #[error("refused by policy: {0}")]
     PolicyRefused(String),
+    /// What the request names does not exist here.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A body or message is over its size limit.
     #[error("request body too large: {0}")]
     TooLarge(String),
+    /// Another member's node failed a call.
     #[error("member {member} answered {code}: {message}")]
-    Peer { member: String, code: String, message: String },
+    Peer {
+        /// The member whose node failed.
+        member: String,
+        /// How it failed.
+        code: PeerFailure,
+        /// What it said, or what went wrong, in words.
+        message: String,
+    },
+    /// The node cannot listen on an address.
     #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: String, reason: String },
+    Listen {
+        /// The address as configured.
+        addr: String,
+        /// Why, and what to do.
+        reason: String,
+        /// The operating system's error, when there is one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// An error on this node whose detail stays here.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too many requests from one caller.
     #[error("rate limited: {0}")]
     RateLimited(String),
     /// The request conflicts with the state it acts on (a decision on a decided request).
@@ -89,7 +166,62 @@ pub enum NodeError {
     Conflict(String),
 }
 
+/// How another member's node failed a call: the closed set of what this node can tell apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerFailure {
+    /// It could not be reached, or did not answer within the time allowed.
+    Unreachable,
+    /// It answered with Concord's error shape and this code.
+    Answered(wire::ErrorCode),
+    /// It answered with an error code this node does not know (a newer version), kept as sent.
+    UnknownCode(String),
+    /// It answered with this HTTP status and a body that is not Concord's error shape.
+    Status(u16),
+    /// Its catalog could not be read or is over its limits.
+    MalformedCatalog,
+    /// Its answer carries no valid release receipt.
+    BadReceipt,
+    /// Its answer (an Arrow IPC stream) could not be read.
+    BadAnswer,
+    /// A witness has seen a larger log than the checkpoint it was asked to cosign.
+    Rollback,
+    /// A witness answered without its cosignature.
+    NoCosignature,
+    /// A witness answered 409 without the size it has seen.
+    BadConflict,
+    /// A witness's size kept moving while it was asked.
+    Conflict,
+}
+
+impl PeerFailure {
+    /// The code as it was sent, or as this node names the failure.
+    pub fn from_code(code: &str) -> Self {
+        serde_json::from_value(serde_json::Value::String(code.to_owned()))
+            .map(Self::Answered)
+            .unwrap_or_else(|_| Self::UnknownCode(code.to_owned()))
+    }
+}
+
+impl std::fmt::Display for PeerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable => f.write_str("unreachable"),
+            Self::Answered(code) => f.write_str(code.as_str()),
+            Self::UnknownCode(code) => f.write_str(code),
+            Self::Status(status) => write!(f, "http_{status}"),
+            Self::MalformedCatalog => f.write_str("malformed_catalog"),
+            Self::BadReceipt => f.write_str("bad_receipt"),
+            Self::BadAnswer => f.write_str("bad_answer"),
+            Self::Rollback => f.write_str("rollback"),
+            Self::NoCosignature => f.write_str("no_cosignature"),
+            Self::BadConflict => f.write_str("bad_conflict"),
+            Self::Conflict => f.write_str("conflict"),
+        }
+    }
+}
+
 impl NodeError {
+    /// An IO error on `path`.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Self::Io { path: path.as_ref().display().to_string(), source }
     }
@@ -100,8 +232,14 @@ impl NodeError {
         match self {
             Self::Config(_) => C::Config,
             Self::Io { .. } => C::Io,
-            Self::State(_) | Self::Database(_) | Self::LogStorage(_) => C::State,
-            Self::Tls(_) => C::Tls,
+            Self::State(_)
+            | Self::Database(_)
+            | Self::DatabaseOpen { .. }
+            | Self::LogStorage(_)
+            | Self::Encode { .. }
+            | Self::Stopped(_)
+            | Self::Task(_) => C::State,
+            Self::Tls(_) | Self::Rustls(_) | Self::Pem { .. } => C::Tls,
             Self::Charter(_) => C::Charter,
             Self::Note(_) => C::MalformedNote,
             Self::Query(q) => match q {

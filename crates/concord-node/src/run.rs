@@ -12,9 +12,11 @@ use crate::store::config::NodeDir;
 
 /// Binds a listener, with an error that names the address and what to do.
 pub async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
-    let sa: SocketAddr = addr
-        .parse()
-        .map_err(|_| NodeError::Listen { addr: addr.to_owned(), reason: "not HOST:PORT".into() })?;
+    let sa: SocketAddr = addr.parse().map_err(|_| NodeError::Listen {
+        addr: addr.to_owned(),
+        reason: "not HOST:PORT".into(),
+        source: None,
+    })?;
     TcpListener::bind(sa).await.map_err(|e| NodeError::Listen {
         addr: addr.to_owned(),
         reason: if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -22,6 +24,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, NodeError> {
         } else {
             e.to_string()
         },
+        source: Some(e),
     })
 }
 

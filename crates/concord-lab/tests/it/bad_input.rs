@@ -9,7 +9,7 @@ use crate::support::{free_ports, three_members, write_cases};
 
 fn refusal(e: NodeError) -> (String, String) {
     match e {
-        NodeError::Peer { code, message, .. } => (code, message),
+        NodeError::Peer { code, message, .. } => (code.to_string(), message),
         other => panic!("expected an error answer, got {other}"),
     }
 }

@@ -27,7 +27,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 async fn refusal(fed: &Fed, from: &str, sql: &str) -> (String, String) {
     match api_query(&fed.member(from).local_url, &fed.member(from).analyst_token, sql).await {
-        Err(NodeError::Peer { code, message, .. }) => (code, message),
+        Err(NodeError::Peer { code, message, .. }) => (code.to_string(), message),
         Err(e) => panic!("{sql}: unexpected error {e}"),
         Ok(_) => panic!("{sql}: must be refused"),
     }

@@ -30,8 +30,15 @@ pub struct Response {
 }
 
 impl Response {
-    /// The `{"error": {"code", "message"}}` body of an error answer, or the text as it is.
+    /// The code and message of an error answer as written on the wire (`http_<status>` and the
+    /// text as it is when the body is not the error shape).
     pub fn error_parts(&self) -> (String, String) {
+        let (failure, message) = self.failure();
+        (failure.to_string(), message)
+    }
+
+    /// The failure an error answer reports, typed, and its message.
+    pub fn failure(&self) -> (crate::PeerFailure, String) {
         #[derive(serde::Deserialize)]
         struct Inner {
             code: String,
@@ -42,10 +49,11 @@ impl Response {
             error: Inner,
         }
         match serde_json::from_slice::<Outer>(&self.body) {
-            Ok(o) => (o.error.code, o.error.message),
-            Err(_) => {
-                (format!("http_{}", self.status), String::from_utf8_lossy(&self.body).trim().to_owned())
-            }
+            Ok(o) => (crate::PeerFailure::from_code(&o.error.code), o.error.message),
+            Err(_) => (
+                crate::PeerFailure::Status(self.status),
+                String::from_utf8_lossy(&self.body).trim().to_owned(),
+            ),
         }
     }
 }
@@ -153,7 +161,7 @@ async fn call(
 ) -> Result<(Response, String), NodeError> {
     let fail = |reason: String| NodeError::Peer {
         member: member.to_owned(),
-        code: "unreachable".into(),
+        code: crate::PeerFailure::Unreachable,
         message: format!("{reason} (peer endpoint {endpoint}); check that its node is running and reachable"),
     };
     let connector = tokio_rustls::TlsConnector::from(keys.client(pin)?);

@@ -66,9 +66,9 @@ impl TlsKeys {
     /// private.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, NodeError> {
         let cert = CertificateDer::from_pem_file(cert_path)
-            .map_err(|e| NodeError::Tls(format!("cannot read certificate {}: {e}", cert_path.display())))?;
+            .map_err(|source| NodeError::Pem { path: cert_path.display().to_string(), source })?;
         let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|e| NodeError::Tls(format!("cannot read TLS key {}: {e}", key_path.display())))?;
+            .map_err(|source| NodeError::Pem { path: key_path.display().to_string(), source })?;
         let pin = pin_of_cert(&cert)?;
         Ok(Self { cert, key, pin, clients: Default::default() })
     }
@@ -99,10 +99,6 @@ fn provider() -> Arc<CryptoProvider> {
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
-}
-
-fn tls_error(e: rustls::Error) -> NodeError {
-    NodeError::Tls(e.to_string())
 }
 
 /// (pin, member id) of every other member, as the current charter version says. Read at every
@@ -156,7 +152,7 @@ impl ServerCert {
 }
 
 fn certified(keys: &TlsKeys) -> Result<rustls::sign::CertifiedKey, NodeError> {
-    let signing = provider().key_provider.load_private_key(keys.clone_key()).map_err(tls_error)?;
+    let signing = provider().key_provider.load_private_key(keys.clone_key()).map_err(NodeError::Rustls)?;
     Ok(rustls::sign::CertifiedKey::new(vec![keys.cert.clone()], signing))
 }
 
@@ -171,7 +167,7 @@ pub fn server_config(cert: Arc<ServerCert>, pins: Pins) -> Result<rustls::Server
     let verifier = Arc::new(MemberPins { pins, algs: algorithms() });
     rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_error)
+        .map_err(NodeError::Rustls)
         .map(|b| b.with_client_cert_verifier(verifier).with_cert_resolver(cert))
         .map(|mut c| {
             // Room for the resumable sessions of a large federation's members.
@@ -187,11 +183,11 @@ pub fn client_config(keys: &TlsKeys, expected_pin: Option<&str>) -> Result<rustl
     let verifier = Arc::new(ExpectedPin { pin: expected_pin.map(str::to_owned), algs: algorithms() });
     rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_error)?
+        .map_err(NodeError::Rustls)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![keys.cert.clone()], keys.clone_key())
-        .map_err(tls_error)
+        .map_err(NodeError::Rustls)
 }
 
 /// Any name will do: the pin, not the name, identifies the server.

@@ -150,7 +150,7 @@ impl Node {
             peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", body.clone(), budget())
                 .await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.to_owned(), code, message });
         }
         let record = record_of(&request, Direction::Out);

@@ -69,7 +69,7 @@ impl LogSource for Remote<'_> {
         )
         .await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: self.card.id.clone(), code, message });
         }
         Ok(resp.body.to_vec())

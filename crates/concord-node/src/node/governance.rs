@@ -301,7 +301,8 @@ impl Node {
         // A vote that made the version needs no push of its own: the version, pushed already,
         // carries its signature.
         if report.outcome != wire::VoteOutcome::Adopted {
-            let body = serde_json::to_vec(&wire).map_err(|e| NodeError::State(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&wire).map_err(|source| NodeError::Encode { what: "a vote", source })?;
             self.push(&self.keys(), "/v1/governance/vote", body).await;
         }
         Ok(report)
@@ -317,7 +318,8 @@ impl Node {
     /// itself; the push is for those the vote did not reach, and so is the pull).
     async fn take_vote_from(&self, wire: &VoteWire, own: bool) -> Result<VoteReport, NodeError> {
         let vote = wire.parse()?;
-        let body = serde_json::to_string(wire).map_err(|e| NodeError::State(e.to_string()))?;
+        let body =
+            serde_json::to_string(wire).map_err(|source| NodeError::Encode { what: "a vote", source })?;
         // Stored under the round's lock, so the stored order is the order the round took them in.
         let (outcome, new_evidence, base_version, (yes, threshold)) =
             self.with_round(|r| self.count_vote(r, &vote, &body))??;

@@ -95,11 +95,8 @@ impl Node {
             _ => None,
         };
         let limits = &self.cfg.limits;
-        let _slot = self
-            .subquery_slots
-            .acquire()
-            .await
-            .map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let _slot =
+            self.subquery_slots.acquire().await.map_err(|_| NodeError::Stopped("the sub-query queue"))?;
         let exec = limits.exec();
         let run = run_release(&decided.plan, ask.dataset, decided.table.clone(), &exec);
         let mut answer =

@@ -16,7 +16,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 
-use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{
     QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id, result_digest,
@@ -24,7 +23,8 @@ use crate::net::protocol::{
 use crate::node::{Catalog, Node};
 use crate::store::entry::{LogEntry, Notes};
 use crate::store::state::NoteKind;
-use crate::wire::{ColumnInfo, TableInfo, TableKind};
+use crate::wire::{ColumnInfo, ErrorCode, TableInfo, TableKind};
+use crate::{NodeError, PeerFailure};
 
 /// Largest catalog answer read from a member.
 pub const MAX_CATALOG_BYTES: usize = 4 * 1024 * 1024;
@@ -208,7 +208,7 @@ impl Node {
         };
         cached.map_err(|message| NodeError::Peer {
             member: m.id.clone(),
-            code: "unreachable".into(),
+            code: PeerFailure::Unreachable,
             message,
         })
     }
@@ -216,7 +216,7 @@ impl Node {
     async fn read_catalog(&self, m: &concord_charter::MemberCard) -> Result<Arc<PeerCatalog>, NodeError> {
         let bad = |message: String| NodeError::Peer {
             member: m.id.clone(),
-            code: "malformed_catalog".into(),
+            code: PeerFailure::MalformedCatalog,
             message,
         };
         let budget = Budget {
@@ -225,7 +225,7 @@ impl Node {
         };
         let resp = peer_call_with(&self.keys().tls, m, "GET", "/v1/catalog", vec![], budget).await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: m.id.clone(), code, message });
         }
         let catalog: Catalog = serde_json::from_slice(&resp.body).map_err(|e| bad(e.to_string()))?;
@@ -543,7 +543,7 @@ impl Node {
         let resp =
             peer_call_with(&self.keys().tls, owner, "POST", path, prepared.body.clone(), budget).await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
         }
         Ok(())
@@ -562,13 +562,13 @@ impl Node {
             peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", prepared.body.clone(), budget)
                 .await?;
         if resp.status != 200 {
-            let (code, message) = resp.error_parts();
+            let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
         }
         let (receipt, receipt_bytes, details, released) = self.check_release(owner, prepared, &resp)?;
         let (_, batches) = concord_query::ipc::decode(&resp.body).map_err(|e| NodeError::Peer {
             member: owner.id.clone(),
-            code: "bad_answer".into(),
+            code: PeerFailure::BadAnswer,
             message: e.to_string(),
         })?;
         // Invariant: a partial is used only once its "access made" entry is on disk.
@@ -609,7 +609,7 @@ impl Node {
         let (part, request) = (&prepared.part, &prepared.request);
         let bad = |message: String| NodeError::Peer {
             member: owner.id.clone(),
-            code: "bad_receipt".into(),
+            code: PeerFailure::BadReceipt,
             message,
         };
         let header = |name: &str| -> Result<Vec<u8>, NodeError> {
@@ -691,10 +691,10 @@ struct PeerOwners {
 fn as_query_error(owner: &str, e: NodeError) -> QueryError {
     match e {
         NodeError::Query(q) => q,
-        NodeError::Peer { member, code, message } if code == "unreachable" => {
+        NodeError::Peer { member, code: PeerFailure::Unreachable, message } => {
             QueryError::Unreachable { member, reason: message }
         }
-        NodeError::Peer { member, code, message } if code == "policy_refused" => {
+        NodeError::Peer { member, code: PeerFailure::Answered(ErrorCode::PolicyRefused), message } => {
             let why = message.strip_prefix("refused by policy: ").unwrap_or(&message);
             QueryError::Policy(format!("{member}: {why}"))
         }

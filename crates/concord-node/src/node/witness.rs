@@ -107,8 +107,7 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
     let (log, origin, bytes, checked) = (node.log.clone(), cp.origin.clone(), note.to_bytes(), cp.clone());
     let decision =
         tokio::task::spawn_blocking(move || log.witness_update(&origin, old, &proof, &checked, &bytes))
-            .await
-            .map_err(|e| NodeError::State(format!("witness update: {e}")))??;
+            .await??;
     answer_decision(node, decision, &note, &cp).await
 }
 
@@ -248,7 +247,7 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
                 Ok(r) => r,
                 Err(_) => Err(NodeError::Peer {
                     member: w.id.clone(),
-                    code: "unreachable".into(),
+                    code: crate::PeerFailure::Unreachable,
                     message: format!("no cosignature within {} s", timeout.as_secs()),
                 }),
             };
@@ -329,7 +328,7 @@ async fn ask_witness(
         if old > size {
             return Err(NodeError::Peer {
                 member: w.id.clone(),
-                code: "rollback".into(),
+                code: crate::PeerFailure::Rollback,
                 message: format!("the witness has seen size {old}, beyond our {size}"),
             });
         }
@@ -352,7 +351,7 @@ async fn ask_witness(
             409 => {
                 old = String::from_utf8_lossy(&resp.body).trim().parse().map_err(|_| NodeError::Peer {
                     member: w.id.clone(),
-                    code: "bad_conflict".into(),
+                    code: crate::PeerFailure::BadConflict,
                     message: "a 409 answer without a size".into(),
                 })?;
                 node.log.set_witness_progress(&w.id, old)?;
@@ -360,7 +359,7 @@ async fn ask_witness(
             status => {
                 return Err(NodeError::Peer {
                     member: w.id.clone(),
-                    code: format!("http_{status}"),
+                    code: crate::PeerFailure::Status(status),
                     message: String::from_utf8_lossy(&resp.body).trim().to_owned(),
                 });
             }
@@ -368,7 +367,7 @@ async fn ask_witness(
     }
     Err(NodeError::Peer {
         member: w.id.clone(),
-        code: "conflict".into(),
+        code: crate::PeerFailure::Conflict,
         message: "the witness's size kept moving".into(),
     })
 }
@@ -402,7 +401,7 @@ fn take_cosignature(
     if verifier.verify(&cosigned)?.is_none() {
         return Err(NodeError::Peer {
             member: w.id.clone(),
-            code: "no_cosignature".into(),
+            code: crate::PeerFailure::NoCosignature,
             message: "the witness answered without its cosignature".into(),
         });
     }

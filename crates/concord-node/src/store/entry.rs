@@ -306,7 +306,7 @@ pub struct RefusalCount {
 impl LogEntry {
     /// The entry as the log stores it: one JSON object tagged by `kind`.
     pub fn to_bytes(&self) -> Result<Vec<u8>, NodeError> {
-        serde_json::to_vec(self).map_err(|e| NodeError::State(format!("log entry: {e}")))
+        serde_json::to_vec(self).map_err(|source| NodeError::Encode { what: "a log entry", source })
     }
 
     /// Reads an entry from its JSON bytes; anything else is a bad request.

@@ -205,7 +205,7 @@ impl State {
     pub fn open(path: &Path) -> Result<Self, NodeError> {
         crate::store::files::private_database(path)?;
         let conn = Connection::open(path)
-            .map_err(|e| NodeError::State(format!("cannot open state database {}: {e}", path.display())))?;
+            .map_err(|source| NodeError::DatabaseOpen { path: path.display().to_string(), source })?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
@@ -387,7 +387,7 @@ impl State {
                     d.policy,
                     d.rows as i64,
                     d.added_at,
-                    serde_json::to_string(&d.csv).map_err(|e| NodeError::Internal(e.to_string()))?
+                    serde_json::to_string(&d.csv).map_err(|source| NodeError::Encode { what: "a dataset's CSV options", source })?
                 ],
             )
             .map_err(db)?;

@@ -104,7 +104,7 @@ fn db(e: rusqlite::Error) -> NodeError {
 fn open(path: &Path) -> Result<Connection, NodeError> {
     crate::store::files::private_database(path)?;
     let conn = Connection::open(path)
-        .map_err(|e| NodeError::State(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|source| NodeError::DatabaseOpen { path: path.display().to_string(), source })?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
@@ -211,12 +211,10 @@ impl Log {
         let reply: Reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.sender
-            .send(Request { entry, reply })
-            .map_err(|_| NodeError::State("the log writer has stopped".into()))?;
+        self.sender.send(Request { entry, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
         let index = rx
             .await
-            .map_err(|_| NodeError::State("the log writer has stopped".into()))?
+            .map_err(|_| NodeError::Stopped("the log writer"))?
             .map_err(|e| NodeError::State(format!("log append failed: {e}")))?;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.append_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -240,11 +238,9 @@ impl Log {
         let reply: Reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.sender
-            .send(Request { entry, reply })
-            .map_err(|_| NodeError::State("the log writer has stopped".into()))?;
+        self.sender.send(Request { entry, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
         rx.recv()
-            .map_err(|_| NodeError::State("the log writer has stopped".into()))?
+            .map_err(|_| NodeError::Stopped("the log writer"))?
             .map_err(|e| NodeError::State(format!("log append failed: {e}")))
     }
 
@@ -523,7 +519,8 @@ impl Log {
         members: &std::collections::BTreeSet<String>,
         max: usize,
     ) -> Result<(Vec<Mismatch>, Vec<Mismatch>), NodeError> {
-        let set = serde_json::to_string(members).map_err(|e| NodeError::State(e.to_string()))?;
+        let set = serde_json::to_string(members)
+            .map_err(|source| NodeError::Encode { what: "a reconciliation's member set", source })?;
         self.with_reader(|c| {
             let mut mismatches = made_without_release(c, &set, max)?;
             mismatches.extend(released_without_request(c, &set, max)?);
