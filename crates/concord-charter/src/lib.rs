@@ -409,6 +409,13 @@ impl Charter {
     /// Checks the whole version: federation name, members and keys, threshold, witness quorum, schemas.
     pub fn validate(&self) -> Result<(), CharterError> {
         check_federation_name(&self.federation)?;
+        self.check_numbers()?;
+        self.check_members()?;
+        self.check_schemas()
+    }
+
+    /// Checks that there are members, that the version chain is sound and that the counts fit them.
+    fn check_numbers(&self) -> Result<(), CharterError> {
         if self.members.is_empty() {
             return Err(CharterError::Invalid { what: "charter", reason: "it has no members".into() });
         }
@@ -440,6 +447,11 @@ impl Charter {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Checks each member card, its key name, and that no id or TLS key appears twice.
+    fn check_members(&self) -> Result<(), CharterError> {
         let mut ids = std::collections::BTreeSet::new();
         let mut pins = std::collections::BTreeSet::new();
         for m in &self.members {
@@ -464,6 +476,11 @@ impl Charter {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Checks each shared schema, and that no schema name appears twice.
+    fn check_schemas(&self) -> Result<(), CharterError> {
         let mut names = std::collections::BTreeSet::new();
         for s in &self.schemas {
             s.validate()?;

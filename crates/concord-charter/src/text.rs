@@ -118,66 +118,10 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     let witness_quorum = number(n, "witness quorum", quorum)?;
     let (n, min_group) = lines.field("min-group-size", "")?;
     let min_group_size = number(n, "minimum group size", min_group)?;
-    let cross_borders = if lines.next_is("cross-borders ") {
-        let (n, c) = lines.field("cross-borders", "")?;
-        CrossBorders::parse(c).ok_or_else(|| {
-            Lines::err(n, format!("cross-borders {c:?} is not public, general or important"))
-        })?
-    } else {
-        CrossBorders::default()
-    };
-    let access_notes = if lines.next_is("access-notes ") {
-        let (n, v) = lines.field("access-notes", "")?;
-        AccessNotes::parse(v)
-            .ok_or_else(|| Lines::err(n, format!("access-notes {v:?} is not parties or public")))?
-    } else {
-        AccessNotes::default()
-    };
-    let mut members = Vec::new();
-    while lines.next_is("member ") {
-        let (_, id) = lines.field("member", "")?;
-        members.push(MemberCard {
-            id: id.to_owned(),
-            name: lines.field("name", "  ")?.1.to_owned(),
-            jurisdiction: lines.field("jurisdiction", "  ")?.1.to_owned(),
-            vkey: lines.field("vkey", "  ")?.1.to_owned(),
-            witness_vkey: lines.field("witness", "  ")?.1.to_owned(),
-            tls_pin: lines.field("tls-pin", "  ")?.1.to_owned(),
-            peer_endpoint: lines.field("endpoint", "  ")?.1.to_owned(),
-        });
-    }
-    let mut schemas = Vec::new();
-    while lines.next_is("schema ") {
-        let (n, head) = lines.field("schema", "")?;
-        let (name, version) =
-            head.split_once(' ').ok_or_else(|| Lines::err(n, "expected `schema <name> <version>`"))?;
-        let mut columns = Vec::new();
-        while lines.next_is("  column ") {
-            let (n, col) = lines.field("column", "  ")?;
-            let parts: Vec<&str> = col.split(' ').collect();
-            let personal = match parts.get(2) {
-                None => false,
-                Some(&"personal") if parts.len() == 3 => true,
-                _ => return Err(Lines::err(n, "expected `column <name> <type> [personal]`")),
-            };
-            columns.push(SchemaColumn {
-                name: parts[0].to_owned(),
-                ty: ColumnType::parse(parts.get(1).copied().unwrap_or(""))?,
-                personal,
-            });
-        }
-        let privacy_unit = if lines.next_is("  privacy-unit ") {
-            Some(lines.field("privacy-unit", "  ")?.1.to_owned())
-        } else {
-            None
-        };
-        schemas.push(SharedSchema {
-            name: name.to_owned(),
-            version: number(n, "schema version", version)?,
-            columns,
-            privacy_unit,
-        });
-    }
+    let cross_borders = parse_cross_borders(&mut lines)?;
+    let access_notes = parse_access_notes(&mut lines)?;
+    let members = parse_members(&mut lines)?;
+    let schemas = parse_schemas(&mut lines)?;
     if let Some((n, l)) = lines.inner.next() {
         return Err(Lines::err(n, format!("unexpected line {l:?}")));
     }
@@ -192,5 +136,93 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
         access_notes,
         members,
         schemas,
+    })
+}
+
+/// Reads the optional `cross-borders` line; without it, the default.
+fn parse_cross_borders(lines: &mut Lines<'_>) -> Result<CrossBorders, CharterError> {
+    Ok(if lines.next_is("cross-borders ") {
+        let (n, c) = lines.field("cross-borders", "")?;
+        CrossBorders::parse(c).ok_or_else(|| {
+            Lines::err(n, format!("cross-borders {c:?} is not public, general or important"))
+        })?
+    } else {
+        CrossBorders::default()
+    })
+}
+
+/// Reads the optional `access-notes` line; without it, the default.
+fn parse_access_notes(lines: &mut Lines<'_>) -> Result<AccessNotes, CharterError> {
+    Ok(if lines.next_is("access-notes ") {
+        let (n, v) = lines.field("access-notes", "")?;
+        AccessNotes::parse(v)
+            .ok_or_else(|| Lines::err(n, format!("access-notes {v:?} is not parties or public")))?
+    } else {
+        AccessNotes::default()
+    })
+}
+
+/// Reads the `member` blocks, each an id line followed by its six indented fields.
+fn parse_members(lines: &mut Lines<'_>) -> Result<Vec<MemberCard>, CharterError> {
+    let mut members = Vec::new();
+    while lines.next_is("member ") {
+        let (_, id) = lines.field("member", "")?;
+        members.push(MemberCard {
+            id: id.to_owned(),
+            name: lines.field("name", "  ")?.1.to_owned(),
+            jurisdiction: lines.field("jurisdiction", "  ")?.1.to_owned(),
+            vkey: lines.field("vkey", "  ")?.1.to_owned(),
+            witness_vkey: lines.field("witness", "  ")?.1.to_owned(),
+            tls_pin: lines.field("tls-pin", "  ")?.1.to_owned(),
+            peer_endpoint: lines.field("endpoint", "  ")?.1.to_owned(),
+        });
+    }
+    Ok(members)
+}
+
+/// Reads the `schema` blocks that follow the members.
+fn parse_schemas(lines: &mut Lines<'_>) -> Result<Vec<SharedSchema>, CharterError> {
+    let mut schemas = Vec::new();
+    while lines.next_is("schema ") {
+        schemas.push(parse_schema(lines)?);
+    }
+    Ok(schemas)
+}
+
+/// Reads one `schema` block: its head line, its columns and its optional privacy unit.
+fn parse_schema(lines: &mut Lines<'_>) -> Result<SharedSchema, CharterError> {
+    let (n, head) = lines.field("schema", "")?;
+    let (name, version) =
+        head.split_once(' ').ok_or_else(|| Lines::err(n, "expected `schema <name> <version>`"))?;
+    let mut columns = Vec::new();
+    while lines.next_is("  column ") {
+        columns.push(parse_column(lines)?);
+    }
+    let privacy_unit = if lines.next_is("  privacy-unit ") {
+        Some(lines.field("privacy-unit", "  ")?.1.to_owned())
+    } else {
+        None
+    };
+    Ok(SharedSchema {
+        name: name.to_owned(),
+        version: number(n, "schema version", version)?,
+        columns,
+        privacy_unit,
+    })
+}
+
+/// Reads one `  column <name> <type> [personal]` line of a schema block.
+fn parse_column(lines: &mut Lines<'_>) -> Result<SchemaColumn, CharterError> {
+    let (n, col) = lines.field("column", "  ")?;
+    let parts: Vec<&str> = col.split(' ').collect();
+    let personal = match parts.get(2) {
+        None => false,
+        Some(&"personal") if parts.len() == 3 => true,
+        _ => return Err(Lines::err(n, "expected `column <name> <type> [personal]`")),
+    };
+    Ok(SchemaColumn {
+        name: parts[0].to_owned(),
+        ty: ColumnType::parse(parts.get(1).copied().unwrap_or(""))?,
+        personal,
     })
 }

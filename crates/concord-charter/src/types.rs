@@ -242,10 +242,7 @@ impl ColumnType {
 
     /// Parses a type name; the error lists every form there is.
     pub fn parse(s: &str) -> Result<Self, CharterError> {
-        let bad = |why: String| CharterError::Invalid {
-            what: "column type",
-            reason: format!("{s:?} {why}; the types are {FORMS}"),
-        };
+        let bad = |why: String| bad_type(s, why);
         if let Some((_, t)) = PLAIN.iter().find(|(n, _)| *n == s) {
             return Ok(t.clone());
         }
@@ -253,33 +250,10 @@ impl ColumnType {
             return Err(bad("is not a column type".into()));
         };
         let args: Vec<&str> = args.split(',').collect();
-        let unit = |a: &str, allowed: &[TimeUnit]| {
-            TimeUnit::parse(a).filter(|u| allowed.contains(u)).ok_or_else(|| {
-                bad(format!(
-                    "has unit {a:?}; use one of {}",
-                    allowed.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
-                ))
-            })
-        };
+        let unit = |a: &str, allowed: &[TimeUnit]| parse_time_unit(s, a, allowed);
         use TimeUnit::*;
         Ok(match (head, args.as_slice()) {
-            ("decimal" | "decimal256", [p, sc]) => {
-                let max = if head == "decimal" { 38 } else { 76 };
-                let precision: u8 =
-                    p.parse().map_err(|_| bad(format!("has precision {p:?}, not a number")))?;
-                let scale: u8 = sc.parse().map_err(|_| bad(format!("has scale {sc:?}, not a number")))?;
-                if !(1..=max).contains(&precision) {
-                    return Err(bad(format!("has precision {precision}; {head} takes 1 to {max}")));
-                }
-                if scale > precision {
-                    return Err(bad(format!("has scale {scale} above its precision {precision}")));
-                }
-                if head == "decimal" {
-                    Self::Decimal128 { precision, scale }
-                } else {
-                    Self::Decimal256 { precision, scale }
-                }
-            }
+            ("decimal" | "decimal256", [p, sc]) => Self::parse_decimal(s, head, p, sc)?,
             ("timestamp", [u]) => Self::Timestamp { unit: unit(u, &TimeUnit::ALL)?, tz: None },
             ("timestamp", [u, tz]) => {
                 check_time_zone(tz).map_err(bad)?;
@@ -294,18 +268,43 @@ impl ColumnType {
                     .find(|i| i.as_str() == *k)
                     .ok_or_else(|| bad("has no such interval kind".into()))?,
             ),
-            ("dictionary", [k, v]) => Self::Dictionary {
-                key: DictionaryKey::ALL
-                    .into_iter()
-                    .find(|d| d.as_str() == *k)
-                    .ok_or_else(|| bad(format!("has key type {k:?}; keys are integer types")))?,
-                large: match *v {
-                    "utf8" => false,
-                    "large_utf8" => true,
-                    _ => return Err(bad(format!("has values {v:?}; dictionaries hold utf8 or large_utf8"))),
-                },
-            },
+            ("dictionary", [k, v]) => Self::parse_dictionary(s, k, v)?,
             _ => return Err(bad("is not a column type".into())),
+        })
+    }
+
+    /// Reads the precision and scale of `decimal(P,S)` or `decimal256(P,S)` in the type name `s`.
+    fn parse_decimal(s: &str, head: &str, p: &str, sc: &str) -> Result<Self, CharterError> {
+        let bad = |why: String| bad_type(s, why);
+        let max = if head == "decimal" { 38 } else { 76 };
+        let precision: u8 = p.parse().map_err(|_| bad(format!("has precision {p:?}, not a number")))?;
+        let scale: u8 = sc.parse().map_err(|_| bad(format!("has scale {sc:?}, not a number")))?;
+        if !(1..=max).contains(&precision) {
+            return Err(bad(format!("has precision {precision}; {head} takes 1 to {max}")));
+        }
+        if scale > precision {
+            return Err(bad(format!("has scale {scale} above its precision {precision}")));
+        }
+        Ok(if head == "decimal" {
+            Self::Decimal128 { precision, scale }
+        } else {
+            Self::Decimal256 { precision, scale }
+        })
+    }
+
+    /// Reads the key type and value type of `dictionary(KEY,utf8|large_utf8)` in the type name `s`.
+    fn parse_dictionary(s: &str, k: &str, v: &str) -> Result<Self, CharterError> {
+        let bad = |why: String| bad_type(s, why);
+        Ok(Self::Dictionary {
+            key: DictionaryKey::ALL
+                .into_iter()
+                .find(|d| d.as_str() == k)
+                .ok_or_else(|| bad(format!("has key type {k:?}; keys are integer types")))?,
+            large: match v {
+                "utf8" => false,
+                "large_utf8" => true,
+                _ => return Err(bad(format!("has values {v:?}; dictionaries hold utf8 or large_utf8"))),
+            },
         })
     }
 
@@ -347,6 +346,24 @@ impl ColumnType {
         v.push(Self::Dictionary { key: DictionaryKey::UInt16, large: true });
         v
     }
+}
+
+/// The error for the type name `s`, saying `why` it is wrong and listing every form there is.
+fn bad_type(s: &str, why: String) -> CharterError {
+    CharterError::Invalid { what: "column type", reason: format!("{s:?} {why}; the types are {FORMS}") }
+}
+
+/// Reads the time unit `a` of the type name `s`, which must be one of `allowed`.
+fn parse_time_unit(s: &str, a: &str, allowed: &[TimeUnit]) -> Result<TimeUnit, CharterError> {
+    TimeUnit::parse(a).filter(|u| allowed.contains(u)).ok_or_else(|| {
+        bad_type(
+            s,
+            format!(
+                "has unit {a:?}; use one of {}",
+                allowed.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })
 }
 
 /// A time zone as Arrow takes it: `UTC`, an offset `+HH:MM`, or an IANA name.

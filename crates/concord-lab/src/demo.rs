@@ -795,7 +795,7 @@ async fn access_request(alpha: &DemoMember, bravo: &DemoMember) -> String {
     let mut s = String::new();
     let ask = AccessAsk {
         dataset: format!("{}.health_cases", bravo.id),
-        actions: vec!["aggregate".into()],
+        actions: vec![concord_policy::Action::Aggregate],
         purpose: "influenza study".into(),
         legal_basis: "public health act, art. 12".into(),
         days: 30,

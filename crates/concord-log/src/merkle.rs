@@ -184,21 +184,12 @@ pub fn verify_consistency(
     root1: &[u8],
     root2: &[u8],
 ) -> Result<(), LogError> {
-    let fail = |why: &str| Err(LogError::Proof(format!("consistency proof from {size1} to {size2}: {why}")));
+    let fail = |why: &str| Err(consistency_error(size1, size2, why));
     if size1 > size2 {
         return fail("the tree shrank (a rollback)");
     }
     if size1 == size2 {
-        if !proof.is_empty() {
-            return fail("equal sizes need an empty proof");
-        }
-        if size1 == 0 && root1 != empty_root() {
-            return fail("the empty tree has another root");
-        }
-        if root1 != root2 {
-            return fail("two different roots for one size (a fork)");
-        }
-        return Ok(());
+        return verify_equal_sizes(size1, proof, root1, root2);
     }
     if size1 == 0 {
         return fail("every tree extends the empty tree; such a check proves nothing");
@@ -209,7 +200,41 @@ pub fn verify_consistency(
     let root1 = as_hash("first root", root1)?;
     let root2 = as_hash("second root", root2)?;
     let hashes = proof.iter().map(|p| as_hash("proof hash", p)).collect::<Result<Vec<_>, _>>()?;
-    let mut path: &[Hash] = &hashes;
+    let (fr, sr) = consistency_roots(size1, size2, &hashes, root1)?;
+    if fr != root1 {
+        return fail("the first root does not match");
+    }
+    if sr != root2 {
+        return fail("the second root does not match");
+    }
+    Ok(())
+}
+
+/// The error of a consistency proof from `size1` to `size2` that fails for `why`.
+fn consistency_error(size1: u64, size2: u64, why: &str) -> LogError {
+    LogError::Proof(format!("consistency proof from {size1} to {size2}: {why}"))
+}
+
+/// Checks a consistency proof between two trees of `size` leaves: no proof, and one root.
+fn verify_equal_sizes(size: u64, proof: &[Vec<u8>], root1: &[u8], root2: &[u8]) -> Result<(), LogError> {
+    let fail = |why: &str| Err(consistency_error(size, size, why));
+    if !proof.is_empty() {
+        return fail("equal sizes need an empty proof");
+    }
+    if size == 0 && root1 != empty_root() {
+        return fail("the empty tree has another root");
+    }
+    if root1 != root2 {
+        return fail("two different roots for one size (a fork)");
+    }
+    Ok(())
+}
+
+/// Recomputes the first and second roots from a non-empty proof (0 < `size1` < `size2`),
+/// refusing a proof too long or too short.
+fn consistency_roots(size1: u64, size2: u64, hashes: &[Hash], root1: Hash) -> Result<(Hash, Hash), LogError> {
+    let fail = |why: &str| Err(consistency_error(size1, size2, why));
+    let mut path: &[Hash] = hashes;
     let seed;
     if size1.is_power_of_two() {
         seed = root1;
@@ -243,13 +268,7 @@ pub fn verify_consistency(
     if s != 0 {
         return fail("the proof is too short");
     }
-    if fr != root1 {
-        return fail("the first root does not match");
-    }
-    if sr != root2 {
-        return fail("the second root does not match");
-    }
-    Ok(())
+    Ok((fr, sr))
 }
 
 /// The right edge of a tree while it grows: the roots of its complete subtrees, largest first.

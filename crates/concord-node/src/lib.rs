@@ -196,9 +196,7 @@ pub enum PeerFailure {
 impl PeerFailure {
     /// The code as it was sent, or as this node names the failure.
     pub fn from_code(code: &str) -> Self {
-        serde_json::from_value(serde_json::Value::String(code.to_owned()))
-            .map(Self::Answered)
-            .unwrap_or_else(|_| Self::UnknownCode(code.to_owned()))
+        wire::ErrorCode::parse(code).map(Self::Answered).unwrap_or_else(|| Self::UnknownCode(code.to_owned()))
     }
 }
 

@@ -83,6 +83,11 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code of this wire name, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
     /// The code as it is written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -209,13 +214,15 @@ pub struct DatasetInfo {
     /// The dataset's name on this node.
     pub name: String,
     /// `csv` or `parquet`.
-    pub format: String,
+    #[schema(value_type = String)]
+    pub format: concord_query::dataset::DatasetFormat,
     /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<String>,
     /// Number of rows, as counted when the dataset was registered.
     pub rows: u64,
     /// `public`, `general`, `important` or `core`.
-    pub classification: String,
+    #[schema(value_type = String)]
+    pub classification: concord_policy::Classification,
     /// True when the dataset's policy declares personal data.
     pub personal: bool,
     /// Hex SHA-256 of the dataset's policy file, as the log records it.
@@ -253,6 +260,15 @@ pub struct QueryResponse {
     pub missing: Vec<String>,
     /// Datasets left out because their owners do not release them to this member, with why.
     pub left_out: Vec<String>,
+}
+
+/// `GET /v1/tables`: the tables a query may name, and what could not be listed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TableList {
+    /// Shared schemas, member datasets released to this member, and this node's own tables.
+    pub tables: Vec<TableInfo>,
+    /// Members whose catalogs could not be read and tables that cannot be read now, named.
+    pub warnings: Vec<String>,
 }
 
 /// One table a query may name, as `GET /v1/tables` lists it.
@@ -438,8 +454,9 @@ pub struct PolicyTest {
 pub struct SubqueryTest {
     /// The sub-query as SQL text.
     pub sql: String,
-    /// `aggregate`, `read_rows` or `describe`; `-` when the sub-query cannot be parsed.
-    pub action: String,
+    /// `aggregate`, `read_rows` or `describe`; absent when the sub-query cannot be parsed.
+    #[schema(value_type = Option<String>)]
+    pub action: Option<concord_policy::Action>,
     /// The access decision: `allowed by ...` or `refused: ...`.
     pub access: String,
     /// `released` or `refused: ...`, after column modes and release rules.
@@ -457,7 +474,8 @@ pub struct AccessAsk {
     /// `member.dataset`.
     pub dataset: String,
     /// `aggregate`, `read_rows` or `describe`.
-    pub actions: Vec<String>,
+    #[schema(value_type = Vec<String>, example = json!(["aggregate"]))]
+    pub actions: Vec<concord_policy::Action>,
     /// Why access is asked for, one line.
     pub purpose: String,
     /// The legal basis for the access, one line.
@@ -555,8 +573,9 @@ pub struct AccessRecord {
     pub owner: String,
     /// Name of the owner's dataset asked for.
     pub dataset: String,
-    /// The actions asked for, separated by commas.
-    pub actions: String,
+    /// The actions asked for: `aggregate`, `read_rows`, `describe`.
+    #[schema(value_type = Vec<String>, example = json!(["aggregate"]))]
+    pub actions: Vec<concord_policy::Action>,
     /// Why access is asked for.
     pub purpose: String,
     /// The legal basis stated for the access.

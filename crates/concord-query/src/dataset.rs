@@ -42,6 +42,11 @@ impl DatasetFormat {
         }
     }
 
+    /// The format of this lowercase name, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Csv, Self::Parquet].into_iter().find(|f| f.as_str() == s)
+    }
+
     /// The format's lowercase name, as serialized: `csv` or `parquet`.
     pub fn as_str(self) -> &'static str {
         match self {

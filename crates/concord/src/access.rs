@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use concord_node::wire::{AccessAsk, AccessRecord, DecideRequest, Decision};
+use concord_policy::Action;
 
 use crate::ListFormat;
 use crate::connect::Connect;
@@ -22,8 +23,8 @@ pub enum AccessCommand {
         #[arg(long)]
         dataset: String,
         /// aggregate, read_rows or describe; repeat or separate with commas.
-        #[arg(long = "action", value_delimiter = ',', required = true)]
-        actions: Vec<String>,
+        #[arg(long = "action", value_delimiter = ',', required = true, value_parser = action)]
+        actions: Vec<Action>,
         /// What the data is for, in one line; queries under the grant state it.
         #[arg(long)]
         purpose: String,
@@ -95,15 +96,25 @@ fn row(r: &AccessRecord) -> String {
         r.requester,
         r.owner,
         r.dataset,
-        r.actions,
+        actions_of(r),
         r.status.as_str(),
         time(r.valid_until),
         r.purpose
     )
 }
 
+/// An action named on the command line.
+fn action(s: &str) -> Result<Action, String> {
+    Action::parse(s).map_err(|e| e.to_string())
+}
+
+/// The actions of a request, as `access list` shows them: `aggregate,read_rows`.
+fn actions_of(r: &AccessRecord) -> String {
+    r.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
+}
+
 fn decided(word: &str, r: &AccessRecord) -> Result<()> {
-    say!("{word}: request {} by {} for {}.{} ({})", r.id, r.requester, r.owner, r.dataset, r.actions);
+    say!("{word}: request {} by {} for {}.{} ({})", r.id, r.requester, r.owner, r.dataset, actions_of(r));
     say!("status {}, valid until {}", r.status, time(r.valid_until));
     Ok(())
 }
@@ -113,7 +124,14 @@ pub async fn run(command: AccessCommand) -> Result<()> {
         AccessCommand::Request { connect, dataset, actions, purpose, legal_basis, days } => {
             let ask = AccessAsk { dataset, actions, purpose, legal_basis, days };
             let r = connect.client()?.file_access_request(&ask).await?;
-            say!("filed with {}: {} on {} for {}, {}", r.owner, r.actions, r.dataset, r.purpose, r.status);
+            say!(
+                "filed with {}: {} on {} for {}, {}",
+                r.owner,
+                actions_of(&r),
+                r.dataset,
+                r.purpose,
+                r.status
+            );
             say!("access request {}", r.id);
         }
         AccessCommand::List { connect, format } => {

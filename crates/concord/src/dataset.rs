@@ -105,7 +105,7 @@ fn show(dir: PathBuf, name: &str) -> Result<()> {
         .find(|d| d.name == name)
         .ok_or_else(|| anyhow::anyhow!("no dataset {name}; `concord dataset list` shows them"))?;
     let schema = concord_query::ipc::decode_schema(&d.schema_ipc)?;
-    say!("dataset {} ({}, {} rows)", d.name, d.format, d.rows);
+    say!("dataset {} ({}, {} rows)", d.name, d.format.as_str(), d.rows);
     say!("file: {}", d.path.display());
     say!("shared schema: {}", d.shared_schema.as_deref().unwrap_or("none"));
     say!("registered: {}", d.added_at);
@@ -151,7 +151,7 @@ fn list(dir: PathBuf, format: ListFormat) -> Result<()> {
                 say!(
                     "{:<24} {:<8} {:>10}  {:<20} {:<10} {:<8} {}",
                     d.name,
-                    d.format,
+                    d.format.as_str(),
                     d.rows,
                     d.shared_schema.as_deref().unwrap_or("-"),
                     policy.classification.as_str(),
@@ -214,7 +214,7 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
             say!(
                 "registered dataset {} ({}, {} rows{}) at {}",
                 r.name,
-                r.format,
+                r.format.as_str(),
                 r.rows,
                 r.shared_schema.map(|s| format!(", conforms to {s}")).unwrap_or_default(),
                 r.path.display()

@@ -123,37 +123,10 @@ impl Filter {
 }
 
 fn show(dir: PathBuf, from: u64, filter: &Filter, format: ListFormat, raw: bool) -> Result<()> {
-    const KINDS: &[&str] = &[
-        "access_served",
-        "access_requested",
-        "access_made",
-        "refusals_counted",
-        "charter_accepted",
-        "governance_proposal",
-        "governance_vote",
-        "equivocation",
-        "dataset_registered",
-        "dataset_removed",
-        "access_request_filed",
-        "access_request_decided",
-        "policy_set",
-        "keys_set",
-        "fork_evidence",
-    ];
-    if let Some(k) = &filter.kind
-        && !KINDS.contains(&k.as_str())
-    {
-        bail!("--kind {k:?} is not a kind of entry; kinds: {}", KINDS.join(", "));
-    }
+    check_kind(filter.kind.as_deref())?;
     let nd = NodeDir::new(dir);
     nd.load_config()?;
-    let charters: Vec<SignedCharter> = nd
-        .open_state()?
-        .charter_history()?
-        .iter()
-        .map(|b| SignedCharter::parse(b))
-        .collect::<Result<_, _>>()
-        .context("the node's charter history cannot be read")?;
+    let charters = load_charters(&nd)?;
     let log = nd.open_log()?;
     let size = log.size()?;
     let mut start = from;
@@ -171,47 +144,102 @@ fn show(dir: PathBuf, from: u64, filter: &Filter, format: ListFormat, raw: bool)
     while start < size {
         let end = (start + 1024).min(size);
         for (i, bytes) in log.entries(start, end)?.iter().enumerate() {
-            let index = start + i as u64;
-            let Ok(entry) = LogEntry::from_bytes(bytes) else {
-                say!("{index:>7}  (not a Concord entry: {} bytes)", bytes.len());
-                continue;
-            };
-            let described = entry.describe();
-            if !filter.keeps(&described) {
-                continue;
-            }
-            if raw {
-                say!("{index:>7}  {}", serde_json::to_string(&entry)?);
-                continue;
-            }
-            let receipt_verified = match &entry {
-                LogEntry::AccessMade { owner, receipt, .. } => Some(receipt_holds(&charters, owner, receipt)),
-                _ => None,
-            };
-            let shown = Shown { index, time: time(described.time), entry: described, receipt_verified };
-            match format {
-                ListFormat::Json => say!("{}", serde_json::to_string(&shown)?),
-                ListFormat::Table => {
-                    let e = &shown.entry;
-                    let mut detail = e.detail.clone();
-                    if let Some(ok) = shown.receipt_verified {
-                        detail.push_str(if ok { "; receipt verified" } else { "; RECEIPT DOES NOT VERIFY" });
-                    }
-                    say!(
-                        "{:>7}  {:<20} {:<22} {:<18} {:<16} {:<18} {}",
-                        index,
-                        shown.time,
-                        e.kind,
-                        e.parties.join(","),
-                        e.dataset.as_deref().unwrap_or("-"),
-                        e.decision.as_deref().unwrap_or("-"),
-                        detail
-                    );
-                }
-            }
+            show_entry(start + i as u64, bytes, filter, &charters, format, raw)?;
         }
         start = end;
     }
+    Ok(())
+}
+
+/// Refuses a `--kind` that names no kind of entry.
+fn check_kind(kind: Option<&str>) -> Result<()> {
+    const KINDS: &[&str] = &[
+        "access_served",
+        "access_requested",
+        "access_made",
+        "refusals_counted",
+        "charter_accepted",
+        "governance_proposal",
+        "governance_vote",
+        "equivocation",
+        "dataset_registered",
+        "dataset_removed",
+        "access_request_filed",
+        "access_request_decided",
+        "policy_set",
+        "keys_set",
+        "fork_evidence",
+    ];
+    if let Some(k) = kind
+        && !KINDS.contains(&k)
+    {
+        bail!("--kind {k:?} is not a kind of entry; kinds: {}", KINDS.join(", "));
+    }
+    Ok(())
+}
+
+/// Every charter version the node holds, parsed, oldest first.
+fn load_charters(nd: &NodeDir) -> Result<Vec<SignedCharter>> {
+    let charters: Vec<SignedCharter> = nd
+        .open_state()?
+        .charter_history()?
+        .iter()
+        .map(|b| SignedCharter::parse(b))
+        .collect::<Result<_, _>>()
+        .context("the node's charter history cannot be read")?;
+    Ok(charters)
+}
+
+/// Prints the entry at `index` if the filter keeps it: as logged, as JSON or as a table row.
+fn show_entry(
+    index: u64,
+    bytes: &[u8],
+    filter: &Filter,
+    charters: &[SignedCharter],
+    format: ListFormat,
+    raw: bool,
+) -> Result<()> {
+    let Ok(entry) = LogEntry::from_bytes(bytes) else {
+        say!("{index:>7}  (not a Concord entry: {} bytes)", bytes.len());
+        return Ok(());
+    };
+    let described = entry.describe();
+    if !filter.keeps(&described) {
+        return Ok(());
+    }
+    if raw {
+        say!("{index:>7}  {}", serde_json::to_string(&entry)?);
+        return Ok(());
+    }
+    let receipt_verified = match &entry {
+        LogEntry::AccessMade { owner, receipt, .. } => Some(receipt_holds(charters, owner, receipt)),
+        _ => None,
+    };
+    let shown = Shown { index, time: time(described.time), entry: described, receipt_verified };
+    match format {
+        ListFormat::Json => say!("{}", serde_json::to_string(&shown)?),
+        ListFormat::Table => print_row(&shown)?,
+    }
+    Ok(())
+}
+
+/// Prints one entry as a table row, its detail saying whether its receipt verifies.
+fn print_row(shown: &Shown) -> Result<()> {
+    let e = &shown.entry;
+    let mut detail = e.detail.clone();
+    if let Some(ok) = shown.receipt_verified {
+        detail.push_str(if ok { "; receipt verified" } else { "; RECEIPT DOES NOT VERIFY" });
+    }
+    say!(
+        "{:>7}  {:<20} {:<22} {:<18} {:<16} {:<18} {}",
+        shown.index,
+        shown.time,
+        e.kind,
+        e.parties.join(","),
+        e.dataset.as_deref().unwrap_or("-"),
+        e.decision.as_deref().unwrap_or("-"),
+        detail
+    );
     Ok(())
 }
 

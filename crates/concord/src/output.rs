@@ -275,7 +275,7 @@ pub fn explain_policy_test(report: &PolicyTest) -> String {
     );
     for q in &report.subqueries {
         s.push_str(&format!("\nsub-query: {}\n", q.sql));
-        s.push_str(&format!("  action {}: {}\n", q.action, q.access));
+        s.push_str(&format!("  action {}: {}\n", q.action.map_or("-", |a| a.as_str()), q.access));
         for l in &q.lines {
             s.push_str(&format!("  {l}\n"));
         }

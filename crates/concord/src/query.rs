@@ -75,11 +75,14 @@ pub struct TablesArgs {
 
 pub async fn tables(a: TablesArgs) -> Result<()> {
     let list = a.connect.client()?.tables().await?;
+    for w in &list.warnings {
+        eprintln!("warning: {w}");
+    }
     match a.format {
         ListFormat::Json => say!("{}", serde_json::to_string_pretty(&list)?),
         ListFormat::Table => {
             say!("{:<36} {:<15} columns", "table", "kind");
-            for t in &list {
+            for t in &list.tables {
                 let cols: Vec<String> =
                     t.columns.iter().map(|c| format!("{} {}", c.name, c.sql_type)).collect();
                 say!("{:<36} {:<15} {}", t.name, t.kind.as_str(), cols.join(", "));

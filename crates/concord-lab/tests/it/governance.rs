@@ -447,6 +447,16 @@ async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_and_le
     // Delta is down during the vote.
     let delta = fed.nodes.remove(3);
     delta.stop().await;
+    // The tables alpha's analysts may name: delta's are missing, and the list says so.
+    let list = fed.nodes[0].node.tables().await.expect("tables");
+    assert!(
+        list.warnings.iter().any(|w| w.contains("delta's catalog could not be read")),
+        "{:?}",
+        list.warnings
+    );
+    assert_eq!(list.warnings.len(), 1, "{:?}", list.warnings);
+    let names: Vec<&str> = list.tables.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"echo.cases") && !names.contains(&"delta.cases"), "{names:?}");
     let charlie = fed.nodes[2].node.clone();
     let new_port = crate::support::free_ports(1);
     let moved = format!("127.0.0.1:{new_port}");

@@ -59,7 +59,7 @@ fn served(fed: &Fed, owner: &str, request_id: &str) -> Vec<(String, Option<Strin
         .filter_map(|e| match e {
             LogEntry::AccessServed { request_id: id, decision, notes, .. } if id == request_id => {
                 assert!(notes.is_none(), "the log holds no notes unless the charter makes them public");
-                Some((decision, reason.clone()))
+                Some((decision.to_string(), reason.clone()))
             }
             _ => None,
         })

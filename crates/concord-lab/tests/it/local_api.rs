@@ -51,6 +51,7 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
     the_log_and_audits(&auditor).await;
     policy_test_and_access_request(&analyst, &steward_b).await;
     governance_adopts_version_2(&delegate, &analyst, b).await;
+    a_burst_of_table_lists_reads_each_catalog_once(&analyst, b).await;
     let stranger = one_error_shape(a).await;
     every_route_documented(&stranger).await;
     fed.stop().await;
@@ -63,7 +64,8 @@ async fn who_and_what(analyst: &LocalClient) {
     assert_eq!((status.member.as_str(), status.role, status.charter_version), ("alpha", Role::Analyst, 1));
     assert_eq!(status.members, ["alpha", "bravo", "charlie"]);
     let tables = analyst.tables().await.expect("tables");
-    let kind = |n: &str| tables.iter().find(|t| t.name == n).map(|t| t.kind);
+    assert!(tables.warnings.is_empty(), "{:?}", tables.warnings);
+    let kind = |n: &str| tables.tables.iter().find(|t| t.name == n).map(|t| t.kind);
     assert_eq!(kind("cases"), Some(TableKind::Federated));
     assert_eq!(kind("bravo.cases"), Some(TableKind::MemberDataset));
     assert_eq!(kind("local.cases"), Some(TableKind::Local));
@@ -126,15 +128,17 @@ async fn policy_test_and_access_request(analyst: &LocalClient, steward_b: &Local
     };
     let test = steward_b.policy_test(&t).await.expect("policy test");
     assert_eq!((test.requester.as_str(), test.subqueries.len()), ("alpha", 1));
+    assert_eq!(test.subqueries[0].action, Some(concord_policy::Action::Aggregate));
     let ask = AccessAsk {
         dataset: "bravo.cases".into(),
-        actions: vec!["aggregate".into()],
+        actions: vec![concord_policy::Action::Aggregate],
         purpose: "flu".into(),
         legal_basis: "charter".into(),
         days: 7,
     };
     let filed = analyst.file_access_request(&ask).await.expect("filed");
     assert_eq!((filed.direction, filed.status), (Direction::Out, AccessStatus::Pending));
+    assert_eq!(filed.actions, [concord_policy::Action::Aggregate]);
     let inbox = steward_b.access_requests().await.expect("inbox");
     assert!(inbox.iter().any(|r| r.id == filed.id && r.direction == Direction::In));
     let approved = steward_b
@@ -187,6 +191,32 @@ async fn governance_adopts_version_2(delegate: &LocalClient, analyst: &LocalClie
     assert_eq!(code(analyst.leave().await), (403, ErrorCode::Forbidden), "leaving needs a delegate");
 }
 
+/// Sixteen `GET /v1/tables` at once, right after version 2 emptied alpha's catalog cache: bravo
+/// is asked for its catalog once, not sixteen times.
+async fn a_burst_of_table_lists_reads_each_catalog_once(analyst: &LocalClient, b: &DemoMember) {
+    let bravo = LocalClient::new(&b.local_url, &b.operator_token);
+    let served = || async {
+        let text = bravo.metrics().await.expect("metrics");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("concord_catalogs_served_total{member=\"bravo\"}"))
+            .unwrap_or_else(|| panic!("no catalog counter in {text}"))
+            .to_owned();
+        line.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).expect("a count")
+    };
+    let before = served().await;
+    let lists = futures::future::join_all((0..16).map(|_| analyst.tables())).await;
+    for l in lists {
+        let l = l.expect("tables");
+        assert!(
+            l.warnings.is_empty() && l.tables.iter().any(|t| t.name == "bravo.cases"),
+            "{:?}",
+            l.warnings
+        );
+    }
+    assert_eq!(served().await - before, 1, "one read of bravo's catalog served the burst");
+}
+
 /// One error shape for a malformed body, a bad parameter and an unknown token; returns that client.
 async fn one_error_shape(a: &DemoMember) -> LocalClient {
     // One error shape, whatever the route: a malformed body, an unknown token.
@@ -212,6 +242,24 @@ async fn one_error_shape(a: &DemoMember) -> LocalClient {
     .expect("answers");
     let body: ErrorBody = serde_json::from_slice(&raw.body).expect("the error shape for a bad parameter");
     assert_eq!((raw.status, body.error.code), (400, ErrorCode::BadRequest));
+    // An action that does not exist is named, with the ones that do.
+    let ask = br#"{"dataset": "bravo.cases", "actions": ["delete"], "purpose": "p", "legal_basis": "l"}"#;
+    let raw = concord_node::net::client::local_request(
+        &a.local_url,
+        "POST",
+        "/v1/access/requests",
+        Some(&a.analyst_token),
+        ask.to_vec(),
+    )
+    .await
+    .expect("answers");
+    let body: ErrorBody = serde_json::from_slice(&raw.body).expect("the error shape for an unknown action");
+    assert_eq!((raw.status, body.error.code), (400, ErrorCode::BadRequest));
+    assert!(
+        body.error.message.contains("delete") && body.error.message.contains("read_rows"),
+        "{}",
+        body.error.message
+    );
     let stranger = LocalClient::new(&a.local_url, "concord_nobody");
     assert_eq!(code(stranger.status().await), (401, ErrorCode::Unauthorized));
     stranger

@@ -240,7 +240,7 @@ async fn approved_and_logged(fed: &Fed, id: &str, sql: &str) {
             "{who}"
         );
         assert!(
-            e.iter().any(|x| matches!(x, LogEntry::AccessRequestDecided { request_id, decision, .. } if *request_id == id && decision == "approved")),
+            e.iter().any(|x| matches!(x, LogEntry::AccessRequestDecided { request_id, decision, .. } if *request_id == id && *decision == concord_node::wire::AccessStatus::Approved)),
             "{who}"
         );
     }

@@ -29,7 +29,7 @@ use crate::wire::{
     AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo,
     DecideRequest, Decision, Equivocation, EvidenceItem, EvidenceKind, EvidencePage, PolicyTest,
     PolicyTestRequest, Proposals, ProposeRequest, Proposed, QueryRequest, QueryResponse, Role, Status,
-    TableInfo, VoteReport, VoteRequest,
+    TableList, VoteReport, VoteRequest,
 };
 
 /// Largest request body a local user may send.
@@ -141,8 +141,8 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<
 
 /// The tables a query may name: shared schemas, the member datasets released to this member,
 /// and this node's own tables; each with its columns as SQL types.
-#[utoipa::path(get, path = "/v1/tables", tag = "query", responses((status = 200, body = Vec<TableInfo>)))]
-async fn tables(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Vec<TableInfo>> {
+#[utoipa::path(get, path = "/v1/tables", tag = "query", responses((status = 200, body = TableList)))]
+async fn tables(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<TableList> {
     authorize(&node, &headers, &[])?;
     Ok(axum::Json(node.tables().await?))
 }
@@ -158,10 +158,10 @@ async fn datasets(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResul
         .values()
         .map(|d| DatasetInfo {
             name: d.record.name.clone(),
-            format: d.record.format.clone(),
+            format: d.record.format,
             shared_schema: d.record.shared_schema.clone(),
             rows: d.record.rows,
-            classification: d.policy.classification.as_str().to_owned(),
+            classification: d.policy.classification,
             personal: d.policy.holds_personal_data(),
             policy_sha256: d.policy.digest(),
             available: d.table.is_ok(),

@@ -158,7 +158,9 @@ async fn catalog(
     State(node): State<Arc<Node>>,
     Extension(peer): Extension<PeerId>,
 ) -> Result<Response, ErrorResponse> {
-    Ok(axum::Json(node.catalog_for(&peer.0).await.map_err(ErrorResponse)?).into_response())
+    let catalog = node.catalog_for(&peer.0).await.map_err(ErrorResponse)?;
+    node.metrics.catalog_served();
+    Ok(axum::Json(catalog).into_response())
 }
 
 async fn query(

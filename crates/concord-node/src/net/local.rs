@@ -9,7 +9,7 @@ use crate::net::client::{Response, local_request};
 use crate::wire::{
     AccessAsk, AccessRecord, AuditRequest, AuditResponse, CharterHistory, CharterView, DatasetInfo,
     DecideRequest, Decision, ErrorBody, ErrorCode, EvidencePage, PolicyTest, PolicyTestRequest, Proposals,
-    ProposeRequest, Proposed, QueryRequest, QueryResponse, Status, TableInfo, VoteReport, VoteRequest,
+    ProposeRequest, Proposed, QueryRequest, QueryResponse, Status, TableList, VoteReport, VoteRequest,
 };
 
 /// Why a call to the local API failed.
@@ -117,7 +117,7 @@ impl LocalClient {
     }
 
     /// `GET /v1/tables`.
-    pub async fn tables(&self) -> Result<Vec<TableInfo>, ClientError> {
+    pub async fn tables(&self) -> Result<TableList, ClientError> {
         self.get("/v1/tables").await
     }
 

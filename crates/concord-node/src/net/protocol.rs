@@ -598,6 +598,16 @@ impl AccessRequest {
     }
 }
 
+/// The status a signed decision may give: `approved`, `refused` or `revoked`.
+fn decided_status(s: &str) -> Result<crate::wire::AccessStatus, NodeError> {
+    use crate::wire::AccessStatus;
+    AccessStatus::parse(s)
+        .filter(|s| matches!(s, AccessStatus::Approved | AccessStatus::Refused | AccessStatus::Revoked))
+        .ok_or_else(|| {
+            NodeError::BadRequest(format!("unknown decision {s:?}: expected approved, refused or revoked"))
+        })
+}
+
 /// An owner's decision on an access request: approved (a grant for a period), refused, or a
 /// grant revoked. Signed by the owner; its reason is a detail, kept by the two parties.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -612,8 +622,9 @@ pub struct AccessDecision {
     pub requester: String,
     /// Name of the owner's dataset the request is for.
     pub dataset: String,
-    /// `approved`, `refused` or `revoked`.
-    pub decision: String,
+    /// `approved`, `refused` or `revoked` (never `pending` or `expired`: [`Self::verify`]
+    /// refuses them).
+    pub decision: crate::wire::AccessStatus,
     /// The actions the grant covers.
     pub actions: Vec<concord_policy::Action>,
     /// Start of the grant's period, in Unix seconds.
@@ -636,7 +647,7 @@ impl AccessDecision {
             self.owner,
             self.requester,
             self.dataset,
-            self.decision,
+            self.decision.as_str(),
             actions_text(&self.actions),
             self.valid_from,
             self.valid_until,
@@ -666,7 +677,7 @@ impl AccessDecision {
         let owner = f.get("owner")?.to_owned();
         let requester = f.get("requester")?.to_owned();
         let dataset = f.get("dataset")?.to_owned();
-        let decision = f.get("decision")?.to_owned();
+        let decision = decided_status(f.get("decision")?)?;
         let actions = parse_actions(f.get("actions")?)?;
         let valid_from = f.number("from")?;
         let valid_until = f.number("until")?;
@@ -679,9 +690,6 @@ impl AccessDecision {
         check_salt(d.get("salt")?)?;
         let reason = d.get("reason")?.to_owned();
         d.end()?;
-        if !matches!(decision.as_str(), "approved" | "refused" | "revoked") {
-            return Err(NodeError::BadRequest(format!("unknown decision {decision:?}")));
-        }
         let d = Self {
             federation,
             request_id,

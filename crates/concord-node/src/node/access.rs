@@ -38,7 +38,7 @@ fn record_of(r: &AccessRequest, direction: Direction) -> AccessRecord {
         requester: r.requester.clone(),
         owner: r.owner.clone(),
         dataset: r.dataset.clone(),
-        actions: r.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(","),
+        actions: r.actions.clone(),
         purpose: r.purpose.clone(),
         legal_basis: r.legal_basis.clone(),
         valid_from: r.valid_from,
@@ -92,7 +92,7 @@ fn decided_entry(
         requester: d.requester.clone(),
         owner: d.owner.clone(),
         dataset: d.dataset.clone(),
-        decision: d.decision.clone(),
+        decision: d.decision,
         valid_until: d.valid_until,
         decision_note: b64(&note.to_bytes()),
         notes: Notes::public(charter, Some(details), None, None),
@@ -120,11 +120,12 @@ impl Node {
         if ask.days == 0 || ask.days > MAX_DAYS {
             return Err(NodeError::BadRequest(format!("the period must be from 1 to {MAX_DAYS} days")));
         }
-        let actions = ask
-            .actions
-            .iter()
-            .map(|a| Action::parse(a).map_err(|e| NodeError::BadRequest(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut actions: Vec<Action> = Vec::new();
+        for a in &ask.actions {
+            if !actions.contains(a) {
+                actions.push(*a);
+            }
+        }
         if actions.is_empty() {
             return Err(NodeError::BadRequest(
                 "name at least one action: aggregate, read_rows, describe".into(),
@@ -243,12 +244,8 @@ impl Node {
     /// Why a grant of `actions` on `d` to the request's requester, for its purpose, could never
     /// be used: the baseline or the Cedar rules would refuse every query even with it, or no
     /// column could be read as rows.
-    fn unusable_grant(
-        &self,
-        d: &super::LoadedDataset,
-        record: &AccessRecord,
-        actions: &[Action],
-    ) -> Option<String> {
+    fn unusable_grant(&self, d: &super::LoadedDataset, record: &AccessRecord) -> Option<String> {
+        let actions = &record.actions;
         let ctx = concord_policy::AccessContext {
             requester: record.requester.clone(),
             purpose: record.purpose.clone(),
@@ -296,14 +293,14 @@ impl Node {
         }
         let now = chrono::Utc::now().timestamp();
         let (from, until) = granted_period(id, &record, decision, days, now)?;
-        let actions = record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect::<Vec<_>>();
+        let actions = record.actions.clone();
         let d = AccessDecision {
             federation: self.federation().to_owned(),
             request_id: id.to_owned(),
             owner: self.cfg.member.clone(),
             requester: record.requester.clone(),
             dataset: record.dataset.clone(),
-            decision: status.as_str().to_owned(),
+            decision: status,
             actions,
             valid_from: from,
             valid_until: until,
@@ -354,16 +351,14 @@ impl Node {
 
     /// Refuses an approval whose grant the dataset's policy would never honour.
     async fn check_usable_grant(&self, record: &AccessRecord) -> Result<(), NodeError> {
-        if let Some(d) = self.datasets().await?.map.get(&record.dataset) {
-            let actions: Vec<Action> =
-                record.actions.split(',').filter_map(|a| Action::parse(a).ok()).collect();
-            if let Some(why) = self.unusable_grant(d, record, &actions) {
-                return Err(NodeError::Conflict(format!(
-                    "no grant can release {} to {} as asked: {why}. Refuse the request instead (with this reason), or \
-                     change the policy first",
-                    record.dataset, record.requester
-                )));
-            }
+        if let Some(d) = self.datasets().await?.map.get(&record.dataset)
+            && let Some(why) = self.unusable_grant(d, record)
+        {
+            return Err(NodeError::Conflict(format!(
+                "no grant can release {} to {} as asked: {why}. Refuse the request instead (with this reason), or \
+                 change the policy first",
+                record.dataset, record.requester
+            )));
         }
         Ok(())
     }
@@ -420,9 +415,7 @@ impl Node {
                     d.request_id
                 ))
             })?;
-        let status = AccessStatus::parse(&d.decision)
-            .filter(|s| matches!(s, AccessStatus::Approved | AccessStatus::Refused | AccessStatus::Revoked))
-            .ok_or_else(|| NodeError::BadRequest(format!("unknown decision {:?}", d.decision)))?;
+        let status = d.decision;
         let already = match status {
             AccessStatus::Revoked => record.status == AccessStatus::Revoked,
             _ => record.status != AccessStatus::Pending,

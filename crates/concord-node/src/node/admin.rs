@@ -260,7 +260,7 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
     let record = DatasetRecord {
         name: name.to_owned(),
         path,
-        format: format.as_str().to_owned(),
+        format,
         shared_schema: shared.map(|s| s.name),
         schema_ipc: concord_query::ipc::encode_schema(&table.schema())?,
         policy: policy.source.clone(),
@@ -554,7 +554,7 @@ pub fn policy_set(dir: &NodeDir, dataset: &str, file: &Path) -> Result<Policy, N
         time: now(),
         dataset: dataset.to_owned(),
         policy_sha256: format!("sha256:{}", policy.digest()),
-        classification: policy.classification.as_str().to_owned(),
+        classification: policy.classification,
     };
     // Logged first: a policy in force always has its entry, even if the write below fails.
     dir.open_log()?.append_blocking(entry.to_bytes()?)?;

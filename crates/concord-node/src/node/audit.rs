@@ -28,9 +28,9 @@ use crate::NodeError;
 use crate::net::client::{Budget, peer_call_with};
 use crate::net::protocol::{ReleaseReceipt, RequestFacts, SignedRequest, commitment, reason_commitment};
 use crate::node::Node;
-use crate::store::entry::LogEntry;
+use crate::store::entry::{LogEntry, ServedDecision};
 use crate::store::state::NoteKind;
-use crate::store::tlog::{AccessFact, AuditState};
+use crate::store::tlog::{AccessFact, AuditState, FactKind};
 
 /// Largest checkpoint read.
 const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
@@ -417,10 +417,9 @@ fn requested_fact(
     }
     Ok(Some(AccessFact {
         index,
-        kind: "requested",
+        kind: FactKind::Requested,
         request_id: request_id.clone(),
         peer: owner.clone(),
-        decision: "requested".into(),
         digest: None,
         note: Some(note),
     }))
@@ -455,16 +454,15 @@ fn served_fact(
         || r.requester != *requester
         || r.owner != member
         || r.dataset != *dataset
-        || (decision == "released") != release.is_some()
+        || decision.released() != release.is_some()
     {
         return Err(differs());
     }
     Ok(Some(AccessFact {
         index,
-        kind: "served",
+        kind: FactKind::Served(*decision),
         request_id: request_id.clone(),
         peer: requester.clone(),
-        decision: decision.clone(),
         digest: release.clone().or_else(|| reason.clone()),
         note: Some(note),
     }))
@@ -494,10 +492,9 @@ fn made_fact(
     }
     Ok(Some(AccessFact {
         index,
-        kind: "made",
+        kind: FactKind::Made,
         request_id: request_id.clone(),
         peer: owner.clone(),
-        decision: "made".into(),
         digest: Some(release.clone()),
         note: None,
     }))
@@ -528,9 +525,9 @@ fn check_notes(
         // one it refused. A request its peer logged may never have reached it, and a release may
         // never have come back.
         let own = member == me;
-        let requester = if f.kind == "served" { f.peer.as_str() } else { member };
-        let request_needed = own || f.kind != "requested";
-        let release_needed = own || f.kind == "made";
+        let requester = if matches!(f.kind, FactKind::Served(_)) { f.peer.as_str() } else { member };
+        let request_needed = own || f.kind != FactKind::Requested;
+        let release_needed = own || f.kind == FactKind::Made;
         let request = node.state.notes(&f.request_id, requester, NoteKind::Request)?;
         let signed = request.as_deref().map(SignedRequest::from_bytes);
         let request_found = check_request_note(f, &signed, request_needed);
@@ -575,8 +572,8 @@ fn check_outcome_note(
     release_needed: bool,
     signed: &Option<Result<SignedRequest, NodeError>>,
 ) -> Result<NoteCheck, NodeError> {
-    Ok(match (&f.digest, f.decision.as_str()) {
-        (Some(release), "released" | "made") => {
+    Ok(match (&f.digest, f.kind) {
+        (Some(release), FactKind::Made | FactKind::Served(ServedDecision::Released)) => {
             match node.state.notes(&f.request_id, requester, NoteKind::Release)? {
                 Some(d) if commitment(&d) == *release => Some(Ok(())),
                 Some(_) => {
@@ -906,7 +903,7 @@ mod tests {
             request_id: "0123456789abcdef0123456789abcdef".into(),
             requester: "bravo".into(),
             dataset: "cases".into(),
-            decision: "released".into(),
+            decision: ServedDecision::Released,
             request_note: B64.encode(b"not a note"),
             policy: None,
             cost: None,

@@ -395,10 +395,7 @@ impl Node {
             time: now(),
             proposal: vote.vote.proposal.clone(),
             voter: vote.vote.voter.clone(),
-            ballot: match vote.vote.ballot {
-                Ballot::Yes => "yes".into(),
-                Ballot::No => "no".into(),
-            },
+            ballot: vote.vote.ballot,
             note: wire.note.clone(),
         };
         self.log.append(entry.to_bytes()?).await?;

@@ -19,6 +19,7 @@ pub struct Metrics {
     queries_made: AtomicU64,
     query_errors: Mutex<BTreeMap<&'static str, u64>>,
     served: AtomicU64,
+    catalogs_served: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     governance: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -71,6 +72,11 @@ impl Metrics {
         self.served.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A peer's read of this node's catalog answered.
+    pub fn catalog_served(&self) {
+        self.catalogs_served.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A peer's request refused with `code`.
     pub fn refused(&self, code: &'static str) {
         bump(&self.refused, code);
@@ -107,8 +113,15 @@ impl Text {
 impl Node {
     /// The node's metrics in Prometheus' text format 0.0.4.
     pub fn metrics_text(&self) -> Result<String, NodeError> {
-        let m = &self.metrics;
         let mut t = Text(String::new());
+        self.counters(&mut t);
+        self.gauges(&mut t)?;
+        Ok(t.0)
+    }
+
+    /// The counters since the node started.
+    fn counters(&self, t: &mut Text) {
+        let m = &self.metrics;
         let member = self.cfg.member.as_str();
         t.family("concord_queries_made_total", "counter", "Analysts' queries this node answered.");
         t.sample("concord_queries_made_total", &[("member", member)], m.queries_made.load(Ordering::Relaxed));
@@ -130,6 +143,17 @@ impl Node {
         for (kind, n) in snapshot(&m.governance) {
             t.sample("concord_governance_events_total", &[("member", member), ("event", kind)], n);
         }
+        t.family("concord_catalogs_served_total", "counter", "Peers' reads of this node's catalog answered.");
+        t.sample(
+            "concord_catalogs_served_total",
+            &[("member", member)],
+            m.catalogs_served.load(Ordering::Relaxed),
+        );
+    }
+
+    /// The gauges, read now: log size, witness lag, append latency, budget spent, version.
+    fn gauges(&self, t: &mut Text) -> Result<(), NodeError> {
+        let member = self.cfg.member.as_str();
         let size = self.log.size()?;
         let published = self.log.published_checkpoint()?.map_or(0, |(s, _)| s);
         t.family("concord_log_entries", "gauge", "Entries in this node's transparency log.");
@@ -158,6 +182,6 @@ impl Node {
         }
         t.family("concord_charter_version", "gauge", "The charter version in force.");
         t.sample("concord_charter_version", &[("member", member)], self.charter_version());
-        Ok(t.0)
+        Ok(())
     }
 }

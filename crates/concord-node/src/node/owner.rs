@@ -18,8 +18,9 @@ use crate::net::protocol::{
     reason_commitment, result_digest,
 };
 use crate::node::Node;
-use crate::store::entry::{LogEntry, Notes};
+use crate::store::entry::{LogEntry, Notes, ServedDecision};
 use crate::store::state::NoteKind;
+use crate::wire::ErrorCode;
 
 /// Largest query request body (note and details, base64 in JSON): its note is kept in a log
 /// entry of at most 64 KiB, and its details in the entry too where notes are public.
@@ -423,7 +424,7 @@ async fn release_answer(
     let charter = node.charter();
     let entry = served_entry(
         signed,
-        "released".into(),
+        ServedDecision::Released,
         Some(policy.clone()),
         Commitments { cost: Some(cost.clone()), release: Some(release.clone()), reason: None },
         Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
@@ -480,7 +481,7 @@ struct Commitments {
 /// commits to.
 fn served_entry(
     signed: &SignedRequest,
-    decision: String,
+    decision: ServedDecision,
     policy: Option<String>,
     c: Commitments,
     notes: Option<Notes>,
@@ -651,14 +652,14 @@ pub fn error_class(detail: &str) -> String {
 
 /// What may cross the border of an error: a code and a reason without values from the data, and
 /// the decision to log. The detail stays on this node, in its own log output, as a class only.
-fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeError) {
-    let code = e.code().as_str().to_owned();
+fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision, NodeError) {
+    let code = e.code();
     match e {
         NodeError::Query(QueryError::Execution(detail)) => {
             let class = error_class(&detail);
             tracing::warn!(request = %request_id, %class, "sub-query failed while running");
             (
-                format!("failed:{code}"),
+                ServedDecision::Failed(code),
                 NodeError::Query(QueryError::Execution(format!(
                     "the sub-query failed while {owner} ran it ({class}); the detail stays with {owner}"
                 ))),
@@ -667,7 +668,7 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeErr
         NodeError::Query(QueryError::Dataset { name, .. }) => {
             tracing::warn!(request = %request_id, dataset = %name, "dataset unavailable for a sub-query");
             (
-                format!("failed:{code}"),
+                ServedDecision::Failed(code),
                 NodeError::Query(QueryError::Dataset {
                     name,
                     reason: format!("is unavailable on {owner} now; its stewards are told"),
@@ -680,13 +681,13 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (String, NodeErr
         | NodeError::Tls(_)
         | NodeError::Listen { .. }
         | NodeError::Peer { .. } => {
-            tracing::warn!(request = %request_id, %code, "sub-query failed on this node: {e}");
+            tracing::warn!(request = %request_id, code = code.as_str(), "sub-query failed on this node: {e}");
             (
-                "failed:internal".into(),
+                ServedDecision::Failed(ErrorCode::Internal),
                 NodeError::Internal(format!("{owner} could not answer; its operators are told")),
             )
         }
-        other => (format!("refused:{code}"), other),
+        other => (ServedDecision::Refused(code), other),
     }
 }
 
@@ -778,7 +779,7 @@ impl Node {
             Err(e) => {
                 return Ok(SubqueryTest {
                     sql,
-                    action: "-".into(),
+                    action: None,
                     access: "-".into(),
                     verdict: format!("refused: {e}"),
                     lines: vec![],
@@ -800,14 +801,7 @@ impl Node {
             Decision::Deny { reason } => (format!("refused: {reason}"), format!("refused: {reason}")),
         };
         let budget_left = self.budget_left(t.d, t.dataset, t.requester)?;
-        Ok(SubqueryTest {
-            sql,
-            action: action.as_str().to_owned(),
-            access,
-            verdict,
-            lines: explained.lines,
-            budget_left,
-        })
+        Ok(SubqueryTest { sql, action: Some(action), access, verdict, lines: explained.lines, budget_left })
     }
 
     /// The requester's privacy budget on `dataset` left, as `policy test` shows it: only under

@@ -23,7 +23,7 @@ use crate::net::protocol::{
 use crate::node::{Catalog, Node};
 use crate::store::entry::{LogEntry, Notes};
 use crate::store::state::NoteKind;
-use crate::wire::{ColumnInfo, ErrorCode, TableInfo, TableKind};
+use crate::wire::{ColumnInfo, ErrorCode, TableInfo, TableKind, TableList};
 use crate::{NodeError, PeerFailure};
 
 /// Largest catalog answer read from a member.
@@ -80,9 +80,18 @@ type CachedCatalog = (u64, Instant, Result<Arc<PeerCatalog>, String>);
 #[derive(Default)]
 pub struct CatalogCache {
     inner: Mutex<HashMap<String, CachedCatalog>>,
+    /// One lock per member, held while its catalog is read: concurrent queries (or a burst of
+    /// `GET /v1/tables`) that miss the cache wait for one read instead of each asking the member.
+    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl CatalogCache {
+    /// The lock held while `member`'s catalog is read.
+    fn reading(&self, member: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.reading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(member.to_owned()).or_default().clone()
+    }
+
     fn get(&self, member: &str, version: u64, ttl: Duration) -> Option<Result<Arc<PeerCatalog>, String>> {
         let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(member).filter(|(v, at, _)| *v == version && at.elapsed() < ttl).map(|(_, _, c)| c.clone())
@@ -201,9 +210,17 @@ impl Node {
         let cached = match self.catalogs.get(&m.id, version, ttl) {
             Some(c) => c,
             None => {
-                let read = self.read_catalog(m).await.map_err(|e| e.to_string());
-                self.catalogs.put(&m.id, version, read.clone());
-                read
+                let lock = self.catalogs.reading(&m.id);
+                let _reading = lock.lock().await;
+                // Another task may have read it while this one waited.
+                match self.catalogs.get(&m.id, version, ttl) {
+                    Some(c) => c,
+                    None => {
+                        let read = self.read_catalog(m).await.map_err(|e| e.to_string());
+                        self.catalogs.put(&m.id, version, read.clone());
+                        read
+                    }
+                }
             }
         };
         cached.map_err(|message| NodeError::Peer {
@@ -260,18 +277,40 @@ impl Node {
     pub async fn query_context(&self, sql: &str, purpose: &str) -> Result<SessionContext, NodeError> {
         let ctx = concord_query::limits::analyst_session(&self.cfg.limits.exec())?;
         let wanted = members_named(self, &ctx, sql);
-        self.fill_context(ctx, &wanted, purpose).await
+        Ok(self.fill_context(ctx, &wanted, purpose).await?.0)
     }
 
     /// The tables an analyst's query may name, each with its columns as SQL types: shared
     /// schemas, every member's datasets released to this member, this node's own tables. A
-    /// member whose catalog cannot be read is left out with a warning in the node's log.
-    pub async fn tables(&self) -> Result<Vec<TableInfo>, NodeError> {
+    /// member whose catalog cannot be read, or a table of this node that cannot be read now,
+    /// is named in the list's warnings.
+    pub async fn tables(&self) -> Result<TableList, NodeError> {
         let ctx = concord_query::limits::analyst_session(&self.cfg.limits.exec())?;
         let charter = self.charter();
         let wanted: BTreeSet<String> =
             charter.charter.members.iter().map(|m| m.id.clone()).filter(|m| *m != self.cfg.member).collect();
-        let ctx = self.fill_context(ctx, &wanted, "analysis").await?;
+        let (ctx, unreachable) = self.fill_context(ctx, &wanted, "analysis").await?;
+        let mut warnings: Vec<String> = unreachable
+            .iter()
+            .map(|m| {
+                format!("{m}'s catalog could not be read now: its datasets are not listed; try again later")
+            })
+            .collect();
+        for d in self.datasets().await?.map.values() {
+            if let Err(why) = &d.table {
+                warnings.push(format!("local.{} is not listed: {why}", d.record.name));
+            }
+        }
+        let tables = self.list_tables(&ctx, &mut warnings).await?;
+        Ok(TableList { tables, warnings })
+    }
+
+    /// Every table of the analyst's context `ctx` but its information schema, with its columns.
+    async fn list_tables(
+        &self,
+        ctx: &SessionContext,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<TableInfo>, NodeError> {
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
@@ -287,7 +326,16 @@ impl Node {
             let mut names = schema.table_names();
             names.sort();
             for name in names {
-                let Ok(Some(table)) = schema.table(&name).await else { continue };
+                let shown =
+                    if schema_name == "public" { name.clone() } else { format!("{schema_name}.{name}") };
+                let table = match schema.table(&name).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warnings.push(format!("{shown} is not listed: {e}"));
+                        continue;
+                    }
+                };
                 let columns = table
                     .schema()
                     .fields()
@@ -298,12 +346,8 @@ impl Node {
                         nullable: f.is_nullable(),
                     })
                     .collect();
-                let shared_schema = match kind {
-                    TableKind::Federated => Some(name.clone()),
-                    _ => None,
-                };
-                let name = if schema_name == "public" { name } else { format!("{schema_name}.{name}") };
-                out.push(TableInfo { name, kind, shared_schema, member: member.clone(), columns });
+                let shared_schema = (kind == TableKind::Federated).then(|| name.clone());
+                out.push(TableInfo { name: shown, kind, shared_schema, member: member.clone(), columns });
             }
         }
         Ok(out)
@@ -358,7 +402,7 @@ impl Node {
         ctx: SessionContext,
         wanted: &BTreeSet<String>,
         purpose: &str,
-    ) -> Result<SessionContext, NodeError> {
+    ) -> Result<(SessionContext, Vec<String>), NodeError> {
         let Gathered { entries, hidden, unreachable } = self.gather(wanted).await?;
         let catalog = ctx
             .catalog("datafusion")
@@ -390,7 +434,7 @@ impl Node {
                 local.register_table(d.record.name.clone(), t.clone()).map_err(QueryError::plan)?;
             }
         }
-        Ok(ctx)
+        Ok((ctx, unreachable))
     }
 
     /// The federated table of shared schema `s` for one query: the conforming datasets
@@ -450,8 +494,7 @@ impl Node {
         purpose: &str,
         allow_partial: bool,
     ) -> Result<QueryOutcome, NodeError> {
-        let _slot =
-            self.query_slots.acquire().await.map_err(|_| NodeError::State("the node is stopping".into()))?;
+        let _slot = self.query_slots.acquire().await.map_err(|_| NodeError::Stopped("the query queue"))?;
         let limits = &self.cfg.limits;
         let work = async {
             let ctx = self.query_context(sql, purpose).await?;

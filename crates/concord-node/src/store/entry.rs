@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
+use crate::wire::{AccessStatus, ErrorCode};
 
 /// One log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,8 +26,8 @@ pub enum LogEntry {
         requester: String,
         /// Name of the owner's dataset asked for.
         dataset: String,
-        /// `released`, `refused:<code>` or `failed:<code>`.
-        decision: String,
+        /// What the owner did: `released`, `refused:<code>` or `failed:<code>`.
+        decision: ServedDecision,
         /// The requester's signed request note, base64: its public facts and a salted
         /// commitment to its details (SQL, purpose), which stay with the two parties.
         request_note: String,
@@ -129,7 +130,7 @@ pub enum LogEntry {
         /// Member id of the voter.
         voter: String,
         /// `yes` or `no`.
-        ballot: String,
+        ballot: concord_charter::governance::Ballot,
         /// The signed vote note.
         note: String,
     },
@@ -200,7 +201,7 @@ pub enum LogEntry {
         /// Name of the owner's dataset the request is for.
         dataset: String,
         /// `approved`, `refused` or `revoked`.
-        decision: String,
+        decision: AccessStatus,
         /// End of the grant's period, in Unix seconds (for a revocation, when it was revoked).
         valid_until: i64,
         /// The owner's signed decision note, base64: with a salted commitment to its reason.
@@ -218,7 +219,7 @@ pub enum LogEntry {
         /// `sha256:<hex>` of the policy file.
         policy_sha256: String,
         /// `public`, `general`, `important` or `core`.
-        classification: String,
+        classification: concord_policy::Classification,
     },
     /// The node's keys and TLS pin, at creation and at every change.
     KeysSet {
@@ -292,12 +293,69 @@ impl Notes {
     }
 }
 
+/// What an owner did with an authenticated, fresh request, as its "access served" entry says:
+/// written in the log as `released`, `refused:<code>` or `failed:<code>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum ServedDecision {
+    /// The part was computed and released.
+    Released,
+    /// Refused before anything ran: by the policy, the charter or a limit.
+    Refused(ErrorCode),
+    /// Allowed, but the sub-query failed while it ran (or the dataset was unavailable).
+    Failed(ErrorCode),
+}
+
+impl ServedDecision {
+    /// Whether the part was released.
+    pub fn released(self) -> bool {
+        self == Self::Released
+    }
+
+    /// The decision as the log writes it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.split_once(':') {
+            None if s == "released" => Some(Self::Released),
+            Some(("refused", code)) => ErrorCode::parse(code).map(Self::Refused),
+            Some(("failed", code)) => ErrorCode::parse(code).map(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServedDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Released => f.write_str("released"),
+            Self::Refused(code) => write!(f, "refused:{}", code.as_str()),
+            Self::Failed(code) => write!(f, "failed:{}", code.as_str()),
+        }
+    }
+}
+
+impl From<ServedDecision> for String {
+    fn from(d: ServedDecision) -> Self {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for ServedDecision {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| {
+            format!("unknown decision {s:?}: expected released, refused:<code> or failed:<code>")
+        })
+    }
+}
+
 /// How many requests of one member were refused with one code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalCount {
     /// Member id of the sender whose requests were refused.
     pub member: String,
-    /// The error code they were refused with, such as `stale_request` or `rate_limited`.
+    /// The error code they were refused with, such as `stale_request` or `rate_limited`, or
+    /// `read_rate_limited` for reads of the log over their rate (which answer `rate_limited`).
     pub code: String,
     /// How many requests were refused.
     pub count: u64,
@@ -368,7 +426,7 @@ impl LogEntry {
             kind: self.kind(),
             parties: self.parties().into_iter().map(str::to_owned).collect(),
             dataset: self.dataset().map(str::to_owned),
-            decision: self.decision().map(str::to_owned),
+            decision: self.decision(),
             detail: self.detail(),
         }
     }
@@ -455,12 +513,17 @@ impl LogEntry {
     }
 
     /// What the entry records as decided: an access decision or a ballot.
-    fn decision(&self) -> Option<&str> {
+    fn decision(&self) -> Option<String> {
         match self {
-            Self::AccessServed { decision, .. } | Self::AccessRequestDecided { decision, .. } => {
-                Some(decision.as_str())
-            }
-            Self::GovernanceVote { ballot, .. } => Some(ballot.as_str()),
+            Self::AccessServed { decision, .. } => Some(decision.to_string()),
+            Self::AccessRequestDecided { decision, .. } => Some(decision.as_str().to_owned()),
+            Self::GovernanceVote { ballot, .. } => Some(
+                match ballot {
+                    concord_charter::governance::Ballot::Yes => "yes",
+                    concord_charter::governance::Ballot::No => "no",
+                }
+                .to_owned(),
+            ),
             Self::AccessRequested { .. }
             | Self::RefusalsCounted { .. }
             | Self::AccessMade { .. }
@@ -510,10 +573,54 @@ impl LogEntry {
                 format!("access request {request_id}, valid until {valid_until}")
             }
             Self::PolicySet { policy_sha256, classification, .. } => {
-                format!("{classification}, {policy_sha256}")
+                format!("{}, {policy_sha256}", classification.as_str())
             }
             Self::KeysSet { tls_pin, .. } => format!("TLS pin {tls_pin}"),
             Self::ForkEvidence { detail, .. } => detail.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_decisions_keep_the_words_the_log_holds() {
+        for (decision, text) in [
+            (ServedDecision::Released, "released"),
+            (ServedDecision::Refused(ErrorCode::PolicyRefused), "refused:policy_refused"),
+            (ServedDecision::Failed(ErrorCode::ExecutionFailed), "failed:execution_failed"),
+        ] {
+            assert_eq!(decision.to_string(), text);
+            assert_eq!(serde_json::to_value(decision).expect("json"), serde_json::json!(text));
+            assert_eq!(
+                serde_json::from_value::<ServedDecision>(serde_json::json!(text)).expect(text),
+                decision
+            );
+        }
+        for bad in
+            ["", "release", "refused", "refused:", "refused:no_such_code", "failed:released", "released:x"]
+        {
+            let e = serde_json::from_value::<ServedDecision>(serde_json::json!(bad));
+            assert!(e.is_err(), "{bad:?} is not a decision");
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_written_and_an_unknown_ballot_is_refused() {
+        let vote = LogEntry::GovernanceVote {
+            time: 1,
+            proposal: "ab".into(),
+            voter: "alpha".into(),
+            ballot: concord_charter::governance::Ballot::No,
+            note: "n".into(),
+        };
+        let bytes = vote.to_bytes().expect("bytes");
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""ballot":"no""#));
+        assert_eq!(serde_json::from_slice::<LogEntry>(&bytes).expect("entry"), vote);
+        assert_eq!(vote.describe().decision.as_deref(), Some("no"));
+        let maybe = String::from_utf8_lossy(&bytes).replace(r#""ballot":"no""#, r#""ballot":"maybe""#);
+        assert!(serde_json::from_str::<LogEntry>(&maybe).is_err());
     }
 }

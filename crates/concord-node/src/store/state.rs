@@ -152,7 +152,7 @@ pub struct DatasetRecord {
     /// The canonical path of the dataset's file.
     pub path: PathBuf,
     /// The file's format, `csv` or `parquet`.
-    pub format: String,
+    pub format: concord_query::dataset::DatasetFormat,
     /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<String>,
     /// The dataset's Arrow schema, encoded as an Arrow IPC schema message.
@@ -381,7 +381,7 @@ impl State {
                 params![
                     d.name,
                     path,
-                    d.format,
+                    d.format.as_str(),
                     d.shared_schema,
                     d.schema_ipc,
                     d.policy,
@@ -413,7 +413,7 @@ impl State {
                 Ok(DatasetRecord {
                     name: r.get(0)?,
                     path: PathBuf::from(r.get::<_, String>(1)?),
-                    format: r.get(2)?,
+                    format: text_enum(r, 2, concord_query::dataset::DatasetFormat::parse)?,
                     shared_schema: r.get(3)?,
                     schema_ipc: r.get(4)?,
                     policy: r.get(5)?,
@@ -815,19 +815,12 @@ impl State {
             .map_err(db)?;
         let rows = stmt
             .query_map(params![requester, dataset, now, purpose], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, String>(0)?, actions_of(r, 1)?))
             })
             .map_err(db)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, actions)| {
-                let acts =
-                    actions.split(',').filter_map(|a| concord_policy::Action::parse(a.trim()).ok()).collect();
-                (id, acts)
-            })
-            .collect())
+        Ok(rows)
     }
 }
 
@@ -836,6 +829,24 @@ pub type EvidenceRow = (i64, u64, String, String, String);
 
 pub use crate::wire::AccessRecord;
 use crate::wire::{AccessStatus, Direction};
+
+/// Actions stored as their names separated by commas; a name this version does not know is a
+/// corrupt row.
+fn actions_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<concord_policy::Action>> {
+    let text: String = row.get(i)?;
+    parse_actions_text(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+}
+
+/// The actions of a stored comma-separated list.
+fn parse_actions_text(text: &str) -> Result<Vec<concord_policy::Action>, String> {
+    text.split(',').map(|a| concord_policy::Action::parse(a.trim()).map_err(|e| e.to_string())).collect()
+}
+
+/// Actions as they are stored: names separated by commas.
+fn actions_text(actions: &[concord_policy::Action]) -> String {
+    actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
+}
 
 /// A closed set stored as its text: a text this version does not know is a corrupt row.
 fn text_enum<T>(row: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
@@ -858,7 +869,7 @@ impl State {
                  valid_from, valid_until, status, reason, request_note, filed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
-                    r.id, r.direction.as_str(), r.requester, r.owner, r.dataset, r.actions, r.purpose, r.legal_basis,
+                    r.id, r.direction.as_str(), r.requester, r.owner, r.dataset, actions_text(&r.actions), r.purpose, r.legal_basis,
                     r.valid_from, r.valid_until, r.status.as_str(), r.reason, note, r.filed_at
                 ],
             )
@@ -910,7 +921,7 @@ impl State {
                     requester: r.get(2)?,
                     owner: r.get(3)?,
                     dataset: r.get(4)?,
-                    actions: r.get(5)?,
+                    actions: actions_of(r, 5)?,
                     purpose: r.get(6)?,
                     legal_basis: r.get(7)?,
                     valid_from: r.get(8)?,

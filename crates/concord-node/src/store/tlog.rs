@@ -20,6 +20,7 @@ use concord_log::{LogError, Note};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::NodeError;
+use crate::store::entry::ServedDecision;
 use crate::wire::Mismatch;
 
 const SCHEMA: &str = "
@@ -179,7 +180,7 @@ impl Log {
         std::thread::Builder::new()
             .name("concord-log-writer".into())
             .spawn(move || write_loop(writer, receiver, &notify))
-            .map_err(|e| NodeError::State(format!("cannot start the log writer: {e}")))?;
+            .map_err(|source| NodeError::Io { path: "the log writer thread".into(), source })?;
         Ok(Self {
             path: path.to_owned(),
             sender,
@@ -493,10 +494,10 @@ impl Log {
                 put.execute(params![
                     member,
                     f.index as i64,
-                    f.kind,
+                    f.kind.name(),
                     f.request_id,
                     f.peer,
-                    f.decision,
+                    f.kind.decision(),
                     f.digest,
                     f.note
                 ])
@@ -601,6 +602,12 @@ fn check_consistency(
     }
 }
 
+/// The facts every reconciliation query reads: `facts`, those between two members of the set
+/// `?1` (a JSON array), and `released`, the served ones among them that released data.
+const IN_SET: &str = "WITH facts AS (SELECT * FROM audit_facts
+        WHERE member IN (SELECT value FROM json_each(?1)) AND peer IN (SELECT value FROM json_each(?1))),
+    released AS (SELECT * FROM facts WHERE kind = 'served' AND decision = 'released')";
+
 /// Runs one reconciliation query, over the facts of the members in `set` (a JSON array), for at
 /// most `max` findings: rows of (request id, member, peer, extra), the member being the
 /// requester if `requester_first`, else the owner, each worded by `problem`.
@@ -642,16 +649,16 @@ fn made_without_release(c: &Connection, set: &str, max: usize) -> Result<Vec<Mis
         c,
         set,
         max,
-        "SELECT m.request_id, m.member, m.peer,
-                (SELECT group_concat(s.decision || ' for ' || s.peer, ', ') FROM audit_facts s
-                  WHERE s.member = m.peer AND s.kind = 'served' AND s.request_id = m.request_id)
-         FROM audit_facts m
-         WHERE m.kind = 'made'
-           AND m.member IN (SELECT value FROM json_each(?1)) AND m.peer IN (SELECT value FROM json_each(?1))
-           AND NOT EXISTS (SELECT 1 FROM audit_facts s WHERE s.member = m.peer AND s.kind = 'served'
-                AND s.request_id = m.request_id AND s.peer = m.member AND s.decision = 'released'
-                AND s.digest = m.digest)
-         ORDER BY m.request_id LIMIT ?2",
+        &format!(
+            "{IN_SET} SELECT m.request_id, m.member, m.peer,
+                    (SELECT group_concat(s.decision || ' for ' || s.peer, ', ') FROM audit_facts s
+                      WHERE s.member = m.peer AND s.kind = 'served' AND s.request_id = m.request_id)
+             FROM facts m
+             WHERE m.kind = 'made'
+               AND NOT EXISTS (SELECT 1 FROM released s WHERE s.member = m.peer
+                    AND s.request_id = m.request_id AND s.peer = m.member AND s.digest = m.digest)
+             ORDER BY m.request_id LIMIT ?2"
+        ),
         &|requester, owner, seen| {
             if seen.is_empty() {
                 format!("{requester} logged an access to {owner} that {owner}'s log does not hold")
@@ -670,12 +677,12 @@ fn released_without_request(c: &Connection, set: &str, max: usize) -> Result<Vec
         c,
         set,
         max,
-        "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
-         WHERE s.kind = 'served' AND s.decision = 'released'
-           AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-           AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.request_id = s.request_id
-                AND r.peer = s.member AND (r.kind = 'made' OR (r.kind = 'requested' AND r.note = s.note)))
-         ORDER BY s.request_id LIMIT ?2",
+        &format!(
+            "{IN_SET} SELECT s.request_id, s.member, s.peer, NULL FROM released s
+             WHERE NOT EXISTS (SELECT 1 FROM facts r WHERE r.member = s.peer AND r.request_id = s.request_id
+                    AND r.peer = s.member AND (r.kind = 'made' OR (r.kind = 'requested' AND r.note = s.note)))
+             ORDER BY s.request_id LIMIT ?2"
+        ),
         &|requester, owner, _| {
             format!(
                 "{owner} released data to {requester}, whose log does not hold that request (signed as {owner} \
@@ -692,11 +699,11 @@ fn released_more_than_once(c: &Connection, set: &str, max: usize) -> Result<Vec<
         c,
         set,
         max,
-        "SELECT s.request_id, s.member, s.peer, CAST(count(*) AS TEXT) FROM audit_facts s
-         WHERE s.kind = 'served' AND s.decision = 'released'
-           AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-         GROUP BY s.member, s.peer, s.request_id HAVING count(*) > 1
-         ORDER BY s.request_id LIMIT ?2",
+        &format!(
+            "{IN_SET} SELECT s.request_id, s.member, s.peer, CAST(count(*) AS TEXT) FROM released s
+             GROUP BY s.member, s.peer, s.request_id HAVING count(*) > 1
+             ORDER BY s.request_id LIMIT ?2"
+        ),
         &|requester, owner, n| {
             format!(
                 "{owner} released data to {requester} {n} times under one request id: one record cannot stand for them all"
@@ -713,14 +720,14 @@ fn released_not_received(c: &Connection, set: &str, max: usize) -> Result<Vec<Mi
         c,
         set,
         max,
-        "SELECT s.request_id, s.member, s.peer, NULL FROM audit_facts s
-         WHERE s.kind = 'served' AND s.decision = 'released'
-           AND s.member IN (SELECT value FROM json_each(?1)) AND s.peer IN (SELECT value FROM json_each(?1))
-           AND EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'requested'
-                AND r.request_id = s.request_id AND r.peer = s.member AND r.note = s.note)
-           AND NOT EXISTS (SELECT 1 FROM audit_facts r WHERE r.member = s.peer AND r.kind = 'made'
-                AND r.request_id = s.request_id AND r.peer = s.member)
-         ORDER BY s.request_id LIMIT ?2",
+        &format!(
+            "{IN_SET} SELECT s.request_id, s.member, s.peer, NULL FROM released s
+             WHERE EXISTS (SELECT 1 FROM facts r WHERE r.member = s.peer AND r.kind = 'requested'
+                    AND r.request_id = s.request_id AND r.peer = s.member AND r.note = s.note)
+               AND NOT EXISTS (SELECT 1 FROM facts r WHERE r.member = s.peer AND r.kind = 'made'
+                    AND r.request_id = s.request_id AND r.peer = s.member)
+             ORDER BY s.request_id LIMIT ?2"
+        ),
         &|requester, owner, _| {
             format!(
                 "{requester} asked and {owner} served, but {requester} did not record receiving it (it went down or the answer was lost)"
@@ -745,19 +752,47 @@ pub struct AuditState {
     pub checkpoint: Vec<u8>,
 }
 
+/// Which access entry a fact comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactKind {
+    /// "access requested": the requester logged a request before sending it.
+    Requested,
+    /// "access made": the requester received a release, with the owner's receipt.
+    Made,
+    /// "access served": the owner decided on a request.
+    Served(ServedDecision),
+}
+
+impl FactKind {
+    /// `requested`, `made` or `served`, as the audit table stores it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Made => "made",
+            Self::Served(_) => "served",
+        }
+    }
+
+    /// The decision column: a served entry's decision, the kind's name otherwise.
+    fn decision(self) -> String {
+        match self {
+            Self::Served(d) => d.to_string(),
+            other => other.name().to_owned(),
+        }
+    }
+}
+
 /// One access entry of an audited log, as reconciliation needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessFact {
     /// The entry's index in the audited log.
     pub index: u64,
-    /// `requested`, `made` or `served`.
-    pub kind: &'static str,
+    /// The entry's kind, and a served entry's decision.
+    pub kind: FactKind,
     /// The access's request id, 32 hex digits.
     pub request_id: String,
     /// The owner (requested, made) or the requester (served).
     pub peer: String,
-    /// The decision of a served entry; the kind otherwise.
-    pub decision: String,
     /// `sha256:<hex>` of the release's details (made entries, released served ones), or of the
     /// reason a served request was refused; none for requested entries.
     pub digest: Option<String>,
@@ -836,12 +871,16 @@ mod tests {
     ) -> AccessFact {
         // Requested and served entries carry the digest of their request note: here, its id's.
         let note = matches!(kind, "requested" | "served").then(|| format!("note-{id}"));
+        let kind = match kind {
+            "requested" => FactKind::Requested,
+            "made" => FactKind::Made,
+            _ => FactKind::Served(ServedDecision::parse(decision).expect("a decision the log writes")),
+        };
         AccessFact {
             index,
             kind,
             request_id: id.into(),
             peer: peer.into(),
-            decision: decision.into(),
             digest: digest.map(str::to_owned),
             note,
         }

@@ -206,7 +206,7 @@ fn every_answer_in_both_logs(ids: &[&str], dirs: &[PathBuf], received: &[(String
         .zip(&logs)
         .flat_map(|(id, log)| {
             log.iter().filter_map(move |e| match e {
-                LogEntry::AccessServed { request_id, decision, .. } if decision == "released" => {
+                LogEntry::AccessServed { request_id, decision, .. } if decision.released() => {
                     Some((id.to_string(), request_id.clone()))
                 }
                 _ => None,

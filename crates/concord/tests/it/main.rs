@@ -702,7 +702,9 @@ fn analyst_habits(url: &str, token: &str, d: &Path) {
     assert_eq!(out, "column_name\ndays\nextra\nregion\n", "bravo's dataset has a column of its own");
     let (out, _) = text(&concord_env(&["tables", "--format", "json"], d, &env, ""));
     let tables: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let find = |name: &str| tables.as_array().and_then(|a| a.iter().find(|t| t["name"] == name).cloned());
+    assert_eq!(tables["warnings"], serde_json::json!([]), "every member's catalog was read");
+    let find =
+        |name: &str| tables["tables"].as_array().and_then(|a| a.iter().find(|t| t["name"] == name).cloned());
     let shared = find("cases").expect("the shared schema");
     assert_eq!(shared["kind"], "federated");
     assert_eq!(
