@@ -647,6 +647,21 @@ fn check_body_signature(
     Ok(())
 }
 
+/// Refuses a proposal that has expired at `now`, or that stays open longer than allowed.
+fn check_proposal_lifetime(proposal: &Proposal, now: u64) -> Result<(), GovernanceError> {
+    if now > proposal.expires {
+        return Err(refused("the proposal has expired"));
+    }
+    if proposal.expires > now.saturating_add(MAX_PROPOSAL_TTL) {
+        return Err(refused(format!(
+            "the proposal stays open until {}, more than {} days from now",
+            proposal.expires,
+            MAX_PROPOSAL_TTL / 86_400
+        )));
+    }
+    Ok(())
+}
+
 /// What a vote did.
 #[derive(Debug)]
 pub enum VoteOutcome {
@@ -711,6 +726,25 @@ impl Round {
         if self.proposals.contains_key(&id) {
             return Err(GovernanceError::Duplicate(format!("proposal {id}")));
         }
+        self.check_proposal_base(&proposal)?;
+        check_proposal_lifetime(&proposal, now)?;
+        if note.text().len() > MAX_PROPOSAL_BYTES {
+            return Err(refused(format!("the proposal's text is over {MAX_PROPOSAL_BYTES} bytes")));
+        }
+        self.check_live_proposals(&proposal.proposer, now)?;
+        let v = self.verifier(&proposal.proposer)?;
+        note.verify(std::slice::from_ref(&v))
+            .map_err(|e| refused(format!("the proposal is not signed by {}: {e}", proposal.proposer)))?;
+        let body = apply(&self.base, &proposal.changes)?;
+        self.proposals.insert(
+            id.clone(),
+            ProposalState { proposal, note: note.clone(), body, yes: BTreeMap::new(), no: BTreeMap::new() },
+        );
+        Ok(id)
+    }
+
+    /// Refuses a proposal for another federation, or on a base other than this round's.
+    fn check_proposal_base(&self, proposal: &Proposal) -> Result<(), GovernanceError> {
         if proposal.federation != self.base.federation {
             return Err(refused(format!("the proposal is for federation {}", proposal.federation)));
         }
@@ -722,41 +756,23 @@ impl Round {
                 self.base.digest()
             )));
         }
-        if now > proposal.expires {
-            return Err(refused("the proposal has expired"));
-        }
-        if proposal.expires > now.saturating_add(MAX_PROPOSAL_TTL) {
-            return Err(refused(format!(
-                "the proposal stays open until {}, more than {} days from now",
-                proposal.expires,
-                MAX_PROPOSAL_TTL / 86_400
-            )));
-        }
-        if note.text().len() > MAX_PROPOSAL_BYTES {
-            return Err(refused(format!("the proposal's text is over {MAX_PROPOSAL_BYTES} bytes")));
-        }
+        Ok(())
+    }
+
+    /// Refuses `proposer`'s proposal when it already has the most live proposals on this base.
+    fn check_live_proposals(&self, proposer: &str, now: u64) -> Result<(), GovernanceError> {
         let open = self
             .proposals
             .iter()
-            .filter(|(id, p)| {
-                p.proposal.proposer == proposal.proposer && self.status(id, now) == Some(Status::Live)
-            })
+            .filter(|(id, p)| p.proposal.proposer == proposer && self.status(id, now) == Some(Status::Live))
             .count();
         if open >= MAX_LIVE_PROPOSALS {
             return Err(refused(format!(
-                "{} already has {open} live proposals on version {}; at most {MAX_LIVE_PROPOSALS}",
-                proposal.proposer, self.base.version
+                "{proposer} already has {open} live proposals on version {}; at most {MAX_LIVE_PROPOSALS}",
+                self.base.version
             )));
         }
-        let v = self.verifier(&proposal.proposer)?;
-        note.verify(std::slice::from_ref(&v))
-            .map_err(|e| refused(format!("the proposal is not signed by {}: {e}", proposal.proposer)))?;
-        let body = apply(&self.base, &proposal.changes)?;
-        self.proposals.insert(
-            id.clone(),
-            ProposalState { proposal, note: note.clone(), body, yes: BTreeMap::new(), no: BTreeMap::new() },
-        );
-        Ok(id)
+        Ok(())
     }
 
     /// Takes a signed vote in. Refused: a voter who is not a member of the base, a bad

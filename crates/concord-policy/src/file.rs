@@ -204,16 +204,7 @@ impl Check<'_> {
         }
         let budget_per_requester = self.units(&p.budget_per_requester, "budget_per_requester");
         let budget_per_dataset = self.units(&p.budget_per_dataset, "budget_per_dataset");
-        for (v, key) in
-            [(&p.max_groups_per_unit, "max_groups_per_unit"), (&p.max_rows_per_group, "max_rows_per_group")]
-        {
-            if !(1..=1000).contains(v.get_ref()) {
-                self.at(v.span(), format!("release.privacy.{key} must be from 1 to 1000"));
-            }
-        }
-        if *p.decimals.get_ref() > 6 {
-            self.at(p.decimals.span(), "release.privacy.decimals must be from 0 to 6".into());
-        }
+        self.privacy_limits(&p);
         let decimals = (*p.decimals.get_ref()).min(6);
         let mut bounds = BTreeMap::new();
         for (c, b) in p.bounds {
@@ -221,15 +212,7 @@ impl Check<'_> {
                 bounds.insert(c, bound);
             }
         }
-        let delta = p.delta.and_then(|d| {
-            let v = *d.get_ref();
-            if v > 0.0 && v < 1e-3 {
-                Some(v)
-            } else {
-                self.at(d.span(), format!("release.privacy.delta {v} must be above 0 and below 0.001"));
-                None
-            }
-        });
+        let delta = self.privacy_delta(p.delta);
         Some(Privacy {
             mechanism: p.mechanism,
             cost,
@@ -241,6 +224,33 @@ impl Check<'_> {
             decimals: p.decimals.into_inner(),
             keys: p.keys,
             delta,
+        })
+    }
+
+    /// Checks the ranges of `max_groups_per_unit`, `max_rows_per_group` and `decimals`.
+    fn privacy_limits(&mut self, p: &RawPrivacy) {
+        for (v, key) in
+            [(&p.max_groups_per_unit, "max_groups_per_unit"), (&p.max_rows_per_group, "max_rows_per_group")]
+        {
+            if !(1..=1000).contains(v.get_ref()) {
+                self.at(v.span(), format!("release.privacy.{key} must be from 1 to 1000"));
+            }
+        }
+        if *p.decimals.get_ref() > 6 {
+            self.at(p.decimals.span(), "release.privacy.decimals must be from 0 to 6".into());
+        }
+    }
+
+    /// The privacy delta, if one is given and it is above 0 and below 0.001.
+    fn privacy_delta(&mut self, raw: Option<Spanned<f64>>) -> Option<f64> {
+        raw.and_then(|d| {
+            let v = *d.get_ref();
+            if v > 0.0 && v < 1e-3 {
+                Some(v)
+            } else {
+                self.at(d.span(), format!("release.privacy.delta {v} must be above 0 and below 0.001"));
+                None
+            }
         })
     }
 

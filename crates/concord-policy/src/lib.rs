@@ -415,34 +415,8 @@ impl Policy {
         baseline: &Baseline,
         members: &AllowList,
     ) -> Result<Self, PolicyError> {
-        let mut s = match &schema.privacy_unit {
-            Some(u) => format!(
-                "# Derived policy: shared schema {} describes people (privacy unit {u}), so this dataset is\n\
-                 # protected by default: the unit hidden, personal columns aggregate-only, differential privacy.\n\
-                 # A steward's own policy comes with `concord policy set`.\n\
-                 classification = \"general\"\n\n[personal]\nprivacy_unit = {}\n\n[columns]\n",
-                schema.name,
-                file::toml_string(u),
-            ),
-            None => format!(
-                "# Derived policy: shared schema {} marks personal columns but names no privacy unit, so nothing\n\
-                 # can bound what one person contributes: other members may see that the dataset exists, no more,\n\
-                 # and personal columns are hidden. A steward's own policy (with [personal]) comes with\n\
-                 # `concord policy set`.\n\
-                 classification = \"general\"\n\n[columns]\n",
-                schema.name
-            ),
-        };
-        for c in columns {
-            let mode = if schema.privacy_unit.as_ref() == Some(c) {
-                "hidden"
-            } else if schema.columns.contains(c) {
-                if schema.privacy_unit.is_some() { "aggregate" } else { "hidden" }
-            } else {
-                "group"
-            };
-            s.push_str(&format!("{} = \"{mode}\"\n", file::toml_key(c)));
-        }
+        let mut s = Self::derived_header(schema);
+        Self::derived_columns(&mut s, columns, schema);
         let actions = if schema.privacy_unit.is_some() {
             s.push_str(&format!(
                 "\n[release]\nmin_group_size = {}\n\n[release.privacy]\nmechanism = \"zcdp\"\ncost = {DERIVED_COST}\n\
@@ -461,6 +435,42 @@ impl Policy {
         }
         s.push_str("'''\n");
         file::parse(&s, "derived policy")
+    }
+
+    /// The start of a derived policy file: comment, classification, `[personal]`, `[columns]` header.
+    fn derived_header(schema: &PersonalSchema) -> String {
+        match &schema.privacy_unit {
+            Some(u) => format!(
+                "# Derived policy: shared schema {} describes people (privacy unit {u}), so this dataset is\n\
+                 # protected by default: the unit hidden, personal columns aggregate-only, differential privacy.\n\
+                 # A steward's own policy comes with `concord policy set`.\n\
+                 classification = \"general\"\n\n[personal]\nprivacy_unit = {}\n\n[columns]\n",
+                schema.name,
+                file::toml_string(u),
+            ),
+            None => format!(
+                "# Derived policy: shared schema {} marks personal columns but names no privacy unit, so nothing\n\
+                 # can bound what one person contributes: other members may see that the dataset exists, no more,\n\
+                 # and personal columns are hidden. A steward's own policy (with [personal]) comes with\n\
+                 # `concord policy set`.\n\
+                 classification = \"general\"\n\n[columns]\n",
+                schema.name
+            ),
+        }
+    }
+
+    /// Appends a derived policy's mode of each column: the unit hidden, personal ones aggregate or hidden.
+    fn derived_columns(s: &mut String, columns: &[String], schema: &PersonalSchema) {
+        for c in columns {
+            let mode = if schema.privacy_unit.as_ref() == Some(c) {
+                "hidden"
+            } else if schema.columns.contains(c) {
+                if schema.privacy_unit.is_some() { "aggregate" } else { "hidden" }
+            } else {
+                "group"
+            };
+            s.push_str(&format!("{} = \"{mode}\"\n", file::toml_key(c)));
+        }
     }
 
     /// Whether a rule may permit another member more than describe.
@@ -669,43 +679,50 @@ impl Policy {
                 by: format!("{owner}'s own analysts read its data without crossing a border"),
             };
         }
-        let crosses = action != Action::Describe;
-        if crosses && self.classification == Classification::Core {
-            return Decision::Deny {
-                reason: format!(
-                    "{dataset} is classified core, and core data never leaves its owner (charter baseline)"
-                ),
-            };
-        }
-        if crosses && self.classification > baseline.cross_borders {
-            return Decision::Deny {
-                reason: format!(
-                    "{dataset} is classified {}, and the charter lets only data classified up to {} cross borders (charter baseline)",
-                    self.classification.as_str(),
-                    baseline.cross_borders.as_str()
-                ),
-            };
-        }
-        if crosses && self.classification == Classification::Important && ctx.grant_for(action).is_none() {
-            return Decision::Deny {
-                reason: format!(
-                    "{dataset} is classified important: {} needs an approved access request (charter baseline); \
-                     file one with `concord access request --dataset {owner}.{dataset} --action {} ...`",
-                    action.as_str(),
-                    action.as_str()
-                ),
-            };
-        }
-        if action == Action::ReadRows && self.personal.is_some() {
-            return Decision::Deny {
-                reason: format!(
-                    "{dataset} holds personal data, which is released only in groups of at least {} people \
-                     (charter baseline), never as rows; aggregate it instead",
-                    self.min_group_size(baseline).unwrap_or(baseline.min_group_size)
-                ),
-            };
+        if let Some(reason) = self.baseline_denial(owner, dataset, action, ctx, baseline) {
+            return Decision::Deny { reason };
         }
         cedar::authorize(self, owner, dataset, action, ctx)
+    }
+
+    /// Why the charter's baseline refuses another member `action` on `dataset`, if it does.
+    fn baseline_denial(
+        &self,
+        owner: &str,
+        dataset: &str,
+        action: Action,
+        ctx: &AccessContext,
+        baseline: &Baseline,
+    ) -> Option<String> {
+        let crosses = action != Action::Describe;
+        if crosses && self.classification == Classification::Core {
+            return Some(format!(
+                "{dataset} is classified core, and core data never leaves its owner (charter baseline)"
+            ));
+        }
+        if crosses && self.classification > baseline.cross_borders {
+            return Some(format!(
+                "{dataset} is classified {}, and the charter lets only data classified up to {} cross borders (charter baseline)",
+                self.classification.as_str(),
+                baseline.cross_borders.as_str()
+            ));
+        }
+        if crosses && self.classification == Classification::Important && ctx.grant_for(action).is_none() {
+            return Some(format!(
+                "{dataset} is classified important: {} needs an approved access request (charter baseline); \
+                 file one with `concord access request --dataset {owner}.{dataset} --action {} ...`",
+                action.as_str(),
+                action.as_str()
+            ));
+        }
+        if action == Action::ReadRows && self.personal.is_some() {
+            return Some(format!(
+                "{dataset} holds personal data, which is released only in groups of at least {} people \
+                 (charter baseline), never as rows; aggregate it instead",
+                self.min_group_size(baseline).unwrap_or(baseline.min_group_size)
+            ));
+        }
+        None
     }
 
     /// Number of Cedar rules (permit and forbid).

@@ -531,20 +531,7 @@ fn rewrite_row_reads(
         };
         let table = flat.table.clone();
         check_parts(&table, allow_partial).map_err(QueryError::into_df)?;
-        let mut used: BTreeSet<String> = BTreeSet::new();
-        for e in &flat.outputs {
-            for c in e.column_refs() {
-                used.insert(c.name.clone());
-            }
-        }
-        // Keep the table's column order; a chain that uses no column still needs a row count.
-        let mut columns: Vec<String> =
-            table.schema.fields().iter().map(|f| f.name().clone()).filter(|n| used.contains(n)).collect();
-        if columns.is_empty()
-            && let Some(f) = table.schema.fields().first()
-        {
-            columns.push(f.name().clone());
-        }
+        let columns = fetched_columns(&table, &flat.outputs);
         let index = jobs.len();
         let sample = table.parts.first().map(|p| p.dataset.as_str()).unwrap_or("t");
         let fetched = rows_plan(&table, sample, &flat.filters, &columns)?;
@@ -572,6 +559,25 @@ fn rewrite_row_reads(
     })
     .map(|t| t.data)
     .map_err(QueryError::plan)
+}
+
+/// The table's columns that `outputs` use, in the table's order; its first if they use none.
+fn fetched_columns(table: &FederatedTable, outputs: &[Expr]) -> Vec<String> {
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    for e in outputs {
+        for c in e.column_refs() {
+            used.insert(c.name.clone());
+        }
+    }
+    // Keep the table's column order; a chain that uses no column still needs a row count.
+    let mut columns: Vec<String> =
+        table.schema.fields().iter().map(|f| f.name().clone()).filter(|n| used.contains(n)).collect();
+    if columns.is_empty()
+        && let Some(f) = table.schema.fields().first()
+    {
+        columns.push(f.name().clone());
+    }
+    columns
 }
 
 /// Refuses a federated table that no member (reachable or not) can answer for.

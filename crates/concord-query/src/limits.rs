@@ -634,31 +634,13 @@ fn plan_bounds(
         LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) => vec![Bound::INPUT; width],
         LogicalPlan::Projection(_) => own,
         LogicalPlan::Aggregate(_) => own,
-        LogicalPlan::Values(v) => {
-            let mut cols = vec![Bound::bytes(0); width];
-            for row in &v.values {
-                for (i, e) in row.iter().enumerate() {
-                    if let Some(c) = cols.get_mut(i) {
-                        *c = c.max(bound(e, inputs)?);
-                    }
-                }
-            }
-            cols
-        }
+        LogicalPlan::Values(v) => values_bounds(&v.values, width, inputs)?,
         LogicalPlan::Window(_) => {
             let mut cols = child_bounds.first().cloned().unwrap_or_default();
             cols.extend(own);
             cols
         }
-        LogicalPlan::Union(_) => {
-            let mut cols = vec![Bound::bytes(0); width];
-            for b in child_bounds {
-                for (c, x) in cols.iter_mut().zip(b) {
-                    *c = c.max(*x);
-                }
-            }
-            cols
-        }
+        LogicalPlan::Union(_) => union_bounds(child_bounds, width),
         LogicalPlan::Join(_) => {
             let cols: Vec<Bound> = child_bounds.iter().flatten().copied().collect();
             if cols.len() == width { cols } else { vec![all_inputs; width] }
@@ -668,6 +650,30 @@ fn plan_bounds(
             _ => vec![all_inputs; width],
         },
     })
+}
+
+/// The bounds of a VALUES list's `width` columns: each column's largest value over the rows.
+fn values_bounds(rows: &[Vec<Expr>], width: usize, inputs: &Inputs<'_>) -> Result<Vec<Bound>, QueryError> {
+    let mut cols = vec![Bound::bytes(0); width];
+    for row in rows {
+        for (i, e) in row.iter().enumerate() {
+            if let Some(c) = cols.get_mut(i) {
+                *c = c.max(bound(e, inputs)?);
+            }
+        }
+    }
+    Ok(cols)
+}
+
+/// The bounds of a union's `width` columns: each column's largest over the union's inputs.
+fn union_bounds(child_bounds: &[Vec<Bound>], width: usize) -> Vec<Bound> {
+    let mut cols = vec![Bound::bytes(0); width];
+    for b in child_bounds {
+        for (c, x) in cols.iter_mut().zip(b) {
+            *c = c.max(*x);
+        }
+    }
+    cols
 }
 
 /// Reads a plan's batches, stopping with a refusal as soon as more than `max_rows` arrived.

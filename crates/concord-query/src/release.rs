@@ -534,16 +534,39 @@ fn lossless_cast(from: &DataType, to: &DataType) -> bool {
     // Numbers, booleans and text always have a text form; bytes that are not UTF-8, dates out
     // of range and nested values can fail.
     if matches!(to, Utf8 | LargeUtf8 | Utf8View) {
-        return match from {
-            Dictionary(_, v) => lossless_cast(v, to),
-            _ => {
-                from.is_integer()
-                    || from.is_floating()
-                    || matches!(from, Decimal128(..) | Decimal256(..) | Boolean | Utf8 | LargeUtf8 | Utf8View)
-            }
-        };
+        return lossless_to_text(from, to);
     }
-    let int_width = |t: &DataType| match t {
+    match (int_width(from), int_width(to), to) {
+        (Some((fs, fw)), Some((ts, tw)), _) => (fs == ts && tw >= fw) || (!fs && ts && tw > fw),
+        (Some(_), None, Float64 | Float32) => true,
+        (_, _, Decimal128(tp, ts) | Decimal256(tp, ts)) => lossless_to_decimal(from, *tp, *ts),
+        _ => matches!(
+            (from, to),
+            (Float16 | Float32, Float64)
+                | (Float16, Float32)
+                | (Date32, Date64)
+                | (Decimal128(..) | Decimal256(..), Float32 | Float64)
+        ),
+    }
+}
+
+/// Whether every value of `from` has a text form of the text type `to`.
+fn lossless_to_text(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    match from {
+        Dictionary(_, v) => lossless_cast(v, to),
+        _ => {
+            from.is_integer()
+                || from.is_floating()
+                || matches!(from, Decimal128(..) | Decimal256(..) | Boolean | Utf8 | LargeUtf8 | Utf8View)
+        }
+    }
+}
+
+/// Whether an integer type is signed, and its width in bits; `None` for other types.
+fn int_width(t: &DataType) -> Option<(bool, u32)> {
+    use DataType::*;
+    match t {
         Int8 => Some((true, 8)),
         Int16 => Some((true, 16)),
         Int32 => Some((true, 32)),
@@ -553,38 +576,28 @@ fn lossless_cast(from: &DataType, to: &DataType) -> bool {
         UInt32 => Some((false, 32)),
         UInt64 => Some((false, 64)),
         _ => None,
-    };
-    match (int_width(from), int_width(to), to) {
-        (Some((fs, fw)), Some((ts, tw)), _) => (fs == ts && tw >= fw) || (!fs && ts && tw > fw),
-        (Some(_), None, Float64 | Float32) => true,
-        (from_int, _, Decimal128(tp, ts) | Decimal256(tp, ts)) => {
-            let whole = i16::from(*tp) - i16::from(*ts);
-            match (from, from_int) {
-                // More digits on both sides of the point: every value fits.
-                (Decimal128(fp, fs) | Decimal256(fp, fs), _) => {
-                    ts >= fs && whole >= i16::from(*fp) - i16::from(*fs)
-                }
-                // Enough whole digits for the widest integer of the type.
-                (_, Some((signed, width))) => {
-                    let digits = match (signed, width) {
-                        (_, 8) => 3,
-                        (_, 16) => 5,
-                        (_, 32) => 10,
-                        (true, _) => 19,
-                        (false, _) => 20,
-                    };
-                    whole >= digits
-                }
-                _ => false,
-            }
+    }
+}
+
+/// Whether every value of `from` fits a decimal of precision `tp` and scale `ts`.
+fn lossless_to_decimal(from: &DataType, tp: u8, ts: i8) -> bool {
+    use DataType::*;
+    let whole = i16::from(tp) - i16::from(ts);
+    match (from, int_width(from)) {
+        // More digits on both sides of the point: every value fits.
+        (Decimal128(fp, fs) | Decimal256(fp, fs), _) => ts >= *fs && whole >= i16::from(*fp) - i16::from(*fs),
+        // Enough whole digits for the widest integer of the type.
+        (_, Some((signed, width))) => {
+            let digits = match (signed, width) {
+                (_, 8) => 3,
+                (_, 16) => 5,
+                (_, 32) => 10,
+                (true, _) => 19,
+                (false, _) => 20,
+            };
+            whole >= digits
         }
-        _ => matches!(
-            (from, to),
-            (Float16 | Float32, Float64)
-                | (Float16, Float32)
-                | (Date32, Date64)
-                | (Decimal128(..) | Decimal256(..), Float32 | Float64)
-        ),
+        _ => false,
     }
 }
 
@@ -1249,12 +1262,39 @@ async fn exact_aggregate(
     limits: &ExecLimits,
 ) -> Result<(Vec<RecordBatch>, ReleaseReport, Option<u64>), QueryError> {
     let ng = groups.len();
+    let mut report = ReleaseReport { min_group_size: plan.min_group_size, ..Default::default() };
+    let built = exact_plan(plan, b, groups, aggs, &mut report)?;
+    // Only groups that are released count against the limit: an error must not tell how many
+    // small groups the data holds.
+    let personal = plan.rules.policy.personal.is_some();
+    let (batches, scanned) = execute(ctx, built, limits.max_groups, personal).await?;
+    let mut out = Vec::new();
+    for batch in &batches {
+        let rows = batch.num_rows();
+        out.push(project_outputs(batch.columns(), rows, outputs, &plan.subquery.schema, |i| {
+            batch.column(ng + i).clone()
+        })?);
+    }
+    report.groups_released = out.iter().map(|b| b.num_rows() as u64).sum();
+    if plan.min_group_size.is_some() {
+        (report.groups_suppressed, report.suppressed_not_counted) = exact_held_back(plan, groups, &batches)?;
+    }
+    Ok((out, report, scanned))
+}
+
+/// The owner's plan of an exact aggregate: totals per group, under k cells and groups left out.
+fn exact_plan(
+    plan: &ReleasePlan,
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    aggs: &[AggSpec],
+    report: &mut ReleaseReport,
+) -> Result<LogicalPlan, QueryError> {
     let keys: Vec<Expr> =
         groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__g{i}"))).collect();
     let mut values: Vec<Expr> =
         aggs.iter().enumerate().map(|(i, a)| a.expr.clone().alias(format!("__a{i}"))).collect();
-    let mut report = ReleaseReport { min_group_size: plan.min_group_size, ..Default::default() };
-    let built = match plan.min_group_size {
+    Ok(match plan.min_group_size {
         None => b.aggregate(keys, values).and_then(LogicalPlanBuilder::build).map_err(QueryError::plan)?,
         Some(k) => {
             let k = lit(i64::try_from(k).unwrap_or(i64::MAX));
@@ -1271,30 +1311,22 @@ async fn exact_aggregate(
                 .and_then(LogicalPlanBuilder::build)
                 .map_err(QueryError::plan)?
         }
+    })
+}
+
+/// Groups an exact release held back, and whether uncounted, from its `batches` ([`held_back`]).
+fn exact_held_back(
+    plan: &ReleasePlan,
+    groups: &[Expr],
+    batches: &[RecordBatch],
+) -> Result<(u64, bool), QueryError> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+    let all = if batches.is_empty() {
+        RecordBatch::new_empty(schema)
+    } else {
+        concat_batches(&schema, batches).map_err(|e| QueryError::Execution(e.to_string()))?
     };
-    // Only groups that are released count against the limit: an error must not tell how many
-    // small groups the data holds.
-    let personal = plan.rules.policy.personal.is_some();
-    let (batches, scanned) = execute(ctx, built, limits.max_groups, personal).await?;
-    let mut out = Vec::new();
-    for batch in &batches {
-        let rows = batch.num_rows();
-        out.push(project_outputs(batch.columns(), rows, outputs, &plan.subquery.schema, |i| {
-            batch.column(ng + i).clone()
-        })?);
-    }
-    report.groups_released = out.iter().map(|b| b.num_rows() as u64).sum();
-    if plan.min_group_size.is_some() {
-        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
-        let all = if batches.is_empty() {
-            RecordBatch::new_empty(schema)
-        } else {
-            concat_batches(&schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))?
-        };
-        (report.groups_suppressed, report.suppressed_not_counted) =
-            held_back(&plan.rules.policy, groups, &all);
-    }
-    Ok((out, report, scanned))
+    Ok(held_back(&plan.rules.policy, groups, &all))
 }
 
 /// The rows of cells that hold at least `k` units. Rows of a group fall into cells by which of
@@ -1424,40 +1456,9 @@ fn private_values(
     let mut direct = Vec::new();
     let mut caps = Vec::new();
     for a in aggs {
-        // A NULL counts for nothing and adds nothing: a counted row needs a value, a clamped
-        // value stays NULL. So COUNT(NULL) is a noisy 0 and COUNT(x) counts x's values, as in
-        // pooled SQL.
-        let counted = match a.func {
-            AggFunc::Count => a.arg.as_ref().map(|arg| arg.clone().is_not_null()),
-            _ => None,
-        };
-        let cond = match (counted, &a.filter) {
-            (Some(c), Some(f)) => Some(c.and(f.clone())),
-            (c, f) => c.or_else(|| f.clone()),
-        };
-        let (value, lo, hi) = match a.func {
-            AggFunc::Count => (lit(1i64), 0i64, linf),
-            _ => {
-                let arg = a.arg.clone().unwrap_or(lit(0i64));
-                let column = column_of(&arg).unwrap_or_default();
-                let arg_type = arg.get_type(schema).map_err(QueryError::plan)?;
-                let (lo, hi) = privacy.bounds.get(&column).copied().unwrap_or((0.0, 0.0));
-                let lo_fp = (lo * fp as f64).round() as i64;
-                let hi_fp = (hi * fp as f64).round() as i64;
-                let fixed = crate::fixed::clamp_fixed(arg, &arg_type, lo_fp, hi_fp, fp);
-                (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
-            }
-        };
-        // Over rows directly, a count is DataFusion's own COUNT (NULLs skipped, FILTER as the
-        // query's), and a sum of the clamped values under the FILTER clause.
-        let over_rows = match a.func {
-            AggFunc::Count => count(a.arg.clone().unwrap_or(lit(1i64))),
-            _ => sum(value.clone()),
-        };
-        direct.push(match &a.filter {
-            Some(f) => over_rows.filter(f.clone()).build().map_err(QueryError::plan)?,
-            None => over_rows,
-        });
+        let cond = counted_condition(a);
+        let (value, lo, hi) = clamped_value(a, schema, privacy, fp, linf)?;
+        direct.push(direct_aggregate(a, &value)?);
         let v = match cond {
             Some(c) => when(c, value).otherwise(lit(ScalarValue::Int64(None))).map_err(QueryError::plan)?,
             None => value,
@@ -1466,6 +1467,58 @@ fn private_values(
         caps.push((lo, hi));
     }
     Ok(PrivateValues { values, direct, caps })
+}
+
+/// When a row counts toward `a`: a count's argument not NULL, and `a`'s FILTER; `None` for always.
+fn counted_condition(a: &AggSpec) -> Option<Expr> {
+    // A NULL counts for nothing and adds nothing: a counted row needs a value, a clamped
+    // value stays NULL. So COUNT(NULL) is a noisy 0 and COUNT(x) counts x's values, as in
+    // pooled SQL.
+    let counted = match a.func {
+        AggFunc::Count => a.arg.as_ref().map(|arg| arg.clone().is_not_null()),
+        _ => None,
+    };
+    match (counted, &a.filter) {
+        (Some(c), Some(f)) => Some(c.and(f.clone())),
+        (c, f) => c.or_else(|| f.clone()),
+    }
+}
+
+/// A row's value for `a` (1, or the clamped fixed-point argument) and one unit's contribution bounds.
+fn clamped_value(
+    a: &AggSpec,
+    schema: &DFSchema,
+    privacy: &concord_policy::Privacy,
+    fp: i64,
+    linf: i64,
+) -> Result<(Expr, i64, i64), QueryError> {
+    Ok(match a.func {
+        AggFunc::Count => (lit(1i64), 0i64, linf),
+        _ => {
+            let arg = a.arg.clone().unwrap_or(lit(0i64));
+            let column = column_of(&arg).unwrap_or_default();
+            let arg_type = arg.get_type(schema).map_err(QueryError::plan)?;
+            let (lo, hi) = privacy.bounds.get(&column).copied().unwrap_or((0.0, 0.0));
+            let lo_fp = (lo * fp as f64).round() as i64;
+            let hi_fp = (hi * fp as f64).round() as i64;
+            let fixed = crate::fixed::clamp_fixed(arg, &arg_type, lo_fp, hi_fp, fp);
+            (fixed, lo_fp.saturating_mul(linf), hi_fp.saturating_mul(linf))
+        }
+    })
+}
+
+/// Aggregate `a` computed over rows directly, where each unit has one row; `value` is its row value.
+fn direct_aggregate(a: &AggSpec, value: &Expr) -> Result<Expr, QueryError> {
+    // Over rows directly, a count is DataFusion's own COUNT (NULLs skipped, FILTER as the
+    // query's), and a sum of the clamped values under the FILTER clause.
+    let over_rows = match a.func {
+        AggFunc::Count => count(a.arg.clone().unwrap_or(lit(1i64))),
+        _ => sum(value.clone()),
+    };
+    Ok(match &a.filter {
+        Some(f) => over_rows.filter(f.clone()).build().map_err(QueryError::plan)?,
+        None => over_rows,
+    })
 }
 
 /// Runs a release under differential privacy: each unit's contribution bounded, totals per group

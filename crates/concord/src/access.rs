@@ -119,6 +119,24 @@ fn decided(word: &str, r: &AccessRecord) -> Result<()> {
     Ok(())
 }
 
+/// Prints the access requests filed here and with this node, as a table or JSON.
+async fn list(connect: Connect, format: ListFormat) -> Result<()> {
+    let list = connect.client()?.access_requests().await?;
+    match format {
+        ListFormat::Json => say!("{}", serde_json::to_string_pretty(&list)?),
+        ListFormat::Table => {
+            say!("{HEADER}");
+            for r in &list {
+                say!("{}", row(r));
+            }
+            if list.is_empty() {
+                say!("(no access requests)");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(command: AccessCommand) -> Result<()> {
     match command {
         AccessCommand::Request { connect, dataset, actions, purpose, legal_basis, days } => {
@@ -134,21 +152,7 @@ pub async fn run(command: AccessCommand) -> Result<()> {
             );
             say!("access request {}", r.id);
         }
-        AccessCommand::List { connect, format } => {
-            let list = connect.client()?.access_requests().await?;
-            match format {
-                ListFormat::Json => say!("{}", serde_json::to_string_pretty(&list)?),
-                ListFormat::Table => {
-                    say!("{HEADER}");
-                    for r in &list {
-                        say!("{}", row(r));
-                    }
-                    if list.is_empty() {
-                        say!("(no access requests)");
-                    }
-                }
-            }
-        }
+        AccessCommand::List { connect, format } => list(connect, format).await?,
         AccessCommand::Approve { connect, id, days, reason } => {
             let r = connect.client()?.decide(&id, Decision::Approve, &DecideRequest { reason, days }).await?;
             decided("approved", &r)?;

@@ -164,6 +164,32 @@ fn list(dir: PathBuf, format: ListFormat) -> Result<()> {
     Ok(())
 }
 
+/// Registers the dataset `spec` describes in the node folder `dir` and says what came of it.
+async fn register(dir: PathBuf, spec: &admin::DatasetSpec<'_>, replace: bool) -> Result<()> {
+    let progress = crate::out::Progress::start(format!("reading {} and checking it", spec.file.display()));
+    let registered = admin::dataset_register(&NodeDir::new(dir), spec, replace).await?;
+    drop(progress);
+    for c in &registered.changes {
+        say!("changed: {c}");
+    }
+    for w in &registered.left_out {
+        eprintln!("warning: {w}");
+    }
+    for n in &registered.notes {
+        say!("note: {n}");
+    }
+    let r = registered.record;
+    say!(
+        "registered dataset {} ({}, {} rows{}) at {}",
+        r.name,
+        r.format.as_str(),
+        r.rows,
+        r.shared_schema.map(|s| format!(", conforms to {s}")).unwrap_or_default(),
+        r.path.display()
+    );
+    Ok(())
+}
+
 pub async fn run(command: DatasetCommand) -> Result<()> {
     match command {
         DatasetCommand::Show { dir, name } => show(dir, &name)?,
@@ -198,27 +224,7 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                 allow: allow.as_deref(),
                 csv,
             };
-            let progress = crate::out::Progress::start(format!("reading {} and checking it", file.display()));
-            let registered = admin::dataset_register(&NodeDir::new(dir), &spec, replace).await?;
-            drop(progress);
-            for c in &registered.changes {
-                say!("changed: {c}");
-            }
-            for w in &registered.left_out {
-                eprintln!("warning: {w}");
-            }
-            for n in &registered.notes {
-                say!("note: {n}");
-            }
-            let r = registered.record;
-            say!(
-                "registered dataset {} ({}, {} rows{}) at {}",
-                r.name,
-                r.format.as_str(),
-                r.rows,
-                r.shared_schema.map(|s| format!(", conforms to {s}")).unwrap_or_default(),
-                r.path.display()
-            );
+            register(dir, &spec, replace).await?;
         }
         DatasetCommand::List { dir, format } => list(dir, format)?,
     }

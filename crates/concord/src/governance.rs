@@ -78,6 +78,16 @@ fn duration_secs(s: &str) -> Result<u64> {
 
 /// The changes the flags ask for, in a fixed order.
 fn changes(a: &ProposeArgs) -> Result<Vec<Change>> {
+    let mut changes = member_changes(a)?;
+    changes.extend(rule_changes(a)?);
+    if changes.is_empty() {
+        bail!("a proposal needs at least one change (--add-member, --min-group-size, ...)");
+    }
+    Ok(changes)
+}
+
+/// The changes to the membership: members added, removed, rekeyed and moved, in that order.
+fn member_changes(a: &ProposeArgs) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
     for p in &a.add_member {
         changes.push(Change::AddMember { card: read_json::<MemberCard>(p, "member card")? });
@@ -101,6 +111,12 @@ fn changes(a: &ProposeArgs) -> Result<Vec<Change>> {
             e.split_once('=').ok_or_else(|| anyhow::anyhow!("--endpoint {e:?}: write ID=HOST:PORT"))?;
         changes.push(Change::ChangeEndpoint { id: id.to_owned(), endpoint: endpoint.to_owned() });
     }
+    Ok(changes)
+}
+
+/// The changes to the charter's rules: schemas, release and border limits, notes, threshold, quorum.
+fn rule_changes(a: &ProposeArgs) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
     for p in &a.schemas {
         changes.push(Change::SetSchema { schema: read_json::<SharedSchema>(p, "shared schema")? });
     }
@@ -127,9 +143,6 @@ fn changes(a: &ProposeArgs) -> Result<Vec<Change>> {
     }
     if let Some(quorum) = a.witness_quorum {
         changes.push(Change::WitnessQuorum { quorum });
-    }
-    if changes.is_empty() {
-        bail!("a proposal needs at least one change (--add-member, --min-group-size, ...)");
     }
     Ok(changes)
 }

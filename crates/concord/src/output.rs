@@ -124,28 +124,8 @@ fn release_notes(r: &concord_query::release::ReleaseReport) -> Vec<String> {
                 .to_string(),
         );
     }
-    match (&r.mechanism, r.threshold) {
-        (Some(_), Some(t)) => notes.push(format!(
-            "groups released where their noisy count of distinct people reaches {t} (minimum group size {}, \
-             delta {:e}); groups held back not counted",
-            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
-            r.delta.unwrap_or(0.0)
-        )),
-        (Some(_), None) if r.public_keys => {
-            notes.push("every public key released with noise, zeros included".to_owned())
-        }
-        (Some(_), None) => {}
-        (None, _) if r.suppressed_not_counted => notes.push(format!(
-            "groups under the minimum group size ({}) held back, not counted (the group columns have no \
-             public key set)",
-            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
-        )),
-        (None, _) if r.groups_suppressed > 0 || r.min_group_size.is_some() => notes.push(format!(
-            "{} suppressed (minimum group size {})",
-            crate::out::plural(r.groups_suppressed, "group", "groups"),
-            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
-        )),
-        (None, _) => {}
+    if let Some(note) = groups_note(r) {
+        notes.push(note);
     }
     if r.small_cells_left_out {
         notes.push(
@@ -170,6 +150,33 @@ fn release_notes(r: &concord_query::release::ReleaseReport) -> Vec<String> {
         notes.push(format!("under grant {g}"));
     }
     notes
+}
+
+/// What the release rules did to groups, in words, if anything: noisy threshold, public keys, held back.
+fn groups_note(r: &concord_query::release::ReleaseReport) -> Option<String> {
+    match (&r.mechanism, r.threshold) {
+        (Some(_), Some(t)) => Some(format!(
+            "groups released where their noisy count of distinct people reaches {t} (minimum group size {}, \
+             delta {:e}); groups held back not counted",
+            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+            r.delta.unwrap_or(0.0)
+        )),
+        (Some(_), None) if r.public_keys => {
+            Some("every public key released with noise, zeros included".to_owned())
+        }
+        (Some(_), None) => None,
+        (None, _) if r.suppressed_not_counted => Some(format!(
+            "groups under the minimum group size ({}) held back, not counted (the group columns have no \
+             public key set)",
+            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
+        )),
+        (None, _) if r.groups_suppressed > 0 || r.min_group_size.is_some() => Some(format!(
+            "{} suppressed (minimum group size {})",
+            crate::out::plural(r.groups_suppressed, "group", "groups"),
+            r.min_group_size.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
+        )),
+        (None, _) => None,
+    }
 }
 
 /// RFC 4180 but for its line ends: a header row, LF line ends (as psql and DuckDB write, so

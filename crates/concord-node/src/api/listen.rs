@@ -103,13 +103,7 @@ pub async fn serve(
     let mut backoff = Duration::from_millis(5);
     let addresses: Addresses = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     loop {
-        // Finished connections are reaped first, so that the set holds only live ones.
-        while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = shutdown.changed() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
+        let Some(permit) = free_slot(&mut connections, &slots, &mut shutdown).await else { break };
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
             a = listener.accept() => a,
@@ -143,6 +137,23 @@ pub async fn serve(
         });
     }
     connections.shutdown().await;
+}
+
+/// Waits for a free connection slot, reaping finished connections; none once `shutdown` changes.
+async fn free_slot(
+    connections: &mut tokio::task::JoinSet<()>,
+    slots: &Arc<Semaphore>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        // Finished connections are reaped first, so that the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            p = slots.clone().acquire_owned() => return p.ok(),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
 }
 
 /// Waits `pause`, or less if `shutdown` changes first; whether it did.

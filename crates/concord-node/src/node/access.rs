@@ -54,6 +54,20 @@ fn budget() -> Budget {
     Budget { timeout: Duration::from_secs(10), max_bytes: 64 * 1024 }
 }
 
+/// The actions an ask names, each once in the order first named; refused if it names none.
+fn requested_actions(asked: &[Action]) -> Result<Vec<Action>, NodeError> {
+    let mut actions: Vec<Action> = Vec::new();
+    for a in asked {
+        if !actions.contains(a) {
+            actions.push(*a);
+        }
+    }
+    if actions.is_empty() {
+        return Err(NodeError::BadRequest("name at least one action: aggregate, read_rows, describe".into()));
+    }
+    Ok(actions)
+}
+
 /// The period (unix seconds, from and until) a decision sets: an approval from now (or the
 /// start asked) to the end asked, cut to `days`; a revocation ends it now; a refusal is empty.
 fn granted_period(
@@ -120,17 +134,7 @@ impl Node {
         if ask.days == 0 || ask.days > MAX_DAYS {
             return Err(NodeError::BadRequest(format!("the period must be from 1 to {MAX_DAYS} days")));
         }
-        let mut actions: Vec<Action> = Vec::new();
-        for a in &ask.actions {
-            if !actions.contains(a) {
-                actions.push(*a);
-            }
-        }
-        if actions.is_empty() {
-            return Err(NodeError::BadRequest(
-                "name at least one action: aggregate, read_rows, describe".into(),
-            ));
-        }
+        let actions = requested_actions(&ask.actions)?;
         let now = chrono::Utc::now().timestamp();
         let request = AccessRequest {
             federation: self.federation().to_owned(),
@@ -147,17 +151,27 @@ impl Node {
         };
         let (note, details) = request.sign(&self.keys().signer)?;
         let body = envelope(&note, &details);
-        let resp =
-            peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", body.clone(), budget())
-                .await?;
-        if resp.status != 200 {
-            let (code, message) = resp.failure();
-            return Err(NodeError::Peer { member: owner.to_owned(), code, message });
-        }
+        self.send_access_request(card, owner, body.clone()).await?;
         let record = record_of(&request, Direction::Out);
         self.state.put_access_request(&record, &body)?;
         self.log_filed(&request, &note, &details).await?;
         Ok(record)
+    }
+
+    /// Sends a signed access request to its owner; an owner that does not file it is an error.
+    async fn send_access_request(
+        &self,
+        card: &concord_charter::MemberCard,
+        owner: &str,
+        body: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        let resp =
+            peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", body, budget()).await?;
+        if resp.status != 200 {
+            let (code, message) = resp.failure();
+            return Err(NodeError::Peer { member: owner.to_owned(), code, message });
+        }
+        Ok(())
     }
 
     /// Logs an access request: its public note (actions, period); the purpose and legal basis
@@ -178,6 +192,20 @@ impl Node {
 
     /// Owner side: a peer's signed access request, checked, logged and kept as pending.
     pub async fn receive_access_request(&self, tls_member: &str, body: &[u8]) -> Result<String, NodeError> {
+        let (note, details, request) = self.verified_access_request(tls_member, body)?;
+        self.check_can_file(&request).await?;
+        self.log_filed(&request, &note, &details).await?;
+        self.state.put_access_request(&record_of(&request, Direction::In), body)?;
+        tracing::info!(request = %request.request_id, requester = %request.requester, dataset = %request.dataset, "access request filed");
+        Ok(request.request_id)
+    }
+
+    /// A peer's access request note, details and fields: within size, of the TLS peer, signed by its key.
+    fn verified_access_request(
+        &self,
+        tls_member: &str,
+        body: &[u8],
+    ) -> Result<(Note, Vec<u8>, AccessRequest), NodeError> {
         if body.len() > MAX_ACCESS_NOTE {
             return Err(NodeError::TooLarge(format!(
                 "an access request note of {} bytes is over {MAX_ACCESS_NOTE}",
@@ -203,6 +231,11 @@ impl Node {
         note.verify(std::slice::from_ref(&card.verifier()?)).map_err(|e| {
             NodeError::BadSignature(format!("access request is not signed by {}'s key: {e}", card.id))
         })?;
+        Ok((note, details, request))
+    }
+
+    /// Whether this node files `request`: addressed to it, fresh, in bounds, on a dataset it has.
+    async fn check_can_file(&self, request: &AccessRequest) -> Result<(), NodeError> {
         if request.federation != self.federation() || request.owner != self.cfg.member {
             return Err(NodeError::BadRequest(format!(
                 "the access request is addressed to {}/{}, this node is {}/{}",
@@ -235,10 +268,7 @@ impl Node {
                 self.cfg.member, request.dataset
             )));
         }
-        self.log_filed(&request, &note, &details).await?;
-        self.state.put_access_request(&record_of(&request, Direction::In), body)?;
-        tracing::info!(request = %request.request_id, requester = %request.requester, dataset = %request.dataset, "access request filed");
-        Ok(request.request_id)
+        Ok(())
     }
 
     /// Why a grant of `actions` on `d` to the request's requester, for its purpose, could never
@@ -307,25 +337,31 @@ impl Node {
             reason: if reason.is_empty() { "approved".to_owned() } else { reason.to_owned() },
             time: now,
         };
-        let (note, details) = d.sign(&self.keys().signer)?;
-        let entry = decided_entry(&d, &note, &details, &self.charter().charter);
-        // Logged before the grant takes effect.
-        self.log.append(entry.to_bytes()?).await?;
-        let note_bytes = envelope(&note, &details);
-        self.state.decide_access(&DecisionRecord {
-            id,
-            status,
-            valid_from: from,
-            valid_until: until,
-            reason: &d.reason,
-            note: &note_bytes,
-            grant: true,
-        })?;
+        let note_bytes = self.sign_log_and_record(id, &d).await?;
         tracing::info!(request = %id, requester = %d.requester, decision = %status, "access request decided");
         self.push_decision(id, &d.requester, &note_bytes).await;
         self.state
             .access_request(id)?
             .ok_or_else(|| NodeError::State(format!("access request {id} vanished")))
+    }
+
+    /// Signs decision `d`, logs it, then records it with its grant; returns its note as sent.
+    async fn sign_log_and_record(&self, id: &str, d: &AccessDecision) -> Result<Vec<u8>, NodeError> {
+        let (note, details) = d.sign(&self.keys().signer)?;
+        let entry = decided_entry(d, &note, &details, &self.charter().charter);
+        // Logged before the grant takes effect.
+        self.log.append(entry.to_bytes()?).await?;
+        let note_bytes = envelope(&note, &details);
+        self.state.decide_access(&DecisionRecord {
+            id,
+            status: d.decision,
+            valid_from: d.valid_from,
+            valid_until: d.valid_until,
+            reason: &d.reason,
+            note: &note_bytes,
+            grant: true,
+        })?;
+        Ok(note_bytes)
     }
 
     /// A request filed with this node that `decision` may decide: a pending one to approve or

@@ -544,36 +544,10 @@ impl Node {
             .flatten();
         let current = self.keys();
         for m in members {
-            let mut acts = None;
-            let mut tls = None;
-            for keys in std::iter::once(&current.tls).chain(pending.as_ref()) {
-                if let Ok(r) =
-                    peer_call_with(keys, &m, "GET", "/v1/governance/acts", Vec::new(), pull_budget()).await
-                    && r.status == 200
-                {
-                    acts = serde_json::from_slice::<Acts>(&r.body).ok();
-                    tls = Some(keys);
-                    break;
-                }
-            }
-            let (Some(acts), Some(tls)) = (acts, tls) else { continue };
-            while self.charter_version() < acts.version {
-                let before = self.charter_version();
-                let path = format!("/v1/governance/charter/{}", before + 1);
-                let next = match peer_call_with(tls, &m, "GET", &path, Vec::new(), pull_budget()).await {
-                    Ok(r) if r.status == 200 => r.body,
-                    _ => break,
-                };
-                match self.take_charter(&next).await {
-                    // Only a version that advances this node counts: a peer must not keep it here.
-                    Ok(v) if v > before => {}
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(member = %m.id, "charter pulled from {} not adopted: {e}", m.id);
-                        break;
-                    }
-                }
-            }
+            let Some((acts, tls)) = self.pull_acts(&m, &current.tls, pending.as_ref()).await else {
+                continue;
+            };
+            self.pull_charters(&m, tls, acts.version).await;
             if acts.version != self.charter_version() {
                 continue;
             }
@@ -585,6 +559,50 @@ impl Node {
             }
         }
         self.charter_version()
+    }
+
+    /// The acts `m` serves, read with the first of `current` and `pending` it answers, and those keys.
+    async fn pull_acts<'k>(
+        &self,
+        m: &concord_charter::MemberCard,
+        current: &'k crate::net::tls::TlsKeys,
+        pending: Option<&'k crate::net::tls::TlsKeys>,
+    ) -> Option<(Acts, &'k crate::net::tls::TlsKeys)> {
+        for keys in std::iter::once(current).chain(pending) {
+            if let Ok(r) =
+                peer_call_with(keys, m, "GET", "/v1/governance/acts", Vec::new(), pull_budget()).await
+                && r.status == 200
+            {
+                return serde_json::from_slice::<Acts>(&r.body).ok().map(|acts| (acts, keys));
+            }
+        }
+        None
+    }
+
+    /// Adopts from `m`, one at a time and each verified, the charter versions up to `latest`.
+    async fn pull_charters(
+        &self,
+        m: &concord_charter::MemberCard,
+        tls: &crate::net::tls::TlsKeys,
+        latest: u64,
+    ) {
+        while self.charter_version() < latest {
+            let before = self.charter_version();
+            let path = format!("/v1/governance/charter/{}", before + 1);
+            let next = match peer_call_with(tls, m, "GET", &path, Vec::new(), pull_budget()).await {
+                Ok(r) if r.status == 200 => r.body,
+                _ => break,
+            };
+            match self.take_charter(&next).await {
+                // Only a version that advances this node counts: a peer must not keep it here.
+                Ok(v) if v > before => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(member = %m.id, "charter pulled from {} not adopted: {e}", m.id);
+                    break;
+                }
+            }
+        }
     }
 
     /// Sends `body` to every other member of the current version; a member that cannot be

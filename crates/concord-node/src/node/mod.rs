@@ -450,33 +450,45 @@ impl Node {
                 }
                 continue;
             }
-            // The owner's own analysts are bound by no rule; others only by a policy in force.
-            let in_force =
-                if requester == self.cfg.member { Ok(()) } else { policy_in_force(&charter.charter, d) };
-            let usable = in_force.is_ok();
-            let withheld = match (decide("", Action::Aggregate)?, in_force) {
-                (_, Err(e)) => Some(format!("its policy is not in force: {e}")),
-                (concord_policy::Decision::Allow { .. }, Ok(())) => None,
-                (concord_policy::Decision::Deny { reason }, Ok(())) => Some(reason),
-            };
-            let mut purposes = Vec::new();
-            if withheld.is_some() && usable {
-                for p in self.state.grant_purposes(requester, name, now)? {
-                    if decide(&p, Action::Aggregate)?.is_allowed() {
-                        purposes.push(p);
-                    }
-                }
-            }
-            out.datasets.push(CatalogEntry {
-                name: name.clone(),
-                shared_schema: d.record.shared_schema.clone(),
-                schema_ipc: B64.encode(&d.record.schema_ipc),
-                withheld,
-                private: d.policy.release.privacy.is_some(),
-                purposes,
-            });
+            out.datasets.push(self.catalog_entry(&charter.charter, d, requester, now, decide)?);
         }
         Ok(out)
+    }
+
+    /// A dataset `requester` may see, as its catalog shows it: why it is withheld, and under which purposes.
+    fn catalog_entry(
+        &self,
+        charter: &concord_charter::Charter,
+        d: &LoadedDataset,
+        requester: &str,
+        now: i64,
+        decide: impl Fn(&str, Action) -> Result<concord_policy::Decision, NodeError>,
+    ) -> Result<CatalogEntry, NodeError> {
+        let name = &d.record.name;
+        // The owner's own analysts are bound by no rule; others only by a policy in force.
+        let in_force = if requester == self.cfg.member { Ok(()) } else { policy_in_force(charter, d) };
+        let usable = in_force.is_ok();
+        let withheld = match (decide("", Action::Aggregate)?, in_force) {
+            (_, Err(e)) => Some(format!("its policy is not in force: {e}")),
+            (concord_policy::Decision::Allow { .. }, Ok(())) => None,
+            (concord_policy::Decision::Deny { reason }, Ok(())) => Some(reason),
+        };
+        let mut purposes = Vec::new();
+        if withheld.is_some() && usable {
+            for p in self.state.grant_purposes(requester, name, now)? {
+                if decide(&p, Action::Aggregate)?.is_allowed() {
+                    purposes.push(p);
+                }
+            }
+        }
+        Ok(CatalogEntry {
+            name: name.clone(),
+            shared_schema: d.record.shared_schema.clone(),
+            schema_ipc: B64.encode(&d.record.schema_ipc),
+            withheld,
+            private: d.policy.release.privacy.is_some(),
+            purposes,
+        })
     }
 }
 

@@ -136,28 +136,8 @@ impl Node {
         let sub = parse_subquery(ask.dataset, table.clone(), ask.sql).await?;
         let action = sub.action();
         let baseline = self.baseline();
-        let ctx = AccessContext {
-            requester: ask.requester.to_owned(),
-            purpose: ask.purpose.to_owned(),
-            grants: self.state.live_grants(
-                ask.requester,
-                ask.dataset,
-                chrono::Utc::now().timestamp(),
-                Some(ask.purpose),
-            )?,
-            charter_version: self.charter_version(),
-        };
-        let rule = match d.policy.decide(&self.cfg.member, ask.dataset, action, &ctx, &baseline) {
-            Decision::Allow { by } => by,
-            Decision::Deny { reason } if action == concord_policy::Action::ReadRows => {
-                return Err(NodeError::PolicyRefused(format!(
-                    "{reason}. The query reads rows of {}. What works: aggregates (COUNT, SUM, AVG, MIN, MAX) \
-                     with WHERE and GROUP BY, and any SQL over their results",
-                    ask.dataset
-                )));
-            }
-            Decision::Deny { reason } => return Err(NodeError::PolicyRefused(reason)),
-        };
+        let ctx = self.access_context(ask)?;
+        let rule = self.allowing_rule(d, ask, action, &ctx, &baseline)?;
         let own = ask.requester == self.cfg.member;
         if !own && let Err(e) = super::policy_in_force(&self.charter().charter, d) {
             return Err(NodeError::PolicyRefused(format!(
@@ -185,6 +165,43 @@ impl Node {
             grant: ctx.grant_for(action).map(str::to_owned),
             rows: d.record.rows,
         })
+    }
+
+    /// The access context `ask` is decided in: its requester, purpose and their live grants.
+    fn access_context(&self, ask: &Ask<'_>) -> Result<AccessContext, NodeError> {
+        Ok(AccessContext {
+            requester: ask.requester.to_owned(),
+            purpose: ask.purpose.to_owned(),
+            grants: self.state.live_grants(
+                ask.requester,
+                ask.dataset,
+                chrono::Utc::now().timestamp(),
+                Some(ask.purpose),
+            )?,
+            charter_version: self.charter_version(),
+        })
+    }
+
+    /// The rule of `d`'s policy that allows `action` to `ask`, or the policy's refusal.
+    fn allowing_rule(
+        &self,
+        d: &super::LoadedDataset,
+        ask: &Ask<'_>,
+        action: concord_policy::Action,
+        ctx: &AccessContext,
+        baseline: &concord_policy::Baseline,
+    ) -> Result<String, NodeError> {
+        match d.policy.decide(&self.cfg.member, ask.dataset, action, ctx, baseline) {
+            Decision::Allow { by } => Ok(by),
+            Decision::Deny { reason } if action == concord_policy::Action::ReadRows => {
+                Err(NodeError::PolicyRefused(format!(
+                    "{reason}. The query reads rows of {}. What works: aggregates (COUNT, SUM, AVG, MIN, MAX) \
+                     with WHERE and GROUP BY, and any SQL over their results",
+                    ask.dataset
+                )))
+            }
+            Decision::Deny { reason } => Err(NodeError::PolicyRefused(reason)),
+        }
     }
 
     /// Charges a query's privacy cost before any noise is drawn (taking the reservation its
@@ -240,26 +257,37 @@ impl Node {
                 dataset_remaining: units(dp.budget_per_dataset.0.saturating_sub(spent.on_dataset))
                     .to_string(),
             }),
-            Err(before) => {
-                let left_requester = units(dp.budget_per_requester.0.saturating_sub(before.by_requester));
-                let left_dataset = units(dp.budget_per_dataset.0.saturating_sub(before.on_dataset));
-                let which = if left_requester < cost {
-                    format!(
-                        "{}'s privacy budget on {} ({param} {}) has {left_requester} left",
-                        ask.requester, ask.dataset, dp.budget_per_requester
-                    )
-                } else {
-                    format!(
-                        "the privacy budget of {} for all requesters ({param} {}) has {left_dataset} left",
-                        ask.dataset, dp.budget_per_dataset
-                    )
-                };
-                Err(NodeError::PolicyRefused(format!(
-                    "budget exhausted: {which}, and this query costs {cost}; ask {}'s stewards for more, or query less",
-                    self.cfg.member
-                )))
-            }
+            Err(before) => Err(self.budget_exhausted(ask, cost, dp, before)),
         }
+    }
+
+    /// The refusal of a query costing `cost` when `before` was spent: which budget has too little left.
+    fn budget_exhausted(
+        &self,
+        ask: &Ask<'_>,
+        cost: concord_policy::Units,
+        dp: &concord_policy::Privacy,
+        before: crate::store::state::Spent,
+    ) -> NodeError {
+        let param = dp.mechanism.parameter();
+        let units = concord_policy::Units;
+        let left_requester = units(dp.budget_per_requester.0.saturating_sub(before.by_requester));
+        let left_dataset = units(dp.budget_per_dataset.0.saturating_sub(before.on_dataset));
+        let which = if left_requester < cost {
+            format!(
+                "{}'s privacy budget on {} ({param} {}) has {left_requester} left",
+                ask.requester, ask.dataset, dp.budget_per_requester
+            )
+        } else {
+            format!(
+                "the privacy budget of {} for all requesters ({param} {}) has {left_dataset} left",
+                ask.dataset, dp.budget_per_dataset
+            )
+        };
+        NodeError::PolicyRefused(format!(
+            "budget exhausted: {which}, and this query costs {cost}; ask {}'s stewards for more, or query less",
+            self.cfg.member
+        ))
     }
 }
 

@@ -749,16 +749,9 @@ fn as_query_error(owner: &str, e: NodeError) -> QueryError {
     }
 }
 
-#[async_trait]
-impl OwnerClient for PeerOwners {
-    async fn check_all(&self, asks: &[(Part, String)]) -> Result<(), QueryError> {
-        let me = &self.node.cfg.member;
-        let remote: Vec<&(Part, String)> = asks.iter().filter(|(p, _)| &p.owner != me).collect();
-        // Only where one owner's refusal could leave another's budget spent.
-        let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
-        if remote.len() < 2 || !charges {
-            return Ok(());
-        }
+impl PeerOwners {
+    /// Prepares each remote sub-query's request: those prepared, and the first error if any.
+    async fn prepare_all(&self, remote: &[&(Part, String)]) -> (Vec<Prepared>, Option<QueryError>) {
         let prepared = futures::future::join_all(
             remote.iter().map(|(p, sql)| self.node.prepare_request(p, sql, &self.purpose)),
         )
@@ -773,41 +766,71 @@ impl OwnerClient for PeerOwners {
                 }
             }
         }
-        if first_error.is_none() {
-            let checks =
-                futures::future::join_all(ready.iter().map(|r| self.node.check_round(r, "/v1/query/check")))
-                    .await;
-            let mut passed = Vec::new();
-            for (r, c) in ready.into_iter().zip(checks) {
-                match c {
-                    Ok(()) => passed.push(r),
-                    Err(e) => {
-                        first_error.get_or_insert(as_query_error(&r.part.owner, e));
-                    }
+        (ready, first_error)
+    }
+
+    /// Runs the check round on each prepared request: those that passed, and the first error if any.
+    async fn check_prepared(&self, ready: Vec<Prepared>) -> (Vec<Prepared>, Option<QueryError>) {
+        let checks =
+            futures::future::join_all(ready.iter().map(|r| self.node.check_round(r, "/v1/query/check")))
+                .await;
+        let mut passed = Vec::new();
+        let mut first_error = None;
+        for (r, c) in ready.into_iter().zip(checks) {
+            match c {
+                Ok(()) => passed.push(r),
+                Err(e) => {
+                    first_error.get_or_insert(as_query_error(&r.part.owner, e));
                 }
             }
-            ready = passed;
+        }
+        (passed, first_error)
+    }
+
+    /// Keeps the requests that passed the check round, by owner, dataset and SQL, to run as checked.
+    fn keep_checked(&self, ready: Vec<Prepared>) {
+        let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in ready {
+            let key = (r.part.owner.clone(), r.part.dataset.clone(), r.request.sql.clone());
+            checked.entry(key).or_default().push(r);
+        }
+    }
+
+    /// Withdraws requests that passed the check round; a withdrawal not delivered is only logged.
+    async fn withdraw(&self, ready: &[Prepared]) {
+        let withdrawn =
+            futures::future::join_all(ready.iter().map(|r| self.node.check_round(r, "/v1/query/cancel")))
+                .await;
+        for (r, w) in ready.iter().zip(withdrawn) {
+            if let Err(w) = w {
+                tracing::warn!(request = %r.request.request_id, owner = %r.part.owner, "withdrawal not delivered; the reservation lapses: {w}");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl OwnerClient for PeerOwners {
+    async fn check_all(&self, asks: &[(Part, String)]) -> Result<(), QueryError> {
+        let me = &self.node.cfg.member;
+        let remote: Vec<&(Part, String)> = asks.iter().filter(|(p, _)| &p.owner != me).collect();
+        // Only where one owner's refusal could leave another's budget spent.
+        let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
+        if remote.len() < 2 || !charges {
+            return Ok(());
+        }
+        let (mut ready, mut first_error) = self.prepare_all(&remote).await;
+        if first_error.is_none() {
+            (ready, first_error) = self.check_prepared(ready).await;
         }
         match first_error {
             None => {
-                let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                for r in ready {
-                    let key = (r.part.owner.clone(), r.part.dataset.clone(), r.request.sql.clone());
-                    checked.entry(key).or_default().push(r);
-                }
+                self.keep_checked(ready);
                 Ok(())
             }
             Some(e) => {
                 // Withdrawn wherever it passed: their reservations are released at once.
-                let withdrawn = futures::future::join_all(
-                    ready.iter().map(|r| self.node.check_round(r, "/v1/query/cancel")),
-                )
-                .await;
-                for (r, w) in ready.iter().zip(withdrawn) {
-                    if let Err(w) = w {
-                        tracing::warn!(request = %r.request.request_id, owner = %r.part.owner, "withdrawal not delivered; the reservation lapses: {w}");
-                    }
-                }
+                self.withdraw(&ready).await;
                 Err(e)
             }
         }

@@ -241,16 +241,8 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
         // Every witness is asked at once, each within its own timeout: one that hangs delays
         // nobody, and the checkpoint is published as soon as the quorum has cosigned.
         let text = note.clone();
-        let timeout = Duration::from_secs(node.cfg.limits.witness_timeout_secs);
         asked.push(async move {
-            let r = match tokio::time::timeout(timeout, ask_witness(node, w, text, cp_size)).await {
-                Ok(r) => r,
-                Err(_) => Err(NodeError::Peer {
-                    member: w.id.clone(),
-                    code: crate::PeerFailure::Unreachable,
-                    message: format!("no cosignature within {} s", timeout.as_secs()),
-                }),
-            };
+            let r = ask_witness_in_time(node, w, text, cp_size).await;
             (w, verifier, r)
         });
     }
@@ -316,6 +308,24 @@ fn add_cosignatures(
     }
 }
 
+/// [`ask_witness`] within the witness timeout; a witness that does not answer in it is unreachable.
+async fn ask_witness_in_time(
+    node: &Node,
+    w: &concord_charter::MemberCard,
+    note: Note,
+    size: u64,
+) -> Result<Vec<concord_log::NoteSignature>, NodeError> {
+    let timeout = Duration::from_secs(node.cfg.limits.witness_timeout_secs);
+    match tokio::time::timeout(timeout, ask_witness(node, w, note, size)).await {
+        Ok(r) => r,
+        Err(_) => Err(NodeError::Peer {
+            member: w.id.clone(),
+            code: crate::PeerFailure::Unreachable,
+            message: format!("no cosignature within {} s", timeout.as_secs()),
+        }),
+    }
+}
+
 /// Submits `note` (our checkpoint of `size`) to witness `w`; returns its cosignatures.
 async fn ask_witness(
     node: &Node,
@@ -333,19 +343,7 @@ async fn ask_witness(
             });
         }
         let body = add_checkpoint_body(node, old, size, &note)?;
-        let budget = crate::net::client::Budget {
-            timeout: Duration::from_secs(node.cfg.limits.witness_timeout_secs),
-            max_bytes: MAX_CHECKPOINT_BYTES,
-        };
-        let resp = crate::net::client::peer_call_with(
-            &node.keys().tls,
-            w,
-            "POST",
-            "/v1/witness/add-checkpoint",
-            body.into_bytes(),
-            budget,
-        )
-        .await?;
+        let resp = post_add_checkpoint(node, w, body).await?;
         match resp.status {
             200 => return take_cosignature(node, w, &note, &resp.body, size),
             409 => {
@@ -370,6 +368,28 @@ async fn ask_witness(
         code: crate::PeerFailure::Conflict,
         message: "the witness's size kept moving".into(),
     })
+}
+
+/// Sends an add-checkpoint request to witness `w`, within the witness timeout and answer size.
+async fn post_add_checkpoint(
+    node: &Node,
+    w: &concord_charter::MemberCard,
+    body: String,
+) -> Result<crate::net::client::Response, NodeError> {
+    let budget = crate::net::client::Budget {
+        timeout: Duration::from_secs(node.cfg.limits.witness_timeout_secs),
+        max_bytes: MAX_CHECKPOINT_BYTES,
+    };
+    let keys = node.keys();
+    crate::net::client::peer_call_with(
+        &keys.tls,
+        w,
+        "POST",
+        "/v1/witness/add-checkpoint",
+        body.into_bytes(),
+        budget,
+    )
+    .await
 }
 
 /// The body of an add-checkpoint request: `old`, the consistency proof from `old` to `size`,

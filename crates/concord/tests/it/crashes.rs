@@ -17,12 +17,21 @@ use concord_node::store::config::NodeDir;
 use concord_node::store::entry::LogEntry;
 use sha2::{Digest as _, Sha256};
 
+/// Where a node's own output goes, beside its folder, so that a node that does not come back
+/// says why.
+fn output_of(dir: &Path) -> PathBuf {
+    dir.with_extension("out")
+}
+
 fn start(dir: &Path) -> Child {
+    let out =
+        std::fs::OpenOptions::new().create(true).append(true).open(output_of(dir)).expect("output file");
     Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["node", "run"])
         .arg(dir)
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(out)
         .spawn()
         .expect("node starts")
 }
@@ -36,7 +45,15 @@ async fn wait_up(m: &DemoMember) {
         if up {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{} did not come back", m.id);
+        if tokio::time::Instant::now() > deadline {
+            let out = std::fs::read_to_string(output_of(&m.dir)).unwrap_or_default();
+            let tail: Vec<&str> = out.lines().rev().take(30).collect();
+            panic!(
+                "{} did not come back; the last lines it wrote:\n{}",
+                m.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -47,13 +64,19 @@ fn log_of(dir: &Path) -> Vec<LogEntry> {
     raw.iter().filter_map(|e| LogEntry::from_bytes(e).ok()).collect()
 }
 
+/// Six free ports from 20000 to 32699: below Linux's ephemeral range (from 32768), where the
+/// nodes' and the analysts' own outgoing connections take their source ports and could take a
+/// killed node's port before it restarts; above the 15000–19999 of the other tests here.
 fn base_port() -> u16 {
-    let mut base = 30_000 + (std::process::id() % 300) as u16 * 100;
+    let mut base = 20_000 + (std::process::id() % 120) as u16 * 100;
     loop {
         if (base..base + 6).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
         base += 6;
+        if base > 32_700 {
+            base = 20_000;
+        }
     }
 }
 
