@@ -214,14 +214,12 @@ pub struct DatasetInfo {
     /// The dataset's name on this node.
     pub name: String,
     /// `csv` or `parquet`.
-    #[schema(value_type = String)]
     pub format: concord_query::dataset::DatasetFormat,
     /// The charter's shared schema the dataset conforms to, if any.
     pub shared_schema: Option<String>,
     /// Number of rows, as counted when the dataset was registered.
     pub rows: u64,
     /// `public`, `general`, `important` or `core`.
-    #[schema(value_type = String)]
     pub classification: concord_policy::Classification,
     /// True when the dataset's policy declares personal data.
     pub personal: bool,
@@ -455,7 +453,6 @@ pub struct SubqueryTest {
     /// The sub-query as SQL text.
     pub sql: String,
     /// `aggregate`, `read_rows` or `describe`; absent when the sub-query cannot be parsed.
-    #[schema(value_type = Option<String>)]
     pub action: Option<concord_policy::Action>,
     /// The access decision: `allowed by ...` or `refused: ...`.
     pub access: String,
@@ -474,7 +471,6 @@ pub struct AccessAsk {
     /// `member.dataset`.
     pub dataset: String,
     /// `aggregate`, `read_rows` or `describe`.
-    #[schema(value_type = Vec<String>, example = json!(["aggregate"]))]
     pub actions: Vec<concord_policy::Action>,
     /// Why access is asked for, one line.
     pub purpose: String,
@@ -574,7 +570,6 @@ pub struct AccessRecord {
     /// Name of the owner's dataset asked for.
     pub dataset: String,
     /// The actions asked for: `aggregate`, `read_rows`, `describe`.
-    #[schema(value_type = Vec<String>, example = json!(["aggregate"]))]
     pub actions: Vec<concord_policy::Action>,
     /// Why access is asked for.
     pub purpose: String,

@@ -29,7 +29,9 @@ pub use cedar::CEDAR_SCHEMA;
 pub use dp::Units;
 
 /// How sensitive a dataset is; the charter's baseline says what each class may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Classification {
     /// Anyone may see it.
@@ -128,7 +130,7 @@ impl ColumnMode {
 }
 
 /// What a requester asks to do with a dataset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Aggregates over the dataset.

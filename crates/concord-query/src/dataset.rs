@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::QueryError;
 
 /// File formats a dataset may have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetFormat {
     /// Comma-separated (or otherwise delimited) text, read as [`CsvOptions`] say.
