@@ -47,6 +47,10 @@ pub struct DemoMember {
     pub local_url: String,
     /// Base URL of the node's peer listener, which other members reach over mutual TLS.
     pub peer_url: String,
+    /// The node's Arrow Flight SQL listener, for ADBC and JDBC (`grpc://`, plain on loopback;
+    /// the same tokens as the local API).
+    #[serde(default)]
+    pub flight_sql_url: String,
     /// A token of role `analyst`: tables and queries.
     pub analyst_token: String,
     /// A token of role `auditor`: audits and the log.
@@ -113,8 +117,13 @@ pub async fn setup(
     Ok(members)
 }
 
-/// Initialises every member's node folder on two ports each from `port_base`; returns the
-/// members (tokens not yet made) and their cards for the genesis charter.
+/// Ports each member takes from the port base: local, peer, and Arrow Flight SQL.
+pub const PORTS_PER_MEMBER: usize = 3;
+
+/// Initialises every member's node folder on three ports each from `port_base`: the local and
+/// peer listeners of member `i` at `port_base + 2i` and `+ 2i + 1`, its Flight SQL listener
+/// after all of those, at `port_base + 2n + i`. Returns the members (tokens not yet made) and
+/// their cards for the genesis charter.
 fn init_members(
     dir: &Path,
     federation: &str,
@@ -126,19 +135,21 @@ fn init_members(
     for (i, spec) in specs.iter().enumerate() {
         let local = port_base as u32 + 2 * i as u32;
         let peer = local + 1;
-        if peer > u16::MAX as u32 {
+        let flight = port_base as u32 + 2 * specs.len() as u32 + i as u32;
+        if flight > u16::MAX as u32 {
             return Err(NodeError::Config(format!(
                 "--port-base {port_base} leaves no room for {} members",
                 specs.len()
             )));
         }
         let node_dir = dir.join(&spec.id).join("node");
-        admin_init(&node_dir, spec, federation, local as u16, peer as u16)?;
+        admin_init(&node_dir, spec, federation, [local as u16, peer as u16, flight as u16])?;
         let card = NodeDir::new(&node_dir).load_card()?;
         members.push(DemoMember {
             id: spec.id.clone(),
             local_url: format!("http://127.0.0.1:{local}"),
             peer_url: format!("https://127.0.0.1:{peer}"),
+            flight_sql_url: format!("grpc://127.0.0.1:{flight}"),
             analyst_token: String::new(),
             auditor_token: String::new(),
             steward_token: String::new(),
@@ -157,8 +168,7 @@ fn admin_init(
     node_dir: &Path,
     spec: &MemberSpec,
     federation: &str,
-    local: u16,
-    peer: u16,
+    [local, peer, flight]: [u16; 3],
 ) -> Result<(), NodeError> {
     concord_node::store::config::init(
         node_dir,
@@ -169,6 +179,7 @@ fn admin_init(
             jurisdiction: Some(spec.jurisdiction.clone()),
             peer_listen: format!("127.0.0.1:{peer}"),
             local_listen: format!("127.0.0.1:{local}"),
+            flight_listen: Some(format!("127.0.0.1:{flight}")),
             advertise: None,
         },
     )?;
@@ -621,7 +632,7 @@ pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
 
 /// Every port the demo's members would listen on (two each from `base`) is free on 127.0.0.1.
 fn ports_free(base: u16, members: usize) -> Result<(), NodeError> {
-    let count = u16::try_from(2 * members).unwrap_or(u16::MAX);
+    let count = u16::try_from(PORTS_PER_MEMBER * members).unwrap_or(u16::MAX);
     let Some(last) = base.checked_add(count.saturating_sub(1)) else {
         return Err(NodeError::Config(format!(
             "--port-base {base} leaves no room for {count} ports below 65536"
@@ -690,7 +701,10 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
     let mut s = String::new();
     s.push_str(&format!("Federation {:?} is up with {} members:\n", file.federation, file.members.len()));
     for m in &file.members {
-        s.push_str(&format!("  {:<10} local {}  peer {}\n", m.id, m.local_url, m.peer_url));
+        s.push_str(&format!(
+            "  {:<10} local {}  peer {}  flight sql {}\n",
+            m.id, m.local_url, m.peer_url, m.flight_sql_url
+        ));
     }
     if let Some(m) = file.members.first() {
         s.push_str("\nPut `concord` on your PATH once: cargo install --path crates/concord --locked\n");
@@ -710,6 +724,13 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
         s.push_str(&format!(
             "\nAudit every member's log as an auditor of {}:\n  CONCORD_NODE={} CONCORD_TOKEN={} concord audit --all\n",
             m.id, m.local_url, m.auditor_token
+        ));
+        s.push_str(&format!(
+            "\nFrom Python (pip install adbc-driver-flightsql pandas), as {}'s analyst:\n  \
+             import adbc_driver_flightsql.dbapi as fs\n  \
+             conn = fs.connect(\"{}\", db_kwargs={{\"adbc.flight.sql.authorization_header\": \"Bearer {}\"}}, autocommit=True)\n  \
+             conn.cursor().execute(\"SELECT sector, sum(value_added) FROM digital_economy GROUP BY sector\").fetch_df()\n",
+            m.id, m.flight_sql_url, m.analyst_token
         ));
     }
     s.push_str("\nPress Ctrl-C to stop every node.\n");

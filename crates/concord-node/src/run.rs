@@ -1,4 +1,5 @@
-//! Starting and stopping a node: both listeners and the checkpoint loop.
+//! Starting and stopping a node: its listeners (peer, local, and Flight SQL where configured),
+//! the checkpoint loop and the governance pull loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct RunningNode {
     pub local_addr: SocketAddr,
     /// Where the peer listener is bound (likewise).
     pub peer_addr: SocketAddr,
+    /// Where the Arrow Flight SQL listener is bound, if the configuration names one.
+    pub flight_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -57,19 +60,27 @@ pub async fn start(dir: &NodeDir) -> Result<RunningNode, NodeError> {
     let local_listener = bind(&node.cfg.local_listen).await?;
     let local_addr = local_listener.local_addr().map_err(|e| NodeError::io(&dir.root, e))?;
     let peer_addr = peer_listener.local_addr().map_err(|e| NodeError::io(&dir.root, e))?;
+    let flight_listener = match &node.cfg.flight_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let flight_addr = flight_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| NodeError::io(&dir.root, e))?;
     let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(listener) = flight_listener {
+        tasks.push(tokio::spawn(crate::api::flight::serve(node.clone(), listener, rx.clone())));
+    }
     let peer_task = tokio::spawn(crate::api::peer::serve(node.clone(), peer_listener, rx.clone()));
     let local_task = tokio::spawn(crate::api::serve_local(node.clone(), local_listener, rx.clone()));
     let publish_task = tokio::spawn(crate::node::witness::publish_loop(node.clone(), rx.clone()));
     let pull_task = tokio::spawn(crate::node::governance::pull_loop(node.clone(), rx));
-    tracing::info!(member = %node.cfg.member, %local_addr, %peer_addr, "node started");
-    Ok(RunningNode {
-        node,
-        local_addr,
-        peer_addr,
-        shutdown,
-        tasks: vec![peer_task, local_task, publish_task, pull_task],
-    })
+    tracing::info!(member = %node.cfg.member, %local_addr, %peer_addr, ?flight_addr, "node started");
+    tasks.extend([peer_task, local_task, publish_task, pull_task]);
+    Ok(RunningNode { node, local_addr, peer_addr, flight_addr, shutdown, tasks })
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -196,6 +196,28 @@ pub async fn run_federated_with(
     })
 }
 
+/// What an analyst's SQL would answer, without running it: the result's schema, and the types
+/// of its placeholders (`$1`, `$2`, ...) in order, `None` where the SQL leaves one open. The SQL
+/// must be a query; the bounds on values wait for the values, when it runs bound to them through
+/// [`run_federated_with`], which checks it all.
+pub async fn describe(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<(SchemaRef, Vec<Option<DataType>>), QueryError> {
+    let plan = plan_query(ctx, sql).await?;
+    let schema = Arc::new(plan.schema().as_arrow().clone());
+    let types = plan.get_parameter_types().map_err(QueryError::plan)?;
+    let mut named: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .map(|(name, t)| {
+            let n = name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
+            (n, t)
+        })
+        .collect();
+    named.sort_by_key(|(n, _)| *n);
+    Ok((schema, named.into_iter().map(|(_, t)| t).collect()))
+}
+
 /// Asks every owner for its part of every job and fills each job's partials; returns who
 /// contributed what, and the members left out because they could not be reached.
 async fn fetch_partials(
@@ -263,6 +285,13 @@ async fn run_merge(
 
 /// Plans the analyst's SQL and checks it: queries only, bounded values.
 async fn plan_checked(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let plan = plan_query(ctx, sql).await?;
+    crate::limits::check_plan(&plan)?;
+    Ok(plan)
+}
+
+/// Plans SQL of a bounded size that must be a query: no DDL, DML or statements.
+async fn plan_query(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
     crate::owner::check_size(sql).map_err(|e| match e {
         QueryError::SubqueryRefused(why) => {
             QueryError::Refused(why.replacen("the sub-query", "the query", 1))
@@ -276,7 +305,6 @@ async fn plan_checked(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Qu
         .with_allow_statements(false)
         .verify_plan(&plan)
         .map_err(|_| QueryError::Refused("only queries (SELECT, WITH ... SELECT) are accepted".into()))?;
-    crate::limits::check_plan(&plan)?;
     Ok(plan)
 }
 

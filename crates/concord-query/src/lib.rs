@@ -24,6 +24,7 @@ pub mod ipc;
 pub mod limits;
 mod merge_avg;
 pub mod owner;
+pub mod params;
 pub mod release;
 
 pub use federate::{

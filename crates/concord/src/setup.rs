@@ -32,16 +32,39 @@ pub struct InitArgs {
     /// HOST:PORT of the local listener (this member's users and tools).
     #[arg(long, default_value = "127.0.0.1:7100")]
     local_listen: String,
+    /// HOST:PORT of the Arrow Flight SQL listener (ADBC, JDBC, DBeaver), with the local API's
+    /// tokens; none when absent.
+    #[arg(long)]
+    flight_listen: Option<String>,
     /// HOST:PORT other members dial, for the member card (default: the peer listen address).
     #[arg(long)]
     advertise: Option<String>,
 }
 
 pub fn init(a: InitArgs) -> Result<()> {
-    let InitArgs { dir, member, federation, name, jurisdiction, peer_listen, local_listen, advertise } = a;
+    let InitArgs {
+        dir,
+        member,
+        federation,
+        name,
+        jurisdiction,
+        peer_listen,
+        local_listen,
+        flight_listen,
+        advertise,
+    } = a;
     let card = concord_node::store::config::init(
         &dir,
-        &InitOptions { member, federation, name, jurisdiction, peer_listen, local_listen, advertise },
+        &InitOptions {
+            member,
+            federation,
+            name,
+            jurisdiction,
+            peer_listen,
+            local_listen,
+            flight_listen,
+            advertise,
+        },
     )?;
     say!("created node {} in {}", card.id, dir.display());
     say!("member card: {}", NodeDir::new(&dir).card().display());

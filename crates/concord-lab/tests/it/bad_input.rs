@@ -228,6 +228,7 @@ async fn a_port_in_use_and_a_used_folder_are_named() {
         jurisdiction: None,
         peer_listen: format!("127.0.0.1:{}", base + 1),
         local_listen: format!("127.0.0.1:{base}"),
+        flight_listen: None,
         advertise: None,
     };
     init(&dir.path().join("n"), &opts("alpha")).expect("init");

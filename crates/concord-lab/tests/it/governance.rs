@@ -251,6 +251,7 @@ async fn foxtrot_initialised(
             jurisdiction: Some("FOXTROT".into()),
             peer_listen: format!("127.0.0.1:{}", port + 1),
             local_listen: format!("127.0.0.1:{port}"),
+            flight_listen: None,
             advertise: None,
         },
     )
@@ -311,6 +312,7 @@ async fn foxtrot_queries_and_is_queried(
         id: "foxtrot".into(),
         local_url: format!("http://127.0.0.1:{port}"),
         peer_url: format!("https://127.0.0.1:{}", port + 1),
+        flight_sql_url: String::new(),
         analyst_token: fox_token,
         auditor_token: String::new(),
         steward_token: String::new(),
@@ -631,6 +633,7 @@ fn a_key_rotation_interrupted_halfway_is_finished_and_a_foreign_one_is_not_taken
                 jurisdiction: None,
                 peer_listen: "127.0.0.1:7101".into(),
                 local_listen: "127.0.0.1:7100".into(),
+                flight_listen: None,
                 advertise: None,
             },
         )

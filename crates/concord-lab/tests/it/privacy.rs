@@ -78,7 +78,7 @@ async fn people_federation() -> Fed {
         })
         .collect();
     let members =
-        setup(dir.path(), "test", &specs, vec![people_schema()], free_ports(6)).await.expect("setup");
+        setup(dir.path(), "test", &specs, vec![people_schema()], free_ports(9)).await.expect("setup");
     for m in &members {
         set_limits(&m.dir, |l| {
             l.catalog_ttl_secs = 0;
@@ -690,7 +690,7 @@ async fn the_sample_demos_oracles_are_closed() {
     let opts = concord_lab::demo::DemoOptions {
         dir: dir.path().join("demo"),
         data: None,
-        port_base: free_ports(6),
+        port_base: free_ports(9),
         smoke: true,
     };
     let demo = concord_lab::demo::launch(&opts).await.expect("demo launches");

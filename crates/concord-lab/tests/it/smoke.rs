@@ -32,7 +32,7 @@ fn write_parquet(path: &std::path::Path) {
 async fn demo_smoke_tour_passes_every_step() {
     let dir = tempfile::tempdir().expect("temp dir");
     let opts =
-        DemoOptions { dir: dir.path().join("demo"), data: None, port_base: free_ports(6), smoke: true };
+        DemoOptions { dir: dir.path().join("demo"), data: None, port_base: free_ports(9), smoke: true };
     let demo = launch(&opts).await.expect("demo launches");
     let steps = tour(&demo, true).await;
     demo.stop().await;
@@ -86,7 +86,7 @@ async fn demo_with_a_data_folder_forms_shared_schemas_from_stems() {
     write_parquet(&data.join("south-office").join("sales.parquet"));
     std::fs::write(data.join("north-office").join("stock.csv"), "item,count\nbolts,4\n").expect("write");
     let opts =
-        DemoOptions { dir: dir.path().join("demo"), data: Some(data), port_base: free_ports(4), smoke: true };
+        DemoOptions { dir: dir.path().join("demo"), data: Some(data), port_base: free_ports(6), smoke: true };
     let demo = launch(&opts).await.expect("demo launches");
     let names: Vec<_> = demo.schemas.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["sales"], "only stems held by several members are shared");
@@ -198,7 +198,7 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
     let opts = DemoOptions {
         dir: dir.path().join("demo"),
         data: Some(data),
-        port_base: free_ports(6),
+        port_base: free_ports(9),
         smoke: false,
     };
     let demo = launch(&opts).await.expect("demo launches");
@@ -292,7 +292,7 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demo_on_a_taken_port_names_port_base_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = free_ports(6);
+    let base = free_ports(9);
     let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 3)).expect("takes a port");
     let opts = DemoOptions { dir: dir.path().join("demo"), data: None, port_base: base, smoke: true };
     let e = launch(&opts).await.err().expect("a port is taken").to_string();

@@ -110,7 +110,7 @@ pub async fn members_with(ids: &[&str], limits: impl Fn(&str, &mut Limits)) -> F
             files: vec![write_cases(dir.path(), id, &rows_of(id))],
         })
         .collect();
-    let n = u16::try_from(2 * ids.len()).expect("few members");
+    let n = u16::try_from(3 * ids.len()).expect("few members");
     let members =
         setup(dir.path(), "test", &specs, vec![cases_schema()], free_ports(n)).await.expect("setup");
     for m in &members {

@@ -1,7 +1,8 @@
-//! The node's surfaces: the peer listener (`peer`, mutual TLS for other members' nodes) and the
-//! local listener (`local`, the member's own users). They parse, authenticate and answer; the
+//! The node's surfaces: the peer listener (`peer`, mutual TLS for other members' nodes), the
+//! local listener (`local`, the member's own users) and Arrow Flight SQL beside it (`flight`). They parse, authenticate and answer; the
 //! work is done by `crate::node`.
 
+pub mod flight;
 pub mod listen;
 pub mod local;
 pub mod openapi;

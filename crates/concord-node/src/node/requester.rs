@@ -12,7 +12,7 @@ use concord_query::dataset::shared_arrow_schema;
 use concord_query::{
     Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryError, QueryOutcome,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 
@@ -75,6 +75,42 @@ pub struct PeerCatalog {
 /// One member's catalog: the charter version and time it was read at, and what it listed (or
 /// why it could not be read: a member that is down is not asked again by every query).
 type CachedCatalog = (u64, Instant, Result<Arc<PeerCatalog>, String>);
+
+/// One table of an analyst's context: its schema in the SQL namespace (`public` for the shared
+/// schemas, a member's id, `local`), its name, what it is and its Arrow schema.
+#[derive(Clone, Debug)]
+pub struct CatalogTable {
+    /// `public`, a member id or `local`.
+    pub db_schema: String,
+    /// The table's name in that schema.
+    pub table: String,
+    /// What kind of table the name stands for.
+    pub kind: TableKind,
+    /// The member holding the data, for a member's dataset or a local table.
+    pub member: Option<String>,
+    /// Its columns.
+    pub schema: SchemaRef,
+}
+
+impl CatalogTable {
+    /// The name to write in SQL: `cases`, `bravo.cases`, `local.cases`.
+    pub fn sql_name(&self) -> String {
+        if self.db_schema == "public" {
+            self.table.clone()
+        } else {
+            format!("{}.{}", self.db_schema, self.table)
+        }
+    }
+}
+
+/// The tables an analyst may name, and what could not be listed.
+#[derive(Clone, Debug)]
+pub struct CatalogTables {
+    /// Every table, shared schemas first as the catalog lists them.
+    pub tables: Vec<CatalogTable>,
+    /// Members whose catalogs could not be read and tables that cannot be read now, named.
+    pub warnings: Vec<String>,
+}
 
 /// Members' catalogs as last read, per member and charter version.
 #[derive(Default)]
@@ -285,6 +321,32 @@ impl Node {
     /// member whose catalog cannot be read, or a table of this node that cannot be read now,
     /// is named in the list's warnings.
     pub async fn tables(&self) -> Result<TableList, NodeError> {
+        let CatalogTables { tables, warnings } = self.catalog_tables().await?;
+        let tables = tables
+            .into_iter()
+            .map(|t| TableInfo {
+                columns: t
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| ColumnInfo {
+                        name: f.name().clone(),
+                        sql_type: concord_query::dataset::sql_type(f.data_type()),
+                        nullable: f.is_nullable(),
+                    })
+                    .collect(),
+                shared_schema: (t.kind == TableKind::Federated).then(|| t.table.clone()),
+                name: t.sql_name(),
+                kind: t.kind,
+                member: t.member,
+            })
+            .collect();
+        Ok(TableList { tables, warnings })
+    }
+
+    /// The tables an analyst's query may name with their Arrow schemas, as [`Node::tables`]
+    /// lists them (and Flight SQL's metadata commands), with the same warnings.
+    pub async fn catalog_tables(&self) -> Result<CatalogTables, NodeError> {
         let ctx = concord_query::limits::analyst_session(&self.cfg.limits.exec())?;
         let charter = self.charter();
         let wanted: BTreeSet<String> =
@@ -302,15 +364,15 @@ impl Node {
             }
         }
         let tables = self.list_tables(&ctx, &mut warnings).await?;
-        Ok(TableList { tables, warnings })
+        Ok(CatalogTables { tables, warnings })
     }
 
-    /// Every table of the analyst's context `ctx` but its information schema, with its columns.
+    /// Every table of the analyst's context `ctx` but its information schema.
     async fn list_tables(
         &self,
         ctx: &SessionContext,
         warnings: &mut Vec<String>,
-    ) -> Result<Vec<TableInfo>, NodeError> {
+    ) -> Result<Vec<CatalogTable>, NodeError> {
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| NodeError::State("DataFusion's default catalog is missing".into()))?;
@@ -326,31 +388,36 @@ impl Node {
             let mut names = schema.table_names();
             names.sort();
             for name in names {
-                let shown =
-                    if schema_name == "public" { name.clone() } else { format!("{schema_name}.{name}") };
-                let table = match schema.table(&name).await {
-                    Ok(Some(t)) => t,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warnings.push(format!("{shown} is not listed: {e}"));
-                        continue;
-                    }
-                };
-                let columns = table
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| ColumnInfo {
-                        name: f.name().clone(),
-                        sql_type: concord_query::dataset::sql_type(f.data_type()),
-                        nullable: f.is_nullable(),
-                    })
-                    .collect();
-                let shared_schema = (kind == TableKind::Federated).then(|| name.clone());
-                out.push(TableInfo { name: shown, kind, shared_schema, member: member.clone(), columns });
+                match schema.table(&name).await {
+                    Ok(Some(t)) => out.push(CatalogTable {
+                        db_schema: schema_name.clone(),
+                        table: name,
+                        kind,
+                        member: member.clone(),
+                        schema: t.schema(),
+                    }),
+                    Ok(None) => {}
+                    Err(e) => warnings.push(format!("{schema_name}.{name} is not listed: {e}")),
+                }
             }
         }
         Ok(out)
+    }
+
+    /// What an analyst's SQL would answer, without running it or asking any owner: the
+    /// result's schema and the types of its parameters `$1`, `$2`, ... (for Flight SQL's
+    /// prepared statements). The SQL is checked as a query would be.
+    pub async fn describe_query(
+        &self,
+        sql: &str,
+        purpose: &str,
+    ) -> Result<(SchemaRef, Vec<Option<DataType>>), NodeError> {
+        let ctx = self.query_context(sql, purpose).await?;
+        match concord_query::federate::describe(&ctx, sql).await {
+            Ok(d) => Ok(d),
+            Err(QueryError::Plan(msg)) => Err(NodeError::Query(QueryError::Plan(did_you_mean(&ctx, msg)))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// This node's own datasets and the catalogs of the members in `wanted`, read in parallel;

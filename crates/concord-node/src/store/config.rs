@@ -38,6 +38,10 @@ pub struct NodeConfig {
     pub peer_listen: String,
     /// Where the local listener binds.
     pub local_listen: String,
+    /// Where the Arrow Flight SQL listener binds (ADBC, JDBC), beside the local listener and
+    /// with its tokens; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight_listen: Option<String>,
     /// What other members dial; the charter lists it.
     pub peer_endpoint: String,
     /// Bounds on what the node spends for others; every one has a default.
@@ -333,6 +337,8 @@ pub struct InitOptions {
     pub peer_listen: String,
     /// Where the local listener binds: `IP:PORT` with a numeric host.
     pub local_listen: String,
+    /// Where the Arrow Flight SQL listener binds: `IP:PORT` with a numeric host; none when absent.
+    pub flight_listen: Option<String>,
     /// `HOST:PORT` other members dial (the charter lists it); the peer listen address when
     /// absent. An unspecified host (0.0.0.0, ::) is refused: no one can dial it.
     pub advertise: Option<String>,
@@ -365,7 +371,9 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> {
     check_member_id(&opts.member)?;
     check_federation_name(&opts.federation)?;
     advertised(opts)?;
-    for addr in [&opts.peer_listen, &opts.local_listen] {
+    for addr in
+        [Some(&opts.peer_listen), Some(&opts.local_listen), opts.flight_listen.as_ref()].into_iter().flatten()
+    {
         addr.parse::<std::net::SocketAddr>().map_err(|_| {
             NodeError::Config(format!(
                 "{addr:?} is not HOST:PORT with a numeric host, for example 127.0.0.1:7101"
@@ -411,6 +419,7 @@ fn write_node(root: &Path, opts: &InitOptions) -> Result<MemberCard, NodeError> 
         jurisdiction: opts.jurisdiction.clone().unwrap_or_else(|| "unspecified".into()),
         peer_listen: opts.peer_listen.clone(),
         local_listen: opts.local_listen.clone(),
+        flight_listen: opts.flight_listen.clone(),
         peer_endpoint: advertised(opts)?,
         limits: Limits::default(),
     };
