@@ -136,9 +136,21 @@ def test_a_prepared_statement_with_a_parameter(demo):
         by_mark = cur.fetch_arrow_table().to_pandas()
         cur.execute("SELECT count(*) AS n FROM digital_economy WHERE sector = $1", ("x' OR '1'='1",))
         hostile = cur.fetch_arrow_table().to_pandas()
+        # A negative number after a minus, then a string: still two values, never a comment.
+        cur.execute(
+            "SELECT count(*) AS n FROM digital_economy WHERE year > -$1 AND sector = $2",
+            (-1, "0 OR 1=1 --"),
+        )
+        commented = cur.fetch_arrow_table().to_pandas()
+        # A bound value passes the same checks as the SQL's own literals.
+        with pytest.raises(Exception) as refused:
+            cur.execute("SELECT count(*) AS n FROM digital_economy WHERE sector = $1", ("\nx",))
+            cur.fetch_arrow_table()
+        assert "line breaks" in str(refused.value), str(refused.value)
     pd.testing.assert_frame_equal(by_number, expected, check_dtype=False, check_exact=True)
     pd.testing.assert_frame_equal(by_mark, expected, check_dtype=False, check_exact=True)
     assert hostile["n"].tolist() == [0], "a string parameter is one literal, never SQL"
+    assert commented["n"].tolist() == [0], "values are bound in the plan, not pasted into the text"
 
 
 def test_a_wrong_token_and_a_bad_option_are_refused(demo):

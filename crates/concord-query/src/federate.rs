@@ -175,7 +175,21 @@ pub async fn run_federated_with(
     allow_partial: bool,
     max_rows: u64,
 ) -> Result<QueryOutcome, QueryError> {
-    let plan = plan_checked(ctx, sql).await?;
+    run_federated_bound(ctx, sql, &[], client, allow_partial, max_rows).await
+}
+
+/// [`run_federated_with`] for a prepared statement: `params` bound to the placeholders `$1`,
+/// `$2`, ... in the planned statement (never into its text), each value of the type the
+/// statement expects there; the bound plan is then checked as any other.
+pub async fn run_federated_bound(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &[datafusion::scalar::ScalarValue],
+    client: &dyn OwnerClient,
+    allow_partial: bool,
+    max_rows: u64,
+) -> Result<QueryOutcome, QueryError> {
+    let plan = plan_checked(ctx, sql, params).await?;
     if let LogicalPlan::Explain(ex) = &plan {
         return explain(ex.plan.as_ref().clone(), allow_partial);
     }
@@ -284,8 +298,17 @@ async fn run_merge(
 }
 
 /// Plans the analyst's SQL and checks it: queries only, bounded values.
-async fn plan_checked(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
-    let plan = plan_query(ctx, sql).await?;
+async fn plan_checked(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &[datafusion::scalar::ScalarValue],
+) -> Result<LogicalPlan, QueryError> {
+    let mut plan = plan_query(ctx, sql).await?;
+    if !params.is_empty() {
+        plan = plan
+            .with_param_values(params.to_vec())
+            .map_err(|e| QueryError::Plan(format!("the parameters do not fit the statement: {e}")))?;
+    }
     crate::limits::check_plan(&plan)?;
     Ok(plan)
 }
@@ -365,7 +388,7 @@ pub async fn plan_subqueries(
     ctx: &SessionContext,
     sql: &str,
 ) -> Result<(LogicalPlan, Vec<PlannedSubquery>), QueryError> {
-    let plan = plan_checked(ctx, sql).await?;
+    let plan = plan_checked(ctx, sql, &[]).await?;
     let plan = match &plan {
         LogicalPlan::Explain(ex) => ex.plan.as_ref().clone(),
         LogicalPlan::Analyze(an) => an.input.as_ref().clone(),
@@ -490,6 +513,24 @@ struct Job {
     partials: Arc<PartialsTable>,
 }
 
+/// Wraps the operand of a minus in parentheses where it prints with a minus of its own: the
+/// unparser writes `-(-1)` as `--1`, which SQL reads as the start of a comment.
+fn parenthesize_negated_negatives(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, UnaryOperator, visit_expressions_mut};
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let SqlExpr::UnaryOp { op: UnaryOperator::Minus, expr: inner } = expr
+            && inner.to_string().starts_with('-')
+        {
+            let operand = std::mem::replace(
+                inner.as_mut(),
+                SqlExpr::value(datafusion::sql::sqlparser::ast::Value::Null),
+            );
+            **inner = SqlExpr::Nested(Box::new(operand));
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 impl Job {
     /// The sub-query for one owner's dataset, as SQL text.
     fn sql_for(&self, dataset: &str) -> Result<String, QueryError> {
@@ -500,7 +541,9 @@ impl Job {
             JobKind::Rows { columns } => rows_plan(&self.table, dataset, &self.filters, columns),
         }
         .map_err(QueryError::plan)?;
-        let sql = plan_to_sql(&plan).map_err(QueryError::plan)?.to_string();
+        let mut statement = plan_to_sql(&plan).map_err(QueryError::plan)?;
+        parenthesize_negated_negatives(&mut statement);
+        let sql = statement.to_string();
         if sql.contains(['\n', '\r']) {
             return Err(QueryError::Refused(
                 "line breaks inside string literals cannot be sent to owners; remove them".into(),

@@ -59,6 +59,10 @@ async fn results_stay_with_the_token_that_asked_and_only_queries_run() {
     let (code, _) = refused(mine.execute_update("DELETE FROM local.cases".into(), None).await, "an update");
     assert_eq!(code, Code::InvalidArgument);
 
+    // A statement of a billion parameters is refused before anything is allocated for them.
+    let (code, msg) = refused(mine.prepare("SELECT $1000000000".into(), None).await, "huge placeholder");
+    assert!(code == Code::InvalidArgument && msg.contains("$1 to $1000"), "{code:?} {msg}");
+
     // The handshake takes the token as a Basic password and refuses an unknown one.
     let mut fresh = client(&a, "").await;
     fresh.clear_token();

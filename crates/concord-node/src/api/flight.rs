@@ -15,14 +15,17 @@
 //! - Errors are Flight statuses with the HTTP API's message; the code is in the status's
 //!   `concord-code` metadata and in the message's end.
 //!
-//! Invariant: a result or prepared statement is used only by the token that made it, and both
-//! are bounded in number, bytes and age.
-//! Invariant: parameters are bound into the parsed statement (`concord_query::params`), never
-//! pasted into its text.
+//! Invariant: a result or prepared statement is used only by the token that made it, bounded
+//! per token in number, bytes and age; one token's never displaces another's.
+//! Invariant: parameters are bound in the planned statement
+//! (`concord_query::federate::run_federated_bound`), never pasted into its text; the bound plan
+//! passes every check a query's plan passes.
+//! Invariant: connections are capped as the local listener's are (`max_connections`, per
+//! address), and a call without a known token is refused before its body is decoded.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -47,7 +50,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::scalar::ScalarValue;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
@@ -62,38 +65,55 @@ use crate::wire::{Role, TableKind};
 
 /// The catalog every table is in, as DataFusion names it: `datafusion.bravo.cases` works too.
 const CATALOG: &str = "datafusion";
-/// Results kept for their `DoGet`, per node.
-const MAX_RESULTS: usize = 64;
-/// Bytes of results kept for their `DoGet`, per node; the oldest go first.
-const MAX_RESULT_BYTES: usize = 512 * 1024 * 1024;
+/// Results one token may have waiting for their `DoGet`; more are refused until it fetches.
+const MAX_RESULTS_PER_TOKEN: usize = 16;
+/// Bytes of results one token may have waiting; past that its own oldest go first.
+const MAX_RESULT_BYTES_PER_TOKEN: usize = 256 * 1024 * 1024;
 /// How long a result waits for its `DoGet`.
 const RESULT_TTL: Duration = Duration::from_secs(300);
-/// Prepared statements kept, per node; the oldest go first.
-const MAX_PREPARED: usize = 1024;
+/// Prepared statements one token may hold open; more are refused until it closes some.
+const MAX_PREPARED_PER_TOKEN: usize = 64;
 /// How long a prepared statement is kept after it was last used.
 const PREPARED_TTL: Duration = Duration::from_secs(3600);
-/// Largest message a client may send (parameters).
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// Largest message a client may send, and largest row of parameters.
+const MAX_MESSAGE: usize = 1024 * 1024;
+/// Results streamed at once by the node; more callers are told to retry.
+const MAX_STREAMS: usize = 16;
 
 type DoGetStream = <FlightSqlServer as FlightService>::DoGetStream;
 
-/// Serves Flight SQL on `listener` until `shutdown` turns true.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// Serves Flight SQL on `listener` until `shutdown` turns true: at most `max_connections`
+/// connections (`max_connections_per_address` from one address; more wait in the kernel's
+/// backlog or are closed), each with at most 8 streams and closed after five idle timeouts; a
+/// call without a known analyst token (or Basic credentials, which only the handshake takes) is
+/// refused before its body is read.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let limits = &node.cfg.limits;
     let timeout = limits.query_timeout() + Duration::from_secs(limits.peer_timeout_secs);
-    let service =
-        FlightServiceServer::new(FlightSqlServer::new(node.clone())).max_decoding_message_size(MAX_MESSAGE);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let age = Duration::from_secs(limits.idle_timeout_secs.max(1) * 5);
+    let gate = node.clone();
+    let service = tonic::service::interceptor::InterceptedService::new(
+        FlightServiceServer::new(FlightSqlServer::new(node.clone())).max_decoding_message_size(MAX_MESSAGE),
+        move |request: Request<()>| admit(&gate, request),
+    );
+    let incoming = capped::incoming(
+        listener,
+        limits.max_connections,
+        limits.max_connections_per_address,
+        shutdown.clone(),
+    );
+    let mut stop = shutdown;
     let stop = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
                 break;
             }
         }
     };
     let served = tonic::transport::Server::builder()
         .timeout(timeout)
-        .max_concurrent_streams(Some(32))
+        .max_concurrent_streams(Some(8))
+        .max_connection_age(age)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stop)
@@ -103,10 +123,150 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut shutdown: watch::
     }
 }
 
+/// Lets a call through to be decoded only with a known analyst token, or with Basic
+/// credentials (only the handshake takes them; every other call asks for the bearer token).
+fn admit(node: &Node, request: Request<()>) -> Result<Request<()>, Status> {
+    let headers = request.metadata().clone().into_headers();
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(v) if v.starts_with("Basic ") => Ok(request),
+        _ => {
+            authorize(node, &headers, &[Role::Analyst]).map_err(status)?;
+            Ok(request)
+        }
+    }
+}
+
+/// Accepted connections under the listener's caps, as tonic's incoming stream.
+mod capped {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+    use tonic::transport::server::{Connected, TcpConnectInfo};
+
+    /// Open connections per address.
+    type PerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+    /// A connection holding its slot (and its address's count) until it is dropped.
+    pub struct Capped {
+        stream: TcpStream,
+        _slot: OwnedSemaphorePermit,
+        address: IpAddr,
+        per_address: PerAddress,
+    }
+
+    impl Drop for Capped {
+        fn drop(&mut self) {
+            let mut map = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&self.address) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.address);
+                }
+            }
+        }
+    }
+
+    /// Connections accepted while a slot is free; the accept loop ends with `shutdown`.
+    pub fn incoming(
+        listener: TcpListener,
+        max: usize,
+        per_address_max: usize,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> impl futures::Stream<Item = Result<Capped, std::io::Error>> {
+        let (tx, rx) = mpsc::channel::<Result<Capped, std::io::Error>>(1);
+        let slots = Arc::new(Semaphore::new(max.max(1)));
+        let per_address: PerAddress = Arc::default();
+        tokio::spawn(async move {
+            loop {
+                let slot = tokio::select! {
+                    s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+                    _ = shutdown.changed() => return,
+                };
+                let (stream, peer) = tokio::select! {
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("flight sql accept: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.changed() => return,
+                };
+                let address = peer.ip();
+                if !count_in(&per_address, address, per_address_max) {
+                    tracing::warn!(%address, "flight sql: too many connections from one address; closed");
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let capped = Capped { stream, _slot: slot, address, per_address: per_address.clone() };
+                if tx.send(Ok(capped)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+    }
+
+    /// Counts one more connection from `address`, unless it has `max` already.
+    fn count_in(per_address: &PerAddress, address: IpAddr, max: usize) -> bool {
+        let mut map = per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(address).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    impl Connected for Capped {
+        type ConnectInfo = TcpConnectInfo;
+
+        fn connect_info(&self) -> Self::ConnectInfo {
+            self.stream.connect_info()
+        }
+    }
+
+    impl AsyncRead for Capped {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Capped {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.stream).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_shutdown(cx)
+        }
+    }
+}
+
 /// The Flight SQL service of one node.
 pub struct FlightSqlServer {
     node: Arc<Node>,
     held: Mutex<Held>,
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Results waiting for their `DoGet` and prepared statements, by handle.
@@ -126,7 +286,8 @@ struct HeldResult {
     at: Instant,
 }
 
-/// A prepared statement: its SQL with numbered placeholders and the values bound last.
+/// A prepared statement: its SQL with numbered placeholders and the values bound last (one row,
+/// at most [`MAX_MESSAGE`] bytes).
 struct Prepared {
     caller: [u8; 32],
     sql: String,
@@ -145,7 +306,11 @@ struct Call {
 impl FlightSqlServer {
     /// The service of `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node, held: Mutex::new(Held::default()) }
+        Self {
+            node,
+            held: Mutex::new(Held::default()),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -162,12 +327,20 @@ impl FlightSqlServer {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default()
             .trim();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let purpose = header("x-concord-purpose").unwrap_or("analysis").to_owned();
+        let header = |name: &str| -> Result<Option<&str>, Status> {
+            match headers.get(name).map(|v| v.to_str()) {
+                None => Ok(None),
+                Some(Ok(v)) => Ok(Some(v.trim())),
+                Some(Err(_)) => Err(status(NodeError::BadRequest(format!(
+                    "{name} is not visible ASCII; send one line of plain text"
+                )))),
+            }
+        };
+        let purpose = header("x-concord-purpose")?.unwrap_or("analysis").to_owned();
         if purpose.is_empty() || purpose.contains(['\n', '\r']) {
             return Err(status(NodeError::BadRequest("x-concord-purpose must be one line of text".into())));
         }
-        let partial = match header("x-concord-partial") {
+        let partial = match header("x-concord-partial")? {
             None | Some("false") => false,
             Some("true") => true,
             Some(other) => {
@@ -181,9 +354,16 @@ impl FlightSqlServer {
 
     /// Runs `sql` as a federated query and keeps its result for a `DoGet`; returns its
     /// `FlightInfo` (the result's schema, with who contributed what in its metadata).
-    async fn run(&self, call: &Call, sql: &str, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    async fn run(
+        &self,
+        call: &Call,
+        sql: &str,
+        params: &[ScalarValue],
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        self.room_for_a_result(call)?;
         let node = &self.node;
-        let out = node.query(sql, &call.purpose, call.partial).await.map_err(|e| {
+        let out = node.query_bound(sql, params, &call.purpose, call.partial).await.map_err(|e| {
             node.metrics.query_made(Some(e.code().as_str()));
             tracing::info!(code = e.code().as_str(), "flight sql query failed");
             status(e)
@@ -213,19 +393,38 @@ impl FlightSqlServer {
             .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
             .with_descriptor(descriptor)
             .with_total_records(rows as i64);
-        let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        if bytes > MAX_RESULT_BYTES_PER_TOKEN {
+            return Err(status(NodeError::TooLarge(format!(
+                "the result takes {bytes} bytes, more than the {MAX_RESULT_BYTES_PER_TOKEN} a token may have waiting; \
+                 aggregate further or add LIMIT"
+            ))));
+        }
         let mut held = self.held();
-        held.expire();
-        held.make_room(bytes);
+        held.make_room(call.caller, bytes);
         held.results
             .insert(handle, HeldResult { caller: call.caller, schema, batches, bytes, at: Instant::now() });
         Ok(info)
     }
 
+    /// Refuses a query, before it runs, when the caller has as many results waiting as it may.
+    fn room_for_a_result(&self, call: &Call) -> Result<(), Status> {
+        let mut held = self.held();
+        held.expire();
+        let waiting = held.results.values().filter(|r| r.caller == call.caller).count();
+        if waiting >= MAX_RESULTS_PER_TOKEN {
+            return Err(status(NodeError::RateLimited(format!(
+                "{waiting} results of this token wait for their DoGet; fetch them (or wait {} s) before running more",
+                RESULT_TTL.as_secs()
+            ))));
+        }
+        Ok(())
+    }
+
     /// A prepared statement of the caller's, by its handle.
     fn prepared_sql(&self, call: &Call, handle: &[u8]) -> Result<(String, Vec<ScalarValue>, usize), Status> {
+        let key = handle_of(handle)?;
         let mut held = self.held();
-        let key = String::from_utf8_lossy(handle).into_owned();
         match held.prepared.get_mut(&key) {
             Some(p) if p.caller == call.caller => {
                 p.used = Instant::now();
@@ -245,23 +444,29 @@ impl Held {
         self.prepared.retain(|_, p| p.used.elapsed() < PREPARED_TTL);
     }
 
-    /// Drops the oldest results until one of `bytes` more fits the bounds.
-    fn make_room(&mut self, bytes: usize) {
+    /// Drops `caller`'s own oldest waiting results until one of `bytes` more fits its bound;
+    /// another token's results are never touched.
+    fn make_room(&mut self, caller: [u8; 32], bytes: usize) {
         loop {
-            let total: usize = self.results.values().map(|r| r.bytes).sum();
-            if self.results.is_empty()
-                || (self.results.len() < MAX_RESULTS && total + bytes <= MAX_RESULT_BYTES)
-            {
+            let mine = self.results.iter().filter(|(_, r)| r.caller == caller);
+            let total: usize = mine.clone().map(|(_, r)| r.bytes).sum();
+            if total + bytes <= MAX_RESULT_BYTES_PER_TOKEN {
                 return;
             }
-            let oldest = self.results.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                tracing::warn!(
-                    "a flight sql result was dropped before its DoGet to make room for a newer one"
-                );
-                self.results.remove(&k);
-            }
+            let Some(oldest) = mine.min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) else { return };
+            tracing::warn!(
+                "a flight sql result was dropped before its DoGet for a newer one of the same token"
+            );
+            self.results.remove(&oldest);
         }
+    }
+}
+
+/// A handle a client sent back: 32 hex digits, or a status saying it is none of ours.
+fn handle_of(bytes: &[u8]) -> Result<String, Status> {
+    match std::str::from_utf8(bytes) {
+        Ok(h) if h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(h.to_owned()),
+        _ => Err(Status::invalid_argument("not a handle of this server: send back the handle it gave")),
     }
 }
 
@@ -329,26 +534,22 @@ fn command_info(
 }
 
 /// What `GetSqlInfo` answers: the server, and a read-only SQL engine without transactions.
-fn sql_info() -> &'static SqlInfoData {
-    static INFO: OnceLock<SqlInfoData> = OnceLock::new();
-    INFO.get_or_init(|| {
-        let mut b = SqlInfoDataBuilder::new();
-        b.append(SqlInfo::FlightSqlServerName, "Concord");
-        b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-        b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
-        b.append(SqlInfo::FlightSqlServerReadOnly, true);
-        b.append(SqlInfo::FlightSqlServerSql, true);
-        b.append(SqlInfo::FlightSqlServerSubstrait, false);
-        b.append(SqlInfo::FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
-        b.append(SqlInfo::FlightSqlServerCancel, false);
-        b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-        b.append(SqlInfo::SqlSearchStringEscape, "\\");
-        b.append(SqlInfo::SqlExtraNameCharacters, "");
-        b.append(SqlInfo::SqlSchemaTerm, "schema");
-        b.append(SqlInfo::SqlCatalogTerm, "catalog");
-        b.append(SqlInfo::SqlTransactionsSupported, false);
-        b.build().unwrap_or_else(|e| unreachable!("a fixed list of values builds: {e}"))
-    })
+fn sql_info() -> Result<SqlInfoData, Status> {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "Concord");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerReadOnly, true);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
+    b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(SqlInfo::SqlSearchStringEscape, "\\");
+    b.append(SqlInfo::SqlExtraNameCharacters, "");
+    b.append(SqlInfo::SqlSchemaTerm, "schema");
+    b.append(SqlInfo::SqlCatalogTerm, "catalog");
+    b.append(SqlInfo::SqlTransactionsSupported, false);
+    b.build().map_err(|e| Status::internal(format!("server information: {e}")))
 }
 
 /// Flight SQL's table type of a kind of table.
@@ -397,6 +598,28 @@ fn handshake_token(authorization: &str) -> Result<String, Status> {
         .map_err(|_| Status::unauthenticated("the Basic credentials are not UTF-8"))?;
     let (_, password) = text.split_once(':').unwrap_or(("", text.as_str()));
     Ok(password.trim().to_owned())
+}
+
+/// The batches of a parameter `DoPut`, read as they come: at most [`MAX_MESSAGE`] bytes and
+/// two rows (one too many) before the rest is refused unread.
+async fn parameter_batches(input: PeekableFlightDataStream) -> Result<Vec<RecordBatch>, Status> {
+    let mut stream =
+        arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(input.map_err(FlightError::from));
+    let (mut batches, mut bytes, mut rows) = (Vec::new(), 0usize, 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch
+            .map_err(|e| status(NodeError::BadRequest(format!("the parameters cannot be read: {e}"))))?;
+        bytes += batch.get_array_memory_size();
+        rows += batch.num_rows();
+        batches.push(batch);
+        if bytes > MAX_MESSAGE {
+            return Err(status(NodeError::TooLarge(format!("parameters of more than {MAX_MESSAGE} bytes"))));
+        }
+        if rows > 1 {
+            break;
+        }
+    }
+    Ok(batches)
 }
 
 /// One row of parameters from the batches a client bound.
@@ -451,7 +674,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let call = self.call(&request)?;
-        Ok(Response::new(self.run(&call, &query.query, request.into_inner()).await?))
+        Ok(Response::new(self.run(&call, &query.query, &[], request.into_inner()).await?))
     }
 
     async fn do_get_statement(
@@ -460,7 +683,12 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let call = self.call(&request)?;
-        let key = String::from_utf8_lossy(&ticket.statement_handle).into_owned();
+        let key = handle_of(&ticket.statement_handle)?;
+        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
+            status(NodeError::RateLimited(format!(
+                "{MAX_STREAMS} results are being fetched at once; retry in a moment"
+            )))
+        })?;
         let result = {
             let mut held = self.held();
             match held.results.get(&key) {
@@ -471,10 +699,17 @@ impl FlightSqlService for FlightSqlServer {
         let r = result.ok_or_else(|| {
             Status::not_found("no result for this ticket and token: it was fetched, expired or never made; run the query again")
         })?;
+        // The stream holds a slot and ends by the query timeout, read or not.
+        let deadline = tokio::time::sleep(self.node.cfg.limits.query_timeout());
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(r.schema)
             .build(futures::stream::iter(r.batches.into_iter().map(Ok)))
-            .map_err(Status::from);
+            .map_err(Status::from)
+            .take_until(deadline)
+            .map(move |item| {
+                let _slot = &slot;
+                item
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -512,10 +747,11 @@ impl FlightSqlService for FlightSqlServer {
         };
         let mut held = self.held();
         held.expire();
-        if held.prepared.len() >= MAX_PREPARED
-            && let Some(oldest) = held.prepared.iter().min_by_key(|(_, p)| p.used).map(|(k, _)| k.clone())
-        {
-            held.prepared.remove(&oldest);
+        let open = held.prepared.values().filter(|p| p.caller == call.caller).count();
+        if open >= MAX_PREPARED_PER_TOKEN {
+            return Err(status(NodeError::RateLimited(format!(
+                "this token holds {open} prepared statements; close some before preparing more"
+            ))));
         }
         held.prepared.insert(
             handle,
@@ -531,12 +767,7 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let call = self.call(&request)?;
         let (_, _, params) = self.prepared_sql(&call, &query.prepared_statement_handle)?;
-        let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(|e| status(NodeError::BadRequest(format!("the parameters cannot be read: {e}"))))?;
+        let batches = parameter_batches(request.into_inner()).await?;
         let values = parameter_row(&batches)?;
         if values.len() != params {
             return Err(status(NodeError::BadRequest(format!(
@@ -544,9 +775,12 @@ impl FlightSqlService for FlightSqlServer {
                 values.len()
             ))));
         }
-        let key = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
-        if let Some(p) = self.held().prepared.get_mut(&key) {
-            p.values = values;
+        let key = handle_of(&query.prepared_statement_handle)?;
+        match self.held().prepared.get_mut(&key) {
+            Some(p) if p.caller == call.caller => p.values = values,
+            _ => {
+                return Err(Status::not_found("the prepared statement was closed while its parameters came"));
+            }
         }
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: None })
     }
@@ -564,8 +798,7 @@ impl FlightSqlService for FlightSqlServer {
                 values.len()
             ))));
         }
-        let bound = concord_query::params::bind(&sql, &values).map_err(|e| status(e.into()))?;
-        Ok(Response::new(self.run(&call, &bound, request.into_inner()).await?))
+        Ok(Response::new(self.run(&call, &sql, &values, request.into_inner()).await?))
     }
 
     async fn do_put_prepared_statement_update(
@@ -583,7 +816,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<Action>,
     ) -> Result<(), Status> {
         let call = self.call(&request)?;
-        let key = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
+        let key = handle_of(&query.prepared_statement_handle)?;
         let mut held = self.held();
         if held.prepared.get(&key).is_some_and(|p| p.caller == call.caller) {
             held.prepared.remove(&key);
@@ -598,7 +831,8 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
         let any = query.as_any().encode_to_vec();
-        command_info(any, query.into_builder(sql_info()).schema().as_ref(), request.into_inner())
+        let info = sql_info()?;
+        command_info(any, query.into_builder(&info).schema().as_ref(), request.into_inner())
     }
 
     async fn do_get_sql_info(
@@ -607,7 +841,8 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.call(&request)?;
-        let builder = query.into_builder(sql_info());
+        let info = sql_info()?;
+        let builder = query.into_builder(&info);
         Ok(Response::new(one_batch(builder.schema(), builder.build())))
     }
 

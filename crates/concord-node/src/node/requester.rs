@@ -561,6 +561,18 @@ impl Node {
         purpose: &str,
         allow_partial: bool,
     ) -> Result<QueryOutcome, NodeError> {
+        self.query_bound(sql, &[], purpose, allow_partial).await
+    }
+
+    /// [`Node::query`] of a prepared statement: `params` bound to its placeholders `$1`, `$2`,
+    /// ... in the planned statement, never into its text.
+    pub async fn query_bound(
+        self: &Arc<Self>,
+        sql: &str,
+        params: &[datafusion::scalar::ScalarValue],
+        purpose: &str,
+        allow_partial: bool,
+    ) -> Result<QueryOutcome, NodeError> {
         let _slot = self.query_slots.acquire().await.map_err(|_| NodeError::Stopped("the query queue"))?;
         let limits = &self.cfg.limits;
         let work = async {
@@ -571,7 +583,15 @@ impl Node {
                 checked: Mutex::new(HashMap::new()),
             };
             let max_rows = limits.max_result_rows;
-            match concord_query::run_federated_with(&ctx, sql, &owners, allow_partial, max_rows).await {
+            let run = concord_query::federate::run_federated_bound(
+                &ctx,
+                sql,
+                params,
+                &owners,
+                allow_partial,
+                max_rows,
+            );
+            match run.await {
                 Ok(out) => Ok(out),
                 Err(QueryError::Plan(msg)) => {
                     Err(NodeError::Query(QueryError::Plan(did_you_mean(&ctx, msg))))

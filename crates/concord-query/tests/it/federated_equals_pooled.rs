@@ -6,6 +6,8 @@ use crate::common::{Row, assert_same, cells, federation};
 /// The family of queries: every supported aggregate, WHERE, GROUP BY on keys and expressions,
 /// HAVING, ORDER BY, LIMIT, CTEs and subqueries over the merged result.
 const QUERIES: &[&str] = &[
+    // A negated negative literal in a filter: `--1` would start a comment in the owner's SQL.
+    "SELECT k, count(*) FROM t WHERE x > -(-1) AND y IS NOT NULL GROUP BY k ORDER BY k NULLS FIRST",
     "SELECT count(*), count(x), sum(x), min(x), max(x), avg(x), sum(y), avg(y), min(y), max(y), min(k), max(k) FROM t",
     "SELECT k, count(*), sum(x), avg(y) FROM t GROUP BY k ORDER BY k NULLS FIRST",
     "SELECT k, g2, min(y), max(x), count(y) FROM t WHERE x > 3 GROUP BY k, g2 ORDER BY k NULLS FIRST, g2 NULLS FIRST",
