@@ -521,15 +521,16 @@ fn one_batch(schema: SchemaRef, batch: Result<RecordBatch, FlightError>) -> DoGe
 
 /// The `FlightInfo` of a metadata command: its schema, and the command itself as the ticket.
 fn command_info(
-    any: Vec<u8>,
+    command: &impl ProstMessageExt,
     schema: &Schema,
-    descriptor: FlightDescriptor,
+    request: Request<FlightDescriptor>,
 ) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.as_any().encode_to_vec());
     let info = FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| Status::internal(format!("schema: {e}")))?
-        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(any)))
-        .with_descriptor(descriptor);
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(request.into_inner());
     Ok(Response::new(info))
 }
 
@@ -830,9 +831,8 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
-        let any = query.as_any().encode_to_vec();
         let info = sql_info()?;
-        command_info(any, query.into_builder(&info).schema().as_ref(), request.into_inner())
+        command_info(&query, query.clone().into_builder(&info).schema().as_ref(), request)
     }
 
     async fn do_get_sql_info(
@@ -852,8 +852,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
-        let any = query.as_any().encode_to_vec();
-        command_info(any, &query.into_builder().schema(), request.into_inner())
+        command_info(&query, &query.into_builder().schema(), request)
     }
 
     async fn do_get_catalogs(
@@ -873,8 +872,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
-        let any = query.as_any().encode_to_vec();
-        command_info(any, &query.into_builder().schema(), request.into_inner())
+        command_info(&query, &query.clone().into_builder().schema(), request)
     }
 
     async fn do_get_schemas(
@@ -901,8 +899,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
-        let any = query.as_any().encode_to_vec();
-        command_info(any, &query.into_builder().schema(), request.into_inner())
+        command_info(&query, &query.clone().into_builder().schema(), request)
     }
 
     async fn do_get_tables(
@@ -928,8 +925,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
-        let any = query.as_any().encode_to_vec();
-        command_info(any, &query.into_builder().schema(), request.into_inner())
+        command_info(&query, &query.into_builder().schema(), request)
     }
 
     async fn do_get_table_types(
@@ -951,7 +947,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.call(&request)?;
-        command_info(query.as_any().encode_to_vec(), &primary_keys_schema(), request.into_inner())
+        command_info(&query, &primary_keys_schema(), request)
     }
 
     async fn do_get_primary_keys(
