@@ -732,6 +732,10 @@ pub fn guide(file: &DemoFile, queries: &[String]) -> String {
              conn.cursor().execute(\"SELECT sector, sum(value_added) FROM digital_economy GROUP BY sector\").fetch_df()\n",
             m.id, m.flight_sql_url, m.analyst_token
         ));
+        s.push_str(&format!(
+            "\nIn a browser, the web console: {}/console (log in with a token of demo.json: {}'s analyst token is above)\n",
+            m.local_url, m.id
+        ));
     }
     s.push_str("\nPress Ctrl-C to stop every node.\n");
     s

@@ -208,6 +208,34 @@ pub struct Status {
     pub role: Role,
 }
 
+/// A peer's `GET /v1/status` (peer listener): who answers and on which charter version.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PeerStatus {
+    /// The federation's name.
+    pub federation: String,
+    /// The member that answers.
+    pub member: String,
+    /// The charter version in force on its node.
+    pub charter_version: u64,
+}
+
+/// How a member's node answers this node, as the console's overview shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberHealth {
+    /// The member's id.
+    pub id: String,
+    /// The member's name in the charter.
+    pub name: String,
+    /// The member's jurisdiction in the charter.
+    pub jurisdiction: String,
+    /// The charter version its node reports, when it answered.
+    pub charter_version: Option<u64>,
+    /// Milliseconds its answer took, when it answered.
+    pub latency_ms: Option<u64>,
+    /// Why it did not answer, or answered as another member or federation.
+    pub problem: Option<String>,
+}
+
 /// One of this node's datasets, as `GET /v1/datasets` lists it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct DatasetInfo {

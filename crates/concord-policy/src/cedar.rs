@@ -92,7 +92,7 @@ fn action_uid(a: Action) -> Option<EntityUid> {
 
 /// A rule's name for explanations: its `@id("…")` annotation, or its place among the rules
 /// (`#2`, Cedar's `policy1`) with how to name it.
-fn rule_name(set: &PolicySet, id: &cedar_policy::PolicyId) -> String {
+pub(crate) fn rule_name(set: &PolicySet, id: &cedar_policy::PolicyId) -> String {
     if let Some(name) = set.policy(id).and_then(|p| p.annotation("id")) {
         return name.to_owned();
     }

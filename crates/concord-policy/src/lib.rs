@@ -20,6 +20,8 @@
 mod cedar;
 pub mod dp;
 mod file;
+mod words;
+pub use words::RuleInWords;
 
 use std::collections::BTreeMap;
 

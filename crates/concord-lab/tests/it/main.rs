@@ -1,6 +1,7 @@
 //! Scenario tests: nodes started on 127.0.0.1, talked to as members and their analysts would.
 
 mod bad_input;
+mod console;
 mod flight_sql;
 mod fuzz_corpora;
 mod governance;

@@ -445,7 +445,7 @@ struct CharterQuery {
 }
 
 /// Every charter version this node holds, as the API shows them: each with what it changed.
-fn history(node: &Node) -> Result<Vec<CharterView>, NodeError> {
+pub(crate) fn history(node: &Node) -> Result<Vec<CharterView>, NodeError> {
     let all: Vec<concord_charter::SignedCharter> = node
         .state
         .charter_history()?

@@ -2,6 +2,7 @@
 //! local listener (`local`, the member's own users) and Arrow Flight SQL beside it (`flight`). They parse, authenticate and answer; the
 //! work is done by `crate::node`.
 
+pub mod console;
 pub mod flight;
 pub mod listen;
 pub mod local;
@@ -23,7 +24,11 @@ use tokio::sync::watch;
 /// document at `/api/openapi.json`, which needs no token: it describes, it holds nothing.
 pub async fn serve_local(node: Arc<Node>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let deadlines = listen::Deadlines::of(&node.cfg.limits);
-    let app = local::router(node).route("/api/openapi.json", axum::routing::get(openapi::openapi));
+    // The local listener serves plain HTTP (bind it to loopback): the console's cookies are not
+    // `Secure`, which a browser would not send back over plain HTTP.
+    let app = local::router(node.clone())
+        .route("/api/openapi.json", axum::routing::get(openapi::openapi))
+        .merge(console::router(node, false));
     listen::serve(app, listener, listen::Transport::Plain, deadlines, shutdown).await;
 }
 

@@ -70,11 +70,11 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({
-        "federation": node.federation(),
-        "member": node.cfg.member,
-        "charter_version": node.charter_version(),
-    }))
+    axum::Json(crate::wire::PeerStatus {
+        federation: node.federation().to_owned(),
+        member: node.cfg.member.clone(),
+        charter_version: node.charter_version(),
+    })
 }
 
 async fn log_checkpoint(State(node): State<Arc<Node>>) -> Response {

@@ -14,6 +14,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod governance;
+pub mod health;
 pub mod metrics;
 pub mod owner;
 pub mod requester;

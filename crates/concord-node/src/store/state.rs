@@ -486,6 +486,26 @@ impl State {
         Ok(rows.into_iter().map(|(d, units)| (d, units as f64 / 1e9)).collect())
     }
 
+    /// Privacy budget charged on each dataset by each requester, in the parameter's units, with
+    /// the number of charged queries: `(dataset, requester, spent, queries)`.
+    pub fn budget_by_requester(&self) -> Result<Vec<(String, String, f64, u64)>, NodeError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT dataset, requester, SUM(cost), COUNT(*) FROM budget_charges \
+                 GROUP BY dataset, requester ORDER BY dataset, requester",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows.into_iter().map(|(d, r, units, n)| (d, r, units as f64 / 1e9, n.max(0) as u64)).collect())
+    }
+
     /// Counts a request that was no access (see `RefusalsCounted`).
     pub fn count_refusal(&self, member: &str, code: &str) -> Result<(), NodeError> {
         self.lock()
