@@ -57,9 +57,9 @@ after(async () => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
-/** A fresh browser context logged in to `member`'s console with the token of `role`. */
-async function login(member, role) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+/** A page logged in to `member`'s console with the token of `role`, in `shared` or a fresh context. */
+async function login(member, role, shared) {
+  const context = shared ?? (await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true }));
   const page = await context.newPage();
   page.on("dialog", () => assert.fail("a dialog opened: a script ran on a console page"));
   await page.goto(`${members[member].local_url}/console`);
@@ -150,7 +150,8 @@ test("an access request filed by alpha's analyst is approved by bravo's steward"
   await analyst.page.click("form.stack button[type=submit]");
   assert.match(await analyst.page.textContent(".notice"), /filed with bravo: pending/);
 
-  const steward = await login("bravo", "steward");
+  // In the same browser: each node's console keeps its own session on one host.
+  const steward = await login("bravo", "steward", analyst.context);
   await steward.page.click("nav >> text=Access requests");
   const card = steward.page.locator("article.request", { hasText: purpose });
   assert.equal(await card.count(), 1, "the request waits in bravo's inbox");
@@ -168,9 +169,9 @@ test("an access request filed by alpha's analyst is approved by bravo's steward"
     if (status !== "approved") await new Promise((r) => setTimeout(r, 250));
   }
   assert.equal(status, "approved");
+  assert.match(await analyst.page.textContent("header .who"), /alpha · demo · analyst/, "alpha's session lived on");
   await shot(analyst.page, "access");
   await analyst.context.close();
-  await steward.context.close();
 });
 
 test("a steward reads datasets and policies in words, and the budgets with a chart", async () => {
@@ -243,7 +244,7 @@ test("a wrong token, a form without its CSRF token and a form from elsewhere are
   await context.close();
 
   const { context: ctx, page: p } = await login("alpha", "analyst");
-  const cookie = (await ctx.cookies()).find((c) => c.name === "concord_session");
+  const cookie = (await ctx.cookies()).find((c) => c.name === "concord_session_alpha");
   assert.ok(cookie.httpOnly && cookie.sameSite === "Strict" && cookie.path === "/console");
   const url = `${members.alpha.local_url}/console/query`;
   const sql = "SELECT count(*) FROM health_cases";

@@ -85,8 +85,8 @@ async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], bo
 /// Logs in to the console at `base` with `token`; returns the session cookie.
 async fn login(base: &str, token: &str) -> String {
     let page = http(base, "GET", "/console/login", &[], "").await;
-    let pre = page.cookie("concord_login_csrf").expect("login CSRF cookie");
-    let cookie = format!("concord_login_csrf={pre}");
+    let pre = page.cookie("concord_login_alpha").expect("login CSRF cookie");
+    let cookie = format!("concord_login_alpha={pre}");
     let a = http(
         base,
         "POST",
@@ -96,12 +96,12 @@ async fn login(base: &str, token: &str) -> String {
     )
     .await;
     assert_eq!(a.status, 303, "{}", a.body);
-    let set = a.headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("concord_session="));
+    let set = a.headers.iter().find(|(k, v)| k == "set-cookie" && v.starts_with("concord_session_alpha="));
     let (_, set) = set.expect("a session cookie");
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
         assert!(set.contains(flag), "{set}");
     }
-    format!("concord_session={}", a.cookie("concord_session").expect("session"))
+    format!("concord_session_alpha={}", a.cookie("concord_session_alpha").expect("session"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,16 +118,16 @@ async fn the_console_refuses_forged_forms_wrong_tokens_and_roles_and_escapes_dat
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
 
     // A wrong token, and a right token without the login page's CSRF cookie, make no session.
-    let pre = page.cookie("concord_login_csrf").expect("cookie");
-    let cookie = format!("concord_login_csrf={pre}");
+    let pre = page.cookie("concord_login_alpha").expect("cookie");
+    let cookie = format!("concord_login_alpha={pre}");
     let wrong = form(&[("csrf", &pre), ("token", &format!("concord_{}", "0".repeat(64)))]);
     let a = http(base, "POST", "/console/login", &[("cookie", &cookie)], &wrong).await;
     assert_eq!(a.status, 401);
-    assert!(a.body.contains("Unknown token") && a.cookie("concord_session").is_none());
+    assert!(a.body.contains("Unknown token") && a.cookie("concord_session_alpha").is_none());
     let no_cookie = form(&[("csrf", &pre), ("token", &alpha.analyst_token)]);
     let a = http(base, "POST", "/console/login", &[], &no_cookie).await;
     assert_eq!(a.status, 403);
-    assert!(a.cookie("concord_session").is_none());
+    assert!(a.cookie("concord_session_alpha").is_none());
 
     let analyst = login(base, &alpha.analyst_token).await;
     let query = http(base, "GET", "/console/query", &[("cookie", &analyst)], "").await;
@@ -140,11 +140,17 @@ async fn the_console_refuses_forged_forms_wrong_tokens_and_roles_and_escapes_dat
     let a = http(base, "POST", "/console/query", &[("cookie", &analyst)], &forged).await;
     assert_eq!(a.status, 403);
     assert!(a.body.contains("CSRF check failed"), "{}", a.body);
-    let other = form(&[("csrf", &csrf), ("sql", sql)]);
+    let other = form(&[("csrf", &csrf), ("sql", sql), ("purpose", "analysis")]);
     let evil = [("cookie", analyst.as_str()), ("origin", "http://evil.example")];
     assert_eq!(http(base, "POST", "/console/query", &evil, &other).await.status, 403);
     let opaque = [("cookie", analyst.as_str()), ("origin", "null")];
     assert_eq!(http(base, "POST", "/console/query", &opaque, &other).await.status, 403);
+
+    // A blank purpose is refused, as the JSON API refuses it.
+    let blank = form(&[("csrf", &csrf), ("sql", sql), ("purpose", " ")]);
+    let a = http(base, "POST", "/console/query", &[("cookie", &analyst), ("origin", base)], &blank).await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("purpose must be one line of text"), "{}", a.body);
 
     // A value that is HTML comes back as text.
     let a = http(base, "POST", "/console/query", &[("cookie", &analyst), ("origin", base)], &other).await;
@@ -171,8 +177,16 @@ async fn the_console_refuses_forged_forms_wrong_tokens_and_roles_and_escapes_dat
     assert!(!a.body.contains("href=\"/console/query\""), "no link to a page the role cannot use");
 
     // A session id that is not one leads to the login page.
-    let made_up = format!("concord_session={}", "ab".repeat(32));
+    let made_up = format!("concord_session_alpha={}", "ab".repeat(32));
     let a = http(base, "GET", "/console/query", &[("cookie", &made_up)], "").await;
+    assert_eq!((a.status, a.header("location")), (303, Some("/console/login")));
+
+    // A cookie planted beside the session's, with another value, picks no session.
+    let planted = format!("{analyst}; concord_session_alpha={}", "cd".repeat(32));
+    let a = http(base, "GET", "/console/query", &[("cookie", &planted)], "").await;
+    assert_eq!((a.status, a.header("location")), (303, Some("/console/login")));
+    // Without a session a form is not even read: the answer leads to the login page.
+    let a = http(base, "POST", "/console/query", &[("origin", base)], &other).await;
     assert_eq!((a.status, a.header("location")), (303, Some("/console/login")));
 
     // Logging out ends the session.

@@ -12,6 +12,8 @@ use plotters::prelude::*;
 const MAX_BARS: usize = 60;
 /// Points of a line drawn at most.
 const MAX_POINTS: usize = 5000;
+/// Values beyond this magnitude are not drawn: the axis arithmetic must stay finite.
+const MAX_ABS: f64 = 1e300;
 /// Characters of a key label.
 const LABEL_CHARS: usize = 24;
 /// Slots of a bar chart at least, so that a few bars stay bars.
@@ -73,13 +75,14 @@ fn points(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     kind: &ChartKind,
-) -> Result<Vec<(String, f64)>, String> {
+) -> Result<(Vec<(String, f64)>, usize), String> {
     let value_name = match kind {
         ChartKind::Bars { value, .. } | ChartKind::Lines { value, .. } => value,
     };
     let vi = schema.index_of(value_name).map_err(|e| e.to_string())?;
     let opts = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
+    let mut skipped = 0;
     for b in batches {
         let keys = ArrayFormatter::try_new(b.column(0).as_ref(), &opts).map_err(|e| e.to_string())?;
         let values = arrow::compute::cast(b.column(vi), &DataType::Float64).map_err(|e| e.to_string())?;
@@ -88,8 +91,10 @@ fn points(
             .downcast_ref::<arrow::array::Float64Array>()
             .ok_or_else(|| "the value column cannot be read as numbers".to_string())?;
         for row in 0..b.num_rows() {
-            if values.is_valid(row) && values.value(row).is_finite() {
+            if values.is_valid(row) && values.value(row).abs() <= MAX_ABS {
                 out.push((keys.value(row).to_string(), values.value(row)));
+            } else {
+                skipped += 1;
             }
         }
     }
@@ -97,41 +102,43 @@ fn points(
         // ISO dates and times sort as text.
         out.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
-/// The chart of a result as an SVG document.
+/// The chart of a result as an SVG document; its title says what it leaves out.
 pub fn svg(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, String> {
     let kind = plan(schema)?;
-    let mut pts = points(schema, batches, &kind)?;
+    let (mut pts, skipped) = points(schema, batches, &kind)?;
     if pts.is_empty() {
         return Err("the result has no values to chart".into());
     }
-    let (key, value) = match &kind {
-        ChartKind::Bars { key, value } | ChartKind::Lines { key, value } => (key.clone(), value.clone()),
+    let (key, value, line, cap) = match &kind {
+        ChartKind::Bars { key, value } => (key, value, false, MAX_BARS),
+        ChartKind::Lines { key, value } => (key, value, true, MAX_POINTS),
     };
-    match kind {
-        ChartKind::Bars { .. } => {
-            let more = pts.len().saturating_sub(MAX_BARS);
-            pts.truncate(MAX_BARS);
-            let title = if more > 0 {
-                format!("{value} by {key} (first {MAX_BARS}; {more} more in the table)")
-            } else {
-                format!("{value} by {key}")
-            };
-            draw(&pts, &key, &value, &title, false)
-        }
-        ChartKind::Lines { .. } => {
-            pts.truncate(MAX_POINTS);
-            draw(&pts, &key, &value, &format!("{value} over {key}"), true)
-        }
+    let mut title = if line { format!("{value} over {key}") } else { format!("{value} by {key}") };
+    let mut notes = Vec::new();
+    if pts.len() > cap {
+        notes.push(format!("first {cap} of {}", pts.len()));
+        pts.truncate(cap);
     }
+    if skipped > 0 {
+        notes.push(format!("{skipped} not drawn: NULL, not finite or beyond ±1e300"));
+    }
+    if !notes.is_empty() {
+        title.push_str(&format!(" ({})", notes.join("; ")));
+    }
+    draw(&pts, key, value, &title, line)
 }
 
 /// Bars of spent budget per label, for the datasets page.
 pub fn bars(pts: &[(String, f64)], key: &str, value: &str, title: &str) -> Result<String, String> {
     if pts.is_empty() {
         return Err("nothing to chart".into());
+    }
+    if pts.len() > MAX_BARS {
+        let title = format!("{title} (first {MAX_BARS} of {}; all in the table)", pts.len());
+        return draw(&pts[..MAX_BARS], key, value, &title, false);
     }
     draw(pts, key, value, title, false)
 }
@@ -142,6 +149,21 @@ fn short(s: &str) -> String {
         s.to_owned()
     } else {
         format!("{}…", s.chars().take(LABEL_CHARS - 1).collect::<String>())
+    }
+}
+
+/// The value axis: from zero (or below the lowest value) to above the highest, padded; an
+/// error unless every bound is finite, since the drawing library's tick search does not end on
+/// an infinite range.
+fn y_range(pts: &[(String, f64)]) -> Result<(f64, f64), String> {
+    let lo = pts.iter().map(|p| p.1).fold(0.0f64, f64::min);
+    let hi = pts.iter().map(|p| p.1).fold(0.0f64, f64::max);
+    let pad = ((hi - lo).abs() * 0.08).max(1e-9);
+    let (lo, hi) = (if lo < 0.0 { lo - pad } else { 0.0 }, if hi > 0.0 { hi + pad } else { pad });
+    if lo.is_finite() && hi.is_finite() && (hi - lo).is_finite() && hi > lo {
+        Ok((lo, hi))
+    } else {
+        Err("the values are too large to chart".into())
     }
 }
 
@@ -160,10 +182,7 @@ fn draw_unguarded(
     line: bool,
 ) -> Result<String, String> {
     let n = pts.len();
-    let lo = pts.iter().map(|p| p.1).fold(0.0f64, f64::min);
-    let hi = pts.iter().map(|p| p.1).fold(0.0f64, f64::max);
-    let pad = ((hi - lo).abs() * 0.08).max(1e-9);
-    let (lo, hi) = (if lo < 0.0 { lo - pad } else { 0.0 }, if hi > 0.0 { hi + pad } else { pad });
+    let (lo, hi) = y_range(pts)?;
     let labels: Vec<String> = pts.iter().map(|p| short(&p.0)).collect();
     let mut out = String::new();
     {
@@ -280,6 +299,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_axis_that_would_not_be_finite_is_refused_before_drawing() {
+        let huge = |v: &[f64]| v.iter().map(|x| (String::new(), *x)).collect::<Vec<_>>();
+        assert!(y_range(&huge(&[f64::MAX])).is_err());
+        assert!(y_range(&huge(&[1e308, -1e308])).is_err());
+        assert!(y_range(&huge(&[f64::INFINITY])).is_err());
+        assert_eq!(y_range(&huge(&[0.0])), Ok((0.0, 1e-9)));
+        // Such values never reach the axis: they are counted as not drawn, and said.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(arrow::array::Float64Array::from(vec![Some(f64::MAX), None, Some(2.0)])),
+            ],
+        )
+        .expect("batch");
+        let drawn = svg(&schema, &[b]).expect("svg");
+        assert!(drawn.contains("2 not drawn: NULL, not finite or beyond ±1e300"), "{drawn}");
     }
 
     #[test]

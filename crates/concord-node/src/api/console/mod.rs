@@ -29,8 +29,8 @@ use maud::{DOCTYPE, Markup, html};
 use crate::NodeError;
 use crate::node::Node;
 use crate::wire::Role;
+use session::Authed;
 pub use session::Sessions;
-use session::{Authed, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 
 /// The console's state: the node and the sessions of its users.
 pub struct Console {
@@ -38,6 +38,27 @@ pub struct Console {
     sessions: Sessions,
     /// Cookies get `Secure` when the listener serves TLS.
     secure: bool,
+    /// The members' health as last read, shared by overviews for a few seconds; its lock makes
+    /// concurrent overviews wait for one round of calls.
+    health: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<crate::wire::MemberHealth>>)>>,
+}
+
+/// How long one round of health calls serves the overview.
+const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Console {
+    /// Every member's health, read at most once per [`HEALTH_TTL`].
+    async fn health(&self) -> Arc<Vec<crate::wire::MemberHealth>> {
+        let mut held = self.health.lock().await;
+        if let Some((at, h)) = held.as_ref()
+            && at.elapsed() < HEALTH_TTL
+        {
+            return h.clone();
+        }
+        let h = Arc::new(self.node.member_health().await);
+        *held = Some((std::time::Instant::now(), h.clone()));
+        h
+    }
 }
 
 /// Largest form a console user may post.
@@ -51,13 +72,11 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 /// The console's routes under `/console`, and `/` leading to it. `secure` marks its cookies
 /// `Secure` (the listener serves TLS).
 pub fn router(node: Arc<Node>, secure: bool) -> Router {
-    let console = Arc::new(Console { node, sessions: Sessions::default(), secure });
-    Router::new()
-        .route("/", get(|| async { Redirect::to("/console") }))
+    let sessions = Sessions::new(&node.cfg.member);
+    let console = Arc::new(Console { node, sessions, secure, health: tokio::sync::Mutex::new(None) });
+    let pages = Router::new()
         .route("/console", get(pages::overview))
-        .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
-        .route("/console/style.css", get(style))
         .route("/console/query", get(query::form).post(query::run))
         .route("/console/results/{id}/result.csv", get(query::csv))
         .route("/console/results/{id}/chart.svg", get(query::chart))
@@ -68,9 +87,28 @@ pub fn router(node: Arc<Node>, secure: bool) -> Router {
         .route("/console/governance", get(pages::governance).post(pages::propose))
         .route("/console/governance/{id}/vote", post(pages::vote))
         .route("/console/audit", get(pages::audit_page).post(pages::audit_run))
+        .route_layer(axum::middleware::from_fn_with_state(console.clone(), require_session));
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/style.css", get(style))
+        .merge(pages)
         .layer(axum::middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(MAX_FORM))
         .with_state(console)
+}
+
+/// Sends a request without a live session to the login page before its body is read: a
+/// client without one holds no connection for longer than its headers take.
+async fn require_session(
+    State(c): State<Arc<Console>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match session::cookie_value(req.headers(), &c.sessions.session_cookie) {
+        Some(id) if c.sessions.is_live(&id) => next.run(req).await,
+        _ => Redirect::to("/console/login").into_response(),
+    }
 }
 
 /// Headers every console answer carries: the content security policy, no sniffing, no
@@ -189,7 +227,7 @@ fn login_form(c: &Console, status: StatusCode, problem: Option<&str>) -> Respons
             button type="submit" { "Log in" }
         }
     };
-    let cookie = session::cookie(LOGIN_CSRF_COOKIE, &csrf, 600, c.secure);
+    let cookie = session::cookie(&c.sessions.login_cookie, &csrf, 600, c.secure);
     (status, [(header::SET_COOKIE, cookie)], Html(bare_page("Log in to Concord", body).into_string()))
         .into_response()
 }
@@ -206,7 +244,7 @@ async fn login(State(c): State<Arc<Console>>, headers: HeaderMap, body: axum::bo
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
         return login_form(&c, StatusCode::BAD_REQUEST, Some("The form could not be read; log in again."));
     };
-    let expected = session::cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let expected = session::cookie_value(&headers, &c.sessions.login_cookie).unwrap_or_default();
     if !session::same_origin(&headers) || expected.is_empty() || !session::equal(&expected, &form.csrf) {
         return login_form(
             &c,
@@ -227,16 +265,21 @@ async fn login(State(c): State<Arc<Console>>, headers: HeaderMap, body: axum::bo
             Some("Unknown token: this node holds no such token. Create one with `concord token create`."),
         );
     };
-    let id = c.sessions.open(form.token.trim(), role);
+    // A login replaces the session this browser held, if any.
+    let held = session::cookie_value(&headers, &c.sessions.session_cookie);
+    let id = c.sessions.open(form.token.trim(), role, held.as_deref());
     tracing::info!(role = role.as_str(), "console login");
     let mut resp = Redirect::to("/console").into_response();
     let h = resp.headers_mut();
-    if let Ok(v) =
-        HeaderValue::from_str(&session::cookie(SESSION_COOKIE, &id, session::MAX_AGE_SECS, c.secure))
-    {
+    if let Ok(v) = HeaderValue::from_str(&session::cookie(
+        &c.sessions.session_cookie,
+        &id,
+        session::MAX_AGE_SECS,
+        c.secure,
+    )) {
         h.append(header::SET_COOKIE, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&session::cookie(LOGIN_CSRF_COOKIE, "", 0, c.secure)) {
+    if let Ok(v) = HeaderValue::from_str(&session::cookie(&c.sessions.login_cookie, "", 0, c.secure)) {
         h.append(header::SET_COOKIE, v);
     }
     resp
@@ -249,7 +292,7 @@ async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: axum::b
     };
     c.sessions.close(&who.session);
     let mut resp = Redirect::to("/console/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::cookie(SESSION_COOKIE, "", 0, c.secure)) {
+    if let Ok(v) = HeaderValue::from_str(&session::cookie(&c.sessions.session_cookie, "", 0, c.secure)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp

@@ -36,7 +36,7 @@ pub async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Resp
         Err(r) => return *r,
     };
     let charter = c.node.charter();
-    let health = c.node.member_health().await;
+    let health = c.health().await;
     let body = html! {
         p { "Federation " strong { (who.federation) } ", member " strong { (who.member) }
             ", charter version " strong { (c.node.charter_version()) }
@@ -45,7 +45,7 @@ pub async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Resp
         h2 { "Members" }
         table {
             thead { tr { th { "Member" } th { "Name" } th { "Jurisdiction" } th { "Health" } th { "Charter version" } } }
-            tbody { @for h in &health { tr {
+            tbody { @for h in health.iter() { tr {
                 td { (h.id) } td { (h.name) } td { (h.jurisdiction) }
                 td { @match (&h.problem, h.latency_ms) {
                     (Some(p), _) => span.bad { "not answering: " (p) },
@@ -117,7 +117,11 @@ pub async fn datasets(State(c): State<Arc<Console>>, headers: HeaderMap) -> Resp
                 p { (d.record.format.as_str()) " · " (d.record.rows) " rows"
                     @if let Some(s) = &d.record.shared_schema { " · shared schema " code { (s) } }
                     " · policy " code { (short(&d.policy.digest())) } }
-                @if let Err(e) = &d.table { p.bad { "Unavailable: " (e) } }
+                @if let Err(e) = &d.table {
+                    // Why a file cannot be read names paths on this machine: for its keepers.
+                    @if matches!(who.role, Role::Steward | Role::Operator) { p.bad { "Unavailable: " (e) } }
+                    @else { p.bad { "Unavailable now; this node's steward can see why." } }
+                }
                 ul { @for line in d.policy.in_words() { li { (line) } } }
                 h3 { "Access rules" }
                 ul { @for r in d.policy.rules_in_words() {
@@ -188,8 +192,10 @@ async fn access_view(c: &Console, who: &Authed, done: Option<Markup>) -> Respons
         Ok(l) => l,
         Err(e) => return error_page(Some(who), &e),
     };
-    let (inbox, rest): (Vec<&AccessRecord>, Vec<&AccessRecord>) =
-        list.iter().partition(|r| r.direction == Direction::In && r.status == AccessStatus::Pending);
+    // A steward decides pending requests in the inbox; everything else is in the table.
+    let (inbox, rest): (Vec<&AccessRecord>, Vec<&AccessRecord>) = list.iter().partition(|r| {
+        who.role == Role::Steward && r.direction == Direction::In && r.status == AccessStatus::Pending
+    });
     let body = html! {
         @if let Some(d) = done { (d) }
         @if who.role == Role::Analyst { (file_form(who)) }
@@ -553,14 +559,17 @@ fn evidence(c: &Console) -> Markup {
         @match page {
             Err(e) => p.warning { "The evidence cannot be read: " (e.to_string()) },
             Ok(rows) if rows.is_empty() => p { "None: no member has signed two different votes or two bodies of one version." },
-            Ok(rows) => table {
+            Ok(rows) => {
+                @if rows.len() == 50 { p.warning { "The first 50 pieces are shown; the local API's "
+                    code { "GET /v1/governance/evidence?after=N" } " pages through them all." } }
+                table {
                 thead { tr { th { "#" } th { "Version" } th { "Kind" } th { "Received" } } }
                 tbody { @for (seq, version, kind, _, at) in &rows { tr {
                     td { (seq) } td { (version) }
                     td { (if kind == "evidence" { "two votes of one member (equivocation)" } else { "a second body of a version (fork)" }) }
                     td { (at) }
                 } } }
-            },
+            } },
         }
     }
 }

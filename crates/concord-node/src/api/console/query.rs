@@ -20,13 +20,11 @@ use concord_query::federate::QueryOutcome;
 
 /// Rows a result page shows; the CSV holds them all.
 const ROWS_SHOWN: usize = 500;
-/// Largest result (Arrow memory) a session keeps for its download and chart.
-const MAX_KEPT_BYTES: usize = 64 * 1024 * 1024;
 
 /// A result kept for a session's CSV download and chart.
 pub struct StoredResult {
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+    pub(super) schema: SchemaRef,
+    pub(super) batches: Vec<RecordBatch>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -97,12 +95,11 @@ pub async fn run(State(c): State<Arc<Console>>, headers: HeaderMap, body: axum::
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let purpose =
-        if form.purpose.trim().is_empty() { "analysis".to_owned() } else { form.purpose.trim().to_owned() };
-    let outcome = if purpose.contains(['\n', '\r']) {
-        Err(NodeError::BadRequest("purpose must be one line of text".into()))
+    let purpose = form.purpose.trim();
+    let outcome = if purpose.contains(['\n', '\r']) || purpose.is_empty() {
+        Err(NodeError::BadRequest("purpose must be one line of text, for example analysis".into()))
     } else {
-        c.node.query(&form.sql, &purpose, form.partial.is_some()).await
+        c.node.query(&form.sql, purpose, form.partial.is_some()).await
     };
     c.node.metrics.query_made(outcome.as_ref().err().map(|e| e.code().as_str()));
     let (status, result) = match outcome {
@@ -146,7 +143,7 @@ fn answer(c: &Console, who: &Authed, out: QueryOutcome) -> Markup {
     let bytes: usize = out.batches.iter().map(|b| b.get_array_memory_size()).sum();
     let plan = chart::plan(&out.schema);
     let stored = Arc::new(StoredResult { schema: out.schema.clone(), batches: out.batches.clone() });
-    let kept = if bytes <= MAX_KEPT_BYTES { c.sessions.keep_result(&who.session, stored) } else { None };
+    let kept = c.sessions.keep_result(&who.session, stored, bytes);
     html! {
         @for m in &out.missing { p.warning { "Left out: " (m) } }
         @for m in &out.left_out { p.warning { "Left out: " (m) } }
@@ -163,7 +160,10 @@ fn answer(c: &Console, who: &Authed, out: QueryOutcome) -> Markup {
             _ => {},
         }
         (table(&out.schema, &out.batches))
-        @if rows > ROWS_SHOWN { p.hint { "The first " (ROWS_SHOWN) " rows are shown; the CSV holds all " (rows) "." } }
+        @if rows > ROWS_SHOWN {
+            p.warning { "The first " (ROWS_SHOWN) " of " (rows) " rows are shown"
+                @if kept.is_some() { "; the CSV holds them all." } @else { "; narrow the query to see the rest." } }
+        }
         (provenance(&out.provenance))
     }
 }
@@ -236,29 +236,38 @@ pub async fn csv(State(c): State<Arc<Console>>, headers: HeaderMap, Path(id): Pa
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let mut out = Vec::new();
-    let written = {
-        let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-        r.batches.iter().try_for_each(|b| w.write(b))
-    };
-    if let Err(e) = written {
-        return super::error_page(
-            None,
-            &NodeError::State(format!("the result cannot be written as CSV: {e}")),
-        );
+    // Writing a large result is CPU work: off the async workers.
+    let written = tokio::task::spawn_blocking(move || csv_bytes(&r)).await;
+    match written {
+        Ok(Ok(out)) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8")),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"result.csv\""),
+                ),
+            ],
+            out,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            super::error_page(None, &NodeError::State(format!("the result cannot be written as CSV: {e}")))
+        }
+        Err(e) => super::error_page(None, &NodeError::State(format!("the CSV could not be written: {e}"))),
     }
+}
+
+/// The result as CSV with a header line, exactly as kept (the CLI's CSV too).
+fn csv_bytes(r: &StoredResult) -> Result<Vec<u8>, arrow::error::ArrowError> {
     if r.batches.is_empty() {
         let names: Vec<&str> = r.schema.fields().iter().map(|f| f.name().as_str()).collect();
-        out = format!("{}\n", names.join(",")).into_bytes();
+        return Ok(format!("{}\n", names.join(",")).into_bytes());
     }
-    (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8")),
-            (header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"result.csv\"")),
-        ],
-        out,
-    )
-        .into_response()
+    let mut out = Vec::new();
+    let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+    r.batches.iter().try_for_each(|b| w.write(b))?;
+    drop(w);
+    Ok(out)
 }
 
 pub async fn chart(State(c): State<Arc<Console>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -266,8 +275,11 @@ pub async fn chart(State(c): State<Arc<Console>>, headers: HeaderMap, Path(id): 
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    match chart::svg(&r.schema, &r.batches) {
-        Ok(svg) => chart::response(svg),
-        Err(why) => (StatusCode::UNPROCESSABLE_ENTITY, why).into_response(),
+    match tokio::task::spawn_blocking(move || chart::svg(&r.schema, &r.batches)).await {
+        Ok(Ok(svg)) => chart::response(svg),
+        Ok(Err(why)) => (StatusCode::UNPROCESSABLE_ENTITY, why).into_response(),
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("the chart could not be drawn: {e}")).into_response()
+        }
     }
 }
