@@ -170,6 +170,27 @@ test("an access request filed by alpha's analyst is approved by bravo's steward"
   }
   assert.equal(status, "approved");
   assert.match(await analyst.page.textContent("header .who"), /alpha · demo · analyst/, "alpha's session lived on");
+
+  // A second request, refused with a reason that reaches the analyst.
+  const other = "console request to be refused";
+  await analyst.page.fill("#dataset", "bravo.health_cases");
+  await analyst.page.fill("#purpose", other);
+  await analyst.page.fill("#legal_basis", "none given");
+  await analyst.page.click("form.stack button[type=submit]");
+  await steward.page.goto(`${members.bravo.local_url}/console/access`);
+  const refuse = steward.page.locator("article.request", { hasText: other });
+  await refuse.locator("input[name=reason]").fill("no legal basis <given>");
+  await refuse.locator("button", { hasText: "Refuse" }).click();
+  assert.match(await steward.page.textContent(".notice"), /from alpha: refused/);
+  let reason = "";
+  for (let i = 0; i < 40 && !reason.includes("no legal basis"); i++) {
+    await analyst.page.goto(`${members.alpha.local_url}/console/access`);
+    const row = analyst.page.locator("tbody tr", { hasText: other });
+    reason = (await row.count()) ? await row.textContent() : "";
+    if (!reason.includes("no legal basis")) await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.match(reason, /refused/);
+  assert.match(reason, /no legal basis <given>/, "the reason, as text");
   await shot(analyst.page, "access");
   await analyst.context.close();
 });

@@ -60,39 +60,9 @@ impl Policy {
         for (col, keys) in &r.keys {
             out.push(format!("Groups of {col} are the published values {}.", keys.join(", ")));
         }
-        let Some(p) = &r.privacy else {
-            out.push("Results are released without differential privacy.".into());
-            return;
-        };
-        let param = p.mechanism.parameter();
-        out.push(format!(
-            "Every released number carries differential-privacy noise ({}): one query costs {param} = {}, \
-             a requester may spend {param} = {} in all and all requesters together {param} = {}.",
-            match p.mechanism {
-                crate::Mechanism::Zcdp => "discrete Gaussian, zero-concentrated DP",
-                crate::Mechanism::Pure => "discrete Laplace, pure DP",
-            },
-            p.cost,
-            p.budget_per_requester,
-            p.budget_per_dataset
-        ));
-        out.push(format!(
-            "One person counts in at most {} group(s) of a query and with at most {} row(s) in each.",
-            p.max_groups_per_unit, p.max_rows_per_group
-        ));
-        for (col, (lo, hi)) in &p.bounds {
-            out.push(format!("Values of {col} are clamped to [{lo}, {hi}] before they are summed."));
-        }
-        for (col, keys) in &p.keys {
-            out.push(format!(
-                "Groups of {col} are always the published values {}, found or not.",
-                keys.join(", ")
-            ));
-        }
-        if let Some(delta) = p.delta {
-            out.push(format!(
-                "Other groups appear only when their noisy count passes a threshold (delta = {delta})."
-            ));
+        match &r.privacy {
+            Some(p) => privacy_in_words(p, out),
+            None => out.push("Results are released without differential privacy.".into()),
         }
     }
 
@@ -107,6 +77,39 @@ impl Policy {
                 cedar: p.to_string(),
             })
             .collect()
+    }
+}
+
+fn privacy_in_words(p: &crate::Privacy, out: &mut Vec<String>) {
+    let param = p.mechanism.parameter();
+    out.push(format!(
+        "Every released number carries differential-privacy noise ({}): one query costs {param} = {}, \
+             a requester may spend {param} = {} in all and all requesters together {param} = {}.",
+        match p.mechanism {
+            crate::Mechanism::Zcdp => "discrete Gaussian, zero-concentrated DP",
+            crate::Mechanism::Pure => "discrete Laplace, pure DP",
+        },
+        p.cost,
+        p.budget_per_requester,
+        p.budget_per_dataset
+    ));
+    out.push(format!(
+        "One person counts in at most {} group(s) of a query and with at most {} row(s) in each.",
+        p.max_groups_per_unit, p.max_rows_per_group
+    ));
+    for (col, (lo, hi)) in &p.bounds {
+        out.push(format!("Values of {col} are clamped to [{lo}, {hi}] before they are summed."));
+    }
+    for (col, keys) in &p.keys {
+        out.push(format!(
+            "Groups of {col} are always the published values {}, found or not.",
+            keys.join(", ")
+        ));
+    }
+    if let Some(delta) = p.delta {
+        out.push(format!(
+            "Other groups appear only when their noisy count passes a threshold (delta = {delta})."
+        ));
     }
 }
 

@@ -6,6 +6,8 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::prelude::*;
 
 /// Bars drawn at most; a caption says when there are more.
@@ -211,29 +213,40 @@ fn draw_unguarded(
             })
             .draw()
             .map_err(|e| e.to_string())?;
-        let colour = RGBColor(0x2b, 0x6c, 0xb0);
-        if line {
-            chart
-                .draw_series(std::iter::once(PathElement::new(
-                    pts.iter().enumerate().map(|(i, p)| (SegmentValue::CenterOf(i), p.1)).collect::<Vec<_>>(),
-                    colour.stroke_width(2),
-                )))
-                .map_err(|e| e.to_string())?;
-        } else {
-            chart
-                .draw_series(pts.iter().enumerate().map(|(i, p)| {
-                    let mut bar = Rectangle::new(
-                        [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), p.1)],
-                        colour.filled(),
-                    );
-                    bar.set_margin(0, 0, 4, 4);
-                    bar
-                }))
-                .map_err(|e| e.to_string())?;
-        }
+        series(&mut chart, pts, line)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// The chart's coordinates: one segment per key, values on a linear axis.
+type Coords = Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf64>;
+
+/// The bars, or the line, of `pts`.
+fn series(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Coords>,
+    pts: &[(String, f64)],
+    line: bool,
+) -> Result<(), String> {
+    let colour = RGBColor(0x2b, 0x6c, 0xb0);
+    if line {
+        let path = pts.iter().enumerate().map(|(i, p)| (SegmentValue::CenterOf(i), p.1)).collect::<Vec<_>>();
+        chart
+            .draw_series(std::iter::once(PathElement::new(path, colour.stroke_width(2))))
+            .map_err(|e| e.to_string())?;
+    } else {
+        chart
+            .draw_series(pts.iter().enumerate().map(|(i, p)| {
+                let mut bar = Rectangle::new(
+                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), p.1)],
+                    colour.filled(),
+                );
+                bar.set_margin(0, 0, 4, 4);
+                bar
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// An SVG answer: an image, which runs nothing (no script; the styles plotters writes inline
