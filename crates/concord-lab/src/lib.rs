@@ -9,4 +9,5 @@ pub mod bench;
 pub mod demo;
 pub mod fuzz;
 pub mod governance_bench;
+pub mod load_bench;
 pub mod smoke;

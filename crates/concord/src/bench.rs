@@ -43,6 +43,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7400)]
         port_base: u16,
     },
+    /// Many analysts at once against the sample federation, each node in its own process.
+    #[command(after_help = "Example:\n  concord bench load --analysts 50 --queries 2000")]
+    Load {
+        /// Analysts sending queries at once, spread over the three members.
+        #[arg(long, default_value_t = 50)]
+        analysts: usize,
+        /// Queries in all; one in twenty is under differential privacy.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Where the federation goes.
+        #[arg(long, default_value = "target/bench/load")]
+        dir: PathBuf,
+        /// The first port of the members' listeners (nine in all).
+        #[arg(long, default_value_t = 7500)]
+        port_base: u16,
+    },
     /// Durable appends, checkpoint cosigning and inclusion proofs of the transparency log.
     #[command(after_help = "Example:\n  concord bench log --proof-sizes 100000,1000000")]
     Log {
@@ -67,6 +83,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             federated(rows, iterations, dir, port_base).await
         }
         BenchCommand::Log { dir, proof_sizes, port_base } => log(dir, &proof_sizes, port_base).await,
+        BenchCommand::Load { analysts, queries, dir, port_base } => {
+            load(concord_lab::load_bench::LoadOptions { dir, analysts, queries, port_base }).await
+        }
     }
 }
 
@@ -158,6 +177,117 @@ async fn log(dir: PathBuf, proof_sizes: &[u64], port_base: u16) -> Result<()> {
             bench::ms(*p50),
             bench::ms(*p99)
         );
+    }
+    Ok(())
+}
+
+/// A node of the load benchmark, in a process of its own.
+struct NodeProcess {
+    id: String,
+    child: std::process::Child,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // SIGTERM lets the node finish its appends; a node that does not stop is killed.
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `concord node run` for each member and waits until each answers.
+async fn start_processes(members: &[concord_lab::demo::DemoMember]) -> Result<Vec<NodeProcess>> {
+    let exe = std::env::current_exe()?;
+    let mut nodes = Vec::new();
+    for m in members {
+        let log = std::fs::File::create(m.dir.join("node.log"))?;
+        let child = std::process::Command::new(&exe)
+            .args(["node", "run"])
+            .arg(&m.dir)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        nodes.push(NodeProcess { id: m.id.clone(), child });
+    }
+    for m in members {
+        let client = concord_node::net::local::LocalClient::new(&m.local_url, &m.analyst_token);
+        let mut tries = 0;
+        while client.status().await.is_err() {
+            tries += 1;
+            if tries > 600 {
+                bail!("node {} did not start; see {}", m.id, m.dir.join("node.log").display());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(nodes)
+}
+
+async fn load(opts: concord_lab::load_bench::LoadOptions) -> Result<()> {
+    use concord_lab::load_bench;
+    if opts.analysts == 0 || opts.queries == 0 {
+        bail!("--analysts and --queries must be at least 1");
+    }
+    let progress = crate::out::Progress::start("setting up");
+    let members = load_bench::prepare(&opts).await?;
+    let nodes = start_processes(&members).await?;
+    // Witnesses cosign the set-up's entries first: the load starts on a settled federation.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let report = load_bench::drive(&members, &opts, &|s| progress.say(s)).await;
+    let peaks: Vec<(String, Option<u64>)> =
+        nodes.iter().map(|n| (n.id.clone(), load_bench::peak_memory(n.child.id()))).collect();
+    drop(nodes);
+    drop(progress);
+    let answered = report.latencies.len();
+    let failed: u64 = report.errors.values().map(|(n, _)| n).sum();
+    say!(
+        "{} analysts, {} queries ({} under differential privacy answered), each node in its own process",
+        opts.analysts,
+        opts.queries,
+        report.dp_answered.values().sum::<u64>()
+    );
+    say!(
+        "answered {answered}, failed {failed}; {:.1} queries/s over {:.1} s",
+        answered as f64 / report.wall.as_secs_f64().max(1e-9),
+        report.wall.as_secs_f64()
+    );
+    say!(
+        "latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        bench::ms(bench::percentile(&report.latencies, 0.5)),
+        bench::ms(bench::percentile(&report.latencies, 0.99)),
+        bench::ms(report.latencies.iter().copied().max().unwrap_or_default())
+    );
+    for (code, (n, message)) in &report.errors {
+        say!("  {n} failed with {code}, for example: {message}");
+    }
+    for (id, peak) in &peaks {
+        match peak {
+            Some(b) => say!("node {id}: peak memory {:.1} MiB", *b as f64 / (1024.0 * 1024.0)),
+            None => say!("node {id}: peak memory unknown (no /proc on this system)"),
+        }
+    }
+    let checks = load_bench::check_budgets(&members, &report)?;
+    let broken: Vec<_> = checks.iter().filter(|c| !c.holds()).collect();
+    for c in &checks {
+        say!(
+            "budget at {} for {}: charged rho {:.3} for answers costing {:.3}, of {:.3}",
+            c.owner,
+            c.requester,
+            c.charged,
+            c.expected,
+            c.budget
+        );
+    }
+    if !broken.is_empty() || failed > 0 {
+        bail!("{failed} queries failed and {} budgets do not match their answers", broken.len());
     }
     Ok(())
 }

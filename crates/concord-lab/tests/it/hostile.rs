@@ -344,6 +344,48 @@ async fn a_huge_log_costs_nothing_to_audit(fed: &Fed) {
     assert!(problems.contains("72057594037927936 new entries"), "{report}");
 }
 
+/// Queries an analyst sends faster than owners admit are paced by the requester's node, not
+/// failed: an owner's `429 rate_limited` says when to retry, and the node retries within the
+/// query's deadline. The owners' counted refusals show that pacing took place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_faster_than_owners_admit_is_paced_not_failed() {
+    let fed = members_with(&["alpha", "bravo", "charlie"], |id, l| {
+        if id != "alpha" {
+            l.peer_requests_per_sec = 4;
+            l.peer_burst = 2;
+        }
+    })
+    .await;
+    let a = fed.member("alpha");
+    let sql = "SELECT region, count(*) AS n FROM cases GROUP BY region ORDER BY region";
+    let first = api_query(&a.local_url, &a.analyst_token, sql).await.expect("the first query");
+    let queries = (0..6).map(|_| api_query(&a.local_url, &a.analyst_token, sql));
+    for r in futures::future::join_all(queries).await {
+        let r = r.expect("a paced query is answered, not refused as rate_limited");
+        assert_eq!(rows(&r), rows(&first));
+    }
+    let mut limited = 0;
+    for owner in ["bravo", "charlie"] {
+        let i = fed.members.iter().position(|m| m.id == owner).expect("member");
+        concord_node::node::witness::log_refusals(&fed.nodes[i].node).await.expect("logged");
+        limited += entries(&fed, owner)
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::RefusalsCounted { counts, .. } => Some(
+                    counts
+                        .iter()
+                        .filter(|c| c.member == "alpha" && c.code == "rate_limited")
+                        .map(|c| c.count)
+                        .sum::<u64>(),
+                ),
+                _ => None,
+            })
+            .sum::<u64>();
+    }
+    assert!(limited > 0, "the owners refused some calls, which alpha's node paced and retried");
+    fed.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_neither_grow_the_log_nor_mask_a_hidden_access() {
     let fed = members_with(&["alpha", "bravo", "charlie"], |id, l| {

@@ -258,12 +258,23 @@ async fn rate_limit(
         Bucket::Requests => (&node.peer_rate, "sends requests"),
         Bucket::Reads => (&node.read_rate, "reads this log"),
     };
-    if limiter.admit(&peer.0) {
-        return next.run(req).await;
-    }
-    ErrorResponse(NodeError::RateLimited(format!(
+    let wait = match limiter.admit(&peer.0) {
+        Ok(()) => return next.run(req).await,
+        Err(wait) => wait,
+    };
+    let mut resp = ErrorResponse(NodeError::RateLimited(format!(
         "{} {what} faster than {} allows; slow down and retry",
         peer.0, node.cfg.member
     )))
-    .into_response()
+    .into_response();
+    // When to retry: `Retry-After` in whole seconds (RFC 9110), and to the millisecond for a
+    // member's node, which paces its calls by it.
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs_f64().ceil().max(1.0).to_string()) {
+        h.insert(axum::http::header::RETRY_AFTER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&wait.as_millis().max(1).to_string()) {
+        h.insert(crate::net::client::RETRY_AFTER_MS, v);
+    }
+    resp
 }

@@ -122,6 +122,56 @@ pub async fn peer_call_with(
         .map(|(r, _)| r)
 }
 
+/// The header in which a rate-limited peer says, in milliseconds, when to retry.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// The first pause before retrying a rate-limited call that says nothing of when to retry;
+/// each retry doubles it, up to a second.
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+
+/// [`peer_call_with`], paced: an answer `429 rate_limited` is retried after the pause the peer
+/// asks for (`retry-after-ms`, or `Retry-After`), plus a random part of a growing pause so
+/// that concurrent callers spread out, as long as the retry can start within `budget`'s time;
+/// otherwise the 429 is the answer. Only calls the peer refuses before reading them are
+/// retried: a rate-limited call was never seen, so sending the same signed body again is no
+/// replay.
+pub async fn peer_call_paced(
+    keys: &TlsKeys,
+    card: &concord_charter::MemberCard,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    budget: Budget,
+) -> Result<Response, NodeError> {
+    let deadline = tokio::time::Instant::now() + budget.timeout;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let resp = peer_call_with(keys, card, method, path, body.clone(), Budget { timeout: left, ..budget })
+            .await?;
+        if resp.status != 429 {
+            return Ok(resp);
+        }
+        let asked = resp
+            .headers
+            .get(RETRY_AFTER_MS)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .or_else(|| {
+                let secs =
+                    resp.headers.get(hyper::header::RETRY_AFTER)?.to_str().ok()?.parse::<u64>().ok()?;
+                Some(Duration::from_secs(secs))
+            })
+            .unwrap_or(pause);
+        let jitter = Duration::from_micros(rand::random::<u64>() % (pause.as_micros() as u64).max(1));
+        let wait = asked.min(Duration::from_secs(5)) + jitter;
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Ok(resp);
+        }
+        tokio::time::sleep(wait).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 /// Calls the peer listener at `endpoint` whatever its certificate, for a candidate that does not
 /// know the members' pins yet; returns the answer and the server's pin, which the caller checks
 /// once it has verified what it read.

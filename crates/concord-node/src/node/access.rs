@@ -16,7 +16,7 @@ use concord_log::Note;
 use concord_policy::Action;
 
 use crate::NodeError;
-use crate::net::client::{Budget, peer_call_with};
+use crate::net::client::{Budget, peer_call_paced, peer_call_with};
 use crate::net::protocol::{AccessDecision, AccessRequest, envelope, new_request_id, open_envelope};
 use crate::node::Node;
 use crate::store::entry::{LogEntry, Notes, b64};
@@ -166,7 +166,7 @@ impl Node {
         body: Vec<u8>,
     ) -> Result<(), NodeError> {
         let resp =
-            peer_call_with(&self.keys().tls, card, "POST", "/v1/access/request", body, budget()).await?;
+            peer_call_paced(&self.keys().tls, card, "POST", "/v1/access/request", body, budget()).await?;
         if resp.status != 200 {
             let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.to_owned(), code, message });

@@ -660,8 +660,9 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token of `member`'s bucket; false (and counted) when it is empty.
-    pub fn admit(&self, member: &str) -> bool {
+    /// Takes one token of `member`'s bucket; when it is empty, the refusal is counted and the
+    /// answer is how long until the bucket holds a token again.
+    pub fn admit(&self, member: &str) -> Result<(), std::time::Duration> {
         let mut b = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         let (tokens, at) = b.entry(member.to_owned()).or_insert((self.burst, now));
@@ -669,11 +670,12 @@ impl RateLimiter {
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            return true;
+            return Ok(());
         }
+        let wait = std::time::Duration::from_secs_f64(((1.0 - *tokens) / self.rate).max(0.001));
         let mut r = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *r.entry(member.to_owned()).or_insert(0) += 1;
-        false
+        Err(wait)
     }
 
     /// The refusals counted since the last call, per member.

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::SessionContext;
 
-use crate::net::client::{Budget, peer_call_with};
+use crate::net::client::{Budget, peer_call_paced};
 use crate::net::protocol::{
     QueryRequest, ReleaseDetails, ReleaseReceipt, commitment, new_request_id, result_digest,
 };
@@ -276,7 +276,7 @@ impl Node {
             timeout: Duration::from_secs(self.cfg.limits.catalog_timeout_secs),
             max_bytes: MAX_CATALOG_BYTES,
         };
-        let resp = peer_call_with(&self.keys().tls, m, "GET", "/v1/catalog", vec![], budget).await?;
+        let resp = peer_call_paced(&self.keys().tls, m, "GET", "/v1/catalog", vec![], budget).await?;
         if resp.status != 200 {
             let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: m.id.clone(), code, message });
@@ -671,7 +671,7 @@ impl Node {
         let budget =
             Budget { timeout: Duration::from_secs(self.cfg.limits.peer_timeout_secs), max_bytes: 64 * 1024 };
         let resp =
-            peer_call_with(&self.keys().tls, owner, "POST", path, prepared.body.clone(), budget).await?;
+            peer_call_paced(&self.keys().tls, owner, "POST", path, prepared.body.clone(), budget).await?;
         if resp.status != 200 {
             let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
@@ -689,7 +689,7 @@ impl Node {
             max_bytes: concord_query::ipc::MAX_IPC_BYTES,
         };
         let resp =
-            peer_call_with(&self.keys().tls, owner, "POST", "/v1/query", prepared.body.clone(), budget)
+            peer_call_paced(&self.keys().tls, owner, "POST", "/v1/query", prepared.body.clone(), budget)
                 .await?;
         if resp.status != 200 {
             let (code, message) = resp.failure();

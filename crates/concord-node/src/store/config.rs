@@ -108,8 +108,8 @@ impl Default for Limits {
             max_connections_per_address: 64,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
-            peer_requests_per_sec: 10,
-            peer_burst: 50,
+            peer_requests_per_sec: 200,
+            peer_burst: 400,
             audit_max_entries: 4 * 1024 * 1024,
         }
     }
