@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod console;
+mod faults;
 mod flight_sql;
 mod fuzz_corpora;
 mod governance;
