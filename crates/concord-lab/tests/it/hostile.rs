@@ -486,19 +486,31 @@ async fn stalled_clients_are_dropped_and_the_listeners_keep_serving() {
         }
     })
     .await;
-    // No single address takes every slot: bravo closes a third connection from one address at
-    // once, while the first two still wait for their headers.
+    // No single address takes every slot: bravo serves two connections from one address, lets
+    // two more wait for a slot of that address, and closes a fifth at once.
     let b = fed.member("bravo").local_url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         held.push(tokio::net::TcpStream::connect(b.as_str()).await.expect("connects"));
     }
-    let mut third = tokio::net::TcpStream::connect(b.as_str()).await.expect("connects");
+    let mut fifth = tokio::net::TcpStream::connect(b.as_str()).await.expect("connects");
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), third.read(&mut buf))
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), fifth.read(&mut buf))
         .await
-        .expect("the third connection is closed at once");
+        .expect("the fifth connection is closed at once");
     assert_eq!(n.unwrap_or(0), 0);
+    // A waiting one is served as soon as a served one ends (members behind one address, or
+    // fifty on loopback, queue instead of being reset).
+    drop(held.remove(0));
+    let mut waiting = held.remove(1);
+    waiting.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("writes");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), waiting.read(&mut buf))
+        .await
+        .expect("the waiting connection is served")
+        .expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&buf[..n]));
+    drop(waiting);
     drop(held);
     let a = fed.member("alpha").clone();
     let local = a.local_url.trim_start_matches("http://").to_owned();

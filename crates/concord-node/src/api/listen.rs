@@ -1,5 +1,6 @@
 //! The accept loop both listeners share, with the limits that keep a node answering under load
 //! and abuse: a cap on open connections (beyond it, clients wait in the kernel's backlog), a
+//! share of them per address (beyond it, as many again wait for a slot of their address), a
 //! deadline for the TLS handshake and for each request's headers, a lifetime for each
 //! connection and for each request, and back-off when accepting fails (for example when the
 //! process is out of file handles), instead of a loop that spins.
@@ -122,8 +123,9 @@ pub async fn serve(
             }
         };
         backoff = Duration::from_millis(5);
-        let Some(per_address) = PerAddress::take(&addresses, remote.ip(), deadlines.max_per_address) else {
-            tracing::info!(%remote, "too many connections from one address; closed");
+        let Some(mut per_address) = PerAddress::take(&addresses, remote.ip(), deadlines.max_per_address)
+        else {
+            tracing::info!(%remote, "too many connections from one address, served and waiting; closed");
             continue;
         };
         // Answers are written in pieces; without this, delayed ACKs add ~40 ms.
@@ -132,8 +134,14 @@ pub async fn serve(
         let transport = transport.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let _per_address = per_address;
+            // Over its address's share, a connection waits for a slot as long as a client
+            // has to send its headers.
+            if !per_address.served_within(deadlines.header).await {
+                tracing::info!(%remote, "no slot for its address within {} s; closed", deadlines.header.as_secs());
+                return;
+            }
             serve_connection(tcp, remote, app, transport, deadlines).await;
+            drop(per_address);
         });
     }
     connections.shutdown().await;
@@ -193,32 +201,66 @@ async fn serve_connection(
     }
 }
 
-type Addresses = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+type Addresses = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, AddressSlots>>>;
 
-/// One open connection from an address, counted while it lives.
+/// One address's share of a listener: `max_per_address` connections served at once, and as
+/// many again waiting for one of those to end.
+struct AddressSlots {
+    served: Arc<Semaphore>,
+    /// Connections served or waiting.
+    users: usize,
+}
+
+/// One connection from an address, counted while it lives: served in one of its address's
+/// slots, or waiting for one. Members that share an address (behind one NAT, or on loopback)
+/// wait their turn instead of being refused: a burst of witness calls and pushes from fifty
+/// members on 127.0.0.1 is served, a client that floods from one address still holds at most
+/// twice its share of the listener.
 struct PerAddress {
     addresses: Addresses,
     ip: std::net::IpAddr,
+    served: Arc<Semaphore>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl PerAddress {
+    /// A place for a new connection from `ip`, if fewer than `2 * max` are served or waiting.
     fn take(addresses: &Addresses, ip: std::net::IpAddr, max: usize) -> Option<Self> {
         let mut map = addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
+        let slots = map
+            .entry(ip)
+            .or_insert_with(|| AddressSlots { served: Arc::new(Semaphore::new(max.max(1))), users: 0 });
+        if slots.users >= 2 * max.max(1) {
             return None;
         }
-        *n += 1;
-        Some(Self { addresses: addresses.clone(), ip })
+        let served = slots.served.clone();
+        slots.users += 1;
+        Some(Self { addresses: addresses.clone(), ip, served, permit: None })
+    }
+
+    /// Waits up to `wait` for one of the address's served slots; whether it got one.
+    async fn served_within(&mut self, wait: Duration) -> bool {
+        if let Ok(p) = self.served.clone().try_acquire_owned() {
+            self.permit = Some(p);
+            return true;
+        }
+        match tokio::time::timeout(wait, self.served.clone().acquire_owned()).await {
+            Ok(Ok(p)) => {
+                self.permit = Some(p);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
 impl Drop for PerAddress {
     fn drop(&mut self) {
+        self.permit = None;
         let mut map = self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(slots) = map.get_mut(&self.ip) {
+            slots.users -= 1;
+            if slots.users == 0 {
                 map.remove(&self.ip);
             }
         }
