@@ -144,8 +144,7 @@ fn write_events(path: &Path, rows: usize, seed: u64) -> Result<(), NodeError> {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![Arc::new(region), Arc::new(amount), Arc::new(qty), Arc::new(people)],
-        )
-        .map_err(|e| NodeError::Config(e.to_string()))?;
+        )?;
         w.write(&batch).map_err(pq)?;
     }
     w.close().map_err(pq)?;

@@ -624,7 +624,8 @@ pub async fn launch(opts: &DemoOptions) -> Result<Demo, NodeError> {
         }
     };
     let file = DemoFile { federation: DEMO_FEDERATION.into(), members };
-    let json = serde_json::to_string_pretty(&file).map_err(|e| NodeError::Config(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&file)
+        .map_err(|source| NodeError::Encode { what: "demo.json", source })?;
     // It holds every member's tokens: readable by its owner only.
     replace_private(&opts.dir.join("demo.json"), format!("{json}\n").as_bytes())?;
     Ok(Demo { file, specs, schemas, nodes, warnings })

@@ -35,6 +35,25 @@ pub enum NodeError {
     /// message says what to change.
     #[error("{0}")]
     Config(String),
+    /// A configuration file is not valid TOML of the node's configuration.
+    #[error("{path}: {source}")]
+    Toml {
+        /// The file.
+        path: String,
+        /// What the TOML parser said, with the line.
+        source: toml::de::Error,
+    },
+    /// The configuration could not be written as TOML.
+    #[error("cannot write the configuration: {0}")]
+    TomlEncode(#[from] toml::ser::Error),
+    /// A JSON file or stored JSON value could not be read.
+    #[error("cannot read {what}: {source}")]
+    Decode {
+        /// What was being read (a file, a stored value, a peer's answer).
+        what: String,
+        /// serde_json's error, with the line and column.
+        source: serde_json::Error,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -58,6 +77,10 @@ pub enum NodeError {
         /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// An append to the transparency log failed; the writer's error is kept as the source
+    /// (shared by every append of the failed batch).
+    #[error("log append failed: {0}")]
+    LogAppend(#[source] std::sync::Arc<NodeError>),
     /// SQLite failed under the transparency log; its error is kept as the source.
     #[error("log storage: {0}")]
     LogStorage(#[source] rusqlite::Error),
@@ -72,12 +95,26 @@ pub enum NodeError {
     /// A task of the node ended before it answered: the node is stopping.
     #[error("{0} has stopped; the node is stopping")]
     Stopped(&'static str),
+    /// Arrow could not write or read a result (CSV, IPC).
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A value cannot be sent as an HTTP header.
+    #[error("the {name} header cannot be sent: {source}")]
+    Header {
+        /// The header's name.
+        name: &'static str,
+        /// Why the value is not a header value.
+        source: axum::http::header::InvalidHeaderValue,
+    },
     /// A task of the node panicked or was cancelled.
     #[error("a task of the node failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// A certificate could not be made or checked; the message says which.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A TLS certificate could not be generated.
+    #[error("cannot generate a TLS certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
     /// rustls refused a TLS configuration.
     #[error("TLS: {0}")]
     Rustls(#[from] rustls::Error),
@@ -228,16 +265,20 @@ impl NodeError {
     pub fn code(&self) -> wire::ErrorCode {
         use wire::ErrorCode as C;
         match self {
-            Self::Config(_) => C::Config,
+            Self::Config(_) | Self::Toml { .. } | Self::TomlEncode(_) => C::Config,
             Self::Io { .. } => C::Io,
             Self::State(_)
             | Self::Database(_)
             | Self::DatabaseOpen { .. }
             | Self::LogStorage(_)
+            | Self::LogAppend(_)
+            | Self::Decode { .. }
             | Self::Encode { .. }
+            | Self::Arrow(_)
+            | Self::Header { .. }
             | Self::Stopped(_)
             | Self::Task(_) => C::State,
-            Self::Tls(_) | Self::Rustls(_) | Self::Pem { .. } => C::Tls,
+            Self::Tls(_) | Self::Certificate(_) | Self::Rustls(_) | Self::Pem { .. } => C::Tls,
             Self::Charter(_) => C::Charter,
             Self::Note(_) => C::MalformedNote,
             Self::Query(q) => match q {
@@ -247,7 +288,7 @@ impl NodeError {
                 QueryError::Dataset { .. } => C::DatasetUnavailable,
                 QueryError::Owner { .. } => C::OwnerFailed,
                 QueryError::Unreachable { .. } => C::OwnerUnreachable,
-                QueryError::Execution(_) => C::ExecutionFailed,
+                QueryError::Execution(_) | QueryError::Arrow(_) => C::ExecutionFailed,
                 QueryError::Limit(_) => C::LimitExceeded,
                 QueryError::Policy(_) => C::PolicyRefused,
             },

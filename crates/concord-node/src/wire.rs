@@ -482,14 +482,40 @@ pub struct SubqueryTest {
     pub sql: String,
     /// `aggregate`, `read_rows` or `describe`; absent when the sub-query cannot be parsed.
     pub action: Option<concord_policy::Action>,
-    /// The access decision: `allowed by ...` or `refused: ...`.
-    pub access: String,
-    /// `released` or `refused: ...`, after column modes and release rules.
-    pub verdict: String,
+    /// The access decision; absent when the sub-query cannot be parsed.
+    pub access: Option<AccessVerdict>,
+    /// Released or refused, after the access decision, column modes and release rules.
+    pub verdict: concord_query::release::Verdict,
     /// One line per column use and per release rule.
     pub lines: Vec<String>,
     /// The requester's budget left before this query, where differential privacy applies.
     pub budget_left: Option<String>,
+}
+
+/// The access decision of a `policy test`: `{"outcome": "allowed", "by": ...}` or
+/// `{"outcome": "refused", "reason": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AccessVerdict {
+    /// The policy's rules admit the requester.
+    Allowed {
+        /// The rule that admits it.
+        by: String,
+    },
+    /// No rule admits the requester, or a rule forbids it.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for AccessVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Allowed { by } => write!(f, "allowed by {by}"),
+            Self::Refused { reason } => write!(f, "refused: {reason}"),
+        }
+    }
 }
 
 /// `POST /v1/access/requests`: what an analyst asks for.

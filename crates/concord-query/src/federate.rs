@@ -430,7 +430,7 @@ fn explain(plan: LogicalPlan, allow_partial: bool) -> Result<QueryOutcome, Query
             Arc::new(datafusion::arrow::array::StringArray::from(texts)),
         ],
     )
-    .map_err(|e| QueryError::Execution(e.to_string()))?;
+    .map_err(QueryError::from)?;
     Ok(QueryOutcome { schema, batches: vec![batch], provenance: vec![], missing: vec![], left_out: vec![] })
 }
 

@@ -86,7 +86,7 @@ pub fn without_dictionaries(
             RecordBatch::try_new(plain.clone(), columns)
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| QueryError::Execution(e.to_string()))?;
+        .map_err(QueryError::from)?;
     Ok((plain, batches))
 }
 
@@ -94,11 +94,11 @@ pub fn without_dictionaries(
 pub fn encode(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, QueryError> {
     let (schema, batches) = without_dictionaries(&Arc::new(schema.clone()), batches.to_vec())?;
     let mut out = Vec::new();
-    let mut w = StreamWriter::try_new(&mut out, &schema).map_err(|e| QueryError::Execution(e.to_string()))?;
+    let mut w = StreamWriter::try_new(&mut out, &schema).map_err(QueryError::from)?;
     for b in &batches {
-        w.write(b).map_err(|e| QueryError::Execution(e.to_string()))?;
+        w.write(b).map_err(QueryError::from)?;
     }
-    w.finish().map_err(|e| QueryError::Execution(e.to_string()))?;
+    w.finish().map_err(QueryError::from)?;
     drop(w);
     Ok(out)
 }

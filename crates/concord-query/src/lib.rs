@@ -73,6 +73,9 @@ pub enum QueryError {
     /// A planned query failed as it ran, or its results could not be read or converted.
     #[error("query execution failed: {0}")]
     Execution(String),
+    /// Arrow could not convert, combine or encode results; its error is kept as the source.
+    #[error("query execution failed: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// A limit of bounded execution was reached: memory, time, groups, sizes.
     #[error("refused: {0}")]
     Limit(String),
@@ -91,7 +94,7 @@ impl QueryError {
             Self::Dataset { .. } => "dataset_unavailable",
             Self::Owner { .. } => "owner_failed",
             Self::Unreachable { .. } => "owner_unreachable",
-            Self::Execution(_) => "execution_failed",
+            Self::Execution(_) | Self::Arrow(_) => "execution_failed",
             Self::Limit(_) => "limit_exceeded",
             Self::Policy(_) => "policy_refused",
         }

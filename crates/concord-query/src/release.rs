@@ -1061,7 +1061,7 @@ fn typed_keys(
             })?;
             let mut out: Vec<String> = Vec::new();
             for i in 0..typed.len() {
-                let v = array_value_to_string(&typed, i).map_err(|e| QueryError::Execution(e.to_string()))?;
+                let v = array_value_to_string(&typed, i).map_err(QueryError::from)?;
                 if !out.contains(&v) {
                     out.push(v);
                 }
@@ -1210,8 +1210,8 @@ fn rename(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBat
                 .zip(schema.fields())
                 .map(|(c, f)| cast(c, f.data_type()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
-            RecordBatch::try_new(schema.clone(), columns).map_err(|e| QueryError::Execution(e.to_string()))
+                .map_err(QueryError::from)?;
+            RecordBatch::try_new(schema.clone(), columns).map_err(QueryError::from)
         })
         .collect()
 }
@@ -1324,7 +1324,7 @@ fn exact_held_back(
     let all = if batches.is_empty() {
         RecordBatch::new_empty(schema)
     } else {
-        concat_batches(&schema, batches).map_err(|e| QueryError::Execution(e.to_string()))?
+        concat_batches(&schema, batches).map_err(QueryError::from)?
     };
     Ok(held_back(&plan.rules.policy, groups, &all))
 }
@@ -1427,12 +1427,11 @@ fn project_outputs(
                     .ok_or_else(|| QueryError::Execution(format!("group column {i} is missing")))?,
                 Output::Agg(i) => agg(*i),
             };
-            cast(&c, f.data_type()).map_err(|e| QueryError::Execution(e.to_string()))
+            cast(&c, f.data_type()).map_err(QueryError::from)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
-    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
-        .map_err(|e| QueryError::Execution(e.to_string()))
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(QueryError::from)
 }
 
 /// One value per row and aggregate under differential privacy (1 for a counted row, the clamped
@@ -1717,13 +1716,8 @@ impl<'p> PrivateTotals<'p> {
             }
             mask.push(keep);
         }
-        let keys = batch
-            .project(&(0..self.ng).collect::<Vec<_>>())
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
-        self.kept.push(
-            filter_record_batch(&keys, &BooleanArray::from(mask))
-                .map_err(|e| QueryError::Execution(e.to_string()))?,
-        );
+        let keys = batch.project(&(0..self.ng).collect::<Vec<_>>()).map_err(QueryError::from)?;
+        self.kept.push(filter_record_batch(&keys, &BooleanArray::from(mask)).map_err(QueryError::from)?);
         Ok(())
     }
 
@@ -1750,7 +1744,7 @@ impl<'p> PrivateTotals<'p> {
                     let keys = planned.project(&(0..ng).collect::<Vec<_>>());
                     Arc::new(keys.unwrap_or_else(|_| Schema::empty()))
                 });
-                let all = concat_batches(&schema, &kept).map_err(|e| QueryError::Execution(e.to_string()))?;
+                let all = concat_batches(&schema, &kept).map_err(QueryError::from)?;
                 all.columns().to_vec()
             }
         })
@@ -1860,7 +1854,7 @@ fn private_report(
 
 /// Column `i` of a batch of totals as 64-bit integers.
 fn int_column(batch: &RecordBatch, i: usize) -> Result<Int64Array, QueryError> {
-    let c = cast(batch.column(i), &DataType::Int64).map_err(|e| QueryError::Execution(e.to_string()))?;
+    let c = cast(batch.column(i), &DataType::Int64).map_err(QueryError::from)?;
     c.as_any()
         .downcast_ref::<Int64Array>()
         .cloned()
@@ -1970,10 +1964,33 @@ fn per_unit_plan(
 /// budget: `policy test`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Explanation {
-    /// `released`, or `refused: <reason>`.
-    pub verdict: String,
+    /// Released, or refused with the reason.
+    pub verdict: Verdict,
     /// One line per column use and per release rule, in a stable order.
     pub lines: Vec<String>,
+}
+
+/// What the rules do with a sub-query: `{"outcome": "released"}` or
+/// `{"outcome": "refused", "reason": ...}` on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The result would be released.
+    Released,
+    /// The result would be refused.
+    Refused {
+        /// Why, as the refusal would say it.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Released => f.write_str("released"),
+            Self::Refused { reason } => write!(f, "refused: {reason}"),
+        }
+    }
 }
 
 /// Explains how `rules` treat `subquery`.
@@ -1988,9 +2005,9 @@ pub fn explain(subquery: &Subquery, rules: &Rules) -> Explanation {
         Ok(plan) => {
             let unit = rules.policy.personal.as_ref().map(|p| p.privacy_unit.as_str()).unwrap_or("rows");
             lines.extend(release_lines(&plan, unit));
-            Explanation { verdict: "released".into(), lines }
+            Explanation { verdict: Verdict::Released, lines }
         }
-        Err(e) => Explanation { verdict: format!("refused: {e}"), lines },
+        Err(e) => Explanation { verdict: Verdict::Refused { reason: e.to_string() }, lines },
     }
 }
 

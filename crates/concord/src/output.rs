@@ -282,7 +282,8 @@ pub fn explain_policy_test(report: &PolicyTest) -> String {
     );
     for q in &report.subqueries {
         s.push_str(&format!("\nsub-query: {}\n", q.sql));
-        s.push_str(&format!("  action {}: {}\n", q.action.map_or("-", |a| a.as_str()), q.access));
+        let access = q.access.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
+        s.push_str(&format!("  action {}: {access}\n", q.action.map_or("-", |a| a.as_str())));
         for l in &q.lines {
             s.push_str(&format!("  {l}\n"));
         }

@@ -427,7 +427,7 @@ async fn evidence_list(
         .map(|(seq, base_version, kind, body, received_at)| {
             let (kind, equivocation, fork) = if kind == "evidence" {
                 let votes: Equivocation = serde_json::from_str(&body)
-                    .map_err(|e| NodeError::State(format!("evidence {seq} cannot be read: {e}")))?;
+                    .map_err(|source| NodeError::Decode { what: format!("evidence {seq}"), source })?;
                 (EvidenceKind::Equivocation, Some(votes), None)
             } else {
                 (EvidenceKind::Fork, None, Some(body))

@@ -179,8 +179,8 @@ async fn query(
     for (name, bytes) in
         [(RECEIPT_HEADER, served.receipt.to_bytes()), (RELEASE_DETAILS_HEADER, served.details)]
     {
-        let header = HeaderValue::from_str(&B64.encode(bytes))
-            .map_err(|e| NodeError::State(format!("{name} header: {e}")))?;
+        let header =
+            HeaderValue::from_str(&B64.encode(bytes)).map_err(|source| NodeError::Header { name, source })?;
         resp.headers_mut().insert(name, header);
     }
     resp.headers_mut()

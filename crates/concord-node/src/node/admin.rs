@@ -30,8 +30,10 @@ pub fn charter_genesis(
     let cards = cards
         .iter()
         .map(|p| {
-            serde_json::from_slice::<MemberCard>(&read(p)?)
-                .map_err(|e| NodeError::Config(format!("{} is not a member card: {e}", p.display())))
+            serde_json::from_slice::<MemberCard>(&read(p)?).map_err(|source| NodeError::Decode {
+                what: format!("{} as a member card", p.display()),
+                source,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let schemas = schemas

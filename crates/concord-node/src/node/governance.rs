@@ -356,7 +356,7 @@ impl Node {
                 first: VotedOn { proposal: ev.first.0.clone(), vote: VoteWire::of(&ev.first.1) },
                 second: VotedOn { proposal: ev.second.0.clone(), vote: VoteWire::of(&ev.second.1) },
             })
-            .map_err(|e| NodeError::Internal(format!("evidence: {e}")))?;
+            .map_err(|source| NodeError::Encode { what: "equivocation evidence", source })?;
             // Kept once, across restarts too.
             if self.state.store_governance_act_once(r.base.version, "evidence", &evidence)? {
                 new_evidence = Some((ev.clone(), evidence));
@@ -669,7 +669,10 @@ pub async fn join(
     let (keys, body, server_pin) = reach_candidate(&at, &key_sets).await?;
     let tls = &key_sets[keys].2;
     let latest = serde_json::from_slice::<Acts>(&body)
-        .map_err(|e| NodeError::Config(format!("the node at {peer} sent no charter version: {e}")))?
+        .map_err(|source| NodeError::Decode {
+            what: format!("the charter version the node at {peer} sent"),
+            source,
+        })?
         .version;
     let chain = fetch_chain(&at, tls, latest, &held, &genesis).await?;
     let last = chain

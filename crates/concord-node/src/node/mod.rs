@@ -102,8 +102,10 @@ pub struct Datasets {
 pub fn stored_policy(record: &DatasetRecord) -> Result<Policy, NodeError> {
     let text = record.policy.trim_start();
     if text.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| NodeError::State(format!("policy of dataset {}: {e}", record.name)))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|source| NodeError::Decode {
+            what: format!("the policy of dataset {}", record.name),
+            source,
+        })?;
         let allow = match &v["allow"] {
             serde_json::Value::String(s) if s == "everyone" => AllowList::Everyone,
             serde_json::Value::Object(m) => AllowList::Members(

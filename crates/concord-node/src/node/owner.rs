@@ -10,7 +10,7 @@ use concord_log::Note;
 use concord_policy::{AccessContext, Decision};
 use concord_query::QueryError;
 use concord_query::owner::{OwnerAnswer, parse_subquery, run_release};
-use concord_query::release::{BudgetReport, Rules};
+use concord_query::release::{BudgetReport, Rules, Verdict};
 
 use crate::NodeError;
 use crate::net::protocol::{
@@ -20,7 +20,7 @@ use crate::net::protocol::{
 use crate::node::Node;
 use crate::store::entry::{LogEntry, Notes, ServedDecision};
 use crate::store::state::NoteKind;
-use crate::wire::ErrorCode;
+use crate::wire::{AccessVerdict, ErrorCode};
 
 /// Largest query request body (note and details, base64 in JSON): its note is kept in a log
 /// entry of at most 64 KiB, and its details in the entry too where notes are public.
@@ -808,8 +808,8 @@ impl Node {
                 return Ok(SubqueryTest {
                     sql,
                     action: None,
-                    access: "-".into(),
-                    verdict: format!("refused: {e}"),
+                    access: None,
+                    verdict: Verdict::Refused { reason: e.to_string() },
                     lines: vec![],
                     budget_left: None,
                 });
@@ -825,11 +825,21 @@ impl Node {
         };
         let explained = concord_query::release::explain(&sub, &rules);
         let (access, verdict) = match &decision {
-            Decision::Allow { by } => (format!("allowed by {by}"), explained.verdict),
-            Decision::Deny { reason } => (format!("refused: {reason}"), format!("refused: {reason}")),
+            Decision::Allow { by } => (AccessVerdict::Allowed { by: by.to_string() }, explained.verdict),
+            Decision::Deny { reason } => (
+                AccessVerdict::Refused { reason: reason.to_string() },
+                Verdict::Refused { reason: reason.to_string() },
+            ),
         };
         let budget_left = self.budget_left(t.d, t.dataset, t.requester)?;
-        Ok(SubqueryTest { sql, action: Some(action), access, verdict, lines: explained.lines, budget_left })
+        Ok(SubqueryTest {
+            sql,
+            action: Some(action),
+            access: Some(access),
+            verdict,
+            lines: explained.lines,
+            budget_left,
+        })
     }
 
     /// The requester's privacy budget on `dataset` left, as `policy test` shows it: only under

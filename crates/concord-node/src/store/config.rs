@@ -237,8 +237,8 @@ impl NodeDir {
                 path.display()
             ))
         })?;
-        let cfg: NodeConfig =
-            toml::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+        let cfg: NodeConfig = toml::from_str(&text)
+            .map_err(|source| NodeError::Toml { path: path.display().to_string(), source })?;
         cfg.limits.validate()?;
         Ok(cfg)
     }
@@ -246,7 +246,7 @@ impl NodeDir {
     /// Writes `cfg` as the node's configuration, after checking its limits.
     pub fn save_config(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
         cfg.limits.validate()?;
-        let toml = toml::to_string(cfg).map_err(|e| NodeError::Config(e.to_string()))?;
+        let toml = toml::to_string(cfg)?;
         replace_file(&self.config(), toml.as_bytes())
     }
 
@@ -283,7 +283,8 @@ impl NodeDir {
     pub fn load_card(&self) -> Result<MemberCard, NodeError> {
         let path = self.card();
         let text = std::fs::read_to_string(&path).map_err(|e| NodeError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|source| NodeError::Decode { what: path.display().to_string(), source })
     }
 }
 
@@ -460,7 +461,8 @@ fn log_keys(nd: &NodeDir, card: &MemberCard) -> Result<(), NodeError> {
 }
 
 fn write_card(path: &Path, card: &MemberCard) -> Result<(), NodeError> {
-    let json = serde_json::to_string_pretty(card).map_err(|e| NodeError::Config(e.to_string()))?;
+    let json = serde_json::to_string_pretty(card)
+        .map_err(|source| NodeError::Encode { what: "the member card", source })?;
     replace_file(path, format!("{json}\n").as_bytes())
 }
 

@@ -144,7 +144,7 @@ fn stored_size(conn: &Connection) -> Result<u64, NodeError> {
 }
 
 /// Where an append's outcome goes: an async waiter or a blocked thread.
-type Reply = Box<dyn FnOnce(Result<u64, String>) + Send>;
+type Reply = Box<dyn FnOnce(Result<u64, Arc<NodeError>>) + Send>;
 
 struct Request {
     entry: Vec<u8>,
@@ -213,10 +213,8 @@ impl Log {
             let _ = tx.send(r);
         });
         self.sender.send(Request { entry, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
-        let index = rx
-            .await
-            .map_err(|_| NodeError::Stopped("the log writer"))?
-            .map_err(|e| NodeError::State(format!("log append failed: {e}")))?;
+        let index =
+            rx.await.map_err(|_| NodeError::Stopped("the log writer"))?.map_err(NodeError::LogAppend)?;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.append_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.append_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
@@ -240,9 +238,7 @@ impl Log {
             let _ = tx.send(r);
         });
         self.sender.send(Request { entry, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
-        rx.recv()
-            .map_err(|_| NodeError::Stopped("the log writer"))?
-            .map_err(|e| NodeError::State(format!("log append failed: {e}")))
+        rx.recv().map_err(|_| NodeError::Stopped("the log writer"))?.map_err(NodeError::LogAppend)
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, NodeError>) -> Result<T, NodeError> {
@@ -820,9 +816,9 @@ fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>, appended:
             Err(e) => {
                 // The transaction rolled back: forget the in-memory edge and re-read it.
                 range = None;
-                let msg = e.to_string();
+                let e = Arc::new(e);
                 for r in batch {
-                    (r.reply)(Err(msg.clone()));
+                    (r.reply)(Err(e.clone()));
                 }
             }
         }

@@ -250,10 +250,8 @@ pub async fn csv(State(c): State<Arc<Console>>, headers: HeaderMap, Path(id): Pa
             out,
         )
             .into_response(),
-        Ok(Err(e)) => {
-            super::error_page(None, &NodeError::State(format!("the result cannot be written as CSV: {e}")))
-        }
-        Err(e) => super::error_page(None, &NodeError::State(format!("the CSV could not be written: {e}"))),
+        Ok(Err(e)) => super::error_page(None, &NodeError::Arrow(e)),
+        Err(e) => super::error_page(None, &NodeError::Task(e)),
     }
 }
 
