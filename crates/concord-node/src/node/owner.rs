@@ -683,16 +683,8 @@ pub fn error_class(detail: &str) -> String {
 fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision, NodeError) {
     let code = e.code();
     match e {
-        NodeError::Query(QueryError::Execution(detail)) => {
-            let class = error_class(&detail);
-            tracing::warn!(request = %request_id, %class, "sub-query failed while running");
-            (
-                ServedDecision::Failed(code),
-                NodeError::Query(QueryError::Execution(format!(
-                    "the sub-query failed while {owner} ran it ({class}); the detail stays with {owner}"
-                ))),
-            )
-        }
+        NodeError::Query(QueryError::Execution(detail)) => ran_and_failed(owner, request_id, code, &detail),
+        NodeError::Query(QueryError::Arrow(e)) => ran_and_failed(owner, request_id, code, &e.to_string()),
         NodeError::Query(QueryError::Dataset { name, .. }) => {
             tracing::warn!(request = %request_id, dataset = %name, "dataset unavailable for a sub-query");
             (
@@ -703,11 +695,29 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision,
                 }),
             )
         }
+        // This node's own trouble: its detail stays here. Exhaustive, so that a new kind of
+        // error is placed on one side of the border or the other, never passed by default.
         NodeError::Config(_)
+        | NodeError::Toml { .. }
+        | NodeError::TomlEncode(_)
+        | NodeError::Decode { .. }
         | NodeError::Io { .. }
         | NodeError::State(_)
+        | NodeError::Database(_)
+        | NodeError::DatabaseOpen { .. }
+        | NodeError::LogAppend(_)
+        | NodeError::LogStorage(_)
+        | NodeError::Encode { .. }
+        | NodeError::Stopped(_)
+        | NodeError::Arrow(_)
+        | NodeError::Header { .. }
+        | NodeError::Task(_)
         | NodeError::Tls(_)
+        | NodeError::Certificate(_)
+        | NodeError::Rustls(_)
+        | NodeError::Pem { .. }
         | NodeError::Listen { .. }
+        | NodeError::Internal(_)
         | NodeError::Peer { .. } => {
             tracing::warn!(request = %request_id, code = code.as_str(), "sub-query failed on this node: {e}");
             (
@@ -715,8 +725,43 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision,
                 NodeError::Internal(format!("{owner} could not answer; its operators are told")),
             )
         }
-        other => (ServedDecision::Refused(code), other),
+        // Refusals of the request itself: their reasons name what was asked, not the data.
+        e @ (NodeError::Charter(_)
+        | NodeError::Note(_)
+        | NodeError::Query(_)
+        | NodeError::Policy(_)
+        | NodeError::BadRequest(_)
+        | NodeError::Unauthorized(_)
+        | NodeError::Forbidden(_)
+        | NodeError::UnknownMember(_)
+        | NodeError::BadSignature(_)
+        | NodeError::Stale(_)
+        | NodeError::Replayed(_)
+        | NodeError::WrongCharter(_)
+        | NodeError::PolicyRefused(_)
+        | NodeError::NotFound(_)
+        | NodeError::TooLarge(_)
+        | NodeError::RateLimited(_)
+        | NodeError::Conflict(_)) => (ServedDecision::Refused(code), e),
     }
+}
+
+/// A sub-query that failed as it ran: only the error's class crosses, the detail is logged here
+/// as its class too.
+fn ran_and_failed(
+    owner: &str,
+    request_id: &str,
+    code: ErrorCode,
+    detail: &str,
+) -> (ServedDecision, NodeError) {
+    let class = error_class(detail);
+    tracing::warn!(request = %request_id, %class, "sub-query failed while running");
+    (
+        ServedDecision::Failed(code),
+        NodeError::Query(QueryError::Execution(format!(
+            "the sub-query failed while {owner} ran it ({class}); the detail stays with {owner}"
+        ))),
+    )
 }
 
 pub use crate::wire::{PolicyTest, SubqueryTest};
@@ -878,4 +923,55 @@ struct TestInputs<'a> {
     ctx: AccessContext,
     /// The charter's baseline.
     baseline: concord_policy::Baseline,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an owner's node answers for an error, as the requester reads it.
+    fn answered(e: NodeError) -> (ServedDecision, String) {
+        let (decision, wire) = for_the_wire("bravo", "r1", e);
+        (decision, wire.to_string())
+    }
+
+    #[test]
+    fn errors_that_may_hold_values_cross_as_their_class_only() {
+        let cast = arrow::error::ArrowError::CastError(
+            "Cannot cast string 'Alice Smith, 1961-04-02' to value of Int64 type".into(),
+        );
+        for e in [
+            NodeError::Query(QueryError::Arrow(cast)),
+            NodeError::Query(QueryError::Execution(
+                "Arrow error: Cast error: Cannot cast string 'Alice Smith, 1961-04-02'".into(),
+            )),
+        ] {
+            let (decision, text) = answered(e);
+            assert_eq!(decision, ServedDecision::Failed(ErrorCode::ExecutionFailed));
+            assert!(!text.contains("Alice") && !text.contains("1961"), "{text}");
+            assert!(text.contains("the detail stays with bravo"), "{text}");
+        }
+    }
+
+    #[test]
+    fn this_nodes_own_trouble_is_not_described_to_a_peer() {
+        let io = std::io::Error::other("/srv/concord/bravo/state.db: disk full");
+        for e in [
+            NodeError::io("/srv/concord/bravo/state.db", io),
+            NodeError::Database(rusqlite::Error::InvalidQuery),
+            NodeError::State("row 17 of budgets is malformed".into()),
+            NodeError::Internal("the secret detail".into()),
+        ] {
+            let (decision, text) = answered(e);
+            assert_eq!(decision, ServedDecision::Failed(ErrorCode::Internal));
+            assert_eq!(text, "internal error: bravo could not answer; its operators are told");
+        }
+    }
+
+    #[test]
+    fn refusals_of_the_request_keep_their_reason() {
+        let (decision, text) = answered(NodeError::Stale("the request is 400 s old".into()));
+        assert_eq!(decision, ServedDecision::Refused(ErrorCode::StaleRequest));
+        assert_eq!(text, "stale request: the request is 400 s old");
+    }
 }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::session::{self, Authed};
+use super::session::{self, Authed, StoredResult};
 use super::{Console, chart, page};
 use crate::NodeError;
 use crate::wire::{ErrorCode, Role};
@@ -20,12 +20,6 @@ use concord_query::federate::QueryOutcome;
 
 /// Rows a result page shows; the CSV holds them all.
 const ROWS_SHOWN: usize = 500;
-
-/// A result kept for a session's CSV download and chart.
-pub struct StoredResult {
-    pub(super) schema: SchemaRef,
-    pub(super) batches: Vec<RecordBatch>,
-}
 
 #[derive(serde::Deserialize, Default)]
 pub struct QueryForm {

@@ -9,9 +9,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::Console;
-use super::query::StoredResult;
 use crate::NodeError;
 use crate::wire::Role;
+
+/// A result kept for a session's CSV download and chart.
+pub struct StoredResult {
+    pub(super) schema: arrow::datatypes::SchemaRef,
+    pub(super) batches: Vec<arrow::record_batch::RecordBatch>,
+}
 
 /// A session ends this long after its login, whatever it does.
 pub const MAX_AGE_SECS: u64 = 8 * 3600;
