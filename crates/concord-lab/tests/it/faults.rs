@@ -19,26 +19,26 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::{audit, members_with, settle};
 
 const PASS: u8 = 0;
-/// Forward both ways, but drop a connection whose client sent at least `cut_client` bytes
-/// (a signed query) once its server has sent more than `cut_after` (in its answer).
+/// Forward the client's bytes, and the server's until the TLS handshake is done; then hold
+/// the server's until the test cuts: then forward half of what each connection holds and drop
+/// it (in the middle of an answer).
 const CUT: u8 = 1;
 /// Accept and read, never forward, never answer.
 const STALL: u8 = 2;
 /// Close every connection as soon as it is accepted.
 const REFUSE: u8 = 3;
 
-/// A loopback TCP proxy whose behaviour the test switches.
+/// A loopback TCP proxy whose behaviour the test switches. Peers keep their connections open
+/// between calls (HTTP/2), so a switch also drops every connection open: the next call opens a
+/// new one, which gets the new behaviour.
 struct Proxy {
     mode: Arc<AtomicU8>,
-    cut: Arc<Cut>,
-    /// Bytes the client and the server sent on each connection, as the connections closed.
-    sent: Arc<Mutex<Vec<(usize, usize)>>>,
-}
-
-/// Which connections CUT drops, and where.
-struct Cut {
-    client_at_least: AtomicUsize,
-    after: AtomicUsize,
+    /// Bumped by every switch: open connections end.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Bumped by [`Proxy::cut`].
+    cut: tokio::sync::watch::Sender<u64>,
+    /// The server bytes each connection holds under CUT.
+    held: Arc<Mutex<Vec<Arc<AtomicUsize>>>>,
 }
 
 impl Proxy {
@@ -46,24 +46,51 @@ impl Proxy {
         let listener = TcpListener::bind(listen).await.expect("the proxy binds bravo's endpoint");
         let p = Proxy {
             mode: Arc::new(AtomicU8::new(PASS)),
-            cut: Arc::new(Cut {
-                client_at_least: AtomicUsize::new(usize::MAX),
-                after: AtomicUsize::new(usize::MAX),
-            }),
-            sent: Arc::new(Mutex::new(Vec::new())),
+            generation: tokio::sync::watch::channel(0).0,
+            cut: tokio::sync::watch::channel(0).0,
+            held: Arc::new(Mutex::new(Vec::new())),
         };
-        let (mode, cut, sent) = (p.mode.clone(), p.cut.clone(), p.sent.clone());
+        let (mode, held, generation, cut) =
+            (p.mode.clone(), p.held.clone(), p.generation.clone(), p.cut.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (mode, cut, sent) = (mode.load(Ordering::SeqCst), cut.clone(), sent.clone());
-                tokio::spawn(relay(client, upstream, mode, cut, sent));
+                let mode = mode.load(Ordering::SeqCst);
+                let counter = Arc::new(AtomicUsize::new(0));
+                held.lock().expect("lock").push(counter.clone());
+                let (mut ended, cut) = (generation.subscribe(), cut.subscribe());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = ended.changed() => {}
+                        _ = relay(client, upstream, mode, cut, counter) => {}
+                    }
+                });
             }
         });
         p
     }
 
+    /// Switches to `mode`: open connections end.
     fn set(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+        self.held.lock().expect("lock").clear();
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Under CUT, waits until one connection holds at least `bytes` of the server's answer.
+    async fn holding(&self, bytes: usize) {
+        for _ in 0..500 {
+            let most = self.held.lock().expect("lock").iter().map(|h| h.load(Ordering::SeqCst)).max();
+            if most.unwrap_or(0) >= bytes {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no connection held {bytes} bytes of an answer");
+    }
+
+    /// Under CUT: every connection forwards half of what it holds, then drops.
+    fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
     }
 }
 
@@ -71,8 +98,8 @@ async fn relay(
     mut client: TcpStream,
     upstream: SocketAddr,
     mode: u8,
-    cut: Arc<Cut>,
-    sent: Arc<Mutex<Vec<(usize, usize)>>>,
+    mut cut: tokio::sync::watch::Receiver<u64>,
+    held: Arc<AtomicUsize>,
 ) {
     match mode {
         REFUSE => drop(client),
@@ -85,43 +112,42 @@ async fn relay(
             let Ok(server) = TcpStream::connect(upstream).await else { return };
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
-            let from_client = Arc::new(AtomicUsize::new(0));
-            let counted = from_client.clone();
+            // The client's bursts: past its first two (ClientHello, then its TLS Finished), the
+            // handshake is done and CUT holds what the server sends.
+            let bursts = Arc::new(AtomicUsize::new(0));
+            let counted = bursts.clone();
             let up = tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Ok(n) = cr.read(&mut buf).await {
                     if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
-                    counted.fetch_add(n, Ordering::SeqCst);
+                    counted.fetch_add(1, Ordering::SeqCst);
                 }
             });
-            let mut total = 0usize;
             let mut buf = vec![0u8; 16 * 1024];
+            let mut kept = Vec::new();
             loop {
-                let n = match sr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let limit = if mode == CUT
-                    && from_client.load(Ordering::SeqCst) >= cut.client_at_least.load(Ordering::SeqCst)
-                {
-                    cut.after.load(Ordering::SeqCst)
-                } else {
-                    usize::MAX
-                };
-                // Forward up to the cut-off, then drop both sides in the middle of the answer.
-                let keep = n.min(limit.saturating_sub(total));
-                if keep > 0 && cw.write_all(&buf[..keep]).await.is_err() {
-                    break;
-                }
-                total += n;
-                if keep < n {
-                    break;
+                tokio::select! {
+                    r = sr.read(&mut buf) => {
+                        let n = match r {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if mode == CUT && bursts.load(Ordering::SeqCst) >= 2 {
+                            kept.extend_from_slice(&buf[..n]);
+                            held.store(kept.len(), Ordering::SeqCst);
+                        } else if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = cut.changed(), if mode == CUT => {
+                        let _ = cw.write_all(&kept[..kept.len() / 2]).await;
+                        break;
+                    }
                 }
             }
             up.abort();
-            sent.lock().expect("lock").push((from_client.load(Ordering::SeqCst), total));
         }
     }
 }
@@ -158,20 +184,20 @@ async fn cut_stalled_and_refused_connections_fail_fast_naming_the_owner() {
 
     let a = fed.member("alpha").clone();
     let sql = "SELECT count(*) AS n FROM bravo.cases";
-    // The query's own connections: its check round and its query carry the signed request,
-    // the largest thing a client sends; of the two, the query's answer is the larger.
-    proxy.sent.lock().expect("lock").clear();
+    // A first query reads bravo's catalog and is answered through the proxy.
     let (status, first) = ask(&a.local_url, &a.analyst_token, sql, false).await;
     assert_eq!(status, 200, "through the proxy: {first}");
-    let sizes = proxy.sent.lock().expect("lock").clone();
-    let request = sizes.iter().map(|s| s.0).max().expect("connections were made");
-    let answer = sizes.iter().filter(|s| s.0 + 64 >= request).map(|s| s.1).max().expect("the query");
-    // Cut its answer 200 bytes before its end: inside the last records of the HTTP answer.
-    proxy.cut.client_at_least.store(request - 64, Ordering::SeqCst);
-    proxy.cut.after.store(answer - 200, Ordering::SeqCst);
+    // The next answer is held by the proxy once bravo has sent most of it (its receipt, its
+    // details and the Arrow IPC stream: over a kilobyte), then cut half way through.
     proxy.set(CUT);
-    let (status, body) = ask(&a.local_url, &a.analyst_token, sql, false).await;
-    assert_ne!(status, 200, "the answer was not cut; connections (client, server bytes): {sizes:?}");
+    let asked = {
+        let (url, token) = (a.local_url.clone(), a.analyst_token.clone());
+        tokio::spawn(async move { ask(&url, &token, sql, false).await })
+    };
+    proxy.holding(1000).await;
+    proxy.cut();
+    let (status, body) = asked.await.expect("the query's task");
+    assert_ne!(status, 200, "the answer was not cut: {body}");
     let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.contains("bravo"), "a cut answer names its owner: {body}");
     let (status, body) = ask(&a.local_url, &a.analyst_token, "SELECT count(*) AS n FROM cases", true).await;

@@ -48,6 +48,7 @@ async fn the_typed_client_and_the_server_agree_on_every_route() {
 
     who_and_what(&analyst).await;
     a_query_and_its_counters(&analyst, &operator, b).await;
+    peer_calls_share_connections(&analyst, b).await;
     the_log_and_audits(&auditor).await;
     policy_test_and_access_request(&analyst, &steward_b).await;
     governance_adopts_version_2(&delegate, &analyst, b).await;
@@ -94,6 +95,33 @@ async fn a_query_and_its_counters(analyst: &LocalClient, operator: &LocalClient,
     let bravo_metrics = LocalClient::new(&b.local_url, &b.operator_token).metrics().await.expect("metrics");
     assert!(bravo_metrics.contains("concord_queries_served_total{member=\"bravo\"} 1\n"), "{bravo_metrics}");
     assert_eq!(code(analyst.metrics().await), (403, ErrorCode::Forbidden), "metrics need an operator");
+}
+
+/// A sample's value in Prometheus text (0 when the sample is absent).
+fn sample(metrics: &str, name_and_labels: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ten federated queries in a row reach bravo over one or two pooled HTTP/2 connections, not a
+/// new connection (and TLS handshake) per call; no peer falls back to HTTP/1.1.
+async fn peer_calls_share_connections(analyst: &LocalClient, b: &DemoMember) {
+    let bravo = LocalClient::new(&b.local_url, &b.operator_token);
+    let h2 = "concord_peer_connections_total{member=\"bravo\",protocol=\"h2\"}";
+    let h1 = "concord_peer_connections_total{member=\"bravo\",protocol=\"http/1.1\"}";
+    let served = "concord_queries_served_total{member=\"bravo\"}";
+    let before = bravo.metrics().await.expect("metrics");
+    for _ in 0..10 {
+        let q = QueryRequest { sql: "SELECT count(*) AS n FROM cases".into(), purpose: None, partial: false };
+        analyst.query(&q).await.expect("query");
+    }
+    let after = bravo.metrics().await.expect("metrics");
+    assert_eq!(sample(&after, served) - sample(&before, served), 10, "{after}");
+    let opened = sample(&after, h2) - sample(&before, h2);
+    assert!(opened <= 3, "{opened} connections opened for 10 queries:\n{after}");
+    assert_eq!(sample(&after, h1), 0, "{after}");
 }
 
 /// The checkpoint, a receipt, a tile and an audit, as alpha's auditor reads them.

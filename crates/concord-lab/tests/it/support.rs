@@ -198,7 +198,11 @@ impl Impostor {
             pins.clone(),
         )
         .expect("tls config");
-        let transport = Transport::Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), pins };
+        let transport = Transport::Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            pins,
+            on_connection: Arc::new(|_| {}),
+        };
         let listener = tokio::net::TcpListener::bind(&self.card.peer_endpoint).await.expect("bind");
         let (tx, rx) = tokio::sync::watch::channel(false);
         let deadlines = Deadlines::of(&Limits::default());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -32,6 +32,8 @@ pub enum Transport {
         acceptor: tokio_rustls::TlsAcceptor,
         /// The members' pins, to name the member at the other end of each connection.
         pins: crate::net::tls::Pins,
+        /// Told of each member's connection served, with its protocol (`h2` or `http/1.1`).
+        on_connection: Arc<dyn Fn(&'static str) + Send + Sync>,
     },
 }
 
@@ -183,7 +185,7 @@ async fn serve_connection(
 ) {
     match transport {
         Transport::Plain => http(TokioIo::new(tcp), app, None, deadlines).await,
-        Transport::Tls { acceptor, pins } => {
+        Transport::Tls { acceptor, pins, on_connection } => {
             let tls = match tokio::time::timeout(deadlines.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -196,7 +198,13 @@ async fn serve_connection(
                 }
             };
             let Some(member) = crate::net::tls::peer_member(tls.get_ref().1, &pins) else { return };
-            http(TokioIo::new(tls), app, Some(PeerId(member)), deadlines).await;
+            if tls.get_ref().1.alpn_protocol() == Some(crate::net::tls::H2) {
+                on_connection("h2");
+                http2(TokioIo::new(tls), app, PeerId(member), deadlines).await;
+            } else {
+                on_connection("http/1.1");
+                http(TokioIo::new(tls), app, Some(PeerId(member)), deadlines).await;
+            }
         }
     }
 }
@@ -265,6 +273,34 @@ impl Drop for PerAddress {
             }
         }
     }
+}
+
+/// Most calls a peer's HTTP/2 connection carries at once; more wait in the peer's node.
+const MAX_STREAMS: u32 = 64;
+
+/// Serves a peer's HTTP/2 connection: its calls at once, up to [`MAX_STREAMS`]. At the end of
+/// the connection's lifetime it is asked to take no new calls (GOAWAY) and closed once the calls
+/// it carries have their answers, each within a request's deadline.
+async fn http2<I>(io: TokioIo<I>, app: Router, peer: PeerId, deadlines: Deadlines)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        app.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .adaptive_window(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::sleep(deadlines.connection) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(deadlines.request, conn).await;
 }
 
 async fn http<I>(io: TokioIo<I>, app: Router, peer: Option<PeerId>, deadlines: Deadlines)

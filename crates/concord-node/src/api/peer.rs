@@ -220,8 +220,12 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: watch::Rece
             return;
         }
     };
-    let transport =
-        Transport::Tls { acceptor: tokio_rustls::TlsAcceptor::from(server_config), pins: node.pins.clone() };
+    let counted = node.clone();
+    let transport = Transport::Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(server_config),
+        pins: node.pins.clone(),
+        on_connection: Arc::new(move |protocol| counted.metrics.peer_connection(protocol)),
+    };
     let deadlines = Deadlines::of(&node.cfg.limits);
     crate::api::listen::serve(router(node), listener, transport, deadlines, shutdown).await;
 }

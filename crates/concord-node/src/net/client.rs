@@ -1,16 +1,19 @@
-//! HTTP/1.1 clients: to peers over pinned mutual TLS, and to a node's local listener.
+//! HTTP clients: to peers over pinned mutual TLS (HTTP/2 on pooled connections, HTTP/1.1 with a
+//! peer that offers only that), and to a node's local listener (HTTP/1.1).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::Request;
+use hyper::client::conn::http2::SendRequest;
 use hyper::header::HeaderMap;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::NodeError;
+use crate::net::pool::Key;
 use crate::net::tls::TlsKeys;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,36 +217,119 @@ async fn call(
         code: crate::PeerFailure::Unreachable,
         message: format!("{reason} (peer endpoint {endpoint}); check that its node is running and reachable"),
     };
-    let connector = tokio_rustls::TlsConnector::from(keys.client(pin)?);
+    let key = Key { endpoint: endpoint.to_owned(), pin: pin.map(str::to_owned) };
     let work = async {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+        let mut req = request(method, endpoint, path, None, body, "application/octet-stream")?;
+        if let Some((mut send, server_pin)) = keys.pool.get(&key) {
+            match send_h2(&mut send, req, budget.max_bytes).await {
+                Ok(resp) => return Ok((resp, server_pin)),
+                // The connection was closing before the call went out: open a fresh one.
+                Err(H2Failure::NotSent(unsent)) => {
+                    keys.pool.forget(&key);
+                    req = *unsent;
+                }
+                Err(H2Failure::Failed(reason)) => {
+                    keys.pool.forget(&key);
+                    return Err(reason);
+                }
+            }
+        }
+        let (tls, server_pin) = connect(keys, endpoint, pin).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(crate::net::tls::H2) {
+            return Ok((send(tls, req, budget.max_bytes).await?, server_pin));
+        }
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            // While calls are open, a peer that stops answering pings closes the connection.
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
             .await
-            .map_err(|_| "connection timed out".to_string())?
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = connector
-            .connect(crate::net::tls::server_name(), tcp)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        let server_pin = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| crate::net::tls::pin_of_cert(c).ok())
-            .ok_or_else(|| "the server sent no certificate".to_string())?;
-        let resp = send(
-            tls,
-            request(method, endpoint, path, None, body, "application/octet-stream")?,
-            budget.max_bytes,
-        )
-        .await?;
-        Ok((resp, server_pin))
+            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+        // The connection runs until every handle to it is dropped, or the peer closes it.
+        tokio::spawn(conn);
+        keys.pool.put(key.clone(), sender.clone(), server_pin.clone());
+        match send_h2(&mut sender, req, budget.max_bytes).await {
+            Ok(resp) => Ok((resp, server_pin)),
+            Err(H2Failure::NotSent(_)) => {
+                keys.pool.forget(&key);
+                Err("the new connection closed before the call was sent".to_string())
+            }
+            Err(H2Failure::Failed(reason)) => {
+                keys.pool.forget(&key);
+                Err(reason)
+            }
+        }
     };
-    tokio::time::timeout(budget.timeout, work)
+    match tokio::time::timeout(budget.timeout, work).await {
+        Ok(r) => r.map_err(fail),
+        Err(_) => {
+            // A connection that let a call run out of time takes no more calls.
+            keys.pool.forget(&key);
+            Err(fail(format!("no answer within {} s", budget.timeout.as_secs())))
+        }
+    }
+}
+
+/// Opens a TCP connection to `endpoint` and a mutual TLS session accepting only the server with
+/// `pin` (any server with `None`); returns it and the server's pin.
+async fn connect(
+    keys: &TlsKeys,
+    endpoint: &str,
+    pin: Option<&str>,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
+    let connector = tokio_rustls::TlsConnector::from(keys.client(pin).map_err(|e| e.to_string())?);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
         .await
-        .map_err(|_| fail(format!("no answer within {} s", budget.timeout.as_secs())))?
-        .map_err(fail)
+        .map_err(|_| "connection timed out".to_string())?
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = connector
+        .connect(crate::net::tls::server_name(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let server_pin = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::net::tls::pin_of_cert(c).ok())
+        .ok_or_else(|| "the server sent no certificate".to_string())?;
+    Ok((tls, server_pin))
+}
+
+/// How a call on an HTTP/2 connection failed.
+enum H2Failure {
+    /// The connection could not take it; the request comes back unsent.
+    NotSent(Box<Request<Full<Bytes>>>),
+    /// It was sent and failed: it may have been seen, so it is not sent again.
+    Failed(String),
+}
+
+/// Sends one call on an HTTP/2 connection and reads its answer, up to `max_bytes` of body.
+async fn send_h2(
+    send: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+    max_bytes: usize,
+) -> Result<Response, H2Failure> {
+    let resp = match send.try_send_request(req).await {
+        Ok(resp) => resp,
+        Err(mut e) => {
+            return Err(match e.take_message() {
+                Some(unsent) => H2Failure::NotSent(Box::new(unsent)),
+                None => H2Failure::Failed(e.into_error().to_string()),
+            });
+        }
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), max_bytes)
+        .collect()
+        .await
+        .map_err(|e| H2Failure::Failed(format!("reading the response: {e}")))?
+        .to_bytes();
+    Ok(Response { status, headers, body })
 }
 
 /// Calls a node's local listener at `base` (`http://host:port`) with a JSON body.

@@ -58,6 +58,8 @@ pub struct TlsKeys {
     /// without certificates (the server still maps the resumed session to a current member's
     /// pin at every connection).
     clients: std::sync::Mutex<std::collections::HashMap<Option<String>, Arc<rustls::ClientConfig>>>,
+    /// Open HTTP/2 connections to peers, made with these keys.
+    pub pool: crate::net::pool::Pool,
 }
 
 impl TlsKeys {
@@ -69,7 +71,7 @@ impl TlsKeys {
         let key = PrivateKeyDer::from_pem_file(key_path)
             .map_err(|source| NodeError::Pem { path: key_path.display().to_string(), source })?;
         let pin = pin_of_cert(&cert)?;
-        Ok(Self { cert, key, pin, clients: Default::default() })
+        Ok(Self { cert, key, pin, clients: Default::default(), pool: Default::default() })
     }
 
     /// The client configuration for a server with `pin` (any server with `None`), built once.
@@ -171,6 +173,7 @@ pub fn server_config(cert: Arc<ServerCert>, pins: Pins) -> Result<rustls::Server
         .map(|mut c| {
             // Room for the resumable sessions of a large federation's members.
             c.session_storage = rustls::server::ServerSessionMemoryCache::new(8192);
+            c.alpn_protocols = alpn();
             c
         })
 }
@@ -187,7 +190,20 @@ pub fn client_config(keys: &TlsKeys, expected_pin: Option<&str>) -> Result<rustl
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![keys.cert.clone()], keys.clone_key())
         .map_err(NodeError::Rustls)
+        .map(|mut c| {
+            c.alpn_protocols = alpn();
+            c
+        })
 }
+
+/// The application protocols of peer connections, preferred first: HTTP/2 (pooled and
+/// multiplexed), then HTTP/1.1 (one call per connection).
+fn alpn() -> Vec<Vec<u8>> {
+    vec![H2.to_vec(), b"http/1.1".to_vec()]
+}
+
+/// The ALPN name of HTTP/2.
+pub const H2: &[u8] = b"h2";
 
 /// Any name will do: the pin, not the name, identifies the server.
 pub fn server_name() -> ServerName<'static> {

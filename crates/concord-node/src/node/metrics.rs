@@ -20,6 +20,7 @@ pub struct Metrics {
     query_errors: Mutex<BTreeMap<&'static str, u64>>,
     served: AtomicU64,
     catalogs_served: AtomicU64,
+    peer_connections: Mutex<BTreeMap<&'static str, u64>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     governance: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -75,6 +76,11 @@ impl Metrics {
     /// A peer's read of this node's catalog answered.
     pub fn catalog_served(&self) {
         self.catalogs_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A peer's mutual-TLS connection accepted, speaking `protocol` (`h2` or `http/1.1`).
+    pub fn peer_connection(&self, protocol: &'static str) {
+        bump(&self.peer_connections, protocol);
     }
 
     /// A peer's request refused with `code`.
@@ -142,6 +148,14 @@ impl Node {
         );
         for (kind, n) in snapshot(&m.governance) {
             t.sample("concord_governance_events_total", &[("member", member), ("event", kind)], n);
+        }
+        t.family(
+            "concord_peer_connections_total",
+            "counter",
+            "Peers' mutual-TLS connections accepted, by protocol (h2 connections carry many calls).",
+        );
+        for (protocol, n) in snapshot(&m.peer_connections) {
+            t.sample("concord_peer_connections_total", &[("member", member), ("protocol", protocol)], n);
         }
         t.family("concord_catalogs_served_total", "counter", "Peers' reads of this node's catalog answered.");
         t.sample(

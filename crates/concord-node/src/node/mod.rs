@@ -17,6 +17,7 @@ pub mod governance;
 pub mod health;
 pub mod metrics;
 pub mod owner;
+pub mod phases;
 pub mod requester;
 pub mod witness;
 

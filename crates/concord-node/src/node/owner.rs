@@ -396,9 +396,13 @@ pub struct Served {
 /// The log holds the request's public note and the release's salted commitment; the details
 /// stay with the two parties (unless the charter makes notes public).
 pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<Served, NodeError> {
+    let mut t = super::phases::Phases::start("serve");
     let signed = authenticated(node, tls_member, body)?;
+    t.mark("authenticate");
     let request = &signed.request;
-    if let Err(e) = fresh_and_new(node, request) {
+    let fresh = fresh_and_new(node, request);
+    t.mark("replay_check");
+    if let Err(e) = fresh {
         // A replay of a request that was released gets that release again, byte for byte: a
         // retry after a lost answer, never a fresh noise draw. It is no new access.
         if matches!(e, NodeError::Replayed(_))
@@ -418,8 +422,11 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
         return Err(e);
     }
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Request, body)?;
-    match decide_and_run(node, request).await {
-        Ok((answer, ipc, decided)) => release_answer(node, &signed, answer, ipc, &decided).await,
+    t.mark("keep_notes");
+    let ran = decide_and_run(node, request).await;
+    t.mark("decide_and_run");
+    match ran {
+        Ok((answer, ipc, decided)) => release_answer(node, &signed, answer, ipc, &decided, &mut t).await,
         Err(e) => Err(log_refusal(node, &signed, e).await?),
     }
 }
@@ -432,6 +439,7 @@ async fn release_answer(
     answer: OwnerAnswer,
     ipc: Vec<u8>,
     decided: &Decided,
+    t: &mut super::phases::Phases,
 ) -> Result<Served, NodeError> {
     let request = &signed.request;
     let details = ReleaseDetails {
@@ -458,8 +466,10 @@ async fn release_answer(
         Notes::public(&charter.charter, Some(&signed.details), Some(&details), None),
     );
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Release, &details)?;
+    t.mark("keep_details");
     // Invariant: nothing is released before its "access served" entry is on disk.
     let log_index = node.log.append(entry.to_bytes()?).await?;
+    t.mark("log_append");
     let receipt = receipt_of(node, signed, policy, cost, release, log_index);
     tracing::info!(
         request = %request.request_id,
@@ -469,7 +479,9 @@ async fn release_answer(
         "released partial aggregate"
     );
     let receipt = receipt.sign(&node.keys().signer)?;
+    t.mark("sign");
     node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
+    t.mark("keep_release");
     Ok(Served { request_id: request.request_id.clone(), receipt, details, ipc })
 }
 

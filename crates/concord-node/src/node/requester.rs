@@ -576,7 +576,9 @@ impl Node {
         let _slot = self.query_slots.acquire().await.map_err(|_| NodeError::Stopped("the query queue"))?;
         let limits = &self.cfg.limits;
         let work = async {
+            let mut t = super::phases::Phases::start("query");
             let ctx = self.query_context(sql, purpose).await?;
+            t.mark("context");
             let owners = PeerOwners {
                 node: self.clone(),
                 purpose: purpose.to_owned(),
@@ -591,7 +593,9 @@ impl Node {
                 allow_partial,
                 max_rows,
             );
-            match run.await {
+            let ran = run.await;
+            t.mark("plan_and_run");
+            match ran {
                 Ok(out) => Ok(out),
                 Err(QueryError::Plan(msg)) => {
                     Err(NodeError::Query(QueryError::Plan(did_you_mean(&ctx, msg))))
@@ -627,6 +631,7 @@ impl Node {
         sql: &str,
         purpose: &str,
     ) -> Result<Prepared, NodeError> {
+        let mut t = super::phases::Phases::start("request");
         let charter = self.charter();
         let owner = owner_card(&charter, &part.owner)?;
         let request = QueryRequest {
@@ -641,6 +646,7 @@ impl Node {
             sql: sql.to_owned(),
         };
         let signed = request.sign(&self.keys().signer)?;
+        t.mark("sign");
         // Invariant: a request is on disk in this log before it is sent, so that whatever
         // crashes, the owner's "access served" has its twin here. The log holds its public
         // note; the details (SQL, purpose) stay with the two parties.
@@ -654,7 +660,9 @@ impl Node {
         };
         let body = signed.to_bytes();
         self.state.keep_notes(&request.request_id, &self.cfg.member, NoteKind::Request, &body)?;
+        t.mark("keep_notes");
         self.log.append(asked.to_bytes()?).await?;
+        t.mark("log_append");
         Ok(Prepared {
             part: part.clone(),
             note_digest: signed.note_digest(),
@@ -681,6 +689,7 @@ impl Node {
 
     /// Sends a prepared request to run and verifies its receipt.
     pub async fn send_request(&self, prepared: &Prepared) -> Result<PartialAnswer, NodeError> {
+        let mut t = super::phases::Phases::start("partial");
         let part = &prepared.part;
         let charter = self.charter();
         let owner = owner_card(&charter, &part.owner)?;
@@ -691,6 +700,7 @@ impl Node {
         let resp =
             peer_call_paced(&self.keys().tls, owner, "POST", "/v1/query", prepared.body.clone(), budget)
                 .await?;
+        t.mark("owner_call");
         if resp.status != 200 {
             let (code, message) = resp.failure();
             return Err(NodeError::Peer { member: owner.id.clone(), code, message });
@@ -701,6 +711,7 @@ impl Node {
             code: PeerFailure::BadAnswer,
             message: e.to_string(),
         })?;
+        t.mark("verify_and_decode");
         // Invariant: a partial is used only once its "access made" entry is on disk.
         let entry = LogEntry::AccessMade {
             time: crate::store::entry::now(),
@@ -713,7 +724,9 @@ impl Node {
             notes: Notes::public(&charter.charter, None, Some(&details), None),
         };
         self.state.keep_notes(&receipt.request_id, &self.cfg.member, NoteKind::Release, &details)?;
+        t.mark("keep_notes");
         self.log.append(entry.to_bytes()?).await?;
+        t.mark("log_append");
         Ok(PartialAnswer {
             batches,
             contribution: Contribution {
