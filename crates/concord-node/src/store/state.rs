@@ -458,15 +458,18 @@ impl State {
         now: i64,
         forget_before: i64,
     ) -> Result<bool, NodeError> {
-        let conn = self.lock();
-        conn.execute("DELETE FROM seen_requests_by_requester WHERE seen_at < ?1", params![forget_before])
+        let mut conn = self.lock();
+        // One transaction, so one durable commit (fsync) per request, not two.
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute("DELETE FROM seen_requests_by_requester WHERE seen_at < ?1", params![forget_before])
             .map_err(db)?;
-        let n = conn
+        let n = tx
             .execute(
                 "INSERT OR IGNORE INTO seen_requests_by_requester (id, requester, seen_at) VALUES (?1, ?2, ?3)",
                 params![id, requester, now],
             )
             .map_err(db)?;
+        tx.commit().map_err(db)?;
         Ok(n == 1)
     }
 }
@@ -771,12 +774,18 @@ impl State {
         receipt: &[u8],
         ipc: &[u8],
     ) -> Result<(), NodeError> {
-        self.lock()
-            .execute(
-                "INSERT OR REPLACE INTO releases (request_id, requester, receipt, ipc, released_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![request_id, requester, receipt, ipc, chrono::Utc::now().timestamp()],
-            )
-            .map_err(db)?;
+        // Kept only to answer a retry with the same bytes; the release itself is durable in
+        // the log already. Like notes, it is written without waiting for the disk (a crash
+        // may lose the last ones: a retry is then refused as a replay, and the audit still
+        // shows the release).
+        let conn = self.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        let written = conn.execute(
+            "INSERT OR REPLACE INTO releases (request_id, requester, receipt, ipc, released_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![request_id, requester, receipt, ipc, chrono::Utc::now().timestamp()],
+        );
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        written.map_err(db)?;
         Ok(())
     }
 
