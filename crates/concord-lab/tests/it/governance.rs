@@ -555,7 +555,13 @@ async fn a_node_down_while_its_keys_were_rotated_catches_up_with_the_new_keys() 
     // pending keys, adopts version 2 and takes them into use.
     let charlie = concord_node::run::start(&charlie_dir).await.expect("starts");
     all_at("charlie catches up", vec![charlie.node.clone()], 2).await;
-    assert_eq!(charlie.node.keys().tls.pin, new_card.tls_pin);
+    // Version 2 is in force as soon as it is stored; the keys it lists are taken into use
+    // right after (their files moved and synced).
+    crate::support::eventually("charlie uses the keys version 2 lists", || {
+        let (node, pin) = (charlie.node.clone(), new_card.tls_pin.clone());
+        async move { node.keys().tls.pin == pin }
+    })
+    .await;
     fed.nodes.push(charlie);
     let asked = members_asked(fed.member("charlie"), "SELECT count(*) AS n FROM alpha.cases").await;
     assert_eq!(asked, ["alpha"]);
