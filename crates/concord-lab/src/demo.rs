@@ -856,6 +856,8 @@ async fn access_request(alpha: &DemoMember, bravo: &DemoMember) -> String {
 /// Result of a federated query through a node's local API.
 #[derive(Debug)]
 pub struct ApiResult {
+    /// The answer's schema, as its Arrow IPC stream states it (also when there are no rows).
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
     /// The answer's rows, decoded from Arrow IPC.
     pub batches: Vec<RecordBatch>,
     /// One entry per owner that contributed: its dataset, the groups it released and under
@@ -879,8 +881,8 @@ pub async fn api_query(local_url: &str, token: &str, sql: &str) -> Result<ApiRes
     let ipc = base64::engine::general_purpose::STANDARD
         .decode(body.arrow_ipc)
         .map_err(|_| NodeError::BadRequest("arrow_ipc is not base64".into()))?;
-    let (_, batches) = concord_query::ipc::decode(&ipc)?;
-    Ok(ApiResult { batches, provenance: body.provenance, left_out: body.left_out })
+    let (schema, batches) = concord_query::ipc::decode(&ipc)?;
+    Ok(ApiResult { schema, batches, provenance: body.provenance, left_out: body.left_out })
 }
 
 /// The first `max` rows of a result as an aligned table, indented, and how many rows there are.

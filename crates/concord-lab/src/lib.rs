@@ -11,3 +11,4 @@ pub mod fuzz;
 pub mod governance_bench;
 pub mod load_bench;
 pub mod smoke;
+pub mod tpch_bench;

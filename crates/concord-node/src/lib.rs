@@ -208,6 +208,11 @@ pub enum NodeError {
 pub enum PeerFailure {
     /// It could not be reached, or did not answer within the time allowed.
     Unreachable,
+    /// Its answer is larger than this node reads for the call (`limit` bytes).
+    TooLarge {
+        /// The most bytes this node reads for the call.
+        limit: usize,
+    },
     /// It answered with Concord's error shape and this code.
     Answered(wire::ErrorCode),
     /// It answered with an error code this node does not know (a newer version), kept as sent.
@@ -241,6 +246,7 @@ impl std::fmt::Display for PeerFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unreachable => f.write_str("unreachable"),
+            Self::TooLarge { .. } => f.write_str("answer_too_large"),
             Self::Answered(code) => f.write_str(code.as_str()),
             Self::UnknownCode(code) => f.write_str(code),
             Self::Status(status) => write!(f, "http_{status}"),

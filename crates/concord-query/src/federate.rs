@@ -367,6 +367,10 @@ fn split(plan: LogicalPlan, allow_partial: bool) -> Result<(LogicalPlan, Vec<Job
         .data;
     // What still reads a federated table reads its rows: each maximal chain of filters and
     // projections over one becomes a row read that its owners' policies decide (`read_rows`).
+    // Before that, joins written as `FROM a, b WHERE a.k = b.k` become joins, and predicates
+    // and the columns used are pushed down to the scans, so that an owner sends only the rows
+    // and columns the query needs.
+    let rewritten = if reads_rows(&rewritten) { prune_row_reads(rewritten)? } else { rewritten };
     let rewritten = rewrite_row_reads(rewritten, &mut jobs, allow_partial)?;
     if let Some(reason) = explain_raw_use(&rewritten) {
         return Err(QueryError::Refused(reason));
@@ -587,6 +591,31 @@ fn rows_plan(
         b = b.filter(pred)?;
     }
     b.project(columns.iter().map(|c| Expr::Column(Column::new_unqualified(c))))?.build()
+}
+
+/// Whether `plan` still scans a federated table once its aggregates are split.
+fn reads_rows(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        found |= federated_of(node).is_some();
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+/// DataFusion's own rules that turn cross joins with equalities into joins and push filters
+/// and projections down to the scans; the plan's output (names and types) stays the same.
+fn prune_row_reads(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+    use datafusion::optimizer::eliminate_cross_join::EliminateCrossJoin;
+    use datafusion::optimizer::optimize_projections::OptimizeProjections;
+    use datafusion::optimizer::push_down_filter::PushDownFilter;
+    use datafusion::optimizer::{Optimizer, OptimizerContext, OptimizerRule};
+    let rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = vec![
+        Arc::new(EliminateCrossJoin::new()),
+        Arc::new(PushDownFilter::new()),
+        Arc::new(OptimizeProjections::new()),
+    ];
+    Optimizer::with_rules(rules).optimize(plan, &OptimizerContext::new(), |_, _| {}).map_err(QueryError::plan)
 }
 
 /// Replaces every maximal chain of filters, projections and aliases over a federated table by

@@ -59,6 +59,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7500)]
         port_base: u16,
     },
+    /// TPC-H queries federated over three members against the pooled tables in DataFusion.
+    /// `bench/tpch.py` generates the tables, runs this and checks the answers against DuckDB.
+    #[command(
+        after_help = "Example:\n  tpchgen-cli parquet -s 1 --output-dir target/bench/tpch/sf1\n  concord bench tpch --data target/bench/tpch/sf1 --iterations 5"
+    )]
+    Tpch {
+        /// The tables as `tpchgen-cli parquet` writes them (lineitem.parquet, orders.parquet,
+        /// customer, nation, region, part, supplier).
+        #[arg(long, required_unless_present = "print_queries")]
+        data: Option<PathBuf>,
+        /// Print the queries' names and SQL as JSON and run nothing.
+        #[arg(long)]
+        print_queries: bool,
+        /// Timed runs of each query, after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        /// Only these queries (q1, q3, q5, q6, q10, q12, q14, q19); all by default.
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<String>,
+        /// Where the members, their nodes, the answers (answers/*.parquet) and timings.json go.
+        #[arg(long, default_value = "target/bench/tpch/run")]
+        dir: PathBuf,
+        /// The first port of the members' listeners.
+        #[arg(long, default_value_t = 7600)]
+        port_base: u16,
+    },
     /// Durable appends, checkpoint cosigning and inclusion proofs of the transparency log.
     #[command(after_help = "Example:\n  concord bench log --proof-sizes 100000,1000000")]
     Log {
@@ -85,6 +111,19 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Log { dir, proof_sizes, port_base } => log(dir, &proof_sizes, port_base).await,
         BenchCommand::Load { analysts, queries, dir, port_base } => {
             load(concord_lab::load_bench::LoadOptions { dir, analysts, queries, port_base }).await
+        }
+        BenchCommand::Tpch { print_queries: true, .. } => {
+            let queries: Vec<serde_json::Value> = concord_lab::tpch_bench::QUERIES
+                .iter()
+                .map(|(name, sql)| serde_json::json!({ "name": name, "sql": sql }))
+                .collect();
+            say!("{}", serde_json::to_string_pretty(&queries)?);
+            Ok(())
+        }
+        BenchCommand::Tpch { data, iterations, queries, dir, port_base, .. } => {
+            let data = data.unwrap_or_default();
+            tpch(concord_lab::tpch_bench::TpchOptions { data, dir, iterations, port_base, only: queries })
+                .await
         }
     }
 }
@@ -148,6 +187,45 @@ async fn federated(rows: usize, iterations: usize, dir: PathBuf, port_base: u16)
         p50(&report.owner_with_policy),
         report.owner_policy_ratio()
     );
+    Ok(())
+}
+
+async fn tpch(opts: concord_lab::tpch_bench::TpchOptions) -> Result<()> {
+    if opts.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let progress = crate::out::Progress::start("reading the tables");
+    let r = concord_lab::tpch_bench::tpch(&opts, &|s| progress.say(s)).await?;
+    drop(progress);
+    let sizes: Vec<String> = r.tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    say!("rows pooled: {}", sizes.join(", "));
+    say!("lineitem and orders split over alpha, bravo, charlie by order key; the other tables at charlie");
+    say!("{:<5} {:>14} {:>14} {:>7}  answer", "query", "federated ms", "pooled ms", "ratio");
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s.get(s.len() / 2).copied().unwrap_or_default()
+    };
+    let mut failed = Vec::new();
+    for q in &r.queries {
+        if let Some(why) = &q.not_answered {
+            say!("{:<5} not answered: {why}", q.name);
+            continue;
+        }
+        let (f, p) = (median(&q.federated_ms), median(&q.pooled_ms));
+        let answer = match &q.differs {
+            None => format!("{} rows, equal to pooled", q.rows),
+            Some(d) => {
+                failed.push(q.name.clone());
+                format!("DIFFERS from pooled: {d}")
+            }
+        };
+        say!("{:<5} {f:>14.1} {p:>14.1} {:>7.2}  {answer}", q.name, f / p.max(1e-9));
+    }
+    say!("answers and timings.json in {}", opts.dir.display());
+    if !failed.is_empty() {
+        bail!("federated answers differ from pooled ones: {}", failed.join(", "));
+    }
     Ok(())
 }
 

@@ -102,8 +102,9 @@ async fn ask(m: &DemoMember, sql: &str, purpose: &str, partial: bool) -> Result<
     }
     let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json");
     let ipc = B64.decode(v["arrow_ipc"].as_str().expect("ipc")).expect("base64");
-    let (_, batches) = concord_query::ipc::decode(&ipc).expect("ipc");
+    let (schema, batches) = concord_query::ipc::decode(&ipc).expect("ipc");
     Ok(ApiResult {
+        schema,
         batches,
         provenance: serde_json::from_value(v["provenance"].clone()).expect("provenance"),
         left_out: serde_json::from_value(v["left_out"].clone()).unwrap_or_default(),

@@ -76,7 +76,38 @@ impl Default for Budget {
     }
 }
 
-async fn send<S>(io: S, req: Request<Full<Bytes>>, max_bytes: usize) -> Result<Response, String>
+/// Why a call failed before its answer could be read.
+enum CallFailure {
+    /// The peer could not be reached, or the connection failed: in words.
+    Failed(String),
+    /// The answer's body is larger than the call reads.
+    TooLarge,
+}
+
+impl From<String> for CallFailure {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+/// Reads a response's body, up to `max_bytes`.
+async fn read_body(
+    resp: hyper::Response<hyper::body::Incoming>,
+    max_bytes: usize,
+) -> Result<Response, CallFailure> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), max_bytes).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            CallFailure::TooLarge
+        } else {
+            CallFailure::Failed(format!("reading the response: {e}"))
+        }
+    })?;
+    Ok(Response { status, headers, body: body.to_bytes() })
+}
+
+async fn send<S>(io: S, req: Request<Full<Bytes>>, max_bytes: usize) -> Result<Response, CallFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -84,15 +115,9 @@ where
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = Limited::new(resp.into_body(), max_bytes)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the response: {e}"))?
-        .to_bytes();
+    let resp = read_body(resp, max_bytes).await;
     driver.abort();
-    Ok(Response { status, headers, body })
+    resp
 }
 
 fn request(
@@ -212,10 +237,22 @@ async fn call(
     body: Vec<u8>,
     budget: Budget,
 ) -> Result<(Response, String), NodeError> {
-    let fail = |reason: String| NodeError::Peer {
-        member: member.to_owned(),
-        code: crate::PeerFailure::Unreachable,
-        message: format!("{reason} (peer endpoint {endpoint}); check that its node is running and reachable"),
+    let fail = |failure: CallFailure| match failure {
+        CallFailure::Failed(reason) => NodeError::Peer {
+            member: member.to_owned(),
+            code: crate::PeerFailure::Unreachable,
+            message: format!(
+                "{reason} (peer endpoint {endpoint}); check that its node is running and reachable"
+            ),
+        },
+        CallFailure::TooLarge => NodeError::Peer {
+            member: member.to_owned(),
+            code: crate::PeerFailure::TooLarge { limit: budget.max_bytes },
+            message: format!(
+                "its answer is larger than the {} bytes this node reads from a peer for this call",
+                budget.max_bytes
+            ),
+        },
     };
     let key = Key { endpoint: endpoint.to_owned(), pin: pin.map(str::to_owned) };
     let work = async {
@@ -254,7 +291,7 @@ async fn call(
             Ok(resp) => Ok((resp, server_pin)),
             Err(H2Failure::NotSent(_)) => {
                 keys.pool.forget(&key);
-                Err("the new connection closed before the call was sent".to_string())
+                Err(CallFailure::Failed("the new connection closed before the call was sent".to_string()))
             }
             Err(H2Failure::Failed(reason)) => {
                 keys.pool.forget(&key);
@@ -267,7 +304,7 @@ async fn call(
         Err(_) => {
             // A connection that let a call run out of time takes no more calls.
             keys.pool.forget(&key);
-            Err(fail(format!("no answer within {} s", budget.timeout.as_secs())))
+            Err(fail(CallFailure::Failed(format!("no answer within {} s", budget.timeout.as_secs()))))
         }
     }
 }
@@ -304,7 +341,7 @@ enum H2Failure {
     /// The connection could not take it; the request comes back unsent.
     NotSent(Box<Request<Full<Bytes>>>),
     /// It was sent and failed: it may have been seen, so it is not sent again.
-    Failed(String),
+    Failed(CallFailure),
 }
 
 /// Sends one call on an HTTP/2 connection and reads its answer, up to `max_bytes` of body.
@@ -318,18 +355,11 @@ async fn send_h2(
         Err(mut e) => {
             return Err(match e.take_message() {
                 Some(unsent) => H2Failure::NotSent(Box::new(unsent)),
-                None => H2Failure::Failed(e.into_error().to_string()),
+                None => H2Failure::Failed(CallFailure::Failed(e.into_error().to_string())),
             });
         }
     };
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = Limited::new(resp.into_body(), max_bytes)
-        .collect()
-        .await
-        .map_err(|e| H2Failure::Failed(format!("reading the response: {e}")))?
-        .to_bytes();
-    Ok(Response { status, headers, body })
+    read_body(resp, max_bytes).await.map_err(H2Failure::Failed)
 }
 
 /// Calls a node's local listener at `base` (`http://host:port`) with a JSON body.
@@ -360,10 +390,14 @@ pub async fn local_request(
             ))
         })?
         .trim_end_matches('/');
-    let fail = |reason: String| {
-        NodeError::Config(format!(
+    let fail = |failure: CallFailure| match failure {
+        CallFailure::Failed(reason) => NodeError::Config(format!(
             "cannot reach the node at {base}: {reason}; is `concord node run` running there?"
-        ))
+        )),
+        CallFailure::TooLarge => NodeError::TooLarge(format!(
+            "the node at {base} answered more than {MAX_RESPONSE_BYTES} bytes; ask for less (a LIMIT, \
+             fewer columns) or use the Flight SQL listener for large results"
+        )),
     };
     let work = async {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
@@ -374,6 +408,44 @@ pub async fn local_request(
     };
     tokio::time::timeout(REQUEST_TIMEOUT, work)
         .await
-        .map_err(|_| fail("request timed out".into()))?
+        .map_err(|_| fail(CallFailure::Failed("request timed out".into())))?
         .map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Serves one HTTP/1.1 answer with a body of `len` bytes on loopback; returns its address.
+    async fn serve_once(len: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&vec![7u8; len]).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_byte_limit_is_told_apart_from_a_failed_connection() {
+        let addr = serve_once(10_000).await;
+        let req = request("GET", &addr.to_string(), "/", None, Vec::new(), "text/plain").expect("request");
+        let io = TcpStream::connect(addr).await.expect("connect");
+        assert!(matches!(send(io, req, 1_000).await, Err(CallFailure::TooLarge)));
+
+        let addr = serve_once(1_000).await;
+        let req = request("GET", &addr.to_string(), "/", None, Vec::new(), "text/plain").expect("request");
+        let io = TcpStream::connect(addr).await.expect("connect");
+        match send(io, req, 1_000).await {
+            Ok(resp) => assert_eq!(resp.body.len(), 1_000),
+            Err(_) => panic!("an answer at the limit is read whole"),
+        }
+    }
 }

@@ -837,6 +837,12 @@ fn as_query_error(owner: &str, e: NodeError) -> QueryError {
         NodeError::Peer { member, code: PeerFailure::Unreachable, message } => {
             QueryError::Unreachable { member, reason: message }
         }
+        NodeError::Peer { member, code: PeerFailure::TooLarge { limit }, .. } => QueryError::Limit(format!(
+            "member {member}'s answer to its part is larger than the {} MiB a node reads from an \
+             owner; filter or aggregate more at the owner (a WHERE on its columns, a GROUP BY) so \
+             that less comes back",
+            limit / (1024 * 1024)
+        )),
         NodeError::Peer { member, code: PeerFailure::Answered(ErrorCode::PolicyRefused), message } => {
             let why = message.strip_prefix("refused by policy: ").unwrap_or(&message);
             QueryError::Policy(format!("{member}: {why}"))

@@ -71,7 +71,35 @@ const ROW_QUERIES: &[&str] = &[
     "SELECT a.k, b.x FROM t a JOIN m0_data b ON a.k = b.k ORDER BY a.k, b.x",
     "SELECT k, x, row_number() OVER (PARTITION BY k ORDER BY x, y) AS r FROM t ORDER BY k, x, r",
     "SELECT upper(k) AS u, x * 2 AS d FROM t WHERE y IS NOT NULL ORDER BY u, d",
+    "SELECT a.k, sum(b.y) AS s, count(*) AS n FROM t a, m0_data b WHERE a.k = b.k AND a.x > 1 AND b.g2 <> 2 GROUP BY a.k ORDER BY a.k",
 ];
+
+#[test]
+fn a_join_sends_each_owner_only_its_own_filters_and_the_columns_used() {
+    runtime().block_on(async {
+        let (fed, _, _) = federation(&[vec![], vec![]]);
+        let (_, planned) =
+            concord_query::federate::plan_subqueries(&fed, ROW_QUERIES[5]).await.expect("splits");
+        let sent: Vec<(String, String)> =
+            planned.iter().map(|p| (p.part.owner.clone(), p.sql.clone())).collect();
+        let of = |table: &str| -> Vec<&str> {
+            sent.iter()
+                .filter(|(_, sql)| sql.contains(&format!("FROM {table}")))
+                .map(|(_, s)| s.as_str())
+                .collect()
+        };
+        // Three parts: t at m0 and m1, m0_data at m0; each reads `data` at its owner.
+        assert_eq!(sent.len(), 3, "{sent:#?}");
+        for sql in of("data") {
+            assert!(!sql.contains('*'), "{sql}");
+            // Each read carries its own table's predicate and no column the query does not use.
+            let own_t =
+                sql.contains("x > 1") && sql.contains("k") && !sql.contains("y") && !sql.contains("g2");
+            let own_m0 = sql.contains("g2 <> 2") && sql.contains("y") && !sql.contains("x >");
+            assert!(own_t ^ own_m0, "{sql}");
+        }
+    });
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, .. ProptestConfig::default() })]
