@@ -267,9 +267,33 @@ impl NodeError {
         Self::Io { path: path.as_ref().display().to_string(), source }
     }
 
+    /// Whether a write failed because the disk is full (SQLite's `SQLITE_FULL`, or the
+    /// operating system's "no space left on device"), anywhere in the error's sources.
+    pub fn disk_full(&self) -> bool {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = e {
+            if let Some(rusqlite::Error::SqliteFailure(f, _)) = err.downcast_ref::<rusqlite::Error>()
+                && f.code == rusqlite::ErrorCode::DiskFull
+            {
+                return true;
+            }
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return true;
+            }
+            e = err.source();
+        }
+        false
+    }
+
     /// A stable code, the same in every API.
     pub fn code(&self) -> wire::ErrorCode {
         use wire::ErrorCode as C;
+        if self.disk_full() {
+            return C::DiskFull;
+        }
         match self {
             Self::Config(_) | Self::Toml { .. } | Self::TomlEncode(_) => C::Config,
             Self::Io { .. } => C::Io,
@@ -320,6 +344,9 @@ impl NodeError {
 
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
+        if self.disk_full() {
+            return 507;
+        }
         match self {
             Self::BadRequest(_) | Self::Note(_) | Self::Policy(_) => 400,
             Self::Query(QueryError::Plan(_) | QueryError::Refused(_) | QueryError::SubqueryRefused(_)) => 400,
@@ -335,5 +362,30 @@ impl NodeError {
             Self::Peer { .. } | Self::Query(QueryError::Owner { .. } | QueryError::Unreachable { .. }) => 502,
             _ => 500,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_full() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None)
+    }
+
+    #[test]
+    fn a_full_disk_is_disk_full_however_deep_it_lies() {
+        let cases = [
+            NodeError::Database(sqlite_full()),
+            NodeError::LogAppend(std::sync::Arc::new(NodeError::LogStorage(sqlite_full()))),
+            NodeError::io("state", std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        ];
+        for e in cases {
+            assert_eq!((e.code(), e.status()), (wire::ErrorCode::DiskFull, 507), "{e}");
+        }
+        let other = NodeError::LogAppend(std::sync::Arc::new(NodeError::LogStorage(
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None),
+        )));
+        assert_eq!((other.code(), other.status()), (wire::ErrorCode::State, 500));
     }
 }

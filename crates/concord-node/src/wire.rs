@@ -80,6 +80,9 @@ pub enum ErrorCode {
     ExecutionFailed,
     /// A bound on execution was reached: memory, time, groups or sizes.
     LimitExceeded,
+    /// The node's disk is full: it takes no new work until space is freed; nothing it
+    /// acknowledged is lost.
+    DiskFull,
 }
 
 impl ErrorCode {
@@ -122,6 +125,7 @@ impl ErrorCode {
             Self::OwnerUnreachable => "owner_unreachable",
             Self::ExecutionFailed => "execution_failed",
             Self::LimitExceeded => "limit_exceeded",
+            Self::DiskFull => "disk_full",
         }
     }
 }

@@ -2,10 +2,14 @@
 //! advertised peer endpoint and its node: a connection cut in the middle of an owner's answer,
 //! one stalled, one refused. Nothing hangs past the configured timeouts, the failure names the
 //! member, a partial result says who is missing, and the audit names the release that never
-//! arrived.
+//! arrived. And a node whose disk fills while it appends: it refuses new work with `disk_full`
+//! and loses nothing it acknowledged.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +20,7 @@ use concord_node::store::config::NodeDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{audit, members_with, settle};
+use crate::support::{audit, members_with, settle, three_members};
 
 const PASS: u8 = 0;
 /// Forward the client's bytes, and the server's until the TLS handshake is done; then hold
@@ -230,4 +234,129 @@ async fn cut_stalled_and_refused_connections_fail_fast_naming_the_owner() {
     assert!(owners.get("bravo").is_some_and(|n| *n >= 1), "{report}");
     assert!(report["report"]["mismatches"].as_array().is_some_and(|m| m.is_empty()), "{report}");
     fed.stop().await;
+}
+
+/// A small tmpfs mounted over a node's folder, holding what the folder held; unmounted when
+/// dropped. Mounting needs root, as `.ci/run` runs.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn over(dir: &Path, size: &str) -> Self {
+        let held = dir.with_extension("held");
+        let copy = |from: &Path, to: &Path| {
+            let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp runs");
+            assert!(ok.success(), "copying {} to {}", from.display(), to.display());
+        };
+        copy(dir, &held);
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount runs");
+        assert!(
+            mounted.status.success(),
+            "a small disk for the node is a tmpfs, and mounting one needs root (as .ci/run runs): {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        let disk = SmallDisk(dir.to_owned());
+        copy(&held.join("."), dir);
+        disk
+    }
+
+    /// Writes a file until the disk has no space left; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        for chunk in [64 * 1024, 512, 1] {
+            let bytes = vec![0u8; chunk];
+            loop {
+                match f.write_all(&bytes) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "filling the disk: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_with_disk_full_and_loses_nothing_acknowledged() {
+    let mut fed = three_members().await;
+    let (a, b) = (fed.member("alpha").clone(), fed.member("bravo").clone());
+    let alpha_dir = NodeDir::new(&a.dir);
+    fed.nodes.remove(0).stop().await;
+    let disk = SmallDisk::over(&a.dir, "32m");
+    fed.nodes.insert(0, concord_node::run::start(&alpha_dir).await.expect("alpha starts on its small disk"));
+    let sql = "SELECT count(*) AS n FROM cases";
+    for m in [&a, &b] {
+        let (status, body) = ask(&m.local_url, &m.analyst_token, sql, false).await;
+        assert_eq!(status, 200, "{}: {body}", m.id);
+    }
+
+    // The disk fills. Appends may still fit in pages the databases already hold; the first
+    // that does not is refused, and so is the work that needed it.
+    let filler = disk.fill();
+    let log = fed.nodes[0].node.log.clone();
+    let mut refused = None;
+    for _ in 0..300 {
+        let (status, body) = ask(&a.local_url, &a.analyst_token, sql, false).await;
+        if status != 200 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("alpha refuses work once its disk is full");
+    assert_eq!((status, body["error"]["code"].as_str()), (507, Some("disk_full")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("disk is full") && message.contains("space is freed"), "{body}");
+    let acknowledged = log.entries(0, log.size().expect("size")).expect("entries");
+
+    // Another member's query over alpha's data names alpha, and a partial result leaves it out.
+    let mut named = None;
+    for _ in 0..50 {
+        let (status, body) =
+            ask(&b.local_url, &b.analyst_token, "SELECT count(*) AS n FROM alpha.cases", false).await;
+        if status != 200 {
+            named = Some(body);
+            break;
+        }
+    }
+    let body = named.expect("alpha refuses to serve once its disk is full");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("alpha") && message.contains("disk is full"), "{body}");
+    let (status, body) = ask(&b.local_url, &b.analyst_token, sql, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["missing"], serde_json::json!(["alpha"]), "{body}");
+
+    // alpha keeps serving what needs no disk.
+    let status =
+        local_call(&a.local_url, "GET", "/v1/status", Some(&a.analyst_token), None).await.expect("sent");
+    assert_eq!(status.status, 200, "{:?}", status.error_parts());
+
+    // Space freed, alpha takes work again; restarted, its log holds every entry it had
+    // acknowledged, byte for byte, and the audit finds both sides' records agree.
+    std::fs::remove_file(&filler).expect("filler removed");
+    let (status, body) = ask(&a.local_url, &a.analyst_token, sql, false).await;
+    assert_eq!(status, 200, "with space again: {body}");
+    fed.nodes.remove(0).stop().await;
+    fed.nodes.insert(0, concord_node::run::start(&alpha_dir).await.expect("alpha restarts"));
+    let log = fed.nodes[0].node.log.clone();
+    let kept = log.entries(0, acknowledged.len() as u64).expect("entries");
+    assert!(kept == acknowledged, "alpha lost or changed entries it had acknowledged");
+    settle(&fed).await;
+    let report = audit(&fed, "alpha", serde_json::json!({"members": ["alpha", "bravo", "charlie"]})).await;
+    assert!(report["report"]["mismatches"].as_array().is_some_and(|m| m.is_empty()), "{report}");
+    let dir = fed.stop().await;
+    drop(disk);
+    drop(dir);
 }

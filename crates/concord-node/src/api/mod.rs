@@ -34,7 +34,15 @@ pub async fn serve_local(node: Arc<Node>, listener: TcpListener, shutdown: watch
 
 /// An error as the wire's JSON error body.
 pub fn error_body(e: &NodeError) -> ErrorBody {
-    ErrorBody { error: ErrorDetail { code: e.code(), message: e.to_string() } }
+    let message = if e.disk_full() {
+        format!(
+            "this node's disk is full: it takes no new work until space is freed on the volume of \
+             its folder; nothing it acknowledged is lost ({e})"
+        )
+    } else {
+        e.to_string()
+    };
+    ErrorBody { error: ErrorDetail { code: e.code(), message } }
 }
 
 /// A node error as an HTTP answer: its status and the one JSON error shape.

@@ -583,6 +583,7 @@ impl Node {
                 node: self.clone(),
                 purpose: purpose.to_owned(),
                 checked: Mutex::new(HashMap::new()),
+                own_failure: Mutex::new(None),
             };
             let max_rows = limits.max_result_rows;
             let run = concord_query::federate::run_federated_bound(
@@ -595,12 +596,14 @@ impl Node {
             );
             let ran = run.await;
             t.mark("plan_and_run");
-            match ran {
-                Ok(out) => Ok(out),
-                Err(QueryError::Plan(msg)) => {
+            let own = owners.own_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            match (ran, own) {
+                (Ok(out), _) => Ok(out),
+                (Err(_), Some(own)) => Err(own),
+                (Err(QueryError::Plan(msg)), None) => {
                     Err(NodeError::Query(QueryError::Plan(did_you_mean(&ctx, msg))))
                 }
-                Err(e) => Err(e.into()),
+                (Err(e), None) => Err(e.into()),
             }
         };
         match tokio::time::timeout(limits.query_timeout(), work).await {
@@ -828,6 +831,9 @@ struct PeerOwners {
     /// Requests that passed the check round, by owner, dataset and SQL, to run as they were
     /// checked.
     checked: Mutex<HashMap<(String, String, String), Vec<Prepared>>>,
+    /// The first failure of this node's own storage on the way to an owner (its disk full, its
+    /// log): the query's error is this one, not the owner's.
+    own_failure: Mutex<Option<NodeError>>,
 }
 
 /// An owner's error as the query's: a refusal names the owner.
@@ -836,6 +842,12 @@ fn as_query_error(owner: &str, e: NodeError) -> QueryError {
         NodeError::Query(q) => q,
         NodeError::Peer { member, code: PeerFailure::Unreachable, message } => {
             QueryError::Unreachable { member, reason: message }
+        }
+        NodeError::Peer { member, code: PeerFailure::Answered(ErrorCode::DiskFull), .. } => {
+            QueryError::Unreachable {
+                member,
+                reason: "its disk is full and it takes no new work until its operator frees space".into(),
+            }
         }
         NodeError::Peer { member, code: PeerFailure::TooLarge { limit }, .. } => QueryError::Limit(format!(
             "member {member}'s answer to its part is larger than the {} MiB a node reads from an \
@@ -856,6 +868,19 @@ fn as_query_error(owner: &str, e: NodeError) -> QueryError {
 }
 
 impl PeerOwners {
+    /// An error on the way to `owner` as the query's; a failure of this node's own storage is
+    /// kept as the query's error (see [`PeerOwners::own_failure`]).
+    fn failed(&self, owner: &str, e: NodeError) -> QueryError {
+        if !(e.disk_full() || matches!(e, NodeError::LogAppend(_))) {
+            return as_query_error(owner, e);
+        }
+        let q = QueryError::Execution(format!(
+            "this node could not keep its record of the part for {owner}: {e}"
+        ));
+        self.own_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(e);
+        q
+    }
+
     /// Prepares each remote sub-query's request: those prepared, and the first error if any.
     async fn prepare_all(&self, remote: &[&(Part, String)]) -> (Vec<Prepared>, Option<QueryError>) {
         let prepared = futures::future::join_all(
@@ -868,7 +893,7 @@ impl PeerOwners {
             match r {
                 Ok(r) => ready.push(r),
                 Err(e) => {
-                    first_error.get_or_insert(as_query_error(&p.0.owner, e));
+                    first_error.get_or_insert(self.failed(&p.0.owner, e));
                 }
             }
         }
@@ -886,7 +911,7 @@ impl PeerOwners {
             match c {
                 Ok(()) => passed.push(r),
                 Err(e) => {
-                    first_error.get_or_insert(as_query_error(&r.part.owner, e));
+                    first_error.get_or_insert(self.failed(&r.part.owner, e));
                 }
             }
         }
@@ -951,7 +976,7 @@ impl OwnerClient for PeerOwners {
                 purpose: &self.purpose,
                 request_id: None,
             };
-            let a = self.node.answer_subquery(&ask).await.map_err(|e| as_query_error(&part.owner, e))?;
+            let a = self.node.answer_subquery(&ask).await.map_err(|e| self.failed(&part.owner, e))?;
             return Ok(PartialAnswer {
                 batches: a.batches,
                 contribution: Contribution {
@@ -972,7 +997,7 @@ impl OwnerClient for PeerOwners {
             Some(prepared) => self.node.send_request(&prepared).await,
             None => self.node.request_partial(part, sql, &self.purpose).await,
         };
-        answer.map_err(|e| as_query_error(&part.owner, e))
+        answer.map_err(|e| self.failed(&part.owner, e))
     }
 }
 
