@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod crash_bench;
 pub mod demo;
 pub mod fuzz;
 pub mod governance_bench;

@@ -59,6 +59,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7500)]
         port_base: u16,
     },
+    /// Nodes killed with SIGKILL at random while analysts query, then restarted: every answer
+    /// received is in both logs and the audit passes.
+    #[command(after_help = "Example:\n  concord bench crash --cycles 100")]
+    Crash {
+        /// Kills (each followed by a restart).
+        #[arg(long, default_value_t = 100)]
+        cycles: usize,
+        /// Seeds the choice of victims and moments.
+        #[arg(long, default_value_t = 0x5eed_cafe)]
+        seed: u64,
+        /// Where the federation goes.
+        #[arg(long, default_value = "target/bench/crash")]
+        dir: PathBuf,
+        /// The first port of the members' listeners (nine in all).
+        #[arg(long, default_value_t = 7600)]
+        port_base: u16,
+    },
     /// TPC-H queries federated over three members against the pooled tables in DataFusion.
     /// `bench/tpch.py` generates the tables, runs this and checks the answers against DuckDB.
     #[command(
@@ -111,6 +128,10 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Log { dir, proof_sizes, port_base } => log(dir, &proof_sizes, port_base).await,
         BenchCommand::Load { analysts, queries, dir, port_base } => {
             load(concord_lab::load_bench::LoadOptions { dir, analysts, queries, port_base }).await
+        }
+        BenchCommand::Crash { cycles, seed, dir, port_base } => {
+            let exe = std::env::current_exe()?;
+            crash(concord_lab::crash_bench::CrashOptions { dir, cycles, port_base, exe, seed }).await
         }
         BenchCommand::Tpch { print_queries: true, .. } => {
             let queries: Vec<serde_json::Value> = concord_lab::tpch_bench::QUERIES
@@ -366,6 +387,43 @@ async fn load(opts: concord_lab::load_bench::LoadOptions) -> Result<()> {
     }
     if !broken.is_empty() || failed > 0 {
         bail!("{failed} queries failed and {} budgets do not match their answers", broken.len());
+    }
+    Ok(())
+}
+
+async fn crash(opts: concord_lab::crash_bench::CrashOptions) -> Result<()> {
+    if opts.cycles == 0 {
+        bail!("--cycles must be at least 1");
+    }
+    let progress = crate::out::Progress::start("setting up");
+    let report = concord_lab::crash_bench::run(&opts, &|s| progress.say(s)).await?;
+    drop(progress);
+    let kills: Vec<String> = report.kills.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    say!("{} kills with SIGKILL, each followed by a restart ({})", opts.cycles, kills.join(", "));
+    say!(
+        "from a kill until the node answered again (a random pause of up to 300 ms before its restart included): median {:.0} ms, max {:.0} ms",
+        bench::ms(bench::percentile(&report.restarts, 0.5)),
+        bench::ms(report.restarts.iter().copied().max().unwrap_or_default())
+    );
+    say!(
+        "{} answers received, {} of them missing from a log; {} log entries in all; {} releases served but never received (named by the audit)",
+        report.received,
+        report.lost.len(),
+        report.entries,
+        report.unreceived
+    );
+    say!("audit of every member: {}", if report.audit_passed { "passed" } else { "did not pass" });
+    say!("{:.1} s in all", report.wall.as_secs_f64());
+    for l in report.lost.iter().take(10) {
+        say!("  lost: {l}");
+    }
+    if !report.lost.is_empty() || !report.audit_passed {
+        bail!(
+            "{} answers are missing from a log and the audit {}: {}",
+            report.lost.len(),
+            if report.audit_passed { "passed" } else { "did not pass" },
+            report.audit
+        );
     }
     Ok(())
 }
