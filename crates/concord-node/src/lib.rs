@@ -84,6 +84,9 @@ pub enum NodeError {
     /// SQLite failed under the transparency log; its error is kept as the source.
     #[error("log storage: {0}")]
     LogStorage(#[source] rusqlite::Error),
+    /// This node's disk is full, as it is told to another member: no detail of the node.
+    #[error("{0}'s disk is full: it takes no new work until its operators free space")]
+    DiskFull(String),
     /// A value could not be encoded as JSON.
     #[error("cannot encode {what}: {source}")]
     Encode {
@@ -270,10 +273,16 @@ impl NodeError {
     /// Whether a write failed because the disk is full (SQLite's `SQLITE_FULL`, or the
     /// operating system's "no space left on device"), anywhere in the error's sources.
     pub fn disk_full(&self) -> bool {
+        if matches!(self, Self::DiskFull(_)) {
+            return true;
+        }
         let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(err) = e {
+            // SQLite says SQLITE_FULL when a write finds no space, and SQLITE_IOERR_SHMSIZE when
+            // its shared-memory file cannot grow.
             if let Some(rusqlite::Error::SqliteFailure(f, _)) = err.downcast_ref::<rusqlite::Error>()
-                && f.code == rusqlite::ErrorCode::DiskFull
+                && (f.code == rusqlite::ErrorCode::DiskFull
+                    || f.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE)
             {
                 return true;
             }
@@ -308,6 +317,7 @@ impl NodeError {
             | Self::Header { .. }
             | Self::Stopped(_)
             | Self::Task(_) => C::State,
+            Self::DiskFull(_) => C::DiskFull,
             Self::Tls(_) | Self::Certificate(_) | Self::Rustls(_) | Self::Pem { .. } => C::Tls,
             Self::Charter(_) => C::Charter,
             Self::Note(_) => C::MalformedNote,

@@ -237,11 +237,12 @@ async fn cut_stalled_and_refused_connections_fail_fast_naming_the_owner() {
 }
 
 /// A small tmpfs mounted over a node's folder, holding what the folder held; unmounted when
-/// dropped. Mounting needs root, as `.ci/run` runs.
+/// dropped. Mounting needs root: `.ci/run` runs as root and sets `CONCORD_TEST_MOUNTS=1`, which
+/// makes a refused mount fail the test; elsewhere the test says it cannot run and stops.
 struct SmallDisk(PathBuf);
 
 impl SmallDisk {
-    fn over(dir: &Path, size: &str) -> Self {
+    fn over(dir: &Path, size: &str) -> Option<Self> {
         let held = dir.with_extension("held");
         let copy = |from: &Path, to: &Path| {
             let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp runs");
@@ -253,14 +254,18 @@ impl SmallDisk {
             .arg(dir)
             .output()
             .expect("mount runs");
-        assert!(
-            mounted.status.success(),
-            "a small disk for the node is a tmpfs, and mounting one needs root (as .ci/run runs): {}",
-            String::from_utf8_lossy(&mounted.stderr)
-        );
+        if !mounted.status.success() {
+            let why = String::from_utf8_lossy(&mounted.stderr);
+            assert!(
+                std::env::var_os("CONCORD_TEST_MOUNTS").is_none(),
+                "a small disk for the node is a tmpfs, and mounting one needs root: {why}"
+            );
+            eprintln!("not run: mounting a tmpfs needs root (.ci/run runs it): {why}");
+            return None;
+        }
         let disk = SmallDisk(dir.to_owned());
         copy(&held.join("."), dir);
-        disk
+        Some(disk)
     }
 
     /// Writes a file until the disk has no space left; returns its path.
@@ -295,7 +300,9 @@ async fn a_full_disk_refuses_new_work_with_disk_full_and_loses_nothing_acknowled
     let (a, b) = (fed.member("alpha").clone(), fed.member("bravo").clone());
     let alpha_dir = NodeDir::new(&a.dir);
     fed.nodes.remove(0).stop().await;
-    let disk = SmallDisk::over(&a.dir, "32m");
+    let Some(disk) = SmallDisk::over(&a.dir, "32m") else {
+        return fed.stop().await.close().expect("removed");
+    };
     fed.nodes.insert(0, concord_node::run::start(&alpha_dir).await.expect("alpha starts on its small disk"));
     let sql = "SELECT count(*) AS n FROM cases";
     for m in [&a, &b] {
@@ -334,9 +341,16 @@ async fn a_full_disk_refuses_new_work_with_disk_full_and_loses_nothing_acknowled
     let body = named.expect("alpha refuses to serve once its disk is full");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("alpha") && message.contains("disk is full"), "{body}");
-    let (status, body) = ask(&b.local_url, &b.analyst_token, sql, true).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["missing"], serde_json::json!(["alpha"]), "{body}");
+    let mut left_out = None;
+    for _ in 0..50 {
+        let (status, body) = ask(&b.local_url, &b.analyst_token, sql, true).await;
+        assert_eq!(status, 200, "{body}");
+        if body["missing"] == serde_json::json!(["alpha"]) {
+            left_out = Some(body);
+            break;
+        }
+    }
+    assert!(left_out.is_some(), "a partial result leaves alpha out while its disk is full");
 
     // alpha keeps serving what needs no disk.
     let status =

@@ -498,8 +498,8 @@ fn status(e: NodeError) -> Status {
         404 => tonic::Code::NotFound,
         408 => tonic::Code::DeadlineExceeded,
         409 => tonic::Code::FailedPrecondition,
-        413 | 429 => tonic::Code::ResourceExhausted,
-        502..=504 | 507 => tonic::Code::Unavailable,
+        413 | 429 | 507 => tonic::Code::ResourceExhausted,
+        502..=504 => tonic::Code::Unavailable,
         _ => tonic::Code::Internal,
     };
     let wire = e.code().as_str();

@@ -480,7 +480,13 @@ async fn release_answer(
     );
     let receipt = receipt.sign(&node.keys().signer)?;
     t.mark("sign");
-    node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)?;
+    // Kept for a replay of this request (the same bytes, not a new draw); one not kept is
+    // refused as a replay instead. The release itself is logged, so it goes out.
+    if let Err(e) =
+        node.state.keep_release(&request.request_id, &request.requester, &receipt.to_bytes(), &ipc)
+    {
+        tracing::warn!(request = %request.request_id, "release not kept for replays: {e}");
+    }
     t.mark("keep_release");
     Ok(Served { request_id: request.request_id.clone(), receipt, details, ipc })
 }
@@ -694,6 +700,10 @@ pub fn error_class(detail: &str) -> String {
 /// the decision to log. The detail stays on this node, in its own log output, as a class only.
 fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision, NodeError) {
     let code = e.code();
+    if e.disk_full() {
+        tracing::warn!(request = %request_id, "sub-query failed on this node, whose disk is full: {e}");
+        return (ServedDecision::Failed(ErrorCode::DiskFull), NodeError::DiskFull(owner.to_owned()));
+    }
     match e {
         NodeError::Query(QueryError::Execution(detail)) => ran_and_failed(owner, request_id, code, &detail),
         NodeError::Query(QueryError::Arrow(e)) => ran_and_failed(owner, request_id, code, &e.to_string()),
@@ -730,6 +740,7 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision,
         | NodeError::Pem { .. }
         | NodeError::Listen { .. }
         | NodeError::Internal(_)
+        | NodeError::DiskFull(_)
         | NodeError::Peer { .. } => {
             tracing::warn!(request = %request_id, code = code.as_str(), "sub-query failed on this node: {e}");
             (

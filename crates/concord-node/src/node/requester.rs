@@ -634,6 +634,36 @@ impl Node {
         sql: &str,
         purpose: &str,
     ) -> Result<Prepared, NodeError> {
+        let (prepared, asked) = self.sign_request(part, sql, purpose)?;
+        let mut t = super::phases::Phases::start("request_log");
+        self.log.append(asked).await?;
+        t.mark("log_append");
+        Ok(prepared)
+    }
+
+    /// Signs the requests of several parts and logs them in one commit.
+    pub async fn prepare_requests(
+        &self,
+        parts: &[(&Part, &str)],
+        purpose: &str,
+    ) -> Result<Vec<Prepared>, (String, NodeError)> {
+        let mut prepared = Vec::new();
+        let mut entries = Vec::new();
+        for (part, sql) in parts {
+            let (p, asked) = self.sign_request(part, sql, purpose).map_err(|e| (part.owner.clone(), e))?;
+            prepared.push(p);
+            entries.push(asked);
+        }
+        let mut t = super::phases::Phases::start("request_log");
+        // Invariant (as in `prepare_request`): all are on disk before any is sent.
+        self.log.append_all(entries).await.map_err(|e| (self.cfg.member.clone(), e))?;
+        t.mark("log_append");
+        Ok(prepared)
+    }
+
+    /// A sub-query's signed request, its notes kept, and its "access requested" entry to log
+    /// before it is sent.
+    fn sign_request(&self, part: &Part, sql: &str, purpose: &str) -> Result<(Prepared, Vec<u8>), NodeError> {
         let mut t = super::phases::Phases::start("request");
         let charter = self.charter();
         let owner = owner_card(&charter, &part.owner)?;
@@ -664,15 +694,14 @@ impl Node {
         let body = signed.to_bytes();
         self.state.keep_notes(&request.request_id, &self.cfg.member, NoteKind::Request, &body)?;
         t.mark("keep_notes");
-        self.log.append(asked.to_bytes()?).await?;
-        t.mark("log_append");
-        Ok(Prepared {
+        let prepared = Prepared {
             part: part.clone(),
             note_digest: signed.note_digest(),
             salt: signed.salt,
             request,
             body,
-        })
+        };
+        Ok((prepared, asked.to_bytes()?))
     }
 
     /// Sends a prepared request to its owner's check round (`check`) or withdraws it.
@@ -828,8 +857,8 @@ pub struct Prepared {
 struct PeerOwners {
     node: Arc<Node>,
     purpose: String,
-    /// Requests that passed the check round, by owner, dataset and SQL, to run as they were
-    /// checked.
+    /// Requests signed and logged before the query runs (and, where a budget is charged, that
+    /// passed the check round), by owner, dataset and SQL, to run as they were prepared.
     checked: Mutex<HashMap<(String, String, String), Vec<Prepared>>>,
     /// The first failure of this node's own storage on the way to an owner (its disk full, its
     /// log): the query's error is this one, not the owner's.
@@ -871,7 +900,17 @@ impl PeerOwners {
     /// An error on the way to `owner` as the query's; a failure of this node's own storage is
     /// kept as the query's error (see [`PeerOwners::own_failure`]).
     fn failed(&self, owner: &str, e: NodeError) -> QueryError {
-        if !(e.disk_full() || matches!(e, NodeError::LogAppend(_))) {
+        // What an owner (or this node as owner of its own part) answered, or a refusal of what
+        // was asked; anything else happened on this node.
+        let answered = matches!(
+            e,
+            NodeError::Peer { .. }
+                | NodeError::Query(_)
+                | NodeError::PolicyRefused(_)
+                | NodeError::UnknownMember(_)
+                | NodeError::RateLimited(_)
+        );
+        if answered && !e.disk_full() {
             return as_query_error(owner, e);
         }
         let q = QueryError::Execution(format!(
@@ -881,26 +920,12 @@ impl PeerOwners {
         q
     }
 
-    /// Prepares each remote sub-query's request: those prepared, and the first error if any.
-    async fn prepare_all(&self, remote: &[&(Part, String)]) -> (Vec<Prepared>, Option<QueryError>) {
-        let prepared = futures::future::join_all(
-            remote.iter().map(|(p, sql)| self.node.prepare_request(p, sql, &self.purpose)),
-        )
-        .await;
-        let mut ready = Vec::new();
-        let mut first_error = None;
-        for (p, r) in remote.iter().zip(prepared) {
-            match r {
-                Ok(r) => ready.push(r),
-                Err(e) => {
-                    first_error.get_or_insert(self.failed(&p.0.owner, e));
-                }
-            }
-        }
-        (ready, first_error)
+    /// Prepares each remote sub-query's request, logged in one commit: all, or the error.
+    async fn prepare_all(&self, remote: &[&(Part, String)]) -> Result<Vec<Prepared>, QueryError> {
+        let parts: Vec<(&Part, &str)> = remote.iter().map(|(p, sql)| (p, sql.as_str())).collect();
+        self.node.prepare_requests(&parts, &self.purpose).await.map_err(|(owner, e)| self.failed(&owner, e))
     }
 
-    /// Runs the check round on each prepared request: those that passed, and the first error if any.
     async fn check_prepared(&self, ready: Vec<Prepared>) -> (Vec<Prepared>, Option<QueryError>) {
         let checks =
             futures::future::join_all(ready.iter().map(|r| self.node.check_round(r, "/v1/query/check")))
@@ -918,7 +943,8 @@ impl PeerOwners {
         (passed, first_error)
     }
 
-    /// Keeps the requests that passed the check round, by owner, dataset and SQL, to run as checked.
+    /// Keeps requests prepared (and checked where a budget is charged), by owner, dataset and
+    /// SQL, to run as they are.
     fn keep_checked(&self, ready: Vec<Prepared>) {
         let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for r in ready {
@@ -945,15 +971,18 @@ impl OwnerClient for PeerOwners {
     async fn check_all(&self, asks: &[(Part, String)]) -> Result<(), QueryError> {
         let me = &self.node.cfg.member;
         let remote: Vec<&(Part, String)> = asks.iter().filter(|(p, _)| &p.owner != me).collect();
-        // Only where one owner's refusal could leave another's budget spent.
-        let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
-        if remote.len() < 2 || !charges {
+        if remote.len() < 2 {
             return Ok(());
         }
-        let (mut ready, mut first_error) = self.prepare_all(&remote).await;
-        if first_error.is_none() {
-            (ready, first_error) = self.check_prepared(ready).await;
+        // Every request is logged in one commit before any is sent.
+        let ready = self.prepare_all(&remote).await?;
+        // The check round only where one owner's refusal could leave another's budget spent.
+        let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
+        if !charges {
+            self.keep_checked(ready);
+            return Ok(());
         }
+        let (ready, first_error) = self.check_prepared(ready).await;
         match first_error {
             None => {
                 self.keep_checked(ready);

@@ -95,7 +95,7 @@ pub enum WitnessDecision {
 
 pub use crate::wire::Evidence;
 
-/// Most appends written in one transaction.
+/// Most entries a batch gathers before it is written (one request's entries always go together).
 const MAX_BATCH: usize = 4096;
 
 fn db(e: rusqlite::Error) -> NodeError {
@@ -146,8 +146,9 @@ fn stored_size(conn: &Connection) -> Result<u64, NodeError> {
 /// Where an append's outcome goes: an async waiter or a blocked thread.
 type Reply = Box<dyn FnOnce(Result<u64, Arc<NodeError>>) + Send>;
 
+/// Entries to append together, in order; the reply carries the first one's index.
 struct Request {
-    entry: Vec<u8>,
+    entries: Vec<Vec<u8>>,
     reply: Reply,
 }
 
@@ -204,19 +205,29 @@ impl Log {
 
     /// Appends an entry; resolves to its index once it is on disk.
     pub async fn append(&self, entry: Vec<u8>) -> Result<u64, NodeError> {
-        if entry.len() > MAX_ENTRY_BYTES {
-            return Err(NodeError::Note(LogError::EntryTooLarge(entry.len())));
+        self.append_all(vec![entry]).await
+    }
+
+    /// Appends entries in order, in one commit (one sync for all); resolves to the first one's
+    /// index once all are on disk. Either all are appended or none.
+    pub async fn append_all(&self, entries: Vec<Vec<u8>>) -> Result<u64, NodeError> {
+        if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
+            return Err(NodeError::Note(LogError::EntryTooLarge(e.len())));
         }
+        if entries.is_empty() {
+            return self.size();
+        }
+        let count = entries.len() as u64;
         let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reply: Reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.sender.send(Request { entry, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
+        self.sender.send(Request { entries, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
         let index =
             rx.await.map_err(|_| NodeError::Stopped("the log writer"))?.map_err(NodeError::LogAppend)?;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.append_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.append_count.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         self.append_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
         Ok(index)
     }
@@ -237,7 +248,9 @@ impl Log {
         let reply: Reply = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.sender.send(Request { entry, reply }).map_err(|_| NodeError::Stopped("the log writer"))?;
+        self.sender
+            .send(Request { entries: vec![entry], reply })
+            .map_err(|_| NodeError::Stopped("the log writer"))?;
         rx.recv().map_err(|_| NodeError::Stopped("the log writer"))?.map_err(NodeError::LogAppend)
     }
 
@@ -799,17 +812,23 @@ pub struct AccessFact {
 fn write_loop(mut conn: Connection, receiver: mpsc::Receiver<Request>, appended: &tokio::sync::Notify) {
     let mut range: Option<CompactRange> = None;
     while let Ok(first) = receiver.recv() {
+        let mut entries = first.entries.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while entries < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    entries += r.entries.len();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
         match write_batch(&mut conn, &mut range, &batch) {
-            Ok(first_index) => {
-                for (i, r) in batch.into_iter().enumerate() {
-                    (r.reply)(Ok(first_index + i as u64));
+            Ok(mut index) => {
+                for r in batch {
+                    let n = r.entries.len() as u64;
+                    (r.reply)(Ok(index));
+                    index += n;
                 }
                 appended.notify_one();
             }
@@ -841,9 +860,9 @@ fn write_batch(
             tx.prepare_cached("INSERT INTO log_entries (idx, data) VALUES (?1, ?2)").map_err(db)?;
         let mut put_node =
             tx.prepare_cached("INSERT INTO log_nodes (level, idx, hash) VALUES (?1, ?2, ?3)").map_err(db)?;
-        for (i, r) in batch.iter().enumerate() {
-            put_entry.execute(params![(size + i as u64) as i64, r.entry]).map_err(db)?;
-            for (level, index, hash) in edge.append(leaf_hash(&r.entry)) {
+        for (i, entry) in batch.iter().flat_map(|r| &r.entries).enumerate() {
+            put_entry.execute(params![(size + i as u64) as i64, entry]).map_err(db)?;
+            for (level, index, hash) in edge.append(leaf_hash(entry)) {
                 put_node.execute(params![level, index as i64, hash.as_slice()]).map_err(db)?;
             }
         }
@@ -880,6 +899,24 @@ mod tests {
             digest: digest.map(str::to_owned),
             note,
         }
+    }
+
+    #[tokio::test]
+    async fn entries_appended_together_are_consecutive_and_all_or_none() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = Log::open(&dir.path().join("state.db")).expect("log");
+        assert_eq!(log.append(b"first".to_vec()).await.expect("one"), 0);
+        let together = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+        assert_eq!(log.append_all(together.clone()).await.expect("three"), 1);
+        assert_eq!(log.entries(1, 4).expect("entries"), together);
+        let too_large = vec![b"d".to_vec(), vec![0; MAX_ENTRY_BYTES + 1]];
+        assert!(log.append_all(too_large).await.is_err());
+        assert_eq!(log.size().expect("size"), 4, "nothing of a refused set is appended");
+        let mut tree = concord_log::merkle::MemoryTree::new();
+        for e in log.entries(0, 4).expect("entries") {
+            tree.append(&e);
+        }
+        assert_eq!(log.root(4).expect("root"), tree.root());
     }
 
     #[test]
