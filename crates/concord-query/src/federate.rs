@@ -130,10 +130,12 @@ pub trait OwnerClient: Send + Sync {
     /// reached is [`QueryError::Unreachable`].
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError>;
 
-    /// Before any owner computes anything: asks every owner whether it would answer its
-    /// sub-query, so that a query one owner refuses spends no privacy budget at another.
-    /// Without a check round (the default) every owner is asked directly.
-    async fn check_all(&self, _asks: &[(Part, String)]) -> Result<(), QueryError> {
+    /// Called once before any sub-query is sent, with every part and its SQL. A client may
+    /// prepare every request here at once (the peer protocol logs them in one commit); with
+    /// `check`, it also asks every owner whether it would answer, so that a query one owner
+    /// refuses spends no privacy budget at another. By default nothing: every owner is asked
+    /// directly.
+    async fn before_partials(&self, _asks: &[(Part, String)], _check: bool) -> Result<(), QueryError> {
         Ok(())
     }
 }
@@ -247,10 +249,8 @@ async fn fetch_partials(
     }
     // A partial answer is asked for: owners that answer are used (and charge their budget)
     // whoever else refuses or cannot be reached. Otherwise every owner is checked first.
-    if !allow_partial {
-        let pairs: Vec<(Part, String)> = asks.iter().map(|(_, p, s)| (p.clone(), s.clone())).collect();
-        client.check_all(&pairs).await?;
-    }
+    let pairs: Vec<(Part, String)> = asks.iter().map(|(_, p, s)| (p.clone(), s.clone())).collect();
+    client.before_partials(&pairs, !allow_partial).await?;
     let requests = asks.iter().map(|(job, part, sql)| async move { (*job, client.partial(part, sql).await) });
     let answers = futures::future::join_all(requests).await;
     let mut provenance = Vec::new();

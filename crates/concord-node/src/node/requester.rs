@@ -968,7 +968,7 @@ impl PeerOwners {
 
 #[async_trait]
 impl OwnerClient for PeerOwners {
-    async fn check_all(&self, asks: &[(Part, String)]) -> Result<(), QueryError> {
+    async fn before_partials(&self, asks: &[(Part, String)], check: bool) -> Result<(), QueryError> {
         let me = &self.node.cfg.member;
         let remote: Vec<&(Part, String)> = asks.iter().filter(|(p, _)| &p.owner != me).collect();
         if remote.len() < 2 {
@@ -978,7 +978,7 @@ impl OwnerClient for PeerOwners {
         let ready = self.prepare_all(&remote).await?;
         // The check round only where one owner's refusal could leave another's budget spent.
         let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
-        if !charges {
+        if !check || !charges {
             self.keep_checked(ready);
             return Ok(());
         }
