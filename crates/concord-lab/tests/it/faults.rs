@@ -17,6 +17,7 @@ use std::time::Duration;
 use concord_lab::demo::api_query;
 use concord_node::net::client::local_call;
 use concord_node::store::config::NodeDir;
+use concord_node::store::entry::LogEntry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -367,6 +368,29 @@ async fn a_full_disk_refuses_new_work_with_disk_full_and_loses_nothing_acknowled
     let log = fed.nodes[0].node.log.clone();
     let kept = log.entries(0, acknowledged.len() as u64).expect("entries");
     assert!(kept == acknowledged, "alpha lost or changed entries it had acknowledged");
+    // Every release bravo received from alpha is in alpha's log, at the index its receipt names.
+    let bravo_log = fed.nodes[1].node.log.clone();
+    let made: Vec<(String, u64)> = bravo_log
+        .entries(0, bravo_log.size().expect("size"))
+        .expect("entries")
+        .iter()
+        .filter_map(|e| match LogEntry::from_bytes(e).ok()? {
+            LogEntry::AccessMade { request_id, owner, owner_log_index, .. } if owner == "alpha" => {
+                Some((request_id, owner_log_index))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!made.is_empty(), "bravo received answers from alpha");
+    for (request_id, index) in made {
+        let entry = log.entries(index, index + 1).expect("entry").pop().expect("the receipt's index exists");
+        match LogEntry::from_bytes(&entry).expect("an entry") {
+            LogEntry::AccessServed { request_id: served, decision, .. } => {
+                assert_eq!((served.as_str(), decision.released()), (request_id.as_str(), true))
+            }
+            other => panic!("alpha's entry {index} is not the release of {request_id}: {other:?}"),
+        }
+    }
     settle(&fed).await;
     let report = audit(&fed, "alpha", serde_json::json!({"members": ["alpha", "bravo", "charlie"]})).await;
     assert!(report["report"]["mismatches"].as_array().is_some_and(|m| m.is_empty()), "{report}");
