@@ -34,7 +34,8 @@ pub async fn serve_local(node: Arc<Node>, listener: TcpListener, shutdown: watch
 
 /// An error as the wire's JSON error body.
 pub fn error_body(e: &NodeError) -> ErrorBody {
-    let message = if e.disk_full() {
+    // `NodeError::DiskFull` (an owner's, as peers are told) says so itself.
+    let message = if e.disk_full() && !matches!(e, NodeError::DiskFull(_)) {
         format!(
             "this node's disk is full: it takes no new work until space is freed on the volume of \
              its folder; nothing it acknowledged is lost ({e})"

@@ -582,7 +582,7 @@ impl Node {
             let owners = PeerOwners {
                 node: self.clone(),
                 purpose: purpose.to_owned(),
-                checked: Mutex::new(HashMap::new()),
+                prepared: Mutex::new(HashMap::new()),
                 own_failure: Mutex::new(None),
             };
             let max_rows = limits.max_result_rows;
@@ -859,9 +859,9 @@ struct PeerOwners {
     purpose: String,
     /// Requests signed and logged before the query runs (and, where a budget is charged, that
     /// passed the check round), by owner, dataset and SQL, to run as they were prepared.
-    checked: Mutex<HashMap<(String, String, String), Vec<Prepared>>>,
-    /// The first failure of this node's own storage on the way to an owner (its disk full, its
-    /// log): the query's error is this one, not the owner's.
+    prepared: Mutex<HashMap<(String, String, String), Vec<Prepared>>>,
+    /// The first failure on this node itself on the way to an owner (its disk full, its log, its
+    /// notes): the query's error is this one, not the owner's.
     own_failure: Mutex<Option<NodeError>>,
 }
 
@@ -897,8 +897,8 @@ fn as_query_error(owner: &str, e: NodeError) -> QueryError {
 }
 
 impl PeerOwners {
-    /// An error on the way to `owner` as the query's; a failure of this node's own storage is
-    /// kept as the query's error (see [`PeerOwners::own_failure`]).
+    /// An error on the way to `owner` as the query's; a failure on this node itself is kept as
+    /// the query's error (see [`PeerOwners::own_failure`]).
     fn failed(&self, owner: &str, e: NodeError) -> QueryError {
         // What an owner (or this node as owner of its own part) answered, or a refusal of what
         // was asked; anything else happened on this node.
@@ -926,6 +926,7 @@ impl PeerOwners {
         self.node.prepare_requests(&parts, &self.purpose).await.map_err(|(owner, e)| self.failed(&owner, e))
     }
 
+    /// Runs the check round on each prepared request: those that passed, and the first error if any.
     async fn check_prepared(&self, ready: Vec<Prepared>) -> (Vec<Prepared>, Option<QueryError>) {
         let checks =
             futures::future::join_all(ready.iter().map(|r| self.node.check_round(r, "/v1/query/check")))
@@ -945,11 +946,11 @@ impl PeerOwners {
 
     /// Keeps requests prepared (and checked where a budget is charged), by owner, dataset and
     /// SQL, to run as they are.
-    fn keep_checked(&self, ready: Vec<Prepared>) {
-        let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn keep_prepared(&self, ready: Vec<Prepared>) {
+        let mut prepared = self.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for r in ready {
             let key = (r.part.owner.clone(), r.part.dataset.clone(), r.request.sql.clone());
-            checked.entry(key).or_default().push(r);
+            prepared.entry(key).or_default().push(r);
         }
     }
 
@@ -979,13 +980,13 @@ impl OwnerClient for PeerOwners {
         // The check round only where one owner's refusal could leave another's budget spent.
         let charges = remote.iter().any(|(p, _)| self.node.catalogs.charges_budget(&p.owner, &p.dataset));
         if !check || !charges {
-            self.keep_checked(ready);
+            self.keep_prepared(ready);
             return Ok(());
         }
         let (ready, first_error) = self.check_prepared(ready).await;
         match first_error {
             None => {
-                self.keep_checked(ready);
+                self.keep_prepared(ready);
                 Ok(())
             }
             Some(e) => {
@@ -1018,11 +1019,11 @@ impl OwnerClient for PeerOwners {
                 },
             });
         }
-        let checked = {
-            let mut c = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ready = {
+            let mut c = self.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             c.get_mut(&(part.owner.clone(), part.dataset.clone(), sql.to_owned())).and_then(Vec::pop)
         };
-        let answer = match checked {
+        let answer = match ready {
             Some(prepared) => self.node.send_request(&prepared).await,
             None => self.node.request_partial(part, sql, &self.purpose).await,
         };
