@@ -662,6 +662,7 @@ async fn decide_and_run(
     node: &Node,
     request: &QueryRequest,
 ) -> Result<(OwnerAnswer, Vec<u8>, Decided), NodeError> {
+    let mut t = super::phases::Phases::start("decide_and_run");
     same_charter(node, request)?;
     let ask = ask_of(request);
     // What the check round decided stands while the dataset's policy is the one it decided by.
@@ -678,8 +679,11 @@ async fn decide_and_run(
         }
         _ => node.decide_subquery(&ask).await?,
     };
+    t.mark("decide");
     let answer = node.run_decided(&ask, &decided).await?;
+    t.mark("run");
     let ipc = concord_query::ipc::encode(&answer.schema, &answer.batches)?;
+    t.mark("encode");
     Ok((answer, ipc, decided))
 }
 

@@ -19,9 +19,14 @@ impl Phases {
 
     /// Ends the step `step` now; the next step starts here.
     pub fn mark(&mut self, step: &'static str) {
-        let now = Instant::now();
-        self.steps.push((step, now.duration_since(self.last).as_secs_f64() * 1e3));
-        self.last = now;
+        self.mark_at(step, Instant::now());
+    }
+
+    /// Ends the step `step` at `at` (no earlier than the step began); the next starts there.
+    pub fn mark_at(&mut self, step: &'static str, at: Instant) {
+        let at = at.max(self.last);
+        self.steps.push((step, at.duration_since(self.last).as_secs_f64() * 1e3));
+        self.last = at;
     }
 }
 

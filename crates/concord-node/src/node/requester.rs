@@ -584,6 +584,7 @@ impl Node {
                 purpose: purpose.to_owned(),
                 prepared: Mutex::new(HashMap::new()),
                 own_failure: Mutex::new(None),
+                fetched: Mutex::new((None, None)),
             };
             let max_rows = limits.max_result_rows;
             let run = concord_query::federate::run_federated_bound(
@@ -595,7 +596,14 @@ impl Node {
                 max_rows,
             );
             let ran = run.await;
-            t.mark("plan_and_run");
+            let (began, came) = *owners.fetched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let (Some(began), Some(came)) = (began, came) {
+                t.mark_at("plan", began);
+                t.mark_at("fetch", came);
+                t.mark("merge");
+            } else {
+                t.mark("plan_and_run");
+            }
             let own = owners.own_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             match (ran, own) {
                 (Ok(out), _) => Ok(out),
@@ -863,6 +871,20 @@ struct PeerOwners {
     /// The first failure on this node itself on the way to an owner (its disk full, its log, its
     /// notes): the query's error is this one, not the owner's.
     own_failure: Mutex<Option<NodeError>>,
+    /// When the parts were first asked for and when the last one came back: the query's
+    /// planning, fetching and merging in its step timings.
+    fetched: Mutex<(Option<Instant>, Option<Instant>)>,
+}
+
+impl PeerOwners {
+    fn fetch_began(&self) {
+        let mut f = self.fetched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.0.get_or_insert_with(Instant::now);
+    }
+
+    fn part_came(&self) {
+        self.fetched.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 = Some(Instant::now());
+    }
 }
 
 /// An owner's error as the query's: a refusal names the owner.
@@ -970,6 +992,7 @@ impl PeerOwners {
 #[async_trait]
 impl OwnerClient for PeerOwners {
     async fn before_partials(&self, asks: &[(Part, String)], check: bool) -> Result<(), QueryError> {
+        self.fetch_began();
         let me = &self.node.cfg.member;
         let remote: Vec<&(Part, String)> = asks.iter().filter(|(p, _)| &p.owner != me).collect();
         if remote.len() < 2 {
@@ -998,6 +1021,16 @@ impl OwnerClient for PeerOwners {
     }
 
     async fn partial(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError> {
+        let answer = self.partial_of(part, sql).await;
+        self.part_came();
+        answer
+    }
+}
+
+impl PeerOwners {
+    /// [`OwnerClient::partial`]: this node's own part answered here, another member's asked for.
+    async fn partial_of(&self, part: &Part, sql: &str) -> Result<PartialAnswer, QueryError> {
+        self.fetch_began();
         if part.owner == self.node.cfg.member {
             let ask = crate::node::owner::Ask {
                 requester: &part.owner,

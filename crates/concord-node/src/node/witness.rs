@@ -25,6 +25,11 @@ pub const MAX_CHECKPOINT_BYTES: usize = 8 * 1024;
 
 /// How long the node waits after an append for more to come, before checkpointing.
 pub const COALESCE: Duration = Duration::from_millis(20);
+/// The least time from one checkpoint round's start to the next: under a steady stream of
+/// appends (queries back to back), one checkpoint, its signature and each witness's proof and
+/// cosignature cover all that came in this time, instead of a round every few queries competing
+/// with them for the cores.
+pub const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the node looks again when no append woke it: entries appended by other processes
 /// (offline commands) and witnesses that were down.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -189,12 +194,16 @@ pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) 
                 tracing::warn!("logging counted refusals: {e}");
             }
         }
+        let round = tokio::time::Instant::now();
         if let Err(e) = publish_once(&node).await {
             tracing::warn!("checkpointing: {e}");
         }
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = node.log.appended() => tokio::time::sleep(COALESCE).await,
+            _ = node.log.appended() => {
+                let next = (tokio::time::Instant::now() + COALESCE).max(round + MIN_ROUND_INTERVAL);
+                tokio::time::sleep_until(next).await;
+            }
             _ = tokio::time::sleep(RETRY_INTERVAL) => {}
         }
     }

@@ -451,6 +451,11 @@ impl State {
 
     /// Records a peer request id; false if it was seen before (a replay). Ids older than
     /// `forget_before` (unix seconds) are forgotten: such requests fail the freshness check.
+    ///
+    /// Written without a sync of its own (see [`State::unsynced`]): whatever the request leads
+    /// to (a release, a refusal, a budget charge) is a durable commit of the same write-ahead
+    /// log after this one, which makes this record durable first. A record lost in a crash
+    /// before any of them is a request that had no effect, and may be served once.
     pub fn record_request(
         &self,
         id: &str,
@@ -458,19 +463,31 @@ impl State {
         now: i64,
         forget_before: i64,
     ) -> Result<bool, NodeError> {
-        let mut conn = self.lock();
-        // One transaction, so one durable commit (fsync) per request, not two.
-        let tx = conn.transaction().map_err(db)?;
-        tx.execute("DELETE FROM seen_requests_by_requester WHERE seen_at < ?1", params![forget_before])
-            .map_err(db)?;
-        let n = tx
-            .execute(
+        self.unsynced(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM seen_requests_by_requester WHERE seen_at < ?1", params![forget_before])?;
+            let n = tx.execute(
                 "INSERT OR IGNORE INTO seen_requests_by_requester (id, requester, seen_at) VALUES (?1, ?2, ?3)",
                 params![id, requester, now],
-            )
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(n == 1)
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Runs `write` with `synchronous=NORMAL`: its commit goes to the write-ahead log without
+    /// waiting for the disk. Invariant: only for writes that a later durable commit of the same
+    /// database (the log's append, which syncs the whole write-ahead log) must cover before
+    /// anything depends on them, or whose loss in a crash is harmless.
+    fn unsynced<T>(
+        &self,
+        write: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, NodeError> {
+        let mut conn = self.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        let written = write(&mut conn);
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        written.map_err(db)
     }
 }
 
@@ -738,14 +755,12 @@ impl State {
         kind: NoteKind,
         body: &[u8],
     ) -> Result<(), NodeError> {
-        let conn = self.lock();
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        let written = conn.execute(
-            "INSERT OR REPLACE INTO access_notes (request_id, requester, kind, body, kept_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![request_id, requester, kind.as_str(), body, chrono::Utc::now().timestamp()],
-        );
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-        written.map_err(db)?;
+        self.unsynced(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO access_notes (request_id, requester, kind, body, kept_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![request_id, requester, kind.as_str(), body, chrono::Utc::now().timestamp()],
+            )
+        })?;
         Ok(())
     }
 
@@ -778,14 +793,12 @@ impl State {
         // the log already. Like notes, it is written without waiting for the disk (a crash
         // may lose the last ones: a retry is then refused as a replay, and the audit still
         // shows the release).
-        let conn = self.lock();
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        let written = conn.execute(
-            "INSERT OR REPLACE INTO releases (request_id, requester, receipt, ipc, released_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![request_id, requester, receipt, ipc, chrono::Utc::now().timestamp()],
-        );
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-        written.map_err(db)?;
+        self.unsynced(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO releases (request_id, requester, receipt, ipc, released_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![request_id, requester, receipt, ipc, chrono::Utc::now().timestamp()],
+            )
+        })?;
         Ok(())
     }
 
