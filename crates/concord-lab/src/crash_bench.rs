@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use concord_node::store::config::NodeDir;
 use concord_node::store::entry::LogEntry;
 
 use crate::demo::{DemoMember, MemberSpec, api_query, setup};
+use crate::processes::NodeProcesses;
 
 /// What to run.
 pub struct CrashOptions {
@@ -72,14 +72,7 @@ pub async fn run(opts: &CrashOptions, progress: &dyn Fn(&str)) -> Result<CrashRe
     let ids = ["alpha", "bravo", "charlie"];
     let specs = specs_of(&opts.dir, &ids)?;
     let members = setup(&opts.dir, "crash", &specs, vec![cases_schema()], opts.port_base).await?;
-    let mut nodes = Nodes { exe: opts.exe.clone(), children: Vec::new() };
-    for m in &members {
-        let child = nodes.start(&m.dir)?;
-        nodes.children.push(child);
-    }
-    for m in &members {
-        wait_up(m).await?;
-    }
+    let mut nodes = NodeProcesses::start(&opts.exe, &members).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let analysts = analysts_querying(&members, &stop);
@@ -114,68 +107,6 @@ pub async fn run(opts: &CrashOptions, progress: &dyn Fn(&str)) -> Result<CrashRe
         unreceived,
         wall: started.elapsed(),
     })
-}
-
-/// The member nodes' processes; stopped (SIGTERM, then waited for) when dropped.
-struct Nodes {
-    exe: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Nodes {
-    fn start(&self, dir: &Path) -> Result<Child, NodeError> {
-        let out_path = output_of(dir);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&out_path)
-            .map_err(|e| NodeError::io(&out_path, e))?;
-        Command::new(&self.exe)
-            .args(["node", "run"])
-            .arg(dir)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .map_err(|e| NodeError::io(&self.exe, e))
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for n in &mut self.children {
-            let _ = Command::new("kill").args(["-TERM", &n.id().to_string()]).status();
-            let _ = n.wait();
-        }
-    }
-}
-
-/// Where a node's own output goes, beside its folder, so that a node that does not come back
-/// says why.
-fn output_of(dir: &Path) -> PathBuf {
-    dir.with_extension("out")
-}
-
-async fn wait_up(m: &DemoMember) -> Result<(), NodeError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let up = local_call(&m.local_url, "GET", "/v1/status", Some(&m.analyst_token), None)
-            .await
-            .is_ok_and(|r| r.status == 200);
-        if up {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let out = std::fs::read_to_string(output_of(&m.dir)).unwrap_or_default();
-            let tail: Vec<&str> = out.lines().rev().take(30).collect();
-            return Err(NodeError::Internal(format!(
-                "{} did not come back within 60 s; the last lines it wrote:\n{}",
-                m.id,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Each member's spec, with a `cases.csv` of 20 rows written under `dir`.
@@ -246,7 +177,7 @@ fn analysts_querying(members: &[DemoMember], stop: &Arc<AtomicBool>) -> Vec<Anal
 /// `opts.cycles` times: a node chosen at random is killed with SIGKILL, restarted after a
 /// random pause, and waited for. Returns the kills by member and each restart's time.
 async fn kill_and_restart_at_random(
-    nodes: &mut Nodes,
+    nodes: &mut NodeProcesses,
     members: &[DemoMember],
     opts: &CrashOptions,
     progress: &dyn Fn(&str),
@@ -263,15 +194,10 @@ async fn kill_and_restart_at_random(
         tokio::time::sleep(Duration::from_millis(200 + next(600))).await;
         let victim = next(members.len() as u64) as usize;
         let killed = Instant::now();
-        let _ = nodes.children[victim].kill();
-        let _ = nodes.children[victim].wait();
+        nodes.kill(victim);
         *kills.entry(members[victim].id.clone()).or_insert(0) += 1;
         tokio::time::sleep(Duration::from_millis(next(300))).await;
-        match nodes.start(&members[victim].dir) {
-            Ok(child) => nodes.children[victim] = child,
-            Err(e) => return (kills, Err(e)),
-        }
-        if let Err(e) = wait_up(&members[victim]).await {
+        if let Err(e) = nodes.restart(victim).await {
             return (kills, Err(e));
         }
         restarts.push(killed.elapsed());

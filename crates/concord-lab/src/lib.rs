@@ -11,5 +11,6 @@ pub mod demo;
 pub mod fuzz;
 pub mod governance_bench;
 pub mod load_bench;
+pub mod processes;
 pub mod smoke;
 pub mod tpch_bench;

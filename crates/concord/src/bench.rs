@@ -287,56 +287,6 @@ async fn log(dir: PathBuf, proof_sizes: &[u64], port_base: u16) -> Result<()> {
     Ok(())
 }
 
-/// A node of the load benchmark, in a process of its own.
-struct NodeProcess {
-    id: String,
-    child: std::process::Child,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        // SIGTERM lets the node finish its appends; a node that does not stop is killed.
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `concord node run` for each member and waits until each answers.
-async fn start_processes(members: &[concord_lab::demo::DemoMember]) -> Result<Vec<NodeProcess>> {
-    let exe = std::env::current_exe()?;
-    let mut nodes = Vec::new();
-    for m in members {
-        let log = std::fs::File::create(m.dir.join("node.log"))?;
-        let child = std::process::Command::new(&exe)
-            .args(["node", "run"])
-            .arg(&m.dir)
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        nodes.push(NodeProcess { id: m.id.clone(), child });
-    }
-    for m in members {
-        let client = concord_node::net::local::LocalClient::new(&m.local_url, &m.analyst_token);
-        let mut tries = 0;
-        while client.status().await.is_err() {
-            tries += 1;
-            if tries > 600 {
-                bail!("node {} did not start; see {}", m.id, m.dir.join("node.log").display());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    Ok(nodes)
-}
-
 async fn load(opts: concord_lab::load_bench::LoadOptions) -> Result<()> {
     use concord_lab::load_bench;
     if opts.analysts == 0 || opts.queries == 0 {
@@ -344,12 +294,15 @@ async fn load(opts: concord_lab::load_bench::LoadOptions) -> Result<()> {
     }
     let progress = crate::out::Progress::start("setting up");
     let members = load_bench::prepare(&opts).await?;
-    let nodes = start_processes(&members).await?;
+    let nodes = concord_lab::processes::NodeProcesses::start(&std::env::current_exe()?, &members).await?;
     // Witnesses cosign the set-up's entries first: the load starts on a settled federation.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let report = load_bench::drive(&members, &opts, &|s| progress.say(s)).await;
-    let peaks: Vec<(String, Option<u64>)> =
-        nodes.iter().map(|n| (n.id.clone(), load_bench::peak_memory(n.child.id()))).collect();
+    let peaks: Vec<(String, Option<u64>)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.clone(), load_bench::peak_memory(nodes.pid(i))))
+        .collect();
     drop(nodes);
     drop(progress);
     let answered = report.latencies.len();
