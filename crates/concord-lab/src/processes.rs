@@ -20,7 +20,8 @@ const STOP_WITHIN: Duration = Duration::from_secs(10);
 pub struct NodeProcesses {
     exe: PathBuf,
     members: Vec<DemoMember>,
-    children: Vec<Child>,
+    /// `None` once killed and reaped: its pid may belong to another process by now.
+    children: Vec<Option<Child>>,
 }
 
 impl NodeProcesses {
@@ -29,7 +30,7 @@ impl NodeProcesses {
         let mut nodes = Self { exe: exe.to_owned(), members: members.to_vec(), children: Vec::new() };
         for m in members {
             let child = nodes.spawn(m)?;
-            nodes.children.push(child);
+            nodes.children.push(Some(child));
         }
         for m in members {
             wait_up(m).await?;
@@ -37,22 +38,28 @@ impl NodeProcesses {
         Ok(nodes)
     }
 
-    /// The process id of member `i`'s node.
-    pub fn pid(&self, i: usize) -> u32 {
-        self.children[i].id()
+    /// The process id of member `i`'s node, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children.get(i)?.as_ref().map(Child::id)
     }
 
     /// Kills member `i`'s node with SIGKILL, wherever it is, and reaps it.
     pub fn kill(&mut self, i: usize) {
-        let _ = self.children[i].kill();
-        let _ = self.children[i].wait();
+        if let Some(mut c) = self.children.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
-    /// Starts member `i`'s node again (after [`NodeProcesses::kill`]) and waits until it answers.
+    /// Starts member `i`'s node again (killing it first if it still runs) and waits until it
+    /// answers.
     pub async fn restart(&mut self, i: usize) -> Result<(), NodeError> {
-        let child = self.spawn(&self.members[i])?;
-        self.children[i] = child;
-        wait_up(&self.members[i]).await
+        let Some(m) = self.members.get(i).cloned() else {
+            return Err(NodeError::Internal(format!("no member {i} among {}", self.members.len())));
+        };
+        self.kill(i);
+        self.children[i] = Some(self.spawn(&m)?);
+        wait_up(&m).await
     }
 
     /// `exe node run DIR`, its output appended to [`output_of`] the member's folder.
@@ -76,11 +83,11 @@ impl NodeProcesses {
 
 impl Drop for NodeProcesses {
     fn drop(&mut self) {
-        for c in &self.children {
+        for c in self.children.iter().flatten() {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         }
         let deadline = Instant::now() + STOP_WITHIN;
-        for c in &mut self.children {
+        for c in self.children.iter_mut().flatten() {
             while !matches!(c.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -19,7 +19,7 @@ use crate::net::protocol::{
 };
 use crate::node::Node;
 use crate::store::entry::{LogEntry, Notes, ServedDecision};
-use crate::store::state::NoteKind;
+use crate::store::state::{Durability, NoteKind};
 use crate::wire::{AccessVerdict, ErrorCode};
 
 /// Largest query request body (note and details, base64 in JSON): its note is kept in a log
@@ -335,7 +335,9 @@ fn authenticate(node: &Node, tls_member: &str, body: &[u8]) -> Result<SignedRequ
 /// Freshness and replay: a request from another time, or seen before, is no new access.
 fn fresh_and_new(node: &Node, request: &QueryRequest) -> Result<(), NodeError> {
     fresh(request)?;
-    if !record(node, request)? {
+    // Whatever this request leads to is a durable commit after this record (see
+    // `State::record_request`).
+    if !record(node, request, Durability::WithNextCommit)? {
         return Err(NodeError::Replayed(format!("request {} was seen before", request.request_id)));
     }
     Ok(())
@@ -360,9 +362,9 @@ fn forget_before() -> i64 {
 }
 
 /// Records a request's id as seen; false if it was seen before.
-fn record(node: &Node, request: &QueryRequest) -> Result<bool, NodeError> {
+fn record(node: &Node, request: &QueryRequest, durability: Durability) -> Result<bool, NodeError> {
     let now = chrono::Utc::now().timestamp();
-    node.state.record_request(&request.request_id, &request.requester, now, forget_before())
+    node.state.record_request(&request.request_id, &request.requester, now, forget_before(), durability)
 }
 
 /// [`authenticate`], a failure counted against the connection's member.
@@ -611,7 +613,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         Ok(()) => Ok(()),
         Err(e) => {
             // Final: the request cannot be sent again to run.
-            record(node, request)?;
+            record(node, request, Durability::Now)?;
             Err(log_refusal(node, &signed, e).await?)
         }
     }
@@ -624,7 +626,8 @@ pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), No
     let request = authenticated(node, tls_member, body)?.request;
     let decided = node.checked.take(&request.requester, &request.request_id).is_some();
     if node.state.cancel_reservation(&request.request_id, &request.requester) || decided {
-        record(node, &request)?;
+        // Nothing is logged after a withdrawal: the id is spent on disk before it is answered.
+        record(node, &request, Durability::Now)?;
         return Ok(());
     }
     let e = NodeError::NotFound(format!(

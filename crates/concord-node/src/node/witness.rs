@@ -202,7 +202,10 @@ pub async fn publish_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => return,
             _ = node.log.appended() => {
                 let next = (tokio::time::Instant::now() + COALESCE).max(round + MIN_ROUND_INTERVAL);
-                tokio::time::sleep_until(next).await;
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
             }
             _ = tokio::time::sleep(RETRY_INTERVAL) => {}
         }

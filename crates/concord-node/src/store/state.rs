@@ -452,18 +452,20 @@ impl State {
     /// Records a peer request id; false if it was seen before (a replay). Ids older than
     /// `forget_before` (unix seconds) are forgotten: such requests fail the freshness check.
     ///
-    /// Written without a sync of its own (see [`State::unsynced`]): whatever the request leads
-    /// to (a release, a refusal, a budget charge) is a durable commit of the same write-ahead
-    /// log after this one, which makes this record durable first. A record lost in a crash
-    /// before any of them is a request that had no effect, and may be served once.
+    /// With [`Durability::WithNextCommit`] the record does not wait for the disk: for a request
+    /// about to run, whatever it leads to (a budget charge, a release or a refusal logged) is a
+    /// later durable commit of the same write-ahead log, which takes this record to disk first.
+    /// A record lost to a power loss before any of them belongs to a request that had no effect,
+    /// which may then be served once. A kill of the process loses nothing either way.
     pub fn record_request(
         &self,
         id: &str,
         requester: &str,
         now: i64,
         forget_before: i64,
+        durability: Durability,
     ) -> Result<bool, NodeError> {
-        self.unsynced(|conn| {
+        let record = |conn: &mut Connection| {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM seen_requests_by_requester WHERE seen_at < ?1", params![forget_before])?;
             let n = tx.execute(
@@ -472,22 +474,48 @@ impl State {
             )?;
             tx.commit()?;
             Ok(n == 1)
-        })
+        };
+        match durability {
+            Durability::Now => record(&mut self.lock()).map_err(db),
+            Durability::WithNextCommit => self.unsynced(record),
+        }
     }
 
     /// Runs `write` with `synchronous=NORMAL`: its commit goes to the write-ahead log without
-    /// waiting for the disk. Invariant: only for writes that a later durable commit of the same
+    /// waiting for the disk; the connection is back to `synchronous=FULL` afterwards, even if
+    /// `write` fails or panics. Invariant: only for writes that a later durable commit of the same
     /// database (the log's append, which syncs the whole write-ahead log) must cover before
-    /// anything depends on them, or whose loss in a crash is harmless.
+    /// anything depends on them, or whose loss to a power loss is harmless.
     fn unsynced<T>(
         &self,
         write: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, NodeError> {
-        let mut conn = self.lock();
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        let written = write(&mut conn);
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-        written.map_err(db)
+        let mut conn = SyncedAgain(self.lock());
+        conn.0.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        write(&mut conn.0).map_err(db)
+    }
+}
+
+/// When a write reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Its commit waits for the disk (`synchronous=FULL`).
+    Now,
+    /// Its commit does not wait: the next durable commit of the same write-ahead log takes it to
+    /// disk first.
+    WithNextCommit,
+}
+
+/// The state connection, put back to `synchronous=FULL` when dropped.
+struct SyncedAgain<'a>(std::sync::MutexGuard<'a, Connection>);
+
+impl Drop for SyncedAgain<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.pragma_update(None, "synchronous", "FULL") {
+            // Not expected of an open connection; said loudly, since later writes would then
+            // not wait for the disk.
+            tracing::error!("the state database could not be set back to synchronous=FULL: {e}");
+        }
     }
 }
 
