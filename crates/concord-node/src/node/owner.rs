@@ -62,6 +62,11 @@ impl CheckedRequests {
         m.insert((requester.to_owned(), id.to_owned()), (until, d));
     }
 
+    fn holds(&self, requester: &str, id: &str) -> bool {
+        let m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.contains_key(&(requester.to_owned(), id.to_owned()))
+    }
+
     fn take(&self, requester: &str, id: &str) -> Option<Decided> {
         let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         m.remove(&(requester.to_owned(), id.to_owned())).map(|(_, d)| d)
@@ -429,7 +434,7 @@ pub async fn serve_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<S
     t.mark("decide_and_run");
     match ran {
         Ok((answer, ipc, decided)) => release_answer(node, &signed, answer, ipc, &decided, &mut t).await,
-        Err(e) => Err(log_refusal(node, &signed, e).await?),
+        Err(e) => Err(refused(node, &signed, e).await),
     }
 }
 
@@ -551,13 +556,33 @@ fn served_entry(
 }
 
 /// Logs a request refused (or failed) with its code (its reason, which may quote the SQL, is a
-/// note the parties keep), and returns the data-free reason the requester is sent.
-async fn log_refusal(node: &Node, signed: &SignedRequest, e: NodeError) -> Result<NodeError, NodeError> {
+/// note the parties keep), and returns the data-free reason the requester is sent. A refusal
+/// that cannot be logged (this node's disk or database failing) is answered with that failure,
+/// data-free as well: nothing of the node's own detail crosses either way.
+async fn refused(node: &Node, signed: &SignedRequest, e: NodeError) -> NodeError {
     let request = &signed.request;
     let (decision, wire) = for_the_wire(&node.cfg.member, &request.request_id, e);
+    match log_refusal(node, signed, decision, &wire).await {
+        Ok(()) => wire,
+        Err(failed) => for_the_wire(&node.cfg.member, &request.request_id, failed).1,
+    }
+}
+
+/// Keeps a refusal's reason and appends its "access served" entry.
+async fn log_refusal(
+    node: &Node,
+    signed: &SignedRequest,
+    decision: ServedDecision,
+    wire: &NodeError,
+) -> Result<(), NodeError> {
+    let request = &signed.request;
     let reason = wire.to_string();
-    let policy =
-        node.datasets().await?.map.get(&request.dataset).map(|d| format!("sha256:{}", d.policy.digest()));
+    // The policy in force, when the registry can be read: a refusal is logged either way.
+    let policy = node
+        .datasets()
+        .await
+        .ok()
+        .and_then(|d| d.map.get(&request.dataset).map(|d| format!("sha256:{}", d.policy.digest())));
     let charter = node.charter();
     let entry = served_entry(
         signed,
@@ -568,7 +593,7 @@ async fn log_refusal(node: &Node, signed: &SignedRequest, e: NodeError) -> Resul
     );
     node.state.keep_notes(&request.request_id, &request.requester, NoteKind::Reason, reason.as_bytes())?;
     node.log.append(entry.to_bytes()?).await?;
-    Ok(wire)
+    Ok(())
 }
 
 /// How long a check round's reservation holds a request's privacy cost: the request's own
@@ -614,7 +639,7 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
         Err(e) => {
             // Final: the request cannot be sent again to run.
             record(node, request, Durability::Now)?;
-            Err(log_refusal(node, &signed, e).await?)
+            Err(refused(node, &signed, e).await)
         }
     }
 }
@@ -624,10 +649,13 @@ pub async fn check_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(
 /// request this node holds for that requester can be withdrawn; anything else is counted.
 pub fn cancel_query(node: &Node, tls_member: &str, body: &[u8]) -> Result<(), NodeError> {
     let request = authenticated(node, tls_member, body)?.request;
-    let decided = node.checked.take(&request.requester, &request.request_id).is_some();
-    if node.state.cancel_reservation(&request.request_id, &request.requester) || decided {
-        // Nothing is logged after a withdrawal: the id is spent on disk before it is answered.
+    let (requester, id) = (&request.requester, &request.request_id);
+    if node.checked.holds(requester, id) || node.state.holds_reservation(id, requester) {
+        // The id is spent on disk before what the check round holds is let go (nothing is
+        // logged after a withdrawal): a withdrawal that fails leaves the request as it was.
         record(node, &request, Durability::Now)?;
+        node.checked.take(requester, id);
+        node.state.cancel_reservation(id, requester);
         return Ok(());
     }
     let e = NodeError::NotFound(format!(

@@ -742,6 +742,12 @@ impl State {
         Ok(Ok(Spent { by_requester: before.by_requester + cost, on_dataset: before.on_dataset + cost }))
     }
 
+    /// Whether a check round's reservation is held for `request_id` of `requester`.
+    pub fn holds_reservation(&self, request_id: &str, requester: &str) -> bool {
+        let _conn = self.lock();
+        self.held().contains_key(&(requester.to_owned(), request_id.to_owned()))
+    }
+
     /// Releases a reservation its requester withdrew; false if it holds none under that id.
     pub fn cancel_reservation(&self, request_id: &str, requester: &str) -> bool {
         let _conn = self.lock();
