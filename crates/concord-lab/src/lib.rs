@@ -11,6 +11,7 @@ pub mod demo;
 pub mod fuzz;
 pub mod governance_bench;
 pub mod load_bench;
+pub mod postgres;
 pub mod processes;
 pub mod smoke;
 pub mod tpch_bench;

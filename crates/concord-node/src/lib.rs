@@ -141,6 +141,9 @@ pub enum NodeError {
     /// A usage policy is malformed, does not fit its dataset, or loosens the baseline.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A dataset in the member's own engine (PostgreSQL) cannot be reached or read.
+    #[error(transparent)]
+    Source(#[from] concord_source::SourceError),
     /// The request is malformed; the message says what to send instead.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -333,6 +336,8 @@ impl NodeError {
                 QueryError::Policy(_) => C::PolicyRefused,
             },
             Self::Policy(_) => C::Policy,
+            Self::Source(concord_source::SourceError::Config(_)) => C::Config,
+            Self::Source(_) => C::DatasetUnavailable,
             Self::BadRequest(_) => C::BadRequest,
             Self::Unauthorized(_) => C::Unauthorized,
             Self::Forbidden(_) => C::Forbidden,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::QueryError;
 
-/// File formats a dataset may have.
+/// Where a dataset's rows are read from: a file in one of two formats, or a member's database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetFormat {
@@ -27,6 +27,8 @@ pub enum DatasetFormat {
     Csv,
     /// Apache Parquet, read with the types it stores.
     Parquet,
+    /// A table of the member's PostgreSQL database, where the owner's plans run.
+    Postgres,
 }
 
 impl DatasetFormat {
@@ -44,15 +46,21 @@ impl DatasetFormat {
 
     /// The format of this lowercase name, if any.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Csv, Self::Parquet].into_iter().find(|f| f.as_str() == s)
+        [Self::Csv, Self::Parquet, Self::Postgres].into_iter().find(|f| f.as_str() == s)
     }
 
-    /// The format's lowercase name, as serialized: `csv` or `parquet`.
+    /// The format's lowercase name, as serialized: `csv`, `parquet` or `postgres`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Csv => "csv",
             Self::Parquet => "parquet",
+            Self::Postgres => "postgres",
         }
+    }
+
+    /// Whether the rows are in a file beside the node.
+    pub fn is_file(self) -> bool {
+        matches!(self, Self::Csv | Self::Parquet)
     }
 }
 
@@ -657,6 +665,12 @@ pub async fn open(
         DatasetFormat::Parquet => {
             let read = ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await;
             (read.map_err(|e| unreadable(name, path, e.strip_backtrace()))?, Vec::new())
+        }
+        DatasetFormat::Postgres => {
+            return Err(QueryError::Dataset {
+                name: name.to_owned(),
+                reason: "is a PostgreSQL table, not a file".into(),
+            });
         }
     };
     if let Some(shared) = shared

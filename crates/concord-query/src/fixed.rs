@@ -128,6 +128,45 @@ fn convert(values: &[f64], f: impl Fn(f64) -> i64) -> (Vec<i64>, bool) {
     (out, nan)
 }
 
+/// `e` with a call of [`clamp_fixed`] written in operations any SQL engine has, for an engine
+/// that runs the owner's plan as its own SQL ([`crate::remote::portable`]):
+/// - an integer argument as an exact decimal, multiplied, clamped, then cast to BIGINT (no
+///   product can overflow a DECIMAL(38,0));
+/// - a float argument clamped to the bounds divided by the scale *before* it is multiplied (so
+///   no product can overflow), rounded, cast to BIGINT and clamped again in integers;
+/// - NULL (and a float's NaN) as NULL, explicitly: SQL's GREATEST and LEAST skip NULLs.
+///
+/// Invariant: every non-NULL value lies in `[lo, hi]`, whatever the input.
+pub(crate) fn portable(e: Expr) -> Result<datafusion::common::tree_node::Transformed<Expr>, DataFusionError> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::functions::core::expr_fn::{greatest, least};
+    use datafusion::functions::math::expr_fn::round;
+    use datafusion::logical_expr::{lit, when};
+    let Expr::ScalarFunction(f) = &e else { return Ok(Transformed::no(e)) };
+    let Some(c) = f.func.inner().downcast_ref::<ClampFixed>() else { return Ok(Transformed::no(e)) };
+    let [x] = f.args.as_slice() else {
+        return Err(DataFusionError::Internal("clamp_fixed takes one argument".into()));
+    };
+    let (lo, hi) = (lit(c.lo), lit(c.hi));
+    let exact =
+        c.signature.type_signature == datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Int64]);
+    let clamped = if exact {
+        let wide = DataType::Decimal128(38, 0);
+        let product = cast(x.clone(), wide.clone()) * cast(lit(c.scale), wide);
+        when(x.clone().is_null(), lit(ScalarValue::Int64(None)))
+            .otherwise(cast(least(vec![greatest(vec![product, lo]), hi]), DataType::Int64))?
+    } else {
+        let scale = c.scale as f64;
+        let (lo_f, hi_f) = (lit(c.lo as f64 / scale), lit(c.hi as f64 / scale));
+        let within = least(vec![greatest(vec![x.clone(), lo_f]), hi_f]) * lit(scale);
+        let units = cast(round(vec![within]), DataType::Int64);
+        let nan = cast(lit("NaN"), DataType::Float64);
+        when(x.clone().is_null().or(x.clone().eq(nan)), lit(ScalarValue::Int64(None)))
+            .otherwise(least(vec![greatest(vec![units, lo]), hi]))?
+    };
+    Ok(Transformed::yes(clamped))
+}
+
 impl ScalarUDFImpl for ClampFixed {
     fn name(&self) -> &str {
         "clamp_fixed"

@@ -26,6 +26,7 @@ mod merge_avg;
 pub mod owner;
 pub mod params;
 pub mod release;
+pub mod remote;
 
 pub use federate::{
     Contribution, FederatedTable, OwnerClient, Part, PartialAnswer, QueryOutcome, run_federated,

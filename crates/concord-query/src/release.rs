@@ -1179,13 +1179,16 @@ async fn physical_plan(
     plan: LogicalPlan,
     personal: bool,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, QueryError> {
-    let plan = if personal {
+    // A dataset in another engine runs the whole plan there, analysed (casts of type coercion
+    // included), so that what comes back is the plan's output and not the rows.
+    let remote = crate::remote::engine_of(&plan);
+    let plan = if personal || remote.is_some() {
         let state = ctx.state();
         let analysed = state
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(QueryError::plan)?;
-        if let Some(why) = failing_cast(&analysed) {
+        if personal && let Some(why) = failing_cast(&analysed) {
             return Err(policy_refusal(format!(
                 "on personal data nothing may fail for some values only, since whether the query fails would tell of \
                  one person's value; the owner's plan for this query needs {why}"
@@ -1195,6 +1198,9 @@ async fn physical_plan(
     } else {
         plan
     };
+    if let Some(engine) = remote {
+        return crate::remote::physical_plan(&ctx.state(), plan, &engine).await.map_err(QueryError::exec);
+    }
     let df = ctx.execute_logical_plan(plan).await.map_err(QueryError::exec)?;
     df.create_physical_plan().await.map_err(QueryError::exec)
 }
@@ -1300,10 +1306,15 @@ fn exact_plan(
             let k = lit(i64::try_from(k).unwrap_or(i64::MAX));
             values.push(units_expr(plan).alias("__units"));
             let sets = aggregate_sets(aggs, &plan.subquery.columns);
+            if !sets.is_empty() {
+                report.small_cells_left_out = true;
+            }
+            if !sets.is_empty() && aggs.iter().all(|a| !a.distinct) {
+                return large_cells_totals(plan, b, groups, aggs, &sets, k).map_err(QueryError::plan);
+            }
             let rows = if sets.is_empty() {
                 b
             } else {
-                report.small_cells_left_out = true;
                 keep_large_cells(plan, b, groups, &sets, k.clone()).map_err(QueryError::plan)?
             };
             rows.aggregate(keys, values)
@@ -1342,23 +1353,8 @@ fn keep_large_cells(
     sets: &[Expr],
     k: Expr,
 ) -> Result<LogicalPlanBuilder, datafusion::error::DataFusionError> {
-    if sets.len() > MAX_SETS {
-        return Err(datafusion::error::DataFusionError::Plan(format!("more than {MAX_SETS} sets")));
-    }
-    let mut cell = lit(0i64);
-    for (j, set) in sets.iter().enumerate() {
-        cell = cell + when(set.clone(), lit(1i64 << j)).otherwise(lit(0i64))?;
-    }
     let ng = groups.len();
-    let row: Vec<Expr> = b
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .chain(groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__r{i}"))))
-        .chain([cell.alias("__cell")])
-        .collect();
-    let rows = b.project(row)?;
+    let rows = cell_rows(b, groups, sets)?;
     let cell_keys: Vec<Expr> = (0..ng)
         .map(|i| col(format!("__r{i}")).alias(format!("__c{i}")))
         .chain([col("__cell").alias("__cc")])
@@ -1376,6 +1372,76 @@ fn keep_large_cells(
     let right: Vec<Column> =
         (0..ng).map(|i| format!("__c{i}")).chain(["__cc".to_owned()]).map(Column::new_unqualified).collect();
     rows.join_detailed(large, JoinType::LeftSemi, (left, right), None, NullEquality::NullEqualsNull)
+}
+
+/// The totals of an exact release whose aggregates have sets ([`keep_large_cells`]), none
+/// DISTINCT, in one pass over the rows: partial aggregates and distinct units per cell (a group's
+/// rows that the same sets hold), the cells of fewer than `k` units left out, then each group's
+/// totals merged from its large cells (COUNT and SUM as sums, MIN as MIN, MAX as MAX). The same
+/// release as the rows of large cells aggregated ([`keep_large_cells`]): a group appears when
+/// one of its cells is large (then it has at least `k` units), and not when none is (then no row
+/// of it is kept). What an engine beside the node sends back is the cells, not the rows.
+fn large_cells_totals(
+    plan: &ReleasePlan,
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    aggs: &[AggSpec],
+    sets: &[Expr],
+    k: Expr,
+) -> Result<LogicalPlan, datafusion::error::DataFusionError> {
+    use datafusion::functions_aggregate::expr_fn::{max, min};
+    let rows = cell_rows(b, groups, sets)?;
+    let ng = groups.len();
+    let cell_keys: Vec<Expr> = (0..ng).map(|i| col(format!("__r{i}"))).chain([col("__cell")]).collect();
+    let mut partials: Vec<Expr> =
+        aggs.iter().enumerate().map(|(i, a)| a.expr.clone().alias(format!("__p{i}"))).collect();
+    partials.push(units_expr(plan).alias("__cu"));
+    let keys: Vec<Expr> = (0..ng).map(|i| col(format!("__r{i}")).alias(format!("__g{i}"))).collect();
+    let mut totals: Vec<Expr> = aggs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let p = col(format!("__p{i}"));
+            match a.func {
+                AggFunc::Count | AggFunc::Sum => sum(p),
+                AggFunc::Min => min(p),
+                AggFunc::Max => max(p),
+            }
+            .alias(format!("__a{i}"))
+        })
+        .collect();
+    // A global aggregate over no large cell is held back, as a group with none is.
+    totals.push(count(lit(1i64)).alias("__cells"));
+    rows.aggregate(cell_keys, partials)?
+        .filter(col("__cu").gt_eq(k))?
+        .aggregate(keys, totals)?
+        .filter(col("__cells").gt(lit(0i64)))?
+        .build()
+}
+
+/// The rows with each group key (`__r0`, ...) and the cell (`__cell`, a bit per set that holds
+/// the row) beside their columns.
+fn cell_rows(
+    b: LogicalPlanBuilder,
+    groups: &[Expr],
+    sets: &[Expr],
+) -> Result<LogicalPlanBuilder, datafusion::error::DataFusionError> {
+    if sets.len() > MAX_SETS {
+        return Err(datafusion::error::DataFusionError::Plan(format!("more than {MAX_SETS} sets")));
+    }
+    let mut cell = lit(0i64);
+    for (j, set) in sets.iter().enumerate() {
+        cell = cell + when(set.clone(), lit(1i64 << j)).otherwise(lit(0i64))?;
+    }
+    let row: Vec<Expr> = b
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .chain(groups.iter().enumerate().map(|(i, g)| g.clone().alias(format!("__r{i}"))))
+        .chain([cell.alias("__cell")])
+        .collect();
+    b.project(row)
 }
 
 /// Groups held back, counted without telling more than the release: a global aggregate is one

@@ -13,47 +13,14 @@ use crate::out::say;
 
 #[derive(Subcommand)]
 pub enum DatasetCommand {
-    /// Register a CSV or Parquet file by reference.
+    /// Register a CSV or Parquet file by reference, or a table of the member's PostgreSQL database.
     #[command(
         after_help = "Examples:\n  concord dataset add nodes/alpha cases --file data/cases.csv --schema health_cases\n  \
-                            concord dataset add nodes/alpha survey --file survey.csv --delimiter ';' --null NA --allow '*'"
+                            concord dataset add nodes/alpha survey --file survey.csv --delimiter ';' --null NA --allow '*'\n  \
+                            STATS_PG_PASSWORD=... concord dataset add nodes/alpha cases --postgres postgresql://concord@127.0.0.1:5432/stats \\\n    \
+                            --table public.cases --password-env STATS_PG_PASSWORD --schema health_cases"
     )]
-    Add {
-        /// The node folder.
-        dir: PathBuf,
-        /// The dataset's name: what other members write after `member.`.
-        name: String,
-        /// The CSV or Parquet file; it stays where it is.
-        #[arg(long)]
-        file: PathBuf,
-        /// The charter's shared schema this dataset conforms to.
-        #[arg(long)]
-        schema: Option<String>,
-        /// Members that may use it under the policy it gets: ids separated by commas, or '*'.
-        /// Only for a new dataset; where its shared schema marks personal columns, the policy
-        /// is derived from the schema and --allow never makes them plain.
-        #[arg(long)]
-        allow: Option<String>,
-        /// Replace a dataset of this name; says what changed. Its policy stays (change it with
-        /// `concord policy set`).
-        #[arg(long)]
-        replace: bool,
-        /// CSV: the character between fields (default ','), e.g. ';' or '|'; `tab` for a tab.
-        #[arg(long)]
-        delimiter: Option<String>,
-        /// CSV: the file has no header line; its columns are the shared schema's, in order.
-        #[arg(long)]
-        no_header: bool,
-        /// CSV: a text that stands for NULL, e.g. NA; empty fields are NULL as well.
-        #[arg(long)]
-        null: Option<String>,
-        /// CSV: how the shared schema's date columns are written, e.g. %d/%m/%Y.
-        #[arg(long)]
-        date_format: Option<String>,
-        /// CSV: how the shared schema's timestamp columns are written, e.g. "%d/%m/%Y %H:%M:%S".
-        #[arg(long)]
-        timestamp_format: Option<String>,
-    },
+    Add(Box<AddArgs>),
     /// Take a dataset out of the registry (its file stays); a running node stops serving it.
     #[command(after_help = "Example:\n  concord dataset remove nodes/alpha cases")]
     Remove {
@@ -81,6 +48,60 @@ pub enum DatasetCommand {
     },
 }
 
+/// What `concord dataset add` is given.
+#[derive(clap::Args)]
+pub struct AddArgs {
+    /// The node folder.
+    dir: PathBuf,
+    /// The dataset's name: what other members write after `member.`.
+    name: String,
+    /// The CSV or Parquet file; it stays where it is.
+    #[arg(long, required_unless_present = "postgres", conflicts_with = "postgres")]
+    file: Option<PathBuf>,
+    /// A PostgreSQL database instead of a file, as a URL without a password:
+    /// postgresql://USER@HOST:PORT/DATABASE (loopback or a Unix socket). The owner's checked
+    /// plans run inside PostgreSQL; only their groups come back.
+    #[arg(long, value_name = "URL", requires = "table")]
+    postgres: Option<String>,
+    /// With --postgres: the table or view (schema.table).
+    #[arg(long, requires = "postgres")]
+    table: Option<String>,
+    /// With --postgres: the environment variable that holds the database password (of the
+    /// node's process too, whenever it runs). Never give a password on the command line.
+    #[arg(long, value_name = "VAR", requires = "postgres", conflicts_with = "password_file")]
+    password_env: Option<String>,
+    /// With --postgres: a file (mode 0600) whose first line is the database password.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    password_file: Option<PathBuf>,
+    /// The charter's shared schema this dataset conforms to.
+    #[arg(long)]
+    schema: Option<String>,
+    /// Members that may use it under the policy it gets: ids separated by commas, or '*'.
+    /// Only for a new dataset; where its shared schema marks personal columns, the policy
+    /// is derived from the schema and --allow never makes them plain.
+    #[arg(long)]
+    allow: Option<String>,
+    /// Replace a dataset of this name; says what changed. Its policy stays (change it with
+    /// `concord policy set`).
+    #[arg(long)]
+    replace: bool,
+    /// CSV: the character between fields (default ','), e.g. ';' or '|'; `tab` for a tab.
+    #[arg(long)]
+    delimiter: Option<String>,
+    /// CSV: the file has no header line; its columns are the shared schema's, in order.
+    #[arg(long)]
+    no_header: bool,
+    /// CSV: a text that stands for NULL, e.g. NA; empty fields are NULL as well.
+    #[arg(long)]
+    null: Option<String>,
+    /// CSV: how the shared schema's date columns are written, e.g. %d/%m/%Y.
+    #[arg(long)]
+    date_format: Option<String>,
+    /// CSV: how the shared schema's timestamp columns are written, e.g. "%d/%m/%Y %H:%M:%S".
+    #[arg(long)]
+    timestamp_format: Option<String>,
+}
+
 fn delimiter(d: Option<&str>) -> Result<Option<char>> {
     Ok(match d {
         None => None,
@@ -106,7 +127,7 @@ fn show(dir: PathBuf, name: &str) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no dataset {name}; `concord dataset list` shows them"))?;
     let schema = concord_query::ipc::decode_schema(&d.schema_ipc)?;
     say!("dataset {} ({}, {} rows)", d.name, d.format.as_str(), d.rows);
-    say!("file: {}", d.path.display());
+    say!("{}", d.location());
     say!("shared schema: {}", d.shared_schema.as_deref().unwrap_or("none"));
     say!("registered: {}", d.added_at);
     let options = d.csv.describe();
@@ -156,7 +177,7 @@ fn list(dir: PathBuf, format: ListFormat) -> Result<()> {
                     d.shared_schema.as_deref().unwrap_or("-"),
                     policy.classification.as_str(),
                     if policy.holds_personal_data() { "yes" } else { "no" },
-                    d.path.display()
+                    if d.format.is_file() { d.path.display().to_string() } else { d.location() }
                 );
             }
         }
@@ -166,7 +187,11 @@ fn list(dir: PathBuf, format: ListFormat) -> Result<()> {
 
 /// Registers the dataset `spec` describes in the node folder `dir` and says what came of it.
 async fn register(dir: PathBuf, spec: &admin::DatasetSpec<'_>, replace: bool) -> Result<()> {
-    let progress = crate::out::Progress::start(format!("reading {} and checking it", spec.file.display()));
+    let what = match &spec.postgres {
+        Some(pg) => format!("table {} in PostgreSQL", pg.table),
+        None => spec.file.display().to_string(),
+    };
+    let progress = crate::out::Progress::start(format!("reading {what} and checking it"));
     let registered = admin::dataset_register(&NodeDir::new(dir), spec, replace).await?;
     drop(progress);
     for c in &registered.changes {
@@ -184,8 +209,8 @@ async fn register(dir: PathBuf, spec: &admin::DatasetSpec<'_>, replace: bool) ->
         r.name,
         r.format.as_str(),
         r.rows,
-        r.shared_schema.map(|s| format!(", conforms to {s}")).unwrap_or_default(),
-        r.path.display()
+        r.shared_schema.as_ref().map(|s| format!(", conforms to {s}")).unwrap_or_default(),
+        r.location()
     );
     Ok(())
 }
@@ -195,21 +220,26 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
         DatasetCommand::Show { dir, name } => show(dir, &name)?,
         DatasetCommand::Remove { dir, name } => {
             let r = admin::dataset_remove(&NodeDir::new(dir), &name).await?;
-            say!("removed dataset {} ({} stays where it is)", r.name, r.path.display());
+            say!("removed dataset {} ({} stays where it is)", r.name, r.location());
         }
-        DatasetCommand::Add {
-            dir,
-            name,
-            file,
-            schema,
-            allow,
-            replace,
-            delimiter: delim,
-            no_header,
-            null,
-            date_format,
-            timestamp_format,
-        } => {
+        DatasetCommand::Add(args) => {
+            let AddArgs {
+                dir,
+                name,
+                file,
+                postgres,
+                table,
+                password_env,
+                password_file,
+                schema,
+                allow,
+                replace,
+                delimiter: delim,
+                no_header,
+                null,
+                date_format,
+                timestamp_format,
+            } = *args;
             let csv = concord_query::dataset::CsvOptions {
                 delimiter: delimiter(delim.as_deref())?,
                 header: no_header.then_some(false),
@@ -217,12 +247,34 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                 date_format,
                 timestamp_format,
             };
+            let postgres = match (postgres, table) {
+                (Some(url), Some(table)) => {
+                    if !csv.is_default() {
+                        bail!("CSV options apply to files, not to a PostgreSQL table");
+                    }
+                    let password = match (password_env, password_file) {
+                        (Some(v), _) => Some(concord_source::postgres::Credential::Env(v)),
+                        (None, Some(f)) => Some(concord_source::postgres::Credential::File(
+                            std::path::absolute(&f).with_context(|| format!("{}", f.display()))?,
+                        )),
+                        (None, None) => None,
+                    };
+                    Some(concord_source::postgres::PostgresSource { url, table, password })
+                }
+                (None, Some(_)) => {
+                    bail!("--table names a table of --postgres URL; give the database too, or --file alone")
+                }
+                (Some(_), None) => bail!("--postgres needs --table, the table or view to serve"),
+                (None, None) => None,
+            };
+            let file = file.unwrap_or_default();
             let spec = admin::DatasetSpec {
                 name: &name,
                 file: &file,
                 shared_schema: schema.as_deref(),
                 allow: allow.as_deref(),
                 csv,
+                postgres,
             };
             register(dir, &spec, replace).await?;
         }

@@ -338,6 +338,7 @@ async fn several_datasets_make_one_shared_schema_and_those_withheld_are_named() 
         shared_schema: Some("cases"),
         allow: Some("*"),
         csv: Default::default(),
+        postgres: None,
     };
     let r = concord_node::node::admin::dataset_register(&bravo, &spec, false).await.expect("registered");
     assert!(
@@ -362,6 +363,7 @@ async fn several_datasets_make_one_shared_schema_and_those_withheld_are_named() 
         shared_schema: Some("cases"),
         allow: Some("charlie"),
         csv: Default::default(),
+        postgres: None,
     };
     concord_node::node::admin::dataset_register(&bravo, &spec, false).await.expect("registered");
     let record = bravo

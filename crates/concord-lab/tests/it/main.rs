@@ -12,6 +12,7 @@ mod peer_refusals;
 mod policy;
 mod privacy;
 mod smoke;
+mod sources;
 mod support;
 mod tlog;
 mod witness_audit;

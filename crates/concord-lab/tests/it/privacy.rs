@@ -279,6 +279,7 @@ async fn a_file_allowed_to_one_member_releases_no_person(fed: &Fed, alpha: &Demo
             shared_schema: Some("people"),
             allow: Some("alpha"),
             csv: Default::default(),
+            postgres: None,
         },
         false,
     )

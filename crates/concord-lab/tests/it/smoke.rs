@@ -237,6 +237,7 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
         shared_schema: None,
         allow: None,
         csv: Default::default(),
+        postgres: None,
     };
     let r = concord_node::node::admin::dataset_register(&alpha_dir, &spec, false).await.expect("registered");
     assert!(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
 use concord_policy::{AllowList, PersonalSchema, Policy};
 use concord_query::dataset::{self, CsvOptions, DatasetFormat};
+use concord_source::postgres::{Credential, Password, PostgresSource};
 use datafusion::catalog::TableProvider as _;
 
 use sha2::{Digest, Sha256};
@@ -153,7 +154,7 @@ pub async fn dataset_add(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<DatasetRecord, NodeError> {
-    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default() };
+    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default(), postgres: None };
     Ok(dataset_register(dir, &spec, false).await?.record)
 }
 
@@ -171,6 +172,9 @@ pub struct DatasetSpec<'a> {
     pub allow: Option<&'a str>,
     /// How a CSV file is read; left at the defaults, a replacement reads it as before.
     pub csv: CsvOptions,
+    /// A table of the member's PostgreSQL database instead of a file (`file` is then empty):
+    /// the owner's plans run there.
+    pub postgres: Option<PostgresSource>,
 }
 
 /// A dataset registered: the record, what a replacement changed, and the file's columns left
@@ -205,7 +209,7 @@ pub async fn dataset_replace(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<(DatasetRecord, Vec<String>), NodeError> {
-    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default() };
+    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default(), postgres: None };
     let r = register(dir, &spec, true).await?;
     Ok((r.record, r.changes))
 }
@@ -227,30 +231,25 @@ pub async fn dataset_remove(dir: &NodeDir, name: &str) -> Result<DatasetRecord, 
     Ok(record)
 }
 
-/// Registers a dataset, or with `replace` replaces one: the checks, the file opened and
-/// scanned, its policy settled, then the record stored and logged.
+/// Registers a dataset, or with `replace` replaces one: the checks, the file (or the
+/// PostgreSQL table) opened and read, its policy settled, then the record stored and logged.
 async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Result<Registered, NodeError> {
-    let DatasetSpec { name, file, shared_schema, allow, ref csv } = *spec;
-    dir.load_config()?;
-    let mut csv = csv.clone();
+    let DatasetSpec { name, shared_schema, allow, .. } = *spec;
+    let cfg = dir.load_config()?;
     check_identifier("dataset name", name)?;
     let old = dir.open_state()?.datasets()?.into_iter().find(|d| d.name == name);
     check_replacement(name, old.as_ref(), replace)?;
-    let format = DatasetFormat::of_path(file)?;
-    // A replacement keeps how the old CSV was read unless options are given, like its policy.
-    if let Some(o) = &old
-        && format == DatasetFormat::Csv
-        && csv.is_default()
-    {
-        csv = o.csv.clone();
-    }
-    let path = canonical_path(name, file)?;
     let charter = current_charter(dir)?;
     let shared = shared_schema_of(charter.as_ref(), shared_schema)?;
     let allow_list = allow_list_for(name, old.as_ref(), allow, charter.as_ref())?;
-    let table = dataset::open(name, &path, format, shared.as_ref(), &csv).await?;
-    let left_out = table.left_out().to_vec();
-    let columns: Vec<String> = table.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let read = match &spec.postgres {
+        Some(pg) => {
+            let timeout = std::time::Duration::from_secs(cfg.limits.subquery_timeout_secs.max(60));
+            read_postgres(name, pg, shared.as_ref(), timeout).await?
+        }
+        None => read_file(name, spec, old.as_ref(), shared.as_ref()).await?,
+    };
+    let columns: Vec<String> = read.schema.fields().iter().map(|f| f.name().clone()).collect();
     let personal = shared.as_ref().map(super::personal_schema).filter(PersonalSchema::is_personal);
     let mut notes = Vec::new();
     let policy = match (&old, &personal) {
@@ -258,17 +257,17 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         (None, Some(p)) => derived_policy(name, &columns, p, charter.as_ref(), &allow_list, &mut notes)?,
         (None, None) => Policy::default_for(&columns, &allow_list)?,
     };
-    let rows = dataset::scan_all(name, &path, table.clone()).await?;
     let record = DatasetRecord {
         name: name.to_owned(),
-        path,
-        format,
+        path: read.path,
+        format: read.format,
         shared_schema: shared.map(|s| s.name),
-        schema_ipc: concord_query::ipc::encode_schema(&table.schema())?,
+        schema_ipc: concord_query::ipc::encode_schema(&read.schema)?,
         policy: policy.source.clone(),
-        rows,
+        rows: read.rows,
         added_at: now_rfc3339(),
-        csv: csv.clone(),
+        csv: read.csv,
+        postgres: read.postgres,
     };
     let changes = match &old {
         Some(o) => changes_of(o, &record)?,
@@ -276,7 +275,101 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
     };
     store_registered(dir, &record, &policy)?;
     note_schema_siblings(dir, &record, &mut notes)?;
-    Ok(Registered { record, changes, left_out, notes })
+    Ok(Registered { record, changes, left_out: read.left_out, notes })
+}
+
+/// What registration read of a dataset's rows.
+struct Read {
+    format: DatasetFormat,
+    /// The file's canonical path; empty for a table in PostgreSQL.
+    path: PathBuf,
+    csv: CsvOptions,
+    schema: arrow::datatypes::SchemaRef,
+    left_out: Vec<String>,
+    rows: u64,
+    postgres: Option<PostgresSource>,
+}
+
+/// A data file opened and read once through, so that one that cannot be parsed with its schema
+/// is found now and not at a peer's first query.
+async fn read_file(
+    name: &str,
+    spec: &DatasetSpec<'_>,
+    old: Option<&DatasetRecord>,
+    shared: Option<&SharedSchema>,
+) -> Result<Read, NodeError> {
+    let format = DatasetFormat::of_path(spec.file)?;
+    let mut csv = spec.csv.clone();
+    // A replacement keeps how the old CSV was read unless options are given, like its policy.
+    if let Some(o) = old
+        && format == DatasetFormat::Csv
+        && csv.is_default()
+    {
+        csv = o.csv.clone();
+    }
+    let path = canonical_path(name, spec.file)?;
+    let table = dataset::open(name, &path, format, shared, &csv).await?;
+    let left_out = table.left_out().to_vec();
+    let schema = table.schema();
+    let rows = dataset::scan_all(name, &path, table).await?;
+    Ok(Read { format, path, csv, schema, left_out, rows, postgres: None })
+}
+
+/// A PostgreSQL table described: its columns from the catalog, its rows counted there. The
+/// registry keeps the table's qualified name and where the password is, never the password.
+async fn read_postgres(
+    name: &str,
+    pg: &PostgresSource,
+    shared: Option<&SharedSchema>,
+    timeout: std::time::Duration,
+) -> Result<Read, NodeError> {
+    let password = pg.password.as_ref().map(|c| read_password(c, name)).transpose()?;
+    let found = concord_source::postgres::describe(name, pg, password, shared, timeout).await?;
+    let postgres = PostgresSource { table: found.relation, ..pg.clone() };
+    Ok(Read {
+        format: DatasetFormat::Postgres,
+        path: PathBuf::new(),
+        csv: CsvOptions::default(),
+        schema: found.schema,
+        left_out: found.left_out,
+        rows: found.rows,
+        postgres: Some(postgres),
+    })
+}
+
+/// The password of `dataset`'s database from where the registry says it is: an environment
+/// variable of this process, or a file only its owner can read.
+pub fn read_password(c: &Credential, dataset: &str) -> Result<Password, NodeError> {
+    match c {
+        Credential::Env(var) => std::env::var(var).map(Password::new).map_err(|_| {
+            NodeError::Config(format!(
+                "environment variable {var} is not set (or not UTF-8); it holds the password of dataset {dataset}'s \
+                 PostgreSQL database: set it in the node's environment"
+            ))
+        }),
+        Credential::File(path) => {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(path).map_err(|e| NodeError::io(path, e))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(NodeError::Config(format!(
+                    "{} holds dataset {dataset}'s PostgreSQL password but others may read it (mode {:o}); \
+                     make it private: chmod 600 {}",
+                    path.display(),
+                    meta.mode() & 0o777,
+                    path.display()
+                )));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            if line.is_empty() {
+                return Err(NodeError::Config(format!(
+                    "{} is empty; its first line must be dataset {dataset}'s PostgreSQL password",
+                    path.display()
+                )));
+            }
+            Ok(Password::new(line.to_owned()))
+        }
+    }
 }
 
 /// Refuses to add a dataset whose name is taken, or to replace one that does not exist.
@@ -462,8 +555,8 @@ fn note_schema_siblings(
 /// What a replacement changes, in words.
 fn changes_of(old: &DatasetRecord, new: &DatasetRecord) -> Result<Vec<String>, NodeError> {
     let mut out = Vec::new();
-    if old.path != new.path {
-        out.push(format!("file {} -> {}", old.path.display(), new.path.display()));
+    if old.path != new.path || old.postgres != new.postgres {
+        out.push(format!("{} -> {}", old.location(), new.location()));
     }
     if old.rows != new.rows {
         out.push(format!("rows {} -> {}", old.rows, new.rows));
@@ -673,7 +766,14 @@ fn copy_node(dir: &NodeDir, tmp: &Path, dest: &Path) -> Result<Backup, NodeError
     sync_dir(tmp)?;
     let copy_dir = NodeDir::new(tmp);
     let log_size = crate::store::tlog::stored_size_at(&copy_dir.state_db())?;
-    let dataset_files = copy_dir.open_state()?.datasets()?.into_iter().map(|d| d.path).collect();
+    // A table in PostgreSQL is backed up with its database, not here.
+    let dataset_files = copy_dir
+        .open_state()?
+        .datasets()?
+        .into_iter()
+        .filter(|d| d.format.is_file())
+        .map(|d| d.path)
+        .collect();
     Ok(Backup { files, log_size, dataset_files })
 }
 

@@ -241,7 +241,8 @@ impl Node {
         let keys = Keys { signer, witness, tls };
         check_listed_keys(&charter, &cfg, me, &keys)?;
         let pins = peer_pins(&charter, &cfg);
-        let datasets = load_datasets(&charter, &state, &Datasets::default()).await?;
+        let timeout = std::time::Duration::from_secs(cfg.limits.subquery_timeout_secs);
+        let datasets = load_datasets(&charter, &state, &Datasets::default(), timeout).await?;
         let slots = cfg.limits.max_concurrent_queries;
         let limits = cfg.limits.clone();
         let node = Self {
@@ -421,7 +422,8 @@ impl Node {
         }
         let mut w = self.datasets.write().await;
         if w.generation != generation {
-            *w = Arc::new(load_datasets(&self.charter(), &self.state, &w).await?);
+            let timeout = std::time::Duration::from_secs(self.cfg.limits.subquery_timeout_secs);
+            *w = Arc::new(load_datasets(&self.charter(), &self.state, &w, timeout).await?);
             tracing::info!(generation = w.generation, datasets = w.map.len(), "dataset registry reloaded");
         }
         Ok(w.clone())
@@ -595,6 +597,7 @@ async fn load_datasets(
     charter: &SignedCharter,
     state: &State,
     previous: &Datasets,
+    timeout: std::time::Duration,
 ) -> Result<Datasets, NodeError> {
     let generation = state.datasets_generation()?;
     let mut map = BTreeMap::new();
@@ -602,6 +605,7 @@ async fn load_datasets(
         if let Some(old) = previous.map.get(&record.name)
             && old.record.policy == record.policy
             && old.record.path == record.path
+            && old.record.postgres == record.postgres
             && old.record.schema_ipc == record.schema_ipc
             && old.record.added_at == record.added_at
         {
@@ -616,7 +620,7 @@ async fn load_datasets(
                 Policy::default_for(&[], &AllowList::Nobody)?
             }
         };
-        let table = load_table(charter, &record).await.map_err(|e| e.to_string());
+        let table = load_table(charter, &record, timeout).await.map_err(|e| e.to_string());
         if let Err(why) = &table {
             tracing::warn!(dataset = %record.name, "dataset unavailable: {why}");
         }
@@ -630,7 +634,22 @@ async fn load_datasets(
     Ok(Datasets { generation, map })
 }
 
-async fn load_table(charter: &SignedCharter, r: &DatasetRecord) -> Result<Arc<dyn TableProvider>, NodeError> {
+async fn load_table(
+    charter: &SignedCharter,
+    r: &DatasetRecord,
+    timeout: std::time::Duration,
+) -> Result<Arc<dyn TableProvider>, NodeError> {
+    if r.format == DatasetFormat::Postgres {
+        let source = r.postgres.as_ref().ok_or_else(|| {
+            NodeError::Config(format!(
+                "dataset {} is in PostgreSQL but its registry row names no database",
+                r.name
+            ))
+        })?;
+        let password = source.password.as_ref().map(|c| admin::read_password(c, &r.name)).transpose()?;
+        let schema = concord_query::ipc::decode_schema(&r.schema_ipc)?;
+        return Ok(concord_source::postgres::table(source, password, schema, timeout)?);
+    }
     let format = DatasetFormat::of_path(&r.path)?;
     let shared = match &r.shared_schema {
         Some(s) => Some(charter.charter.schema(s).ok_or_else(|| {

@@ -776,6 +776,7 @@ fn for_the_wire(owner: &str, request_id: &str, e: NodeError) -> (ServedDecision,
         | NodeError::Listen { .. }
         | NodeError::Internal(_)
         | NodeError::DiskFull(_)
+        | NodeError::Source(_)
         | NodeError::Peer { .. } => {
             tracing::warn!(request = %request_id, code = code.as_str(), "sub-query failed on this node: {e}");
             (

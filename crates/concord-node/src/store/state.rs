@@ -167,6 +167,20 @@ pub struct DatasetRecord {
     /// How a CSV file is read (delimiter, header, null marker, formats); empty for defaults.
     #[serde(default, skip_serializing_if = "concord_query::dataset::CsvOptions::is_default")]
     pub csv: concord_query::dataset::CsvOptions,
+    /// Format `postgres`: the database and table (no password; `path` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<concord_source::postgres::PostgresSource>,
+}
+
+impl DatasetRecord {
+    /// Where the rows are, in words: `file /data/cases.csv`, or `table public.cases in
+    /// postgresql://concord@127.0.0.1:5432/stats` (the URL holds no password).
+    pub fn location(&self) -> String {
+        match &self.postgres {
+            Some(pg) => format!("table {} in {}", pg.table, pg.url),
+            None => format!("file {}", self.path.display()),
+        }
+    }
 }
 
 /// The state database; one connection, serialised by a mutex (every statement is short).
@@ -199,6 +213,14 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Adds a column older databases lack; another process may have added it meanwhile.
+fn add_column(conn: &Connection, sql: &str) -> Result<(), NodeError> {
+    match conn.execute_batch(sql) {
+        Err(e) if e.to_string().contains("duplicate column") => Ok(()),
+        other => other.map_err(db),
+    }
+}
+
 impl State {
     /// Opens the state database at `path` (WAL, `synchronous=FULL`), creating it private
     /// (0600) with its tables if needed and adding columns that older databases lack.
@@ -216,12 +238,15 @@ impl State {
             .and_then(|mut s| s.exists([]))
             .map_err(db)?;
         if !has_options {
-            match conn
-                .execute_batch("ALTER TABLE datasets ADD COLUMN read_options TEXT NOT NULL DEFAULT '{}'")
-            {
-                Err(e) if e.to_string().contains("duplicate column") => {}
-                other => other.map_err(db)?,
-            }
+            add_column(&conn, "ALTER TABLE datasets ADD COLUMN read_options TEXT NOT NULL DEFAULT '{}'")?;
+        }
+        // Databases from before datasets in PostgreSQL: NULL for a file.
+        let has_source = conn
+            .prepare("SELECT 1 FROM pragma_table_info('datasets') WHERE name = 'source'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(db)?;
+        if !has_source {
+            add_column(&conn, "ALTER TABLE datasets ADD COLUMN source TEXT")?;
         }
         Ok(Self { conn: Mutex::new(conn), held: Mutex::new(std::collections::HashMap::new()) })
     }
@@ -376,8 +401,8 @@ impl State {
         let path = d.path.to_str().ok_or_else(|| NodeError::Config("dataset path is not UTF-8".into()))?;
         self.lock()
             .execute(
-                "INSERT OR REPLACE INTO datasets (name, path, format, shared_schema, schema_ipc, policy, rows, added_at, read_options)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO datasets (name, path, format, shared_schema, schema_ipc, policy, rows, added_at, read_options, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     d.name,
                     path,
@@ -387,7 +412,12 @@ impl State {
                     d.policy,
                     d.rows as i64,
                     d.added_at,
-                    serde_json::to_string(&d.csv).map_err(|source| NodeError::Encode { what: "a dataset's CSV options", source })?
+                    serde_json::to_string(&d.csv).map_err(|source| NodeError::Encode { what: "a dataset's CSV options", source })?,
+                    d.postgres
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()
+                        .map_err(|source| NodeError::Encode { what: "a dataset's PostgreSQL source", source })?
                 ],
             )
             .map_err(db)?;
@@ -405,7 +435,7 @@ impl State {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(
-                "SELECT name, path, format, shared_schema, schema_ipc, policy, rows, added_at, read_options FROM datasets ORDER BY name",
+                "SELECT name, path, format, shared_schema, schema_ipc, policy, rows, added_at, read_options, source FROM datasets ORDER BY name",
             )
             .map_err(db)?;
         let rows = stmt
@@ -422,6 +452,17 @@ impl State {
                     csv: serde_json::from_str(&r.get::<_, String>(8)?).map_err(|e| {
                         rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
                     })?,
+                    postgres: r
+                        .get::<_, Option<String>>(9)?
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()
+                        .map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                9,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
                 })
             })
             .map_err(db)?;

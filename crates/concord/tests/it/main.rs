@@ -3,6 +3,7 @@
 
 mod crashes;
 mod netns;
+mod postgres;
 
 use std::path::Path;
 use std::process::{Child, Command, Output};

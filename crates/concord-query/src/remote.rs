@@ -1,0 +1,302 @@
+//! Datasets whose rows stay in another engine (a member's PostgreSQL database): the table the
+//! node's DataFusion sees, and the hook through which an owner's whole checked plan runs inside
+//! that engine, so that what comes back to the node is the groups and not the rows.
+//!
+//! The engine itself (connections, SQL dialect, reading its answers) lives in another crate:
+//! this one does no network IO. It gives engines [`portable`], the owner's plan rewritten into
+//! operations any SQL engine has (no DataFusion UDF, no join that matches NULL keys).
+//!
+//! The owner's plan is split ([`physical_plan`]): every aggregate over filters and projections
+//! of the table runs inside the engine as one SQL statement, the shape DataFusion's unparser
+//! writes reliably; whatever is above it (the minimum group size's cells kept, the per-unit caps
+//! and random choice of differential privacy, the final totals) runs in DataFusion on the node
+//! over what the engine sent, and anything else reads rows through the table's scan.
+//!
+//! Invariant: a plan that reads a [`RemoteTable`] computes what it would over the same rows in
+//! a file: the engine runs a part of the plan, never another plan; the owner's check and
+//! release rules act on the plan, not on where it runs.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchemaRef;
+use datafusion::common::NullEquality;
+use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
+use datafusion::datasource::{TableType, source_as_provider};
+use datafusion::error::DataFusionError;
+use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, TableProviderFilterPushDown, UserDefinedLogicalNode,
+    UserDefinedLogicalNodeCore, cast, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+
+/// An engine that holds a dataset's rows and runs SQL over them.
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    /// The engine's name, for messages: `PostgreSQL`.
+    fn name(&self) -> &str;
+
+    /// Reads rows of the table: the columns of `projection` (all without one; `schema` is the
+    /// projected schema), rows that meet `filters` where the engine can apply them (DataFusion
+    /// applies them again), at most `limit`.
+    fn scan(
+        &self,
+        schema: SchemaRef,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError>;
+
+    /// A plan that runs `plan` wholly inside the engine: an aggregate over filters and
+    /// projections of this engine's table (analysed); its output has `plan`'s schema.
+    fn run(&self, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>, DataFusionError>;
+}
+
+/// A dataset whose rows stay in an [`Engine`]. A base table: the owner's check sees one scan of
+/// the dataset, as for a file.
+#[derive(Debug)]
+pub struct RemoteTable {
+    schema: SchemaRef,
+    engine: Arc<dyn Engine>,
+    left_out: Vec<String>,
+}
+
+impl RemoteTable {
+    /// The table of `engine`'s rows, with the columns of `schema`; `left_out` names the
+    /// engine's columns no shared schema can hold, each with its type and why.
+    pub fn new(schema: SchemaRef, engine: Arc<dyn Engine>, left_out: Vec<String>) -> Self {
+        Self { schema, engine, left_out }
+    }
+
+    /// The engine that holds the rows.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The engine's columns this table leaves out, each with its type and why.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for RemoteTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        self.engine.scan(schema, projection, filters, limit)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        // The engine applies what it can; DataFusion applies every filter again.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+}
+
+/// The engine of the one remote table every scan of `plan` reads (subqueries included), if
+/// every scan reads the same [`RemoteTable`]'s engine.
+pub fn engine_of(plan: &LogicalPlan) -> Option<Arc<dyn Engine>> {
+    let mut found: Option<Arc<dyn Engine>> = None;
+    let mut mixed = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let engine = source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| p.downcast_ref::<RemoteTable>().map(|t| t.engine.clone()));
+            match (&found, engine) {
+                (_, None) => mixed = true,
+                (None, Some(e)) => found = Some(e),
+                (Some(f), Some(e)) if Arc::ptr_eq(f, &e) => {}
+                (Some(_), Some(_)) => mixed = true,
+            }
+        }
+        Ok(if mixed { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    if mixed { None } else { found }
+}
+
+/// `plan` in operations any SQL engine has, for an engine to run as its own SQL:
+/// - the fixed-point clamp of differential privacy as CASE, LEAST, GREATEST, ROUND and casts
+///   (with the same invariant: every non-NULL value within its bounds, whatever the input);
+/// - a join that matches NULL keys with NULL keys as a join on equalities that can be hashed
+///   (each key's text, NULL as the empty text, and whether it is NULL), since SQL's `=` never
+///   matches NULL.
+pub fn portable(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
+    let plan = plan.transform_up_with_subqueries(|node| {
+        let node = match node {
+            LogicalPlan::Join(mut j) if j.null_equality == NullEquality::NullEqualsNull => {
+                let mut on = Vec::with_capacity(j.on.len() * 2);
+                for (l, r) in j.on {
+                    let text = |e: Expr| coalesce(vec![cast(e, DataType::Utf8), lit("")]);
+                    on.push((text(l.clone()), text(r.clone())));
+                    on.push((l.is_null(), r.is_null()));
+                }
+                j.on = on;
+                j.null_equality = NullEquality::NullEqualsNothing;
+                Transformed::yes(LogicalPlan::Join(j))
+            }
+            other => Transformed::no(other),
+        };
+        node.transform_data(|n| n.map_expressions(|e| e.transform_up(crate::fixed::portable)))
+    })?;
+    Ok(plan.data)
+}
+
+/// A part of the owner's plan that runs inside the engine: an aggregate over filters and
+/// projections of the one scan, the shape whose SQL is made and checked reliably. Its output
+/// (the groups) is what crosses from the engine to the node; DataFusion runs the rest.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    plan: LogicalPlan,
+    engine: Arc<dyn Engine>,
+}
+
+impl PartialEq for Pushed {
+    fn eq(&self, other: &Self) -> bool {
+        self.plan == other.plan && Arc::ptr_eq(&self.engine, &other.engine)
+    }
+}
+
+impl Eq for Pushed {}
+
+impl std::hash::Hash for Pushed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.plan.hash(state);
+    }
+}
+
+impl PartialOrd for Pushed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.plan.partial_cmp(&other.plan)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for Pushed {
+    fn name(&self) -> &str {
+        "PushedToEngine"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        Vec::new()
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.plan.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "PushedToEngine: {}", self.engine.name())
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        _inputs: Vec<LogicalPlan>,
+    ) -> Result<Self, DataFusionError> {
+        Ok(self.clone())
+    }
+}
+
+/// Whether `plan` is filters, projections and aliases down to one scan of `engine`'s table,
+/// with no subquery: the input of an aggregate the engine runs.
+fn linear(plan: &LogicalPlan, engine: &Arc<dyn Engine>) -> bool {
+    let no_subquery = plan.expressions().iter().all(|e| {
+        !e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_))))
+            .unwrap_or(true)
+    });
+    no_subquery
+        && match plan {
+            LogicalPlan::Filter(f) => linear(&f.input, engine),
+            LogicalPlan::Projection(p) => linear(&p.input, engine),
+            LogicalPlan::SubqueryAlias(a) => linear(&a.input, engine),
+            LogicalPlan::TableScan(scan) => {
+                scan.filters.is_empty()
+                    && scan.fetch.is_none()
+                    && source_as_provider(&scan.source)
+                        .ok()
+                        .and_then(|p| p.downcast_ref::<RemoteTable>().map(|t| Arc::ptr_eq(&t.engine, engine)))
+                        .unwrap_or(false)
+            }
+            _ => false,
+        }
+}
+
+/// `plan` (analysed) with every aggregate over a [`linear`] input of `engine`'s table replaced
+/// by a [`Pushed`] node, which the engine runs; what is left reads the table through its scan.
+pub fn push_down(plan: LogicalPlan, engine: &Arc<dyn Engine>) -> Result<LogicalPlan, DataFusionError> {
+    Ok(plan
+        .transform_down_with_subqueries(|node| {
+            Ok(match &node {
+                LogicalPlan::Aggregate(a) if linear(&a.input, engine) => Transformed::new(
+                    LogicalPlan::Extension(Extension {
+                        node: Arc::new(Pushed { plan: node.clone(), engine: engine.clone() }),
+                    }),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ),
+                _ => Transformed::no(node),
+            })
+        })?
+        .data)
+}
+
+/// Plans [`Pushed`] nodes: the engine runs their plan.
+#[derive(Debug)]
+struct PushedPlanner;
+
+#[async_trait::async_trait]
+impl ExtensionPlanner for PushedPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        _physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session_state: &dyn Session,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>, DataFusionError> {
+        match node.as_any().downcast_ref::<Pushed>() {
+            Some(p) => Ok(Some(p.engine.run(&p.plan)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The physical plan of an owner's `plan` (analysed) that reads `engine`'s table: its aggregates
+/// run in the engine ([`push_down`]), the rest in DataFusion.
+pub async fn physical_plan(
+    state: &datafusion::execution::SessionState,
+    plan: LogicalPlan,
+    engine: &Arc<dyn Engine>,
+) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+    let pushed = push_down(plan, engine)?;
+    let optimized = state.optimize(&pushed)?;
+    // Boxed: the planner's future is large, and it sits inside the owner's own futures.
+    let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PushedPlanner)]);
+    Box::pin(planner.create_physical_plan(&optimized, state)).await
+}
