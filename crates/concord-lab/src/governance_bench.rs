@@ -38,7 +38,7 @@ pub struct GovernanceReport {
 }
 
 /// Waits (up to 30 s) until every node has published a checkpoint of its whole log.
-async fn settle(nodes: &[std::sync::Arc<concord_node::node::Node>]) {
+pub(crate) async fn settle(nodes: &[std::sync::Arc<concord_node::node::Node>]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let done = nodes.iter().all(|n| {
@@ -112,7 +112,7 @@ async fn set_up_members(
 
 /// One round: a proposal and the votes below the threshold, cosigned, then the timed vote that
 /// reaches it; returns the time until every node runs the new version.
-async fn timed_round(
+pub(crate) async fn timed_round(
     nodes: &[std::sync::Arc<concord_node::node::Node>],
     threshold: usize,
     round: usize,

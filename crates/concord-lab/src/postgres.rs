@@ -53,6 +53,8 @@ impl PgServer {
     /// `postgres`) and starts it on `127.0.0.1:port`.
     pub fn start(folder: &Path, port: u16) -> Result<Self, NodeError> {
         let bin = server_bin()?;
+        // Absolute: the server resolves its socket folder from its data folder.
+        let folder = &std::path::absolute(folder).map_err(|e| NodeError::io(folder, e))?;
         // /proc/self belongs to this process's effective user.
         let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
         let run_as = root.then(|| "postgres".to_owned());

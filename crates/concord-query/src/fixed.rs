@@ -133,14 +133,13 @@ fn convert(values: &[f64], f: impl Fn(f64) -> i64) -> (Vec<i64>, bool) {
 /// - an integer argument as an exact decimal, multiplied, clamped, then cast to BIGINT (no
 ///   product can overflow a DECIMAL(38,0));
 /// - a float argument clamped to the bounds divided by the scale *before* it is multiplied (so
-///   no product can overflow), rounded, cast to BIGINT and clamped again in integers;
+///   no product can overflow), cast to BIGINT (which rounds) and clamped again in integers;
 /// - NULL (and a float's NaN) as NULL, explicitly: SQL's GREATEST and LEAST skip NULLs.
 ///
 /// Invariant: every non-NULL value lies in `[lo, hi]`, whatever the input.
 pub(crate) fn portable(e: Expr) -> Result<datafusion::common::tree_node::Transformed<Expr>, DataFusionError> {
     use datafusion::common::tree_node::Transformed;
     use datafusion::functions::core::expr_fn::{greatest, least};
-    use datafusion::functions::math::expr_fn::round;
     use datafusion::logical_expr::{lit, when};
     let Expr::ScalarFunction(f) = &e else { return Ok(Transformed::no(e)) };
     let Some(c) = f.func.inner().downcast_ref::<ClampFixed>() else { return Ok(Transformed::no(e)) };
@@ -158,8 +157,10 @@ pub(crate) fn portable(e: Expr) -> Result<datafusion::common::tree_node::Transfo
     } else {
         let scale = c.scale as f64;
         let (lo_f, hi_f) = (lit(c.lo as f64 / scale), lit(c.hi as f64 / scale));
+        // The cast rounds to the nearest integer (PostgreSQL's float-to-bigint cast rounds ties
+        // to even, as the UDF does); within the bounds it cannot overflow.
         let within = least(vec![greatest(vec![x.clone(), lo_f]), hi_f]) * lit(scale);
-        let units = cast(round(vec![within]), DataType::Int64);
+        let units = cast(within, DataType::Int64);
         let nan = cast(lit("NaN"), DataType::Float64);
         when(x.clone().is_null().or(x.clone().eq(nan)), lit(ScalarValue::Int64(None)))
             .otherwise(least(vec![greatest(vec![units, lo]), hi]))?

@@ -222,14 +222,18 @@ impl UserDefinedLogicalNodeCore for Pushed {
     }
 }
 
+/// Whether an expression of `node` itself holds a subquery.
+fn has_subquery(node: &LogicalPlan) -> bool {
+    node.expressions().iter().any(|e| {
+        e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_))))
+            .unwrap_or(true)
+    })
+}
+
 /// Whether `plan` is filters, projections and aliases down to one scan of `engine`'s table,
 /// with no subquery: the input of an aggregate the engine runs.
 fn linear(plan: &LogicalPlan, engine: &Arc<dyn Engine>) -> bool {
-    let no_subquery = plan.expressions().iter().all(|e| {
-        !e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_))))
-            .unwrap_or(true)
-    });
-    no_subquery
+    !has_subquery(plan)
         && match plan {
             LogicalPlan::Filter(f) => linear(&f.input, engine),
             LogicalPlan::Projection(p) => linear(&p.input, engine),
@@ -252,13 +256,15 @@ pub fn push_down(plan: LogicalPlan, engine: &Arc<dyn Engine>) -> Result<LogicalP
     Ok(plan
         .transform_down_with_subqueries(|node| {
             Ok(match &node {
-                LogicalPlan::Aggregate(a) if linear(&a.input, engine) => Transformed::new(
-                    LogicalPlan::Extension(Extension {
-                        node: Arc::new(Pushed { plan: node.clone(), engine: engine.clone() }),
-                    }),
-                    true,
-                    TreeNodeRecursion::Jump,
-                ),
+                LogicalPlan::Aggregate(a) if linear(&a.input, engine) && !has_subquery(&node) => {
+                    Transformed::new(
+                        LogicalPlan::Extension(Extension {
+                            node: Arc::new(Pushed { plan: node.clone(), engine: engine.clone() }),
+                        }),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    )
+                }
                 _ => Transformed::no(node),
             })
         })?

@@ -41,8 +41,9 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::sql::sqlparser::ast;
 use datafusion::sql::unparser::Unparser;
-use datafusion::sql::unparser::dialect::PostgreSqlDialect;
+use datafusion::sql::unparser::dialect::{Dialect, DistinctFromStyle, IntervalStyle, PostgreSqlDialect};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::Type;
@@ -127,6 +128,12 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, SourceError> {
             "the PostgreSQL URL names no host: write postgresql://USER@HOST:PORT/DATABASE".into(),
         ));
     }
+    if let Some(addr) = config.get_hostaddrs().iter().find(|a| !a.is_loopback()) {
+        return Err(SourceError::Config(format!(
+            "PostgreSQL address {addr} is not on this machine; connections to PostgreSQL are not encrypted yet, so \
+             the node reads a database over loopback or a Unix socket only"
+        )));
+    }
     for h in hosts {
         if let tokio_postgres::config::Host::Tcp(name) = h {
             let local = matches!(name.as_str(), "localhost")
@@ -158,12 +165,37 @@ fn target_of(config: &tokio_postgres::Config) -> String {
     )
 }
 
-/// One column of the table: its name and the type the dataset reads it as, in PostgreSQL's
-/// words (none where PostgreSQL has no such type: the column is read as it is).
+/// One column of the table: its name and the type the dataset reads it as.
 #[derive(Clone, Debug)]
 struct PgColumn {
     name: String,
-    cast_to: Option<String>,
+    arrow: DataType,
+}
+
+impl PgColumn {
+    /// The column as the dataset reads it, in SQL: cast to its type, and a value Arrow cannot
+    /// hold (an infinite date or timestamp, one past year 290000, a numeric NaN) as NULL.
+    fn select(&self) -> String {
+        let c = ident(&self.name);
+        let cast = |e: &str| match pg_type_of(&self.arrow) {
+            Some(t) => format!("CAST({e} AS {t})"),
+            None => e.to_owned(),
+        };
+        let value = match &self.arrow {
+            DataType::Date32 | DataType::Date64 => {
+                format!("CASE WHEN pg_catalog.isfinite({c}) THEN {} END", cast(&c))
+            }
+            DataType::Timestamp(..) => format!(
+                "CASE WHEN pg_catalog.isfinite({c}) AND {c} < CAST('290000-01-01' AS TIMESTAMP) THEN {} END",
+                cast(&c)
+            ),
+            DataType::Decimal128(..) | DataType::Decimal256(..) => {
+                format!("NULLIF({}, CAST('NaN' AS NUMERIC))", cast(&c))
+            }
+            _ => cast(&c),
+        };
+        format!("{value} AS {c}")
+    }
 }
 
 /// A PostgreSQL table that runs owners' plans: the connection settings (password included,
@@ -201,17 +233,66 @@ fn settings(
     source: &PostgresSource,
     password: Option<Password>,
     timeout: Duration,
+    role: Session,
 ) -> Result<tokio_postgres::Config, SourceError> {
     let mut config = parse_url(&source.url)?;
     if let Some(Password(p)) = password {
         config.password(p);
     }
     let millis = timeout.as_millis().max(1);
+    // Read-only and bounded in time; literals, time zones and the text of values as the node's
+    // SQL assumes them; functions and operators from pg_catalog only, so that no one with CREATE
+    // on a schema can plant an overload the node's plans would call.
     config
         .application_name("concord")
         .connect_timeout(Duration::from_secs(10).min(timeout.max(Duration::from_secs(1))))
-        .options(format!("-c default_transaction_read_only=on -c statement_timeout={millis}"));
+        .options(format!(
+            "-c default_transaction_read_only=on -c statement_timeout={millis}{} \
+             -c standard_conforming_strings=on -c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3",
+            match role {
+                // The table's name as the user gave it resolves on the user's own search path.
+                Session::Register => "",
+                Session::Plans => " -c search_path=pg_catalog",
+            }
+        ));
     Ok(config)
+}
+
+/// What a session is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Session {
+    /// Registration: the table's name resolved, its columns read, its rows counted.
+    Register,
+    /// Owners' plans over the table, by its qualified name.
+    Plans,
+}
+
+/// The columns of a table (`$1`, its qualified name): name, type, type modifier, type's name.
+const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid, a.atttypmod, \
+     pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+     WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+
+/// Why the table's columns (rows of [`COLUMNS_SQL`]) no longer hold the registered `columns`,
+/// if they do not: a column gone, or of a type its registered type cannot hold without loss.
+fn changed(rows: &[Row], columns: &[PgColumn]) -> Option<String> {
+    for c in columns {
+        let Some(r) = rows.iter().find(|r| r.get::<_, String>(0) == c.name) else {
+            return Some(format!("column {} is gone", c.name));
+        };
+        let (oid, typmod, pg_type): (u32, i32, String) = (r.get(1), r.get(2), r.get(3));
+        let holds = arrow_of(oid, typmod).ok().is_some_and(|own| {
+            own == c.arrow
+                || concord_query::dataset::column_type_of(&c.arrow)
+                    .is_ok_and(|t| concord_query::dataset::fits(&own, &t))
+        });
+        if !holds {
+            return Some(format!(
+                "column {} is now {pg_type}, which its registered type {} cannot hold",
+                c.name, c.arrow
+            ));
+        }
+    }
+    None
 }
 
 /// Connects to the database of `source` with `password`, reads the columns of its table and
@@ -224,17 +305,12 @@ pub async fn describe(
     shared: Option<&SharedSchema>,
     timeout: Duration,
 ) -> Result<Described, SourceError> {
-    let config = settings(source, password, timeout)?;
+    let config = settings(source, password, timeout, Session::Register)?;
     let target = target_of(&config);
     let client = connect(&config, &target).await?;
     let relation = relation_of(&client, &config, &target, &source.table).await?;
     let rows = client
-        .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod) \
-             FROM pg_catalog.pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
-             AND NOT a.attisdropped ORDER BY a.attnum",
-            &[&relation],
-        )
+        .query(COLUMNS_SQL, &[&relation])
         .await
         .map_err(|e| pg_error(&target, "cannot read the table's columns", e))?;
     let mut fields = Vec::new();
@@ -282,9 +358,9 @@ async fn relation_of(
 ) -> Result<String, SourceError> {
     let found = client
         .query_opt(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'v', 'm', 'p', 'f')",
+             WHERE c.oid = pg_catalog.to_regclass($1) AND c.relkind IN ('r', 'v', 'm', 'p', 'f')",
             &[&table],
         )
         .await
@@ -311,12 +387,12 @@ pub fn table(
     schema: SchemaRef,
     timeout: Duration,
 ) -> Result<Arc<RemoteTable>, SourceError> {
-    let config = settings(source, password, timeout)?;
+    let config = settings(source, password, timeout, Session::Plans)?;
     let target = target_of(&config);
     let columns = schema
         .fields()
         .iter()
-        .map(|f| PgColumn { name: f.name().clone(), cast_to: pg_type_of(f.data_type()) })
+        .map(|f| PgColumn { name: f.name().clone(), arrow: f.data_type().clone() })
         .collect();
     let relation = quoted_relation(&source.table);
     let engine = Arc::new(PgEngine { config, target, relation, columns });
@@ -457,14 +533,7 @@ impl PgEngine {
     /// dataset's name, its columns cast to the dataset's types. Not materialized: the planner
     /// inlines it, so filters and aggregates run on the table itself.
     fn with_clause(&self, names: &[String]) -> String {
-        let columns: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| match &c.cast_to {
-                Some(t) => format!("CAST({} AS {t}) AS {}", ident(&c.name), ident(&c.name)),
-                None => ident(&c.name),
-            })
-            .collect();
+        let columns: Vec<String> = self.columns.iter().map(PgColumn::select).collect();
         let body = format!("SELECT {} FROM {}", columns.join(", "), self.relation);
         let ctes: Vec<String> =
             names.iter().map(|n| format!("{} AS NOT MATERIALIZED ({body})", ident(n))).collect();
@@ -472,7 +541,8 @@ impl PgEngine {
     }
 
     fn plan_exec(&self, sql: String, schema: SchemaRef) -> Arc<dyn ExecutionPlan> {
-        Arc::new(PgExec::new(self.config.clone(), self.target.clone(), sql, schema))
+        let table = Registered { relation: self.relation.clone(), columns: self.columns.clone() };
+        Arc::new(PgExec::new(self.config.clone(), self.target.clone(), table, sql, schema))
     }
 }
 
@@ -489,7 +559,8 @@ impl Engine for PgEngine {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         const NAME: &str = "rows";
-        let unparser = Unparser::new(&PostgreSqlDialect {});
+        let dialect = Pg(PostgreSqlDialect {});
+        let unparser = Unparser::new(&dialect);
         let conditions: Vec<String> = filters
             .iter()
             .filter_map(|f| {
@@ -563,15 +634,112 @@ impl Engine for PgEngine {
     }
 }
 
+/// DataFusion's PostgreSQL dialect, with every string literal written as PostgreSQL's escape
+/// string (`E'...'`, each quote and backslash escaped). The plain form is not safe: it does not
+/// double a quote that follows a backslash, which PostgreSQL (with
+/// `standard_conforming_strings`) reads as an ordinary character, so a peer's literal could end
+/// the string and go on as SQL.
+struct Pg(PostgreSqlDialect);
+
+impl Dialect for Pg {
+    fn use_array_keyword_for_array_literals(&self) -> bool {
+        self.0.use_array_keyword_for_array_literals()
+    }
+
+    fn supports_qualify(&self) -> bool {
+        self.0.supports_qualify()
+    }
+
+    fn requires_derived_table_alias(&self) -> bool {
+        self.0.requires_derived_table_alias()
+    }
+
+    fn supports_empty_select_list(&self) -> bool {
+        self.0.supports_empty_select_list()
+    }
+
+    fn identifier_quote_style(&self, id: &str) -> Option<char> {
+        self.0.identifier_quote_style(id)
+    }
+
+    fn interval_style(&self) -> IntervalStyle {
+        self.0.interval_style()
+    }
+
+    fn float64_ast_dtype(&self) -> ast::DataType {
+        self.0.float64_ast_dtype()
+    }
+
+    fn int8_cast_dtype(&self) -> ast::DataType {
+        self.0.int8_cast_dtype()
+    }
+
+    fn distinct_from_style(&self) -> DistinctFromStyle {
+        self.0.distinct_from_style()
+    }
+
+    fn scalar_function_to_sql_overrides(
+        &self,
+        unparser: &Unparser,
+        func_name: &str,
+        args: &[Expr],
+    ) -> Result<Option<ast::Expr>, DataFusionError> {
+        self.0.scalar_function_to_sql_overrides(unparser, func_name, args)
+    }
+
+    fn string_literal_to_sql(&self, s: &str) -> Option<ast::Expr> {
+        Some(ast::Expr::value(ast::Value::EscapedStringLiteral(s.to_owned())))
+    }
+}
+
+/// Refuses a plan that names a column, alias or table with a double quote or a backslash: the
+/// unparser's quoting of identifiers does not escape a quote after a backslash.
+fn check_identifiers(plan: &LogicalPlan) -> Result<(), DataFusionError> {
+    let bad = |name: &str| name.contains(['"', '\\']);
+    let mut found: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        for f in node.schema().fields() {
+            if bad(f.name()) {
+                found = Some(f.name().clone());
+            }
+        }
+        if let LogicalPlan::TableScan(scan) = node
+            && bad(&scan.table_name.to_string())
+        {
+            found = Some(scan.table_name.to_string());
+        }
+        for e in node.expressions() {
+            e.apply(|x| {
+                match x {
+                    Expr::Alias(a) if bad(&a.name) => found = Some(a.name.clone()),
+                    Expr::Column(c) if bad(&c.name) => found = Some(c.name.clone()),
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    match found {
+        Some(name) => Err(DataFusionError::Plan(format!(
+            "the name {name:?} holds a double quote or a backslash, which this owner does not send to PostgreSQL"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The SQL of `plan` in PostgreSQL's dialect. The unparser recurses once per level of an
 /// expression, with large frames in unoptimised builds: it runs on a thread of its own with a
 /// stack of [`UNPARSE_STACK`] bytes, whatever the caller's.
 fn unparse(plan: &LogicalPlan) -> Result<String, DataFusionError> {
+    check_identifiers(plan)?;
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("concord-unparse".into())
             .stack_size(UNPARSE_STACK)
-            .spawn_scoped(s, || Unparser::new(&PostgreSqlDialect {}).plan_to_sql(plan).map(|s| s.to_string()))
+            .spawn_scoped(s, || {
+                Unparser::new(&Pg(PostgreSqlDialect {})).plan_to_sql(plan).map(|s| s.to_string())
+            })
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .join()
             .map_err(|_| DataFusionError::Internal("the unparser panicked".into()))?
@@ -776,24 +944,38 @@ impl Reader {
     }
 }
 
+/// The table as registered, checked before each plan runs.
+#[derive(Clone, Debug)]
+struct Registered {
+    relation: String,
+    columns: Vec<PgColumn>,
+}
+
 /// A plan run inside PostgreSQL: one SQL statement, its output read back as Arrow batches.
 struct PgExec {
     config: tokio_postgres::Config,
     target: String,
+    table: Registered,
     sql: String,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl PgExec {
-    fn new(config: tokio_postgres::Config, target: String, sql: String, schema: SchemaRef) -> Self {
+    fn new(
+        config: tokio_postgres::Config,
+        target: String,
+        table: Registered,
+        sql: String,
+        schema: SchemaRef,
+    ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(1),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self { config, target, sql, schema, properties }
+        Self { config, target, table, sql, schema, properties }
     }
 }
 
@@ -859,10 +1041,26 @@ impl ExecutionPlan for PgExec {
             .map(|f| Reader::of(f.data_type()).map(|r| (r, f.data_type().clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let (config, target, sql) = (self.config.clone(), self.target.clone(), self.sql.clone());
+        let table = self.table.clone();
         let batch_schema = schema.clone();
         let start = async move {
             let external = |e: SourceError| DataFusionError::External(Box::new(e));
             let client = connect(&config, &target).await.map_err(external)?;
+            // A column whose type changed since registration could fail its cast for some
+            // values only: the plan does not run, whatever the values.
+            let columns = client
+                .query(COLUMNS_SQL, &[&table.relation])
+                .await
+                .map_err(|e| external(pg_error(&target, "cannot read the table's columns", e)))?;
+            if let Some(why) = changed(&columns, &table.columns) {
+                return Err(external(SourceError::Table {
+                    table: table.relation.clone(),
+                    reason: format!(
+                        "it changed since the dataset was registered: {why}; register it again (concord dataset add \
+                         --replace)"
+                    ),
+                }));
+            }
             let rows = client
                 .query_raw(sql.as_str(), std::iter::empty::<i32>())
                 .await
@@ -907,6 +1105,8 @@ mod tests {
         assert!(e.contains("no user"), "{e}");
         parse_url("postgresql://u@127.0.0.1:5433/db").expect("loopback");
         parse_url("host=/tmp/pg user=u dbname=db").expect("socket");
+        let e = parse_url("host=localhost hostaddr=203.0.113.9 user=u").expect_err("hostaddr").to_string();
+        assert!(e.contains("203.0.113.9"), "{e}");
     }
 
     #[test]

@@ -43,6 +43,41 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7400)]
         port_base: u16,
     },
+    /// One small federated query over many members (every node in this process with its own
+    /// keys, state and listeners) against the same over three; witnessing and governance at
+    /// that size.
+    #[command(after_help = "Example:\n  concord bench members --members 50 --queries 20")]
+    Members {
+        /// Members of the large federation.
+        #[arg(long, default_value_t = 50)]
+        members: usize,
+        /// Timed queries in each federation, after two warm-up queries.
+        #[arg(long, default_value_t = 20)]
+        queries: usize,
+        /// Where the nodes go.
+        #[arg(long, default_value = "target/bench/members")]
+        dir: PathBuf,
+        /// The first port of the members' listeners (three per member, both federations).
+        #[arg(long, default_value_t = 8000)]
+        port_base: u16,
+    },
+    /// The same GROUP BY over many rows held as a Parquet file and as a PostgreSQL table (a
+    /// server of Debian's started in --dir), each federated and straight to its engine.
+    #[command(after_help = "Example:\n  concord bench scale --rows 60000000 --iterations 3")]
+    Scale {
+        /// Rows of the dataset.
+        #[arg(long, default_value_t = 60_000_000)]
+        rows: u64,
+        /// Timed runs of each query, after one warm-up.
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Where the data, the PostgreSQL cluster and the nodes go.
+        #[arg(long, default_value = "target/bench/scale")]
+        dir: PathBuf,
+        /// The first port (seven in all: two members and PostgreSQL).
+        #[arg(long, default_value_t = 8400)]
+        port_base: u16,
+    },
     /// Many analysts at once against the sample federation, each node in its own process.
     #[command(after_help = "Example:\n  concord bench load --analysts 50 --queries 2000")]
     Load {
@@ -122,6 +157,12 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Governance { members, rounds, dir, port_base } => {
             governance(members, rounds, dir, port_base).await
         }
+        BenchCommand::Members { members: n, queries, dir, port_base } => {
+            members(n, queries, dir, port_base).await
+        }
+        BenchCommand::Scale { rows, iterations, dir, port_base } => {
+            scale(rows, iterations, dir, port_base).await
+        }
         BenchCommand::Federated { rows, iterations, dir, port_base } => {
             federated(rows, iterations, dir, port_base).await
         }
@@ -169,6 +210,74 @@ async fn governance(members: usize, rounds: usize, dir: PathBuf, port_base: u16)
         bench::ms(r.adoption.iter().copied().max().unwrap_or_default()),
         r.adoption.len()
     );
+    Ok(())
+}
+
+async fn members(members: usize, queries: usize, dir: PathBuf, port_base: u16) -> Result<()> {
+    use concord_lab::members_bench::{MEMBERS_SQL, MembersBenchOptions};
+    let progress = crate::out::Progress::start("setting up");
+    let opts = MembersBenchOptions { dir, members, queries, port_base };
+    let r = concord_lab::members_bench::members(&opts, &|s| progress.say(s)).await?;
+    drop(progress);
+    say!("query: {MEMBERS_SQL}");
+    for f in [&r.baseline, &r.large] {
+        say!(
+            "{:>3} members: set up and started in {:>5.1} s; query p50 {:>7.1} ms, p90 {:>7.1} ms, max {:>7.1} ms over {}; \
+             logs published and cosigned {:>6.1} ms after the last query",
+            f.members,
+            f.setup.as_secs_f64(),
+            bench::ms(bench::percentile(&f.latency, 0.5)),
+            bench::ms(bench::percentile(&f.latency, 0.9)),
+            bench::ms(f.latency.iter().copied().max().unwrap_or_default()),
+            f.latency.len(),
+            bench::ms(f.settle)
+        );
+    }
+    say!(
+        "ratio {} members / {} members (p50): {:.2} (goal: at most 2.00); each member beyond {} adds {:.2} ms",
+        r.large.members,
+        r.baseline.members,
+        r.ratio(),
+        r.baseline.members,
+        bench::ms(r.per_member())
+    );
+    say!(
+        "{} members, threshold {}: deciding vote to every node on the new version {:.1} ms (bound 2000 ms)",
+        r.large.members,
+        r.threshold,
+        bench::ms(r.adoption)
+    );
+    Ok(())
+}
+
+async fn scale(rows: u64, iterations: usize, dir: PathBuf, port_base: u16) -> Result<()> {
+    use concord_lab::scale_bench::{SCALE_SQL, ScaleBenchOptions};
+    let progress = crate::out::Progress::start("setting up");
+    let opts = ScaleBenchOptions { dir, rows, iterations, port_base };
+    let r = concord_lab::scale_bench::scale(&opts, &|s| progress.say(s)).await?;
+    drop(progress);
+    let p50 = |v: &[std::time::Duration]| bench::ms(bench::percentile(v, 0.5));
+    say!("query: {}", SCALE_SQL.replace("TABLE", "alpha.<dataset>"));
+    say!(
+        "{} rows; Parquet written in {:.1} s, PostgreSQL loaded and analysed in {:.1} s",
+        r.rows,
+        r.write_file.as_secs_f64(),
+        r.load_postgres.as_secs_f64()
+    );
+    for (name, t) in [("Parquet file", &r.file), ("PostgreSQL  ", &r.postgres)] {
+        say!(
+            "{name}: engine alone p50 {:>8.1} ms; federated p50 {:>8.1} ms; the federation's share {:>7.1} ms ({:.2}x)",
+            p50(&t.direct),
+            p50(&t.federated),
+            p50(&t.federated) - p50(&t.direct),
+            p50(&t.federated) / p50(&t.direct).max(1e-9)
+        );
+    }
+    say!(
+        "federated PostgreSQL / federated file (p50): {:.2}",
+        p50(&r.postgres.federated) / p50(&r.file.federated).max(1e-9)
+    );
+    say!("a Ballista cluster as a source is not built yet: no figure for it");
     Ok(())
 }
 

@@ -406,6 +406,41 @@ async fn a_policy_holds_in_postgresql_as_for_a_file_and_the_password_stays_out()
         let e_file = ask(sql.replace("{t}", "cases_file")).await.expect_err(sql).to_string();
         assert_eq!(e_pg.replace("cases_pg", "cases_file"), e_file, "{sql}");
     }
+    // A literal that would end PostgreSQL's string after a backslash, and go on as SQL that
+    // reads the table's rows: it stays a literal, and the answer is the file's.
+    for sql in [
+        r#"SELECT region, count(*) AS n FROM alpha.{t} WHERE region = 'x\'' UNION ALL SELECT region, 1000 FROM public.cases --' GROUP BY region"#,
+        r#"SELECT region, count(*) AS n FROM alpha.{t} WHERE region <> 'a\b' AND region <> 'it''s' GROUP BY region ORDER BY region"#,
+        r#"SELECT region, count(*) AS n FROM alpha.{t} WHERE region LIKE 'N%\_' OR region = 'x\' GROUP BY region ORDER BY region"#,
+    ] {
+        match (ask(sql.replace("{t}", "cases_pg")).await, ask(sql.replace("{t}", "cases_file")).await) {
+            (Ok(pg), Ok(file)) => {
+                if let Err(diff) = compare(&pg.batches, &file.batches) {
+                    panic!("{sql}: PostgreSQL and file differ: {diff}");
+                }
+            }
+            (Err(pg), Err(file)) => {
+                // The same refusal; positions in the owner's SQL differ by the names' lengths.
+                let plain = |e: String| {
+                    e.replace("cases_pg", "cases_file").split(" at Line").next().map(str::to_owned)
+                };
+                assert_eq!(plain(pg.to_string()), plain(file.to_string()), "{sql}")
+            }
+            (pg, file) => {
+                panic!("{sql}: PostgreSQL {:?}, file {:?}", pg.map(|r| r.batches), file.map(|r| r.batches))
+            }
+        }
+    }
+    // A column changed under the registration: every plan stops, whatever the values; once it
+    // is back, the dataset serves again.
+    pg.execute("stats", "ALTER TABLE cases ALTER COLUMN cost TYPE text").await.expect("alter");
+    let sql = "SELECT region, sum(cost) AS s FROM alpha.cases_pg GROUP BY region".to_owned();
+    let e = ask(sql.clone()).await.expect_err("changed column").to_string();
+    assert!(e.contains("alpha") && e.contains("failed"), "{e}");
+    pg.execute("stats", "ALTER TABLE cases ALTER COLUMN cost TYPE numeric(12,2) USING cost::numeric")
+        .await
+        .expect("alter back");
+    ask(sql).await.expect("serves again");
     // The password is in no file of the node's folder, nor in its answers.
     let node = fed.member("alpha");
     let mut bytes = Vec::new();
@@ -438,6 +473,7 @@ privacy_unit = "person_id"
 person_id = "hidden"
 region = "group"
 income = "aggregate"
+nights = "aggregate"
 [release]
 min_group_size = 10
 [release.privacy]
@@ -446,7 +482,7 @@ cost = 0.5
 max_rows_per_group = 3
 budget_per_requester = 1000.0
 budget_per_dataset = 1000.0
-bounds = { income = [0, 1000] }
+bounds = { income = [0, 1000], nights = [0, 10] }
 delta = 1e-6
 [access]
 rules = '''
@@ -464,13 +500,15 @@ async fn noise_and_contribution_bounds_hold_in_postgresql() {
     // a few incomes far out of bounds, NaN and infinite.
     pg.execute(
         "stats",
-        "CREATE TABLE visits (person_id bigint, region text, income double precision); \
+        "CREATE TABLE visits (person_id bigint, region text, income double precision, nights bigint); \
          INSERT INTO visits SELECT p, CASE WHEN p <= 300 THEN 'North' ELSE 'South' END, \
-           CASE WHEN p % 97 = 0 THEN 1e300 WHEN p % 89 = 0 THEN 'NaN' WHEN p % 83 = 0 THEN 'Infinity' ELSE 100 END \
+           CASE WHEN p % 97 = 0 THEN 1e300 WHEN p % 89 = 0 THEN 'NaN' WHEN p % 83 = 0 THEN 'Infinity' ELSE 100 END, 1 \
            FROM generate_series(1, 500) AS p, generate_series(1, 3); \
-         CREATE TABLE residents (person_id bigint, region text, income numeric(12,2)); \
+         CREATE TABLE residents (person_id bigint, region text, income numeric(12,2), nights bigint); \
          INSERT INTO residents SELECT p, CASE WHEN p <= 300 THEN 'North' ELSE 'South' END, \
-           CASE WHEN p % 97 = 0 THEN 9999999999.99 ELSE 100.50 END FROM generate_series(1, 500) AS p; \
+           CASE WHEN p % 97 = 0 THEN 9999999999.99 ELSE 100.50 END, \
+           CASE WHEN p % 97 = 0 THEN 9223372036854775807 WHEN p % 89 = 0 THEN -9223372036854775808 ELSE 2 END \
+           FROM generate_series(1, 500) AS p; \
          GRANT SELECT ON visits, residents TO reader;",
     )
     .await
@@ -528,6 +566,23 @@ async fn noise_and_contribution_bounds_hold_in_postgresql() {
         assert!(
             answers.windows(2).any(|w| w[0] != w[1]),
             "{table}: noise differs from run to run: {answers:?}"
+        );
+    }
+    // A LIKE pattern that ends in an escape character fails in PostgreSQL only where a value
+    // gets that far: refused on personal data before it runs.
+    let sql = r"SELECT region, count(*) AS n FROM alpha.visits WHERE region LIKE 'No\' GROUP BY region";
+    let e = api_query(&bravo.local_url, &bravo.analyst_token, sql).await.expect_err("pattern").to_string();
+    assert!(e.contains("refused") && e.contains("pattern"), "{e}");
+    // Integers at the ends of BIGINT are clamped exactly, without overflow: 2 nights a person,
+    // at most 10 for the few at i64::MAX, 0 for those at i64::MIN.
+    let sql = "SELECT region, sum(nights) AS s FROM alpha.residents GROUP BY region ORDER BY region";
+    let got =
+        api_query(&bravo.local_url, &bravo.analyst_token, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    for (row, people) in cells(&got.batches).expect("cells").iter().zip([300.0, 200.0]) {
+        let s = number(&row[1]);
+        assert!(
+            (s - 2.0 * people).abs() < 0.3 * 2.0 * people + 200.0,
+            "sum of nights {s} for {people} people"
         );
     }
     drop(fed.stop().await);

@@ -122,6 +122,15 @@ async fn a_table_in_postgresql_is_registered_shown_and_queried_with_its_password
         rows, "region,days\nsouth,1\nnorth,2\n",
         "the member's own rows, read through the table's scan"
     );
+    // A literal whose backslash-quote would end PostgreSQL's plain string and go on as SQL: it
+    // reaches PostgreSQL as an escape string, and matches no row.
+    let injected = "SELECT count(*) AS n FROM local.stays \
+                    WHERE region = concat('x', chr(92), chr(39), ' OR 1=1 OR region <> ', chr(39))";
+    let n = query_when_up(&node_url, &token, injected, d);
+    assert_eq!(n, "n\n0\n", "the literal stayed a literal");
+    let n =
+        query_when_up(&node_url, &token, r"SELECT count(*) AS n FROM local.stays WHERE region <> 'a\b'", d);
+    assert_eq!(n, "n\n40\n");
     let _ = Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
     let _ = node.wait();
     let log = std::fs::read_to_string(d.join("alpha.log")).expect("log");
