@@ -65,14 +65,21 @@ pub fn session(limits: &ExecLimits) -> Result<SessionContext, QueryError> {
 
 /// An analyst's session: [`session`] with DataFusion's `information_schema`, so that
 /// `SHOW TABLES`, `SHOW COLUMNS FROM t` and `information_schema.tables` / `.columns` list what
-/// the analyst's context holds. Owners' sessions never have it.
+/// the analyst's context holds. Owners' sessions never have it. Its planner runs the aggregates
+/// over the member's own datasets in PostgreSQL there ([`crate::remote::RemotePlanner`]).
 pub fn analyst_session(limits: &ExecLimits) -> Result<SessionContext, QueryError> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
         .build_arc()
         .map_err(QueryError::plan)?;
     let config = SessionConfig::new().with_information_schema(true);
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_query_planner(Arc::new(crate::remote::RemotePlanner))
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// An upper bound of one value's size: `a·L + b` bytes.

@@ -1161,7 +1161,9 @@ pub async fn run(
             private_aggregate(plan, dp, &ctx, b, groups, aggs, outputs, limits).await
         }
     }?;
-    report.rows_from_statistics = scanned.is_none();
+    // No DataFusion scan in a plan over a remote table: its engine read the rows.
+    let remote = table.as_ref().downcast_ref::<crate::remote::RemoteTable>().is_some();
+    report.rows_from_statistics = scanned.is_none() && !remote;
     Ok((batches, report, scanned.unwrap_or(0)))
 }
 

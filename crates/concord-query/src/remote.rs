@@ -25,6 +25,7 @@ use datafusion::common::NullEquality;
 use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
 use datafusion::datasource::{TableType, source_as_provider};
 use datafusion::error::DataFusionError;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::functions::core::expr_fn::coalesce;
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, TableProviderFilterPushDown, UserDefinedLogicalNode,
@@ -143,6 +144,7 @@ pub fn engine_of(plan: &LogicalPlan) -> Option<Arc<dyn Engine>> {
 ///   (each key's text, NULL as the empty text, and whether it is NULL), since SQL's `=` never
 ///   matches NULL.
 pub fn portable(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
+    let plan = bare_scans(plan)?;
     let plan = plan.transform_up_with_subqueries(|node| {
         let node = match node {
             LogicalPlan::Join(mut j) if j.null_equality == NullEquality::NullEqualsNull => {
@@ -161,6 +163,64 @@ pub fn portable(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
         node.transform_data(|n| n.map_expressions(|e| e.transform_up(crate::fixed::portable)))
     })?;
     Ok(plan.data)
+}
+
+/// `plan` with every scan under its table's bare name (`local.stays` as `stays`), its columns
+/// renamed to match: the engine's SQL names the table by the CTE it writes, which cannot be
+/// qualified.
+fn bare_scans(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
+    use datafusion::common::{Column, TableReference};
+    use datafusion::logical_expr::TableScanBuilder;
+    let mut renames: Vec<(TableReference, TableReference)> = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && !matches!(scan.table_name, TableReference::Bare { .. })
+        {
+            renames.push((scan.table_name.clone(), TableReference::bare(scan.table_name.table())));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if renames.is_empty() {
+        return Ok(plan);
+    }
+    let rename = |e: Expr| {
+        e.transform(|x| {
+            Ok(match x {
+                Expr::Column(c) => match renames.iter().find(|(from, _)| c.relation.as_ref() == Some(from)) {
+                    Some((_, to)) => Transformed::yes(Expr::Column(Column::new(Some(to.clone()), c.name))),
+                    None => Transformed::no(Expr::Column(c)),
+                },
+                other => Transformed::no(other),
+            })
+        })
+    };
+    Ok(plan
+        .transform_up_with_subqueries(|node| match node {
+            LogicalPlan::TableScan(scan) => {
+                let name = renames
+                    .iter()
+                    .find(|(from, _)| *from == scan.table_name)
+                    .map(|(_, to)| to.clone())
+                    .unwrap_or(scan.table_name.clone());
+                let filters = scan
+                    .filters
+                    .into_iter()
+                    .map(|f| rename(f).map(|t| t.data))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let rebuilt = TableScanBuilder::new(name, scan.source)
+                    .with_projection(scan.projection)
+                    .with_filters(filters)
+                    .with_fetch(scan.fetch)
+                    .with_statistics_requests(scan.statistics_requests)
+                    .build()?;
+                Ok(Transformed::yes(LogicalPlan::TableScan(rebuilt)))
+            }
+            other => {
+                let mapped = other.map_expressions(&rename)?;
+                Ok(Transformed::yes(mapped.data.recompute_schema()?))
+            }
+        })?
+        .data)
 }
 
 /// A part of the owner's plan that runs inside the engine: an aggregate over filters and
@@ -238,9 +298,9 @@ fn linear(plan: &LogicalPlan, engine: &Arc<dyn Engine>) -> bool {
             LogicalPlan::Filter(f) => linear(&f.input, engine),
             LogicalPlan::Projection(p) => linear(&p.input, engine),
             LogicalPlan::SubqueryAlias(a) => linear(&a.input, engine),
+            // An optimised plan's scan carries the filters pushed into it (applied again above).
             LogicalPlan::TableScan(scan) => {
-                scan.filters.is_empty()
-                    && scan.fetch.is_none()
+                scan.fetch.is_none()
                     && source_as_provider(&scan.source)
                         .ok()
                         .and_then(|p| p.downcast_ref::<RemoteTable>().map(|t| Arc::ptr_eq(&t.engine, engine)))
@@ -305,4 +365,118 @@ pub async fn physical_plan(
     // Boxed: the planner's future is large, and it sits inside the owner's own futures.
     let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PushedPlanner)]);
     Box::pin(planner.create_physical_plan(&optimized, state)).await
+}
+
+/// The query planner of analysts' sessions: every aggregate over filters and projections of a
+/// remote table runs inside its engine ([`push_down`], on the optimised plan), the rest in
+/// DataFusion. A member's own analysts thus read groups from their database, not its rows.
+#[derive(Debug)]
+pub struct RemotePlanner;
+
+#[async_trait::async_trait]
+impl QueryPlanner for RemotePlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let mut pushed = plan.clone();
+        for engine in engines_of(plan) {
+            pushed = push_down(pushed, &engine)?;
+        }
+        let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(PushedPlanner)]);
+        Box::pin(planner.create_physical_plan(&pushed, session)).await
+    }
+}
+
+/// The engines of every remote table `plan` reads, each once.
+fn engines_of(plan: &LogicalPlan) -> Vec<Arc<dyn Engine>> {
+    let mut found: Vec<Arc<dyn Engine>> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(e) = source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| p.downcast_ref::<RemoteTable>().map(|t| t.engine.clone()))
+            && !found.iter().any(|f| Arc::ptr_eq(f, &e))
+        {
+            found.push(e);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_plan::empty::EmptyExec;
+
+    use super::*;
+
+    /// An engine that keeps what it is asked: plans it runs, and scans (answered empty).
+    #[derive(Debug, Default)]
+    struct Recorder {
+        runs: Mutex<Vec<String>>,
+        scans: Mutex<usize>,
+    }
+
+    impl Engine for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+
+        fn scan(
+            &self,
+            schema: SchemaRef,
+            _projection: Option<&Vec<usize>>,
+            _filters: &[Expr],
+            _limit: Option<usize>,
+        ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+            *self.scans.lock().expect("lock") += 1;
+            Ok(Arc::new(EmptyExec::new(schema)))
+        }
+
+        fn run(&self, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+            self.runs.lock().expect("lock").push(plan.display_indent().to_string());
+            Ok(Arc::new(EmptyExec::new(Arc::new(plan.schema().as_arrow().clone()))))
+        }
+    }
+
+    async fn analyst(sql: &str) -> (Vec<String>, usize) {
+        let engine = Arc::new(Recorder::default());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("region", DataType::Utf8, true),
+            Field::new("days", DataType::Int64, true),
+        ]));
+        let table = RemoteTable::new(schema, engine.clone(), Vec::new());
+        let ctx = crate::limits::analyst_session(&Default::default()).expect("session");
+        ctx.register_table("cases", Arc::new(table)).expect("register");
+        ctx.sql(sql).await.expect("plans").collect().await.expect("runs");
+        let runs = engine.runs.lock().expect("lock").clone();
+        let scans = *engine.scans.lock().expect("lock");
+        (runs, scans)
+    }
+
+    #[tokio::test]
+    async fn an_analysts_aggregate_runs_in_the_engine_and_no_row_is_read() {
+        let (runs, scans) =
+            analyst("SELECT region, count(*), sum(days) FROM cases WHERE days > 2 GROUP BY region").await;
+        assert_eq!(scans, 0, "no rows read through the scan: {runs:?}");
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert!(runs[0].starts_with("Aggregate"), "{}", runs[0]);
+        assert!(runs[0].contains("days > Int64(2)"), "the filter goes with it: {}", runs[0]);
+    }
+
+    #[tokio::test]
+    async fn rows_and_joins_are_read_through_the_scan() {
+        let (runs, scans) = analyst("SELECT region, days FROM cases WHERE days > 2").await;
+        assert!(runs.is_empty() && scans == 1, "{runs:?} {scans}");
+        let (runs, scans) = analyst(
+            "SELECT a.region, count(*) FROM cases a JOIN cases b ON a.region = b.region GROUP BY a.region",
+        )
+        .await;
+        assert!(runs.is_empty() && scans == 2, "a join is not sent as one statement: {runs:?} {scans}");
+    }
 }

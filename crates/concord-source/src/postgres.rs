@@ -615,13 +615,14 @@ impl Engine for PgEngine {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         // Each output under its position's name, so that the SELECT list is in the plan's order
         // whatever order the unparser writes an aggregate's columns in.
-        let positional: Vec<Expr> = plan
+        let portable = portable(plan.clone())?;
+        let positional: Vec<Expr> = portable
             .schema()
             .iter()
             .enumerate()
             .map(|(i, (q, f))| Expr::Column(datafusion::common::Column::from((q, f))).alias(format!("c{i}")))
             .collect();
-        let portable = LogicalPlanBuilder::from(portable(plan.clone())?).project(positional)?.build()?;
+        let portable = LogicalPlanBuilder::from(portable).project(positional)?.build()?;
         let statement = unparse(&portable).map_err(|e| {
             DataFusionError::Plan(format!(
                 "this owner's dataset is in PostgreSQL, and its plan for this query cannot be written as PostgreSQL's \
