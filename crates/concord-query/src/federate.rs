@@ -38,7 +38,6 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::unparser::plan_to_sql;
 use serde::{Deserialize, Serialize};
 
 use crate::QueryError;
@@ -545,7 +544,9 @@ impl Job {
             JobKind::Rows { columns } => rows_plan(&self.table, dataset, &self.filters, columns),
         }
         .map_err(QueryError::plan)?;
-        let mut statement = plan_to_sql(&plan).map_err(QueryError::plan)?;
+        let mut statement = datafusion::sql::unparser::Unparser::new(&OwnersDialect)
+            .plan_to_sql(&plan)
+            .map_err(QueryError::plan)?;
         parenthesize_negated_negatives(&mut statement);
         let sql = statement.to_string();
         if sql.contains(['\n', '\r']) {
@@ -554,6 +555,42 @@ impl Job {
             ));
         }
         Ok(sql)
+    }
+}
+
+/// DataFusion's default dialect for the SQL sent to owners, with one correction: a string
+/// literal whose text has a quote right after a backslash is written as a concatenation split
+/// between the two. The printer takes a backslash-quote for one already escaped and leaves the
+/// quote single, while the owner's parser (standard SQL strings) reads the backslash as itself,
+/// so the literal would end there and its rest be read as SQL.
+struct OwnersDialect;
+
+impl datafusion::sql::unparser::dialect::Dialect for OwnersDialect {
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        datafusion::sql::unparser::dialect::DefaultDialect {}.identifier_quote_style(identifier)
+    }
+
+    fn string_literal_to_sql(&self, s: &str) -> Option<datafusion::sql::sqlparser::ast::Expr> {
+        use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as Ast, Value};
+        if !s.contains("\\'") {
+            return None;
+        }
+        let mut pieces = Vec::new();
+        let mut rest = s;
+        while let Some(at) = rest.find("\\'") {
+            pieces.push(&rest[..=at]);
+            rest = &rest[at + 1..];
+        }
+        pieces.push(rest);
+        pieces.into_iter().map(|p| Ast::value(Value::SingleQuotedString(p.to_owned()))).reduce(
+            |left, right| {
+                Ast::Nested(Box::new(Ast::BinaryOp {
+                    left: Box::new(left),
+                    op: BinaryOperator::StringConcat,
+                    right: Box::new(right),
+                }))
+            },
+        )
     }
 }
 

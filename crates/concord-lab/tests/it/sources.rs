@@ -413,22 +413,11 @@ async fn a_policy_holds_in_postgresql_as_for_a_file_and_the_password_stays_out()
         r#"SELECT region, count(*) AS n FROM alpha.{t} WHERE region <> 'a\b' AND region <> 'it''s' GROUP BY region ORDER BY region"#,
         r#"SELECT region, count(*) AS n FROM alpha.{t} WHERE region LIKE 'N%\_' OR region = 'x\' GROUP BY region ORDER BY region"#,
     ] {
-        match (ask(sql.replace("{t}", "cases_pg")).await, ask(sql.replace("{t}", "cases_file")).await) {
-            (Ok(pg), Ok(file)) => {
-                if let Err(diff) = compare(&pg.batches, &file.batches) {
-                    panic!("{sql}: PostgreSQL and file differ: {diff}");
-                }
-            }
-            (Err(pg), Err(file)) => {
-                // The same refusal; positions in the owner's SQL differ by the names' lengths.
-                let plain = |e: String| {
-                    e.replace("cases_pg", "cases_file").split(" at Line").next().map(str::to_owned)
-                };
-                assert_eq!(plain(pg.to_string()), plain(file.to_string()), "{sql}")
-            }
-            (pg, file) => {
-                panic!("{sql}: PostgreSQL {:?}, file {:?}", pg.map(|r| r.batches), file.map(|r| r.batches))
-            }
+        // The requester writes such a literal so that the owner reads it whole: both answer.
+        let pg = ask(sql.replace("{t}", "cases_pg")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let file = ask(sql.replace("{t}", "cases_file")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        if let Err(diff) = compare(&pg.batches, &file.batches) {
+            panic!("{sql}: PostgreSQL and file differ: {diff}");
         }
     }
     // A column changed under the registration: every plan stops, whatever the values; once it
