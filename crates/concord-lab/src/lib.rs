@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ballista;
 pub mod bench;
 pub mod crash_bench;
 pub mod demo;

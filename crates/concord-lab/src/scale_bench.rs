@@ -1,9 +1,11 @@
 //! `concord bench scale`: the same GROUP BY over many rows (60 million by default) held by one
-//! member as a Parquet file beside its node and as a table of a PostgreSQL server on this
-//! machine (Debian's, started in the bench's folder), asked by another member through the real
-//! protocol; beside each, the same SQL straight to the engine (DataFusion over the file,
-//! PostgreSQL over its table), so that the node's share of the time shows. Both datasets hold
-//! the same rows (a formula of the row number), and both answers must be equal.
+//! member as a Parquet file beside its node, as a table of a PostgreSQL server on this machine
+//! (Debian's, started in the bench's folder) and as Parquet files on an Apache DataFusion
+//! Ballista cluster of two executors (started in this process, on 127.0.0.1), asked by another
+//! member through the real protocol; beside each, the same SQL straight to the engine
+//! (DataFusion over the file, PostgreSQL over its table, a Ballista client to the cluster), so
+//! that the node's share of the time shows. Every dataset holds the same rows (a formula of the
+//! row number), and every answer must be equal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +41,15 @@ pub struct ScaleBenchOptions {
     pub port_base: u16,
 }
 
+/// Parquet files the cluster's rows are split into.
+const CLUSTER_FILES: u64 = 4;
+
+/// Task slots of each of the cluster's two executors: one a core of this two-core machine.
+const EXECUTOR_SLOTS: usize = 1;
+
+/// Memory of each executor.
+const EXECUTOR_MEMORY: usize = 2 << 30;
+
 /// Times of one source.
 #[derive(Clone, Debug, Default)]
 pub struct SourceTimes {
@@ -61,6 +72,8 @@ pub struct ScaleReport {
     pub file: SourceTimes,
     /// PostgreSQL: its own run of the SQL, and the federated query.
     pub postgres: SourceTimes,
+    /// The cluster: a Ballista client's run of the SQL, and the federated query.
+    pub cluster: SourceTimes,
 }
 
 /// Row `g`'s values: region, quantity, amount in cents. PostgreSQL's load computes the same.
@@ -68,8 +81,8 @@ fn row(g: i64) -> (i64, i64, i64) {
     ((g * 7) % REGIONS, (g * 31) % 500, (g * 17) % 100_000)
 }
 
-/// `events_file.parquet`: `rows` rows (region text, qty bigint, amount decimal(12,2)).
-fn write_parquet(path: &Path, rows: u64) -> Result<(), NodeError> {
+/// A Parquet file of rows `first..=last` (region text, qty bigint, amount decimal(12,2)).
+fn write_parquet(path: &Path, first: i64, last: i64) -> Result<(), NodeError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("region", DataType::Utf8, false),
         Field::new("qty", DataType::Int64, false),
@@ -80,8 +93,7 @@ fn write_parquet(path: &Path, rows: u64) -> Result<(), NodeError> {
     let pq =
         |e: datafusion::parquet::errors::ParquetError| NodeError::Config(format!("{}: {e}", path.display()));
     let mut w = ArrowWriter::try_new(file, schema.clone(), None).map_err(pq)?;
-    let mut g = 1i64;
-    let last = i64::try_from(rows).unwrap_or(i64::MAX);
+    let mut g = first;
     while g <= last {
         let n = (last - g + 1).min(1 << 17);
         let values: Vec<(i64, i64, i64)> = (g..g + n).map(row).collect();
@@ -126,9 +138,23 @@ pub async fn scale(opts: &ScaleBenchOptions, progress: &dyn Fn(&str)) -> Result<
     std::fs::create_dir_all(&data).map_err(|e| NodeError::io(&data, e))?;
     let file = data.join("events_file.parquet");
     progress(&format!("writing {} rows to {}", opts.rows, file.display()));
+    let last = i64::try_from(opts.rows).unwrap_or(i64::MAX);
     let t = Instant::now();
-    write_parquet(&file, opts.rows)?;
+    write_parquet(&file, 1, last)?;
     let write_file = t.elapsed();
+    let parts = opts.dir.join("data/cluster/events");
+    progress(&format!("writing the same rows as {CLUSTER_FILES} files in {}", parts.display()));
+    std::fs::create_dir_all(&parts).map_err(|e| NodeError::io(&parts, e))?;
+    let per = opts.rows.div_ceil(CLUSTER_FILES);
+    for i in 0..CLUSTER_FILES {
+        let first = i64::try_from(i * per + 1).unwrap_or(i64::MAX);
+        let end = i64::try_from((i + 1) * per).unwrap_or(i64::MAX).min(last);
+        if first <= end {
+            write_parquet(&parts.join(format!("part-{i}.parquet")), first, end)?;
+        }
+    }
+    progress("starting a Ballista scheduler and two executors");
+    let cluster = crate::ballista::Cluster::start(2, EXECUTOR_SLOTS, EXECUTOR_MEMORY).await?;
     progress("starting PostgreSQL and loading the same rows");
     let pg = PgServer::start(&opts.dir.join("pg"), opts.port_base + 6)?;
     let password = format!("{}-reader", pg.password());
@@ -165,9 +191,19 @@ pub async fn scale(opts: &ScaleBenchOptions, progress: &dyn Fn(&str)) -> Result<
         allow: Some("*"),
         csv: Default::default(),
         postgres: Some(source),
+        ballista: None,
     };
     progress("registering the PostgreSQL table (its rows counted there)");
     admin::dataset_register(&alpha, &spec, false).await?;
+    progress("registering the cluster's files (their rows counted by the cluster)");
+    let on_cluster = admin::DatasetSpec {
+        name: "events_cluster",
+        file: &parts,
+        postgres: None,
+        ballista: Some(concord_source::ballista::BallistaSource { scheduler: cluster.url() }),
+        ..spec
+    };
+    admin::dataset_register(&alpha, &on_cluster, false).await?;
     for m in &members {
         let nd = NodeDir::new(&m.dir);
         let mut cfg = nd.load_config()?;
@@ -177,27 +213,51 @@ pub async fn scale(opts: &ScaleBenchOptions, progress: &dyn Fn(&str)) -> Result<
         nd.save_config(&cfg)?;
     }
     let running = start_all(&members).await?;
-    let result = timed(opts, &members[1], &file, &pg, &password, progress).await;
+    let engines = Engines { file: &file, pg: &pg, password: &password, cluster: &cluster, parts: &parts };
+    let result = timed(opts, &members[1], &engines, progress).await;
     for r in running {
         r.stop().await;
     }
-    let (file_times, pg_times) = result?;
-    Ok(ScaleReport { rows: opts.rows, write_file, load_postgres, file: file_times, postgres: pg_times })
+    let [file, postgres, cluster] = result?;
+    Ok(ScaleReport { rows: opts.rows, write_file, load_postgres, file, postgres, cluster })
+}
+
+/// Where the same rows are, for the runs straight to each engine.
+struct Engines<'a> {
+    file: &'a Path,
+    pg: &'a PgServer,
+    password: &'a str,
+    cluster: &'a crate::ballista::Cluster,
+    parts: &'a Path,
+}
+
+/// `sql` in DataFusion's session `ctx`, collected.
+async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, NodeError> {
+    let df = ctx.sql(sql).await.map_err(concord_query::QueryError::plan)?;
+    Ok(df.collect().await.map_err(concord_query::QueryError::plan)?)
 }
 
 /// The runs, interleaved: DataFusion over the file, the federated file, PostgreSQL, the
-/// federated table; the first of each untimed. Every answer of a source must equal the others.
+/// federated table, a Ballista client to the cluster, the federated cluster; the first of each
+/// untimed. Every answer must equal the others. The times of the file, PostgreSQL and the
+/// cluster, in that order.
 async fn timed(
     opts: &ScaleBenchOptions,
     asker: &crate::demo::DemoMember,
-    file: &Path,
-    pg: &PgServer,
-    password: &str,
+    engines: &Engines<'_>,
     progress: &dyn Fn(&str),
-) -> Result<(SourceTimes, SourceTimes), NodeError> {
+) -> Result<[SourceTimes; 3], NodeError> {
+    let Engines { file, pg, password, cluster, parts } = *engines;
+    let utf8 = |p: &Path| {
+        p.to_str().map(str::to_owned).ok_or_else(|| NodeError::Config("the data path is not UTF-8".into()))
+    };
     let ctx = SessionContext::new();
-    let path = file.to_str().ok_or_else(|| NodeError::Config("the data path is not UTF-8".into()))?;
-    ctx.register_parquet("events", path, ParquetReadOptions::default())
+    ctx.register_parquet("events", utf8(file)?, ParquetReadOptions::default())
+        .await
+        .map_err(concord_query::QueryError::plan)?;
+    let remote = cluster.client()?;
+    remote
+        .register_parquet("events", utf8(parts)?, ParquetReadOptions::default())
         .await
         .map_err(concord_query::QueryError::plan)?;
     let mut config: tokio_postgres::Config = pg
@@ -213,18 +273,12 @@ async fn timed(
         let _ = connection.await;
     });
     let direct_sql = SCALE_SQL.replace("TABLE", "events");
-    let (mut file_times, mut pg_times) = (SourceTimes::default(), SourceTimes::default());
+    let mut times: [SourceTimes; 3] = Default::default();
     let mut first: Option<Vec<Vec<concord_query::compare::Cell>>> = None;
     for i in 0..=opts.iterations {
         let keep = i > 0;
         let t = Instant::now();
-        let local = ctx
-            .sql(&direct_sql)
-            .await
-            .map_err(concord_query::QueryError::plan)?
-            .collect()
-            .await
-            .map_err(concord_query::QueryError::plan)?;
+        let local = collect(&ctx, &direct_sql).await?;
         let d = t.elapsed();
         let t = Instant::now();
         let fed_file = api_query(
@@ -245,6 +299,17 @@ async fn timed(
             api_query(&asker.local_url, &asker.analyst_token, &SCALE_SQL.replace("TABLE", "alpha.events_pg"))
                 .await?;
         let q = t.elapsed();
+        let t = Instant::now();
+        let on_cluster = collect(&remote, &direct_sql).await?;
+        let c = t.elapsed();
+        let t = Instant::now();
+        let fed_cluster = api_query(
+            &asker.local_url,
+            &asker.analyst_token,
+            &SCALE_SQL.replace("TABLE", "alpha.events_cluster"),
+        )
+        .await?;
+        let k = t.elapsed();
         if rows.len() as i64 != REGIONS {
             return Err(NodeError::Config(format!("PostgreSQL gave {} groups, not {REGIONS}", rows.len())));
         }
@@ -252,6 +317,8 @@ async fn timed(
             ("DataFusion over the file", &local),
             ("the federated file", &fed_file.batches),
             ("the federated table", &fed_pg.batches),
+            ("the cluster alone", &on_cluster),
+            ("the federated cluster", &fed_cluster.batches),
         ] {
             let cells = concord_query::compare::cells(batches).map_err(NodeError::Config)?;
             match &first {
@@ -263,18 +330,21 @@ async fn timed(
             }
         }
         if keep {
-            file_times.direct.push(d);
-            file_times.federated.push(f);
-            pg_times.direct.push(p);
-            pg_times.federated.push(q);
+            for (t, direct, federated) in [(0, d, f), (1, p, q), (2, c, k)] {
+                times[t].direct.push(direct);
+                times[t].federated.push(federated);
+            }
         }
+        let ms = crate::bench::ms;
         progress(&format!(
-            "run {i}: file {:.0} ms direct, {:.0} ms federated; PostgreSQL {:.0} ms direct, {:.0} ms federated",
-            crate::bench::ms(d),
-            crate::bench::ms(f),
-            crate::bench::ms(p),
-            crate::bench::ms(q)
+            "run {i}: file {:.0}/{:.0} ms, PostgreSQL {:.0}/{:.0} ms, cluster {:.0}/{:.0} ms (alone/federated)",
+            ms(d),
+            ms(f),
+            ms(p),
+            ms(q),
+            ms(c),
+            ms(k)
         ));
     }
-    Ok((file_times, pg_times))
+    Ok(times)
 }

@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::functions::expr_fn::nullif;
-use datafusion::logical_expr::TableProviderFilterPushDown;
+use datafusion::logical_expr::{LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, Expr, ParquetReadOptions, SessionContext, cast, col, lit,
@@ -29,6 +29,9 @@ pub enum DatasetFormat {
     Parquet,
     /// A table of the member's PostgreSQL database, where the owner's plans run.
     Postgres,
+    /// Parquet files on the member's Apache DataFusion Ballista cluster, where the owner's plans
+    /// run.
+    Ballista,
 }
 
 impl DatasetFormat {
@@ -46,15 +49,16 @@ impl DatasetFormat {
 
     /// The format of this lowercase name, if any.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Csv, Self::Parquet, Self::Postgres].into_iter().find(|f| f.as_str() == s)
+        [Self::Csv, Self::Parquet, Self::Postgres, Self::Ballista].into_iter().find(|f| f.as_str() == s)
     }
 
-    /// The format's lowercase name, as serialized: `csv`, `parquet` or `postgres`.
+    /// The format's lowercase name, as serialized: `csv`, `parquet`, `postgres` or `ballista`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Csv => "csv",
             Self::Parquet => "parquet",
             Self::Postgres => "postgres",
+            Self::Ballista => "ballista",
         }
     }
 
@@ -666,10 +670,10 @@ pub async fn open(
             let read = ctx.read_parquet(p, ParquetReadOptions::new().file_extension(ext(path))).await;
             (read.map_err(|e| unreadable(name, path, e.strip_backtrace()))?, Vec::new())
         }
-        DatasetFormat::Postgres => {
+        DatasetFormat::Postgres | DatasetFormat::Ballista => {
             return Err(QueryError::Dataset {
                 name: name.to_owned(),
-                reason: "is a PostgreSQL table, not a file".into(),
+                reason: format!("is in {}, not a file the node reads", format.as_str()),
             });
         }
     };
@@ -687,7 +691,8 @@ pub async fn open(
         }
     }
     let df = df.select(exprs).map_err(|e| unreadable(name, path, e.strip_backtrace()))?;
-    Ok(Arc::new(DatasetTable { inner: df.into_view(), left_out }))
+    let plan = df.logical_plan().clone();
+    Ok(Arc::new(DatasetTable { inner: df.into_view(), plan, left_out }))
 }
 
 /// Refuses, before anything is read, a file that is not there and CSV options that cannot
@@ -699,7 +704,9 @@ fn check_open(
     shared: Option<&SharedSchema>,
     csv: &CsvOptions,
 ) -> Result<(), QueryError> {
-    if !path.is_file() {
+    // A directory of Parquet files is one dataset (as a Ballista cluster's executors share it).
+    let readable = path.is_file() || (format == DatasetFormat::Parquet && path.is_dir());
+    if !readable {
         return Err(QueryError::Dataset {
             name: name.to_owned(),
             reason: format!(
@@ -904,10 +911,17 @@ fn parse_text(text: Expr, target: &DataType, format: Option<&str>) -> Expr {
 #[derive(Debug)]
 pub struct DatasetTable {
     inner: Arc<dyn TableProvider>,
+    plan: LogicalPlan,
     left_out: Vec<String>,
 }
 
 impl DatasetTable {
+    /// The reading of the file as a plan: its scan, then each served column in its type (a
+    /// Ballista cluster runs it where the files are).
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
     /// The file's columns this table leaves out, each with its type and why.
     pub fn left_out(&self) -> &[String] {
         &self.left_out
@@ -947,7 +961,11 @@ fn plain_string(t: &DataType) -> bool {
 }
 
 fn ext(path: &Path) -> &str {
-    // read_csv and read_parquet filter files by extension; take the file's own.
+    // read_csv and read_parquet filter files by extension; take the file's own, and a
+    // directory's `.parquet` files.
+    if path.is_dir() {
+        return ".parquet";
+    }
     path.extension().and_then(|e| e.to_str()).unwrap_or("")
 }
 

@@ -53,6 +53,13 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// A plan that runs `plan` wholly inside the engine: an aggregate over filters and
     /// projections of this engine's table (analysed); its output has `plan`'s schema.
     fn run(&self, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>, DataFusionError>;
+
+    /// Whether the engine is DataFusion itself (a Ballista cluster of this DataFusion's
+    /// version), which computes every expression as the node would: then any aggregate over
+    /// filters and projections of the table is pushed, not only those `computes_alike` allows.
+    fn computes_as_datafusion(&self) -> bool {
+        false
+    }
 }
 
 /// A dataset whose rows stay in an [`Engine`]. A base table: the owner's check sees one scan of
@@ -413,7 +420,7 @@ fn widens(from: &DataType, to: &DataType) -> bool {
 /// with no subquery: the input of an aggregate the engine runs.
 fn linear(plan: &LogicalPlan, engine: &Arc<dyn Engine>) -> bool {
     !has_subquery(plan)
-        && computes_alike(plan)
+        && (engine.computes_as_datafusion() || computes_alike(plan))
         && match plan {
             LogicalPlan::Filter(f) => linear(&f.input, engine),
             LogicalPlan::Projection(p) => linear(&p.input, engine),
@@ -437,7 +444,9 @@ pub fn push_down(plan: LogicalPlan, engine: &Arc<dyn Engine>) -> Result<LogicalP
         .transform_down_with_subqueries(|node| {
             Ok(match &node {
                 LogicalPlan::Aggregate(a)
-                    if linear(&a.input, engine) && !has_subquery(&node) && computes_alike(&node) =>
+                    if linear(&a.input, engine)
+                        && !has_subquery(&node)
+                        && (engine.computes_as_datafusion() || computes_alike(&node)) =>
                 {
                     Transformed::new(
                         LogicalPlan::Extension(Extension {

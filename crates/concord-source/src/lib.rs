@@ -7,14 +7,18 @@
 //! made by DataFusion's unparser from that plan ([`concord_query::remote::portable`]), and what
 //! comes back is the plan's output, the groups. Noise is drawn on the node, from the exact totals.
 //!
+//! - [`ballista`]: Parquet files on an Apache DataFusion Ballista cluster
+//!   ([`ballista::BallistaSource`]), the owner's plan sent to its scheduler as DataFusion's own
+//!   plan encoding.
 //! - [`postgres`]: a PostgreSQL table ([`postgres::PostgresSource`]), its columns mapped to Arrow
 //!   types as a file's are (exact decimals included), read over tokio-postgres.
 //!
-//! This crate connects to the member's own engine; it does not listen and does not touch disk:
+//! This crate connects to the member's own engines; it does not listen and does not touch disk:
 //! a password kept in a file is read by the node and handed over.
 
 #![warn(missing_docs)]
 
+pub mod ballista;
 pub mod postgres;
 
 /// Errors of a dataset source, each with what to do about it.
@@ -33,6 +37,14 @@ pub enum SourceError {
         /// The client's error.
         #[source]
         source: Option<tokio_postgres::Error>,
+    },
+    /// A Ballista cluster refused a plan, or could not be reached.
+    #[error("Ballista cluster at {target}: {reason}")]
+    Ballista {
+        /// The scheduler, `df://HOST:PORT`.
+        target: String,
+        /// What went wrong, and what to do.
+        reason: String,
     },
     /// A table that cannot be served as a dataset.
     #[error("table {table}: {reason}")]

@@ -13,12 +13,14 @@ use crate::out::say;
 
 #[derive(Subcommand)]
 pub enum DatasetCommand {
-    /// Register a CSV or Parquet file by reference, or a table of the member's PostgreSQL database.
+    /// Register a CSV or Parquet file by reference, a table of the member's PostgreSQL database,
+    /// or Parquet files on the member's Ballista cluster.
     #[command(
         after_help = "Examples:\n  concord dataset add nodes/alpha cases --file data/cases.csv --schema health_cases\n  \
                             concord dataset add nodes/alpha survey --file survey.csv --delimiter ';' --null NA --allow '*'\n  \
                             STATS_PG_PASSWORD=... concord dataset add nodes/alpha cases --postgres postgresql://concord@127.0.0.1:5432/stats \\\n    \
-                            --table public.cases --password-env STATS_PG_PASSWORD --schema health_cases"
+                            --table public.cases --password-env STATS_PG_PASSWORD --schema health_cases\n  \
+                            concord dataset add nodes/alpha cases --ballista df://127.0.0.1:50050 --table /srv/cases/ --schema health_cases"
     )]
     Add(Box<AddArgs>),
     /// Take a dataset out of the registry (its file stays); a running node stops serving it.
@@ -56,15 +58,21 @@ pub struct AddArgs {
     /// The dataset's name: what other members write after `member.`.
     name: String,
     /// The CSV or Parquet file; it stays where it is.
-    #[arg(long, required_unless_present = "postgres", conflicts_with = "postgres")]
+    #[arg(long, required_unless_present_any = ["postgres", "ballista"], conflicts_with_all = ["postgres", "ballista"])]
     file: Option<PathBuf>,
     /// A PostgreSQL database instead of a file, as a URL without a password:
     /// postgresql://USER@HOST:PORT/DATABASE (loopback or a Unix socket). The owner's checked
     /// plans run inside PostgreSQL; only their groups come back.
     #[arg(long, value_name = "URL", requires = "table")]
     postgres: Option<String>,
-    /// With --postgres: the table or view (schema.table).
-    #[arg(long, requires = "postgres")]
+    /// An Apache DataFusion Ballista cluster instead of a file: its scheduler, df://HOST:PORT
+    /// (loopback). The owner's checked plans run on the cluster; only their groups come back.
+    #[arg(long, value_name = "URL", requires = "table", conflicts_with = "postgres")]
+    ballista: Option<String>,
+    /// With --postgres: the table or view (schema.table). With --ballista: the Parquet file, or
+    /// directory of Parquet files, that the cluster's scheduler and executors read (the node
+    /// reads their footers for the columns).
+    #[arg(long)]
     table: Option<String>,
     /// With --postgres: the environment variable that holds the database password (of the
     /// node's process too, whenever it runs). Never give a password on the command line.
@@ -187,9 +195,10 @@ fn list(dir: PathBuf, format: ListFormat) -> Result<()> {
 
 /// Registers the dataset `spec` describes in the node folder `dir` and says what came of it.
 async fn register(dir: PathBuf, spec: &admin::DatasetSpec<'_>, replace: bool) -> Result<()> {
-    let what = match &spec.postgres {
-        Some(pg) => format!("table {} in PostgreSQL", pg.table),
-        None => spec.file.display().to_string(),
+    let what = match (&spec.postgres, &spec.ballista) {
+        (Some(pg), _) => format!("table {} in PostgreSQL", pg.table),
+        (None, Some(b)) => format!("{} on the Ballista cluster at {}", spec.file.display(), b.scheduler),
+        (None, None) => spec.file.display().to_string(),
     };
     let progress = crate::out::Progress::start(format!("reading {what} and checking it"));
     let registered = admin::dataset_register(&NodeDir::new(dir), spec, replace).await?;
@@ -228,6 +237,7 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                 name,
                 file,
                 postgres,
+                ballista,
                 table,
                 password_env,
                 password_file,
@@ -247,6 +257,15 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                 date_format,
                 timestamp_format,
             };
+            if !csv.is_default() && (postgres.is_some() || ballista.is_some()) {
+                bail!(
+                    "CSV options apply to CSV files, not to a PostgreSQL table or a Ballista cluster's Parquet files"
+                );
+            }
+            let (table, cluster_files) = match (&ballista, table) {
+                (Some(_), Some(t)) => (None, Some(PathBuf::from(t))),
+                (_, t) => (t, None),
+            };
             let postgres = match (postgres, table) {
                 (Some(url), Some(table)) => {
                     if !csv.is_default() {
@@ -262,12 +281,19 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                     Some(concord_source::postgres::PostgresSource { url, table, password })
                 }
                 (None, Some(_)) => {
-                    bail!("--table names a table of --postgres URL; give the database too, or --file alone")
+                    bail!(
+                        "--table names a table of --postgres URL or the files of --ballista URL; give the database or \
+                         the cluster too, or --file alone"
+                    )
                 }
                 (Some(_), None) => bail!("--postgres needs --table, the table or view to serve"),
                 (None, None) => None,
             };
-            let file = file.unwrap_or_default();
+            let ballista = ballista.map(|scheduler| concord_source::ballista::BallistaSource { scheduler });
+            if let Some(b) = &ballista {
+                concord_source::ballista::endpoint(&b.scheduler)?;
+            }
+            let file = cluster_files.or(file).unwrap_or_default();
             let spec = admin::DatasetSpec {
                 name: &name,
                 file: &file,
@@ -275,6 +301,7 @@ pub async fn run(command: DatasetCommand) -> Result<()> {
                 allow: allow.as_deref(),
                 csv,
                 postgres,
+                ballista,
             };
             register(dir, &spec, replace).await?;
         }

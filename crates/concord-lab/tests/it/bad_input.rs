@@ -339,6 +339,7 @@ async fn several_datasets_make_one_shared_schema_and_those_withheld_are_named() 
         allow: Some("*"),
         csv: Default::default(),
         postgres: None,
+        ballista: None,
     };
     let r = concord_node::node::admin::dataset_register(&bravo, &spec, false).await.expect("registered");
     assert!(
@@ -364,6 +365,7 @@ async fn several_datasets_make_one_shared_schema_and_those_withheld_are_named() 
         allow: Some("charlie"),
         csv: Default::default(),
         postgres: None,
+        ballista: None,
     };
     concord_node::node::admin::dataset_register(&bravo, &spec, false).await.expect("registered");
     let record = bravo

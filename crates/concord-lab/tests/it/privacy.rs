@@ -280,6 +280,7 @@ async fn a_file_allowed_to_one_member_releases_no_person(fed: &Fed, alpha: &Demo
             allow: Some("alpha"),
             csv: Default::default(),
             postgres: None,
+            ballista: None,
         },
         false,
     )

@@ -238,6 +238,7 @@ async fn demo_with_typed_parquet_serves_decimals_timestamps_and_names_what_it_ca
         allow: None,
         csv: Default::default(),
         postgres: None,
+        ballista: None,
     };
     let r = concord_node::node::admin::dataset_register(&alpha_dir, &spec, false).await.expect("registered");
     assert!(

@@ -1,11 +1,14 @@
 //! Datasets in a member's own engine: alpha's rows in PostgreSQL (Debian's server, started by
-//! the test as an unprivileged user in a temporary folder), bravo's in CSV and charlie's in
-//! Parquet. A federated query equals the pooled answer, exact decimals and NULL groups included;
-//! alpha's checked plan runs inside PostgreSQL; policy refusals and noise behave as for a file;
-//! the database password stays out of every file the node keeps.
+//! the test as an unprivileged user in a temporary folder), bravo's on an Apache DataFusion
+//! Ballista cluster (a scheduler and two executors started by the test on 127.0.0.1, over
+//! Parquet files split between them) and charlie's in Parquet. A federated query equals the
+//! pooled answer, exact decimals and NULL groups included; alpha's checked plan runs inside
+//! PostgreSQL and bravo's on the cluster; policy refusals and noise behave as for a file; the
+//! database password stays out of every file the node keeps.
 //!
-//! Without PostgreSQL's server installed these tests fail where `CONCORD_TEST_POSTGRES=1` is set
-//! (`.ci/run` installs it and sets it), and are reported as skipped elsewhere.
+//! Without PostgreSQL's server installed the PostgreSQL tests fail where
+//! `CONCORD_TEST_POSTGRES=1` is set (`.ci/run` installs it and sets it), and are reported as
+//! skipped elsewhere. The cluster needs nothing installed.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,7 @@ use concord_lab::postgres::PgServer;
 use concord_node::node::admin;
 use concord_node::store::config::NodeDir;
 use concord_query::compare::{Cell, cells, compare};
+use concord_source::ballista::BallistaSource;
 use concord_source::postgres::{Credential, PostgresSource};
 
 use crate::support::{Fed, free_ports, set_limits};
@@ -120,6 +124,43 @@ async fn write_parquet(folder: &Path, rows: &[Case]) -> PathBuf {
     p
 }
 
+/// The rows as `parts` Parquet files in `folder/files` (the shared types), for a cluster's
+/// executors to share out; returns that directory.
+async fn write_parquet_parts(folder: &Path, rows: &[Case], parts: usize) -> PathBuf {
+    let files = folder.join("files");
+    std::fs::create_dir_all(&files).expect("folder");
+    let chunk = rows.len().div_ceil(parts);
+    for (i, part) in rows.chunks(chunk).enumerate() {
+        let one = write_parquet(&folder.join(format!("part{i}")), part).await;
+        std::fs::rename(&one, files.join(format!("part-{i}.parquet"))).expect("move");
+    }
+    files
+}
+
+/// A cluster of two executors on 127.0.0.1.
+async fn cluster() -> concord_lab::ballista::Cluster {
+    concord_lab::ballista::Cluster::start(2, 2, 256 << 20).await.expect("the cluster starts")
+}
+
+async fn register_on_cluster(
+    m: &DemoMember,
+    name: &str,
+    cluster: &concord_lab::ballista::Cluster,
+    files: &Path,
+    schema: Option<&str>,
+) -> admin::Registered {
+    let spec = admin::DatasetSpec {
+        name,
+        file: files,
+        shared_schema: schema,
+        allow: Some("*"),
+        csv: Default::default(),
+        postgres: None,
+        ballista: Some(BallistaSource { scheduler: cluster.url() }),
+    };
+    admin::dataset_register(&NodeDir::new(&m.dir), &spec, false).await.expect("registers on the cluster")
+}
+
 /// SQL literal of a row for PostgreSQL.
 fn pg_values(rows: &[Case]) -> String {
     let q = |v: Option<String>| v.unwrap_or_else(|| "NULL".into());
@@ -166,6 +207,7 @@ async fn register(
         allow: Some("*"),
         csv: Default::default(),
         postgres: Some(source),
+        ballista: None,
     };
     admin::dataset_register(&NodeDir::new(&m.dir), &spec, false).await.expect("registers")
 }
@@ -178,7 +220,8 @@ async fn reader_and_database(pg: &PgServer) {
     pg.execute("postgres", "CREATE DATABASE stats").await.expect("database");
 }
 
-/// Alpha (PostgreSQL), bravo (CSV), charlie (Parquet), and what the pooled data would say.
+/// Alpha (PostgreSQL), bravo (a Ballista cluster), charlie (Parquet), and what the pooled data
+/// would say.
 struct Federation {
     fed: Fed,
     pooled: datafusion::prelude::SessionContext,
@@ -199,6 +242,7 @@ async fn federation(dir: tempfile::TempDir, pg: PgServer) -> Federation {
     .expect("table");
     let d = dir.path();
     let bravo = write_csv(&d.join("data/bravo"), &other_cases(2));
+    let bravo_files = write_parquet_parts(&d.join("data/bravo-cluster"), &other_cases(2), 3).await;
     let charlie = write_parquet(&d.join("data/charlie"), &other_cases(5)).await;
     let spec = |id: &str, files: Vec<PathBuf>| MemberSpec {
         id: id.into(),
@@ -206,11 +250,7 @@ async fn federation(dir: tempfile::TempDir, pg: PgServer) -> Federation {
         jurisdiction: id.to_uppercase(),
         files,
     };
-    let specs = vec![
-        spec("alpha", vec![]),
-        spec("bravo", vec![bravo.clone()]),
-        spec("charlie", vec![charlie.clone()]),
-    ];
+    let specs = vec![spec("alpha", vec![]), spec("bravo", vec![]), spec("charlie", vec![charlie.clone()])];
     let members = setup(d, "test", &specs, vec![cases_schema()], free_ports(9)).await.expect("setup");
     let password = password_file(d);
     let registered = register(&members[0], "cases", pg_source(&pg, "cases", &password), Some("cases")).await;
@@ -221,9 +261,13 @@ async fn federation(dir: tempfile::TempDir, pg: PgServer) -> Federation {
         "a column no schema holds is named: {:?}",
         registered.left_out
     );
+    let cluster = cluster().await;
+    let on_cluster = register_on_cluster(&members[1], "cases", &cluster, &bravo_files, Some("cases")).await;
+    assert_eq!(on_cluster.record.rows, 15, "rows counted by the cluster");
+    assert_eq!(on_cluster.record.format.as_str(), "ballista");
     let with_pg = vec![
         spec("alpha", vec![write_csv(&d.join("data/alpha-pooled"), &alpha_cases())]),
-        specs[1].clone(),
+        spec("bravo", vec![bravo]),
         specs[2].clone(),
     ];
     let pooled = pooled_context(&with_pg, &[cases_schema()]).await.expect("pooled");
@@ -235,13 +279,13 @@ async fn federation(dir: tempfile::TempDir, pg: PgServer) -> Federation {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_whose_data_is_in_postgresql_answers_as_the_pooled_data_would() {
+async fn members_whose_data_is_in_postgresql_and_on_a_cluster_answer_as_the_pooled_data_would() {
     // Declared first, so dropped last: the server stops before its folder goes.
     let pg_dir = tempfile::tempdir().expect("temp dir");
     let dir = tempfile::tempdir().expect("temp dir");
     let Some(pg) = postgres(&pg_dir) else { return };
     let f = federation(dir, pg).await;
-    for asker in ["bravo", "alpha"] {
+    for asker in ["bravo", "alpha", "charlie"] {
         let m = f.fed.member(asker);
         for sql in [
             "SELECT region, count(*) AS n, sum(days) AS d, min(days) AS lo, max(days) AS hi, avg(days) AS mean, \
@@ -258,11 +302,16 @@ async fn a_member_whose_data_is_in_postgresql_answers_as_the_pooled_data_would()
             if let Err(diff) = compare(&got.batches, &want) {
                 panic!("{asker}: {sql}: {diff}");
             }
-            assert!(
-                got.provenance.iter().any(|p| p.member == "alpha"),
-                "alpha answered: {:?}",
-                got.provenance
-            );
+            for owner in ["alpha", "bravo"] {
+                if sql.contains("alpha.") && owner == "bravo" {
+                    continue;
+                }
+                assert!(
+                    got.provenance.iter().any(|p| p.member == owner),
+                    "{owner} answered: {:?}",
+                    got.provenance
+                );
+            }
         }
     }
     // Exact decimals: a cent is a cent.
@@ -326,6 +375,7 @@ async fn a_policy_holds_in_postgresql_as_for_a_file_and_the_password_stays_out()
         allow: Some("*"),
         csv: Default::default(),
         postgres: None,
+        ballista: None,
     };
     admin::dataset_register(&alpha, &as_file, false).await.expect("file registers");
 
@@ -341,6 +391,7 @@ async fn a_policy_holds_in_postgresql_as_for_a_file_and_the_password_stays_out()
             allow: Some("*"),
             csv: Default::default(),
             postgres: Some(pg_source(&pg, "cases", &password)),
+            ballista: None,
         };
         let e = admin::dataset_register(&alpha, &spec, false).await.expect_err("0644").to_string();
         assert!(e.contains("chmod 600"), "{e}");
@@ -374,38 +425,27 @@ async fn a_policy_holds_in_postgresql_as_for_a_file_and_the_password_stays_out()
         assert!(e.contains("CONCORD_TEST_NO_SUCH_VARIABLE is not set"), "{e}");
     }
     register(&members[0], "cases_pg", pg_source(&pg, "cases", &password), Some("cases")).await;
-    for name in ["cases_pg", "cases_file"] {
-        let policy = d.join(format!("{name}.policy.toml"));
-        std::fs::write(&policy, SMALL_GROUPS_OUT).expect("policy");
-        admin::policy_set(&alpha, name, &policy).expect("policy set");
-    }
-    for m in &members {
-        set_limits(&m.dir, |l| l.catalog_ttl_secs = 0);
-    }
-    let nodes = start_all(&members).await.expect("nodes start");
-    let fed = Fed { dir, members, nodes };
+    let fed = started_with_policies(
+        dir,
+        members,
+        &[("cases_pg", SMALL_GROUPS_OUT), ("cases_file", SMALL_GROUPS_OUT)],
+    )
+    .await;
     let bravo = fed.member("bravo");
     let ask = |sql: String| async move { api_query(&bravo.local_url, &bravo.analyst_token, &sql).await };
-    // The same answers from PostgreSQL as from the file: small groups and cells left out.
-    for sql in [
-        "SELECT region, count(*) AS n, sum(cost) AS s FROM alpha.{t} GROUP BY region ORDER BY region",
-        "SELECT region, count(*) FILTER (WHERE days > 4) AS long_stays, sum(days) AS d FROM alpha.{t} GROUP BY region ORDER BY region",
-        "SELECT count(*) AS n FROM alpha.{t} WHERE region = 'Tiny'",
-    ] {
-        let from_pg = ask(sql.replace("{t}", "cases_pg")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let from_file = ask(sql.replace("{t}", "cases_file")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        if let Err(diff) = compare(&from_pg.batches, &from_file.batches) {
-            panic!("{sql}: PostgreSQL and file differ: {diff}");
-        }
-        let text = format!("{:?}", cells(&from_pg.batches).expect("cells"));
-        assert!(!text.contains("Tiny"), "{sql}: a group of three is held back: {text}");
-    }
-    // Refusals read the same, whatever holds the rows.
-    for sql in ["SELECT region, days FROM alpha.{t}", "SELECT note FROM alpha.{t}"] {
-        let e_pg = ask(sql.replace("{t}", "cases_pg")).await.expect_err(sql).to_string();
-        let e_file = ask(sql.replace("{t}", "cases_file")).await.expect_err(sql).to_string();
-        assert_eq!(e_pg.replace("cases_pg", "cases_file"), e_file, "{sql}");
-    }
+    // The same answers from PostgreSQL as from the file: small groups and cells left out;
+    // refusals read the same, whatever holds the rows.
+    same_as_the_file(
+        bravo,
+        "cases_pg",
+        &[
+            "SELECT region, count(*) AS n, sum(cost) AS s FROM alpha.{t} GROUP BY region ORDER BY region",
+            "SELECT region, count(*) FILTER (WHERE days > 4) AS long_stays, sum(days) AS d FROM alpha.{t} GROUP BY region ORDER BY region",
+            "SELECT count(*) AS n FROM alpha.{t} WHERE region = 'Tiny'",
+        ],
+        &["SELECT region, days FROM alpha.{t}", "SELECT note FROM alpha.{t}"],
+    )
+    .await;
     // A literal that would end PostgreSQL's string after a backslash, and go on as SQL that
     // reads the table's rows: it stays a literal, and the answer is the file's.
     for sql in [
@@ -439,6 +479,48 @@ async fn a_policy_holds_in_postgresql_as_for_a_file_and_the_password_stays_out()
         "the password is kept nowhere"
     );
     fed.stop().await;
+}
+
+/// The federation of `members` running, alpha's datasets under the given policies (name, TOML).
+async fn started_with_policies(
+    dir: tempfile::TempDir,
+    members: Vec<DemoMember>,
+    policies: &[(&str, &str)],
+) -> Fed {
+    let alpha = NodeDir::new(&members[0].dir);
+    for (name, policy) in policies {
+        let p = dir.path().join(format!("{name}.policy.toml"));
+        std::fs::write(&p, policy).expect("policy");
+        admin::policy_set(&alpha, name, &p).expect("policy set");
+    }
+    for m in &members {
+        set_limits(&m.dir, |l| l.catalog_ttl_secs = 0);
+    }
+    let nodes = start_all(&members).await.expect("nodes start");
+    Fed { dir, members, nodes }
+}
+
+/// Each of `releases` (`{t}` for the table) asked by `asker` of alpha's `table` and of its
+/// `cases_file` (the same rows, the same policy) gets the same answer, with the group of three
+/// held back; each of `refusals` gets the same refusal.
+async fn same_as_the_file(asker: &DemoMember, table: &str, releases: &[&str], refusals: &[&str]) {
+    let ask = async |sql: &str, t: &str| {
+        api_query(&asker.local_url, &asker.analyst_token, &sql.replace("{t}", t)).await
+    };
+    for sql in releases {
+        let got = ask(sql, table).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let file = ask(sql, "cases_file").await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        if let Err(diff) = compare(&got.batches, &file.batches) {
+            panic!("{sql}: {table} and the file differ: {diff}");
+        }
+        let text = format!("{:?}", cells(&got.batches).expect("cells"));
+        assert!(!text.contains("Tiny"), "{sql}: a group of three is held back: {text}");
+    }
+    for sql in refusals {
+        let e = ask(sql, table).await.expect_err(sql).to_string();
+        let e_file = ask(sql, "cases_file").await.expect_err(sql).to_string();
+        assert_eq!(e.replace(table, "cases_file"), e_file, "{sql}");
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<u8>) {
@@ -583,4 +665,123 @@ fn number(c: &Cell) -> f64 {
         Cell::Text(t) => t.parse().unwrap_or_else(|_| panic!("not a number: {t}")),
         Cell::Null => panic!("NULL where a number was due"),
     }
+}
+
+/// The people of the differential-privacy policy: 500 people, three rows each, North (300) and
+/// South (200); a few incomes far out of bounds or NaN. Written as two Parquet files.
+async fn write_people(folder: &Path) -> PathBuf {
+    let rows = concord_lab::ballista::write_parts(
+        "SELECT a.value AS person_id, CASE WHEN a.value <= 300 THEN 'North' ELSE 'South' END AS region, \
+         CASE WHEN a.value % 97 = 0 THEN 1e300 WHEN a.value % 89 = 0 THEN CAST('NaN' AS DOUBLE) ELSE 100.0 END AS income, \
+         CAST(1 AS BIGINT) AS nights \
+         FROM generate_series(1, 500) AS a CROSS JOIN generate_series(1, 3) AS b",
+        folder,
+        2,
+    )
+    .await
+    .expect("people");
+    assert_eq!(rows, 1500);
+    let parts = std::fs::read_dir(folder).expect("files").count();
+    assert!(parts >= 2, "the people are in {parts} files");
+    folder.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_and_noise_hold_on_a_ballista_cluster_as_for_a_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // One region of three rows: under the minimum group size.
+    let mut rows = alpha_cases();
+    rows.extend([(Some("Tiny"), Some(1), Some("1.00")); 3]);
+    let file = write_csv(&d.join("data/alpha"), &rows);
+    let files = write_parquet_parts(&d.join("data/alpha-cluster"), &rows, 2).await;
+    let people = write_people(&d.join("data/people")).await;
+    let spec = |id: &str| MemberSpec {
+        id: id.into(),
+        name: format!("Member {id}"),
+        jurisdiction: id.to_uppercase(),
+        files: vec![],
+    };
+    let members = setup(d, "test", &[spec("alpha"), spec("bravo")], vec![cases_schema()], free_ports(6))
+        .await
+        .expect("setup");
+    let alpha = NodeDir::new(&members[0].dir);
+    let as_file = admin::DatasetSpec {
+        name: "cases_file",
+        file: &file,
+        shared_schema: Some("cases"),
+        allow: Some("*"),
+        csv: Default::default(),
+        postgres: None,
+        ballista: None,
+    };
+    admin::dataset_register(&alpha, &as_file, false).await.expect("file registers");
+    let cluster = cluster().await;
+
+    // A scheduler off loopback, and one that does not run, are refused by name.
+    let far = admin::DatasetSpec {
+        name: "cases_far",
+        file: &files,
+        ballista: Some(BallistaSource { scheduler: "df://10.1.2.3:50050".into() }),
+        ..as_file.clone()
+    };
+    let e = admin::dataset_register(&alpha, &far, false).await.expect_err("not loopback").to_string();
+    assert!(e.contains("loopback") && e.contains("df://10.1.2.3:50050"), "{e}");
+    let down = format!("df://127.0.0.1:{}", free_ports(1));
+    let e = admin::dataset_register(
+        &alpha,
+        &admin::DatasetSpec { ballista: Some(BallistaSource { scheduler: down.clone() }), ..far.clone() },
+        false,
+    )
+    .await
+    .expect_err("no scheduler")
+    .to_string();
+    assert!(e.contains(&down) && e.contains("check that the scheduler runs"), "{e}");
+
+    let registered = register_on_cluster(&members[0], "cases_cluster", &cluster, &files, Some("cases")).await;
+    assert_eq!(registered.record.rows, 27, "rows counted by the cluster");
+    register_on_cluster(&members[0], "visits", &cluster, &people, None).await;
+    let fed = started_with_policies(
+        dir,
+        members,
+        &[("cases_cluster", SMALL_GROUPS_OUT), ("cases_file", SMALL_GROUPS_OUT), ("visits", PEOPLE_DP)],
+    )
+    .await;
+    let bravo = fed.member("bravo");
+    let ask = |sql: String| async move { api_query(&bravo.local_url, &bravo.analyst_token, &sql).await };
+    // The same answers from the cluster as from the file: small groups and cells left out;
+    // refusals read the same, whatever holds the rows.
+    same_as_the_file(
+        bravo,
+        "cases_cluster",
+        &[
+            "SELECT region, count(*) AS n, sum(cost) AS s, avg(days) AS a FROM alpha.{t} GROUP BY region ORDER BY region",
+            "SELECT region, count(*) FILTER (WHERE days > 4) AS long_stays, sum(days) AS d FROM alpha.{t} GROUP BY region ORDER BY region",
+            "SELECT count(*) AS n FROM alpha.{t} WHERE region = 'Tiny'",
+            r#"SELECT region, count(*) AS n FROM alpha.{t} WHERE region <> 'a\b' AND region <> 'it''s' GROUP BY region ORDER BY region"#,
+        ],
+        &["SELECT region, days FROM alpha.{t}", "SELECT region, count(*) FROM alpha.{t} GROUP BY cost, region"],
+    )
+    .await;
+    // Differential privacy: per-person caps and noise on the node, over the cluster's sums per
+    // person; outliers and NaN clamped.
+    let sql =
+        "SELECT region, count(*) AS n, sum(income) AS s FROM alpha.visits GROUP BY region ORDER BY region";
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let got = ask(sql.to_owned()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let p = got.provenance.iter().find(|p| p.member == "alpha").expect("alpha answered");
+        assert_eq!(p.release.mechanism.as_deref(), Some("zcdp"), "{p:?}");
+        answers.push(cells(&got.batches).expect("cells"));
+    }
+    for rows in &answers {
+        assert_eq!(rows.len(), 2, "both regions, far above the threshold: {rows:?}");
+        for (row, people) in rows.iter().zip([300.0, 200.0]) {
+            let (n, s) = (number(&row[1]), number(&row[2]));
+            assert!((n - people * 3.0).abs() < 60.0, "count {n} for {people} people");
+            assert!((s - people * 300.0).abs() < 0.2 * people * 300.0 + 20_000.0, "sum {s}");
+        }
+    }
+    assert!(answers.windows(2).any(|w| w[0] != w[1]), "noise differs from run to run: {answers:?}");
+    fed.stop().await;
 }

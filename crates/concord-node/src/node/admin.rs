@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use concord_charter::{Charter, MemberCard, SharedSchema, SignedCharter, check_identifier};
 use concord_policy::{AllowList, PersonalSchema, Policy};
 use concord_query::dataset::{self, CsvOptions, DatasetFormat};
+use concord_source::ballista::BallistaSource;
 use concord_source::postgres::{Credential, Password, PostgresSource};
 use datafusion::catalog::TableProvider as _;
 
@@ -154,7 +155,15 @@ pub async fn dataset_add(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<DatasetRecord, NodeError> {
-    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default(), postgres: None };
+    let spec = DatasetSpec {
+        name,
+        file,
+        shared_schema,
+        allow,
+        csv: CsvOptions::default(),
+        postgres: None,
+        ballista: None,
+    };
     Ok(dataset_register(dir, &spec, false).await?.record)
 }
 
@@ -175,6 +184,9 @@ pub struct DatasetSpec<'a> {
     /// A table of the member's PostgreSQL database instead of a file (`file` is then empty):
     /// the owner's plans run there.
     pub postgres: Option<PostgresSource>,
+    /// The member's Ballista cluster, whose executors read `file` (Parquet files, or a
+    /// directory of them): the owner's plans run there.
+    pub ballista: Option<BallistaSource>,
 }
 
 /// A dataset registered: the record, what a replacement changed, and the file's columns left
@@ -209,7 +221,15 @@ pub async fn dataset_replace(
     shared_schema: Option<&str>,
     allow: Option<&str>,
 ) -> Result<(DatasetRecord, Vec<String>), NodeError> {
-    let spec = DatasetSpec { name, file, shared_schema, allow, csv: CsvOptions::default(), postgres: None };
+    let spec = DatasetSpec {
+        name,
+        file,
+        shared_schema,
+        allow,
+        csv: CsvOptions::default(),
+        postgres: None,
+        ballista: None,
+    };
     let r = register(dir, &spec, true).await?;
     Ok((r.record, r.changes))
 }
@@ -242,12 +262,11 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
     let charter = current_charter(dir)?;
     let shared = shared_schema_of(charter.as_ref(), shared_schema)?;
     let allow_list = allow_list_for(name, old.as_ref(), allow, charter.as_ref())?;
-    let read = match &spec.postgres {
-        Some(pg) => {
-            let timeout = std::time::Duration::from_secs(cfg.limits.subquery_timeout_secs.max(60));
-            read_postgres(name, pg, shared.as_ref(), timeout).await?
-        }
-        None => read_file(name, spec, old.as_ref(), shared.as_ref()).await?,
+    let timeout = std::time::Duration::from_secs(cfg.limits.subquery_timeout_secs.max(60));
+    let read = match (&spec.postgres, &spec.ballista) {
+        (Some(pg), _) => read_postgres(name, pg, shared.as_ref(), timeout).await?,
+        (None, Some(cluster)) => read_ballista(name, spec.file, cluster, shared.as_ref(), timeout).await?,
+        (None, None) => read_file(name, spec, old.as_ref(), shared.as_ref()).await?,
     };
     let columns: Vec<String> = read.schema.fields().iter().map(|f| f.name().clone()).collect();
     let personal = shared.as_ref().map(super::personal_schema).filter(PersonalSchema::is_personal);
@@ -268,6 +287,7 @@ async fn register(dir: &NodeDir, spec: &DatasetSpec<'_>, replace: bool) -> Resul
         added_at: now_rfc3339(),
         csv: read.csv,
         postgres: read.postgres,
+        ballista: read.ballista,
     };
     let changes = match &old {
         Some(o) => changes_of(o, &record)?,
@@ -288,6 +308,7 @@ struct Read {
     left_out: Vec<String>,
     rows: u64,
     postgres: Option<PostgresSource>,
+    ballista: Option<BallistaSource>,
 }
 
 /// A data file opened and read once through, so that one that cannot be parsed with its schema
@@ -312,7 +333,7 @@ async fn read_file(
     let left_out = table.left_out().to_vec();
     let schema = table.schema();
     let rows = dataset::scan_all(name, &path, table).await?;
-    Ok(Read { format, path, csv, schema, left_out, rows, postgres: None })
+    Ok(Read { format, path, csv, schema, left_out, rows, postgres: None, ballista: None })
 }
 
 /// A PostgreSQL table described: its columns from the catalog, its rows counted there. The
@@ -334,6 +355,30 @@ async fn read_postgres(
         left_out: found.left_out,
         rows: found.rows,
         postgres: Some(postgres),
+        ballista: None,
+    })
+}
+
+/// Parquet files on a Ballista cluster described: their columns from the footers (read by the
+/// node), their rows counted by the cluster, which thus shows it reads them.
+async fn read_ballista(
+    name: &str,
+    file: &Path,
+    cluster: &BallistaSource,
+    shared: Option<&SharedSchema>,
+    timeout: std::time::Duration,
+) -> Result<Read, NodeError> {
+    let path = canonical_path(name, file)?;
+    let found = concord_source::ballista::describe(name, cluster, &path, shared, timeout).await?;
+    Ok(Read {
+        format: DatasetFormat::Ballista,
+        path,
+        csv: CsvOptions::default(),
+        schema: found.schema,
+        left_out: found.left_out,
+        rows: found.rows,
+        postgres: None,
+        ballista: Some(cluster.clone()),
     })
 }
 
@@ -555,7 +600,7 @@ fn note_schema_siblings(
 /// What a replacement changes, in words.
 fn changes_of(old: &DatasetRecord, new: &DatasetRecord) -> Result<Vec<String>, NodeError> {
     let mut out = Vec::new();
-    if old.path != new.path || old.postgres != new.postgres {
+    if old.path != new.path || old.postgres != new.postgres || old.ballista != new.ballista {
         out.push(format!("{} -> {}", old.location(), new.location()));
     }
     if old.rows != new.rows {
@@ -766,7 +811,8 @@ fn copy_node(dir: &NodeDir, tmp: &Path, dest: &Path) -> Result<Backup, NodeError
     sync_dir(tmp)?;
     let copy_dir = NodeDir::new(tmp);
     let log_size = crate::store::tlog::stored_size_at(&copy_dir.state_db())?;
-    // A table in PostgreSQL is backed up with its database, not here.
+    // A table in PostgreSQL is backed up with its database, and files on a Ballista cluster
+    // with the cluster's storage, not here.
     let dataset_files = copy_dir
         .open_state()?
         .datasets()?

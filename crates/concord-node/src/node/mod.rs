@@ -606,6 +606,7 @@ async fn load_datasets(
             && old.record.policy == record.policy
             && old.record.path == record.path
             && old.record.postgres == record.postgres
+            && old.record.ballista == record.ballista
             && old.record.schema_ipc == record.schema_ipc
             && old.record.added_at == record.added_at
         {
@@ -650,13 +651,22 @@ async fn load_table(
         let schema = concord_query::ipc::decode_schema(&r.schema_ipc)?;
         return Ok(concord_source::postgres::table(source, password, schema, timeout)?);
     }
-    let format = DatasetFormat::of_path(&r.path)?;
     let shared = match &r.shared_schema {
         Some(s) => Some(charter.charter.schema(s).ok_or_else(|| {
             NodeError::Config(format!("dataset {} conforms to {s}, which the charter no longer has", r.name))
         })?),
         None => None,
     };
+    if r.format == DatasetFormat::Ballista {
+        let cluster = r.ballista.as_ref().ok_or_else(|| {
+            NodeError::Config(format!(
+                "dataset {} is on a Ballista cluster but its registry row names no scheduler",
+                r.name
+            ))
+        })?;
+        return Ok(concord_source::ballista::table(&r.name, cluster, &r.path, shared, timeout).await?);
+    }
+    let format = DatasetFormat::of_path(&r.path)?;
     Ok(dataset::open(&r.name, &r.path, format, shared, &r.csv).await?)
 }
 

@@ -170,15 +170,21 @@ pub struct DatasetRecord {
     /// Format `postgres`: the database and table (no password; `path` is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<concord_source::postgres::PostgresSource>,
+    /// Format `ballista`: the cluster's scheduler (`path` is the Parquet files it reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ballista: Option<concord_source::ballista::BallistaSource>,
 }
 
 impl DatasetRecord {
     /// Where the rows are, in words: `file /data/cases.csv`, or `table public.cases in
     /// postgresql://concord@127.0.0.1:5432/stats` (the URL holds no password).
     pub fn location(&self) -> String {
-        match &self.postgres {
-            Some(pg) => format!("table {} in {}", pg.table, pg.url),
-            None => format!("file {}", self.path.display()),
+        match (&self.postgres, &self.ballista) {
+            (Some(pg), _) => format!("table {} in {}", pg.table, pg.url),
+            (None, Some(b)) => {
+                format!("Parquet {} on the Ballista cluster at {}", self.path.display(), b.scheduler)
+            }
+            (None, None) => format!("file {}", self.path.display()),
         }
     }
 }
@@ -413,11 +419,13 @@ impl State {
                     d.rows as i64,
                     d.added_at,
                     serde_json::to_string(&d.csv).map_err(|source| NodeError::Encode { what: "a dataset's CSV options", source })?,
-                    d.postgres
-                        .as_ref()
-                        .map(serde_json::to_string)
-                        .transpose()
-                        .map_err(|source| NodeError::Encode { what: "a dataset's PostgreSQL source", source })?
+                    match (&d.postgres, &d.ballista) {
+                        (Some(pg), _) => Some(serde_json::to_string(pg)),
+                        (None, Some(b)) => Some(serde_json::to_string(b)),
+                        (None, None) => None,
+                    }
+                    .transpose()
+                    .map_err(|source| NodeError::Encode { what: "a dataset's source", source })?
                 ],
             )
             .map_err(db)?;
@@ -440,7 +448,7 @@ impl State {
             .map_err(db)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(DatasetRecord {
+                let mut record = DatasetRecord {
                     name: r.get(0)?,
                     path: PathBuf::from(r.get::<_, String>(1)?),
                     format: text_enum(r, 2, concord_query::dataset::DatasetFormat::parse)?,
@@ -452,18 +460,24 @@ impl State {
                     csv: serde_json::from_str(&r.get::<_, String>(8)?).map_err(|e| {
                         rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
                     })?,
-                    postgres: r
-                        .get::<_, Option<String>>(9)?
-                        .map(|t| serde_json::from_str(&t))
-                        .transpose()
-                        .map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                9,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?,
-                })
+                    postgres: None,
+                    ballista: None,
+                };
+                // The source column's JSON is the format's: a database, or a cluster.
+                let source = r.get::<_, Option<String>>(9)?;
+                let bad = |e: serde_json::Error| {
+                    rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e))
+                };
+                match (record.format, source) {
+                    (concord_query::dataset::DatasetFormat::Postgres, Some(t)) => {
+                        record.postgres = Some(serde_json::from_str(&t).map_err(bad)?);
+                    }
+                    (concord_query::dataset::DatasetFormat::Ballista, Some(t)) => {
+                        record.ballista = Some(serde_json::from_str(&t).map_err(bad)?);
+                    }
+                    _ => {}
+                }
+                Ok(record)
             })
             .map_err(db)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db)

@@ -1,6 +1,7 @@
 //! The `concord` command as a member's operators and analysts use it: two members set up from
 //! scratch with init, genesis, signatures, datasets and tokens, nodes run, queried, stopped.
 
+mod cluster;
 mod crashes;
 mod netns;
 mod postgres;
@@ -77,6 +78,43 @@ fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A one-member federation `solo` in `d/alpha`, its genesis charter signed and accepted;
+/// returns its local API's port.
+fn solo_member(d: &Path) -> u16 {
+    let (local, peer) = (free_port(), free_port());
+    ok(
+        &[
+            "init",
+            "alpha",
+            "--member",
+            "alpha",
+            "--federation",
+            "solo",
+            "--local-listen",
+            &format!("127.0.0.1:{local}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{peer}"),
+        ],
+        d,
+    );
+    ok(
+        &[
+            "charter",
+            "genesis",
+            "--federation",
+            "solo",
+            "--card",
+            "alpha/member-card.json",
+            "-o",
+            "charter.note",
+        ],
+        d,
+    );
+    ok(&["charter", "sign", "alpha", "charter.note"], d);
+    ok(&["charter", "accept", "alpha", "charter.note"], d);
+    local
 }
 
 struct Node(Child);

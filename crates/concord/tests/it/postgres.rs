@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use super::{concord_env, fails, free_port, ok, query_when_up};
+use super::{concord_env, fails, free_port, ok, query_when_up, solo_member};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_in_postgresql_is_registered_shown_and_queried_with_its_password_from_the_environment() {
@@ -28,37 +28,7 @@ async fn a_table_in_postgresql_is_registered_shown_and_queried_with_its_password
     )
     .await
     .expect("table");
-    let (local, peer) = (free_port(), free_port());
-    ok(
-        &[
-            "init",
-            "alpha",
-            "--member",
-            "alpha",
-            "--federation",
-            "solo",
-            "--local-listen",
-            &format!("127.0.0.1:{local}"),
-            "--peer-listen",
-            &format!("127.0.0.1:{peer}"),
-        ],
-        d,
-    );
-    ok(
-        &[
-            "charter",
-            "genesis",
-            "--federation",
-            "solo",
-            "--card",
-            "alpha/member-card.json",
-            "-o",
-            "charter.note",
-        ],
-        d,
-    );
-    ok(&["charter", "sign", "alpha", "charter.note"], d);
-    ok(&["charter", "accept", "alpha", "charter.note"], d);
+    let local = solo_member(d);
     let url = pg.url("analyst_ro", "postgres");
     let env = [("STAYS_PG_PASSWORD", secret)];
     let add = |extra: &[&str]| {
