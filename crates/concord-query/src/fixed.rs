@@ -133,8 +133,12 @@ fn convert(values: &[f64], f: impl Fn(f64) -> i64) -> (Vec<i64>, bool) {
 /// - an integer argument as an exact decimal, multiplied, clamped, then cast to BIGINT (no
 ///   product can overflow a DECIMAL(38,0));
 /// - a float argument clamped to the bounds divided by the scale *before* it is multiplied (so
-///   no product can overflow), cast to BIGINT (which rounds) and clamped again in integers;
-/// - NULL (and a float's NaN) as NULL, explicitly: SQL's GREATEST and LEAST skip NULLs.
+///   no product can overflow), rounded to the nearest unit (`round`: ties to even in
+///   PostgreSQL, as the UDF; away from zero in DataFusion, which differs only for a value
+///   exactly halfway between two units), cast to BIGINT and clamped again in integers;
+/// - NULL and every NaN as NULL, explicitly (SQL's GREATEST and LEAST skip NULLs): a NaN is
+///   caught as `= 'NaN'`, and as greater than +∞ or less than −∞, which is how engines that
+///   order NaNs totally (DataFusion's, where a NaN's sign and payload count) place the others.
 ///
 /// Invariant: every non-NULL value lies in `[lo, hi]`, whatever the input.
 pub(crate) fn portable(e: Expr) -> Result<datafusion::common::tree_node::Transformed<Expr>, DataFusionError> {
@@ -157,13 +161,18 @@ pub(crate) fn portable(e: Expr) -> Result<datafusion::common::tree_node::Transfo
     } else {
         let scale = c.scale as f64;
         let (lo_f, hi_f) = (lit(c.lo as f64 / scale), lit(c.hi as f64 / scale));
-        // The cast rounds to the nearest integer (PostgreSQL's float-to-bigint cast rounds ties
-        // to even, as the UDF does); within the bounds it cannot overflow.
+        // Rounded explicitly: a float-to-integer cast rounds in PostgreSQL but truncates in
+        // DataFusion. Within the bounds it cannot overflow.
         let within = least(vec![greatest(vec![x.clone(), lo_f]), hi_f]) * lit(scale);
-        let units = cast(within, DataType::Int64);
-        let nan = cast(lit("NaN"), DataType::Float64);
-        when(x.clone().is_null().or(x.clone().eq(nan)), lit(ScalarValue::Int64(None)))
-            .otherwise(least(vec![greatest(vec![units, lo]), hi]))?
+        let units = cast(datafusion::functions::math::expr_fn::round(vec![within]), DataType::Int64);
+        let float = |v: &str| cast(lit(v), DataType::Float64);
+        let nan = x
+            .clone()
+            .is_null()
+            .or(x.clone().eq(float("NaN")))
+            .or(x.clone().gt(float("Infinity")))
+            .or(x.clone().lt(float("-Infinity")));
+        when(nan, lit(ScalarValue::Int64(None))).otherwise(least(vec![greatest(vec![units, lo]), hi]))?
     };
     Ok(Transformed::yes(clamped))
 }
@@ -295,6 +304,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The rewrite engines run ([`portable`]), evaluated by DataFusion (a Ballista cluster's
+    /// engine), gives the UDF's values: rounded (not truncated), every NaN NULL.
+    #[tokio::test]
+    async fn the_portable_rewrite_computes_as_the_udf_in_datafusion() {
+        use datafusion::common::tree_node::TreeNode as _;
+        use datafusion::logical_expr::col;
+        let f = bounded();
+        let xs = vec![
+            Some(0.29),
+            Some(1.234),
+            Some(-4.9951),
+            Some(2.675),
+            Some(9.999_999),
+            Some(1e300),
+            Some(-1e300),
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            Some(f64::NAN),
+            Some(-f64::NAN),
+            Some(f64::from_bits(0x7ff8_0000_0000_0001)),
+            Some(f64::from_bits(0xfff0_0000_0000_0001)),
+            None,
+        ];
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_from_iter(vec![(
+            "x",
+            Arc::new(datafusion::arrow::array::Float64Array::from(xs.clone())) as ArrayRef,
+        )])
+        .expect("batch");
+        let e = clamp_fixed(col("x"), &DataType::Float64, f.lo, f.hi, f.scale);
+        let rewritten = e.transform_up(portable).expect("rewrites").data;
+        assert!(!format!("{rewritten}").contains("clamp_fixed"), "{rewritten}");
+        let ctx = datafusion::prelude::SessionContext::new();
+        let out = ctx
+            .read_batch(batch)
+            .expect("reads")
+            .select(vec![rewritten.alias("v")])
+            .expect("plans")
+            .collect()
+            .await
+            .expect("runs");
+        let got: Vec<Option<i64>> = out
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().iter().collect::<Vec<_>>())
+            .collect();
+        let want: Vec<Option<i64>> = xs.iter().map(|x| x.and_then(|x| f.float(x))).collect();
+        assert_eq!(got, want, "for {xs:?}");
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Whether the engine is DataFusion itself (a Ballista cluster of this DataFusion's
     /// version), which computes every expression as the node would: then any aggregate over
-    /// filters and projections of the table is pushed, not only those `computes_alike` allows.
+    /// filters and projections of the table whose functions are immutable (no clock, no random
+    /// draw) is pushed, not only those `computes_alike` allows.
     fn computes_as_datafusion(&self) -> bool {
         false
     }
@@ -390,6 +391,23 @@ fn computes_alike(node: &LogicalPlan) -> bool {
     })
 }
 
+/// Whether every function of `node`'s expressions gives the same value wherever and whenever it
+/// runs (no `now()`, `current_date` or `random()`, which would take the engine's clock or draw
+/// there): what a DataFusion engine may run for the node.
+fn immutable(node: &LogicalPlan) -> bool {
+    use datafusion::logical_expr::Volatility;
+    node.expressions().iter().all(|e| {
+        !e.exists(|x| {
+            Ok(match x {
+                Expr::ScalarFunction(f) => f.func.signature().volatility != Volatility::Immutable,
+                Expr::AggregateFunction(a) => a.func.signature().volatility != Volatility::Immutable,
+                _ => false,
+            })
+        })
+        .unwrap_or(true)
+    })
+}
+
 /// Whether every value of `from` is the same value as `to`, in DataFusion and in SQL alike.
 fn widens(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
@@ -420,7 +438,7 @@ fn widens(from: &DataType, to: &DataType) -> bool {
 /// with no subquery: the input of an aggregate the engine runs.
 fn linear(plan: &LogicalPlan, engine: &Arc<dyn Engine>) -> bool {
     !has_subquery(plan)
-        && (engine.computes_as_datafusion() || computes_alike(plan))
+        && ((engine.computes_as_datafusion() && immutable(plan)) || computes_alike(plan))
         && match plan {
             LogicalPlan::Filter(f) => linear(&f.input, engine),
             LogicalPlan::Projection(p) => linear(&p.input, engine),
@@ -446,7 +464,8 @@ pub fn push_down(plan: LogicalPlan, engine: &Arc<dyn Engine>) -> Result<LogicalP
                 LogicalPlan::Aggregate(a)
                     if linear(&a.input, engine)
                         && !has_subquery(&node)
-                        && (engine.computes_as_datafusion() || computes_alike(&node)) =>
+                        && ((engine.computes_as_datafusion() && immutable(&node))
+                            || computes_alike(&node)) =>
                 {
                     Transformed::new(
                         LogicalPlan::Extension(Extension {

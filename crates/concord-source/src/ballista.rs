@@ -75,9 +75,7 @@ pub fn endpoint(url: &str) -> Result<String, SourceError> {
     if port == 0 {
         return Err(bad("its port is 0"));
     }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
+    if !loopback(host) {
         return Err(bad(
             "Ballista's gRPC is not encrypted, so the node talks only to a scheduler on its own loopback \
              (127.0.0.1, ::1 or localhost); reach a remote cluster through a tunnel",
@@ -85,6 +83,37 @@ pub fn endpoint(url: &str) -> Result<String, SourceError> {
     }
     Ok(format!("http://{host}:{port}"))
 }
+
+/// Whether `host` (a name, an IP address, an IPv6 address in brackets) is this machine's
+/// loopback.
+fn loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Every connection Ballista's client opens (to the scheduler, to the executors or flight proxy
+/// the scheduler names for the answer) refused unless it is to loopback: the answer crosses in
+/// clear, exact groups and per-person sums before the release rules.
+fn loopback_only(
+    endpoint: tonic::transport::Endpoint,
+) -> Result<tonic::transport::Endpoint, Box<dyn std::error::Error + Send + Sync>> {
+    match endpoint.uri().host() {
+        Some(h) if loopback(h) => Ok(endpoint),
+        other => Err(format!(
+            "the Ballista cluster named {} for its answer, which is not on loopback; Ballista's connections are \
+             not encrypted, so the node reads answers from this machine only (run the executors' flight proxy on \
+             the scheduler, or tunnel)",
+            other.unwrap_or("no host")
+        )
+        .into()),
+    }
+}
+
+/// How long a cancelled job's id is waited for (it comes with the scheduler's first answer).
+const CANCEL_WAIT: Duration = Duration::from_secs(60);
+
+/// How long the call that cancels a job may take.
+const CANCEL_CALL: Duration = Duration::from_secs(10);
 
 /// The engine of a dataset on a Ballista cluster: the scheduler, and the reading of the files.
 #[derive(Debug)]
@@ -345,7 +374,14 @@ impl ExecutionPlan for ClusterExec {
                 "BallistaClusterExec has one partition, not {partition}"
             )));
         }
-        let stream = self.inner.execute(0, context)?;
+        use ballista_core::extension::SessionConfigExt as _;
+        // Only the session's settings reach the client (and the scheduler): with every
+        // connection held to loopback.
+        let config = context
+            .session_config()
+            .clone()
+            .with_ballista_override_create_grpc_client_endpoint(Arc::new(loopback_only));
+        let stream = self.inner.execute(0, Arc::new(TaskContext::default().with_session_config(config)))?;
         Ok(Box::pin(Guarded {
             schema: self.inner.schema(),
             stream,
@@ -353,6 +389,7 @@ impl ExecutionPlan for ClusterExec {
             endpoint: self.endpoint.clone(),
             deadline: Box::pin(tokio::time::sleep(self.timeout)),
             timeout: self.timeout,
+            started: false,
             done: false,
         }))
     }
@@ -367,6 +404,8 @@ struct Guarded {
     endpoint: String,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
+    /// Whether the stream was polled: the job is submitted at the first poll.
+    started: bool,
     done: bool,
 }
 
@@ -379,11 +418,15 @@ impl Stream for Guarded {
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             self.cancel();
-            return Poll::Ready(Some(Err(DataFusionError::ResourcesExhausted(format!(
-                "the Ballista cluster did not answer within {} s (the sub-query timeout); the job was cancelled",
-                self.timeout.as_secs_f64()
-            )))));
+            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(SourceError::Ballista {
+                target: self.endpoint.replace("http://", "df://"),
+                reason: format!(
+                    "it did not answer within {} s (the sub-query timeout); the job was cancelled",
+                    self.timeout.as_secs_f64()
+                ),
+            })))));
         }
+        self.started = true;
         let next = self.stream.as_mut().poll_next(cx);
         match &next {
             Poll::Ready(None) => self.done = true,
@@ -401,25 +444,44 @@ impl RecordBatchStream for Guarded {
 }
 
 impl Guarded {
-    /// Cancels the job on the cluster, once, in the background.
+    /// Cancels the job on the cluster, once, in the background. A job whose id the scheduler
+    /// has not sent yet is waited for (its stream read and dropped) for up to [`CANCEL_WAIT`];
+    /// a stream never polled submitted no job.
     fn cancel(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
+        if std::mem::replace(&mut self.done, true) || !self.started {
             return;
         }
-        let (Some(job), Ok(rt)) = (self.exec.job_id(), tokio::runtime::Handle::try_current()) else {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let endpoint = self.endpoint.clone();
+        let empty = Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(self.schema.clone()));
+        let mut stream = std::mem::replace(&mut self.stream, empty);
+        let (exec, endpoint) = (self.exec.clone(), self.endpoint.clone());
         rt.spawn(async move {
-            let job_id = job.to_string();
-            match SchedulerGrpcClient::connect(endpoint.clone()).await {
-                Ok(mut client) => {
-                    if let Err(e) = client.cancel_job(CancelJobParams { job_id: job_id.clone() }).await {
-                        tracing::warn!(target: "concord_source::ballista", %endpoint, job = %job_id, "cancelling the job failed: {}", e.code());
+            let known = async {
+                while exec.job_id().is_none() {
+                    if futures::StreamExt::next(&mut stream).await.is_none() {
+                        break;
                     }
                 }
-                Err(e) => {
+                exec.job_id()
+            };
+            let Ok(Some(job)) = tokio::time::timeout(CANCEL_WAIT, known).await else {
+                return;
+            };
+            drop(stream);
+            let job_id = job.to_string();
+            let call = async {
+                let mut client = SchedulerGrpcClient::connect(endpoint.clone()).await.map_err(|e| e.to_string())?;
+                client.cancel_job(CancelJobParams { job_id: job_id.clone() }).await.map_err(|e| e.code().to_string())
+            };
+            match tokio::time::timeout(CANCEL_CALL, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(target: "concord_source::ballista", %endpoint, job = %job_id, "cancelling the job failed: {e}");
+                }
+                Err(_) => {
+                    tracing::warn!(target: "concord_source::ballista", %endpoint, job = %job_id, "cancelling the job took over {} s", CANCEL_CALL.as_secs());
                 }
             }
         });
@@ -488,6 +550,12 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("did not answer within 0.3 s") && e.contains(&source.scheduler), "{e}");
+        // Another host, named where Ballista would connect, is refused.
+        let far = tonic::transport::Endpoint::from_static("http://192.0.2.7:50051");
+        let e = loopback_only(far).expect_err("not loopback").to_string();
+        assert!(e.contains("192.0.2.7") && e.contains("not on loopback"), "{e}");
+        let near = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051");
+        assert!(loopback_only(near).is_ok());
         // A scan, too.
         let scan = t.engine().scan(t.schema(), None, &[], None).expect("plans");
         let e = datafusion::physical_plan::collect(scan, Arc::new(TaskContext::default()))

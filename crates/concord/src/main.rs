@@ -169,6 +169,12 @@ fn colour() -> bool {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONCORD_LOG").unwrap_or_else(|_| "warn".into());
+    // Ballista's client logs a failed job's whole message, which may quote a value of the
+    // member's data: never in the node's log, whatever CONCORD_LOG says.
+    let filter = ["ballista_core", "ballista_scheduler", "ballista_executor"]
+        .into_iter()
+        .filter_map(|target| format!("{target}=off").parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(colour()).init(),

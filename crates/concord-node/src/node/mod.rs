@@ -59,8 +59,14 @@ pub struct LoadedDataset {
 pub type FileStamp = (u64, Option<std::time::SystemTime>);
 
 impl LoadedDataset {
+    /// The file's stamp; none for a directory (its entry does not change when a file in it is
+    /// rewritten) or rows the node does not hold (a database's, a cluster's), which are then
+    /// never taken as known.
     fn stamp(&self) -> Option<FileStamp> {
-        let m = std::fs::metadata(&self.record.path).ok()?;
+        if !self.record.format.is_file() {
+            return None;
+        }
+        let m = std::fs::metadata(&self.record.path).ok().filter(std::fs::Metadata::is_file)?;
         Some((m.len(), m.modified().ok()))
     }
 
