@@ -47,6 +47,9 @@ pub struct FederationFigures {
     pub latency: Vec<Duration>,
     /// After the last query: until every node's log is published with its cosignatures.
     pub settle: Duration,
+    /// Each timed query asked on a quiet federation: after every log was published and
+    /// cosigned, so that no witnessing of the queries before it shares the machine's cores.
+    pub quiet: Vec<Duration>,
 }
 
 /// Figures of one run.
@@ -74,6 +77,21 @@ impl MembersReport {
         let (a, b) = (
             crate::bench::percentile(&self.baseline.latency, 0.5),
             crate::bench::percentile(&self.large.latency, 0.5),
+        );
+        b.saturating_sub(a) / (self.large.members - self.baseline.members).max(1) as u32
+    }
+
+    /// Median latency on a quiet federation, the large one's over the baseline's.
+    pub fn quiet_ratio(&self) -> f64 {
+        crate::bench::ms(crate::bench::percentile(&self.large.quiet, 0.5))
+            / crate::bench::ms(crate::bench::percentile(&self.baseline.quiet, 0.5)).max(1e-9)
+    }
+
+    /// What each member beyond the baseline adds to the median latency on a quiet federation.
+    pub fn quiet_per_member(&self) -> Duration {
+        let (a, b) = (
+            crate::bench::percentile(&self.baseline.quiet, 0.5),
+            crate::bench::percentile(&self.large.quiet, 0.5),
         );
         b.saturating_sub(a) / (self.large.members - self.baseline.members).max(1) as u32
     }
@@ -166,10 +184,11 @@ async fn federation(
     let setup = started.elapsed();
     let nodes: Vec<_> = running.iter().map(|r| r.node.clone()).collect();
     let result = async {
-        let latency = timed_queries(&members[0], n, opts.queries, progress).await?;
+        let latency = timed_queries(&members[0], n, opts.queries, None, progress).await?;
         let t = Instant::now();
         crate::governance_bench::settle(&nodes).await;
         let settle = t.elapsed();
+        let quiet = timed_queries(&members[0], n, opts.queries, Some(&nodes), progress).await?;
         let governance = if govern {
             let threshold = nodes[0].charter().charter.threshold;
             let took = crate::governance_bench::timed_round(&nodes, threshold, 0, progress).await?;
@@ -177,7 +196,7 @@ async fn federation(
         } else {
             None
         };
-        Ok::<_, NodeError>((FederationFigures { members: n, setup, latency, settle }, governance))
+        Ok::<_, NodeError>((FederationFigures { members: n, setup, latency, settle, quiet }, governance))
     }
     .await;
     for r in running {
@@ -187,15 +206,20 @@ async fn federation(
 }
 
 /// Two warm-up queries (catalogs read, connections opened), then `queries` timed ones; each
-/// must have every member's part.
+/// must have every member's part. With `quiet`, each is asked once every node's log is
+/// published and cosigned (not timed).
 async fn timed_queries(
     asker: &DemoMember,
     n: usize,
     queries: usize,
+    quiet: Option<&[std::sync::Arc<concord_node::node::Node>]>,
     progress: &dyn Fn(&str),
 ) -> Result<Vec<Duration>, NodeError> {
     let mut latency = Vec::new();
     for i in 0..queries + 2 {
+        if let Some(nodes) = quiet {
+            crate::governance_bench::settle(nodes).await;
+        }
         let t = Instant::now();
         let r = api_query(&asker.local_url, &asker.analyst_token, MEMBERS_SQL).await?;
         let took = t.elapsed();
@@ -208,7 +232,8 @@ async fn timed_queries(
         }
         if i >= 2 {
             latency.push(took);
-            progress(&format!("{n} members: query {} took {:.1} ms", i - 1, crate::bench::ms(took)));
+            let how = if quiet.is_some() { "quiet query" } else { "query" };
+            progress(&format!("{n} members: {how} {} took {:.1} ms", i - 1, crate::bench::ms(took)));
         }
     }
     Ok(latency)

@@ -243,6 +243,21 @@ async fn members(members: usize, queries: usize, dir: PathBuf, port_base: u16) -
         r.baseline.members,
         bench::ms(r.per_member())
     );
+    for f in [&r.baseline, &r.large] {
+        say!(
+            "{:>3} members, each query asked once every log is cosigned: p50 {:>7.1} ms, p90 {:>7.1} ms over {}",
+            f.members,
+            bench::ms(bench::percentile(&f.quiet, 0.5)),
+            bench::ms(bench::percentile(&f.quiet, 0.9)),
+            f.quiet.len()
+        );
+    }
+    say!(
+        "on a quiet federation: ratio {:.2}; each member beyond {} adds {:.2} ms",
+        r.quiet_ratio(),
+        r.baseline.members,
+        bench::ms(r.quiet_per_member())
+    );
     say!(
         "{} members, threshold {}: deciding vote to every node on the new version {:.1} ms (bound 2000 ms)",
         r.large.members,
