@@ -246,12 +246,7 @@ async fn add_policy_datasets(dir: &Path, members: &[DemoMember], files: &[PathBu
     std::fs::write(&policy_file, EVENTS_POLICY).map_err(|e| NodeError::io(&policy_file, e))?;
     for (m, file) in members.iter().zip(files) {
         let nd = concord_node::store::config::NodeDir::new(&m.dir);
-        // One requester sends four queries and their witness traffic per run: more than the
-        // default rate a member may send to a peer, which is not what is measured here.
-        let mut cfg = nd.load_config()?;
-        cfg.limits.peer_requests_per_sec = 1000;
-        cfg.limits.peer_burst = 1000;
-        nd.save_config(&cfg)?;
+        set_limits(&m.dir, unlimited_peer_rate)?;
         concord_node::node::admin::dataset_add(&nd, "events_dp", file, Some("events_dp"), Some("*")).await?;
         concord_node::node::admin::policy_set(&nd, "events_dp", &policy_file)?;
     }
@@ -483,6 +478,25 @@ async fn settle(nodes: &[concord_node::run::RunningNode]) -> Result<(), NodeErro
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Changes the `[limits]` of the node in `dir`.
+pub fn set_limits(
+    dir: &Path,
+    change: impl FnOnce(&mut concord_node::store::config::Limits),
+) -> Result<(), NodeError> {
+    let nd = concord_node::store::config::NodeDir::new(dir);
+    let mut cfg = nd.load_config()?;
+    change(&mut cfg.limits);
+    nd.save_config(&cfg)
+}
+
+/// Lets a member send a peer far more requests than by default (one requester's queries, every
+/// vote and the witness traffic go to every member): the benchmarks measure the work, not the
+/// rate limit.
+pub fn unlimited_peer_rate(limits: &mut concord_node::store::config::Limits) {
+    limits.peer_requests_per_sec = 1000;
+    limits.peer_burst = 1000;
 }
 
 /// A duration in milliseconds, with fractions.

@@ -100,12 +100,7 @@ async fn set_up_members(
     progress(&format!("setting up {} members", opts.members));
     let members = setup(&opts.dir, "bench", &specs, Vec::new(), opts.port_base).await?;
     for m in &members {
-        // Every vote goes to every member: more than the default rate one member may send.
-        let nd = concord_node::store::config::NodeDir::new(&m.dir);
-        let mut cfg = nd.load_config()?;
-        cfg.limits.peer_requests_per_sec = 1000;
-        cfg.limits.peer_burst = 1000;
-        nd.save_config(&cfg)?;
+        crate::bench::set_limits(&m.dir, crate::bench::unlimited_peer_rate)?;
     }
     Ok(members)
 }

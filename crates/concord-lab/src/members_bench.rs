@@ -173,12 +173,7 @@ async fn federation(
     progress(&format!("setting up {n} members"));
     let members = setup(&dir, "bench", &specs, vec![cases_schema()], port_base).await?;
     for m in &members {
-        // One analyst's queries and every vote go to every member: more than the default rate.
-        let nd = concord_node::store::config::NodeDir::new(&m.dir);
-        let mut cfg = nd.load_config()?;
-        cfg.limits.peer_requests_per_sec = 1000;
-        cfg.limits.peer_burst = 1000;
-        nd.save_config(&cfg)?;
+        crate::bench::set_limits(&m.dir, crate::bench::unlimited_peer_rate)?;
     }
     let running = start_all(&members).await?;
     let setup = started.elapsed();

@@ -338,16 +338,14 @@ async fn schemas_of(specs: &[MemberSpec]) -> Result<Vec<SharedSchema>, NodeError
 /// and a requester may call its peers as often as the benchmark does.
 fn lift_limits(members: &[DemoMember]) -> Result<(), NodeError> {
     for m in members {
-        let nd = concord_node::store::config::NodeDir::new(&m.dir);
-        let mut cfg = nd.load_config()?;
-        cfg.limits.max_groups = 10_000_000;
-        cfg.limits.query_memory_mb = cfg.limits.query_memory_mb.max(4096);
-        cfg.limits.query_timeout_secs = 600;
-        cfg.limits.subquery_timeout_secs = 600;
-        cfg.limits.peer_timeout_secs = 600;
-        cfg.limits.peer_requests_per_sec = 1000;
-        cfg.limits.peer_burst = 1000;
-        nd.save_config(&cfg)?;
+        crate::bench::set_limits(&m.dir, |l| {
+            l.max_groups = 10_000_000;
+            l.query_memory_mb = l.query_memory_mb.max(4096);
+            l.query_timeout_secs = 600;
+            l.subquery_timeout_secs = 600;
+            l.peer_timeout_secs = 600;
+            crate::bench::unlimited_peer_rate(l);
+        })?;
     }
     Ok(())
 }

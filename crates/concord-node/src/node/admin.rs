@@ -393,8 +393,12 @@ pub fn read_password(c: &Credential, dataset: &str) -> Result<Password, NodeErro
             ))
         }),
         Credential::File(path) => {
+            use std::io::Read as _;
             use std::os::unix::fs::MetadataExt as _;
-            let meta = std::fs::metadata(path).map_err(|e| NodeError::io(path, e))?;
+            // The mode is checked on the handle the password is read from: no window between the
+            // check and the read for the file to be replaced.
+            let file = std::fs::File::open(path).map_err(|e| NodeError::io(path, e))?;
+            let meta = file.metadata().map_err(|e| NodeError::io(path, e))?;
             if meta.mode() & 0o077 != 0 {
                 return Err(NodeError::Config(format!(
                     "{} holds dataset {dataset}'s PostgreSQL password but others may read it (mode {:o}); \
@@ -404,7 +408,16 @@ pub fn read_password(c: &Credential, dataset: &str) -> Result<Password, NodeErro
                     path.display()
                 )));
             }
-            let text = std::fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?;
+            if !meta.is_file() {
+                return Err(NodeError::Config(format!(
+                    "{} is not a file; --password-file takes a file (mode 0600) whose first line is dataset {dataset}'s \
+                     PostgreSQL password",
+                    path.display()
+                )));
+            }
+            let mut text = String::new();
+            // A password file is a line; more than 64 KiB is not one.
+            file.take(64 * 1024).read_to_string(&mut text).map_err(|e| NodeError::io(path, e))?;
             let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
             if line.is_empty() {
                 return Err(NodeError::Config(format!(
