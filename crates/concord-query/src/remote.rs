@@ -123,6 +123,21 @@ impl TableProvider for RemoteTable {
     }
 }
 
+/// `filter` with its columns named without their table: for an engine whose scan reads one
+/// relation, the dataset alone.
+pub fn unqualified(filter: &Expr) -> Result<Expr, DataFusionError> {
+    use datafusion::common::Column;
+    Ok(filter
+        .clone()
+        .transform_up(|e| {
+            Ok(match e {
+                Expr::Column(c) => Transformed::yes(Expr::Column(Column::new_unqualified(c.name))),
+                other => Transformed::no(other),
+            })
+        })?
+        .data)
+}
+
 /// The engine of the one remote table every scan of `plan` reads (subqueries included), if
 /// every scan reads the same [`RemoteTable`]'s engine.
 pub fn engine_of(plan: &LogicalPlan) -> Option<Arc<dyn Engine>> {

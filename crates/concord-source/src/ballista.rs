@@ -35,7 +35,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
-use datafusion::common::tree_node::{Transformed, TreeNode as _};
+use datafusion::common::tree_node::Transformed;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -75,20 +75,13 @@ pub fn endpoint(url: &str) -> Result<String, SourceError> {
     if port == 0 {
         return Err(bad("its port is 0"));
     }
-    if !loopback(host) {
+    if !crate::loopback(host) {
         return Err(bad(
             "Ballista's gRPC is not encrypted, so the node talks only to a scheduler on its own loopback \
              (127.0.0.1, ::1 or localhost); reach a remote cluster through a tunnel",
         ));
     }
     Ok(format!("http://{host}:{port}"))
-}
-
-/// Whether `host` (a name, an IP address, an IPv6 address in brackets) is this machine's
-/// loopback.
-fn loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Every connection Ballista's client opens (to the scheduler, to the executors or flight proxy
@@ -98,7 +91,7 @@ fn loopback_only(
     endpoint: tonic::transport::Endpoint,
 ) -> Result<tonic::transport::Endpoint, Box<dyn std::error::Error + Send + Sync>> {
     match endpoint.uri().host() {
-        Some(h) if loopback(h) => Ok(endpoint),
+        Some(h) if crate::loopback(h) => Ok(endpoint),
         other => Err(format!(
             "the Ballista cluster named {} for its answer, which is not on loopback; Ballista's connections are \
              not encrypted, so the node reads answers from this machine only (run the executors' flight proxy on \
@@ -249,21 +242,7 @@ impl Engine for BallistaEngine {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         // Columns without their table: the reading is the only relation.
-        let bare = filters
-            .iter()
-            .map(|f| {
-                f.clone()
-                    .transform_up(|e| {
-                        Ok(match e {
-                            Expr::Column(c) => {
-                                Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
-                            }
-                            other => Transformed::no(other),
-                        })
-                    })
-                    .map(|t| t.data)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let bare = filters.iter().map(concord_query::remote::unqualified).collect::<Result<Vec<_>, _>>()?;
         let mut b = LogicalPlanBuilder::from(self.reading.clone());
         if let Some(f) = conjunction(bare) {
             b = b.filter(f)?;

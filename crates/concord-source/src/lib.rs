@@ -21,6 +21,13 @@
 pub mod ballista;
 pub mod postgres;
 
+/// Whether `host` (a name, an IP address, an IPv6 address in brackets) is this machine's
+/// loopback: the only place the node sends a connection that is not encrypted.
+fn loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Errors of a dataset source, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

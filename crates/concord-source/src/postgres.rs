@@ -135,16 +135,14 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, SourceError> {
         )));
     }
     for h in hosts {
-        if let tokio_postgres::config::Host::Tcp(name) = h {
-            let local = matches!(name.as_str(), "localhost")
-                || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if !local {
-                return Err(SourceError::Config(format!(
-                    "PostgreSQL host {name} is not on this machine; connections to PostgreSQL are not encrypted yet, \
-                     so the node reads a database over loopback (127.0.0.1, ::1) or a Unix socket only: run the node \
-                     beside the database, or tunnel it"
-                )));
-            }
+        if let tokio_postgres::config::Host::Tcp(name) = h
+            && !crate::loopback(name)
+        {
+            return Err(SourceError::Config(format!(
+                "PostgreSQL host {name} is not on this machine; connections to PostgreSQL are not encrypted yet, \
+                 so the node reads a database over loopback (127.0.0.1, ::1) or a Unix socket only: run the node \
+                 beside the database, or tunnel it"
+            )));
         }
     }
     Ok(config)
@@ -565,15 +563,8 @@ impl Engine for PgEngine {
             .iter()
             .filter_map(|f| {
                 // Columns without their table: the CTE is the only relation.
-                let bare = f.clone().transform_up(|e| {
-                    Ok(match e {
-                        Expr::Column(c) => datafusion::common::tree_node::Transformed::yes(Expr::Column(
-                            datafusion::common::Column::new_unqualified(c.name),
-                        )),
-                        other => datafusion::common::tree_node::Transformed::no(other),
-                    })
-                });
-                bare.ok().and_then(|b| unparser.expr_to_sql(&b.data).ok()).map(|e| format!("({e})"))
+                let bare = concord_query::remote::unqualified(f).ok()?;
+                unparser.expr_to_sql(&bare).ok().map(|e| format!("({e})"))
             })
             .collect();
         let mut sql = format!(
