@@ -87,8 +87,14 @@ pub enum Change {
     },
     /// A new witness quorum.
     WitnessQuorum {
-        /// Cosignatures a checkpoint needs before it is published; fewer than the members.
+        /// Cosignatures a checkpoint needs before it is published; at most each log's witnesses.
         quorum: usize,
+    },
+    /// How many members witness each log.
+    WitnessesPerLog {
+        /// At most this many, the members after the log's owner in id order; `None`: every
+        /// other member.
+        count: Option<usize>,
     },
 }
 
@@ -111,8 +117,17 @@ impl Change {
             }
             Self::Threshold { threshold } => format!("threshold {threshold}"),
             Self::WitnessQuorum { quorum } => format!("witness quorum {quorum}"),
+            Self::WitnessesPerLog { count } => witnesses_summary(*count),
         }
     }
+}
+
+/// `witnesses per log 8`, or `every member witnesses every other member's log`.
+fn witnesses_summary(count: Option<usize>) -> String {
+    count.map_or_else(
+        || "every member witnesses every other member's log".to_owned(),
+        |k| format!("witnesses per log {k}"),
+    )
 }
 
 fn invalid(what: &'static str, reason: impl Into<String>) -> CharterError {
@@ -121,9 +136,10 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> CharterError {
 
 /// The body of the version after `base` that `changes` make. Changing the members without an
 /// explicit threshold keeps a threshold the federation chose (within the new size, at least a
-/// majority) and moves a default one (two thirds) to the new size; the witness quorum moves to
-/// its default; the result must keep at least one member and a threshold of more than half of
-/// them.
+/// majority) and moves a default one (two thirds) to the new size; witnesses per log left at
+/// their default follow the new size too; the witness quorum moves to a majority of each log's
+/// witnesses whenever they change; the result must keep at least one member and a threshold of
+/// more than half of them.
 pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError> {
     if changes.is_empty() {
         return Err(invalid("proposal", "it changes nothing"));
@@ -131,27 +147,29 @@ pub fn apply(base: &Charter, changes: &[Change]) -> Result<Charter, CharterError
     let mut next = base.clone();
     next.version = base.version.checked_add(1).ok_or_else(|| invalid("proposal", "no version follows"))?;
     next.previous = Some(base.digest());
-    let mut threshold = None;
-    let mut quorum = None;
+    let mut chosen = Chosen::default();
     for change in changes {
-        apply_change(&mut next, change, &mut threshold, &mut quorum)?;
+        apply_change(&mut next, change, &mut chosen)?;
     }
     next.members.sort_by(|a, b| a.id.cmp(&b.id));
     next.schemas.sort_by(|a, b| a.name.cmp(&b.name));
-    settle_threshold_and_quorum(base, &mut next, threshold, quorum)?;
+    settle_counts(base, &mut next, &chosen)?;
     next.validate()?;
     refuse_unchanged(base, &next)?;
     Ok(next)
 }
 
-/// Applies one change to `next`; a new threshold or quorum is only noted, to be set once the
-/// members are known.
-fn apply_change(
-    next: &mut Charter,
-    change: &Change,
-    threshold: &mut Option<usize>,
-    quorum: &mut Option<usize>,
-) -> Result<(), CharterError> {
+/// What a proposal sets explicitly among the counts that depend on the members.
+#[derive(Default)]
+struct Chosen {
+    threshold: Option<usize>,
+    quorum: Option<usize>,
+    witnesses_per_log: Option<Option<usize>>,
+}
+
+/// Applies one change to `next`; a new threshold, quorum or witnesses per log is only noted,
+/// to be set once the members are known.
+fn apply_change(next: &mut Charter, change: &Change, chosen: &mut Chosen) -> Result<(), CharterError> {
     match change {
         Change::AddMember { card } => add_member(next, card)?,
         Change::RemoveMember { id } => remove_member(next, id)?,
@@ -161,8 +179,9 @@ fn apply_change(
         Change::MinGroupSize { size } => next.min_group_size = *size,
         Change::CrossBorders { ceiling } => next.cross_borders = *ceiling,
         Change::AccessNotes { visibility } => next.access_notes = *visibility,
-        Change::Threshold { threshold: t } => *threshold = Some(*t),
-        Change::WitnessQuorum { quorum: q } => *quorum = Some(*q),
+        Change::Threshold { threshold: t } => chosen.threshold = Some(*t),
+        Change::WitnessQuorum { quorum: q } => chosen.quorum = Some(*q),
+        Change::WitnessesPerLog { count } => chosen.witnesses_per_log = Some(*count),
     }
     Ok(())
 }
@@ -233,14 +252,10 @@ fn set_schema(next: &mut Charter, schema: &SharedSchema) -> Result<(), CharterEr
     Ok(())
 }
 
-/// Sets `next`'s threshold and witness quorum (`threshold` and `quorum` where the proposal gives
-/// them), once its members are known; refuses no members, and a threshold that is no majority.
-fn settle_threshold_and_quorum(
-    base: &Charter,
-    next: &mut Charter,
-    threshold: Option<usize>,
-    quorum: Option<usize>,
-) -> Result<(), CharterError> {
+/// Sets `next`'s threshold, witnesses per log and witness quorum (as the proposal chose them
+/// where it did), once its members are known; refuses no members, and a threshold that is no
+/// majority.
+fn settle_counts(base: &Charter, next: &mut Charter, chosen: &Chosen) -> Result<(), CharterError> {
     let n = next.members.len();
     if n == 0 {
         return Err(invalid("proposal", "it would leave the federation without members"));
@@ -253,9 +268,20 @@ fn settle_threshold_and_quorum(
     } else {
         base.threshold.min(n).max(n / 2 + 1)
     };
-    next.threshold = threshold.unwrap_or(if resized { kept } else { base.threshold });
-    next.witness_quorum =
-        quorum.unwrap_or(if resized { crate::default_witness_quorum(n) } else { base.witness_quorum });
+    next.threshold = chosen.threshold.unwrap_or(if resized { kept } else { base.threshold });
+    // Likewise witnesses per log: a default follows the members, a choice stays.
+    let default_witnesses = base.witnesses_per_log == crate::default_witnesses_per_log(base.members.len());
+    next.witnesses_per_log = chosen.witnesses_per_log.unwrap_or(if resized && default_witnesses {
+        crate::default_witnesses_per_log(n)
+    } else {
+        base.witnesses_per_log
+    });
+    let witnesses_moved = next.witnesses_of_each_log() != base.witnesses_of_each_log();
+    next.witness_quorum = chosen.quorum.unwrap_or(if resized || witnesses_moved {
+        crate::majority(next.witnesses_of_each_log())
+    } else {
+        base.witness_quorum
+    });
     if next.threshold * 2 <= n {
         return Err(invalid(
             "threshold",
@@ -324,6 +350,9 @@ pub fn diff(before: &Charter, after: &Charter) -> Vec<String> {
     }
     if before.threshold != after.threshold {
         out.push(format!("threshold {}", after.threshold));
+    }
+    if before.witnesses_per_log != after.witnesses_per_log {
+        out.push(witnesses_summary(after.witnesses_per_log));
     }
     if before.witness_quorum != after.witness_quorum {
         out.push(format!("witness quorum {}", after.witness_quorum));

@@ -362,9 +362,14 @@ pub struct Charter {
     pub previous: Option<String>,
     /// Yes signatures (of this version's members) needed to adopt the next version.
     pub threshold: usize,
-    /// Witness policy: every member witnesses every other member's log, and a checkpoint is
-    /// published once this many of its witnesses cosigned it.
+    /// Witness policy: a checkpoint is published once this many of its log's witnesses
+    /// cosigned it.
     pub witness_quorum: usize,
+    /// Witness policy: how many members witness each log, at most; `None`: every other member.
+    /// A log's witnesses are the members after its owner in id order, wrapping around
+    /// ([`Charter::witnesses_of`]), so that each member witnesses as many logs as it has
+    /// witnesses, and the cosignatures of one round grow with the members, not their square.
+    pub witnesses_per_log: Option<usize>,
     /// Baseline rule: personal data is released only in groups of at least this many distinct
     /// people (privacy units), whatever a dataset's own policy says.
     pub min_group_size: u64,
@@ -387,13 +392,15 @@ impl Charter {
         schemas: Vec<SharedSchema>,
     ) -> Result<Self, CharterError> {
         let threshold = default_threshold(members.len());
-        let witness_quorum = default_witness_quorum(members.len());
+        let witnesses_per_log = default_witnesses_per_log(members.len());
+        let witness_quorum = majority(witnesses_of_each_log(members.len(), witnesses_per_log));
         let mut c = Self {
             federation: federation.to_owned(),
             version: 1,
             previous: None,
             threshold,
             witness_quorum,
+            witnesses_per_log,
             min_group_size: DEFAULT_MIN_GROUP_SIZE,
             cross_borders: CrossBorders::default(),
             access_notes: AccessNotes::default(),
@@ -437,13 +444,20 @@ impl Charter {
                 reason: "it must be at least 1".into(),
             });
         }
-        if self.witness_quorum >= self.members.len() {
+        if self.witnesses_per_log == Some(0) {
+            return Err(CharterError::Invalid {
+                what: "witnesses per log",
+                reason: "a log needs at least one witness; leave the setting out for every other member"
+                    .into(),
+            });
+        }
+        if self.witness_quorum > self.witnesses_of_each_log() {
             return Err(CharterError::Invalid {
                 what: "witness quorum",
                 reason: format!(
-                    "{} is more than the {} other members who can witness a log",
+                    "{} is more than the {} witnesses of each log",
                     self.witness_quorum,
-                    self.members.len() - 1
+                    self.witnesses_of_each_log()
                 ),
             });
         }
@@ -499,6 +513,27 @@ impl Charter {
         self.members.iter().find(|m| m.id == id)
     }
 
+    /// How many witnesses each log has: [`Charter::witnesses_per_log`], at most the other
+    /// members.
+    pub fn witnesses_of_each_log(&self) -> usize {
+        witnesses_of_each_log(self.members.len(), self.witnesses_per_log)
+    }
+
+    /// The members who witness `owner`'s log: the [`Charter::witnesses_of_each_log`] members
+    /// after it in id order, wrapping around; none for an id that is not a member.
+    pub fn witnesses_of(&self, owner: &str) -> Vec<&MemberCard> {
+        let Some(i) = self.members.iter().position(|m| m.id == owner) else {
+            return Vec::new();
+        };
+        let n = self.members.len();
+        (1..=self.witnesses_of_each_log()).map(|d| &self.members[(i + d) % n]).collect()
+    }
+
+    /// Whether `witness` is one of the witnesses of `owner`'s log.
+    pub fn is_witness_of(&self, witness: &str, owner: &str) -> bool {
+        self.witnesses_of(owner).iter().any(|m| m.id == witness)
+    }
+
     /// The shared schema with this name, if any.
     pub fn schema(&self, name: &str) -> Option<&SharedSchema> {
         self.schemas.iter().find(|s| s.name == name)
@@ -539,9 +574,26 @@ pub fn default_threshold(n: usize) -> usize {
     (2 * n).div_ceil(3).max(1)
 }
 
-/// A majority of the `n - 1` witnesses of each log (0 for a federation of one).
-pub fn default_witness_quorum(n: usize) -> usize {
-    let witnesses = n.saturating_sub(1);
+/// Witnesses per log that a federation gets unless it chooses: every other member up to
+/// [`DEFAULT_WITNESSES_PER_LOG`] of them, then that many. Any two majorities of eight
+/// witnesses share two of them (of `n - 1`, only one), so a log that shows two members two
+/// histories needs two of its witnesses to cosign both.
+pub const DEFAULT_WITNESSES_PER_LOG: usize = 8;
+
+/// [`Charter::witnesses_per_log`] by default for `n` members: `None` (every other member) while
+/// they are at most [`DEFAULT_WITNESSES_PER_LOG`], then that many.
+pub fn default_witnesses_per_log(n: usize) -> Option<usize> {
+    (n.saturating_sub(1) > DEFAULT_WITNESSES_PER_LOG).then_some(DEFAULT_WITNESSES_PER_LOG)
+}
+
+/// How many witnesses each log of `n` members has under `per_log`.
+pub fn witnesses_of_each_log(n: usize, per_log: Option<usize>) -> usize {
+    let others = n.saturating_sub(1);
+    per_log.map_or(others, |k| k.min(others))
+}
+
+/// A majority of `witnesses` (0 for none).
+pub fn majority(witnesses: usize) -> usize {
     if witnesses == 0 { 0 } else { witnesses / 2 + 1 }
 }
 

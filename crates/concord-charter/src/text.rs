@@ -8,6 +8,7 @@
 //! previous none
 //! threshold 2
 //! witness-quorum 1
+//! witnesses-per-log 8          (only when set: every other member otherwise)
 //! min-group-size 10
 //! member alpha
 //!   name Alpha Statistics Office
@@ -39,6 +40,10 @@ pub(crate) fn render(c: &Charter) -> String {
     let _ = writeln!(s, "previous {}", c.previous.as_deref().unwrap_or("none"));
     let _ = writeln!(s, "threshold {}", c.threshold);
     let _ = writeln!(s, "witness-quorum {}", c.witness_quorum);
+    // Written only when set, so versions from before the setting read byte for byte.
+    if let Some(k) = c.witnesses_per_log {
+        let _ = writeln!(s, "witnesses-per-log {k}");
+    }
     let _ = writeln!(s, "min-group-size {}", c.min_group_size);
     // Written only when it differs from the default, so versions from before the rule read
     // and render byte for byte as they were signed.
@@ -116,6 +121,12 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
     let threshold = number(n, "threshold", threshold)?;
     let (n, quorum) = lines.field("witness-quorum", "")?;
     let witness_quorum = number(n, "witness quorum", quorum)?;
+    let witnesses_per_log = if lines.next_is("witnesses-per-log ") {
+        let (n, k) = lines.field("witnesses-per-log", "")?;
+        Some(number(n, "witnesses per log", k)?)
+    } else {
+        None
+    };
     let (n, min_group) = lines.field("min-group-size", "")?;
     let min_group_size = number(n, "minimum group size", min_group)?;
     let cross_borders = parse_cross_borders(&mut lines)?;
@@ -131,6 +142,7 @@ pub(crate) fn parse(s: &str) -> Result<Charter, CharterError> {
         previous,
         threshold,
         witness_quorum,
+        witnesses_per_log,
         min_group_size,
         cross_borders,
         access_notes,

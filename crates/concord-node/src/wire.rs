@@ -930,6 +930,9 @@ pub struct CharterView {
     pub threshold: usize,
     /// Witness cosignatures a member's checkpoint needs before it is published.
     pub witness_quorum: usize,
+    /// Members who witness each log: the members after its owner in id order (every other
+    /// member unless the charter sets fewer).
+    pub witnesses_per_log: usize,
     /// Baseline rule: the smallest group of distinct people in which personal data is released.
     pub min_group_size: u64,
     /// Baseline rule: the most sensitive classification whose data may cross borders.

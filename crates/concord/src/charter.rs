@@ -81,7 +81,13 @@ pub enum CharterCommand {
 fn show(c: &CharterView) -> Result<()> {
     say!("version {} of {} (digest {})", c.version, c.federation, c.digest);
     say!("  signed by: {}", c.signers.join(", "));
-    say!("  threshold: {} of {} members; witness quorum {}", c.threshold, c.members.len(), c.witness_quorum);
+    say!(
+        "  threshold: {} of {} members; witness quorum {} of the {} witnesses of each log",
+        c.threshold,
+        c.members.len(),
+        c.witness_quorum,
+        c.witnesses_per_log
+    );
     say!(
         "  baseline: minimum group size {}; data up to {} crosses borders; notes of accesses read by {}",
         c.min_group_size,

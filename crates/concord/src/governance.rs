@@ -52,6 +52,10 @@ pub struct ProposeArgs {
     /// Cosignatures a checkpoint needs to be published.
     #[arg(long = "witness-quorum")]
     witness_quorum: Option<usize>,
+    /// How many members witness each log (the members after its owner in id order): a number,
+    /// or `all` for every other member.
+    #[arg(long = "witnesses-per-log")]
+    witnesses_per_log: Option<String>,
     /// How long the proposal stays open: `7d`, `12h`, `30m`, `90s`.
     #[arg(long, default_value = "7d")]
     expires: String,
@@ -143,6 +147,15 @@ fn rule_changes(a: &ProposeArgs) -> Result<Vec<Change>> {
     }
     if let Some(quorum) = a.witness_quorum {
         changes.push(Change::WitnessQuorum { quorum });
+    }
+    if let Some(k) = &a.witnesses_per_log {
+        let count = match k.trim() {
+            "all" => None,
+            n => Some(n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                anyhow::anyhow!("--witnesses-per-log {k:?}: write a number of at least 1, or `all`")
+            })?),
+        };
+        changes.push(Change::WitnessesPerLog { count });
     }
     Ok(changes)
 }

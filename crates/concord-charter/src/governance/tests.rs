@@ -307,3 +307,56 @@ fn proposals_are_bounded_per_member_in_time_and_size() {
     let p = proposal(&base, "m01", vec![Change::MinGroupSize { size: 99 }]);
     round.propose(&p.sign(&keys[1].1).expect("signs"), NOW).expect("accepted");
 }
+
+#[test]
+fn each_log_has_a_bounded_set_of_witnesses_that_follows_the_members() {
+    // Small federations: every other member witnesses each log, and the text is as before.
+    let (small, _) = federation(5);
+    assert_eq!(small.witnesses_per_log, None);
+    assert_eq!((small.witnesses_of_each_log(), small.witness_quorum), (4, 3));
+    assert!(!small.to_text().contains("witnesses-per-log"));
+    // Beyond nine members: eight witnesses per log, the members after the owner in id order.
+    let (base, _) = federation(12);
+    assert_eq!(base.witnesses_per_log, Some(crate::DEFAULT_WITNESSES_PER_LOG));
+    assert_eq!(base.witness_quorum, 5, "a majority of eight");
+    let ids =
+        |owner: &str| -> Vec<String> { base.witnesses_of(owner).iter().map(|m| m.id.clone()).collect() };
+    assert_eq!(ids("m00"), (1..=8).map(|i| format!("m{i:02}")).collect::<Vec<_>>());
+    assert_eq!(ids("m10"), ["m11", "m00", "m01", "m02", "m03", "m04", "m05", "m06"]);
+    assert!(ids("nobody").is_empty());
+    assert!(base.is_witness_of("m03", "m00") && !base.is_witness_of("m09", "m00"));
+    assert!(!base.is_witness_of("m00", "m00"), "no member witnesses its own log");
+    for m in &base.members {
+        let logs = base.members.iter().filter(|o| base.is_witness_of(&m.id, &o.id)).count();
+        assert_eq!(logs, 8, "{} witnesses as many logs as each log has witnesses", m.id);
+    }
+    assert!(base.to_text().contains("\nwitnesses-per-log 8\n"));
+    assert_eq!(Charter::from_text(&base.to_text()).expect("parses"), base);
+
+    // The default follows the members: down to nine, every other member again.
+    let fewer =
+        apply(&base, &(9..12).map(|i| Change::RemoveMember { id: format!("m{i:02}") }).collect::<Vec<_>>())
+            .expect("three leave");
+    assert_eq!((fewer.witnesses_per_log, fewer.witness_quorum), (None, 5));
+    // A chosen count stays through a change of members, and the quorum moves with it.
+    let three = apply(&base, &[Change::WitnessesPerLog { count: Some(3) }]).expect("three witnesses");
+    assert_eq!((three.witnesses_of_each_log(), three.witness_quorum), (3, 2));
+    assert_eq!(diff(&base, &three), ["witnesses per log 3", "witness quorum 2"]);
+    let (golf, _) = card("m12", 12);
+    let grown = apply(&three, &[Change::AddMember { card: golf }]).expect("adds");
+    assert_eq!((grown.witnesses_per_log, grown.witness_quorum), (Some(3), 2));
+    let all = apply(&three, &[Change::WitnessesPerLog { count: None }]).expect("every member");
+    assert_eq!((all.witnesses_of_each_log(), all.witness_quorum), (11, 6));
+
+    let refused = |changes: Vec<Change>, needle: &str| {
+        let e = apply(&base, &changes).expect_err(needle).to_string();
+        assert!(e.contains(needle), "{e}");
+    };
+    refused(vec![Change::WitnessesPerLog { count: Some(0) }], "at least one witness");
+    refused(
+        vec![Change::WitnessesPerLog { count: Some(3) }, Change::WitnessQuorum { quorum: 4 }],
+        "more than the 3 witnesses of each log",
+    );
+    let zero = base.to_text().replace("witnesses-per-log 8", "witnesses-per-log 0");
+    assert!(Charter::from_text(&zero).is_err(), "a charter text with no witnesses per log is refused");
+}

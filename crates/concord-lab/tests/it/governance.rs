@@ -443,7 +443,8 @@ async fn delta_finds_no_witness(fed: &crate::support::Fed, alpha: &concord_node:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_and_let_one_leave() {
+async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_let_one_leave_and_bound_witnesses()
+{
     let mut fed = crate::support::members_with(&FIVE, |_, _| {}).await;
     let ttl = std::time::Duration::from_secs(3600);
     // Delta is down during the vote.
@@ -532,6 +533,39 @@ async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_and_le
     // The others' votes reach bravo too: its node records its own exit, and does not start as a
     // member again, saying why.
     all_at("bravo records the version without it", vec![bravo.clone()], 3).await;
+
+    // One witness per log: alpha's log is witnessed by charlie alone (the member after it), and
+    // delta refuses to witness it.
+    let id = alpha.propose(vec![Change::WitnessesPerLog { count: Some(1) }], ttl).await.expect("proposed");
+    yes_from(&fed, &["alpha", "charlie", "delta"], &id).await;
+    all_at("every member adopts one witness per log", staying.clone(), 4).await;
+    let v4 = alpha.charter();
+    assert_eq!((v4.charter.witnesses_of_each_log(), v4.charter.witness_quorum), (1, 1));
+    alpha.log.append(b"one witness".to_vec()).await.expect("appends");
+    let size = alpha.log.size().expect("size");
+    crate::support::eventually("alpha's checkpoint published with charlie's cosignature", || {
+        let alpha = alpha.clone();
+        async move {
+            let _ = concord_node::node::witness::publish_once(&alpha).await;
+            alpha.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
+        }
+    })
+    .await;
+    let (_, note) = alpha.log.published_checkpoint().expect("reads").expect("published");
+    let cosigners: Vec<&str> = v4
+        .charter
+        .members
+        .iter()
+        .filter(|m| m.witness_verifier().expect("key").verify(&note).ok().flatten().is_some())
+        .map(|m| m.id.as_str())
+        .collect();
+    assert_eq!(cosigners, ["charlie"]);
+    let delta = fed.nodes.iter().find(|n| n.node.cfg.member == "delta").expect("delta").node.clone();
+    let mut body = b"old 0\n\n".to_vec();
+    body.extend_from_slice(&note.to_bytes());
+    let refused = concord_node::node::witness::add_checkpoint(&delta, &body).await.expect("answers");
+    assert_eq!(refused.status, 404, "{}", refused.body);
+    assert!(refused.body.contains("does not witness"), "{}", refused.body);
     let dir = fed.stop().await;
     let nd = NodeDir::new(dir.path().join("bravo").join("node"));
     let e = concord_node::node::Node::open(&nd).await.err().expect("bravo is out");

@@ -465,6 +465,7 @@ pub(crate) fn history(node: &Node) -> Result<Vec<CharterView>, NodeError> {
             genesis: genesis.clone(),
             threshold: c.threshold,
             witness_quorum: c.witness_quorum,
+            witnesses_per_log: c.witnesses_of_each_log(),
             min_group_size: c.min_group_size,
             cross_borders: c.cross_borders,
             access_notes: c.access_notes,

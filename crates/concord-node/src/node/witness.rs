@@ -99,6 +99,19 @@ pub async fn add_checkpoint(node: &Node, body: &[u8]) -> Result<WitnessAnswer, N
     else {
         return Ok(answer(404, format!("this node does not witness origin {}\n", cp.origin)));
     };
+    // Deny by default: only the logs the charter gives this node to witness, so that no member
+    // can make every other one do its witnessing.
+    if !charter.charter.is_witness_of(&node.cfg.member, &owner.id) {
+        return Ok(answer(
+            404,
+            format!(
+                "this node does not witness origin {} under charter version {}: its witnesses are the {} members after it\n",
+                cp.origin,
+                charter.charter.version,
+                charter.charter.witnesses_of_each_log()
+            ),
+        ));
+    }
     match note.verify(std::slice::from_ref(&owner.verifier()?)) {
         Ok(_) => {}
         Err(LogError::NoKnownSignature | LogError::BadSignature(_)) => {
@@ -231,8 +244,9 @@ pub async fn log_refusals(node: &Node) -> Result<(), NodeError> {
     node.state.forget_refusals(&stored)
 }
 
-/// One round: sign a checkpoint of new entries; ask witnesses to cosign the latest unpublished
-/// checkpoint; publish it once the quorum cosigned.
+/// One round: sign a checkpoint of new entries; ask this log's witnesses (the charter's
+/// witness policy) to cosign the latest unpublished checkpoint; publish it once the quorum
+/// cosigned.
 pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
     let (cp_size, mut note) = checkpoint_to_publish(node)?;
     if node.log.published_checkpoint()?.is_some_and(|(s, _)| s >= cp_size) {
@@ -240,8 +254,7 @@ pub async fn publish_once(node: &Node) -> Result<(), NodeError> {
     }
     let charter = node.charter();
     let quorum = charter.charter.witness_quorum;
-    let witnesses: Vec<&concord_charter::MemberCard> =
-        charter.charter.members.iter().filter(|m| m.id != node.cfg.member).collect();
+    let witnesses = charter.charter.witnesses_of(&node.cfg.member);
     let mut cosigned = 0;
     let mut asked = futures::stream::FuturesUnordered::new();
     for w in witnesses {
