@@ -493,6 +493,11 @@ fn proposal_adopted_as_version_2(urls: &[String], token: &str, delegates: &[Stri
     // Governance: a proposal, votes from both delegates, version 2 on both nodes.
     let err = fails(&["propose", "--node", &urls[0], "--token", token, "--min-group-size", "12"], d);
     assert!(err.contains("delegate"), "{err}");
+    for bad in ["0", "many"] {
+        let err =
+            fails(&["propose", "--node", &urls[0], "--token", &delegates[0], "--witnesses-per-log", bad], d);
+        assert!(err.contains("--witnesses-per-log") && err.contains("`all`"), "{err}");
+    }
     let out = ok(
         &[
             "propose",
@@ -536,6 +541,9 @@ fn version_2_shown(urls: &[String], auditor: &str, delegates: &[String], d: &Pat
     .expect("json");
     assert_eq!(shown["version"], 2);
     assert_eq!(shown["min_group_size"], 12);
+    assert_eq!((shown["witnesses_per_log"].as_u64(), shown["witness_quorum"].as_u64()), (Some(1), Some(1)));
+    let text = ok(&["charter", "show", "--node", &urls[1], "--token", &delegates[1]], d);
+    assert!(text.contains("witness quorum 1 of the 1 witnesses of each log"), "{text}");
     assert_eq!(shown["members"].as_array().map(Vec::len), Some(2));
     let first: serde_json::Value = serde_json::from_str(&ok(
         &[
