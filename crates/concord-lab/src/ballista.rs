@@ -1,19 +1,24 @@
 //! An Apache DataFusion Ballista cluster on 127.0.0.1, for the scenario tests and `concord bench
 //! scale`: a scheduler and executors started with Ballista's library API in this process, each
 //! executor with a bounded memory pool (the cluster's own memory limit). The cluster runs until
-//! the process's runtime ends.
+//! the process's runtime ends. The scheduler counts its jobs' ends ([`JobCounts`]), so that a
+//! test can see what became of a job the node gave up on.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ballista_core::JobId;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt as _;
+use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::metrics::SchedulerMetricsCollector;
+use ballista_scheduler::scheduler_process::start_grpc_service_with_listener;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use concord_node::NodeError;
 use datafusion::execution::SessionStateBuilder;
@@ -21,9 +26,57 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
-/// A running cluster: its scheduler's address.
+/// A running cluster: its scheduler's address, and what became of its jobs.
 pub struct Cluster {
     scheduler: SocketAddr,
+    server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+    jobs: Arc<JobEnds>,
+}
+
+/// How many of the scheduler's jobs were submitted, completed, failed and cancelled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Jobs submitted.
+    pub submitted: u64,
+    /// Jobs that ran to their end.
+    pub completed: u64,
+    /// Jobs that failed.
+    pub failed: u64,
+    /// Jobs cancelled (by a client's `CancelJob`).
+    pub cancelled: u64,
+}
+
+/// The scheduler's metrics collector: counts of job ends.
+#[derive(Default)]
+struct JobEnds {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl SchedulerMetricsCollector for JobEnds {
+    fn record_submitted(&self, _job: &JobId, _queued_at: u64, _submitted_at: u64) {
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_completed(&self, _job: &JobId, _queued_at: u64, _completed_at: u64) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_failed(&self, _job: &JobId, _queued_at: u64, _failed_at: u64) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_cancelled(&self, _job: &JobId) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_pending_tasks_queue_size(&self, _value: u64) {}
+
+    fn gather_metrics(&self) -> ballista_core::error::Result<Option<(Vec<u8>, String)>> {
+        Ok(None)
+    }
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> NodeError {
@@ -47,10 +100,16 @@ impl Cluster {
         };
         let cluster =
             BallistaCluster::new_from_config(&config).await.map_err(|e| failed("the cluster's state", e))?;
-        let server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
-            create_scheduler(cluster, Arc::new(config))
-                .await
-                .map_err(|e| failed("starting the scheduler", e))?;
+        let config = Arc::new(config);
+        let jobs = Arc::new(JobEnds::default());
+        let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new(
+            config.scheduler_endpoint(),
+            cluster,
+            BallistaCodec::default(),
+            config.clone(),
+            jobs.clone(),
+        );
+        server.init().await.map_err(|e| failed("starting the scheduler", e))?;
         tokio::spawn(start_grpc_service_with_listener(listener, server.clone()));
         for _ in 0..executors {
             let client = SchedulerGrpcClient::connect(format!("http://{scheduler}"))
@@ -79,7 +138,22 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Self { scheduler })
+        Ok(Self { scheduler, server, jobs })
+    }
+
+    /// What became of the scheduler's jobs so far.
+    pub fn jobs(&self) -> JobCounts {
+        JobCounts {
+            submitted: self.jobs.submitted.load(Ordering::Relaxed),
+            completed: self.jobs.completed.load(Ordering::Relaxed),
+            failed: self.jobs.failed.load(Ordering::Relaxed),
+            cancelled: self.jobs.cancelled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Jobs running on the cluster now.
+    pub fn running_jobs(&self) -> usize {
+        self.server.state.task_manager.get_running_job_cache().len()
     }
 
     /// A Ballista client's session: its queries run on the cluster (for running the same SQL

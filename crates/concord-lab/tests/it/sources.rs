@@ -785,3 +785,36 @@ async fn a_policy_and_noise_hold_on_a_ballista_cluster_as_for_a_file() {
     assert!(answers.windows(2).any(|w| w[0] != w[1]), "noise differs from run to run: {answers:?}");
     fed.stop().await;
 }
+
+/// A scan on the cluster that outlives the sub-query timeout is cut off at the node with an
+/// error that says so, and the node has the scheduler cancel its job, which then no longer runs
+/// there. (Whether the job's own work had ended by then depends on the machine's speed: Ballista
+/// counts a cancellation either way, and the scan's output waits on the executors to be read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_job_that_outlives_the_timeout_is_cancelled_on_the_cluster() {
+    use datafusion::datasource::TableProvider as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster().await;
+    let files = dir.path().join("big");
+    concord_lab::ballista::write_parts(
+        "SELECT value AS k, value % 97 AS g FROM generate_series(1, 1000000)",
+        &files,
+        4,
+    )
+    .await
+    .expect("written");
+    let source = BallistaSource { scheduler: cluster.url() };
+    let timeout = std::time::Duration::from_millis(50);
+    let table = concord_source::ballista::table("big", &source, &files, None, timeout).await.expect("opens");
+    let scan = table.engine().scan(table.schema(), None, &[], None).expect("plans");
+    let ctx = std::sync::Arc::new(datafusion::execution::TaskContext::default());
+    let e = datafusion::physical_plan::collect(scan, ctx).await.expect_err("cut off").to_string();
+    assert!(e.contains("did not answer within 0.05 s") && e.contains("the job was cancelled"), "{e}");
+    crate::support::eventually("the job is cancelled on the cluster", || {
+        let (jobs, running) = (cluster.jobs(), cluster.running_jobs());
+        async move { jobs.cancelled == 1 && running == 0 }
+    })
+    .await;
+    let jobs = cluster.jobs();
+    assert_eq!((jobs.submitted, jobs.cancelled), (1, 1), "one job, cancelled once: {jobs:?}");
+}
