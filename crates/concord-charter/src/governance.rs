@@ -277,7 +277,7 @@ fn settle_counts(base: &Charter, next: &mut Charter, chosen: &Chosen) -> Result<
         base.witnesses_per_log
     });
     let witnesses_moved = next.witnesses_of_each_log() != base.witnesses_of_each_log();
-    next.witness_quorum = chosen.quorum.unwrap_or(if resized || witnesses_moved {
+    next.witness_quorum = chosen.quorum.unwrap_or(if witnesses_moved {
         crate::majority(next.witnesses_of_each_log())
     } else {
         base.witness_quorum

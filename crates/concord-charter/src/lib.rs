@@ -451,6 +451,13 @@ impl Charter {
                     .into(),
             });
         }
+        if self.witness_quorum == 0 && self.witnesses_of_each_log() > 0 {
+            return Err(CharterError::Invalid {
+                what: "witness quorum",
+                reason: "it must be at least 1 where a log has witnesses; a quorum of 0 publishes what no one cosigned"
+                    .into(),
+            });
+        }
         if self.witness_quorum > self.witnesses_of_each_log() {
             return Err(CharterError::Invalid {
                 what: "witness quorum",

@@ -380,7 +380,7 @@ pub struct MemberAudit {
     pub size: u64,
     /// Hex root hash of that checkpoint.
     pub root: String,
-    /// Member ids of the witnesses whose cosignatures on it verified.
+    /// Member ids of the log's witnesses (under the charter) whose cosignatures on it verified.
     pub cosigners: Vec<String>,
     /// Cosignatures the charter requires of a checkpoint.
     pub witness_quorum: usize,

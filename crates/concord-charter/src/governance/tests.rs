@@ -345,6 +345,10 @@ fn each_log_has_a_bounded_set_of_witnesses_that_follows_the_members() {
     let (golf, _) = card("m12", 12);
     let grown = apply(&three, &[Change::AddMember { card: golf }]).expect("adds");
     assert_eq!((grown.witnesses_per_log, grown.witness_quorum), (Some(3), 2));
+    // A quorum the federation chose stays while the witnesses of each log stay as many.
+    let strict = apply(&base, &[Change::WitnessQuorum { quorum: 8 }]).expect("all eight");
+    let (hotel, _) = card("m13", 13);
+    assert_eq!(apply(&strict, &[Change::AddMember { card: hotel }]).expect("adds").witness_quorum, 8);
     let all = apply(&three, &[Change::WitnessesPerLog { count: None }]).expect("every member");
     assert_eq!((all.witnesses_of_each_log(), all.witness_quorum), (11, 6));
 
@@ -353,6 +357,7 @@ fn each_log_has_a_bounded_set_of_witnesses_that_follows_the_members() {
         assert!(e.contains(needle), "{e}");
     };
     refused(vec![Change::WitnessesPerLog { count: Some(0) }], "at least one witness");
+    refused(vec![Change::WitnessQuorum { quorum: 0 }], "at least 1 where a log has witnesses");
     refused(
         vec![Change::WitnessesPerLog { count: Some(3) }, Change::WitnessQuorum { quorum: 4 }],
         "more than the 3 witnesses of each log",

@@ -710,17 +710,26 @@ async fn keep_fork(
     Ok(())
 }
 
+/// The cosigners of `id`'s checkpoint that count towards its quorum: only the log's own
+/// witnesses under `charter`, since any two majorities of them overlap, which cosignatures
+/// gathered from elsewhere in the federation need not.
+fn counted_cosigners(charter: &concord_charter::Charter, id: &str, cosigners: &[String]) -> Vec<String> {
+    let witnesses = charter.witnesses_of(id);
+    cosigners.iter().filter(|c| witnesses.iter().any(|w| &w.id == *c)).cloned().collect()
+}
+
 /// What a verified step adds to member `id`'s report: the new size, root and cosigners, a
 /// quorum not met, and the strange entries.
 fn report_growth(charter: &concord_charter::Charter, id: &str, g: &Growth, report: &mut MemberAudit) {
     report.size = g.checkpoint.size;
     report.root = concord_charter::hex(&g.checkpoint.root);
-    report.cosigners = g.cosigners.clone();
+    report.cosigners = counted_cosigners(charter, id, &g.cosigners);
     report.new_entries = g.checkpoint.size - report.previous_size.unwrap_or(0);
-    if g.cosigners.len() < charter.witness_quorum {
+    if report.cosigners.len() < charter.witness_quorum {
         report.problems.push(format!(
-            "{} witness cosignatures, the charter's quorum is {}",
-            g.cosigners.len(),
+            "{} cosignatures of its {} witnesses, the charter's quorum is {}",
+            report.cosigners.len(),
+            charter.witnesses_of_each_log(),
             charter.witness_quorum
         ));
     }
@@ -802,6 +811,19 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn only_a_logs_own_witnesses_count_towards_its_quorum() {
+        let cards: Vec<MemberCard> =
+            (0..12u8).map(|i| member(&format!("m{i:02}"), char::from(b'A' + i)).card).collect();
+        let charter = concord_charter::Charter::genesis("fed", cards, vec![]).expect("charter");
+        assert_eq!((charter.witnesses_of_each_log(), charter.witness_quorum), (8, 5));
+        // m00's witnesses are m01..m08: m09, m10 and m11 cosigning count for nothing.
+        let signed: Vec<String> = ["m01", "m08", "m09", "m10", "m11"].map(String::from).to_vec();
+        assert_eq!(counted_cosigners(&charter, "m00", &signed), ["m01", "m08"]);
+        // m10's wrap around: m11, m00, ..., m06.
+        assert_eq!(counted_cosigners(&charter, "m10", &signed), ["m01", "m11"]);
     }
 
     #[tokio::test]
