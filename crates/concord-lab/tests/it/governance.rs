@@ -197,6 +197,18 @@ async fn all_at(what: &str, nodes: Vec<std::sync::Arc<concord_node::node::Node>>
     .await;
 }
 
+/// Runs `node`'s checkpoint rounds until a checkpoint of at least `size` entries is published.
+async fn published_through(what: &str, node: &std::sync::Arc<concord_node::node::Node>, size: u64) {
+    crate::support::eventually(what, || {
+        let node = node.clone();
+        async move {
+            let _ = concord_node::node::witness::publish_once(&node).await;
+            node.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
+        }
+    })
+    .await;
+}
+
 /// Delta's running node.
 fn delta_node(fed: &crate::support::Fed) -> std::sync::Arc<concord_node::node::Node> {
     fed.nodes.iter().find(|n| n.node.cfg.member == "delta").expect("delta").node.clone()
@@ -513,14 +525,7 @@ async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_let_on
     assert!(published < size, "published with three of the four witnesses the version asks for");
     fed.nodes
         .insert(4, concord_node::run::start(&NodeDir::new(&fed.member("echo").dir)).await.expect("echo"));
-    crate::support::eventually("alpha's checkpoint published once echo cosigns", || {
-        let alpha = alpha.clone();
-        async move {
-            let _ = concord_node::node::witness::publish_once(&alpha).await;
-            alpha.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
-        }
-    })
-    .await;
+    published_through("alpha's checkpoint published once echo cosigns", &alpha, size).await;
 
     // Bravo leaves; no one votes by hand.
     let bravo = fed.nodes[1].node.clone();
@@ -548,14 +553,7 @@ async fn five_members_move_an_endpoint_change_the_witness_quorum_catch_up_let_on
     assert_eq!((v4.charter.witnesses_of_each_log(), v4.charter.witness_quorum), (1, 1));
     alpha.log.append(b"one witness".to_vec()).await.expect("appends");
     let size = alpha.log.size().expect("size");
-    crate::support::eventually("alpha's checkpoint published with charlie's cosignature", || {
-        let alpha = alpha.clone();
-        async move {
-            let _ = concord_node::node::witness::publish_once(&alpha).await;
-            alpha.log.published_checkpoint().ok().flatten().is_some_and(|(s, _)| s >= size)
-        }
-    })
-    .await;
+    published_through("alpha's checkpoint published with charlie's cosignature", &alpha, size).await;
     let (_, note) = alpha.log.published_checkpoint().expect("reads").expect("published");
     let cosigners: Vec<&str> = v4
         .charter
